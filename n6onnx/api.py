@@ -1,0 +1,158 @@
+"""Python API: inspect and rewrite models. The CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Iterable, Sequence
+
+import onnx
+import onnx_ir as ir
+
+from . import io, passes
+from .errors import N6Error
+from .ops import DOMAIN, DOMAIN_VERSION, REGISTRY
+from .passes import PassSpec, detect
+from .passes._common import KindReport, name_new_nodes
+
+KINDS = ("gelu", "ffn", "attention", "moe")
+
+
+@dataclasses.dataclass
+class InspectReport:
+    model: str
+    opset: int
+    nodes: int
+    kinds: dict[str, KindReport]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "opset": self.opset, "nodes": self.nodes,
+                **{k: r.to_json() for k, r in self.kinds.items()}}
+
+
+@dataclasses.dataclass
+class RewriteReport:
+    model: str
+    output: str | None
+    passes: list[str]
+    reports: dict[str, KindReport]
+    functions: list[str]
+    seconds: float
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def rewritten(self) -> dict[str, int]:
+        return {k: r.rewritten for k, r in self.reports.items()}
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "output": self.output, "passes": self.passes,
+            "rewritten": self.rewritten,
+            "reports": {k: r.to_json() for k, r in self.reports.items()},
+            "functions": self.functions, "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+        }
+
+
+def _default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def canonicalize(model: ir.Model) -> ir.Model:
+    """Fold constants and canonicalise (onnxscript optimizer), then infer shapes. In place."""
+    import onnxscript.optimizer
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    onnxscript.optimizer.optimize(model, inline=False, num_iterations=2)
+    ShapeInferencePass()(model)
+    return model
+
+
+def _load(model: str | os.PathLike | ir.Model | onnx.ModelProto) -> tuple[str, ir.Model]:
+    if isinstance(model, ir.Model):
+        return "<ir.Model>", ir.from_proto(ir.to_proto(model))  # work on a copy
+    if isinstance(model, onnx.ModelProto):
+        return "<ModelProto>", ir.serde.deserialize_model(model)
+    return str(model), io.load(model)
+
+
+def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto) -> InspectReport:
+    """Report, per kind (gelu, ffn, attention, moe), what was found, with near-misses."""
+    name, m = _load(model)
+    n_nodes = sum(1 for _ in m.graph.all_nodes())
+    canonicalize(m)
+    kinds = detect.detect_all(m)
+    return InspectReport(name, _default_opset(m), n_nodes, kinds)
+
+
+def rewrite(
+    model: str | os.PathLike | ir.Model | onnx.ModelProto,
+    output: str | os.PathLike | None = None,
+    passes_: Sequence[str | PassSpec] = ("gelu=phi6",),
+    *,
+    external_data: bool | None = None,
+) -> tuple[ir.Model, RewriteReport]:
+    """Apply passes; write ``output`` atomically if given. The input file is never modified.
+
+    Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
+    """
+    t0 = time.perf_counter()
+    specs = [p if isinstance(p, PassSpec) else passes.parse(p) for p in passes_]
+    if not specs:
+        raise N6Error("no pass given (e.g. --pass gelu=phi6)")
+    if output is not None:
+        io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
+    name, m = _load(model)
+    in_names = [v.name for v in m.graph.inputs]
+    out_names = [v.name for v in m.graph.outputs]
+    if external_data is None and isinstance(model, (str, os.PathLike)):
+        external_data = io.uses_external_data(model) or None
+    canonicalize(m)
+    reports: dict[str, KindReport] = {}
+    for spec in specs:
+        reports[spec.kind] = passes.run(m, spec)
+    functions = finalize(m)
+    if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
+        raise N6Error("internal error: a pass changed graph input/output names")  # never expected
+    warnings = []
+    if reports.get("gelu") and reports["gelu"].rewritten:
+        warnings.append(
+            "uncalibrated activation swap: a pretrained model will lose accuracy (GELU and Phi6 are "
+            "uncorrelated); measure with `n6onnx validate`"
+        )
+    proto = ir.serde.serialize_model(m)
+    check(proto)
+    if output is not None:
+        io.save(proto, output, external_data=external_data)
+    rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
+                        functions, time.perf_counter() - t0, warnings)
+    return m, rep
+
+
+def finalize(m: ir.Model) -> list[str]:
+    """Attach a model-local function per emitted n6 op type, import our domain, name new nodes."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
+
+    RemoveUnusedNodesPass()(m)
+    TopologicalSortPass()(m)
+    used = sorted({n.op_type for n in m.graph.all_nodes() if n.domain == DOMAIN})
+    opset = _default_opset(m)
+    for op_type in used:
+        fn = ir.serde.deserialize_function(REGISTRY[op_type].function(opset))
+        m.functions[fn.identifier()] = fn
+    if used:
+        m.opset_imports[DOMAIN] = DOMAIN_VERSION
+    name_new_nodes(m.graph, DOMAIN)
+    return used
+
+
+def check(proto: onnx.ModelProto) -> None:
+    """Full onnx checker and strict shape inference on the result."""
+    try:
+        if proto.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise N6Error(f"the rewritten model fails onnx.checker: {e}") from None

@@ -1,0 +1,160 @@
+"""OpSpec: the one definition of an n6 op.
+
+Each op has exactly one spec holding:
+- its schema (domain, name, inputs, outputs, supported dtypes),
+- a numpy reference (the definition users compare against),
+- an ONNX-function body built from standard ops (the fallback that lets a rewritten model run on
+  stock onnxruntime),
+- tolerances per dtype for comparing any implementation against the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+DOMAIN = "n6onnx"
+DOMAIN_VERSION = 1
+
+# Elementwise n6 ops compute in float32 and round once to the output dtype.
+COMPUTE_DTYPE = np.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dtypes: tuple[str, ...]  # numpy dtype names the CPU kernel supports
+    reference: Callable[..., np.ndarray]
+    # Builds the function body nodes: (inputs, outputs) names -> list[NodeProto]
+    body: Callable[[list[str], list[str]], list[onnx.NodeProto]]
+    tolerances: dict[str, Tolerance]
+    doc: str = ""
+
+    def function(self, default_opset: int) -> onnx.FunctionProto:
+        """Model-local function with a pure-ONNX body, importing the model's default opset."""
+        nodes = self.body(list(self.inputs), list(self.outputs))
+        return helper.make_function(
+            DOMAIN,
+            self.name,
+            list(self.inputs),
+            list(self.outputs),
+            nodes,
+            opset_imports=[helper.make_opsetid("", default_opset)],
+            doc_string=self.doc,
+        )
+
+    def tolerance(self, dtype) -> Tolerance:
+        return self.tolerances[np.dtype(dtype).name]
+
+
+def _const(name: str, value: float) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value_float=float(value))
+
+
+def as_compute(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x).astype(COMPUTE_DTYPE)
+
+
+class BodyBuilder:
+    """Small helper to write function bodies: computes in float32, casts back like the input."""
+
+    def __init__(self, prefix: str):
+        self.nodes: list[onnx.NodeProto] = []
+        self._n = 0
+        self._prefix = prefix
+
+    def tmp(self) -> str:
+        self._n += 1
+        return f"_{self._prefix}{self._n}"
+
+    def const(self, value: float) -> str:
+        name = self.tmp()
+        self.nodes.append(_const(name, value))
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        out = out or self.tmp()
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def to_float(self, x: str) -> str:
+        return self.op("Cast", x, to=onnx.TensorProto.FLOAT)
+
+
+def elementwise_body(formula: Callable[[BodyBuilder, str], str], prefix: str, with_bias: bool):
+    """Body for y = f(x) or y = f(x + bias): cast to float32, apply, CastLike back to x."""
+
+    def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
+        b = BodyBuilder(prefix)
+        xf = b.to_float(inputs[0])
+        if with_bias:
+            xf = b.op("Add", xf, b.to_float(inputs[1]))
+        yf = formula(b, xf)
+        b.op("CastLike", yf, inputs[0], out=outputs[0])
+        return b.nodes
+
+    return body
+
+
+ELEMENTWISE_TOLERANCES = {
+    # The kernel, the function body and the reference all compute in float32; differences come
+    # from operation order / FMA contraction only (a few float32 ulps of values up to ~1e2).
+    "float32": Tolerance(rtol=1e-5, atol=1e-5),
+    # One rounding to float16 at the end; allow one float16 ulp (2**-10 relative) plus slack.
+    "float16": Tolerance(rtol=2e-3, atol=1e-3),
+}
+
+
+def make_activation_pair(
+    name: str,
+    formula_np: Callable[[np.ndarray], np.ndarray],
+    formula_onnx: Callable[[BodyBuilder, str], str],
+    doc: str,
+    dtypes: tuple[str, ...] = ("float32", "float16"),
+) -> tuple[OpSpec, OpSpec]:
+    """The activation op and its Bias variant (x + bias over the last axis, then the activation)."""
+
+    def reference(x):
+        x = np.asarray(x)
+        return formula_np(as_compute(x)).astype(x.dtype)
+
+    def bias_reference(x, bias):
+        x = np.asarray(x)
+        bias = np.asarray(bias)
+        if bias.ndim != 1 or x.ndim == 0 or bias.shape[0] != x.shape[-1]:
+            raise ValueError(f"bias must be 1-D of length {x.shape[-1:]}, got shape {bias.shape}")
+        return formula_np(as_compute(x) + as_compute(bias)).astype(x.dtype)
+
+    plain = OpSpec(
+        name=name,
+        inputs=("X",),
+        outputs=("Y",),
+        dtypes=dtypes,
+        reference=reference,
+        body=elementwise_body(formula_onnx, name, with_bias=False),
+        tolerances=ELEMENTWISE_TOLERANCES,
+        doc=doc,
+    )
+    biased = OpSpec(
+        name="Bias" + name,
+        inputs=("X", "bias"),
+        outputs=("Y",),
+        dtypes=dtypes,
+        reference=bias_reference,
+        body=elementwise_body(formula_onnx, "Bias" + name, with_bias=True),
+        tolerances=ELEMENTWISE_TOLERANCES,
+        doc=f"{name}(X + bias), bias 1-D broadcast over the last axis. " + doc,
+    )
+    return plain, biased

@@ -1,0 +1,20 @@
+"""Phi6 ("Phi6Simple" in the reference): c = clamp(x, -2, 2); y = c*c - c + 1."""
+
+import numpy as np
+
+from ._spec import BodyBuilder, make_activation_pair
+
+
+def _np(x: np.ndarray) -> np.ndarray:
+    c = np.clip(x, np.float32(-2.0), np.float32(2.0))
+    return c * c - c + np.float32(1.0)
+
+
+def _onnx(b: BodyBuilder, x: str) -> str:
+    c = b.op("Clip", x, b.const(-2.0), b.const(2.0))
+    return b.op("Add", b.op("Sub", b.op("Mul", c, c), c), b.const(1.0))
+
+
+PHI6, BIAS_PHI6 = make_activation_pair(
+    "Phi6", _np, _onnx, doc="Phi6: c = clamp(x, -2, 2); y = c*c - c + 1 (computed in float32)."
+)

@@ -1,0 +1,165 @@
+"""Shared machinery for passes: site reports, constant checks, node naming and tagging."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+RULE_TAG = "n6onnx.rule"
+VARIANT_TAG = "n6onnx.variant"
+REPLACED_TAG = "n6onnx.replaced"
+CONST_RTOL = 1e-4
+
+
+@dataclasses.dataclass
+class Site:
+    """One matched subgraph: where it is (the original node names) and what matched it."""
+
+    nodes: list[str]
+    rule: str = ""
+    variant: str = ""
+    detail: dict = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = {"nodes": self.nodes, "rule": self.rule}
+        if self.variant:
+            d["variant"] = self.variant
+        d.update(self.detail)
+        return d
+
+
+@dataclasses.dataclass
+class Rejection:
+    node: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "reason": self.reason}
+
+
+@dataclasses.dataclass
+class KindReport:
+    """What a pass (or a detector) saw, matched, rejected and rewrote for one kind of subgraph."""
+
+    kind: str
+    seen: int = 0
+    sites: list[Site] = dataclasses.field(default_factory=list)
+    near_misses: list[Rejection] = dataclasses.field(default_factory=list)
+    rewritten: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def found(self) -> int:
+        return len(self.sites)
+
+    def to_json(self) -> dict:
+        return {
+            "found": self.found,
+            "seen": self.seen,
+            "sites": [s.to_json() for s in self.sites],
+            "near_misses": [r.to_json() for r in self.near_misses],
+            "rewritten": self.rewritten,
+            "notes": self.notes,
+        }
+
+
+def node_label(node: ir.Node) -> str:
+    return node.name or f"<{node.domain + '::' if node.domain else ''}{node.op_type}>"
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    t = ir.convenience.get_const_tensor(value)
+    return None if t is None else t.numpy()
+
+
+def scalar_const(value: ir.Value | None) -> float | None:
+    """The value of a size-1 constant, else None."""
+    a = const_array(value)
+    if a is None or a.size != 1 or a.dtype.kind not in "fiu":
+        return None
+    return float(a.reshape(()))
+
+
+def close(got: float, want: float, rtol: float = CONST_RTOL) -> bool:
+    return math.isclose(got, want, rel_tol=rtol, abs_tol=rtol * 1e-3)
+
+
+def name_new_nodes(graph: ir.Graph, domain: str) -> None:
+    """Give unnamed nodes of ``domain`` deterministic, unique names."""
+    taken = {n.name for n in graph if n.name}
+    counter = 0
+    for n in graph:
+        if n.domain == domain and not n.name:
+            while f"n6/{n.op_type}_{counter}" in taken:
+                counter += 1
+            n.name = f"n6/{n.op_type}_{counter}"
+            taken.add(n.name)
+            counter += 1
+
+
+def producers(values: Iterable[ir.Value | None]) -> list[ir.Node]:
+    return [v.producer() for v in values if v is not None and v.producer() is not None]
+
+
+def is_const(value: ir.Value | None) -> bool:
+    return value is not None and ir.convenience.get_const_tensor(value) is not None
+
+
+def consumers(value: ir.Value | None) -> list[ir.Node]:
+    if value is None:
+        return []
+    seen, out = set(), []
+    for node, _ in value.uses():
+        if id(node) not in seen:
+            seen.add(id(node))
+            out.append(node)
+    return out
+
+
+def walk_back(value: ir.Value | None, through: set[str], stop, depth: int = 6) -> ir.Node | None:
+    """Follow producers through ``through`` op types (all non-constant inputs) until ``stop(node)``."""
+    frontier = [value]
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            n = v.producer() if v is not None else None
+            if n is None:
+                continue
+            if stop(n):
+                return n
+            if n.op_type in through:
+                nxt.extend(i for i in n.inputs if i is not None and not is_const(i))
+        frontier = nxt
+    return None
+
+
+def walk_forward(value: ir.Value, through: set[str], stop, depth: int = 6) -> tuple[ir.Node, ir.Value] | None:
+    """BFS over consumers through ``through`` op types until ``stop(node, input_value)``."""
+    frontier = [value]
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            for n in consumers(v):
+                if stop(n, v):
+                    return n, v
+                if n.op_type in through:
+                    nxt.extend(o for o in n.outputs)
+        frontier = nxt
+    return None
+
+
+def make_rule(instance) -> "RewriteRule":
+    """A RewriteRule from a configured RewriteRuleClassBase instance (``.rule()`` takes no config)."""
+    from onnxscript.rewriter.pattern import RewriteRule
+
+    return RewriteRule(
+        instance.pattern, instance.rewrite, instance.check, name=instance.name,
+        remove_nodes=instance.remove_nodes, graph_pre_visitor=instance.setup,
+        graph_post_visitor=instance.cleanup, as_function=instance.as_function,
+    )
