@@ -56,6 +56,18 @@ _HEADS = 4
 _INTER = 256
 
 
+# Architecture facts: how many GELU sites, FFN blocks, attention blocks and MoE blocks each zoo
+# model has (what ``n6onnx inspect`` must count exactly).
+ARCH_COUNTS = {
+    "minilm": {"gelu": 6, "ffn": 6, "attention": 6, "moe": 0},
+    "bert": {"gelu": 2, "ffn": 2, "attention": 2, "moe": 0},
+    "gpt2": {"gelu": 2, "ffn": 2, "attention": 2, "moe": 0},
+    "vit": {"gelu": 2, "ffn": 2, "attention": 2, "moe": 0},
+    "llama": {"gelu": 0, "ffn": 2, "attention": 2, "moe": 0},
+    "mixtral": {"gelu": 0, "ffn": 0, "attention": 2, "moe": 2},  # its expert FFNs are the MoE
+}
+
+
 class ZooExportError(RuntimeError):
     """Raised when a model cannot be exported with an exporter."""
 

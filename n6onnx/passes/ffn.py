@@ -33,6 +33,9 @@ def _projection_into(value: ir.Value) -> tuple[list[ir.Node], ir.Value, ir.Value
     """value = [Add(] MatMul(x, W) [, b)] or Gemm(x, W, b): returns (nodes, x, W)."""
     n = value.producer()
     nodes = []
+    if n is not None and n.op_type == "Reshape":  # GPT-2 style: Reshape -> Gemm -> Reshape
+        nodes.append(n)
+        n = n.inputs[0].producer()
     if n is not None and n.op_type == "Add" and any(is_const(i) for i in n.inputs):
         nodes.append(n)
         nxt = [i for i in n.inputs if not is_const(i)]
@@ -45,12 +48,17 @@ def _projection_into(value: ir.Value) -> tuple[list[ir.Node], ir.Value, ir.Value
 def _projection_from(value: ir.Value) -> list[ir.Node] | None:
     """The single consumer MatMul/Gemm(value, W) [+ Add(const)] of ``value``."""
     users = consumers(value)
+    reshape = []
+    if len(users) == 1 and users[0].op_type == "Reshape":  # GPT-2 style
+        reshape = users
+        value = users[0].outputs[0]
+        users = consumers(value)
     if len(users) != 1:
         return None
     n = users[0]
     if n.op_type not in ("MatMul", "Gemm") or n.inputs[0] is not value or not is_const(n.inputs[1]):
         return None
-    out = [n]
+    out = reshape + [n]
     after = consumers(n.outputs[0])
     if n.op_type == "MatMul" and len(after) == 1 and after[0].op_type == "Add" and any(is_const(i) for i in after[0].inputs):
         out.append(after[0])

@@ -1,0 +1,48 @@
+"""A small, deterministic English corpus for calibration and fidelity checks, made from the
+docstrings of Python standard-library modules (no downloads)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+
+_MODULES = (
+    "abc argparse array ast asyncio base64 bisect calendar cmd codecs collections colorsys "
+    "concurrent.futures configparser contextlib copy csv dataclasses datetime decimal difflib "
+    "email enum fileinput fnmatch fractions functools getopt gettext glob gzip hashlib heapq hmac "
+    "html http.client imaplib inspect io ipaddress itertools json locale logging lzma mailbox "
+    "math mimetypes numbers operator optparse os pathlib pickle pkgutil platform plistlib pprint "
+    "queue quopri random re reprlib sched secrets selectors shelve shlex shutil signal smtplib "
+    "socket sqlite3 ssl statistics string struct subprocess tarfile tempfile textwrap threading "
+    "timeit tokenize traceback types typing unittest urllib.parse uuid warnings weakref "
+    "xml.dom zipfile zlib"
+).split()
+
+
+def sentences(limit: int | None = None, min_words: int = 5, max_words: int = 60) -> list[str]:
+    """Unique sentences in a fixed order (same Python version -> same list)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in _MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        docs = [inspect.getdoc(mod) or ""]
+        for attr in sorted(vars(mod)):
+            obj = getattr(mod, attr, None)
+            if attr.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            docs.append(inspect.getdoc(obj) or "")
+        for doc in docs:
+            text = re.sub(r"\s+", " ", doc)
+            for s in re.split(r"(?<=[.!?])\s+", text):
+                s = s.strip()
+                words = s.split()
+                if min_words <= len(words) <= max_words and s[0].isupper() and s not in seen and ">>>" not in s:
+                    seen.add(s)
+                    out.append(s)
+                    if limit and len(out) >= limit:
+                        return out
+    return out
