@@ -53,6 +53,9 @@ def session(kind: str, n: int, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    # Interleaved sessions: idle sessions' spinning workers would steal the 2 cores from the one
+    # being timed, so spinning is off for every variant alike.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if kind in ("phi6", "biasphi6"):
         so.register_custom_ops_library(str(n6onnx.library_path()))
     return ort.InferenceSession(model(kind, n), so, providers=["CPUExecutionProvider"])
@@ -116,7 +119,7 @@ def main() -> None:
     con.print(t)
     out = write("activation_cpu", {
         "benchmark": "activation_cpu",
-        "method": ("single-node fp32 models [N/1024, 1024], ORT_ENABLE_ALL, CPUExecutionProvider, IO binding "
+        "method": ("single-node fp32 models [N/1024, 1024], ORT_ENABLE_ALL, CPUExecutionProvider, thread spinning off, IO binding "
                    "with preallocated output, warm-up then 10 interleaved blocks per size, each block "
                    f"~{args.seconds / 10:.2f} s per variant; statistics over the 10 block means"),
         "threads": args.threads, "goal": "Phi6 >= 3x ORT Gelu elements/s", "rows": rows,

@@ -33,6 +33,7 @@ from onnxscript.rewriter import pattern as orp
 
 from ..ops import DOMAIN
 from ._common import (
+    CONST_RTOL,
     REPLACED_TAG,
     RULE_TAG,
     VARIANT_TAG,
@@ -95,6 +96,11 @@ def _dtype_ok(x: ir.Value | None) -> str | None:
     if x.dtype not in SUPPORTED_DTYPES:
         return f"element type {x.dtype.name} not supported (float32 and float16 are)"
     return None
+
+
+def _const_rtol(x: ir.Value) -> float:
+    """Relative tolerance for GELU constants: 1e-4, or float16's rounding (2**-11) plus slack."""
+    return 1e-3 if x.dtype == ir.DataType.FLOAT16 else CONST_RTOL
 
 
 # ---------------------------------------------------------------- decomposed forms
@@ -174,11 +180,12 @@ class _FormRule(orp.RewriteRuleClassBase):
             return self.collector.fail(context, "input is a constant", 1)
         if (why := _dtype_ok(x)) is not None:
             return self.collector.fail(context, why)
+        rtol = _const_rtol(x)
         for key, label, want in self.expect:
             got = scalar_const(ks.get(key))
             if got is None:
                 return self.collector.fail(context, f"{label} is not a scalar constant", 1)
-            if not close(got, want):
+            if not close(got, want, rtol):
                 return self.collector.fail(context, f"{label} is {got:.7g}, expected {want:.7g}")
         return self.collector.ok(context)
 
@@ -202,7 +209,7 @@ class _QuickRule(orp.RewriteRuleClassBase):
         a = scalar_const(alpha)
         if a is None:
             return self.collector.fail(context, "sigmoid scale is not a scalar constant", 1)
-        if not close(a, QUICK_ALPHA, 1e-3):
+        if not close(a, QUICK_ALPHA, max(1e-3, _const_rtol(x))):
             return self.collector.fail(context, f"sigmoid scale is {a:.6g}, QuickGelu has {QUICK_ALPHA}")
         return self.collector.ok(context)
 

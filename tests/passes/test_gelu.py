@@ -121,7 +121,8 @@ def test_every_gelu_form_is_rewritten(form, const_kind, phi6_np):
     model = g.model(build(g), opset)
     original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
     gelu_ref = 0.5 * (X @ W + B) * (1 + np.vectorize(math.erf)((X @ W + B) / math.sqrt(2)))
-    assert np.abs(original - gelu_ref).max() < (2e-3 if variant != "erf" else 1e-5)  # the graph is a GELU
+    # the graph really is a GELU (tanh and sigmoid forms approximate the erf one)
+    assert np.abs(original - gelu_ref).max() < {"erf": 1e-5, "tanh": 1e-3, "quick": 3e-2}[variant]
 
     rep = n6onnx.inspect(model)
     assert rep.kinds["gelu"].found == 1 and rep.kinds["gelu"].sites[0].variant == variant
@@ -174,7 +175,8 @@ def test_gelu_without_a_constant_bias_gives_plain_phi6(phi6_np):
         ("wrong half", lambda g: outer(g, "a", g.op("Add", erf_inner(g, "a", "div"), g.c(1.0)), "xh_s", half=0.6), "half is 0.6"),
         ("wrong kappa", lambda g: g.op("Mul", g.op("Mul", "a", g.c(0.5)), g.op("Add", g.op("Tanh", g.op("Mul", g.c(0.79788456), g.op("Add", "a", g.op("Mul", g.c(0.1), g.op("Pow", "a", g.c(3.0)))))), g.c(1.0))), "kappa is 0.1"),
         ("silu", lambda g: g.op("Mul", "a", g.op("Sigmoid", "a")), "SiLU"),
-        ("swish scale 1", lambda g: g.op("Mul", "a", g.op("Sigmoid", g.op("Mul", "a", g.c(1.0)))), "sigmoid scale is 1"),
+        ("swish scale 1 (canonicalised to SiLU)", lambda g: g.op("Mul", "a", g.op("Sigmoid", g.op("Mul", "a", g.c(1.0)))), "SiLU"),
+        ("sigmoid scale 1.5", lambda g: g.op("Mul", "a", g.op("Sigmoid", g.op("Mul", "a", g.c(1.5)))), "sigmoid scale is 1.5"),
         ("ms QuickGelu alpha 1", lambda g: g.op("QuickGelu", "a", domain="com.microsoft", alpha=1.0), "alpha is 1"),
     ],
 )
