@@ -1,11 +1,18 @@
 """Model inputs for validate, bench and calibration: from an .npz, from text through a Hugging Face
 tokenizer, or random feeds that respect the graph's input types. Dynamic dimensions come from
-``--dim name=value``; every mismatch is a clear error."""
+``--dim name=value``; every mismatch is a clear error (``BadArgumentError``).
+
+Every builder returns a :class:`FeedBatches`: a list of feed dicts (one per ``session.run``) that
+also records how many rows of each batch are real samples. A model with a static batch size runs
+the last partial batch padded with repeats of its last real row; callers trim outputs to
+``batches.rows[k]`` so the repeats never count twice in a metric.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import zipfile
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -15,34 +22,103 @@ from .errors import BadArgumentError
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
 }
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Token ids of random feeds are drawn from [1, DEFAULT_ID_HIGH) unless the caller knows the vocab.
+DEFAULT_ID_HIGH = 1000
 
 
-def parse_dims(dims: Iterable[str]) -> dict[str, int]:
-    out = {}
+class FeedBatches(list):
+    """A list of feed dicts (one per run) plus ``rows``: how many rows of each batch are real.
+
+    ``rows[k] < batch size`` only for a last batch padded with repeats to a static batch size.
+    """
+
+    def __init__(self, batches: Iterable[dict[str, np.ndarray]] = (), rows: Sequence[int] | None = None,
+                 source: str = "") -> None:
+        super().__init__(batches)
+        self.rows = list(rows) if rows is not None else [_batch_rows(b) for b in self]
+        if len(self.rows) != len(self):
+            raise ValueError("one row count per batch expected")
+        self.source = source
+
+    @property
+    def samples(self) -> int:
+        """Real samples over all batches (padding repeats excluded)."""
+        return sum(self.rows)
+
+    @property
+    def last_rows(self) -> int:
+        """Real rows in the last batch (0 when there is no batch)."""
+        return self.rows[-1] if self.rows else 0
+
+
+def _batch_rows(feeds: Mapping[str, np.ndarray]) -> int:
+    for a in feeds.values():
+        a = np.asarray(a)
+        if a.ndim:
+            return int(a.shape[0])
+    return 1
+
+
+def parse_dims(dims: Iterable[str] | Mapping[str, int] | None) -> dict[str, int]:
+    """``["batch=8", "seq=128"]`` (or a mapping) -> ``{"batch": 8, "seq": 128}``; sizes must be > 0."""
+    if dims is None:
+        return {}
+    items = dims.items() if isinstance(dims, Mapping) else None
+    out: dict[str, int] = {}
+    if items is not None:
+        for name, value in items:
+            out[str(name)] = _positive(f"{name}={value}", value)
+        return out
     for d in dims:
-        name, sep, value = d.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            out[name.strip()] = int(value)
-        except ValueError:
-            raise BadArgumentError(f"--dim expects name=integer, got {d!r}") from None
-        if out[name.strip()] <= 0:
-            raise BadArgumentError(f"--dim {d!r}: the size must be positive")
+        name, sep, value = str(d).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise BadArgumentError(f"--dim expects name=integer, got {d!r}")
+        out[name] = _positive(d, value)
     return out
 
 
+def _positive(text: str, value) -> int:
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise BadArgumentError(f"--dim expects name=integer, got {text!r}") from None
+    if v <= 0:
+        raise BadArgumentError(f"--dim {text!r}: the size must be positive")
+    return v
+
+
 def input_specs(session: ort.InferenceSession) -> list[tuple[str, type, list]]:
+    """``(name, numpy dtype, shape)`` per graph input; shape entries are ints, names or None."""
     specs = []
     for i in session.get_inputs():
         if i.type not in _ORT_TYPES:
             raise BadArgumentError(f"input {i.name!r} has type {i.type}, which n6onnx cannot feed")
         specs.append((i.name, _ORT_TYPES[i.type], list(i.shape)))
     return specs
+
+
+def dynamic_dims(session: ort.InferenceSession) -> dict[str, list[str]]:
+    """Named dynamic dimensions -> the inputs that use them."""
+    out: dict[str, list[str]] = {}
+    for name, _, shape in input_specs(session):
+        for d in shape:
+            if isinstance(d, str) and d:
+                out.setdefault(d, []).append(name)
+    return out
+
+
+def check_dims(session: ort.InferenceSession, dims: Mapping[str, int]) -> None:
+    """Every ``--dim`` must name a dynamic dimension of the model (catches typos)."""
+    known = dynamic_dims(session)
+    for name in dims:
+        if name not in known:
+            have = ", ".join(sorted(known)) if known else "none: every input shape is static"
+            raise BadArgumentError(f"--dim {name}: the model has no dynamic dimension {name!r} (it has {have})")
 
 
 def resolve_shape(name: str, shape: Sequence, dims: Mapping[str, int]) -> tuple[int, ...]:
@@ -52,106 +128,225 @@ def resolve_shape(name: str, shape: Sequence, dims: Mapping[str, int]) -> tuple[
             out.append(d)
         elif isinstance(d, str) and d in dims:
             out.append(dims[d])
+        elif isinstance(d, str) and d:
+            raise BadArgumentError(f"input {name!r} has a dynamic dimension {d!r}; give its size with --dim {d}=N")
         else:
-            label = d if isinstance(d, str) and d else f"axis {k}"
             raise BadArgumentError(
-                f"input {name!r} has a dynamic dimension {label!r}; give its size with --dim {label}=N"
-                if isinstance(d, str) and d else
-                f"input {name!r} has an unnamed dynamic dimension at axis {k}; export with static or named shapes"
+                f"input {name!r} has an unnamed dynamic dimension at axis {k}; export with static or named shapes, "
+                "or use --feeds"
             )
     return tuple(out)
 
 
-def random_feeds(session: ort.InferenceSession, n: int, dims: Mapping[str, int] | None = None,
-                 seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """``n`` batches of random feeds. Integer inputs named like token ids get small ids, masks get
-    ones; float inputs are standard normal."""
+def _batch_size(specs, dims: Mapping[str, int]) -> int:
+    """The batch size: axis 0 of the first input that has axes (1 when none has)."""
+    for n, _, s in specs:
+        if len(s):
+            return resolve_shape(n, s, dims)[0]
+    return 1
+
+
+def random_samples(session: ort.InferenceSession, samples: int, dims: Mapping[str, int] | None = None,
+                   seed: int = 0, id_high: Mapping[str, int] | None = None) -> FeedBatches:
+    """``samples`` random samples, batched by the model's batch size (axis 0; ``--dim`` when dynamic).
+
+    Float inputs are standard normal; bool inputs and integer inputs named like masks are ones;
+    integer inputs named like token-type ids are zeros; other integer inputs are ids drawn from
+    ``[1, id_high[name])`` (default ``DEFAULT_ID_HIGH``). The last batch of a static batch size is
+    padded with repeats of its last real row.
+    """
+    if samples <= 0:
+        raise BadArgumentError(f"--random expects a positive number of samples, got {samples}")
     dims = dict(dims or {})
+    specs = input_specs(session)
+    batch = _batch_size(specs, dims)
+    n_batches = -(-samples // batch)
+    out = random_feeds(session, n_batches, dims, seed, id_high)
+    rows = [batch] * n_batches
+    rows[-1] = samples - batch * (n_batches - 1)
+    if rows[-1] < batch:  # repeat the last real row, like text_feeds
+        for a in out[-1].values():
+            if a.ndim and a.shape[0] == batch:
+                a[rows[-1]:] = a[rows[-1] - 1]
+    return FeedBatches(out, rows, source=f"random (seed {seed})")
+
+
+def random_feeds(session: ort.InferenceSession, n: int, dims: Mapping[str, int] | None = None,
+                 seed: int = 0, id_high: Mapping[str, int] | None = None) -> FeedBatches:
+    """``n`` full batches of random feeds (see :func:`random_samples` for what they contain)."""
+    dims = dict(dims or {})
+    id_high = dict(id_high or {})
     rng = np.random.default_rng(seed)
+    specs = input_specs(session)
     batches = []
     for _ in range(n):
         feeds = {}
-        for name, dtype, shape in input_specs(session):
+        for name, dtype, shape in specs:
             shape = resolve_shape(name, shape, dims)
+            lname = name.lower()
             if np.issubdtype(dtype, np.floating):
                 feeds[name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype == np.bool_:
+            elif dtype == np.bool_ or "mask" in lname:
                 feeds[name] = np.ones(shape, dtype)
-            elif "mask" in name:
-                feeds[name] = np.ones(shape, dtype)
-            elif "type" in name:
+            elif "type" in lname:
                 feeds[name] = np.zeros(shape, dtype)
             else:
-                feeds[name] = rng.integers(1, 1000, size=shape).astype(dtype)
+                high = max(2, min(id_high.get(name, DEFAULT_ID_HIGH), int(np.iinfo(dtype).max)))
+                feeds[name] = rng.integers(1, high, size=shape).astype(dtype)
         batches.append(feeds)
-    return batches
+    return FeedBatches(batches, source=f"random (seed {seed})")
 
 
-def load_npz(path: str | os.PathLike, session: ort.InferenceSession | None = None) -> list[dict[str, np.ndarray]]:
-    """Feeds from an .npz: arrays named after the inputs (one batch), or ``NAME/K`` for batch K."""
+def load_npz(path: str | os.PathLike, session: ort.InferenceSession | None = None) -> FeedBatches:
+    """Feeds from an .npz: arrays named after the inputs (one batch), or ``NAME/K`` for batch K.
+
+    With a session, every batch is checked against the model's inputs (names, dtypes, ranks and
+    static sizes); an array that names no input is an error (a typo would otherwise go unnoticed).
+    """
     p = pathlib.Path(path)
+    if not p.is_file():
+        raise BadArgumentError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
     try:
         data = np.load(p, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise BadArgumentError(f"{p}: cannot read feeds (.npz expected): {e}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("this is a single .npy array, not an .npz archive")
+        with data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise BadArgumentError(f"{p}: cannot read feeds (.npz expected, as written by numpy.savez): {e}") from None
+    if not arrays:
+        raise BadArgumentError(f"{p}: the .npz holds no arrays")
     batches: dict[int, dict[str, np.ndarray]] = {}
     for key, arr in arrays.items():
-        name, _, idx = key.partition("/")
-        batches.setdefault(int(idx) if idx.isdigit() else 0, {})[name] = arr
-    out = [batches[k] for k in sorted(batches)]
+        name, sep, idx = key.rpartition("/")
+        if not sep or not idx.isdigit():
+            name, idx = key, "0"
+        batches.setdefault(int(idx), {})[name] = arr
+    order = sorted(batches)
+    out = FeedBatches([batches[k] for k in order], source=str(p))
     if session is not None:
-        for feeds in out:
-            check_feeds(session, feeds, str(p))
+        wanted = [s[0] for s in input_specs(session)]
+        for k, feeds in zip(order, out):
+            where = f"{p}" if len(out) == 1 else f"{p} (batch {k})"
+            extra = sorted(set(feeds) - set(wanted))
+            if extra:
+                raise BadArgumentError(
+                    f"{where}: array(s) {extra} name no model input (the model's inputs are {wanted}; "
+                    "name arrays after the inputs, or NAME/K for batch K)"
+                )
+            check_feeds(session, feeds, where)
+        out.rows = [_batch_rows({n: f[n] for n in wanted}) for f in out]
     return out
 
 
 def check_feeds(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], where: str = "feeds") -> None:
-    for name, dtype, shape in input_specs(session):
+    """Names, dtypes, ranks, static sizes, and one size per named dynamic dimension."""
+    specs = input_specs(session)
+    seen: dict[str, tuple[int, str]] = {}
+    for name, dtype, shape in specs:
         if name not in feeds:
-            raise BadArgumentError(f"{where}: missing input {name!r} (the model needs {[s[0] for s in input_specs(session)]})")
-        a = feeds[name]
+            raise BadArgumentError(f"{where}: missing input {name!r} (the model needs {[s[0] for s in specs]})")
+        a = np.asarray(feeds[name])
         if a.dtype != dtype:
-            raise BadArgumentError(f"{where}: input {name!r} has dtype {a.dtype}, the model needs {np.dtype(dtype)}")
+            raise BadArgumentError(
+                f"{where}: input {name!r} has dtype {a.dtype}, the model needs {np.dtype(dtype)} "
+                f"(convert it with .astype(np.{np.dtype(dtype).name}))"
+            )
         if len(a.shape) != len(shape) or any(isinstance(d, int) and d >= 0 and d != s for d, s in zip(shape, a.shape)):
             raise BadArgumentError(f"{where}: input {name!r} has shape {list(a.shape)}, the model needs {shape}")
+        for d, s in zip(shape, a.shape):
+            if isinstance(d, str) and d:
+                if d in seen and seen[d][0] != s:
+                    raise BadArgumentError(
+                        f"{where}: dimension {d!r} is {seen[d][0]} in input {seen[d][1]!r} but {s} in {name!r}"
+                    )
+                seen.setdefault(d, (s, name))
 
 
 def read_text(path: str | os.PathLike) -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 text file (one sample per line)."""
     p = pathlib.Path(path)
     try:
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadArgumentError(f"{p}: cannot read text: {e}") from None
+    except UnicodeDecodeError as e:
+        raise BadArgumentError(f"{p}: cannot read text: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise BadArgumentError(f"{p}: cannot read text: {e.strerror or e}") from None
     lines = [ln for ln in lines if ln]
     if not lines:
         raise BadArgumentError(f"{p}: no text lines")
     return lines
 
 
-def text_feeds(texts: Sequence[str], tokenizer_dir: str | os.PathLike, session: ort.InferenceSession,
-               dims: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
-    """Tokenise ``texts`` into batches shaped like the model's token inputs (padding to the
-    sequence length; the last partial batch is padded with repeats and trimmed by the caller)."""
+def load_tokenizer(tokenizer_dir: str | os.PathLike):
+    """A Hugging Face tokenizer from a local folder (never downloads)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    p = pathlib.Path(tokenizer_dir)
+    if not p.is_dir():
+        raise BadArgumentError(f"{p}: no such tokenizer folder" if not p.exists() else f"{p}: not a folder")
     try:
         from transformers import AutoTokenizer
     except ImportError:  # pragma: no cover
         raise BadArgumentError("--text needs the `transformers` package (pip install transformers)") from None
     try:
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    except (OSError, ValueError) as e:
-        raise BadArgumentError(f"{tokenizer_dir}: not a tokenizer folder: {e}") from None
+        import transformers
+
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            return AutoTokenizer.from_pretrained(str(p))
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a bad folder
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BadArgumentError(f"{p}: not a Hugging Face tokenizer folder: {first}") from None
+
+
+def text_feeds(texts: Sequence[str], tokenizer_dir_or_tokenizer, session: ort.InferenceSession,
+               dims: Mapping[str, int] | None = None) -> FeedBatches:
+    """Tokenise ``texts`` into batches shaped like the model's token inputs.
+
+    Each text is padded (or truncated) to the model's sequence length; the last partial batch is
+    padded with repeats of its last text, and ``result.rows[-1]`` (``result.last_rows``) says how
+    many of its rows are real. Inputs the tokenizer does not produce get zeros
+    (``token_type_ids``) or ones (``attention_mask``).
+    """
+    if not texts:
+        raise BadArgumentError("no text to tokenise")
+    tok = (load_tokenizer(tokenizer_dir_or_tokenizer)
+           if isinstance(tokenizer_dir_or_tokenizer, (str, os.PathLike)) else tokenizer_dir_or_tokenizer)
     specs = input_specs(session)
     names = [s[0] for s in specs]
+    dtypes = {s[0]: s[1] for s in specs}
     if not set(names) <= set(TOKEN_INPUTS) or "input_ids" not in names:
-        raise BadArgumentError(f"--text needs a model whose inputs are token ids ({', '.join(TOKEN_INPUTS)}); this one has {names}")
-    shape = resolve_shape("input_ids", dict((s[0], s[2]) for s in specs)["input_ids"], dims or {})
-    batch, seq = shape
-    out = []
+        raise BadArgumentError(
+            f"--text needs a model whose inputs are token ids ({', '.join(TOKEN_INPUTS)}); this one has {names}"
+        )
+    for n in names:
+        if not np.issubdtype(dtypes[n], np.integer):
+            raise BadArgumentError(f"--text: input {n!r} has dtype {np.dtype(dtypes[n])}; token inputs must be integers")
+    shapes = {n: resolve_shape(n, s, dims or {}) for n, _, s in specs}
+    if len(shapes["input_ids"]) != 2:
+        raise BadArgumentError(f"--text: input_ids must be [batch, sequence]; the model's is {shapes['input_ids']}")
+    for n, s in shapes.items():
+        if s != shapes["input_ids"]:
+            raise BadArgumentError(f"--text: input {n!r} has shape {list(s)} but input_ids {list(shapes['input_ids'])}")
+    batch, seq = shapes["input_ids"]
+    out, rows = [], []
     for i in range(0, len(texts), batch):
         chunk = list(texts[i : i + batch])
+        rows.append(len(chunk))
         chunk += [chunk[-1]] * (batch - len(chunk))
-        enc = tok(chunk, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
-        out.append({n: enc[n].astype(dict((s[0], s[1]) for s in specs)[n]) if n in enc else np.zeros(shape, np.int64) for n in names})
-    return out
+        try:
+            enc = tok(chunk, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+        except Exception as e:
+            raise BadArgumentError(f"the tokenizer failed: {type(e).__name__}: {e}") from None
+        feeds = {}
+        for n in names:
+            if n in enc:
+                feeds[n] = np.asarray(enc[n]).astype(dtypes[n])
+            else:
+                feeds[n] = (np.ones if n == "attention_mask" else np.zeros)((batch, seq), dtypes[n])
+        out.append(feeds)
+    return FeedBatches(out, rows, source="text")

@@ -1,0 +1,232 @@
+"""Accuracy recovery without training.
+
+Calibrated activation swap: for each FFN whose GELU became an n6 activation, fit per hidden unit
+j the affine y_j = alpha_j * act(a_j * z_j + c_j) + beta_j to the original GELU on calibration
+data, fold (a, c) into the up projection's weights and bias and (alpha, beta) into the down
+projection's, then (optionally) refit the down projection and its bias by ridge least squares
+against the original model. Layers are processed in graph order; each layer's inputs come from
+the model with every earlier layer already rewritten, and its target is what the original model
+adds to the residual stream there (original residual + original FFN output - current residual),
+so upstream errors are compensated rather than compounded. The rewritten graph has exactly the
+nodes of an uncalibrated rewrite: the calibration costs nothing at inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from ..ops import DOMAIN, REGISTRY
+from ..passes import ffn
+from . import collect, fit
+
+ACTS = {"Phi6": REGISTRY["Phi6"].reference, "ZetaLn2": REGISTRY["ZetaLn2"].reference}
+
+
+@dataclasses.dataclass
+class LayerFit:
+    block: str
+    rows: int
+    activation_r2: float  # mean over channels: how well the affine act reproduces GELU
+    rel_err_folded: float  # calibration error of the layer's residual contribution, folded fit only
+    rel_err: float  # ... after the ridge refit of the down projection (== folded without refit)
+    ridge: float | None
+    explicit: list[str]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class CalibrationReport:
+    samples: int
+    rows: int
+    seconds: float
+    refit: bool
+    layers: list[LayerFit]
+    skipped: list[str]
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples, "rows": self.rows, "seconds": round(self.seconds, 2), "refit": self.refit,
+                "layers": [l.to_json() for l in self.layers], "skipped": self.skipped}
+
+
+def _np(v: ir.Value) -> np.ndarray:
+    return ir.convenience.get_const_tensor(v).numpy()
+
+
+def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> ir.Value:
+    """Replace node.inputs[index] by a new initializer holding ``array`` (never edits a shared one)."""
+    base, k = name, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base}_{k}"
+    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                 const_value=ir.tensor(array, name=name))
+    graph.register_initializer(v)
+    node.replace_input_with(index, v)
+    return v
+
+
+def _bias_slot(proj: ffn.Projection, act: ir.Node | None = None) -> tuple[ir.Node, int] | None:
+    if act is not None and act.domain == DOMAIN and act.op_type.startswith("Bias"):
+        return act, 1
+    if proj.bias_add is not None:
+        idx = [i for i, v in enumerate(proj.bias_add.inputs) if v is proj.bias][0]
+        return proj.bias_add, idx
+    if proj.node.op_type == "Gemm" and len(proj.node.inputs) > 2 and proj.node.inputs[2] is not None:
+        return proj.node, 2
+    return None
+
+
+def _weight_hd(proj: ffn.Projection) -> np.ndarray:
+    """Weight as [in, out] (MatMul orientation)."""
+    w = _np(proj.weight).astype(np.float32)
+    return w.T if proj.transposed else w
+
+
+def _store_weight(graph, proj: ffn.Projection, w_in_out: np.ndarray, dtype, tag: str) -> None:
+    w = w_in_out.T if proj.transposed else w_in_out
+    _set_input(graph, proj.node, 1, np.ascontiguousarray(w).astype(dtype), f"{proj.weight.name}_{tag}")
+
+
+def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict], *, refit: bool = True,
+                   threads: int | None = None, progress: Callable[[str, int], None] | None = None) -> CalibrationReport:
+    """Fit and fold the calibrated activation swap into ``model`` (rewritten by the gelu pass) in place."""
+    t0 = time.perf_counter()
+    blocks, _, _ = ffn.find_blocks(model)
+    todo, skipped = [], []
+    for b in blocks:
+        op = b.act.op_type.removeprefix("Bias")
+        if b.act.domain != DOMAIN or op not in ACTS:
+            continue
+        if b.gated:
+            skipped.append(f"{b.act.name}: gated FFN (the gate product does not fold an affine); left uncalibrated")
+            continue
+        todo.append(b)
+    if not todo:
+        return CalibrationReport(len(batches), 0, time.perf_counter() - t0, refit, [], skipped)
+
+    names = lambda b: [b.up.node.outputs[0].name, b.out.name] + ([b.residual.name] if b.residual is not None else [])
+    orig = collect.collect(ir.to_proto(original), [n for b in todo for n in names(b)], batches, threads)
+    layers = []
+    graph = model.graph
+    for i, b in enumerate(todo):
+        if progress:
+            progress(b.act.name, i)
+        op = b.act.op_type.removeprefix("Bias")
+        act = ACTS[op]
+        variant = b.act.metadata_props.get("n6onnx.variant", "erf")
+        slot = _bias_slot(b.up, b.act)
+        b1 = _np(slot[0].inputs[slot[1]]).astype(np.float32) if slot else None
+        # the up-projection output already contains a Gemm's C; a separate bias is added here
+        separate_bias = slot is not None and slot[0] is not b.up.node
+        upv = b.up.node.outputs[0].name
+        cur = collect.collect(ir.to_proto(model), [upv] + ([b.residual.name] if b.residual is not None else []), batches, threads)
+        z = cur[upv] + (b1 if separate_bias else 0)
+        g = fit.gelu(z, variant)
+        af = fit.fit_affine_activation(z, g, act)
+        explicit = []
+        dtype = _np(b.up.weight).dtype
+        # (alpha, beta) into the down projection, then the refit. The folded graph's activation
+        # outputs P = act(a z + c); the down projection sees P, so P is the regression input.
+        Y = act((af.a * z + af.c).astype(np.float32))
+        w2 = _weight_hd(b.down)
+        dslot = _bias_slot(b.down)
+        b2 = _np(dslot[0].inputs[dslot[1]]).astype(np.float32) if dslot else np.zeros(w2.shape[1], np.float32)
+        w2f = af.alpha[:, None] * w2
+        b2f = b2 + af.beta @ w2
+        target = orig[b.out.name]
+        if b.residual is not None and os.environ.get("N6CAL_TARGET", "residual") == "residual":
+            target = orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
+        var = float(np.var(target)) + 1e-12
+        if refit:
+            rf = fit.ridge_refit(Y, target, w2f, b2f)
+            w2n, b2n, err_f, err, lam = rf.W, rf.b, rf.err_prior, rf.err, rf.lam
+            a_, c_ = af.a, af.c
+            for _ in range(int(os.environ.get("N6CAL_ROUNDS", "2"))):  # output-aware refinement of (a, c)
+                na, nc = fit.refine_for_output(z, act, a_, c_, w2n, b2n, target)
+                Yn = act((na * z + nc).astype(np.float32))
+                rn = fit.ridge_refit(Yn, target, w2f, b2f)
+                if rn.err >= err:
+                    break
+                a_, c_, Y, w2n, b2n, err, lam = na, nc, Yn, rn.W, rn.b, rn.err, rn.lam
+            af.a, af.c = a_, c_
+        else:
+            w2n, b2n = w2f, b2f
+            err_f = err = float(np.mean((Y @ w2f + b2f - target) ** 2))
+            lam = None
+        # fold (a, c) into the up projection
+        w1 = _weight_hd(b.up) * af.a[None, :]
+        _store_weight(graph, b.up, w1, dtype, "n6cal")
+        new_b1 = (af.a * (b1 if b1 is not None else 0) + af.c).astype(dtype)
+        if slot is not None:
+            _set_input(graph, slot[0], slot[1], new_b1, f"{slot[0].inputs[slot[1]].name}_n6cal")
+        else:
+            explicit.append("up-projection bias (added as an explicit Add)")
+            _insert_add(graph, b.up.node.outputs[0], new_b1, f"{b.act.name}_n6cal_bias")
+        _store_weight(graph, b.down, w2n, _np(b.down.weight).dtype, "n6cal")
+        if dslot is not None:
+            _set_input(graph, dslot[0], dslot[1], b2n.astype(dtype), f"{dslot[0].inputs[dslot[1]].name}_n6cal")
+        else:
+            explicit.append("down-projection bias (added as an explicit Add)")
+            _insert_add(graph, b.down.node.outputs[0], b2n.astype(dtype), f"{b.act.name}_n6cal_out_bias")
+        layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit))
+    return CalibrationReport(len(batches), int(len(orig[todo[0].up.node.outputs[0].name])),
+                             time.perf_counter() - t0, refit, layers, skipped)
+
+
+def _insert_add(graph: ir.Graph, value: ir.Value, bias: np.ndarray, name: str) -> None:
+    """value -> Add(value, bias) for every consumer of value."""
+    users = list(value.uses())
+    c = ir.Value(name=name, shape=ir.Shape(bias.shape), type=ir.TensorType(ir.DataType.from_numpy(bias.dtype)),
+                 const_value=ir.tensor(bias, name=name))
+    graph.register_initializer(c)
+    node = ir.Node("", "Add", [value, c], name=f"{name}_add")
+    graph.insert_after(value.producer(), node)
+    out = node.outputs[0]
+    out.name = f"{name}_out"
+    out.shape, out.type = value.shape, value.type
+    for user, idx in users:
+        user.replace_input_with(idx, out)
+
+
+def load_batches(data: str, model_bytes: bytes, *, tokenizer: str | None = None, samples: int | None = None,
+                 dims: dict | None = None):
+    """Calibration feeds: an .npz of feeds, or a text file tokenised with ``tokenizer`` (default:
+    the packaged all-MiniLM-L6-v2 tokenizer when the model takes token ids)."""
+    import pathlib
+
+    from .. import feeds
+    from ..errors import BadArgumentError
+    from ..runtime import InferenceSession
+
+    p = pathlib.Path(data)
+    if not p.is_file():
+        raise BadArgumentError(f"--calibrate {data}: no such file")
+    sess = InferenceSession(model_bytes)
+    if p.suffix == ".npz":
+        batches = feeds.load_npz(p, sess)
+    else:
+        texts = feeds.read_text(p)
+        if samples:
+            texts = texts[:samples]
+        if tokenizer is None:
+            from .. import zoo
+
+            tokenizer = str(zoo.minilm_dir())
+        batches = feeds.text_feeds(texts, tokenizer, sess, dims)
+    if samples and p.suffix == ".npz":
+        keep, n = [], 0
+        for b in batches:
+            if n >= samples:
+                break
+            keep.append(b)
+            n += feeds._batch_rows(b)
+        batches = keep
+    return list(batches)

@@ -1,0 +1,193 @@
+"""Closed-form fitting used by calibration (numpy only).
+
+- ``fit_affine_activation``: per channel j, the (a, c, alpha, beta) that make
+  alpha * act(a * z + c) + beta closest (least squares) to a target g(z) on calibration data.
+  (alpha, beta) are closed form for each (a, c); (a, c) come from a coarse grid in standardised
+  units, then two rounds of local refinement, all vectorised over channels.
+- ``ridge_refit``: the projection W, b minimising ||Y W + b - T||^2 + lam ||W - W0||^2, i.e. ridge
+  regression shrunk towards the prior weights W0, with lam chosen on a held-out split. Because the
+  prior is feasible, the refit never has a larger calibration error than the prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+
+Act = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass
+class AffineFit:
+    a: np.ndarray
+    c: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    r2: np.ndarray  # per-channel fraction of the target's variance explained
+
+    def apply(self, act: Act, z: np.ndarray) -> np.ndarray:
+        return self.alpha * act(self.a * z + self.c) + self.beta
+
+
+def _score(act: Act, t: np.ndarray, g: np.ndarray, s, o):
+    """For u = s*t + o (per-channel s, o): closed-form alpha/beta, and the R^2 of the fit."""
+    p = act((t * s + o).astype(np.float32))
+    pm, gm = p.mean(0), g.mean(0)
+    pc = p - pm
+    gc = g - gm
+    cov = (pc * gc).mean(0)
+    vp = (pc * pc).mean(0)
+    vg = (gc * gc).mean(0)
+    alpha = np.where(vp > 1e-12, cov / np.maximum(vp, 1e-12), 0.0)
+    beta = gm - alpha * pm
+    r2 = np.where((vp > 1e-12) & (vg > 1e-12), cov * cov / np.maximum(vp * vg, 1e-24), 0.0)
+    return r2, alpha, beta
+
+
+def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, max_rows: int = 4096,
+                          seed: int = 0) -> AffineFit:
+    """z, g: [N, H]. Returns per-channel (a, c, alpha, beta) for alpha*act(a*z+c)+beta ~ g."""
+    z = np.asarray(z, np.float32)
+    g = np.asarray(g, np.float32)
+    rng = np.random.default_rng(seed)
+    if z.shape[0] > max_rows:
+        idx = np.sort(rng.choice(z.shape[0], max_rows, replace=False))
+        z, g = z[idx], g[idx]
+    mu = z.mean(0)
+    sd = z.std(0) + 1e-6
+    t = (z - mu) / sd
+    sub = t[: min(512, len(t))], g[: min(512, len(g))]
+    H = z.shape[1]
+    best = np.full(H, -1.0)
+    bs = np.ones(H, np.float32)
+    bo = np.zeros(H, np.float32)
+    for s in (-2.0, -1.5, -1.0, -0.75, -0.5, -0.3, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0):
+        for o in np.linspace(-2.0, 2.5, 10):
+            r2, _, _ = _score(act, sub[0], sub[1], np.float32(s), np.float32(o))
+            better = r2 > best
+            best = np.where(better, r2, best)
+            bs = np.where(better, s, bs).astype(np.float32)
+            bo = np.where(better, o, bo).astype(np.float32)
+    step_s, step_o = 0.25, 0.25
+    best, _, _ = _score(act, t, g, bs, bo)
+    for _ in range(3):
+        cs, co = bs.copy(), bo.copy()
+        for ds in (-1, 0, 1):
+            for do in (-1, 0, 1):
+                if ds == do == 0:
+                    continue
+                s = cs * (1 + ds * step_s)
+                o = co + do * step_o
+                r2, _, _ = _score(act, t, g, s, o)
+                better = r2 > best
+                best = np.where(better, r2, best)
+                bs = np.where(better, s, bs).astype(np.float32)
+                bo = np.where(better, o, bo).astype(np.float32)
+        step_s, step_o = step_s / 2, step_o / 2
+    r2, alpha, beta = _score(act, t, g, bs, bo)
+    a = bs / sd
+    c = bo - bs * mu / sd
+    return AffineFit(a.astype(np.float32), c.astype(np.float32), alpha.astype(np.float32),
+                     beta.astype(np.float32), r2.astype(np.float32))
+
+
+@dataclasses.dataclass
+class RidgeFit:
+    W: np.ndarray
+    b: np.ndarray
+    lam: float
+    err_prior: float  # calibration mean squared error of the prior (W0, b0)
+    err: float  # calibration mean squared error of the refit
+
+
+def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
+                lams=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), holdout: float = 0.2, seed: int = 0) -> RidgeFit:
+    """Refit W [H, D], b [D] for Y [N, H] -> T [N, D], shrunk towards (W0, b0)."""
+    Y = np.asarray(Y, np.float64)
+    T = np.asarray(T, np.float64)
+    W0 = np.asarray(W0, np.float64)
+    b0 = np.asarray(b0, np.float64)
+    n = len(Y)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_val = int(n * holdout) if n >= 50 else 0
+
+    def solve(Yt, Tt, lam_rel):
+        ym, tm = Yt.mean(0), Tt.mean(0)
+        Yc, Tc = Yt - ym, Tt - tm
+        G = Yc.T @ Yc
+        lam = lam_rel * (np.trace(G) / G.shape[0] + 1e-12)
+        R = Tc - Yc @ W0
+        delta = np.linalg.solve(G + lam * np.eye(G.shape[0]), Yc.T @ R)
+        W = W0 + delta
+        return W, tm - ym @ W
+
+    mse = lambda W, b, Ys, Ts: float(np.mean((Ys @ W + b - Ts) ** 2))
+    best_lam = lams[-1]
+    if n_val:
+        tr, va = perm[n_val:], perm[:n_val]
+        scores = {lam: mse(*solve(Y[tr], T[tr], lam), Y[va], T[va]) for lam in lams}
+        best_lam = min(scores, key=scores.get)
+    W, b = solve(Y, T, best_lam)
+    err_prior = mse(W0, b0, Y, T)
+    err = mse(W, b, Y, T)
+    if err > err_prior:  # cannot happen in exact arithmetic; guard against round-off
+        W, b, err = W0, b0, err_prior
+    return RidgeFit(W.astype(np.float32), b.astype(np.float32), float(best_lam), err_prior, err)
+
+
+def gelu(z: np.ndarray, variant: str = "erf") -> np.ndarray:
+    z = np.asarray(z, np.float32)
+    if variant == "tanh":
+        return 0.5 * z * (1 + np.tanh(np.float32(math.sqrt(2 / math.pi)) * (z + np.float32(0.044715) * z ** 3)))
+    if variant == "quick":
+        return z / (1 + np.exp(-1.702 * z))
+    return (0.5 * z * (1 + erf(z / np.float32(math.sqrt(2))))).astype(np.float32)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf to 1.5e-7 absolute (Abramowitz & Stegun 7.1.26); numpy has none."""
+    x = np.asarray(x, np.float64)
+    s = np.sign(x)
+    x = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-x * x)
+    return (s * y).astype(np.float32)
+
+
+def refine_for_output(z: np.ndarray, act: Act, a: np.ndarray, c: np.ndarray, W: np.ndarray, b: np.ndarray,
+                      T: np.ndarray, *, max_rows: int = 8192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One round of per-channel coordinate search on (a_j, c_j) against the *output* error.
+
+    With R = T - act(a z + c) W - b, changing channel j's activation by d_j changes the squared
+    error by -2 d_j.(R W_j) + |d_j|^2 |W_j|^2: cheap for every channel at once. Each channel
+    takes its best candidate (in units of its own scale and offset); channels move together, so
+    the caller re-fits W and keeps the result only if the total error went down.
+    """
+    z = np.asarray(z, np.float32)
+    T = np.asarray(T, np.float32)
+    if len(z) > max_rows:
+        idx = np.sort(np.random.default_rng(seed).choice(len(z), max_rows, replace=False))
+        z, T = z[idx], T[idx]
+    P = act(a * z + c)
+    R = T - P @ W - b
+    RW = R @ W.T  # [N, H]
+    wn = (W * W).sum(1)  # [H]
+    best = np.zeros(len(a), np.float32)
+    ba, bc = a.copy(), c.copy()
+    for ds in (-0.2, -0.1, 0.0, 0.1, 0.2):
+        for do in (-0.3, -0.15, 0.0, 0.15, 0.3):
+            if ds == do == 0.0:
+                continue
+            na = a * (1 + ds)
+            nc = c + do  # u = a z + c lives on Phi6's own scale ([-2, 2] is its active window)
+            d = act(na * z + nc) - P
+            gain = -2 * (d * RW).sum(0) + (d * d).sum(0) * wn
+            better = gain < best
+            best = np.where(better, gain, best)
+            ba = np.where(better, na, ba)
+            bc = np.where(better, nc, bc)
+    return ba.astype(np.float32), bc.astype(np.float32)
