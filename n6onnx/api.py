@@ -41,6 +41,7 @@ class RewriteReport:
     functions: list[str]
     seconds: float
     warnings: list[str] = dataclasses.field(default_factory=list)
+    calibration: object | None = None  # calibrate.CalibrationReport
 
     @property
     def rewritten(self) -> dict[str, int]:
@@ -53,6 +54,8 @@ class RewriteReport:
             "reports": {k: r.to_json() for k, r in self.reports.items()},
             "functions": self.functions, "seconds": round(self.seconds, 3),
             "warnings": self.warnings,
+            "calibrated": self.calibration is not None,
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
         }
 
 
@@ -93,6 +96,12 @@ def rewrite(
     passes_: Sequence[str | PassSpec] = ("gelu=phi6",),
     *,
     external_data: bool | None = None,
+    calibrate: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    calib_samples: int | None = 128,
+    refit: bool = True,
+    dims: dict | None = None,
+    progress=None,
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
@@ -110,24 +119,36 @@ def rewrite(
     if external_data is None and isinstance(model, (str, os.PathLike)):
         external_data = io.uses_external_data(model) or None
     canonicalize(m)
+    original = ir.from_proto(ir.to_proto(m)) if calibrate is not None else None
     reports: dict[str, KindReport] = {}
     for spec in specs:
         reports[spec.kind] = passes.run(m, spec)
     functions = finalize(m)
+    calibration = None
+    if calibrate is not None and reports.get("gelu") and reports["gelu"].rewritten:
+        from . import calibrate as cal
+
+        batches = cal.load_batches(str(calibrate), ir.to_proto(original).SerializeToString(),
+                                   tokenizer=None if tokenizer is None else str(tokenizer),
+                                   samples=calib_samples, dims=dims)
+        calibration = cal.calibrate_swap(m, original, batches, refit=refit, progress=progress)
+        functions = finalize(m)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
     warnings = []
-    if reports.get("gelu") and reports["gelu"].rewritten:
+    if calibration is not None:
+        warnings += calibration.skipped
+    elif reports.get("gelu") and reports["gelu"].rewritten:
         warnings.append(
             "uncalibrated activation swap: a pretrained model will lose accuracy (GELU and Phi6 are "
-            "uncorrelated); measure with `n6onnx validate`"
+            "uncorrelated); pass --calibrate DATA to recover it, and measure with `n6onnx validate`"
         )
     proto = ir.serde.serialize_model(m)
     check(proto)
     if output is not None:
         io.save(proto, output, external_data=external_data)
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
-                        functions, time.perf_counter() - t0, warnings)
+                        functions, time.perf_counter() - t0, warnings, calibration)
     return m, rep
 
 
@@ -156,3 +177,74 @@ def check(proto: onnx.ModelProto) -> None:
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise N6Error(f"the rewritten model fails onnx.checker: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# validate (imported eagerly: the subpackage n6onnx.validate must be loaded before n6onnx/__init__
+# binds the name ``n6onnx.validate`` to the function below, or a first import would rebind it)
+from .validate import run as _validate_run  # noqa: E402
+
+ValidateReport = _validate_run.ValidateReport
+
+
+def validate(
+    original: str | os.PathLike,
+    candidate: str | os.PathLike,
+    *,
+    feeds=None,
+    text: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    random: int | None = None,
+    dims=None,
+    labels: str | os.PathLike | None = None,
+    min_cosine: float | None = None,
+    max_abs_err: float | None = None,
+    min_top1: float | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    progress=False,
+) -> ValidateReport:
+    """Run ``original`` and ``candidate`` on the same inputs and compare every output.
+
+    Inputs: exactly one of ``feeds`` (.npz path, feed dict or list of them), ``text`` (one sample a
+    line; ``tokenizer`` a Hugging Face tokenizer folder) or ``random`` (number of samples);
+    ``dims`` sizes dynamic dimensions (``["batch=8"]`` or a mapping). Gates: ``min_cosine``
+    (on ``cosine_mean``), ``max_abs_err``, ``min_top1``. Returns a report (``.passed``,
+    ``.failed``, ``.to_json()``); bad input raises ``N6Error`` subclasses.
+    """
+    return _validate_run.validate(
+        original, candidate, feeds=feeds, text=text, tokenizer=tokenizer, random=random, dims=dims,
+        labels=labels, min_cosine=min_cosine, max_abs_err=max_abs_err, min_top1=min_top1, seed=seed,
+        threads=threads, progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# bench (imported eagerly for the same reason as validate: n6onnx.bench must name the function)
+from .bench import run as _bench_run  # noqa: E402
+
+BenchReport = _bench_run.BenchReport
+
+
+def bench(
+    model: str | os.PathLike,
+    baseline: str | os.PathLike | None = None,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    dims=None,
+    feeds: str | os.PathLike | None = None,
+    seconds: float = 30.0,
+    **options,
+) -> BenchReport:
+    """Latency (p50/p90/p99), throughput, energy per inference and peak memory of ``model``, against
+    ORT's best version of ``baseline`` (the original with its transformer fusions) when given.
+
+    ``provider`` "cpu" or "cuda"; ``dims`` sizes dynamic dimensions; ``feeds`` an .npz (default:
+    random feeds); ``seconds`` measured per variant in interleaved blocks of at least ``window``
+    (5 s) each. Further options (``window``, ``idle_seconds``, ``warmup``, ``cpu_watts``,
+    ``cpu_watts_uncertainty``, ``fuse_candidate``, ``model_type``, ``num_heads``, ``hidden_size``,
+    ``device_id``, ``progress``): see ``n6onnx.bench.run.bench``. Returns a report (``.to_json()``).
+    """
+    return _bench_run.bench(model, baseline, provider=provider, threads=threads, dims=dims, feeds=feeds,
+                            seconds=seconds, **options)

@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import api
@@ -17,7 +18,7 @@ out = Console()
 
 
 def _fail(e: N6Error) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     sys.exit(e.exit_code)
 
 
@@ -68,6 +69,200 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], external_data, as
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+@main.command()
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.option("--feeds", "feeds_", type=click.Path(dir_okay=False), metavar="FILE.npz",
+              help="Inputs from an .npz: arrays named after the inputs, or NAME/K for batch K.")
+@click.option("--text", type=click.Path(dir_okay=False), metavar="FILE", help="Inputs from text, one sample a line.")
+@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
+              help="Hugging Face tokenizer folder for --text (default: the packaged MiniLM's, for the zoo MiniLM).")
+@click.option("--random", "random_", type=int, metavar="N", help="N random samples that respect the input types.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic dimension. Repeatable.")
+@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
+              help="One integer label per sample (text, one a line, or .npy): task accuracy of both models.")
+@click.option("--min-cosine", type=float, help="Fail (exit 1) when cosine_mean is below this.")
+@click.option("--max-abs-err", type=float, help="Fail (exit 1) when max_abs_err is above this.")
+@click.option("--min-top1", type=float, help="Fail (exit 1) when the top-1 agreement of a logits output is below this.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads per model.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, dims, labels, min_cosine,
+             max_abs_err, min_top1, seed, threads, as_json: bool) -> None:
+    """Compare CANDIDATE with ORIGINAL on the same inputs: errors, cosines, logits agreement, gates.
+
+    Give exactly one of --feeds, --text or --random. Per output: max absolute / relative error and
+    per-sample cosine (mean, worst). An output [B, L, H] with an attention_mask [B, L] input is an
+    embedding: mean-pooled cosine and nearest-neighbour agreement. A float output [B, C] (C >= 2, not
+    named like an embedding) or [B, L, C] named *logit* is logits: top-1 agreement, KL divergence and,
+    with --labels, accuracy. cosine_mean is the embedding cosine, else the first float output's.
+
+    Exit 0: all gates pass; 1: a gate fails (the failing metric is named); 2: bad input.
+    """
+    try:
+        rep = api.validate(
+            original, candidate, feeds=feeds_, text=text, tokenizer=tokenizer, random=random_, dims=dims,
+            labels=labels, min_cosine=min_cosine, max_abs_err=max_abs_err, min_top1=min_top1, seed=seed,
+            threads=threads, progress=err if not as_json else False,
+        )
+    except N6Error as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=2))
+    else:
+        _validate_human(rep)
+    if not rep.passed:
+        if not as_json:
+            err.print(f"[bold red]gate failed:[/] {escape(rep.failure_message())}", highlight=False)
+        sys.exit(1)
+
+
+def _fmt(x, spec: str = ".6g") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _validate_human(rep) -> None:
+    inp = rep.inputs
+    out.print(f"[bold]{escape(rep.original)}[/] vs [bold]{escape(rep.candidate)}[/]  ({rep.seconds:.1f} s)",
+              highlight=False)
+    extra = f", tokenizer {inp['tokenizer']}" if inp.get("tokenizer") else ""
+    out.print(escape(f"inputs: {inp['kind']} {inp['source']}: {inp['samples']} samples in {inp['batches']} "
+                     f"batches{extra}"), highlight=False)
+    for n in rep.notes:
+        out.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+    for name, r in rep.outputs.items():
+        t = Table("metric", "value", title=escape(f"{name}  {r.shape} per batch, {r.dtype['original']}, {r.kind}"),
+                  title_justify="left")
+        t.add_row("max abs error", _fmt(r.max_abs_err))
+        if r.kind == "exact":
+            t.add_row("equal elements", _fmt(r.equal_fraction, ".4%"))
+        else:
+            t.add_row("max rel error", _fmt(r.max_rel_err))
+            t.add_row("rel L2 error", _fmt(r.rel_l2_err))
+            t.add_row("per-sample cosine mean / worst",
+                      escape(f"{_fmt(r.cosine_mean, '.6f')} / {_fmt(r.cosine_min, '.6f')} (sample {r.cosine_min_sample})"))
+        if r.embedding:
+            e = r.embedding
+            t.add_row("embedding cosine mean / min", f"{_fmt(e['cosine_mean'], '.6f')} / {_fmt(e['cosine_min'], '.6f')}")
+            t.add_row("nearest-neighbour agreement", _fmt(e["nn_agreement"], ".2%"))
+        if r.logits:
+            lg = r.logits
+            t.add_row("top-1 agreement", _fmt(lg["top1_agreement"], ".2%"))
+            t.add_row("KL(original || candidate)", _fmt(lg["kl_divergence"]))
+            if lg["accuracy"]:
+                a = lg["accuracy"]
+                t.add_row("accuracy original / candidate", f"{a['original']:.2%} / {a['candidate']:.2%}")
+        if r.nonfinite["original"] or r.nonfinite["candidate"]:
+            t.add_row("non-finite values", f"{r.nonfinite['original']} / {r.nonfinite['candidate']}")
+        out.print(t)
+    out.print(escape(f"cosine_mean {_fmt(rep.cosine_mean, '.6f')} ({rep.cosine_source}), "
+                     f"max_abs_err {_fmt(rep.max_abs_err)}"), highlight=False)
+    for g in rep.gates:
+        out.print(("[green]pass[/] " if g.passed else "[red]FAIL[/] ") + escape(g.describe()), highlight=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--baseline", type=click.Path(dir_okay=False), metavar="ORIGINAL",
+              help="The original model: measured as ORT runs it best (transformer fusions applied), interleaved "
+                   "with MODEL, and the ratio reported. Without it only MODEL is measured.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device-id", type=int, default=0, show_default=True, help="CUDA device (and NVML GPU).")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic dimension. Repeatable.")
+@click.option("--feeds", "feeds_", type=click.Path(dir_okay=False), metavar="FILE.npz",
+              help="Inputs from an .npz (first batch); default: random inputs of the graph's types.")
+@click.option("--seconds", type=float, default=30.0, show_default=True,
+              help="Measured time per model, in interleaved blocks of at least --window seconds (3 at least).")
+@click.option("--window", type=float, default=5.0, show_default=True,
+              help="Minimum block (energy window) length; NVML's counter updates every ~100 ms.")
+@click.option("--idle-seconds", type=float, help="Idle-power window before and after the runs (default: --window; 0: none).")
+@click.option("--warmup", type=float, default=1.0, show_default=True, help="Warm-up seconds per model.")
+@click.option("--cpu-watts", type=float, default=10.0, show_default=True,
+              help="Assumed power per busy core for the CPU energy estimate (always labelled estimated; the "
+                   "headline figure only when neither NVML nor RAPL is there).")
+@click.option("--cpu-watts-uncertainty", type=float, default=0.5, show_default=True,
+              help="Relative half-width of the estimate's band (0.5: 5-15 W at 10 W).")
+@click.option("--fuse-candidate/--no-fuse-candidate", default=None,
+              help="Give MODEL the baseline's transformer fusions too (default: on with --baseline).")
+@click.option("--model-type", help="Model type for onnxruntime.transformers' optimizer (default: inferred: bert, gpt2, vit).")
+@click.option("--num-heads", type=int, help="Attention heads for onnxruntime.transformers (default: inferred).")
+@click.option("--hidden-size", type=int, help="Hidden size for onnxruntime.transformers (default: inferred).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seconds, window, idle_seconds, warmup,
+          cpu_watts, cpu_watts_uncertainty, fuse_candidate, model_type, num_heads, hidden_size, as_json: bool) -> None:
+    """Latency, throughput, energy per inference and peak memory of MODEL, against ORT's best ORIGINAL.
+
+    Energy figures say how they were obtained: measured (NVML on --provider cuda, RAPL where
+    /sys/class/powercap is readable) or estimated (CPU-seconds x --cpu-watts, with its band).
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    try:
+        rep = api.bench(
+            model, baseline, provider=provider, device_id=device_id, threads=threads, dims=dims, feeds=feeds_,
+            seconds=seconds, window=window, idle_seconds=idle_seconds, warmup=warmup, cpu_watts=cpu_watts,
+            cpu_watts_uncertainty=cpu_watts_uncertainty, fuse_candidate=fuse_candidate, model_type=model_type,
+            num_heads=num_heads, hidden_size=hidden_size, progress=not as_json and err.is_terminal,
+        )
+    except N6Error as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=2))
+    else:
+        _bench_human(rep.to_json())
+
+
+def _bench_human(r: dict) -> None:
+    s = r["settings"]
+    out.print(escape(f"{r['model']}" + (f"  vs  {r['baseline']['model']}" if r["baseline"] else "")), style="bold",
+              highlight=False)
+    out.print(escape(f"{s['provider']}, threads {s['threads'] or 'ORT default'}, {s['blocks_per_variant']} blocks x "
+                     f"{s['block_seconds']:.1f} s per model ({s['order']}), inputs {s['feeds']['shapes']}"), highlight=False)
+    cols = [("baseline", r["baseline"]), ("candidate", r)] if r["baseline"] else [("model", r)]
+    t = Table("", *[c for c, _ in cols], *(["ratio (median [IQR])"] if r["ratio"] else []))
+
+    def ratio(x):
+        return "" if not x or x.get("median") is None else f"{x['median']:.3f}x [{x['q1']:.3f}, {x['q3']:.3f}]"
+
+    rt = r["ratio"] or {}
+    for q in ("p50", "p90", "p99"):
+        t.add_row(f"latency {q} (ms)", *[f"{v['latency_ms'][q]:.3f}" for _, v in cols],
+                  *([ratio(rt.get("latency_p50")) if q == "p50" else ""] if rt else []))
+    t.add_row("throughput (inf/s)", *[f"{v['throughput']:.1f}" for _, v in cols], *([ratio(rt.get("throughput"))] if rt else []))
+    e0 = r["energy"]
+    tag = f"{e0['method']}, {e0['meter']}"
+    for key, label, rkey in (("joules_per_inference", "energy J/inf", "total"),
+                             ("dynamic_joules_per_inference", "dynamic J/inf", "dynamic")):
+        cells = []
+        for _, v in cols:
+            e = v["energy"]
+            x = e.get(key)
+            band = e.get("band" if rkey == "total" else "dynamic_band")
+            cells.append("n/a" if x is None else f"{x:.4g}" + (f" ({band['low']:.3g}-{band['high']:.3g})" if band else ""))
+        t.add_row(f"{label} ({tag})", *cells, *([ratio((rt.get("energy") or {}).get(rkey))] if rt else []))
+    out.print(t)
+    for _, v in cols:
+        f = v.get("fusion")
+        if f:
+            tried = ", ".join(f"{a['optimizer']} {a['fused_ops'] if a['error'] is None else 'failed'}" for a in f["attempts"])
+            out.print(escape(f"{v['model']}: fusion {f['chosen']} ({f['fused_ops']} fused ops: {f['fused']}; tried {tried})"),
+                      highlight=False)
+        pl = v["session"]["placement"]
+        out.print(escape(f"  placement {pl['by_provider']}, ORT allocator peak {v['session']['ort_allocator_peak_mb']:.1f} MB"),
+                  highlight=False)
+    for o in e0.get("other", []):
+        out.print(escape(f"also: {o['method']} {o['meter']}: {o['joules_per_inference']:.4g} J/inf ({o['scope']})"),
+                  highlight=False)
+    m = r["memory"]
+    out.print(escape(f"peak RSS {m['peak_rss_mb']:.0f} MB (process)"
+                     + (f", GPU {m['gpu_process_peak_mb']:.0f} MB" if m.get("gpu_process_peak_mb") else "")), highlight=False)
+    out.print(escape(f"energy: {e0['source']}; scope: {e0['scope']}"), style="dim", highlight=False)
+    for w in r["warnings"]:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
 
 def _kinds_table(kinds, last: str) -> None:

@@ -14,7 +14,6 @@ nodes of an uncalibrated rewrite: the calibration costs nothing at inference.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Callable, Sequence
 
@@ -127,12 +126,15 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         # the up-projection output already contains a Gemm's C; a separate bias is added here
         separate_bias = slot is not None and slot[0] is not b.up.node
         upv = b.up.node.outputs[0].name
-        cur = collect.collect(ir.to_proto(model), [upv] + ([b.residual.name] if b.residual is not None else []), batches, threads)
+        cur = collect.collect(ir.to_proto(model), [upv] + ([b.residual.name] if b.residual is not None else []),
+                              batches, threads)
         z = cur[upv] + (b1 if separate_bias else 0)
-        g = fit.gelu(z, variant)
-        af = fit.fit_affine_activation(z, g, act)
         explicit = []
         dtype = _np(b.up.weight).dtype
+        w1 = _weight_hd(b.up)
+        b1_total = b1
+        g = fit.gelu(z, variant)
+        af = fit.fit_affine_activation(z, g, act)
         # (alpha, beta) into the down projection, then the refit. The folded graph's activation
         # outputs P = act(a z + c); the down projection sees P, so P is the regression input.
         Y = act((af.a * z + af.c).astype(np.float32))
@@ -142,29 +144,19 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         w2f = af.alpha[:, None] * w2
         b2f = b2 + af.beta @ w2
         target = orig[b.out.name]
-        if b.residual is not None and os.environ.get("N6CAL_TARGET", "residual") == "residual":
+        if b.residual is not None:
             target = orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
         var = float(np.var(target)) + 1e-12
         if refit:
             rf = fit.ridge_refit(Y, target, w2f, b2f)
             w2n, b2n, err_f, err, lam = rf.W, rf.b, rf.err_prior, rf.err, rf.lam
-            a_, c_ = af.a, af.c
-            for _ in range(int(os.environ.get("N6CAL_ROUNDS", "2"))):  # output-aware refinement of (a, c)
-                na, nc = fit.refine_for_output(z, act, a_, c_, w2n, b2n, target)
-                Yn = act((na * z + nc).astype(np.float32))
-                rn = fit.ridge_refit(Yn, target, w2f, b2f)
-                if rn.err >= err:
-                    break
-                a_, c_, Y, w2n, b2n, err, lam = na, nc, Yn, rn.W, rn.b, rn.err, rn.lam
-            af.a, af.c = a_, c_
         else:
             w2n, b2n = w2f, b2f
             err_f = err = float(np.mean((Y @ w2f + b2f - target) ** 2))
             lam = None
         # fold (a, c) into the up projection
-        w1 = _weight_hd(b.up) * af.a[None, :]
-        _store_weight(graph, b.up, w1, dtype, "n6cal")
-        new_b1 = (af.a * (b1 if b1 is not None else 0) + af.c).astype(dtype)
+        _store_weight(graph, b.up, w1 * af.a[None, :], dtype, "n6cal")
+        new_b1 = (af.a * (b1_total if b1_total is not None else 0) + af.c).astype(dtype)
         if slot is not None:
             _set_input(graph, slot[0], slot[1], new_b1, f"{slot[0].inputs[slot[1]].name}_n6cal")
         else:

@@ -13,8 +13,32 @@ from ..runtime import InferenceSession
 
 
 def with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose outputs are ``names``, pruned to the nodes they depend on
+    (onnxruntime would otherwise still run the whole graph)."""
     m = onnx.ModelProto()
     m.CopyFrom(proto)
+    all_nodes = list(m.graph.node)
+    producer = {o: k for k, n in enumerate(all_nodes) for o in n.output}
+    needed, stack, keep = set(), list(names), set()
+    while stack:
+        v = stack.pop()
+        if v in needed:
+            continue
+        needed.add(v)
+        k = producer.get(v)
+        if k is not None and k not in keep:
+            keep.add(k)
+            n = all_nodes[k]
+            stack.extend(i for i in n.input if i)
+            for a in n.attribute:  # values captured by subgraphs
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    stack.extend(i for sn in g.node for i in sn.input if i)
+    nodes = [all_nodes[k] for k in sorted(keep)]
+    inits = [t for t in m.graph.initializer if t.name in needed]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
     infos = {vi.name: vi for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
     del m.graph.output[:]
     for n in names:

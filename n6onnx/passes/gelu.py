@@ -25,6 +25,7 @@ kept in node metadata; a bias fusion never changes it (unlike ORT's BiasGelu fus
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -59,6 +60,13 @@ ANCHORS = {
     ("com.microsoft", "Gelu"), ("com.microsoft", "FastGelu"), ("com.microsoft", "BiasGelu"),
     ("com.microsoft", "QuickGelu"),
 }
+
+
+class _Holder:
+    """Rules are built once per target (building and commuting them is costly); each run puts its
+    own collector here."""
+
+    collector: "_Collector"
 
 
 class _Collector:
@@ -101,6 +109,12 @@ def _dtype_ok(x: ir.Value | None) -> str | None:
 def _const_rtol(x: ir.Value) -> float:
     """Relative tolerance for GELU constants: 1e-4, or float16's rounding (2**-11) plus slack."""
     return 1e-3 if x.dtype == ir.DataType.FLOAT16 else CONST_RTOL
+
+
+class _UsesCollector:
+    @property
+    def collector(self) -> "_Collector":
+        return self._holder.collector
 
 
 # ---------------------------------------------------------------- decomposed forms
@@ -154,12 +168,12 @@ OUTER = {
 }
 
 
-class _FormRule(orp.RewriteRuleClassBase):
+class _FormRule(_UsesCollector, orp.RewriteRuleClassBase):
     """A decomposed GELU: x * 0.5 * (1 + inner(x)), constants checked by value."""
 
-    def __init__(self, name: str, variant: str, inner, outer, target: str, collector: _Collector):
+    def __init__(self, name: str, variant: str, inner, outer, target: str, holder: _Holder):
         self._inner, self._outer = inner, outer
-        self.variant, self.target, self.collector = variant, target, collector
+        self.variant, self.target, self._holder = variant, target, holder
         self.expect: list[tuple[str, str, float]] = []
         super().__init__(name)
 
@@ -193,11 +207,11 @@ class _FormRule(orp.RewriteRuleClassBase):
         return self.collector.record(self.name, self.variant, _emit(op, self.target, self.variant, x))
 
 
-class _QuickRule(orp.RewriteRuleClassBase):
+class _QuickRule(_UsesCollector, orp.RewriteRuleClassBase):
     """QuickGelu as x * sigmoid(alpha * x), alpha = 1.702 (x * sigmoid(x) is SiLU: rejected)."""
 
-    def __init__(self, target: str, collector: _Collector):
-        self.target, self.collector = target, collector
+    def __init__(self, target: str, holder: _Holder):
+        self.target, self._holder = target, holder
         super().__init__("gelu.quick.x_sigmoid_ax")
 
     def pattern(self, op, x, alpha):
@@ -218,12 +232,12 @@ class _QuickRule(orp.RewriteRuleClassBase):
 
 
 # ---------------------------------------------------------------- op forms
-class _OpRule(orp.RewriteRuleClassBase):
+class _OpRule(_UsesCollector, orp.RewriteRuleClassBase):
     """A GELU op: onnx Gelu, com.microsoft Gelu/FastGelu/BiasGelu/QuickGelu."""
 
-    def __init__(self, name, domain, op_type, n_inputs, target, collector):
+    def __init__(self, name, domain, op_type, n_inputs, target, holder):
         self.domain, self.op_type, self.n_inputs = domain, op_type, n_inputs
-        self.target, self.collector = target, collector
+        self.target, self._holder = target, holder
         super().__init__(name)
 
     def pattern(self, op, x, b):
@@ -281,11 +295,11 @@ def _bias_ok(x: ir.Value, bias: ir.Value) -> bool:
     return x.shape[-1] == bias.shape[0] and isinstance(bias.shape[0], int)
 
 
-class _BiasFusion(orp.RewriteRuleClassBase):
+class _BiasFusion(_UsesCollector, orp.RewriteRuleClassBase):
     """Phi6(x + b) with b a constant 1-D bias over the last axis -> BiasPhi6(x, b)."""
 
-    def __init__(self, target: str, collector: _Collector):
-        self.target, self.collector = target, collector
+    def __init__(self, target: str, holder: _Holder):
+        self.target, self._holder = target, holder
         super().__init__(f"bias_fusion.{target}")
 
     def pattern(self, op, a, b):
@@ -319,33 +333,32 @@ def _emit(op, op_type: str, variant: str, *inputs, rule: str | None = None):
     return out
 
 
-def rules(target_op: str, collector: _Collector) -> list:
+def rules(target_op: str, holder: "_Holder") -> list:
     out = []
     for iname, inner in ERF_INNER.items():
         for oname, outer in OUTER.items():
-            out.append(make_rule(_FormRule(f"gelu.erf.{iname}.{oname}", "erf", inner, outer, target_op, collector)))
+            out.append(make_rule(_FormRule(f"gelu.erf.{iname}.{oname}", "erf", inner, outer, target_op, holder)))
     for iname, inner in TANH_INNER.items():
         for oname, outer in OUTER.items():
-            out.append(make_rule(_FormRule(f"gelu.tanh.{iname}.{oname}", "tanh", inner, outer, target_op, collector)))
-    out.append(make_rule(_QuickRule(target_op, collector)))
+            out.append(make_rule(_FormRule(f"gelu.tanh.{iname}.{oname}", "tanh", inner, outer, target_op, holder)))
+    out.append(make_rule(_QuickRule(target_op, holder)))
     for domain, op_type, n in (("", "Gelu", 1), ("com.microsoft", "Gelu", 1),
                                ("com.microsoft", "FastGelu", 1), ("com.microsoft", "BiasGelu", 2),
                                ("com.microsoft", "QuickGelu", 1)):
         dname = "ms." if domain else ""
-        out.append(make_rule(_OpRule(f"gelu.op.{dname}{op_type}", domain, op_type, n, target_op, collector)))
+        out.append(make_rule(_OpRule(f"gelu.op.{dname}{op_type}", domain, op_type, n, target_op, holder)))
     return out
 
 
 def run(model: ir.Model, target: str = "phi6") -> KindReport:
     """Replace every GELU in ``model`` (in place). Returns what was seen, matched and rejected."""
-    from onnxscript.rewriter import RewriteRuleSet
-
     target_op = TARGETS[target]
-    collector = _Collector()
+    main, fusion, holder = _rule_sets(target_op)
+    holder.collector = collector = _Collector()
     anchors = [n for n in model.graph.all_nodes() if (n.domain, n.op_type) in ANCHORS]
     report = KindReport("gelu", seen=len(anchors))
-    RewriteRuleSet(rules(target_op, collector), commute=True).apply_to_model(model)
-    RewriteRuleSet([make_rule(_BiasFusion(target_op, collector))], commute=True).apply_to_model(model)
+    _apply(model, main, _near(anchors, hops=4))
+    _apply(model, fusion, [n for n in model.graph if n.domain == DOMAIN and n.op_type == target_op])
     for n in model.graph.all_nodes():
         if n.domain == DOMAIN and RULE_TAG not in n.metadata_props:
             site = collector.site_of.get(id(n))
@@ -358,6 +371,59 @@ def run(model: ir.Model, target: str = "phi6") -> KindReport:
             reason = collector.failures.get(id(n), (0, _default_reason(n)))[1]
             report.near_misses.append(Rejection(node_label(n), reason))
     return report
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_sets(target_op: str):
+    """(GELU rule variants, bias-fusion rule variants, holder), built and commuted once."""
+    from onnxscript.rewriter import RewriteRuleSet
+
+    holder = _Holder()
+    main = RewriteRuleSet(rules(target_op, holder), commute=True).rules
+    fusion = RewriteRuleSet([make_rule(_BiasFusion(target_op, holder))], commute=True).rules
+    return main, fusion, holder
+
+
+def _near(anchors: list[ir.Node], hops: int) -> list[ir.Node]:
+    """The anchors and every node up to ``hops`` consumers downstream: the only possible roots of a
+    GELU match (its last node is at most that far below its Erf/Tanh/Sigmoid)."""
+    seen: dict[int, ir.Node] = {}
+    frontier = list(anchors)
+    for _ in range(hops + 1):
+        nxt = []
+        for n in frontier:
+            if id(n) in seen:
+                continue
+            seen[id(n)] = n
+            for out in n.outputs:
+                nxt.extend(u for u, _ in out.uses())
+        frontier = nxt
+    return list(seen.values())
+
+
+def _apply(model: ir.Model, variants: list, candidates: list[ir.Node]) -> int:
+    """The rewriter's rule loop (first matching rule per node; ``variants`` are the commuted
+    rules), run over candidate root nodes only, in graph order. Matching every rule against every
+    node of a large model costs seconds; GELU roots can only sit next to an anchor."""
+    from onnxscript.rewriter._rewrite_rule import RULE_NAME_TAG
+
+    wanted = {id(n) for n in candidates}
+    count = 0
+    for graph in [model.graph, *(f for f in model.functions.values())]:
+        for node in [n for n in graph if id(n) in wanted]:
+            if node.graph is not graph:  # removed by an earlier rewrite
+                continue
+            for rule in variants:
+                delta = rule.try_rewrite(model, graph, node)
+                if delta is None:
+                    continue
+                for n in delta.new_nodes:
+                    n.metadata_props[RULE_NAME_TAG] = rule.name
+                ir.convenience.replace_nodes_and_values(
+                    graph, node, delta.match.nodes, delta.new_nodes, delta.match.outputs, delta.new_outputs)
+                count += 1
+                break
+    return count
 
 
 def _default_reason(n: ir.Node) -> str:

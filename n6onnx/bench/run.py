@@ -1,0 +1,668 @@
+"""``n6onnx bench``: latency, throughput, energy and memory of a model against ORT's best original.
+
+Method (also written into the report):
+
+1. Feeds: an .npz (``--feeds``) or random feeds that respect the graph's input types, one batch,
+   bound once with IO binding (on the device for CUDA) with outputs preallocated after the first
+   run, so both variants are timed the same way.
+2. Baseline: the original with ORT's transformer fusions (``baseline.fuse``: onnxscript
+   ort_fusions or onnxruntime.transformers, whichever fuses more and still agrees with the
+   original). With a baseline, the candidate gets the same treatment by default (its n6 nodes are
+   protected), so the ratio measures the rewrite, not a missing fusion.
+3. Sessions: ORT_ENABLE_ALL, the same provider and threads, the n6 custom-op library registered
+   for both (it does not change a model without n6 ops).
+4. Placement and op times: one profiled session per variant (a few runs, the first dropped):
+   which provider ran each node (any CPU node in a CUDA session is reported), time per op type,
+   ORT's allocator peak.
+5. Warm-up, then an idle window (power with nothing running), then interleaved blocks ABBA of at
+   least ``window`` seconds each, then a second idle window. Every run is timed; every meter is
+   read at block boundaries. Latency percentiles pool all runs; ratios are per block pair.
+6. Energy per meter: joules per inference per block (total) and after subtracting idle power x
+   block time (dynamic); the median over blocks with its spread. Measured (NVML, RAPL) and
+   estimated (CPU-seconds x per-core watts) figures are reported apart, each with its method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import pathlib
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .. import feeds as feeds_mod
+from .. import io, runtime
+from .._library import library_path
+from ..errors import BadArgumentError, N6Error
+from . import baseline as baseline_mod
+from . import energy as energy_mod
+from . import latency as latency_mod
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+NVML_MIN_WINDOW = 5.0  # s: NVML's counter updates about every 100 ms
+
+RATIO_DEFINITION = ("baseline / candidate, per interleaved block pair: > 1 means the candidate is faster "
+                    "(latency), does more per second (throughput), or uses less energy")
+
+
+METHOD = " ".join(__doc__.split("Method (also written into the report):", 1)[1].replace("``", "").split())
+
+
+class ProviderUnavailableError(BadArgumentError):
+    """The requested execution provider is not in this onnxruntime build."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sessions
+
+
+@dataclasses.dataclass
+class SessionConfig:
+    provider: str = "cpu"
+    device_id: int = 0
+    threads: int | None = None
+
+    @property
+    def providers(self) -> list:
+        if self.provider == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def options(self, profile_prefix: str | None = None) -> tuple[ort.SessionOptions, str | None]:
+        """ORT_ENABLE_ALL, threads, and the n6 library (the CUDA one on cuda when it exists)."""
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        cuda_lib = library_path("cuda") if self.provider == "cuda" else None
+        so, registered = runtime.session_options(self.threads, use_library=cuda_lib is None, base=so)
+        lib = library_path() if registered else None
+        if cuda_lib is not None:
+            so.register_custom_ops_library(str(cuda_lib))
+            lib = cuda_lib
+        return so, (str(lib) if lib else None)
+
+    def session(self, path: str | os.PathLike, profile_prefix: str | None = None) -> tuple[ort.InferenceSession, str | None]:
+        so, lib = self.options(profile_prefix)
+        try:
+            sess = ort.InferenceSession(str(path), so, providers=self.providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise N6Error(f"{path}: onnxruntime cannot create a session: {msg}") from None
+        if self.provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+            raise ProviderUnavailableError(
+                f"onnxruntime fell back to {sess.get_providers()} for {path}: the CUDA provider did not load "
+                "(CUDA/cuDNN libraries missing?)")
+        return sess, lib
+
+
+class Runner:
+    """One inference with IO binding: inputs bound once (on the device for CUDA), outputs
+    preallocated from the first run's results."""
+
+    def __init__(self, sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], cfg: SessionConfig) -> None:
+        self.sess = sess
+        self.io = sess.io_binding()
+        self._keep = []
+        names = [o.name for o in sess.get_outputs()]
+        for i in sess.get_inputs():
+            x = np.ascontiguousarray(feeds[i.name])
+            if cfg.provider == "cuda":
+                v = ort.OrtValue.ortvalue_from_numpy(x, "cuda", cfg.device_id)
+                self._keep.append(v)
+                self.io.bind_ortvalue_input(i.name, v)
+            else:
+                self._keep.append(x)
+                self.io.bind_cpu_input(i.name, x)
+        for n in names:
+            if cfg.provider == "cuda":
+                self.io.bind_output(n, "cuda", cfg.device_id)
+            else:
+                self.io.bind_output(n)
+        sess.run_with_iobinding(self.io)
+        self.outputs = self.io.get_outputs()
+        for n, v in zip(names, self.outputs):  # preallocated from now on
+            self.io.bind_ortvalue_output(n, v)
+
+    def __call__(self) -> None:
+        self.sess.run_with_iobinding(self.io)
+
+    def numpy_outputs(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.outputs]
+
+
+# --------------------------------------------------------------------------------------------------
+# Profile: placement and op times
+
+
+def parse_profile(events: list[dict], provider: str) -> dict:
+    """Placement (nodes per provider, CPU nodes of a CUDA session), time per op type (ms per
+    inference, the first run dropped) and ORT's allocator peak, from an ORT profile."""
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+    skip = (runs[0]["ts"], runs[0]["ts"] + runs[0]["dur"]) if len(runs) > 1 else None
+    counted_runs = max(1, len(runs) - (1 if skip else 0))
+    nodes: dict[str, tuple[str, str]] = {}
+    op_us: dict[str, float] = {}
+    peak = 0
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        a = e.get("args", {})
+        name = e["name"][: -len("_kernel_time")]
+        op, prov = a.get("op_name", "?"), a.get("provider", "?")
+        nodes[name] = (op, prov)
+        try:
+            peak = max(peak, int(a.get("mem_in_use_peak", 0)))
+        except (TypeError, ValueError):
+            pass
+        if skip and skip[0] <= e["ts"] <= skip[1]:
+            continue
+        op_us[op] = op_us.get(op, 0.0) + e.get("dur", 0)
+    by_provider: dict[str, int] = {}
+    cpu_ops: dict[str, int] = {}
+    cpu_names = []
+    for name, (op, prov) in nodes.items():
+        by_provider[prov] = by_provider.get(prov, 0) + 1
+        if provider == "cuda" and prov == "CPUExecutionProvider":
+            cpu_ops[op] = cpu_ops.get(op, 0) + 1
+            cpu_names.append(name)
+    memcpy = sum(1 for op, _ in nodes.values() if op.startswith("Memcpy"))
+    total_us = sum(op_us.values())
+    op_ms = {k: v / counted_runs / 1e3 for k, v in sorted(op_us.items(), key=lambda kv: -kv[1])}
+    placement = {
+        "nodes": len(nodes), "by_provider": dict(sorted(by_provider.items())),
+        "cpu_fallback": bool(cpu_ops), "cpu_nodes": dict(sorted(cpu_ops.items())),
+        "cpu_node_names": sorted(cpu_names)[:50], "memcpy_nodes": memcpy,
+    }
+    ops = {"runs": counted_runs, "kernel_ms": total_us / counted_runs / 1e3,
+           "by_op_type_ms": {k: round(v, 6) for k, v in op_ms.items()},
+           "share": {k: round(v * counted_runs * 1e3 / total_us, 4) for k, v in op_ms.items()} if total_us else {}}
+    return {"placement": placement, "op_time": ops, "ort_allocator_peak_mb": peak / 2**20}
+
+
+def profile(path: pathlib.Path, feeds: Mapping[str, np.ndarray], cfg: SessionConfig, runs: int = 10,
+            seconds: float = 1.0) -> dict:
+    tmp = tempfile.mkdtemp(prefix="n6onnx-profile-")
+    try:
+        sess, _ = cfg.session(path, profile_prefix=os.path.join(tmp, "profile"))
+        runner = Runner(sess, feeds, cfg)  # its first run is the one dropped
+        t0 = time.perf_counter()
+        for k in range(runs):
+            runner()
+            if k >= 1 and time.perf_counter() - t0 > seconds:
+                break
+        prof = sess.end_profiling()
+        with open(prof) as f:
+            events = json.load(f)
+        del runner, sess
+        return parse_profile(events, cfg.provider)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardware and memory
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError):
+            return None
+
+
+def _peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 2**10
+
+
+def hardware(nvml: energy_mod.NvmlMeter | None = None) -> dict:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    physical = None
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    hw = {
+        "cpu": cpu or platform.processor(), "logical_cpus": os.cpu_count(), "physical_cores": physical,
+        "usable_cpus": usable, "machine": platform.machine(), "system": platform.platform(),
+        "python": platform.python_version(), "onnxruntime": ort.__version__,
+        "onnxruntime_providers": ort.get_available_providers(),
+    }
+    if nvml is not None:
+        hw["gpu"] = nvml.gpu_name
+        hw["nvidia_driver"] = nvml.driver
+    return hw
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclasses.dataclass
+class VariantResult:
+    role: str  # "candidate" or "baseline"
+    source: str
+    path: pathlib.Path
+    fusion: baseline_mod.FusionResult | None
+    library: str | None
+    latency_ms: dict
+    throughput: float
+    block_medians_ms: list[float]
+    energy: dict
+    session: dict
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.source, "ran": str(self.path),
+            "latency_ms": self.latency_ms, "throughput": self.throughput,
+            "throughput_unit": "inferences/s",
+            "block_median_latency_ms": latency_mod.summary(self.block_medians_ms),
+            "energy": self.energy,
+            "fusion": self.fusion.to_json() if self.fusion else None,
+            "session": {"custom_op_library": self.library, **self.session},
+        }
+
+
+@dataclasses.dataclass
+class BenchReport:
+    candidate: VariantResult
+    baseline: VariantResult | None
+    ratio: dict | None
+    memory: dict
+    settings: dict
+    hardware: dict
+    method: str
+    warnings: list[str]
+    seconds: float
+
+    def to_json(self) -> dict:
+        from .. import __version__
+
+        return {
+            "tool": "n6onnx bench", "n6onnx": __version__,
+            "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **self.candidate.to_json(),
+            "baseline": self.baseline.to_json() if self.baseline else None,
+            "ratio": self.ratio, "memory": self.memory, "settings": self.settings,
+            "hardware": self.hardware, "method": self.method, "warnings": self.warnings,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _energy_figures(meters: Sequence[energy_mod.Meter], blocks: Sequence[latency_mod.Block],
+                    idle_w: Sequence[float] | None) -> list[dict]:
+    figs = []
+    for k, m in enumerate(meters):
+        per = [b.energy[k] / b.runs for b in blocks]
+        watts = [b.energy[k] / b.seconds for b in blocks if b.seconds > 0]
+        s = latency_mod.summary(per)
+        fig = {**m.describe(), "joules_per_inference": s["median"], "spread": s,
+               "watts": latency_mod.summary(watts)["median"], "windows": len(blocks),
+               "window_seconds": latency_mod.summary([b.seconds for b in blocks])["median"]}
+        if idle_w is not None:
+            dyn = [(b.energy[k] - idle_w[k] * b.seconds) / b.runs for b in blocks]
+            ds = latency_mod.summary(dyn)
+            fig.update({"dynamic_joules_per_inference": ds["median"], "dynamic_spread": ds, "idle_watts": idle_w[k],
+                        "dynamic_resolved": bool(dyn) and min(dyn) > 0})
+        else:
+            fig.update({"dynamic_joules_per_inference": None, "dynamic_spread": None, "idle_watts": None,
+                        "dynamic_resolved": False})
+        if m.method == "estimated":
+            lo, hi = m.band
+            fig["band"] = {"low": s["median"] * lo if s["median"] is not None else None,
+                           "high": s["median"] * hi if s["median"] is not None else None}
+            d = fig["dynamic_joules_per_inference"]
+            fig["dynamic_band"] = {"low": d * lo, "high": d * hi} if d is not None else None
+        figs.append(fig)
+    return figs
+
+
+def _energy_json(figs: list[dict]) -> dict:
+    """The primary figure (measured first) with the others under "other"."""
+    primary = figs[0]
+    return {**primary, "other": figs[1:]}
+
+
+def _energy_ratio(meters, base_blocks, cand_blocks, idle_w) -> list[dict]:
+    out = []
+    for k, m in enumerate(meters):
+        b = [x.energy[k] / x.runs for x in base_blocks]
+        c = [x.energy[k] / x.runs for x in cand_blocks]
+        r = {"meter": m.name, "method": m.method, "total": latency_mod.ratio_summary(b, c)}
+        if idle_w is not None:
+            bd = [(x.energy[k] - idle_w[k] * x.seconds) / x.runs for x in base_blocks]
+            cd = [(x.energy[k] - idle_w[k] * x.seconds) / x.runs for x in cand_blocks]
+            if min(bd + cd) > 0:
+                r["dynamic"] = latency_mod.ratio_summary(bd, cd)
+            else:  # a ratio of noise around zero means nothing
+                r["dynamic"] = None
+                r["dynamic_note"] = "some windows' dynamic energy is not above idle: no dynamic ratio"
+        else:
+            r["dynamic"] = None
+        if m.method == "estimated":
+            r["note"] = "the assumed per-core power cancels: this is the ratio of CPU-seconds per inference"
+        out.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A rich progress bar on stderr (no auto-refresh thread: it would compete with the runs)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.p = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                              TimeRemainingColumn(), console=Console(stderr=True), auto_refresh=False)
+            self.p.start()
+            self.task = self.p.add_task("preparing", total=None)
+
+    def phase(self, text: str, total: float | None = None) -> None:
+        """New description; ``total`` (seconds planned) starts the bar."""
+        if self.p:
+            if total is not None:
+                self.p.update(self.task, total=total, completed=0)
+            self.p.update(self.task, description=text)
+            self.p.refresh()
+
+    def advance(self, amount: float) -> None:
+        if self.p:
+            self.p.advance(self.task, amount)
+            self.p.refresh()
+
+    def close(self) -> None:
+        if self.p:
+            self.p.stop()
+
+
+def _parse_dims(dims) -> dict[str, int]:
+    if dims is None:
+        return {}
+    if isinstance(dims, Mapping):
+        return {str(k): int(v) for k, v in dims.items()}
+    return feeds_mod.parse_dims(dims)
+
+
+def _input_signature(sess: ort.InferenceSession) -> list[tuple[str, str]]:
+    return [(i.name, i.type) for i in sess.get_inputs()]
+
+
+def bench(
+    model: str | os.PathLike,
+    baseline: str | os.PathLike | None = None,
+    *,
+    provider: str = "cpu",
+    device_id: int = 0,
+    threads: int | None = None,
+    dims: Mapping[str, int] | Iterable[str] | None = None,
+    feeds: str | os.PathLike | None = None,
+    seconds: float = 30.0,
+    window: float = NVML_MIN_WINDOW,
+    idle_seconds: float | None = None,
+    warmup: float = 1.0,
+    cpu_watts: float = energy_mod.CPU_WATTS_PER_CORE,
+    cpu_watts_uncertainty: float = energy_mod.CPU_WATTS_UNCERTAINTY,
+    fuse_candidate: bool | None = None,
+    model_type: str | None = None,
+    num_heads: int | None = None,
+    hidden_size: int | None = None,
+    profile_runs: int = 10,
+    progress: bool = False,
+    meters: Sequence[energy_mod.Meter] | None = None,
+) -> BenchReport:
+    """Benchmark ``model`` (the candidate), against ORT's best ``baseline`` when given.
+
+    ``seconds``: measured time per variant, split into interleaved blocks of at least ``window``
+    seconds (at least 3 blocks each). ``idle_seconds``: each of the two idle windows (default
+    ``window``; 0: no idle measurement, no dynamic energy). ``fuse_candidate``: give the candidate
+    the baseline's transformer fusions (default: when there is a baseline). ``meters``: override
+    meter discovery (tests).
+    """
+    t_start = time.perf_counter()
+    if provider not in PROVIDERS:
+        raise BadArgumentError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    if provider == "cuda" and PROVIDERS["cuda"] not in ort.get_available_providers():
+        raise ProviderUnavailableError(
+            f"--provider cuda: CUDAExecutionProvider is not available in this onnxruntime "
+            f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+    if threads is not None and threads <= 0:
+        raise BadArgumentError(f"--threads must be positive, got {threads}")
+    if seconds <= 0 or window <= 0:
+        raise BadArgumentError("--seconds and --window must be positive")
+    if idle_seconds is None:
+        idle_seconds = window
+    if idle_seconds < 0:
+        raise BadArgumentError("--idle-seconds must be >= 0")
+    dims_ = _parse_dims(dims)
+    cfg = SessionConfig(provider, device_id, threads)
+    warnings: list[str] = []
+    cand_src = pathlib.Path(model)
+    base_src = pathlib.Path(baseline) if baseline is not None else None
+    for p in (cand_src, base_src):
+        if p is not None:
+            io.load_proto(p)  # a clear BadModelError for a missing or broken file
+    if fuse_candidate is None:
+        fuse_candidate = base_src is not None
+    prog = _Progress(progress)
+    meter_list: list[energy_mod.Meter] = []
+    try:
+        # -- feeds and reference outputs
+        prog.phase("loading")
+        ref_src = base_src or cand_src
+        ref_sess, _ = cfg.session(ref_src)
+        if feeds is not None:
+            batches = feeds_mod.load_npz(feeds, ref_sess)
+            feed = batches[0]
+            feeds_desc = {"source": str(feeds), "batch": 0, "batches_in_file": len(batches)}
+        else:
+            feed = feeds_mod.random_feeds(ref_sess, 1, dims_)[0]
+            feeds_desc = {"source": "random", "seed": 0, "dims": dims_}
+        feeds_desc["shapes"] = {k: list(v.shape) for k, v in feed.items()}
+        feeds_desc["dtypes"] = {k: str(v.dtype) for k, v in feed.items()}
+        ref_out = {ref_src: ref_sess.run(None, feed)}
+        if base_src is not None:
+            cand_sess, _ = cfg.session(cand_src)
+            if _input_signature(cand_sess) != _input_signature(ref_sess):
+                raise BadArgumentError(
+                    f"{cand_src} and {base_src} have different inputs ({_input_signature(cand_sess)} vs "
+                    f"{_input_signature(ref_sess)}); a candidate must take the original's inputs")
+            feeds_mod.check_feeds(cand_sess, feed, str(cand_src))
+            ref_out[cand_src] = cand_sess.run(None, feed)
+            del cand_sess
+        del ref_sess
+        gc.collect()
+
+        def run_file(path: pathlib.Path):
+            s, _ = cfg.session(path)
+            out = s.run(None, feed)
+            del s
+            return out
+
+        fuse_kw = dict(provider=provider, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size)
+        base_fusion = cand_fusion = None
+        if base_src is not None:
+            prog.phase("fusing the baseline (onnxscript, onnxruntime.transformers)")
+            base_fusion = baseline_mod.fuse(base_src, run_file, ref_out[base_src], **fuse_kw)
+            if base_fusion.chosen == "none":
+                warnings.append("no transformer fusion applied to the baseline: " + "; ".join(
+                    f"{a.optimizer}: {a.error or 'no more fused ops than the original'}" for a in base_fusion.attempts))
+        if fuse_candidate:
+            prog.phase("fusing the candidate")
+            cand_fusion = baseline_mod.fuse(cand_src, run_file, ref_out[cand_src], **fuse_kw)
+        variants = {"candidate": (cand_src, cand_fusion)}
+        if base_src is not None:
+            variants = {"baseline": (base_src, base_fusion), **variants}
+        paths = {k: (f.path if f else src) for k, (src, f) in variants.items()}
+
+        # -- placement and op times
+        profiles = {}
+        for k, p in paths.items():
+            prog.phase(f"profiling the {k}")
+            profiles[k] = profile(p, feed, cfg, runs=profile_runs)
+            gc.collect()
+            pl = profiles[k]["placement"]
+            if pl["cpu_fallback"]:
+                warnings.append(f"{k}: {sum(pl['cpu_nodes'].values())} node(s) ran on the CPU in the CUDA session: "
+                                + ", ".join(f"{op} x{n}" for op, n in pl["cpu_nodes"].items()))
+
+        # -- timed sessions
+        rss0 = _rss_mb()
+        sessions, runners, libs, rss_session = {}, {}, {}, {}
+        for k, p in paths.items():
+            before = _rss_mb()
+            sessions[k], libs[k] = cfg.session(p)
+            runners[k] = Runner(sessions[k], feed, cfg)
+            after = _rss_mb()
+            rss_session[k] = (after - before) if before is not None and after is not None else None
+
+        # -- meters
+        if meters is None:
+            disc = energy_mod.discover(provider, device_id, cpu_watts=cpu_watts,
+                                       cpu_watts_uncertainty=cpu_watts_uncertainty)
+            meter_list = disc.meters
+            meter_notes = disc.notes
+        else:
+            meter_list, meter_notes = list(meters), []
+        nvml = next((m for m in meter_list if isinstance(m, energy_mod.NvmlMeter)), None)
+        if provider == "cuda" and nvml is None:
+            warnings.append("no GPU energy: " + "; ".join(meter_notes))
+        if any(m.method == "measured" for m in meter_list) and window < NVML_MIN_WINDOW:
+            warnings.append(f"energy windows of {window:g} s are shorter than {NVML_MIN_WINDOW:g} s: counters that "
+                            "update every ~100 ms make short windows imprecise")
+
+        # -- plan
+        blocks = max(3, int(seconds // window))
+        block_s = max(window, seconds / blocks)
+        n_var = len(runners)
+        total = n_var * warmup + 2 * idle_seconds + n_var * blocks * block_s
+
+        # -- warm-up
+        prog.phase("warm-up", total)
+        warm_runs = {}
+        for k, r in runners.items():
+            warm_runs[k] = latency_mod.warm_up(r, warmup)
+            prog.advance(warmup)
+
+        # -- idle, blocks, idle
+        idle_w = None
+        idle_detail = {}
+        if idle_seconds > 0:
+            prog.phase("idle power")
+            w1, d1 = energy_mod.idle_watts(meter_list, idle_seconds)
+            prog.advance(idle_seconds)
+        prog.phase(f"interleaved blocks ({blocks} x {block_s:.1f} s per variant)")
+        gpu_mem = [nvml.process_memory_mb()] if nvml is not None else []
+
+        def on_block(b):
+            prog.advance(block_s)
+            if nvml is not None:
+                gpu_mem.append(nvml.process_memory_mb())
+
+        res = latency_mod.run_blocks(runners, blocks, block_s, meter_list, on_block)
+        if idle_seconds > 0:
+            prog.phase("idle power")
+            w2, d2 = energy_mod.idle_watts(meter_list, idle_seconds)
+            prog.advance(idle_seconds)
+            idle_w = [(a + b) / 2 for a, b in zip(w1, w2)]
+            idle_detail = {m.name: {"before_watts": a, "after_watts": b, "seconds": [d1, d2]}
+                           for m, a, b in zip(meter_list, w1, w2)}
+        peak = _peak_rss_mb()
+
+        # -- results
+        results = {}
+        for k, (src, fusion) in variants.items():
+            bl = res[k]
+            results[k] = VariantResult(
+                k, str(src), paths[k], fusion, libs[k],
+                latency_mod.percentiles_ms(latency_mod.pooled_latencies(bl)), latency_mod.throughput(bl),
+                [b.median * 1e3 for b in bl], _energy_json(_energy_figures(meter_list, bl, idle_w)),
+                {"providers": sessions[k].get_providers(), "warmup_runs": warm_runs[k],
+                 "rss_increase_mb": rss_session[k], **profiles[k]},
+            )
+        for k, v in results.items():
+            e = v.energy
+            if idle_w is not None and not e["dynamic_resolved"]:
+                warnings.append(f"{k}: the dynamic energy ({e['meter']}) is not above idle in every window: the "
+                                "workload's share is within the meter's noise (longer --seconds/--window help)")
+        ratio = None
+        if base_src is not None:
+            bb, cb = res["baseline"], res["candidate"]
+            e_ratios = _energy_ratio(meter_list, bb, cb, idle_w)
+            ratio = {
+                "definition": RATIO_DEFINITION,
+                "latency_p50": latency_mod.ratio_summary([b.median for b in bb], [b.median for b in cb]),
+                "throughput": latency_mod.ratio_summary([c.runs / c.seconds for c in cb], [b.runs / b.seconds for b in bb]),
+                "latency_p50_pooled": results["baseline"].latency_ms["p50"] / results["candidate"].latency_ms["p50"],
+                "energy": e_ratios[0], "energy_other": e_ratios[1:],
+            }
+            if fuse_candidate is False and base_fusion is not None and base_fusion.chosen != "none":
+                warnings.append("the baseline has transformer fusions the candidate was not given "
+                                "(--no-fuse-candidate): the ratio mixes the rewrite with the missing fusions")
+        memory = {
+            "peak_rss_mb": peak, "rss_before_sessions_mb": rss0, "rss_end_mb": _rss_mb(),
+            "note": "peak_rss_mb is the whole process (both variants, the profiling and checking sessions); "
+                    "each variant's rss_increase_mb and ORT allocator peak are under its session",
+        }
+        if nvml is not None:
+            vals = [v for v in gpu_mem if v is not None]
+            memory["gpu_process_peak_mb"] = max(vals) if vals else None
+        settings = {
+            "provider": provider, "execution_providers": cfg.providers if provider == "cpu" else
+            ["CUDAExecutionProvider", "CPUExecutionProvider"], "device_id": device_id if provider == "cuda" else None,
+            "threads": threads, "threads_note": None if threads else "onnxruntime default (one per physical core)",
+            "graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": True,
+            "io_binding_device": "cuda" if provider == "cuda" else "cpu",
+            "feeds": feeds_desc, "warmup_seconds": warmup, "blocks_per_variant": blocks,
+            "block_seconds": block_s, "order": "ABBA" if n_var == 2 else "single variant",
+            "idle_seconds": idle_seconds, "idle": idle_detail, "seconds_per_variant": blocks * block_s,
+            "cpu_watts_per_core": cpu_watts, "cpu_watts_uncertainty": cpu_watts_uncertainty,
+            "fuse_candidate": fuse_candidate,
+            "meters": [m.describe() for m in meter_list], "meters_unavailable": meter_notes,
+        }
+        return BenchReport(results["candidate"], results.get("baseline"), ratio, memory, settings,
+                           hardware(nvml), METHOD,
+                           warnings, time.perf_counter() - t_start)
+    finally:
+        prog.close()
+        if meters is None:
+            energy_mod.close_all(meter_list)

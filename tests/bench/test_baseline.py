@@ -1,0 +1,93 @@
+"""The baseline really is fused (counted), a crashing optimizer is recorded not fatal, and a
+rewritten candidate keeps its n6 nodes through the fusions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from n6onnx import zoo
+from n6onnx.bench import baseline
+
+
+def _runner(name):
+    feeds = zoo.example_inputs(name)
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    return run
+
+
+@pytest.mark.parametrize("name", ["bert", "minilm"])
+def test_bert_like_baselines_are_fused(zoo_export, name):
+    path = zoo_export(name, "dynamo18")
+    run = _runner(name)
+    res = baseline.fuse(path, run, run(path))
+    layers = {"bert": 2, "minilm": 6}[name]
+    assert res.chosen != "none"
+    fused = baseline.count_ops(onnx.load(str(res.path)))
+    assert fused == res.fused
+    # every layer: attention, two skip-layer-norms, a fused GELU
+    assert fused.get("Attention", 0) + fused.get("MultiHeadAttention", 0) == layers
+    assert fused.get("SkipLayerNormalization", 0) == 2 * layers
+    assert fused.get("BiasGelu", 0) + fused.get("Gelu", 0) + fused.get("FastGelu", 0) == layers
+    assert res.original.fused_total == 0
+    assert {a.optimizer for a in res.attempts} == set(baseline.OPTIMIZERS)
+    chosen = next(a for a in res.attempts if a.optimizer == res.chosen)
+    assert chosen.fused_total == max(a.fused_total for a in res.attempts if a.ok)
+    assert chosen.max_abs_diff is not None and chosen.max_abs_diff < 1e-3
+    j = res.to_json()
+    assert j["fused_ops"] == sum(fused.values()) and len(j["attempts"]) == 3
+
+
+def test_a_crashing_optimizer_is_recorded(bert, monkeypatch, tmp_path):
+    def boom(proto, **_):
+        raise RuntimeError("optimizer exploded")
+
+    monkeypatch.setitem(baseline._STEPS, "onnxscript", (boom,))
+    run = _runner("bert")
+    res = baseline.fuse(bert, run, run(bert), optimizers=("onnxscript", "ort_transformers"), cache=tmp_path)
+    by = {a.optimizer: a for a in res.attempts}
+    assert "optimizer exploded" in by["onnxscript"].error and by["onnxscript"].path is None
+    assert by["ort_transformers"].ok and res.chosen == "ort_transformers"
+
+
+def test_wrong_outputs_are_rejected(bert, tmp_path):
+    run = _runner("bert")
+    bad_ref = [r + 1.0 for r in run(bert)]
+    res = baseline.fuse(bert, run, bad_ref, optimizers=("ort_transformers",), cache=tmp_path)
+    assert res.chosen == "none" and res.path == bert
+    assert "differ" in res.attempts[0].error
+
+
+def test_candidate_keeps_its_n6_nodes(bert_phi6):
+    import n6onnx
+
+    feeds = zoo.example_inputs("bert")
+
+    def run(path):
+        return n6onnx.InferenceSession(str(path)).run(None, feeds)
+
+    res = baseline.fuse(bert_phi6, run, run(bert_phi6))
+    assert res.chosen != "none"
+    fused = onnx.load(str(res.path))
+    assert baseline.count_ops(fused, "n6onnx") == baseline.count_ops(onnx.load(str(bert_phi6)), "n6onnx") != {}
+    assert {f.name for f in fused.functions} >= set(baseline.count_ops(fused, "n6onnx"))
+    assert res.fused.get("Attention", 0) == 2
+
+
+def test_inferred_arguments(zoo_export):
+    assert baseline.infer_heads_hidden(onnx.load(str(zoo_export("minilm", "dynamo18")))) == (12, 384)
+    assert baseline.infer_model_type(onnx.load(str(zoo_export("vit", "dynamo18")))) == "vit"
+    assert baseline.infer_model_type(onnx.load(str(zoo_export("gpt2", "dynamo18")))) == "gpt2"
+    assert baseline.infer_model_type(onnx.load(str(zoo_export("bert", "dynamo18")))) == "bert"
+
+
+def test_outputs_agree():
+    a = np.ones((2, 3), np.float32)
+    assert baseline.outputs_agree([a], [a + 1e-5], 1e-3)[0]
+    assert not baseline.outputs_agree([a], [a + 1], 1e-3)[0]
+    assert not baseline.outputs_agree([a], [np.ones((3, 2), np.float32)], 1e-3)[0]
