@@ -98,7 +98,7 @@ def rewrite(
     external_data: bool | None = None,
     calibrate: str | os.PathLike | None = None,
     tokenizer: str | os.PathLike | None = None,
-    calib_samples: int | None = 128,
+    calib_samples: int | None = 256,
     refit: bool = True,
     dims: dict | None = None,
     progress=None,
@@ -120,22 +120,25 @@ def rewrite(
         external_data = io.uses_external_data(model) or None
     canonicalize(m)
     original = ir.from_proto(ir.to_proto(m)) if calibrate is not None else None
-    reports: dict[str, KindReport] = {}
-    for spec in specs:
-        reports[spec.kind] = passes.run(m, spec)
-    functions = finalize(m)
-    calibration = None
-    if calibrate is not None and reports.get("gelu") and reports["gelu"].rewritten:
+    ctx = passes.PassContext(original=original, refit=refit)
+    if calibrate is not None:
         from . import calibrate as cal
 
-        batches = cal.load_batches(str(calibrate), ir.to_proto(original).SerializeToString(),
-                                   tokenizer=None if tokenizer is None else str(tokenizer),
-                                   samples=calib_samples, dims=dims)
-        calibration = cal.calibrate_swap(m, original, batches, refit=refit, progress=progress)
+        ctx.batches = cal.load_batches(str(calibrate), ir.to_proto(original).SerializeToString(),
+                                       tokenizer=None if tokenizer is None else str(tokenizer),
+                                       samples=calib_samples, dims=dims)
+    reports: dict[str, KindReport] = {}
+    calibration = None
+    functions: list[str] = []
+    for spec in specs:
+        reports[spec.kind] = passes.run(m, spec, ctx)
         functions = finalize(m)
+        if spec.kind == "gelu" and ctx.batches and reports["gelu"].rewritten:
+            calibration = cal.calibrate_swap(m, original, ctx.batches, refit=refit, progress=progress)
+            functions = finalize(m)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
-    warnings = []
+    warnings = [n for r in reports.values() for n in r.notes]
     if calibration is not None:
         warnings += calibration.skipped
     elif reports.get("gelu") and reports["gelu"].rewritten:

@@ -49,14 +49,29 @@ def inspect(model: str, as_json: bool) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
 @click.option("--pass", "passes_", multiple=True, required=True, metavar="KIND=OPTION",
-              help="A rewrite pass, e.g. gelu=phi6 or gelu=zetaln2. Repeatable.")
+              help="A rewrite pass: gelu=phi6, gelu=zetaln2, ffn=phi-bottleneck[:RATIO]. Repeatable.")
+@click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
+              help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
+@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
+              help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Use at most this many calibration samples.")
+@click.option("--refit/--no-refit", default=True, show_default=True,
+              help="Refit the down projection and its bias by ridge least squares.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic input dimension.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in OUTPUT.data (default: when the input did or the model is over 2 GB).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
-def rewrite(model: str, output: str, passes_: tuple[str, ...], external_data, as_json: bool) -> None:
+def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
+            external_data, as_json: bool) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified)."""
+    from .feeds import parse_dims
+
     try:
-        _, rep = api.rewrite(model, output, passes_, external_data=external_data)
+        with _progress(as_json or calibrate is None, "calibrating") as progress:
+            _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
+                                 tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
+                                 dims=parse_dims(dims), progress=progress)
     except N6Error as e:
         _fail(e)
     if as_json:
@@ -65,6 +80,14 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], external_data, as
     out.print(f"[bold]{rep.model}[/] -> [bold]{rep.output}[/]  ({rep.seconds:.2f} s)", highlight=False)
     _kinds_table(rep.reports, "rewritten")
     _near_misses(rep.reports)
+    if rep.calibration is not None:
+        c = rep.calibration
+        t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",
+                  title=f"calibration: {c.samples} samples ({c.rows} token rows), {c.seconds:.1f} s")
+        for layer in c.layers:
+            t.add_row(layer.block, str(layer.rows), f"{layer.activation_r2:.3f}", f"{layer.rel_err_folded:.4f}",
+                      f"{layer.rel_err:.4f}")
+        out.print(t)
     if rep.functions:
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:
@@ -263,6 +286,29 @@ def _bench_human(r: dict) -> None:
     out.print(escape(f"energy: {e0['source']}; scope: {e0['scope']}"), style="dim", highlight=False)
     for w in r["warnings"]:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+class _progress:
+    """A rich progress line for long steps (silent for --json or when nothing is long)."""
+
+    def __init__(self, silent: bool, what: str):
+        self.silent, self.what, self._p = silent, what, None
+
+    def __enter__(self):
+        if self.silent:
+            return None
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                           transient=True)
+        self._p.start()
+        task = self._p.add_task(self.what)
+        return lambda name, i: self._p.update(task, description=f"{self.what}: FFN {i + 1} ({name})")
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.stop()
+        return False
 
 
 def _kinds_table(kinds, last: str) -> None:

@@ -36,14 +36,17 @@ class LayerFit:
     rel_err: float  # ... after the ridge refit of the down projection (== folded without refit)
     ridge: float | None
     explicit: list[str]
+    # the fitted per-channel affine y = alpha * act(a z + c) + beta (not in the JSON)
+    affine: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "affine"}
 
 
 @dataclasses.dataclass
 class CalibrationReport:
     samples: int
+    batches: int
     rows: int
     seconds: float
     refit: bool
@@ -51,7 +54,7 @@ class CalibrationReport:
     skipped: list[str]
 
     def to_json(self) -> dict:
-        return {"samples": self.samples, "rows": self.rows, "seconds": round(self.seconds, 2), "refit": self.refit,
+        return {"samples": self.samples, "batches": self.batches, "rows": self.rows, "seconds": round(self.seconds, 2), "refit": self.refit,
                 "layers": [l.to_json() for l in self.layers], "skipped": self.skipped}
 
 
@@ -109,7 +112,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             continue
         todo.append(b)
     if not todo:
-        return CalibrationReport(len(batches), 0, time.perf_counter() - t0, refit, [], skipped)
+        return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [], skipped)
 
     names = lambda b: [b.up.node.outputs[0].name, b.out.name] + ([b.residual.name] if b.residual is not None else [])
     orig = collect.collect(ir.to_proto(original), [n for b in todo for n in names(b)], batches, threads)
@@ -168,9 +171,19 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         else:
             explicit.append("down-projection bias (added as an explicit Add)")
             _insert_add(graph, b.down.node.outputs[0], b2n.astype(dtype), f"{b.act.name}_n6cal_out_bias")
-        layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit))
-    return CalibrationReport(len(batches), int(len(orig[todo[0].up.node.outputs[0].name])),
+        layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit,
+                               {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
+    return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].up.node.outputs[0].name])),
                              time.perf_counter() - t0, refit, layers, skipped)
+
+
+def _samples(batches) -> int:
+    rows = getattr(batches, "rows", None)
+    if rows is not None:
+        return int(sum(rows))
+    from ..feeds import _batch_rows
+
+    return int(sum(_batch_rows(b) for b in batches))
 
 
 def _insert_add(graph: ir.Graph, value: ir.Value, bias: np.ndarray, name: str) -> None:
@@ -220,5 +233,5 @@ def load_batches(data: str, model_bytes: bytes, *, tokenizer: str | None = None,
                 break
             keep.append(b)
             n += feeds._batch_rows(b)
-        batches = keep
-    return list(batches)
+        batches = feeds.FeedBatches(keep, source=batches.source)
+    return batches

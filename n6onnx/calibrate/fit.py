@@ -47,33 +47,10 @@ def _score(act: Act, t: np.ndarray, g: np.ndarray, s, o):
     return r2, alpha, beta
 
 
-def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, max_rows: int = 2048,
-                          seed: int = 0) -> AffineFit:
-    """z, g: [N, H]. Returns per-channel (a, c, alpha, beta) for alpha*act(a*z+c)+beta ~ g."""
-    z = np.asarray(z, np.float32)
-    g = np.asarray(g, np.float32)
-    rng = np.random.default_rng(seed)
-    if z.shape[0] > max_rows:
-        idx = np.sort(rng.choice(z.shape[0], max_rows, replace=False))
-        z, g = z[idx], g[idx]
-    mu = z.mean(0)
-    sd = z.std(0) + 1e-6
-    t = (z - mu) / sd
-    sub = t[: min(384, len(t))], g[: min(384, len(g))]
-    H = z.shape[1]
-    best = np.full(H, -1.0)
-    bs = np.ones(H, np.float32)
-    bo = np.zeros(H, np.float32)
-    for s in (-2.0, -1.0, -0.6, -0.3, 0.3, 0.6, 1.0, 2.0):
-        for o in np.linspace(-2.0, 2.5, 8):
-            r2, _, _ = _score(act, sub[0], sub[1], np.float32(s), np.float32(o))
-            better = r2 > best
-            best = np.where(better, r2, best)
-            bs = np.where(better, s, bs).astype(np.float32)
-            bo = np.where(better, o, bo).astype(np.float32)
-    step_s, step_o = 0.25, 0.25
+def _refine(act: Act, t, g, bs, bo, rounds: int = 5, step_s: float = 0.2, step_o: float = 0.2):
+    """Local pattern search around per-channel (scale, offset), halving the steps each round."""
     best, _, _ = _score(act, t, g, bs, bo)
-    for _ in range(3):
+    for _ in range(rounds):
         cs, co = bs.copy(), bo.copy()
         for ds in (-1, 0, 1):
             for do in (-1, 0, 1):
@@ -87,6 +64,39 @@ def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, max_rows: i
                 bs = np.where(better, s, bs).astype(np.float32)
                 bo = np.where(better, o, bo).astype(np.float32)
         step_s, step_o = step_s / 2, step_o / 2
+    return best, bs, bo
+
+
+def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, max_rows: int = 2048,
+                          seed: int = 0) -> AffineFit:
+    """z, g: [N, H]. Returns per-channel (a, c, alpha, beta) for alpha*act(a*z+c)+beta ~ g."""
+    z = np.asarray(z, np.float32)
+    g = np.asarray(g, np.float32)
+    rng = np.random.default_rng(seed)
+    if z.shape[0] > max_rows:
+        idx = np.sort(rng.choice(z.shape[0], max_rows, replace=False))
+        z, g = z[idx], g[idx]
+    mu = z.mean(0)
+    sd = z.std(0) + 1e-6
+    t = (z - mu) / sd
+    sub = t[: min(256, len(t))], g[: min(256, len(g))]
+    H = z.shape[1]
+    grid = [(s, o) for s in (-2.0, -1.4, -1.0, -0.7, -0.5, -0.3, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
+            for o in np.linspace(-2.0, 2.5, 13)]
+    coarse = np.stack([_score(act, sub[0], sub[1], np.float32(s), np.float32(o))[0] for s, o in grid])  # [G, H]
+    best = np.full(H, -1.0)
+    bs = np.ones(H, np.float32)
+    bo = np.zeros(H, np.float32)
+    # refine the three best coarse points of each channel: one start can sit in a local optimum
+    for rank in range(3):
+        pick = np.argsort(-coarse, axis=0, kind="stable")[rank]
+        cs = np.array([grid[i][0] for i in pick], np.float32)
+        co = np.array([grid[i][1] for i in pick], np.float32)
+        r2, cs, co = _refine(act, t, g, cs, co)
+        better = r2 > best
+        best = np.where(better, r2, best)
+        bs = np.where(better, cs, bs).astype(np.float32)
+        bo = np.where(better, co, bo).astype(np.float32)
     r2, alpha, beta = _score(act, t, g, bs, bo)
     a = bs / sd
     c = bo - bs * mu / sd
@@ -168,3 +178,38 @@ def erf(x: np.ndarray) -> np.ndarray:
     y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-x * x)
     return (s * y).astype(np.float32)
 
+
+
+def greedy_units(Hm: np.ndarray, T: np.ndarray, k: int, eps: float = 1e-6) -> np.ndarray:
+    """Pick k columns of Hm [N, H] that best explain T [N, D] by least squares, greedily.
+
+    Forward selection on the Gram matrix (pivoted Cholesky): each step adds the unit whose
+    residual (orthogonal to the units already chosen) explains most of the residual target
+    energy. Unlike a per-unit importance score it accounts for redundancy: of two correlated
+    units it keeps one, because the refit lets it stand in for both. O(H k (k + D)) after the
+    Gram matrix.
+    """
+    Hc = np.asarray(Hm, np.float64)
+    Hc = Hc - Hc.mean(0)
+    Tc = np.asarray(T, np.float64)
+    Tc = Tc - Tc.mean(0)
+    G = Hc.T @ Hc
+    G += eps * (np.trace(G) / len(G) + 1e-30) * np.eye(len(G))
+    Bres = Hc.T @ Tc
+    d = np.diag(G).copy()
+    L = np.zeros((k, len(G)))
+    chosen = np.zeros(len(G), bool)
+    order = []
+    for i in range(k):
+        score = (Bres * Bres).sum(1) / np.maximum(d, 1e-30)
+        score[chosen] = -np.inf
+        p = int(np.argmax(score))
+        col = G[:, p] - L[:i].T @ L[:i, p]
+        piv = np.sqrt(max(col[p], 1e-30))
+        l = col / piv
+        L[i] = l
+        d = d - l * l
+        Bres = Bres - np.outer(l, Bres[p] / piv)
+        chosen[p] = True
+        order.append(p)
+    return np.sort(np.array(order))

@@ -1,0 +1,63 @@
+"""The phi-bottleneck FFN pass: widths, every FFN form (plain, Gemm+Reshape, gated), refit."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import n6onnx
+from n6onnx import zoo
+
+
+def _hidden_widths(path):
+    m = onnx.load(str(path))
+    inits = {t.name: tuple(t.dims) for t in m.graph.initializer}
+    return sorted({s[1] if len(s) == 2 else None for s in inits.values() if len(s) == 2})
+
+
+@pytest.mark.parametrize("model", ["bert", "gpt2", "llama"])
+def test_bottleneck_cuts_every_ffn_and_runs(model, zoo_export, token_npz, tmp_path):
+    src = zoo_export(model, "dynamo18")
+    out = tmp_path / "bn.onnx"
+    _, rep = n6onnx.rewrite(src, out, ["ffn=phi-bottleneck"], calibrate=token_npz(model))
+    r = rep.reports["ffn"]
+    assert r.rewritten == zoo.ARCH_COUNTS[model]["ffn"]
+    for site in r.sites:
+        assert site.detail["hidden_after"] == round(4 * 64 / 3) and site.detail["hidden_before"] in (256, 256)
+        assert site.detail["rel_err"] <= site.detail["rel_err_prior"] + 1e-12  # refit never hurts
+    feeds = zoo.example_inputs(model)
+    base = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = n6onnx.InferenceSession(out).run(None, feeds)[0]
+    assert got.shape == base.shape and np.isfinite(got).all()
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    m = onnx.load(str(out))
+    assert any(85 in t.dims for t in m.graph.initializer)
+
+
+def test_ratio_option_and_nothing_to_cut(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo18")
+    _, rep = n6onnx.rewrite(src, tmp_path / "a.onnx", ["ffn=phi-bottleneck:2"])
+    assert {s.detail["hidden_after"] for s in rep.reports["ffn"].sites} == {128}
+    assert any("uncalibrated" in w for w in rep.warnings)
+    _, rep = n6onnx.rewrite(src, tmp_path / "b.onnx", ["ffn=phi-bottleneck:4"])
+    assert rep.rewritten == {"ffn": 0} and all("nothing to cut" in m.reason for m in rep.reports["ffn"].near_misses)
+
+
+@pytest.mark.parametrize("spec", ["ffn=phi-bottleneck:abc", "ffn=phi-bottleneck:-1", "ffn=wide"])
+def test_bad_ratio(spec, zoo_export, tmp_path):
+    with pytest.raises(n6onnx.BadArgumentError):
+        n6onnx.rewrite(zoo_export("bert", "dynamo18"), tmp_path / "x.onnx", [spec])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_refit_improves_fidelity_over_no_refit(zoo_export, token_npz, tmp_path):
+    src = zoo_export("bert", "dynamo18")
+    npz = token_npz("bert")
+    feeds = zoo.example_inputs("bert")
+    base = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    errs = {}
+    for refit in (False, True):
+        out = tmp_path / f"r{refit}.onnx"
+        n6onnx.rewrite(src, out, ["ffn=phi-bottleneck:4/3"], calibrate=npz, refit=refit)
+        errs[refit] = np.mean((n6onnx.InferenceSession(out).run(None, feeds)[0] - base) ** 2)
+    assert errs[True] < errs[False]

@@ -1,0 +1,58 @@
+"""The closed-form fits, against known answers."""
+
+import numpy as np
+
+from n6onnx.calibrate import fit
+from n6onnx.ops import REGISTRY
+
+phi6 = REGISTRY["Phi6"].reference
+
+
+def test_affine_fit_recovers_a_known_affine_phi6():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((4000, 16)).astype(np.float32) * 1.3 - 0.4
+    a = rng.uniform(0.4, 1.2, 16).astype(np.float32)
+    c = rng.uniform(-0.5, 0.5, 16).astype(np.float32)
+    alpha = rng.uniform(0.5, 2, 16).astype(np.float32)
+    beta = rng.uniform(-1, 1, 16).astype(np.float32)
+    g = alpha * phi6(a * z + c) + beta
+    f = fit.fit_affine_activation(z, g, phi6)
+    assert f.r2.min() > 0.995
+    assert np.abs(f.apply(phi6, z) - g).max() < 0.1 * np.abs(g).max()
+
+
+def test_affine_fit_of_gelu_is_good_but_not_perfect():
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((4000, 8)).astype(np.float32)
+    f = fit.fit_affine_activation(z, fit.gelu(z), phi6)
+    assert 0.9 < f.r2.mean() < 0.999  # Phi6 is a clamped parabola: it cannot be GELU
+
+
+def test_erf_matches_math_erf():
+    import math
+
+    x = np.linspace(-5, 5, 1001)
+    np.testing.assert_allclose(fit.erf(x), [math.erf(v) for v in x], atol=2e-7)
+
+
+def test_ridge_refit_never_increases_the_error_and_recovers_exact_maps():
+    rng = np.random.default_rng(2)
+    Y = rng.standard_normal((500, 20))
+    W = rng.standard_normal((20, 5))
+    b = rng.standard_normal(5)
+    T = Y @ W + b + 0.01 * rng.standard_normal((500, 5))
+    for W0 in (np.zeros((20, 5)), W + rng.standard_normal((20, 5)), W):
+        r = fit.ridge_refit(Y, T, W0, np.zeros(5))
+        assert r.err <= r.err_prior + 1e-12
+    r = fit.ridge_refit(Y, T, np.zeros((20, 5)), np.zeros(5), lams=(1e-6,))
+    np.testing.assert_allclose(r.W, W, atol=5e-3)
+    np.testing.assert_allclose(r.b, b, atol=5e-3)
+
+
+def test_greedy_units_skips_redundant_columns():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((1000, 3))
+    H = np.concatenate([base, base[:, :1] * 2.0, base[:, :1] + 1e-4 * rng.standard_normal((1000, 1))], 1)  # cols 3,4 ~ col 0
+    T = base @ np.array([[1.0], [2.0], [3.0]])
+    keep = fit.greedy_units(H, T, 3)
+    assert set(keep) >= {1, 2} and len(set(keep) & {0, 3, 4}) == 1
