@@ -288,6 +288,39 @@ def _bench_human(r: dict) -> None:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
 
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR|JSON...")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), metavar="OUT_DIR",
+              help="Folder for report.md, report.json and pareto.png (created if needed).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json's content only.")
+def report(inputs: tuple[str, ...], out_dir: str, as_json: bool) -> None:
+    """Tables and a fidelity-vs-cost plot from validate and bench JSON results.
+
+    Each input is a JSON file (``n6onnx validate --json`` / ``n6onnx bench --json`` output) or a
+    folder whose *.json files are all taken. Variants are matched by model path (validate's
+    candidate, bench's model); a top-level "label" names one. The original is a variant too
+    (fidelity 1.0, figures from bench's baseline). Measured and estimated energy are never mixed
+    on one axis. Writes OUT_DIR/report.md, OUT_DIR/report.json and OUT_DIR/pareto.png atomically.
+    """
+    import os
+
+    from . import report as report_mod
+
+    try:
+        rep, data = report_mod.report(inputs, out_dir)
+    except N6Error as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    files = ", ".join(os.path.join(out_dir, f) for f in report_mod.FILES.values())
+    nv = sum(s.kind == "validate" for s in rep.sources)
+    out.print(escape(f"{len(rep.sources)} results ({nv} validate, {len(rep.sources) - nv} bench), "
+                     f"{len(rep.variants)} variants -> {files}"), highlight=False)
+    for n in rep.notes:
+        err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+
+
 class _progress:
     """A rich progress line for long steps (silent for --json or when nothing is long)."""
 

@@ -60,6 +60,8 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
           select: str = "greedy") -> list[PrunedLayer]:
     graph = model.graph
     orig = None
+    if not blocks:
+        return []
     if batches:
         names = [n for b in blocks for n in ([b.out.name] + ([b.residual.name] if b.residual is not None else []))]
         orig = collect.collect(ir.to_proto(original), names, batches, threads)

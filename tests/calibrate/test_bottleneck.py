@@ -34,12 +34,12 @@ def test_bottleneck_cuts_every_ffn_and_runs(model, zoo_export, token_npz, tmp_pa
     assert any(85 in t.dims for t in m.graph.initializer)
 
 
-def test_ratio_option_and_nothing_to_cut(zoo_export, tmp_path):
+def test_ratio_option_and_nothing_to_cut(zoo_export, token_npz, tmp_path):
     src = zoo_export("bert", "dynamo18")
     _, rep = n6onnx.rewrite(src, tmp_path / "a.onnx", ["ffn=phi-bottleneck:2"])
     assert {s.detail["hidden_after"] for s in rep.reports["ffn"].sites} == {128}
     assert any("uncalibrated" in w for w in rep.warnings)
-    _, rep = n6onnx.rewrite(src, tmp_path / "b.onnx", ["ffn=phi-bottleneck:4"])
+    _, rep = n6onnx.rewrite(src, tmp_path / "b.onnx", ["ffn=phi-bottleneck:4"], calibrate=token_npz("bert", 2))
     assert rep.rewritten == {"ffn": 0} and all("nothing to cut" in m.reason for m in rep.reports["ffn"].near_misses)
 
 
