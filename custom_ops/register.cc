@@ -1,5 +1,10 @@
-// Entry point of libn6ops.so: the only exported symbol is RegisterCustomOps, which
-// onnxruntime calls from SessionOptions.register_custom_ops_library(path).
+// Entry point of libn6ops.so and libn6ops_cuda.so: the only exported symbol is
+// RegisterCustomOps, which onnxruntime calls from SessionOptions.register_custom_ops_library(path).
+//
+// libn6ops.so registers the CPU kernels. libn6ops_cuda.so is built from the same file with
+// N6_WITH_CUDA=1 and registers the CPU kernels and the CUDAExecutionProvider kernels
+// (register_cuda.cc) in the same domain, so a session with CUDA and CPU providers finds a kernel
+// of ours wherever onnxruntime places a node.
 //
 // The library does not link libonnxruntime. It negotiates the OrtApi version with the
 // runtime that loaded it: min(runtime minor version, ORT_API_VERSION of the headers it
@@ -10,6 +15,15 @@
 #include <string>
 
 #include "common/elementwise.h"
+
+#ifndef N6_WITH_CUDA
+#define N6_WITH_CUDA 0
+#endif
+#if N6_WITH_CUDA
+#define N6_LIBRARY_NAME "libn6ops_cuda.so"
+#else
+#define N6_LIBRARY_NAME "libn6ops.so"
+#endif
 
 namespace {
 
@@ -28,6 +42,9 @@ Registry& GetRegistry(uint32_t api_version) {
     auto* r = new Registry();
     n6::AppendPhi6Ops(r->ops);
     n6::AppendZetaLn2Ops(r->ops);
+#if N6_WITH_CUDA
+    n6::AppendCudaOps(r->ops);
+#endif
     for (Ort::Custom::OrtLiteCustomOp* op : r->ops) {
       // The lite header stamps its own ORT_API_VERSION; advertise the negotiated one so an
       // older runtime does not reject the ops as "unsupported version".
@@ -51,7 +68,7 @@ uint32_t RuntimeMinorVersion(const char* version) {
 }
 
 OrtStatus* ErrorStatus(const OrtApiBase* api_base, const OrtApi* api, OrtErrorCode code, const std::string& msg) {
-  const std::string full = "n6ops (libn6ops.so): " + msg;
+  const std::string full = "n6ops (" N6_LIBRARY_NAME "): " + msg;
   if (!api && api_base) api = api_base->GetApi(1);  // CreateStatus exists since API 1
   if (api) return api->CreateStatus(code, full.c_str());
   std::fprintf(stderr, "%s\n", full.c_str());

@@ -9,11 +9,47 @@ import onnxruntime as ort
 
 from ._library import library_path
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def _provider_names(providers: Sequence | None) -> list[str]:
+    """Provider names of an onnxruntime ``providers`` list (names or ``(name, options)`` pairs)."""
+    names = []
+    for p in providers or ():
+        names.append(p[0] if isinstance(p, (tuple, list)) else str(p))
+    return names
+
+
+def library_kind_for(providers: Sequence | None) -> str | None:
+    """Which n6 library suits a session with these providers: ``"cuda"``, ``"cpu"`` or None (none built).
+
+    The CUDA library (CPU and CUDA kernels in one domain) when CUDA is asked for, this onnxruntime
+    has the CUDA provider and the CUDA library was built; otherwise the CPU library, which never
+    loads CUDA code.
+    """
+    if (
+        CUDA_PROVIDER in _provider_names(providers)
+        and CUDA_PROVIDER in ort.get_available_providers()
+        and library_path("cuda") is not None
+    ):
+        return "cuda"
+    if library_path("cpu") is not None:
+        return "cpu"
+    return None
+
 
 def session_options(
-    threads: int | None = None, *, use_library: bool = True, base: ort.SessionOptions | None = None
+    threads: int | None = None,
+    *,
+    use_library: bool = True,
+    base: ort.SessionOptions | None = None,
+    kind: str = "cpu",
 ) -> tuple[ort.SessionOptions, bool]:
-    """Session options with ORT_ENABLE_ALL and, if available and wanted, our library registered."""
+    """Session options with ORT_ENABLE_ALL and, if available and wanted, our library registered.
+
+    ``kind`` picks the library: ``"cpu"`` (libn6ops) or ``"cuda"`` (libn6ops_cuda: CPU and CUDA
+    kernels). Returns the options and whether the library was registered.
+    """
     so = base or ort.SessionOptions()
     if base is None:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -22,7 +58,7 @@ def session_options(
         so.inter_op_num_threads = 1
     registered = False
     if use_library:
-        lib = library_path()
+        lib = library_path(kind)
         if lib is not None:
             so.register_custom_ops_library(str(lib))
             registered = True
@@ -34,23 +70,28 @@ class InferenceSession(ort.InferenceSession):
 
     With ``use_library=True`` (the default) the n6 custom-op library is registered when it was
     built; otherwise (or without it) the model-local ONNX functions that every n6 node carries are
-    executed by stock onnxruntime. ``self.uses_library`` says which happened.
+    executed by stock onnxruntime. ``self.uses_library`` says which happened, and
+    ``self.library_kind`` which library: ``"cuda"`` when ``CUDAExecutionProvider`` is among the
+    providers, this onnxruntime has it and libn6ops_cuda was built (its CPU kernels also serve
+    nodes placed on the CPU provider), ``"cpu"`` for libn6ops, None without a library.
     """
 
     def __init__(
         self,
         path_or_bytes: str | os.PathLike | bytes,
         sess_options: ort.SessionOptions | None = None,
-        providers: Sequence[str] | None = None,
+        providers: Sequence | None = None,
         *,
         threads: int | None = None,
         use_library: bool = True,
         **kwargs,
     ) -> None:
-        so, self.uses_library = session_options(threads, use_library=use_library, base=sess_options)
+        providers = list(providers or ["CPUExecutionProvider"])
+        kind = library_kind_for(providers) if use_library else None
+        so, self.uses_library = session_options(
+            threads, use_library=kind is not None, base=sess_options, kind=kind or "cpu"
+        )
+        self.library_kind: str | None = kind if self.uses_library else None
         if isinstance(path_or_bytes, os.PathLike):
             path_or_bytes = os.fspath(path_or_bytes)
-        super().__init__(
-            path_or_bytes, sess_options=so, providers=list(providers or ["CPUExecutionProvider"]),
-            **kwargs,
-        )
+        super().__init__(path_or_bytes, sess_options=so, providers=providers, **kwargs)

@@ -1,11 +1,12 @@
 // Shared elementwise driver for the n6onnx CPU custom ops.
 //
-// Each op supplies only a scalar functor
+// Each op supplies only a scalar functor (see common/scalar.h; the same functor drives the CUDA
+// kernels in common/cuda_elementwise.cuh)
 //
 //   struct MyOp {
 //     static constexpr const char* kName = "MyOp";          // plain op:  Y = f(X)
 //     static constexpr const char* kBiasName = "BiasMyOp";  // bias op:   Y = f(X + bias)
-//     static N6_INLINE float Apply(float x) { ... }          // branch-free, fp32
+//     static N6_HD float Apply(float x) { ... }              // branch-free, fp32
 //   };
 //
 // and calls n6::AppendElementwiseOps<MyOp>(ops). This header does the rest:
@@ -368,6 +369,17 @@ inline Ort::Status OpError(const char* op, const std::string& msg) {
   return Ort::Status((std::string(kDomain) + "::" + op + ": " + msg).c_str(), ORT_FAIL);
 }
 
+// X must have rank >= 1 and bias must be 1-D with X's last dimension.
+inline Ort::Status CheckBiasShape(const char* op, const std::vector<int64_t>& xs, const std::vector<int64_t>& bs) {
+  if (xs.empty()) return OpError(op, "X must have rank >= 1 when a bias is given, got a scalar");
+  if (bs.size() != 1) return OpError(op, "bias must be 1-D, got shape " + ShapeToString(bs));
+  if (bs[0] != xs.back()) {
+    return OpError(op, "bias length " + std::to_string(bs[0]) + " does not match the last dimension " +
+                           std::to_string(xs.back()) + " of X (shape " + ShapeToString(xs) + ")");
+  }
+  return Ort::Status{nullptr};
+}
+
 #define N6_CATCH_ALL(op)                                                                   \
   catch (const Ort::Exception& e) {                                                        \
     return OpError(op, e.what());                                                          \
@@ -402,17 +414,8 @@ Ort::Status ComputeBias(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, 
                         Ort::Custom::Tensor<T>& Y) {
   try {
     const std::vector<int64_t>& xs = X.Shape();
-    const std::vector<int64_t>& bs = B.Shape();
-    if (xs.empty()) {
-      return OpError(Fn::kBiasName, "X must have rank >= 1 when a bias is given, got a scalar");
-    }
-    if (bs.size() != 1) {
-      return OpError(Fn::kBiasName, "bias must be 1-D, got shape " + ShapeToString(bs));
-    }
-    if (bs[0] != xs.back()) {
-      return OpError(Fn::kBiasName, "bias length " + std::to_string(bs[0]) + " does not match the last dimension " +
-                                        std::to_string(xs.back()) + " of X (shape " + ShapeToString(xs) + ")");
-    }
+    Ort::Status bad = CheckBiasShape(Fn::kBiasName, xs, B.Shape());
+    if (!bad.IsOK()) return bad;
     const size_t n = static_cast<size_t>(X.NumberOfElement());
     T* y = Y.Allocate(xs);
     if (n == 0) return Ort::Status{nullptr};
@@ -462,8 +465,9 @@ inline OrtStatusPtr InferSameTypeAndShape(const OrtCustomOp*, OrtShapeInferConte
 }
 
 template <class... Args>
-Ort::Custom::OrtLiteCustomOp* MakeOp(const char* name, Ort::Status (*compute)(Args...)) {
-  Ort::Custom::OrtLiteCustomOp* op = Ort::Custom::CreateLiteCustomOp(name, kProvider, compute);
+Ort::Custom::OrtLiteCustomOp* MakeOp(const char* name, Ort::Status (*compute)(Args...),
+                                     const char* provider = kProvider) {
+  Ort::Custom::OrtLiteCustomOp* op = Ort::Custom::CreateLiteCustomOp(name, provider, compute);
   op->InferOutputShapeFn = &InferSameTypeAndShape;
   return op;
 }
@@ -483,5 +487,8 @@ void AppendElementwiseOps(OpList& ops) {
 // Implemented in <op>/cpu.cc, called from register.cc.
 void AppendPhi6Ops(OpList& ops);
 void AppendZetaLn2Ops(OpList& ops);
+
+// libn6ops_cuda.so only: the CUDAExecutionProvider kernels (register_cuda.cc).
+void AppendCudaOps(OpList& ops);
 
 }  // namespace n6
