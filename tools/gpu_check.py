@@ -61,7 +61,8 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from n6onnx import _library  # noqa: E402
-from n6onnx.ops import DOMAIN, REGISTRY, Tolerance  # noqa: E402
+from n6onnx.ops import DOMAIN, Tolerance  # noqa: E402
+from n6onnx.ops import ELEMENTWISE as REGISTRY  # noqa: E402  (this driver checks the activations)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

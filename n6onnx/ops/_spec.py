@@ -31,6 +31,16 @@ class Tolerance:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sample:
+    """One contract-test case of a non-elementwise op: its feeds (input name -> array; optional
+    inputs left out) and the node's attributes."""
+
+    id: str
+    feeds: dict
+    attrs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class OpSpec:
     name: str
     inputs: tuple[str, ...]
@@ -41,19 +51,33 @@ class OpSpec:
     body: Callable[[list[str], list[str]], list[onnx.NodeProto]]
     tolerances: dict[str, Tolerance]
     doc: str = ""
+    # Attribute names the function body refers to (ref_attr_name); with their defaults, if any.
+    attributes: tuple[str, ...] = ()
+    attribute_defaults: dict = dataclasses.field(default_factory=dict)
+    # Non-elementwise ops: dtype name -> contract-test samples. ``reference(*inputs, **attrs)``.
+    # None for the elementwise activations (the contract test has its own shapes for them).
+    samples: Callable[[str], list[Sample]] | None = None
 
     def function(self, default_opset: int) -> onnx.FunctionProto:
         """Model-local function with a pure-ONNX body, importing the model's default opset."""
         nodes = self.body(list(self.inputs), list(self.outputs))
-        return helper.make_function(
+        f = helper.make_function(
             DOMAIN,
             self.name,
             list(self.inputs),
             list(self.outputs),
             nodes,
             opset_imports=[helper.make_opsetid("", default_opset)],
+            attributes=[a for a in self.attributes if a not in self.attribute_defaults],
             doc_string=self.doc,
         )
+        for name, value in self.attribute_defaults.items():
+            f.attribute_proto.append(helper.make_attribute(name, value))
+        return f
+
+    @property
+    def elementwise(self) -> bool:
+        return self.samples is None
 
     def tolerance(self, dtype) -> Tolerance:
         return self.tolerances[np.dtype(dtype).name]

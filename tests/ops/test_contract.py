@@ -1,5 +1,6 @@
 """The op contract: numpy reference == ORT running the function body (no library) == ORT running
-our kernel (library registered), for every op x sample x dtype."""
+our kernel (library registered), for every op x sample x dtype. The activations use the shapes
+below; every other op brings its own samples (OpSpec.samples)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from onnx import helper
 
 import n6onnx
-from n6onnx.ops import DOMAIN, REGISTRY
+from n6onnx.ops import DOMAIN, ELEMENTWISE, REGISTRY
 
 SHAPES = [(0,), (1,), (7,), (3, 5, 33), (2, 128, 1536)]  # the last one takes the multithreaded path
 
@@ -58,7 +59,7 @@ def _run(model: bytes, feeds, library: bool, profile_dir=None):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("op", sorted(REGISTRY))
+@pytest.mark.parametrize("op", sorted(ELEMENTWISE))
 def test_contract(op, dtype, shape):
     spec = REGISTRY[op]
     if dtype not in spec.dtypes:
@@ -78,7 +79,7 @@ def test_contract(op, dtype, shape):
     np.testing.assert_allclose(kernel.astype(np.float64), ref.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
 
 
-@pytest.mark.parametrize("op", sorted(REGISTRY))
+@pytest.mark.parametrize("op", sorted(ELEMENTWISE))
 def test_kernel_really_runs(op, tmp_path):
     """With the library the node runs as one custom kernel; without it, as the function's ops."""
     spec = REGISTRY[op]
@@ -123,3 +124,50 @@ def test_reference_matches_the_spec_formulas():
     # Phi6 range is [0.75, 7]
     y = REGISTRY["Phi6"].reference(np.linspace(-100, 100, 10001).astype(np.float32))
     assert y.min() == pytest.approx(0.75) and y.max() == pytest.approx(7.0)
+
+
+# ------------------------------------------------------------------ ops with their own samples
+SAMPLED = sorted(k for k, s in REGISTRY.items() if not s.elementwise)
+CASES = [(op, dtype, sample) for op in SAMPLED for dtype in REGISTRY[op].dtypes
+         for sample in REGISTRY[op].samples(dtype)]
+
+
+def _sampled_model(spec, sample) -> bytes:
+    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+              for k, v in sample.feeds.items()]
+    # optional inputs left out of the sample are passed as empty names, keeping the positions
+    names = [n if n in sample.feeds else "" for n in spec.inputs]
+    while names and names[-1] == "":
+        names.pop()
+    node = helper.make_node(spec.name, names, list(spec.outputs), domain=DOMAIN, **sample.attrs)
+    outputs = [helper.make_value_info(o, helper.make_tensor_type_proto(
+        inputs[0].type.tensor_type.elem_type, None)) for o in spec.outputs]
+    g = helper.make_graph([node], "contract", inputs, outputs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
+                          functions=[spec.function(18)])
+    onnx.checker.check_model(m, full_check=True)
+    return m.SerializeToString()
+
+
+def _run_all(model: bytes, feeds, library: bool):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    if library:
+        so.register_custom_ops_library(str(n6onnx.library_path()))
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("op,dtype,sample", CASES, ids=[f"{o}-{d}-{s.id}" for o, d, s in CASES])
+def test_sampled_contract(op, dtype, sample):
+    spec = REGISTRY[op]
+    model = _sampled_model(spec, sample)
+    ref = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
+    refs = ref if isinstance(ref, (tuple, list)) else [ref]
+    tol = spec.tolerance(dtype)
+    for library in (False, True):
+        got = _run_all(model, sample.feeds, library)
+        assert len(got) == len(refs)
+        for g, r in zip(got, refs):
+            assert g.dtype == r.dtype and g.shape == r.shape, (library, g.dtype, g.shape, r.dtype, r.shape)
+            np.testing.assert_allclose(g.astype(np.float64), r.astype(np.float64), rtol=tol.rtol, atol=tol.atol,
+                                       err_msg=f"{'kernel' if library else 'function fallback'} vs reference")

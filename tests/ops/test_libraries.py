@@ -11,7 +11,8 @@ import pytest
 from onnx import helper
 
 import n6onnx
-from n6onnx.ops import DOMAIN, REGISTRY
+from n6onnx.ops import DOMAIN
+from n6onnx.ops import ELEMENTWISE as REGISTRY
 from n6onnx.runtime import library_kind_for
 
 
