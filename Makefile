@@ -8,8 +8,9 @@ SOURCES := pyproject.toml $(shell find n6onnx custom_ops cmake -type f -not -pat
 
 .PHONY: demo test install bench clean
 
+# Through the installed console script: `python -m` would import the source tree (no built library).
 demo: $(STAMP)
-	$(PY) -m n6onnx.demo build/demo
+	$(VENV)/bin/n6onnx demo build/demo
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -361,5 +361,15 @@ def _near_misses(kinds) -> None:
             out.print(f"  [dim]{k} near-miss[/] {m.node}: {m.reason}", highlight=False)
 
 
+@main.command()
+@click.argument("out_dir", default="build/demo", type=click.Path(file_okay=False))
+def demo(out_dir: str) -> None:
+    """The main job on the packaged, pretrained all-MiniLM-L6-v2 (needs the export extras):
+    rewrite gelu=phi6 with and without calibration, validate, bench and report into OUT_DIR."""
+    from . import demo as demo_mod
+
+    sys.exit(demo_mod.main(out_dir))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
