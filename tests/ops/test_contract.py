@@ -140,8 +140,12 @@ def _sampled_model(spec, sample) -> bytes:
     while names and names[-1] == "":
         names.pop()
     node = helper.make_node(spec.name, names, list(spec.outputs), domain=DOMAIN, **sample.attrs)
-    outputs = [helper.make_value_info(o, helper.make_tensor_type_proto(
-        inputs[0].type.tensor_type.elem_type, None)) for o in spec.outputs]
+    # outputs: the first input's element type, rank from the reference, unnamed dims (the checker
+    # wants a shape field on graph outputs)
+    ref = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
+    refs = ref if isinstance(ref, (tuple, list)) else [ref]
+    outputs = [helper.make_tensor_value_info(o, inputs[0].type.tensor_type.elem_type, [None] * r.ndim)
+               for o, r in zip(spec.outputs, refs)]
     g = helper.make_graph([node], "contract", inputs, outputs)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
                           functions=[spec.function(18)])
