@@ -25,6 +25,11 @@
 #define N6_LIBRARY_NAME "libn6ops.so"
 #endif
 
+namespace n6 {
+void AppendFFTMixOps(OpList& ops);              // fftmix/cpu.cc
+void AppendEgyptianAttentionOps(OpList& ops);   // egyptian/cpu.cc
+}  // namespace n6
+
 namespace {
 
 // KernelComputeV2 (16), custom-op shape inference and KernelContext_ParallelFor (17).
@@ -42,6 +47,8 @@ Registry& GetRegistry(uint32_t api_version) {
     auto* r = new Registry();
     n6::AppendPhi6Ops(r->ops);
     n6::AppendZetaLn2Ops(r->ops);
+    n6::AppendFFTMixOps(r->ops);
+    n6::AppendEgyptianAttentionOps(r->ops);
 #if N6_WITH_CUDA
     n6::AppendCudaOps(r->ops);
 #endif
