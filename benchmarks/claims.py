@@ -449,7 +449,8 @@ def _bench_where(b: dict, w: dict) -> str:
             f"batch {w.get('batch', '?')} x seq {w.get('seq', '?')}; {s.get('blocks_per_variant', '?')} interleaved "
             f"{s.get('order', '')} blocks x {num(s.get('block_seconds'))} s per model; baseline fusion: "
             f"{fus or 'none'}; spread: IQR over block pairs; "
-            + (f"weights: {w['weights']}; " if w.get("weights") else "") + generated(w))
+            + (f"weights: {w['weights']}; " if w.get("weights") else "")
+            + (f"conditions: {w['conditions']}; " if w.get("conditions") else "") + generated(w))
 
 
 def e2e(res: Results, provider: str, fidelity: dict | None, fid_name: str) -> Row:

@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--cpu-watts", type=float, default=10.0)
     ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "build" / "e2e")
     ap.add_argument("--name", help="result name (default e2e_<model>_<provider>)")
+    ap.add_argument("--conditions", help="how the machine was loaded during the run (recorded as 'conditions')")
     ap.add_argument("--weights-note", help="where the weights come from, when not the model's own (recorded as 'weights')")
     args = ap.parse_args()
 
@@ -57,6 +58,7 @@ def main() -> None:
         "benchmark": "e2e", "model": args.model, "exporter": args.exporter, "batch": args.batch, "seq": args.seq,
         "original": str(original), "candidate": str(candidate), "passes": args.passes.split(","),
         **({"weights": args.weights_note} if args.weights_note else {}),
+        **({"conditions": args.conditions} if args.conditions else {}),
         "rewritten": rw.rewritten, "bench": j,
     })
     r = j["ratio"]
