@@ -78,9 +78,16 @@ def _ratio(option: str) -> float:
 PASSES: dict[str, tuple[tuple[str, ...], Callable[[ir.Model, str, PassContext], KindReport]]] = {
     "gelu": (tuple(gelu.TARGETS), lambda model, option, ctx: gelu.run(model, option)),
     "ffn": (("phi-bottleneck", "phi-bottleneck:RATIO"), _ffn),
+    "moe": (("sparse", "egyptian", "phi", "phi:DROP"), lambda model, option, ctx: _moe().run(model, option, ctx)),
 }
 # passes whose result depends on calibration data
-DATA_PASSES = {"ffn"}
+DATA_PASSES = {"ffn", "moe"}
+
+
+def _moe():
+    from . import moe_rewrite  # imports onnxruntime: only when the pass runs
+
+    return moe_rewrite
 
 
 def parse(spec: str) -> PassSpec:
@@ -92,6 +99,9 @@ def parse(spec: str) -> PassSpec:
             + ", ".join(f"{k}={'|'.join(v[0])}" for k, v in PASSES.items())
         )
     options = PASSES[kind][0]
+    if kind == "moe":
+        _moe().parse(option)
+        return PassSpec(kind, option)
     if kind == "ffn" and option.startswith("phi-bottleneck"):
         _ratio(option)
         return PassSpec(kind, option)
