@@ -28,6 +28,7 @@
 namespace n6 {
 void AppendFFTMixOps(OpList& ops);              // fftmix/cpu.cc
 void AppendEgyptianAttentionOps(OpList& ops);   // egyptian/cpu.cc
+void AppendMoEOps(OpList& ops);                 // moe/cpu.cc
 }  // namespace n6
 
 namespace {
@@ -49,6 +50,7 @@ Registry& GetRegistry(uint32_t api_version) {
     n6::AppendZetaLn2Ops(r->ops);
     n6::AppendFFTMixOps(r->ops);
     n6::AppendEgyptianAttentionOps(r->ops);
+    n6::AppendMoEOps(r->ops);
 #if N6_WITH_CUDA
     n6::AppendCudaOps(r->ops);
 #endif
