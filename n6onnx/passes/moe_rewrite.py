@@ -292,6 +292,7 @@ def run(model: ir.Model, option: str, ctx) -> KindReport:
                 params["importance"] = importance(params, blk.activation, *(xs or (None, None)), k=blk.k)
             active = (blk.k * PARTS - drop) * per_expert / PARTS  # a sub-expert holds 1/3 of an expert's units
         detail = {**blk.detail(), "mode": mode, "verified_max_abs_err": float(f"{blk.verified_err:.3g}"),
+                  "original_active_expert_params_per_token": blk.k * per_expert,
                   "active_expert_params_per_token": int(active),
                   "active_fraction_vs_original": round(active / (blk.k * per_expert), 4)}
         if mode == "phi":
