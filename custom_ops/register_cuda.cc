@@ -106,9 +106,12 @@ void AppendElementwiseCudaOps(OpList& ops) {
 
 }  // namespace
 
+void AppendMoECudaOps(OpList& ops);  // moe/cuda_glue.cc
+
 void AppendCudaOps(OpList& ops) {
   AppendElementwiseCudaOps<Phi6>(ops);
   AppendElementwiseCudaOps<ZetaLn2>(ops);
+  AppendMoECudaOps(ops);
 }
 
 }  // namespace n6

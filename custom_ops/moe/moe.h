@@ -224,9 +224,13 @@ N6_HD float Exp(float x) {
   q = q * r + 5.0000001201e-1f;
   q = q * (r * r) + r + 1.0f;
   const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+#if defined(__CUDA_ARCH__)
+  return q * __int_as_float(e);
+#else
   float scale;
   __builtin_memcpy(&scale, &e, sizeof scale);
   return q * scale;
+#endif
 }
 
 // act(h) (swiglu: silu(h) * gate), fp32.

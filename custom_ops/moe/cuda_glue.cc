@@ -1,0 +1,44 @@
+// MoE for CUDAExecutionProvider: the onnxruntime side (C++ compiler, onnxruntime headers). The
+// kernels are in moe/cuda.cu behind the plain interface of moe/moe_cuda.h; they run on
+// onnxruntime's compute stream for the node (KernelContext_GetGPUComputeStream).
+#include <string>
+
+#include "common/elementwise.h"
+#include "moe/moe_cuda.h"
+#include "moe/op.h"
+
+namespace n6 {
+namespace {
+
+struct CudaBackend {
+  template <bool kHalf>
+  static Ort::Status Run(OrtKernelContext* ctx, const moe::Problem& pr, const moe::Inputs& in, void* y) {
+    moe::cuda::Args a;
+    a.pr = pr;
+    a.half = kHalf;
+    a.x = in.data[moe::kX];
+    a.logits = in.data[moe::kLogits];
+    a.w1 = in.data[moe::kW1];
+    a.b1 = pr.has_b1 ? in.data[moe::kB1] : nullptr;
+    a.w2 = in.data[moe::kW2];
+    a.b2 = pr.has_b2 ? in.data[moe::kB2] : nullptr;
+    a.w3 = pr.has_w3 ? in.data[moe::kW3] : nullptr;
+    a.importance = pr.has_imp ? static_cast<const float*>(in.data[moe::kImportance]) : nullptr;
+    a.y = y;
+    a.stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+    const cuda::Status st = moe::cuda::Launch(a);
+    if (st.ok()) return Ort::Status{nullptr};
+    const std::string msg = std::string("CUDA kernel failed at ") + (st.where ? st.where : "?") + ": " +
+                            (st.name ? st.name : "error") + " (" + (st.message ? st.message : "") + ")";
+    return Ort::Status((std::string(kDomain) + "::" + moe::kOpName + ": " + msg).c_str(), ORT_EP_FAIL);
+  }
+};
+
+}  // namespace
+
+void AppendMoECudaOps(OpList& ops) {
+  ops.push_back(new moe::Op<CudaBackend, false>("CUDAExecutionProvider"));
+  ops.push_back(new moe::Op<CudaBackend, true>("CUDAExecutionProvider"));
+}
+
+}  // namespace n6
