@@ -2,10 +2,10 @@
 // compute). Shapes, attributes and head kinds: egyptian/egyptian.h.
 //
 // Work split: one task per (batch, head, block of kBQ queries), on the session's intra-op pool.
-//   full / local heads: flash-style streaming softmax over key blocks of kBK: the key block is
-//     transposed into a [dh, kBK] scratch so the scores of a query are a vertical (vectorised)
-//     multiply-add over dh; per query the running max m, sum l and output accumulator are
-//     rescaled once per key block. A local head visits only the keys [i0 - w/2, i1 - 1 + w/2] of
+//   full / local heads: flash-style streaming softmax over key blocks of kBK: K is transposed
+//     once per head into [dh, L] (a parallel pre-pass); S = Q.K^T and O += P.V run as 4 x 16 register tiles
+//     (explicit 16-lane vectors, common/vec16.h); per
+//     query the running max m, sum l and output accumulator are rescaled once per key block. A local head visits only the keys [i0 - w/2, i1 - 1 + w/2] of
 //     its query block (O(L * (window + kBQ) * dh)), masking per query |i - j| > w/2.
 //   global heads: two keys per query, O(L * dh).
 // Exponentials use a branch-free polynomial exp (Cephes expf form, ~2 ulp) so they vectorise.
@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "common/elementwise.h"
+#include "common/vec16.h"
 #include "egyptian/egyptian.h"
 
 namespace n6 {
@@ -24,6 +25,7 @@ constexpr const char* kOp = "EgyptianAttention";
 constexpr int kBQ = 32;  // queries per task
 constexpr int kBK = 64;  // keys per block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+const VI kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 N6_INLINE float FastExp(float x) {
   x = x < -87.0f ? -87.0f : x;
@@ -52,6 +54,8 @@ struct Plan {
   int64_t B, L, H, dh, ld, half, nqb;
   float scale;
   const int* kinds;
+  float* kt;   // [B, H, dh, lp]: K transposed per head (full / local heads), zero past L
+  int64_t lp;  // L rounded up to kBK
 };
 
 N6_INLINE bool KeyValid(const Plan& p, int64_t b, int64_t j) { return !p.mask || p.mask[b * p.L + j] != 0; }
@@ -97,74 +101,138 @@ N6_INLINE void GlobalBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
   }
 }
 
+constexpr int kRows = 4;  // queries per register tile (x 16 keys or channels)
+static_assert(kBK % kVF == 0, "key block must be whole vectors");
+
 struct Scratch {
-  std::vector<float> kt, s, acc, m, l;
+  std::vector<float> s, o, m, l, zero;
 };
 
-// Full / local head: streaming softmax over key blocks.
+// S[r][jc .. jc+16) = q_r . kt[:, jc .. jc+16) for 4 query rows (4 vector accumulators).
+N6_INLINE void ScoreTile(const float* const* q, const float* __restrict kt, int64_t ldk, int64_t dh, int jc,
+                         float* __restrict S) {
+  VF acc0 = Splat(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+  for (int64_t d = 0; d < dh; ++d) {
+    const VF kr = LoadV(kt + d * ldk + jc);
+    acc0 += kr * q[0][d];
+    acc1 += kr * q[1][d];
+    acc2 += kr * q[2][d];
+    acc3 += kr * q[3][d];
+  }
+  StoreV(S + 0 * kBK + jc, acc0);
+  StoreV(S + 1 * kBK + jc, acc1);
+  StoreV(S + 2 * kBK + jc, acc2);
+  StoreV(S + 3 * kBK + jc, acc3);
+}
+
+// O[r][d0 .. d0+16) += sum_j P[r][j] v_j[d0 .. d0+16) for 4 query rows.
+N6_INLINE void PvTile(const float* __restrict P, const float* const* v, int nk, int64_t d0, float* __restrict O,
+                      int64_t ldo) {
+  VF acc0 = LoadV(O + 0 * ldo + d0), acc1 = LoadV(O + 1 * ldo + d0), acc2 = LoadV(O + 2 * ldo + d0),
+     acc3 = LoadV(O + 3 * ldo + d0);
+  for (int j = 0; j < nk; ++j) {
+    const VF vr = LoadV(v[j] + d0);
+    acc0 += vr * P[0 * kBK + j];
+    acc1 += vr * P[1 * kBK + j];
+    acc2 += vr * P[2 * kBK + j];
+    acc3 += vr * P[3 * kBK + j];
+  }
+  StoreV(O + 0 * ldo + d0, acc0);
+  StoreV(O + 1 * ldo + d0, acc1);
+  StoreV(O + 2 * ldo + d0, acc2);
+  StoreV(O + 3 * ldo + d0, acc3);
+}
+
+// Channels past the last whole vector (dh % 16).
+N6_INLINE void PvTail(const float* __restrict P, const float* const* v, int nk, int64_t d0, int64_t dh,
+                      float* __restrict O) {
+  for (int r = 0; r < kRows; ++r) {
+    for (int64_t d = d0; d < dh; ++d) {
+      float acc = O[r * dh + d];
+      for (int j = 0; j < nk; ++j) acc += P[r * kBK + j] * v[j][d];
+      O[r * dh + d] = acc;
+    }
+  }
+}
+
+// Full / local head: streaming softmax over key blocks of kBK, register-tiled Q.K^T and P.V.
 N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int64_t i1, bool local, Scratch& sc) {
   const int64_t dh = p.dh, nq = i1 - i0;
-  sc.kt.resize(static_cast<size_t>(dh * kBK));
-  sc.s.resize(kBK);
-  sc.acc.assign(static_cast<size_t>(nq * dh), 0.0f);
-  sc.m.assign(static_cast<size_t>(nq), kNegInf);
-  sc.l.assign(static_cast<size_t>(nq), 0.0f);
-  float* __restrict kt = sc.kt.data();
-  float* __restrict s = sc.s.data();
+  const int64_t nqp = (nq + kRows - 1) / kRows * kRows;  // padded with zero queries
+  sc.s.assign(static_cast<size_t>(nqp * kBK), 0.0f);
+  sc.o.assign(static_cast<size_t>(nqp * dh), 0.0f);
+  sc.m.assign(static_cast<size_t>(nqp), kNegInf);
+  sc.l.assign(static_cast<size_t>(nqp), 0.0f);
+  sc.zero.assign(static_cast<size_t>(dh), 0.0f);
+  const float* kth = p.kt + (b * p.H + h) * dh * p.lp;
+  float* __restrict S = sc.s.data();
+  float* __restrict O = sc.o.data();
+  const float* qrows[kBQ];
+  for (int64_t qi = 0; qi < nqp; ++qi) {
+    qrows[qi] = qi < nq ? p.q + (b * p.L + i0 + qi) * p.ld + h * dh : sc.zero.data();
+  }
+  const float* vrows[kBK];
   const int64_t klo = local ? std::max<int64_t>(0, i0 - p.half) : 0;
   const int64_t khi = local ? std::min<int64_t>(p.L - 1, i1 - 1 + p.half) : p.L - 1;
   for (int64_t kb = klo; kb <= khi; kb += kBK) {
-    const int64_t nk = std::min<int64_t>(kBK, khi + 1 - kb);
-    for (int64_t j = 0; j < nk; ++j) {  // transpose the key block: kt[d][j]
-      const float* k = p.k + (b * p.L + kb + j) * p.ld + h * dh;
-      for (int64_t d = 0; d < dh; ++d) kt[d * kBK + j] = k[d];
+    const int nk = static_cast<int>(std::min<int64_t>(kBK, khi + 1 - kb));
+    for (int j = 0; j < nk; ++j) vrows[j] = p.v + (b * p.L + kb + j) * p.ld + h * dh;
+    const int ncol = (nk + kVF - 1) / kVF * kVF;
+    for (int64_t qi = 0; qi < nqp; qi += kRows) {
+      for (int jc = 0; jc < ncol; jc += kVF) ScoreTile(qrows + qi, kth + kb, p.lp, dh, jc, S + qi * kBK);
     }
-    for (int64_t qi = 0; qi < nq; ++qi) {
+    // key padding of this block as an additive bias (0 or -inf; -inf past nk)
+    float kbias[kBK];
+    for (int j = 0; j < kBK; ++j) kbias[j] = (j < nk && KeyValid(p, b, kb + j)) ? 0.0f : kNegInf;
+    bool any = false;
+    for (int64_t qi = 0; qi < nq; ++qi) {  // online softmax update of query row qi
       const int64_t i = i0 + qi;
-      const float* __restrict q = p.q + (b * p.L + i) * p.ld + h * dh;
-      for (int64_t j = 0; j < nk; ++j) s[j] = 0.0f;
-      for (int64_t d = 0; d < dh; ++d) {
-        const float qd = q[d];
-        const float* __restrict row = kt + d * kBK;
-        for (int64_t j = 0; j < nk; ++j) s[j] += qd * row[j];
+      float* __restrict s = S + qi * kBK;
+      VF sv[kBK / kVF];
+      for (int c = 0; c < kBK / kVF; ++c) sv[c] = LoadV(s + c * kVF) * p.scale + LoadV(kbias + c * kVF);
+      if (local) {  // keys outside |i - j| <= half
+        const VI jlo = VI{} + static_cast<int32_t>(std::max<int64_t>(-1, i - p.half - kb));
+        const VI jhi = VI{} + static_cast<int32_t>(std::min<int64_t>(kBK, i + p.half - kb));
+        for (int c = 0; c < kBK / kVF; ++c) {
+          const VI j = kLane + c * kVF;
+          sv[c] = (j < jlo || j > jhi) ? Splat(kNegInf) : sv[c];
+        }
       }
-      const int64_t lo = local ? i - p.half : 0, hi = local ? i + p.half : p.L - 1;
-      float mx = kNegInf;
-      for (int64_t j = 0; j < nk; ++j) {
-        const int64_t key = kb + j;
-        const bool ok = key >= lo && key <= hi && KeyValid(p, b, key);
-        s[j] = ok ? s[j] * p.scale : kNegInf;
-        mx = s[j] > mx ? s[j] : mx;
+      VF mv = sv[0];
+      for (int c = 1; c < kBK / kVF; ++c) mv = MaxV(mv, sv[c]);
+      const float mx = HMax(mv);
+      if (mx == kNegInf) {
+        for (int c = 0; c < kBK / kVF; ++c) StoreV(s + c * kVF, Splat(0.0f));
+        continue;
       }
-      if (mx == kNegInf) continue;
+      any = true;
       float& m = sc.m[qi];
-      float& l = sc.l[qi];
-      float* __restrict acc = sc.acc.data() + qi * dh;
       const float mnew = mx > m ? mx : m;
       if (mnew != m) {
         const float corr = m == kNegInf ? 0.0f : FastExp(m - mnew);
-        l *= corr;
-        for (int64_t d = 0; d < dh; ++d) acc[d] *= corr;
+        sc.l[qi] *= corr;
+        float* __restrict o = O + qi * dh;
+        for (int64_t d = 0; d < dh; ++d) o[d] *= corr;
         m = mnew;
       }
-      for (int64_t j = 0; j < nk; ++j) {
-        const float e = FastExp(s[j] - mnew);
-        s[j] = s[j] == kNegInf ? 0.0f : e;
+      VF sum = Splat(0.0f);
+      for (int c = 0; c < kBK / kVF; ++c) {
+        const VF e = ExpV(sv[c] - mnew);
+        sum += e;
+        StoreV(s + c * kVF, e);
       }
-      float sum = 0.0f;
-      for (int64_t j = 0; j < nk; ++j) sum += s[j];
-      l += sum;
-      for (int64_t j = 0; j < nk; ++j) {
-        const float pj = s[j];
-        if (pj == 0.0f) continue;
-        const float* __restrict v = p.v + (b * p.L + kb + j) * p.ld + h * dh;
-        for (int64_t d = 0; d < dh; ++d) acc[d] += pj * v[d];
-      }
+      sc.l[qi] += HSum(sum);
+    }
+    if (!any) continue;
+    for (int64_t qi = 0; qi < nqp; qi += kRows) {
+      int64_t d0 = 0;
+      for (; d0 + kVF <= dh; d0 += kVF) PvTile(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
+      if (d0 < dh) PvTail(S + qi * kBK, vrows, nk, d0, dh, O + qi * dh);
     }
   }
   for (int64_t qi = 0; qi < nq; ++qi) {
     const float l = sc.l[qi];
-    StoreRow(p, b, i0 + qi, h, sc.acc.data() + qi * dh, l > 0.0f ? 1.0f / l : 0.0f);
+    StoreRow(p, b, i0 + qi, h, O + qi * dh, l > 0.0f ? 1.0f / l : 0.0f);
   }
 }
 
@@ -176,8 +244,8 @@ N6_INLINE void RunTaskImpl(const Plan& p, size_t task) {
   const int64_t i0 = qb * kBQ, i1 = std::min<int64_t>(p.L, i0 + kBQ);
   const int kind = p.kinds[h];
   if (kind == egyptian::kGlobal) {
-    sc.acc.resize(static_cast<size_t>(p.dh));
-    GlobalBlock(p, b, h, i0, i1, sc.acc.data());
+    sc.o.resize(static_cast<size_t>(p.dh));
+    GlobalBlock(p, b, h, i0, i1, sc.o.data());
   } else {
     StreamBlock(p, b, h, i0, i1, kind == egyptian::kLocal, sc);
   }
@@ -207,6 +275,24 @@ struct Job {
 void RunTask(void* data, size_t task) {
   const Job& j = *static_cast<const Job*>(data);
   j.fn(*j.plan, task);
+}
+
+// K of head (b, h) transposed into p.kt: [dh, lp], zero past L.
+void TransposeTask(void* data, size_t task) {
+  const Plan& p = *static_cast<const Plan*>(data);
+  const int64_t h = static_cast<int64_t>(task) % p.H, b = static_cast<int64_t>(task) / p.H;
+  if (p.kinds[h] == egyptian::kGlobal) return;
+  float* dst = p.kt + (b * p.H + h) * p.dh * p.lp;
+  for (int64_t j0 = 0; j0 < p.lp; j0 += kBK) {  // blocks of keys: rows stay in cache
+    for (int64_t j = j0; j < j0 + kBK; ++j) {
+      if (j < p.L) {
+        const float* k = p.k + (b * p.L + j) * p.ld + h * p.dh;
+        for (int64_t d = 0; d < p.dh; ++d) dst[d * p.lp + j] = k[d];
+      } else {
+        for (int64_t d = 0; d < p.dh; ++d) dst[d * p.lp + j] = 0.0f;
+      }
+    }
+  }
 }
 
 struct Widen {
@@ -291,6 +377,16 @@ struct EgyptianCpu {
       p.scale = pr.scale;
       p.kinds = pr.kinds.data();
       p.nqb = (pr.L + kBQ - 1) / kBQ;
+      p.lp = (pr.L + kBK - 1) / kBK * kBK;
+      std::vector<float> kt;
+      bool streamed = false;
+      for (int kind : pr.kinds) streamed = streamed || kind != egyptian::kGlobal;
+      if (streamed) {
+        kt.resize(static_cast<size_t>(p.B * p.H * p.dh * p.lp));
+        p.kt = kt.data();
+        Ort::Status st{Ort::GetApi().KernelContext_ParallelFor(ctx, &TransposeTask, static_cast<size_t>(p.B * p.H), 0, &p)};
+        if (!st.IsOK()) return st;
+      }
       static const TaskFn fn = SelectTaskFn();
       Job job{&p, fn};
       const size_t tasks = static_cast<size_t>(p.B * p.H * p.nqb);

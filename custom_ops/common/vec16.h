@@ -1,0 +1,63 @@
+// 16-lane fp32 vectors (GCC/Clang vector extensions) for the attention CPU kernels: one zmm
+// register on AVX-512, two ymm on AVX2, four xmm on generic x86-64 -- the same source compiled in
+// each ISA clone (see common/elementwise.h). Explicit vectors because the channel loops of these
+// kernels carry register accumulators across an outer loop, which gcc does not auto-vectorise.
+// No FMA contraction (the build uses -ffp-contract=off): a*b+c is a multiply then an add.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/elementwise.h"
+
+// Helpers are always inlined into their ISA clone, so the ABI of a 64-byte vector argument (the
+// -Wpsabi note for the generic target) never matters.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace n6 {
+
+typedef float VF __attribute__((vector_size(64)));
+typedef int32_t VI __attribute__((vector_size(64)));
+inline constexpr int kVF = 16;
+
+N6_INLINE VF LoadV(const float* p) {
+  VF v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+N6_INLINE void StoreV(float* p, VF v) { std::memcpy(p, &v, sizeof v); }
+// For constants. A runtime scalar is broadcast best by writing `vector * scalar` (one
+// embedded-broadcast multiply); gcc builds Splat(runtime value) lane by lane.
+N6_INLINE VF Splat(float x) { return VF{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+N6_INLINE VF MaxV(VF a, VF b) { return a > b ? a : b; }
+N6_INLINE float HMax(VF v) {
+  float m = v[0];
+  for (int i = 1; i < kVF; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+N6_INLINE float HSum(VF v) {
+  float s = 0.0f;
+  for (int i = 0; i < kVF; ++i) s += v[i];
+  return s;
+}
+
+// exp(x) for x <= 0 (softmax), Cephes expf form (~2 ulp); -inf gives 0.
+N6_INLINE VF ExpV(VF x) {
+  const VF lo = Splat(-87.0f);
+  const VF xc = x < lo ? lo : x;
+  const VF magic = Splat(12582912.0f);  // 1.5 * 2^23: round to nearest integer
+  const VF n = (xc * 1.44269504088896341f + magic) - magic;
+  const VF r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  VF p = Splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const VI e = (__builtin_convertvector(n, VI) + 127) << 23;
+  const VF res = p * (VF)e;
+  return x < lo ? Splat(0.0f) : res;
+}
+
+}  // namespace n6
