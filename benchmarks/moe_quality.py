@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     data = np.load(d / "data.npz")
     cal_w, ev_w = data["calibration"], data["evaluation"]
     calib = d / "calib.npz"
-    np.savez(calib, input_ids=cal_w[: (len(cal_w) // 16) * 16, :-1])
+    ids = cal_w[: (len(cal_w) // 16) * 16, :-1]
+    np.savez(calib, **{f"input_ids/{k}": ids[16 * k: 16 * k + 16] for k in range(len(ids) // 16)})
     ckpt = torch.load(d / "charlm-topk.pt", weights_only=False)
     library = library_path()
 
