@@ -50,6 +50,8 @@ void GemmGeneric(const float* A, int lda, int m, int K, const float* B, int ldb,
 }
 
 #if N6_HAVE_ISA_CLONES
+constexpr int kPf = 12;  // weight rows prefetched ahead (prefetches past the end are harmless hints)
+
 N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float* B, int ldb, int n, const float* bias,
                              float* C, int ldc) {
   constexpr int MR = 6, NR = 16;
@@ -68,6 +70,8 @@ N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float*
       }
       const float* b = B + j0;
       for (int k = 0; k < K; ++k, b += ldb) {
+        // the panel walks down K rows ldb apart (a new page per row): prefetch kPf rows ahead
+        _mm_prefetch(reinterpret_cast<const char*>(b + kPf * static_cast<size_t>(ldb)), _MM_HINT_T0);
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         for (int r = 0; r < MR; ++r) {
           const __m256 av = _mm256_broadcast_ss(a[r] + k);
@@ -103,6 +107,9 @@ N6_TARGET_AVX512 void GemmAvx512(const float* A, int lda, int m, int K, const fl
       }
       const float* b = B + j0;
       for (int k = 0; k < K; ++k, b += ldb) {
+        const char* pf = reinterpret_cast<const char*>(b + kPf * static_cast<size_t>(ldb));
+        _mm_prefetch(pf, _MM_HINT_T0);
+        _mm_prefetch(pf + 64, _MM_HINT_T0);
         const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
         for (int r = 0; r < MR; ++r) {
           const __m512 av = _mm512_set1_ps(a[r][k]);
