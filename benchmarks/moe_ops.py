@@ -245,7 +245,7 @@ def bench(provider: str, tokens: list[int], dtypes: list[str], rounds: dict, thr
                 row["speedup_of_n6_sparse"] = {v: s["median"] / sp for v, s in stats.items() if v != "n6_sparse"}
                 if "ms_moe" in stats:
                     row["n6_sparse_over_ms_moe"] = sp / stats["ms_moe"]["median"]
-            if nvml is not None and nvml.ok:
+            if nvml is not None and nvml.ok and n == max(tokens):
                 row["energy"] = {v: nvml.window(runners[v], energy_s) for v in runners if v != "n6_fallback"}
             rows.append(row)
             sp = row.get("speedup_of_n6_sparse", {})
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds-small", type=int, default=15, help="interleaved rounds at <= 128 tokens")
     ap.add_argument("--rounds-large", type=int, default=5, help="interleaved rounds above 128 tokens")
     ap.add_argument("--variants", default="n6_sparse,dense,n6_fallback,ms_moe")
-    ap.add_argument("--energy-seconds", type=float, default=1.5)
+    ap.add_argument("--energy-seconds", type=float, default=1.0, help="NVML window per variant (largest N)")
     ap.add_argument("--device-id", type=int, default=0)
     ap.add_argument("--out-name", default=None)
     ap.add_argument("--out-dir", default=None, help="also copy the JSON here (e.g. $OUT)")
