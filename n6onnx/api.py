@@ -81,12 +81,29 @@ def _load(model: str | os.PathLike | ir.Model | onnx.ModelProto) -> tuple[str, i
     return str(model), io.load(model)
 
 
-def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto) -> InspectReport:
-    """Report, per kind (gelu, ffn, attention, moe), what was found, with near-misses."""
+def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate: str | os.PathLike | None = None,
+            tokenizer: str | os.PathLike | None = None, calib_samples: int | None = 256,
+            dims: dict | None = None) -> InspectReport:
+    """Report, per kind (gelu, ffn, attention, moe), what was found, with near-misses.
+
+    With ``calibrate`` (calibration data, as for ``rewrite``) each attention block also gets a
+    ``redundancy`` score: the mean over real tokens of cos(residual stream before the block, stream
+    after its residual add) (see ``n6onnx.calibrate.attention``)."""
     name, m = _load(model)
     n_nodes = sum(1 for _ in m.graph.all_nodes())
     canonicalize(m)
     kinds = detect.detect_all(m)
+    if calibrate is not None:
+        from . import calibrate as cal
+        from .passes import attention
+
+        batches = cal.load_batches(str(calibrate), ir.to_proto(m).SerializeToString(),
+                                   tokenizer=None if tokenizer is None else str(tokenizer), samples=calib_samples,
+                                   dims=dims)
+        scores = attention.redundancy_scores(m, batches)
+        for site in kinds["attention"].sites:
+            if site.detail.get("index") in scores:
+                site.detail["redundancy"] = scores[site.detail["index"]]
     return InspectReport(name, _default_opset(m), n_nodes, kinds)
 
 

@@ -30,11 +30,19 @@ def main() -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
+              help="Calibration data (text or .npz): adds each attention block's redundancy score.")
+@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
+              help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
-def inspect(model: str, as_json: bool) -> None:
-    """Report the GELU, FFN, attention and MoE subgraphs found in MODEL (with near-misses)."""
+def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> None:
+    """Report the GELU, FFN, attention and MoE subgraphs found in MODEL (with near-misses).
+
+    With --calibrate, each attention block gets a redundancy score: the mean over real tokens of
+    the cosine between the residual stream before the block and after its residual add."""
     try:
-        rep = api.inspect(model)
+        rep = api.inspect(model, calibrate=calibrate, tokenizer=tokenizer, calib_samples=calib_samples)
     except N6Error as e:
         _fail(e)
     if as_json:
@@ -43,13 +51,20 @@ def inspect(model: str, as_json: bool) -> None:
     out.print(f"[bold]{rep.model}[/]  opset {rep.opset}, {rep.nodes} nodes", highlight=False)
     _kinds_table(rep.kinds, "found")
     _near_misses(rep.kinds)
+    for site in rep.kinds["attention"].sites:
+        d = site.detail
+        if "heads" in d:
+            red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
+            out.print(escape(f"  attention block {d['index']} ({d['form']}): {d['heads']} heads x {d['head_size']}, "
+                             f"scale {d['scale']}, {d['norm']}{red}"), highlight=False)
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
 @click.option("--pass", "passes_", multiple=True, required=True, metavar="KIND=OPTION",
-              help="A rewrite pass: gelu=phi6, gelu=zetaln2, ffn=phi-bottleneck[:RATIO]. Repeatable.")
+              help="A rewrite pass: gelu=phi6, gelu=zetaln2, ffn=phi-bottleneck[:RATIO], attention=fftmix[:LAYERS], "
+                   "attention=egyptian[:HEADS]. Repeatable.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",

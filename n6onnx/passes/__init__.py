@@ -8,7 +8,7 @@ from typing import Callable
 import onnx_ir as ir
 
 from ..errors import BadArgumentError
-from . import gelu
+from . import attention, gelu
 from ._common import KindReport, Rejection, Site
 
 
@@ -78,10 +78,11 @@ def _ratio(option: str) -> float:
 PASSES: dict[str, tuple[tuple[str, ...], Callable[[ir.Model, str, PassContext], KindReport]]] = {
     "gelu": (tuple(gelu.TARGETS), lambda model, option, ctx: gelu.run(model, option)),
     "ffn": (("phi-bottleneck", "phi-bottleneck:RATIO"), _ffn),
+    "attention": (("fftmix[:LAYERS]", "egyptian[:HEADS]"), lambda model, option, ctx: attention.run(model, option, ctx)),
     "moe": (("sparse", "egyptian", "phi", "phi:DROP"), lambda model, option, ctx: _moe().run(model, option, ctx)),
 }
 # passes whose result depends on calibration data
-DATA_PASSES = {"ffn", "moe"}
+DATA_PASSES = {"ffn", "attention", "moe"}
 
 
 def _moe():
@@ -99,6 +100,9 @@ def parse(spec: str) -> PassSpec:
             + ", ".join(f"{k}={'|'.join(v[0])}" for k, v in PASSES.items())
         )
     options = PASSES[kind][0]
+    if kind == "attention":
+        attention.parse_option(option)
+        return PassSpec(kind, option)
     if kind == "moe":
         _moe().parse(option)
         return PassSpec(kind, option)

@@ -519,3 +519,458 @@ def detect(model: ir.Model, redundancy: dict[int, float] | None = None) -> KindR
     for n in opaque:
         report.sites.append(Site(nodes=[node_label(n)], rule=f"attention.op.{n.domain or 'onnx'}.{n.op_type}"))
     return report
+
+
+# ============================================================================== the attention passes
+"""``--pass attention=fftmix[:LAYERS]`` and ``--pass attention=egyptian[:HEADS]``.
+
+fftmix LAYERS: ``auto`` (default) = ``auto:N`` with N = max(1, blocks // 3): the N blocks with the
+highest redundancy score on the calibration data; ``N`` (a bare count): the N most redundant;
+``I,J,...`` (block indices in graph order, 0-based; a single one as ``@I`` or ``I,``). Counts and
+auto need calibration data (they rank blocks); indices work without it.
+
+The replacement: FFTMix(h) -> MatMul(3D -> D) -> Add(bias) takes the place of everything from the
+Q/K/V projections through the output projection and its bias; h is the input the Q/K/V
+projections read (post-LN BERT/MiniLM: the block input, which is also the residual; pre-LN
+GPT-2/ViT/Llama: the normalised stream, the norm stays). The residual add and the norms stay.
+Fitted as described in ``n6onnx.calibrate.attention``. Uncalibrated default: filters = window
+means at all three scales and the projection = the block's own value-output map W_V W_O / 3 per
+scale (bias b_V W_O + b_O): uniform attention inside each window, averaged over the scales.
+
+egyptian HEADS: ``locality`` (default with calibration data): per head, the attention mass on keys
+{0, L-1} and within the window (|i - j| <= window/2) measured on the calibration data; the heads
+with the most mass on {0, L-1} become global, the most local of the rest local, keeping the
+reference's counts (H/2 full, H/3 local, the rest global); ``by-index`` (the default without
+data): as the reference, first H/2 full, next H/3 local, the rest global; ``full``: every head
+full (a plumbing check: reproduces the original). Weights are kept; the Q.K^T -> scale/mask ->
+softmax -> .V core becomes EgyptianAttention on [B, L, H*dh] tensors, with the attention mask as
+key_padding_mask int32.
+"""
+
+WINDOW = 64
+
+
+def parse_option(option: str):
+    from ..errors import BadArgumentError
+
+    method, _, arg = option.partition(":")
+    if method == "fftmix":
+        if arg in ("", "auto"):
+            return method, ("auto", None)
+        if arg.startswith("auto:"):
+            n = arg[5:]
+            if not n.isdigit() or int(n) < 1:
+                raise BadArgumentError(f"attention=fftmix:auto:N needs a positive count (got {n!r})")
+            return method, ("auto", int(n))
+        if arg.isdigit():
+            if int(arg) < 1:
+                raise BadArgumentError("attention=fftmix:N needs N >= 1")
+            return method, ("count", int(arg))
+        body = arg[1:] if arg.startswith("@") else arg
+        parts = [p for p in body.split(",") if p.strip()]
+        if parts and all(p.strip().isdigit() for p in parts) and ("," in arg or arg.startswith("@")):
+            return method, ("indices", sorted({int(p) for p in parts}))
+        raise BadArgumentError(f"attention=fftmix:LAYERS: LAYERS is auto, auto:N, a count N, or block indices "
+                               f"I,J (a single index as @I) (got {arg!r})")
+    if method == "egyptian":
+        if arg in ("", "locality", "by-index", "full"):
+            return method, arg or None
+        raise BadArgumentError(f"attention=egyptian[:HEADS]: HEADS is locality, by-index or full (got {arg!r})")
+    raise BadArgumentError(f"pass attention needs fftmix[:LAYERS] or egyptian[:HEADS] (got {option!r})")
+
+
+def _init(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    base, k = name, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base}_{k}"
+    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                 const_value=ir.tensor(array, name=name))
+    graph.register_initializer(v)
+    return v
+
+
+def _node(graph: ir.Graph, domain: str, op: str, inputs, name: str, shape=None, dtype=None, **attrs) -> ir.Value:
+    n = ir.Node(domain, op, inputs, attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()],
+                name=name)
+    graph.append(n)
+    out = n.outputs[0]
+    out.name = f"{name}_out"
+    if shape is not None:
+        out.shape = ir.Shape(shape)
+    if dtype is not None:
+        out.type = ir.TensorType(dtype)
+    return out
+
+
+def _np_weight(p: ffn.Projection) -> np.ndarray:
+    w = ir.convenience.get_const_tensor(p.weight).numpy().astype(np.float32)
+    return w.T if p.transposed else w
+
+
+def _np_bias(p: ffn.Projection | None, width: int) -> np.ndarray:
+    a = const_array(p.bias) if p is not None and p.bias is not None else None
+    return np.zeros(width, np.float32) if a is None else a.astype(np.float32).reshape(-1)
+
+
+def fftmix_default(b: AttentionBlock) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated projection [3D, D] and bias: W_V W_O / 3 per scale, b_V W_O + b_O."""
+    Wo = _np_weight(b.out)
+    bo = _np_bias(b.out, Wo.shape[1])
+    D = seq_input(b.h).shape[-1]
+    Wv = _np_weight(b.v.proj) if b.v.proj is not None else None
+    bv = _np_bias(b.v.proj, Wv.shape[1]) if Wv is not None else None
+    if Wv is not None and b.v.columns is not None:
+        Wv, bv = Wv[:, b.v.columns[0]:b.v.columns[1]], bv[b.v.columns[0]:b.v.columns[1]]
+    if Wv is not None and b.heads and b.kv_heads and b.head_size and b.kv_heads < b.heads:
+        rep = b.heads // b.kv_heads
+        Wv = np.repeat(Wv.reshape(D, b.kv_heads, b.head_size), rep, axis=1).reshape(D, -1)
+        bv = np.repeat(bv.reshape(b.kv_heads, b.head_size), rep, axis=0).reshape(-1)
+    if Wv is None or Wv.shape != (D, Wo.shape[0]):
+        return np.zeros((3 * D, Wo.shape[1]), np.float32), bo
+    M = Wv @ Wo
+    return np.concatenate([M / 3] * 3, 0).astype(np.float32), (bv @ Wo + bo).astype(np.float32)
+
+
+def fftmix_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
+    if b.form.startswith("com.microsoft"):
+        return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
+    if b.out is None or b.out_value is None:
+        return "output projection not found"
+    h = seq_input(b.h)
+    if h is None or h.shape is None or len(h.shape) != 3 or not isinstance(h.shape[-1], int):
+        return "the projections' input is not [B, L, D] with a static D"
+    if h.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+        return f"element type {h.dtype} not supported (float32, float16)"
+    if b.out_value in graph.outputs or b.out_value.shape is None or len(b.out_value.shape) != 3:
+        return "the block output is a graph output or not [B, L, D]"
+    return None
+
+
+def emit_fftmix(model: ir.Model, b: AttentionBlock, filters, W: np.ndarray, bias: np.ndarray) -> None:
+    g = model.graph
+    h = seq_input(b.h)
+    dt = h.dtype.numpy()
+    tag = f"n6_fftmix{b.index}"
+    fs = [_init(g, f.astype(dt), f"{tag}_F{w}") for f, w in zip(filters, (6, 12, 24))]
+    B, L, D = h.shape
+    y = _node(g, "n6onnx", "FFTMix", [h, *fs], f"{tag}", [B, L, 3 * D], h.dtype)
+    m = _node(g, "", "MatMul", [y, _init(g, W.astype(dt), f"{tag}_W")], f"{tag}_proj", [B, L, W.shape[1]], h.dtype)
+    o = _node(g, "", "Add", [m, _init(g, bias.astype(dt), f"{tag}_b")], f"{tag}_bias", [B, L, W.shape[1]], h.dtype)
+    ir.convenience.replace_all_uses_with(b.out_value, o)
+
+
+# ------------------------------------------------------------------------------------------ egyptian
+def _simulate(nodes: list[ir.Node], a: np.ndarray) -> np.ndarray | None:
+    for n in nodes:
+        if n.op_type == "Reshape":
+            s = const_array(n.inputs[1])
+            if s is None:
+                return None
+            az = n.attributes.get("allowzero")
+            az = az.as_int() if az is not None else 0
+            shape = [a.shape[i] if (d == 0 and not az) else int(d) for i, d in enumerate(s)]
+            try:
+                a = a.reshape(shape)
+            except ValueError:
+                return None
+        elif n.op_type == "Transpose":
+            p = n.attributes.get("perm")
+            a = a.transpose(list(p.as_ints()) if p is not None else None)
+    return a
+
+
+def _source3(v: ir.Value, layout: tuple[int, ...], heads: int, dh: int, scaled: bool):
+    """The [B, L, H*dh] value ``v`` is a pure head split (+ scalar factors) of, with the factor."""
+    chain, factor, cur = [], 1.0, v
+    for _ in range(10):
+        n = cur.producer()
+        if n is None:
+            return None
+        if n.op_type in ("Reshape", "Transpose", "Identity"):
+            chain.insert(0, n)
+            cur = n.inputs[0]
+        elif scaled and n.op_type in ("Mul", "Div"):
+            live = [i for i in n.inputs if not is_const(i)]
+            c = scalar_const(next((i for i in n.inputs if is_const(i)), None))
+            if len(live) != 1 or c is None:
+                return None
+            factor *= 1 / c if n.op_type == "Div" else c
+            chain.insert(0, n)
+            cur = live[0]
+        else:
+            return None
+        s = _static(cur.shape)
+        if s and len(s) == 3 and s[2] == heads * dh:
+            a = np.arange(int(np.prod(s))).reshape(s)
+            want = a.reshape(s[0], s[1], heads, dh).transpose(layout)
+            got = _simulate(chain, a)
+            if got is not None and got.shape == want.shape and np.array_equal(got, want):
+                return cur, factor
+    return None
+
+
+def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int, scaled: bool, tag: str):
+    """(value [B, L, H*dh], scalar factor inside it)."""
+    src = _source3(v, layout, heads, dh, scaled)
+    if src is not None:
+        return src
+    back = [layout.index(i) for i in (0, 2, 1, 3)]  # layout -> [B, L, H, dh]
+    t = _node(g, "", "Transpose", [v], f"{tag}_t", None, v.dtype, perm=back)
+    r = _node(g, "", "Reshape", [t, _init(g, np.array([0, 0, -1], np.int64), f"{tag}_shape")], f"{tag}_r", None,
+              v.dtype)
+    return r, 1.0
+
+
+def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
+    if b.form.startswith("com.microsoft"):
+        return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
+    if b.q4 is None or b.kt4 is None or b.v4 is None or b.core_out is None:
+        return "per-head Q, K, V tensors not found"
+    if not (b.heads and b.head_size):
+        return "number of heads / head size unknown"
+    if b.mask is not None:
+        if b.mask.causal:
+            return "causal mask: EgyptianAttention has no causal mode"
+        gin = {v.name: v for v in graph.inputs}
+        if len(b.mask.inputs) != 1 or b.mask.inputs[0] not in gin or gin[b.mask.inputs[0]].shape is None \
+                or len(gin[b.mask.inputs[0]].shape) != 2:
+            return f"mask is not derived from one [batch, seq] attention-mask input ({b.mask.inputs})"
+    if b.q4.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+        return f"element type {b.q4.dtype} not supported"
+    if _merge(b) is None:
+        return "the head merge before the output projection could not be verified (dynamic shapes?)"
+    return None
+
+
+def _merge(b: AttentionBlock):
+    """(consumer node, input index, shape) where the merged heads [B, L, H*dh] enter the output
+    projection, checked by simulating the reshape/transpose chain on an index tensor."""
+    if b.out is None:
+        return None
+    first = b.out.nodes[0]
+    target = first.inputs[0]
+    chain, cur = [], b.core_out
+    for _ in range(5):
+        if cur is target:
+            break
+        users = consumers(cur)
+        if len(users) != 1 or users[0].op_type not in MERGE_PATH:
+            return None
+        chain.append(users[0])
+        cur = users[0].outputs[0]
+    if cur is not target:
+        return None
+    s, ts = _static(b.core_out.shape), _static(target.shape)
+    if s is None or ts is None or len(s) != 4:
+        return None
+    a = np.arange(int(np.prod(s))).reshape(s)
+    got = _simulate(chain, a)
+    want = a.transpose(0, 2, 1, 3).reshape(ts)
+    if got is None or got.shape != want.shape or not np.array_equal(got, want):
+        return None
+    return first, 0, ts
+
+
+def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: dict, window: int = WINDOW) -> None:
+    g = model.graph
+    H, dh = b.heads, b.head_size
+    tag = f"n6_egyptian{b.index}"
+    if b.form == "onnx.Attention":
+        q, fq = _to3(g, b.q4, (0, 2, 1, 3), H, dh, False, f"{tag}_q")
+        k, fk = _to3(g, b.kt4, (0, 2, 1, 3), H, dh, False, f"{tag}_k")
+        scale = b.scale
+    else:
+        qk = b.nodes[0]
+        q, fq = _to3(g, qk.inputs[0], (0, 2, 1, 3), H, dh, True, f"{tag}_q")
+        k, fk = _to3(g, qk.inputs[1], (0, 2, 3, 1), H, dh, True, f"{tag}_k")
+        ss = b.scale / (_side_factor(qk.inputs[0]) * _side_factor(qk.inputs[1]))
+        scale = ss * fq * fk
+    v, _ = _to3(g, b.v4, (0, 2, 1, 3), H, dh, False, f"{tag}_v")
+    inputs = [q, k, v]
+    if b.mask is not None:
+        name = b.mask.inputs[0]
+        if name not in masks:
+            src = next(x for x in g.inputs if x.name == name)
+            masks[name] = _node(g, "", "Cast", [src], f"n6_key_padding_mask_{name}", src.shape, ir.DataType.INT32,
+                                to=ir.DataType.INT32)
+        inputs.append(masks[name])
+    else:  # the op's function fallback needs the mask input: all ones [B, L]
+        bl = _node(g, "", "Shape", [q], f"{tag}_bl", [2], ir.DataType.INT64, start=0, end=2)
+        inputs.append(_node(g, "", "ConstantOfShape", [bl], f"{tag}_ones", None, ir.DataType.INT32,
+                            value=ir.tensor(np.ones(1, np.int32))))
+    first, idx, ts = _merge(b)
+    B, L = _static(q.shape)[:2] if _static(q.shape) else (None, None)
+    y = _node(g, "n6onnx", "EgyptianAttention", inputs, tag, None, q.dtype, num_heads=int(H), window=int(window),
+              scale=float(scale), head_kinds=[int(x) for x in kinds])
+    if len(ts) != 3:
+        y = _node(g, "", "Reshape", [y, _init(g, np.array(ts, np.int64), f"{tag}_merge_shape")], f"{tag}_merge",
+                  ts, q.dtype)
+    first.replace_input_with(idx, y)
+
+
+def _side_factor(v: ir.Value) -> float:
+    return _find_side(v)[1]
+
+
+# ------------------------------------------------------------------------------------------ runner
+def stream_pair(b: AttentionBlock) -> tuple[str, str] | None:
+    """(residual stream entering the block, block output) value names for the redundancy score."""
+    if b.residual is None or b.out_value is None:
+        return None
+    return b.residual.name, b.out_value.name
+
+
+def redundancy_scores(model: ir.Model, batches, blocks: list[AttentionBlock] | None = None) -> dict[int, float]:
+    from ..calibrate import attention as cal
+
+    blocks = blocks if blocks is not None else find_blocks(model)[0]
+    pairs = {b.index: p for b in blocks if (p := stream_pair(b)) is not None}
+    return cal.redundancy(ir.to_proto(model), pairs, batches) if pairs else {}
+
+
+def run(model: ir.Model, option: str, ctx) -> KindReport:
+    from ..errors import BadArgumentError
+
+    method, arg = parse_option(option)
+    blocks, rejected, seen, opaque = find_blocks(model)
+    report = KindReport("attention", seen=seen, near_misses=list(rejected))
+    for n in opaque:
+        report.near_misses.append(Rejection(node_label(n), f"{n.domain}.{n.op_type}: not rewritable (not analysed)"))
+    batches = ctx.batches or None
+    g = model.graph
+    reasons = {b.index: (fftmix_reason if method == "fftmix" else egyptian_reason)(b, g) for b in blocks}
+    for b in blocks:
+        if reasons[b.index]:
+            report.near_misses.append(Rejection(b.label, reasons[b.index]))
+    ok = [b for b in blocks if not reasons[b.index]]
+    if method == "fftmix":
+        _run_fftmix(model, ok, arg, ctx, report)
+    else:
+        _run_egyptian(model, ok, arg, ctx, report)
+    return report
+
+
+def _finalize(model: ir.Model) -> None:
+    from ..api import finalize
+
+    finalize(model)  # sorts the graph, attaches the fallback functions: the next fit runs it in ORT
+
+
+def _run_fftmix(model, ok, arg, ctx, report):
+    from ..calibrate import attention as cal
+    from ..errors import BadArgumentError
+
+    kind, n = arg
+    batches = ctx.batches or None
+    scores = None
+    if kind in ("auto", "count"):
+        if not batches:
+            raise BadArgumentError(
+                "attention=fftmix:auto / :N rank the blocks by redundancy and need calibration data (--calibrate "
+                "DATA); without it name the blocks by index, e.g. attention=fftmix:@0 or attention=fftmix:0,3")
+        if kind == "auto" and n is None:
+            n = max(1, len(ok) // 3)
+        scores = redundancy_scores(ctx.original, batches)
+        chosen = sorted(ok, key=lambda b: (-scores.get(b.index, -2.0), b.index))[:n]
+        if len(chosen) < n:
+            report.notes.append(f"asked for {n} blocks, {len(chosen)} can be rewritten")
+    else:
+        idx = set(n)
+        known = {b.index for b in ok}
+        for i in sorted(idx - known):
+            report.notes.append(f"block {i} does not exist or cannot be rewritten; skipped")
+        chosen = [b for b in ok if b.index in idx]
+    chosen = sorted(chosen, key=lambda b: b.index)
+    orig_blocks = {b.index: b for b in find_blocks(ctx.original)[0]} if batches else {}
+    for b in chosen:
+        W0, b0 = fftmix_default(b)
+        D = seq_input(b.h).shape[-1]
+        detail = {"index": b.index, "method": "fftmix", "norm": b.norm}
+        if scores is not None:
+            detail["redundancy"] = scores.get(b.index)
+        if batches and b.index in orig_blocks:
+            filters, W, bias, fitrep = _fit_block(model, b, orig_blocks[b.index], ctx, W0, b0)
+            detail["fit"] = fitrep
+        else:
+            filters, W, bias = cal.default_filters(D), W0, b0
+            detail["fit"] = None
+        emit_fftmix(model, b, filters, W, bias)
+        _finalize(model)
+        report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.fftmix", detail=detail))
+        report.rewritten += 1
+    if chosen and not batches:
+        report.notes.append("uncalibrated FFT-Mix: window-mean filters and the block's own W_V W_O as the projection; "
+                            "a pretrained model loses much accuracy; pass --calibrate DATA to fit filters and projection")
+
+
+def _fit_block(model, b, ob, ctx, W0, b0):
+    from ..calibrate import attention as cal
+
+    h = seq_input(b.h)
+    cur_names = [h.name, b.residual.name] if b.residual is not None else [h.name]
+    orig_names = [ob.out_value.name] + ([ob.residual.name] if ob.residual is not None else [])
+    hs, reals, cur_res = [], [], []
+
+    def take_cur(feeds, out):
+        a = out[h.name]
+        hs.append(a)
+        reals.append(cal._real(feeds, a.shape))
+        if b.residual is not None:
+            cur_res.append(out[b.residual.name].reshape(a.shape[0], a.shape[1], -1))
+
+    targets = []
+
+    def take_orig(feeds, out):
+        y = out[ob.out_value.name]
+        y = y.reshape(y.shape[0], y.shape[1], -1) if y.ndim == 3 else y
+        if ob.residual is not None:
+            y = y + out[ob.residual.name].reshape(y.shape)
+        targets.append(y)
+
+    cal.run_batches(ir.to_proto(model), cur_names, ctx.batches, take_cur)
+    cal.run_batches(ir.to_proto(ctx.original), orig_names, ctx.batches, take_orig)
+    if cur_res:
+        targets = [t - r for t, r in zip(targets, cur_res)]
+    f = cal.fit_fftmix(hs, reals, targets, W0, b0)
+    return f.filters, f.W, f.b, f.to_json()
+
+
+def _run_egyptian(model, ok, mode, ctx, report):
+    from ..calibrate import attention as cal
+
+    batches = ctx.batches or None
+    if mode is None:
+        mode = "locality" if batches else "by-index"
+        if not batches:
+            report.notes.append("no calibration data: heads assigned by index as the reference (first H/2 full, "
+                                "next H/3 local, the rest global); pass --calibrate DATA to assign them by locality")
+    loc = {}
+    if mode == "locality":
+        if not batches:
+            from ..errors import BadArgumentError
+
+            raise BadArgumentError("attention=egyptian:locality measures the heads on calibration data: pass "
+                                   "--calibrate DATA (or use egyptian:by-index)")
+        orig = {b.index: b for b in find_blocks(ctx.original)[0]}
+        probs = {b.index: orig[b.index].probs.name for b in ok if b.index in orig and orig[b.index].probs is not None}
+        loc = cal.head_locality(ir.to_proto(ctx.original), probs, batches, WINDOW) if probs else {}
+    masks: dict = {}
+    for b in ok:
+        counts = cal.reference_counts(b.heads)
+        if mode == "full":
+            kinds = [0] * b.heads
+        elif mode == "locality" and b.index in loc:
+            kinds = cal.assign_heads(loc[b.index]["local"], loc[b.index]["global"], counts)
+        else:
+            if mode == "locality":
+                report.notes.append(f"{b.label}: attention probabilities not visible (fused op); heads by index")
+            kinds = [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
+        emit_egyptian(model, b, kinds, masks)
+        _finalize(model)
+        detail = {"index": b.index, "method": "egyptian", "heads": b.heads, "head_kinds": kinds, "window": WINDOW,
+                  "assignment": mode if (mode != "locality" or b.index in loc) else "by-index"}
+        if b.index in loc:
+            detail["locality"] = loc[b.index]
+        report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.egyptian", detail=detail))
+        report.rewritten += 1

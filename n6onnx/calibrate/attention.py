@@ -1,0 +1,333 @@
+"""Calibration for the attention passes (numpy + onnxruntime).
+
+Redundancy score of an attention block (``inspect --calibrate``): the mean, over the real (not
+padding) tokens of the calibration data, of cos(x_in, x_out), where x_in is the residual stream
+entering the block (the block input for post-LN BERT/MiniLM, the stream before the pre-norm for
+pre-LN models) and x_out = x_in + the block's output (after the output projection and its bias),
+i.e. the stream right after the attention residual add. 1.0: the block barely changes the stream.
+
+FFT-Mix fit (``attention=fftmix``). The replacement computes
+    out = FFTMix(h; F6, F12, F24) @ W + b,      W [3D, D], b [D]
+where h is the input the Q/K/V projections read. It is linear in W for fixed filters and linear
+in the filters for fixed W, so it is fitted by alternating least squares on the calibration
+tokens (padding rows excluded from the loss; they still take part in the windows, as they do at
+inference):
+  1. filters start as window means (F_w[0, :] = 1, other bins 0);
+  2. W, b: ridge regression of the target on the FFTMix features, shrunk towards the uncalibrated
+     default; the ridge strength (relative to the mean eigenvalue of the feature Gram matrix) is
+     chosen on 20% of the calibration *sequences* held out (a split by rows would leak: rows of
+     one sequence share windows);
+  3. filters (all 24 x D rfft-domain values at once, W fixed): regularised least squares
+     min ||A(F) - R||^2 + mu ||F - F_prev||^2 solved by conjugate gradients on the normal
+     equations (CGLS, ``cg_iters`` iterations, matrix-free: A and its adjoint are FFTs over the
+     windows and products with W);
+  4. W, b refitted by ridge as in 2; steps 3-4 repeat ``rounds`` times; the fit with the lowest
+     error on the held-out sequences is kept (on MiniLM the fitted filters barely beat the
+     window means there, so the window means often stay: see benchmarks/results/attention_minilm.json).
+The target is what the original model adds to the residual stream at that block, given the
+already-rewritten prefix: original residual + original block output - current residual (as the
+activation calibration does), so upstream errors are compensated rather than compounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from ..runtime import InferenceSession
+from . import collect
+
+WINDOWS = (6, 12, 24)
+
+
+# ------------------------------------------------------------------------------------- ORT runs
+def run_batches(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict],
+                fn: Callable[[dict, dict], None], threads: int | None = None) -> None:
+    """Run the model pruned to ``names`` on each batch and call fn(feeds, {name: array})."""
+    import onnxruntime as ort
+
+    names = list(dict.fromkeys(names))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = InferenceSession(collect.with_outputs(proto, names).SerializeToString(), so, threads=threads)
+    for feeds in batches:
+        fn(feeds, dict(zip(names, sess.run(names, feeds))))
+
+
+def _real(feeds: dict, shape) -> np.ndarray:
+    """[B, L] bool: which token positions are real (attention_mask 1), all True without a mask."""
+    m = feeds.get("attention_mask")
+    if m is not None and tuple(m.shape) == tuple(shape[:2]):
+        return m.astype(bool)
+    return np.ones(shape[:2], bool)
+
+
+def redundancy(proto: onnx.ModelProto, pairs: dict[int, tuple[str, str]], batches, threads=None) -> dict[int, float]:
+    """pairs: block index -> (residual stream entering, block output). See the module docstring."""
+    sums = {i: [0.0, 0] for i in pairs}
+
+    def fn(feeds, out):
+        for i, (xin, y) in pairs.items():
+            a, o = out[xin], out[y]
+            if a.ndim == 2:
+                a = a.reshape(o.shape)
+            if o.ndim == 2:
+                o = o.reshape(a.shape)
+            b = a + o
+            real = _real(feeds, a.shape) if a.ndim == 3 else np.ones(a.shape[:-1], bool)
+            cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+            sums[i][0] += float(cos[real].sum())
+            sums[i][1] += int(real.sum())
+
+    run_batches(proto, [n for p in pairs.values() for n in p], batches, fn, threads)
+    return {i: round(s / max(n, 1), 6) for i, (s, n) in sums.items()}
+
+
+def head_locality(proto: onnx.ModelProto, probs: dict[int, str], batches, window: int,
+                  threads=None) -> dict[int, dict[str, list[float]]]:
+    """Per block and head: mean attention mass, over real queries, on keys within |i - j| <= window // 2
+    ("local") and on keys {0, L-1} ("global")."""
+    acc = {i: [None, None, 0] for i in probs}
+
+    def fn(feeds, out):
+        for i, name in probs.items():
+            p = out[name].astype(np.float64)  # [B, H, L, L]
+            B, H, L, _ = p.shape
+            real = _real(feeds, (B, L))
+            idx = np.arange(L)
+            near = np.abs(idx[:, None] - idx[None, :]) <= window // 2
+            loc = (p * near).sum(-1)  # [B, H, L]
+            glob = p[..., 0] + (p[..., L - 1] if L > 1 else 0)
+            w = real[:, None, :]
+            a = acc[i]
+            a[0] = (0 if a[0] is None else a[0]) + (loc * w).sum((0, 2))
+            a[1] = (0 if a[1] is None else a[1]) + (glob * w).sum((0, 2))
+            a[2] += int(real.sum())
+
+    run_batches(proto, list(probs.values()), batches, fn, threads)
+    return {i: {"local": [round(float(x), 4) for x in a[0] / max(a[2], 1)],
+                "global": [round(float(x), 4) for x in a[1] / max(a[2], 1)]} for i, a in acc.items()}
+
+
+def assign_heads(local: Sequence[float], glob: Sequence[float], counts: tuple[int, int, int]) -> list[int]:
+    """Head kinds (0 full, 1 local, 2 global) keeping counts (full, local, global): the heads with
+    the most mass on keys {0, L-1} become global, then the most local of the rest become local.
+    Ties go to the lower head index."""
+    H = len(local)
+    kinds = [0] * H
+    n_full, n_local, n_global = counts
+    order = sorted(range(H), key=lambda h: (-glob[h], h))
+    for h in order[:n_global]:
+        kinds[h] = 2
+    rest = sorted((h for h in range(H) if kinds[h] == 0), key=lambda h: (-local[h], h))
+    for h in rest[:n_local]:
+        kinds[h] = 1
+    return kinds
+
+
+def reference_counts(H: int) -> tuple[int, int, int]:
+    """(full, local, global) as the reference: first H/2 full, next H/3 local, the rest global."""
+    full, local = H // 2, H // 3
+    return full, local, H - full - local
+
+
+# ------------------------------------------------------------------------------------- FFT-Mix
+def _nbins(w: int) -> int:
+    return w // 2 + 1
+
+
+def _windows(x: np.ndarray, w: int) -> np.ndarray:
+    """[S, L, C] -> [S, nW, w, C], zero-padded at the end."""
+    S, L, C = x.shape
+    n = -(-L // w)
+    if n * w != L:
+        x = np.concatenate([x, np.zeros((S, n * w - L, C), x.dtype)], 1)
+    return x.reshape(S, n, w, C)
+
+
+def fftmix(h: np.ndarray, filters: Sequence[np.ndarray]) -> np.ndarray:
+    """float32 FFTMix of h [S, L, D] (SPEC.md): [S, L, 3D]; a window longer than L gives zeros."""
+    S, L, D = h.shape
+    outs = []
+    for w, F in zip(WINDOWS, filters):
+        if w > L:
+            outs.append(np.zeros((S, L, D), np.float32))
+            continue
+        xf = np.fft.rfft(_windows(h.astype(np.float64), w), axis=2)
+        y = np.fft.irfft(xf * F[None, None], n=w, axis=2).reshape(S, -1, D)[:, :L]
+        outs.append(y.astype(np.float32))
+    return np.concatenate(outs, -1)
+
+
+def default_filters(D: int) -> list[np.ndarray]:
+    """Window means: bin 0 = 1 (irfft of e_0 is the constant 1/w), other bins 0."""
+    out = []
+    for w in WINDOWS:
+        F = np.zeros((_nbins(w), D), np.float32)
+        F[0] = 1
+        out.append(F)
+    return out
+
+
+@dataclasses.dataclass
+class FFTMixFit:
+    filters: list[np.ndarray]
+    W: np.ndarray
+    b: np.ndarray
+    rel_err_default: float  # relative calibration error (MSE / target variance) of the uncalibrated default
+    rel_err: float
+    ridge: float | None
+    rows: int
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "rel_err_default": round(self.rel_err_default, 6), "rel_err": round(self.rel_err, 6),
+                "ridge": self.ridge}
+
+
+class _Data:
+    """Calibration sequences of one block: h [S, L, D] per batch, real-token masks, targets [N, Dout]."""
+
+    def __init__(self, hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.ndarray]):
+        self.hs, self.reals = hs, reals
+        self.T = np.concatenate([t[r] for t, r in zip(targets, reals)], 0).astype(np.float32)
+        seq = [np.broadcast_to(np.arange(k, k + r.shape[0])[:, None], r.shape)[r]
+               for k, r in zip(np.cumsum([0] + [r.shape[0] for r in reals[:-1]]), reals)]
+        self.seq = np.concatenate(seq)  # sequence id of each row
+        self.spectra = [[np.fft.rfft(_windows(h.astype(np.float32), w), axis=2) if w <= h.shape[1] else None
+                         for w in WINDOWS] for h in hs]
+
+    def features(self, filters) -> np.ndarray:
+        rows = []
+        for h, r, sp in zip(self.hs, self.reals, self.spectra):
+            S, L, D = h.shape
+            parts = []
+            for w, F, xf in zip(WINDOWS, filters, sp):
+                if xf is None:
+                    parts.append(np.zeros((S, L, D), np.float32))
+                else:
+                    parts.append(np.fft.irfft(xf * F[None, None], n=w, axis=2).reshape(S, -1, D)[:, :L].astype(np.float32))
+            rows.append(np.concatenate(parts, -1)[r])
+        return np.concatenate(rows, 0)
+
+    def adjoint(self, G: np.ndarray) -> list[np.ndarray]:
+        """Gradient of <features(F), G> with respect to each filter (G [N, 3D] on the real rows)."""
+        D = self.hs[0].shape[2]
+        grads = [np.zeros((_nbins(w), D), np.float64) for w in WINDOWS]
+        k = 0
+        for h, r, sp in zip(self.hs, self.reals, self.spectra):
+            S, L, _ = h.shape
+            n = int(r.sum())
+            full = np.zeros((S, L, 3 * D), np.float32)
+            full[r] = G[k:k + n]
+            k += n
+            for j, (w, xf) in enumerate(zip(WINDOWS, sp)):
+                if xf is None:
+                    continue
+                gf = np.fft.rfft(_windows(full[..., j * D:(j + 1) * D], w), axis=2)
+                c = np.full(_nbins(w), 2.0)
+                c[0] = 1
+                if w % 2 == 0:
+                    c[-1] = 1
+                grads[j] += (c[:, None] / w) * np.real(xf * np.conj(gf)).sum((0, 1))
+        return grads
+
+
+def fit_fftmix(hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.ndarray], W0: np.ndarray,
+               b0: np.ndarray, *, rounds: int = 1, cg_iters: int = 8) -> FFTMixFit:
+    """Alternating least squares for FFTMix + Linear(3D -> D); see the module docstring."""
+    data = _Data(hs, reals, targets)
+    T = data.T
+    var = float(np.var(T)) + 1e-12
+    F = default_filters(hs[0].shape[2])
+    X = data.features(F)
+    err_default = float(np.mean((X @ W0 + b0 - T) ** 2)) / var
+    held = (data.seq * 7919) % 5 == 0  # 20% of the sequences, deterministic
+    W, b, lam, err, herr = ridge(X, T, W0, b0, held)
+    best = (err / var, [f.copy() for f in F], W, b, lam, herr)
+    for _ in range(rounds):
+        F = _cgls_filters(data, F, W, b, T, cg_iters)
+        X = data.features(F)
+        W, b, lam, err, herr = ridge(X, T, W, b, held)
+        if herr < best[5]:  # kept only if the held-out sequences agree
+            best = (err / var, [f.copy() for f in F], W, b, lam, herr)
+    err, F, W, b, lam, _ = best
+    return FFTMixFit([f.astype(np.float32) for f in F], W.astype(np.float32), b.astype(np.float32), err_default,
+                     err, float(lam), int(len(T)))
+
+
+def ridge(X: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, held: np.ndarray,
+          lams=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)):
+    """min ||X W + b - T||^2 + lam ||W - W0||^2 with lam (relative to the mean eigenvalue of the centred
+    Gram matrix) chosen on the ``held`` rows; refitted on all rows. Returns W, b, lam, calibration MSE."""
+    X = np.asarray(X, np.float64)
+    T = np.asarray(T, np.float64)
+    W0 = np.asarray(W0, np.float64)
+
+    def parts(Xt, Tt):
+        xm, tm = Xt.mean(0), Tt.mean(0)
+        Xc = Xt - xm
+        evals, Q = np.linalg.eigh(Xc.T @ Xc)
+        rhs = Q.T @ (Xc.T @ (Tt - tm - Xc @ W0))
+        return xm, tm, evals, Q, rhs, max(float(evals.mean()), 1e-12)
+
+    def solve(p, lam):
+        xm, tm, evals, Q, rhs, scale = p
+        W = W0 + Q @ (rhs / (np.maximum(evals, 0) + lam * scale)[:, None])
+        return W, tm - xm @ W
+
+    best, held_err = lams[len(lams) // 2], None
+    if held.any() and (~held).sum() > X.shape[1] // 4:
+        p = parts(X[~held], T[~held])
+        scores = {lam: float(np.mean((X[held] @ w + bb - T[held]) ** 2)) for lam in lams
+                  for w, bb in [solve(p, lam)]}
+        best = min(scores, key=scores.get)
+        held_err = scores[best]
+    W, b = solve(parts(X, T), best)
+    err = float(np.mean((X @ W + b - T) ** 2))
+    return W.astype(np.float32), b.astype(np.float32), float(best), err, err if held_err is None else held_err
+
+
+def _cgls_filters(data: _Data, F, W, b, T, iters: int, mu_rel: float = 1e-3):
+    """min ||A(dF) - R||^2 + mu ||dF||^2, A(dF) = features(dF) @ W (linear in the filters)."""
+    shapes = [f.shape for f in F]
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def unflat(v):
+        out, k = [], 0
+        for s, n in zip(shapes, sizes):
+            out.append(v[k:k + n].reshape(s))
+            k += n
+        return out
+
+    def A(v):
+        return data.features(unflat(v)) @ W
+
+    def At(E):
+        return np.concatenate([g.ravel() for g in data.adjoint(E @ W.T)])
+
+    R = (T - (data.features(F) @ W + b)).astype(np.float32)
+    g0 = At(R)
+    # mu relative to the mean diagonal of A^T A, estimated from one random probe
+    probe = np.random.default_rng(0).standard_normal(sum(sizes))
+    mu = mu_rel * float(np.sum(A(probe) ** 2)) / len(probe)
+    x = np.zeros(sum(sizes))
+    r = R.astype(np.float64)
+    s = g0 - mu * x
+    p = s.copy()
+    gamma = float(s @ s)
+    for _ in range(iters):
+        q = A(p)
+        denom = float(np.sum(q.astype(np.float64) ** 2)) + mu * float(p @ p)
+        if denom <= 0 or gamma <= 1e-30:
+            break
+        alpha = gamma / denom
+        x += alpha * p
+        r -= alpha * q
+        s = At(r.astype(np.float32)) - mu * x
+        gnew = float(s @ s)
+        p = s + (gnew / gamma) * p
+        gamma = gnew
+    return [f + d for f, d in zip(F, unflat(x))]

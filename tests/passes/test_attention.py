@@ -1,0 +1,205 @@
+"""Attention detection details and the attention=fftmix / attention=egyptian passes, checked against
+ORT running the original model."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import n6onnx
+from n6onnx import zoo
+from n6onnx.errors import N6Error
+
+from ..conftest import CACHE
+
+HEADS, HEAD_SIZE = 4, 16  # the tiny zoo configs (hidden 64, 4 heads); minilm: 12 x 32
+
+
+def _run(path, feeds):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _sites(path):
+    return [s.detail for s in n6onnx.inspect(path).kinds["attention"].sites]
+
+
+@pytest.fixture(scope="session")
+def opset23_bert():
+    """The zoo BERT exported at opset 23 (standard Attention op), cached beside the zoo models."""
+    path = CACHE / f"bert-dynamo23-b2-s16-v{zoo.ZOO_VERSION}.onnx"
+    if not path.is_file():
+        zoo._OPSET["dynamo23"] = 23
+        try:
+            zoo._export_uncached("bert", "dynamo23", path, batch=2, seq=16)
+        finally:
+            zoo._OPSET.pop("dynamo23")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ms_fused(zoo_export):
+    """com.microsoft Attention (BERT) and MultiHeadAttention (GPT-2) from onnxscript's ORT fusions."""
+    import onnx_ir as ir
+    from onnxscript.rewriter import ort_fusions
+
+    out = {}
+    for model in ("bert", "gpt2"):
+        path = CACHE / f"{model}-dynamo18-msfused-v{zoo.ZOO_VERSION}.onnx"
+        if not path.is_file():
+            m, _ = ort_fusions.optimize_for_ort(ir.load(zoo_export(model, "dynamo18")))
+            ir.save(m, path)
+        out[model] = path
+    return out
+
+
+@pytest.mark.parametrize("model,exporter", [("bert", "dynamo18"), ("bert", "dynamo20"), ("bert", "torchscript"),
+                                            ("gpt2", "torchscript"), ("vit", "dynamo20"), ("llama", "dynamo18"),
+                                            ("llama", "torchscript"), ("minilm", "dynamo18")])
+def test_detection_details(model, exporter, zoo_export):
+    sites = _sites(zoo_export(model, exporter))
+    assert len(sites) == zoo.ARCH_COUNTS[model]["attention"]
+    heads, dh = (12, 32) if model == "minilm" else (HEADS, HEAD_SIZE)
+    for i, d in enumerate(sites):
+        assert d["index"] == i and d["form"] == "matmul_softmax_matmul"
+        assert (d["heads"], d["head_size"]) == (heads, dh)
+        assert d["kv_heads"] == (2 if model == "llama" else heads)  # grouped-query: 2 kv heads
+        assert d["scale"] == pytest.approx(1 / np.sqrt(dh), rel=1e-6)
+        assert d["q"] and d["k"] and d["v"] and d["output_projection"] and d["residual"]
+        assert d["packed_qkv"] == (model == "gpt2")
+        assert d["norm"] == ("post-LN" if model in ("bert", "minilm") else "pre-LN")
+        if model == "vit":
+            assert d["mask"] is None
+        else:
+            assert d["mask"]["inputs"] == ["attention_mask"]
+            assert d["mask"]["causal"] == (model in ("gpt2", "llama"))
+        if model == "llama":
+            assert d["q"]["rotary"] and d["k"]["rotary"]
+
+
+def test_detection_fused_forms(opset23_bert, ms_fused):
+    for path, form in ((opset23_bert, "onnx.Attention"), (ms_fused["bert"], "com.microsoft.Attention"),
+                       (ms_fused["gpt2"], "com.microsoft.MultiHeadAttention")):
+        sites = _sites(path)
+        assert len(sites) == 2, path
+        for d in sites:
+            assert d["form"] == form
+            assert (d["heads"], d["head_size"], d["kv_heads"]) == (HEADS, HEAD_SIZE, HEADS)
+            assert d["scale"] == pytest.approx(0.25)
+            assert d["mask"]["inputs"] == ["attention_mask"]
+            assert d["output_projection"] and d["residual"]
+            assert d["q"] and d["v"]
+        assert all(d["packed_qkv"] for d in sites) == (form != "onnx.Attention")
+
+
+def _npz(path: pathlib.Path, n: int, seed: int) -> pathlib.Path:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for k in range(n):
+        f = zoo.example_inputs("bert", 2, 16)
+        f["input_ids"] = rng.integers(1, 1000, size=(2, 16), dtype=np.int64)
+        for name, a in f.items():
+            arrays[f"{name}/{k}"] = a
+    np.savez(path, **arrays)
+    return path
+
+
+def _error(src, cand, batches):
+    feeds = np.load(batches)
+    errs = []
+    for k in range(len(feeds.files) // 3):
+        f = {n: feeds[f"{n}/{k}"] for n in ("input_ids", "attention_mask", "token_type_ids")}
+        errs.append(np.mean((_run(src, f) - _run(cand, f)) ** 2))
+    return float(np.mean(errs))
+
+
+def test_fftmix_fitted_beats_uncalibrated(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo18")
+    calib, held = _npz(tmp_path / "calib.npz", 48, 1), _npz(tmp_path / "held.npz", 8, 2)
+    _, plain = n6onnx.rewrite(src, tmp_path / "plain.onnx", ["attention=fftmix:@1"])
+    _, fitted = n6onnx.rewrite(src, tmp_path / "fit.onnx", ["attention=fftmix:@1"], calibrate=calib)
+    assert plain.rewritten == fitted.rewritten == {"attention": 1}
+    assert any("uncalibrated" in w for w in plain.warnings)
+    site = fitted.reports["attention"].sites[0].detail
+    assert site["index"] == 1 and site["fit"]["rel_err"] < site["fit"]["rel_err_default"]
+    e_plain, e_fit = _error(src, tmp_path / "plain.onnx", held), _error(src, tmp_path / "fit.onnx", held)
+    assert e_fit < 0.5 * e_plain, (e_fit, e_plain)
+    # auto: ranks by redundancy (needs data) and rewrites max(1, 2 // 3) = 1 block
+    _, auto = n6onnx.rewrite(src, tmp_path / "auto.onnx", ["attention=fftmix"], calibrate=calib)
+    assert auto.rewritten == {"attention": 1}
+    assert auto.reports["attention"].sites[0].detail["redundancy"] is not None
+    with pytest.raises(N6Error, match="calibration data"):
+        n6onnx.rewrite(src, tmp_path / "x.onnx", ["attention=fftmix:2"])
+
+
+@pytest.mark.parametrize("exporter", ["dynamo18", "torchscript", "opset23"])
+def test_egyptian_full_is_exact_and_default_differs(exporter, zoo_export, opset23_bert, tmp_path):
+    src = opset23_bert if exporter == "opset23" else zoo_export("bert", exporter)
+    feeds = zoo.example_inputs("bert", 2, 16)
+    ref = _run(src, feeds)
+    _, rep = n6onnx.rewrite(src, tmp_path / "full.onnx", ["attention=egyptian:full"])
+    assert rep.rewritten == {"attention": 2}
+    np.testing.assert_allclose(_run(tmp_path / "full.onnx", feeds), ref, rtol=1e-5, atol=1e-5)
+    _, rep = n6onnx.rewrite(src, tmp_path / "idx.onnx", ["attention=egyptian"])
+    kinds = [s.detail["head_kinds"] for s in rep.reports["attention"].sites]
+    assert kinds == [[0, 0, 1, 2]] * 2  # no data: by index (4 heads: 2 full, 1 local, 1 global)
+    got = _run(tmp_path / "idx.onnx", feeds)
+    assert np.all(np.isfinite(got)) and np.abs(got - ref).max() > 1e-3
+
+
+def test_egyptian_locality_and_rejections(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo18")
+    calib = _npz(tmp_path / "calib.npz", 4, 1)
+    _, rep = n6onnx.rewrite(src, tmp_path / "loc.onnx", ["attention=egyptian"], calibrate=calib)
+    for s in rep.reports["attention"].sites:
+        d = s.detail
+        assert d["assignment"] == "locality" and sorted(d["head_kinds"]) == [0, 0, 1, 2]
+        g = d["locality"]["global"]
+        assert g[d["head_kinds"].index(2)] == max(g)  # the global head has the most mass on keys {0, L-1}
+    # causal models are rejected with the reason, nothing rewritten
+    _, rep = n6onnx.rewrite(zoo_export("gpt2", "dynamo18"), tmp_path / "g.onnx", ["attention=egyptian"])
+    assert rep.rewritten == {"attention": 0}
+    assert all("causal" in m.reason for m in rep.reports["attention"].near_misses)
+
+
+def test_vit_no_mask_and_library(zoo_export, tmp_path):
+    from n6onnx import runtime
+    from n6onnx._library import library_path
+
+    src = zoo_export("vit", "dynamo18")
+    feeds = zoo.example_inputs("vit", 2)
+    _, rep = n6onnx.rewrite(src, tmp_path / "e.onnx", ["attention=egyptian:full"])  # no mask: all-ones mask fed
+    assert rep.rewritten == {"attention": 2}
+    np.testing.assert_allclose(_run(tmp_path / "e.onnx", feeds), _run(src, feeds), rtol=1e-5, atol=1e-5)
+    _, rep = n6onnx.rewrite(src, tmp_path / "v.onnx", ["attention=fftmix:@1"])  # pre-LN: h is the normed stream
+    assert rep.rewritten == {"attention": 1} and rep.reports["attention"].sites[0].detail["norm"] == "pre-LN"
+    got = _run(tmp_path / "v.onnx", feeds)
+    assert got.shape == _run(src, feeds).shape and np.all(np.isfinite(got))
+    lib = library_path()
+    if lib is None:
+        pytest.skip("no n6 custom-op library (N6ONNX_LIBRARY unset, none installed): kernels not checked")
+    sess = runtime.InferenceSession(str(tmp_path / "v.onnx"))
+    # ops the library lacks run as their function fallback; either way the results must agree
+    np.testing.assert_allclose(sess.run(None, feeds)[0], got, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_rewrite_and_inspect(zoo_export, tmp_path):
+    from click.testing import CliRunner
+
+    from n6onnx.cli import main
+
+    src = str(zoo_export("bert", "torchscript"))
+    calib = _npz(tmp_path / "calib.npz", 4, 1)
+    r = CliRunner().invoke(main, ["rewrite", src, "-o", str(tmp_path / "o.onnx"), "--pass", "attention=egyptian:by-index",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["rewritten"] == {"attention": 2}
+    r = CliRunner().invoke(main, ["rewrite", src, "-o", str(tmp_path / "o.onnx"), "--pass", "attention=fftmix:x"])
+    assert r.exit_code == 2 and "LAYERS" in r.output
+    r = CliRunner().invoke(main, ["inspect", src, "--calibrate", str(calib), "--json"])
+    assert r.exit_code == 0, r.output
+    scores = [s["redundancy"] for s in json.loads(r.output)["attention"]["sites"]]
+    assert len(scores) == 2 and all(-1 <= x <= 1 for x in scores)
