@@ -379,6 +379,8 @@ def samples(dtype: str) -> list[Sample]:
             out.append(Sample(f"{routing}_{act}_N{N}", feeds, attrs))
     # defaults (topk k=2 normalize=1 gelu), larger D / H
     out.append(Sample("defaults_N64", make_feeds(rng, 64, 48, 40, 8, 1, dtype)))
+    # several 64-token tiles per expert; D and H not multiples of the SIMD widths
+    out.append(Sample("multi_tile_N300", make_feeds(rng, 300, 40, 72, 4, 1, dtype), {"k": 2, "activation": "silu"}))
     # group = 3: exact split of experts into sub-experts; drop by weight * importance
     for routing, drop, N in (("topk", 2, 64), ("egyptian", 4, 7), ("topk", 0, 7)):
         feeds = make_feeds(rng, N, 16, 8, 4, 3, dtype, importance=drop > 0)
