@@ -179,21 +179,31 @@ def main(argv=None) -> int:
         print(f"{name:32s} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}", flush=True)
 
     trained = []
-    for routing in ("topk", "egyptian", "equal3"):
-        p = d / f"charlm-{routing}.onnx"
-        if p.is_file() and (d / f"charlm-{routing}.pt").is_file():
-            ck = torch.load(d / f"charlm-{routing}.pt", weights_only=False)
+    labels = {"topk": "trained: 8 experts x 4D, top-2", "egyptian": "trained: 8 x 4D, Egyptian 1/2,1/3,1/6 on top-3",
+              "equal3": "trained: 8 x 4D, equal 1/3 on top-3", "phi24": "trained: 24 experts x 4D/3, top-2 (Phi MoE)"}
+    for variant in labels:
+        p = d / f"charlm-{variant}.onnx"
+        if p.is_file() and (d / f"charlm-{variant}.pt").is_file():
+            ck = torch.load(d / f"charlm-{variant}.pt", weights_only=False)
             ev, _ = evaluate(p, ev_w)
-            trained.append({"variant": f"trained with {routing} routing", "routing": routing, "steps": ck["steps"],
+            c = ck["config"]
+            per_token = (2 if ck["routing"] == "topk" else 3) * (2 * c["d"] * c["hidden"] + c["hidden"] + c["d"]) * c["layers"]
+            trained.append({"variant": labels[variant], "name": variant, "routing": ck["routing"], "steps": ck["steps"],
+                            "experts": c["experts"], "hidden": c["hidden"], "active_expert_params_per_token": per_token,
                             "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
                             "train_seconds": round(ck["train_seconds"], 1)})
-            print(f"trained {routing:9s} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}", flush=True)
+            print(f"trained {variant:9s} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}", flush=True)
+    for t in trained:
+        t["active_fraction_vs_top2"] = round(t["active_expert_params_per_token"] /
+                                             trained[0]["active_expert_params_per_token"], 4)
 
     bench = {}
     if not a.no_bench:
+        bench_feeds = d / "bench_feeds.npz"  # one evaluation batch (random ids would leave the vocabulary)
+        np.savez(bench_feeds, input_ids=ev_w[:16, :-1])
         for name, opt, path in variants[1:]:
             r = n6onnx.bench(path, orig, provider="cpu", threads=2, seconds=a.bench_seconds, window=a.window,
-                             warmup=1.0).to_json()
+                             warmup=1.0, feeds=bench_feeds).to_json()
             bench[opt] = r
             for row in rows:
                 if row["option"] == opt:
@@ -206,7 +216,7 @@ def main(argv=None) -> int:
                   f"(library {r['session']['custom_op_library']})", flush=True)
 
     by = {r["option"]: r for r in rows}
-    tr = {t["routing"]: t for t in trained}
+    tr = {t["name"]: t for t in trained}
     summary = {
         "routing": {
             "claim": "+8.8% accuracy vs equal routing",
@@ -228,6 +238,11 @@ def main(argv=None) -> int:
             "egyptian_vs_equal3_accuracy_change_pct":
                 100 * (tr["egyptian"]["eval_accuracy"] / tr["equal3"]["eval_accuracy"] - 1),
             "egyptian_loss": tr["egyptian"]["eval_loss"], "equal3_loss": tr["equal3"]["eval_loss"]}
+    if "topk" in tr and "phi24" in tr:
+        summary["phi_moe"]["trained_24x4D/3_top2_vs_8x4D_top2"] = {
+            "active_fraction": tr["phi24"]["active_fraction_vs_top2"],
+            "eval_loss_change_pct": 100 * (tr["phi24"]["eval_loss"] / tr["topk"]["eval_loss"] - 1),
+            "eval_accuracy_change_pct": 100 * (tr["phi24"]["eval_accuracy"] / tr["topk"]["eval_accuracy"] - 1)}
     payload = {
         "benchmark": "moe_quality",
         "model": {"what": "character-level LM trained by benchmarks/moe_train.py on n6onnx.corpus text",

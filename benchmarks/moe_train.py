@@ -9,17 +9,19 @@ CPU, 1 thread (faster than 2 on the shared 2-core machine), a fixed number of st
 0.01), seeded. Text split (by sentence, fixed order): 85% train, 5% calibration, 10% held-out
 evaluation. Writes under build/moe/ (``--out``):
 
-- ``charlm-<routing>.pt``: checkpoint (weights, config, vocabulary, training log);
-- ``charlm-<routing>.onnx``: TorchScript export (the expert loop unrolled: the dense form the
+- ``charlm-<variant>.pt``: checkpoint (weights, config, vocabulary, training log);
+- ``charlm-<variant>.onnx``: TorchScript export (the expert loop unrolled: the dense form the
   ``moe=*`` passes rewrite), input ``input_ids`` int64 [16, 64], output ``logits`` [16, 64, V];
 - ``data.npz``: the calibration and evaluation windows (int64 [n, 65]) and the vocabulary.
 
-``--routing egyptian|equal3`` trains the same model with fixed 1/2, 1/3, 1/6 (or 1/3 each) weights
-on the router's best three experts, for the Egyptian-vs-equal comparison. Cached: an existing
-checkpoint is reused unless ``--force``.
+``--variant egyptian|equal3`` trains the same model with fixed 1/2, 1/3, 1/6 (or 1/3 each) weights
+on the router's best three experts, for the Egyptian-vs-equal comparison; ``--variant phi24``
+trains 24 experts of width 4D/3 with top-2 routing (the sources' Phi MoE: a third of the active
+expert parameters). Files are named after the variant. Cached: an existing checkpoint is reused
+unless ``--force``.
 
     python benchmarks/moe_train.py                      # top-2 (about 2-3 min)
-    python benchmarks/moe_train.py --routing egyptian --steps 600
+    python benchmarks/moe_train.py --variant egyptian
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 CTX, BATCH_EXPORT = 64, 16
 CONFIG = dict(d=48, layers=2, heads=4, hidden=192, experts=8, k=2, ctx=CTX)
+# variant -> (routing, config changes)
+VARIANTS = {"topk": ("topk", {}), "egyptian": ("egyptian", {}), "equal3": ("equal3", {}),
+            "phi24": ("topk", {"experts": 24, "hidden": 64})}
 
 
 def corpus_splits():
@@ -59,10 +64,11 @@ def windows(ids: np.ndarray, n: int | None = None) -> np.ndarray:
     return w[:n] if n else w
 
 
-def build(vocab_size: int, routing: str):
+def build(vocab_size: int, variant: str):
     from n6onnx import zoo_moe
 
-    return zoo_moe.char_lm_class()(vocab_size, routing=routing, **CONFIG)
+    routing, changes = VARIANTS[variant]
+    return zoo_moe.char_lm_class()(vocab_size, routing=routing, **{**CONFIG, **changes})
 
 
 def balance_loss(model, x_cache):
@@ -78,13 +84,13 @@ def balance_loss(model, x_cache):
     return total
 
 
-def train(routing: str, steps: int, out: pathlib.Path, seed: int = 0, log_every: int = 100) -> dict:
+def train(variant: str, steps: int, out: pathlib.Path, seed: int = 0, log_every: int = 100) -> dict:
     import torch
 
     torch.set_num_threads(1)  # 2-thread OpenMP barriers thrash on a shared 2-core machine
     torch.manual_seed(seed)
     vocab, tr, cal, ev = corpus_splits()
-    model = build(len(vocab), routing)
+    model = build(len(vocab), variant)
     cache: list = []
     for b in model.blocks:  # keep each MoE layer's input for the balance loss
         b.moe.register_forward_pre_hook(lambda m, args: cache.append((m, args[0])))
@@ -112,34 +118,35 @@ def train(routing: str, steps: int, out: pathlib.Path, seed: int = 0, log_every:
                 eloss = torch.nn.functional.cross_entropy(el.reshape(-1, el.shape[-1]), ev_w[:, 1:].reshape(-1))
             log.append({"step": step, "train_loss": loss.item(), "eval_loss": eloss.item(), "aux": float(aux),
                         "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"[{routing}] step {step:5d}  loss {float(loss):.3f}  eval {float(eloss):.3f}  "
+            print(f"[{variant}] step {step:5d}  loss {float(loss):.3f}  eval {float(eloss):.3f}  "
                   f"aux {float(aux):.3f}  {time.perf_counter() - t0:.0f}s", flush=True)
     model.eval()
-    ckpt = {"state": model.state_dict(), "config": CONFIG, "vocab": vocab, "routing": routing, "steps": steps,
+    ckpt = {"state": model.state_dict(), "config": {**CONFIG, **VARIANTS[variant][1]}, "vocab": vocab,
+            "variant": variant, "routing": VARIANTS[variant][0], "steps": steps,
             "seed": seed, "log": log, "train_seconds": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out / f"charlm-{routing}.pt.tmp")
-    (out / f"charlm-{routing}.pt.tmp").replace(out / f"charlm-{routing}.pt")
+    torch.save(ckpt, out / f"charlm-{variant}.pt.tmp")
+    (out / f"charlm-{variant}.pt.tmp").replace(out / f"charlm-{variant}.pt")
     return ckpt
 
 
-def load(out: pathlib.Path, routing: str):
+def load(out: pathlib.Path, variant: str):
     import torch
 
-    ckpt = torch.load(out / f"charlm-{routing}.pt", weights_only=False)
-    model = build(len(ckpt["vocab"]), ckpt["routing"])
+    ckpt = torch.load(out / f"charlm-{variant}.pt", weights_only=False)
+    model = build(len(ckpt["vocab"]), ckpt.get("variant", ckpt["routing"]))
     model.load_state_dict(ckpt["state"])
     return model.eval(), ckpt
 
 
-def export(out: pathlib.Path, routing: str) -> pathlib.Path:
+def export(out: pathlib.Path, variant: str) -> pathlib.Path:
     import torch
 
     from n6onnx import zoo_moe
 
-    model, ckpt = load(out, routing)
+    model, ckpt = load(out, variant)
     ids = torch.zeros((BATCH_EXPORT, CTX), dtype=torch.int64)
-    path = out / f"charlm-{routing}.onnx"
+    path = out / f"charlm-{variant}.onnx"
     zoo_moe.export_module(model, (ids,), ["input_ids"], path, "torchscript", output_names=("logits",))
     return path
 
@@ -151,18 +158,18 @@ def save_data(out: pathlib.Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--routing", default="topk", choices=("topk", "egyptian", "equal3"))
+    p.add_argument("--variant", default="topk", choices=tuple(VARIANTS))
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "build" / "moe")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
-    ckpt_path = a.out / f"charlm-{a.routing}.pt"
+    ckpt_path = a.out / f"charlm-{a.variant}.pt"
     if a.force or not ckpt_path.is_file():
-        train(a.routing, a.steps, a.out)
+        train(a.variant, a.steps, a.out)
     else:
         print(f"cached: {ckpt_path} (--force to retrain)")
     save_data(a.out)
-    print("exported:", export(a.out, a.routing))
+    print("exported:", export(a.out, a.variant))
     return 0
 
 

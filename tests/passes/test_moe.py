@@ -231,3 +231,8 @@ def test_with_the_library_kernel(option, tmp_path):
     np.testing.assert_allclose(_ort(proto, feeds, library=True), _ort(proto, feeds), rtol=1e-4, atol=1e-4)
     if option != "egyptian":
         np.testing.assert_allclose(_ort(proto, feeds, library=True), _ort(path, feeds), rtol=1e-4, atol=1e-4)
+
+
+def test_deterministic():
+    path = _path("mixtral", "torchscript")
+    assert _rewrite(path, "phi:2")[0] == _rewrite(path, "phi:2")[0]
