@@ -43,10 +43,10 @@ def main() -> None:
     held.write_text("\n".join(s[1000:1256]))
     calib = work / "calib.txt"
     calib.write_text("\n".join(s[:512]))
-    variants = [(f"fftmix:{n}", f"attention=fftmix:{n}", True) for n in args.layers.split(",")]
-    variants += [("fftmix:@5 uncalibrated", "attention=fftmix:@5", False),
-                 ("egyptian (locality)", "attention=egyptian", True),
-                 ("egyptian:by-index", "attention=egyptian:by-index", False)]
+    variants = [("egyptian (locality)", "attention=egyptian", True)]
+    variants += [(f"fftmix:{n}", f"attention=fftmix:{n}", True) for n in args.layers.split(",")]
+    variants += [("egyptian:by-index", "attention=egyptian:by-index", False),
+                 ("fftmix:@5 uncalibrated", "attention=fftmix:@5", False)]
     rows = []
     for label, spec, calibrated in variants:
         key = label.replace(" ", "_").replace(":", "-").replace("(", "").replace(")", "").replace("@", "")

@@ -740,6 +740,43 @@ def future_row(res: Results, key: str, caps) -> Row:
                "-", [])
 
 
+def attention_rows(res: Results) -> dict[str, Row]:
+    """The FFT-Mix and Egyptian-attention rows from benchmarks/attention_e2e.py's result (pretrained
+    all-MiniLM-L6-v2) plus, when present, the op-level result attention_ops_cpu.json."""
+    out: dict[str, Row] = {}
+    fname, oname = "attention_minilm.json", "attention_ops_cpu.json"
+    d, ops = res.load(fname), res.load(oname)
+    rr = _rows_of(d) if d else []
+    for key, prefix, note in (
+            ("fftmix", "fftmix", "FFT-Mix replaces whole attention blocks of a pretrained model without training (the "
+                                 "sources train it from scratch): filters and Linear(3D->D) fitted on calibration text. "),
+            ("egyptian_attention", "egyptian", "Egyptian attention keeps the pretrained weights and restricts which keys "
+                                               "each head sees (no retraining). ")):
+        name, source = CLAIMS[key]
+        mine = [r for r in rr if _row_name(r).startswith(prefix)]
+        files, detail, where = [], [], []
+        verdict = ""
+        if mine:
+            verdict = note + "; ".join(f"{_row_name(r)}: {_row_summary(r)}" for r in mine) + "."
+            files.append(res.rel(fname))
+            detail += [f"Method (from {fname}): {d.get('method', 'not recorded')}", ""] + generic_table(mine)
+            where.append(_generic_where(d))
+        orows = [r for r in _rows_of(ops) if prefix in _row_name(r).lower()] if ops else []
+        if orows:
+            verdict += (" Op level (" + oname + "): "
+                        + "; ".join(f"{_row_name(r)}: " + ", ".join(f"{k} {generic_value(v)}" for k, v in r.items()
+                                                                     if k not in ("variant", "name", "label")
+                                                                     and generic_value(v) is not None)
+                                    for r in orows) + ".")
+            files.append(res.rel(oname))
+            detail += ["", f"Op level ({oname}):", ""] + generic_table(orows)
+            where.append(_generic_where(ops))
+        if files:
+            out[key] = Row(name + " (all-MiniLM-L6-v2)" if mine else name, source, verdict.strip(), "; ".join(where),
+                           files, detail, name)
+    return out
+
+
 def moe_rows(res: Results) -> dict[str, Row] | None:
     """The Phi-MoE and Egyptian-routing rows from benchmarks/moe_quality.py's result (the project's
     own trained character-level MoE), or None when that file does not exist."""
@@ -860,7 +897,7 @@ def collect(results: pathlib.Path) -> list[Row]:
             e2e(res, "cuda", fidelity, fid_name)]
     rows += quality_rows(res, fidelity, fid_name)
     rows.append(bottleneck_row(res))
-    moe = moe_rows(res) or {}
+    moe = {**(moe_rows(res) or {}), **attention_rows(res)}
     rows += [moe[k] if k in moe else future_row(res, k, caps) for k in ("phi_moe", "routing", "fftmix", "egyptian_attention")]
     rows.append(combined_row(res))
     return rows

@@ -101,7 +101,11 @@ def parse(spec: str) -> PassSpec:
         )
     options = PASSES[kind][0]
     if kind == "attention":
-        attention.parse_option(option)
+        try:
+            attention.parse_option(option)
+        except BadArgumentError as e:
+            raise BadArgumentError(f"{e}; known passes: "
+                                   + ", ".join(f"{k}={'|'.join(v[0])}" for k, v in PASSES.items())) from None
         return PassSpec(kind, option)
     if kind == "moe":
         _moe().parse(option)

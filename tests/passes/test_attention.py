@@ -181,9 +181,15 @@ def test_vit_no_mask_and_library(zoo_export, tmp_path):
     lib = library_path()
     if lib is None:
         pytest.skip("no n6 custom-op library (N6ONNX_LIBRARY unset, none installed): kernels not checked")
-    sess = runtime.InferenceSession(str(tmp_path / "v.onnx"))
     # ops the library lacks run as their function fallback; either way the results must agree
-    np.testing.assert_allclose(sess.run(None, feeds)[0], got, rtol=1e-4, atol=1e-4)
+    for name in ("v.onnx", "e.onnx"):
+        sess = runtime.InferenceSession(str(tmp_path / name))
+        np.testing.assert_allclose(sess.run(None, feeds)[0], _run(tmp_path / name, feeds), rtol=1e-4, atol=1e-4)
+    bert = zoo_export("bert", "dynamo18")
+    bf = zoo.example_inputs("bert", 2, 16)
+    n6onnx.rewrite(bert, tmp_path / "b.onnx", ["attention=egyptian:by-index"])  # masked, mixed head kinds
+    got = runtime.InferenceSession(str(tmp_path / "b.onnx")).run(None, bf)[0]
+    np.testing.assert_allclose(got, _run(tmp_path / "b.onnx", bf), rtol=1e-4, atol=1e-4)
 
 
 def test_cli_rewrite_and_inspect(zoo_export, tmp_path):
