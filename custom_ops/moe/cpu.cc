@@ -31,10 +31,11 @@ constexpr int kTile = 64;  // tokens per task
 // ------------------------------------------------------------------ GEMM: C = A B (+ bias)
 // A [m, K] (row stride lda), B [K, n] (row stride ldb), C [m, n] (row stride ldc), bias [n] or null.
 N6_INLINE void GemmScalar(const float* A, int lda, int m, int K, const float* B, int ldb, int j0, int n,
-                          const float* bias, float* C, int ldc) {
+                          const float* bias, float* C, int ldc, bool acc) {
   for (int i = 0; i < m; ++i) {
     float* c = C + static_cast<size_t>(i) * ldc;
-    for (int j = j0; j < n; ++j) c[j] = bias ? bias[j] : 0.0f;
+    if (!acc)
+      for (int j = j0; j < n; ++j) c[j] = bias ? bias[j] : 0.0f;
     const float* a = A + static_cast<size_t>(i) * lda;
     for (int k = 0; k < K; ++k) {
       const float av = a[k];
@@ -45,15 +46,15 @@ N6_INLINE void GemmScalar(const float* A, int lda, int m, int K, const float* B,
 }
 
 void GemmGeneric(const float* A, int lda, int m, int K, const float* B, int ldb, int n, const float* bias, float* C,
-                 int ldc) {
-  GemmScalar(A, lda, m, K, B, ldb, 0, n, bias, C, ldc);
+                 int ldc, bool acc) {
+  GemmScalar(A, lda, m, K, B, ldb, 0, n, bias, C, ldc, acc);
 }
 
 #if N6_HAVE_ISA_CLONES
 constexpr int kPf = 12;  // weight rows prefetched ahead (prefetches past the end are harmless hints)
 
 N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float* B, int ldb, int n, const float* bias,
-                             float* C, int ldc) {
+                             float* C, int ldc, bool acc) {
   constexpr int MR = 6, NR = 16;
   int j0 = 0;
   for (; j0 + NR <= n; j0 += NR) {
@@ -62,11 +63,19 @@ N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float*
       const float* a[MR];
       for (int r = 0; r < MR; ++r) a[r] = A + static_cast<size_t>(i0 + std::min(r, mr - 1)) * lda;
       __m256 c0[MR], c1[MR];
-      const __m256 z0 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
-      const __m256 z1 = bias ? _mm256_loadu_ps(bias + j0 + 8) : _mm256_setzero_ps();
-      for (int r = 0; r < MR; ++r) {
-        c0[r] = z0;
-        c1[r] = z1;
+      if (acc) {  // continue a K block: start from C (rows past m read a valid row, never stored)
+        for (int r = 0; r < MR; ++r) {
+          const float* c = C + static_cast<size_t>(i0 + std::min(r, mr - 1)) * ldc + j0;
+          c0[r] = _mm256_loadu_ps(c);
+          c1[r] = _mm256_loadu_ps(c + 8);
+        }
+      } else {
+        const __m256 z0 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
+        const __m256 z1 = bias ? _mm256_loadu_ps(bias + j0 + 8) : _mm256_setzero_ps();
+        for (int r = 0; r < MR; ++r) {
+          c0[r] = z0;
+          c1[r] = z1;
+        }
       }
       const float* b = B + j0;
       for (int k = 0; k < K; ++k, b += ldb) {
@@ -86,11 +95,11 @@ N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float*
       }
     }
   }
-  if (j0 < n) GemmScalar(A, lda, m, K, B, ldb, j0, n, bias, C, ldc);
+  if (j0 < n) GemmScalar(A, lda, m, K, B, ldb, j0, n, bias, C, ldc, acc);
 }
 
 N6_TARGET_AVX512 void GemmAvx512(const float* A, int lda, int m, int K, const float* B, int ldb, int n,
-                                 const float* bias, float* C, int ldc) {
+                                 const float* bias, float* C, int ldc, bool acc) {
   constexpr int MR = 6, NR = 32;
   int j0 = 0;
   for (; j0 + NR <= n; j0 += NR) {
@@ -99,11 +108,19 @@ N6_TARGET_AVX512 void GemmAvx512(const float* A, int lda, int m, int K, const fl
       const float* a[MR];
       for (int r = 0; r < MR; ++r) a[r] = A + static_cast<size_t>(i0 + std::min(r, mr - 1)) * lda;
       __m512 c0[MR], c1[MR];
-      const __m512 z0 = bias ? _mm512_loadu_ps(bias + j0) : _mm512_setzero_ps();
-      const __m512 z1 = bias ? _mm512_loadu_ps(bias + j0 + 16) : _mm512_setzero_ps();
-      for (int r = 0; r < MR; ++r) {
-        c0[r] = z0;
-        c1[r] = z1;
+      if (acc) {  // continue a K block: start from C (rows past m read a valid row, never stored)
+        for (int r = 0; r < MR; ++r) {
+          const float* c = C + static_cast<size_t>(i0 + std::min(r, mr - 1)) * ldc + j0;
+          c0[r] = _mm512_loadu_ps(c);
+          c1[r] = _mm512_loadu_ps(c + 16);
+        }
+      } else {
+        const __m512 z0 = bias ? _mm512_loadu_ps(bias + j0) : _mm512_setzero_ps();
+        const __m512 z1 = bias ? _mm512_loadu_ps(bias + j0 + 16) : _mm512_setzero_ps();
+        for (int r = 0; r < MR; ++r) {
+          c0[r] = z0;
+          c1[r] = z1;
+        }
       }
       const float* b = B + j0;
       for (int k = 0; k < K; ++k, b += ldb) {
@@ -124,13 +141,13 @@ N6_TARGET_AVX512 void GemmAvx512(const float* A, int lda, int m, int K, const fl
       }
     }
   }
-  if (j0 < n) GemmAvx2(A, lda, m, K, B + j0, ldb, n - j0, bias ? bias + j0 : nullptr, C + j0, ldc);
+  if (j0 < n) GemmAvx2(A, lda, m, K, B + j0, ldb, n - j0, bias ? bias + j0 : nullptr, C + j0, ldc, acc);
 }
 #endif
 
-using GemmFn = void (*)(const float*, int, int, int, const float*, int, int, const float*, float*, int);
+using KernelFn = void (*)(const float*, int, int, int, const float*, int, int, const float*, float*, int, bool);
 
-GemmFn SelectGemm() {
+KernelFn SelectKernel() {
 #if N6_HAVE_ISA_CLONES
   switch (HostIsa()) {
     case Isa::kAvx512: return &GemmAvx512;
@@ -140,6 +157,22 @@ GemmFn SelectGemm() {
 #endif
   return &GemmGeneric;
 }
+
+// C = A B + bias in K blocks of kKC rows of B: a [kKC, 16|32] weight panel (32 KB) stays in L1
+// while every row block of the tile uses it; C carries the partial sums between K blocks.
+constexpr int kKC = 256;
+void Gemm(const float* A, int lda, int m, int K, const float* B, int ldb, int n, const float* bias, float* C, int ldc) {
+  static const KernelFn kernel = SelectKernel();
+  int k0 = 0;
+  do {
+    const int kc = std::min(kKC, K - k0);
+    kernel(A + k0, lda, m, kc, B + static_cast<size_t>(k0) * ldb, ldb, n, bias, C, ldc, k0 > 0);
+    k0 += kc;
+  } while (k0 < K);
+}
+
+using GemmFn = void (*)(const float*, int, int, int, const float*, int, int, const float*, float*, int);
+GemmFn SelectGemm() { return &Gemm; }
 
 // ------------------------------------------------------------------ activations over a tile
 template <int kAct>

@@ -189,6 +189,16 @@ def test_zero_tokens():
     assert y.shape == (0, 8) and y.dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_several_k_blocks(dtype):
+    """Reductions longer than the kernel's K block (256): D = 520, H = 300."""
+    f = make_feeds(np.random.default_rng(8), 20, 520, 300, 4, 1, dtype)
+    y = _session(_model(f, {"k": 2})).run(None, f)[0]
+    ref = SPEC.reference(*[f.get(n) for n in SPEC.inputs], k=2)
+    tol = SPEC.tolerance(dtype)
+    np.testing.assert_allclose(y.astype(np.float64), ref.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
+
+
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_lower_isa_paths(isa, monkeypatch, tmp_path):
     """The scalar and AVX2 GEMM paths (ISA chosen once per process: run in a subprocess)."""
@@ -197,7 +207,7 @@ def test_lower_isa_paths(isa, monkeypatch, tmp_path):
 
     code = (
         "import numpy as np, sys; sys.path.insert(0, %r); from test_moe import _model, _session, SPEC, make_feeds\n"
-        "f = make_feeds(np.random.default_rng(4), 70, 40, 72, 4, 1, 'float32', w3=True)\n"
+        "f = make_feeds(np.random.default_rng(4), 70, 300, 72, 4, 1, 'float32', w3=True)\n"
         "a = {'activation': 'swiglu', 'k': 2}\n"
         "y = _session(_model(f, a)).run(None, f)[0]\n"
         "r = SPEC.reference(*[f.get(n) for n in SPEC.inputs], **a)\n"
