@@ -95,6 +95,17 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
     out.print(f"[bold]{rep.model}[/] -> [bold]{rep.output}[/]  ({rep.seconds:.2f} s)", highlight=False)
     _kinds_table(rep.reports, "rewritten")
     _near_misses(rep.reports)
+    for site in rep.reports["attention"].sites if "attention" in rep.reports else ():
+        d = site.detail
+        if d.get("method") == "fftmix":
+            fit = d.get("fit")
+            what = (f"fitted on {fit['rows']} tokens, relative error {fit['rel_err_default']:.4f} (default) -> "
+                    f"{fit['rel_err']:.4f}") if fit else "uncalibrated"
+            red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
+            out.print(escape(f"  attention block {d['index']}: FFTMix ({d['norm']}{red}), {what}"), highlight=False)
+        elif d.get("method") == "egyptian":
+            out.print(escape(f"  attention block {d['index']}: EgyptianAttention, head kinds {d['head_kinds']} "
+                             f"(0 full, 1 local, 2 global; {d['assignment']}), window {d['window']}"), highlight=False)
     if rep.calibration is not None:
         c = rep.calibration
         t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",
