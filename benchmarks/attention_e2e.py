@@ -28,6 +28,15 @@ from _common import write  # noqa: E402
 from recovery import fidelity  # noqa: E402
 
 
+def core_flops_ratio(kinds: list[int], L: int, window: int) -> float:
+    """Keys scored per query (Q.K^T and P.V work) of EgyptianAttention over full attention, at
+    sequence length L: full heads L keys, local heads the window clipped at the ends, global 2."""
+    i = __import__("numpy").arange(L)
+    local = float((__import__("numpy").minimum(i + window // 2, L - 1) - __import__("numpy").maximum(i - window // 2, 0) + 1).sum())
+    per = {0: float(L * L), 1: local, 2: float(L * min(2, L))}
+    return sum(per[k] for k in kinds) / (len(kinds) * L * L)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=128, help="calibration sentences")
@@ -66,6 +75,9 @@ def main() -> None:
                      "latency_ratio": b["ratio"]["latency_p50"], "energy": b["energy"],
                      "energy_ratio": (b["ratio"].get("energy") or {}).get("total"),
                      "sites": [s.detail for s in sites], "warnings": rep.warnings})
+        if spec.startswith("attention=egyptian") and sites:
+            ratios = [core_flops_ratio(s.detail["head_kinds"], 128, s.detail["window"]) for s in sites]
+            rows[-1]["attention_core_work_ratio_L128"] = round(sum(ratios) / len(ratios), 4)
         print(label, f"cos {f['cosine_mean']:.4f} nn {f['nn_agreement']:.3f} latency ratio "
               f"{b['ratio']['latency_p50']['median']:.3f} ({secs:.0f} s rewrite)", flush=True)
         write("attention_minilm", {
@@ -79,7 +91,9 @@ def main() -> None:
                        "pooled embedding cosine vs ORT running the original, nearest-neighbour agreement. Latency/"
                        "energy = n6onnx bench, CPU 2 threads, vs ORT's best original (its fusions on both), "
                        f"interleaved blocks of 5 s, {args.bench_seconds:.0f} s per model; energy estimated from "
-                       "CPU-seconds (no RAPL). The machine is shared with other jobs: latency ratios are noisy. "
+                       "CPU-seconds (no RAPL). attention_core_work_ratio_L128: keys scored per query by "
+                       "EgyptianAttention / by full attention at the padded length 128 (analytic, from the head kinds). "
+                       "The machine is shared with other jobs: latency ratios are noisy. "
                        "The n6 ops run as their ONNX function fallback unless N6ONNX_LIBRARY provides kernels."),
             "library": __import__("os").environ.get("N6ONNX_LIBRARY"),
             "rows": rows,
