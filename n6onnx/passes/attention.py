@@ -23,6 +23,7 @@ opsets 18 and 20, TorchScript, hand-written), the standard ``Attention`` op (ops
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -632,6 +633,33 @@ def fftmix_default(b: AttentionBlock) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([M / 3] * 3, 0).astype(np.float32), (bv @ Wo + bo).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def fallback_problem(op: str, opset: int) -> str | None:
+    """Why the op's function fallback is not valid at this default opset (onnx.checker), or None."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ..ops import DOMAIN, DOMAIN_VERSION, REGISTRY
+
+    f = TensorProto.FLOAT
+    if op == "FFTMix":
+        ins = [("X", f, [1, 8, 4]), ("F6", f, [4, 4]), ("F12", f, [7, 4]), ("F24", f, [13, 4])]
+        attrs, yshape = {}, [1, 8, 12]
+    else:
+        ins = [("Q", f, [1, 8, 8]), ("K", f, [1, 8, 8]), ("V", f, [1, 8, 8]), ("key_padding_mask", TensorProto.INT32, [1, 8])]
+        attrs, yshape = {"num_heads": 2}, [1, 8, 8]
+    node = helper.make_node(op, [n for n, _, _ in ins], ["Y"], domain=DOMAIN, **attrs)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in ins],
+                          [helper.make_tensor_value_info("Y", f, yshape)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+                          functions=[REGISTRY[op].function(opset)])
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as e:  # noqa: BLE001 - any checker complaint is the reason
+        return f"the {op} function fallback is not valid at opset {opset}: {str(e).splitlines()[0][:160]}"
+    return None
+
+
 def fftmix_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
@@ -840,6 +868,10 @@ def run(model: ir.Model, option: str, ctx) -> KindReport:
     batches = ctx.batches or None
     g = model.graph
     reasons = {b.index: (fftmix_reason if method == "fftmix" else egyptian_reason)(b, g) for b in blocks}
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    problem = fallback_problem("FFTMix" if method == "fftmix" else "EgyptianAttention", opset)
+    if problem:
+        reasons = {i: r or problem for i, r in reasons.items()}
     for b in blocks:
         if reasons[b.index]:
             report.near_misses.append(Rejection(b.label, reasons[b.index]))

@@ -209,3 +209,15 @@ def test_cli_rewrite_and_inspect(zoo_export, tmp_path):
     assert r.exit_code == 0, r.output
     scores = [s["redundancy"] for s in json.loads(r.output)["attention"]["sites"]]
     assert len(scores) == 2 and all(-1 <= x <= 1 for x in scores)
+
+
+def test_fftmix_opset17_runs_or_says_why(zoo_export, tmp_path):
+    """TorchScript exports are opset 17: the pass either rewrites (and the model runs) or rejects
+    every block because the FFTMix fallback is not valid at that opset."""
+    src = zoo_export("bert", "torchscript")
+    _, rep = n6onnx.rewrite(src, tmp_path / "t.onnx", ["attention=fftmix:@0"])
+    if rep.rewritten["attention"]:
+        feeds = zoo.example_inputs("bert", 2, 16)
+        assert _run(tmp_path / "t.onnx", feeds).shape == _run(src, feeds).shape
+    else:
+        assert all("opset 17" in m.reason for m in rep.reports["attention"].near_misses)
