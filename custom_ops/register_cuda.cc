@@ -108,10 +108,15 @@ void AppendElementwiseCudaOps(OpList& ops) {
 
 void AppendMoECudaOps(OpList& ops);  // moe/cuda_glue.cc
 
+void AppendFFTMixCudaOps(OpList& ops);             // fftmix/cuda_op.cc
+void AppendEgyptianAttentionCudaOps(OpList& ops);  // egyptian/cuda_op.cc
+
 void AppendCudaOps(OpList& ops) {
   AppendElementwiseCudaOps<Phi6>(ops);
   AppendElementwiseCudaOps<ZetaLn2>(ops);
   AppendMoECudaOps(ops);
+  AppendFFTMixCudaOps(ops);
+  AppendEgyptianAttentionCudaOps(ops);
 }
 
 }  // namespace n6

@@ -309,30 +309,40 @@ void WidenTask(void* data, size_t task) {
   for (size_t i = begin; i < end; ++i) w.dst[t][i] = F16Codec::ToFloat(w.src[t][i]);
 }
 
+}  // namespace
+
+// The node's attributes (absent optional ones keep their defaults; a missing num_heads is reported
+// at run time). Shared with egyptian/cuda_op.cc.
+egyptian::Attrs ReadEgyptianAttrs(const OrtKernelInfo* info) {
+  egyptian::Attrs attrs;
+  Ort::ConstKernelInfo ki(info);
+  try {
+    attrs.num_heads = ki.GetAttribute<int64_t>("num_heads");
+  } catch (...) {
+    attrs.error = "the attribute num_heads (int) is required";
+  }
+  try {
+    attrs.window = ki.GetAttribute<int64_t>("window");
+  } catch (...) {
+  }
+  try {
+    attrs.scale = ki.GetAttribute<float>("scale");
+  } catch (...) {
+  }
+  try {
+    attrs.head_kinds = ki.GetAttributes<int64_t>("head_kinds");
+  } catch (...) {
+  }
+  return attrs;
+}
+
+namespace {
+
 template <class T>
 struct EgyptianCpu {
   egyptian::Attrs attrs;
 
-  EgyptianCpu(const OrtApi*, const OrtKernelInfo* info) {
-    Ort::ConstKernelInfo ki(info);
-    try {
-      attrs.num_heads = ki.GetAttribute<int64_t>("num_heads");
-    } catch (...) {
-      attrs.error = "the attribute num_heads (int) is required";
-    }
-    try {
-      attrs.window = ki.GetAttribute<int64_t>("window");
-    } catch (...) {
-    }
-    try {
-      attrs.scale = ki.GetAttribute<float>("scale");
-    } catch (...) {
-    }
-    try {
-      attrs.head_kinds = ki.GetAttributes<int64_t>("head_kinds");
-    } catch (...) {
-    }
-  }
+  EgyptianCpu(const OrtApi*, const OrtKernelInfo* info) : attrs(ReadEgyptianAttrs(info)) {}
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& Q, const Ort::Custom::Tensor<T>& K,
                       const Ort::Custom::Tensor<T>& V, std::optional<const Ort::Custom::Tensor<int32_t>*> mask,

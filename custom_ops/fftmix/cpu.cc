@@ -197,8 +197,10 @@ Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, cons
   N6_CATCH_ALL(kOp)
 }
 
-// Y: X's element type, shape [B, L, 3D] (3D unknown when D is).
-OrtStatusPtr InferShape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
+}  // namespace
+
+// Y: X's element type, shape [B, L, 3D] (3D unknown when D is). Shared with fftmix/cuda_op.cc.
+OrtStatusPtr FFTMixInferShape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
   const OrtApi& api = Ort::GetApi();
   OrtTensorTypeAndShapeInfo* in = nullptr;
   OrtTensorTypeAndShapeInfo* out = nullptr;
@@ -228,12 +230,10 @@ OrtStatusPtr InferShape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept 
   return nullptr;
 }
 
-}  // namespace
-
 void AppendFFTMixOps(OpList& ops) {
   for (auto* op : {Ort::Custom::CreateLiteCustomOp(kOp, kProvider, &Compute<float>),
                    Ort::Custom::CreateLiteCustomOp(kOp, kProvider, &Compute<Ort::Float16_t>)}) {
-    op->InferOutputShapeFn = &InferShape;
+    op->InferOutputShapeFn = &FFTMixInferShape;
     ops.push_back(op);
   }
 }

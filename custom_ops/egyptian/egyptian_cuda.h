@@ -1,0 +1,31 @@
+// EgyptianAttention CUDA launcher interface (plain C++: included by egyptian/cuda_op.cc and
+// egyptian/cuda.cu).
+#pragma once
+
+#include <cstdint>
+
+#include "common/cuda_launch.h"
+
+namespace n6 {
+namespace cuda {
+
+inline constexpr int kEgyptianMaxHeads = 64;
+inline constexpr int kEgyptianMaxHeadSize = 128;
+
+struct EgyptianArgs {
+  DType dtype = DType::kFloat32;
+  const void* q = nullptr;  // [B, L, H*dh]
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const int32_t* mask = nullptr;  // [B, L] or null
+  void* y = nullptr;
+  int64_t B = 0, L = 0, H = 0, dh = 0, half = 0;
+  float scale = 1.0f;
+  int kinds[kEgyptianMaxHeads] = {};  // 0 full, 1 local, 2 global
+  void* stream = nullptr;
+};
+
+Status LaunchEgyptian(const EgyptianArgs& a);
+
+}  // namespace cuda
+}  // namespace n6

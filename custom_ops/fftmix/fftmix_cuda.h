@@ -1,0 +1,33 @@
+// FFTMix CUDA launcher interface (plain C++: included by the onnxruntime glue fftmix/cuda_op.cc
+// and by fftmix/cuda.cu).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/cuda_launch.h"
+
+namespace n6 {
+namespace cuda {
+
+// irfft coefficients per scale: taps_w[t][d] = sum_m coef[t][m] * F_w[m][d]; t, m in [0, w/2].
+struct FFTMixCoefs {
+  float c6[4][4];
+  float c12[7][7];
+  float c24[13][13];
+};
+
+struct FFTMixArgs {
+  DType dtype = DType::kFloat32;
+  const void* x = nullptr;  // [B, L, D]
+  const void* f[3] = {};    // F6 [4, D], F12 [7, D], F24 [13, D]
+  void* y = nullptr;        // [B, L, 3D]
+  int64_t B = 0, L = 0, D = 0;
+  FFTMixCoefs coefs;
+  void* stream = nullptr;
+};
+
+Status LaunchFFTMix(const FFTMixArgs& a);
+
+}  // namespace cuda
+}  // namespace n6
