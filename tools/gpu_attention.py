@@ -51,6 +51,11 @@ TARGET = {"provider": CUDA}  # --cpu-dry-run: CPU stands in (tests this script w
 OPS = ("FFTMix", "EgyptianAttention")
 DTYPES = ("float32", "float16")
 RESULTS = ROOT / "benchmarks" / "results"
+# --kernel-only (the memcheck run): float32 and float16 x these (odd / even D, L < every window,
+# L = 1, head sizes 4 / 20 / 32 / 64 / 128, no key at all, no mask)
+MEMCHECK_SAMPLES = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L10_not_divisible",
+                    "L5_window4_custom_kinds_mask", "L150_D64_threads", "L300_12x64_mask", "L130_dh128",
+                    "L77_dh20_nomask"}
 
 
 def extra_samples(op: str, dtype: str) -> list[Sample]:
@@ -128,7 +133,10 @@ def run_contract(libs: dict, tmp: pathlib.Path, kernel_only: bool) -> dict:
     for op in OPS:
         spec = REGISTRY[op]
         for dtype in DTYPES:
-            for sample in list(spec.samples(dtype)) + extra_samples(op, dtype):
+            samples = list(spec.samples(dtype)) + extra_samples(op, dtype)
+            if kernel_only:  # under memcheck: fewer cases, still every kernel instantiation and edge
+                samples = [s for s in samples if s.id in MEMCHECK_SAMPLES]
+            for sample in samples:
                 case = {"op": op, "dtype": dtype, "sample": sample.id}
                 try:
                     model = sample_model(spec, sample)
