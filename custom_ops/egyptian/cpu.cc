@@ -2,11 +2,13 @@
 // compute). Shapes, attributes and head kinds: egyptian/egyptian.h.
 //
 // Work split: one task per (batch, head, block of kBQ queries), on the session's intra-op pool.
-//   full / local heads: flash-style streaming softmax over key blocks of kBK: K is transposed
-//     once per head into [dh, L] (a parallel pre-pass); S = Q.K^T and O += P.V run as 4 x 16 register tiles
-//     (explicit 16-lane vectors, common/vec16.h); per
-//     query the running max m, sum l and output accumulator are rescaled once per key block. A local head visits only the keys [i0 - w/2, i1 - 1 + w/2] of
-//     its query block (O(L * (window + kBQ) * dh)), masking per query |i - j| > w/2.
+//   full / local heads: flash-style streaming softmax over key blocks of kBK. K is transposed
+//     once per head into [dh, L] (a parallel pre-pass); S = Q.K^T and O += P.V run as register
+//     tiles of 4 queries x 16 lanes (AVX-512: x 32, enough independent accumulators to hide the
+//     FMA latency), explicit 16-lane vectors (common/vec16.h). Per query the running max m, sum l
+//     and output accumulator are rescaled once per key block. A local head visits only the keys
+//     [i0 - w/2, i1 - 1 + w/2] of its query block (O(L * (window + kBQ) * dh)), masking per query
+//     |i - j| > w/2.
 //   global heads: two keys per query, O(L * dh).
 // Exponentials use a branch-free polynomial exp (Cephes expf form, ~2 ulp) so they vectorise.
 // float16 inputs are widened once into fp32 copies; the output is rounded once.
@@ -108,39 +110,44 @@ struct Scratch {
   std::vector<float> s, o, m, l, zero;
 };
 
-// S[r][jc .. jc+16) = q_r . kt[:, jc .. jc+16) for 4 query rows (4 vector accumulators).
+// S[r][jc .. jc+16*kCV) = q_r . kt[:, jc .. jc+16*kCV) for 4 query rows: 4*kCV independent
+// vector accumulators (kCV = 2 on AVX-512, whose 32 registers hold them, so the FMA latency is
+// hidden; 1 elsewhere).
+template <int kCV>
 N6_INLINE void ScoreTile(const float* const* q, const float* __restrict kt, int64_t ldk, int64_t dh, int jc,
                          float* __restrict S) {
-  VF acc0 = Splat(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+  VF acc[kRows][kCV];
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kCV; ++c) acc[r][c] = Splat(0.0f);
   for (int64_t d = 0; d < dh; ++d) {
-    const VF kr = LoadV(kt + d * ldk + jc);
-    acc0 += kr * q[0][d];
-    acc1 += kr * q[1][d];
-    acc2 += kr * q[2][d];
-    acc3 += kr * q[3][d];
+    VF kr[kCV];
+    for (int c = 0; c < kCV; ++c) kr[c] = LoadV(kt + d * ldk + jc + c * kVF);
+    for (int r = 0; r < kRows; ++r) {
+      const float qd = q[r][d];
+      for (int c = 0; c < kCV; ++c) acc[r][c] += kr[c] * qd;
+    }
   }
-  StoreV(S + 0 * kBK + jc, acc0);
-  StoreV(S + 1 * kBK + jc, acc1);
-  StoreV(S + 2 * kBK + jc, acc2);
-  StoreV(S + 3 * kBK + jc, acc3);
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kCV; ++c) StoreV(S + r * kBK + jc + c * kVF, acc[r][c]);
 }
 
-// O[r][d0 .. d0+16) += sum_j P[r][j] v_j[d0 .. d0+16) for 4 query rows.
+// O[r][d0 .. d0+16*kCV) += sum_j P[r][j] v_j[d0 .. d0+16*kCV) for 4 query rows.
+template <int kCV>
 N6_INLINE void PvTile(const float* __restrict P, const float* const* v, int nk, int64_t d0, float* __restrict O,
                       int64_t ldo) {
-  VF acc0 = LoadV(O + 0 * ldo + d0), acc1 = LoadV(O + 1 * ldo + d0), acc2 = LoadV(O + 2 * ldo + d0),
-     acc3 = LoadV(O + 3 * ldo + d0);
+  VF acc[kRows][kCV];
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kCV; ++c) acc[r][c] = LoadV(O + r * ldo + d0 + c * kVF);
   for (int j = 0; j < nk; ++j) {
-    const VF vr = LoadV(v[j] + d0);
-    acc0 += vr * P[0 * kBK + j];
-    acc1 += vr * P[1 * kBK + j];
-    acc2 += vr * P[2 * kBK + j];
-    acc3 += vr * P[3 * kBK + j];
+    VF vr[kCV];
+    for (int c = 0; c < kCV; ++c) vr[c] = LoadV(v[j] + d0 + c * kVF);
+    for (int r = 0; r < kRows; ++r) {
+      const float pj = P[r * kBK + j];
+      for (int c = 0; c < kCV; ++c) acc[r][c] += vr[c] * pj;
+    }
   }
-  StoreV(O + 0 * ldo + d0, acc0);
-  StoreV(O + 1 * ldo + d0, acc1);
-  StoreV(O + 2 * ldo + d0, acc2);
-  StoreV(O + 3 * ldo + d0, acc3);
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kCV; ++c) StoreV(O + r * ldo + d0 + c * kVF, acc[r][c]);
 }
 
 // Channels past the last whole vector (dh % 16).
@@ -156,6 +163,7 @@ N6_INLINE void PvTail(const float* __restrict P, const float* const* v, int nk, 
 }
 
 // Full / local head: streaming softmax over key blocks of kBK, register-tiled Q.K^T and P.V.
+template <int kCV>
 N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int64_t i1, bool local, Scratch& sc) {
   const int64_t dh = p.dh, nq = i1 - i0;
   const int64_t nqp = (nq + kRows - 1) / kRows * kRows;  // padded with zero queries
@@ -177,9 +185,10 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
   for (int64_t kb = klo; kb <= khi; kb += kBK) {
     const int nk = static_cast<int>(std::min<int64_t>(kBK, khi + 1 - kb));
     for (int j = 0; j < nk; ++j) vrows[j] = p.v + (b * p.L + kb + j) * p.ld + h * dh;
-    const int ncol = (nk + kVF - 1) / kVF * kVF;
+    constexpr int kW = kCV * kVF;
+    const int ncol = (nk + kW - 1) / kW * kW;  // kBK is a multiple of kW; kt is zero past L
     for (int64_t qi = 0; qi < nqp; qi += kRows) {
-      for (int jc = 0; jc < ncol; jc += kVF) ScoreTile(qrows + qi, kth + kb, p.lp, dh, jc, S + qi * kBK);
+      for (int jc = 0; jc < ncol; jc += kW) ScoreTile<kCV>(qrows + qi, kth + kb, p.lp, dh, jc, S + qi * kBK);
     }
     // key padding of this block as an additive bias (0 or -inf; -inf past nk)
     float kbias[kBK];
@@ -226,7 +235,8 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
     if (!any) continue;
     for (int64_t qi = 0; qi < nqp; qi += kRows) {
       int64_t d0 = 0;
-      for (; d0 + kVF <= dh; d0 += kVF) PvTile(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
+      for (; d0 + kCV * kVF <= dh; d0 += kCV * kVF) PvTile<kCV>(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
+      for (; d0 + kVF <= dh; d0 += kVF) PvTile<1>(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
       if (d0 < dh) PvTail(S + qi * kBK, vrows, nk, d0, dh, O + qi * dh);
     }
   }
@@ -236,6 +246,7 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
   }
 }
 
+template <int kCV>
 N6_INLINE void RunTaskImpl(const Plan& p, size_t task) {
   thread_local Scratch sc;
   const int64_t qb = static_cast<int64_t>(task) % p.nqb;
@@ -247,15 +258,15 @@ N6_INLINE void RunTaskImpl(const Plan& p, size_t task) {
     sc.o.resize(static_cast<size_t>(p.dh));
     GlobalBlock(p, b, h, i0, i1, sc.o.data());
   } else {
-    StreamBlock(p, b, h, i0, i1, kind == egyptian::kLocal, sc);
+    StreamBlock<kCV>(p, b, h, i0, i1, kind == egyptian::kLocal, sc);
   }
 }
 
 using TaskFn = void (*)(const Plan&, size_t);
-void TaskGeneric(const Plan& p, size_t t) { RunTaskImpl(p, t); }
+void TaskGeneric(const Plan& p, size_t t) { RunTaskImpl<1>(p, t); }
 #if N6_HAVE_ISA_CLONES
-N6_TARGET_AVX2 void TaskAvx2(const Plan& p, size_t t) { RunTaskImpl(p, t); }
-N6_TARGET_AVX512 void TaskAvx512(const Plan& p, size_t t) { RunTaskImpl(p, t); }
+N6_TARGET_AVX2 void TaskAvx2(const Plan& p, size_t t) { RunTaskImpl<1>(p, t); }
+N6_TARGET_AVX512 void TaskAvx512(const Plan& p, size_t t) { RunTaskImpl<2>(p, t); }
 #endif
 TaskFn SelectTaskFn() {
 #if N6_HAVE_ISA_CLONES
