@@ -792,9 +792,13 @@ def moe_rows(res: Results) -> dict[str, Row] | None:
              f"{(d.get('data') or {}).get('evaluation_positions', '?')} positions through onnxruntime; latency/energy: "
              f"n6onnx bench vs the ORT-best original, CPU, 2 threads; {generated(d)}")
 
+    def chg(x):
+        x = finite(x)
+        return "n/a" if x is None else f"{x:+.2f}%"
+
     def q(r):
-        return (f"loss {num(r.get('eval_loss'), 4)} ({num(r.get('eval_loss_change_pct'))}%), accuracy "
-                f"{pct(r.get('eval_accuracy'))} ({num(r.get('eval_accuracy_change_pct'))}%)")
+        return (f"loss {num(r.get('eval_loss'), 4)} ({chg(r.get('eval_loss_change_pct'))}), accuracy "
+                f"{pct(r.get('eval_accuracy'))} ({chg(r.get('eval_accuracy_change_pct'))})")
 
     def speed(r):
         if not isinstance(r.get("latency_ratio"), dict):
@@ -809,9 +813,17 @@ def moe_rows(res: Results) -> dict[str, Row] | None:
     if phis:
         parts = [f"phi:{r['option'].split(':')[1]}: {pct(r.get('active_fraction_vs_top2'))} of top-2's active expert "
                  f"parameters, {q(r)}{speed(r)}" for r in phis]
-        verdict = (f"Measured on our trained MoE (original top-2: loss {num(orig.get('eval_loss'), 4)}, accuracy "
-                   f"{pct(orig.get('eval_accuracy'))}). The 24-sub-expert split alone is exact; dropping sub-experts "
-                   "cuts active parameters at a loss cost (changes relative to the original): " + "; ".join(parts) + ".")
+        verdict = (f"Measured on our trained MoE (original 8 x 4D top-2: loss {num(orig.get('eval_loss'), 4)}, accuracy "
+                   f"{pct(orig.get('eval_accuracy'))}). ")
+        t = ((d.get("summary") or {}).get("phi_moe") or {}).get("trained_24x4D/3_top2_vs_8x4D_top2")
+        if isinstance(t, dict):
+            per = ", ".join(chg(x) for x in t.get("per_seed_loss_change_pct") or [])
+            verdict += (f"Trained from scratch as 24 experts x 4D/3, top-2 ({pct(t.get('active_fraction'))} of the active "
+                        f"expert parameters): loss {chg(t.get('eval_loss_change_pct'))} (per seed: {per}), accuracy "
+                        f"{chg(t.get('eval_accuracy_change_pct'))} against 8 x 4D top-2 trained the same way, mean of "
+                        f"{len(t.get('seeds') or [])} seed(s) (claimed: -1.76% loss). ")
+        verdict += ("Converting the trained model with moe=phi (24 sub-experts, exact) and dropping sub-experts per token "
+                    "(changes relative to the original): " + "; ".join(parts) + ".")
         name, source = CLAIMS["phi_moe"]
         rows["phi_moe"] = Row(name, source, verdict, where, [res.rel(fname)], _moe_detail(d), f"{name} and Egyptian routing ({fname})")
     s = d.get("summary") or {}
@@ -820,13 +832,14 @@ def moe_rows(res: Results) -> dict[str, Row] | None:
         bits = []
         t = rt.get("trained_with_each_routing")
         if isinstance(t, dict):
-            bits.append(f"trained with each routing (same steps and seed): Egyptian accuracy {pct(t.get('egyptian_accuracy'))} "
-                        f"vs equal 1/3 {pct(t.get('equal3_accuracy'))}: {num(t.get('egyptian_vs_equal3_accuracy_change_pct'))}% "
-                        f"relative (claimed +8.8%)")
+            per = ", ".join(chg(x) for x in t.get("per_seed_change_pct") or [])
+            bits.append(f"trained with each routing (same steps; mean of {len(t.get('seeds') or [])} seed(s)): Egyptian "
+                        f"accuracy {pct(t.get('egyptian_accuracy'))} vs equal 1/3 {pct(t.get('equal3_accuracy'))}: "
+                        f"{chg(t.get('egyptian_vs_equal3_accuracy_change_pct'))} relative (per seed: {per}; claimed +8.8%)")
         sw = rt.get("inference_swap_on_top2_model") or {}
         bits.append(f"swapped into the top-2-trained model (moe=egyptian vs equal weights on the same top-3): "
                     f"{pct(sw.get('egyptian_accuracy'))} vs {pct(sw.get('equal3_accuracy'))}, "
-                    f"{num(sw.get('egyptian_vs_equal3_accuracy_change_pct'))}% relative; against the original top-2 "
+                    f"{chg(sw.get('egyptian_vs_equal3_accuracy_change_pct'))} relative; against the original top-2 "
                     f"({pct(orig.get('eval_accuracy'))}) moe=egyptian changes {q(by['egyptian'])}, running 3 experts "
                     f"per token instead of 2{speed(by['egyptian'])}")
         name, source = CLAIMS["routing"]
@@ -846,7 +859,8 @@ def _moe_detail(d: dict) -> list[str]:
                      ratio_iqr(lat) if isinstance(lat, dict) else "-", ratio_iqr(e.get("total")) if e else "-"])
     for t in d.get("trained_routing") or []:
         if isinstance(t, dict):
-            body.append([t.get("variant"), "-", num(t.get("eval_loss"), 4), pct(t.get("eval_accuracy")), "-", "-", "-", "-", "-"])
+            body.append([t.get("variant"), pct(t.get("active_fraction_vs_top2")) if "active_fraction_vs_top2" in t else "-",
+                         num(t.get("eval_loss"), 4), pct(t.get("eval_accuracy")), "-", "-", "-", "-", "-"])
     out += table(["variant", "active expert params vs top-2", "eval loss", "eval accuracy", "loss change %",
                   "accuracy change %", "top-1 agreement with original", "latency ratio", "energy ratio (estimated)"], body)
     out += ["", "Ratios are baseline / candidate (> 1: the candidate is faster or uses less energy)."]

@@ -182,20 +182,24 @@ def main(argv=None) -> int:
     labels = {"topk": "trained: 8 experts x 4D, top-2", "egyptian": "trained: 8 x 4D, Egyptian 1/2,1/3,1/6 on top-3",
               "equal3": "trained: 8 x 4D, equal 1/3 on top-3", "phi24": "trained: 24 experts x 4D/3, top-2 (Phi MoE)"}
     for variant in labels:
-        p = d / f"charlm-{variant}.onnx"
-        if p.is_file() and (d / f"charlm-{variant}.pt").is_file():
-            ck = torch.load(d / f"charlm-{variant}.pt", weights_only=False)
+        for ckpt_path in sorted(d.glob(f"charlm-{variant}.pt")) + sorted(d.glob(f"charlm-{variant}-s*.pt")):
+            p = ckpt_path.with_suffix(".onnx")
+            if not p.is_file():
+                continue
+            ck = torch.load(ckpt_path, weights_only=False)
             ev, _ = evaluate(p, ev_w)
             c = ck["config"]
             per_token = (2 if ck["routing"] == "topk" else 3) * (2 * c["d"] * c["hidden"] + c["hidden"] + c["d"]) * c["layers"]
-            trained.append({"variant": labels[variant], "name": variant, "routing": ck["routing"], "steps": ck["steps"],
-                            "experts": c["experts"], "hidden": c["hidden"], "active_expert_params_per_token": per_token,
+            trained.append({"variant": f"{labels[variant]}, seed {ck['seed']}", "name": variant, "seed": ck["seed"],
+                            "routing": ck["routing"], "steps": ck["steps"], "experts": c["experts"], "hidden": c["hidden"],
+                            "active_expert_params_per_token": per_token,
                             "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
                             "train_seconds": round(ck["train_seconds"], 1)})
-            print(f"trained {variant:9s} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}", flush=True)
+            print(f"trained {variant:9s} seed {ck['seed']} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}", flush=True)
+    top_params = next((t["active_expert_params_per_token"] for t in trained if t["name"] == "topk"), None)
     for t in trained:
-        t["active_fraction_vs_top2"] = round(t["active_expert_params_per_token"] /
-                                             trained[0]["active_expert_params_per_token"], 4)
+        if top_params:
+            t["active_fraction_vs_top2"] = round(t["active_expert_params_per_token"] / top_params, 4)
 
     bench = {}
     if not a.no_bench:
@@ -216,7 +220,13 @@ def main(argv=None) -> int:
                   f"(library {r['session']['custom_op_library']})", flush=True)
 
     by = {r["option"]: r for r in rows}
-    tr = {t["name"]: t for t in trained}
+    seeds = {}
+    for t in trained:
+        seeds.setdefault(t["name"], {})[t["seed"]] = t
+    common = sorted(set.intersection(*(set(v) for v in seeds.values()))) if seeds else []
+
+    def mean(name, key):  # over the seeds every trained variant has
+        return float(np.mean([seeds[name][k][key] for k in common]))
     summary = {
         "routing": {
             "claim": "+8.8% accuracy vs equal routing",
@@ -232,17 +242,23 @@ def main(argv=None) -> int:
                       "eval_accuracy_change_pct": by[f"phi:{k}"]["eval_accuracy_change_pct"]} for k in DROPS],
         },
     }
-    if "egyptian" in tr and "equal3" in tr:
+    if common and "egyptian" in seeds and "equal3" in seeds:
         summary["routing"]["trained_with_each_routing"] = {
-            "egyptian_accuracy": tr["egyptian"]["eval_accuracy"], "equal3_accuracy": tr["equal3"]["eval_accuracy"],
+            "seeds": common,
+            "egyptian_accuracy": mean("egyptian", "eval_accuracy"), "equal3_accuracy": mean("equal3", "eval_accuracy"),
             "egyptian_vs_equal3_accuracy_change_pct":
-                100 * (tr["egyptian"]["eval_accuracy"] / tr["equal3"]["eval_accuracy"] - 1),
-            "egyptian_loss": tr["egyptian"]["eval_loss"], "equal3_loss": tr["equal3"]["eval_loss"]}
-    if "topk" in tr and "phi24" in tr:
+                100 * (mean("egyptian", "eval_accuracy") / mean("equal3", "eval_accuracy") - 1),
+            "per_seed_change_pct": [100 * (seeds["egyptian"][k]["eval_accuracy"] / seeds["equal3"][k]["eval_accuracy"] - 1)
+                                    for k in common],
+            "egyptian_loss": mean("egyptian", "eval_loss"), "equal3_loss": mean("equal3", "eval_loss")}
+    if common and "topk" in seeds and "phi24" in seeds:
         summary["phi_moe"]["trained_24x4D/3_top2_vs_8x4D_top2"] = {
-            "active_fraction": tr["phi24"]["active_fraction_vs_top2"],
-            "eval_loss_change_pct": 100 * (tr["phi24"]["eval_loss"] / tr["topk"]["eval_loss"] - 1),
-            "eval_accuracy_change_pct": 100 * (tr["phi24"]["eval_accuracy"] / tr["topk"]["eval_accuracy"] - 1)}
+            "seeds": common,
+            "active_fraction": seeds["phi24"][common[0]]["active_fraction_vs_top2"],
+            "eval_loss_change_pct": 100 * (mean("phi24", "eval_loss") / mean("topk", "eval_loss") - 1),
+            "eval_accuracy_change_pct": 100 * (mean("phi24", "eval_accuracy") / mean("topk", "eval_accuracy") - 1),
+            "per_seed_loss_change_pct": [100 * (seeds["phi24"][k]["eval_loss"] / seeds["topk"][k]["eval_loss"] - 1)
+                                         for k in common]}
     payload = {
         "benchmark": "moe_quality",
         "model": {"what": "character-level LM trained by benchmarks/moe_train.py on n6onnx.corpus text",

@@ -84,6 +84,10 @@ def balance_loss(model, x_cache):
     return total
 
 
+def file_name(variant: str, seed: int) -> str:
+    return f"charlm-{variant}" + (f"-s{seed}" if seed else "")
+
+
 def train(variant: str, steps: int, out: pathlib.Path, seed: int = 0, log_every: int = 100) -> dict:
     import torch
 
@@ -125,28 +129,29 @@ def train(variant: str, steps: int, out: pathlib.Path, seed: int = 0, log_every:
             "variant": variant, "routing": VARIANTS[variant][0], "steps": steps,
             "seed": seed, "log": log, "train_seconds": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out / f"charlm-{variant}.pt.tmp")
-    (out / f"charlm-{variant}.pt.tmp").replace(out / f"charlm-{variant}.pt")
+    name = file_name(variant, seed)
+    torch.save(ckpt, out / f"{name}.pt.tmp")
+    (out / f"{name}.pt.tmp").replace(out / f"{name}.pt")
     return ckpt
 
 
-def load(out: pathlib.Path, variant: str):
+def load(out: pathlib.Path, name: str):
     import torch
 
-    ckpt = torch.load(out / f"charlm-{variant}.pt", weights_only=False)
+    ckpt = torch.load(out / f"{name}.pt", weights_only=False)
     model = build(len(ckpt["vocab"]), ckpt.get("variant", ckpt["routing"]))
     model.load_state_dict(ckpt["state"])
     return model.eval(), ckpt
 
 
-def export(out: pathlib.Path, variant: str) -> pathlib.Path:
+def export(out: pathlib.Path, name: str) -> pathlib.Path:
     import torch
 
     from n6onnx import zoo_moe
 
-    model, ckpt = load(out, variant)
+    model, ckpt = load(out, name)
     ids = torch.zeros((BATCH_EXPORT, CTX), dtype=torch.int64)
-    path = out / f"charlm-{variant}.onnx"
+    path = out / f"{name}.onnx"
     zoo_moe.export_module(model, (ids,), ["input_ids"], path, "torchscript", output_names=("logits",))
     return path
 
@@ -161,15 +166,17 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="topk", choices=tuple(VARIANTS))
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "build" / "moe")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and batches (files get -sSEED when not 0)")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
-    ckpt_path = a.out / f"charlm-{a.variant}.pt"
+    name = file_name(a.variant, a.seed)
+    ckpt_path = a.out / f"{name}.pt"
     if a.force or not ckpt_path.is_file():
-        train(a.variant, a.steps, a.out)
+        train(a.variant, a.steps, a.out, seed=a.seed)
     else:
         print(f"cached: {ckpt_path} (--force to retrain)")
     save_data(a.out)
-    print("exported:", export(a.out, a.variant))
+    print("exported:", export(a.out, name))
     return 0
 
 

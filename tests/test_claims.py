@@ -246,3 +246,36 @@ def test_bad_result_file_is_a_clear_error(claims, tmp_path):
     with pytest.raises(SystemExit, match="activation_cpu.json: cannot read JSON"):
         claims.generate(res, out)
     assert not out.exists()
+
+
+def test_moe_rows_from_moe_quality(claims, tmp_path):
+    res = tmp_path / "results"
+    base = {"option": None, "variant": "original (top-2)", "eval_loss": 2.0, "eval_accuracy": 0.5,
+            "eval_loss_change_pct": 0.0, "eval_accuracy_change_pct": 0.0, "active_fraction_vs_top2": 1.0}
+    rows = [base,
+            {**base, "option": "egyptian", "variant": "moe=egyptian", "eval_accuracy": 0.45, "eval_loss_change_pct": 5.0,
+             "eval_accuracy_change_pct": -10.0, "active_fraction_vs_top2": 1.5,
+             "latency_ratio": {"median": 1.5, "q1": 1.4, "q3": 1.6, "n": 4}},
+            {**base, "option": "equal3", "variant": "equal3", "eval_accuracy": 0.40},
+            {**base, "option": "phi:2", "variant": "moe=phi:2", "active_fraction_vs_top2": 0.6667,
+             "eval_loss_change_pct": 4.62}]
+    summary = {"routing": {"inference_swap_on_top2_model": {"egyptian_accuracy": 0.45, "equal3_accuracy": 0.40,
+                                                            "egyptian_vs_equal3_accuracy_change_pct": 12.5},
+                           "trained_with_each_routing": {"seeds": [0, 1], "egyptian_accuracy": 0.51,
+                                                         "equal3_accuracy": 0.50,
+                                                         "egyptian_vs_equal3_accuracy_change_pct": 2.0,
+                                                         "per_seed_change_pct": [1.0, 3.0]}},
+               "phi_moe": {"trained_24x4D/3_top2_vs_8x4D_top2": {"seeds": [0, 1], "active_fraction": 0.335,
+                                                                 "eval_loss_change_pct": 0.8,
+                                                                 "eval_accuracy_change_pct": -0.2,
+                                                                 "per_seed_loss_change_pct": [0.7, 0.9]}}}
+    put(res, "moe_quality.json", {"generated": "g", "method": "fake moe method", "model": {"d": 48}, "rows": rows,
+                                  "summary": summary, "trained_routing": []})
+    v = verdicts(claims.generate(res, None))
+    moe = row(v, "Phi MoE")
+    assert "phi:2: 66.7% of top-2's active expert parameters" in moe[2] and "(+4.62%)" in moe[2]
+    assert "33.5% of the active expert parameters): loss +0.80% (per seed: +0.70%, +0.90%)" in moe[2]
+    assert moe[4].endswith("moe_quality.json`")
+    rt = row(v, "Egyptian routing")
+    assert "mean of 2 seed(s)): Egyptian accuracy 51.0% vs equal 1/3 50.0%: +2.00% relative (per seed: +1.00%, +3.00%" in rt[2]
+    assert "45.0% vs 40.0%, +12.50% relative" in rt[2] and "latency ratio 1.5x [1.4, 1.6]" in rt[2]

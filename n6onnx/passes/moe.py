@@ -248,7 +248,7 @@ def _routing(topk: ir.Node) -> tuple[ir.Node, ir.Value, int, int]:
             raise Reject("top-k over raw logits without a softmax of the selected values")
         normalize = 1
     else:
-        normalize = 1 if {"ReduceSum", "Div"} & users and "Div" in users else 0
+        normalize = 1 if "Div" in users else 0  # w / w.sum(); the numerical check confirms either way
     return router, logits, k, normalize
 
 
@@ -316,7 +316,7 @@ def _batched(topk: ir.Node, router: ir.Node, logits: ir.Value, k: int, normalize
         raise Reject(f"expected one or two up projections and one down projection, found {len(ups)} and {len(downs)}")
     down, w2, h = downs[0]
     up_nodes = {id(t[0]) for t in ups}
-    region, stops = _act_region(h, lambda n: id(n) in up_nodes)
+    region, _ = _act_region(h, lambda n: id(n) in up_nodes)
     x = _common_tokens(router, ups[0][2])
     E, H, D = w2.shape
     merged = len(ups) == 1 and ups[0][1].shape[2] == 2 * H
