@@ -13,6 +13,8 @@ Variants (same weights, same function of the inputs):
                 + b1, GELU, MatMul W2 -> [E, N, D], + b2, times the dense routing weights
                 (Softmax / TopK / GatherElements / ScatterElements), ReduceSum over experts;
                 ORT_ENABLE_ALL (GELU fusion etc.): ORT's best form of the dense computation.
+  n6_sparse_tc  CUDA float16 only: the same node through the opt-in tensor-core GEMMs
+                (N6ONNX_MOE_CUDA_TC=1 when the session is created).
   n6_fallback   the same MoE node without the library: its ONNX function fallback (dense too).
   ms_moe        com.microsoft MoE (fc1 [E, H, D], fc2 [E, D, H], k=3, activation_type=gelu,
                 normalize_routing_weights=1), when this onnxruntime has a kernel for it.
@@ -139,7 +141,8 @@ def model_ms(n: int, dtype: str, w: dict) -> bytes:
     return m.SerializeToString()
 
 
-BUILDERS = {"n6_sparse": model_n6, "dense": model_dense, "n6_fallback": model_n6, "ms_moe": model_ms}
+BUILDERS = {"n6_sparse": model_n6, "n6_sparse_tc": model_n6, "dense": model_dense, "n6_fallback": model_n6,
+            "ms_moe": model_ms}
 
 
 def session(variant: str, model: bytes, provider: str, threads: int, device_id: int) -> ort.InferenceSession:
@@ -150,10 +153,15 @@ def session(variant: str, model: bytes, provider: str, threads: int, device_id: 
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if variant == "n6_sparse":
+    if variant.startswith("n6_sparse"):
         so.register_custom_ops_library(str(_library.library_path("cuda" if provider == CUDA else "cpu")))
     providers = [(CUDA, {"device_id": device_id, "use_tf32": "0"}), CPU] if provider == CUDA else [CPU]
-    return ort.InferenceSession(model, so, providers=providers)
+    # the kernel reads N6ONNX_MOE_CUDA_TC when the session creates it
+    os.environ["N6ONNX_MOE_CUDA_TC"] = "1" if variant == "n6_sparse_tc" else "0"
+    try:
+        return ort.InferenceSession(model, so, providers=providers)
+    finally:
+        os.environ.pop("N6ONNX_MOE_CUDA_TC", None)
 
 
 class Runner:
@@ -221,6 +229,8 @@ def bench(provider: str, tokens: list[int], dtypes: list[str], rounds: dict, thr
             feeds = {"X": rng.normal(0, 1, (n, D)).astype(dtype), "logits": rng.normal(0, 2, (n, E)).astype(dtype)}
             runners, skipped = {}, {}
             for v in variants:
+                if v == "n6_sparse_tc" and (provider != CUDA or dtype != "float16"):
+                    continue  # the tensor-core path exists for float16 on CUDA only
                 try:
                     s = session(v, BUILDERS[v](n, dtype, w), provider, threads, device_id)
                     runners[v] = Runner(s, feeds, provider, device_id, n, dtype)
@@ -245,6 +255,8 @@ def bench(provider: str, tokens: list[int], dtypes: list[str], rounds: dict, thr
                 row["speedup_of_n6_sparse"] = {v: s["median"] / sp for v, s in stats.items() if v != "n6_sparse"}
                 if "ms_moe" in stats:
                     row["n6_sparse_over_ms_moe"] = sp / stats["ms_moe"]["median"]
+                    if "n6_sparse_tc" in stats:
+                        row["n6_sparse_tc_over_ms_moe"] = stats["n6_sparse_tc"]["median"] / stats["ms_moe"]["median"]
             if nvml is not None and nvml.ok and n == max(tokens):
                 row["energy"] = {v: nvml.window(runners[v], energy_s) for v in runners if v != "n6_fallback"}
             rows.append(row)
@@ -268,7 +280,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds-small", type=int, default=15, help="interleaved rounds at <= 128 tokens")
     ap.add_argument("--rounds-large", type=int, default=5, help="interleaved rounds above 128 tokens")
-    ap.add_argument("--variants", default="n6_sparse,dense,n6_fallback,ms_moe")
+    ap.add_argument("--variants", default="n6_sparse,n6_sparse_tc,dense,n6_fallback,ms_moe")
     ap.add_argument("--energy-seconds", type=float, default=1.0, help="NVML window per variant (largest N)")
     ap.add_argument("--device-id", type=int, default=0)
     ap.add_argument("--out-name", default=None)

@@ -26,7 +26,10 @@
 // (stream-ordered allocator, CUDA >= 11.2). The device's default memory pool gets a release
 // threshold of UINT64_MAX once, so memory freed between calls stays in the pool and later
 // calls do not go back to the driver. onnxruntime's own arena is not involved.
+#include <mma.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #include "common/cuda_helpers.cuh"
 #include "moe/moe_cuda.h"
@@ -213,6 +216,144 @@ __global__ void __launch_bounds__(kThreads) ExpertGemm(Problem pr, const T* x, c
   }
 }
 
+
+// ---------------------------------------------------------------- tensor-core path (float16)
+// Opt-in (N6ONNX_MOE_CUDA_TC=1 when the session creates the kernel). WMMA 16x16x16 fragments,
+// fp16 operands, fp32 accumulators; 64 x 64 block tile, k-steps of 32, 4 warps of 32 x 32.
+// Up GEMM: X and W1 (W3) are float16 inputs, so every product is exact and accumulated in fp32.
+// Down GEMM: its A operand is the fp32 activation; it is split into hi = fp16(a) and
+// lo = fp16(a - hi), and both are multiplied by W2 (two MMAs): a is carried to ~22 bits, so the
+// op still computes in fp32 (no extra rounding of the intermediate to float16).
+namespace wmma = nvcuda::wmma;
+constexpr int kTcBM = 64, kTcBN = 64, kTcBK = 32, kTcThreads = 128;
+constexpr int kLdA = kTcBK + 8;  // halves; multiple of 8, rows stay 32-byte aligned
+constexpr int kLdB = kTcBN + 8;  // halves
+constexpr int kLdC = kTcBN + 4;  // floats; multiple of 4
+static_assert(kTcBN == kTN, "both GEMM paths share the column-block grid");
+
+template <bool kUp, int kAct>
+__global__ void __launch_bounds__(kTcThreads) ExpertGemmTc(Problem pr, const __half* x, const __half* w,
+                                                         const __half* w3, const __half* bias, Lists l) {
+  const int tile = blockIdx.x;
+  if (tile >= *l.ntiles) return;
+  constexpr bool kGate = kUp && kAct == kSwiglu;
+  constexpr bool kSplit = !kUp;
+  constexpr int kSmemAB = (kTcBM * kLdA * (kSplit ? 2 : 1) + kTcBK * kLdB * (kGate ? 2 : 1)) * 2;
+  constexpr int kSmemC = kTcBM * kLdC * 4 * (kGate ? 2 : 1);
+  __shared__ __align__(128) unsigned char smem[kSmemAB > kSmemC ? kSmemAB : kSmemC];
+  __shared__ int src_row[kTcBM];
+  __half* As = reinterpret_cast<__half*>(smem);
+  __half* As_lo = As + kTcBM * kLdA;
+  __half* Bs = As + kTcBM * kLdA * (kSplit ? 2 : 1);
+  __half* Bs3 = Bs + kTcBK * kLdB;
+  float* Cs = reinterpret_cast<float*>(smem);  // reused after the main loop
+  float* Cs3 = Cs + kTcBM * kLdC;
+
+  const int e = l.tile_expert[tile];
+  const int start = l.tile_start[tile];
+  const int rows = min(kTcBM, l.offsets[e + 1] - start);
+  const int K = static_cast<int>(kUp ? pr.D : pr.H);
+  const int n = static_cast<int>(kUp ? pr.H : pr.D);
+  const int c0 = blockIdx.y * kTcBN;
+  const __half* B = w + static_cast<size_t>(e) * K * n;
+  const __half* B3 = kGate ? w3 + static_cast<size_t>(e) * K * n : nullptr;
+  const int tid = threadIdx.x;
+  if (tid < kTcBM) {
+    const int r = tid < rows ? tid : 0;
+    src_row[tid] = kUp ? l.order[start + r] / pr.keep : start + r;
+  }
+  __syncthreads();
+  const int warp = tid / 32, wm = warp / 2, wn = warp % 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2], acc3[kGate ? 2 : 1][kGate ? 2 : 1];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  if constexpr (kGate) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc3[i][j], 0.0f);
+  }
+  const __half zero = __float2half_rn(0.0f);
+  for (int k0 = 0; k0 < K; k0 += kTcBK) {
+#pragma unroll
+    for (int q = 0; q < (kTcBM * kTcBK) / kTcThreads; ++q) {
+      const int idx = tid + q * kTcThreads;
+      const int r = idx / kTcBK, kk = idx % kTcBK;
+      const bool in = r < rows && k0 + kk < K;
+      const size_t off = static_cast<size_t>(src_row[r]) * K + k0 + kk;
+      if constexpr (kUp) {
+        As[r * kLdA + kk] = in ? x[off] : zero;
+      } else {
+        const float v = in ? l.hbuf[off] : 0.0f;
+        const __half hi = __float2half_rn(v);
+        As[r * kLdA + kk] = hi;
+        As_lo[r * kLdA + kk] = __float2half_rn(v - __half2float(hi));
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < (kTcBK * kTcBN) / kTcThreads; ++q) {
+      const int idx = tid + q * kTcThreads;
+      const int kk = idx / kTcBN, c = idx % kTcBN;
+      const bool in = k0 + kk < K && c0 + c < n;
+      const size_t off = static_cast<size_t>(k0 + kk) * n + c0 + c;
+      Bs[kk * kLdB + c] = in ? B[off] : zero;
+      if constexpr (kGate) Bs3[kk * kLdB + c] = in ? B3[off] : zero;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < kTcBK; ks += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2], alo[kSplit ? 2 : 1];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * kLdA + ks, kLdA);
+        if constexpr (kSplit) wmma::load_matrix_sync(alo[i], As_lo + (wm * 32 + i * 16) * kLdA + ks, kLdA);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b;
+        wmma::load_matrix_sync(b, Bs + ks * kLdB + wn * 32 + j * 16, kLdB);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+          if constexpr (kSplit) wmma::mma_sync(acc[i][j], alo[i], b, acc[i][j]);
+        }
+        if constexpr (kGate) {
+          wmma::load_matrix_sync(b, Bs3 + ks * kLdB + wn * 32 + j * 16, kLdB);
+#pragma unroll
+          for (int i = 0; i < 2; ++i) wmma::mma_sync(acc3[i][j], a[i], b, acc3[i][j]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * kLdC + wn * 32 + j * 16, acc[i][j], kLdC, wmma::mem_row_major);
+      if constexpr (kGate)
+        wmma::store_matrix_sync(Cs3 + (wm * 32 + i * 16) * kLdC + wn * 32 + j * 16, acc3[i][j], kLdC,
+                                wmma::mem_row_major);
+    }
+  __syncthreads();
+  for (int idx = tid; idx < kTcBM * kTcBN; idx += kTcThreads) {
+    const int r = idx / kTcBN, c = c0 + idx % kTcBN;
+    if (r >= rows || c >= n) continue;
+    float v = Cs[r * kLdC + idx % kTcBN];
+    if (bias) v += Ld(bias, static_cast<size_t>(e) * n + c);
+    if constexpr (kUp) {
+      float g = 0.0f;
+      if constexpr (kGate) g = Cs3[r * kLdC + idx % kTcBN];
+      l.hbuf[static_cast<size_t>(start + r) * n + c] = Activate<kAct>(v, g);
+    } else {
+      const int entry = l.order[start + r];
+      l.contrib[static_cast<size_t>(entry) * n + c] = l.tok_w[entry] * v;
+    }
+  }
+}
+
 template <class T>
 __global__ void ReduceKernel(int64_t N, int64_t D, int keep, Lists l, T* y) {
   const int64_t total = N * D;
@@ -234,28 +375,40 @@ unsigned Blocks(int64_t items, int threads) {
 }
 
 template <class T, bool kUp>
-Status LaunchGemm(const Problem& pr, dim3 grid, cudaStream_t s, const T* x, const T* w, const T* w3, const T* bias,
-                  const Lists& l) {
-  if (grid.y > 65535) return InvalidArgument("ExpertGemm", "too many output columns");
-#define N6_MOE_CASE(A)                                                                                   \
-  case A:                                                                                                \
-    ExpertGemm<T, kUp, A><<<grid, kThreads, 0, s>>>(pr, x, w, w3, bias, l);                              \
-    break;
-  if (kUp) {
+Status LaunchGemm(const Problem& pr, unsigned tiles, cudaStream_t s, const T* x, const T* w, const T* w3,
+                  const T* bias, const Lists& l) {
+  const int n = static_cast<int>(kUp ? pr.H : pr.D);
+  const unsigned col_blocks = static_cast<unsigned>((n + kTN - 1) / kTN);  // kTN == kTcBN
+  if (col_blocks > 65535) return InvalidArgument("ExpertGemm", "too many output columns");
+  const dim3 grid(tiles, col_blocks);
+  constexpr bool kHalf = std::is_same<T, __half>::value;
+  const bool tc = kHalf && pr.tensor_cores;
+#define N6_MOE_GO(A)                                                                                         \
+  do {                                                                                                       \
+    if constexpr (kHalf) {                                                                                   \
+      if (tc) {                                                                                              \
+        ExpertGemmTc<kUp, A><<<grid, kTcThreads, 0, s>>>(pr, x, w, w3, bias, l);                             \
+        break;                                                                                               \
+      }                                                                                                      \
+    }                                                                                                        \
+    ExpertGemm<T, kUp, A><<<grid, kThreads, 0, s>>>(pr, x, w, w3, bias, l);                                  \
+  } while (0)
+  if constexpr (kUp) {
     switch (pr.act) {
-      N6_MOE_CASE(kGelu)
-      N6_MOE_CASE(kGeluTanh)
-      N6_MOE_CASE(kSilu)
-      N6_MOE_CASE(kRelu)
-      N6_MOE_CASE(kSwiglu)
-      N6_MOE_CASE(kPhi6)
+      case kGelu: N6_MOE_GO(kGelu); break;
+      case kGeluTanh: N6_MOE_GO(kGeluTanh); break;
+      case kSilu: N6_MOE_GO(kSilu); break;
+      case kRelu: N6_MOE_GO(kRelu); break;
+      case kSwiglu: N6_MOE_GO(kSwiglu); break;
+      case kPhi6: N6_MOE_GO(kPhi6); break;
       default: return InvalidArgument("ExpertGemm", "unknown activation");
     }
   } else {
-    ExpertGemm<T, false, kGelu><<<grid, kThreads, 0, s>>>(pr, x, w, w3, bias, l);
+    N6_MOE_GO(kGelu);
   }
-#undef N6_MOE_CASE
-  return CudaStatus(cudaGetLastError(), kUp ? "ExpertGemm (up) launch" : "ExpertGemm (down) launch");
+#undef N6_MOE_GO
+  return CudaStatus(cudaGetLastError(), tc ? (kUp ? "ExpertGemmTc (up) launch" : "ExpertGemmTc (down) launch")
+                                           : (kUp ? "ExpertGemm (up) launch" : "ExpertGemm (down) launch"));
 }
 
 size_t Align(size_t v) { return (v + 255) & ~size_t{255}; }
@@ -309,14 +462,13 @@ Status Run(const Args& a) {
     r = CheckedLaunch(FillKernel, Blocks(entries, 256), 256, 0, s, entries, l);
     if (!r.ok()) return r;
     if (max_tiles > 0x7FFFFFFF) return InvalidArgument("ExpertGemm", "too many tiles");
+    const unsigned tiles = static_cast<unsigned>(max_tiles);
     if (H > 0) {
-      const dim3 up(static_cast<unsigned>(max_tiles), static_cast<unsigned>((H + kTN - 1) / kTN));
-      r = LaunchGemm<T, true>(pr, up, s, x, static_cast<const T*>(a.w1), static_cast<const T*>(a.w3),
+      r = LaunchGemm<T, true>(pr, tiles, s, x, static_cast<const T*>(a.w1), static_cast<const T*>(a.w3),
                               static_cast<const T*>(a.b1), l);
       if (!r.ok()) return r;
     }
-    const dim3 down(static_cast<unsigned>(max_tiles), static_cast<unsigned>((D + kTN - 1) / kTN));
-    r = LaunchGemm<T, false>(pr, down, s, x, static_cast<const T*>(a.w2), nullptr, static_cast<const T*>(a.b2), l);
+    r = LaunchGemm<T, false>(pr, tiles, s, x, static_cast<const T*>(a.w2), nullptr, static_cast<const T*>(a.b2), l);
     if (!r.ok()) return r;
     return CheckedLaunch(ReduceKernel<T>, Blocks(N * D, 256), 256, 0, s, N, D, static_cast<int>(keep), l,
                          static_cast<T*>(a.y));

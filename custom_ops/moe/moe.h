@@ -33,6 +33,8 @@ struct Attrs {
   std::string routing = "topk";
   std::string activation = "gelu";
   int64_t k = 2, normalize = 1, group = 1, drop = 0;
+  // CUDA float16 only: tensor-core GEMMs (read from N6ONNX_MOE_CUDA_TC=1 when the kernel is created).
+  bool tensor_cores = false;
 };
 
 struct Problem {
@@ -41,6 +43,7 @@ struct Problem {
   bool egyptian = false, normalize = true;
   int act = kGelu;
   bool has_b1 = false, has_b2 = false, has_w3 = false, has_imp = false;
+  bool tensor_cores = false;
 };
 
 inline std::string Dims(const std::vector<int64_t>& s) {
@@ -102,6 +105,7 @@ inline std::string Resolve(const Attrs& a, const std::vector<int64_t>& x, const 
   p->has_b2 = b2 != nullptr;
   p->has_w3 = w3 != nullptr;
   p->has_imp = imp != nullptr;
+  p->tensor_cores = a.tensor_cores;
   return "";
 }
 

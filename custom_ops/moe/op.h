@@ -8,6 +8,7 @@
 // OrtValue checked before use; X, logits, W1, W2 are required (clear error otherwise).
 #pragma once
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,8 @@ inline void ReadAttrs(const OrtKernelInfo* info, Attrs& a) {
   num("normalize", a.normalize);
   num("group", a.group);
   num("drop", a.drop);
+  const char* tc = std::getenv("N6ONNX_MOE_CUDA_TC");
+  a.tensor_cores = tc && tc[0] == '1';
 }
 
 // Backend::Run<kHalf>(OrtKernelContext*, const Problem&, const Inputs&, void* y) -> Ort::Status,
