@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     tokens = [int(t) for t in args.tokens.split(",")]
     rounds = {n: (args.rounds_small if n <= 128 else args.rounds_large) for n in tokens}
     if provider == CUDA:
-        rounds = {n: max(r, 20) for n, r in rounds.items()}
+        rounds = {n: max(r, 15) for n, r in rounds.items()}
     t0 = time.time()
     rows, notes = bench(provider, tokens, dtypes, rounds, args.threads, args.device_id,
                         args.variants.split(","), args.energy_seconds if provider == CUDA else 0)
