@@ -46,12 +46,11 @@ FUTURE = {
                 "needs": "the trained-MoE benchmark (benchmarks/moe_train.py, then benchmarks/moe_quality.py)"},
     "routing": {"pass": ("moe", "egyptian"), "ops": ("MoE",), "files": ("moe_quality.json", "egyptian_routing*.json"),
                 "needs": "the trained-MoE benchmark (benchmarks/moe_train.py, then benchmarks/moe_quality.py)"},
-    "fftmix": {"pass": ("attention", "fft-mix"), "ops": ("FFTMix",), "files": ("fftmix*.json", "fft_mix*.json"),
-               "needs": "an FFT-Mix op and pass (`attention=fft-mix`); a model trained or calibrated with it"},
+    "fftmix": {"pass": ("attention", "fftmix"), "ops": ("FFTMix",), "files": ("fftmix*.json", "fft_mix*.json"),
+               "needs": "the MiniLM end-to-end run (benchmarks/attention_e2e.py -> attention_minilm.json)"},
     "egyptian_attention": {"pass": ("attention", "egyptian"), "ops": ("EgyptianAttention",),
                            "files": ("egyptian_attention*.json",),
-                           "needs": "an Egyptian-attention op with O(L*window) local and O(L) global heads "
-                                    "(`attention=egyptian`)"},
+                           "needs": "the MiniLM end-to-end run (benchmarks/attention_e2e.py -> attention_minilm.json)"},
 }
 
 HEADER = """\

@@ -224,7 +224,7 @@ def test_future_claims_and_combined(claims, tmp_path):
     comb = row(v, "Combined")
     assert "gelu=phi6, ffn=phi-bottleneck: energy (estimated) ratio 0.962x [0.95, 0.97]" in comb[2]
     fft = row(v, "FFT-Mix")
-    assert fft[2].startswith("not measured yet:") and "attention=fft-mix" in fft[2]
+    assert fft[2].startswith("not measured yet:") and "attention=fftmix" in fft[2]
 
 
 def test_written_atomically_and_deterministic(claims, tmp_path):

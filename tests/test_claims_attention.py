@@ -1,0 +1,27 @@
+"""The FFT-Mix and Egyptian-attention rows of docs/CLAIMS.md come from attention_minilm.json (and the
+op-level attention_ops_cpu.json when present), numbers copied, never invented."""
+
+from __future__ import annotations
+
+from .test_claims import claims, put, row, verdicts  # noqa: F401 - the fixture
+
+
+def test_attention_rows(claims, tmp_path):  # noqa: F811
+    res = tmp_path / "results"
+    put(res, "attention_minilm.json", {"generated": "g", "method": "fake attention method", "rows": [
+        {"variant": "egyptian (locality)", "cosine_mean": 0.93361, "nn_agreement": 0.76,
+         "attention_core_work_ratio_L128": 0.6504},
+        {"variant": "fftmix:1", "cosine_mean": 0.98251, "nn_agreement": 0.83},
+        {"variant": "fftmix:2", "cosine_mean": 0.9612, "nn_agreement": 0.7}]})
+    v = verdicts(claims.generate(res, None))
+    fft = row(v, "FFT-Mix")
+    assert "fftmix:1: cosine 0.9825, NN agreement 83.0%" in fft[2] and "fftmix:2: cosine 0.9612" in fft[2]
+    assert "egyptian" not in fft[2].split("calibration text.")[1]
+    egy = row(v, "Egyptian attention")
+    assert "egyptian (locality): cosine 0.9336" in egy[2] and "fftmix" not in egy[2]
+    assert fft[4].endswith("attention_minilm.json`")
+    put(res, "attention_ops_cpu.json", {"generated": "g", "method": "fake ops", "rows": [
+        {"name": "FFTMix L=512", "speedup": 3.5}, {"name": "EgyptianAttention L=2048", "speedup": 1.9}]})
+    v = verdicts(claims.generate(res, None))
+    assert "FFTMix L=512: speedup 3.5" in row(v, "FFT-Mix")[2]
+    assert "EgyptianAttention L=2048: speedup 1.9" in row(v, "Egyptian attention")[2]
