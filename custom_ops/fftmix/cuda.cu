@@ -1,10 +1,10 @@
 // FFTMix(X, F6, F12, F24) -> Y [B, L, 3D], CUDA kernel (float32 / float16, fp32 compute).
 // The math: fftmix/fftmix.h (direct symmetric windowed circular convolution).
 //
-// One thread per (channel group, run of 24-token blocks): it builds the taps of its channels
-// from F (taps_w[t] = sum_m coef[t][m] F_w[m], coefficients passed by value), then for each
-// 24-token block loads the 24 rows of its channels into registers (X is read once), and writes
-// the three scales (three coalesced writes per token). 24 is a multiple of every window, so the
+// One thread per (channel group, 24-token block): it builds the taps of its channels from F
+// (taps_w[t] = sum_m coef[t][m] F_w[m], coefficients passed by value; F stays in L1/L2), loads
+// the block's 24 rows of its channels into registers (X is read once) and writes the three
+// scales (three coalesced writes per token). 24 is a multiple of every window, so the
 // block holds whole windows of all scales and the circular indices are compile-time after
 // unrolling. Channel groups: 2 channels per thread (float2 / half2 loads) when D is even and the
 // buffers allow it, else 1. Scales with w > L are written as zeros.
@@ -17,7 +17,9 @@ namespace {
 
 constexpr int kTokens = 24;
 constexpr int kThreads = 128;
-constexpr int kBlocksPerThread = 4;  // 24-token blocks per thread (taps reused across them)
+constexpr int kBlocksPerThread = 1;  // 24-token blocks per thread: 1 keeps enough threads in flight
+                                     // (the taps cost ~40% of the convolution flops; the kernel is
+                                     // bound by memory, not arithmetic)
 
 template <class S, int C>
 struct Io;
