@@ -229,7 +229,7 @@ constexpr int kTcBM = 64, kTcBN = 64, kTcBK = 32, kTcThreads = 128;
 constexpr int kLdA = kTcBK + 8;  // halves; multiple of 8, rows stay 32-byte aligned
 constexpr int kLdB = kTcBN + 8;  // halves
 constexpr int kLdC = kTcBN + 4;  // floats; multiple of 4
-static_assert(kTcBN == kTN, "both GEMM paths share the column-block grid");
+static_assert(kTcBN == kTN && kTcBM == kTM, "both GEMM paths share the tile list and the column-block grid");
 
 template <bool kUp, int kAct>
 __global__ void __launch_bounds__(kTcThreads) ExpertGemmTc(Problem pr, const __half* x, const __half* w,
