@@ -26,7 +26,8 @@ outputs bound on the GPU, each run ends with ORT's stream synchronisation.
 Repetitions are interleaved (round r times variant 1, 2, ... in turn) after warm-up; reported:
 median and quartiles of the per-run wall time. On CUDA each model holds `copies` identical nodes
 (independent outputs, run back to back on one stream) and the time per node is the run time /
-copies, so ORT's per-run overhead (~tens of us) is amortised; --copies 1 gives single-node times.
+copies, so ORT's per-run overhead (~tens of us) is amortised (common-subexpression elimination is
+disabled so ORT cannot merge the copies); --copies 1 gives single-node times.
 Energy (CUDA, --energy-seconds > 0, NVML available): whole-board energy over windows of
 back-to-back runs at L = 4096, per run.
 
@@ -162,7 +163,8 @@ class Runner:
             so.register_custom_ops_library(str(n6onnx.library_path("cuda" if provider == CUDA else "cpu")))
         provs = [(CUDA, {"device_id": device_id}), CPU] if provider == CUDA else [CPU]
         m, ins, outs = model(variant, L, dtype, copies)
-        self.sess = ort.InferenceSession(m, so, providers=provs)
+        # CSE off: it would merge the identical copies' shared subgraphs (e.g. mha_block's QKV projection)
+        self.sess = ort.InferenceSession(m, so, providers=provs, disabled_optimizers=["CommonSubexpressionElimination"])
         self.io = self.sess.io_binding()
         for n in ins:
             self.io.bind_ortvalue_input(n, feeds_dev[n])
