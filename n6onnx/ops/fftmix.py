@@ -96,7 +96,8 @@ def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
         kk = b.op("MatMul", _tensor(b, circulant_matrix(w).astype(np.float32)), b.to_float(F))  # [w*w, D]
         mt = b.op("Reshape", b.op("Transpose", kk, perm=[1, 0]), _ints(b, [0, w, w]))
         pad = b.op("Mod", b.op("Sub", wc, b.op("Mod", L, wc)), wc)
-        xp = b.op("Pad", xf, b.op("Concat", zero1, pad, axis=0), b.const(0.0), _ints(b, [1]))
+        # pads of every axis (no Pad `axes` input: that needs opset 18; the body runs from opset 15)
+        xp = b.op("Pad", xf, b.op("Concat", _ints(b, [0, 0, 0, 0]), pad, zero1, axis=0), b.const(0.0))
         xw = b.op("Transpose", b.op("Reshape", xp, _ints(b, [-1, w, 0])), perm=[2, 0, 1])  # [D, B*n, w]
         yw = b.op("Transpose", b.op("MatMul", xw, mt), perm=[1, 2, 0])  # [B*n, w, D]
         y = b.op("Reshape", yw, b.op("Concat", batch, minus1, chans, axis=0))

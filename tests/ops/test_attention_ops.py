@@ -188,3 +188,23 @@ def test_egyptian_bad_shapes_and_attributes_are_ort_errors():
     _expect_ort_error(_model(EGY, types, {"num_heads": 3}, dynamic=True), f, "does not divide")
     _expect_ort_error(_model(EGY, types, {"num_heads": 4, "head_kinds": [0, 1]}, dynamic=True), f, "head_kinds")
     _expect_ort_error(_model(EGY, types, {"num_heads": 4, "head_kinds": [0, 1, 2, 3]}, dynamic=True), f, "head_kinds")
+
+
+@pytest.mark.parametrize("opset", [15, 17, 18, 20])
+@pytest.mark.parametrize("op", ["FFTMix", "EgyptianAttention"])
+def test_function_fallback_at_model_opsets(op, opset):
+    """The fallback body imports the model's default opset: it must check and run from opset 15."""
+    spec = REGISTRY[op]
+    sample = spec.samples("float32")[2]
+    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+              for k, v in sample.feeds.items()]
+    node = helper.make_node(spec.name, list(sample.feeds), ["Y"], domain=DOMAIN, **sample.attrs)
+    out = helper.make_tensor_value_info("Y", inputs[0].type.tensor_type.elem_type, [None] * 3)
+    m = helper.make_model(helper.make_graph([node], "t", inputs, [out]),
+                          opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
+                          functions=[spec.function(opset)])
+    onnx.checker.check_model(m, full_check=True)
+    y = _session(m.SerializeToString(), library=False).run(None, sample.feeds)[0]
+    ref = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
+    tol = spec.tolerance("float32")
+    np.testing.assert_allclose(y, ref, rtol=tol.rtol, atol=tol.atol)
