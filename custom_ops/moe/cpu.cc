@@ -323,6 +323,8 @@ std::vector<float> ToF32Vec(const void* src, size_t n) {
 }
 
 struct CpuBackend {
+  static void Configure(moe::Attrs&) {}
+
   template <bool kHalf>
   static Ort::Status Run(OrtKernelContext* ctx, const moe::Problem& pr, const moe::Inputs& in, void* y) {
     using moe::Input;

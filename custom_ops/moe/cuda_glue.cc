@@ -1,6 +1,7 @@
 // MoE for CUDAExecutionProvider: the onnxruntime side (C++ compiler, onnxruntime headers). The
 // kernels are in moe/cuda.cu behind the plain interface of moe/moe_cuda.h; they run on
 // onnxruntime's compute stream for the node (KernelContext_GetGPUComputeStream).
+#include <cstdlib>
 #include <string>
 
 #include "common/elementwise.h"
@@ -11,6 +12,12 @@ namespace n6 {
 namespace {
 
 struct CudaBackend {
+  // float16 tensor-core GEMMs, opt-in: N6ONNX_MOE_CUDA_TC=1 when the session creates the kernel.
+  static void Configure(moe::Attrs& a) {
+    const char* tc = std::getenv("N6ONNX_MOE_CUDA_TC");
+    a.tensor_cores = tc && tc[0] == '1';
+  }
+
   template <bool kHalf>
   static Ort::Status Run(OrtKernelContext* ctx, const moe::Problem& pr, const moe::Inputs& in, void* y) {
     moe::cuda::Args a;

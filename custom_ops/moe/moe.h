@@ -33,7 +33,7 @@ struct Attrs {
   std::string routing = "topk";
   std::string activation = "gelu";
   int64_t k = 2, normalize = 1, group = 1, drop = 0;
-  // CUDA float16 only: tensor-core GEMMs (read from N6ONNX_MOE_CUDA_TC=1 when the kernel is created).
+  // float16 tensor-core GEMMs (CUDA backend option, set by its Configure())
   bool tensor_cores = false;
 };
 

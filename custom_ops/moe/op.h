@@ -8,7 +8,6 @@
 // OrtValue checked before use; X, logits, W1, W2 are required (clear error otherwise).
 #pragma once
 
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -47,12 +46,10 @@ inline void ReadAttrs(const OrtKernelInfo* info, Attrs& a) {
   num("normalize", a.normalize);
   num("group", a.group);
   num("drop", a.drop);
-  const char* tc = std::getenv("N6ONNX_MOE_CUDA_TC");
-  a.tensor_cores = tc && tc[0] == '1';
 }
 
 // Backend::Run<kHalf>(OrtKernelContext*, const Problem&, const Inputs&, void* y) -> Ort::Status,
-// called after validation with Y [N, D] allocated.
+// called after validation with Y [N, D] allocated; Backend::Configure(Attrs&) when a kernel is created.
 template <class Backend, bool kHalf>
 struct Op : Ort::Custom::OrtLiteCustomOp {
   struct Kernel {
@@ -67,6 +64,7 @@ struct Op : Ort::Custom::OrtLiteCustomOp {
     OrtCustomOp::CreateKernel = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info) -> void* {
       auto* k = new Kernel();
       ReadAttrs(info, k->attrs);
+      Backend::Configure(k->attrs);  // backend options (e.g. the CUDA tensor-core switch)
       return k;
     };
     OrtCustomOp::KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) -> OrtStatusPtr {
