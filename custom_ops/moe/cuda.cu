@@ -17,9 +17,9 @@
 //   6. Reduce: per token, the sum of its entries in slot (= expert index) order, rounded once to T.
 // Deterministic: no floating-point atomics; the sum order per token is fixed.
 //
-// GEMMs: shared-memory tiled (64 x 64 output tile, k-steps of 16, 256 threads x 4 x 4 outputs,
-// fp32 fused multiply-adds); float16 operands are widened when staged into shared memory. The
-// grid has one block row per possible tile (an upper bound computed on the host: entries / 64 +
+// GEMMs: shared-memory tiled (64 x 64 output tile, k-steps of 16, 256 threads x 4 x 4 outputs read
+// with 128-bit shared loads, fp32 fused multiply-adds); float16 operands are widened when staged
+// into shared memory (see below for the opt-in tensor-core path). The grid has one block row per possible tile (an upper bound computed on the host: entries / 64 +
 // E); blocks past the real tile count (known on the device only) exit at once.
 //
 // Scratch memory: one cudaMallocAsync / cudaFreeAsync pair per call on the same stream
@@ -128,9 +128,9 @@ __global__ void __launch_bounds__(kThreads) ExpertGemm(Problem pr, const T* x, c
   const T* B = w + static_cast<size_t>(e) * K * n;
   const T* B3 = kGate ? w3 + static_cast<size_t>(e) * K * n : nullptr;
 
-  __shared__ float As[kTK][kTM + 4];
-  __shared__ float Bs[kTK][kTN];
-  __shared__ float Bs3[kGate ? kTK : 1][kGate ? kTN : 1];
+  __shared__ __align__(16) float As[kTK][kTM + 4];  // rows of 68 floats: float4-aligned
+  __shared__ __align__(16) float Bs[kTK][kTN];
+  __shared__ __align__(16) float Bs3[kGate ? kTK : 1][kGate ? kTN : 4];
   __shared__ int src_row[kTM];  // X token (up) or hbuf row (down)
   const int tid = threadIdx.x;
   if (tid < kTM) {
@@ -174,18 +174,18 @@ __global__ void __launch_bounds__(kThreads) ExpertGemm(Problem pr, const T* x, c
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kTK; ++kk) {
-      float a[4], b[4], b3[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+      // 128-bit shared loads: 4 rows of A, 4 adjacent columns of B (the thread's 4 x 4 outputs)
+      const float4 av = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
+      const float4 bv = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
+      const float a[4] = {av.x, av.y, av.z, av.w};
+      const float b[4] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
       if constexpr (kGate) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) b3[j] = Bs3[kk][tx + 16 * j];
+        const float4 b3v = *reinterpret_cast<const float4*>(&Bs3[kk][tx * 4]);
+        const float b3[4] = {b3v.x, b3v.y, b3v.z, b3v.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) ExpertGemm(Problem pr, const T* x, c
     if (r >= rows) continue;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int c = c0 + tx + 16 * j;
+      const int c = c0 + tx * 4 + j;
       if (c >= n) continue;
       float v = acc[i][j];
       if (bias) v += Ld(bias, static_cast<size_t>(e) * n + c);
