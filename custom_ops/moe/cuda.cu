@@ -19,8 +19,9 @@
 //
 // GEMMs: shared-memory tiled (64 x 64 output tile, k-steps of 16, 256 threads x 4 x 4 outputs read
 // with 128-bit shared loads, fp32 fused multiply-adds); float16 operands are widened when staged
-// into shared memory (see below for the opt-in tensor-core path). The grid has one block row per possible tile (an upper bound computed on the host: entries / 64 +
-// E); blocks past the real tile count (known on the device only) exit at once.
+// into shared memory (see below for the opt-in tensor-core path). The grid has one block row per
+// possible tile (an upper bound computed on the host: entries / 64 + E); blocks past the real tile
+// count (known on the device only) exit at once.
 //
 // Scratch memory: one cudaMallocAsync / cudaFreeAsync pair per call on the same stream
 // (stream-ordered allocator, CUDA >= 11.2). The device's default memory pool gets a release
