@@ -256,9 +256,9 @@ def main(argv=None) -> int:
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--part-out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kernel-only", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--contract-budget", type=float, default=30.0,
+    ap.add_argument("--contract-budget", type=float, default=20.0,
                     help="seconds; past it the fallback-on-CUDA check runs only for the sanitizer samples")
-    ap.add_argument("--sanitizer-timeout", type=int, default=40)
+    ap.add_argument("--sanitizer-timeout", type=int, default=35)
     ap.add_argument("--bench-timeout", type=int, default=50)
     ap.add_argument("--part-timeout", type=int, default=120)
     args = ap.parse_args(argv)
