@@ -88,7 +88,7 @@ def model_n6(n: int, dtype: str, w: dict) -> bytes:
                             activation=ACT, routing="topk")
     g = helper.make_graph([node], "n6_moe", ins, outs, initializer=_inits(w))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-                          functions=[REGISTRY["MoE"].function(OPSET)])
+                          functions=[REGISTRY["MoE"].function(OPSET)], ir_version=10)
     return m.SerializeToString()
 
 
@@ -127,7 +127,7 @@ def model_dense(n: int, dtype: str, w: dict) -> bytes:
         helper.make_node("ReduceSum", ["ow", "ax0"], ["Y"], keepdims=0),
     ]
     g = helper.make_graph(nodes, "dense_moe", ins, outs, initializer=inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10).SerializeToString()
 
 
 def model_ms(n: int, dtype: str, w: dict) -> bytes:
@@ -137,7 +137,7 @@ def model_ms(n: int, dtype: str, w: dict) -> bytes:
     node = helper.make_node("MoE", ["X", "logits", "fc1", "fc1_b", "fc2", "fc2_b"], ["Y"], domain="com.microsoft",
                             k=K, activation_type="gelu", normalize_routing_weights=1)
     g = helper.make_graph([node], "ms_moe", ins, outs, initializer=_inits(msw, ("fc1", "fc1_b", "fc2", "fc2_b")))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
     return m.SerializeToString()
 
 

@@ -65,7 +65,7 @@ def model(sample) -> bytes:
     et = inputs[0].type.tensor_type.elem_type
     g = helper.make_graph([node], "moe", inputs, [helper.make_tensor_value_info("Y", et, [None, None])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-                          functions=[SPEC.function(OPSET)])
+                          functions=[SPEC.function(OPSET)], ir_version=10)
     return m.SerializeToString()
 
 
