@@ -8,8 +8,9 @@ Parts (each runs in its own subprocess, so one failing or crashing part never st
              path (N6ONNX_MOE_CUDA_TC=1; reported separately); bad inputs (egyptian with G < 3,
              swiglu without W3, drop without importance, k > G) are ORT errors on CUDA, not crashes.
   placement  ORT profiling: the MoE node ran as one kernel on CUDAExecutionProvider.
-  sanitizer  the CUDA-kernel contract (a subset of samples) under `compute-sanitizer --tool
-             memcheck`; must report 0 errors.
+  sanitizer  the CUDA kernels (4 samples x float32 / float16 / float16 tensor cores, all nodes of one
+             model, one session per dtype and path) under `compute-sanitizer --tool memcheck`; must
+             report 0 errors and match the reference.
   bench      benchmarks/moe_ops.py --provider cuda (sparse op vs dense graph vs com.microsoft MoE,
              fp32 and fp16, 128 and 2048 tokens, NVML energy) -> benchmarks/results/moe_ops_cuda.json.
 
@@ -69,6 +70,52 @@ def model(sample) -> bytes:
     return m.SerializeToString()
 
 
+def combined_model(samples) -> tuple[bytes, dict]:
+    """All samples as separate MoE nodes of one graph (inputs and outputs prefixed s<i>_): one
+    session runs them all (used under compute-sanitizer, where each session start is slow)."""
+    inputs, nodes, outputs, feeds = [], [], [], {}
+    for i, s in enumerate(samples):
+        p = f"s{i}_"
+        for k, v in s.feeds.items():
+            inputs.append(helper.make_tensor_value_info(p + k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
+            feeds[p + k] = v
+        names = [p + n if n in s.feeds else "" for n in SPEC.inputs]
+        while names and names[-1] == "":
+            names.pop()
+        nodes.append(helper.make_node("MoE", names, [p + "Y"], domain=DOMAIN, name=f"moe{i}", **s.attrs))
+        et = helper.np_dtype_to_tensor_dtype(s.feeds["X"].dtype)
+        outputs.append(helper.make_tensor_value_info(p + "Y", et, [None, None]))
+    g = helper.make_graph(nodes, "moe_all", inputs, outputs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+                          functions=[SPEC.function(OPSET)])
+    return m.SerializeToString(), feeds
+
+
+def part_kernel_only(args) -> dict:
+    """The CUDA kernel (and the float16 tensor-core path) on the sanitizer samples, one session per
+    dtype and path, every sample's output against the reference."""
+    lib = _library.library_path("cuda")
+    rows, failures = [], []
+    for dtype in SPEC.dtypes:
+        samples = [s for s in SPEC.samples(dtype) if s.id in SANITIZER_SAMPLES]
+        model_bytes, feeds = combined_model(samples)
+        for tc in ((False, True) if dtype == "float16" else (False,)):
+            os.environ["N6ONNX_MOE_CUDA_TC"] = "1" if tc else "0"
+            try:
+                outs = session(model_bytes, lib, True).run(None, feeds)
+            except Exception as e:
+                failures.append(f"{dtype}/tc={tc}: {str(e)[:300]}")
+                continue
+            for s, got in zip(samples, outs):
+                ref = SPEC.reference(*[s.feeds.get(n) for n in SPEC.inputs], **s.attrs)
+                r = check(got, ref, SPEC.tolerance(dtype))
+                rows.append({"sample": s.id, "dtype": dtype, "tensor_cores": tc, **r})
+                if not r["ok"]:
+                    failures.append(f"{s.id}/{dtype}/tc={tc}")
+    os.environ.pop("N6ONNX_MOE_CUDA_TC", None)
+    return {"ok": not failures, "cases": len(rows), "failures": failures, "rows": rows}
+
+
 def session(model_bytes: bytes, lib, target: bool, profile: str | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -98,8 +145,6 @@ def part_contract(args) -> dict:
     t0, slow = time.time(), []
     for dtype in SPEC.dtypes:
         for s in SPEC.samples(dtype):
-            if args.kernel_only and s.id not in SANITIZER_SAMPLES:
-                continue
             ref = SPEC.reference(*[s.feeds.get(n) for n in SPEC.inputs], **s.attrs)
             tol = SPEC.tolerance(dtype)
             m = model(s)
@@ -107,12 +152,11 @@ def part_contract(args) -> dict:
             modes = {"cuda_kernel": (cuda_lib, True)}
             if dtype == "float16":  # the opt-in tensor-core path (N6ONNX_MOE_CUDA_TC=1)
                 modes["cuda_kernel_tc"] = (cuda_lib, True)
-            if not args.kernel_only:
-                modes["cpu_kernel"] = (cpu_lib, False)
-                if time.time() - t0 < args.contract_budget or s.id in SANITIZER_SAMPLES:
-                    modes["fallback_on_target"] = (None, True)
-                else:  # over the time budget: the fallback-on-CUDA check is left out for this sample
-                    slow.append(f"{s.id}/{dtype}")
+            modes["cpu_kernel"] = (cpu_lib, False)
+            if time.time() - t0 < args.contract_budget or s.id in SANITIZER_SAMPLES:
+                modes["fallback_on_target"] = (None, True)
+            else:  # over the time budget: the fallback-on-CUDA check is left out for this sample
+                slow.append(f"{s.id}/{dtype}")
             outs = {}
             for mode, (lib, target) in modes.items():
                 try:
@@ -130,7 +174,7 @@ def part_contract(args) -> dict:
             if "cuda_kernel_tc" in modes and not row["cuda_kernel_tc"]["ok"]:
                 tc_failures.append(f"{s.id}/{dtype}")
             cases.append(row)
-    bad = [] if args.kernel_only else bad_inputs(cuda_lib)
+    bad = bad_inputs(cuda_lib)
     ok = not failures and all(b["ok"] for b in bad)
     os.environ.pop("N6ONNX_MOE_CUDA_TC", None)
     # the tensor-core path is opt-in: reported separately, it does not fail the default contract
@@ -192,8 +236,7 @@ def part_sanitizer(args, tmp: pathlib.Path) -> dict:
         return {"ran": False, "ok": None, "why": "compute-sanitizer not found"}
     log, sub = tmp / "memcheck.log", tmp / "memcheck_contract.json"
     cmd = [exe, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50", "--log-file", str(log),
-           sys.executable, str(pathlib.Path(__file__).resolve()), "--part", "contract", "--kernel-only",
-           "--part-out", str(sub)]
+           sys.executable, str(pathlib.Path(__file__).resolve()), "--part", "kernel_only", "--part-out", str(sub)]
     t0 = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.sanitizer_timeout)
@@ -255,10 +298,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-dry-run", action="store_true")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--part-out", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--kernel-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--contract-budget", type=float, default=20.0,
                     help="seconds; past it the fallback-on-CUDA check runs only for the sanitizer samples")
-    ap.add_argument("--sanitizer-timeout", type=int, default=35)
+    ap.add_argument("--sanitizer-timeout", type=int, default=45)
     ap.add_argument("--bench-timeout", type=int, default=50)
     ap.add_argument("--part-timeout", type=int, default=120)
     args = ap.parse_args(argv)
@@ -276,6 +318,7 @@ def main(argv=None) -> int:
                 os.environ["N6ONNX_CUDA_LIBRARY"] = str(_library.library_path("cpu"))
             with tempfile.TemporaryDirectory() as tmp:
                 fn = {"contract": part_contract, "placement": part_placement, "bench": part_bench,
+                      "kernel_only": part_kernel_only,
                       "sanitizer": lambda a: part_sanitizer(a, pathlib.Path(tmp))}[args.part]
                 res = fn(args)
         except Exception:
