@@ -237,6 +237,8 @@ def part_sanitizer(args, tmp: pathlib.Path) -> dict:
     log, sub = tmp / "memcheck.log", tmp / "memcheck_contract.json"
     cmd = [exe, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50", "--log-file", str(log),
            sys.executable, str(pathlib.Path(__file__).resolve()), "--part", "kernel_only", "--part-out", str(sub)]
+    if args.cpu_dry_run:
+        cmd.append("--cpu-dry-run")
     t0 = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.sanitizer_timeout)
