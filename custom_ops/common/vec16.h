@@ -19,6 +19,22 @@ namespace n6 {
 typedef float VF __attribute__((vector_size(64)));
 typedef int32_t VI __attribute__((vector_size(64)));
 inline constexpr int kVF = 16;
+// Register-tile vectors of the ISA's native width (AVX2: 8 lanes, generic x86-64: 4): a 16-lane
+// vector there is several registers and register tiles of them spill.
+typedef float VF8 __attribute__((vector_size(32)));
+typedef float VF4 __attribute__((vector_size(16)));
+template <class V>
+inline constexpr int kLanes = static_cast<int>(sizeof(V) / sizeof(float));
+template <class V>
+N6_INLINE V LoadT(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V>
+N6_INLINE void StoreT(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
 N6_INLINE VF LoadV(const float* p) {
   VF v;

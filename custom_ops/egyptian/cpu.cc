@@ -4,8 +4,8 @@
 // Work split: one task per (batch, head, block of kBQ queries), on the session's intra-op pool.
 //   full / local heads: flash-style streaming softmax over key blocks of kBK. K is transposed
 //     once per head into [dh, L] (a parallel pre-pass); S = Q.K^T and O += P.V run as register
-//     tiles of 4 queries x 16 lanes (AVX-512: x 32, enough independent accumulators to hide the
-//     FMA latency), explicit 16-lane vectors (common/vec16.h). Per query the running max m, sum l
+//     tiles (AVX-512: 8 queries x 32 lanes, AVX2: 4 x 16, generic: 4 x 8: enough independent
+//     accumulators to hide the FMA latency, none spilled), explicit vectors (common/vec16.h). Per query the running max m, sum l
 //     and output accumulator are rescaled once per key block. A local head visits only the keys
 //     [i0 - w/2, i1 - 1 + w/2] of its query block (O(L * (window + kBQ) * dh)), masking per query
 //     |i - j| > w/2.
@@ -103,54 +103,56 @@ N6_INLINE void GlobalBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
   }
 }
 
-constexpr int kRows = 4;  // queries per register tile (x 16 keys or channels)
-static_assert(kBK % kVF == 0, "key block must be whole vectors");
+static_assert(kBK % (2 * kVF) == 0 && kBQ % 8 == 0, "key blocks of whole register tiles");
 
 struct Scratch {
   std::vector<float> s, o, m, l, zero;
 };
 
-// S[r][jc .. jc+16*kCV) = q_r . kt[:, jc .. jc+16*kCV) for 4 query rows: 4*kCV independent
-// vector accumulators (kCV = 2 on AVX-512, whose 32 registers hold them, so the FMA latency is
-// hidden; 1 elsewhere).
-template <int kCV>
+// S[r][jc .. jc+W) = q_r . kt[:, jc .. jc+W), W = kCV * lanes of V, for kRows query rows:
+// kRows*kCV independent vector accumulators (AVX-512: 8 x 2 zmm of its 32 registers, which hides
+// the FMA latency and loads 0.6 operands per FMA; AVX2: 4 x 2 ymm; generic: 4 x 2 xmm).
+template <class V, int kRows, int kCV>
 N6_INLINE void ScoreTile(const float* const* q, const float* __restrict kt, int64_t ldk, int64_t dh, int jc,
                          float* __restrict S) {
-  VF acc[kRows][kCV];
+  constexpr int N = kLanes<V>;
+  V acc[kRows][kCV];
   for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < kCV; ++c) acc[r][c] = Splat(0.0f);
+    for (int c = 0; c < kCV; ++c) acc[r][c] = V{};
   for (int64_t d = 0; d < dh; ++d) {
-    VF kr[kCV];
-    for (int c = 0; c < kCV; ++c) kr[c] = LoadV(kt + d * ldk + jc + c * kVF);
+    V kr[kCV];
+    for (int c = 0; c < kCV; ++c) kr[c] = LoadT<V>(kt + d * ldk + jc + c * N);
     for (int r = 0; r < kRows; ++r) {
       const float qd = q[r][d];
       for (int c = 0; c < kCV; ++c) acc[r][c] += kr[c] * qd;
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < kCV; ++c) StoreV(S + r * kBK + jc + c * kVF, acc[r][c]);
+    for (int c = 0; c < kCV; ++c) StoreT<V>(S + r * kBK + jc + c * N, acc[r][c]);
 }
 
-// O[r][d0 .. d0+16*kCV) += sum_j P[r][j] v_j[d0 .. d0+16*kCV) for 4 query rows.
-template <int kCV>
+// O[r][d0 .. d0+W) += sum_j P[r][j] v_j[d0 .. d0+W) for kRows query rows.
+template <class V, int kRows, int kCV>
 N6_INLINE void PvTile(const float* __restrict P, const float* const* v, int nk, int64_t d0, float* __restrict O,
                       int64_t ldo) {
-  VF acc[kRows][kCV];
+  constexpr int N = kLanes<V>;
+  V acc[kRows][kCV];
   for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < kCV; ++c) acc[r][c] = LoadV(O + r * ldo + d0 + c * kVF);
+    for (int c = 0; c < kCV; ++c) acc[r][c] = LoadT<V>(O + r * ldo + d0 + c * N);
   for (int j = 0; j < nk; ++j) {
-    VF vr[kCV];
-    for (int c = 0; c < kCV; ++c) vr[c] = LoadV(v[j] + d0 + c * kVF);
+    V vr[kCV];
+    for (int c = 0; c < kCV; ++c) vr[c] = LoadT<V>(v[j] + d0 + c * N);
     for (int r = 0; r < kRows; ++r) {
       const float pj = P[r * kBK + j];
       for (int c = 0; c < kCV; ++c) acc[r][c] += vr[c] * pj;
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < kCV; ++c) StoreV(O + r * ldo + d0 + c * kVF, acc[r][c]);
+    for (int c = 0; c < kCV; ++c) StoreT<V>(O + r * ldo + d0 + c * N, acc[r][c]);
 }
 
 // Channels past the last whole vector (dh % 16).
+template <int kRows>
 N6_INLINE void PvTail(const float* __restrict P, const float* const* v, int nk, int64_t d0, int64_t dh,
                       float* __restrict O) {
   for (int r = 0; r < kRows; ++r) {
@@ -163,7 +165,7 @@ N6_INLINE void PvTail(const float* __restrict P, const float* const* v, int nk, 
 }
 
 // Full / local head: streaming softmax over key blocks of kBK, register-tiled Q.K^T and P.V.
-template <int kCV>
+template <class V, int kRows, int kCV>
 N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int64_t i1, bool local, Scratch& sc) {
   const int64_t dh = p.dh, nq = i1 - i0;
   const int64_t nqp = (nq + kRows - 1) / kRows * kRows;  // padded with zero queries
@@ -185,10 +187,10 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
   for (int64_t kb = klo; kb <= khi; kb += kBK) {
     const int nk = static_cast<int>(std::min<int64_t>(kBK, khi + 1 - kb));
     for (int j = 0; j < nk; ++j) vrows[j] = p.v + (b * p.L + kb + j) * p.ld + h * dh;
-    constexpr int kW = kCV * kVF;
+    constexpr int kW = kCV * kLanes<V>;
     const int ncol = (nk + kW - 1) / kW * kW;  // kBK is a multiple of kW; kt is zero past L
     for (int64_t qi = 0; qi < nqp; qi += kRows) {
-      for (int jc = 0; jc < ncol; jc += kW) ScoreTile<kCV>(qrows + qi, kth + kb, p.lp, dh, jc, S + qi * kBK);
+      for (int jc = 0; jc < ncol; jc += kW) ScoreTile<V, kRows, kCV>(qrows + qi, kth + kb, p.lp, dh, jc, S + qi * kBK);
     }
     // key padding of this block as an additive bias (0 or -inf; -inf past nk)
     float kbias[kBK];
@@ -235,9 +237,10 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
     if (!any) continue;
     for (int64_t qi = 0; qi < nqp; qi += kRows) {
       int64_t d0 = 0;
-      for (; d0 + kCV * kVF <= dh; d0 += kCV * kVF) PvTile<kCV>(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
-      for (; d0 + kVF <= dh; d0 += kVF) PvTile<1>(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
-      if (d0 < dh) PvTail(S + qi * kBK, vrows, nk, d0, dh, O + qi * dh);
+      constexpr int N = kLanes<V>;
+      for (; d0 + kCV * N <= dh; d0 += kCV * N) PvTile<V, kRows, kCV>(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
+      for (; d0 + N <= dh; d0 += N) PvTile<V, kRows, 1>(S + qi * kBK, vrows, nk, d0, O + qi * dh, dh);
+      if (d0 < dh) PvTail<kRows>(S + qi * kBK, vrows, nk, d0, dh, O + qi * dh);
     }
   }
   for (int64_t qi = 0; qi < nq; ++qi) {
@@ -246,7 +249,7 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
   }
 }
 
-template <int kCV>
+template <class V, int kRows, int kCV>
 N6_INLINE void RunTaskImpl(const Plan& p, size_t task) {
   thread_local Scratch sc;
   const int64_t qb = static_cast<int64_t>(task) % p.nqb;
@@ -258,15 +261,15 @@ N6_INLINE void RunTaskImpl(const Plan& p, size_t task) {
     sc.o.resize(static_cast<size_t>(p.dh));
     GlobalBlock(p, b, h, i0, i1, sc.o.data());
   } else {
-    StreamBlock<kCV>(p, b, h, i0, i1, kind == egyptian::kLocal, sc);
+    StreamBlock<V, kRows, kCV>(p, b, h, i0, i1, kind == egyptian::kLocal, sc);
   }
 }
 
 using TaskFn = void (*)(const Plan&, size_t);
-void TaskGeneric(const Plan& p, size_t t) { RunTaskImpl<1>(p, t); }
+void TaskGeneric(const Plan& p, size_t t) { RunTaskImpl<VF4, 4, 2>(p, t); }
 #if N6_HAVE_ISA_CLONES
-N6_TARGET_AVX2 void TaskAvx2(const Plan& p, size_t t) { RunTaskImpl<1>(p, t); }
-N6_TARGET_AVX512 void TaskAvx512(const Plan& p, size_t t) { RunTaskImpl<2>(p, t); }
+N6_TARGET_AVX2 void TaskAvx2(const Plan& p, size_t t) { RunTaskImpl<VF8, 4, 2>(p, t); }
+N6_TARGET_AVX512 void TaskAvx512(const Plan& p, size_t t) { RunTaskImpl<VF, 8, 2>(p, t); }
 #endif
 TaskFn SelectTaskFn() {
 #if N6_HAVE_ISA_CLONES
@@ -325,24 +328,27 @@ void WidenTask(void* data, size_t task) {
 // The node's attributes (absent optional ones keep their defaults; a missing num_heads is reported
 // at run time). Shared with egyptian/cuda_op.cc.
 egyptian::Attrs ReadEgyptianAttrs(const OrtKernelInfo* info) {
+  // The C API (status, not exceptions): an absent optional attribute is the normal case.
+  const OrtApi& api = Ort::GetApi();
+  auto found = [&api](OrtStatus* st) {
+    if (st == nullptr) return true;
+    api.ReleaseStatus(st);
+    return false;
+  };
   egyptian::Attrs attrs;
-  Ort::ConstKernelInfo ki(info);
-  try {
-    attrs.num_heads = ki.GetAttribute<int64_t>("num_heads");
-  } catch (...) {
+  if (!found(api.KernelInfoGetAttribute_int64(info, "num_heads", &attrs.num_heads))) {
     attrs.error = "the attribute num_heads (int) is required";
   }
-  try {
-    attrs.window = ki.GetAttribute<int64_t>("window");
-  } catch (...) {
-  }
-  try {
-    attrs.scale = ki.GetAttribute<float>("scale");
-  } catch (...) {
-  }
-  try {
-    attrs.head_kinds = ki.GetAttributes<int64_t>("head_kinds");
-  } catch (...) {
+  int64_t window = 0;
+  if (found(api.KernelInfoGetAttribute_int64(info, "window", &window))) attrs.window = window;
+  float scale = 0.0f;
+  if (found(api.KernelInfoGetAttribute_float(info, "scale", &scale))) attrs.scale = scale;
+  size_t n = 0;
+  if (found(api.KernelInfoGetAttributeArray_int64(info, "head_kinds", nullptr, &n)) && n > 0) {
+    attrs.head_kinds.resize(n);
+    if (!found(api.KernelInfoGetAttributeArray_int64(info, "head_kinds", attrs.head_kinds.data(), &n))) {
+      attrs.error = "could not read the attribute head_kinds";
+    }
   }
   return attrs;
 }
@@ -403,7 +409,9 @@ struct EgyptianCpu {
       bool streamed = false;
       for (int kind : pr.kinds) streamed = streamed || kind != egyptian::kGlobal;
       if (streamed) {
-        kt.resize(static_cast<size_t>(p.B * p.H * p.dh * p.lp));
+        // + kBK: a local head's key blocks start anywhere, so a register tile may read up to a tile
+        // past L (those columns are masked); the last head's last row must not end the buffer there
+        kt.resize(static_cast<size_t>(p.B * p.H * p.dh * p.lp + kBK));
         p.kt = kt.data();
         Ort::Status st{Ort::GetApi().KernelContext_ParallelFor(ctx, &TransposeTask, static_cast<size_t>(p.B * p.H), 0, &p)};
         if (!st.IsOK()) return st;

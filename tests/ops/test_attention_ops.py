@@ -208,3 +208,15 @@ def test_function_fallback_at_model_opsets(op, opset):
     ref = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
     tol = spec.tolerance("float32")
     np.testing.assert_allclose(y, ref, rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("L,window", [(128, 64), (192, 10), (64, 200)])
+def test_egyptian_local_heads_block_edges(L, window):
+    """Local heads whose key blocks start anywhere, L a multiple of the 64-key block, windows
+    smaller and larger than L."""
+    rng = np.random.default_rng(L)
+    f = _attn_feeds(rng, 1, L, 3, 16, mask=False)
+    attrs = {"num_heads": 3, "window": window, "head_kinds": [1, 1, 1]}
+    m = _model(EGY, {k: (T["float32"], v.shape) for k, v in f.items()}, attrs)
+    y = _session(m).run(None, f)[0]
+    np.testing.assert_allclose(y, EGY.reference(*f.values(), **attrs), rtol=1e-4, atol=1e-5)
