@@ -37,9 +37,11 @@ results are added back per token in a fixed expert order). The function fallback
 result densely in pure ONNX (every expert on every token, weights from a scatter of the routing),
 so a rewritten model still runs on stock onnxruntime. It needs a default opset >= 17. String
 attributes are decoded inside the body with Unique over [value, options...]; absent optional inputs
-are read through LayerNormalization's optional bias (zeros when absent). Its error checking is
-weaker than the kernels': an unknown routing/activation string fails (a Cast of the string),
-k > G fails in TopK, but a missing importance reads as zeros.
+are read through LayerNormalization's optional bias (zeros when absent); the stable ranks come from
+pairwise comparisons ([N, G, G] and [N, E, E]), not TopK, so no provider's tie order matters. Its
+error checking is weaker than the kernels': an unknown routing/activation string fails (a Cast of
+the string), but k > G selects all G groups, egyptian with G < 3 uses the groups there are, and a
+missing importance reads as zeros.
 """
 
 from __future__ import annotations
@@ -227,6 +229,20 @@ def _graph(b_outer: BodyBuilder, build, out_name: str) -> onnx.GraphProto:
     return helper.make_graph(sub.nodes, out_name + "_g", [], [helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, None)])
 
 
+def _select(b: BodyBuilder, v: str, count: str) -> tuple[str, str]:
+    """For v [N, M]: (mask [N, M] float of the first `count` in a stable descending order, rank
+    [N, M] int64), ties by the lower index first, from pairwise comparisons."""
+    a = b.op("Unsqueeze", v, _ints(b, [2]))  # [N, M, 1]: element i
+    o = b.op("Unsqueeze", v, _ints(b, [1]))  # [N, 1, M]: element j
+    m = b.op("Shape", v, start=1, end=2)
+    idx = b.op("Range", _int(b, 0), b.op("Squeeze", m, _ints(b, [0])), _int(b, 1))
+    lower = b.op("Less", b.op("Unsqueeze", idx, _ints(b, [0])), b.op("Unsqueeze", idx, _ints(b, [1])))  # j < i
+    beats = b.op("Or", b.op("Greater", o, a), b.op("And", b.op("Equal", o, a), lower))
+    rank = b.op("ReduceSum", b.op("Cast", beats, to=onnx.TensorProto.INT64), _ints(b, [2]), keepdims=0)
+    mask = b.op("Cast", b.op("Less", rank, count), to=onnx.TensorProto.FLOAT)
+    return mask, rank
+
+
 def _fail(sb: BodyBuilder, string: str, data: str) -> str:
     """Casting the (unknown) attribute string to a number fails at run time; the string is routed
     through a Where on the data so that constant folding does not try (and warn) at load time."""
@@ -271,39 +287,28 @@ def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
     Hd = b.op("Shape", W1, start=2, end=3)
     Dd = b.op("Shape", X, start=1, end=2)
 
-    # --- routing: selected groups and their weights [N, kk]
+    # --- routing, densely [N, G]: the rank of each logit in a stable descending order, from pairwise
+    # comparisons (no TopK: its tie order is not relied on): rank[g] = #{h: l[h] > l[g]} +
+    # #{h < g: l[h] == l[g]}; group g is selected when rank[g] < kk.
     kk = b.op("Where", is_egy, _int(b, 3), k)  # scalar int64
-    _, idx = b.tmp(), b.tmp()
-    b.nodes.append(helper.make_node("TopK", [lf, b.op("Reshape", kk, _ints(b, [1]))], [_, idx], axis=-1, largest=1,
-                                    sorted=1))
-    p = b.op("Softmax", lf, axis=-1)
-    sel = b.op("GatherElements", p, idx, axis=1)
-    seln = b.op("Div", sel, b.op("ReduceSum", sel, _ints(b, [1]), keepdims=1))
-    topw = b.op("Where", normalize, seln, sel)
-    egy_all = b.tmp()
-    b.nodes.append(helper.make_node("Constant", [], [egy_all], value_floats=[float(v) for v in EGYPTIAN]))
-    ranks = b.op("Min", b.op("Range", _int(b, 0), kk, _int(b, 1)), _int(b, 2))
-    egyw = b.op("Unsqueeze", b.op("Gather", egy_all, ranks), _ints(b, [0]))
-    w = b.op("Where", is_egy, egyw, topw)  # [N, kk]
-    zeros_ng = b.op("ConstantOfShape", b.op("Shape", lf))
-    wg = b.op("ScatterElements", zeros_ng, idx, w, axis=1)
-    ones = b.op("Add", b.op("Mul", w, b.const(0.0)), b.const(1.0))
-    selg = b.op("ScatterElements", zeros_ng, idx, ones, axis=1)
+    sel, rank = _select(b, lf, kk)
+    p = b.op("Mul", b.op("Softmax", lf, axis=-1), sel)
+    topw = b.op("Where", normalize, b.op("Div", p, b.op("ReduceSum", p, _ints(b, [1]), keepdims=1)), p)
+    egy_table = b.tmp()
+    b.nodes.append(helper.make_node("Constant", [], [egy_table], value_floats=[float(v) for v in EGYPTIAN] + [0.0]))
+    egyw = b.op("Gather", egy_table, b.op("Min", rank, _int(b, 3)))
+    wg = b.op("Where", is_egy, egyw, topw)  # [N, G]
     # sub-experts: [N, G] -> [N, G, group] -> [N, E]
     ngs = b.op("Concat", b.op("Shape", lf), group, axis=0)
     n_minus1 = b.op("Concat", b.op("Shape", lf, start=0, end=1), _ints(b, [-1]), axis=0)
     we = b.op("Reshape", b.op("Expand", b.op("Unsqueeze", wg, _ints(b, [2])), ngs), n_minus1)
-    sele = b.op("Reshape", b.op("Expand", b.op("Unsqueeze", selg, _ints(b, [2])), ngs), n_minus1)
+    sele = b.op("Reshape", b.op("Expand", b.op("Unsqueeze", sel, _ints(b, [2])), ngs), n_minus1)
     # drop: keep the S - drop best selected sub-experts by weight * importance (ties: lower index)
     imp = _optional(b, importance, b.const(0.0), E)
     score = b.op("Where", b.op("Cast", sele, to=onnx.TensorProto.BOOL), b.op("Mul", we, imp), b.const(-math.inf))
-    keep_n = b.op("Reshape", b.op("Sub", b.op("Mul", kk, b.op("Squeeze", group, _ints(b, [0]))), drop), _ints(b, [1]))
-    _, kidx = b.tmp(), b.tmp()
-    b.nodes.append(helper.make_node("TopK", [score, keep_n], [_, kidx], axis=-1, largest=1, sorted=1))
-    zeros_ne = b.op("ConstantOfShape", b.op("Shape", we))
-    kones = b.op("Add", b.op("Mul", b.op("Cast", kidx, to=FLOAT), b.const(0.0)), b.const(1.0))
-    keep = b.op("ScatterElements", zeros_ne, kidx, kones, axis=1)
-    wfin = b.op("Mul", we, keep)  # [N, E]
+    keep_n = b.op("Sub", b.op("Mul", kk, b.op("Squeeze", group, _ints(b, [0]))), drop)
+    keep, _ = _select(b, score, keep_n)
+    wfin = b.op("Mul", b.op("Mul", we, sele), keep)  # [N, E]
 
     # --- every expert on every token
     h = b.op("MatMul", xf, b.to_float(W1))  # [E, N, H]
