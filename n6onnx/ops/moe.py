@@ -50,7 +50,7 @@ import math
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ._spec import BodyBuilder, OpSpec, Sample, Tolerance, as_compute
 
@@ -251,7 +251,7 @@ def _fail(sb: BodyBuilder, string: str, data: str) -> str:
     return sb.op("Cast", s, to=onnx.TensorProto.FLOAT)
 
 
-def _act_onnx(sb: BodyBuilder, name: str, h: str, gate=None) -> str:
+def _act_onnx(sb: BodyBuilder, name: str, h: str) -> str:
     if name == "gelu":
         e = sb.op("Erf", sb.op("Mul", h, sb.const(1 / math.sqrt(2.0))))
         return sb.op("Mul", sb.op("Mul", h, sb.const(0.5)), sb.op("Add", e, sb.const(1.0)))

@@ -14,7 +14,7 @@ import pytest
 from onnx import helper
 
 import n6onnx
-from n6onnx.ops import DOMAIN, REGISTRY, Sample
+from n6onnx.ops import DOMAIN, REGISTRY
 from n6onnx.ops.moe import EGYPTIAN, make_feeds, route
 
 SPEC = REGISTRY["MoE"]
