@@ -28,6 +28,9 @@ median and quartiles of the per-run wall time. On CUDA each model holds `copies`
 (independent outputs, run back to back on one stream) and the time per node is the run time /
 copies, so ORT's per-run overhead (~tens of us) is amortised (common-subexpression elimination is
 disabled so ORT cannot merge the copies); --copies 1 gives single-node times.
+CUDA graphs (CUDA, on by default): each variant also as a one-node model captured into a CUDA graph
+(provider option enable_cuda_graph) and replayed: GPU time without ORT's per-node host overhead
+("ms_cuda_graph", "ratios_cuda_graph"); a variant that cannot be captured records the error.
 Energy (CUDA, --energy-seconds > 0, NVML available): whole-board energy over windows of
 back-to-back runs at L = 4096, per run.
 
@@ -147,7 +150,8 @@ def model(variant: str, L: int, dtype: str, copies: int) -> tuple[bytes, dict, d
 
 
 class Runner:
-    def __init__(self, variant, L, dtype, copies, provider, device_id, threads, feeds_dev, profile_prefix=None):
+    def __init__(self, variant, L, dtype, copies, provider, device_id, threads, feeds_dev, profile_prefix=None,
+                 cuda_graph=False):
         self.variant = variant
         self.copies = copies
         so = ort.SessionOptions()
@@ -161,7 +165,10 @@ class Runner:
             so.profile_file_prefix = profile_prefix
         if variant in OURS:
             so.register_custom_ops_library(str(n6onnx.library_path("cuda" if provider == CUDA else "cpu")))
-        provs = [(CUDA, {"device_id": device_id}), CPU] if provider == CUDA else [CPU]
+        cuda_opts = {"device_id": device_id}
+        if cuda_graph:  # the whole run replayed as one CUDA graph: no per-node host overhead
+            cuda_opts["enable_cuda_graph"] = "1"
+        provs = [(CUDA, cuda_opts), CPU] if provider == CUDA else [CPU]
         m, ins, outs = model(variant, L, dtype, copies)
         # CSE off: it would merge the identical copies' shared subgraphs (e.g. mha_block's QKV projection)
         self.sess = ort.InferenceSession(m, so, providers=provs, disabled_optimizers=["CommonSubexpressionElimination"])
@@ -209,7 +216,7 @@ def reps_for(provider: str, L: int, quick: bool) -> int:
 
 def run(provider: str = CPU, dtypes=("float32",), lengths=LENGTHS, threads: int = 2, device_id: int = 0,
         copies: int = 1, quick: bool = False, energy_seconds: float = 0.0, variants=VARIANTS,
-        full_max_len: int = 8192, out_name: str | None = None) -> dict:
+        full_max_len: int = 8192, out_name: str | None = None, cuda_graph: bool = True) -> dict:
     dev = "cuda" if provider == CUDA else "cpu"
     results, placements, energy = {}, {}, {}
     nvml = None
@@ -271,6 +278,38 @@ def run(provider: str = CPU, dtypes=("float32",), lengths=LENGTHS, threads: int 
             if nvml is not None and L == 4096:
                 energy[dtype] = {v: energy_window(nvml, r, energy_seconds) for v, r in runners.items()}
             del runners
+            if provider == CUDA and cuda_graph:
+                # GPU time without ORT's per-node host overhead: one node per model, captured once into a
+                # CUDA graph and replayed (IO binding at fixed addresses)
+                graphs = {}
+                for v in vs:
+                    try:
+                        r = Runner(v, L, dtype, 1, provider, device_id, threads, feeds_dev, cuda_graph=True)
+                        r.run(3)  # warm-up and capture
+                        graphs[v] = r
+                    except Exception as e:  # noqa: BLE001
+                        row.setdefault(v, {})["cuda_graph_error"] = f"{type(e).__name__}: {e}"[:300]
+                gt = {v: [] for v in graphs}
+                for _ in range(reps):
+                    for v, r in graphs.items():
+                        gt[v].append(r.run(10) * 1e3)
+                for v, ts in gt.items():
+                    row.setdefault(v, {})["ms_cuda_graph"] = summary(ts)
+                gm = {v: row[v]["ms_cuda_graph"]["median"] for v in gt}
+
+                def gratio(a, b):
+                    return gm[a] / gm[b] if a in gm and b in gm else None
+
+                row["ratios_cuda_graph"] = {
+                    "mha_over_fftmix": gratio("mha", "fftmix"),
+                    "mha_over_fftmix_linear": gratio("mha", "fftmix_linear"),
+                    "mha_block_over_fftmix_linear": gratio("mha_block", "fftmix_linear"),
+                    "egyptian_saving_vs_egyptian_full": (1 - gm["egyptian"] / gm["egyptian_full"])
+                    if "egyptian" in gm and "egyptian_full" in gm else None,
+                    "egyptian_saving_vs_mha": (1 - gm["egyptian"] / gm["mha"]) if "egyptian" in gm and "mha" in gm else None,
+                }
+                print(f"  cuda graph: " + ", ".join(f"{v} {m:.4f} ms" for v, m in gm.items()), flush=True)
+                del graphs
             gc.collect()
     payload = {
         "what": "FFTMix / EgyptianAttention kernels vs com.microsoft MultiHeadAttention (benchmarks/attention_ops.py)",
@@ -304,6 +343,7 @@ def main() -> None:
     ap.add_argument("--energy-seconds", type=float, default=1.0, help="CUDA only; 0 disables")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full-max-len", type=int, default=8192, help="skip egyptian_full above this L")
+    ap.add_argument("--no-cuda-graph", action="store_true", help="CUDA: skip the CUDA-graph timings")
     args = ap.parse_args()
     provider = CUDA if args.provider == "cuda" else CPU
     if provider not in ort.get_available_providers():
@@ -311,7 +351,8 @@ def main() -> None:
     run(provider, dtypes=("float32", "float16") if provider == CUDA else ("float32",),
         lengths=tuple(int(x) for x in args.lengths.split(",")), threads=args.threads, device_id=args.device_id,
         copies=args.copies or (8 if provider == CUDA else 1), quick=args.quick,
-        energy_seconds=args.energy_seconds if provider == CUDA else 0.0, full_max_len=args.full_max_len)
+        energy_seconds=args.energy_seconds if provider == CUDA else 0.0, full_max_len=args.full_max_len,
+        cuda_graph=not args.no_cuda_graph)
 
 
 if __name__ == "__main__":

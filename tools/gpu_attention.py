@@ -51,6 +51,7 @@ TARGET = {"provider": CUDA}  # --cpu-dry-run: CPU stands in (tests this script w
 OPS = ("FFTMix", "EgyptianAttention")
 DTYPES = ("float32", "float16")
 RESULTS = ROOT / "benchmarks" / "results"
+PART_TIMEOUT = {"contract": 150, "sanitizer": 300, "bench": 300}  # seconds; normal runs take far less
 # --kernel-only (the memcheck run): float32 and float16 x these (odd / even D, L < every window,
 # L = 1, head sizes 4 / 20 / 32 / 64 / 128, no key at all, no mask)
 MEMCHECK_SAMPLES = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L10_not_divisible",
@@ -253,6 +254,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-dry-run", action="store_true", help="no GPU: the CPU provider stands in for CUDA")
     ap.add_argument("--sanitizer-timeout", type=int, default=240)
     ap.add_argument("--bench-lengths", default="512,2048,4096,8192")
+    ap.add_argument("--in-process", action="store_true", help="run all parts in this process")
     args = ap.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     if args.cpu_dry_run:
@@ -279,6 +281,32 @@ def main(argv=None) -> int:
         write_json(pathlib.Path(args.out), payload)
         print(payload["error"], file=sys.stderr)
         return 2
+    if len(parts) > 1 and not args.in_process:
+        # Each part in its own process: a kernel fault (sticky CUDA error, crash) in one part
+        # cannot take the others down.
+        oks = []
+        with tempfile.TemporaryDirectory(prefix="n6attn") as td:
+            for part in [p for p in ("contract", "sanitizer", "bench") if p in parts]:
+                sub = pathlib.Path(td) / f"{part}.json"
+                cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--only", part, "--out", str(sub),
+                       "--bench-lengths", args.bench_lengths] + (["--cpu-dry-run"] if args.cpu_dry_run else [])
+                t0 = time.time()
+                try:
+                    p = subprocess.run(cmd, capture_output=True, text=True, timeout=PART_TIMEOUT[part])
+                    rc, tail = p.returncode, (p.stdout + p.stderr)[-3000:]
+                except subprocess.TimeoutExpired as e:
+                    rc, tail = None, f"timed out after {PART_TIMEOUT[part]} s: {str(e.stdout or '')[-1500:]}"
+                print(tail.strip().splitlines()[-1] if tail.strip() else f"{part}: no output", flush=True)
+                got = json.loads(sub.read_text()) if sub.exists() else {}
+                payload[part] = got.get(part, {"ok": False, "exit_status": rc, "output_tail": tail})
+                payload[part]["process_seconds"] = round(time.time() - t0, 1)
+                if part != "sanitizer" or payload[part].get("ran", True):
+                    oks.append(bool(payload[part].get("ok")))
+        payload["ok"] = all(oks)
+        write_json(pathlib.Path(args.out), payload)
+        print(f"wrote {args.out}: ok={payload['ok']}")
+        return 0 if payload["ok"] else 1
+
     oks = []
     with tempfile.TemporaryDirectory(prefix="n6attn") as td:
         tmp = pathlib.Path(td)
