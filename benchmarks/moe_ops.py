@@ -236,6 +236,10 @@ def bench(provider: str, tokens: list[int], dtypes: list[str], rounds: dict, thr
                     runners[v].run(1)
                 except Exception as e:  # e.g. no com.microsoft MoE kernel for this provider / dtype
                     skipped[v] = str(e).splitlines()[0][:300]
+            if not runners:  # nothing could run (e.g. the models were rejected): record why, go on
+                rows.append({"tokens": n, "dtype": dtype, "skipped": skipped})
+                print(f"{provider[:4]} {dtype:8s} N={n:5d} nothing ran: {skipped}", flush=True)
+                continue
             outs = {v: r.output().astype(np.float64) for v, r in runners.items()}
             base = outs.get("dense")
             check = {v: float(np.abs(o - base).max()) for v, o in outs.items() if base is not None}

@@ -86,7 +86,7 @@ def combined_model(samples) -> tuple[bytes, dict]:
         outputs.append(helper.make_tensor_value_info(p + "Y", et, [None, None]))
     g = helper.make_graph(nodes, "moe_all", inputs, outputs)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-                          functions=[SPEC.function(OPSET)])
+                          functions=[SPEC.function(OPSET)], ir_version=10)  # onnxruntime-gpu 1.31: IR <= 13
     return m.SerializeToString(), feeds
 
 
