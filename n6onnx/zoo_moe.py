@@ -47,8 +47,9 @@ def loop_moe_class():
     class LoopMoE(nn.Module):
         """Router Linear(D, E) with bias -> softmax -> top-k -> renormalise; every expert is
         Linear(D, H) -> GELU -> Linear(H, D); tokens reach an expert through an index mask.
-        ``routing``: "topk" (default), "egyptian" (1/2, 1/3, 1/6 on the best three) or "equal3"
-        (1/3 each on the best three) - the latter two for training comparisons."""
+        ``routing``: "topk" (default), "topk_softmax" (top-k of the logits, then a softmax of the k
+        values: the same weights, another graph), "egyptian" (1/2, 1/3, 1/6 on the best three) or
+        "equal3" (1/3 each on the best three) - the latter two for training comparisons."""
 
         def __init__(self, d: int, hidden: int, experts: int = 8, k: int = 2, routing: str = "topk"):
             super().__init__()
@@ -62,6 +63,9 @@ def loop_moe_class():
             if self.routing == "topk":
                 w, idx = torch.softmax(logits, -1).topk(self.k, -1)
                 return w / w.sum(-1, keepdim=True), idx
+            if self.routing == "topk_softmax":
+                v, idx = logits.topk(self.k, -1)
+                return torch.softmax(v, -1), idx
             _, idx = logits.topk(3, -1)
             fixed = [1 / 2, 1 / 3, 1 / 6] if self.routing == "egyptian" else [1 / 3] * 3
             return torch.tensor(fixed, dtype=x.dtype).expand(idx.shape), idx

@@ -236,3 +236,20 @@ def test_with_the_library_kernel(option, tmp_path):
 def test_deterministic():
     path = _path("mixtral", "torchscript")
     assert _rewrite(path, "phi:2")[0] == _rewrite(path, "phi:2")[0]
+
+
+def test_topk_before_softmax_form(tmp_path):
+    """Top-k of the raw logits, then a softmax over the k values (renormalised weights)."""
+    import torch
+
+    tm = zoo_moe.load_torch_model("loop")
+    for layer in tm.moe:
+        layer.routing = "topk_softmax"
+    feeds = _feeds("loop")
+    path = tmp_path / "topk_softmax.onnx"
+    zoo_moe.export_module(tm, tuple(torch.from_numpy(v) for v in feeds.values()), list(feeds), path, "torchscript")
+    rep = n6onnx.inspect(path).kinds["moe"]
+    assert rep.found == 2 and all(s.detail["normalize"] == 1 for s in rep.sites)
+    proto, r = _rewrite(path, "sparse")
+    assert r.rewritten == 2
+    np.testing.assert_allclose(_ort(proto, feeds), _ort(path, feeds), rtol=1e-4, atol=1e-4)
