@@ -1,11 +1,11 @@
 // EgyptianAttention CUDA kernels (float32 / float16 storage, fp32 compute).
 //
-// Full and local heads: StreamKernel, flash-style. A block of 64 threads owns a tile of 32
+// Full and local heads: StreamKernel, flash-style. A block of 128 threads owns a tile of 64
 // queries of one (batch, head); two threads per query, each holding half of the output channels
 // and half of each key tile's scores in registers. Key tiles of 32 are staged in shared memory
 // (K transposed, V as rows); per tile: scores (q pre-scaled), the online-softmax update (running
 // max / sum, output rescale; the pair exchanges max and sum with one shuffle each), P.V. A local
-// head visits only the key tiles within window/2 of its query tile: O(L * (window + 32) * dh).
+// head visits only the key tiles within window/2 of its query tile: O(L * (window + 64) * dh).
 // Global heads: GlobalKernel, one warp per (batch, query, head) over keys {0, L-1}: O(L * dh).
 // Head size up to 128 (instantiations for 32, 64, 128 channels); larger is refused.
 #include "common/cuda_helpers.cuh"
@@ -15,13 +15,9 @@ namespace n6 {
 namespace cuda {
 namespace {
 
-// 32 queries per block (not 64): twice the blocks, so the long full-head blocks spread over the
-// multiprocessors evenly and the short local / global heads' saving shows in the run time (with
-// 64, at L = 2048 every block is resident at once and the run lasts as long as the multiprocessor
-// holding the most full-head blocks).
-constexpr int kQT = 32;       // queries per block
-constexpr int kKT = 32;       // keys per tile
-constexpr int kThreads = 64;  // 2 per query
+constexpr int kQT = 64;        // queries per block
+constexpr int kKT = 32;        // keys per tile
+constexpr int kThreads = 128;  // 2 per query
 constexpr float kNegInf = -__builtin_huge_valf();
 
 template <class S>
