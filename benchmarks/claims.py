@@ -756,7 +756,11 @@ def attention_rows(res: Results) -> dict[str, Row]:
         files, detail, where = [], [], []
         verdict = ""
         if mine:
-            verdict = note + "; ".join(f"{_row_name(r)}: {_row_summary(r)}" for r in mine) + "."
+            verdict = note + "; ".join(
+                f"{_row_name(r)}: {_row_summary(r)}"
+                + (f", keys scored per query {pct(r['attention_core_work_ratio_L128'])} of full attention at L=128 "
+                   f"(analytic)" if finite(r.get("attention_core_work_ratio_L128")) is not None else "")
+                for r in mine) + "."
             files.append(res.rel(fname))
             detail += [f"Method (from {fname}): {d.get('method', 'not recorded')}", ""] + generic_table(mine)
             where.append(_generic_where(d))
