@@ -741,10 +741,10 @@ def future_row(res: Results, key: str, caps) -> Row:
 
 def attention_rows(res: Results) -> dict[str, Row]:
     """The FFT-Mix and Egyptian-attention rows from benchmarks/attention_e2e.py's result (pretrained
-    all-MiniLM-L6-v2) plus, when present, the op-level result attention_ops_cpu.json."""
+    all-MiniLM-L6-v2) plus, when present, the op-level results attention_ops_{cpu,cuda}.json."""
     out: dict[str, Row] = {}
-    fname, oname = "attention_minilm.json", "attention_ops_cpu.json"
-    d, ops = res.load(fname), res.load(oname)
+    fname = "attention_minilm.json"
+    d = res.load(fname)
     rr = _rows_of(d) if d else []
     for key, prefix, note in (
             ("fftmix", "fftmix", "FFT-Mix replaces whole attention blocks of a pretrained model without training (the "
@@ -764,20 +764,34 @@ def attention_rows(res: Results) -> dict[str, Row]:
             files.append(res.rel(fname))
             detail += [f"Method (from {fname}): {d.get('method', 'not recorded')}", ""] + generic_table(mine)
             where.append(_generic_where(d))
-        orows = [r for r in _rows_of(ops) if prefix in _row_name(r).lower()] if ops else []
-        if orows:
-            verdict += (" Op level (" + oname + "): "
-                        + "; ".join(f"{_row_name(r)}: " + ", ".join(f"{k} {generic_value(v)}" for k, v in r.items()
-                                                                     if k not in ("variant", "name", "label")
-                                                                     and generic_value(v) is not None)
-                                    for r in orows) + ".")
-            files.append(res.rel(oname))
-            detail += ["", f"Op level ({oname}):", ""] + generic_table(orows)
-            where.append(_generic_where(ops))
+        for oname, ops in (("attention_ops_cpu.json", res.load("attention_ops_cpu.json")),
+                           ("attention_ops_cuda.json", res.load("attention_ops_cuda.json"))):
+            ol = _attention_ops_sentence(ops, prefix)
+            if ol:
+                verdict += f" Op level ({oname}, {ops.get('provider', '?')}): {ol}."
+                files.append(res.rel(oname))
+                where.append(_generic_where(ops))
         if files:
             out[key] = Row(name + " (all-MiniLM-L6-v2)" if mine else name, source, verdict.strip(), "; ".join(where),
                            files, detail, name)
     return out
+
+
+def _attention_ops_sentence(ops: dict | None, prefix: str) -> str:
+    """benchmarks/attention_ops.py's results ({"dtype/L": {"ratios": ...}}) as one sentence."""
+    if not ops or not isinstance(ops.get("results"), dict):
+        return ""
+    bits = []
+    for k, v in ops["results"].items():
+        r = (v or {}).get("ratios") or {}
+        if prefix == "fftmix" and finite(r.get("mha_over_fftmix")) is not None:
+            bits.append(f"{k}: MultiHeadAttention / FFTMix {ratio_x(r['mha_over_fftmix'])}, attention sub-layer / "
+                        f"(FFTMix + Linear) {ratio_x(r.get('mha_block_over_fftmix_linear'))}")
+        elif prefix == "egyptian" and finite(r.get("egyptian_saving_vs_egyptian_full")) is not None:
+            bits.append(f"{k}: time saved vs all heads full {pct(r['egyptian_saving_vs_egyptian_full'])}, vs "
+                        f"MultiHeadAttention {pct(r.get('egyptian_saving_vs_mha'))} (analytic FLOP saving "
+                        f"{pct(v.get('analytic_flop_saving_632'))})")
+    return "; ".join(bits)
 
 
 def moe_rows(res: Results) -> dict[str, Row] | None:

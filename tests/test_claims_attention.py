@@ -20,8 +20,13 @@ def test_attention_rows(claims, tmp_path):  # noqa: F811
     egy = row(v, "Egyptian attention")
     assert "egyptian (locality): cosine 0.9336" in egy[2] and "fftmix" not in egy[2]
     assert fft[4].endswith("attention_minilm.json`")
-    put(res, "attention_ops_cpu.json", {"generated": "g", "method": "fake ops", "rows": [
-        {"name": "FFTMix L=512", "speedup": 3.5}, {"name": "EgyptianAttention L=2048", "speedup": 1.9}]})
+    put(res, "attention_ops_cpu.json", {"generated": "g", "method": "fake ops", "provider": "CPUExecutionProvider",
+                                        "results": {"float32/L512": {"ratios": {
+                                            "mha_over_fftmix": 9.87, "mha_block_over_fftmix_linear": 2.15,
+                                            "egyptian_saving_vs_egyptian_full": 0.1836, "egyptian_saving_vs_mha": -0.21},
+                                            "analytic_flop_saving_632": 0.4584}}})
     v = verdicts(claims.generate(res, None))
-    assert "FFTMix L=512: speedup 3.5" in row(v, "FFT-Mix")[2]
-    assert "EgyptianAttention L=2048: speedup 1.9" in row(v, "Egyptian attention")[2]
+    f2 = row(v, "FFT-Mix")
+    assert "float32/L512: MultiHeadAttention / FFTMix 9.87x, attention sub-layer / (FFTMix + Linear) 2.15x" in f2[2]
+    e2 = row(v, "Egyptian attention")[2]
+    assert "time saved vs all heads full 18.4%" in e2 and "analytic FLOP saving 45.8%" in e2
