@@ -213,6 +213,9 @@ def test_lower_isa_paths(isa, monkeypatch, tmp_path):
         "r = SPEC.reference(*[f.get(n) for n in SPEC.inputs], **a)\n"
         "np.testing.assert_allclose(y, r, rtol=1e-4, atol=1e-4)\n" % os.path.dirname(__file__)
     )
-    env = dict(os.environ, N6ONNX_ISA=isa)
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    # The child must load the same library as this process (from the repo root, `python -c` would
+    # import the source tree, which has no built library): pass it explicitly, run elsewhere.
+    env = dict(os.environ, N6ONNX_ISA=isa, N6ONNX_LIBRARY=str(n6onnx.library_path()))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
