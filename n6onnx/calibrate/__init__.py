@@ -118,6 +118,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
     orig = collect.collect(ir.to_proto(original), [n for b in todo for n in names(b)], batches, threads)
     layers = []
     graph = model.graph
+    sweep = collect.Sweep(batches, threads)
     for i, b in enumerate(todo):
         if progress:
             progress(b.act.name, i)
@@ -129,15 +130,15 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         # the up-projection output already contains a Gemm's C; a separate bias is added here
         separate_bias = slot is not None and slot[0] is not b.up.node
         upv = b.up.node.outputs[0].name
-        cur = collect.collect(ir.to_proto(model), [upv] + ([b.residual.name] if b.residual is not None else []),
-                              batches, threads)
+        res = b.residual.name if b.residual is not None else None
+        cur = sweep.step(model, [upv] + ([res] if res else []), res)
         z = cur[upv] + (b1 if separate_bias else 0)
         explicit = []
         dtype = _np(b.up.weight).dtype
         w1 = _weight_hd(b.up)
         b1_total = b1
-        g = fit.gelu(z, variant)
-        af = fit.fit_affine_activation(z, g, act)
+        wts = stream_weights(orig, b)
+        af = fit.fit_affine_activation(z, lambda x: fit.gelu(x, variant), act, weights=wts)
         # (alpha, beta) into the down projection, then the refit. The folded graph's activation
         # outputs P = act(a z + c); the down projection sees P, so P is the regression input.
         Y = act((af.a * z + af.c).astype(np.float32))
@@ -149,13 +150,13 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         target = orig[b.out.name]
         if b.residual is not None:
             target = orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
-        var = float(np.var(target)) + 1e-12
+        var = weighted_var(target, wts)
         if refit:
-            rf = fit.ridge_refit(Y, target, w2f, b2f)
+            rf = fit.ridge_refit(Y, target, w2f, b2f, weights=wts)
             w2n, b2n, err_f, err, lam = rf.W, rf.b, rf.err_prior, rf.err, rf.lam
         else:
             w2n, b2n = w2f, b2f
-            err_f = err = float(np.mean((Y @ w2f + b2f - target) ** 2))
+            err_f = err = weighted_mse(Y @ w2f + b2f - target, wts)
             lam = None
         # fold (a, c) into the up projection
         _store_weight(graph, b.up, w1 * af.a[None, :], dtype, "n6cal")
@@ -175,6 +176,32 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
                                {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
     return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].up.node.outputs[0].name])),
                              time.perf_counter() - t0, refit, layers, skipped)
+
+
+def stream_weights(orig: dict, b: ffn.FFNBlock) -> np.ndarray | None:
+    """Row weights 1 / var_t of the original residual stream right after the FFN's residual add
+    (token t). That stream is what the next LayerNorm divides by its standard deviation (post-LN:
+    directly; pre-LN: at the next block's input), so an error e_t in it costs ~|e_t|^2 / var_t
+    downstream: tokens with massive activations would otherwise dominate every fit while their
+    errors are normalised away."""
+    if b.residual is None:
+        return None
+    x = orig[b.residual.name] + orig[b.out.name]
+    v = x.var(1, dtype=np.float64)
+    return 1.0 / np.maximum(v, 1e-6 * max(float(v.mean()), 1e-30))
+
+
+def weighted_mse(err: np.ndarray, w: np.ndarray | None) -> float:
+    if w is None:
+        return float(np.mean(err.astype(np.float64) ** 2))
+    return float(np.mean((err.astype(np.float64) ** 2).mean(1) * w) / np.mean(w))
+
+
+def weighted_var(x: np.ndarray, w: np.ndarray | None) -> float:
+    if w is None:
+        return float(np.var(x)) + 1e-12
+    m = (w @ x.astype(np.float64)) / w.sum()
+    return weighted_mse(x - m, w) + 1e-12
 
 
 def _samples(batches) -> int:

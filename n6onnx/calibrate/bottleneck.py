@@ -66,6 +66,7 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
         names = [n for b in blocks for n in ([b.out.name] + ([b.residual.name] if b.residual is not None else []))]
         orig = collect.collect(ir.to_proto(original), names, batches, threads)
     layers = []
+    sweep = collect.Sweep(batches, threads) if orig is not None else None
     for b in blocks:
         H, D = b.hidden, b.d_model
         k = int(round(ratio * D))
@@ -77,8 +78,8 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
         cur = None
         target = None
         if orig is not None:
-            cur = collect.collect(ir.to_proto(model), [hname] + ([b.residual.name] if b.residual is not None else []),
-                                  batches, threads)
+            res = b.residual.name if b.residual is not None else None
+            cur = sweep.step(model, [hname] + ([res] if res else []), res)
             h = cur[hname]
             energy = h.var(0) * (w2 * w2).sum(1)
             target = orig[b.out.name]

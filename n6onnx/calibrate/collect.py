@@ -1,6 +1,11 @@
 """Intermediate tensors from onnxruntime: the model is run with the wanted values added as graph
-outputs (ORT then prunes everything they do not depend on). Token rows where the attention mask
-is 0 are dropped, so padding does not take part in any fit."""
+outputs, pruned to the nodes they depend on. Token rows where the attention mask is 0 are dropped,
+so padding does not take part in any fit.
+
+Layer-by-layer calibration (``Sweep``) does not re-run the whole prefix for every layer: each step
+is fed, as extra graph inputs, the values of a cut point saved by the previous step (a residual
+stream upstream of everything the previous step changed), so the rewritten model is run about once
+in all instead of once per layer."""
 
 from __future__ import annotations
 
@@ -8,16 +13,18 @@ from typing import Sequence
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from ..runtime import InferenceSession
 
 
-def with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``proto`` whose outputs are ``names``, pruned to the nodes they depend on
-    (onnxruntime would otherwise still run the whole graph)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    all_nodes = list(m.graph.node)
+def with_outputs(proto: onnx.ModelProto, names: Sequence[str], cut: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """A model whose outputs are ``names``, holding only the nodes and initializers they depend on
+    (onnxruntime would otherwise still run the whole graph). Values in ``cut`` (name -> an example
+    array) become graph inputs: nothing upstream of them is kept."""
+    cut = cut or {}
+    g = proto.graph
+    all_nodes = list(g.node)
     producer = {o: k for k, n in enumerate(all_nodes) for o in n.output}
     needed, stack, keep = set(), list(names), set()
     while stack:
@@ -25,27 +32,32 @@ def with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
         if v in needed:
             continue
         needed.add(v)
+        if v in cut:
+            continue
         k = producer.get(v)
         if k is not None and k not in keep:
             keep.add(k)
             n = all_nodes[k]
             stack.extend(i for i in n.input if i)
             for a in n.attribute:  # values captured by subgraphs
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    stack.extend(i for sn in g.node for i in sn.input if i)
-    nodes = [all_nodes[k] for k in sorted(keep)]
-    inits = [t for t in m.graph.initializer if t.name in needed]
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits)
-    infos = {vi.name: vi for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
-    del m.graph.output[:]
+                for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    stack.extend(i for sn in sg.node for i in sn.input if i)
+    m = onnx.ModelProto(ir_version=proto.ir_version, producer_name=proto.producer_name,
+                        producer_version=proto.producer_version, domain=proto.domain, model_version=proto.model_version)
+    m.opset_import.extend(proto.opset_import)
+    m.functions.extend(proto.functions)
+    m.graph.name = g.name
+    m.graph.node.extend(all_nodes[k] for k in sorted(keep))
+    m.graph.initializer.extend(t for t in g.initializer if t.name in needed and t.name not in cut)
+    m.graph.input.extend(g.input)
+    for name, arr in cut.items():
+        if any(i.name == name for i in g.input):
+            continue
+        m.graph.input.append(onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+    infos = {vi.name: vi for vi in list(g.value_info) + list(g.output) + list(g.input)}
     for n in names:
-        if n in infos:
-            m.graph.output.append(infos[n])
-        else:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+        m.graph.output.append(infos[n] if n in infos else onnx.helper.make_empty_tensor_value_info(n))
     return m
 
 
@@ -58,20 +70,53 @@ def rows(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict], threads: int | None = None,
-            progress=None) -> dict[str, np.ndarray]:
-    names = list(dict.fromkeys(names))
+            progress=None, *, cut: str | None = None, cut_values: Sequence[np.ndarray] | None = None,
+            full: str | None = None) -> dict[str, np.ndarray]:
+    """{name: [N, H] rows over all batches}. With ``cut``, the model starts at that value, fed with
+    ``cut_values[i]`` on batch i. With ``full``, that value is also returned per batch, unflattened,
+    under the key ``("full", full)``."""
+    names = list(dict.fromkeys(list(names) + ([full] if full else [])))
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT warns about every initializer the pruned graph no longer uses
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = InferenceSession(with_outputs(proto, names).SerializeToString(), so, threads=threads)
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feeds in batches:
+    example = {cut: cut_values[0]} if cut else None
+    sess = InferenceSession(with_outputs(proto, names, example).SerializeToString(), so, threads=threads)
+    out: dict = {n: [] for n in names}
+    kept = []
+    for i, feeds in enumerate(batches):
         mask = feeds.get("attention_mask")
+        if cut:
+            feeds = {**feeds, cut: cut_values[i]}
         res = sess.run(names, feeds)
         for n, a in zip(names, res):
+            if n == full:
+                kept.append(a)
             out[n].append(rows(a, mask))
         if progress is not None:
             progress()
-    return {n: np.concatenate(v, 0) for n, v in out.items()}
+    res = {n: np.concatenate(v, 0) for n, v in out.items()}
+    if full:
+        res[("full", full)] = kept
+    return res
+
+
+class Sweep:
+    """Collect from a model that is being rewritten layer by layer, in graph order.
+
+    ``step(model, names, cut)`` returns the rows of ``names`` from the model as it is now; ``cut``
+    names a value that is upstream of everything later steps will change (the residual stream
+    entering the current layer). Its values are kept and the next step starts there instead of at
+    the graph inputs."""
+
+    def __init__(self, batches: Sequence[dict], threads: int | None = None):
+        self.batches, self.threads = batches, threads
+        self._cut: str | None = None
+        self._values: list[np.ndarray] | None = None
+
+    def step(self, model: ir.Model, names: Sequence[str], cut: str | None) -> dict[str, np.ndarray]:
+        res = collect(ir.to_proto(model), names, self.batches, self.threads,
+                      cut=self._cut, cut_values=self._values, full=cut)
+        self._cut, self._values = (cut, res.pop(("full", cut))) if cut else (None, None)
+        return res

@@ -32,24 +32,26 @@ class AffineFit:
         return self.alpha * act(self.a * z + self.c) + self.beta
 
 
-def _score(act: Act, t: np.ndarray, g: np.ndarray, s, o):
-    """For u = s*t + o (per-channel s, o): closed-form alpha/beta, and the R^2 of the fit."""
+def _score(act: Act, t: np.ndarray, g: np.ndarray, s, o, w: np.ndarray | None = None):
+    """For u = s*t + o (per-channel s, o): closed-form alpha/beta, and the R^2 of the fit.
+    w: optional row weights [N, 1] summing to 1 (weighted least squares)."""
     p = act((t * s + o).astype(np.float32))
-    pm, gm = p.mean(0), g.mean(0)
+    avg = (lambda x: x.mean(0)) if w is None else (lambda x: (x * w).sum(0))
+    pm, gm = avg(p), avg(g)
     pc = p - pm
     gc = g - gm
-    cov = (pc * gc).mean(0)
-    vp = (pc * pc).mean(0)
-    vg = (gc * gc).mean(0)
+    cov = avg(pc * gc)
+    vp = avg(pc * pc)
+    vg = avg(gc * gc)
     alpha = np.where(vp > 1e-12, cov / np.maximum(vp, 1e-12), 0.0)
     beta = gm - alpha * pm
     r2 = np.where((vp > 1e-12) & (vg > 1e-12), cov * cov / np.maximum(vp * vg, 1e-24), 0.0)
     return r2, alpha, beta
 
 
-def _refine(act: Act, t, g, bs, bo, rounds: int = 5, step_s: float = 0.2, step_o: float = 0.2):
+def _refine(act: Act, t, g, bs, bo, w=None, rounds: int = 5, step_s: float = 0.2, step_o: float = 0.2):
     """Local pattern search around per-channel (scale, offset), halving the steps each round."""
-    best, _, _ = _score(act, t, g, bs, bo)
+    best, _, _ = _score(act, t, g, bs, bo, w)
     for _ in range(rounds):
         cs, co = bs.copy(), bo.copy()
         for ds in (-1, 0, 1):
@@ -58,7 +60,7 @@ def _refine(act: Act, t, g, bs, bo, rounds: int = 5, step_s: float = 0.2, step_o
                     continue
                 s = cs * (1 + ds * step_s)
                 o = co + do * step_o
-                r2, _, _ = _score(act, t, g, s, o)
+                r2, _, _ = _score(act, t, g, s, o, w)
                 better = r2 > best
                 best = np.where(better, r2, best)
                 bs = np.where(better, s, bs).astype(np.float32)
@@ -67,23 +69,38 @@ def _refine(act: Act, t, g, bs, bo, rounds: int = 5, step_s: float = 0.2, step_o
     return best, bs, bo
 
 
-def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, max_rows: int = 2048,
-                          seed: int = 0) -> AffineFit:
-    """z, g: [N, H]. Returns per-channel (a, c, alpha, beta) for alpha*act(a*z+c)+beta ~ g."""
+def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, weights: np.ndarray | None = None,
+                          max_rows: int = 2048, seed: int = 0) -> AffineFit:
+    """z: [N, H]; g: [N, H] or a function of z (then evaluated on the sampled rows only);
+    weights: optional [N] row weights (weighted least squares; R^2 is then weighted too).
+    Returns per-channel (a, c, alpha, beta) for alpha*act(a*z+c)+beta ~ g."""
     z = np.asarray(z, np.float32)
-    g = np.asarray(g, np.float32)
     rng = np.random.default_rng(seed)
     if z.shape[0] > max_rows:
         idx = np.sort(rng.choice(z.shape[0], max_rows, replace=False))
-        z, g = z[idx], g[idx]
+        z = z[idx]
+        g = g if callable(g) else np.asarray(g)[idx]
+        weights = None if weights is None else np.asarray(weights)[idx]
+    g = np.asarray(g(z) if callable(g) else g, np.float32)
+    w = None
+    if weights is not None:
+        w = np.asarray(weights, np.float64)
+        w = (w / w.sum()).astype(np.float32)[:, None]
     mu = z.mean(0)
     sd = z.std(0) + 1e-6
     t = (z - mu) / sd
-    sub = t[: min(256, len(t))], g[: min(256, len(g))]
+    m = min(256, len(t))
+    wsub = None if w is None else w[:m] / w[:m].sum()
+    sub = t[:m], g[:m]
     H = z.shape[1]
     grid = [(s, o) for s in (-2.0, -1.4, -1.0, -0.7, -0.5, -0.3, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
             for o in np.linspace(-2.0, 2.5, 13)]
-    coarse = np.stack([_score(act, sub[0], sub[1], np.float32(s), np.float32(o))[0] for s, o in grid])  # [G, H]
+    # small scales with a clamp point (u = -2 or u = 2) at standardised position t0: near a clamp
+    # the activation is a hinge (flat on one side, almost linear on the other), a ReLU-like unit
+    # that the grid above cannot reach (for z ~ N(0, 1), GELU is fitted best there)
+    grid += [(s, u0 - s * t0) for s in (-0.2, -0.1, -0.05, 0.05, 0.1, 0.2) for u0 in (-2.0, 2.0)
+             for t0 in np.linspace(-2.5, 2.5, 11)]
+    coarse = np.stack([_score(act, sub[0], sub[1], np.float32(s), np.float32(o), wsub)[0] for s, o in grid])  # [G, H]
     best = np.full(H, -1.0)
     bs = np.ones(H, np.float32)
     bo = np.zeros(H, np.float32)
@@ -92,12 +109,12 @@ def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, max_rows: i
         pick = np.argsort(-coarse, axis=0, kind="stable")[rank]
         cs = np.array([grid[i][0] for i in pick], np.float32)
         co = np.array([grid[i][1] for i in pick], np.float32)
-        r2, cs, co = _refine(act, t, g, cs, co)
+        r2, cs, co = _refine(act, t, g, cs, co, w)
         better = r2 > best
         best = np.where(better, r2, best)
         bs = np.where(better, cs, bs).astype(np.float32)
         bo = np.where(better, co, bo).astype(np.float32)
-    r2, alpha, beta = _score(act, t, g, bs, bo)
+    r2, alpha, beta = _score(act, t, g, bs, bo, w)
     a = bs / sd
     c = bo - bs * mu / sd
     return AffineFit(a.astype(np.float32), c.astype(np.float32), alpha.astype(np.float32),
@@ -113,48 +130,63 @@ class RidgeFit:
     err: float  # calibration mean squared error of the refit
 
 
-def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
+def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *, weights: np.ndarray | None = None,
                 lams=(1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0), holdout: float = 0.2, seed: int = 0) -> RidgeFit:
     """Refit W [H, D], b [D] for Y [N, H] -> T [N, D], shrunk towards (W0, b0).
 
-    lam is relative to the mean eigenvalue of the centred Gram matrix and is chosen on a held-out
-    split of the rows (one eigendecomposition serves every candidate)."""
-    Y = np.asarray(Y, np.float64)
-    T = np.asarray(T, np.float64)
+    With ``weights`` [N] the squared errors of the rows are weighted (normalised to mean 1), i.e.
+    min sum_t w_t ||y_t W + b - t_t||^2 + lam ||W - W0||^2. lam is relative to the mean eigenvalue
+    of the centred Gram matrix and is chosen on a held-out split of the rows (one
+    eigendecomposition serves every candidate). The N x H products run in float32 on data centred
+    by its (weighted) mean (BLAS sgemm); everything H x H is float64. Errors are weighted means."""
+    Y = np.asarray(Y, np.float32)
+    T = np.asarray(T, np.float32)
     W0 = np.asarray(W0, np.float64)
     b0 = np.asarray(b0, np.float64)
     n = len(Y)
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64) * (n / np.sum(weights))
+    sw = np.sqrt(w).astype(np.float32)[:, None]
+    ym = (w @ Y.astype(np.float64)) / n
+    tm = (w @ T.astype(np.float64)) / n
+    # rows centred by the weighted mean and scaled by sqrt(w): plain least squares from here on
+    Yc = (Y - ym.astype(np.float32)) * sw
+    # what W0 leaves unexplained, centred: the regression target of the correction W - W0
+    R = (T - tm.astype(np.float32)) * sw - Yc @ W0.astype(np.float32)
+    S = (Yc.T @ Yc).astype(np.float64)
+    C = (Yc.T @ R).astype(np.float64)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(n * holdout) if n >= 50 else 0
-
-    def parts(Yt, Tt):
-        ym, tm = Yt.mean(0), Tt.mean(0)
-        Yc = Yt - ym
-        G = Yc.T @ Yc
-        evals, Q = np.linalg.eigh(G)
-        rhs = Q.T @ (Yc.T @ (Tt - tm - Yc @ W0))
-        return ym, tm, evals, Q, rhs, np.trace(G) / G.shape[0] + 1e-12
-
-    def solve(p, lam_rel):
-        ym, tm, evals, Q, rhs, scale = p
-        W = W0 + Q @ (rhs / (evals + lam_rel * scale)[:, None])
-        return W, tm - ym @ W
-
-    mse = lambda W, b, Ys, Ts: float(np.mean((Ys @ W + b - Ts) ** 2))
     best_lam = lams[-1]
     if n_val:
-        tr, va = perm[n_val:], perm[:n_val]
-        p = parts(Y[tr], T[tr])
-        scores = {lam: mse(*solve(p, lam), Y[va], T[va]) for lam in lams}
+        va = np.sort(perm[:n_val])
+        n_tr = n - n_val
+        Yv, Rv, swv = Yc[va], R[va], sw[va]
+        Sv = (Yv.T @ Yv).astype(np.float64)
+        Cv = (Yv.T @ Rv).astype(np.float64)
+        # train split, re-centred on its own weighted mean m + d (rows u = sqrt(w)(y - m)):
+        # sum w (y - m - d)(y - m - d)^T = S_tr - W_tr d d^T, d = sum sqrt(w) u / W_tr
+        sws = sw[:, 0].astype(np.float64)
+        w_tr = float(w.sum() - w[va].sum())
+        d = (sws @ Yc - sws[va] @ Yv) / w_tr
+        e = (sws @ R - sws[va] @ Rv) / w_tr
+        G = S - Sv - w_tr * np.outer(d, d)
+        rhs0 = C - Cv - w_tr * np.outer(d, e)
+        evals, Q = np.linalg.eigh(G)
+        rhs = Q.T @ rhs0
+        scale = np.trace(G) / len(G) + 1e-12
+        scores = {}
+        for lam in lams:
+            dW = Q @ (rhs / (evals + lam * scale)[:, None])
+            pred = (Yv - swv * d.astype(np.float32)) @ dW.astype(np.float32) + swv * e.astype(np.float32)
+            scores[lam] = float(np.mean((pred - Rv) ** 2))
         best_lam = min(scores, key=scores.get)
-    ym, tm = Y.mean(0), T.mean(0)
-    Yc = Y - ym
-    G = Yc.T @ Yc
-    lam = best_lam * (np.trace(G) / G.shape[0] + 1e-12)
-    W = W0 + np.linalg.solve(G + lam * np.eye(G.shape[0]), Yc.T @ (T - tm - Yc @ W0))
+    lam = best_lam * (np.trace(S) / len(S) + 1e-12)
+    W = W0 + np.linalg.solve(S + lam * np.eye(len(S)), C)
     b = tm - ym @ W
-    err_prior = mse(W0, b0, Y, T)
-    err = mse(W, b, Y, T)
+    w32 = w.astype(np.float32)[:, None]
+    mse = lambda W_, b_: float(np.mean(w32 * (Y @ W_.astype(np.float32) + b_.astype(np.float32) - T) ** 2, dtype=np.float64))
+    err_prior = mse(W0, b0)
+    err = mse(W, b)
     if err > err_prior:  # cannot happen in exact arithmetic; guard against round-off
         W, b, err = W0, b0, err_prior
     return RidgeFit(W.astype(np.float32), b.astype(np.float32), float(best_lam), err_prior, err)
