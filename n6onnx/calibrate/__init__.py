@@ -7,8 +7,11 @@ projection's, then (optionally) refit the down projection and its bias by ridge 
 against the original model. Layers are processed in graph order; each layer's inputs come from
 the model with every earlier layer already rewritten, and its target is what the original model
 adds to the residual stream there (original residual + original FFN output - current residual),
-so upstream errors are compensated rather than compounded. The rewritten graph has exactly the
-nodes of an uncalibrated rewrite: the calibration costs nothing at inference.
+so upstream errors are compensated rather than compounded. Every fit is weighted per token by
+1 / var of the original residual stream after the FFN's add (``stream_weights``): that is what the
+next LayerNorm divides by, so an error there costs |e|^2 / var downstream, and tokens with massive
+activations would otherwise dominate the fits. The rewritten graph has exactly the nodes of an
+uncalibrated rewrite: the calibration costs nothing at inference.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The phi-bottleneck FFN pass: structured pruning of FFN hidden units to round(RATIO * D).
 
-Units are ranked by the energy they put into the FFN output on calibration data,
+With calibration data, units are chosen by greedy forward selection (``fit.greedy_units``) of
+those that best explain the FFN's output, rows weighted by 1/var of the residual stream (see
+``calibrate.stream_weights``). The ``select="energy"`` alternative ranks units by the energy they
+put into the FFN output,
 Var(h_j) * |W2_j|^2 (h_j the activation output, W2_j the unit's outgoing weights): a unit's mean
 contribution is constant and moves into the down bias for free, so only its variance is lost when
 it is removed. Without calibration data the rank is |W1_j| * |W2_j| (weights only) and nothing is
@@ -19,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..passes import ffn
-from . import _bias_slot, _np, _set_input, collect, fit
+from . import _bias_slot, _np, _set_input, collect, fit, stream_weights, weighted_mse, weighted_var
 
 
 @dataclasses.dataclass
@@ -85,7 +88,9 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
             target = orig[b.out.name]
             if b.residual is not None:
                 target = orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
-            keep = fit.greedy_units(h, target, k) if select == "greedy" else np.sort(np.argsort(-energy, kind="stable")[:k])
+            wts = stream_weights(orig, b)
+            keep = (fit.greedy_units(h, target, k, weights=wts) if select == "greedy"
+                    else np.sort(np.argsort(-energy, kind="stable")[:k]))
         else:
             w1 = _np(b.up.weight).astype(np.float32)
             w1 = w1 if b.up.transposed else w1.T  # [H, D]
@@ -111,14 +116,14 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
         rel_prior = rel = lam = None
         w2_new, b2_new = w2_prior, b2_prior
         if cur is not None:
-            var = float(np.var(target)) + 1e-12
+            var = weighted_var(target, wts)
             hk = cur[hname][:, keep]
             if refit:
-                rf = fit.ridge_refit(hk, target, w2_prior, b2_prior)
+                rf = fit.ridge_refit(hk, target, w2_prior, b2_prior, weights=wts)
                 w2_new, b2_new, lam = rf.W, rf.b, rf.lam
                 rel_prior, rel = rf.err_prior / var, rf.err / var
             else:
-                rel_prior = rel = float(np.mean((hk @ w2_prior + b2_prior - target) ** 2)) / var
+                rel_prior = rel = weighted_mse(hk @ w2_prior + b2_prior - target, wts) / var
         wd = _np(b.down.weight).dtype
         _set_input(graph, b.down.node, 1, np.ascontiguousarray((w2_new.T if b.down.transposed else w2_new).astype(wd)),
                    f"{b.down.weight.name}_n6cut")

@@ -32,26 +32,29 @@ class AffineFit:
         return self.alpha * act(self.a * z + self.c) + self.beta
 
 
-def _score(act: Act, t: np.ndarray, g: np.ndarray, s, o, w: np.ndarray | None = None):
-    """For u = s*t + o (per-channel s, o): closed-form alpha/beta, and the R^2 of the fit.
-    w: optional row weights [N, 1] summing to 1 (weighted least squares)."""
-    p = act((t * s + o).astype(np.float32))
-    avg = (lambda x: x.mean(0)) if w is None else (lambda x: (x * w).sum(0))
-    pm, gm = avg(p), avg(g)
-    pc = p - pm
-    gc = g - gm
-    cov = avg(pc * gc)
-    vp = avg(pc * pc)
-    vg = avg(gc * gc)
+def _score(act: Act, t: np.ndarray, gc: np.ndarray, vg: np.ndarray, s, o, w: np.ndarray):
+    """For u = s*t + o (per-channel s, o): closed-form alpha and the R^2 of the weighted least
+    squares fit alpha * act(u) + beta ~ g. gc: g centred by its weighted mean; vg: its weighted
+    variance; w: [N] row weights summing to 1. Returns (r2, alpha, mean of act(u)).
+
+    act(u) is shifted by act(o) before the moments are taken (float32 sums of a near-constant
+    feature would cancel badly), and the moments are weighted sums done as BLAS products."""
+    o = np.broadcast_to(np.asarray(o, np.float32), (t.shape[1],))
+    p = act((t * s + o).astype(np.float32, copy=False))
+    shift = act(o)
+    p -= shift
+    pm = w @ p
+    cov = w @ (p * gc)
+    p *= p
+    vp = np.maximum(w @ p - pm * pm, 0.0)
     alpha = np.where(vp > 1e-12, cov / np.maximum(vp, 1e-12), 0.0)
-    beta = gm - alpha * pm
     r2 = np.where((vp > 1e-12) & (vg > 1e-12), cov * cov / np.maximum(vp * vg, 1e-24), 0.0)
-    return r2, alpha, beta
+    return r2, alpha, pm + shift
 
 
-def _refine(act: Act, t, g, bs, bo, w=None, rounds: int = 5, step_s: float = 0.2, step_o: float = 0.2):
+def _refine(act: Act, t, gc, vg, bs, bo, w, rounds: int = 5, step_s: float = 0.2, step_o: float = 0.2):
     """Local pattern search around per-channel (scale, offset), halving the steps each round."""
-    best, _, _ = _score(act, t, g, bs, bo, w)
+    best = _score(act, t, gc, vg, bs, bo, w)[0]
     for _ in range(rounds):
         cs, co = bs.copy(), bo.copy()
         for ds in (-1, 0, 1):
@@ -60,7 +63,7 @@ def _refine(act: Act, t, g, bs, bo, w=None, rounds: int = 5, step_s: float = 0.2
                     continue
                 s = cs * (1 + ds * step_s)
                 o = co + do * step_o
-                r2, _, _ = _score(act, t, g, s, o, w)
+                r2 = _score(act, t, gc, vg, s, o, w)[0]
                 better = r2 > best
                 best = np.where(better, r2, best)
                 bs = np.where(better, s, bs).astype(np.float32)
@@ -82,16 +85,19 @@ def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, weights: np
         g = g if callable(g) else np.asarray(g)[idx]
         weights = None if weights is None else np.asarray(weights)[idx]
     g = np.asarray(g(z) if callable(g) else g, np.float32)
-    w = None
-    if weights is not None:
-        w = np.asarray(weights, np.float64)
-        w = (w / w.sum()).astype(np.float32)[:, None]
+    n = len(z)
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+    w = w.astype(np.float32)
     mu = z.mean(0)
     sd = z.std(0) + 1e-6
     t = (z - mu) / sd
-    m = min(256, len(t))
-    wsub = None if w is None else w[:m] / w[:m].sum()
-    sub = t[:m], g[:m]
+    gm = w @ g
+    gc = g - gm
+    vg = w @ (gc * gc)
+    m = min(256, n)
+    wsub = w[:m] / w[:m].sum()
+    gsub = g[:m] - wsub @ g[:m]
+    sub = (t[:m], gsub, wsub @ (gsub * gsub))
     H = z.shape[1]
     grid = [(s, o) for s in (-2.0, -1.4, -1.0, -0.7, -0.5, -0.3, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
             for o in np.linspace(-2.0, 2.5, 13)]
@@ -100,7 +106,7 @@ def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, weights: np
     # that the grid above cannot reach (for z ~ N(0, 1), GELU is fitted best there)
     grid += [(s, u0 - s * t0) for s in (-0.2, -0.1, -0.05, 0.05, 0.1, 0.2) for u0 in (-2.0, 2.0)
              for t0 in np.linspace(-2.5, 2.5, 11)]
-    coarse = np.stack([_score(act, sub[0], sub[1], np.float32(s), np.float32(o), wsub)[0] for s, o in grid])  # [G, H]
+    coarse = np.stack([_score(act, *sub, np.float32(s), np.float32(o), wsub)[0] for s, o in grid])  # [G, H]
     best = np.full(H, -1.0)
     bs = np.ones(H, np.float32)
     bo = np.zeros(H, np.float32)
@@ -109,12 +115,13 @@ def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, weights: np
         pick = np.argsort(-coarse, axis=0, kind="stable")[rank]
         cs = np.array([grid[i][0] for i in pick], np.float32)
         co = np.array([grid[i][1] for i in pick], np.float32)
-        r2, cs, co = _refine(act, t, g, cs, co, w)
+        r2, cs, co = _refine(act, t, gc, vg, cs, co, w)
         better = r2 > best
         best = np.where(better, r2, best)
         bs = np.where(better, cs, bs).astype(np.float32)
         bo = np.where(better, co, bo).astype(np.float32)
-    r2, alpha, beta = _score(act, t, g, bs, bo, w)
+    r2, alpha, pmean = _score(act, t, gc, vg, bs, bo, w)
+    beta = gm - alpha * pmean
     a = bs / sd
     c = bo - bs * mu / sd
     return AffineFit(a.astype(np.float32), c.astype(np.float32), alpha.astype(np.float32),
@@ -131,7 +138,7 @@ class RidgeFit:
 
 
 def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *, weights: np.ndarray | None = None,
-                lams=(1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0), holdout: float = 0.2, seed: int = 0) -> RidgeFit:
+                lams=(1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0), holdout: float = 0.2, seed: int = 0) -> RidgeFit:
     """Refit W [H, D], b [D] for Y [N, H] -> T [N, D], shrunk towards (W0, b0).
 
     With ``weights`` [N] the squared errors of the rows are weighted (normalised to mean 1), i.e.
@@ -154,11 +161,15 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
     R = (T - tm.astype(np.float32)) * sw - Yc @ W0.astype(np.float32)
     S = (Yc.T @ Yc).astype(np.float64)
     C = (Yc.T @ R).astype(np.float64)
-    perm = np.random.default_rng(seed).permutation(n)
     n_val = int(n * holdout) if n >= 50 else 0
     best_lam = lams[-1]
     if n_val:
-        va = np.sort(perm[:n_val])
+        # held out: contiguous runs of rows (rows come sequence by sequence, and the tokens of one
+        # sequence are alike: a random split by rows would leak and pick too weak a ridge)
+        chunks = np.array_split(np.arange(n), 10)
+        pick = np.random.default_rng(seed).choice(10, max(1, round(10 * holdout)), replace=False)
+        va = np.sort(np.concatenate([chunks[i] for i in pick]))
+        n_val = len(va)
         n_tr = n - n_val
         Yv, Rv, swv = Yc[va], R[va], sw[va]
         Sv = (Yv.T @ Yv).astype(np.float64)
@@ -212,19 +223,21 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 
-def greedy_units(Hm: np.ndarray, T: np.ndarray, k: int, eps: float = 1e-6) -> np.ndarray:
+def greedy_units(Hm: np.ndarray, T: np.ndarray, k: int, eps: float = 1e-6, weights: np.ndarray | None = None) -> np.ndarray:
     """Pick k columns of Hm [N, H] that best explain T [N, D] by least squares, greedily.
 
     Forward selection on the Gram matrix (pivoted Cholesky): each step adds the unit whose
     residual (orthogonal to the units already chosen) explains most of the residual target
     energy. Unlike a per-unit importance score it accounts for redundancy: of two correlated
     units it keeps one, because the refit lets it stand in for both. O(H k (k + D)) after the
-    Gram matrix.
+    Gram matrix. ``weights``: row weights, as in ``ridge_refit``.
     """
+    w = np.ones(len(Hm)) if weights is None else np.asarray(weights, np.float64) / np.mean(weights)
+    sw = np.sqrt(w)[:, None]
     Hc = np.asarray(Hm, np.float64)
-    Hc = Hc - Hc.mean(0)
+    Hc = (Hc - w @ Hc / w.sum()) * sw
     Tc = np.asarray(T, np.float64)
-    Tc = Tc - Tc.mean(0)
+    Tc = (Tc - w @ Tc / w.sum()) * sw
     G = Hc.T @ Hc
     G += eps * (np.trace(G) / len(G) + 1e-30) * np.eye(len(G))
     Bres = Hc.T @ Tc
