@@ -137,13 +137,13 @@ def recovery(con: Console, src: pathlib.Path, out: pathlib.Path) -> int:
 
     sent = corpus.sentences()
     calib, held = out / "calib.txt", out / "heldout.txt"
-    calib.write_text("\n".join(sent[:128]))
+    calib.write_text("\n".join(sent[:256]))
     held.write_text("\n".join(sent[1000:1064]))
     plain, cal = out / "minilm-phi6.onnx", out / "minilm-phi6-calibrated.onnx"
-    con.rule("accuracy recovery: gelu=phi6 --calibrate (128 sentences), no training")
+    con.rule("accuracy recovery: gelu=phi6 --calibrate (256 sentences), no training")
     with con.status("calibrating"):
-        _, rw = api.rewrite(src, cal, ["gelu=phi6"], calibrate=calib, calib_samples=128)
-    con.print(f"calibrated rewrite in {rw.seconds:.1f} s -> {cal}")
+        _, rw = api.rewrite(src, cal, ["gelu=phi6"], calibrate=calib, calib_samples=256)
+    con.print(f"calibrated rewrite in {rw.seconds:.1f} s (calibration {rw.calibration.seconds:.1f} s) -> {cal}")
     runs = out / "runs"
     runs.mkdir(exist_ok=True)
     for name, cand in (("phi6", plain), ("phi6-calibrated", cal)):
