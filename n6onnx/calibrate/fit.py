@@ -138,13 +138,15 @@ class RidgeFit:
 
 
 def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *, weights: np.ndarray | None = None,
-                lams=(1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0), holdout: float = 0.2, seed: int = 0) -> RidgeFit:
+                lams=(1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0), holdout: float = 0.2, seed: int = 0,
+                standardize: bool = True) -> RidgeFit:
     """Refit W [H, D], b [D] for Y [N, H] -> T [N, D], shrunk towards (W0, b0).
 
     With ``weights`` [N] the squared errors of the rows are weighted (normalised to mean 1), i.e.
-    min sum_t w_t ||y_t W + b - t_t||^2 + lam ||W - W0||^2. lam is relative to the mean eigenvalue
-    of the centred Gram matrix and is chosen on a held-out split of the rows (one
-    eigendecomposition serves every candidate). The N x H products run in float32 on data centred
+    min sum_t w_t ||y_t W + b - t_t||^2 + lam sum_j s_j^2 ||W_j - W0_j||^2, s_j the spread of feature
+    j (``standardize``; 1 otherwise), so the fit does not depend on the scale of a feature. lam is
+    relative to the mean eigenvalue of the standardised centred Gram matrix and is chosen on held-out
+    runs of rows (one eigendecomposition serves every candidate). The N x H products run in float32 on data centred
     by its (weighted) mean (BLAS sgemm); everything H x H is float64. Errors are weighted means."""
     Y = np.asarray(Y, np.float32)
     T = np.asarray(T, np.float32)
@@ -161,6 +163,12 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
     R = (T - tm.astype(np.float32)) * sw - Yc @ W0.astype(np.float32)
     S = (Yc.T @ Yc).astype(np.float64)
     C = (Yc.T @ R).astype(np.float64)
+    # the penalty acts on standardised features (lam * sum_j var_j |W_j - W0_j|^2), so that a
+    # feature with a small spread (and a large coefficient) is not frozen at its prior
+    sd = np.sqrt(np.maximum(np.diag(S) / n, 0.0))
+    inv = np.ones(len(S))
+    if standardize:  # a constant feature keeps its prior coefficient
+        inv = np.where(sd > 1e-12 * max(sd.max(), 1e-30), 1.0 / np.maximum(sd, 1e-300), 0.0)
     n_val = int(n * holdout) if n >= 50 else 0
     best_lam = lams[-1]
     if n_val:
@@ -180,19 +188,20 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
         w_tr = float(w.sum() - w[va].sum())
         d = (sws @ Yc - sws[va] @ Yv) / w_tr
         e = (sws @ R - sws[va] @ Rv) / w_tr
-        G = S - Sv - w_tr * np.outer(d, d)
-        rhs0 = C - Cv - w_tr * np.outer(d, e)
+        G = (S - Sv - w_tr * np.outer(d, d)) * np.outer(inv, inv)
+        rhs0 = (C - Cv - w_tr * np.outer(d, e)) * inv[:, None]
         evals, Q = np.linalg.eigh(G)
         rhs = Q.T @ rhs0
         scale = np.trace(G) / len(G) + 1e-12
         scores = {}
         for lam in lams:
-            dW = Q @ (rhs / (evals + lam * scale)[:, None])
+            dW = inv[:, None] * (Q @ (rhs / (evals + lam * scale)[:, None]))
             pred = (Yv - swv * d.astype(np.float32)) @ dW.astype(np.float32) + swv * e.astype(np.float32)
             scores[lam] = float(np.mean((pred - Rv) ** 2))
         best_lam = min(scores, key=scores.get)
-    lam = best_lam * (np.trace(S) / len(S) + 1e-12)
-    W = W0 + np.linalg.solve(S + lam * np.eye(len(S)), C)
+    Ss = S * np.outer(inv, inv)
+    lam = best_lam * (np.trace(Ss) / len(Ss) + 1e-12)
+    W = W0 + inv[:, None] * np.linalg.solve(Ss + lam * np.eye(len(Ss)), C * inv[:, None])
     b = tm - ym @ W
     w32 = w.astype(np.float32)[:, None]
     mse = lambda W_, b_: float(np.mean(w32 * (Y @ W_.astype(np.float32) + b_.astype(np.float32) - T) ** 2, dtype=np.float64))

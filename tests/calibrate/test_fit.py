@@ -95,3 +95,19 @@ def test_weighted_affine_fit_with_equal_weights_is_the_unweighted_fit():
     b = fit.fit_affine_activation(z, fit.gelu, phi6, weights=np.full(3000, 7.0))
     np.testing.assert_allclose(a.r2, b.r2, rtol=1e-5)
     np.testing.assert_allclose(a.a, b.a, rtol=1e-5)
+
+
+def test_ridge_refit_does_not_depend_on_the_scale_of_a_feature():
+    # with standardisation, scaling feature j by k scales its coefficient by 1/k and changes nothing
+    # else (without it, the shared penalty would freeze the small-spread features at their prior)
+    rng = np.random.default_rng(7)
+    Y = rng.standard_normal((600, 8))
+    T = Y @ rng.standard_normal((8, 4)) + rng.standard_normal((600, 4))
+    W0 = rng.standard_normal((8, 4)) * 0.1
+    k = np.array([1, 1e-3, 1, 50, 1, 1, 0.2, 1])
+    a = fit.ridge_refit(Y, T, W0, np.zeros(4), lams=(3.0,))
+    b = fit.ridge_refit(Y * k, T, W0 / k[:, None], np.zeros(4), lams=(3.0,))
+    np.testing.assert_allclose(b.W * k[:, None], a.W, rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(b.b, a.b, rtol=2e-3, atol=2e-4)
+    c = fit.ridge_refit(Y * k, T, W0 / k[:, None], np.zeros(4), lams=(3.0,), standardize=False)
+    assert np.abs(c.W * k[:, None] - a.W).max() > 1e-2
