@@ -190,7 +190,11 @@ def stream_weights(orig: dict, b: ffn.FFNBlock) -> np.ndarray | None:
     if b.residual is None:
         return None
     x = orig[b.residual.name] + orig[b.out.name]
-    v = x.var(1, dtype=np.float64)
+    return inverse_variance(x.var(1, dtype=np.float64))
+
+
+def inverse_variance(v: np.ndarray) -> np.ndarray:
+    """1 / v per token, v floored at 1e-6 of its mean."""
     return 1.0 / np.maximum(v, 1e-6 * max(float(v.mean()), 1e-30))
 
 

@@ -13,10 +13,9 @@ in the filters for fixed W, so it is fitted by alternating least squares on the 
 tokens (padding rows excluded from the loss; they still take part in the windows, as they do at
 inference):
   1. filters start as window means (F_w[0, :] = 1, other bins 0);
-  2. W, b: ridge regression of the target on the FFTMix features, shrunk towards the uncalibrated
-     default; the ridge strength (relative to the mean eigenvalue of the feature Gram matrix) is
-     chosen on 20% of the calibration *sequences* held out (a split by rows would leak: rows of
-     one sequence share windows);
+  2. W, b: ridge regression of the target on the FFTMix features (``fit.ridge_refit``), shrunk
+     towards the uncalibrated default; the ridge strength is chosen on 20% of the calibration
+     *sequences* held out (a split by rows would leak: rows of one sequence share windows);
   3. filters (all 24 x D rfft-domain values at once, W fixed): regularised least squares
      min ||A(F) - R||^2 + mu ||F - F_prev||^2 solved by conjugate gradients on the normal
      equations (CGLS, ``cg_iters`` iterations, matrix-free: A and its adjoint are FFTs over the
@@ -26,7 +25,9 @@ inference):
      window means there, so the window means often stay: see benchmarks/results/attention_minilm.json).
 The target is what the original model adds to the residual stream at that block, given the
 already-rewritten prefix: original residual + original block output - current residual (as the
-activation calibration does), so upstream errors are compensated rather than compounded.
+activation calibration does), so upstream errors are compensated rather than compounded. Rows
+are weighted by 1 / var of the original residual stream after the block's add, the stream the next
+LayerNorm normalises (as in the activation calibration: ``calibrate.stream_weights``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 import onnx
 
 from ..runtime import InferenceSession
-from . import collect
+from . import collect, fit
 
 WINDOWS = (6, 12, 24)
 
@@ -236,21 +237,25 @@ class _Data:
 
 
 def fit_fftmix(hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.ndarray], W0: np.ndarray,
-               b0: np.ndarray, *, rounds: int = 1, cg_iters: int = 8) -> FFTMixFit:
-    """Alternating least squares for FFTMix + Linear(3D -> D); see the module docstring."""
+               b0: np.ndarray, *, weights: np.ndarray | None = None, rounds: int = 1, cg_iters: int = 8) -> FFTMixFit:
+    """Alternating least squares for FFTMix + Linear(3D -> D); see the module docstring. ``weights``:
+    one per real row (as ``calibrate.stream_weights``), normalised to mean 1."""
+    from . import weighted_mse, weighted_var
+
     data = _Data(hs, reals, targets)
     T = data.T
-    var = float(np.var(T)) + 1e-12
+    w = None if weights is None else np.asarray(weights, np.float64) / np.mean(weights)
+    var = weighted_var(T, w)
     F = default_filters(hs[0].shape[2])
     X = data.features(F)
-    err_default = float(np.mean((X @ W0 + b0 - T) ** 2)) / var
+    err_default = weighted_mse(X @ W0 + b0 - T, w) / var
     held = (data.seq * 7919) % 5 == 0  # 20% of the sequences, deterministic
-    W, b, lam, err, herr = ridge(X, T, W0, b0, held)
+    W, b, lam, err, herr = ridge(X, T, W0, b0, held, w)
     best = (err / var, [f.copy() for f in F], W, b, lam, herr)
     for _ in range(rounds):
-        F = _cgls_filters(data, F, W, b, T, cg_iters)
+        F = _cgls_filters(data, F, W, b, T, cg_iters, w)
         X = data.features(F)
-        W, b, lam, err, herr = ridge(X, T, W, b, held)
+        W, b, lam, err, herr = ridge(X, T, W, b, held, w)
         if herr < best[5]:  # kept only if the held-out sequences agree
             best = (err / var, [f.copy() for f in F], W, b, lam, herr)
     err, F, W, b, lam, _ = best
@@ -259,39 +264,17 @@ def fit_fftmix(hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.n
 
 
 def ridge(X: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, held: np.ndarray,
-          lams=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)):
-    """min ||X W + b - T||^2 + lam ||W - W0||^2 with lam (relative to the mean eigenvalue of the centred
-    Gram matrix) chosen on the ``held`` rows; refitted on all rows. Returns W, b, lam, calibration MSE."""
-    X = np.asarray(X, np.float64)
-    T = np.asarray(T, np.float64)
-    W0 = np.asarray(W0, np.float64)
-
-    def parts(Xt, Tt):
-        xm, tm = Xt.mean(0), Tt.mean(0)
-        Xc = Xt - xm
-        evals, Q = np.linalg.eigh(Xc.T @ Xc)
-        rhs = Q.T @ (Xc.T @ (Tt - tm - Xc @ W0))
-        return xm, tm, evals, Q, rhs, max(float(evals.mean()), 1e-12)
-
-    def solve(p, lam):
-        xm, tm, evals, Q, rhs, scale = p
-        W = W0 + Q @ (rhs / (np.maximum(evals, 0) + lam * scale)[:, None])
-        return W, tm - xm @ W
-
-    best, held_err = lams[len(lams) // 2], None
-    if held.any() and (~held).sum() > X.shape[1] // 4:
-        p = parts(X[~held], T[~held])
-        scores = {lam: float(np.mean((X[held] @ w + bb - T[held]) ** 2)) for lam in lams
-                  for w, bb in [solve(p, lam)]}
-        best = min(scores, key=scores.get)
-        held_err = scores[best]
-    W, b = solve(parts(X, T), best)
-    err = float(np.mean((X @ W + b - T) ** 2))
-    return W.astype(np.float32), b.astype(np.float32), float(best), err, err if held_err is None else held_err
+          weights: np.ndarray | None = None, lams=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)):
+    """``fit.ridge_refit`` with lam chosen on the ``held`` rows (held-out sequences) and the middle
+    lam when there are too few rows for that. Returns W, b, lam, calibration MSE, held-out MSE."""
+    rf = fit.ridge_refit(X, T, W0, b0, weights=weights, lams=lams, held=held, default_lam=lams[len(lams) // 2])
+    return rf.W, rf.b, rf.lam, rf.err, rf.err if rf.err_held is None else rf.err_held
 
 
-def _cgls_filters(data: _Data, F, W, b, T, iters: int, mu_rel: float = 1e-3):
-    """min ||A(dF) - R||^2 + mu ||dF||^2, A(dF) = features(dF) @ W (linear in the filters)."""
+def _cgls_filters(data: _Data, F, W, b, T, iters: int, w: np.ndarray | None = None, mu_rel: float = 1e-3):
+    """min ||A(dF) - R||^2 + mu ||dF||^2, A(dF) = features(dF) @ W (linear in the filters), rows
+    scaled by sqrt(w)."""
+    sw = np.ones((len(T), 1), np.float32) if w is None else np.sqrt(w).astype(np.float32)[:, None]
     shapes = [f.shape for f in F]
     sizes = [int(np.prod(s)) for s in shapes]
 
@@ -303,12 +286,12 @@ def _cgls_filters(data: _Data, F, W, b, T, iters: int, mu_rel: float = 1e-3):
         return out
 
     def A(v):
-        return data.features(unflat(v)) @ W
+        return sw * (data.features(unflat(v)) @ W)
 
     def At(E):
-        return np.concatenate([g.ravel() for g in data.adjoint(E @ W.T)])
+        return np.concatenate([g.ravel() for g in data.adjoint((sw * E) @ W.T)])
 
-    R = (T - (data.features(F) @ W + b)).astype(np.float32)
+    R = (sw * (T - (data.features(F) @ W + b))).astype(np.float32)
     g0 = At(R)
     # mu relative to the mean diagonal of A^T A, estimated from one random probe
     probe = np.random.default_rng(0).standard_normal(sum(sizes))

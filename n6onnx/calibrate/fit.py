@@ -135,18 +135,20 @@ class RidgeFit:
     lam: float
     err_prior: float  # calibration mean squared error of the prior (W0, b0)
     err: float  # calibration mean squared error of the refit
+    err_held: float | None = None  # error on the held-out rows at the chosen lam (fit without them)
 
 
 def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *, weights: np.ndarray | None = None,
                 lams=(1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0), holdout: float = 0.2, seed: int = 0,
-                standardize: bool = True) -> RidgeFit:
+                standardize: bool = True, held: np.ndarray | None = None, default_lam: float | None = None) -> RidgeFit:
     """Refit W [H, D], b [D] for Y [N, H] -> T [N, D], shrunk towards (W0, b0).
 
     With ``weights`` [N] the squared errors of the rows are weighted (normalised to mean 1), i.e.
     min sum_t w_t ||y_t W + b - t_t||^2 + lam sum_j s_j^2 ||W_j - W0_j||^2, s_j the spread of feature
     j (``standardize``; 1 otherwise), so the fit does not depend on the scale of a feature. lam is
     relative to the mean eigenvalue of the standardised centred Gram matrix and is chosen on held-out
-    runs of rows (one eigendecomposition serves every candidate). The N x H products run in float32 on data centred
+    runs of rows, or on the rows where ``held`` is True (one eigendecomposition serves every
+    candidate); without enough rows for that, lam = ``default_lam`` (default: the largest). The N x H products run in float32 on data centred
     by its (weighted) mean (BLAS sgemm); everything H x H is float64. Errors are weighted means."""
     Y = np.asarray(Y, np.float32)
     T = np.asarray(T, np.float32)
@@ -169,14 +171,19 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
     inv = np.ones(len(S))
     if standardize:  # a constant feature keeps its prior coefficient
         inv = np.where(sd > 1e-12 * max(sd.max(), 1e-30), 1.0 / np.maximum(sd, 1e-300), 0.0)
-    n_val = int(n * holdout) if n >= 50 else 0
-    best_lam = lams[-1]
-    if n_val:
+    best_lam = lams[-1] if default_lam is None else default_lam
+    err_held = None
+    if held is not None:
+        va = np.flatnonzero(held)
+        n_val = len(va) if n - len(va) > len(S) // 4 else 0
+    else:
+        n_val = int(n * holdout) if n >= 50 else 0
         # held out: contiguous runs of rows (rows come sequence by sequence, and the tokens of one
         # sequence are alike: a random split by rows would leak and pick too weak a ridge)
         chunks = np.array_split(np.arange(n), 10)
         pick = np.random.default_rng(seed).choice(10, max(1, round(10 * holdout)), replace=False)
         va = np.sort(np.concatenate([chunks[i] for i in pick]))
+    if n_val:
         n_val = len(va)
         n_tr = n - n_val
         Yv, Rv, swv = Yc[va], R[va], sw[va]
@@ -199,6 +206,7 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
             pred = (Yv - swv * d.astype(np.float32)) @ dW.astype(np.float32) + swv * e.astype(np.float32)
             scores[lam] = float(np.mean((pred - Rv) ** 2))
         best_lam = min(scores, key=scores.get)
+        err_held = scores[best_lam]
     Ss = S * np.outer(inv, inv)
     lam = best_lam * (np.trace(Ss) / len(Ss) + 1e-12)
     W = W0 + inv[:, None] * np.linalg.solve(Ss + lam * np.eye(len(Ss)), C * inv[:, None])
@@ -209,7 +217,7 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
     err = mse(W, b)
     if err > err_prior:  # cannot happen in exact arithmetic; guard against round-off
         W, b, err = W0, b0, err_prior
-    return RidgeFit(W.astype(np.float32), b.astype(np.float32), float(best_lam), err_prior, err)
+    return RidgeFit(W.astype(np.float32), b.astype(np.float32), float(best_lam), err_prior, err, err_held)
 
 
 def gelu(z: np.ndarray, variant: str = "erf") -> np.ndarray:

@@ -951,20 +951,26 @@ def _fit_block(model, b, ob, ctx, W0, b0):
         if b.residual is not None:
             cur_res.append(out[b.residual.name].reshape(a.shape[0], a.shape[1], -1))
 
-    targets = []
+    targets, stream_var = [], []
 
     def take_orig(feeds, out):
         y = out[ob.out_value.name]
         y = y.reshape(y.shape[0], y.shape[1], -1) if y.ndim == 3 else y
         if ob.residual is not None:
             y = y + out[ob.residual.name].reshape(y.shape)
+            stream_var.append(y.var(-1, dtype=np.float64))  # the stream after the add, per token
         targets.append(y)
 
     cal.run_batches(ir.to_proto(model), cur_names, ctx.batches, take_cur)
     cal.run_batches(ir.to_proto(ctx.original), orig_names, ctx.batches, take_orig)
     if cur_res:
         targets = [t - r for t, r in zip(targets, cur_res)]
-    f = cal.fit_fftmix(hs, reals, targets, W0, b0)
+    weights = None
+    if stream_var:
+        from ..calibrate import inverse_variance
+
+        weights = inverse_variance(np.concatenate([sv[r] for sv, r in zip(stream_var, reals)]))
+    f = cal.fit_fftmix(hs, reals, targets, W0, b0, weights=weights)
     return f.filters, f.W, f.b, f.to_json()
 
 
