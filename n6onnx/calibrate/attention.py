@@ -266,8 +266,11 @@ def fit_fftmix(hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.n
 def ridge(X: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, held: np.ndarray,
           weights: np.ndarray | None = None, lams=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)):
     """``fit.ridge_refit`` with lam chosen on the ``held`` rows (held-out sequences) and the middle
-    lam when there are too few rows for that. Returns W, b, lam, calibration MSE, held-out MSE."""
-    rf = fit.ridge_refit(X, T, W0, b0, weights=weights, lams=lams, held=held, default_lam=lams[len(lams) // 2])
+    lam when there are too few rows for that. Not standardised: the FFTMix features share one scale,
+    and on MiniLM the standardised penalty fitted six blocks worse (cos 0.740 against 0.753).
+    Returns W, b, lam, calibration MSE, held-out MSE."""
+    rf = fit.ridge_refit(X, T, W0, b0, weights=weights, lams=lams, held=held, default_lam=lams[len(lams) // 2],
+                         standardize=False)
     return rf.W, rf.b, rf.lam, rf.err, rf.err if rf.err_held is None else rf.err_held
 
 
