@@ -111,3 +111,25 @@ def test_ridge_refit_does_not_depend_on_the_scale_of_a_feature():
     np.testing.assert_allclose(b.b, a.b, rtol=2e-3, atol=2e-4)
     c = fit.ridge_refit(Y * k, T, W0 / k[:, None], np.zeros(4), lams=(3.0,), standardize=False)
     assert np.abs(c.W * k[:, None] - a.W).max() > 1e-2
+
+
+def test_ridge_refit_picks_lam_on_the_held_rows():
+    # with a held-out row mask (how FFT-Mix holds out whole sequences), the chosen lam is the one whose
+    # fit on the other rows has the smallest weighted error on the held rows, and that error is reported
+    rng = np.random.default_rng(8)
+    Y = rng.standard_normal((300, 40))
+    T = Y[:, :3] @ rng.standard_normal((3, 2)) + 0.8 * rng.standard_normal((300, 2))
+    w = rng.uniform(0.5, 2.0, 300)
+    held = np.zeros(300, bool)
+    held[::4] = True
+    lams = (1e-3, 0.1, 1.0, 10.0, 100.0)
+    W0 = np.zeros((40, 2))
+    r = fit.ridge_refit(Y, T, W0, np.zeros(2), weights=w, held=held, lams=lams, standardize=False)
+    scores = {}
+    for lam in lams:
+        f = fit.ridge_refit(Y[~held], T[~held], W0, np.zeros(2), weights=w[~held], lams=(lam,), holdout=0,
+                            standardize=False)
+        e = ((Y[held] @ f.W + f.b - T[held]) ** 2).mean(1)
+        scores[lam] = float(np.sum(w[held] * e) / np.sum(w) * len(w) / held.sum())
+    assert r.lam == min(scores, key=scores.get)
+    np.testing.assert_allclose(r.err_held, scores[r.lam], rtol=1e-3)
