@@ -117,7 +117,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
     if not todo:
         return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [], skipped)
 
-    names = lambda b: [b.up.node.outputs[0].name, b.out.name] + ([b.residual.name] if b.residual is not None else [])
+    names = lambda b: [b.out.name] + ([b.residual.name] if b.residual is not None else [])
     orig = collect.collect(ir.to_proto(original), [n for b in todo for n in names(b)], batches, threads)
     layers = []
     graph = model.graph
@@ -177,7 +177,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             _insert_add(graph, b.down.node.outputs[0], b2n.astype(dtype), f"{b.act.name}_n6cal_out_bias")
         layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit,
                                {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
-    return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].up.node.outputs[0].name])),
+    return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].out.name])),
                              time.perf_counter() - t0, refit, layers, skipped)
 
 

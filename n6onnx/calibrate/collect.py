@@ -81,6 +81,8 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT warns about every initializer the pruned graph no longer uses
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle ORT threads would otherwise spin for a while after each run, against the numpy fits
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     example = {cut: cut_values[0]} if cut else None
     sess = InferenceSession(with_outputs(proto, names, example).SerializeToString(), so, threads=threads)
     out: dict = {n: [] for n in names}

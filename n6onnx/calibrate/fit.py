@@ -94,10 +94,13 @@ def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, weights: np
     gm = w @ g
     gc = g - gm
     vg = w @ (gc * gc)
-    m = min(256, n)
-    wsub = w[:m] / w[:m].sum()
-    gsub = g[:m] - wsub @ g[:m]
-    sub = (t[:m], gsub, wsub @ (gsub * gsub))
+    def subset(m):  # every k-th row: spread over the whole sample (rows come sequence by sequence)
+        rows = slice(None, None, max(1, n // m))
+        ws = w[rows] / w[rows].sum()
+        gs = g[rows] - ws @ g[rows]
+        return (t[rows], gs, ws @ (gs * gs)), ws
+
+    sub, wsub = subset(256)
     H = z.shape[1]
     grid = [(s, o) for s in (-2.0, -1.4, -1.0, -0.7, -0.5, -0.3, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
             for o in np.linspace(-2.0, 2.5, 13)]
@@ -110,16 +113,19 @@ def fit_affine_activation(z: np.ndarray, g: np.ndarray, act: Act, *, weights: np
     best = np.full(H, -1.0)
     bs = np.ones(H, np.float32)
     bo = np.zeros(H, np.float32)
-    # refine the three best coarse points of each channel: one start can sit in a local optimum
+    # refine the three best coarse points of each channel (one start can sit in a local optimum):
+    # four rounds of pattern search on a subsample, then the best start on all rows
+    mid, wmid = subset(1024)
     for rank in range(3):
         pick = np.argsort(-coarse, axis=0, kind="stable")[rank]
         cs = np.array([grid[i][0] for i in pick], np.float32)
         co = np.array([grid[i][1] for i in pick], np.float32)
-        r2, cs, co = _refine(act, t, gc, vg, cs, co, w)
+        r2, cs, co = _refine(act, *mid, cs, co, wmid, rounds=4)
         better = r2 > best
         best = np.where(better, r2, best)
         bs = np.where(better, cs, bs).astype(np.float32)
         bo = np.where(better, co, bo).astype(np.float32)
+    _, bs, bo = _refine(act, t, gc, vg, bs, bo, w, rounds=2, step_s=0.0125, step_o=0.0125)
     r2, alpha, pmean = _score(act, t, gc, vg, bs, bo, w)
     beta = gm - alpha * pmean
     a = bs / sd

@@ -88,7 +88,7 @@ def _const(name: str, value: float) -> onnx.NodeProto:
 
 
 def as_compute(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x).astype(COMPUTE_DTYPE)
+    return np.asarray(x).astype(COMPUTE_DTYPE, copy=False)
 
 
 class BodyBuilder:
@@ -152,7 +152,7 @@ def make_activation_pair(
 
     def reference(x):
         x = np.asarray(x)
-        return formula_np(as_compute(x)).astype(x.dtype)
+        return formula_np(as_compute(x)).astype(x.dtype, copy=False)
 
     def bias_reference(x, bias):
         x = np.asarray(x)

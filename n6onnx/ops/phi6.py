@@ -7,7 +7,10 @@ from ._spec import BodyBuilder, make_activation_pair
 
 def _np(x: np.ndarray) -> np.ndarray:
     c = np.clip(x, np.float32(-2.0), np.float32(2.0))
-    return c * c - c + np.float32(1.0)
+    y = c * c  # (c*c - c) + 1, in place: the same float32 operations as the kernel and the ONNX body
+    y -= c
+    y += np.float32(1.0)
+    return y
 
 
 def _onnx(b: BodyBuilder, x: str) -> str:

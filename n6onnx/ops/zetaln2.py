@@ -9,7 +9,8 @@ _SHIFT = 5.0 / 12.0
 
 def _np(x: np.ndarray) -> np.ndarray:
     d = x - np.float32(_SHIFT)
-    return d * d
+    d *= d
+    return d
 
 
 def _onnx(b: BodyBuilder, x: str) -> str:
