@@ -71,11 +71,12 @@ def rows(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict], threads: int | None = None,
             progress=None, *, cut: str | None = None, cut_values: Sequence[np.ndarray] | None = None,
-            full: str | None = None) -> dict[str, np.ndarray]:
+            full: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """{name: [N, H] rows over all batches}. With ``cut``, the model starts at that value, fed with
-    ``cut_values[i]`` on batch i. With ``full``, that value is also returned per batch, unflattened,
-    under the key ``("full", full)``."""
-    names = list(dict.fromkeys(list(names) + ([full] if full else [])))
+    ``cut_values[i]`` on batch i. Each value named in ``full`` is also returned per batch,
+    unflattened, under the key ``("full", name)``."""
+    full = [full] if isinstance(full, str) else list(full or [])
+    names = list(dict.fromkeys(list(names) + full))
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -86,21 +87,20 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
     example = {cut: cut_values[0]} if cut else None
     sess = InferenceSession(with_outputs(proto, names, example).SerializeToString(), so, threads=threads)
     out: dict = {n: [] for n in names}
-    kept = []
+    kept: dict = {n: [] for n in full}
     for i, feeds in enumerate(batches):
         mask = feeds.get("attention_mask")
         if cut:
             feeds = {**feeds, cut: cut_values[i]}
         res = sess.run(names, feeds)
         for n, a in zip(names, res):
-            if n == full:
-                kept.append(a)
+            if n in kept:
+                kept[n].append(a)
             out[n].append(rows(a, mask))
         if progress is not None:
             progress()
     res = {n: np.concatenate(v, 0) for n, v in out.items()}
-    if full:
-        res[("full", full)] = kept
+    res.update({("full", n): v for n, v in kept.items()})
     return res
 
 
@@ -110,15 +110,18 @@ class Sweep:
     ``step(model, names, cut)`` returns the rows of ``names`` from the model as it is now; ``cut``
     names a value that is upstream of everything later steps will change (the residual stream
     entering the current layer). Its values are kept and the next step starts there instead of at
-    the graph inputs."""
+    the graph inputs. The values named in ``full`` are also returned per batch, unflattened, under
+    ``("full", name)`` (as ``collect`` does)."""
 
     def __init__(self, batches: Sequence[dict], threads: int | None = None):
         self.batches, self.threads = batches, threads
         self._cut: str | None = None
         self._values: list[np.ndarray] | None = None
 
-    def step(self, model: ir.Model, names: Sequence[str], cut: str | None) -> dict[str, np.ndarray]:
+    def step(self, model: ir.Model, names: Sequence[str], cut: str | None, full: Sequence[str] = ()) -> dict:
         res = collect(ir.to_proto(model), names, self.batches, self.threads,
-                      cut=self._cut, cut_values=self._values, full=cut)
-        self._cut, self._values = (cut, res.pop(("full", cut))) if cut else (None, None)
+                      cut=self._cut, cut_values=self._values, full=([cut] if cut else []) + list(full))
+        if cut:
+            values = res[("full", cut)] if cut in full else res.pop(("full", cut))
+        self._cut, self._values = (cut, values) if cut else (None, None)
         return res

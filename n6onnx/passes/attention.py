@@ -915,6 +915,9 @@ def _run_fftmix(model, ok, arg, ctx, report):
         chosen = [b for b in ok if b.index in idx]
     chosen = sorted(chosen, key=lambda b: b.index)
     orig_blocks = {b.index: b for b in find_blocks(ctx.original)[0]} if batches else {}
+    from ..calibrate.collect import Sweep
+
+    sweeps = (Sweep(batches), Sweep(batches)) if batches else None
     for b in chosen:
         W0, b0 = fftmix_default(b)
         D = seq_input(b.h).shape[-1]
@@ -922,7 +925,7 @@ def _run_fftmix(model, ok, arg, ctx, report):
         if scores is not None:
             detail["redundancy"] = scores.get(b.index)
         if batches and b.index in orig_blocks:
-            filters, W, bias, fitrep = _fit_block(model, b, orig_blocks[b.index], ctx, W0, b0)
+            filters, W, bias, fitrep = _fit_block(model, b, orig_blocks[b.index], ctx, W0, b0, sweeps)
             detail["fit"] = fitrep
         else:
             filters, W, bias = cal.default_filters(D), W0, b0
@@ -936,33 +939,28 @@ def _run_fftmix(model, ok, arg, ctx, report):
                             "a pretrained model loses much accuracy; pass --calibrate DATA to fit filters and projection")
 
 
-def _fit_block(model, b, ob, ctx, W0, b0):
+def _fit_block(model, b, ob, ctx, W0, b0, sweeps):
+    """Fit block b's FFT-Mix on calibration data. ``sweeps`` = (rewritten, original): collection
+    sweeps in block order, each step starting at the residual stream entering the previous block."""
     from ..calibrate import attention as cal
 
     h = seq_input(b.h)
     cur_names = [h.name, b.residual.name] if b.residual is not None else [h.name]
     orig_names = [ob.out_value.name] + ([ob.residual.name] if ob.residual is not None else [])
-    hs, reals, cur_res = [], [], []
-
-    def take_cur(feeds, out):
-        a = out[h.name]
-        hs.append(a)
-        reals.append(cal._real(feeds, a.shape))
-        if b.residual is not None:
-            cur_res.append(out[b.residual.name].reshape(a.shape[0], a.shape[1], -1))
-
+    cur = sweeps[0].step(model, cur_names, b.residual.name if b.residual is not None else None, full=cur_names)
+    orig = sweeps[1].step(ctx.original, orig_names, ob.residual.name if ob.residual is not None else None,
+                          full=orig_names)
+    hs = cur[("full", h.name)]
+    reals = [cal._real(feeds, a.shape) for feeds, a in zip(ctx.batches, hs)]
+    cur_res = [r.reshape(a.shape[0], a.shape[1], -1) for r, a in zip(cur[("full", b.residual.name)], hs)] \
+        if b.residual is not None else []
     targets, stream_var = [], []
-
-    def take_orig(feeds, out):
-        y = out[ob.out_value.name]
+    for k, y in enumerate(orig[("full", ob.out_value.name)]):
         y = y.reshape(y.shape[0], y.shape[1], -1) if y.ndim == 3 else y
         if ob.residual is not None:
-            y = y + out[ob.residual.name].reshape(y.shape)
+            y = y + orig[("full", ob.residual.name)][k].reshape(y.shape)
             stream_var.append(y.var(-1, dtype=np.float64))  # the stream after the add, per token
         targets.append(y)
-
-    cal.run_batches(ir.to_proto(model), cur_names, ctx.batches, take_cur)
-    cal.run_batches(ir.to_proto(ctx.original), orig_names, ctx.batches, take_orig)
     if cur_res:
         targets = [t - r for t, r in zip(targets, cur_res)]
     weights = None
