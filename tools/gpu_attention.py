@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import helper  # noqa: E402
 
+import _gpu  # noqa: E402  (tools/_gpu.py)
 from n6onnx import _library  # noqa: E402
 from n6onnx.ops import DOMAIN, REGISTRY, Sample  # noqa: E402
 
@@ -196,54 +196,15 @@ def run_contract(libs: dict, tmp: pathlib.Path, kernel_only: bool) -> dict:
                                                                      if isinstance(v, dict)} for c in cases}}
 
 
-def find_sanitizer() -> str | None:
-    exe = shutil.which("compute-sanitizer")
-    if exe:
-        return exe
-    for p in ("/usr/local/cuda/bin/compute-sanitizer", "/usr/local/cuda/compute-sanitizer/compute-sanitizer"):
-        if os.access(p, os.X_OK):
-            return p
-    return None
-
-
 def run_sanitizer(tmp: pathlib.Path, timeout: int) -> dict:
-    exe = find_sanitizer()
-    if exe is None:
-        return {"ran": False, "ok": None, "why": "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"}
-    log, sub_out = tmp / "memcheck.log", tmp / "memcheck_contract.json"
-    cmd = [exe, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50", "--log-file", str(log),
-           sys.executable, str(pathlib.Path(__file__).resolve()), "--only", "contract", "--kernel-only",
-           "--out", str(sub_out)]
-    t0 = time.time()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        rc, tail = p.returncode, (p.stdout + p.stderr)[-2000:]
-    except subprocess.TimeoutExpired:
-        rc, tail = None, "timed out"
-    text = log.read_text(errors="replace") if log.exists() else ""
-    summary = [ln.strip() for ln in text.splitlines() if "ERROR SUMMARY" in ln]
-    errors = None
-    if summary:
-        try:
-            errors = int(summary[-1].split("ERROR SUMMARY:")[1].split()[0])
-        except (IndexError, ValueError):
-            pass
-    sub = json.loads(sub_out.read_text()) if sub_out.exists() else {}
-    return {"ran": True, "command": " ".join(cmd), "seconds": round(time.time() - t0, 1), "exit_status": rc,
-            "error_summary": summary[-1] if summary else None, "errors": errors,
-            "contract_under_memcheck_ok": sub.get("contract", {}).get("ok"),
-            "log_tail": text[-3000:] if (errors or rc != 0) else text[-300:], "output_tail": tail if rc != 0 else "",
-            "ok": rc == 0 and errors == 0 and bool(sub.get("contract", {}).get("ok"))}
+    r = _gpu.memcheck(__file__, ["--only", "contract", "--kernel-only", "--out", _gpu.sub_out(tmp)], tmp, timeout)
+    sub = r.pop("sub", {})
+    r["contract_under_memcheck_ok"] = sub.get("contract", {}).get("ok")
+    r["ok"] = r.pop("clean") and bool(sub.get("contract", {}).get("ok")) if r["ran"] else None
+    return r
 
 
-def write_json(path: pathlib.Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    out = os.environ.get("OUT")
-    if out and pathlib.Path(out).is_dir():
-        shutil.copy(path, pathlib.Path(out) / path.name)
+write_json = _gpu.write_json
 
 
 def main(argv=None) -> int:

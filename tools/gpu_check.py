@@ -41,10 +41,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +58,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
+import _gpu  # noqa: E402  (tools/_gpu.py)
 from n6onnx import _library  # noqa: E402
 from n6onnx.ops import DOMAIN, Tolerance  # noqa: E402
 from n6onnx.ops import ELEMENTWISE as REGISTRY  # noqa: E402  (this driver checks the activations)
@@ -489,53 +488,14 @@ def _opts(lib) -> ort.SessionOptions:
 # sanitizer
 
 
-def find_sanitizer() -> str | None:
-    exe = shutil.which("compute-sanitizer")
-    if exe:
-        return exe
-    for p in ("/usr/local/cuda/bin/compute-sanitizer", "/usr/local/cuda/compute-sanitizer/compute-sanitizer"):
-        if os.access(p, os.X_OK):
-            return p
-    return None
-
-
 def run_sanitizer(args, tmp: pathlib.Path) -> dict:
-    exe = find_sanitizer()
-    if exe is None:
-        return {"ran": False, "ok": None, "why": "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"}
-    log = tmp / "memcheck.log"
-    sub_out = tmp / "memcheck_contract.json"
-    cmd = [exe, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50", "--log-file", str(log),
-           sys.executable, str(pathlib.Path(__file__).resolve()), "--only", "contract", "--kernel-only",
-           "--device-id", str(args.device_id), "--out", str(sub_out)]
-    t0 = time.time()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.sanitizer_timeout)
-        rc, stdout = p.returncode, (p.stdout + p.stderr)[-3000:]
-    except subprocess.TimeoutExpired:
-        rc, stdout = None, "timed out"
-    text = log.read_text(errors="replace") if log.exists() else ""
-    summary = [ln.strip() for ln in text.splitlines() if "ERROR SUMMARY" in ln]
-    sub = json.loads(sub_out.read_text()) if sub_out.exists() else {}
-    errors = None
-    if summary:
-        try:
-            errors = int(summary[-1].split("ERROR SUMMARY:")[1].split()[0])
-        except (IndexError, ValueError):
-            pass
-    return {
-        "ran": True,
-        "command": " ".join(cmd),
-        "seconds": round(time.time() - t0, 1),
-        "exit_status": rc,
-        "error_summary": summary[-1] if summary else None,
-        "errors": errors,
-        "contract_under_memcheck_ok": sub.get("contract", {}).get("ok"),
-        "contract_cases": sub.get("contract", {}).get("cases"),
-        "log_tail": text[-4000:] if (errors or rc not in (0,)) else text[-500:],
-        "output_tail": stdout if rc not in (0,) else "",
-        "ok": rc == 0 and errors == 0 and bool(sub.get("contract", {}).get("ok")),
-    }
+    r = _gpu.memcheck(__file__, ["--only", "contract", "--kernel-only", "--device-id", str(args.device_id),
+                                 "--out", _gpu.sub_out(tmp)], tmp, args.sanitizer_timeout)
+    sub = r.pop("sub", {})
+    r["contract_under_memcheck_ok"] = sub.get("contract", {}).get("ok")
+    r["contract_cases"] = sub.get("contract", {}).get("cases")
+    r["ok"] = r.pop("clean") and bool(sub.get("contract", {}).get("ok")) if r["ran"] else None
+    return r
 
 
 # ------------------------------------------------------------------------------------------------
@@ -559,11 +519,7 @@ def environment(libs: Libraries) -> dict:
     return env
 
 
-def write_json(path: pathlib.Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+write_json = _gpu.write_json
 
 
 def main(argv=None) -> int:

@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import helper  # noqa: E402
 
+import _gpu  # noqa: E402  (tools/_gpu.py)
 from n6onnx import _library  # noqa: E402
 from n6onnx.ops import DOMAIN, REGISTRY  # noqa: E402
 
@@ -219,44 +220,14 @@ def part_placement(args) -> dict:
     return {"ok": tuple(nodes) == want, "nodes": nodes}
 
 
-def find_sanitizer() -> str | None:
-    exe = shutil.which("compute-sanitizer")
-    if exe:
-        return exe
-    for p in ("/usr/local/cuda/bin/compute-sanitizer", "/usr/local/cuda/compute-sanitizer/compute-sanitizer"):
-        if os.access(p, os.X_OK):
-            return p
-    return None
-
-
 def part_sanitizer(args, tmp: pathlib.Path) -> dict:
-    exe = find_sanitizer()
-    if exe is None:
-        return {"ran": False, "ok": None, "why": "compute-sanitizer not found"}
-    log, sub = tmp / "memcheck.log", tmp / "memcheck_contract.json"
-    cmd = [exe, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50", "--log-file", str(log),
-           sys.executable, str(pathlib.Path(__file__).resolve()), "--part", "kernel_only", "--part-out", str(sub)]
-    if args.cpu_dry_run:
-        cmd.append("--cpu-dry-run")
-    t0 = time.time()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.sanitizer_timeout)
-        rc, tail = p.returncode, (p.stdout + p.stderr)[-2000:]
-    except subprocess.TimeoutExpired:
-        rc, tail = None, "timed out"
-    text = log.read_text(errors="replace") if log.exists() else ""
-    summary = [ln.strip() for ln in text.splitlines() if "ERROR SUMMARY" in ln]
-    errors = None
-    if summary:
-        try:
-            errors = int(summary[-1].split("ERROR SUMMARY:")[1].split()[0])
-        except (IndexError, ValueError):
-            pass
-    res = json.loads(sub.read_text()) if sub.exists() else {}
-    return {"ran": True, "seconds": round(time.time() - t0, 1), "exit_status": rc, "error_summary": summary[-1:] or None,
-            "errors": errors, "contract_under_memcheck": {k: res.get(k) for k in ("ok", "cases", "failures")},
-            "log_tail": text[-3000:] if errors or rc != 0 else text[-300:], "output_tail": tail if rc != 0 else "",
-            "ok": rc == 0 and errors == 0 and bool(res.get("ok"))}
+    extra = ["--cpu-dry-run"] if args.cpu_dry_run else []
+    r = _gpu.memcheck(__file__, ["--part", "kernel_only", "--part-out", _gpu.sub_out(tmp), *extra], tmp,
+                      args.sanitizer_timeout)
+    res = r.pop("sub", {})
+    r["contract_under_memcheck"] = {k: res.get(k) for k in ("ok", "cases", "failures")}
+    r["ok"] = r.pop("clean") and bool(res.get("ok")) if r["ran"] else None
+    return r
 
 
 def part_bench(args) -> dict:
@@ -354,14 +325,9 @@ def main(argv=None) -> int:
     payload["ok"] = all(oks) and bool(oks)
     payload["seconds"] = round(time.time() - t0, 1)
     name = "gpu_moe_dryrun.json" if args.cpu_dry_run else "gpu_moe.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / name).write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        for f in (name, "moe_ops_cuda.json"):
-            if (RESULTS / f).exists():
-                shutil.copy(RESULTS / f, os.path.join(out_dir, f))
+    _gpu.write_json(RESULTS / name, payload)
+    if os.environ.get("OUT") and (RESULTS / "moe_ops_cuda.json").exists():
+        shutil.copy(RESULTS / "moe_ops_cuda.json", os.path.join(os.environ["OUT"], "moe_ops_cuda.json"))
     print(f"wrote {RESULTS / name}: ok={payload['ok']} in {payload['seconds']} s")
     return 0 if payload["ok"] else 1
 
