@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     payload["seconds"] = round(time.time() - t0, 1)
     name = "gpu_moe_dryrun.json" if args.cpu_dry_run else "gpu_moe.json"
     _gpu.write_json(RESULTS / name, payload)
-    if os.environ.get("OUT") and (RESULTS / "moe_ops_cuda.json").exists():
+    if "bench" in payload and os.environ.get("OUT") and (RESULTS / "moe_ops_cuda.json").exists():
         shutil.copy(RESULTS / "moe_ops_cuda.json", os.path.join(os.environ["OUT"], "moe_ops_cuda.json"))
     print(f"wrote {RESULTS / name}: ok={payload['ok']} in {payload['seconds']} s")
     return 0 if payload["ok"] else 1
