@@ -47,8 +47,11 @@ def main() -> None:
     s = corpus.sentences()
     held = work / "heldout.txt"
     held.write_text("\n".join(s[1000:1256]))
+    counts = [int(x) for x in args.samples.split(",") if x]
+    if max(counts) > 1000:
+        ap.error("--samples: at most 1000 (the held-out sentences start at 1000)")
     calib = work / "calib.txt"
-    calib.write_text("\n".join(s[:512]))
+    calib.write_text("\n".join(s[:max(counts + [256])]))
     runs = work / "runs"
     runs.mkdir(exist_ok=True)
 
