@@ -1,8 +1,9 @@
 """Accuracy recovery on the pretrained all-MiniLM-L6-v2 (batch 8 x 128), measured with n6onnx's
 own validate and bench against the original:
 
-- calibration: gelu=phi6 uncalibrated, calibrated without refit, calibrated with refit
-  (calibration on corpus sentences 0..N-1, fidelity on 256 held-out sentences 1000..1255);
+- calibration: gelu=phi6 uncalibrated, calibrated without refit, calibrated with refit, and
+  gelu=zetaln2 calibrated with refit (calibration on corpus sentences 0..N-1, fidelity on 256
+  held-out sentences 1000..1255);
 - bottleneck: ffn=phi-bottleneck:RATIO for RATIO in 4, 3, 2, 1.5, 4/3 (calibrated, refit): fidelity
   and CPU latency/energy (2 threads) against the ORT-optimised original.
 
@@ -37,6 +38,7 @@ def fidelity(original, candidate, held: pathlib.Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", default="128,256", help="calibration sample counts to try")
+    ap.add_argument("--zetaln2-samples", default="256", help="gelu=zetaln2 calibrated with these sample counts")
     ap.add_argument("--ratios", default="4,3,2,1.5,4/3")
     ap.add_argument("--bench-seconds", type=float, default=15.0)
     ap.add_argument("--skip", default="", help="comma list: calibration,bottleneck")
@@ -77,6 +79,18 @@ def main() -> None:
                              "layers": [l.to_json() for l in rep.calibration.layers],
                              **{k: v for k, v in f.items() if k != "validate"}})
                 print(rows[-1]["variant"], f"cos {f['cosine_mean']:.4f} nn {f['nn_agreement']:.3f} {secs:.1f} s", flush=True)
+        for n in [int(x) for x in args.zetaln2_samples.split(",") if x]:
+            # the other n6 activation, calibrated the same way (default settings: refit)
+            out = work / f"zetaln2-cal{n}.onnx"
+            t = time.perf_counter()
+            _, rep = n6onnx.rewrite(src, out, ["gelu=zetaln2"], calibrate=calib, calib_samples=n)
+            secs = time.perf_counter() - t
+            f = fidelity(src, out, held)
+            rows.append({"variant": f"gelu=zetaln2 calibrated, {n} samples, refit", "samples": n, "refit": True,
+                         "seconds": round(secs, 1), "calibration_seconds": round(rep.calibration.seconds, 1),
+                         "layers": [l.to_json() for l in rep.calibration.layers],
+                         **{k: v for k, v in f.items() if k != "validate"}})
+            print(rows[-1]["variant"], f"cos {f['cosine_mean']:.4f} nn {f['nn_agreement']:.3f} {secs:.1f} s", flush=True)
         write("calibration_minilm", {
             "benchmark": "calibration_minilm",
             "method": ("all-MiniLM-L6-v2 exported by the torch dynamo exporter (opset 18, batch 8 x 128); calibration "
