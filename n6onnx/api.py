@@ -158,6 +158,8 @@ def rewrite(
     warnings = [n for r in reports.values() for n in r.notes]
     if calibration is not None:
         warnings += calibration.skipped
+        warnings += [f"{l.block}: the calibration's affine could not be folded into the neighbours; emitted "
+                     f"explicitly: {'; '.join(l.explicit)}" for l in calibration.layers if l.explicit]
     elif reports.get("gelu") and reports["gelu"].rewritten:
         warnings.append(
             "uncalibrated activation swap: a pretrained model will lose accuracy (GELU and Phi6 are "

@@ -15,6 +15,7 @@ Models (all exported with static shapes; the single graph output is ``last_hidde
 * ``gpt2``    - tiny random GPT2Model; ``gelu_new`` (tanh form), Conv1D (addmm) projections, causal mask.
 * ``vit``     - tiny random ViTModel on 32x32 images, patch 8; GELU (erf form).
 * ``llama``   - tiny random LlamaModel; SwiGLU MLP (no GELU), RMSNorm, RoPE, GQA (4 q heads / 2 kv heads).
+* ``geglu``   - ``llama`` with GELU-gated MLPs (``gelu_pytorch_tanh``, as Gemma): gated FFNs with a GELU.
 * ``mixtral`` - tiny random MixtralModel; 4 experts, top-2, ``experts_implementation="batched_mm"``.
 
 Random models are seeded (``torch.manual_seed(0)``) and their biases are re-initialised to ``randn * 0.02`` (HF
@@ -37,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-MODELS = ("minilm", "bert", "gpt2", "vit", "llama", "mixtral")
+MODELS = ("minilm", "bert", "gpt2", "vit", "llama", "geglu", "mixtral")
 EXPORTERS = ("dynamo18", "dynamo20", "torchscript")
 
 # Bump when anything that changes the exported graphs changes (configs, wrappers, export settings).
@@ -64,6 +65,7 @@ ARCH_COUNTS = {
     "gpt2": {"gelu": 2, "ffn": 2, "attention": 2, "moe": 0},
     "vit": {"gelu": 2, "ffn": 2, "attention": 2, "moe": 0},
     "llama": {"gelu": 0, "ffn": 2, "attention": 2, "moe": 0},
+    "geglu": {"gelu": 2, "ffn": 2, "attention": 2, "moe": 0},  # Llama with GELU-gated FFNs (Gemma-style)
     "mixtral": {"gelu": 0, "ffn": 0, "attention": 2, "moe": 2},  # its expert FFNs are the MoE
 }
 
@@ -124,10 +126,10 @@ def _tiny_config(model: str):
         return tf.ViTConfig(
             image_size=_IMAGE_SIZE, patch_size=_PATCH, num_channels=3, intermediate_size=_INTER, **common
         )
-    if model == "llama":
+    if model in ("llama", "geglu"):
         return tf.LlamaConfig(
             vocab_size=_TEXT_VOCAB, intermediate_size=_INTER, num_key_value_heads=2, max_position_embeddings=128,
-            use_cache=False, **common,
+            use_cache=False, hidden_act="silu" if model == "llama" else "gelu_pytorch_tanh", **common,
         )
     if model == "mixtral":
         return tf.MixtralConfig(
@@ -157,6 +159,7 @@ def load_torch_model(model: str):
         "gpt2": tf.GPT2Model,
         "vit": tf.ViTModel,
         "llama": tf.LlamaModel,
+        "geglu": tf.LlamaModel,
         "mixtral": tf.MixtralModel,
     }[model]
     m = cls(cfg)
@@ -218,7 +221,7 @@ def _wrapper(model: str, m):
 
         def forward(self, *args):
             kwargs = dict(zip(names, args))
-            if model in ("gpt2", "llama", "mixtral"):
+            if model in ("gpt2", "llama", "geglu", "mixtral"):
                 kwargs["use_cache"] = False
             out = self.inner(**kwargs, return_dict=True)
             return out.last_hidden_state

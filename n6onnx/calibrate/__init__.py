@@ -110,9 +110,6 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         op = b.act.op_type.removeprefix("Bias")
         if b.act.domain != DOMAIN or op not in ACTS:
             continue
-        if b.gated:
-            skipped.append(f"{b.act.name}: gated FFN (the gate product does not fold an affine); left uncalibrated")
-            continue
         todo.append(b)
     if not todo:
         return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [], skipped)
@@ -134,7 +131,9 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         separate_bias = slot is not None and slot[0] is not b.up.node
         upv = b.up.node.outputs[0].name
         res = b.residual.name if b.residual is not None else None
-        cur = sweep.step(model, [upv] + ([res] if res else []), res)
+        # gated FFN: act(z) * u, u the other projection's output (with its bias)
+        uv = _gate_value(b)
+        cur = sweep.step(model, [upv] + ([uv.name] if uv is not None else []) + ([res] if res else []), res)
         z = cur[upv] + (b1 if separate_bias else 0)
         explicit = []
         dtype = _np(b.up.weight).dtype
@@ -148,8 +147,16 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         w2 = _weight_hd(b.down)
         dslot = _bias_slot(b.down)
         b2 = _np(dslot[0].inputs[dslot[1]]).astype(np.float32) if dslot else np.zeros(w2.shape[1], np.float32)
-        w2f = af.alpha[:, None] * w2
-        b2f = b2 + af.beta @ w2
+        if uv is None:
+            w2f = af.alpha[:, None] * w2
+            b2f = b2 + af.beta @ w2
+        else:
+            # (alpha P + beta) * u = (P + beta / alpha) * (alpha u): alpha goes into the gate
+            # projection, beta / alpha is an explicit Add before the product (nothing can absorb it)
+            alpha = _safe_scale(af.alpha)
+            shift = (af.beta / alpha).astype(np.float32)
+            Y = (Y + shift) * (cur[uv.name] * alpha)
+            w2f, b2f = w2, b2
         target = orig[b.out.name]
         if b.residual is not None:
             target = orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
@@ -169,6 +176,14 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         else:
             explicit.append("up-projection bias (added as an explicit Add)")
             _insert_add(graph, b.up.node.outputs[0], new_b1, f"{b.act.name}_n6cal_bias")
+        if uv is not None:
+            _store_weight(graph, b.gate, _weight_hd(b.gate) * alpha[None, :], _np(b.gate.weight).dtype, "n6cal")
+            gslot = _bias_slot(b.gate)
+            if gslot is not None:
+                gb = _np(gslot[0].inputs[gslot[1]]).astype(np.float32)
+                _set_input(graph, gslot[0], gslot[1], (gb * alpha).astype(gb.dtype), f"{gslot[0].inputs[gslot[1]].name}_n6cal")
+            explicit.append("activation offset beta/alpha (an explicit Add before the gate product)")
+            _insert_add(graph, b.act.outputs[0], shift.astype(dtype), f"{b.act.name}_n6cal_offset")
         _store_weight(graph, b.down, w2n, _np(b.down.weight).dtype, "n6cal")
         if dslot is not None:
             _set_input(graph, dslot[0], dslot[1], b2n.astype(dtype), f"{dslot[0].inputs[dslot[1]].name}_n6cal")
@@ -179,6 +194,20 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
                                {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
     return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].out.name])),
                              time.perf_counter() - t0, refit, layers, skipped)
+
+
+def _gate_value(b: ffn.FFNBlock) -> ir.Value | None:
+    """The other factor of a gated FFN's product (the linear projection, bias included)."""
+    if not b.gated or b.gate_mul is None:
+        return None
+    return next(v for v in b.gate_mul.inputs if v is not b.act.outputs[0])
+
+
+def _safe_scale(alpha: np.ndarray) -> np.ndarray:
+    """alpha with magnitudes floored at 1e-3 of the median (sign kept), so beta / alpha stays finite;
+    the refit sees the features as built, so a floored unit is still fitted consistently."""
+    floor = 1e-3 * max(float(np.median(np.abs(alpha))), 1e-12)
+    return np.where(np.abs(alpha) < floor, np.where(alpha < 0, -floor, floor), alpha).astype(np.float32)
 
 
 def stream_weights(orig: dict, b: ffn.FFNBlock) -> np.ndarray | None:

@@ -99,6 +99,87 @@ def test_folding_is_exact(tmp_path):
     assert not rep.calibration.layers[0].explicit  # the neighbours absorbed the affine
 
 
+def _toy_geglu(path, D=8, H=32, seed=0):
+    """x + down(Gelu(x @ W1) * (x @ W3 + b3)) + b2: a gated FFN whose activated side has no bias."""
+    rng = np.random.default_rng(seed)
+    w = {"W1": rng.standard_normal((D, H)) * 0.5, "W3": rng.standard_normal((D, H)) * 0.5,
+         "b3": rng.standard_normal(H) * 0.3, "W2": rng.standard_normal((H, D)) * 0.3, "b2": rng.standard_normal(D) * 0.1}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"], name="gate"), helper.make_node("Gelu", ["a"], ["g"], name="gelu"),
+             helper.make_node("MatMul", ["x", "W3"], ["m"], name="up"), helper.make_node("Add", ["m", "b3"], ["u"], name="up_bias"),
+             helper.make_node("Mul", ["g", "u"], ["h"], name="product"), helper.make_node("MatMul", ["h", "W2"], ["o"], name="down"),
+             helper.make_node("Add", ["o", "b2"], ["f"], name="down_bias"), helper.make_node("Add", ["x", "f"], ["y"], name="residual")]
+    g = helper.make_graph(nodes, "geglu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, D])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, D])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def _feeds(path, seed, n=64):
+    rng = np.random.default_rng(seed)
+    np.savez(path, **{f"x/{k}": rng.standard_normal((4, 8)).astype(np.float32) for k in range(n)})
+    return path
+
+
+def test_gated_ffn_folding_is_exact_and_says_what_is_explicit(tmp_path):
+    """Gated: (alpha P + beta) * u, with alpha folded into the linear side and beta / alpha added
+    explicitly; the graph equals the explicit affine with the original weights."""
+    w = _toy_geglu(tmp_path / "ffn.onnx")
+    _, rep = n6onnx.rewrite(tmp_path / "ffn.onnx", tmp_path / "cal.onnx", ["gelu=phi6"],
+                            calibrate=_feeds(tmp_path / "feeds.npz", 5), refit=False)
+    layer = rep.calibration.layers[0]
+    aff = layer.affine
+    x = np.random.default_rng(6).standard_normal((4, 8)).astype(np.float32)
+    phi6 = REGISTRY["Phi6"].reference
+    act = aff["alpha"] * phi6(aff["a"] * (x @ w["W1"]) + aff["c"]) + aff["beta"]
+    explicit = x + (act * (x @ w["W3"] + w["b3"])) @ w["W2"] + w["b2"]
+    for library in (True, False):
+        sess = n6onnx.InferenceSession(tmp_path / "cal.onnx", use_library=library)
+        assert sess.uses_library == library  # the kernels, then the model-local function fallback
+        got = sess.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, explicit, rtol=1e-4, atol=1e-4)
+    assert any("beta/alpha" in e for e in layer.explicit) and any("up-projection bias" in e for e in layer.explicit)
+    assert any("emitted explicitly" in m for m in rep.warnings)
+
+
+def test_gated_ffn_calibration_recovers_and_refit_helps(tmp_path):
+    _toy_geglu(tmp_path / "ffn.onnx", seed=1)
+    calib = _feeds(tmp_path / "calib.npz", 7, n=256)
+    out = {}
+    for name, kw in {"plain": {}, "folded": {"calibrate": calib, "refit": False}, "refit": {"calibrate": calib}}.items():
+        _, rep = n6onnx.rewrite(tmp_path / "ffn.onnx", tmp_path / f"{name}.onnx", ["gelu=phi6"], **kw)
+        out[name] = rep
+    held = np.random.default_rng(8).standard_normal((32, 4, 8)).astype(np.float32)
+    ref = n6onnx.InferenceSession(tmp_path / "ffn.onnx")
+    err = {}
+    for name in out:
+        s = n6onnx.InferenceSession(tmp_path / f"{name}.onnx")
+        e = [s.run(None, {"x": x})[0] - ref.run(None, {"x": x})[0] for x in held]
+        err[name] = float(np.mean(np.square(e)))
+    assert err["refit"] < err["folded"] < 0.1 * err["plain"]
+    layer = out["refit"].calibration.layers[0]
+    assert layer.rel_err <= layer.rel_err_folded + 1e-12
+
+
+def test_gated_calibration_on_an_exported_geglu_model(zoo_export, token_npz, tmp_path):
+    """The tiny Llama with GELU-gated MLPs (torch dynamo export): calibrated, the swap reproduces the
+    original on held-out token feeds; uncalibrated it does not."""
+    src = zoo_export("geglu", "dynamo18")
+    base = zoo.example_inputs("geglu")
+    rng = np.random.default_rng(11)
+    held = tmp_path / "held.npz"
+    np.savez(held, **{f"{n}/{k}": (rng.integers(1, 1000, a.shape).astype(a.dtype) if n == "input_ids" else a)
+                      for k in range(8) for n, a in base.items()})
+    cos = {}
+    for name, kw in {"plain": {}, "calibrated": {"calibrate": token_npz("geglu")}}.items():
+        _, rep = n6onnx.rewrite(src, tmp_path / f"{name}.onnx", ["gelu=phi6"], **kw)
+        cos[name] = n6onnx.validate(src, tmp_path / f"{name}.onnx", feeds=held).to_json()[
+            "outputs"]["last_hidden_state"]["cosine_mean"]
+    assert len(rep.calibration.layers) == 2 and not rep.calibration.skipped
+    assert all(any("beta/alpha" in e for e in l.explicit) for l in rep.calibration.layers)
+    assert cos["calibrated"] > 0.999 and cos["plain"] < 0.9
+
+
 def test_cli_calibrate_errors_and_warnings(tmp_path):
     _toy_ffn(tmp_path / "ffn.onnx")
     r = CliRunner().invoke(main, ["rewrite", str(tmp_path / "ffn.onnx"), "-o", str(tmp_path / "o.onnx"),

@@ -21,7 +21,7 @@ def test_inspect_counts_exactly(model, exporter, zoo_export):
     # every GELU is matched by a rule and reported with the nodes it covers
     for site in rep.kinds["gelu"].sites:
         assert site.nodes and site.rule.startswith("gelu.")
-        assert site.variant == ("tanh" if model == "gpt2" else "erf")
+        assert site.variant == ("tanh" if model in ("gpt2", "geglu") else "erf")
     if model in ("minilm", "bert", "gpt2", "vit"):
         assert not rep.kinds["gelu"].near_misses
         assert {s.detail["hidden"] for s in rep.kinds["ffn"].sites} == {1536 if model == "minilm" else 256}
@@ -29,6 +29,8 @@ def test_inspect_counts_exactly(model, exporter, zoo_export):
         assert all(s.detail["gated"] and s.detail["activation"] == "silu" for s in rep.kinds["ffn"].sites)
         # SiLU's sigmoids are seen and explained, not silently skipped
         assert all("SiLU" in m.reason for m in rep.kinds["gelu"].near_misses)
+    if model == "geglu":
+        assert all(s.detail["gated"] and s.detail["activation"] == "gelu_tanh" for s in rep.kinds["ffn"].sites)
     if model == "mixtral":
         assert all(s.detail["top_k"] == 2 and s.detail["experts"] == 4 for s in rep.kinds["moe"].sites)
         # the router softmax is not an attention block, and says why
