@@ -137,7 +137,7 @@ def rewrite(
         external_data = io.uses_external_data(model) or None
     canonicalize(m)
     original = ir.from_proto(ir.to_proto(m)) if calibrate is not None else None
-    ctx = passes.PassContext(original=original, refit=refit)
+    ctx = passes.PassContext(original=original, refit=refit, progress=progress or None)
     if calibrate is not None:
         from . import calibrate as cal
 

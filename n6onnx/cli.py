@@ -362,7 +362,7 @@ class _progress:
                            transient=True)
         self._p.start()
         task = self._p.add_task(self.what)
-        return lambda name, i: self._p.update(task, description=f"{self.what}: FFN {i + 1} ({name})")
+        return lambda label: self._p.update(task, description=f"{self.what}: {label}")
 
     def __exit__(self, *exc):
         if self._p is not None:

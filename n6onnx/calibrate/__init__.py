@@ -101,7 +101,7 @@ def _store_weight(graph, proj: ffn.Projection, w_in_out: np.ndarray, dtype, tag:
 
 
 def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict], *, refit: bool = True,
-                   threads: int | None = None, progress: Callable[[str, int], None] | None = None) -> CalibrationReport:
+                   threads: int | None = None, progress: Callable[[str], None] | None = None) -> CalibrationReport:
     """Fit and fold the calibrated activation swap into ``model`` (rewritten by the gelu pass) in place."""
     t0 = time.perf_counter()
     blocks, _, _ = ffn.find_blocks(model)
@@ -121,7 +121,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
     sweep = collect.Sweep(batches, threads)
     for i, b in enumerate(todo):
         if progress:
-            progress(b.act.name, i)
+            progress(f"FFN {i + 1}/{len(todo)} ({b.act.name})")
         op = b.act.op_type.removeprefix("Bias")
         act = ACTS[op]
         variant = b.act.metadata_props.get("n6onnx.variant", "erf")

@@ -60,7 +60,9 @@ def _fix_reshapes(graph: ir.Graph, proj: ffn.Projection, old: int, new: int) -> 
 
 def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, original: ir.Model | None,
           batches: Sequence[dict] | None, *, refit: bool = True, threads: int | None = None,
-          select: str = "greedy") -> list[PrunedLayer]:
+          select: str = "greedy", progress=None) -> list[PrunedLayer]:
+    """Cut ``blocks`` to round(ratio * D) hidden units (see the module docstring). ``progress``: an
+    optional callable given a label per FFN while calibration data is used."""
     graph = model.graph
     orig = None
     if not blocks:
@@ -70,7 +72,9 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
         orig = collect.collect(ir.to_proto(original), names, batches, threads)
     layers = []
     sweep = collect.Sweep(batches, threads) if orig is not None else None
-    for b in blocks:
+    for i, b in enumerate(blocks):
+        if progress and orig is not None:
+            progress(f"FFN {i + 1}/{len(blocks)} ({b.act.name or b.down.node.name})")
         H, D = b.hidden, b.d_model
         k = int(round(ratio * D))
         w2 = _np(b.down.weight).astype(np.float32)

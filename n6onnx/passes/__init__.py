@@ -28,6 +28,7 @@ class PassContext:
     original: ir.Model | None = None
     batches: list | None = None
     refit: bool = True
+    progress: Callable[[str], None] | None = None  # told a label per layer while calibrating
 
 
 def _ffn(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
@@ -45,7 +46,7 @@ def _ffn(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
                 b.act.name, f"hidden width {b.hidden} is already <= {ratio:.4g} x {b.d_model}: nothing to cut"))
         else:
             todo.append(b)
-    layers = bottleneck.prune(model, todo, ratio, ctx.original, ctx.batches, refit=ctx.refit)
+    layers = bottleneck.prune(model, todo, ratio, ctx.original, ctx.batches, refit=ctx.refit, progress=ctx.progress)
     for b, layer in zip(todo, layers):
         report.sites.append(Site(nodes=b.labels(), rule="ffn.phi_bottleneck", detail=layer.to_json()))
     report.rewritten = len(layers)

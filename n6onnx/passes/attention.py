@@ -918,7 +918,9 @@ def _run_fftmix(model, ok, arg, ctx, report):
     from ..calibrate.collect import Sweep
 
     sweeps = (Sweep(batches), Sweep(batches)) if batches else None
-    for b in chosen:
+    for k, b in enumerate(chosen):
+        if sweeps is not None and getattr(ctx, "progress", None):
+            ctx.progress(f"attention block {b.index} ({k + 1}/{len(chosen)})")
         W0, b0 = fftmix_default(b)
         D = seq_input(b.h).shape[-1]
         detail = {"index": b.index, "method": "fftmix", "norm": b.norm}

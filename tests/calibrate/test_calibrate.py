@@ -187,3 +187,13 @@ def test_cli_calibrate_errors_and_warnings(tmp_path):
     assert r.exit_code == 2 and "no such file" in r.output and not (tmp_path / "o.onnx").exists()
     r = CliRunner().invoke(main, ["rewrite", str(tmp_path / "ffn.onnx"), "-o", str(tmp_path / "o.onnx"), "--pass", "gelu=phi6"])
     assert r.exit_code == 0 and "--calibrate" in r.output
+
+
+@pytest.mark.parametrize("spec,label", [("gelu=phi6", "FFN 2/2"), ("ffn=phi-bottleneck:2", "FFN 2/2"),
+                                        ("attention=fftmix:0,1", "attention block 1 (2/2)")])
+def test_calibration_reports_progress_per_layer(spec, label, zoo_export, token_npz, tmp_path):
+    """What the CLI's progress line shows while it calibrates: one label per fitted layer."""
+    seen = []
+    n6onnx.rewrite(zoo_export("bert", "dynamo18"), tmp_path / "o.onnx", [spec], calibrate=token_npz("bert", 4),
+                   progress=seen.append)
+    assert len(seen) == 2 and seen[-1].startswith(label)
