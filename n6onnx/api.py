@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import onnx
 import onnx_ir as ir
@@ -97,7 +96,7 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
         from . import calibrate as cal
         from .passes import attention
 
-        batches = cal.load_batches(str(calibrate), ir.to_proto(m).SerializeToString(),
+        batches = cal.load_batches(str(calibrate), ir.to_proto(m),
                                    tokenizer=None if tokenizer is None else str(tokenizer), samples=calib_samples,
                                    dims=dims)
         scores = attention.redundancy_scores(m, batches)
@@ -141,7 +140,7 @@ def rewrite(
     if calibrate is not None:
         from . import calibrate as cal
 
-        ctx.batches = cal.load_batches(str(calibrate), ir.to_proto(original).SerializeToString(),
+        ctx.batches = cal.load_batches(str(calibrate), ir.to_proto(original),
                                        tokenizer=None if tokenizer is None else str(tokenizer),
                                        samples=calib_samples, dims=dims)
     reports: dict[str, KindReport] = {}

@@ -95,3 +95,28 @@ class InferenceSession(ort.InferenceSession):
         if isinstance(path_or_bytes, os.PathLike):
             path_or_bytes = os.fspath(path_or_bytes)
         super().__init__(path_or_bytes, sess_options=so, providers=providers, **kwargs)
+
+
+def session_for(proto, sess_options: ort.SessionOptions | None = None, **kwargs) -> InferenceSession:
+    """An ``InferenceSession`` for an in-memory ``onnx.ModelProto`` of any size.
+
+    Up to ``io.EXTERNAL_DATA_THRESHOLD`` bytes of tensors the model is passed as bytes. Above it
+    (protobuf cannot serialise more than 2 GB) it is written to a temporary folder with its tensors
+    in one external data file; the folder lives as long as the session. ``proto`` is consumed: in
+    that case its tensors are moved to the external file."""
+    from . import io
+
+    if io._tensor_bytes(proto) <= io.EXTERNAL_DATA_THRESHOLD:
+        return InferenceSession(proto.SerializeToString(), sess_options, **kwargs)
+    import pathlib
+    import tempfile
+
+    import onnx
+
+    tmp = tempfile.TemporaryDirectory(prefix="n6onnx-session-")
+    path = pathlib.Path(tmp.name) / "model.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    sess = InferenceSession(str(path), sess_options, **kwargs)
+    sess._n6onnx_tmp = tmp  # removed with the session
+    return sess

@@ -264,7 +264,7 @@ def _insert_add(graph: ir.Graph, value: ir.Value, bias: np.ndarray, name: str) -
         user.replace_input_with(idx, out)
 
 
-def load_batches(data: str, model_bytes: bytes, *, tokenizer: str | None = None, samples: int | None = None,
+def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int | None = None,
                  dims: dict | None = None):
     """Calibration feeds: an .npz of feeds, or a text file tokenised with ``tokenizer`` (default:
     the packaged all-MiniLM-L6-v2 tokenizer when the model takes token ids)."""
@@ -272,12 +272,13 @@ def load_batches(data: str, model_bytes: bytes, *, tokenizer: str | None = None,
 
     from .. import feeds
     from ..errors import BadArgumentError
-    from ..runtime import InferenceSession
+    from ..runtime import InferenceSession, session_for
 
     p = pathlib.Path(data)
     if not p.is_file():
         raise BadArgumentError(f"--calibrate {data}: no such file")
-    sess = InferenceSession(model_bytes)
+    # the session only tells the inputs' names, types and shapes
+    sess = InferenceSession(model) if isinstance(model, bytes) else session_for(model)
     if p.suffix == ".npz":
         batches = feeds.load_npz(p, sess)
     else:

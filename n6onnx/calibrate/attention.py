@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from ..runtime import InferenceSession
+from ..runtime import session_for
 from . import collect, fit
 
 WINDOWS = (6, 12, 24)
@@ -53,7 +53,7 @@ def run_batches(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[
     names = list(dict.fromkeys(names))
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    sess = InferenceSession(collect.with_outputs(proto, names).SerializeToString(), so, threads=threads)
+    sess = session_for(collect.with_outputs(proto, names), so, threads=threads)
     for feeds in batches:
         fn(feeds, dict(zip(names, sess.run(names, feeds))))
 

@@ -15,7 +15,6 @@ inputs from the already-pruned prefix (see ``calibrate``).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Sequence
 
 import numpy as np
@@ -103,7 +102,6 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
         drop = np.setdiff1d(np.arange(H), keep)
         kept_share = float(energy[keep].sum() / max(energy.sum(), 1e-30)) if orig is not None else None
         # cut the up (and gate) side
-        dtype = _np(b.up.weight).dtype
         for proj, act_bias_node in ((b.up, b.act), (b.gate, None)):
             if proj is None:
                 continue

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ..runtime import InferenceSession
+from ..runtime import session_for
 
 
 def with_outputs(proto: onnx.ModelProto, names: Sequence[str], cut: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
@@ -85,7 +85,7 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
     # idle ORT threads would otherwise spin for a while after each run, against the numpy fits
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     example = {cut: cut_values[0]} if cut else None
-    sess = InferenceSession(with_outputs(proto, names, example).SerializeToString(), so, threads=threads)
+    sess = session_for(with_outputs(proto, names, example), so, threads=threads)
     out: dict = {n: [] for n in names}
     kept: dict = {n: [] for n in full}
     for i, feeds in enumerate(batches):

@@ -191,7 +191,6 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
         va = np.sort(np.concatenate([chunks[i] for i in pick]))
     if n_val:
         n_val = len(va)
-        n_tr = n - n_val
         Yv, Rv, swv = Yc[va], R[va], sw[va]
         Sv = (Yv.T @ Yv).astype(np.float64)
         Cv = (Yv.T @ Rv).astype(np.float64)

@@ -34,3 +34,41 @@ def test_sweep_from_a_cut_equals_running_the_whole_prefix(zoo_export, token_npz)
             sub = collect.with_outputs(proto, names, {blocks[i - 1].residual.name: np.zeros((1,), np.float32)})
             assert blocks[i - 1].residual.name in [v.name for v in sub.graph.input]
             assert len(sub.graph.node) < len(collect.with_outputs(proto, names).graph.node)
+
+
+def test_models_over_the_protobuf_limit_are_run_from_external_data(zoo_export, token_npz, tmp_path, monkeypatch):
+    """Calibration sessions are built from in-memory models; above 2 GB protobuf cannot serialise
+    them, so they go through a temporary file with external data. Forced here with a tiny limit:
+    the calibrated model must be byte-identical to the in-memory path, and nothing is left behind."""
+    import glob
+    import tempfile
+
+    import n6onnx
+    from n6onnx import io
+
+    src = zoo_export("bert", "dynamo18")
+    data = token_npz("bert", 4)
+    n6onnx.rewrite(src, tmp_path / "inline.onnx", ["gelu=phi6"], calibrate=data)
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 0)
+    import onnx
+
+    sessions, save = [], onnx.save_model
+
+    def spy(proto, path, *a, **k):  # count the sessions built from a temporary external-data file
+        if "n6onnx-session-" in str(path):
+            sessions.append(path)
+        return save(proto, path, *a, **k)
+
+    monkeypatch.setattr(onnx, "save_model", spy)
+    before = set(glob.glob(f"{tempfile.gettempdir()}/n6onnx-session-*"))
+    n6onnx.rewrite(src, tmp_path / "external.onnx", ["gelu=phi6", "ffn=phi-bottleneck:2", "attention=fftmix:@0"],
+                   calibrate=data)
+    assert (tmp_path / "external.onnx.data").is_file()
+    # (the output itself is saved inline: the lowered limit would otherwise apply to it too)
+    n6onnx.rewrite(src, tmp_path / "external_gelu.onnx", ["gelu=phi6"], calibrate=data, external_data=False)
+    assert (tmp_path / "external_gelu.onnx").read_bytes() == (tmp_path / "inline.onnx").read_bytes()
+    assert len(sessions) >= 3  # input specs, the original's collection, the sweep steps, ...
+    import gc
+
+    gc.collect()
+    assert set(glob.glob(f"{tempfile.gettempdir()}/n6onnx-session-*")) == before
