@@ -11,7 +11,9 @@ so upstream errors are compensated rather than compounded. Every fit is weighted
 1 / var of the original residual stream after the FFN's add (``stream_weights``): that is what the
 next LayerNorm divides by, so an error there costs |e|^2 / var downstream, and tokens with massive
 activations would otherwise dominate the fits. The rewritten graph has exactly the nodes of an
-uncalibrated rewrite: the calibration costs nothing at inference.
+uncalibrated rewrite: the calibration costs nothing at inference. Gated FFNs (act(z) * u) are the
+exception: (alpha P + beta) * u = (P + beta / alpha) * (alpha u), so alpha folds into the linear
+projection but beta / alpha needs one explicit Add before the product (reported in ``explicit``).
 """
 
 from __future__ import annotations
