@@ -150,13 +150,12 @@ def rewrite(
         reports[spec.kind] = passes.run(m, spec, ctx)
         functions = finalize(m)
         if spec.kind == "gelu" and ctx.batches and reports["gelu"].rewritten:
-            calibration = cal.calibrate_swap(m, original, ctx.batches, refit=refit, progress=progress)
+            calibration = cal.calibrate_swap(m, original, ctx.batches, refit=refit, progress=ctx.progress)
             functions = finalize(m)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
     warnings = [n for r in reports.values() for n in r.notes]
     if calibration is not None:
-        warnings += calibration.skipped
         warnings += [f"{l.block}: the calibration's affine could not be folded into the neighbours; emitted "
                      f"explicitly: {'; '.join(l.explicit)}" for l in calibration.layers if l.explicit]
     elif reports.get("gelu") and reports["gelu"].rewritten:

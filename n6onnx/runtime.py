@@ -113,10 +113,17 @@ def session_for(proto, sess_options: ort.SessionOptions | None = None, **kwargs)
 
     import onnx
 
+    from .errors import N6Error
+
     tmp = tempfile.TemporaryDirectory(prefix="n6onnx-session-")
     path = pathlib.Path(tmp.name) / "model.onnx"
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
+    try:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+    except OSError as e:
+        tmp.cleanup()
+        raise N6Error(f"the model is over protobuf's 2 GB limit, and writing its temporary copy for onnxruntime "
+                      f"to {tempfile.gettempdir()} failed ({e}); free space there or set TMPDIR") from None
     sess = InferenceSession(str(path), sess_options, **kwargs)
     sess._n6onnx_tmp = tmp  # removed with the session
     return sess

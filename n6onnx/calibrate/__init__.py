@@ -56,11 +56,10 @@ class CalibrationReport:
     seconds: float
     refit: bool
     layers: list[LayerFit]
-    skipped: list[str]
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "batches": self.batches, "rows": self.rows, "seconds": round(self.seconds, 2), "refit": self.refit,
-                "layers": [l.to_json() for l in self.layers], "skipped": self.skipped}
+                "layers": [l.to_json() for l in self.layers]}
 
 
 def _np(v: ir.Value) -> np.ndarray:
@@ -107,17 +106,16 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
     """Fit and fold the calibrated activation swap into ``model`` (rewritten by the gelu pass) in place."""
     t0 = time.perf_counter()
     blocks, _, _ = ffn.find_blocks(model)
-    todo, skipped = [], []
+    todo = []
     for b in blocks:
         op = b.act.op_type.removeprefix("Bias")
         if b.act.domain != DOMAIN or op not in ACTS:
             continue
         todo.append(b)
     if not todo:
-        return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [], skipped)
+        return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [])
 
-    names = lambda b: [b.out.name] + ([b.residual.name] if b.residual is not None else [])
-    orig = collect.collect(ir.to_proto(original), [n for b in todo for n in names(b)], batches, threads)
+    orig = original_streams(original, todo, batches, threads)
     layers = []
     graph = model.graph
     sweep = collect.Sweep(batches, threads)
@@ -159,9 +157,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             shift = (af.beta / alpha).astype(np.float32)
             Y = (Y + shift) * (cur[uv.name] * alpha)
             w2f, b2f = w2, b2
-        target = orig[b.out.name]
-        if b.residual is not None:
-            target = orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
+        target = layer_target(orig, cur, b)
         var = weighted_var(target, wts)
         if refit:
             rf = fit.ridge_refit(Y, target, w2f, b2f, weights=wts)
@@ -195,7 +191,22 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit,
                                {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
     return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].out.name])),
-                             time.perf_counter() - t0, refit, layers, skipped)
+                             time.perf_counter() - t0, refit, layers)
+
+
+def original_streams(original: ir.Model, blocks: Sequence[ffn.FFNBlock], batches, threads=None) -> dict:
+    """Rows of each block's FFN output and residual stream in the original model (one run)."""
+    names = [n for b in blocks for n in [b.out.name] + ([b.residual.name] if b.residual is not None else [])]
+    return collect.collect(ir.to_proto(original), names, batches, threads)
+
+
+def layer_target(orig: dict, cur: dict, b: ffn.FFNBlock) -> np.ndarray:
+    """What the FFN must add to the current residual stream to give the original model's stream
+    after its add: original residual + original FFN output - current residual (upstream errors
+    are compensated, not compounded). Without a residual add: the original FFN output."""
+    if b.residual is None:
+        return orig[b.out.name]
+    return orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
 
 
 def _gate_value(b: ffn.FFNBlock) -> ir.Value | None:

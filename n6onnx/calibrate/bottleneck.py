@@ -21,7 +21,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..passes import ffn
-from . import _bias_slot, _np, _set_input, collect, fit, stream_weights, weighted_mse, weighted_var
+from . import (_bias_slot, _np, _set_input, collect, fit, layer_target, original_streams, stream_weights, weighted_mse,
+               weighted_var)
 
 
 @dataclasses.dataclass
@@ -67,8 +68,7 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
     if not blocks:
         return []
     if batches:
-        names = [n for b in blocks for n in ([b.out.name] + ([b.residual.name] if b.residual is not None else []))]
-        orig = collect.collect(ir.to_proto(original), names, batches, threads)
+        orig = original_streams(original, blocks, batches, threads)
     layers = []
     sweep = collect.Sweep(batches, threads) if orig is not None else None
     for i, b in enumerate(blocks):
@@ -88,9 +88,7 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
             cur = sweep.step(model, [hname] + ([res] if res else []), res)
             h = cur[hname]
             energy = h.var(0) * (w2 * w2).sum(1)
-            target = orig[b.out.name]
-            if b.residual is not None:
-                target = orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
+            target = layer_target(orig, cur, b)
             wts = stream_weights(orig, b)
             keep = (fit.greedy_units(h, target, k, weights=wts) if select == "greedy"
                     else np.sort(np.argsort(-energy, kind="stable")[:k]))

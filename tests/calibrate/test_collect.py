@@ -72,3 +72,29 @@ def test_models_over_the_protobuf_limit_are_run_from_external_data(zoo_export, t
 
     gc.collect()
     assert set(glob.glob(f"{tempfile.gettempdir()}/n6onnx-session-*")) == before
+
+
+def test_a_failed_temporary_copy_is_a_clear_error(zoo_export, token_npz, tmp_path, monkeypatch):
+    """Disk full while writing the external-data copy: a clear error, no output, no temp folder."""
+    import glob
+    import tempfile
+
+    import onnx
+    import pytest
+
+    import n6onnx
+    from n6onnx import io
+    from n6onnx.errors import N6Error
+
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 0)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", full)
+    before = set(glob.glob(f"{tempfile.gettempdir()}/n6onnx-session-*"))
+    with pytest.raises(N6Error, match="2 GB limit.*No space left"):
+        n6onnx.rewrite(zoo_export("bert", "dynamo18"), tmp_path / "o.onnx", ["gelu=phi6"],
+                       calibrate=token_npz("bert", 2))
+    assert not (tmp_path / "o.onnx").exists()
+    assert set(glob.glob(f"{tempfile.gettempdir()}/n6onnx-session-*")) == before
