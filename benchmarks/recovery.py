@@ -50,10 +50,11 @@ def main() -> None:
     held = work / "heldout.txt"
     held.write_text("\n".join(s[1000:1256]))
     counts = [int(x) for x in args.samples.split(",") if x]
-    if max(counts) > 1000:
-        ap.error("--samples: at most 1000 (the held-out sentences start at 1000)")
+    zeta_counts = [int(x) for x in args.zetaln2_samples.split(",") if x]
+    if max(counts + zeta_counts + [256]) > 1000:
+        ap.error("--samples / --zetaln2-samples: at most 1000 (the held-out sentences start at 1000)")
     calib = work / "calib.txt"
-    calib.write_text("\n".join(s[:max(counts + [256])]))
+    calib.write_text("\n".join(s[:max(counts + zeta_counts + [256])]))
     runs = work / "runs"
     runs.mkdir(exist_ok=True)
 
@@ -66,31 +67,25 @@ def main() -> None:
         f = fidelity(src, out, held)
         rows.append({"variant": "gelu=phi6 uncalibrated", "samples": 0, "seconds": round(secs, 1),
                      **{k: v for k, v in f.items() if k != "validate"}})
-        for n in [int(x) for x in args.samples.split(",")]:
-            for refit in (False, True):
-                out = work / f"phi6-cal{n}-{'refit' if refit else 'fold'}.onnx"
-                t = time.perf_counter()
-                _, rep = n6onnx.rewrite(src, out, ["gelu=phi6"], calibrate=calib, calib_samples=n, refit=refit)
-                secs = time.perf_counter() - t
-                f = fidelity(src, out, held)
-                rows.append({"variant": f"gelu=phi6 calibrated, {n} samples, {'refit' if refit else 'folded only'}",
-                             "samples": n, "refit": refit, "seconds": round(secs, 1),
-                             "calibration_seconds": round(rep.calibration.seconds, 1),
-                             "layers": [l.to_json() for l in rep.calibration.layers],
-                             **{k: v for k, v in f.items() if k != "validate"}})
-                print(rows[-1]["variant"], f"cos {f['cosine_mean']:.4f} nn {f['nn_agreement']:.3f} {secs:.1f} s", flush=True)
-        for n in [int(x) for x in args.zetaln2_samples.split(",") if x]:
-            # the other n6 activation, calibrated the same way (default settings: refit)
-            out = work / f"zetaln2-cal{n}.onnx"
+
+        def calibrated(act: str, n: int, refit: bool) -> None:
+            out = work / f"{act}-cal{n}-{'refit' if refit else 'fold'}.onnx"
             t = time.perf_counter()
-            _, rep = n6onnx.rewrite(src, out, ["gelu=zetaln2"], calibrate=calib, calib_samples=n)
+            _, rep = n6onnx.rewrite(src, out, [f"gelu={act}"], calibrate=calib, calib_samples=n, refit=refit)
             secs = time.perf_counter() - t
             f = fidelity(src, out, held)
-            rows.append({"variant": f"gelu=zetaln2 calibrated, {n} samples, refit", "samples": n, "refit": True,
-                         "seconds": round(secs, 1), "calibration_seconds": round(rep.calibration.seconds, 1),
+            rows.append({"variant": f"gelu={act} calibrated, {n} samples, {'refit' if refit else 'folded only'}",
+                         "samples": n, "refit": refit, "seconds": round(secs, 1),
+                         "calibration_seconds": round(rep.calibration.seconds, 1),
                          "layers": [l.to_json() for l in rep.calibration.layers],
                          **{k: v for k, v in f.items() if k != "validate"}})
             print(rows[-1]["variant"], f"cos {f['cosine_mean']:.4f} nn {f['nn_agreement']:.3f} {secs:.1f} s", flush=True)
+
+        for n in counts:
+            for refit in (False, True):
+                calibrated("phi6", n, refit)
+        for n in zeta_counts:  # the other n6 activation, calibrated the same way (with refit)
+            calibrated("zetaln2", n, True)
         write("calibration_minilm", {
             "benchmark": "calibration_minilm",
             "method": ("all-MiniLM-L6-v2 exported by the torch dynamo exporter (opset 18, batch 8 x 128); calibration "
