@@ -56,7 +56,7 @@ PART_TIMEOUT = {"contract": 150, "sanitizer": 300, "bench": 300}  # seconds; nor
 # L = 1, head sizes 4 / 20 / 32 / 64 / 128, no key at all, no mask)
 MEMCHECK_SAMPLES = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L10_not_divisible",
                     "L5_window4_custom_kinds_mask", "L150_D64_threads", "L300_12x64_mask", "L130_dh128",
-                    "L77_dh20_nomask"}
+                    "L77_dh20_nomask", "L200_local_global_only"}
 
 
 def extra_samples(op: str, dtype: str) -> list[Sample]:
@@ -73,6 +73,8 @@ def extra_samples(op: str, dtype: str) -> list[Sample]:
         ("L300_12x64_mask", 2, 300, 12, 64, {"num_heads": 12}, True),
         ("L130_dh128", 1, 130, 2, 128, {"num_heads": 2, "head_kinds": [0, 1], "window": 20}, True),
         ("L77_dh20_nomask", 2, 77, 3, 20, {"num_heads": 3, "window": 10}, False),
+        # no full head (the EgyptianAttention left by attention=egyptian:...:mha): 64-query tiles
+        ("L200_local_global_only", 2, 200, 6, 64, {"num_heads": 6, "head_kinds": [1, 1, 1, 1, 2, 2]}, True),
     ):
         feeds = {n: rng.normal(0, 1, (B, L, H * dh)).astype(dtype) for n in ("Q", "K", "V")}
         if mask:

@@ -1,15 +1,19 @@
-// EgyptianAttention CUDA kernels (float32 / float16 storage, fp32 compute).
+// EgyptianAttention CUDA kernels (float32 / float16 storage, fp32 accumulation).
 //
-// Full and local heads: StreamKernel, flash-style. A block of 128 threads owns a tile of 64
-// queries of one (batch, head); two threads per query, each holding half of the output channels
-// and half of each key tile's scores in registers. Key tiles of 32 are staged in shared memory
-// (K transposed, V as rows); per tile: scores (q pre-scaled), the online-softmax update (running
-// max / sum, output rescale; the pair exchanges max and sum with one shuffle each), P.V. A local
-// head visits only the key tiles within window/2 of its query tile: O(L * (window + 64) * dh).
+// float16 full and local heads on sm_80+: TensorCoreKernel (below, mma.sync on the tensor cores).
+// float32 (and float16 on older devices) full and local heads: StreamKernel, flash-style. A block
+// of 128 threads owns a tile of 64 queries of one (batch, head); two threads per query, each
+// holding half of the output channels and half of each key tile's scores in registers. Key tiles
+// of 32 are staged in shared memory (K transposed, V as rows); per tile: scores (q pre-scaled),
+// the online-softmax update (running max / sum, output rescale; the pair exchanges max and sum
+// with one shuffle each), P.V. A local head visits only the key tiles within window/2 of its
+// query tile: O(L * (window + 64) * dh).
 // Global heads: GlobalKernel, one warp per (batch, query, head) over keys {0, L-1}: O(L * dh).
 // Head size up to 128 (instantiations for 32, 64, 128 channels); larger is refused.
 #include "common/cuda_helpers.cuh"
 #include "egyptian/egyptian_cuda.h"
+
+#include <type_traits>
 
 namespace n6 {
 namespace cuda {
@@ -175,6 +179,313 @@ __global__ void __launch_bounds__(kThreads) StreamKernel(const Params p) {
   }
 }
 
+// float16, full and local heads: TensorCoreKernel, flash-attention-2 style on the tensor cores
+// (mma.sync m16n8k16, f16 operands, f32 accumulators; sm_80 and newer). A block of 4 warps owns
+// 64 queries of one (batch, head), 16 per warp; key tiles of 64 keys are staged in shared memory
+// as f16 rows (K and V) with the tile's key mask, and read into mma fragments with ldmatrix (V
+// with .trans). Per tile each warp computes its 16 x 64 scores S = Q K^T (Q fragments stay in
+// registers), scales them in fp32 (base-2 exponent), masks them (skipped for a tile whose keys
+// and queries are all valid, of a full head), does the online-softmax update on its accumulator
+// rows (the four threads of an mma row group exchange max and sum with two shuffles), and
+// accumulates O += P V with P rounded to f16 straight from the score accumulators (the C layout
+// of one mma is the A layout of the next). Same key ranges as StreamKernel: a local head visits
+// only the tiles within window/2 of its query tile.
+constexpr int kTK = 64;  // keys per tile (tensor-core kernel)
+constexpr int kPad = 8;  // halves of padding per shared-memory row: conflict-free ldmatrix
+
+template <int DH, int MT>
+constexpr size_t TcSmemBytes() {  // Q tile, two buffers of K and V tiles, two key masks
+  return (static_cast<size_t>(4 * 16 * MT) + 4 * kTK) * (DH + kPad) * sizeof(uint16_t) + 2 * kTK * sizeof(int);
+}
+
+// 16-byte global -> shared copy that does not block (zero fill when !pred; gmem must still be a
+// valid address). The copies of a thread are grouped by CpAsyncCommit and awaited by CpAsyncWait.
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {  // at most N of this thread's newest groups still pending
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+__device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Four 8x8 f16 matrices from shared memory; lane i gives the address of row i % 8 of matrix i / 8.
+template <bool kTrans>
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const uint16_t* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  if (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  }
+#endif
+}
+
+__device__ __forceinline__ uint32_t Ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+__device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// rows [r0, r0 + rows) of one head (channels [0, dh) at src + row * ld) -> dst [rows][DH + kPad],
+// zero outside [0, nrows) x [0, dh).
+template <int DH>
+__device__ __forceinline__ void StageTile(uint16_t* dst, const uint16_t* src, int64_t ld, int64_t dh, int64_t r0,
+                                          int64_t nrows, int rows, bool vec) {
+  constexpr int kStride = DH + kPad;
+  if (vec) {  // cp.async of 8 channels (16 bytes): dh % 8 == 0, rows and base 16-byte aligned
+    constexpr int kChunks = DH / 8;
+    for (int e = threadIdx.x; e < rows * kChunks; e += kThreads) {
+      const int rr = e / kChunks, c8 = (e % kChunks) * 8;
+      const int64_t row = r0 + rr;
+      const bool in = row < nrows && c8 < dh;
+      CpAsync16(dst + rr * kStride + c8, in ? src + row * ld + c8 : src, in);
+    }
+  } else {
+    for (int e = threadIdx.x; e < rows * DH; e += kThreads) {
+      const int rr = e / DH, dd = e % DH;
+      const int64_t row = r0 + rr;
+      dst[rr * kStride + dd] = (row < nrows && dd < dh) ? src[row * ld + dd] : uint16_t{0};
+    }
+  }
+}
+
+template <int DH, int MT>
+__global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, bool vec) {
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  constexpr int kS = DH + kPad;
+  constexpr int kRows = 4 * 16 * MT;  // queries per block: 4 warps x MT row tiles of 16
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(tc_smem);  // [kRows][kS]
+  uint16_t* Kb = Qs + kRows * kS;                         // [2][kTK][kS]: tile it in buffer it % 2
+  uint16_t* Vb = Kb + 2 * kTK * kS;                       // [2][kTK][kS]
+  int* Mb = reinterpret_cast<int*>(Vb + 2 * kTK * kS);    // [2][kTK]: 1 = the key may be attended
+  constexpr float kLog2e = 1.4426950408889634f;
+
+  const int tile = blockIdx.x % p.nq;
+  const int bh = blockIdx.x / p.nq;
+  const int b = bh / p.nstream;
+  const int h = p.heads[bh % p.nstream];
+  const bool local = p.local[bh % p.nstream] != 0;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int64_t q0 = static_cast<int64_t>(tile) * kRows;
+  const int64_t base = b * p.L * p.ld + h * p.dh;
+  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + base;
+  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + base;
+  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + base;
+  const float scale = p.scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
+
+  StageTile<DH>(Qs, qg, p.ld, p.dh, q0, p.L, kRows, vec);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncthreads();
+  // warp w owns rows w * 16 * MT + 16 * mt + {g, g + 8} of the tile (mt < MT)
+  uint32_t qa[MT][DH / 16][4];
+  int64_t row[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int qr = (warp * MT + mt) * 16 + g;
+    row[mt][0] = q0 + qr;
+    row[mt][1] = q0 + qr + 8;
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; ++kk) {
+      qa[mt][kk][0] = Ld32(Qs + qr * kS + kk * 16 + 2 * t);
+      qa[mt][kk][1] = Ld32(Qs + (qr + 8) * kS + kk * 16 + 2 * t);
+      qa[mt][kk][2] = Ld32(Qs + qr * kS + kk * 16 + 2 * t + 8);
+      qa[mt][kk][3] = Ld32(Qs + (qr + 8) * kS + kk * 16 + 2 * t + 8);
+    }
+  }
+  float o[MT][DH / 8][4];
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    m[mt][0] = m[mt][1] = kNegInf;
+    l[mt][0] = l[mt][1] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+  }
+  const bool rows_in = q0 + kRows <= p.L;
+  // ldmatrix lane addresses: K rows (keys) lane % 8 of matrix lane / 8 (channel block of 8);
+  // V rows (keys) of matrix lane / 8: keys +8 for odd matrices, channels +8 for matrices 2, 3
+  const int lr = lane & 7, lm = lane >> 3;
+  const int koff = lr * kS + lm * 8;
+  const int voff = (lr + (lm & 1) * 8) * kS + (lm >> 1) * 8;
+
+  int64_t klo = 0, khi = p.L;  // keys [klo, khi)
+  if (local) {
+    klo = q0 - p.half > 0 ? q0 - p.half : 0;
+    const int64_t last = q0 + kRows - 1 + p.half + 1;
+    khi = last < p.L ? last : p.L;
+  }
+  // software pipeline: the copies of tile it + 1 are in flight while tile it is computed
+  if (klo < khi) {
+    StageTile<DH>(Kb, kg, p.ld, p.dh, klo, khi, kTK, vec);
+    StageTile<DH>(Vb, vg, p.ld, p.dh, klo, khi, kTK, vec);
+  }
+  CpAsyncCommit();
+  int it = 0;
+  for (int64_t kb = klo; kb < khi; kb += kTK, ++it) {
+    const int buf = it & 1;
+    if (kb + kTK < khi) {  // buffer buf ^ 1 was released by the barrier at the end of the last tile
+      StageTile<DH>(Kb + (buf ^ 1) * kTK * kS, kg, p.ld, p.dh, kb + kTK, khi, kTK, vec);
+      StageTile<DH>(Vb + (buf ^ 1) * kTK * kS, vg, p.ld, p.dh, kb + kTK, khi, kTK, vec);
+    }
+    CpAsyncCommit();
+    int valid = 1;
+    int* Ms = Mb + buf * kTK;
+    if (tid < kTK) {
+      const int64_t key = kb + tid;
+      valid = key < khi && (!p.mask || p.mask[b * p.L + key] != 0);
+      Ms[tid] = valid;
+    }
+    CpAsyncWait<1>();  // this thread's copies of tile it have landed
+    const bool interior = __syncthreads_and(valid) && rows_in && !local;  // ... and everyone's
+    const uint16_t* kaddr = Kb + buf * kTK * kS + koff;
+    const uint16_t* vaddr = Vb + buf * kTK * kS + voff;
+
+    float s[MT][kTK / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < kTK / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kTK / 8; ++j) {
+#pragma unroll
+      for (int kk = 0; kk < DH / 16; kk += 2) {
+        uint32_t kb4[4];  // b0, b1 of channel blocks kk and kk + 1
+        LdMatrixX4<false>(kb4, kaddr + j * 8 * kS + kk * 16);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma16816(s[mt][j], qa[mt][kk], kb4[0], kb4[1]);
+          Mma16816(s[mt][j], qa[mt][kk + 1], kb4[2], kb4[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float mx[2] = {kNegInf, kNegInf};
+      if (interior) {
+#pragma unroll
+        for (int j = 0; j < kTK / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[mt][j][e] *= scale;
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kTK / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int kl = j * 8 + 2 * t + (e & 1);
+            const int64_t key = kb + kl, i = row[mt][e >> 1];
+            bool ok = i < p.L && Ms[kl] != 0;
+            if (local) ok = ok && key >= i - p.half && key <= i + p.half;
+            s[mt][j][e] = ok ? s[mt][j][e] * scale : kNegInf;
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
+          }
+        }
+      }
+      float msafe[2], corr[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float mnew = fmaxf(m[mt][r], mx[r]);
+        msafe[r] = mnew == kNegInf ? 0.0f : mnew;
+        corr[r] = exp2f(m[mt][r] - msafe[r]);  // 0 while the row has seen no key
+        m[mt][r] = mnew;
+      }
+      float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < kTK / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float v = exp2f(s[mt][j][e] - msafe[e >> 1]);  // exp2(-inf) = 0 for masked keys
+          s[mt][j][e] = v;
+          sum[e >> 1] += v;
+        }
+      }
+      l[mt][0] = l[mt][0] * corr[0] + sum[0];
+      l[mt][1] = l[mt][1] * corr[1] + sum[1];
+#pragma unroll
+      for (int n = 0; n < DH / 8; ++n) {
+        o[mt][n][0] *= corr[0];
+        o[mt][n][1] *= corr[0];
+        o[mt][n][2] *= corr[1];
+        o[mt][n][3] *= corr[1];
+      }
+    }
+#pragma unroll
+    for (int kc = 0; kc < kTK / 16; ++kc) {
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = PackHalf2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+        pa[mt][1] = PackHalf2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+        pa[mt][2] = PackHalf2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+        pa[mt][3] = PackHalf2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+      }
+#pragma unroll
+      for (int n = 0; n < DH / 8; n += 2) {
+        uint32_t vb[4];  // b0, b1 of channel blocks n and n + 1
+        LdMatrixX4<true>(vb, vaddr + kc * 16 * kS + n * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma16816(o[mt][n], pa[mt], vb[0], vb[1]);
+          Mma16816(o[mt][n + 1], pa[mt], vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // buffer buf is consumed: the next prefetch may overwrite it
+  }
+  CpAsyncWait<0>();  // nothing may stay in flight at exit (the last, empty, group)
+  uint16_t* yg = static_cast<uint16_t*>(p.y) + base;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float lr_ = l[mt][r];
+      lr_ += __shfl_xor_sync(0xffffffffu, lr_, 1);
+      lr_ += __shfl_xor_sync(0xffffffffu, lr_, 2);
+      if (row[mt][r] >= p.L) continue;
+      const float inv = lr_ > 0.0f ? 1.0f / lr_ : 0.0f;
+      uint16_t* yrow = yg + row[mt][r] * p.ld;
+#pragma unroll
+      for (int n = 0; n < DH / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int dd = n * 8 + 2 * t + e;
+          if (dd < p.dh) CodecF16::Store1(yrow + dd, o[mt][n][2 * r + e] * inv);
+        }
+      }
+    }
+  }
+}
+
 // One warp per (batch, query, global head): keys {0, L-1}.
 template <class S>
 __global__ void __launch_bounds__(kThreads) GlobalKernel(const Params p, int nglobal) {
@@ -230,6 +541,48 @@ Status LaunchStream(const Params& p, cudaStream_t stream) {
   return CheckedLaunch(&StreamKernel<S, DH>, static_cast<unsigned>(blocks), kThreads, smem, stream, p);
 }
 
+// Head sizes up to 64 with a full head among the heads: each warp owns two row tiles (128 queries
+// per block: every K / V fragment read from shared memory feeds two mma). Otherwise one (64
+// queries): at head size 128 two would not fit the registers, and a local head's block visits
+// window + 64 keys per 64 queries instead of window + 128 per 128 (fewer keys per query, twice
+// the blocks).
+template <int DH, int MT>
+Status LaunchTensorCoreMT(Params p, cudaStream_t stream);
+
+template <int DH>
+Status LaunchTensorCore(const Params& p, cudaStream_t stream) {
+  bool any_full = false;
+  for (int s = 0; s < p.nstream; ++s) any_full = any_full || p.local[s] == 0;
+  if (DH <= 64 && any_full) return LaunchTensorCoreMT<DH, DH <= 64 ? 2 : 1>(p, stream);
+  return LaunchTensorCoreMT<DH, 1>(p, stream);
+}
+
+template <int DH, int MT>
+Status LaunchTensorCoreMT(Params p, cudaStream_t stream) {
+  constexpr int kRows = 4 * 16 * MT;
+  constexpr size_t smem = TcSmemBytes<DH, MT>();
+  if (smem > 48 * 1024) {
+    Status st = CudaStatus(cudaFuncSetAttribute(&TensorCoreKernel<DH, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(smem)),
+                           "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    if (!st.ok()) return st;
+  }
+  p.nq = static_cast<int>((p.L + kRows - 1) / kRows);
+  const int64_t blocks = static_cast<int64_t>(p.nq) * p.B * p.nstream;
+  if (blocks > 0x7FFFFFFF) return InvalidArgument("LaunchEgyptian", "tensor too large for the attention grid");
+  const auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
+  const bool vec = p.dh % 8 == 0 && p.ld % 8 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
+  return CheckedLaunch(&TensorCoreKernel<DH, MT>, static_cast<unsigned>(blocks), kThreads, smem, stream, p, vec);
+}
+
+// Tensor cores (mma.sync m16n8k16) need compute capability 8.0; older devices keep the SIMT kernel.
+inline bool HasTensorCoreMma() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  return major >= 8;
+}
+
 template <class S>
 Status LaunchTyped(const EgyptianArgs& a) {
   const cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
@@ -257,7 +610,12 @@ Status LaunchTyped(const EgyptianArgs& a) {
       p.heads[p.nstream++] = h;
     }
   }
-  if (p.nstream > 0) {
+  if (p.nstream > 0 && std::is_same<S, uint16_t>::value && HasTensorCoreMma()) {
+    Status st = a.dh <= 32 ? LaunchTensorCore<32>(p, stream)
+                : a.dh <= 64 ? LaunchTensorCore<64>(p, stream)
+                             : LaunchTensorCore<128>(p, stream);
+    if (!st.ok()) return st;
+  } else if (p.nstream > 0) {
     Status st = a.dh <= 32 ? LaunchStream<S, 32>(p, stream)
                 : a.dh <= 64 ? LaunchStream<S, 64>(p, stream)
                              : LaunchStream<S, 128>(p, stream);
