@@ -3,7 +3,8 @@ n6onnx's own validate and bench against the original:
 
 - attention=fftmix:N for N = 1..6 (the N most redundant blocks, auto order), calibrated on corpus
   sentences 0..S-1 (fit: see n6onnx.calibrate.attention), plus N = 1 uncalibrated;
-- attention=egyptian (heads by measured locality) and attention=egyptian:by-index.
+- attention=egyptian (heads by measured locality; fused core and the mha core) and
+  attention=egyptian:by-index.
 
 Fidelity on 256 held-out corpus sentences (1000..1255); latency/energy: n6onnx bench, CPU 2 threads,
 against ORT's best original. Writes build/attention/runs/{validate,bench}-*.json,
@@ -56,7 +57,8 @@ def main() -> None:
     held.write_text("\n".join(s[1000:1256]))
     calib = work / "calib.txt"
     calib.write_text("\n".join(s[:512]))
-    variants = [("egyptian (locality)", "attention=egyptian", True)]
+    variants = [("egyptian (locality)", "attention=egyptian", True),
+                ("egyptian (locality, mha core)", "attention=egyptian:locality:mha", True)]
     variants += [(f"fftmix:{n}", f"attention=fftmix:{n}", True) for n in args.layers.split(",")]
     variants += [("egyptian:by-index", "attention=egyptian:by-index", False),
                  ("fftmix:@5 uncalibrated", "attention=fftmix:@5", False),

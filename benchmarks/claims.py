@@ -788,8 +788,11 @@ def _attention_ops_sentence(ops: dict | None, prefix: str) -> str:
             bits.append(f"{k}: MultiHeadAttention / FFTMix {ratio_x(r['mha_over_fftmix'])}, attention sub-layer / "
                         f"(FFTMix + Linear) {ratio_x(r.get('mha_block_over_fftmix_linear'))}")
         elif prefix == "egyptian" and finite(r.get("egyptian_saving_vs_egyptian_full")) is not None:
+            mha_core = (f", with the mha core (full heads through MultiHeadAttention) vs MultiHeadAttention "
+                        f"{pct(r['egyptian_mha_saving_vs_mha'])}"
+                        if finite(r.get("egyptian_mha_saving_vs_mha")) is not None else "")
             bits.append(f"{k}: time saved vs all heads full {pct(r['egyptian_saving_vs_egyptian_full'])}, vs "
-                        f"MultiHeadAttention {pct(r.get('egyptian_saving_vs_mha'))} (analytic FLOP saving "
+                        f"MultiHeadAttention {pct(r.get('egyptian_saving_vs_mha'))}{mha_core} (analytic FLOP saving "
                         f"{pct(v.get('analytic_flop_saving_632'))})")
     return "; ".join(bits)
 

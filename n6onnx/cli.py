@@ -104,8 +104,10 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
             red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
             out.print(escape(f"  attention block {d['index']}: FFTMix ({d['norm']}{red}), {what}"), highlight=False)
         elif d.get("method") == "egyptian":
+            core = ("; full heads as com.microsoft.MultiHeadAttention" if d.get("core") == "mha" else "")
             out.print(escape(f"  attention block {d['index']}: EgyptianAttention, head kinds {d['head_kinds']} "
-                             f"(0 full, 1 local, 2 global; {d['assignment']}), window {d['window']}"), highlight=False)
+                             f"(0 full, 1 local, 2 global; {d['assignment']}), window {d['window']}{core}"),
+                      highlight=False)
     if rep.calibration is not None:
         c = rep.calibration
         t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",

@@ -79,7 +79,7 @@ def _ratio(option: str) -> float:
 PASSES: dict[str, tuple[tuple[str, ...], Callable[[ir.Model, str, PassContext], KindReport]]] = {
     "gelu": (tuple(gelu.TARGETS), lambda model, option, ctx: gelu.run(model, option)),
     "ffn": (("phi-bottleneck", "phi-bottleneck:RATIO"), _ffn),
-    "attention": (("fftmix[:LAYERS]", "egyptian[:HEADS]"), lambda model, option, ctx: attention.run(model, option, ctx)),
+    "attention": (("fftmix[:LAYERS]", "egyptian[:HEADS][:CORE]"), lambda model, option, ctx: attention.run(model, option, ctx)),
     "moe": (("sparse", "egyptian", "phi", "phi:DROP"), lambda model, option, ctx: _moe().run(model, option, ctx)),
 }
 # passes whose result depends on calibration data

@@ -574,9 +574,16 @@ def parse_option(option: str):
         raise BadArgumentError(f"attention=fftmix:LAYERS: LAYERS is auto, auto:N, a count N, or block indices "
                                f"I,J (a single index as @I) (got {arg!r})")
     if method == "egyptian":
-        if arg in ("", "locality", "by-index", "full"):
-            return method, arg or None
-        raise BadArgumentError(f"attention=egyptian[:HEADS]: HEADS is locality, by-index or full (got {arg!r})")
+        heads, core = None, "fused"
+        for part in arg.split(":") if arg else []:
+            if part in ("locality", "by-index", "full") and heads is None:
+                heads = part
+            elif part in ("fused", "mha") and core == "fused":
+                core = part
+            else:
+                raise BadArgumentError(f"attention=egyptian[:HEADS][:CORE]: HEADS is locality, by-index or full, "
+                                       f"CORE is fused or mha (got {arg!r})")
+        return method, (heads, core)
     raise BadArgumentError(f"pass attention needs fftmix[:LAYERS] or egyptian[:HEADS] (got {option!r})")
 
 
@@ -828,13 +835,114 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
         inputs.append(_node(g, "", "ConstantOfShape", [bl], f"{tag}_ones", None, ir.DataType.INT32,
                             value=ir.tensor(np.ones(1, np.int32))))
     first, idx, ts = _merge(b)
-    B, L = _static(q.shape)[:2] if _static(q.shape) else (None, None)
     y = _node(g, "n6onnx", "EgyptianAttention", inputs, tag, None, q.dtype, num_heads=int(H), window=int(window),
               scale=float(scale), head_kinds=[int(x) for x in kinds])
     if len(ts) != 3:
         y = _node(g, "", "Reshape", [y, _init(g, np.array(ts, np.int64), f"{tag}_merge_shape")], f"{tag}_merge",
                   ts, q.dtype)
     first.replace_input_with(idx, y)
+
+
+def _head_group(g: ir.Graph, x: ir.Value, heads: list[int], H: int, dh: int, tag: str) -> ir.Value:
+    """Heads ``heads`` (ascending) of x [B, L, H*dh] as [B, L, len(heads)*dh]: one Slice when they are
+    contiguous, else Reshape, Gather on the head axis, Reshape."""
+    if heads == list(range(heads[0], heads[-1] + 1)):
+        return _node(g, "", "Slice", [x, _init(g, np.array([heads[0] * dh], np.int64), f"{tag}_start"),
+                                      _init(g, np.array([(heads[-1] + 1) * dh], np.int64), f"{tag}_end"),
+                                      _init(g, np.array([2], np.int64), f"{tag}_axes")], tag, None, x.dtype)
+    x4 = _node(g, "", "Reshape", [x, _init(g, np.array([0, 0, H, dh], np.int64), f"{tag}_4d")], f"{tag}_4d", None,
+               x.dtype)
+    sel = _node(g, "", "Gather", [x4, _init(g, np.array(heads, np.int64), f"{tag}_idx")], f"{tag}_sel", None, x.dtype,
+                axis=2)
+    return _node(g, "", "Reshape", [sel, _init(g, np.array([0, 0, len(heads) * dh], np.int64), f"{tag}_3d")],
+                 f"{tag}_3d", None, x.dtype)
+
+
+def split_full_heads(model: ir.Model) -> list[str]:
+    """Run the full heads of every EgyptianAttention node that has both full and local/global heads
+    as com.microsoft.MultiHeadAttention, and only the other heads as EgyptianAttention (the
+    ``attention=egyptian:...:mha`` core). Returns the names of the nodes split.
+
+    A full head is ordinary attention, which onnxruntime's own kernel runs best (flash attention on
+    CUDA); EgyptianAttention is then left with the O(L * window) and O(L) heads. The head groups
+    are Slices when contiguous (the by-index assignment), else Gathers on the head axis; the two
+    results are concatenated and, unless the full heads come first, put back in head order by one
+    Gather. The copies cost O(L * D) per block: worth it on CUDA at long sequences, not on CPU (see
+    README). MultiHeadAttention takes the key-padding mask as [B, L] int32 like EgyptianAttention
+    (an all-ones mask made by ConstantOfShape is dropped); a query whose keys are all padded gets
+    MHA's average over them instead of zeros."""
+    from ..ops import egyptian_attention as ea
+
+    g = model.graph
+    done = []
+    for node in list(g):
+        if node.domain != "n6onnx" or node.op_type != "EgyptianAttention":
+            continue
+        H = int(node.attributes["num_heads"].as_int())
+        ka = node.attributes.get("head_kinds")
+        kinds = list(ka.as_ints()) if ka is not None else [-1]
+        kinds = ea.default_head_kinds(H) if kinds == [-1] else kinds
+        shape = _static(node.inputs[0].shape)
+        if not shape or len(shape) != 3 or shape[2] % H or 0 not in kinds or all(k == 0 for k in kinds):
+            continue
+        dh = shape[2] // H
+        sa, wa = node.attributes.get("scale"), node.attributes.get("window")
+        scale = sa.as_float() if sa is not None else 0.0
+        scale = scale if scale != 0.0 else 1.0 / math.sqrt(dh)
+        window = wa.as_int() if wa is not None else WINDOW
+        inputs = list(node.inputs) + [None] * (4 - len(node.inputs))
+        mask = inputs[3]
+        ones = mask is not None and mask.producer() is not None and mask.producer().op_type == "ConstantOfShape"
+        y = _split_full_heads(model, inputs, mask is not None and not ones, H, dh, kinds, scale, window,
+                              f"{node.name}_split" if node.name else f"n6_egyptian_split{len(done)}")
+        y.shape, y.type = node.outputs[0].shape, node.outputs[0].type
+        old = node.outputs[0]
+        ir.convenience.replace_all_uses_with(old, y, replace_graph_outputs=True)
+        if y in g.outputs:  # keep the graph output's name
+            name = old.name
+            old.name = f"{name}_replaced"
+            y.name = name
+        g.remove(node, safe=False)
+        done.append(node.name)
+    return done
+
+
+def _split_full_heads(model: ir.Model, inputs: list, masked: bool, H: int, dh: int, kinds: list[int], scale: float,
+                      window: int, tag: str) -> ir.Value:
+    """See ``split_full_heads``: the replacement of one node, [B, L, H*dh] in head order."""
+    g = model.graph
+    q, k, v = inputs[:3]
+    full = [h for h in range(H) if kinds[h] == 0]
+    rest = [h for h in range(H) if kinds[h] != 0]
+    groups = {}
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        groups[name] = (_head_group(g, x, full, H, dh, f"{tag}_{name}full"),
+                        _head_group(g, x, rest, H, dh, f"{tag}_{name}rest"))
+    mha_in = [groups["q"][0], groups["k"][0], groups["v"][0]]
+    if masked:
+        mha_in += [None, inputs[3]]  # bias absent, key_padding_mask
+    model.opset_imports.setdefault("com.microsoft", 1)
+    yf = _node(g, "com.microsoft", "MultiHeadAttention", mha_in, f"{tag}_full", None, q.dtype, num_heads=len(full),
+               scale=float(scale))
+    mask = inputs[3]
+    if mask is None:  # the op's function fallback needs the mask input: all ones [B, L]
+        bl = _node(g, "", "Shape", [q], f"{tag}_bl", [2], ir.DataType.INT64, start=0, end=2)
+        mask = _node(g, "", "ConstantOfShape", [bl], f"{tag}_ones", None, ir.DataType.INT32,
+                     value=ir.tensor(np.ones(1, np.int32)))
+    rest_in = [groups["q"][1], groups["k"][1], groups["v"][1], mask]
+    yr = _node(g, "n6onnx", "EgyptianAttention", rest_in,
+               tag, None, q.dtype, num_heads=len(rest), window=int(window), scale=float(scale),
+               head_kinds=[int(kinds[h]) for h in rest])
+    y = _node(g, "", "Concat", [yf, yr], f"{tag}_concat", None, q.dtype, axis=2)
+    order = full + rest
+    if order != list(range(H)):
+        inverse = np.argsort(np.array(order)).astype(np.int64)
+        y4 = _node(g, "", "Reshape", [y, _init(g, np.array([0, 0, H, dh], np.int64), f"{tag}_y4d")], f"{tag}_y4d",
+                   None, q.dtype)
+        y4 = _node(g, "", "Gather", [y4, _init(g, inverse, f"{tag}_order")], f"{tag}_order", None, q.dtype, axis=2)
+        y = _node(g, "", "Reshape", [y4, _init(g, np.array([0, 0, H * dh], np.int64), f"{tag}_y3d")], f"{tag}_y3d",
+                  None, q.dtype)
+    return y
 
 
 def _side_factor(v: ir.Value) -> float:
@@ -974,8 +1082,10 @@ def _fit_block(model, b, ob, ctx, W0, b0, sweeps):
     return f.filters, f.W, f.b, f.to_json()
 
 
-def _run_egyptian(model, ok, mode, ctx, report):
+def _run_egyptian(model, ok, arg, ctx, report):
     from ..calibrate import attention as cal
+
+    mode, core = arg
 
     batches = ctx.batches or None
     if mode is None:
@@ -1005,9 +1115,11 @@ def _run_egyptian(model, ok, mode, ctx, report):
                 report.notes.append(f"{b.label}: attention probabilities not visible (fused op); heads by index")
             kinds = [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
         emit_egyptian(model, b, kinds, masks)
+        split = bool(split_full_heads(model)) if core == "mha" else False
         _finalize(model)
         detail = {"index": b.index, "method": "egyptian", "heads": b.heads, "head_kinds": kinds, "window": WINDOW,
-                  "assignment": mode if (mode != "locality" or b.index in loc) else "by-index"}
+                  "assignment": mode if (mode != "locality" or b.index in loc) else "by-index",
+                  "core": "mha" if split else "fused"}
         if b.index in loc:
             detail["locality"] = loc[b.index]
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.egyptian", detail=detail))

@@ -221,3 +221,90 @@ def test_fftmix_opset17_runs_or_says_why(zoo_export, tmp_path):
         assert _run(tmp_path / "t.onnx", feeds).shape == _run(src, feeds).shape
     else:
         assert all("opset 17" in m.reason for m in rep.reports["attention"].near_misses)
+
+
+def _split_model(B, L, H, dh, kinds, masked):
+    """One EgyptianAttention node whose output is the graph output, split by split_full_heads."""
+    import onnx_ir as ir
+
+    from n6onnx.api import finalize
+    from n6onnx.passes import attention
+
+    D = H * dh
+    ins = [ir.Value(name=n, shape=ir.Shape([B, L, D]), type=ir.TensorType(ir.DataType.FLOAT)) for n in "QKV"]
+    if masked:
+        ins.append(ir.Value(name="M", shape=ir.Shape([B, L]), type=ir.TensorType(ir.DataType.INT32)))
+    node = ir.Node("n6onnx", "EgyptianAttention", ins, name="egy", attributes=[
+        ir.AttrInt64("num_heads", H), ir.AttrInt64("window", 4), ir.AttrInt64s("head_kinds", kinds)])
+    y = node.outputs[0]
+    y.name, y.shape, y.type = "Y", ir.Shape([B, L, D]), ir.TensorType(ir.DataType.FLOAT)
+    m = ir.Model(ir.Graph(ins, [y], nodes=[node], opset_imports={"": 18, "n6onnx": 1}), ir_version=10)
+    split = attention.split_full_heads(m)
+    finalize(m)
+    return m, split
+
+
+@pytest.mark.parametrize("kinds,masked", [([0, 0, 1, 2], True), ([1, 0, 2, 0, 1, 0], True), ([2, 0, 1], False),
+                                          ([0, 0, 0], True)])
+def test_split_full_heads_matches_the_reference(kinds, masked, tmp_path):
+    """The mha core (full heads through com.microsoft.MultiHeadAttention, Slices or Gathers of the
+    heads, outputs put back in head order) equals the numpy reference of EgyptianAttention."""
+    import onnx_ir as ir
+
+    from n6onnx.ops import REGISTRY
+
+    B, L, dh = 2, 11, 8
+    m, split = _split_model(B, L, len(kinds), dh, kinds, masked)
+    ops = sorted(n.op_type for n in m.graph)
+    if all(k == 0 for k in kinds):  # nothing to split: the node stays whole
+        assert split == [] and ops == ["EgyptianAttention"]
+        return
+    assert split == ["egy"] and "MultiHeadAttention" in ops and ops.count("EgyptianAttention") == 1
+    egy = next(n for n in m.graph if n.op_type == "EgyptianAttention")
+    assert list(egy.attributes["head_kinds"].as_ints()) == [k for k in kinds if k]
+    mha = next(n for n in m.graph if n.op_type == "MultiHeadAttention")
+    assert mha.attributes["num_heads"].as_int() == kinds.count(0)
+    assert (len(mha.inputs) == 5) == masked and m.graph.outputs[0].name == "Y"
+    rng = np.random.default_rng(3)
+    feeds = {n: rng.normal(0, 1, (B, L, len(kinds) * dh)).astype(np.float32) for n in "QKV"}
+    if masked:
+        feeds["M"] = np.ones((B, L), np.int32)
+        feeds["M"][1, 7:] = 0
+    ir.save(m, tmp_path / "s.onnx")
+    got = _run(tmp_path / "s.onnx", feeds)
+    ref = REGISTRY["EgyptianAttention"].reference(feeds["Q"], feeds["K"], feeds["V"], feeds.get("M"),
+                                                  num_heads=len(kinds), window=4, head_kinds=kinds)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_egyptian_mha_core_on_exported_models(zoo_export, tmp_path):
+    """attention=egyptian:...:mha gives the fused core's outputs on exported models (masked BERT with
+    by-index and locality kinds, ViT without a mask), and says so in the report."""
+    from click.testing import CliRunner
+
+    from n6onnx.cli import main
+    from n6onnx.errors import BadArgumentError
+
+    bert = zoo_export("bert", "dynamo18")
+    feeds = zoo.example_inputs("bert", 2, 16)
+    calib = _npz(tmp_path / "calib.npz", 4, 1)
+    for heads, cal in (("by-index", None), ("locality", calib)):
+        n6onnx.rewrite(bert, tmp_path / "f.onnx", [f"attention=egyptian:{heads}"], calibrate=cal)
+        _, rep = n6onnx.rewrite(bert, tmp_path / "m.onnx", [f"attention=egyptian:{heads}:mha"], calibrate=cal)
+        assert rep.rewritten == {"attention": 2}
+        assert all(s.detail["core"] == "mha" for s in rep.reports["attention"].sites)
+        ops = [n.op_type for n in n6onnx.io.load(tmp_path / "m.onnx").graph]
+        assert ops.count("MultiHeadAttention") == 2 and ops.count("EgyptianAttention") == 2
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", feeds), _run(tmp_path / "f.onnx", feeds),
+                                   rtol=1e-5, atol=1e-5)
+    vit = zoo_export("vit", "dynamo18")
+    vf = zoo.example_inputs("vit", 2)
+    n6onnx.rewrite(vit, tmp_path / "vf.onnx", ["attention=egyptian"])
+    n6onnx.rewrite(vit, tmp_path / "vm.onnx", ["attention=egyptian:mha"])
+    np.testing.assert_allclose(_run(tmp_path / "vm.onnx", vf), _run(tmp_path / "vf.onnx", vf), rtol=1e-5, atol=1e-5)
+    for bad in ("egyptian:mha:mha", "egyptian:by-index:locality", "egyptian:flash"):
+        with pytest.raises(BadArgumentError, match="CORE"):
+            n6onnx.rewrite(bert, tmp_path / "x.onnx", [f"attention={bad}"])
+    r = CliRunner().invoke(main, ["rewrite", str(bert), "-o", str(tmp_path / "c.onnx"), "--pass",
+                                  "attention=egyptian:by-index:mha"])
+    assert r.exit_code == 0 and "MultiHeadAttention" in r.output, r.output
