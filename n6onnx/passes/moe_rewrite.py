@@ -110,6 +110,8 @@ def verify(model: ir.Model, blocks: list[moe.Block]) -> list[str | None]:
         return []
     import onnxruntime as ort
 
+    from .. import runtime
+
     proto = ir.to_proto(model)
     rng = np.random.default_rng(VERIFY_SEED)
     out: list[str | None] = []
@@ -123,7 +125,7 @@ def verify(model: ir.Model, blocks: list[moe.Block]) -> list[str | None]:
             sub = _prune(proto, {blk.x.name: shape}, [blk.logits.name, blk.out.name])
             so = ort.SessionOptions()
             so.log_severity_level = 3
-            sess = ort.InferenceSession(sub.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            sess = runtime.session_for(sub, so, providers=["CPUExecutionProvider"])  # any size (> 2 GB too)
             logits, want = sess.run(None, {blk.x.name: x.astype(_np_type(blk.x))})
         except Exception as e:  # noqa: BLE001 - any failure to run the block is a rejection
             out.append(f"could not run the block alone to check it: {type(e).__name__}: {str(e)[:200]}")
