@@ -23,13 +23,33 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
-    return {
+    hw = {
         "cpu": cpu or platform.processor(),
         "logical_cpus": os.cpu_count(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
     }
+    gpu = _gpu_name()
+    if gpu:
+        hw["gpu"] = gpu
+    return hw
+
+
+def _gpu_name() -> str | None:
+    """The first GPU's name and driver from nvidia-smi, when the machine has one."""
+    import shutil
+    import subprocess
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    line = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    return line or None
 
 
 def summary(xs: list[float]) -> dict:

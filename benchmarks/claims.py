@@ -247,6 +247,8 @@ def cpu_hw(hw: Any) -> str:
     parts = [hw.get("cpu") or "CPU not recorded"]
     if hw.get("logical_cpus"):
         parts.append(f"{hw['logical_cpus']} logical CPUs")
+    if hw.get("gpu"):
+        parts.append(str(hw["gpu"]))
     if hw.get("onnxruntime"):
         parts.append(f"onnxruntime {hw['onnxruntime']}")
     return ", ".join(parts)
