@@ -584,7 +584,7 @@ def parse_option(option: str):
                 raise BadArgumentError(f"attention=egyptian[:HEADS][:CORE]: HEADS is locality, by-index or full, "
                                        f"CORE is fused or mha (got {arg!r})")
         return method, (heads, core)
-    raise BadArgumentError(f"pass attention needs fftmix[:LAYERS] or egyptian[:HEADS] (got {option!r})")
+    raise BadArgumentError(f"pass attention needs fftmix[:LAYERS] or egyptian[:HEADS][:CORE] (got {option!r})")
 
 
 def _init(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
@@ -867,8 +867,8 @@ def split_full_heads(model: ir.Model) -> list[str]:
     CUDA); EgyptianAttention is then left with the O(L * window) and O(L) heads. The head groups
     are Slices when contiguous (the by-index assignment), else Gathers on the head axis; the two
     results are concatenated and, unless the full heads come first, put back in head order by one
-    Gather. The copies cost O(L * D) per block: worth it on CUDA at long sequences, not on CPU (see
-    README). MultiHeadAttention takes the key-padding mask as [B, L] int32 like EgyptianAttention
+    Gather. The copies cost O(L * D) per block: worth it at long sequences, not at short ones (see
+    README for the measured crossovers). MultiHeadAttention takes the key-padding mask as [B, L] int32 like EgyptianAttention
     (an all-ones mask made by ConstantOfShape is dropped); a query whose keys are all padded gets
     MHA's average over them instead of zeros."""
     from ..ops import egyptian_attention as ea
