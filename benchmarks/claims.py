@@ -773,25 +773,28 @@ def attention_rows(res: Results) -> dict[str, Row]:
                 verdict += f" Op level ({oname}, {ops.get('provider', '?')}): {ol}."
                 files.append(res.rel(oname))
                 where.append(_generic_where(ops))
-        if prefix == "egyptian":
-            e2e = [(core, f"e2e_egyptian_long_{core}_cuda.json") for core in ("fused", "mha")]
+        if prefix == "egyptian":  # benchmarks/gpu_egyptian_long.sh: e2e_egyptian_long_<L>[_fp16]_<core>_cuda.json
             bits = []
-            for core, ename in e2e:
-                e = res.load(ename)
+            for path in sorted(res.folder.glob("e2e_egyptian_long_*_cuda.json")):
+                tag = path.name[len("e2e_egyptian_long_"):-len("_cuda.json")]
+                shape, _, core = tag.rpartition("_")
+                e = res.load(path.name)
                 b = (e or {}).get("bench") or {}
                 lat = (b.get("ratio") or {}).get("latency_p50") or {}
                 if finite(lat.get("median")) is None:
                     continue
                 en = ((b.get("ratio") or {}).get("energy") or {}).get("total") or {}
-                bits.append(f"{core} core: latency ratio {ratio_x(lat['median'])} [{ratio_x(lat.get('q1'))}, "
-                            f"{ratio_x(lat.get('q3'))}], energy ratio {ratio_x(en.get('median'))} "
-                            f"({(b.get('energy') or {}).get('method', '?')}, {(b.get('energy') or {}).get('meter', '?')})")
-                files.append(res.rel(ename))
-                where.append(_generic_where(b) if isinstance(b, dict) else "")
+                dtype = "float16" if shape.endswith("fp16") else "float32"
+                bits.append(f"{shape.split('_')[0]} {dtype}, {core} core: latency ratio {ratio_x(lat['median'])} "
+                            f"[{ratio_x(lat.get('q1'))}, {ratio_x(lat.get('q3'))}], energy ratio "
+                            f"{ratio_x(en.get('median'))} ({(b.get('energy') or {}).get('method', '?')}, "
+                            f"{(b.get('energy') or {}).get('meter', '?')})")
+                files.append(res.rel(path.name))
+                where.append(_generic_where(b))
             if bits:
                 verdict += (" End to end on CUDA (benchmarks/gpu_egyptian_long.sh: BERT-base-shaped 4-layer encoder, "
-                            "batch 1 x 4096 tokens, float32, random weights, attention=egyptian:by-index, original/"
-                            "rewritten vs ORT's best original): " + "; ".join(bits) + ".")
+                            "batch 1, random weights, attention=egyptian:by-index, original/rewritten vs ORT's best "
+                            "original): " + "; ".join(bits) + ".")
         if files:
             out[key] = Row(name + " (all-MiniLM-L6-v2)" if mine else name, source, verdict.strip(), "; ".join(where),
                            files, detail, name)

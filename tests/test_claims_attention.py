@@ -1,5 +1,6 @@
 """The FFT-Mix and Egyptian-attention rows of docs/CLAIMS.md come from attention_minilm.json (and the
-op-level attention_ops_cpu.json when present), numbers copied, never invented."""
+op-level attention_ops_{cpu,cuda}.json and the GPU end-to-end e2e_egyptian_long_*_cuda.json when
+present), numbers copied, never invented."""
 
 from __future__ import annotations
 
@@ -30,3 +31,16 @@ def test_attention_rows(claims, tmp_path):  # noqa: F811
     assert "float32/L512: MultiHeadAttention / FFTMix 9.87x, attention sub-layer / (FFTMix + Linear) 2.15x" in f2[2]
     e2 = row(v, "Egyptian attention")[2]
     assert "time saved vs all heads full 18.4%" in e2 and "analytic FLOP saving 45.8%" in e2
+    put(res, "attention_ops_cuda.json", {"generated": "g", "method": "fake ops", "provider": "CUDAExecutionProvider",
+                                         "hardware": {"cpu": "x", "gpu": "NVIDIA H200, 580"},
+                                         "results": {"float16/L8192": {"ratios": {
+                                             "egyptian_saving_vs_egyptian_full": 0.395, "egyptian_saving_vs_mha": -0.54,
+                                             "egyptian_mha_saving_vs_mha": 0.2061}, "analytic_flop_saving_632": 0.497}}})
+    put(res, "e2e_egyptian_long_L4096_mha_cuda.json", {"generated": "g", "bench": {
+        "ratio": {"latency_p50": {"median": 1.9589, "q1": 1.9516, "q3": 1.9592},
+                  "energy": {"total": {"median": 2.0584}}},
+        "energy": {"method": "measured", "meter": "nvml"}, "hardware": {"cpu": "x", "gpu": "NVIDIA H200, 580"}}})
+    e3 = row(verdicts(claims.generate(res, None)), "Egyptian attention")
+    assert "with the mha core (full heads through MultiHeadAttention) vs MultiHeadAttention 20.6%" in e3[2]
+    assert "L4096 float32, mha core: latency ratio 1.96x [1.95x, 1.96x], energy ratio 2.06x (measured, nvml)" in e3[2]
+    assert "NVIDIA H200" in e3[3] and e3[4].count("e2e_egyptian_long_L4096_mha_cuda.json") == 1

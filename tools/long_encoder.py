@@ -7,7 +7,7 @@ the export has the MatMul/Softmax core the attention pass rewrites), batch 1, st
 inputs. Weights are random (seeded): only latency and energy are measured with this model. Writes
 the graph without its large weights (tools/weightless.py) next to OUT, ready to travel:
 
-    python tools/long_encoder.py build/gpu-e2e/bert-long-L4096.onnx --seq 4096
+    python tools/long_encoder.py build/gpu-e2e/bert-long-L4096.onnx --seq 4096 --fp16
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("out", type=pathlib.Path)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--fp16", action="store_true",
+                    help="also write OUT-fp16 (onnxruntime.transformers.float16 conversion, float16 inputs/outputs)")
     args = ap.parse_args()
 
     import numpy as np
@@ -59,9 +61,17 @@ def main() -> None:
                                  input_names=["input_ids", "attention_mask", "token_type_ids"],
                                  output_names=["last_hidden_state"], external_data=False, optimize=True)
     onnx.save_model(prog.model_proto, str(args.out))
-    light = args.out.with_suffix(".weightless.onnx")
-    weightless.strip(str(args.out), str(light))
-    print(f"wrote {args.out} and {light} ({light.stat().st_size / 1e6:.2f} MB)")
+    outs = [args.out]
+    if args.fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        half = args.out.with_name(f"{args.out.stem}-fp16.onnx")
+        onnx.save_model(convert_float_to_float16(prog.model_proto, keep_io_types=False), str(half))
+        outs.append(half)
+    for path in outs:
+        light = path.with_suffix(".weightless.onnx")
+        weightless.strip(str(path), str(light))
+        print(f"wrote {path} and {light} ({light.stat().st_size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":
