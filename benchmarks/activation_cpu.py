@@ -15,9 +15,8 @@ import gc
 import time
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import helper
 from rich.console import Console
 from rich.table import Table
 

@@ -357,7 +357,6 @@ def activation_cuda(res: Results) -> Row:
             sp = finite(p.get("speedup_vs_ort_gelu"))
             if sp is not None:
                 speed.setdefault((dt, mode), []).append((str(r.get("shape_name") or shape_str(r.get("shape"))), sp))
-            bg = (rr.get("ort_biasgelu") or {}).get(mode) or {}
             bp = (rr.get("biasphi6") or {}).get(mode) or {}
             detail_rows.append([
                 dt, r.get("shape_name", ""), shape_str(r.get("shape")), mode,

@@ -32,7 +32,6 @@ when one is found (``N6ONNX_LIBRARY``; else the function fallback is timed, and 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time

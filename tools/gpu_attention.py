@@ -189,7 +189,7 @@ def run_contract(libs: dict, tmp: pathlib.Path, kernel_only: bool) -> dict:
             errors["fftmix_bad_F12"] = {"ok": False, "why": "no error raised"}
         except Exception as e:  # noqa: BLE001
             errors["fftmix_bad_F12"] = {"ok": "F12 must be" in str(e), "error": str(e)[:300]}
-    except Exception as e:  # noqa: BLE001
+    except Exception:  # noqa: BLE001
         errors["setup"] = {"ok": False, "error": traceback.format_exc()[-800:]}
     ok = failed == 0 and all(v["ok"] for v in errors.values()) and (kernel_only or all(p["ok"] for p in placement.values()))
     return {"ok": ok, "cases": len(cases), "failed": failed, "bad_input_errors": errors,

@@ -272,7 +272,6 @@ def _act_onnx(sb: BodyBuilder, name: str, h: str) -> str:
 def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
     X, logits, W1, b1, W2, b2, W3, importance = inputs
     b = BodyBuilder("MoE")
-    FLOAT = onnx.TensorProto.FLOAT
     (is_topk, is_egy), routing = _choice(b, "routing", ROUTINGS)
     act_flags, activation = _choice(b, "activation", ACTIVATIONS)
     k = _attr(b, "value_int", "k", onnx.AttributeProto.INT)

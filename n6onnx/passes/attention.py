@@ -966,14 +966,11 @@ def redundancy_scores(model: ir.Model, batches, blocks: list[AttentionBlock] | N
 
 
 def run(model: ir.Model, option: str, ctx) -> KindReport:
-    from ..errors import BadArgumentError
-
     method, arg = parse_option(option)
     blocks, rejected, seen, opaque = find_blocks(model)
     report = KindReport("attention", seen=seen, near_misses=list(rejected))
     for n in opaque:
         report.near_misses.append(Rejection(node_label(n), f"{n.domain}.{n.op_type}: not rewritable (not analysed)"))
-    batches = ctx.batches or None
     g = model.graph
     reasons = {b.index: (fftmix_reason if method == "fftmix" else egyptian_reason)(b, g) for b in blocks}
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
