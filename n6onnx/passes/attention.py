@@ -1113,6 +1113,11 @@ def _run_egyptian(model, ok, arg, ctx, report):
             kinds = [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
         emit_egyptian(model, b, kinds, masks)
         split = bool(split_full_heads(model)) if core == "mha" else False
+        if core == "mha" and not split:
+            why = "every head is full" if all(k == 0 for k in kinds) else "no full head" if 0 not in kinds \
+                else "the head width of Q is not static"
+            report.notes.append(f"{b.label}: the mha core was not applied ({why}); the block runs as one "
+                                f"EgyptianAttention node")
         _finalize(model)
         detail = {"index": b.index, "method": "egyptian", "heads": b.heads, "head_kinds": kinds, "window": WINDOW,
                   "assignment": mode if (mode != "locality" or b.index in loc) else "by-index",

@@ -302,6 +302,9 @@ def test_egyptian_mha_core_on_exported_models(zoo_export, tmp_path):
     n6onnx.rewrite(vit, tmp_path / "vf.onnx", ["attention=egyptian"])
     n6onnx.rewrite(vit, tmp_path / "vm.onnx", ["attention=egyptian:mha"])
     np.testing.assert_allclose(_run(tmp_path / "vm.onnx", vf), _run(tmp_path / "vf.onnx", vf), rtol=1e-5, atol=1e-5)
+    _, rep = n6onnx.rewrite(vit, tmp_path / "vx.onnx", ["attention=egyptian:full:mha"])  # nothing to split: said
+    assert all(s.detail["core"] == "fused" for s in rep.reports["attention"].sites)
+    assert any("mha core was not applied (every head is full)" in n for n in rep.reports["attention"].notes)
     for bad in ("egyptian:mha:mha", "egyptian:by-index:locality", "egyptian:flash"):
         with pytest.raises(BadArgumentError, match="CORE"):
             n6onnx.rewrite(bert, tmp_path / "x.onnx", [f"attention={bad}"])
