@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import onnx_ir as ir
+
+if TYPE_CHECKING:  # onnxscript's rewriter is imported only where a rule is made
+    from onnxscript.rewriter.pattern import RewriteRule
 
 RULE_TAG = "n6onnx.rule"
 VARIANT_TAG = "n6onnx.variant"
@@ -154,7 +157,7 @@ def walk_forward(value: ir.Value, through: set[str], stop, depth: int = 6) -> tu
     return None
 
 
-def make_rule(instance) -> "RewriteRule":
+def make_rule(instance) -> RewriteRule:
     """A RewriteRule from a configured RewriteRuleClassBase instance (``.rule()`` takes no config)."""
     from onnxscript.rewriter.pattern import RewriteRule
 
