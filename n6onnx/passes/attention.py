@@ -831,9 +831,7 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
                                 to=ir.DataType.INT32)
         inputs.append(masks[name])
     else:  # the op's function fallback needs the mask input: all ones [B, L]
-        bl = _node(g, "", "Shape", [q], f"{tag}_bl", [2], ir.DataType.INT64, start=0, end=2)
-        inputs.append(_node(g, "", "ConstantOfShape", [bl], f"{tag}_ones", None, ir.DataType.INT32,
-                            value=ir.tensor(np.ones(1, np.int32))))
+        inputs.append(_ones_mask(g, q, tag))
     first, idx, ts = _merge(b)
     y = _node(g, "n6onnx", "EgyptianAttention", inputs, tag, None, q.dtype, num_heads=int(H), window=int(window),
               scale=float(scale), head_kinds=[int(x) for x in kinds])
@@ -841,6 +839,14 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
         y = _node(g, "", "Reshape", [y, _init(g, np.array(ts, np.int64), f"{tag}_merge_shape")], f"{tag}_merge",
                   ts, q.dtype)
     first.replace_input_with(idx, y)
+
+
+def _ones_mask(g: ir.Graph, q: ir.Value, tag: str) -> ir.Value:
+    """An all-ones key-padding mask [B, L] (int32) shaped like q [B, L, ...]: EgyptianAttention's
+    function fallback needs the mask input even when the model has none."""
+    bl = _node(g, "", "Shape", [q], f"{tag}_bl", [2], ir.DataType.INT64, start=0, end=2)
+    return _node(g, "", "ConstantOfShape", [bl], f"{tag}_ones", None, ir.DataType.INT32,
+                 value=ir.tensor(np.ones(1, np.int32)))
 
 
 def _head_group(g: ir.Graph, x: ir.Value, heads: list[int], H: int, dh: int, tag: str) -> ir.Value:
@@ -926,9 +932,7 @@ def _split_full_heads(model: ir.Model, inputs: list, masked: bool, H: int, dh: i
                scale=float(scale))
     mask = inputs[3]
     if mask is None:  # the op's function fallback needs the mask input: all ones [B, L]
-        bl = _node(g, "", "Shape", [q], f"{tag}_bl", [2], ir.DataType.INT64, start=0, end=2)
-        mask = _node(g, "", "ConstantOfShape", [bl], f"{tag}_ones", None, ir.DataType.INT32,
-                     value=ir.tensor(np.ones(1, np.int32)))
+        mask = _ones_mask(g, q, tag)
     rest_in = [groups["q"][1], groups["k"][1], groups["v"][1], mask]
     yr = _node(g, "n6onnx", "EgyptianAttention", rest_in,
                tag, None, q.dtype, num_heads=len(rest), window=int(window), scale=float(scale),
