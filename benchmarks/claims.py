@@ -650,6 +650,36 @@ def quality_rows(res: Results, fidelity: dict | None, fid_name: str) -> list[Row
     return rows
 
 
+def curve_row(res: Results) -> Row | None:
+    """Fidelity against the amount of calibration data (benchmarks/recovery.py's curve), with the
+    in-sample bound; None when the file is absent (an optional measurement)."""
+    fname = "calibration_curve_minilm.json"
+    d = res.load(fname)
+    if d is None:
+        return None
+    rr = _rows_of(d)
+    title = "Calibration data: how far more of it goes (all-MiniLM-L6-v2)"
+    source = "ours: the calibrated swap and the phi-bottleneck, fidelity against calibration size"
+    if not rr:
+        return Row(title, source, f"not measured yet: {fname} has no rows", "-", [res.rel(fname)])
+    parts = []
+    for spec in dict.fromkeys(str(r.get("pass", "?")) for r in rr):
+        mine = [r for r in rr if str(r.get("pass", "?")) == spec]
+        real = sorted((r for r in mine if not r.get("in_sample")), key=lambda r: finite(r.get("samples")) or 0)
+        bound = [r for r in mine if r.get("in_sample")]
+        bit = f"{spec}: " + ", ".join(f"{generic_value(r.get('samples'))} samples cosine {num(r.get('cosine_mean'), 4)}"
+                                      f" ({num(r.get('seconds'))} s)" for r in real)
+        if bound:
+            bit += (f"; calibrated on the held-out sentences themselves (an optimistic bound, not a result) "
+                    f"cosine {num(bound[0].get('cosine_mean'), 4)}")
+        parts.append(bit)
+    verdict = "; ".join(parts) + "."
+    goals = d.get("goals")
+    if isinstance(goals, dict) and goals:
+        verdict += " Project goals: " + ", ".join(f"{k} {generic_value(v)}" for k, v in goals.items()) + "."
+    return Row(title, source, verdict, _generic_where(d), [res.rel(fname)], _generic_detail(d), title)
+
+
 def _generic_where(d: dict) -> str:
     hw = d.get("hardware")
     m = d.get("method")
@@ -954,6 +984,9 @@ def collect(results: pathlib.Path) -> list[Row]:
             e2e(res, "cuda", fidelity, fid_name)]
     rows += quality_rows(res, fidelity, fid_name)
     rows.append(bottleneck_row(res))
+    curve = curve_row(res)
+    if curve is not None:
+        rows.append(curve)
     moe = {**(moe_rows(res) or {}), **attention_rows(res)}
     rows += [moe[k] if k in moe else future_row(res, k, caps) for k in ("phi_moe", "routing", "fftmix", "egyptian_attention")]
     rows.append(combined_row(res))

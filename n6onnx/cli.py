@@ -28,6 +28,10 @@ def main() -> None:
     """Rewrite ONNX models with the n6 techniques and measure what they really do."""
 
 
+def _of_available(c) -> str:
+    return f"{c.samples} of {c.available}" if c.available is not None and c.available > c.samples else str(c.samples)
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
@@ -111,11 +115,15 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
     if rep.calibration is not None:
         c = rep.calibration
         t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",
-                  title=f"calibration: {c.samples} samples ({c.rows} token rows), {c.seconds:.1f} s")
+                  title=f"calibration: {_of_available(c)} samples ({c.rows} token rows), {c.seconds:.1f} s")
         for layer in c.layers:
             t.add_row(layer.block, str(layer.rows), f"{layer.activation_r2:.3f}", f"{layer.rel_err_folded:.4f}",
                       f"{layer.rel_err:.4f}")
         out.print(t)
+        if c.available is not None and c.available > c.samples:
+            out.print(f"calibrated on the first {c.samples} of the {c.available} samples in the data "
+                      f"(--calib-samples); more samples usually give a more faithful model, at a longer calibration",
+                      highlight=False)
     if rep.functions:
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:

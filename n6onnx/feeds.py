@@ -34,7 +34,10 @@ class FeedBatches(list):
     """A list of feed dicts (one per run) plus ``rows``: how many rows of each batch are real.
 
     ``rows[k] < batch size`` only for a last batch padded with repeats to a static batch size.
+    ``available``: how many samples the source held (``calibrate.load_batches`` sets it; None: unknown).
     """
+
+    available: int | None = None
 
     def __init__(self, batches: Iterable[dict[str, np.ndarray]] = (), rows: Sequence[int] | None = None,
                  source: str = "") -> None:

@@ -211,6 +211,30 @@ def test_calibration_and_bottleneck_generic_rows(claims, tmp_path):
     assert "phi-bottleneck:2: cosine 0.95" in bot[2]
 
 
+def test_calibration_curve_row(claims, tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    assert "Calibration data" not in claims.generate(res, None)  # optional: no file, no row
+    put(res, "calibration_curve_minilm.json", {
+        "generated": "2026-01-06T00:00:00+00:00", "method": "fake curve method",
+        "goals": {"gelu=phi6 cosine_mean": 0.995},
+        "rows": [{"variant": "b", "pass": "gelu=phi6", "samples": 1000, "in_sample": False, "seconds": 59.6,
+                  "cosine_mean": 0.99181},
+                 {"variant": "a", "pass": "gelu=phi6", "samples": 256, "in_sample": False, "seconds": 27.5,
+                  "cosine_mean": 0.98931},
+                 {"variant": "c", "pass": "gelu=phi6", "samples": 256, "in_sample": True, "seconds": 30.0,
+                  "cosine_mean": 0.99641},
+                 {"variant": "d", "pass": "ffn=phi-bottleneck", "samples": 256, "in_sample": False, "seconds": 22.0,
+                  "cosine_mean": 0.9086}]})
+    v = verdicts(claims.generate(res, None))
+    cur = row(v, "Calibration data: how far more of it goes")
+    # sorted by size within a pass, the in-sample row named as a bound, passes kept apart
+    assert ("gelu=phi6: 256 samples cosine 0.9893 (27.5 s), 1000 samples cosine 0.9918 (59.6 s); calibrated on the "
+            "held-out sentences themselves (an optimistic bound, not a result) cosine 0.9964") in cur[2]
+    assert "ffn=phi-bottleneck: 256 samples cosine 0.9086 (22 s)." in cur[2]
+    assert "gelu=phi6 cosine_mean 0.995" in cur[2] and "fake curve method" in cur[3]
+
+
 def test_future_claims_and_combined(claims, tmp_path):
     res = tmp_path / "results"
     put(res, "phi_moe.json", {"generated": "g", "method": "fake moe", "rows": [{"variant": "24x(4D/3)", "cosine_mean": 0.5}]})

@@ -56,10 +56,11 @@ class CalibrationReport:
     seconds: float
     refit: bool
     layers: list[LayerFit]
+    available: int | None = None  # samples in DATA (more than ``samples`` when --calib-samples capped them)
 
     def to_json(self) -> dict:
-        return {"samples": self.samples, "batches": self.batches, "rows": self.rows, "seconds": round(self.seconds, 2), "refit": self.refit,
-                "layers": [l.to_json() for l in self.layers]}
+        return {"samples": self.samples, "available": self.available, "batches": self.batches, "rows": self.rows,
+                "seconds": round(self.seconds, 2), "refit": self.refit, "layers": [l.to_json() for l in self.layers]}
 
 
 def _np(v: ir.Value) -> np.ndarray:
@@ -113,7 +114,8 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             continue
         todo.append(b)
     if not todo:
-        return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [])
+        return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [],
+                                 getattr(batches, "available", None))
 
     orig = original_streams(original, todo, batches, threads)
     layers = []
@@ -191,7 +193,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
         layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit,
                                {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
     return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].out.name])),
-                             time.perf_counter() - t0, refit, layers)
+                             time.perf_counter() - t0, refit, layers, getattr(batches, "available", None))
 
 
 def original_streams(original: ir.Model, blocks: Sequence[ffn.FFNBlock], batches, threads=None) -> dict:
@@ -294,8 +296,10 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
     sess = InferenceSession(model) if isinstance(model, bytes) else session_for(model)
     if p.suffix == ".npz":
         batches = feeds.load_npz(p, sess)
+        available = batches.samples
     else:
         texts = feeds.read_text(p)
+        available = len(texts)
         if samples:
             texts = texts[:samples]
         if tokenizer is None:
@@ -311,4 +315,5 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
             keep.append(b)
             n += feeds._batch_rows(b)
         batches = feeds.FeedBatches(keep, source=batches.source)
+    batches.available = available  # what DATA holds, for the report (the rest was left out by ``samples``)
     return batches

@@ -1,9 +1,10 @@
 """Calibrated activation swap on real models: folding is exact, refit never hurts, and the
 pretrained MiniLM gets its embeddings back (compared with ORT running the original)."""
 
+import json
+
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -187,6 +188,23 @@ def test_cli_calibrate_errors_and_warnings(tmp_path):
     assert r.exit_code == 2 and "no such file" in r.output and not (tmp_path / "o.onnx").exists()
     r = CliRunner().invoke(main, ["rewrite", str(tmp_path / "ffn.onnx"), "-o", str(tmp_path / "o.onnx"), "--pass", "gelu=phi6"])
     assert r.exit_code == 0 and "--calibrate" in r.output
+
+
+def test_cli_says_when_calib_samples_left_data_out(tmp_path):
+    _toy_ffn(tmp_path / "ffn.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "feeds.npz", **{f"x/{k}": rng.standard_normal((4, 8)).astype(np.float32) for k in range(3)})
+    run = lambda *extra: CliRunner().invoke(main, ["rewrite", str(tmp_path / "ffn.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                                   "--pass", "gelu=phi6", "--calibrate", str(tmp_path / "feeds.npz"), *extra])
+    r = run("--calib-samples", "4")
+    assert r.exit_code == 0, r.output
+    assert "calibration: 4 of 12 samples" in r.output and "first 4 of the 12 samples" in r.output
+    r = run("--calib-samples", "12", "--json")
+    assert r.exit_code == 0, r.output
+    cal = json.loads(r.output)["calibration"]
+    assert cal["samples"] == cal["available"] == 12
+    r = run()  # the default cap (256) takes everything: nothing to say
+    assert r.exit_code == 0 and "calibration: 12 samples" in r.output and "of the" not in r.output
 
 
 @pytest.mark.parametrize("spec,label", [("gelu=phi6", "FFN 2/2"), ("ffn=phi-bottleneck:2", "FFN 2/2"),
