@@ -14,7 +14,7 @@ export N6ONNX_LIBRARY=${N6ONNX_LIBRARY:-build/cuda/libn6ops.so}
 export PYTHONPATH=${PYTHONPATH:-}:.
 # MODELS: graphs in build/gpu-e2e/<name>.weightless.onnx (tools/long_encoder.py writes them; with
 # --fp16 also bert-long-L4096-fp16, its onnxruntime.transformers.float16 conversion, which
-# MODELS="bert-long-L4096 bert-long-L4096-fp16" adds; that float16 run has not been made yet)
+# MODELS="bert-long-L4096 bert-long-L4096-fp16" adds)
 models=${MODELS:-bert-long-L4096}
 note="BERT-base-shaped encoder (tools/long_encoder.py: 768 hidden, 12 heads, FFN 3072, 4 layers), seeded random values regrown from the weightless graph (tools/weightless.py): timing and energy do not depend on the values"
 for m in $models; do
