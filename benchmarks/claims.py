@@ -802,7 +802,7 @@ def attention_rows(res: Results) -> dict[str, Row]:
                 verdict += f" Op level ({oname}, {ops.get('provider', '?')}): {ol}."
                 files.append(res.rel(oname))
                 where.append(_generic_where(ops))
-        if prefix == "egyptian":  # benchmarks/gpu_egyptian_long.sh: e2e_egyptian_long_<L>[_fp16]_<core>_cuda.json
+        if prefix == "egyptian":  # benchmarks/gpu_egyptian_long.sh: e2e_egyptian_long_<L>[_nomask][_fp16]_<core>_cuda.json
             bits = []
             for path in sorted(res.folder.glob("e2e_egyptian_long_*_cuda.json")):
                 tag = path.name[len("e2e_egyptian_long_"):-len("_cuda.json")]
@@ -814,7 +814,8 @@ def attention_rows(res: Results) -> dict[str, Row]:
                     continue
                 en = ((b.get("ratio") or {}).get("energy") or {}).get("total") or {}
                 dtype = "float16" if shape.endswith("fp16") else "float32"
-                bits.append(f"{shape.split('_')[0]} {dtype}, {core} core: latency ratio {ratio_x(lat['median'])} "
+                masked = "no mask" if "nomask" in shape.split("_") else "[B, L] mask"
+                bits.append(f"{shape.split('_')[0]} {dtype} {masked}, {core} core: latency ratio {ratio_x(lat['median'])} "
                             f"[{ratio_x(lat.get('q1'))}, {ratio_x(lat.get('q3'))}], energy ratio "
                             f"{ratio_x(en.get('median'))} ({(b.get('energy') or {}).get('method', '?')}, "
                             f"{(b.get('energy') or {}).get('meter', '?')})")

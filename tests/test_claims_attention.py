@@ -40,7 +40,11 @@ def test_attention_rows(claims, tmp_path):  # noqa: F811
         "ratio": {"latency_p50": {"median": 1.9589, "q1": 1.9516, "q3": 1.9592},
                   "energy": {"total": {"median": 2.0584}}},
         "energy": {"method": "measured", "meter": "nvml"}, "hardware": {"cpu": "x", "gpu": "NVIDIA H200, 580"}}})
+    put(res, "e2e_egyptian_long_L4096_nomask_fp16_fused_cuda.json", {"generated": "g", "bench": {
+        "ratio": {"latency_p50": {"median": 1.25, "q1": 1.2, "q3": 1.3}, "energy": {"total": {"median": 1.5}}},
+        "energy": {"method": "measured", "meter": "nvml"}, "hardware": {"cpu": "x", "gpu": "NVIDIA H200, 580"}}})
     e3 = row(verdicts(claims.generate(res, None)), "Egyptian attention")
+    assert "L4096 float16 no mask, fused core: latency ratio 1.25x [1.2x, 1.3x], energy ratio 1.5x" in e3[2]
     assert "with the mha core (full heads through MultiHeadAttention) vs MultiHeadAttention 20.6%" in e3[2]
-    assert "L4096 float32, mha core: latency ratio 1.96x [1.95x, 1.96x], energy ratio 2.06x (measured, nvml)" in e3[2]
+    assert "L4096 float32 [B, L] mask, mha core: latency ratio 1.96x [1.95x, 1.96x], energy ratio 2.06x (measured, nvml)" in e3[2]
     assert "NVIDIA H200" in e3[3] and e3[4].count("e2e_egyptian_long_L4096_mha_cuda.json") == 1

@@ -8,6 +8,7 @@ inputs. Weights are random (seeded): only latency and energy are measured with t
 the graph without its large weights (tools/weightless.py) next to OUT, ready to travel:
 
     python tools/long_encoder.py build/gpu-e2e/bert-long-L4096.onnx --seq 4096 --fp16
+    python tools/long_encoder.py build/gpu-e2e/bert-long-L4096-nomask.onnx --seq 4096 --fp16 --no-mask
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main() -> None:
     ap.add_argument("out", type=pathlib.Path)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--no-mask", action="store_true",
+                    help="no attention_mask input (unpadded inputs: the attention runs without a key-padding mask)")
     ap.add_argument("--fp16", action="store_true",
                     help="also write OUT-fp16 (onnxruntime.transformers.float16 conversion, float16 inputs/outputs)")
     args = ap.parse_args()
@@ -51,15 +54,28 @@ def main() -> None:
             return self.m(input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids).last_hidden_state
 
+    class Unmasked(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, token_type_ids):
+            return self.m(input_ids=input_ids, token_type_ids=token_type_ids).last_hidden_state
+
     rng = np.random.default_rng(0)
     ids = torch.from_numpy(rng.integers(1000, 30000, (1, args.seq)).astype(np.int64))
     mask = torch.ones((1, args.seq), dtype=torch.int64)
     types = torch.zeros((1, args.seq), dtype=torch.int64)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        prog = torch.onnx.export(Wrapped(model), (ids, mask, types), dynamo=True, opset_version=18,
-                                 input_names=["input_ids", "attention_mask", "token_type_ids"],
-                                 output_names=["last_hidden_state"], external_data=False, optimize=True)
+        if args.no_mask:
+            prog = torch.onnx.export(Unmasked(model), (ids, types), dynamo=True, opset_version=18,
+                                     input_names=["input_ids", "token_type_ids"],
+                                     output_names=["last_hidden_state"], external_data=False, optimize=True)
+        else:
+            prog = torch.onnx.export(Wrapped(model), (ids, mask, types), dynamo=True, opset_version=18,
+                                     input_names=["input_ids", "attention_mask", "token_type_ids"],
+                                     output_names=["last_hidden_state"], external_data=False, optimize=True)
     onnx.save_model(prog.model_proto, str(args.out))
     outs = [args.out]
     if args.fp16:

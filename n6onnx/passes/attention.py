@@ -216,7 +216,7 @@ def _static(shape) -> list[int] | None:
 
 def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
     """Graph inputs ``value`` is computed from, and whether a non-uniform constant of >= 2 dims
-    whose last two dims are both > 1 (a triangular/causal pattern) takes part."""
+    whose last two dims are both > 1 and whose rows differ (a triangular/causal pattern) takes part."""
     names, causal, stack, seen = set(), False, [value], set()
     while stack and len(seen) < limit:
         v = stack.pop()
@@ -228,8 +228,10 @@ def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
             continue
         a = const_array(v) if is_const(v) else None
         if a is not None:
+            # rows that differ (query i sees other keys than query j): a triangular/causal pattern; a
+            # key-padding mask broadcast over the queries has identical rows
             if (a.ndim >= 2 and a.shape[-1] == a.shape[-2] > 1 and a.dtype.kind in "bf"
-                    and not np.all(a == a.reshape(-1)[0])):
+                    and not np.all(a == a[..., :1, :])):
                 causal = True
             continue
         n = v.producer()
@@ -242,7 +244,52 @@ def _mask(v: ir.Value | None, kind: str) -> Mask | None:
     if v is None:
         return None
     inputs, causal = _graph_inputs(v)
+    if not inputs and kind == "additive" and not causal:
+        a = const_array(v) if is_const(v) else _constant_value(v)
+        if a is not None and a.dtype.kind == "f" and not np.any(a):
+            return None  # an all-zero additive mask (an export without a mask input): no mask
     return Mask(v, kind, inputs, causal)
+
+
+def _constant_value(v: ir.Value, limit: int = 16) -> np.ndarray | None:
+    """The value of ``v`` when it is computed from constants only, by at most ``limit`` standard
+    ONNX nodes (run with onnx's reference evaluator); None otherwise."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    order: list[ir.Node] = []
+    consts: dict[str, np.ndarray] = {}
+    seen: set[int] = set()
+
+    def visit(x: ir.Value | None) -> bool:
+        if x is None or id(x) in seen:
+            return True
+        seen.add(id(x))
+        if is_const(x):
+            consts[x.name] = const_array(x)
+            return True
+        n = x.producer()
+        if x.is_graph_input() or n is None or n.domain not in ("", "ai.onnx") or len(order) >= limit:
+            return False
+        if not all(visit(i) for i in n.inputs):
+            return False
+        if n.attributes.get("then_branch") is not None or n.attributes.get("body") is not None:
+            return False
+        order.append(n)
+        return True
+
+    if not visit(v) or not order:
+        return None
+    graph = v.graph
+    opsets = dict(graph.opset_imports) if graph is not None else {}
+    try:
+        nodes = [ir.serde.serialize_node(n) for n in order]
+        inits = [onnx.numpy_helper.from_array(a, name) for name, a in consts.items()]
+        g = onnx.helper.make_graph(nodes, "const", [], [onnx.helper.make_empty_tensor_value_info(v.name)], inits)
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opsets.get("", 18))])
+        return np.asarray(ReferenceEvaluator(m).run(None, {})[0])
+    except Exception:  # noqa: BLE001 - anything the evaluator cannot run: not a known constant
+        return None
 
 
 def _score_path(qk: ir.Node, softmax: ir.Node) -> tuple[float, Mask | None]:
@@ -263,6 +310,13 @@ def _score_path(qk: ir.Node, softmax: ir.Node) -> tuple[float, Mask | None]:
                 scale *= 1 / c if n.op_type == "Div" else c
         elif n.op_type in ("Add", "Sub") and len(live) == 2:
             mask = _mask(next(i for i in live if i is not on_path[0]), "additive")
+        elif n.op_type in ("Add", "Sub") and len(live) == 1:
+            # a constant operand: a scalar shifts every score alike (softmax ignores it); anything
+            # larger is a constant additive mask
+            c = next((i for i in n.inputs if i is not None and i is not on_path[0]), None)
+            a = const_array(c)
+            if a is not None and a.size > 1:
+                mask = _mask(c, "additive")
         elif n.op_type == "Where":
             cond = n.inputs[0]
             mask = _mask(cond, "boolean")
@@ -767,6 +821,8 @@ def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
     if b.mask is not None:
         if b.mask.causal:
             return "causal mask: EgyptianAttention has no causal mode"
+        if not b.mask.inputs:
+            return "constant attention mask that hides keys: EgyptianAttention takes a [batch, seq] mask input"
         gin = {v.name: v for v in graph.inputs}
         if len(b.mask.inputs) != 1 or b.mask.inputs[0] not in gin or gin[b.mask.inputs[0]].shape is None \
                 or len(gin[b.mask.inputs[0]].shape) != 2:

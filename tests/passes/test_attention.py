@@ -311,3 +311,39 @@ def test_egyptian_mha_core_on_exported_models(zoo_export, tmp_path):
     r = CliRunner().invoke(main, ["rewrite", str(bert), "-o", str(tmp_path / "c.onnx"), "--pass",
                                   "attention=egyptian:by-index:mha"])
     assert r.exit_code == 0 and "MultiHeadAttention" in r.output, r.output
+
+
+def _constant_mask_model(src, path, mask):
+    """``src`` with its attention_mask input replaced by the constant ``mask`` (as an export without a
+    mask input has: the additive mask is then computed from constants only)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    inp = next(i for i in m.graph.input if i.name == "attention_mask")
+    m.graph.input.remove(inp)
+    m.graph.initializer.append(onnx.numpy_helper.from_array(mask.astype(np.int64), "attention_mask"))
+    onnx.save(m, str(path))
+    return path
+
+
+def test_constant_all_zero_mask_is_no_mask(zoo_export, tmp_path):
+    feeds = zoo.example_inputs("bert", 2, 16)
+    feeds.pop("attention_mask")
+    ones = _constant_mask_model(zoo_export("bert", "dynamo18"), tmp_path / "ones.onnx", np.ones((2, 16)))
+    ref = _run(ones, feeds)
+    _, rep = n6onnx.rewrite(ones, tmp_path / "full.onnx", ["attention=egyptian:full"])
+    assert rep.rewritten == {"attention": 2}, rep.reports["attention"].near_misses
+    np.testing.assert_allclose(_run(tmp_path / "full.onnx", feeds), ref, rtol=1e-5, atol=1e-5)
+    for core in ("fused", "mha"):
+        _, rep = n6onnx.rewrite(ones, tmp_path / f"{core}.onnx", [f"attention=egyptian:by-index:{core}"])
+        assert rep.rewritten == {"attention": 2}
+    np.testing.assert_allclose(_run(tmp_path / "mha.onnx", feeds), _run(tmp_path / "fused.onnx", feeds),
+                               rtol=1e-5, atol=1e-5)
+    # a constant mask that does mask a key is not dropped: the block is left alone, with the reason
+    pad = np.ones((2, 16))
+    pad[1, -3:] = 0
+    padded = _constant_mask_model(zoo_export("bert", "dynamo18"), tmp_path / "pad.onnx", pad)
+    _, rep = n6onnx.rewrite(padded, tmp_path / "p.onnx", ["attention=egyptian:full"])
+    assert rep.rewritten == {"attention": 0}
+    assert [m.reason for m in rep.reports["attention"].near_misses] == \
+        ["constant attention mask that hides keys: EgyptianAttention takes a [batch, seq] mask input"] * 2
