@@ -16,13 +16,13 @@ export PYTHONPATH=${PYTHONPATH:-}:.
 # MODELS: graphs in build/gpu-e2e/<name>.weightless.onnx (tools/long_encoder.py writes them; with
 # --fp16 also <name>-fp16, its onnxruntime.transformers.float16 conversion; with --no-mask the
 # export has no attention_mask input, e.g. MODELS="bert-long-L4096-nomask bert-long-L4096-nomask-fp16")
-models=${MODELS:-bert-long-L4096}
+models=${MODELS:-bert-long-L4096}  # CORES: which cores to run (default: fused mha)
 note="BERT-base-shaped encoder (tools/long_encoder.py: 768 hidden, 12 heads, FFN 3072, 4 layers), seeded random values regrown from the weightless graph (tools/weightless.py): timing and energy do not depend on the values"
 for m in $models; do
   python3 tools/weightless.py regrow "build/gpu-e2e/$m.weightless.onnx" "/tmp/$m.onnx"
   seq=${m#bert-long-L}; seq=${seq%%-*}
   tag=${m#bert-long-}; tag=${tag//-/_}
-  for core in fused mha; do
+  for core in ${CORES:-fused mha}; do
     python3 benchmarks/e2e.py --provider cuda --model bert --batch 1 --seq "$seq" --original "/tmp/$m.onnx" \
       --passes "attention=egyptian:by-index:$core" --name "e2e_egyptian_long_${tag}_${core}_cuda" \
       --seconds "${SECONDS_PER_MODEL:-10}" --workdir /tmp/e2e --weights-note "$note"

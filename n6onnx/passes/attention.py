@@ -930,9 +930,10 @@ def split_full_heads(model: ir.Model) -> list[str]:
     are Slices when contiguous (the by-index assignment), else Gathers on the head axis; the two
     results are concatenated and, unless the full heads come first, put back in head order by one
     Gather. The copies cost O(L * D) per block: worth it at long sequences, not at short ones (see
-    README for the measured crossovers). MultiHeadAttention takes the key-padding mask as [B, L] int32 like EgyptianAttention
-    (an all-ones mask made by ConstantOfShape is dropped); a query whose keys are all padded gets
-    MHA's average over them instead of zeros."""
+    README for the measured crossovers). MultiHeadAttention takes the key-padding mask as [B, L] int32 like EgyptianAttention,
+    behind an If that leaves it out when it is all ones (see ``_mha_unless_all_ones``; an all-ones
+    mask made by ConstantOfShape is dropped outright); a query whose keys are all padded gets MHA's
+    average over them instead of zeros."""
     from ..ops import egyptian_attention as ea
 
     g = model.graph
@@ -981,11 +982,12 @@ def _split_full_heads(model: ir.Model, inputs: list, masked: bool, H: int, dh: i
         groups[name] = (_head_group(g, x, full, H, dh, f"{tag}_{name}full"),
                         _head_group(g, x, rest, H, dh, f"{tag}_{name}rest"))
     mha_in = [groups["q"][0], groups["k"][0], groups["v"][0]]
-    if masked:
-        mha_in += [None, inputs[3]]  # bias absent, key_padding_mask
     model.opset_imports.setdefault("com.microsoft", 1)
-    yf = _node(g, "com.microsoft", "MultiHeadAttention", mha_in, f"{tag}_full", None, q.dtype, num_heads=len(full),
-               scale=float(scale))
+    mha_attrs = {"num_heads": len(full), "scale": float(scale)}
+    if masked:
+        yf = _mha_unless_all_ones(g, mha_in, inputs[3], q.dtype, mha_attrs, f"{tag}_full")
+    else:
+        yf = _node(g, "com.microsoft", "MultiHeadAttention", mha_in, f"{tag}_full", None, q.dtype, **mha_attrs)
     mask = inputs[3]
     if mask is None:  # the op's function fallback needs the mask input: all ones [B, L]
         mask = _ones_mask(g, q, tag)
@@ -1003,6 +1005,31 @@ def _split_full_heads(model: ir.Model, inputs: list, masked: bool, H: int, dh: i
         y = _node(g, "", "Reshape", [y4, _init(g, np.array([0, 0, H * dh], np.int64), f"{tag}_y3d")], f"{tag}_y3d",
                   None, q.dtype)
     return y
+
+
+def _mha_unless_all_ones(g: ir.Graph, qkv: list, mask: ir.Value, dtype, attrs: dict, tag: str) -> ir.Value:
+    """MultiHeadAttention(Q, K, V) with the key-padding mask only when it masks something:
+    If(ReduceMin(mask) == 1) runs it without the mask. The result is the same either way, but with a
+    [B, L] mask onnxruntime's CUDA MultiHeadAttention takes its unfused kernel (flash and memory-
+    efficient attention accept none), which made the mha core slower than the fused one."""
+    lowest = _node(g, "", "ReduceMin", [mask], f"{tag}_mask_min", [], ir.DataType.INT32, keepdims=0)
+    cond = _node(g, "", "Equal", [lowest, _init(g, np.array(1, np.int32), f"{tag}_one")], f"{tag}_all_ones", [],
+                 ir.DataType.BOOL)
+
+    def branch(name: str, node_inputs: list) -> ir.Graph:
+        n = ir.Node("com.microsoft", "MultiHeadAttention", node_inputs,
+                    attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()], name=name)
+        n.outputs[0].name = f"{name}_out"
+        n.outputs[0].type = ir.TensorType(dtype)
+        return ir.Graph([], [n.outputs[0]], nodes=[n], name=name)
+
+    node = ir.Node("", "If", [cond], name=f"{tag}_if",
+                   attributes=[ir.AttrGraph("then_branch", branch(f"{tag}_nomask", list(qkv))),
+                               ir.AttrGraph("else_branch", branch(f"{tag}_masked", list(qkv) + [None, mask]))])
+    g.append(node)
+    out = node.outputs[0]
+    out.name, out.type = f"{tag}_out", ir.TensorType(dtype)
+    return out
 
 
 def _side_factor(v: ir.Value) -> float:
