@@ -920,7 +920,7 @@ def _head_group(g: ir.Graph, x: ir.Value, heads: list[int], H: int, dh: int, tag
                  f"{tag}_3d", None, x.dtype)
 
 
-def split_full_heads(model: ir.Model) -> list[str]:
+def split_full_heads(model: ir.Model, skip_all_ones_mask: bool | None = None) -> list[str]:
     """Run the full heads of every EgyptianAttention node that has both full and local/global heads
     as com.microsoft.MultiHeadAttention, and only the other heads as EgyptianAttention (the
     ``attention=egyptian:...:mha`` core). Returns the names of the nodes split.
@@ -930,10 +930,14 @@ def split_full_heads(model: ir.Model) -> list[str]:
     are Slices when contiguous (the by-index assignment), else Gathers on the head axis; the two
     results are concatenated and, unless the full heads come first, put back in head order by one
     Gather. The copies cost O(L * D) per block: worth it at long sequences, not at short ones (see
-    README for the measured crossovers). MultiHeadAttention takes the key-padding mask as [B, L] int32 like EgyptianAttention,
-    behind an If that leaves it out when it is all ones (see ``_mha_unless_all_ones``; an all-ones
-    mask made by ConstantOfShape is dropped outright); a query whose keys are all padded gets MHA's
-    average over them instead of zeros."""
+    README for the measured crossovers). MultiHeadAttention takes the key-padding mask as [B, L]
+    int32 like EgyptianAttention (an all-ones mask made by ConstantOfShape is dropped outright).
+    With ``skip_all_ones_mask`` (default: for float16 and bfloat16, where onnxruntime has flash
+    attention) it sits behind an If that leaves the mask out when it is all ones
+    (``_mha_unless_all_ones``): on an H200 at L=4096 that took the float16 mha core from 0.59x to
+    1.20x of ORT's best original, while in float32 the unmasked path (memory-efficient attention)
+    was slower than the masked one (unfused): 1.62x vs 1.93x. A query whose keys are all padded gets
+    MHA's average over them instead of zeros."""
     from ..ops import egyptian_attention as ea
 
     g = model.graph
@@ -956,8 +960,10 @@ def split_full_heads(model: ir.Model) -> list[str]:
         inputs = list(node.inputs) + [None] * (4 - len(node.inputs))
         mask = inputs[3]
         ones = mask is not None and mask.producer() is not None and mask.producer().op_type == "ConstantOfShape"
+        skip = (skip_all_ones_mask if skip_all_ones_mask is not None
+                else inputs[0].dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16))
         y = _split_full_heads(model, inputs, mask is not None and not ones, H, dh, kinds, scale, window,
-                              f"{node.name}_split" if node.name else f"n6_egyptian_split{len(done)}")
+                              f"{node.name}_split" if node.name else f"n6_egyptian_split{len(done)}", skip)
         y.shape, y.type = node.outputs[0].shape, node.outputs[0].type
         old = node.outputs[0]
         ir.convenience.replace_all_uses_with(old, y, replace_graph_outputs=True)
@@ -971,7 +977,7 @@ def split_full_heads(model: ir.Model) -> list[str]:
 
 
 def _split_full_heads(model: ir.Model, inputs: list, masked: bool, H: int, dh: int, kinds: list[int], scale: float,
-                      window: int, tag: str) -> ir.Value:
+                      window: int, tag: str, skip_all_ones_mask: bool) -> ir.Value:
     """See ``split_full_heads``: the replacement of one node, [B, L, H*dh] in head order."""
     g = model.graph
     q, k, v = inputs[:3]
@@ -984,10 +990,11 @@ def _split_full_heads(model: ir.Model, inputs: list, masked: bool, H: int, dh: i
     mha_in = [groups["q"][0], groups["k"][0], groups["v"][0]]
     model.opset_imports.setdefault("com.microsoft", 1)
     mha_attrs = {"num_heads": len(full), "scale": float(scale)}
-    if masked:
+    if masked and skip_all_ones_mask:
         yf = _mha_unless_all_ones(g, mha_in, inputs[3], q.dtype, mha_attrs, f"{tag}_full")
     else:
-        yf = _node(g, "com.microsoft", "MultiHeadAttention", mha_in, f"{tag}_full", None, q.dtype, **mha_attrs)
+        yf = _node(g, "com.microsoft", "MultiHeadAttention", mha_in + ([None, inputs[3]] if masked else []),
+                   f"{tag}_full", None, q.dtype, **mha_attrs)
     mask = inputs[3]
     if mask is None:  # the op's function fallback needs the mask input: all ones [B, L]
         mask = _ones_mask(g, q, tag)
@@ -1011,7 +1018,7 @@ def _mha_unless_all_ones(g: ir.Graph, qkv: list, mask: ir.Value, dtype, attrs: d
     """MultiHeadAttention(Q, K, V) with the key-padding mask only when it masks something:
     If(ReduceMin(mask) == 1) runs it without the mask. The result is the same either way, but with a
     [B, L] mask onnxruntime's CUDA MultiHeadAttention takes its unfused kernel (flash and memory-
-    efficient attention accept none), which made the mha core slower than the fused one."""
+    efficient attention accept none)."""
     lowest = _node(g, "", "ReduceMin", [mask], f"{tag}_mask_min", [], ir.DataType.INT32, keepdims=0)
     cond = _node(g, "", "Equal", [lowest, _init(g, np.array(1, np.int32), f"{tag}_one")], f"{tag}_all_ones", [],
                  ir.DataType.BOOL)

@@ -223,7 +223,7 @@ def test_fftmix_opset17_runs_or_says_why(zoo_export, tmp_path):
         assert all("opset 17" in m.reason for m in rep.reports["attention"].near_misses)
 
 
-def _split_model(B, L, H, dh, kinds, masked):
+def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None):
     """One EgyptianAttention node whose output is the graph output, split by split_full_heads."""
     import onnx_ir as ir
 
@@ -231,22 +231,24 @@ def _split_model(B, L, H, dh, kinds, masked):
     from n6onnx.passes import attention
 
     D = H * dh
-    ins = [ir.Value(name=n, shape=ir.Shape([B, L, D]), type=ir.TensorType(ir.DataType.FLOAT)) for n in "QKV"]
+    dtype = dtype or ir.DataType.FLOAT
+    ins = [ir.Value(name=n, shape=ir.Shape([B, L, D]), type=ir.TensorType(dtype)) for n in "QKV"]
     if masked:
         ins.append(ir.Value(name="M", shape=ir.Shape([B, L]), type=ir.TensorType(ir.DataType.INT32)))
     node = ir.Node("n6onnx", "EgyptianAttention", ins, name="egy", attributes=[
         ir.AttrInt64("num_heads", H), ir.AttrInt64("window", 4), ir.AttrInt64s("head_kinds", kinds)])
     y = node.outputs[0]
-    y.name, y.shape, y.type = "Y", ir.Shape([B, L, D]), ir.TensorType(ir.DataType.FLOAT)
+    y.name, y.shape, y.type = "Y", ir.Shape([B, L, D]), ir.TensorType(dtype)
     m = ir.Model(ir.Graph(ins, [y], nodes=[node], opset_imports={"": 18, "n6onnx": 1}), ir_version=10)
-    split = attention.split_full_heads(m)
+    split = attention.split_full_heads(m, skip)
     finalize(m)
     return m, split
 
 
-@pytest.mark.parametrize("kinds,masked", [([0, 0, 1, 2], True), ([1, 0, 2, 0, 1, 0], True), ([2, 0, 1], False),
-                                          ([0, 0, 0], True)])
-def test_split_full_heads_matches_the_reference(kinds, masked, tmp_path):
+@pytest.mark.parametrize("kinds,masked,skip", [([0, 0, 1, 2], True, True), ([1, 0, 2, 0, 1, 0], True, True),
+                                               ([1, 0, 2, 0, 1, 0], True, None), ([2, 0, 1], False, None),
+                                               ([0, 0, 0], True, None)])
+def test_split_full_heads_matches_the_reference(kinds, masked, skip, tmp_path):
     """The mha core (full heads through com.microsoft.MultiHeadAttention, Slices or Gathers of the
     heads, outputs put back in head order) equals the numpy reference of EgyptianAttention."""
     import onnx_ir as ir
@@ -254,7 +256,7 @@ def test_split_full_heads_matches_the_reference(kinds, masked, tmp_path):
     from n6onnx.ops import REGISTRY
 
     B, L, dh = 2, 11, 8
-    m, split = _split_model(B, L, len(kinds), dh, kinds, masked)
+    m, split = _split_model(B, L, len(kinds), dh, kinds, masked, skip)
     ops = sorted(n.op_type for n in m.graph)
     if all(k == 0 for k in kinds):  # nothing to split: the node stays whole
         assert split == [] and ops == ["EgyptianAttention"]
@@ -262,10 +264,12 @@ def test_split_full_heads_matches_the_reference(kinds, masked, tmp_path):
     assert split == ["egy"] and ops.count("EgyptianAttention") == 1
     egy = next(n for n in m.graph if n.op_type == "EgyptianAttention")
     assert list(egy.attributes["head_kinds"].as_ints()) == [k for k in kinds if k]
-    # masked: an If runs MultiHeadAttention without the mask when it is all ones (ORT's fast CUDA
-    # kernels take no 2-D mask), with it otherwise
+    # masked, with skip: an If runs MultiHeadAttention without the mask when it is all ones (ORT's
+    # fast CUDA kernels take no 2-D mask), with it otherwise; float32 by default: the mask always
+    iffed = bool(masked and skip)
     mhas = [n for n in m.graph.all_nodes() if n.op_type == "MultiHeadAttention"]
-    assert ("If" in ops) == masked and sorted(len(n.inputs) for n in mhas) == ([3, 5] if masked else [3])
+    assert ("If" in ops) == iffed
+    assert sorted(len(n.inputs) for n in mhas) == ([3, 5] if iffed else [5] if masked else [3])
     assert all(n.attributes["num_heads"].as_int() == kinds.count(0) for n in mhas)
     assert m.graph.outputs[0].name == "Y"
     rng = np.random.default_rng(3)
@@ -280,6 +284,14 @@ def test_split_full_heads_matches_the_reference(kinds, masked, tmp_path):
         ref = REGISTRY["EgyptianAttention"].reference(feeds["Q"], feeds["K"], feeds["V"], feeds.get("M"),
                                                       num_heads=len(kinds), window=4, head_kinds=kinds)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_split_full_heads_skips_all_ones_masks_by_default_in_half_precision():
+    import onnx_ir as ir
+
+    for dtype, want in ((ir.DataType.FLOAT16, True), (ir.DataType.BFLOAT16, True), (ir.DataType.FLOAT, False)):
+        m, _ = _split_model(1, 8, 3, 4, [0, 1, 0], True, None, dtype)
+        assert ("If" in [n.op_type for n in m.graph]) == want, dtype
 
 
 def test_egyptian_mha_core_on_exported_models(zoo_export, tmp_path):
@@ -299,7 +311,7 @@ def test_egyptian_mha_core_on_exported_models(zoo_export, tmp_path):
         assert rep.rewritten == {"attention": 2}
         assert all(s.detail["core"] == "mha" for s in rep.reports["attention"].sites)
         ops = [n.op_type for n in n6onnx.io.load(tmp_path / "m.onnx").graph.all_nodes()]
-        assert ops.count("MultiHeadAttention") == 4 and ops.count("If") == 2 and ops.count("EgyptianAttention") == 2
+        assert ops.count("MultiHeadAttention") == 2 and ops.count("EgyptianAttention") == 2  # float32: no If
         assert feeds["attention_mask"].min() == 0  # padded: the masked branch; then all ones: the other
         for f in (feeds, {**feeds, "attention_mask": np.ones_like(feeds["attention_mask"])}):
             np.testing.assert_allclose(_run(tmp_path / "m.onnx", f), _run(tmp_path / "f.onnx", f), rtol=1e-5, atol=1e-5)
