@@ -28,7 +28,9 @@ def main() -> None:
     import n6onnx
     from n6onnx import feeds
 
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.provider == "cuda" else ["CPUExecutionProvider"]
+    from n6onnx.bench.run import SessionConfig
+
+    providers = SessionConfig(args.provider).providers
     tmp = pathlib.Path(tempfile.mkdtemp())
     sessions = []
     for k, spec in enumerate((args.a, args.b)):

@@ -1,19 +1,16 @@
 #!/usr/bin/env python3
-"""Where the time goes in an ONNX model under onnxruntime: runs it with ORT's profiler (n6 library
-registered, ORT_ENABLE_ALL) and prints the kernel time per op type, summed over nodes, median run.
+"""Where the time goes in an ONNX model under onnxruntime: ``n6onnx bench``'s profiling pass
+(ORT_ENABLE_ALL, the n6 library registered, IO binding, the first run dropped) on one model,
+printed as kernel time per op type and node placement.
 
-    python tools/ort_profile.py model.onnx [--provider cuda] [--runs 20]
+    python tools/ort_profile.py model.onnx [more.onnx ...] [--provider cuda] [--runs 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import pathlib
-import statistics
 import sys
-import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -21,43 +18,25 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="+")
+    ap.add_argument("model", nargs="+", type=pathlib.Path)
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
-    import onnxruntime as ort
 
-    from n6onnx import feeds, runtime
+    from n6onnx import feeds
+    from n6onnx.bench import run
 
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.provider == "cuda" else ["CPUExecutionProvider"]
+    cfg = run.SessionConfig(args.provider)
     for model in args.model:
-        tmp = tempfile.mkdtemp()
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.enable_profiling = True
-        so.profile_file_prefix = str(pathlib.Path(tmp) / "prof")
-        sess = runtime.InferenceSession(model, so, providers=providers)
+        sess, _ = cfg.session(model)
         feed = feeds.random_feeds(sess, 1)[0]
-        for _ in range(5):
-            sess.run(None, feed)
-        for _ in range(args.runs):
-            sess.run(None, feed)
-        events = json.loads(pathlib.Path(sess.end_profiling()).read_text())
-        per_run: dict[str, list[float]] = collections.defaultdict(list)
-        runs = [e for e in events if e.get("name") == "model_run"]
-        nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
-        for r in runs[-args.runs:]:
-            t0, t1 = r["ts"], r["ts"] + r["dur"]
-            acc: dict[str, float] = collections.defaultdict(float)
-            for e in nodes:
-                if t0 <= e["ts"] <= t1:
-                    acc[e["args"].get("op_name", "?")] += e["dur"]
-            for k, v in acc.items():
-                per_run[k].append(v)
-        total = statistics.median(r["dur"] for r in runs[-args.runs:])
-        print(f"== {model}: model_run median {total / 1000:.3f} ms over {args.runs} runs ({args.provider})")
-        for k, v in sorted(per_run.items(), key=lambda kv: -statistics.median(kv[1])):
-            print(f"  {k:36s} {statistics.median(v) / 1000:8.3f} ms")
+        del sess
+        p = run.profile(model, feed, cfg, runs=args.runs, seconds=60.0)
+        t = p["op_time"]
+        print(f"== {model} ({args.provider}): kernels {t['kernel_ms']:.3f} ms per run over {t['runs']} runs; "
+              f"nodes by provider {p['placement']['by_provider']}")
+        for op, ms in t["by_op_type_ms"].items():
+            print(f"  {op:36s} {ms:8.3f} ms")
 
 
 if __name__ == "__main__":
