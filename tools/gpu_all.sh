@@ -24,6 +24,6 @@ run() {
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 run "${ATTN_LIMIT:-200}" python3 tools/gpu_attention.py
 run "${MOE_LIMIT:-200}" python3 tools/gpu_moe.py
-run "${ACT_LIMIT:-150}" python3 tools/gpu_check.py --only contract,sanitizer --out benchmarks/results/gpu_check_activations.json
+run "${ACT_LIMIT:-300}" python3 tools/gpu_check.py --only contract,sanitizer --out benchmarks/results/gpu_check_activations.json
 if [[ -n ${OUT:-} ]]; then cp benchmarks/results/gpu_check_activations.json "$OUT"/ 2>/dev/null || true; fi
 exit $rc
