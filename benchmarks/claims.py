@@ -650,15 +650,21 @@ def quality_rows(res: Results, fidelity: dict | None, fid_name: str) -> list[Row
     return rows
 
 
-def curve_row(res: Results) -> Row | None:
-    """Fidelity against the amount of calibration data (benchmarks/recovery.py's curve), with the
-    in-sample bound; None when the file is absent (an optional measurement)."""
-    fname = "calibration_curve_minilm.json"
+_CURVES = {
+    "calibration_curve_minilm.json": "Calibration data: how far more of it goes (all-MiniLM-L6-v2)",
+    "calibration_extended_minilm.json": "Calibration data past the corpus: where more of it stops helping (all-MiniLM-L6-v2)",
+}
+
+
+def curve_row(res: Results, fname: str = "calibration_curve_minilm.json") -> Row | None:
+    """Fidelity against the amount of calibration data (benchmarks/recovery.py's curve and extended
+    sections), with the in-sample bound where there is one; None when the file is absent (an optional
+    measurement)."""
     d = res.load(fname)
     if d is None:
         return None
     rr = _rows_of(d)
-    title = "Calibration data: how far more of it goes (all-MiniLM-L6-v2)"
+    title = _CURVES[fname]
     source = "ours: the calibrated swap and the phi-bottleneck, fidelity against calibration size"
     if not rr:
         return Row(title, source, f"not measured yet: {fname} has no rows", "-", [res.rel(fname)])
@@ -985,9 +991,7 @@ def collect(results: pathlib.Path) -> list[Row]:
             e2e(res, "cuda", fidelity, fid_name)]
     rows += quality_rows(res, fidelity, fid_name)
     rows.append(bottleneck_row(res))
-    curve = curve_row(res)
-    if curve is not None:
-        rows.append(curve)
+    rows += [r for r in (curve_row(res, f) for f in _CURVES) if r is not None]
     moe = {**(moe_rows(res) or {}), **attention_rows(res)}
     rows += [moe[k] if k in moe else future_row(res, k, caps) for k in ("phi_moe", "routing", "fftmix", "egyptian_attention")]
     rows.append(combined_row(res))

@@ -233,6 +233,14 @@ def test_calibration_curve_row(claims, tmp_path):
             "held-out sentences themselves (an optimistic bound, not a result) cosine 0.9964") in cur[2]
     assert "ffn=phi-bottleneck: 256 samples cosine 0.9086 (22 s)." in cur[2]
     assert "gelu=phi6 cosine_mean 0.995" in cur[2] and "fake curve method" in cur[3]
+    assert "past the corpus" not in claims.generate(res, None)
+    put(res, "calibration_extended_minilm.json", {
+        "generated": "2026-01-06T00:00:00+00:00", "method": "fake extended method",
+        "rows": [{"variant": "e", "pass": "gelu=phi6", "samples": 7930, "seconds": 447.4, "cosine_mean": 0.99361},
+                 {"variant": "f", "pass": "gelu=phi6", "samples": 4000, "seconds": 241.1, "cosine_mean": 0.99302}]})
+    ext = row(verdicts(claims.generate(res, None)), "Calibration data past the corpus")
+    assert "gelu=phi6: 4000 samples cosine 0.993 (241 s), 7930 samples cosine 0.9936 (447 s)." in ext[2]
+    assert "fake extended method" in ext[3]
 
 
 def test_future_claims_and_combined(claims, tmp_path):
