@@ -51,7 +51,6 @@ def extended_sentences(exclude: set[str]) -> list[str]:
     importable standard-library module and its public classes, methods and functions."""
     import importlib
     import inspect
-    import re
     import warnings
 
     out = [x for x in corpus.sentences() if x not in exclude]
@@ -80,9 +79,8 @@ def extended_sentences(exclude: set[str]) -> list[str]:
                     doc = inspect.getdoc(o) or ""
                 except Exception:
                     continue
-                for x in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", doc)):
-                    x = x.strip()
-                    if 5 <= len(x.split()) <= 60 and x[0].isupper() and x not in seen and ">>>" not in x:
+                for x in corpus.doc_sentences(doc):
+                    if x not in seen:
                         seen.add(x)
                         out.append(x)
     return out
@@ -237,6 +235,7 @@ def main() -> None:
             "goals": {"gelu=phi6 cosine_mean": 0.995, "ffn=phi-bottleneck:4/3 cosine_mean": 0.97},
             "rows": rows,
         })
+
 
 if __name__ == "__main__":
     main()

@@ -36,13 +36,21 @@ def sentences(limit: int | None = None, min_words: int = 5, max_words: int = 60)
                 continue
             docs.append(inspect.getdoc(obj) or "")
         for doc in docs:
-            text = re.sub(r"\s+", " ", doc)
-            for s in re.split(r"(?<=[.!?])\s+", text):
-                s = s.strip()
-                words = s.split()
-                if min_words <= len(words) <= max_words and s[0].isupper() and s not in seen and ">>>" not in s:
+            for s in doc_sentences(doc, min_words, max_words):
+                if s not in seen:
                     seen.add(s)
                     out.append(s)
                     if limit and len(out) >= limit:
                         return out
+    return out
+
+
+def doc_sentences(doc: str, min_words: int = 5, max_words: int = 60) -> list[str]:
+    """The sentences of a docstring that the corpus keeps: MIN_WORDS..MAX_WORDS words, starting with a
+    capital letter, no doctest prompt."""
+    out = []
+    for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", doc)):
+        s = s.strip()
+        if min_words <= len(s.split()) <= max_words and s[0].isupper() and ">>>" not in s:
+            out.append(s)
     return out
