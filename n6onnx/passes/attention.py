@@ -822,7 +822,7 @@ def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
         if b.mask.causal:
             return "causal mask: EgyptianAttention has no causal mode"
         if not b.mask.inputs:
-            return ("constant additive attention mask or bias that is not all zero: EgyptianAttention takes only a "
+            return ("constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
                     "[batch, seq] key-padding mask input")
         gin = {v.name: v for v in graph.inputs}
         if len(b.mask.inputs) != 1 or b.mask.inputs[0] not in gin or gin[b.mask.inputs[0]].shape is None \

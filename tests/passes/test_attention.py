@@ -364,5 +364,5 @@ def test_constant_all_zero_mask_is_no_mask(zoo_export, tmp_path):
     _, rep = n6onnx.rewrite(padded, tmp_path / "p.onnx", ["attention=egyptian:full"])
     assert rep.rewritten == {"attention": 0}
     assert [m.reason for m in rep.reports["attention"].near_misses] == \
-        ["constant additive attention mask or bias that is not all zero: EgyptianAttention takes only a "
+        ["constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
          "[batch, seq] key-padding mask input"] * 2
