@@ -229,27 +229,31 @@ def _wrapper(model: str, m):
     return _Wrapper(m).eval()
 
 
-def cache_path(model: str, exporter: str, cache_dir: str | os.PathLike, *, batch: int = 2, seq: int = 16) -> pathlib.Path:
+def cache_path(model: str, exporter: str, cache_dir: str | os.PathLike, *, batch: int = 2, seq: int = 16,
+               dynamic: bool = False) -> pathlib.Path:
     """Where ``export`` caches this combination."""
-    return pathlib.Path(cache_dir) / f"{model}-{exporter}-b{batch}-s{seq}-v{ZOO_VERSION}.onnx"
+    shape = "dyn" if dynamic else f"b{batch}-s{seq}"
+    return pathlib.Path(cache_dir) / f"{model}-{exporter}-{shape}-v{ZOO_VERSION}.onnx"
 
 
-def export(model: str, exporter: str, cache_dir: str | os.PathLike, *, batch: int = 2, seq: int = 16) -> pathlib.Path:
+def export(model: str, exporter: str, cache_dir: str | os.PathLike, *, batch: int = 2, seq: int = 16,
+           dynamic: bool = False) -> pathlib.Path:
     """Return the path of a cached single-file .onnx of ``model`` exported with ``exporter`` (exported on first call).
 
-    Static shapes ``[batch, seq]`` (``[batch, 3, 32, 32]`` for vit). Raises ``ZooExportError`` naming the model and
-    exporter when the export fails.
+    Static shapes ``[batch, seq]`` (``[batch, 3, 32, 32]`` for vit), or with ``dynamic=True`` the usual
+    dynamic-axes export (symbolic batch and sequence dims ``batch`` / ``seq``; batch only for vit), traced at
+    ``[batch, seq]``. Raises ``ZooExportError`` naming the model and exporter when the export fails.
     """
     _check_model(model)
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; expected one of {EXPORTERS}")
-    path = cache_path(model, exporter, cache_dir, batch=batch, seq=seq)
+    path = cache_path(model, exporter, cache_dir, batch=batch, seq=seq, dynamic=dynamic)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
 
     try:
-        _export_uncached(model, exporter, path, batch=batch, seq=seq)
+        _export_uncached(model, exporter, path, batch=batch, seq=seq, dynamic=dynamic)
     except ZooExportError:
         raise
     except Exception as e:
@@ -259,7 +263,7 @@ def export(model: str, exporter: str, cache_dir: str | os.PathLike, *, batch: in
     return path
 
 
-def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: int, seq: int) -> None:
+def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: int, seq: int, dynamic: bool) -> None:
     import onnx
     import torch
 
@@ -269,6 +273,7 @@ def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: in
     names = list(feeds)
     args = tuple(torch.from_numpy(v) for v in feeds.values())
     opset = _OPSET[exporter]
+    axes = {0: "batch"} if model == "vit" else {0: "batch", 1: "seq"}
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
@@ -283,20 +288,26 @@ def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: in
                 reg_logger.setLevel(logging.ERROR)
                 try:
                     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                        dyn = {}
+                        if dynamic:
+                            dims = {k: torch.export.Dim(v, min=1, max=4096) for k, v in axes.items()}
+                            dyn = {"dynamic_shapes": (tuple(dict(dims) for _ in names),)}  # forward(*args)
                         prog = torch.onnx.export(
                             wrapped, args, dynamo=True, opset_version=opset, input_names=names,
-                            output_names=["last_hidden_state"], external_data=False, optimize=True,
+                            output_names=["last_hidden_state"], external_data=False, optimize=True, **dyn,
                         )
                 finally:
                     reg_logger.setLevel(old_level)
                 proto = prog.model_proto
             else:
+                dyn = {n: dict(axes) for n in [*names, "last_hidden_state"]} if dynamic else None
                 torch.onnx.export(
                     wrapped, args, str(tmp), dynamo=False, opset_version=opset, input_names=names,
-                    output_names=["last_hidden_state"], do_constant_folding=True,
+                    output_names=["last_hidden_state"], do_constant_folding=True, dynamic_axes=dyn,
                 )
                 proto = onnx.load(str(tmp))
-        proto.doc_string = f"n6onnx.zoo model={model} exporter={exporter} batch={batch} seq={seq} v{ZOO_VERSION}"
+        shape = "dynamic" if dynamic else f"batch={batch} seq={seq}"
+        proto.doc_string = f"n6onnx.zoo model={model} exporter={exporter} {shape} v{ZOO_VERSION}"
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
         os.replace(tmp, path)
     finally:

@@ -124,3 +124,18 @@ def _pad(feeds, batch=2):
     n = len(feeds["input_ids"])
     extra = -n % batch
     return {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in feeds.items()}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo20", "torchscript"])
+def test_dynamic_axes_minilm_export_matches_torch_at_other_shapes(exporter):
+    """The usual dynamic-axes export (symbolic batch and seq): runs at shapes other than the traced
+    one and equals the torch model there."""
+    import onnx
+
+    path = zoo.export("minilm", exporter, CACHE, dynamic=True)
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(path).graph.input]
+    assert dims and all(d == ["batch", "seq"] for d in dims)
+    feeds = zoo.example_inputs("minilm", 3, 21)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert got.shape == (3, 21, 384)
+    np.testing.assert_allclose(got, zoo._run_torch("minilm", feeds), atol=2e-5, rtol=1e-4)
