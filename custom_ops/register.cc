@@ -14,7 +14,7 @@
 #include <cstring>
 #include <string>
 
-#include "common/elementwise.h"
+#include "common/ort_glue.h"
 
 #ifndef N6_WITH_CUDA
 #define N6_WITH_CUDA 0
@@ -26,9 +26,13 @@
 #endif
 
 namespace n6 {
+// The CPU kernels: <op>/cpu.cc.
+void AppendPhi6Ops(OpList& ops);
+void AppendZetaLn2Ops(OpList& ops);
 void AppendFFTMixOps(OpList& ops);              // fftmix/cpu.cc
 void AppendEgyptianAttentionOps(OpList& ops);   // egyptian/cpu.cc
 void AppendMoEOps(OpList& ops);                 // moe/cpu.cc
+void AppendCudaOps(OpList& ops);                // libn6ops_cuda.so only: register_cuda.cc
 }  // namespace n6
 
 namespace {

@@ -8,11 +8,13 @@
 #include <cstdint>
 #include <cstring>
 
-#include "common/elementwise.h"
-
 // Helpers are always inlined into their ISA clone, so the ABI of a 64-byte vector argument (the
-// -Wpsabi note for the generic target) never matters.
+// -Wpsabi note for the generic target) never matters. (Before the includes: ExpCore of
+// common/fastmath.h is instantiated for these vectors too.)
 #pragma GCC diagnostic ignored "-Wpsabi"
+
+#include "common/fastmath.h"
+#include "common/isa.h"
 
 namespace n6 {
 
@@ -57,23 +59,13 @@ N6_INLINE float HSum(VF v) {
   return s;
 }
 
-// exp(x) for x <= 0 (softmax), Cephes expf form (~2 ulp); -inf gives 0.
+// exp(x) for x <= 0 (softmax), Cephes expf form (~2 ulp, common/fastmath.h); -inf gives 0.
 N6_INLINE VF ExpV(VF x) {
   const VF lo = Splat(-87.0f);
-  const VF xc = x < lo ? lo : x;
-  const VF magic = Splat(12582912.0f);  // 1.5 * 2^23: round to nearest integer
-  const VF n = (xc * 1.44269504088896341f + magic) - magic;
-  const VF r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  VF p = Splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  VF n;
+  const VF p = ExpCore(x < lo ? lo : x, &n);
   const VI e = (__builtin_convertvector(n, VI) + 127) << 23;
-  const VF res = p * (VF)e;
-  return x < lo ? Splat(0.0f) : res;
+  return x < lo ? Splat(0.0f) : p * (VF)e;
 }
 
 }  // namespace n6

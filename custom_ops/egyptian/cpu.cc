@@ -10,41 +10,27 @@
 //     [i0 - w/2, i1 - 1 + w/2] of its query block (O(L * (window + kBQ) * dh)), masking per query
 //     |i - j| > w/2.
 //   global heads: two keys per query, O(L * dh).
-// Exponentials use a branch-free polynomial exp (Cephes expf form, ~2 ulp) so they vectorise.
+// Exponentials use the branch-free polynomial exp of common/fastmath.h (Cephes expf form, ~2 ulp)
+// so they vectorise.
 // float16 inputs are widened once into fp32 copies; the output is rounded once.
 #include <cmath>
 #include <limits>
 #include <optional>
 
-#include "common/elementwise.h"
+#include "common/fastmath.h"
+#include "common/half.h"
+#include "common/isa.h"
+#include "common/ort_glue.h"
 #include "common/vec16.h"
-#include "egyptian/egyptian.h"
+#include "egyptian/op.h"
 
 namespace n6 {
 namespace {
 
-constexpr const char* kOp = "EgyptianAttention";
 constexpr int kBQ = 32;  // queries per task
 constexpr int kBK = 64;  // keys per block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 const VI kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-
-N6_INLINE float FastExp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: round to nearest integer
-  const float n = (x * 1.44269504088896341f + magic) - magic;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  return p * BitsToF32(static_cast<uint32_t>(e));
-}
 
 struct Plan {
   const float* q;  // [B, L, H*dh] fp32 (widened copies for fp16)
@@ -93,7 +79,7 @@ N6_INLINE void GlobalBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
     if (m != kNegInf) {
       for (int t = 0; t < nk; ++t) {
         if (s[t] == kNegInf) continue;
-        const float e = FastExp(s[t] - m);
+        const float e = Exp(s[t] - m);
         l += e;
         const float* v = p.v + (b * p.L + keys[t]) * p.ld + h * p.dh;
         for (int64_t d = 0; d < p.dh; ++d) acc[d] += e * v[d];
@@ -220,7 +206,7 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
       float& m = sc.m[qi];
       const float mnew = mx > m ? mx : m;
       if (mnew != m) {
-        const float corr = m == kNegInf ? 0.0f : FastExp(m - mnew);
+        const float corr = m == kNegInf ? 0.0f : Exp(m - mnew);
         sc.l[qi] *= corr;
         float* __restrict o = O + qi * dh;
         for (int64_t d = 0; d < dh; ++d) o[d] *= corr;
@@ -271,16 +257,7 @@ void TaskGeneric(const Plan& p, size_t t) { RunTaskImpl<VF4, 4, 2>(p, t); }
 N6_TARGET_AVX2 void TaskAvx2(const Plan& p, size_t t) { RunTaskImpl<VF8, 4, 2>(p, t); }
 N6_TARGET_AVX512 void TaskAvx512(const Plan& p, size_t t) { RunTaskImpl<VF, 8, 2>(p, t); }
 #endif
-TaskFn SelectTaskFn() {
-#if N6_HAVE_ISA_CLONES
-  switch (HostIsa()) {
-    case Isa::kAvx512: return &TaskAvx512;
-    case Isa::kAvx2: return &TaskAvx2;
-    default: break;
-  }
-#endif
-  return &TaskGeneric;
-}
+TaskFn SelectTaskFn() { return SelectIsa<TaskFn>(&TaskGeneric, N6_CLONE(&TaskAvx2), N6_CLONE(&TaskAvx512)); }
 
 struct Job {
   const Plan* plan;
@@ -320,119 +297,66 @@ void WidenTask(void* data, size_t task) {
   const size_t per = (w.n + kWidenChunk - 1) / kWidenChunk;
   const size_t t = task / per, c = task % per;
   const size_t begin = c * kWidenChunk, end = std::min(w.n, begin + kWidenChunk);
-  for (size_t i = begin; i < end; ++i) w.dst[t][i] = F16Codec::ToFloat(w.src[t][i]);
+  if (begin < end) WidenF16(w.src[t] + begin, w.dst[t] + begin, end - begin);
 }
 
-}  // namespace
+struct CpuBackend {
+  static constexpr const char* kProvider = kCpuProvider;
+  static std::string Check(const egyptian::Problem&) { return ""; }
 
-// The node's attributes (absent optional ones keep their defaults; a missing num_heads is reported
-// at run time). Shared with egyptian/cuda_op.cc.
-egyptian::Attrs ReadEgyptianAttrs(const OrtKernelInfo* info) {
-  // The C API (status, not exceptions): an absent optional attribute is the normal case.
-  const OrtApi& api = Ort::GetApi();
-  auto found = [&api](OrtStatus* st) {
-    if (st == nullptr) return true;
-    api.ReleaseStatus(st);
-    return false;
-  };
-  egyptian::Attrs attrs;
-  if (!found(api.KernelInfoGetAttribute_int64(info, "num_heads", &attrs.num_heads))) {
-    attrs.error = "the attribute num_heads (int) is required";
-  }
-  int64_t window = 0;
-  if (found(api.KernelInfoGetAttribute_int64(info, "window", &window))) attrs.window = window;
-  float scale = 0.0f;
-  if (found(api.KernelInfoGetAttribute_float(info, "scale", &scale))) attrs.scale = scale;
-  size_t n = 0;
-  if (found(api.KernelInfoGetAttributeArray_int64(info, "head_kinds", nullptr, &n)) && n > 0) {
-    attrs.head_kinds.resize(n);
-    if (!found(api.KernelInfoGetAttributeArray_int64(info, "head_kinds", attrs.head_kinds.data(), &n))) {
-      attrs.error = "could not read the attribute head_kinds";
+  template <class T>
+  static Ort::Status Run(OrtKernelContext* ctx, const egyptian::Problem& pr, const egyptian::Io<T>& io) {
+    const size_t n = io.n;
+    Plan p{};
+    std::vector<float> wide;
+    if constexpr (std::is_same<T, float>::value) {
+      p.q = io.q;
+      p.k = io.k;
+      p.v = io.v;
+      p.y32 = io.y;
+    } else {
+      wide.resize(3 * n);
+      Widen w{{reinterpret_cast<const uint16_t*>(io.q), reinterpret_cast<const uint16_t*>(io.k),
+               reinterpret_cast<const uint16_t*>(io.v)},
+              {wide.data(), wide.data() + n, wide.data() + 2 * n},
+              n};
+      Ort::Status st = RunParallel(ctx, &WidenTask, 3 * ((n + kWidenChunk - 1) / kWidenChunk), &w);
+      if (!st.IsOK()) return st;
+      p.q = wide.data();
+      p.k = wide.data() + n;
+      p.v = wide.data() + 2 * n;
+      p.y16 = reinterpret_cast<uint16_t*>(io.y);
     }
-  }
-  return attrs;
-}
-
-namespace {
-
-template <class T>
-struct EgyptianCpu {
-  egyptian::Attrs attrs;
-
-  EgyptianCpu(const OrtApi*, const OrtKernelInfo* info) : attrs(ReadEgyptianAttrs(info)) {}
-
-  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& Q, const Ort::Custom::Tensor<T>& K,
-                      const Ort::Custom::Tensor<T>& V, std::optional<const Ort::Custom::Tensor<int32_t>*> mask,
-                      Ort::Custom::Tensor<T>& Y) {
-    try {
-      const Ort::Custom::Tensor<int32_t>* m = mask.has_value() ? *mask : nullptr;
-      egyptian::Problem pr;
-      const std::vector<int64_t>* ms = m ? &m->Shape() : nullptr;
-      const std::string err = egyptian::Resolve(attrs, Q.Shape(), K.Shape(), V.Shape(), ms, &pr);
-      if (!err.empty()) return OpError(kOp, err);
-      T* y = Y.Allocate(Q.Shape());
-      const size_t n = static_cast<size_t>(Q.NumberOfElement());
-      if (n == 0) return Ort::Status{nullptr};
-      Plan p{};
-      std::vector<float> wide;
-      if constexpr (std::is_same<T, float>::value) {
-        p.q = Q.Data();
-        p.k = K.Data();
-        p.v = V.Data();
-        p.y32 = y;
-      } else {
-        wide.resize(3 * n);
-        Widen w{{reinterpret_cast<const uint16_t*>(Q.Data()), reinterpret_cast<const uint16_t*>(K.Data()),
-                 reinterpret_cast<const uint16_t*>(V.Data())},
-                {wide.data(), wide.data() + n, wide.data() + 2 * n},
-                n};
-        const size_t tasks = 3 * ((n + kWidenChunk - 1) / kWidenChunk);
-        Ort::Status st{Ort::GetApi().KernelContext_ParallelFor(ctx, &WidenTask, tasks, 0, &w)};
-        if (!st.IsOK()) return st;
-        p.q = wide.data();
-        p.k = wide.data() + n;
-        p.v = wide.data() + 2 * n;
-        p.y16 = reinterpret_cast<uint16_t*>(y);
-      }
-      p.mask = m ? m->Data() : nullptr;
-      p.B = pr.B;
-      p.L = pr.L;
-      p.H = pr.H;
-      p.dh = pr.dh;
-      p.ld = pr.H * pr.dh;
-      p.half = pr.half;
-      p.scale = pr.scale;
-      p.kinds = pr.kinds.data();
-      p.nqb = (pr.L + kBQ - 1) / kBQ;
-      p.lp = (pr.L + kBK - 1) / kBK * kBK;
-      std::vector<float> kt;
-      bool streamed = false;
-      for (int kind : pr.kinds) streamed = streamed || kind != egyptian::kGlobal;
-      if (streamed) {
-        // + kBK: a local head's key blocks start anywhere, so a register tile may read up to a tile
-        // past L (those columns are masked); the last head's last row must not end the buffer there
-        kt.resize(static_cast<size_t>(p.B * p.H * p.dh * p.lp + kBK));
-        p.kt = kt.data();
-        Ort::Status st{Ort::GetApi().KernelContext_ParallelFor(ctx, &TransposeTask, static_cast<size_t>(p.B * p.H), 0, &p)};
-        if (!st.IsOK()) return st;
-      }
-      static const TaskFn fn = SelectTaskFn();
-      Job job{&p, fn};
-      const size_t tasks = static_cast<size_t>(p.B * p.H * p.nqb);
-      return Ort::Status{Ort::GetApi().KernelContext_ParallelFor(ctx, &RunTask, tasks, 0, &job)};
+    p.mask = io.mask;
+    p.B = pr.B;
+    p.L = pr.L;
+    p.H = pr.H;
+    p.dh = pr.dh;
+    p.ld = pr.H * pr.dh;
+    p.half = pr.half;
+    p.scale = pr.scale;
+    p.kinds = pr.kinds.data();
+    p.nqb = (pr.L + kBQ - 1) / kBQ;
+    p.lp = (pr.L + kBK - 1) / kBK * kBK;
+    std::vector<float> kt;
+    bool streamed = false;
+    for (int kind : pr.kinds) streamed = streamed || kind != egyptian::kGlobal;
+    if (streamed) {
+      // + kBK: a local head's key blocks start anywhere, so a register tile may read up to a tile
+      // past L (those columns are masked); the last head's last row must not end the buffer there
+      kt.resize(static_cast<size_t>(p.B * p.H * p.dh * p.lp + kBK));
+      p.kt = kt.data();
+      Ort::Status st = RunParallel(ctx, &TransposeTask, static_cast<size_t>(p.B * p.H), &p);
+      if (!st.IsOK()) return st;
     }
-    N6_CATCH_ALL(kOp)
+    static const TaskFn fn = SelectTaskFn();
+    Job job{&p, fn};
+    return RunParallel(ctx, &RunTask, static_cast<size_t>(p.B * p.H * p.nqb), &job);
   }
 };
 
 }  // namespace
 
-void AppendEgyptianAttentionOps(OpList& ops) {
-  for (auto* op : {Ort::Custom::CreateLiteCustomOp<EgyptianCpu<float>>(kOp, kProvider),
-                   Ort::Custom::CreateLiteCustomOp<EgyptianCpu<Ort::Float16_t>>(kOp, kProvider)}) {
-    op->InferOutputShapeFn = &InferSameTypeAndShape;
-    ops.push_back(op);
-  }
-}
+void AppendEgyptianAttentionOps(OpList& ops) { egyptian::AppendOps<CpuBackend>(ops); }
 
 }  // namespace n6

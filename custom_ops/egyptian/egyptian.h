@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "common/shape.h"
+
 namespace n6 {
 namespace egyptian {
 
@@ -43,11 +45,7 @@ struct Problem {
 // Checks the shapes and attributes; returns an error message or "" (and fills *p).
 inline std::string Resolve(const Attrs& a, const std::vector<int64_t>& q, const std::vector<int64_t>& k,
                            const std::vector<int64_t>& v, const std::vector<int64_t>* mask, Problem* p) {
-  auto shape = [](const std::vector<int64_t>& s) {
-    std::string r = "[";
-    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-    return r + "]";
-  };
+  const auto& shape = ShapeToString;
   if (!a.error.empty()) return a.error;
   if (q.size() != 3) return "Q must be [B, L, num_heads*head_size], got shape " + shape(q);
   if (k != q || v != q) return "Q, K and V must have the same shape, got " + shape(q) + ", " + shape(k) + ", " + shape(v);

@@ -7,14 +7,14 @@
 // session's intra-op pool (KernelContext_ParallelFor). The channel loops are contiguous and
 // vectorised (generic x86-64 / AVX2 / AVX-512 clones, chosen at run time like the elementwise
 // kernels; explicit 16-lane vectors, common/vec16.h).
-#include "common/elementwise.h"
+#include "common/half.h"
+#include "common/isa.h"
+#include "common/ort_glue.h"
 #include "common/vec16.h"
-#include "fftmix/fftmix.h"
+#include "fftmix/op.h"
 
 namespace n6 {
 namespace {
-
-constexpr const char* kOp = "FFTMix";
 
 struct Plan {
   const void* x = nullptr;  // [B, L, D] float or fp16 bits
@@ -74,7 +74,7 @@ N6_INLINE void RunBlockImpl(const Plan& p, size_t task) {
     } else if (kHalf) {
       const uint16_t* src = static_cast<const uint16_t*>(p.x) + (b * p.L + l) * D;
       float* dst = scratch.data() + D + r * D;
-      for (size_t d = 0; d < D; ++d) dst[d] = F16Codec::ToFloat(src[d]);
+      WidenF16(src, dst, D);
       rows[r] = dst;
     } else {
       rows[r] = static_cast<const float*>(p.x) + (b * p.L + l) * D;
@@ -116,14 +116,7 @@ N6_TARGET_AVX512 void RunBlockAvx512(const Plan& p, size_t task) { RunBlockImpl<
 
 template <bool kHalf>
 BlockFn SelectBlockFn() {
-#if N6_HAVE_ISA_CLONES
-  switch (HostIsa()) {
-    case Isa::kAvx512: return &RunBlockAvx512<kHalf>;
-    case Isa::kAvx2: return &RunBlockAvx2<kHalf>;
-    default: break;
-  }
-#endif
-  return &RunBlockGeneric<kHalf>;
+  return SelectIsa<BlockFn>(&RunBlockGeneric<kHalf>, N6_CLONE(&RunBlockAvx2<kHalf>), N6_CLONE(&RunBlockAvx512<kHalf>));
 }
 
 struct Job {
@@ -142,27 +135,15 @@ float ToF32<float>(float v) { return v; }
 template <>
 float ToF32<Ort::Float16_t>(Ort::Float16_t v) { return F16Codec::ToFloat(v.val); }
 
-template <class T>
-Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, const Ort::Custom::Tensor<T>& F6,
-                    const Ort::Custom::Tensor<T>& F12, const Ort::Custom::Tensor<T>& F24, Ort::Custom::Tensor<T>& Y) {
-  try {
-    const std::vector<int64_t>& xs = X.Shape();
-    if (xs.size() != 3) return OpError(kOp, "X must be [B, L, D], got shape " + ShapeToString(xs));
+struct CpuBackend {
+  static constexpr const char* kProvider = kCpuProvider;
+
+  template <class T>
+  static Ort::Status Run(OrtKernelContext* ctx, const fftmix::Io<T>& io) {
     Plan p;
-    p.B = static_cast<size_t>(xs[0]);
-    p.L = static_cast<size_t>(xs[1]);
-    p.D = static_cast<size_t>(xs[2]);
-    const Ort::Custom::Tensor<T>* fs[fftmix::kNumScales] = {&F6, &F12, &F24};
-    for (int s = 0; s < fftmix::kNumScales; ++s) {
-      const int w = fftmix::kWindows[s];
-      const std::vector<int64_t> want = {w / 2 + 1, xs[2]};
-      if (fs[s]->Shape() != want) {
-        return OpError(kOp, "F" + std::to_string(w) + " must be " + ShapeToString(want) + " for X of shape " +
-                                ShapeToString(xs) + ", got " + ShapeToString(fs[s]->Shape()));
-      }
-    }
-    T* y = Y.Allocate({xs[0], xs[1], 3 * xs[2]});
-    if (p.B == 0 || p.L == 0 || p.D == 0) return Ort::Status{nullptr};
+    p.B = static_cast<size_t>(io.B);
+    p.L = static_cast<size_t>(io.L);
+    p.D = static_cast<size_t>(io.D);
     // taps (and a zero row) in one buffer
     std::vector<float> buf, f;
     size_t offs[fftmix::kNumScales], total = p.D;
@@ -176,66 +157,23 @@ Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, cons
       if (static_cast<size_t>(w) > p.L) continue;
       const size_t n = (w / 2 + 1) * p.D;
       f.resize(n);
-      const T* src = fs[s]->Data();
+      const T* src = io.f[s];
       for (size_t i = 0; i < n; ++i) f[i] = ToF32<T>(src[i]);
       fftmix::TapsFromFilter(f.data(), w, p.D, buf.data() + offs[s]);
       p.taps[s] = buf.data() + offs[s];
     }
     p.zeros = buf.data();
-    p.x = X.Data();
-    p.y = y;
+    p.x = io.x;
+    p.y = io.y;
     p.blocks = (p.L + fftmix::kBlock - 1) / fftmix::kBlock;
     static const BlockFn fn = SelectBlockFn<!std::is_same<T, float>::value>();
     Job job{&p, fn};
-    const size_t tasks = p.B * p.blocks;
-    if (tasks == 1) {
-      RunTask(&job, 0);
-      return Ort::Status{nullptr};
-    }
-    return Ort::Status{Ort::GetApi().KernelContext_ParallelFor(ctx, &RunTask, tasks, 0, &job)};
+    return RunParallel(ctx, &RunTask, p.B * p.blocks, &job);
   }
-  N6_CATCH_ALL(kOp)
-}
+};
 
 }  // namespace
 
-// Y: X's element type, shape [B, L, 3D] (3D unknown when D is). Shared with fftmix/cuda_op.cc.
-OrtStatusPtr FFTMixInferShape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
-  const OrtApi& api = Ort::GetApi();
-  OrtTensorTypeAndShapeInfo* in = nullptr;
-  OrtTensorTypeAndShapeInfo* out = nullptr;
-  OrtStatus* st = nullptr;
-  auto ok = [&st](OrtStatus* s) {
-    st = s;
-    return s == nullptr;
-  };
-  size_t rank = 0;
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  if (ok(api.ShapeInferContext_GetInputTypeShape(ctx, 0, &in)) && in != nullptr && ok(api.GetTensorElementType(in, &type)) &&
-      ok(api.GetDimensionsCount(in, &rank)) && rank == 3) {
-    std::vector<int64_t> dims(rank);
-    std::vector<const char*> syms(rank, nullptr);
-    if (ok(api.GetDimensions(in, dims.data(), rank)) && ok(api.GetSymbolicDimensions(in, syms.data(), rank))) {
-      for (auto& s : syms) s = s ? s : "";
-      dims[2] = dims[2] >= 0 ? 3 * dims[2] : -1;
-      syms[2] = "";
-      if (ok(api.CreateTensorTypeAndShapeInfo(&out)) && ok(api.SetTensorElementType(out, type)) &&
-          ok(api.SetDimensions(out, dims.data(), rank)) && ok(api.SetSymbolicDimensions(out, syms.data(), rank))) {
-        ok(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
-      }
-    }
-  }
-  if (out) api.ReleaseTensorTypeAndShapeInfo(out);
-  if (st) api.ReleaseStatus(st);
-  return nullptr;
-}
-
-void AppendFFTMixOps(OpList& ops) {
-  for (auto* op : {Ort::Custom::CreateLiteCustomOp(kOp, kProvider, &Compute<float>),
-                   Ort::Custom::CreateLiteCustomOp(kOp, kProvider, &Compute<Ort::Float16_t>)}) {
-    op->InferOutputShapeFn = &FFTMixInferShape;
-    ops.push_back(op);
-  }
-}
+void AppendFFTMixOps(OpList& ops) { fftmix::AppendOps<CpuBackend>(ops); }
 
 }  // namespace n6

@@ -24,16 +24,19 @@ inline constexpr int kWindows[kNumScales] = {6, 12, 24};
 inline constexpr int kBlock = 24;  // lcm of the windows: a block holds whole windows of every scale
 inline constexpr int kMaxTaps = kBlock / 2 + 1;
 
+// The irfft coefficient of rfft bin m for tap t of window w: irfft(F, n=w)[t] = sum_m coef * F[m].
+inline double IrfftCoef(int w, int t, int m) {
+  const double pi = 3.14159265358979323846;
+  const double weight = (m == 0 || 2 * m == w) ? 1.0 : 2.0;
+  return weight * std::cos(2.0 * pi * m * t / w) / w;
+}
+
 // taps[t * D + d] = irfft(F[:, d], n=w)[t] for t in [0, w/2], from f[m * D + d] = F_w[m, d].
 inline void TapsFromFilter(const float* f, int w, size_t D, float* taps) {
   const int half = w / 2;
-  const double pi = 3.14159265358979323846;
   for (int t = 0; t <= half; ++t) {
     double c[kMaxTaps];
-    for (int m = 0; m <= half; ++m) {
-      const double weight = (m == 0 || 2 * m == w) ? 1.0 : 2.0;
-      c[m] = weight * std::cos(2.0 * pi * m * t / w) / w;
-    }
+    for (int m = 0; m <= half; ++m) c[m] = IrfftCoef(w, t, m);
     for (size_t d = 0; d < D; ++d) {
       double acc = 0.0;
       for (int m = 0; m <= half; ++m) acc += c[m] * static_cast<double>(f[m * D + d]);

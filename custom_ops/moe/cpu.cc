@@ -20,7 +20,9 @@
 #include <cmath>
 #include <optional>
 
-#include "common/elementwise.h"
+#include "common/half.h"
+#include "common/isa.h"
+#include "common/ort_glue.h"
 #include "moe/op.h"
 
 namespace n6 {
@@ -147,16 +149,7 @@ N6_TARGET_AVX512 void GemmAvx512(const float* A, int lda, int m, int K, const fl
 
 using KernelFn = void (*)(const float*, int, int, int, const float*, int, int, const float*, float*, int, bool);
 
-KernelFn SelectKernel() {
-#if N6_HAVE_ISA_CLONES
-  switch (HostIsa()) {
-    case Isa::kAvx512: return &GemmAvx512;
-    case Isa::kAvx2: return &GemmAvx2;
-    default: break;
-  }
-#endif
-  return &GemmGeneric;
-}
+KernelFn SelectKernel() { return SelectIsa<KernelFn>(&GemmGeneric, N6_CLONE(&GemmAvx2), N6_CLONE(&GemmAvx512)); }
 
 // C = A B + bias in K blocks of kKC rows of B: a [kKC, 16|32] weight panel (32 KB) stays in L1
 // while every row block of the tile uses it; C carries the partial sums between K blocks.
@@ -188,10 +181,7 @@ N6_TARGET_AVX2 void ActRowsAvx2(float* h, const float* g, size_t n) {
 using ActFn = void (*)(float*, const float*, size_t);
 template <int kAct>
 ActFn SelectActOne() {
-#if N6_HAVE_ISA_CLONES
-  if (HostIsa() != Isa::kGeneric) return &ActRowsAvx2<kAct>;
-#endif
-  return &ActRows<kAct>;
+  return SelectIsa<ActFn>(&ActRows<kAct>, N6_CLONE(&ActRowsAvx2<kAct>), nullptr);
 }
 ActFn SelectAct(int act) {
   static const ActFn fns[6] = {SelectActOne<0>(), SelectActOne<1>(), SelectActOne<2>(),
@@ -237,7 +227,7 @@ void ExpertTask(void* data, size_t t) {
     float* dst = s.x.data() + static_cast<size_t>(i) * D;
     if (p.half) {
       const uint16_t* src = static_cast<const uint16_t*>(p.x) + static_cast<size_t>(tok) * D;
-      for (int d = 0; d < D; ++d) dst[d] = F16Codec::ToFloat(src[d]);
+      WidenF16(src, dst, D);
     } else {
       std::memcpy(dst, static_cast<const float*>(p.x) + static_cast<size_t>(tok) * D, D * sizeof(float));
     }
@@ -298,16 +288,7 @@ struct Widen {
 void WidenTask(void* data, size_t t) {
   const Widen& w = *static_cast<const Widen*>(data);
   const size_t off = static_cast<size_t>(w.experts[t]) * w.per;
-  for (size_t i = 0; i < w.per; ++i) w.dst[off + i] = F16Codec::ToFloat(w.src[off + i]);
-}
-
-Ort::Status Parallel(OrtKernelContext* ctx, void (*fn)(void*, size_t), size_t tasks, void* data) {
-  if (tasks == 0) return Ort::Status{nullptr};
-  if (tasks == 1) {
-    fn(data, 0);
-    return Ort::Status{nullptr};
-  }
-  return Ort::Status{Ort::GetApi().KernelContext_ParallelFor(ctx, fn, tasks, 0, data)};
+  WidenF16(w.src + off, w.dst + off, w.per);
 }
 
 template <bool kHalf>
@@ -315,7 +296,7 @@ std::vector<float> ToF32Vec(const void* src, size_t n) {
   std::vector<float> out(n);
   if constexpr (kHalf) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
-    for (size_t i = 0; i < n; ++i) out[i] = F16Codec::ToFloat(s[i]);
+    WidenF16(s, out.data(), n);
   } else {
     std::memcpy(out.data(), src, n * sizeof(float));
   }
@@ -323,6 +304,7 @@ std::vector<float> ToF32Vec(const void* src, size_t n) {
 }
 
 struct CpuBackend {
+  static constexpr const char* kProvider = kCpuProvider;
   static void Configure(moe::Attrs&) {}
 
   template <bool kHalf>
@@ -368,7 +350,7 @@ struct CpuBackend {
       auto widen = [&](const void* W, std::vector<float>& dst) -> Ort::Status {
         dst.resize(E * per);
         Widen wj{static_cast<const uint16_t*>(W), dst.data(), used.data(), per};
-        return Parallel(ctx, &WidenTask, used.size(), &wj);
+        return RunParallel(ctx, &WidenTask, used.size(), &wj);
       };
       Ort::Status st = widen(in.data[moe::kW1], w1f);
       if (st.IsOK()) st = widen(in.data[moe::kW2], w2f);
@@ -396,19 +378,16 @@ struct CpuBackend {
     p.gemm = gemm;
     p.act = SelectAct(pr.act);
     // 3. experts on their tokens
-    Ort::Status st = Parallel(ctx, &ExpertTask, p.tasks.size(), &p);
+    Ort::Status st = RunParallel(ctx, &ExpertTask, p.tasks.size(), &p);
     if (!st.IsOK()) return st;
     // 4. per-token sums in expert order
     Reduce r{&p, y, std::max<size_t>(1, 16384 / std::max<size_t>(1, D * keep))};
-    return Parallel(ctx, &ReduceTask, (N + r.chunk - 1) / r.chunk, &r);
+    return RunParallel(ctx, &ReduceTask, (N + r.chunk - 1) / r.chunk, &r);
   }
 };
 
 }  // namespace
 
-void AppendMoEOps(OpList& ops) {
-  ops.push_back(new moe::Op<CpuBackend, false>(kProvider));
-  ops.push_back(new moe::Op<CpuBackend, true>(kProvider));
-}
+void AppendMoEOps(OpList& ops) { moe::AppendOps<CpuBackend>(ops); }
 
 }  // namespace n6

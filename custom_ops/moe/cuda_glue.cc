@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "common/elementwise.h"
+#include "common/ort_glue.h"
 #include "moe/moe_cuda.h"
 #include "moe/op.h"
 
@@ -12,6 +12,7 @@ namespace n6 {
 namespace {
 
 struct CudaBackend {
+  static constexpr const char* kProvider = kCudaProvider;
   // float16 tensor-core GEMMs, opt-in: N6ONNX_MOE_CUDA_TC=1 when the session creates the kernel.
   static void Configure(moe::Attrs& a) {
     const char* tc = std::getenv("N6ONNX_MOE_CUDA_TC");
@@ -32,20 +33,13 @@ struct CudaBackend {
     a.w3 = pr.has_w3 ? in.data[moe::kW3] : nullptr;
     a.importance = pr.has_imp ? static_cast<const float*>(in.data[moe::kImportance]) : nullptr;
     a.y = y;
-    a.stream = Ort::KernelContext(ctx).GetGPUComputeStream();
-    const cuda::Status st = moe::cuda::Launch(a);
-    if (st.ok()) return Ort::Status{nullptr};
-    const std::string msg = std::string("CUDA kernel failed at ") + (st.where ? st.where : "?") + ": " +
-                            (st.name ? st.name : "error") + " (" + (st.message ? st.message : "") + ")";
-    return Ort::Status((std::string(kDomain) + "::" + moe::kOpName + ": " + msg).c_str(), ORT_EP_FAIL);
+    a.stream = GpuStream(ctx);
+    return FromCuda(moe::kOpName, moe::cuda::Launch(a));
   }
 };
 
 }  // namespace
 
-void AppendMoECudaOps(OpList& ops) {
-  ops.push_back(new moe::Op<CudaBackend, false>("CUDAExecutionProvider"));
-  ops.push_back(new moe::Op<CudaBackend, true>("CUDAExecutionProvider"));
-}
+void AppendMoECudaOps(OpList& ops) { moe::AppendOps<CudaBackend>(ops); }
 
 }  // namespace n6

@@ -19,7 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "common/scalar.h"
+#include "common/fastmath.h"
+#include "common/shape.h"
 
 namespace n6 {
 namespace moe {
@@ -46,12 +47,6 @@ struct Problem {
   bool tensor_cores = false;
 };
 
-inline std::string Dims(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 // Validates attributes and shapes; returns an error message ("" when fine). Optional inputs: null.
 inline std::string Resolve(const Attrs& a, const std::vector<int64_t>& x, const std::vector<int64_t>& logits,
                            const std::vector<int64_t>& w1, const std::vector<int64_t>* b1,
@@ -64,9 +59,9 @@ inline std::string Resolve(const Attrs& a, const std::vector<int64_t>& x, const 
   for (int i = 0; i < 6; ++i)
     if (a.activation == kActNames[i]) p->act = i;
   if (p->act < 0) return "unknown activation '" + a.activation + "' (expected gelu, gelu_tanh, silu, relu, swiglu or phi6)";
-  if (x.size() != 2) return "X must be [N, D], got " + Dims(x);
-  if (logits.size() != 2 || logits[0] != x[0]) return "logits must be [N=" + std::to_string(x[0]) + ", G], got " + Dims(logits);
-  if (w1.size() != 3 || w1[1] != x[1]) return "W1 must be [E, D=" + std::to_string(x[1]) + ", H], got " + Dims(w1);
+  if (x.size() != 2) return "X must be [N, D], got " + ShapeToString(x);
+  if (logits.size() != 2 || logits[0] != x[0]) return "logits must be [N=" + std::to_string(x[0]) + ", G], got " + ShapeToString(logits);
+  if (w1.size() != 3 || w1[1] != x[1]) return "W1 must be [E, D=" + std::to_string(x[1]) + ", H], got " + ShapeToString(w1);
   p->N = x[0];
   p->D = x[1];
   p->G = logits[1];
@@ -77,12 +72,12 @@ inline std::string Resolve(const Attrs& a, const std::vector<int64_t>& x, const 
     return "W1 has E=" + std::to_string(p->E) + " experts but logits have G=" + std::to_string(p->G) + " groups and group=" +
            std::to_string(a.group) + " (need E = G * group)";
   const std::vector<int64_t> eh = {p->E, p->H}, ehd = {p->E, p->H, p->D}, ed = {p->E, p->D};
-  if (w2 != ehd) return "W2 must be " + Dims(ehd) + ", got " + Dims(w2);
-  if (b1 && *b1 != eh) return "b1 must be " + Dims(eh) + ", got " + Dims(*b1);
-  if (b2 && *b2 != ed) return "b2 must be " + Dims(ed) + ", got " + Dims(*b2);
-  if (w3 && *w3 != w1) return "W3 must be " + Dims(w1) + " like W1, got " + Dims(*w3);
+  if (w2 != ehd) return "W2 must be " + ShapeToString(ehd) + ", got " + ShapeToString(w2);
+  if (b1 && *b1 != eh) return "b1 must be " + ShapeToString(eh) + ", got " + ShapeToString(*b1);
+  if (b2 && *b2 != ed) return "b2 must be " + ShapeToString(ed) + ", got " + ShapeToString(*b2);
+  if (w3 && *w3 != w1) return "W3 must be " + ShapeToString(w1) + " like W1, got " + ShapeToString(*w3);
   if (p->act == kSwiglu && !w3) return "activation 'swiglu' needs the gate weights W3";
-  if (imp && *imp != std::vector<int64_t>{p->E}) return "importance must be [E=" + std::to_string(p->E) + "], got " + Dims(*imp);
+  if (imp && *imp != std::vector<int64_t>{p->E}) return "importance must be [E=" + std::to_string(p->E) + "], got " + ShapeToString(*imp);
   if (p->egyptian) {
     if (p->G < 3) return "egyptian routing needs G >= 3 routing groups, got G=" + std::to_string(p->G);
     p->nsel = 3;
@@ -193,50 +188,6 @@ N6_HD int RouteToken(const float* l, const Problem& p, const float* imp, int* ex
   return n;
 }
 
-// erf, |error| < 5e-7: the rational approximation used by Eigen / XLA (clamped to [-4, 4]).
-N6_HD float Erf(float x) {
-  x = x < -4.0f ? -4.0f : (x > 4.0f ? 4.0f : x);
-  const float x2 = x * x;
-  float p = -2.72614225801306e-10f;
-  p = p * x2 + 2.77068142495902e-08f;
-  p = p * x2 + -2.10102402082508e-06f;
-  p = p * x2 + -5.69250639462346e-05f;
-  p = p * x2 + -7.34990630326855e-04f;
-  p = p * x2 + -2.95459980854025e-03f;
-  p = p * x2 + -1.60960333262415e-02f;
-  p = p * x;
-  float q = -1.45660718464996e-05f;
-  q = q * x2 + -2.13374055278905e-04f;
-  q = q * x2 + -1.68282697438203e-03f;
-  q = q * x2 + -7.37332916720468e-03f;
-  q = q * x2 + -1.42647390514189e-02f;
-  return p / q;
-}
-
-// exp with ~2 ulp error for x in [-87, 88] (Cephes expf form, branch-free, vectorises).
-N6_HD float Exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: round to nearest integer
-  const float n = (x * 1.44269504088896341f + magic) - magic;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  q = q * (r * r) + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-#if defined(__CUDA_ARCH__)
-  return q * __int_as_float(e);
-#else
-  float scale;
-  __builtin_memcpy(&scale, &e, sizeof scale);
-  return q * scale;
-#endif
-}
-
 // act(h) (swiglu: silu(h) * gate), fp32.
 template <int kAct>
 N6_HD float Activate(float h, float gate) {
@@ -244,8 +195,7 @@ N6_HD float Activate(float h, float gate) {
     return 0.5f * h * (1.0f + Erf(h * 0.70710678118654752f));
   } else if constexpr (kAct == kGeluTanh) {
     const float z = 0.79788456080286536f * (h + 0.044715f * h * h * h);
-    const float t = 1.0f - 2.0f / (Exp(2.0f * z) + 1.0f);  // tanh(z)
-    return 0.5f * h * (1.0f + t);
+    return 0.5f * h * (1.0f + Tanh(z));
   } else if constexpr (kAct == kSilu) {
     return h / (1.0f + Exp(-h));
   } else if constexpr (kAct == kRelu) {

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "common/elementwise.h"
+#include "common/ort_glue.h"
 #include "moe/moe.h"
 
 namespace n6 {
@@ -26,37 +26,26 @@ struct Inputs {
   bool present(int i) const { return data[i] != nullptr; }
 };
 
+// The node's attributes; absent ones keep their defaults (moe::Attrs).
 inline void ReadAttrs(const OrtKernelInfo* info, Attrs& a) {
-  Ort::ConstKernelInfo ki(info);
-  auto str = [&](const char* name, std::string& dst) {
-    try {
-      dst = ki.GetAttribute<std::string>(name);
-    } catch (...) {
-    }
-  };
-  auto num = [&](const char* name, int64_t& dst) {
-    try {
-      dst = ki.GetAttribute<int64_t>(name);
-    } catch (...) {
-    }
-  };
-  str("routing", a.routing);
-  str("activation", a.activation);
-  num("k", a.k);
-  num("normalize", a.normalize);
-  num("group", a.group);
-  num("drop", a.drop);
+  ReadAttr(info, "routing", &a.routing);
+  ReadAttr(info, "activation", &a.activation);
+  ReadAttr(info, "k", &a.k);
+  ReadAttr(info, "normalize", &a.normalize);
+  ReadAttr(info, "group", &a.group);
+  ReadAttr(info, "drop", &a.drop);
 }
 
 // Backend::Run<kHalf>(OrtKernelContext*, const Problem&, const Inputs&, void* y) -> Ort::Status,
-// called after validation with Y [N, D] allocated; Backend::Configure(Attrs&) when a kernel is created.
+// called after validation with Y [N, D] allocated; Backend::Configure(Attrs&) when a kernel is
+// created; Backend::kProvider. AppendOps<Backend>(ops) registers the float32 and float16 kernels.
 template <class Backend, bool kHalf>
 struct Op : Ort::Custom::OrtLiteCustomOp {
   struct Kernel {
     Attrs attrs;
   };
 
-  explicit Op(const char* provider) : OrtLiteCustomOp(kOpName, provider, {}) {
+  Op() : OrtLiteCustomOp(kOpName, Backend::kProvider, {}) {
     constexpr ONNXTensorElementDataType kT =
         kHalf ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     input_types_ = {kT, kT, kT, kT, kT, kT, kT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
@@ -71,7 +60,7 @@ struct Op : Ort::Custom::OrtLiteCustomOp {
       return Compute(static_cast<Kernel*>(kernel)->attrs, ctx).release();
     };
     OrtCustomOp::KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
-    OrtCustomOp::InferOutputShapeFn = &InferSameTypeAndShape;  // Y: X's type and shape [N, D]
+    OrtCustomOp::InferOutputShapeFn = InferSameTypeAndShape;  // Y: X's type and shape [N, D]
   }
 
   static Ort::Status Compute(const Attrs& attrs, OrtKernelContext* ctx) {
@@ -102,6 +91,12 @@ struct Op : Ort::Custom::OrtLiteCustomOp {
     N6_CATCH_ALL(kOpName)
   }
 };
+
+template <class Backend>
+void AppendOps(OpList& ops) {
+  ops.push_back(new Op<Backend, false>());
+  ops.push_back(new Op<Backend, true>());
+}
 
 }  // namespace moe
 }  // namespace n6
