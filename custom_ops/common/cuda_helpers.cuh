@@ -227,14 +227,33 @@ struct CodecF32 {
   }
 };
 
-struct CodecF16 {
-  using Storage = uint16_t;  // IEEE binary16 bits
+// The 16-bit codecs share everything but the conversions of one element and of a pair (the
+// derived codec's ToFloat / FromFloat / Unpack2 / Pack2).
+template <class Self>
+struct Codec16 {
+  using Storage = uint16_t;
   static constexpr int kVec = kVecBytes / sizeof(Storage);
+  __device__ __forceinline__ static float Load1(const Storage* p) { return Self::ToFloat(__ldg(p)); }
+  __device__ __forceinline__ static void Store1(Storage* p, float v) { *p = Self::FromFloat(v); }
+  __device__ __forceinline__ static void Unpack(uint4 u, float (&f)[kVec]) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 p = Self::Unpack2(w[k]);
+      f[2 * k] = p.x;
+      f[2 * k + 1] = p.y;
+    }
+  }
+  __device__ __forceinline__ static uint4 Pack(const float (&f)[kVec]) {
+    return make_uint4(Self::Pack2(f[0], f[1]), Self::Pack2(f[2], f[3]), Self::Pack2(f[4], f[5]),
+                      Self::Pack2(f[6], f[7]));
+  }
+};
+
+struct CodecF16 : Codec16<CodecF16> {  // IEEE binary16 bits
   static constexpr DType kDType = DType::kFloat16;
   __device__ __forceinline__ static float ToFloat(Storage b) { return __half2float(__ushort_as_half(b)); }
   __device__ __forceinline__ static Storage FromFloat(float f) { return __half_as_ushort(__float2half_rn(f)); }
-  __device__ __forceinline__ static float Load1(const Storage* p) { return ToFloat(__ldg(p)); }
-  __device__ __forceinline__ static void Store1(Storage* p, float v) { *p = FromFloat(v); }
   __device__ __forceinline__ static float2 Unpack2(uint32_t w) {
     __half2 h;
     memcpy(&h, &w, sizeof h);
@@ -246,45 +265,33 @@ struct CodecF16 {
     memcpy(&w, &h, sizeof w);
     return w;
   }
-  __device__ __forceinline__ static void Unpack(uint4 u, float (&f)[kVec]) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 p = Unpack2(w[k]);
-      f[2 * k] = p.x;
-      f[2 * k + 1] = p.y;
-    }
-  }
-  __device__ __forceinline__ static uint4 Pack(const float (&f)[kVec]) {
-    return make_uint4(Pack2(f[0], f[1]), Pack2(f[2], f[3]), Pack2(f[4], f[5]), Pack2(f[6], f[7]));
-  }
 };
 
-struct CodecBF16 {
-  using Storage = uint16_t;  // bfloat16 bits
-  static constexpr int kVec = kVecBytes / sizeof(Storage);
+struct CodecBF16 : Codec16<CodecBF16> {  // bfloat16 bits
   static constexpr DType kDType = DType::kBFloat16;
   __device__ __forceinline__ static float ToFloat(Storage b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
   __device__ __forceinline__ static Storage FromFloat(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-  __device__ __forceinline__ static float Load1(const Storage* p) { return ToFloat(__ldg(p)); }
-  __device__ __forceinline__ static void Store1(Storage* p, float v) { *p = FromFloat(v); }
+  __device__ __forceinline__ static float2 Unpack2(uint32_t w) {
+    return make_float2(LoWordToFloatBF16(w), HiWordToFloatBF16(w));
+  }
   __device__ __forceinline__ static uint32_t Pack2(float lo, float hi) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // cvt.rn.bf16x2.f32: both lanes RNE
     uint32_t w;
     memcpy(&w, &h, sizeof w);
     return w;
   }
-  __device__ __forceinline__ static void Unpack(uint4 u, float (&f)[kVec]) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      f[2 * k] = LoWordToFloatBF16(w[k]);
-      f[2 * k + 1] = HiWordToFloatBF16(w[k]);
-    }
-  }
-  __device__ __forceinline__ static uint4 Pack(const float (&f)[kVec]) {
-    return make_uint4(Pack2(f[0], f[1]), Pack2(f[2], f[3]), Pack2(f[4], f[5]), Pack2(f[6], f[7]));
-  }
+};
+
+// The codec of a storage type of the float32 / float16 kernels (uint16_t: IEEE float16 bits).
+template <class S>
+struct CodecFor;
+template <>
+struct CodecFor<float> {
+  using Type = CodecF32;
+};
+template <>
+struct CodecFor<uint16_t> {
+  using Type = CodecF16;
 };
 
 // ------------------------------------------------------------------------------------------

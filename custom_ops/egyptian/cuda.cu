@@ -25,17 +25,13 @@ constexpr int kThreads = 128;  // 2 per query
 constexpr float kNegInf = -__builtin_huge_valf();
 
 template <class S>
-__device__ __forceinline__ float Ld(const S* p);
-template <>
-__device__ __forceinline__ float Ld<float>(const float* p) { return __ldg(p); }
-template <>
-__device__ __forceinline__ float Ld<uint16_t>(const uint16_t* p) { return CodecF16::Load1(p); }
+__device__ __forceinline__ float Ld(const S* p) {
+  return CodecFor<S>::Type::Load1(p);
+}
 template <class S>
-__device__ __forceinline__ void St(S* p, float v);
-template <>
-__device__ __forceinline__ void St<float>(float* p, float v) { *p = v; }
-template <>
-__device__ __forceinline__ void St<uint16_t>(uint16_t* p, float v) { CodecF16::Store1(p, v); }
+__device__ __forceinline__ void St(S* p, float v) {
+  CodecFor<S>::Type::Store1(p, v);
+}
 
 struct Params {
   const void* q;
@@ -245,11 +241,6 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const uint16_t* p) 
 
 __device__ __forceinline__ uint32_t Ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-__device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
 // rows [r0, r0 + rows) of one head (channels [0, dh) at src + row * ld) -> dst [rows][DH + kPad],
 // zero outside [0, nrows) x [0, dh).
 template <int DH>
@@ -444,10 +435,10 @@ __global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, boo
       uint32_t pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        pa[mt][0] = PackHalf2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-        pa[mt][1] = PackHalf2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-        pa[mt][2] = PackHalf2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-        pa[mt][3] = PackHalf2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+        pa[mt][0] = CodecF16::Pack2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+        pa[mt][1] = CodecF16::Pack2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+        pa[mt][2] = CodecF16::Pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+        pa[mt][3] = CodecF16::Pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
       }
 #pragma unroll
       for (int n = 0; n < DH / 8; n += 2) {

@@ -1,7 +1,7 @@
 """The two custom-op libraries as a machine without a GPU sees them: the CPU library carries no
 CUDA code, the CUDA library (when it was built: nvcc present at build time) loads into a CPU-only
 onnxruntime and its CPU kernels work, and InferenceSession picks the right one.
-The CUDA kernels themselves run only on a GPU machine: tools/gpu_check.py."""
+The CUDA kernels themselves run only on a GPU machine: tests/cuda (pytest -m cuda)."""
 
 from __future__ import annotations
 

@@ -6,12 +6,13 @@
 //
 // Build (any machine with nvcc; run on a GPU machine), from the repo root:
 //   nvcc -std=c++17 -O3 --fmad=false -lineinfo -Xcompiler -ffp-contract=off -Icustom_ops \
-//        -gencode arch=compute_90,code=sm_90 tools/cuda_kernel_check.cu -o /tmp/kcheck
+//        -gencode arch=compute_90,code=sm_90 tests/cuda/elementwise_kernel_check.cu -o /tmp/kcheck
 //   /tmp/kcheck check            # exit status 0 when every case matches
 //   /tmp/kcheck time
 // Add -DN6_CUDA_TEST_MAX_BLOCKS=7 to cap the grid at 7 blocks, so that the grid-stride loops
 // (kUnroll vectors per step) run on these small tensors too; run that build under
-// `compute-sanitizer --tool memcheck`.
+// `compute-sanitizer --tool memcheck`. tests/cuda/test_kernel_check.py does both (pytest -m cuda,
+// pytest -m memcheck).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>

@@ -1,0 +1,136 @@
+"""FFTMix and EgyptianAttention kernels of libn6ops_cuda.so on CUDA.
+
+Contract (36 cases): every contract sample of both ops (OpSpec.samples) x float32/float16, plus
+larger cases (several key tiles, head size 128, odd head size, no mask, odd D, long FFTMix, no
+full head): numpy reference == function fallback on CUDA (no library, TF32 off; EgyptianAttention
+only with a mask, which its function body needs) == our CUDA kernel == our CPU kernel, each within
+the op's tolerance. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
+CUDAExecutionProvider. The cases marked `sanitize` (every kernel instantiation and edge: odd / even
+D, L below every window, L = 1, head sizes 4 / 20 / 32 / 64 / 128, no allowed key, no mask) are
+the ones tests/cuda/test_memcheck.py re-runs under compute-sanitizer.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from n6onnx.ops import DOMAIN, REGISTRY, Sample
+
+pytestmark = pytest.mark.cuda
+
+OPS = ("FFTMix", "EgyptianAttention")
+DTYPES = ("float32", "float16")
+SANITIZE = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L10_not_divisible",
+            "L5_window4_custom_kinds_mask", "L150_D64_threads", "L300_12x64_mask", "L130_dh128",
+            "L77_dh20_nomask", "L200_local_global_only"}
+
+
+def extra_samples(op: str, dtype: str) -> list[Sample]:
+    rng = np.random.default_rng(7)
+    out = []
+    if op == "FFTMix":
+        for sid, B, L, D in (("L1000_D768", 1, 1000, 768), ("L97_D33_odd", 3, 97, 33)):
+            feeds = {"X": rng.normal(0, 1, (B, L, D)).astype(dtype)}
+            for w in (6, 12, 24):
+                feeds[f"F{w}"] = rng.uniform(-1, 1, (w // 2 + 1, D)).astype(dtype)
+            out.append(Sample(sid, feeds))
+        return out
+    for sid, B, L, H, dh, attrs, mask in (
+        ("L300_12x64_mask", 2, 300, 12, 64, {"num_heads": 12}, True),
+        ("L130_dh128", 1, 130, 2, 128, {"num_heads": 2, "head_kinds": [0, 1], "window": 20}, True),
+        ("L77_dh20_nomask", 2, 77, 3, 20, {"num_heads": 3, "window": 10}, False),
+        # no full head (the EgyptianAttention left by attention=egyptian:...:mha): 64-query tiles
+        ("L200_local_global_only", 2, 200, 6, 64, {"num_heads": 6, "head_kinds": [1, 1, 1, 1, 2, 2]}, True),
+    ):
+        feeds = {n: rng.normal(0, 1, (B, L, H * dh)).astype(dtype) for n in ("Q", "K", "V")}
+        if mask:
+            m = np.ones((B, L), np.int32)
+            m[-1, L - L // 3:] = 0
+            feeds["key_padding_mask"] = m
+        out.append(Sample(sid, feeds, attrs))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def samples(op: str, dtype: str) -> dict[str, Sample]:
+    return {s.id: s for s in list(REGISTRY[op].samples(dtype)) + extra_samples(op, dtype)}
+
+
+def sample_model(op: str, sample: Sample) -> bytes:
+    spec = REGISTRY[op]
+    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+              for k, v in sample.feeds.items()]
+    names = [n if n in sample.feeds else "" for n in spec.inputs]
+    while names and names[-1] == "":
+        names.pop()
+    node = helper.make_node(op, names, ["Y"], domain=DOMAIN, name="n6_node", **sample.attrs)
+    out = helper.make_tensor_value_info("Y", inputs[0].type.tensor_type.elem_type, [None] * 3)
+    g = helper.make_graph([node], "cuda_attention", inputs, [out])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
+                          functions=[spec.function(18)], ir_version=10)
+    return m.SerializeToString()
+
+
+def contract_cases():
+    for op in OPS:
+        for dtype in DTYPES:
+            for sid in samples(op, dtype):
+                marks = [pytest.mark.sanitize] if sid in SANITIZE else []
+                yield pytest.param(op, dtype, sid, marks=marks, id=f"{op}-{dtype}-{sid}")
+
+
+@pytest.mark.parametrize("op,dtype,sid", list(contract_cases()))
+def test_contract(target, op, dtype, sid):
+    spec, sample = REGISTRY[op], samples(op, dtype)[sid]
+    ref = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
+    fallback = op != "EgyptianAttention" or "key_padding_mask" in sample.feeds  # its body needs the mask
+    target.check(sample_model(op, sample), sample.feeds, ref, spec.tolerance(dtype), target.paths(fallback=fallback))
+
+
+def _qkv(rng, shape):
+    return {n: rng.normal(0, 1, shape).astype(np.float32) for n in ("Q", "K", "V")}
+
+
+BAD = [  # id, feeds, attributes, message
+    ("num_heads_not_dividing", _qkv(np.random.default_rng(1), (1, 8, 16)), {"num_heads": 3}, "does not divide"),
+    ("head_kinds_length", _qkv(np.random.default_rng(1), (1, 8, 16)), {"num_heads": 4, "head_kinds": [0]},
+     "head_kinds must have num_heads=4 values"),
+]
+
+
+@pytest.mark.parametrize("sid,feeds,attrs,message", BAD, ids=[b[0] for b in BAD])
+def test_egyptian_bad_input_is_an_error(target, sid, feeds, attrs, message):
+    s = target.session(sample_model("EgyptianAttention", Sample(sid, feeds, attrs)), "cuda_kernel", quiet=True)
+    with pytest.raises(Exception, match=f"EgyptianAttention: .*{message}"):
+        s.run(None, feeds)
+
+
+def test_egyptian_head_size_above_128_is_an_error_on_cuda(target):
+    """dh = 192: refused by the CUDA kernel (the CPU kernel takes it)."""
+    feeds = _qkv(np.random.default_rng(1), (1, 4, 192))
+    s = target.session(sample_model("EgyptianAttention", Sample("dh192", feeds, {"num_heads": 1})), "cuda_kernel",
+                       quiet=True)
+    if target.provider == "CPUExecutionProvider":  # dry run: the CPU kernel has no such limit
+        assert s.run(None, feeds)[0].shape == (1, 4, 192)
+        return
+    with pytest.raises(Exception, match="EgyptianAttention: the CUDA kernel takes head sizes up to 128, got 192"):
+        s.run(None, feeds)
+
+
+def test_fftmix_bad_filter_is_an_error(target):
+    fx = {"X": np.ones((1, 10, 8), np.float32), "F6": np.ones((4, 8), np.float32),
+          "F12": np.ones((7, 4), np.float32), "F24": np.ones((13, 8), np.float32)}
+    s = target.session(sample_model("FFTMix", Sample("bad_F12", fx)), "cuda_kernel", quiet=True)
+    with pytest.raises(Exception, match=r"FFTMix: F12 must be \[7, 8\]"):
+        s.run(None, fx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_placement(placement, op, dtype):
+    sample = next(iter(samples(op, dtype).values()))
+    placement(sample_model(op, sample), sample.feeds, {op})
