@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Bitwise comparison of two builds of the n6onnx CPU custom-op library (e.g. before and after a
+"""Bitwise comparison of two builds of the n6onnx custom-op library (e.g. before and after a
 refactoring of custom_ops/): every op of n6onnx.ops x its dtypes x (its contract samples, or for
-the activations a set of shapes with and without bias, inf / NaN included), run on the CPU
-provider with library A and with library B, outputs compared bit for bit. Each ISA level
+the activations a set of shapes with and without bias, inf / NaN included), run with library A and
+with library B, outputs compared bit for bit. On the CPU provider each ISA level
 (N6ONNX_ISA=generic / avx2 / the host's best) runs in its own process, because the library picks
-its ISA once per process.
+its ISA once per process; --provider cuda compares two libn6ops_cuda.so builds on
+CUDAExecutionProvider (onnxruntime-gpu; TF32 off).
 
     python3 tools/compare_libraries.py OLD/libn6ops.so NEW/libn6ops.so
+    python3 tools/compare_libraries.py --provider cuda OLD/libn6ops_cuda.so NEW/libn6ops_cuda.so
 
 Exit status 0 when every output is bit-identical; the differences are listed otherwise. No
 independent reference is involved: this checks "behaviour unchanged", the op tests check
@@ -77,15 +79,19 @@ def cases():
                 yield f"{name}/{dtype}/{s.id}", m.SerializeToString(), feeds
 
 
-def run_one(lib_a: str, lib_b: str) -> list[str]:
+def run_one(lib_a: str, lib_b: str, provider: str) -> list[str]:
     import numpy as np
     import onnxruntime as ort
+
+    providers = ([("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"] if provider == "cuda"
+                 else ["CPUExecutionProvider"])
 
     def sess(model, lib):
         so = ort.SessionOptions()
         so.register_custom_ops_library(lib)
         so.intra_op_num_threads = 2
-        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        so.log_severity_level = 3
+        return ort.InferenceSession(model, so, providers=providers)
 
     diffs, n = [], 0
     for cid, model, feeds in cases():
@@ -110,15 +116,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("lib_a")
     ap.add_argument("lib_b")
+    ap.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--isa", choices=ISAS, help=argparse.SUPPRESS)  # the per-ISA subprocess
     args = ap.parse_args(argv)
     for lib in (args.lib_a, args.lib_b):
         if not os.path.isfile(lib):
             ap.error(f"no such library: {lib}")
-    if args.isa:
-        diffs = run_one(args.lib_a, args.lib_b)
+    if args.provider == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            ap.error(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    if args.isa or args.provider == "cuda":
+        diffs = run_one(args.lib_a, args.lib_b, args.provider)
         for d in diffs:
             print("  " + d)
+        if args.provider == "cuda":
+            print("bit-identical" if not diffs else "DIFFERENCES FOUND")
         return 1 if diffs else 0
     rc = 0
     for isa in ISAS:
