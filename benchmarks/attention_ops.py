@@ -39,7 +39,7 @@ back-to-back runs at L = 4096, per run.
 
     python3 benchmarks/attention_ops.py                      # CPU, 2 threads (~3-5 min here)
     PYTHONPATH=/tmp/site:. N6ONNX_CUDA_LIBRARY=build/cuda/libn6ops_cuda.so \\
-        python3 benchmarks/attention_ops.py --provider cuda  # used by tools/gpu_attention.py
+        python3 benchmarks/attention_ops.py --provider cuda
 Writes benchmarks/results/attention_ops_cpu.json or attention_ops_cuda.json.
 """
 

@@ -13,7 +13,7 @@
 //   * Element codecs for float32 / float16 / bfloat16 storage: CodecF32, CodecF16, CodecBF16
 //     (Load1 / ToFloat / FromFloat for single elements, Unpack / Pack for 16-byte vectors).
 //     16-bit values are widened exactly and narrowed with round-to-nearest-even, like the CPU
-//     kernels (common/elementwise.h), so both agree bit for bit.
+//     kernels (common/half.h), so both agree bit for bit.
 //   * DivisorTracker: i % d for an index advancing by a fixed stride, without a division in the
 //     loop (one modulo per thread at the start; add-and-subtract per step).
 #pragma once

@@ -1,5 +1,5 @@
-// The boundary between the onnxruntime glue (register_cuda.cc, compiled by the C++ compiler with
-// the onnxruntime headers) and the CUDA kernels (<op>/cuda.cu, compiled by nvcc without them).
+// The boundary between the onnxruntime glue (common/ort_glue.h, <op>/cuda_glue.cc: the C++ compiler
+// with the onnxruntime headers) and the CUDA kernels (<op>/cuda.cu, compiled by nvcc without them).
 // Plain C++: no CUDA header is needed to include this file, and nvcc never parses the
 // onnxruntime headers (faster device compilation: each architecture pass re-parses its TU).
 #pragma once

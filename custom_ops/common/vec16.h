@@ -1,6 +1,6 @@
 // 16-lane fp32 vectors (GCC/Clang vector extensions) for the attention CPU kernels: one zmm
 // register on AVX-512, two ymm on AVX2, four xmm on generic x86-64 -- the same source compiled in
-// each ISA clone (see common/elementwise.h). Explicit vectors because the channel loops of these
+// each ISA clone (see common/isa.h). Explicit vectors because the channel loops of these
 // kernels carry register accumulators across an outer loop, which gcc does not auto-vectorise.
 // No FMA contraction (the build uses -ffp-contract=off): a*b+c is a multiply then an add.
 #pragma once

@@ -1,4 +1,4 @@
-// EgyptianAttention CUDA launcher interface (plain C++: included by egyptian/cuda_op.cc and
+// EgyptianAttention CUDA launcher interface (plain C++: included by egyptian/cuda_glue.cc and
 // egyptian/cuda.cu).
 #pragma once
 

@@ -1,4 +1,4 @@
-// FFTMix CUDA launcher interface (plain C++: included by the onnxruntime glue fftmix/cuda_op.cc
+// FFTMix CUDA launcher interface (plain C++: included by the onnxruntime glue fftmix/cuda_glue.cc
 // and by fftmix/cuda.cu).
 #pragma once
 
