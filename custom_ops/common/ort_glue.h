@@ -76,6 +76,21 @@ inline Ort::Status RunParallel(OrtKernelContext* ctx, void (*fn)(void*, size_t),
   return Ort::Status{Ort::GetApi().KernelContext_ParallelFor(ctx, fn, tasks, 0, data)};
 }
 
+// fn(plan, task) for task in [0, tasks), like RunParallel: for kernels whose task function takes
+// their plan (e.g. an ISA clone picked at run time).
+template <class Plan>
+Ort::Status RunPlanTasks(OrtKernelContext* ctx, void (*fn)(const Plan&, size_t), const Plan& plan, size_t tasks) {
+  struct Job {
+    const Plan* plan;
+    void (*fn)(const Plan&, size_t);
+  } job{&plan, fn};
+  auto run = [](void* data, size_t task) {
+    const Job& j = *static_cast<const Job*>(data);
+    j.fn(*j.plan, task);
+  };
+  return RunParallel(ctx, run, tasks, &job);
+}
+
 // onnxruntime's compute stream for the node (a cudaStream_t; CUDAExecutionProvider kernels only).
 inline void* GpuStream(OrtKernelContext* ctx) { return Ort::KernelContext(ctx).GetGPUComputeStream(); }
 

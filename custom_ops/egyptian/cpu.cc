@@ -259,15 +259,6 @@ N6_TARGET_AVX512 void TaskAvx512(const Plan& p, size_t t) { RunTaskImpl<VF, 8, 2
 #endif
 TaskFn SelectTaskFn() { return SelectIsa<TaskFn>(&TaskGeneric, N6_CLONE(&TaskAvx2), N6_CLONE(&TaskAvx512)); }
 
-struct Job {
-  const Plan* plan;
-  TaskFn fn;
-};
-void RunTask(void* data, size_t task) {
-  const Job& j = *static_cast<const Job*>(data);
-  j.fn(*j.plan, task);
-}
-
 // K of head (b, h) transposed into p.kt: [dh, lp], zero past L.
 void TransposeTask(void* data, size_t task) {
   const Plan& p = *static_cast<const Plan*>(data);
@@ -350,8 +341,7 @@ struct CpuBackend {
       if (!st.IsOK()) return st;
     }
     static const TaskFn fn = SelectTaskFn();
-    Job job{&p, fn};
-    return RunParallel(ctx, &RunTask, static_cast<size_t>(p.B * p.H * p.nqb), &job);
+    return RunPlanTasks(ctx, fn, p, static_cast<size_t>(p.B * p.H * p.nqb));
   }
 };
 

@@ -119,15 +119,6 @@ BlockFn SelectBlockFn() {
   return SelectIsa<BlockFn>(&RunBlockGeneric<kHalf>, N6_CLONE(&RunBlockAvx2<kHalf>), N6_CLONE(&RunBlockAvx512<kHalf>));
 }
 
-struct Job {
-  const Plan* plan;
-  BlockFn fn;
-};
-void RunTask(void* data, size_t task) {
-  const Job& j = *static_cast<const Job*>(data);
-  j.fn(*j.plan, task);
-}
-
 template <class T>
 float ToF32(T v);
 template <>
@@ -167,8 +158,7 @@ struct CpuBackend {
     p.y = io.y;
     p.blocks = (p.L + fftmix::kBlock - 1) / fftmix::kBlock;
     static const BlockFn fn = SelectBlockFn<!std::is_same<T, float>::value>();
-    Job job{&p, fn};
-    return RunParallel(ctx, &RunTask, p.B * p.blocks, &job);
+    return RunPlanTasks(ctx, fn, p, p.B * p.blocks);
   }
 };
 
