@@ -9,7 +9,8 @@
 #   N6ONNX_LIBRARY       libn6ops.so for the CPU comparisons (optional: else the CPU kernels of
 #                        the CUDA library)
 #   OUT                  where the results go (default build/gpu-pytest)
-#   MEMCHECK=1           also the compute-sanitizer memcheck tests (-m memcheck; several minutes)
+#   MEMCHECK=1           also the compute-sanitizer memcheck tests (-m memcheck; several minutes);
+#   MEMCHECK=only        only those
 #   PYTEST_ARGS          more pytest arguments (e.g. "-k attention -x")
 #   SITE                 onnxruntime-gpu's site folder, put first on PYTHONPATH (default /tmp/site)
 # Needs python3 with pytest, numpy, onnx and onnxruntime-gpu; nvcc and nvidia-smi for the
@@ -27,8 +28,12 @@ N6ONNX_CUDA_LIBRARY=$(realpath "$N6ONNX_CUDA_LIBRARY")
 export N6ONNX_CUDA_LIBRARY
 export PYTHONPATH=${SITE:-/tmp/site}:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
-marks=cuda
-[[ ${MEMCHECK:-0} == 1 ]] && marks="cuda or memcheck"
+case ${MEMCHECK:-0} in
+  0) marks=cuda ;;
+  1) marks="cuda or memcheck" ;;
+  only) marks=memcheck ;;
+  *) echo "gpu_pytest: MEMCHECK must be 0, 1 or only (got '${MEMCHECK}')" >&2; exit 2 ;;
+esac
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader > "$out/gpu.txt" 2>&1 || true
 t0=$SECONDS
 # shellcheck disable=SC2086  # PYTEST_ARGS: several words on purpose

@@ -21,7 +21,10 @@ def build(tmp_path, *defines: str) -> str:
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.access("/usr/local/cuda/bin/nvcc", os.X_OK) else None)
     if nvcc is None:
         pytest.fail("nvcc not found (PATH, /usr/local/cuda/bin): needed to build the kernel check", pytrace=False)
-    cap = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        pytest.fail("nvidia-smi not found: needed for the GPU's compute capability", pytrace=False)
+    cap = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
                          text=True, timeout=60)
     if cap.returncode != 0 or not cap.stdout.strip():
         pytest.fail(f"nvidia-smi could not report the GPU's compute capability: {cap.stderr[-500:]}", pytrace=False)
