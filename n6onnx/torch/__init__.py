@@ -14,9 +14,9 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("n6onnx.torch needs PyTorch: pip install 'n6onnx[heal]' (torch==2.13.0)") from e
 
-from . import functional, modules, ops
-from .export import export
+from . import exporting, functional, modules, ops
+from .exporting import export
 from .functional import OPS
 from .modules import FFTMix, EgyptianAttention, MoE, Phi6, ZetaLn2
 
-__all__ = ["OPS", "EgyptianAttention", "FFTMix", "MoE", "Phi6", "ZetaLn2", "export", "functional", "modules", "ops"]
+__all__ = ["OPS", "EgyptianAttention", "FFTMix", "MoE", "Phi6", "ZetaLn2", "export", "exporting", "functional", "modules", "ops"]

@@ -79,8 +79,8 @@ def _register_recompute_vjp(custom, forward: Callable, n_tensors: int) -> None:
 
     def backward(ctx, grad):
         saved = iter(ctx.saved_tensors)
-        leaves = [next(saved).detach().requires_grad_(True) if p else None for p in ctx.present]
-        leaves = [t if t is None or t.is_floating_point() else t.detach() for t in leaves]
+        leaves = [next(saved).detach() if p else None for p in ctx.present]
+        leaves = [t.requires_grad_(True) if t is not None and t.is_floating_point() else t for t in leaves]
         want = [t for t in leaves if t is not None and t.requires_grad]
         with torch.enable_grad():
             y = forward(*leaves, *ctx.attrs)

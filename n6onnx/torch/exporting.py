@@ -21,21 +21,9 @@ import torch
 from .. import io
 from ..api import check, finalize  # the one place this package takes the passes' finalize step from
 from ..errors import N6Error
-from ..ops import DOMAIN, REGISTRY
 from .ops import TRANSLATIONS
 
 __all__ = ["export"]
-
-
-def _pad_optional_inputs(m: ir.Model) -> None:
-    """Give every n6 node all of its op's inputs (a missing optional one as the empty name), as the
-    passes emit them: the exporter drops trailing omitted inputs, and onnxruntime's function
-    inlining needs every formal input present (it crashed on a 5-input MoE node)."""
-    for node in m.graph.all_nodes():
-        if node.domain == DOMAIN and node.op_type in REGISTRY:
-            n = len(REGISTRY[node.op_type].inputs)
-            if len(node.inputs) < n:
-                node.resize_inputs(n)
 
 
 @contextlib.contextmanager
@@ -77,7 +65,6 @@ def export(model: torch.nn.Module, args: tuple, path: str | os.PathLike | None =
         reason = next((ln for ln in lines if not ln.startswith(("Failed", "-", "#", "[", "(", "⬆"))), lines[0] if lines else "")
         raise N6Error(f"torch.onnx.export failed: {type(e).__name__}: {reason[:300]}") from e
     m = program.model
-    _pad_optional_inputs(m)
     finalize(m)
     proto = ir.serde.serialize_model(m)
     check(proto)
