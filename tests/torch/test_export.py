@@ -115,6 +115,28 @@ def test_round_trip_equals_torch(encoder_export, library, B, L):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("make, op_type", [
+    (lambda: nt.Phi6(), "Phi6"),
+    (lambda: nt.ZetaLn2(12), "BiasZetaLn2"),
+    (lambda: nt.FFTMix(12, init_std=0.5), "FFTMix"),
+    (lambda: nt.EgyptianAttention(12, 6), "EgyptianAttention"),  # no mask: an all-ones one is emitted
+], ids=["phi6", "bias_zetaln2", "fftmix", "attention_default_kinds_no_mask"])
+def test_single_module_round_trip(make, op_type):
+    torch.manual_seed(3)
+    module = make().eval()
+    if isinstance(module, nt.ZetaLn2):
+        with torch.no_grad():
+            module.bias.normal_()
+    proto = nt.export(module, (torch.randn(2, 9, 12),), input_names=["x"],
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=512)},))
+    assert _n6_nodes(proto) == {op_type: 1}
+    x = torch.randn(3, 70, 12) * 2  # L = 70 > the default window 64; Phi6's clamp is reached
+    with torch.no_grad():
+        want = module(x).numpy()
+    for library in (True, False):
+        np.testing.assert_allclose(_run(proto, {"x": x.numpy()}, library), want, rtol=1e-4, atol=1e-4)
+
+
 class _MoEOnly(torch.nn.Module):
     def __init__(self, **kw):
         super().__init__()
