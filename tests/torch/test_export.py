@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 import n6onnx  # noqa: E402
 import n6onnx.torch as nt  # noqa: E402
 from n6onnx.errors import N6Error  # noqa: E402
-from n6onnx.ops import DOMAIN, DOMAIN_VERSION  # noqa: E402
+from n6onnx.ops import DOMAIN, DOMAIN_VERSION, REGISTRY  # noqa: E402
 
 D, HEADS = 24, 4
 
@@ -135,6 +135,27 @@ def test_single_module_round_trip(make, op_type):
         want = module(x).numpy()
     for library in (True, False):
         np.testing.assert_allclose(_run(proto, {"x": x.numpy()}, library), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("make, op_type", [
+    (lambda: nt.Phi6(12), "BiasPhi6"),
+    (lambda: nt.FFTMix(12, init_std=0.5), "FFTMix"),
+], ids=["bias_phi6", "fftmix"])
+def test_float16_round_trip(make, op_type):
+    """A float16 model: the op computes in float32 and rounds once, in torch and in onnxruntime."""
+    torch.manual_seed(4)
+    module = make().half().eval()
+    proto = nt.export(module, (torch.randn(2, 9, 12).half(),), input_names=["x"],
+                      dynamic_shapes=({1: torch.export.Dim("seq", min=2, max=512)},))
+    assert _n6_nodes(proto) == {op_type: 1}
+    x = (torch.randn(2, 40, 12) * 2).half()
+    with torch.no_grad():
+        want = module(x).numpy()
+    tol = REGISTRY[op_type].tolerance("float16")
+    for library in (True, False):
+        got = _run(proto, {"x": x.numpy()}, library)
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
 
 
 class _MoEOnly(torch.nn.Module):
