@@ -19,4 +19,5 @@ from .exporting import export
 from .functional import OPS
 from .modules import FFTMix, EgyptianAttention, MoE, Phi6, ZetaLn2
 
-__all__ = ["OPS", "EgyptianAttention", "FFTMix", "MoE", "Phi6", "ZetaLn2", "export", "exporting", "functional", "modules", "ops"]
+__all__ = ["OPS", "EgyptianAttention", "FFTMix", "MoE", "Phi6", "ZetaLn2", "export", "exporting", "functional", "modules",
+           "ops"]

@@ -28,12 +28,14 @@ __all__ = ["export"]
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter prints progress lines and warns about ops of packages that are not installed."""
+    """The exporter prints progress lines, the graphs of failed capture attempts and warnings about ops
+    of packages that are not installed; a failure reaches the caller as one N6Error instead."""
     reg_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     old = reg_logger.level
     reg_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), \
+                contextlib.redirect_stderr(devnull):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -62,7 +64,8 @@ def export(model: torch.nn.Module, args: tuple, path: str | os.PathLike | None =
                 opset_version=opset_version, optimize=optimize, external_data=False)
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the user gets one line
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if not ln.startswith(("Failed", "-", "#", "[", "(", "⬆"))), lines[0] if lines else "")
+        skip = ("Failed", "-", "#", "[", "(", "⬆")
+        reason = next((ln for ln in lines if not ln.startswith(skip)), lines[0] if lines else "")
         raise N6Error(f"torch.onnx.export failed: {type(e).__name__}: {reason[:300]}") from e
     m = program.model
     finalize(m)

@@ -69,7 +69,8 @@ class FFTMix(nn.Module):
         super().__init__()
         self.d_model = d_model
         self.filters = nn.ParameterList(
-            nn.Parameter(torch.ones(w // 2 + 1, d_model) + init_std * torch.randn(w // 2 + 1, d_model)) for w in WINDOWS)
+            nn.Parameter(torch.ones(w // 2 + 1, d_model) + init_std * torch.randn(w // 2 + 1, d_model))
+            for w in WINDOWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _n6.fftmix(x, *(f.to(x.dtype) for f in self.filters))
@@ -98,7 +99,8 @@ class EgyptianAttention(nn.Module):
         if window < 0:
             raise ValueError(f"EgyptianAttention: window must be >= 0, got {window}")
         self.num_heads, self.window, self.head_kinds, self.scale = num_heads, int(window), kinds, float(scale)
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model, bias=bias) for _ in range(4))
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            nn.Linear(d_model, d_model, bias=bias) for _ in range(4))
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if key_padding_mask is not None:
@@ -135,7 +137,8 @@ class MoE(nn.Module):
             raise ValueError(f"MoE: drop must be in [0, {nsel * group}), got {drop}")
         E = num_groups * group
         self.d_model, self.hidden, self.num_groups, self.group = d_model, hidden, num_groups, group
-        self.routing, self.k, self.normalize, self.activation, self.drop = routing, int(k), int(bool(normalize)), activation, int(drop)
+        self.routing, self.k, self.normalize = routing, int(k), int(bool(normalize))
+        self.activation, self.drop = activation, int(drop)
         self.router = nn.Linear(d_model, num_groups)
         s1, s2 = 1 / math.sqrt(d_model), 1 / math.sqrt(hidden)
         self.W1 = nn.Parameter(torch.empty(E, d_model, hidden).uniform_(-s1, s1))

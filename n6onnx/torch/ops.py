@@ -46,7 +46,8 @@ def _schema(name: str) -> OpSchema:
     for i in spec.inputs:
         tp, types = _INPUT_TYPES.get(i, ("T", _FLOATS))
         constraints[tp] = types
-        option = OpSchema.FormalParameterOption.Optional if i in _OPTIONAL.get(name, ()) else OpSchema.FormalParameterOption.Single
+        optional = i in _OPTIONAL.get(name, ())
+        option = OpSchema.FormalParameterOption.Optional if optional else OpSchema.FormalParameterOption.Single
         inputs.append(OpSchema.FormalParameter(i, tp, param_option=option))
     attrs = [OpSchema.Attribute(a, _ATTR_TYPES[a], required=a not in spec.attribute_defaults) for a in spec.attributes]
     return OpSchema(name, DOMAIN, DOMAIN_VERSION, spec.doc, inputs=inputs,
