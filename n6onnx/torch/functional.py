@@ -270,9 +270,7 @@ def moe(X: torch.Tensor, logits: torch.Tensor, W1: torch.Tensor, b1: torch.Tenso
     y = x.new_zeros(N, D)
     used = (w != 0).detach()
     for e in range(E):
-        rows = used[:, e].nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
+        rows = used[:, e].nonzero().squeeze(1)  # may be empty (no branch on it: traceable by AOT autograd)
         xe = x[rows]
         h = xe @ w1[e]
         if b1c is not None:

@@ -115,26 +115,33 @@ def test_round_trip_equals_torch(encoder_export, library, B, L):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("make, op_type", [
-    (lambda: nt.Phi6(), "Phi6"),
-    (lambda: nt.ZetaLn2(12), "BiasZetaLn2"),
-    (lambda: nt.FFTMix(12, init_std=0.5), "FFTMix"),
-    (lambda: nt.EgyptianAttention(12, 6), "EgyptianAttention"),  # no mask: an all-ones one is emitted
-], ids=["phi6", "bias_zetaln2", "fftmix", "attention_default_kinds_no_mask"])
-def test_single_module_round_trip(make, op_type):
+class _Parallel(torch.nn.Module):
+    """Several modules on the same input, one output each (one export for all of them)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        self.branches = torch.nn.ModuleList(modules)
+
+    def forward(self, x):
+        return tuple(m(x) for m in self.branches)
+
+
+def test_single_modules_round_trip():
     torch.manual_seed(3)
-    module = make().eval()
-    if isinstance(module, nt.ZetaLn2):
-        with torch.no_grad():
-            module.bias.normal_()
-    proto = nt.export(module, (torch.randn(2, 9, 12),), input_names=["x"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=512)},))
-    assert _n6_nodes(proto) == {op_type: 1}
+    # EgyptianAttention without a mask: the export emits an all-ones one for the fallback
+    model = _Parallel(nt.Phi6(), nt.ZetaLn2(12), nt.FFTMix(12, init_std=0.5), nt.EgyptianAttention(12, 6)).eval()
+    with torch.no_grad():
+        model.branches[1].bias.normal_()
+    dims = {0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=512)}
+    proto = nt.export(model, (torch.randn(2, 9, 12),), input_names=["x"], dynamic_shapes=(dims,))
+    assert _n6_nodes(proto) == {"Phi6": 1, "BiasZetaLn2": 1, "FFTMix": 1, "EgyptianAttention": 1}
     x = torch.randn(3, 70, 12) * 2  # L = 70 > the default window 64; Phi6's clamp is reached
     with torch.no_grad():
-        want = module(x).numpy()
+        want = [y.numpy() for y in model(x)]
     for library in (True, False):
-        np.testing.assert_allclose(_run(proto, {"x": x.numpy()}, library), want, rtol=1e-4, atol=1e-4)
+        s = n6onnx.InferenceSession(proto.SerializeToString(), use_library=library, threads=1)
+        for got, w, kind in zip(s.run(None, {"x": x.numpy()}), want, ("Phi6", "ZetaLn2", "FFTMix", "Attention")):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4, err_msg=f"{kind} library={library}")
 
 
 @pytest.mark.parametrize("make, op_type", [
@@ -171,23 +178,25 @@ class _MoEOnly(torch.nn.Module):
         return self.moe(x)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(activation="swiglu", k=3, normalize=False),
-    dict(group=3, drop=2, activation="silu", importance=[0.5, 1, 2, 1.5, 1, 1, 2, 0.1, 1, 3, 1, 0.7]),
-    dict(bias=False, activation="gelu_tanh", k=1),
-], ids=["swiglu", "group_drop", "no_bias"])
-def test_moe_variants_round_trip(kw):
+@pytest.mark.parametrize("variants, workaround", [
+    ([dict(activation="swiglu", k=3, normalize=False),
+      dict(group=3, drop=2, activation="silu", importance=[0.5, 1, 2, 1.5, 1, 1, 2, 0.1, 1, 3, 1, 0.7])], False),
+    ([dict(bias=False, activation="gelu_tanh", k=1)], True),
+], ids=["swiglu+group_drop", "no_bias"])
+def test_moe_variants_round_trip(variants, workaround):
     torch.manual_seed(1)
-    model = _MoEOnly(**kw).eval()
+    model = _Parallel(*(_MoEOnly(**kw) for kw in variants)).eval()
     proto = nt.export(model, (torch.randn(2, 5, 16),), input_names=["x"],
                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
-    assert _n6_nodes(proto) == {"MoE": 1}
+    assert _n6_nodes(proto) == {"MoE": len(variants)}
     x = torch.randn(3, 5, 16)
     with torch.no_grad():
-        want = model(x).numpy()
+        want = [y.numpy() for y in model(x)]
     for library in (True, False):
-        got = _run(proto, {"x": x.numpy()}, library, workaround=not kw.get("bias", True))
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        extra = FALLBACK_WORKAROUND if workaround and not library else {}
+        s = n6onnx.InferenceSession(proto.SerializeToString(), use_library=library, threads=1, **extra)
+        for got, w in zip(s.run(None, {"x": x.numpy()}), want):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.xfail(strict=True, reason="onnxruntime SIGSEGV in SkipLayerNormFusion on the MoE fallback without "
@@ -254,14 +263,25 @@ def test_module_gradients_equal_the_functional_ones():
         torch.testing.assert_close(g, gf, msg=name)
 
 
-def test_custom_op_gradcheck():
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schema, fake (meta) implementation, autograd registration, and AOT
+    autograd with dynamic shapes (what torch.compile does with a training step) agree with eager."""
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 7, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    fs = [torch.randn(w // 2 + 1, 3, generator=g, dtype=torch.float64, requires_grad=True) for w in (6, 12, 24)]
-    assert torch.autograd.gradcheck(torch.ops.n6onnx.fftmix, (x, *fs))
-    q = torch.randn(2, 6, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q: torch.ops.n6onnx.egyptian_attention(q, q * 2, q, None, 2, 2, 0.0, [1, 2]), (q,))
-    torch.library.opcheck(torch.ops.n6onnx.fftmix.default, (x.detach(), *(f.detach() for f in fs)))
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    x = r(2, 7, 3)
+    logits = torch.tensor([[1.0, 0.0, -5.0]] * 3 + [[0.0, 1.0, -5.0]] * 2, dtype=torch.float64, requires_grad=True)
+    cases = {
+        "bias_phi6": (x, r(3)),
+        "fftmix": (x, r(4, 3), r(7, 3), r(13, 3)),
+        "egyptian_attention": (r(2, 6, 8), r(2, 6, 8), r(2, 6, 8), torch.ones(2, 6, dtype=torch.int32), 2, 2, 0.0, [1, 2]),
+        # expert 2 is selected by no token (an empty dispatch)
+        "moe": (r(5, 4), logits, r(3, 4, 6), None, r(3, 6, 4), r(3, 4), None, None, "topk", 1, 1, "gelu", 1, 0),
+    }
+    for name, args in cases.items():
+        torch.library.opcheck(getattr(torch.ops.n6onnx, name).default, args)
 
 
 def test_module_argument_errors():
