@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -10,8 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import api
+from . import api, passes
+from . import report as report_mod
 from .errors import N6Error
+from .feeds import parse_dims
 
 err = Console(stderr=True)
 out = Console()
@@ -63,12 +66,11 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
                              f"scale {d['scale']}, {d['norm']}{red}"), highlight=False)
 
 
-@main.command()
+@main.command(epilog=passes.help_epilog())
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
 @click.option("--pass", "passes_", multiple=True, required=True, metavar="KIND=OPTION",
-              help="A rewrite pass: gelu=phi6, gelu=zetaln2, ffn=phi-bottleneck[:RATIO], attention=fftmix[:LAYERS], "
-                   "attention=egyptian[:HEADS]. Repeatable.")
+              help=f"A rewrite pass: {passes.known()} (each pass below). Repeatable.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
@@ -84,8 +86,6 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
             external_data, as_json: bool) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified)."""
-    from .feeds import parse_dims
-
     try:
         with _progress(as_json or calibrate is None, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
@@ -338,10 +338,6 @@ def report(inputs: tuple[str, ...], out_dir: str, as_json: bool) -> None:
     (fidelity 1.0, figures from bench's baseline). Measured and estimated energy are never mixed
     on one axis. Writes OUT_DIR/report.md, OUT_DIR/report.json and OUT_DIR/pareto.png atomically.
     """
-    import os
-
-    from . import report as report_mod
-
     try:
         rep, data = report_mod.report(inputs, out_dir)
     except N6Error as e:
@@ -402,6 +398,8 @@ def _near_misses(kinds) -> None:
 def demo(out_dir: str) -> None:
     """The main job on the packaged, pretrained all-MiniLM-L6-v2 (needs the export extras):
     rewrite gelu=phi6 with and without calibration, validate, bench and report into OUT_DIR."""
+    # the demo needs the export extras (torch, transformers) and the testing zoo: imported only when
+    # `n6onnx demo` runs, so the other commands never load test scaffolding
     from . import demo as demo_mod
 
     sys.exit(demo_mod.main(out_dir))

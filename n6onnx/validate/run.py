@@ -17,7 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .. import feeds as feeds_mod
+from .. import text as text_mod
 from ..errors import BadArgumentError, BadModelError, N6Error
+from ..runtime import InferenceSession
 from . import metrics as M
 
 ZOO_MINILM_TAG = "n6onnx.zoo model=minilm "
@@ -170,8 +172,6 @@ def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
     import onnx
     from google.protobuf.message import DecodeError
 
-    from ..runtime import InferenceSession
-
     p = pathlib.Path(path)
     if not p.exists():
         raise BadModelError(f"{p} ({role}): no such file")
@@ -306,9 +306,7 @@ def _build_feeds(orig: _Model, cand: _Model, *, feeds, text, tokenizer, random, 
         tok_dir = tokenizer
         if tok_dir is None:
             if orig.doc_string.startswith(ZOO_MINILM_TAG):
-                from .. import zoo
-
-                tok_dir = zoo.minilm_dir()
+                tok_dir = text_mod.minilm_dir()
                 info["tokenizer_default"] = True
                 notes.append("--tokenizer not given: using the packaged all-MiniLM-L6-v2 tokenizer "
                              "(the original is the n6onnx zoo MiniLM)")
@@ -550,7 +548,7 @@ def validate(
     with _progress(progress, len(batches)) as bar:
         task = bar.add_task("validating", total=len(batches)) if bar is not None else None
         for k, (fd, rows) in enumerate(zip(batches, batches.rows)):
-            batch = feeds_mod._batch_rows(fd)
+            batch = feeds_mod.batch_rows(fd)
             out_o = _run(orig, names, fd, k)
             out_c = _run(cand, names, fd, k)
             mask = fd.get("attention_mask")

@@ -227,8 +227,8 @@ def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None):
     """One EgyptianAttention node whose output is the graph output, split by split_full_heads."""
     import onnx_ir as ir
 
-    from n6onnx.api import finalize
-    from n6onnx.passes import attention
+    from n6onnx.passes.attention.heads import split_full_heads
+    from n6onnx.passes.finalize import finalize
 
     D = H * dh
     dtype = dtype or ir.DataType.FLOAT
@@ -240,7 +240,7 @@ def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None):
     y = node.outputs[0]
     y.name, y.shape, y.type = "Y", ir.Shape([B, L, D]), ir.TensorType(dtype)
     m = ir.Model(ir.Graph(ins, [y], nodes=[node], opset_imports={"": 18, "n6onnx": 1}), ir_version=10)
-    split = attention.split_full_heads(m, skip)
+    split = split_full_heads(m, skip)
     finalize(m)
     return m, split
 

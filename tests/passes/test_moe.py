@@ -15,7 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import n6onnx
 from n6onnx import zoo, zoo_moe
-from n6onnx.passes import PassContext, moe, moe_rewrite
+from n6onnx.passes import PassContext
+from n6onnx.passes import moe as moe_pass
+from n6onnx.passes.finalize import check, finalize
+from n6onnx.passes.moe import blocks as moe
+from n6onnx.passes.moe import rewrite as moe_rewrite
 
 from ..conftest import CACHE
 
@@ -125,10 +129,10 @@ def _ctx(path, model):
 def test_phi_drop_reports_cost_and_active_params(drop):
     path = _path("loop", "torchscript")
     m, ctx = _ctx(path, "loop")
-    rep = moe_rewrite.run(m, f"phi:{drop}", ctx)
-    n6onnx.api.finalize(m)
+    rep = moe_pass.run(m, f"phi:{drop}", ctx)
+    finalize(m)
     proto = ir.to_proto(m)
-    n6onnx.api.check(proto)
+    check(proto)
     assert rep.rewritten == 2
     for s in rep.sites:
         d = s.detail
@@ -197,7 +201,7 @@ def test_com_microsoft_moe_detected_and_left_alone():
     rep = n6onnx.inspect(_ms_moe_model()).kinds["moe"]
     assert rep.found == 1 and rep.sites[0].detail == {"k": 2, "experts": 4}
     m = ir.serde.deserialize_model(_ms_moe_model())
-    r = moe_rewrite.run(m, "sparse", None)
+    r = moe_pass.run(m, "sparse", None)
     assert r.rewritten == 0 and r.found == 0 and "fused com.microsoft" in r.near_misses[0].reason
 
 
