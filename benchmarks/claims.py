@@ -16,15 +16,16 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import sys
-import tempfile
 from typing import Any, Iterable, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUTPUT = ROOT / "docs" / "CLAIMS.md"
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from n6onnx.io import atomic_write  # noqa: E402
 
 # The sources' claims (SPEC.md, "The claims to verify").
 CLAIMS = {
@@ -733,7 +734,7 @@ def _capabilities() -> tuple[dict, set] | None:
         from n6onnx.passes import PASSES
     except Exception:  # noqa: BLE001 - any import problem: fall back to "unknown"
         return None
-    return {k: tuple(v[0]) for k, v in PASSES.items()}, set(REGISTRY)
+    return {k: tuple(p.options) for k, p in PASSES.items()}, set(REGISTRY)
 
 
 def future_row(res: Results, key: str, caps) -> Row:
@@ -1014,31 +1015,14 @@ def render(rows: list[Row], results: pathlib.Path) -> str:
     return text
 
 
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def generate(results: pathlib.Path = RESULTS, output: pathlib.Path | None = OUTPUT) -> str:
     """The CLAIMS.md text from the files in ``results``; written to ``output`` (atomically) unless None."""
     if not results.is_dir():
         raise SystemExit(f"error: {results}: no such results folder")
     text = render(collect(results), results)
     if output is not None:
-        write_atomic(output, text)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(output, text)
     return text
 
 

@@ -37,6 +37,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from n6onnx.io import atomic_path  # noqa: E402
+
 CTX, BATCH_EXPORT = 64, 16
 CONFIG = dict(d=48, layers=2, heads=4, hidden=192, experts=8, k=2, ctx=CTX)
 # variant -> (routing, config changes)
@@ -130,8 +132,8 @@ def train(variant: str, steps: int, out: pathlib.Path, seed: int = 0, log_every:
             "seed": seed, "log": log, "train_seconds": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
     name = file_name(variant, seed)
-    torch.save(ckpt, out / f"{name}.pt.tmp")
-    (out / f"{name}.pt.tmp").replace(out / f"{name}.pt")
+    with atomic_path(out / f"{name}.pt") as tmp:
+        torch.save(ckpt, tmp)
     return ckpt
 
 

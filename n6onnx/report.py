@@ -34,11 +34,11 @@ import math
 import os
 import pathlib
 import statistics
-import tempfile
 from typing import Any, Iterable, Sequence
 
 from ._version import __version__
 from .errors import BadArgumentError
+from .io import atomic_write
 
 TOOL = "n6onnx report"
 FILES = {"markdown": "report.md", "json": "report.json", "plot": "pareto.png"}
@@ -689,27 +689,6 @@ def _draw(ax, p: Panel) -> None:
     ax.margins(x=0.15, y=0.1)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[Report, dict]:
     """Build the report from ``inputs`` and write report.md, report.json and pareto.png into ``out_dir``.
 
@@ -732,7 +711,7 @@ def report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> t
         raise BadArgumentError(f"{out}: cannot create the output folder: {e}") from None
     for name, b in blobs.items():
         try:
-            _atomic_write(out / name, b)
+            atomic_write(out / name, b)
         except OSError as e:
             raise BadArgumentError(f"{out / name}: cannot write: {e}") from None
     return rep, data

@@ -32,12 +32,12 @@ import contextlib
 import logging
 import os
 import pathlib
-import tempfile
 import warnings
 from typing import Any
 
 import numpy as np
 
+from .io import atomic_path
 from .text import minilm_dir  # noqa: F401 - zoo.minilm_dir: the packaged MiniLM folder
 
 MODELS = ("minilm", "bert", "gpt2", "vit", "llama", "geglu", "mixtral")
@@ -265,10 +265,7 @@ def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: in
     opset = _OPSET[exporter]
     axes = {0: "batch"} if model == "vit" else {0: "batch", 1: "seq"}
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if exporter.startswith("dynamo"):
@@ -299,10 +296,6 @@ def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: in
         shape = "dynamic" if dynamic else f"batch={batch} seq={seq}"
         proto.doc_string = f"n6onnx.zoo model={model} exporter={exporter} {shape} v{ZOO_VERSION}"
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _run_torch(model: str, feeds: dict[str, np.ndarray]) -> np.ndarray:

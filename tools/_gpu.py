@@ -12,6 +12,10 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the checkout's n6onnx
+
+from n6onnx.io import atomic_write  # noqa: E402
+
 
 def find_sanitizer() -> str | None:
     exe = shutil.which("compute-sanitizer")
@@ -61,11 +65,9 @@ def sub_out(tmp: pathlib.Path) -> str:
 
 
 def write_json(path: pathlib.Path, payload: dict, *, copy_to_out: bool = True) -> None:
-    """Atomic write (a .tmp file renamed over the target); copied to $OUT when that folder is set."""
+    """Atomic write (n6onnx.io.atomic_write); copied to $OUT when that folder is set."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2, default=str) + "\n")
     out = os.environ.get("OUT")
     if copy_to_out and out:
         os.makedirs(out, exist_ok=True)

@@ -410,9 +410,8 @@ def fuse(
                 a.path.unlink(missing_ok=True)
                 a.path = None
         a.seconds = time.perf_counter() - t0
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps([{**dataclasses.asdict(a), "path": str(a.path) if a.path else None} for a in attempts]))
-    os.replace(tmp, record)
+    io.atomic_write(record, json.dumps([{**dataclasses.asdict(a), "path": str(a.path) if a.path else None}
+                                        for a in attempts]))
     return result(attempts, False)
 
 
