@@ -19,7 +19,8 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from . import api, corpus, zoo
+from . import api
+from .testing import corpus, zoo
 from . import report as report_mod
 from .runtime import InferenceSession
 

@@ -13,7 +13,7 @@ CACHE = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", ROOT / "build" / "test-
 
 @pytest.fixture(scope="session")
 def zoo_export():
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     CACHE.mkdir(parents=True, exist_ok=True)
 

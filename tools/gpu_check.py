@@ -383,7 +383,7 @@ def run_bad_bias(args, libs: Libraries) -> dict:
 
 
 def find_model(models_dir: pathlib.Path, model: str, tmp: pathlib.Path) -> tuple[pathlib.Path | None, str]:
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     path = zoo.cache_path(model, "dynamo18", models_dir)
     if path.is_file():
@@ -401,7 +401,7 @@ def find_model(models_dir: pathlib.Path, model: str, tmp: pathlib.Path) -> tuple
 
 def run_e2e(args, libs: Libraries, tmp: pathlib.Path) -> dict:
     import n6onnx
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     dev = args.device_id
     res = {"atol": E2E_ATOL, "models": {}}

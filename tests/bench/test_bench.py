@@ -89,7 +89,7 @@ def test_bench_with_an_injected_measured_meter(bert):
 
 
 def test_bench_feeds_from_npz(bert, tmp_path):
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     f = tmp_path / "feeds.npz"
     np.savez(f, **zoo.example_inputs("bert"))

@@ -4,7 +4,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def calib_text(tmp_path_factory):
-    from n6onnx import corpus
+    from n6onnx.testing import corpus
 
     s = corpus.sentences()
     d = tmp_path_factory.mktemp("calib")
@@ -18,7 +18,7 @@ def token_npz(tmp_path_factory):
     """Random token feeds for the tiny zoo text models (batch 2 x 16), 24 batches."""
 
     def make(model: str, batches: int = 24):
-        from n6onnx import zoo
+        from n6onnx.testing import zoo
 
         base = zoo.example_inputs(model)
         rng = np.random.default_rng(1)

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import n6onnx
-from n6onnx import zoo
+from n6onnx.testing import zoo
 from n6onnx.errors import N6Error
 
 from ..conftest import CACHE

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import n6onnx
-from n6onnx import zoo, zoo_moe
+from n6onnx.testing import zoo, zoo_moe
 from n6onnx.passes import PassContext
 from n6onnx.passes import moe as moe_pass
 from n6onnx.passes.finalize import check, finalize

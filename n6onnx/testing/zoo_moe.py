@@ -3,7 +3,7 @@
 renormalisation, a Python loop over experts with index masks) in a tiny model, exported with the
 TorchScript exporter (the loop is unrolled into one dense branch per expert) or with dynamo.
 
-    >>> from n6onnx import zoo_moe
+    >>> from n6onnx.testing import zoo_moe
     >>> path = zoo_moe.export("loop", "torchscript", "build/test-models")
 
 Exports are cached like the zoo's (static shapes, batch 2 x seq 16, single output
@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from .io import atomic_path
+from ..io import atomic_path
 
 MODELS = ("qwen2_moe", "olmoe", "loop")
 EXPORTERS = ("dynamo18", "dynamo20", "torchscript")

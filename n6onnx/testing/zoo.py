@@ -3,7 +3,7 @@
 Used by tests, benchmarks and the demo. torch / transformers are imported lazily so that ``n6onnx`` itself imports
 without them (they are the ``export`` extra).
 
-    >>> from n6onnx import zoo
+    >>> from n6onnx.testing import zoo
     >>> path = zoo.export("bert", "dynamo18", "/tmp/zoo_cache")
     >>> feeds = zoo.example_inputs("bert", 2, 16)
 
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_path
-from .text import minilm_dir  # noqa: F401 - zoo.minilm_dir: the packaged MiniLM folder
+from ..io import atomic_path
+from ..text import minilm_dir  # noqa: F401 - zoo.minilm_dir: the packaged MiniLM folder
 
 MODELS = ("minilm", "bert", "gpt2", "vit", "llama", "geglu", "mixtral")
 EXPORTERS = ("dynamo18", "dynamo20", "torchscript")
