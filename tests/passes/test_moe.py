@@ -21,7 +21,7 @@ from n6onnx.passes.finalize import check, finalize
 from n6onnx.passes.moe import blocks as moe
 from n6onnx.passes.moe import rewrite as moe_rewrite
 
-from ..conftest import CACHE
+from ..conftest import CACHE, missing
 
 FORMS = [("mixtral", e) for e in zoo.EXPORTERS] + [(m, e) for m in zoo_moe.MODELS for e in zoo_moe.EXPORTERS]
 
@@ -226,12 +226,12 @@ def _kernel_ran(proto: bytes, feeds, tmp_path) -> bool:
 @pytest.mark.parametrize("option", ["sparse", "phi", "egyptian"])
 def test_with_the_library_kernel(option, tmp_path):
     if n6onnx.library_path() is None:
-        pytest.skip("the custom-op library was not built")
+        missing("the custom-op library was not built")
     path = _path("loop", "torchscript")
     feeds = _feeds("loop")
     proto, _ = _rewrite(path, option)
     if not _kernel_ran(proto, feeds, tmp_path):
-        pytest.skip("this build of the custom-op library has no MoE kernel")
+        missing("this build of the custom-op library has no MoE kernel")
     np.testing.assert_allclose(_ort(proto, feeds, library=True), _ort(proto, feeds), rtol=1e-4, atol=1e-4)
     if option != "egyptian":
         np.testing.assert_allclose(_ort(proto, feeds, library=True), _ort(path, feeds), rtol=1e-4, atol=1e-4)
