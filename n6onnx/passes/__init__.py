@@ -52,6 +52,15 @@ def help_epilog() -> str:
     return "\n".join(lines)
 
 
+def readme_table() -> str:
+    """The README's pass list (markdown), between its ``<!-- passes -->`` markers; a test keeps them equal."""
+    rows = ["| pass | options | what it does | details |", "| --- | --- | --- | --- |"]
+    for p in PASSES.values():
+        options = ", ".join(f"`{o}`" for o in p.options)
+        rows.append(f"| `{p.name}` | {options} | {p.summary} | [{p.docs}]({p.docs}) |")
+    return "\n".join(rows) + "\n"
+
+
 def parse(spec: str) -> PassSpec:
     """``KIND=OPTION`` -> PassSpec, the option checked against the pass's grammar."""
     kind, sep, option = spec.partition("=")
@@ -78,5 +87,5 @@ def detect_all(model: ir.Model) -> dict[str, KindReport]:
     return {k: p.detect(view) for k, p in PASSES.items()}
 
 
-__all__ = ["DATA_PASSES", "KINDS", "PASSES", "Inspection", "Pass", "PassContext", "PassSpec", "detect_all", "help_epilog", "known",
+__all__ = ["DATA_PASSES", "KINDS", "PASSES", "Inspection", "Pass", "PassContext", "PassSpec", "detect_all", "help_epilog", "known", "readme_table",
            "parse", "run"]
