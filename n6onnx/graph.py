@@ -46,6 +46,18 @@ def close(got: float, want: float, rtol: float = CONST_RTOL) -> bool:
     return math.isclose(got, want, rel_tol=rtol, abs_tol=rtol * 1e-3)
 
 
+def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """A new initializer holding ``array``, named ``name`` (``name_1``, ... when taken)."""
+    base, k = name, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base}_{k}"
+    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                 const_value=ir.tensor(array, name=name))
+    graph.register_initializer(v)
+    return v
+
+
 def name_new_nodes(graph: ir.Graph, domain: str) -> None:
     """Give unnamed nodes of ``domain`` deterministic, unique names."""
     taken = {n.name for n in graph if n.name}

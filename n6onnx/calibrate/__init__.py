@@ -29,6 +29,7 @@ import onnx_ir as ir
 from .. import feeds, text
 from ..blocks import FFNBlock, Projection, find_ffn_blocks
 from ..errors import BadArgumentError
+from ..graph import add_initializer
 from ..ops import DOMAIN, REGISTRY
 from ..runtime import InferenceSession, session_for
 from . import collect, fit
@@ -73,13 +74,7 @@ def _np(v: ir.Value) -> np.ndarray:
 
 def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> ir.Value:
     """Replace node.inputs[index] by a new initializer holding ``array`` (never edits a shared one)."""
-    base, k = name, 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{base}_{k}"
-    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                 const_value=ir.tensor(array, name=name))
-    graph.register_initializer(v)
+    v = add_initializer(graph, array, name)
     node.replace_input_with(index, v)
     return v
 

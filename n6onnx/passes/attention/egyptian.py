@@ -13,10 +13,10 @@ from ...blocks import AttentionBlock
 from ...calibrate import attention as cal
 from ...errors import BadArgumentError
 from ...findings import Site
-from ...graph import consumers, const_array, is_const, node_label, scalar_const
+from ...graph import add_initializer, consumers, const_array, is_const, node_label, scalar_const
 from ..finalize import finalize
 from .blocks import MERGE_PATH, find_blocks, side_factor, static_shape
-from .emit import WINDOW, add_init, add_node, ones_mask
+from .emit import WINDOW, add_node, ones_mask
 from .heads import split_full_heads
 
 
@@ -76,7 +76,7 @@ def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int,
         return src
     back = [layout.index(i) for i in (0, 2, 1, 3)]  # layout -> [B, L, H, dh]
     t = add_node(g, "", "Transpose", [v], f"{tag}_t", None, v.dtype, perm=back)
-    r = add_node(g, "", "Reshape", [t, add_init(g, np.array([0, 0, -1], np.int64), f"{tag}_shape")], f"{tag}_r", None,
+    r = add_node(g, "", "Reshape", [t, add_initializer(g, np.array([0, 0, -1], np.int64), f"{tag}_shape")], f"{tag}_r", None,
               v.dtype)
     return r, 1.0
 
@@ -163,7 +163,7 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
     y = add_node(g, "n6onnx", "EgyptianAttention", inputs, tag, None, q.dtype, num_heads=int(H), window=int(window),
               scale=float(scale), head_kinds=[int(x) for x in kinds])
     if len(ts) != 3:
-        y = add_node(g, "", "Reshape", [y, add_init(g, np.array(ts, np.int64), f"{tag}_merge_shape")], f"{tag}_merge",
+        y = add_node(g, "", "Reshape", [y, add_initializer(g, np.array(ts, np.int64), f"{tag}_merge_shape")], f"{tag}_merge",
                   ts, q.dtype)
     first.replace_input_with(idx, y)
 

@@ -17,17 +17,6 @@ from ...ops import DOMAIN, DOMAIN_VERSION, REGISTRY
 WINDOW = 64  # the EgyptianAttention window the rewrite emits (local heads see |i - j| <= WINDOW / 2)
 
 
-def add_init(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
-    base, k = name, 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{base}_{k}"
-    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                 const_value=ir.tensor(array, name=name))
-    graph.register_initializer(v)
-    return v
-
-
 def add_node(graph: ir.Graph, domain: str, op: str, inputs, name: str, shape=None, dtype=None, **attrs) -> ir.Value:
     n = ir.Node(domain, op, inputs, attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()],
                 name=name)

@@ -16,10 +16,10 @@ from ...calibrate import inverse_variance
 from ...calibrate.collect import Sweep
 from ...errors import BadArgumentError
 from ...findings import Site
-from ...graph import node_label
+from ...graph import add_initializer, node_label
 from ..finalize import finalize
 from .blocks import find_blocks, seq_input, stream_pair
-from .emit import add_init, add_node, bias_vector, weight_in_out
+from .emit import add_node, bias_vector, weight_in_out
 
 
 def fftmix_default(b: AttentionBlock) -> tuple[np.ndarray, np.ndarray]:
@@ -61,11 +61,11 @@ def emit_fftmix(model: ir.Model, b: AttentionBlock, filters, W: np.ndarray, bias
     h = seq_input(b.h)
     dt = h.dtype.numpy()
     tag = f"n6_fftmix{b.index}"
-    fs = [add_init(g, f.astype(dt), f"{tag}_F{w}") for f, w in zip(filters, (6, 12, 24))]
+    fs = [add_initializer(g, f.astype(dt), f"{tag}_F{w}") for f, w in zip(filters, (6, 12, 24))]
     B, L, D = h.shape
     y = add_node(g, "n6onnx", "FFTMix", [h, *fs], f"{tag}", [B, L, 3 * D], h.dtype)
-    m = add_node(g, "", "MatMul", [y, add_init(g, W.astype(dt), f"{tag}_W")], f"{tag}_proj", [B, L, W.shape[1]], h.dtype)
-    o = add_node(g, "", "Add", [m, add_init(g, bias.astype(dt), f"{tag}_b")], f"{tag}_bias", [B, L, W.shape[1]], h.dtype)
+    m = add_node(g, "", "MatMul", [y, add_initializer(g, W.astype(dt), f"{tag}_W")], f"{tag}_proj", [B, L, W.shape[1]], h.dtype)
+    o = add_node(g, "", "Add", [m, add_initializer(g, bias.astype(dt), f"{tag}_b")], f"{tag}_bias", [B, L, W.shape[1]], h.dtype)
     ir.convenience.replace_all_uses_with(b.out_value, o)
 
 

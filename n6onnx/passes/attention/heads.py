@@ -8,23 +8,24 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from ...graph import add_initializer
 from ...ops import egyptian_attention as ea
 from .blocks import static_shape
-from .emit import WINDOW, add_init, add_node, ones_mask
+from .emit import WINDOW, add_node, ones_mask
 
 
 def _head_group(g: ir.Graph, x: ir.Value, heads: list[int], H: int, dh: int, tag: str) -> ir.Value:
     """Heads ``heads`` (ascending) of x [B, L, H*dh] as [B, L, len(heads)*dh]: one Slice when they are
     contiguous, else Reshape, Gather on the head axis, Reshape."""
     if heads == list(range(heads[0], heads[-1] + 1)):
-        return add_node(g, "", "Slice", [x, add_init(g, np.array([heads[0] * dh], np.int64), f"{tag}_start"),
-                                      add_init(g, np.array([(heads[-1] + 1) * dh], np.int64), f"{tag}_end"),
-                                      add_init(g, np.array([2], np.int64), f"{tag}_axes")], tag, None, x.dtype)
-    x4 = add_node(g, "", "Reshape", [x, add_init(g, np.array([0, 0, H, dh], np.int64), f"{tag}_4d")], f"{tag}_4d", None,
+        return add_node(g, "", "Slice", [x, add_initializer(g, np.array([heads[0] * dh], np.int64), f"{tag}_start"),
+                                      add_initializer(g, np.array([(heads[-1] + 1) * dh], np.int64), f"{tag}_end"),
+                                      add_initializer(g, np.array([2], np.int64), f"{tag}_axes")], tag, None, x.dtype)
+    x4 = add_node(g, "", "Reshape", [x, add_initializer(g, np.array([0, 0, H, dh], np.int64), f"{tag}_4d")], f"{tag}_4d", None,
                x.dtype)
-    sel = add_node(g, "", "Gather", [x4, add_init(g, np.array(heads, np.int64), f"{tag}_idx")], f"{tag}_sel", None, x.dtype,
+    sel = add_node(g, "", "Gather", [x4, add_initializer(g, np.array(heads, np.int64), f"{tag}_idx")], f"{tag}_sel", None, x.dtype,
                 axis=2)
-    return add_node(g, "", "Reshape", [sel, add_init(g, np.array([0, 0, len(heads) * dh], np.int64), f"{tag}_3d")],
+    return add_node(g, "", "Reshape", [sel, add_initializer(g, np.array([0, 0, len(heads) * dh], np.int64), f"{tag}_3d")],
                  f"{tag}_3d", None, x.dtype)
 
 
@@ -112,10 +113,10 @@ def _split_full_heads(model: ir.Model, inputs: list, masked: bool, H: int, dh: i
     order = full + rest
     if order != list(range(H)):
         inverse = np.argsort(np.array(order)).astype(np.int64)
-        y4 = add_node(g, "", "Reshape", [y, add_init(g, np.array([0, 0, H, dh], np.int64), f"{tag}_y4d")], f"{tag}_y4d",
+        y4 = add_node(g, "", "Reshape", [y, add_initializer(g, np.array([0, 0, H, dh], np.int64), f"{tag}_y4d")], f"{tag}_y4d",
                    None, q.dtype)
-        y4 = add_node(g, "", "Gather", [y4, add_init(g, inverse, f"{tag}_order")], f"{tag}_order", None, q.dtype, axis=2)
-        y = add_node(g, "", "Reshape", [y4, add_init(g, np.array([0, 0, H * dh], np.int64), f"{tag}_y3d")], f"{tag}_y3d",
+        y4 = add_node(g, "", "Gather", [y4, add_initializer(g, inverse, f"{tag}_order")], f"{tag}_order", None, q.dtype, axis=2)
+        y = add_node(g, "", "Reshape", [y4, add_initializer(g, np.array([0, 0, H * dh], np.int64), f"{tag}_y3d")], f"{tag}_y3d",
                   None, q.dtype)
     return y
 
@@ -126,7 +127,7 @@ def _mha_unless_all_ones(g: ir.Graph, qkv: list, mask: ir.Value, dtype, attrs: d
     [B, L] mask onnxruntime's CUDA MultiHeadAttention takes its unfused kernel (flash and memory-
     efficient attention accept none)."""
     lowest = add_node(g, "", "ReduceMin", [mask], f"{tag}_mask_min", [], ir.DataType.INT32, keepdims=0)
-    cond = add_node(g, "", "Equal", [lowest, add_init(g, np.array(1, np.int32), f"{tag}_one")], f"{tag}_all_ones", [],
+    cond = add_node(g, "", "Equal", [lowest, add_initializer(g, np.array(1, np.int32), f"{tag}_one")], f"{tag}_all_ones", [],
                  ir.DataType.BOOL)
 
     def branch(name: str, node_inputs: list) -> ir.Graph:
