@@ -11,6 +11,8 @@ import statistics
 
 import onnxruntime as ort
 
+from n6onnx.io import atomic_write
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -63,7 +65,5 @@ def write(name: str, payload: dict) -> pathlib.Path:
     payload = {"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "hardware": hardware(), **payload}
     out = RESULTS / f"{name}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(payload, indent=2) + "\n")
     return out

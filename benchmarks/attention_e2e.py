@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
-from n6onnx import corpus, zoo  # noqa: E402
+from n6onnx.testing import corpus, zoo  # noqa: E402
 
 from _common import write  # noqa: E402
 from recovery import fidelity  # noqa: E402

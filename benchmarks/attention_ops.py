@@ -102,12 +102,12 @@ def model(variant: str, L: int, dtype: str, copies: int) -> tuple[bytes, dict, d
         import onnx
         import onnx_ir as ir
 
-        from n6onnx.api import finalize
-        from n6onnx.passes import attention
+        from n6onnx.passes.attention.heads import split_full_heads
+        from n6onnx.passes.finalize import finalize
 
         m, ins, outs = model("egyptian", L, dtype, copies)
         irm = ir.from_proto(onnx.load_from_string(m))
-        attention.split_full_heads(irm)
+        split_full_heads(irm)
         finalize(irm)
         return ir.to_proto(irm).SerializeToString(), ins, outs
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import n6onnx  # noqa: E402
-from n6onnx import zoo  # noqa: E402
+from n6onnx.testing import zoo  # noqa: E402
 
 from _common import write  # noqa: E402
 

@@ -260,14 +260,14 @@ def main(argv=None) -> int:
                                          for k in common]}
     payload = {
         "benchmark": "moe_quality",
-        "model": {"what": "character-level LM trained by benchmarks/moe_train.py on n6onnx.corpus text",
+        "model": {"what": "character-level LM trained by benchmarks/moe_train.py on n6onnx.testing.corpus text",
                   **ckpt["config"], "vocab": len(ckpt["vocab"]), "steps": ckpt["steps"],
                   "train_seconds": round(ckpt["train_seconds"], 1), "custom_op_library": str(library) if library else None,
                   "onnx": str(orig.relative_to(ROOT)),
                   "exporter": "torchscript (expert loop unrolled, dense)"},
         "data": {"evaluation_positions": int((len(ev_w) // 16) * 16 * (ev_w.shape[1] - 1)),
                  "calibration_positions": int((len(cal_w) // 16) * 16 * (cal_w.shape[1] - 1)),
-                 "split": "sentences of n6onnx.corpus in order: 85% train, 5% calibration, 10% evaluation"},
+                 "split": "sentences of n6onnx.testing.corpus in order: 85% train, 5% calibration, 10% evaluation"},
         "method": ("Quality: mean next-character cross-entropy (nats) and top-1 accuracy over every position of the "
                    "held-out windows, onnxruntime CPU. Changes are relative to the original "
                    "top-2 model. Active expert parameters per token from the pass reports (weights and biases of "

@@ -1,7 +1,7 @@
 """Train the project's own small MoE: a character-level language model on the project's corpus
-(n6onnx.corpus: standard-library docstrings), with a mixture-of-experts FFN in every layer written
+(n6onnx.testing.corpus: standard-library docstrings), with a mixture-of-experts FFN in every layer written
 the way the sources write it (router Linear with bias, softmax, top-2, renormalise, a loop over
-experts with index masks: n6onnx.zoo_moe.LoopMoE). No pretrained MoE weights can be downloaded
+experts with index masks: n6onnx.testing.zoo_moe.LoopMoE). No pretrained MoE weights can be downloaded
 here, so honest accuracy figures for the MoE rewrites need a model trained by the project.
 
 Model: d_model 48, 2 layers, 4 heads, 8 experts of hidden width 4D = 192 (GELU), top-2, context 64.
@@ -37,6 +37,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from n6onnx.io import atomic_path  # noqa: E402
+
 CTX, BATCH_EXPORT = 64, 16
 CONFIG = dict(d=48, layers=2, heads=4, hidden=192, experts=8, k=2, ctx=CTX)
 # variant -> (routing, config changes)
@@ -46,7 +48,7 @@ VARIANTS = {"topk": ("topk", {}), "egyptian": ("egyptian", {}), "equal3": ("equa
 
 def corpus_splits():
     """(vocab, train, calibration, evaluation) as int64 arrays of character ids."""
-    from n6onnx import corpus
+    from n6onnx.testing import corpus
 
     sents = corpus.sentences()
     n = len(sents)
@@ -65,7 +67,7 @@ def windows(ids: np.ndarray, n: int | None = None) -> np.ndarray:
 
 
 def build(vocab_size: int, variant: str):
-    from n6onnx import zoo_moe
+    from n6onnx.testing import zoo_moe
 
     routing, changes = VARIANTS[variant]
     return zoo_moe.char_lm_class()(vocab_size, routing=routing, **{**CONFIG, **changes})
@@ -130,8 +132,8 @@ def train(variant: str, steps: int, out: pathlib.Path, seed: int = 0, log_every:
             "seed": seed, "log": log, "train_seconds": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
     name = file_name(variant, seed)
-    torch.save(ckpt, out / f"{name}.pt.tmp")
-    (out / f"{name}.pt.tmp").replace(out / f"{name}.pt")
+    with atomic_path(out / f"{name}.pt") as tmp:
+        torch.save(ckpt, tmp)
     return ckpt
 
 
@@ -147,7 +149,7 @@ def load(out: pathlib.Path, name: str):
 def export(out: pathlib.Path, name: str) -> pathlib.Path:
     import torch
 
-    from n6onnx import zoo_moe
+    from n6onnx.testing import zoo_moe
 
     model, ckpt = load(out, name)
     ids = torch.zeros((BATCH_EXPORT, CTX), dtype=torch.int64)

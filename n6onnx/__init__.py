@@ -1,12 +1,11 @@
 """n6onnx: an ONNX model transformation compiler for the n6 techniques, with honest measurement."""
 
 from ._library import library_path
+from ._version import __version__
 from .api import inspect, rewrite, validate  # validate: the function (n6onnx/validate/ is its package)
 from .api import bench  # the function (n6onnx/bench/ is its package)
 from .errors import BadArgumentError, BadModelError, N6Error
 from .runtime import InferenceSession
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BadArgumentError", "BadModelError", "InferenceSession", "bench", "N6Error", "inspect",

@@ -10,13 +10,14 @@ from typing import Sequence
 import onnx
 import onnx_ir as ir
 
+from . import calibrate as cal
 from . import io, passes
 from .errors import N6Error
-from .ops import DOMAIN, DOMAIN_VERSION, REGISTRY
-from .passes import PassSpec, detect
-from .passes._common import KindReport, name_new_nodes
-
-KINDS = ("gelu", "ffn", "attention", "moe")
+from .findings import KindReport
+from .graph import default_opset
+from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
+from .passes.attention import redundancy_scores
+from .passes.finalize import check, finalize
 
 
 @dataclasses.dataclass
@@ -58,10 +59,6 @@ class RewriteReport:
         }
 
 
-def _default_opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-
-
 def canonicalize(model: ir.Model) -> ir.Model:
     """Fold constants and canonicalise (onnxscript optimizer), then infer shapes. In place."""
     import onnxscript.optimizer
@@ -91,19 +88,16 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
     name, m = _load(model)
     n_nodes = sum(1 for _ in m.graph.all_nodes())
     canonicalize(m)
-    kinds = detect.detect_all(m)
+    kinds = passes.detect_all(m)
     if calibrate is not None:
-        from . import calibrate as cal
-        from .passes import attention
-
         batches = cal.load_batches(str(calibrate), ir.to_proto(m),
                                    tokenizer=None if tokenizer is None else str(tokenizer), samples=calib_samples,
                                    dims=dims)
-        scores = attention.redundancy_scores(m, batches)
+        scores = redundancy_scores(m, batches)
         for site in kinds["attention"].sites:
             if site.detail.get("index") in scores:
                 site.detail["redundancy"] = scores[site.detail["index"]]
-    return InspectReport(name, _default_opset(m), n_nodes, kinds)
+    return InspectReport(name, default_opset(m), n_nodes, kinds)
 
 
 def rewrite(
@@ -138,8 +132,6 @@ def rewrite(
     original = ir.from_proto(ir.to_proto(m)) if calibrate is not None else None
     ctx = passes.PassContext(original=original, refit=refit, progress=progress or None)
     if calibrate is not None:
-        from . import calibrate as cal
-
         ctx.batches = cal.load_batches(str(calibrate), ir.to_proto(original),
                                        tokenizer=None if tokenizer is None else str(tokenizer),
                                        samples=calib_samples, dims=dims)
@@ -147,10 +139,11 @@ def rewrite(
     calibration = None
     functions: list[str] = []
     for spec in specs:
-        reports[spec.kind] = passes.run(m, spec, ctx)
+        reports[spec.kind] = report = passes.run(m, spec, ctx)
         functions = finalize(m)
-        if spec.kind == "gelu" and ctx.batches and reports["gelu"].rewritten:
-            calibration = cal.calibrate_swap(m, original, ctx.batches, refit=refit, progress=ctx.progress)
+        hook = passes.PASSES[spec.kind].calibrate
+        if hook is not None and ctx.batches and report.rewritten:
+            calibration = hook(m, report, ctx)
             functions = finalize(m)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
@@ -170,33 +163,6 @@ def rewrite(
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
                         functions, time.perf_counter() - t0, warnings, calibration)
     return m, rep
-
-
-def finalize(m: ir.Model) -> list[str]:
-    """Attach a model-local function per emitted n6 op type, import our domain, name new nodes."""
-    from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
-
-    RemoveUnusedNodesPass()(m)
-    TopologicalSortPass()(m)
-    used = sorted({n.op_type for n in m.graph.all_nodes() if n.domain == DOMAIN})
-    opset = _default_opset(m)
-    for op_type in used:
-        fn = ir.serde.deserialize_function(REGISTRY[op_type].function(opset))
-        m.functions[fn.identifier()] = fn
-    if used:
-        m.opset_imports[DOMAIN] = DOMAIN_VERSION
-    name_new_nodes(m.graph, DOMAIN)
-    return used
-
-
-def check(proto: onnx.ModelProto) -> None:
-    """Full onnx checker and strict shape inference on the result."""
-    try:
-        if proto.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise N6Error(f"the rewritten model fails onnx.checker: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------

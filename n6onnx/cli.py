@@ -1,4 +1,6 @@
-"""The ``n6onnx`` command line: thin click commands over n6onnx.api."""
+"""The ``n6onnx`` command line: each click command parses its options, calls n6onnx.api (or the
+module that does the work) and prints with n6onnx.console. New commands and options go here;
+their logic goes in the API or a subpackage, their human output in console.py."""
 
 from __future__ import annotations
 
@@ -6,30 +8,18 @@ import json
 import sys
 
 import click
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from . import api
+from . import api, console, passes
+from . import report as report_mod
 from .errors import N6Error
-
-err = Console(stderr=True)
-out = Console()
-
-
-def _fail(e: N6Error) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    sys.exit(e.exit_code)
+from .feeds import parse_dims
 
 
 @click.group()
 @click.version_option(package_name="n6onnx")
 def main() -> None:
     """Rewrite ONNX models with the n6 techniques and measure what they really do."""
-
-
-def _of_available(c) -> str:
-    return f"{c.samples} of {c.available}" if c.available is not None and c.available > c.samples else str(c.samples)
 
 
 @main.command()
@@ -48,27 +38,18 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
     try:
         rep = api.inspect(model, calibrate=calibrate, tokenizer=tokenizer, calib_samples=calib_samples)
     except N6Error as e:
-        _fail(e)
+        console.fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
         return
-    out.print(f"[bold]{rep.model}[/]  opset {rep.opset}, {rep.nodes} nodes", highlight=False)
-    _kinds_table(rep.kinds, "found")
-    _near_misses(rep.kinds)
-    for site in rep.kinds["attention"].sites:
-        d = site.detail
-        if "heads" in d:
-            red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
-            out.print(escape(f"  attention block {d['index']} ({d['form']}): {d['heads']} heads x {d['head_size']}, "
-                             f"scale {d['scale']}, {d['norm']}{red}"), highlight=False)
+    console.inspect_human(rep)
 
 
-@main.command()
+@main.command(epilog=passes.help_epilog())
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
 @click.option("--pass", "passes_", multiple=True, required=True, metavar="KIND=OPTION",
-              help="A rewrite pass: gelu=phi6, gelu=zetaln2, ffn=phi-bottleneck[:RATIO], attention=fftmix[:LAYERS], "
-                   "attention=egyptian[:HEADS]. Repeatable.")
+              help=f"A rewrite pass: {passes.known()} (each pass below). Repeatable.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
@@ -84,50 +65,17 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
             external_data, as_json: bool) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified)."""
-    from .feeds import parse_dims
-
     try:
-        with _progress(as_json or calibrate is None, "calibrating") as progress:
+        with console.progress(as_json or calibrate is None, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
                                  dims=parse_dims(dims), progress=progress)
     except N6Error as e:
-        _fail(e)
+        console.fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
         return
-    out.print(f"[bold]{rep.model}[/] -> [bold]{rep.output}[/]  ({rep.seconds:.2f} s)", highlight=False)
-    _kinds_table(rep.reports, "rewritten")
-    _near_misses(rep.reports)
-    for site in rep.reports["attention"].sites if "attention" in rep.reports else ():
-        d = site.detail
-        if d.get("method") == "fftmix":
-            fit = d.get("fit")
-            what = (f"fitted on {fit['rows']} tokens, relative error {fit['rel_err_default']:.4f} (default) -> "
-                    f"{fit['rel_err']:.4f}") if fit else "uncalibrated"
-            red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
-            out.print(escape(f"  attention block {d['index']}: FFTMix ({d['norm']}{red}), {what}"), highlight=False)
-        elif d.get("method") == "egyptian":
-            core = ("; full heads as com.microsoft.MultiHeadAttention" if d.get("core") == "mha" else "")
-            out.print(escape(f"  attention block {d['index']}: EgyptianAttention, head kinds {d['head_kinds']} "
-                             f"(0 full, 1 local, 2 global; {d['assignment']}), window {d['window']}{core}"),
-                      highlight=False)
-    if rep.calibration is not None:
-        c = rep.calibration
-        t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",
-                  title=f"calibration: {_of_available(c)} samples ({c.rows} token rows), {c.seconds:.1f} s")
-        for layer in c.layers:
-            t.add_row(layer.block, str(layer.rows), f"{layer.activation_r2:.3f}", f"{layer.rel_err_folded:.4f}",
-                      f"{layer.rel_err:.4f}")
-        out.print(t)
-        if c.available is not None and c.available > c.samples:
-            out.print(f"calibrated on the first {c.samples} of the {c.available} samples in the data "
-                      f"(--calib-samples); more samples usually give a more faithful model, at a longer calibration",
-                      highlight=False)
-    if rep.functions:
-        out.print(f"fallback functions attached: {', '.join(rep.functions)}")
-    for w in rep.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.rewrite_human(rep)
 
 
 @main.command()
@@ -164,62 +112,18 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
         rep = api.validate(
             original, candidate, feeds=feeds_, text=text, tokenizer=tokenizer, random=random_, dims=dims,
             labels=labels, min_cosine=min_cosine, max_abs_err=max_abs_err, min_top1=min_top1, seed=seed,
-            threads=threads, progress=err if not as_json else False,
+            threads=threads, progress=console.err if not as_json else False,
         )
     except N6Error as e:
-        _fail(e)
+        console.fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
     else:
-        _validate_human(rep)
+        console.validate_human(rep)
     if not rep.passed:
         if not as_json:
-            err.print(f"[bold red]gate failed:[/] {escape(rep.failure_message())}", highlight=False)
+            console.err.print(f"[bold red]gate failed:[/] {escape(rep.failure_message())}", highlight=False)
         sys.exit(1)
-
-
-def _fmt(x, spec: str = ".6g") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def _validate_human(rep) -> None:
-    inp = rep.inputs
-    out.print(f"[bold]{escape(rep.original)}[/] vs [bold]{escape(rep.candidate)}[/]  ({rep.seconds:.1f} s)",
-              highlight=False)
-    extra = f", tokenizer {inp['tokenizer']}" if inp.get("tokenizer") else ""
-    out.print(escape(f"inputs: {inp['kind']} {inp['source']}: {inp['samples']} samples in {inp['batches']} "
-                     f"batches{extra}"), highlight=False)
-    for n in rep.notes:
-        out.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
-    for name, r in rep.outputs.items():
-        t = Table("metric", "value", title=escape(f"{name}  {r.shape} per batch, {r.dtype['original']}, {r.kind}"),
-                  title_justify="left")
-        t.add_row("max abs error", _fmt(r.max_abs_err))
-        if r.kind == "exact":
-            t.add_row("equal elements", _fmt(r.equal_fraction, ".4%"))
-        else:
-            t.add_row("max rel error", _fmt(r.max_rel_err))
-            t.add_row("rel L2 error", _fmt(r.rel_l2_err))
-            t.add_row("per-sample cosine mean / worst",
-                      escape(f"{_fmt(r.cosine_mean, '.6f')} / {_fmt(r.cosine_min, '.6f')} (sample {r.cosine_min_sample})"))
-        if r.embedding:
-            e = r.embedding
-            t.add_row("embedding cosine mean / min", f"{_fmt(e['cosine_mean'], '.6f')} / {_fmt(e['cosine_min'], '.6f')}")
-            t.add_row("nearest-neighbour agreement", _fmt(e["nn_agreement"], ".2%"))
-        if r.logits:
-            lg = r.logits
-            t.add_row("top-1 agreement", _fmt(lg["top1_agreement"], ".2%"))
-            t.add_row("KL(original || candidate)", _fmt(lg["kl_divergence"]))
-            if lg["accuracy"]:
-                a = lg["accuracy"]
-                t.add_row("accuracy original / candidate", f"{a['original']:.2%} / {a['candidate']:.2%}")
-        if r.nonfinite["original"] or r.nonfinite["candidate"]:
-            t.add_row("non-finite values", f"{r.nonfinite['original']} / {r.nonfinite['candidate']}")
-        out.print(t)
-    out.print(escape(f"cosine_mean {_fmt(rep.cosine_mean, '.6f')} ({rep.cosine_source}), "
-                     f"max_abs_err {_fmt(rep.max_abs_err)}"), highlight=False)
-    for g in rep.gates:
-        out.print(("[green]pass[/] " if g.passed else "[red]FAIL[/] ") + escape(g.describe()), highlight=False)
 
 
 @main.command()
@@ -265,63 +169,14 @@ def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seco
             model, baseline, provider=provider, device_id=device_id, threads=threads, dims=dims, feeds=feeds_,
             seconds=seconds, window=window, idle_seconds=idle_seconds, warmup=warmup, cpu_watts=cpu_watts,
             cpu_watts_uncertainty=cpu_watts_uncertainty, fuse_candidate=fuse_candidate, model_type=model_type,
-            num_heads=num_heads, hidden_size=hidden_size, progress=not as_json and err.is_terminal,
+            num_heads=num_heads, hidden_size=hidden_size, progress=not as_json and console.err.is_terminal,
         )
     except N6Error as e:
-        _fail(e)
+        console.fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
     else:
-        _bench_human(rep.to_json())
-
-
-def _bench_human(r: dict) -> None:
-    s = r["settings"]
-    out.print(escape(f"{r['model']}" + (f"  vs  {r['baseline']['model']}" if r["baseline"] else "")), style="bold",
-              highlight=False)
-    out.print(escape(f"{s['provider']}, threads {s['threads'] or 'ORT default'}, {s['blocks_per_variant']} blocks x "
-                     f"{s['block_seconds']:.1f} s per model ({s['order']}), inputs {s['feeds']['shapes']}"), highlight=False)
-    cols = [("baseline", r["baseline"]), ("candidate", r)] if r["baseline"] else [("model", r)]
-    t = Table("", *[c for c, _ in cols], *(["ratio (median [IQR])"] if r["ratio"] else []))
-
-    def ratio(x):
-        return "" if not x or x.get("median") is None else f"{x['median']:.3f}x [{x['q1']:.3f}, {x['q3']:.3f}]"
-
-    rt = r["ratio"] or {}
-    for q in ("p50", "p90", "p99"):
-        t.add_row(f"latency {q} (ms)", *[f"{v['latency_ms'][q]:.3f}" for _, v in cols],
-                  *([ratio(rt.get("latency_p50")) if q == "p50" else ""] if rt else []))
-    t.add_row("throughput (inf/s)", *[f"{v['throughput']:.1f}" for _, v in cols], *([ratio(rt.get("throughput"))] if rt else []))
-    e0 = r["energy"]
-    tag = f"{e0['method']}, {e0['meter']}"
-    for key, label, rkey in (("joules_per_inference", "energy J/inf", "total"),
-                             ("dynamic_joules_per_inference", "dynamic J/inf", "dynamic")):
-        cells = []
-        for _, v in cols:
-            e = v["energy"]
-            x = e.get(key)
-            band = e.get("band" if rkey == "total" else "dynamic_band")
-            cells.append("n/a" if x is None else f"{x:.4g}" + (f" ({band['low']:.3g}-{band['high']:.3g})" if band else ""))
-        t.add_row(f"{label} ({tag})", *cells, *([ratio((rt.get("energy") or {}).get(rkey))] if rt else []))
-    out.print(t)
-    for _, v in cols:
-        f = v.get("fusion")
-        if f:
-            tried = ", ".join(f"{a['optimizer']} {a['fused_ops'] if a['error'] is None else 'failed'}" for a in f["attempts"])
-            out.print(escape(f"{v['model']}: fusion {f['chosen']} ({f['fused_ops']} fused ops: {f['fused']}; tried {tried})"),
-                      highlight=False)
-        pl = v["session"]["placement"]
-        out.print(escape(f"  placement {pl['by_provider']}, ORT allocator peak {v['session']['ort_allocator_peak_mb']:.1f} MB"),
-                  highlight=False)
-    for o in e0.get("other", []):
-        out.print(escape(f"also: {o['method']} {o['meter']}: {o['joules_per_inference']:.4g} J/inf ({o['scope']})"),
-                  highlight=False)
-    m = r["memory"]
-    out.print(escape(f"peak RSS {m['peak_rss_mb']:.0f} MB (process)"
-                     + (f", GPU {m['gpu_process_peak_mb']:.0f} MB" if m.get("gpu_process_peak_mb") else "")), highlight=False)
-    out.print(escape(f"energy: {e0['source']}; scope: {e0['scope']}"), style="dim", highlight=False)
-    for w in r["warnings"]:
-        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        console.bench_human(rep.to_json())
 
 
 @main.command()
@@ -338,63 +193,14 @@ def report(inputs: tuple[str, ...], out_dir: str, as_json: bool) -> None:
     (fidelity 1.0, figures from bench's baseline). Measured and estimated energy are never mixed
     on one axis. Writes OUT_DIR/report.md, OUT_DIR/report.json and OUT_DIR/pareto.png atomically.
     """
-    import os
-
-    from . import report as report_mod
-
     try:
         rep, data = report_mod.report(inputs, out_dir)
     except N6Error as e:
-        _fail(e)
+        console.fail(e)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    files = ", ".join(os.path.join(out_dir, f) for f in report_mod.FILES.values())
-    nv = sum(s.kind == "validate" for s in rep.sources)
-    out.print(escape(f"{len(rep.sources)} results ({nv} validate, {len(rep.sources) - nv} bench), "
-                     f"{len(rep.variants)} variants -> {files}"), highlight=False)
-    for n in rep.notes:
-        err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
-
-
-class _progress:
-    """A rich progress line for long steps (silent for --json or when nothing is long)."""
-
-    def __init__(self, silent: bool, what: str):
-        self.silent, self.what, self._p = silent, what, None
-
-    def __enter__(self):
-        if self.silent:
-            return None
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                           transient=True)
-        self._p.start()
-        task = self._p.add_task(self.what)
-        return lambda label: self._p.update(task, description=f"{self.what}: {label}")
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.stop()
-        return False
-
-
-def _kinds_table(kinds, last: str) -> None:
-    t = Table("kind", "seen", "matched", "rejected", last if last != "found" else "rules")
-    for k, r in kinds.items():
-        if last == "found":
-            rules = sorted({s.rule for s in r.sites})
-            t.add_row(k, str(r.seen), str(r.found), str(len(r.near_misses)), ", ".join(rules))
-        else:
-            t.add_row(k, str(r.seen), str(r.found), str(len(r.near_misses)), str(r.rewritten))
-    out.print(t)
-
-
-def _near_misses(kinds) -> None:
-    for k, r in kinds.items():
-        for m in r.near_misses:
-            out.print(f"  [dim]{k} near-miss[/] {m.node}: {m.reason}", highlight=False)
+    console.report_human(rep, data, out_dir)
 
 
 @main.command()
@@ -402,6 +208,8 @@ def _near_misses(kinds) -> None:
 def demo(out_dir: str) -> None:
     """The main job on the packaged, pretrained all-MiniLM-L6-v2 (needs the export extras):
     rewrite gelu=phi6 with and without calibration, validate, bench and report into OUT_DIR."""
+    # the demo needs the export extras (torch, transformers) and the testing zoo: imported only when
+    # `n6onnx demo` runs, so the other commands never load test scaffolding
     from . import demo as demo_mod
 
     sys.exit(demo_mod.main(out_dir))

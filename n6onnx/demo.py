@@ -7,6 +7,7 @@ real sentences, and prints counts, timings and the embedding cosine against the 
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import statistics
@@ -18,7 +19,9 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from . import api, corpus, zoo
+from . import api
+from .testing import corpus, zoo
+from . import report as report_mod
 from .runtime import InferenceSession
 
 BATCH, SEQ, THREADS = 8, 128, 2
@@ -131,10 +134,6 @@ def main(out_dir: str = "build/demo") -> int:
 
 def recovery(con: Console, src: pathlib.Path, out: pathlib.Path) -> int:
     """Calibrated swap, then validate, bench and report, all with n6onnx's own commands."""
-    import json
-
-    from . import report as report_mod
-
     sent = corpus.sentences()
     calib, held = out / "calib.txt", out / "heldout.txt"
     calib.write_text("\n".join(sent[:256]))

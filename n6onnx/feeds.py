@@ -42,7 +42,7 @@ class FeedBatches(list):
     def __init__(self, batches: Iterable[dict[str, np.ndarray]] = (), rows: Sequence[int] | None = None,
                  source: str = "") -> None:
         super().__init__(batches)
-        self.rows = list(rows) if rows is not None else [_batch_rows(b) for b in self]
+        self.rows = list(rows) if rows is not None else [batch_rows(b) for b in self]
         if len(self.rows) != len(self):
             raise ValueError("one row count per batch expected")
         self.source = source
@@ -58,7 +58,7 @@ class FeedBatches(list):
         return self.rows[-1] if self.rows else 0
 
 
-def _batch_rows(feeds: Mapping[str, np.ndarray]) -> int:
+def batch_rows(feeds: Mapping[str, np.ndarray]) -> int:
     for a in feeds.values():
         a = np.asarray(a)
         if a.ndim:
@@ -238,7 +238,7 @@ def load_npz(path: str | os.PathLike, session: ort.InferenceSession | None = Non
                     "name arrays after the inputs, or NAME/K for batch K)"
                 )
             check_feeds(session, feeds, where)
-        out.rows = [_batch_rows({n: f[n] for n in wanted}) for f in out]
+        out.rows = [batch_rows({n: f[n] for n in wanted}) for f in out]
     return out
 
 

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
 import tempfile
+from typing import Iterator
 
 import onnx
 import onnx_ir as ir
@@ -142,6 +144,37 @@ def save(model: ir.Model | onnx.ModelProto, out: str | os.PathLike, *, external_
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """A temporary file beside ``path`` to write to: moved onto ``path`` (os.replace, with the
+    permissions a new file gets) when the block ends normally, removed when it raises. Readers see
+    the old file or the new one, never half of one. For one file; ``save`` handles a model with
+    its external data file."""
+    path = pathlib.Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = pathlib.Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
+    """Write ``data`` (str: UTF-8) to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return pathlib.Path(path)
 
 
 def _tensor_bytes(proto: onnx.ModelProto) -> int:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import tempfile
 from typing import Sequence
 
+import onnx
 import onnxruntime as ort
 
+from . import io
 from ._library import library_path
+from .errors import N6Error
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
@@ -104,17 +109,8 @@ def session_for(proto, sess_options: ort.SessionOptions | None = None, **kwargs)
     (protobuf cannot serialise more than 2 GB) it is written to a temporary folder with its tensors
     in one external data file; the folder lives as long as the session. ``proto`` is consumed: in
     that case its tensors are moved to the external file."""
-    from . import io
-
     if io._tensor_bytes(proto) <= io.EXTERNAL_DATA_THRESHOLD:
         return InferenceSession(proto.SerializeToString(), sess_options, **kwargs)
-    import pathlib
-    import tempfile
-
-    import onnx
-
-    from .errors import N6Error
-
     tmp = tempfile.TemporaryDirectory(prefix="n6onnx-session-")
     path = pathlib.Path(tmp.name) / "model.onnx"
     try:

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import n6onnx
-from n6onnx import zoo
+from n6onnx.testing import zoo
 from n6onnx.ops import DOMAIN
 
 

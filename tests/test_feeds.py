@@ -150,7 +150,7 @@ def test_read_text(tmp_path):
 
 
 def test_text_feeds_rows_and_repeats(tmp_path):
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     s = _token_session(tmp_path, batch=2, seq=8)
     texts = ["The first sentence.", "A second, longer sentence with more words than fit.", "Third."]
@@ -166,7 +166,7 @@ def test_text_feeds_rows_and_repeats(tmp_path):
 
 
 def test_text_feeds_fills_inputs_the_tokenizer_lacks_and_casts(tmp_path):
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     tok = F.load_tokenizer(zoo.minilm_dir())
     s = _token_session(tmp_path, batch="b", seq="l", dtype=TensorProto.INT32)
@@ -175,7 +175,7 @@ def test_text_feeds_fills_inputs_the_tokenizer_lacks_and_casts(tmp_path):
 
 
 def test_text_feeds_errors(tmp_path):
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     s = _mixed_session(tmp_path)
     with pytest.raises(BadArgumentError, match="token ids"):

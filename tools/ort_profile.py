@@ -24,14 +24,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from n6onnx import feeds
-    from n6onnx.bench import run
+    from n6onnx.bench import session
 
-    cfg = run.SessionConfig(args.provider)
+    cfg = session.SessionConfig(args.provider)
     for model in args.model:
         sess, _ = cfg.session(model)
         feed = feeds.random_feeds(sess, 1)[0]
         del sess
-        p = run.profile(model, feed, cfg, runs=args.runs, seconds=60.0)
+        p = session.profile(model, feed, cfg, runs=args.runs, seconds=60.0)
         t = p["op_time"]
         print(f"== {model} ({args.provider}): kernels {t['kernel_ms']:.3f} ms per run over {t['runs']} runs; "
               f"nodes by provider {p['placement']['by_provider']}")

@@ -2,10 +2,13 @@
 
 - :mod:`.baseline`: ORT's best version of a model (transformer fusions, whichever fuses more);
 - :mod:`.latency`: warm-up, interleaved ABBA blocks, percentiles, ratios with spread;
+- :mod:`.session`: measuring one model: its session, a profiled run, memory, the hardware;
 - :mod:`.energy`: meters (NVML, RAPL, a labelled CPU estimate), idle power;
+- :mod:`.figures`: energy per inference and ratios from the meters' block readings;
 - :mod:`.run`: the orchestration and the report (``BenchReport.to_json()``).
 """
 
-from .run import BenchReport, ProviderUnavailableError, bench
+from .run import BenchReport, bench
+from .session import ProviderUnavailableError
 
 __all__ = ["BenchReport", "ProviderUnavailableError", "bench"]

@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 
 from .. import io
+from .._version import __version__
 from ..errors import BadArgumentError
 from ..ops import DOMAIN
 
@@ -306,8 +307,6 @@ def _versions() -> str:
     import onnxruntime
     import onnxscript
 
-    from .. import __version__
-
     return f"ort{onnxruntime.__version__}-onnxscript{onnxscript.__version__}-n6onnx{__version__}-c{CACHE_VERSION}"
 
 
@@ -411,9 +410,8 @@ def fuse(
                 a.path.unlink(missing_ok=True)
                 a.path = None
         a.seconds = time.perf_counter() - t0
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps([{**dataclasses.asdict(a), "path": str(a.path) if a.path else None} for a in attempts]))
-    os.replace(tmp, record)
+    io.atomic_write(record, json.dumps([{**dataclasses.asdict(a), "path": str(a.path) if a.path else None}
+                                        for a in attempts]))
     return result(attempts, False)
 
 

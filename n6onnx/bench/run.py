@@ -27,27 +27,23 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
-import json
 import os
 import pathlib
-import platform
-import resource
-import shutil
-import sys
-import tempfile
 import time
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import onnxruntime as ort
 
 from .. import feeds as feeds_mod
-from .. import io, runtime
-from .._library import library_path
-from ..errors import BadArgumentError, N6Error
+from .. import io
+from .._version import __version__
+from ..errors import BadArgumentError
 from . import baseline as baseline_mod
 from . import energy as energy_mod
+from . import figures
+from . import session as session_mod
 from . import latency as latency_mod
+from .session import ProviderUnavailableError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 NVML_MIN_WINDOW = 5.0  # s: NVML's counter updates about every 100 ms
@@ -59,214 +55,12 @@ RATIO_DEFINITION = ("baseline / candidate, per interleaved block pair: > 1 means
 METHOD = " ".join(__doc__.split("Method (also written into the report):", 1)[1].replace("``", "").split())
 
 
-class ProviderUnavailableError(BadArgumentError):
-    """The requested execution provider is not in this onnxruntime build."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Sessions
-
-
-@dataclasses.dataclass
-class SessionConfig:
-    provider: str = "cpu"
-    device_id: int = 0
-    threads: int | None = None
-
-    @property
-    def providers(self) -> list:
-        if self.provider == "cuda":
-            return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
-
-    def options(self, profile_prefix: str | None = None) -> tuple[ort.SessionOptions, str | None]:
-        """ORT_ENABLE_ALL, threads, and the n6 library (the CUDA one on cuda when it exists)."""
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        if profile_prefix:
-            so.enable_profiling = True
-            so.profile_file_prefix = profile_prefix
-        cuda_lib = library_path("cuda") if self.provider == "cuda" else None
-        so, registered = runtime.session_options(self.threads, use_library=cuda_lib is None, base=so)
-        lib = library_path() if registered else None
-        if cuda_lib is not None:
-            so.register_custom_ops_library(str(cuda_lib))
-            lib = cuda_lib
-        return so, (str(lib) if lib else None)
-
-    def session(self, path: str | os.PathLike, profile_prefix: str | None = None) -> tuple[ort.InferenceSession, str | None]:
-        so, lib = self.options(profile_prefix)
-        try:
-            sess = ort.InferenceSession(str(path), so, providers=self.providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise N6Error(f"{path}: onnxruntime cannot create a session: {msg}") from None
-        if self.provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-            raise ProviderUnavailableError(
-                f"onnxruntime fell back to {sess.get_providers()} for {path}: the CUDA provider did not load "
-                "(CUDA/cuDNN libraries missing?)")
-        return sess, lib
-
-
-class Runner:
-    """One inference with IO binding: inputs bound once (on the device for CUDA), outputs
-    preallocated from the first run's results."""
-
-    def __init__(self, sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], cfg: SessionConfig) -> None:
-        self.sess = sess
-        self.io = sess.io_binding()
-        self._keep = []
-        names = [o.name for o in sess.get_outputs()]
-        for i in sess.get_inputs():
-            x = np.ascontiguousarray(feeds[i.name])
-            if cfg.provider == "cuda":
-                v = ort.OrtValue.ortvalue_from_numpy(x, "cuda", cfg.device_id)
-                self._keep.append(v)
-                self.io.bind_ortvalue_input(i.name, v)
-            else:
-                self._keep.append(x)
-                self.io.bind_cpu_input(i.name, x)
-        for n in names:
-            if cfg.provider == "cuda":
-                self.io.bind_output(n, "cuda", cfg.device_id)
-            else:
-                self.io.bind_output(n)
-        sess.run_with_iobinding(self.io)
-        self.outputs = self.io.get_outputs()
-        for n, v in zip(names, self.outputs):  # preallocated from now on
-            self.io.bind_ortvalue_output(n, v)
-
-    def __call__(self) -> None:
-        self.sess.run_with_iobinding(self.io)
-
-    def numpy_outputs(self) -> list[np.ndarray]:
-        return [v.numpy() for v in self.outputs]
-
-
 # --------------------------------------------------------------------------------------------------
 # Profile: placement and op times
 
 
-def parse_profile(events: list[dict], provider: str) -> dict:
-    """Placement (nodes per provider, CPU nodes of a CUDA session), time per op type (ms per
-    inference, the first run dropped) and ORT's allocator peak, from an ORT profile."""
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
-                  key=lambda e: e["ts"])
-    skip = (runs[0]["ts"], runs[0]["ts"] + runs[0]["dur"]) if len(runs) > 1 else None
-    counted_runs = max(1, len(runs) - (1 if skip else 0))
-    nodes: dict[str, tuple[str, str]] = {}
-    op_us: dict[str, float] = {}
-    peak = 0
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        a = e.get("args", {})
-        name = e["name"][: -len("_kernel_time")]
-        op, prov = a.get("op_name", "?"), a.get("provider", "?")
-        nodes[name] = (op, prov)
-        try:
-            peak = max(peak, int(a.get("mem_in_use_peak", 0)))
-        except (TypeError, ValueError):
-            pass
-        if skip and skip[0] <= e["ts"] <= skip[1]:
-            continue
-        op_us[op] = op_us.get(op, 0.0) + e.get("dur", 0)
-    by_provider: dict[str, int] = {}
-    cpu_ops: dict[str, int] = {}
-    cpu_names = []
-    for name, (op, prov) in nodes.items():
-        by_provider[prov] = by_provider.get(prov, 0) + 1
-        if provider == "cuda" and prov == "CPUExecutionProvider":
-            cpu_ops[op] = cpu_ops.get(op, 0) + 1
-            cpu_names.append(name)
-    memcpy = sum(1 for op, _ in nodes.values() if op.startswith("Memcpy"))
-    total_us = sum(op_us.values())
-    op_ms = {k: v / counted_runs / 1e3 for k, v in sorted(op_us.items(), key=lambda kv: -kv[1])}
-    placement = {
-        "nodes": len(nodes), "by_provider": dict(sorted(by_provider.items())),
-        "cpu_fallback": bool(cpu_ops), "cpu_nodes": dict(sorted(cpu_ops.items())),
-        "cpu_node_names": sorted(cpu_names)[:50], "memcpy_nodes": memcpy,
-    }
-    ops = {"runs": counted_runs, "kernel_ms": total_us / counted_runs / 1e3,
-           "by_op_type_ms": {k: round(v, 6) for k, v in op_ms.items()},
-           "share": {k: round(v * counted_runs * 1e3 / total_us, 4) for k, v in op_ms.items()} if total_us else {}}
-    return {"placement": placement, "op_time": ops, "ort_allocator_peak_mb": peak / 2**20}
-
-
-def profile(path: pathlib.Path, feeds: Mapping[str, np.ndarray], cfg: SessionConfig, runs: int = 10,
-            seconds: float = 1.0) -> dict:
-    tmp = tempfile.mkdtemp(prefix="n6onnx-profile-")
-    try:
-        sess, _ = cfg.session(path, profile_prefix=os.path.join(tmp, "profile"))
-        runner = Runner(sess, feeds, cfg)  # its first run is the one dropped
-        t0 = time.perf_counter()
-        for k in range(runs):
-            runner()
-            if k >= 1 and time.perf_counter() - t0 > seconds:
-                break
-        prof = sess.end_profiling()
-        with open(prof) as f:
-            events = json.load(f)
-        del runner, sess
-        return parse_profile(events, cfg.provider)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------------
 # Hardware and memory
-
-
-def _rss_mb() -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except (OSError, ValueError):
-            return None
-
-
-def _peak_rss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 2**10
-
-
-def hardware(nvml: energy_mod.NvmlMeter | None = None) -> dict:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    physical = None
-    try:
-        import psutil
-
-        physical = psutil.cpu_count(logical=False)
-    except ImportError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
-    hw = {
-        "cpu": cpu or platform.processor(), "logical_cpus": os.cpu_count(), "physical_cores": physical,
-        "usable_cpus": usable, "machine": platform.machine(), "system": platform.platform(),
-        "python": platform.python_version(), "onnxruntime": ort.__version__,
-        "onnxruntime_providers": ort.get_available_providers(),
-    }
-    if nvml is not None:
-        hw["gpu"] = nvml.gpu_name
-        hw["nvidia_driver"] = nvml.driver
-    return hw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,8 +105,6 @@ class BenchReport:
     seconds: float
 
     def to_json(self) -> dict:
-        from .. import __version__
-
         return {
             "tool": "n6onnx bench", "n6onnx": __version__,
             "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -322,62 +114,6 @@ class BenchReport:
             "hardware": self.hardware, "method": self.method, "warnings": self.warnings,
             "seconds": round(self.seconds, 2),
         }
-
-
-def _energy_figures(meters: Sequence[energy_mod.Meter], blocks: Sequence[latency_mod.Block],
-                    idle_w: Sequence[float] | None) -> list[dict]:
-    figs = []
-    for k, m in enumerate(meters):
-        per = [b.energy[k] / b.runs for b in blocks]
-        watts = [b.energy[k] / b.seconds for b in blocks if b.seconds > 0]
-        s = latency_mod.summary(per)
-        fig = {**m.describe(), "joules_per_inference": s["median"], "spread": s,
-               "watts": latency_mod.summary(watts)["median"], "windows": len(blocks),
-               "window_seconds": latency_mod.summary([b.seconds for b in blocks])["median"]}
-        if idle_w is not None:
-            dyn = [(b.energy[k] - idle_w[k] * b.seconds) / b.runs for b in blocks]
-            ds = latency_mod.summary(dyn)
-            fig.update({"dynamic_joules_per_inference": ds["median"], "dynamic_spread": ds, "idle_watts": idle_w[k],
-                        "dynamic_resolved": bool(dyn) and min(dyn) > 0})
-        else:
-            fig.update({"dynamic_joules_per_inference": None, "dynamic_spread": None, "idle_watts": None,
-                        "dynamic_resolved": False})
-        if m.method == "estimated":
-            lo, hi = m.band
-            fig["band"] = {"low": s["median"] * lo if s["median"] is not None else None,
-                           "high": s["median"] * hi if s["median"] is not None else None}
-            d = fig["dynamic_joules_per_inference"]
-            fig["dynamic_band"] = {"low": d * lo, "high": d * hi} if d is not None else None
-        figs.append(fig)
-    return figs
-
-
-def _energy_json(figs: list[dict]) -> dict:
-    """The primary figure (measured first) with the others under "other"."""
-    primary = figs[0]
-    return {**primary, "other": figs[1:]}
-
-
-def _energy_ratio(meters, base_blocks, cand_blocks, idle_w) -> list[dict]:
-    out = []
-    for k, m in enumerate(meters):
-        b = [x.energy[k] / x.runs for x in base_blocks]
-        c = [x.energy[k] / x.runs for x in cand_blocks]
-        r = {"meter": m.name, "method": m.method, "total": latency_mod.ratio_summary(b, c)}
-        if idle_w is not None:
-            bd = [(x.energy[k] - idle_w[k] * x.seconds) / x.runs for x in base_blocks]
-            cd = [(x.energy[k] - idle_w[k] * x.seconds) / x.runs for x in cand_blocks]
-            if min(bd + cd) > 0:
-                r["dynamic"] = latency_mod.ratio_summary(bd, cd)
-            else:  # a ratio of noise around zero means nothing
-                r["dynamic"] = None
-                r["dynamic_note"] = "some windows' dynamic energy is not above idle: no dynamic ratio"
-        else:
-            r["dynamic"] = None
-        if m.method == "estimated":
-            r["note"] = "the assumed per-core power cancels: this is the ratio of CPU-seconds per inference"
-        out.append(r)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,7 +210,7 @@ def bench(
     if idle_seconds < 0:
         raise BadArgumentError("--idle-seconds must be >= 0")
     dims_ = _parse_dims(dims)
-    cfg = SessionConfig(provider, device_id, threads)
+    cfg = session_mod.SessionConfig(provider, device_id, threads)
     warnings: list[str] = []
     cand_src = pathlib.Path(model)
     base_src = pathlib.Path(baseline) if baseline is not None else None
@@ -538,7 +274,7 @@ def bench(
         profiles = {}
         for k, p in paths.items():
             prog.phase(f"profiling the {k}")
-            profiles[k] = profile(p, feed, cfg, runs=profile_runs)
+            profiles[k] = session_mod.profile(p, feed, cfg, runs=profile_runs)
             gc.collect()
             pl = profiles[k]["placement"]
             if pl["cpu_fallback"]:
@@ -546,13 +282,13 @@ def bench(
                                 + ", ".join(f"{op} x{n}" for op, n in pl["cpu_nodes"].items()))
 
         # -- timed sessions
-        rss0 = _rss_mb()
+        rss0 = session_mod.rss_mb()
         sessions, runners, libs, rss_session = {}, {}, {}, {}
         for k, p in paths.items():
-            before = _rss_mb()
+            before = session_mod.rss_mb()
             sessions[k], libs[k] = cfg.session(p)
-            runners[k] = Runner(sessions[k], feed, cfg)
-            after = _rss_mb()
+            runners[k] = session_mod.Runner(sessions[k], feed, cfg)
+            after = session_mod.rss_mb()
             rss_session[k] = (after - before) if before is not None and after is not None else None
 
         # -- meters
@@ -606,7 +342,7 @@ def bench(
             idle_w = [(a + b) / 2 for a, b in zip(w1, w2)]
             idle_detail = {m.name: {"before_watts": a, "after_watts": b, "seconds": [d1, d2]}
                            for m, a, b in zip(meter_list, w1, w2)}
-        peak = _peak_rss_mb()
+        peak = session_mod.peak_rss_mb()
 
         # -- results
         results = {}
@@ -615,7 +351,7 @@ def bench(
             results[k] = VariantResult(
                 k, str(src), paths[k], fusion, libs[k],
                 latency_mod.percentiles_ms(latency_mod.pooled_latencies(bl)), latency_mod.throughput(bl),
-                [b.median * 1e3 for b in bl], _energy_json(_energy_figures(meter_list, bl, idle_w)),
+                [b.median * 1e3 for b in bl], figures.json_block(figures.figures(meter_list, bl, idle_w)),
                 {"providers": sessions[k].get_providers(), "warmup_runs": warm_runs[k],
                  "rss_increase_mb": rss_session[k], **profiles[k]},
             )
@@ -627,7 +363,7 @@ def bench(
         ratio = None
         if base_src is not None:
             bb, cb = res["baseline"], res["candidate"]
-            e_ratios = _energy_ratio(meter_list, bb, cb, idle_w)
+            e_ratios = figures.ratios(meter_list, bb, cb, idle_w)
             ratio = {
                 "definition": RATIO_DEFINITION,
                 "latency_p50": latency_mod.ratio_summary([b.median for b in bb], [b.median for b in cb]),
@@ -639,7 +375,7 @@ def bench(
                 warnings.append("the baseline has transformer fusions the candidate was not given "
                                 "(--no-fuse-candidate): the ratio mixes the rewrite with the missing fusions")
         memory = {
-            "peak_rss_mb": peak, "rss_before_sessions_mb": rss0, "rss_end_mb": _rss_mb(),
+            "peak_rss_mb": peak, "rss_before_sessions_mb": rss0, "rss_end_mb": session_mod.rss_mb(),
             "note": "peak_rss_mb is the whole process (both variants, the profiling and checking sessions); "
                     "each variant's rss_increase_mb and ORT allocator peak are under its session",
         }
@@ -660,7 +396,7 @@ def bench(
             "meters": [m.describe() for m in meter_list], "meters_unavailable": meter_notes,
         }
         return BenchReport(results["candidate"], results.get("baseline"), ratio, memory, settings,
-                           hardware(nvml), METHOD,
+                           session_mod.hardware(nvml), METHOD,
                            warnings, time.perf_counter() - t_start)
     finally:
         prog.close()

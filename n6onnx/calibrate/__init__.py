@@ -19,14 +19,19 @@ projection but beta / alpha needs one explicit Add before the product (reported 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from .. import feeds, text
+from ..blocks import FFNBlock, Projection, find_ffn_blocks
+from ..errors import BadArgumentError
+from ..graph import add_initializer
 from ..ops import DOMAIN, REGISTRY
-from ..passes import ffn
+from ..runtime import InferenceSession, session_for
 from . import collect, fit
 
 ACTS = {"Phi6": REGISTRY["Phi6"].reference, "ZetaLn2": REGISTRY["ZetaLn2"].reference}
@@ -69,18 +74,12 @@ def _np(v: ir.Value) -> np.ndarray:
 
 def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> ir.Value:
     """Replace node.inputs[index] by a new initializer holding ``array`` (never edits a shared one)."""
-    base, k = name, 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{base}_{k}"
-    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                 const_value=ir.tensor(array, name=name))
-    graph.register_initializer(v)
+    v = add_initializer(graph, array, name)
     node.replace_input_with(index, v)
     return v
 
 
-def _bias_slot(proj: ffn.Projection, act: ir.Node | None = None) -> tuple[ir.Node, int] | None:
+def _bias_slot(proj: Projection, act: ir.Node | None = None) -> tuple[ir.Node, int] | None:
     if act is not None and act.domain == DOMAIN and act.op_type.startswith("Bias"):
         return act, 1
     if proj.bias_add is not None:
@@ -91,13 +90,13 @@ def _bias_slot(proj: ffn.Projection, act: ir.Node | None = None) -> tuple[ir.Nod
     return None
 
 
-def _weight_hd(proj: ffn.Projection) -> np.ndarray:
+def _weight_hd(proj: Projection) -> np.ndarray:
     """Weight as [in, out] (MatMul orientation)."""
     w = _np(proj.weight).astype(np.float32)
     return w.T if proj.transposed else w
 
 
-def _store_weight(graph, proj: ffn.Projection, w_in_out: np.ndarray, dtype, tag: str) -> None:
+def _store_weight(graph, proj: Projection, w_in_out: np.ndarray, dtype, tag: str) -> None:
     w = w_in_out.T if proj.transposed else w_in_out
     _set_input(graph, proj.node, 1, np.ascontiguousarray(w).astype(dtype), f"{proj.weight.name}_{tag}")
 
@@ -106,7 +105,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
                    threads: int | None = None, progress: Callable[[str], None] | None = None) -> CalibrationReport:
     """Fit and fold the calibrated activation swap into ``model`` (rewritten by the gelu pass) in place."""
     t0 = time.perf_counter()
-    blocks, _, _ = ffn.find_blocks(model)
+    blocks, _, _ = find_ffn_blocks(model)
     todo = []
     for b in blocks:
         op = b.act.op_type.removeprefix("Bias")
@@ -196,13 +195,13 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
                              time.perf_counter() - t0, refit, layers, getattr(batches, "available", None))
 
 
-def original_streams(original: ir.Model, blocks: Sequence[ffn.FFNBlock], batches, threads=None) -> dict:
+def original_streams(original: ir.Model, blocks: Sequence[FFNBlock], batches, threads=None) -> dict:
     """Rows of each block's FFN output and residual stream in the original model (one run)."""
     names = [n for b in blocks for n in [b.out.name] + ([b.residual.name] if b.residual is not None else [])]
     return collect.collect(ir.to_proto(original), names, batches, threads)
 
 
-def layer_target(orig: dict, cur: dict, b: ffn.FFNBlock) -> np.ndarray:
+def layer_target(orig: dict, cur: dict, b: FFNBlock) -> np.ndarray:
     """What the FFN must add to the current residual stream to give the original model's stream
     after its add: original residual + original FFN output - current residual (upstream errors
     are compensated, not compounded). Without a residual add: the original FFN output."""
@@ -211,7 +210,7 @@ def layer_target(orig: dict, cur: dict, b: ffn.FFNBlock) -> np.ndarray:
     return orig[b.residual.name] + orig[b.out.name] - cur[b.residual.name]
 
 
-def _gate_value(b: ffn.FFNBlock) -> ir.Value | None:
+def _gate_value(b: FFNBlock) -> ir.Value | None:
     """The other factor of a gated FFN's product (the linear projection, bias included)."""
     if not b.gated or b.gate_mul is None:
         return None
@@ -225,7 +224,7 @@ def _safe_scale(alpha: np.ndarray) -> np.ndarray:
     return np.where(np.abs(alpha) < floor, np.where(alpha < 0, -floor, floor), alpha).astype(np.float32)
 
 
-def stream_weights(orig: dict, b: ffn.FFNBlock) -> np.ndarray | None:
+def stream_weights(orig: dict, b: FFNBlock) -> np.ndarray | None:
     """Row weights 1 / var_t of the original residual stream right after the FFN's residual add
     (token t). That stream is what the next LayerNorm divides by its standard deviation (post-LN:
     directly; pre-LN: at the next block's input), so an error e_t in it costs ~|e_t|^2 / var_t
@@ -259,9 +258,7 @@ def _samples(batches) -> int:
     rows = getattr(batches, "rows", None)
     if rows is not None:
         return int(sum(rows))
-    from ..feeds import _batch_rows
-
-    return int(sum(_batch_rows(b) for b in batches))
+    return int(sum(feeds.batch_rows(b) for b in batches))
 
 
 def _insert_add(graph: ir.Graph, value: ir.Value, bias: np.ndarray, name: str) -> None:
@@ -283,12 +280,6 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
                  dims: dict | None = None):
     """Calibration feeds: an .npz of feeds, or a text file tokenised with ``tokenizer`` (default:
     the packaged all-MiniLM-L6-v2 tokenizer when the model takes token ids)."""
-    import pathlib
-
-    from .. import feeds
-    from ..errors import BadArgumentError
-    from ..runtime import InferenceSession, session_for
-
     p = pathlib.Path(data)
     if not p.is_file():
         raise BadArgumentError(f"--calibrate {data}: no such file")
@@ -303,9 +294,7 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
         if samples:
             texts = texts[:samples]
         if tokenizer is None:
-            from .. import zoo
-
-            tokenizer = str(zoo.minilm_dir())
+            tokenizer = str(text.minilm_dir())
         batches = feeds.text_feeds(texts, tokenizer, sess, dims)
     if samples and p.suffix == ".npz":
         keep, n = [], 0
@@ -313,7 +302,7 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
             if n >= samples:
                 break
             keep.append(b)
-            n += feeds._batch_rows(b)
+            n += feeds.batch_rows(b)
         batches = feeds.FeedBatches(keep, source=batches.source)
     batches.available = available  # what DATA holds, for the report (the rest was left out by ``samples``)
     return batches

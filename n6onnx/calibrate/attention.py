@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 
 from ..runtime import session_for
-from . import collect, fit
+from . import collect, fit, weighted_mse, weighted_var
 
 WINDOWS = (6, 12, 24)
 
@@ -240,8 +240,6 @@ def fit_fftmix(hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.n
                b0: np.ndarray, *, weights: np.ndarray | None = None, rounds: int = 1, cg_iters: int = 8) -> FFTMixFit:
     """Alternating least squares for FFTMix + Linear(3D -> D); see the module docstring. ``weights``:
     one per real row (as ``calibrate.stream_weights``), normalised to mean 1."""
-    from . import weighted_mse, weighted_var
-
     data = _Data(hs, reals, targets)
     T = data.T
     w = None if weights is None else np.asarray(weights, np.float64) / np.mean(weights)

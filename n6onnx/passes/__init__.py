@@ -1,123 +1,91 @@
-"""Rewrite passes (one file each) and the ``--pass KIND=OPTION`` parser."""
+"""The pass registry. Each rewrite kind is one unit in this package (``passes/<kind>/`` or
+``passes/<kind>.py``) holding a ``PASS`` record (``base.Pass``); the registry finds them, so adding a
+pass touches no other file. The CLI's ``--pass`` parsing and help, ``inspect``'s table and the
+README's pass list are all generated from ``PASSES``."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+import importlib
+import pkgutil
+import textwrap
 
 import onnx_ir as ir
 
 from ..errors import BadArgumentError
-from . import attention, gelu
-from ._common import KindReport, Rejection, Site
+from ..findings import KindReport
+from .base import Inspection, Pass, PassContext, PassSpec, choice_error
+
+# modules of this package that are machinery, not passes
+_MACHINERY = {"base", "finalize"}
 
 
-@dataclasses.dataclass(frozen=True)
-class PassSpec:
-    kind: str
-    option: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}={self.option}"
-
-
-@dataclasses.dataclass
-class PassContext:
-    """What data-driven passes may use: the canonical original model and calibration feeds."""
-
-    original: ir.Model | None = None
-    batches: list | None = None
-    refit: bool = True
-    progress: Callable[[str], None] | None = None  # told a label per layer while calibrating
+def _discover() -> dict[str, Pass]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _MACHINERY or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        record = getattr(module, "PASS", None)
+        if not isinstance(record, Pass):
+            raise TypeError(f"n6onnx.passes.{info.name} has no PASS record (a base.Pass)")
+        found.append(record)
+    return {p.name: p for p in sorted(found, key=lambda p: (p.order, p.name))}
 
 
-def _ffn(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
-    from ..calibrate import bottleneck
-
-    ratio = _ratio(option)
-    blocks = bottleneck.map_blocks(model)
-    report = KindReport("ffn", seen=len(blocks))
-    todo = []
-    for b in blocks:
-        if b.hidden is None or b.d_model is None:
-            report.near_misses.append(Rejection(b.act.name, "FFN weight shapes unknown"))
-        elif round(ratio * b.d_model) >= b.hidden:
-            report.near_misses.append(Rejection(
-                b.act.name, f"hidden width {b.hidden} is already <= {ratio:.4g} x {b.d_model}: nothing to cut"))
-        else:
-            todo.append(b)
-    layers = bottleneck.prune(model, todo, ratio, ctx.original, ctx.batches, refit=ctx.refit, progress=ctx.progress)
-    for b, layer in zip(todo, layers):
-        report.sites.append(Site(nodes=b.labels(), rule="ffn.phi_bottleneck", detail=layer.to_json()))
-    report.rewritten = len(layers)
-    if layers:  # hidden widths changed: infer the intermediate shapes again
-        from onnx_ir.passes.common import ShapeInferencePass
-
-        bottleneck.forget_shapes(model)
-        ShapeInferencePass()(model)
-    if not ctx.batches and layers:
-        report.notes.append("uncalibrated: units ranked by weight norms and the down projection not refitted; "
-                            "pass --calibrate DATA")
-    return report
-
-
-def _ratio(option: str) -> float:
-    _, _, r = option.partition(":")
-    if not r:
-        return 4 / 3
-    try:
-        num, _, den = r.partition("/")
-        value = float(num) / float(den or 1)
-    except ValueError:
-        raise BadArgumentError(f"ffn=phi-bottleneck:RATIO needs a number such as 4/3 or 2 (got {r!r})") from None
-    if not 0 < value <= 16:
-        raise BadArgumentError(f"ffn=phi-bottleneck:RATIO must be in (0, 16] (got {r!r})")
-    return value
-
-
-# kind -> (allowed options, runner(model, option, context) -> KindReport)
-PASSES: dict[str, tuple[tuple[str, ...], Callable[[ir.Model, str, PassContext], KindReport]]] = {
-    "gelu": (tuple(gelu.TARGETS), lambda model, option, ctx: gelu.run(model, option)),
-    "ffn": (("phi-bottleneck", "phi-bottleneck:RATIO"), _ffn),
-    "attention": (("fftmix[:LAYERS]", "egyptian[:HEADS][:CORE]"), lambda model, option, ctx: attention.run(model, option, ctx)),
-    "moe": (("sparse", "egyptian", "phi", "phi:DROP"), lambda model, option, ctx: _moe().run(model, option, ctx)),
-}
+PASSES: dict[str, Pass] = _discover()
+KINDS = tuple(PASSES)
 # passes whose result depends on calibration data
-DATA_PASSES = {"ffn", "attention", "moe"}
+DATA_PASSES = {k for k, p in PASSES.items() if p.uses_data}
 
 
-def _moe():
-    from . import moe_rewrite  # imports onnxruntime: only when the pass runs
+def known() -> str:
+    """Every pass and its option grammar, for error messages."""
+    return ", ".join(p.grammar() for p in PASSES.values())
 
-    return moe_rewrite
+
+def help_epilog() -> str:
+    """The pass list for ``n6onnx rewrite --help`` (click keeps a paragraph that starts with \\b as is)."""
+    lines = ["\b", "Passes (--pass KIND=OPTION, applied in the order given):"]
+    for p in PASSES.values():
+        lines.append(f"  {p.grammar()}")
+        lines += [f"      {line}" for line in textwrap.wrap(p.summary, 72)]
+    return "\n".join(lines)
+
+
+def readme_table() -> str:
+    """The README's pass list (markdown), between its ``<!-- passes -->`` markers; a test keeps them equal."""
+    rows = ["| pass | options | what it does | details |", "| --- | --- | --- | --- |"]
+    for p in PASSES.values():
+        options = ", ".join(f"`{o}`" for o in p.options)
+        rows.append(f"| `{p.name}` | {options} | {p.summary} | [{p.docs}]({p.docs}) |")
+    return "\n".join(rows) + "\n"
 
 
 def parse(spec: str) -> PassSpec:
+    """``KIND=OPTION`` -> PassSpec, the option checked against the pass's grammar."""
     kind, sep, option = spec.partition("=")
     kind, option = kind.strip(), option.strip()
-    if kind not in PASSES:
-        raise BadArgumentError(
-            f"unknown pass {spec!r}; known passes: "
-            + ", ".join(f"{k}={'|'.join(v[0])}" for k, v in PASSES.items())
-        )
-    options = PASSES[kind][0]
-    if kind == "attention":
-        try:
-            attention.parse_option(option)
-        except BadArgumentError as e:
-            raise BadArgumentError(f"{e}; known passes: "
-                                   + ", ".join(f"{k}={'|'.join(v[0])}" for k, v in PASSES.items())) from None
-        return PassSpec(kind, option)
-    if kind == "moe":
-        _moe().parse(option)
-        return PassSpec(kind, option)
-    if kind == "ffn" and option.startswith("phi-bottleneck"):
-        _ratio(option)
-        return PassSpec(kind, option)
-    if not sep or option not in options:
-        raise BadArgumentError(f"pass {kind!r} needs one of: {', '.join(f'{kind}={o}' for o in options)} (got {spec!r})")
+    p = PASSES.get(kind)
+    if p is None:
+        raise BadArgumentError(f"unknown pass {spec!r}; known passes: {known()}")
+    if not sep:
+        raise choice_error(kind, p.options, spec)
+    try:
+        p.parse(option)
+    except BadArgumentError as e:
+        raise BadArgumentError(f"{e}; known passes: {known()}") from None
     return PassSpec(kind, option)
 
 
 def run(model: ir.Model, spec: PassSpec, ctx: PassContext | None = None) -> KindReport:
-    return PASSES[spec.kind][1](model, spec.option, ctx or PassContext())
+    return PASSES[spec.kind].run(model, spec.option, ctx or PassContext())
+
+
+def detect_all(model: ir.Model) -> dict[str, KindReport]:
+    """What every pass would find in ``model`` (canonicalised; not modified), for ``inspect``."""
+    view = Inspection(model)
+    return {k: p.detect(view) for k, p in PASSES.items()}
+
+
+__all__ = ["DATA_PASSES", "KINDS", "PASSES", "Inspection", "Pass", "PassContext", "PassSpec", "detect_all", "help_epilog", "known", "readme_table",
+           "parse", "run"]

@@ -32,20 +32,11 @@ from typing import Callable
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
+from .. import calibrate
+from ..findings import KindReport, Rejection, Site
+from ..graph import CONST_RTOL, REPLACED_TAG, RULE_TAG, VARIANT_TAG, close, make_rule, node_label, scalar_const
 from ..ops import DOMAIN
-from ._common import (
-    CONST_RTOL,
-    REPLACED_TAG,
-    RULE_TAG,
-    VARIANT_TAG,
-    KindReport,
-    Rejection,
-    Site,
-    close,
-    make_rule,
-    node_label,
-    scalar_const,
-)
+from .base import Inspection, Pass, PassContext, choice_error
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -435,3 +426,34 @@ def _default_reason(n: ir.Node) -> str:
     if n.op_type in ("Erf", "Tanh"):
         return f"{n.op_type} not inside a complete GELU expression (or its intermediates are used elsewhere)"
     return "no GELU rule matched"
+
+
+# ------------------------------------------------------------------------------------------ the PASS
+def parse(option: str) -> str:
+    if option not in TARGETS:
+        raise choice_error("gelu", tuple(TARGETS), f"gelu={option}")
+    return option
+
+
+def collapsed(view: Inspection) -> tuple[ir.Model, KindReport]:
+    """A copy of the inspected model with every GELU collapsed into one node (made once per
+    inspection): the FFN detector recognises any GELU spelling as the activation on it."""
+    if "gelu" not in view.cache:
+        work = ir.from_proto(ir.to_proto(view.model))
+        report = run(work, "phi6")
+        report.rewritten = 0
+        view.cache["gelu"] = (work, report)
+    return view.cache["gelu"]
+
+
+def _calibrate(model: ir.Model, report: KindReport, ctx: PassContext):
+    return calibrate.calibrate_swap(model, ctx.original, ctx.batches, refit=ctx.refit, progress=ctx.progress)
+
+
+PASS = Pass(
+    name="gelu", order=10, options=tuple(TARGETS),
+    summary="replace every GELU (erf, tanh, quick; ops or decomposed) by Phi6 or ZetaLn2; with --calibrate, "
+            "fit a per-channel affine folded into the neighbouring projections",
+    parse=parse, run=lambda model, option, ctx: run(model, option), detect=lambda view: collapsed(view)[1],
+    calibrate=_calibrate, docs="docs/passes/gelu.md",
+)

@@ -19,7 +19,7 @@ import onnx_ir as ir
 import torch
 
 from .. import io
-from ..api import check, finalize  # the one place this package takes the passes' finalize step from
+from ..passes.finalize import check, finalize  # the one place this package takes the passes' finalize step from
 from ..errors import N6Error
 from .ops import TRANSLATIONS
 

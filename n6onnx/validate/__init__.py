@@ -7,6 +7,7 @@ Metric definitions are in :mod:`n6onnx.validate.metrics`.
 """
 
 from . import metrics
-from .run import Gate, OutputReport, ValidateReport, validate
+from .report import Gate, OutputReport, ValidateReport
+from .run import validate
 
 __all__ = ["Gate", "OutputReport", "ValidateReport", "metrics", "validate"]

@@ -17,140 +17,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .. import feeds as feeds_mod
+from .. import text as text_mod
 from ..errors import BadArgumentError, BadModelError, N6Error
+from ..runtime import InferenceSession
 from . import metrics as M
+from .report import Gate, OutputReport, ValidateReport
 
 ZOO_MINILM_TAG = "n6onnx.zoo model=minilm "
 
 
 # --------------------------------------------------------------------------------------------------
 # Report
-
-
-def _num(x: Any) -> Any:
-    """JSON-safe number: NaN and infinities become None (the ``nonfinite`` counts say why)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-@dataclasses.dataclass
-class Gate:
-    metric: str  # e.g. "cosine_mean"
-    option: str  # e.g. "--min-cosine"
-    op: str  # ">=" or "<="
-    threshold: float
-    value: float | None = None
-    output: str | None = None  # for per-output gates (top-1)
-    passed: bool = False
-
-    def evaluate(self, value: float | None) -> None:
-        self.value = value
-        if value is None or not math.isfinite(value):
-            self.passed = False
-        else:
-            self.passed = value >= self.threshold if self.op == ">=" else value <= self.threshold
-
-    @property
-    def name(self) -> str:
-        return f"{self.metric}[{self.output}]" if self.output else self.metric
-
-    def describe(self) -> str:
-        v = "NaN/none" if self.value is None or not math.isfinite(self.value) else f"{self.value:.6g}"
-        verdict = "passed" if self.passed else "FAILED"
-        return f"{self.name} = {v} (gate {self.option} {self.threshold:g}: {verdict})"
-
-    def to_json(self) -> dict:
-        return {"metric": self.metric, "output": self.output, "option": self.option, "op": self.op,
-                "threshold": self.threshold, "value": _num(self.value), "passed": self.passed}
-
-
-@dataclasses.dataclass
-class OutputReport:
-    name: str
-    kind: str  # "embedding", "logits", "tensor" (float) or "exact" (integer / bool)
-    shape: list  # of the first batch, after trimming padding rows
-    dtype: dict  # {"original": ..., "candidate": ...}
-    samples: int
-    max_abs_err: float
-    max_rel_err: float | None
-    rel_l2_err: float | None
-    cosine_mean: float | None
-    cosine_min: float | None
-    cosine_min_sample: int | None
-    nonfinite: dict
-    equal_fraction: float | None = None
-    embedding: dict | None = None
-    logits: dict | None = None
-
-    def to_json(self) -> dict:
-        d = {
-            "kind": self.kind, "shape": self.shape, "dtype": self.dtype, "samples": self.samples,
-            "max_abs_err": _num(self.max_abs_err), "max_rel_err": _num(self.max_rel_err),
-            "rel_l2_err": _num(self.rel_l2_err), "cosine_mean": _num(self.cosine_mean),
-            "cosine_min": _num(self.cosine_min), "cosine_min_sample": self.cosine_min_sample,
-            "nonfinite": self.nonfinite,
-        }
-        if self.equal_fraction is not None:
-            d["equal_fraction"] = _num(self.equal_fraction)
-        d["embedding"] = _clean(self.embedding)
-        d["logits"] = _clean(self.logits)
-        return d
-
-
-def _clean(d):
-    if isinstance(d, dict):
-        return {k: _clean(v) for k, v in d.items()}
-    if isinstance(d, (float, np.floating)):
-        return _num(d)
-    if isinstance(d, np.integer):
-        return int(d)
-    return d
-
-
-@dataclasses.dataclass
-class ValidateReport:
-    original: str
-    candidate: str
-    inputs: dict
-    outputs: dict[str, OutputReport]
-    cosine_mean: float | None
-    cosine_source: str | None
-    max_abs_err: float | None
-    gates: list[Gate]
-    uses_library: dict
-    seconds: float
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
-
-    @property
-    def failed(self) -> list[str]:
-        """Names of the failing metrics (``top1_agreement[logits]`` for per-output gates)."""
-        return [g.name for g in self.gates if not g.passed]
-
-    def failure_message(self) -> str:
-        return "; ".join(g.describe() for g in self.gates if not g.passed)
-
-    def to_json(self) -> dict:
-        return {
-            "passed": self.passed,
-            "failed": self.failed,
-            "cosine_mean": _num(self.cosine_mean),
-            "cosine_source": self.cosine_source,
-            "max_abs_err": _num(self.max_abs_err),
-            "gates": [g.to_json() for g in self.gates],
-            "original": self.original,
-            "candidate": self.candidate,
-            "inputs": _clean(self.inputs),
-            "outputs": {k: o.to_json() for k, o in self.outputs.items()},
-            "uses_library": self.uses_library,
-            "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,8 +46,6 @@ class _Model:
 def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
     import onnx
     from google.protobuf.message import DecodeError
-
-    from ..runtime import InferenceSession
 
     p = pathlib.Path(path)
     if not p.exists():
@@ -306,9 +181,7 @@ def _build_feeds(orig: _Model, cand: _Model, *, feeds, text, tokenizer, random, 
         tok_dir = tokenizer
         if tok_dir is None:
             if orig.doc_string.startswith(ZOO_MINILM_TAG):
-                from .. import zoo
-
-                tok_dir = zoo.minilm_dir()
+                tok_dir = text_mod.minilm_dir()
                 info["tokenizer_default"] = True
                 notes.append("--tokenizer not given: using the packaged all-MiniLM-L6-v2 tokenizer "
                              "(the original is the n6onnx zoo MiniLM)")
@@ -550,7 +423,7 @@ def validate(
     with _progress(progress, len(batches)) as bar:
         task = bar.add_task("validating", total=len(batches)) if bar is not None else None
         for k, (fd, rows) in enumerate(zip(batches, batches.rows)):
-            batch = feeds_mod._batch_rows(fd)
+            batch = feeds_mod.batch_rows(fd)
             out_o = _run(orig, names, fd, k)
             out_c = _run(cand, names, fd, k)
             mask = fd.get("attention_mask")

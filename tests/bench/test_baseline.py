@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from n6onnx import zoo
+from n6onnx.testing import zoo
 from n6onnx.bench import baseline
 
 

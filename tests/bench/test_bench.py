@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import n6onnx
-from n6onnx.bench import energy, run
+from n6onnx.bench import energy, session
 from n6onnx.cli import main
 
 QUICK = dict(seconds=0.3, window=0.1, idle_seconds=0.05, warmup=0.05, threads=1, profile_runs=3)
@@ -89,7 +89,7 @@ def test_bench_with_an_injected_measured_meter(bert):
 
 
 def test_bench_feeds_from_npz(bert, tmp_path):
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     f = tmp_path / "feeds.npz"
     np.savez(f, **zoo.example_inputs("bert"))
@@ -144,10 +144,10 @@ def test_parse_profile_reports_cpu_fallback():
     for ts in (10, 210):
         ev += [node("mm", "MatMul", "CUDAExecutionProvider", ts), node("shape", "Shape", "CPUExecutionProvider", ts + 20),
                node("cp", "MemcpyToHost", "CUDAExecutionProvider", ts + 40)]
-    p = run.parse_profile(ev, "cuda")
+    p = session.parse_profile(ev, "cuda")
     pl = p["placement"]
     assert pl["nodes"] == 3 and pl["cpu_fallback"] and pl["cpu_nodes"] == {"Shape": 1}
     assert pl["by_provider"] == {"CPUExecutionProvider": 1, "CUDAExecutionProvider": 2} and pl["memcpy_nodes"] == 1
     assert p["op_time"]["runs"] == 1 and p["op_time"]["by_op_type_ms"]["MatMul"] == pytest.approx(0.01)
     assert p["ort_allocator_peak_mb"] == pytest.approx(2.0)
-    assert run.parse_profile(ev, "cpu")["placement"]["cpu_fallback"] is False
+    assert session.parse_profile(ev, "cpu")["placement"]["cpu_fallback"] is False

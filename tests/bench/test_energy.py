@@ -10,6 +10,8 @@ import pytest
 
 from n6onnx.bench import energy
 
+from ..conftest import EXPECT_GPU, missing
+
 
 def test_counter_meter_accumulates_and_scales(fake_counter):
     m = energy.CounterMeter(fake_counter(100, [0, 50, 25, 0]), 1e-3)
@@ -180,7 +182,7 @@ def test_nvml_real():
     try:
         m = energy.NvmlMeter(0)
     except energy.MeterError as e:
-        pytest.skip(str(e))
+        missing(str(e), expected=EXPECT_GPU)
     try:
         e0, t0 = m.read(), time.perf_counter()
         time.sleep(1.0)

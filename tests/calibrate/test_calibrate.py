@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import n6onnx
-from n6onnx import zoo
+from n6onnx.testing import zoo
 from n6onnx.cli import main
 from n6onnx.ops import REGISTRY
 

@@ -4,7 +4,7 @@ import numpy as np
 import onnx_ir as ir
 
 from n6onnx.calibrate import collect
-from n6onnx.calibrate import bottleneck
+from n6onnx.passes.ffn import prune
 
 
 def test_sweep_from_a_cut_equals_running_the_whole_prefix(zoo_export, token_npz):
@@ -12,7 +12,7 @@ def test_sweep_from_a_cut_equals_running_the_whole_prefix(zoo_export, token_npz)
 
     src = zoo_export("minilm", "dynamo18")
     model = ir.load(str(src))
-    blocks = bottleneck.map_blocks(model)
+    blocks = prune.map_blocks(model)
     assert len(blocks) >= 2
     batches = feeds.load_npz(token_npz("minilm", 4), runtime.InferenceSession(str(src)))
     sweep = collect.Sweep(batches)

@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 
 import n6onnx
-from n6onnx import zoo
+from n6onnx.testing import zoo
 from n6onnx.errors import N6Error
 
-from ..conftest import CACHE
+from ..conftest import CACHE, missing
 
 HEADS, HEAD_SIZE = 4, 16  # the tiny zoo configs (hidden 64, 4 heads); minilm: 12 x 32
 
@@ -180,7 +180,7 @@ def test_vit_no_mask_and_library(zoo_export, tmp_path):
     assert got.shape == _run(src, feeds).shape and np.all(np.isfinite(got))
     lib = library_path()
     if lib is None:
-        pytest.skip("no n6 custom-op library (N6ONNX_LIBRARY unset, none installed): kernels not checked")
+        missing("no n6 custom-op library (N6ONNX_LIBRARY unset, none installed): kernels not checked")
     # ops the library lacks run as their function fallback; either way the results must agree
     for name in ("v.onnx", "e.onnx"):
         sess = runtime.InferenceSession(str(tmp_path / name))
@@ -227,8 +227,8 @@ def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None):
     """One EgyptianAttention node whose output is the graph output, split by split_full_heads."""
     import onnx_ir as ir
 
-    from n6onnx.api import finalize
-    from n6onnx.passes import attention
+    from n6onnx.passes.attention.heads import split_full_heads
+    from n6onnx.passes.finalize import finalize
 
     D = H * dh
     dtype = dtype or ir.DataType.FLOAT
@@ -240,7 +240,7 @@ def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None):
     y = node.outputs[0]
     y.name, y.shape, y.type = "Y", ir.Shape([B, L, D]), ir.TensorType(dtype)
     m = ir.Model(ir.Graph(ins, [y], nodes=[node], opset_imports={"": 18, "n6onnx": 1}), ir_version=10)
-    split = attention.split_full_heads(m, skip)
+    split = split_full_heads(m, skip)
     finalize(m)
     return m, split
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import n6onnx
-from n6onnx import zoo
+from n6onnx.testing import zoo
 
 
 

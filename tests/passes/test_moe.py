@@ -14,10 +14,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import n6onnx
-from n6onnx import zoo, zoo_moe
-from n6onnx.passes import PassContext, moe, moe_rewrite
+from n6onnx.testing import zoo, zoo_moe
+from n6onnx.passes import PassContext
+from n6onnx.passes import moe as moe_pass
+from n6onnx.passes.finalize import check, finalize
+from n6onnx.passes.moe import blocks as moe
+from n6onnx.passes.moe import rewrite as moe_rewrite
 
-from ..conftest import CACHE
+from ..conftest import CACHE, missing
 
 FORMS = [("mixtral", e) for e in zoo.EXPORTERS] + [(m, e) for m in zoo_moe.MODELS for e in zoo_moe.EXPORTERS]
 
@@ -125,10 +129,10 @@ def _ctx(path, model):
 def test_phi_drop_reports_cost_and_active_params(drop):
     path = _path("loop", "torchscript")
     m, ctx = _ctx(path, "loop")
-    rep = moe_rewrite.run(m, f"phi:{drop}", ctx)
-    n6onnx.api.finalize(m)
+    rep = moe_pass.run(m, f"phi:{drop}", ctx)
+    finalize(m)
     proto = ir.to_proto(m)
-    n6onnx.api.check(proto)
+    check(proto)
     assert rep.rewritten == 2
     for s in rep.sites:
         d = s.detail
@@ -197,7 +201,7 @@ def test_com_microsoft_moe_detected_and_left_alone():
     rep = n6onnx.inspect(_ms_moe_model()).kinds["moe"]
     assert rep.found == 1 and rep.sites[0].detail == {"k": 2, "experts": 4}
     m = ir.serde.deserialize_model(_ms_moe_model())
-    r = moe_rewrite.run(m, "sparse", None)
+    r = moe_pass.run(m, "sparse", None)
     assert r.rewritten == 0 and r.found == 0 and "fused com.microsoft" in r.near_misses[0].reason
 
 
@@ -222,12 +226,12 @@ def _kernel_ran(proto: bytes, feeds, tmp_path) -> bool:
 @pytest.mark.parametrize("option", ["sparse", "phi", "egyptian"])
 def test_with_the_library_kernel(option, tmp_path):
     if n6onnx.library_path() is None:
-        pytest.skip("the custom-op library was not built")
+        missing("the custom-op library was not built")
     path = _path("loop", "torchscript")
     feeds = _feeds("loop")
     proto, _ = _rewrite(path, option)
     if not _kernel_ran(proto, feeds, tmp_path):
-        pytest.skip("this build of the custom-op library has no MoE kernel")
+        missing("this build of the custom-op library has no MoE kernel")
     np.testing.assert_allclose(_ort(proto, feeds, library=True), _ort(proto, feeds), rtol=1e-4, atol=1e-4)
     if option != "egyptian":
         np.testing.assert_allclose(_ort(proto, feeds, library=True), _ort(path, feeds), rtol=1e-4, atol=1e-4)

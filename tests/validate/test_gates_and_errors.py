@@ -158,7 +158,7 @@ def test_npz_unknown_array_and_bad_file(linear_model, tmp_path, cli):
 
 
 def test_unreadable_text_file(token_model, tmp_path, cli):
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     a = token_model()
     tok = zoo.minilm_dir()
@@ -180,7 +180,7 @@ def test_text_needs_a_tokenizer(token_model, tmp_path, cli):
 
 
 def test_text_needs_token_inputs(linear_model, tmp_path, cli):
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     a = linear_model(np.ones((3, 2), np.float32))
     t = tmp_path / "t.txt"

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 import n6onnx
-from n6onnx import corpus, zoo
+from n6onnx.testing import corpus, zoo
 
 CACHE = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", pathlib.Path(__file__).resolve().parents[2] / "build" / "test-models"))
 

@@ -1,4 +1,4 @@
-from n6onnx import corpus
+from n6onnx.testing import corpus
 
 
 def test_doc_sentences_filters():

@@ -3,7 +3,7 @@
 renormalisation, a Python loop over experts with index masks) in a tiny model, exported with the
 TorchScript exporter (the loop is unrolled into one dense branch per expert) or with dynamo.
 
-    >>> from n6onnx import zoo_moe
+    >>> from n6onnx.testing import zoo_moe
     >>> path = zoo_moe.export("loop", "torchscript", "build/test-models")
 
 Exports are cached like the zoo's (static shapes, batch 2 x seq 16, single output
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 import warnings
 
 import numpy as np
+
+from ..io import atomic_path
 
 MODELS = ("qwen2_moe", "olmoe", "loop")
 EXPORTERS = ("dynamo18", "dynamo20", "torchscript")
@@ -208,9 +209,7 @@ def export_module(module, args, input_names, path: pathlib.Path, exporter: str,
     import onnx
 
     torch = _torch()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if exporter.startswith("dynamo"):
@@ -225,7 +224,3 @@ def export_module(module, args, input_names, path: pathlib.Path, exporter: str,
                                   do_constant_folding=True)
                 proto = onnx.load(tmp)
         onnx.save_model(proto, tmp, save_as_external_data=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""The phi-bottleneck FFN pass: structured pruning of FFN hidden units to round(RATIO * D).
+"""The phi-bottleneck FFN rewrite: structured pruning of FFN hidden units to round(RATIO * D).
 
 With calibration data, units are chosen by greedy forward selection (``fit.greedy_units``) of
 those that best explain the FFN's output, rows weighted by 1/var of the residual stream (see
@@ -20,9 +20,11 @@ from typing import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from ..passes import ffn
-from . import (_bias_slot, _np, _set_input, collect, fit, layer_target, original_streams, stream_weights, weighted_mse,
-               weighted_var)
+from ...blocks import FFNBlock, Projection, find_ffn_blocks, residual_of
+from ...calibrate import (_bias_slot, _insert_add, _np, _set_input, collect, fit, layer_target, original_streams,
+                          stream_weights, weighted_mse, weighted_var)
+from ...graph import consumers
+from .. import gelu
 
 
 @dataclasses.dataclass
@@ -39,14 +41,14 @@ class PrunedLayer:
         return dataclasses.asdict(self)
 
 
-def _cut_weight(graph: ir.Graph, proj: ffn.Projection, keep: np.ndarray, axis_hidden: str, tag: str) -> None:
+def _cut_weight(graph: ir.Graph, proj: Projection, keep: np.ndarray, axis_hidden: str, tag: str) -> None:
     """Keep hidden units ``keep`` of a projection. axis_hidden: 'out' (up/gate) or 'in' (down)."""
     w = _np(proj.weight)
     ax = {("out", False): 1, ("out", True): 0, ("in", False): 0, ("in", True): 1}[(axis_hidden, proj.transposed)]
     _set_input(graph, proj.node, 1, np.ascontiguousarray(np.take(w, keep, axis=ax)), f"{proj.weight.name}_{tag}")
 
 
-def _fix_reshapes(graph: ir.Graph, proj: ffn.Projection, old: int, new: int) -> None:
+def _fix_reshapes(graph: ir.Graph, proj: Projection, old: int, new: int) -> None:
     """GPT-2-style Reshape around a Gemm carries the hidden width in its shape constant."""
     for n in proj.nodes:
         if n.op_type == "Reshape" and len(n.inputs) > 1:
@@ -58,7 +60,7 @@ def _fix_reshapes(graph: ir.Graph, proj: ffn.Projection, old: int, new: int) -> 
                     _set_input(graph, n, 1, arr, f"{n.inputs[1].name}_n6cut")
 
 
-def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, original: ir.Model | None,
+def prune(model: ir.Model, blocks: Sequence[FFNBlock], ratio: float, original: ir.Model | None,
           batches: Sequence[dict] | None, *, refit: bool = True, threads: int | None = None,
           select: str = "greedy", progress=None) -> list[PrunedLayer]:
     """Cut ``blocks`` to round(ratio * D) hidden units (see the module docstring). ``progress``: an
@@ -130,8 +132,6 @@ def prune(model: ir.Model, blocks: Sequence[ffn.FFNBlock], ratio: float, origina
         if dslot is not None:
             _set_input(graph, dslot[0], dslot[1], b2_new.astype(wd), f"{dslot[0].inputs[dslot[1]].name}_n6cut")
         elif np.any(b2_new != 0):
-            from . import _insert_add
-
             _insert_add(graph, b.down.node.outputs[0], b2_new.astype(wd), f"{b.down.node.name}_n6cut_bias")
         layers.append(PrunedLayer(b.act.name or b.down.node.name, int(H), k, kept_share, rel_prior, rel, lam))
         forget_shapes(model)  # widths changed; later collections must not trust stale value_info
@@ -146,21 +146,19 @@ def forget_shapes(model: ir.Model) -> None:
                 v.shape = None
 
 
-def map_blocks(model: ir.Model) -> list[ffn.FFNBlock]:
+def map_blocks(model: ir.Model) -> list[FFNBlock]:
     """FFN blocks of ``model`` found on a copy whose GELUs are collapsed, mapped back by node name."""
-    from ..passes import gelu
-
     work = ir.from_proto(ir.to_proto(model))
     gelu.run(work, "phi6")
-    found, _, _ = ffn.find_blocks(work)
+    found, _, _ = find_ffn_blocks(work)
     real = {n.name: n for n in model.graph}
 
-    def proj(p: ffn.Projection | None) -> ffn.Projection | None:
+    def proj(p: Projection | None) -> Projection | None:
         if p is None:
             return None
         node = real[p.node.name]
         bias_add = real[p.bias_add.name] if p.bias_add is not None else None
-        users = ffn.consumers(node.outputs[0])
+        users = consumers(node.outputs[0])
         if bias_add is None and node.op_type == "MatMul" and len(users) == 1 and users[0].op_type == "Add" \
                 and sum(ir.convenience.get_const_tensor(i) is not None for i in users[0].inputs) == 1:
             bias_add = users[0]  # in the collapsed copy this bias was fused into the activation
@@ -169,7 +167,7 @@ def map_blocks(model: ir.Model) -> list[ffn.FFNBlock]:
             bias = next(i for i in bias_add.inputs if ir.convenience.get_const_tensor(i) is not None)
         elif node.op_type == "Gemm" and len(node.inputs) > 2:
             bias = node.inputs[2]
-        return ffn.Projection(node, node.inputs[1], bias, bias_add, [real[n.name] for n in p.nodes])
+        return Projection(node, node.inputs[1], bias, bias_add, [real[n.name] for n in p.nodes])
 
     out = []
     for b in found:
@@ -181,8 +179,8 @@ def map_blocks(model: ir.Model) -> list[ffn.FFNBlock]:
             up.bias = act.inputs[1]
         down = proj(b.down)
         out_v = real[b.down.nodes[-1].name].outputs[0]
-        residual = ffn._residual(out_v)
-        out.append(ffn.FFNBlock(act, b.kind, b.act_labels, real[b.up.node.name].inputs[0], up, down, out_v, residual,
+        residual = residual_of(out_v)
+        out.append(FFNBlock(act, b.kind, b.act_labels, real[b.up.node.name].inputs[0], up, down, out_v, residual,
                                 gated=b.gated, gate=proj(b.gate),
                                 gate_mul=real[b.gate_mul.name] if b.gate_mul is not None else None))
     return out

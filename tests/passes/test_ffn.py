@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 
 import n6onnx
-from n6onnx import zoo
+from n6onnx.testing import zoo
 
 
 def _hidden_widths(path):

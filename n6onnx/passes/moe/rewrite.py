@@ -1,59 +1,22 @@
-"""The ``moe=sparse|egyptian|phi[:DROP]`` passes: replace each detected dense or batched MoE block
-(see moe.py) by one ``n6onnx.MoE`` node.
-
-- ``sparse``: the same function, computed sparsely (each expert on its own tokens only). The
-  router MatMul/Gemm and its bias stay ordinary nodes feeding the op's ``logits``; expert weights
-  are re-laid out to W1 [E, D, H], W2 [E, H, D] (W3 for SwiGLU); tokens are flattened to [N, D]
-  with a Reshape and the output restored to the block's shape. Exact.
-- ``egyptian``: as sparse, with routing "egyptian": the router's best three experts get fixed
-  weights 1/2, 1/3, 1/6. Changes the function (and runs three experts per token instead of k).
-- ``phi[:DROP]``: each expert's hidden units are split into 3 contiguous sub-experts (8 x 4D ->
-  24 x 4D/3; H is zero-padded to a multiple of 3, padded units have zero output weights, and b2 is
-  shared 1/3 per sub-expert). A token goes to every sub-expert of its selected experts with its
-  expert's routing weight (group=3): exact. With DROP > 0 the op drops, per token, the DROP
-  selected sub-experts with the smallest routing weight x importance, where importance[e] is the
-  mean L2 norm of sub-expert e's output act(x W1_e + b1_e) W2_e + b2_e/3 over the calibration
-  tokens routed to its expert (``--calibrate``); without calibration data the importance is the
-  weight-norm proxy ||W1_e||_F ||W2_e||_F (reported as uncalibrated).
-
-Before rewriting, every block is checked numerically: its subgraph runs in onnxruntime on random
-tokens and must match the n6onnx.MoE reference with the extracted parameters (this also settles
-which half of a merged gate/up projection is the gate and whether the top-k weights are
-renormalised). A block that does not match is rejected with the error, never rewritten. With
-calibration data the report also gives each rewritten block's relative L2 error against the
-original block on the calibration tokens, and the expert parameters each token activates.
-"""
+"""Numerical verification, phi splitting, sub-expert importance and emission of n6onnx.MoE for the
+MoE pass (see the package docstring)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
-from ..errors import BadArgumentError
-from ..ops import DOMAIN
-from ..ops.moe import MOE
-from . import moe
-from ._common import REPLACED_TAG, RULE_TAG, VARIANT_TAG, KindReport, Rejection, Site
+from ... import runtime
+from ...calibrate.collect import collect
+from ...graph import REPLACED_TAG, RULE_TAG, VARIANT_TAG
+from ...ops import DOMAIN
+from ...ops.moe import MOE, activation_np
+from . import blocks as moe
 
-OPTIONS = ("sparse", "egyptian", "phi", "phi:DROP")
 PARTS = 3  # phi: sub-experts per expert
 VERIFY_SEED = 0
-
-
-def parse(option: str) -> tuple[str, int]:
-    mode, _, drop = option.partition(":")
-    if mode not in ("sparse", "egyptian", "phi") or (drop and mode != "phi"):
-        raise BadArgumentError(f"moe pass needs one of: moe=sparse, moe=egyptian, moe=phi[:DROP] (got moe={option})")
-    if not drop:
-        return mode, 0
-    try:
-        d = int(drop)
-    except ValueError:
-        raise BadArgumentError(f"moe=phi:DROP needs a whole number of sub-experts to drop (got {drop!r})") from None
-    if d < 0:
-        raise BadArgumentError(f"moe=phi:DROP must be >= 0 (got {d})")
-    return mode, d
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,12 +54,12 @@ def _static(shape, fill: int = 4) -> list[int]:
     return [d if isinstance(d, int) else fill for d in shape]
 
 
-def _ref(blk: moe.Block, X, logits, params: dict, **attrs) -> np.ndarray:
+def reference(blk: moe.Block, X, logits, params: dict, **attrs) -> np.ndarray:
     return MOE.reference(X, logits, params["W1"], params.get("b1"), params["W2"], params.get("b2"), params.get("W3"),
                          params.get("importance"), **attrs)
 
 
-def _params(blk: moe.Block) -> dict:
+def block_params(blk: moe.Block) -> dict:
     p = {"W1": blk.w1, "b1": blk.b1, "W2": blk.w2, "b2": blk.b2, "W3": blk.w3}
     if blk.w3 is not None and not blk.gate_first:
         p["W1"], p["W3"] = blk.w3, blk.w1
@@ -108,10 +71,6 @@ def verify(model: ir.Model, blocks: list[moe.Block]) -> list[str | None]:
     normalisation in place), else the reason."""
     if not blocks:
         return []
-    import onnxruntime as ort
-
-    from .. import runtime
-
     proto = ir.to_proto(model)
     rng = np.random.default_rng(VERIFY_SEED)
     out: list[str | None] = []
@@ -137,7 +96,7 @@ def verify(model: ir.Model, blocks: list[moe.Block]) -> list[str | None]:
         for gate_first in ((True, False) if blk.w3 is not None else (True,)):
             for normalize in (blk.normalize, 1 - blk.normalize):
                 blk.gate_first = gate_first
-                got = _ref(blk, X2, L2, _params(blk), k=blk.k, normalize=normalize, activation=blk.activation)
+                got = reference(blk, X2, L2, block_params(blk), k=blk.k, normalize=normalize, activation=blk.activation)
                 err = float(np.abs(got - want2).max())
                 if best is None or err < best[0]:
                     best = (err, gate_first, normalize)
@@ -183,8 +142,6 @@ def importance(sub: dict, activation: str, X=None, logits=None, k: int = 2, part
     E = sub["W1"].shape[0]
     if X is None:
         return np.array([np.linalg.norm(sub["W1"][e]) * np.linalg.norm(sub["W2"][e]) for e in range(E)], np.float32)
-    from ..ops.moe import activation_np
-
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     imp = np.zeros(E, np.float32)
     for e in range(E):
@@ -217,7 +174,7 @@ def _node(graph: ir.Graph, op: str, inputs, out_name: str, domain: str = "", **a
     return n.outputs[0]
 
 
-def _emit(graph: ir.Graph, blk: moe.Block, i: int, params: dict, attrs: dict, rule: str, variant: str) -> ir.Node:
+def emit(graph: ir.Graph, blk: moe.Block, i: int, params: dict, attrs: dict, rule: str, variant: str) -> ir.Node:
     p = f"n6/moe{i}"
     dtype = blk.x.dtype.numpy() if blk.x.dtype is not None else np.float32
     x, logits = blk.x, blk.logits
@@ -255,71 +212,10 @@ def _emit(graph: ir.Graph, blk: moe.Block, i: int, params: dict, attrs: dict, ru
 # --------------------------------------------------------------------------------------------------
 
 
-def run(model: ir.Model, option: str, ctx) -> KindReport:
-    mode, drop = parse(option)
-    detected, blocks = moe.blocks(model)
-    report = KindReport("moe", seen=detected.seen, near_misses=list(detected.near_misses))
-    for s in detected.sites:
-        if s.rule.startswith("moe.op."):
-            report.near_misses.append(Rejection(s.nodes[0], "already a fused com.microsoft MoE op: left as is"))
-    problems = verify(model, blocks)
-    todo = []
-    for blk, why in zip(blocks, problems):
-        if why is None and mode == "egyptian" and blk.experts < 3:
-            why = f"egyptian routing needs at least 3 experts (this block has {blk.experts})"
-        if why is None and mode == "phi" and drop >= blk.k * PARTS:
-            why = f"phi:{drop} would drop every one of the {blk.k * PARTS} sub-experts a token selects"
-        if why is not None:
-            report.near_misses.append(Rejection(blk.nodes[1], why))
-        else:
-            todo.append(blk)
-    calib = _calibration(ctx, todo) if todo and mode != "sparse" else {}
-    if todo and mode != "sparse" and not calib:
-        report.notes.append("no calibration data (--calibrate): fidelity on calibration tokens not reported"
-                            + ("; sub-expert importance from weight norms, not measured contributions"
-                               if mode == "phi" and drop else ""))
-    for i, blk in enumerate(todo):
-        orig = _params(blk)
-        base = {"k": blk.k, "normalize": blk.normalize, "activation": blk.activation}
-        per_expert = blk.expert_params()
-        if mode == "sparse":
-            params, attrs, active = orig, {"routing": "topk", **base}, blk.k * per_expert
-        elif mode == "egyptian":
-            params, attrs, active = orig, {"routing": "egyptian", "activation": blk.activation}, 3 * per_expert
-        else:
-            params = split(orig)
-            attrs = {"routing": "topk", **base, "group": PARTS, "drop": drop}
-            if drop:
-                xs = calib.get(id(blk))
-                params["importance"] = importance(params, blk.activation, *(xs or (None, None)), k=blk.k)
-            active = (blk.k * PARTS - drop) * per_expert / PARTS  # a sub-expert holds 1/3 of an expert's units
-        detail = {**blk.detail(), "mode": mode, "verified_max_abs_err": float(f"{blk.verified_err:.3g}"),
-                  "original_active_expert_params_per_token": blk.k * per_expert,
-                  "active_expert_params_per_token": int(active),
-                  "active_fraction_vs_original": round(active / (blk.k * per_expert), 4)}
-        if mode == "phi":
-            detail.update(sub_experts=params["W1"].shape[0], sub_hidden=params["W1"].shape[2], drop=drop)
-            if drop:
-                detail["importance"] = "calibration" if id(blk) in calib else "weight norms (uncalibrated)"
-        if id(blk) in calib:
-            X, L = calib[id(blk)]
-            y0 = _ref(blk, X, L, orig, **base)
-            y1 = _ref(blk, X, L, params, **attrs)
-            detail["calibration"] = {"tokens": int(X.shape[0]),
-                                     "rel_l2_err": float(f"{np.linalg.norm(y1 - y0) / max(np.linalg.norm(y0), 1e-30):.4g}")}
-        rule = f"moe.{blk.form}->MoE.{mode}"
-        _emit(model.graph, blk, i, params, attrs, rule, option)
-        report.sites.append(Site(nodes=blk.nodes, rule=rule, variant=option, detail=detail))
-    report.rewritten = len(todo)
-    return report
-
-
-def _calibration(ctx, blocks: list[moe.Block]) -> dict:
+def calibration_tokens(ctx, blocks: list[moe.Block]) -> dict:
     """Block id -> (tokens [N, D], logits [N, E]) on the calibration data, when there is some."""
     if ctx is None or not ctx.batches or ctx.original is None:
         return {}
-    from ..calibrate.collect import collect
-
     names = [n for b in blocks for n in (b.x.name, b.logits.name)]
     got = collect(ir.to_proto(ctx.original), names, ctx.batches)
     return {id(b): (got[b.x.name].reshape(-1, b.d_model).astype(np.float32),

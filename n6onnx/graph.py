@@ -1,8 +1,8 @@
-"""Shared machinery for passes: site reports, constant checks, node naming and tagging."""
+"""Graph helpers on onnx-ir shared by block detection, passes and calibration: constants, walks,
+node labels, naming and the metadata tags every rewritten node carries."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import TYPE_CHECKING, Iterable
 
@@ -18,56 +18,9 @@ REPLACED_TAG = "n6onnx.replaced"
 CONST_RTOL = 1e-4
 
 
-@dataclasses.dataclass
-class Site:
-    """One matched subgraph: where it is (the original node names) and what matched it."""
-
-    nodes: list[str]
-    rule: str = ""
-    variant: str = ""
-    detail: dict = dataclasses.field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        d = {"nodes": self.nodes, "rule": self.rule}
-        if self.variant:
-            d["variant"] = self.variant
-        d.update(self.detail)
-        return d
-
-
-@dataclasses.dataclass
-class Rejection:
-    node: str
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"node": self.node, "reason": self.reason}
-
-
-@dataclasses.dataclass
-class KindReport:
-    """What a pass (or a detector) saw, matched, rejected and rewrote for one kind of subgraph."""
-
-    kind: str
-    seen: int = 0
-    sites: list[Site] = dataclasses.field(default_factory=list)
-    near_misses: list[Rejection] = dataclasses.field(default_factory=list)
-    rewritten: int = 0
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def found(self) -> int:
-        return len(self.sites)
-
-    def to_json(self) -> dict:
-        return {
-            "found": self.found,
-            "seen": self.seen,
-            "sites": [s.to_json() for s in self.sites],
-            "near_misses": [r.to_json() for r in self.near_misses],
-            "rewritten": self.rewritten,
-            "notes": self.notes,
-        }
+def default_opset(model: ir.Model) -> int:
+    """The model's default-domain opset version (0 when it imports none)."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
 def node_label(node: ir.Node) -> str:
@@ -91,6 +44,18 @@ def scalar_const(value: ir.Value | None) -> float | None:
 
 def close(got: float, want: float, rtol: float = CONST_RTOL) -> bool:
     return math.isclose(got, want, rel_tol=rtol, abs_tol=rtol * 1e-3)
+
+
+def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """A new initializer holding ``array``, named ``name`` (``name_1``, ... when taken)."""
+    base, k = name, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base}_{k}"
+    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                 const_value=ir.tensor(array, name=name))
+    graph.register_initializer(v)
+    return v
 
 
 def name_new_nodes(graph: ir.Graph, domain: str) -> None:

@@ -1,0 +1,128 @@
+"""Phi MoE, Egyptian routing and the combined claim."""
+
+from __future__ import annotations
+
+from .common import (
+    _bench_where, _rows_of, CLAIMS, cpu_hw, energy_label, finite, generated, num, pct, ratio_iqr, Results,
+    Row, table,
+)
+
+
+def moe_rows(res: Results) -> dict[str, Row] | None:
+    """The Phi-MoE and Egyptian-routing rows from benchmarks/moe_quality.py's result (the project's
+    own trained character-level MoE), or None when that file does not exist."""
+    fname = "moe_quality.json"
+    d = res.load(fname)
+    if d is None:
+        return None
+    by = {r.get("option"): r for r in _rows_of(d)}
+    m = d.get("model") or {}
+    where = (f"{cpu_hw(d.get('hardware'))}; character-level MoE LM trained here ({m.get('layers', '?')} layers, "
+             f"D={m.get('d', '?')}, {m.get('experts', '?')} experts of width {m.get('hidden', '?')}, top-{m.get('k', '?')}, "
+             f"{m.get('steps', '?')} steps); held-out next-character loss/accuracy over "
+             f"{(d.get('data') or {}).get('evaluation_positions', '?')} positions through onnxruntime; latency/energy: "
+             f"n6onnx bench vs the ORT-best original, CPU, 2 threads; {generated(d)}")
+
+    def chg(x):
+        x = finite(x)
+        return "n/a" if x is None else f"{x:+.2f}%"
+
+    def q(r):
+        return (f"loss {num(r.get('eval_loss'), 4)} ({chg(r.get('eval_loss_change_pct'))}), accuracy "
+                f"{pct(r.get('eval_accuracy'))} ({chg(r.get('eval_accuracy_change_pct'))})")
+
+    def speed(r):
+        if not isinstance(r.get("latency_ratio"), dict):
+            return ""
+        e = r.get("energy_ratio") or {}
+        return (f", latency ratio {ratio_iqr(r['latency_ratio'])}, energy ratio "
+                f"{ratio_iqr(e.get('total'))} ({energy_label(e)})")
+
+    orig = by.get(None) or {}
+    rows: dict[str, Row] = {}
+    phis = [by[f"phi:{k}"] for k in range(8) if f"phi:{k}" in by]
+    if phis:
+        parts = [f"phi:{r['option'].split(':')[1]}: {pct(r.get('active_fraction_vs_top2'))} of top-2's active expert "
+                 f"parameters, {q(r)}{speed(r)}" for r in phis]
+        verdict = (f"Measured on our trained MoE (original 8 x 4D top-2: loss {num(orig.get('eval_loss'), 4)}, accuracy "
+                   f"{pct(orig.get('eval_accuracy'))}). ")
+        t = ((d.get("summary") or {}).get("phi_moe") or {}).get("trained_24x4D/3_top2_vs_8x4D_top2")
+        if isinstance(t, dict):
+            per = ", ".join(chg(x) for x in t.get("per_seed_loss_change_pct") or [])
+            verdict += (f"Trained from scratch as 24 experts x 4D/3, top-2 ({pct(t.get('active_fraction'))} of the active "
+                        f"expert parameters): loss {chg(t.get('eval_loss_change_pct'))} (per seed: {per}), accuracy "
+                        f"{chg(t.get('eval_accuracy_change_pct'))} against 8 x 4D top-2 trained the same way, mean of "
+                        f"{len(t.get('seeds') or [])} seed(s) (claimed: -1.76% loss). ")
+        verdict += ("Converting the trained model with moe=phi (24 sub-experts, exact) and dropping sub-experts per token "
+                    "(changes relative to the original): " + "; ".join(parts) + ".")
+        name, source = CLAIMS["phi_moe"]
+        rows["phi_moe"] = Row(name, source, verdict, where, [res.rel(fname)], _moe_detail(d), f"{name} and Egyptian routing ({fname})")
+    s = d.get("summary") or {}
+    rt = s.get("routing") or {}
+    if "egyptian" in by and "equal3" in by:
+        bits = []
+        t = rt.get("trained_with_each_routing")
+        if isinstance(t, dict):
+            per = ", ".join(chg(x) for x in t.get("per_seed_change_pct") or [])
+            bits.append(f"trained with each routing (same steps; mean of {len(t.get('seeds') or [])} seed(s)): Egyptian "
+                        f"accuracy {pct(t.get('egyptian_accuracy'))} vs equal 1/3 {pct(t.get('equal3_accuracy'))}: "
+                        f"{chg(t.get('egyptian_vs_equal3_accuracy_change_pct'))} relative (per seed: {per}; claimed +8.8%)")
+        sw = rt.get("inference_swap_on_top2_model") or {}
+        bits.append(f"swapped into the top-2-trained model (moe=egyptian vs equal weights on the same top-3): "
+                    f"{pct(sw.get('egyptian_accuracy'))} vs {pct(sw.get('equal3_accuracy'))}, "
+                    f"{chg(sw.get('egyptian_vs_equal3_accuracy_change_pct'))} relative; against the original top-2 "
+                    f"({pct(orig.get('eval_accuracy'))}) moe=egyptian changes {q(by['egyptian'])}, running 3 experts "
+                    f"per token instead of 2{speed(by['egyptian'])}")
+        name, source = CLAIMS["routing"]
+        rows["routing"] = Row(name, source, "; ".join(bits) + ".", where, [res.rel(fname)])
+    return rows
+
+
+def _moe_detail(d: dict) -> list[str]:
+    out = [f"Method (from the file): {d['method']}", ""] if isinstance(d.get("method"), str) else []
+    body = []
+    for r in _rows_of(d):
+        lat = r.get("latency_ratio")
+        e = r.get("energy_ratio") or {}
+        body.append([r.get("variant"), pct(r.get("active_fraction_vs_top2")), num(r.get("eval_loss"), 4),
+                     pct(r.get("eval_accuracy")), num(r.get("eval_loss_change_pct")), num(r.get("eval_accuracy_change_pct")),
+                     pct(r.get("top1_agreement_with_original")),
+                     ratio_iqr(lat) if isinstance(lat, dict) else "-", ratio_iqr(e.get("total")) if e else "-"])
+    for t in d.get("trained_routing") or []:
+        if isinstance(t, dict):
+            body.append([t.get("variant"), pct(t.get("active_fraction_vs_top2")) if "active_fraction_vs_top2" in t else "-",
+                         num(t.get("eval_loss"), 4), pct(t.get("eval_accuracy")), "-", "-", "-", "-", "-"])
+    out += table(["variant", "active expert params vs top-2", "eval loss", "eval accuracy", "loss change %",
+                  "accuracy change %", "top-1 agreement with original", "latency ratio", "energy ratio (estimated)"], body)
+    out += ["", "Ratios are baseline / candidate (> 1: the candidate is faster or uses less energy)."]
+    return out
+
+
+def combined_row(res: Results) -> Row:
+    name, source = CLAIMS["combined"]
+    found = []
+    for f in res.glob("e2e_*.json"):
+        w = res.load(f) or {}
+        kinds = {str(p).split("=", 1)[0] for p in (w.get("passes") or [])}
+        if len(kinds) >= 2:
+            found.append((f, w))
+    if not found:
+        single = res.glob("e2e_*.json")
+        so_far = (f"end-to-end results so far cover single rewrites only ({', '.join(single)})" if single else
+                  "no end-to-end result exists yet")
+        return Row(name, source, "not measured yet: needs several n6 rewrites in one model (at least two of gelu, ffn, "
+                   "attention, moe) and an end-to-end energy run (benchmarks/e2e.py --passes A,B,...); "
+                   f"{so_far}.", "-", [])
+    rows = []
+    for f, w in found:
+        b = w.get("bench") if isinstance(w.get("bench"), dict) else w
+        r = b.get("ratio") or {}
+        er = r.get("energy") or {}
+        rows.append(Row(name, source,
+                        f"{', '.join(w.get('passes'))}: energy ({energy_label(b.get('energy'))}) ratio "
+                        f"{ratio_iqr(er.get('total'))} (baseline/candidate), latency ratio "
+                        f"{ratio_iqr(r.get('latency_p50'))}.", _bench_where(b, w), [res.rel(f)]))
+    if len(rows) == 1:
+        return rows[0]
+    return Row(name, source, " ".join(r.verdict for r in rows), "; ".join(r.where for r in rows),
+               [f for r in rows for f in r.files])

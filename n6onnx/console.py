@@ -1,0 +1,215 @@
+"""What the ``n6onnx`` commands print for a person (``--json`` prints the reports' JSON instead):
+tables and lines on stdout, warnings and errors on stderr (rich)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import N6Error
+from .report import FILES
+
+err = Console(stderr=True)
+out = Console()
+
+
+def of_available(c) -> str:
+    return f"{c.samples} of {c.available}" if c.available is not None and c.available > c.samples else str(c.samples)
+
+
+def fmt(x, spec: str = ".6g") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def validate_human(rep) -> None:
+    inp = rep.inputs
+    out.print(f"[bold]{escape(rep.original)}[/] vs [bold]{escape(rep.candidate)}[/]  ({rep.seconds:.1f} s)",
+              highlight=False)
+    extra = f", tokenizer {inp['tokenizer']}" if inp.get("tokenizer") else ""
+    out.print(escape(f"inputs: {inp['kind']} {inp['source']}: {inp['samples']} samples in {inp['batches']} "
+                     f"batches{extra}"), highlight=False)
+    for n in rep.notes:
+        out.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+    for name, r in rep.outputs.items():
+        t = Table("metric", "value", title=escape(f"{name}  {r.shape} per batch, {r.dtype['original']}, {r.kind}"),
+                  title_justify="left")
+        t.add_row("max abs error", fmt(r.max_abs_err))
+        if r.kind == "exact":
+            t.add_row("equal elements", fmt(r.equal_fraction, ".4%"))
+        else:
+            t.add_row("max rel error", fmt(r.max_rel_err))
+            t.add_row("rel L2 error", fmt(r.rel_l2_err))
+            t.add_row("per-sample cosine mean / worst",
+                      escape(f"{fmt(r.cosine_mean, '.6f')} / {fmt(r.cosine_min, '.6f')} (sample {r.cosine_min_sample})"))
+        if r.embedding:
+            e = r.embedding
+            t.add_row("embedding cosine mean / min", f"{fmt(e['cosine_mean'], '.6f')} / {fmt(e['cosine_min'], '.6f')}")
+            t.add_row("nearest-neighbour agreement", fmt(e["nn_agreement"], ".2%"))
+        if r.logits:
+            lg = r.logits
+            t.add_row("top-1 agreement", fmt(lg["top1_agreement"], ".2%"))
+            t.add_row("KL(original || candidate)", fmt(lg["kl_divergence"]))
+            if lg["accuracy"]:
+                a = lg["accuracy"]
+                t.add_row("accuracy original / candidate", f"{a['original']:.2%} / {a['candidate']:.2%}")
+        if r.nonfinite["original"] or r.nonfinite["candidate"]:
+            t.add_row("non-finite values", f"{r.nonfinite['original']} / {r.nonfinite['candidate']}")
+        out.print(t)
+    out.print(escape(f"cosine_mean {fmt(rep.cosine_mean, '.6f')} ({rep.cosine_source}), "
+                     f"max_abs_err {fmt(rep.max_abs_err)}"), highlight=False)
+    for g in rep.gates:
+        out.print(("[green]pass[/] " if g.passed else "[red]FAIL[/] ") + escape(g.describe()), highlight=False)
+
+
+def bench_human(r: dict) -> None:
+    s = r["settings"]
+    out.print(escape(f"{r['model']}" + (f"  vs  {r['baseline']['model']}" if r["baseline"] else "")), style="bold",
+              highlight=False)
+    out.print(escape(f"{s['provider']}, threads {s['threads'] or 'ORT default'}, {s['blocks_per_variant']} blocks x "
+                     f"{s['block_seconds']:.1f} s per model ({s['order']}), inputs {s['feeds']['shapes']}"), highlight=False)
+    cols = [("baseline", r["baseline"]), ("candidate", r)] if r["baseline"] else [("model", r)]
+    t = Table("", *[c for c, _ in cols], *(["ratio (median [IQR])"] if r["ratio"] else []))
+
+    def ratio(x):
+        return "" if not x or x.get("median") is None else f"{x['median']:.3f}x [{x['q1']:.3f}, {x['q3']:.3f}]"
+
+    rt = r["ratio"] or {}
+    for q in ("p50", "p90", "p99"):
+        t.add_row(f"latency {q} (ms)", *[f"{v['latency_ms'][q]:.3f}" for _, v in cols],
+                  *([ratio(rt.get("latency_p50")) if q == "p50" else ""] if rt else []))
+    t.add_row("throughput (inf/s)", *[f"{v['throughput']:.1f}" for _, v in cols], *([ratio(rt.get("throughput"))] if rt else []))
+    e0 = r["energy"]
+    tag = f"{e0['method']}, {e0['meter']}"
+    for key, label, rkey in (("joules_per_inference", "energy J/inf", "total"),
+                             ("dynamic_joules_per_inference", "dynamic J/inf", "dynamic")):
+        cells = []
+        for _, v in cols:
+            e = v["energy"]
+            x = e.get(key)
+            band = e.get("band" if rkey == "total" else "dynamic_band")
+            cells.append("n/a" if x is None else f"{x:.4g}" + (f" ({band['low']:.3g}-{band['high']:.3g})" if band else ""))
+        t.add_row(f"{label} ({tag})", *cells, *([ratio((rt.get("energy") or {}).get(rkey))] if rt else []))
+    out.print(t)
+    for _, v in cols:
+        f = v.get("fusion")
+        if f:
+            tried = ", ".join(f"{a['optimizer']} {a['fused_ops'] if a['error'] is None else 'failed'}" for a in f["attempts"])
+            out.print(escape(f"{v['model']}: fusion {f['chosen']} ({f['fused_ops']} fused ops: {f['fused']}; tried {tried})"),
+                      highlight=False)
+        pl = v["session"]["placement"]
+        out.print(escape(f"  placement {pl['by_provider']}, ORT allocator peak {v['session']['ort_allocator_peak_mb']:.1f} MB"),
+                  highlight=False)
+    for o in e0.get("other", []):
+        out.print(escape(f"also: {o['method']} {o['meter']}: {o['joules_per_inference']:.4g} J/inf ({o['scope']})"),
+                  highlight=False)
+    m = r["memory"]
+    out.print(escape(f"peak RSS {m['peak_rss_mb']:.0f} MB (process)"
+                     + (f", GPU {m['gpu_process_peak_mb']:.0f} MB" if m.get("gpu_process_peak_mb") else "")), highlight=False)
+    out.print(escape(f"energy: {e0['source']}; scope: {e0['scope']}"), style="dim", highlight=False)
+    for w in r["warnings"]:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+class progress:
+    """A rich progress line for long steps (silent for --json or when nothing is long)."""
+
+    def __init__(self, silent: bool, what: str):
+        self.silent, self.what, self._p = silent, what, None
+
+    def __enter__(self):
+        if self.silent:
+            return None
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                           transient=True)
+        self._p.start()
+        task = self._p.add_task(self.what)
+        return lambda label: self._p.update(task, description=f"{self.what}: {label}")
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.stop()
+        return False
+
+
+def kinds_table(kinds, last: str) -> None:
+    t = Table("kind", "seen", "matched", "rejected", last if last != "found" else "rules")
+    for k, r in kinds.items():
+        if last == "found":
+            rules = sorted({s.rule for s in r.sites})
+            t.add_row(k, str(r.seen), str(r.found), str(len(r.near_misses)), ", ".join(rules))
+        else:
+            t.add_row(k, str(r.seen), str(r.found), str(len(r.near_misses)), str(r.rewritten))
+    out.print(t)
+
+
+def near_misses(kinds) -> None:
+    for k, r in kinds.items():
+        for m in r.near_misses:
+            out.print(f"  [dim]{k} near-miss[/] {m.node}: {m.reason}", highlight=False)
+
+
+def fail(e: N6Error) -> None:
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    sys.exit(e.exit_code)
+
+
+def inspect_human(rep) -> None:
+    out.print(f"[bold]{rep.model}[/]  opset {rep.opset}, {rep.nodes} nodes", highlight=False)
+    kinds_table(rep.kinds, "found")
+    near_misses(rep.kinds)
+    for site in rep.kinds["attention"].sites:
+        d = site.detail
+        if "heads" in d:
+            red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
+            out.print(escape(f"  attention block {d['index']} ({d['form']}): {d['heads']} heads x {d['head_size']}, "
+                             f"scale {d['scale']}, {d['norm']}{red}"), highlight=False)
+
+
+def rewrite_human(rep) -> None:
+    out.print(f"[bold]{rep.model}[/] -> [bold]{rep.output}[/]  ({rep.seconds:.2f} s)", highlight=False)
+    kinds_table(rep.reports, "rewritten")
+    near_misses(rep.reports)
+    for site in rep.reports["attention"].sites if "attention" in rep.reports else ():
+        d = site.detail
+        if d.get("method") == "fftmix":
+            fit = d.get("fit")
+            what = (f"fitted on {fit['rows']} tokens, relative error {fit['rel_err_default']:.4f} (default) -> "
+                    f"{fit['rel_err']:.4f}") if fit else "uncalibrated"
+            red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
+            out.print(escape(f"  attention block {d['index']}: FFTMix ({d['norm']}{red}), {what}"), highlight=False)
+        elif d.get("method") == "egyptian":
+            core = ("; full heads as com.microsoft.MultiHeadAttention" if d.get("core") == "mha" else "")
+            out.print(escape(f"  attention block {d['index']}: EgyptianAttention, head kinds {d['head_kinds']} "
+                             f"(0 full, 1 local, 2 global; {d['assignment']}), window {d['window']}{core}"),
+                      highlight=False)
+    if rep.calibration is not None:
+        c = rep.calibration
+        t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",
+                  title=f"calibration: {of_available(c)} samples ({c.rows} token rows), {c.seconds:.1f} s")
+        for layer in c.layers:
+            t.add_row(layer.block, str(layer.rows), f"{layer.activation_r2:.3f}", f"{layer.rel_err_folded:.4f}",
+                      f"{layer.rel_err:.4f}")
+        out.print(t)
+        if c.available is not None and c.available > c.samples:
+            out.print(f"calibrated on the first {c.samples} of the {c.available} samples in the data "
+                      f"(--calib-samples); more samples usually give a more faithful model, at a longer calibration",
+                      highlight=False)
+    if rep.functions:
+        out.print(f"fallback functions attached: {', '.join(rep.functions)}")
+    for w in rep.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def report_human(rep, data, out_dir) -> None:
+    files = ", ".join(os.path.join(out_dir, f) for f in FILES.values())
+    nv = sum(s.kind == "validate" for s in rep.sources)
+    out.print(escape(f"{len(rep.sources)} results ({nv} validate, {len(rep.sources) - nv} bench), "
+                     f"{len(rep.variants)} variants -> {files}"), highlight=False)
+    for n in rep.notes:
+        err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)

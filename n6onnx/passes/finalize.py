@@ -1,0 +1,37 @@
+"""The last step after the passes: attach a model-local ONNX function (the pure-ONNX fallback) per
+emitted n6 op type, import the n6 domain, sort the graph, name new nodes; and the full checker."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
+
+from ..errors import N6Error
+from ..graph import default_opset, name_new_nodes
+from ..ops import DOMAIN, DOMAIN_VERSION, REGISTRY
+
+
+def finalize(m: ir.Model) -> list[str]:
+    """Attach a model-local function per emitted n6 op type, import our domain, name new nodes."""
+    RemoveUnusedNodesPass()(m)
+    TopologicalSortPass()(m)
+    used = sorted({n.op_type for n in m.graph.all_nodes() if n.domain == DOMAIN})
+    opset = default_opset(m)
+    for op_type in used:
+        fn = ir.serde.deserialize_function(REGISTRY[op_type].function(opset))
+        m.functions[fn.identifier()] = fn
+    if used:
+        m.opset_imports[DOMAIN] = DOMAIN_VERSION
+    name_new_nodes(m.graph, DOMAIN)
+    return used
+
+
+def check(proto: onnx.ModelProto) -> None:
+    """Full onnx checker and strict shape inference on the result."""
+    try:
+        if proto.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise N6Error(f"the rewritten model fails onnx.checker: {e}") from None
