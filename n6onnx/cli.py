@@ -55,6 +55,9 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
     out.print(f"[bold]{rep.model}[/]  opset {rep.opset}, {rep.nodes} nodes", highlight=False)
     _kinds_table(rep.kinds, "found")
     _near_misses(rep.kinds)
+    for k, r in rep.kinds.items():
+        for n in r.notes:
+            out.print(f"  [yellow]{k} note[/] {escape(n)}", highlight=False)
     for site in rep.kinds["attention"].sites:
         d = site.detail
         if "heads" in d:

@@ -570,6 +570,9 @@ def detect(model: ir.Model, redundancy: dict[int, float] | None = None) -> KindR
         detail = b.detail()
         if redundancy is not None and b.index in redundancy:
             detail["redundancy"] = redundancy[b.index]
+        if causal_reason(b):
+            detail["refused"] = causal_reason(b)
+            report.notes.append(f"attention block {b.index} ({b.label}): {causal_reason(b)}")
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule=rule, detail=detail))
     for n in opaque:
         report.sites.append(Site(nodes=[node_label(n)], rule=f"attention.op.{n.domain or 'onnx'}.{n.op_type}"))
@@ -721,7 +724,18 @@ def fallback_problem(op: str, opset: int) -> str | None:
     return None
 
 
+CAUSAL_REASON = ("causal mask: the attention passes have no causal mode yet (FFT-Mix and Egyptian attention would "
+                 "let each position see later tokens); the block is left as it is")
+
+
+def causal_reason(b: AttentionBlock) -> str | None:
+    """Why a block with a causal mask is refused by every attention rewrite (None: not causal)."""
+    return CAUSAL_REASON if b.mask is not None and b.mask.causal else None
+
+
 def fftmix_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
+    if causal_reason(b):
+        return causal_reason(b)
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
     if b.out is None or b.out_value is None:
@@ -818,9 +832,9 @@ def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
         return "per-head Q, K, V tensors not found"
     if not (b.heads and b.head_size):
         return "number of heads / head size unknown"
+    if causal_reason(b):
+        return causal_reason(b)
     if b.mask is not None:
-        if b.mask.causal:
-            return "causal mask: EgyptianAttention has no causal mode"
         if not b.mask.inputs:
             return ("constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
                     "[batch, seq] key-padding mask input")
