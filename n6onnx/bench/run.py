@@ -465,14 +465,22 @@ def bench(
         raise ProviderUnavailableError(
             f"--provider cuda: CUDAExecutionProvider is not available in this onnxruntime "
             f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
-    if threads is not None and threads <= 0:
-        raise BadArgumentError(f"--threads must be positive, got {threads}")
-    if seconds <= 0 or window <= 0:
-        raise BadArgumentError("--seconds and --window must be positive")
+    from ..options import number
+
+    threads = number("--threads", threads, 1, 4096, integer=True)
+    device_id = number("--device-id", device_id, 0, 1023, integer=True)
+    seconds = number("--seconds", seconds, 0, 86400, lo_open=True)
+    window = number("--window", window, 0, 3600, lo_open=True)
+    if seconds / window > 100_000:
+        raise BadArgumentError(f"--seconds {seconds:g} / --window {window:g} asks for more than 100000 blocks")
+    warmup = number("--warmup", warmup, 0, 3600)
+    cpu_watts = number("--cpu-watts", cpu_watts, 0, 10000, lo_open=True)
+    cpu_watts_uncertainty = number("--cpu-watts-uncertainty", cpu_watts_uncertainty, 0, 1, hi_open=True)
+    num_heads = number("--num-heads", num_heads, 1, 65536, integer=True)
+    hidden_size = number("--hidden-size", hidden_size, 1, 2**24, integer=True)
     if idle_seconds is None:
         idle_seconds = window
-    if idle_seconds < 0:
-        raise BadArgumentError("--idle-seconds must be >= 0")
+    idle_seconds = number("--idle-seconds", idle_seconds, 0, 3600)
     dims_ = _parse_dims(dims)
     cfg = SessionConfig(provider, device_id, threads)
     warnings: list[str] = []

@@ -62,17 +62,10 @@ def _ffn(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
 
 
 def _ratio(option: str) -> float:
+    from ..options import ratio
+
     _, _, r = option.partition(":")
-    if not r:
-        return 4 / 3
-    try:
-        num, _, den = r.partition("/")
-        value = float(num) / float(den or 1)
-    except ValueError:
-        raise BadArgumentError(f"ffn=phi-bottleneck:RATIO needs a number such as 4/3 or 2 (got {r!r})") from None
-    if not 0 < value <= 16:
-        raise BadArgumentError(f"ffn=phi-bottleneck:RATIO must be in (0, 16] (got {r!r})")
-    return value
+    return 4 / 3 if not r else ratio("ffn=phi-bottleneck:RATIO", r, 0, 16)
 
 
 # kind -> (allowed options, runner(model, option, context) -> KindReport)

@@ -613,20 +613,17 @@ def parse_option(option: str):
 
     method, _, arg = option.partition(":")
     if method == "fftmix":
+        from ..options import count, is_count
+
         if arg in ("", "auto"):
             return method, ("auto", None)
         if arg.startswith("auto:"):
-            n = arg[5:]
-            if not n.isdigit() or int(n) < 1:
-                raise BadArgumentError(f"attention=fftmix:auto:N needs a positive count (got {n!r})")
-            return method, ("auto", int(n))
-        if arg.isdigit():
-            if int(arg) < 1:
-                raise BadArgumentError("attention=fftmix:N needs N >= 1")
-            return method, ("count", int(arg))
+            return method, ("auto", count("attention=fftmix:auto:N", arg[5:], 1))
+        if is_count(arg):
+            return method, ("count", count("attention=fftmix:N", arg, 1))
         body = arg[1:] if arg.startswith("@") else arg
         parts = [p for p in body.split(",") if p.strip()]
-        if parts and all(p.strip().isdigit() for p in parts) and ("," in arg or arg.startswith("@")):
+        if parts and all(is_count(p) for p in parts) and ("," in arg or arg.startswith("@")):
             return method, ("indices", sorted({int(p) for p in parts}))
         raise BadArgumentError(f"attention=fftmix:LAYERS: LAYERS is auto, auto:N, a count N, or block indices "
                                f"I,J (a single index as @I) (got {arg!r})")

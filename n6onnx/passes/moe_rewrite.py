@@ -47,12 +47,9 @@ def parse(option: str) -> tuple[str, int]:
         raise BadArgumentError(f"moe pass needs one of: moe=sparse, moe=egyptian, moe=phi[:DROP] (got moe={option})")
     if not drop:
         return mode, 0
-    try:
-        d = int(drop)
-    except ValueError:
-        raise BadArgumentError(f"moe=phi:DROP needs a whole number of sub-experts to drop (got {drop!r})") from None
-    if d < 0:
-        raise BadArgumentError(f"moe=phi:DROP must be >= 0 (got {d})")
+    from ..options import count
+
+    d = count("moe=phi:DROP", drop, 0)
     return mode, d
 
 
