@@ -166,7 +166,8 @@ def rewrite(
     proto = ir.serde.serialize_model(m)
     check(proto)
     if output is not None:
-        io.save(proto, output, external_data=external_data)
+        io.save(proto, output, external_data=external_data,
+                inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
                         functions, time.perf_counter() - t0, warnings, calibration)
     return m, rep
