@@ -37,8 +37,8 @@ def _of_available(c) -> str:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data (text or .npz): adds each attention block's redundancy score.")
-@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
-              help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
+              help="The model's tokenizer for a text DATA: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged all-MiniLM-L6-v2, only for a model whose vocabulary provably is its).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> None:
@@ -75,8 +75,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
                    "attention=egyptian[:HEADS]. Repeatable.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
-@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
-              help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
+              help="The model's tokenizer for a text DATA: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged all-MiniLM-L6-v2, only for a model whose vocabulary provably is its).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
               help="Use at most this many calibration samples.")
 @click.option("--refit/--no-refit", default=True, show_default=True,
@@ -119,7 +119,7 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
     if rep.calibration is not None:
         c = rep.calibration
         t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",
-                  title=f"calibration: {_of_available(c)} samples ({c.rows} token rows), {c.seconds:.1f} s")
+                  title=f"calibration: {_of_available(c)} samples ({c.rows} real tokens), {c.seconds:.1f} s")
         for layer in c.layers:
             t.add_row(layer.block, str(layer.rows), f"{layer.activation_r2:.3f}", f"{layer.rel_err_folded:.4f}",
                       f"{layer.rel_err:.4f}")
@@ -140,8 +140,8 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
 @click.option("--feeds", "feeds_", type=click.Path(dir_okay=False), metavar="FILE.npz",
               help="Inputs from an .npz: arrays named after the inputs, or NAME/K for batch K.")
 @click.option("--text", type=click.Path(dir_okay=False), metavar="FILE", help="Inputs from text, one sample a line.")
-@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
-              help="Hugging Face tokenizer folder for --text (default: the packaged MiniLM's, for the zoo MiniLM).")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
+              help="The model's tokenizer for --text: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged MiniLM's, only for a model whose vocabulary provably is its).")
 @click.option("--random", "random_", type=Number(1, 10**7, integer=True), metavar="N", help="N random samples that respect the input types.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic dimension. Repeatable.")
 @click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
