@@ -38,6 +38,11 @@ def _ffn(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
     blocks = bottleneck.map_blocks(model)
     report = KindReport("ffn", seen=len(blocks))
     todo = []
+    zero = [b for b in blocks if b.d_model is not None and int(round(ratio * b.d_model)) < 1]
+    if zero:
+        raise BadArgumentError(
+            f"ffn=phi-bottleneck:{option.partition(':')[2]}: {ratio:.4g} x d_model {zero[0].d_model} rounds to 0 hidden "
+            f"units, which would delete the FFN ({len(zero)} block(s)); use a ratio >= {0.5 / zero[0].d_model:.3g}")
     for b in blocks:
         if b.hidden is None or b.d_model is None:
             report.near_misses.append(Rejection(b.act.name, "FFN weight shapes unknown"))
@@ -110,6 +115,36 @@ def parse(spec: str) -> PassSpec:
     if not sep or option not in options:
         raise BadArgumentError(f"pass {kind!r} needs one of: {', '.join(f'{kind}={o}' for o in options)} (got {spec!r})")
     return PassSpec(kind, option)
+
+
+def plan(specs: list[PassSpec]) -> list[PassSpec]:
+    """One pass per kind. Two passes of a kind that would rewrite the same sites are refused (the
+    second would find nothing left and report 0 while the model holds the first's rewrites); passes
+    on disjoint sites (``attention=fftmix`` with disjoint block indices) are merged into one run, so
+    block indices keep meaning the original model's blocks and the report counts both."""
+    by_kind: dict[str, list[PassSpec]] = {}
+    for sp in specs:
+        by_kind.setdefault(sp.kind, []).append(sp)
+    out = []
+    for kind, group in by_kind.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        parsed = [attention.parse_option(sp.option) if kind == "attention" else None for sp in group]
+        if kind == "attention" and all(m == "fftmix" and a[0] == "indices" for m, a in parsed):
+            seen: set[int] = set()
+            for sp, (_, (_, idx)) in zip(group, parsed):
+                if seen & set(idx):
+                    raise BadArgumentError(
+                        f"--pass {sp} targets attention block(s) {sorted(seen & set(idx))} that an earlier "
+                        "--pass already rewrites; give each block once")
+                seen |= set(idx)
+            out.append(PassSpec(kind, "fftmix:" + ",".join(str(i) for i in sorted(seen)) + ","))
+            continue
+        raise BadArgumentError(
+            f"--pass {group[0]} and --pass {group[1]} would rewrite the same {kind} sites (each rewrites every "
+            f"{kind} site it can); give one {kind} pass")
+    return out
 
 
 def run(model: ir.Model, spec: PassSpec, ctx: PassContext | None = None) -> KindReport:
