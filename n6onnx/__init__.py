@@ -1,6 +1,6 @@
 """n6onnx: an ONNX model transformation compiler for the n6 techniques, with honest measurement."""
 
-from ._library import library_path
+from ._library import library_path, library_status
 from .api import inspect, rewrite, validate  # validate: the function (n6onnx/validate/ is its package)
 from .api import bench  # the function (n6onnx/bench/ is its package)
 from .errors import BadArgumentError, BadModelError, N6Error
@@ -10,5 +10,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadArgumentError", "BadModelError", "InferenceSession", "bench", "N6Error", "inspect",
-    "library_path", "rewrite", "validate", "__version__",
+    "library_path", "library_status", "rewrite", "validate", "__version__",
 ]

@@ -42,6 +42,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import feeds as feeds_mod
+from .. import vocab
 from .. import io, runtime
 from .._library import library_path
 from ..errors import BadArgumentError, N6Error
@@ -500,11 +501,17 @@ def bench(
         ref_sess, _ = cfg.session(ref_src)
         if feeds is not None:
             batches = feeds_mod.load_npz(feeds, ref_sess)
+            vocab.check_ids(batches[:1], vocab.bounds(ref_src), str(feeds))
             feed = batches[0]
             feeds_desc = {"source": str(feeds), "batch": 0, "batches_in_file": len(batches)}
         else:
-            feed = feeds_mod.random_feeds(ref_sess, 1, dims_)[0]
+            dims_, chosen = feeds_mod.default_dims(ref_sess, dims_)
+            feed = feeds_mod.random_feeds(ref_sess, 1, dims_, id_high=vocab.bounds(ref_src))[0]
             feeds_desc = {"source": "random", "seed": 0, "dims": dims_}
+            if chosen:
+                feeds_desc["dims_default"] = chosen
+                warnings.append("random inputs: dynamic dimension(s) " + ", ".join(f"{k}={v}" for k, v in chosen.items())
+                                + " by default (give --dim NAME=SIZE to measure another shape)")
         feeds_desc["shapes"] = {k: list(v.shape) for k, v in feed.items()}
         feeds_desc["dtypes"] = {k: str(v.dtype) for k, v in feed.items()}
         ref_out = {ref_src: ref_sess.run(None, feed)}
@@ -667,8 +674,16 @@ def bench(
             "fuse_candidate": fuse_candidate,
             "meters": [m.describe() for m in meter_list], "meters_unavailable": meter_notes,
         }
+        method = METHOD
+        if results["candidate"].library is None:
+            from .._library import library_status
+
+            why = library_status("cuda" if provider == "cuda" else "cpu")[1]
+            method = METHOD.replace("the n6 custom-op library registered for both (it does not change a model without "
+                                    "n6 ops)", "no n6 custom-op library registered (none was found)")
+            warnings.append(f"no n6 custom-op library was registered: {why}")
         return BenchReport(results["candidate"], results.get("baseline"), ratio, memory, settings,
-                           hardware(nvml), METHOD,
+                           hardware(nvml), method,
                            warnings, time.perf_counter() - t_start)
     finally:
         prog.close()
