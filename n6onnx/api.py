@@ -207,7 +207,7 @@ def check(proto: onnx.ModelProto) -> None:
             onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise N6Error(f"the rewritten model fails onnx.checker: {e}") from None
+        raise N6Error(f"the rewritten model fails onnx.checker: {io.first_line(e)}") from None
 
 
 # --------------------------------------------------------------------------------------------------

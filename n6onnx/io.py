@@ -48,13 +48,51 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
             "the file may be truncated or of another format)"
         )
     _check_opset(p, model)
+    bad = _bad_text(model)
+    if bad:
+        raise BadModelError(f"{p}: not a valid ONNX model: the text field {bad} is not UTF-8 (the file is corrupt)")
     _load_external(p, model)
     try:
-        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(p))
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        raise BadModelError(f"{p}: invalid ONNX model: {first}") from None
+        small = model.ByteSize() < 2**31 - 1
+        onnx.checker.check_model(model if small else str(p))
+        if small:  # types and shapes must agree: a corrupt file can pass the checker and fail every pass later
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise BadModelError(f"{p}: invalid ONNX model: {first_line(e)}") from None
     return model
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line: its first non-empty line (onnx's reports are multi-line)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] + (f" (and {len(lines) - 1} more line(s))" if len(lines) > 1 else "")
+
+
+def _bad_text(msg, where: str = "model") -> str | None:
+    """The first string field of ``msg`` (recursively) that protobuf kept as undecodable bytes, or None.
+    ONNX's loader and checker accept such fields; onnx-ir's serializer later fails on them."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    for field, value in msg.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == F.LABEL_REPEATED
+        if field.type == F.TYPE_STRING:
+            for v in value if repeated else (value,):
+                if isinstance(v, bytes):
+                    try:
+                        v.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return f"{where}.{field.name}"
+        elif field.type == F.TYPE_MESSAGE:
+            items = value if repeated else (value,)
+            for k, v in enumerate(items):
+                if not hasattr(v, "ListFields"):  # map fields
+                    continue
+                bad = _bad_text(v, f"{where}.{field.name}[{k}]" if repeated else f"{where}.{field.name}")
+                if bad:
+                    return bad
+    return None
 
 
 def _check_opset(p: pathlib.Path, model: onnx.ModelProto) -> None:
