@@ -823,14 +823,14 @@ def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int,
 
 
 def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
+    if causal_reason(b):  # first: whatever else holds, a causal block is never rewritten
+        return causal_reason(b)
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
     if b.q4 is None or b.kt4 is None or b.v4 is None or b.core_out is None:
         return "per-head Q, K, V tensors not found"
     if not (b.heads and b.head_size):
         return "number of heads / head size unknown"
-    if causal_reason(b):
-        return causal_reason(b)
     if b.mask is not None:
         if not b.mask.inputs:
             return ("constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
