@@ -408,7 +408,13 @@ def demo(out_dir: str) -> None:
     rewrite gelu=phi6 with and without calibration, validate, bench and report into OUT_DIR."""
     from . import demo as demo_mod
 
-    sys.exit(demo_mod.main(out_dir))
+    try:
+        code = demo_mod.main(out_dir)
+    except N6Error as e:
+        _fail(e)
+    except OSError as e:  # the output folder cannot be created or written
+        _fail(N6Error(f"{out_dir}: cannot write the demo's files: {e.strerror or e}"))
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
