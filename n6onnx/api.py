@@ -41,7 +41,8 @@ class RewriteReport:
     functions: list[str]
     seconds: float
     warnings: list[str] = dataclasses.field(default_factory=list)
-    calibration: object | None = None  # calibrate.CalibrationReport
+    calibration: object | None = None  # calibrate.CalibrationReport (None when no activation was fitted)
+    fitted: bool = False  # at least one site was fitted to calibration data
 
     @property
     def rewritten(self) -> dict[str, int]:
@@ -54,7 +55,7 @@ class RewriteReport:
             "reports": {k: r.to_json() for k, r in self.reports.items()},
             "functions": self.functions, "seconds": round(self.seconds, 3),
             "warnings": self.warnings,
-            "calibrated": self.calibration is not None,
+            "calibrated": self.fitted,
             "calibration": None if self.calibration is None else self.calibration.to_json(),
         }
 
@@ -121,6 +122,7 @@ def rewrite(
     specs = [p if isinstance(p, PassSpec) else passes.parse(p) for p in passes_]
     if not specs:
         raise N6Error("no pass given (e.g. --pass gelu=phi6)")
+    passes.plan(specs)  # duplicate passes on the same sites: refused before any work
     if output is not None:
         io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
     name, m = _load(model)
@@ -138,7 +140,7 @@ def rewrite(
     reports: dict[str, KindReport] = {}
     calibration = None
     functions: list[str] = []
-    for spec in specs:
+    for spec in passes.plan(specs):
         reports[spec.kind] = report = passes.run(m, spec, ctx)
         functions = finalize(m)
         hook = passes.PASSES[spec.kind].calibrate
@@ -148,20 +150,29 @@ def rewrite(
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
     warnings = [n for r in reports.values() for n in r.notes]
+    if calibration is not None and not calibration.layers:
+        calibration = None  # nothing was fitted: the swap is uncalibrated, and is reported so
     if calibration is not None:
         warnings += [f"{l.block}: the calibration's affine could not be folded into the neighbours; emitted "
                      f"explicitly: {'; '.join(l.explicit)}" for l in calibration.layers if l.explicit]
+        warnings += calibration.warnings
     elif reports.get("gelu") and reports["gelu"].rewritten:
         warnings.append(
             "uncalibrated activation swap: a pretrained model will lose accuracy (GELU and Phi6 are "
             "uncorrelated); pass --calibrate DATA to recover it, and measure with `n6onnx validate`"
         )
+    fitted = (calibration is not None) or any(
+        k in passes.DATA_PASSES and r.rewritten for k, r in reports.items()) and bool(ctx.batches)
+    if calibrate is not None and not fitted:
+        warnings.append(f"--calibrate {calibrate}: no site was calibrated (no rewritten site could use the data: "
+                        "see the near-misses); the result is uncalibrated")
     proto = ir.serde.serialize_model(m)
     check(proto)
     if output is not None:
-        io.save(proto, output, external_data=external_data)
+        io.save(proto, output, external_data=external_data,
+                inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
-                        functions, time.perf_counter() - t0, warnings, calibration)
+                        functions, time.perf_counter() - t0, warnings, calibration, fitted)
     return m, rep
 
 

@@ -14,6 +14,7 @@ from . import api, console, passes
 from . import report as report_mod
 from .errors import N6Error
 from .feeds import parse_dims
+from .options import Number
 
 
 @click.group()
@@ -26,8 +27,8 @@ def main() -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data (text or .npz): adds each attention block's redundancy score.")
-@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
-              help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
+              help="The model's tokenizer for a text DATA: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged all-MiniLM-L6-v2, only for a model whose vocabulary provably is its).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> None:
@@ -52,8 +53,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
               help=f"A rewrite pass: {passes.known()} (each pass below). Repeatable.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
-@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
-              help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
+              help="The model's tokenizer for a text DATA: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged all-MiniLM-L6-v2, only for a model whose vocabulary provably is its).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
               help="Use at most this many calibration samples.")
 @click.option("--refit/--no-refit", default=True, show_default=True,
@@ -84,17 +85,17 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
 @click.option("--feeds", "feeds_", type=click.Path(dir_okay=False), metavar="FILE.npz",
               help="Inputs from an .npz: arrays named after the inputs, or NAME/K for batch K.")
 @click.option("--text", type=click.Path(dir_okay=False), metavar="FILE", help="Inputs from text, one sample a line.")
-@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
-              help="Hugging Face tokenizer folder for --text (default: the packaged MiniLM's, for the zoo MiniLM).")
-@click.option("--random", "random_", type=int, metavar="N", help="N random samples that respect the input types.")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
+              help="The model's tokenizer for --text: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged MiniLM's, only for a model whose vocabulary provably is its).")
+@click.option("--random", "random_", type=Number(1, 10**7, integer=True), metavar="N", help="N random samples that respect the input types.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic dimension. Repeatable.")
 @click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
               help="One integer label per sample (text, one a line, or .npy): task accuracy of both models.")
-@click.option("--min-cosine", type=float, help="Fail (exit 1) when cosine_mean is below this.")
-@click.option("--max-abs-err", type=float, help="Fail (exit 1) when max_abs_err is above this.")
-@click.option("--min-top1", type=float, help="Fail (exit 1) when the top-1 agreement of a logits output is below this.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
-@click.option("--threads", type=int, help="onnxruntime intra-op threads per model.")
+@click.option("--min-cosine", type=Number(-1, 1), help="Fail (exit 1) when cosine_mean is below this.")
+@click.option("--max-abs-err", type=Number(0), help="Fail (exit 1) when max_abs_err is above this.")
+@click.option("--min-top1", type=Number(0, 1), help="Fail (exit 1) when the top-1 agreement of a logits output is below this.")
+@click.option("--seed", type=Number(0, 2**63 - 1, integer=True), default=0, show_default=True, help="Seed of --random.")
+@click.option("--threads", type=Number(1, 4096, integer=True), help="onnxruntime intra-op threads per model.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, dims, labels, min_cosine,
              max_abs_err, min_top1, seed, threads, as_json: bool) -> None:
@@ -132,27 +133,27 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
               help="The original model: measured as ORT runs it best (transformer fusions applied), interleaved "
                    "with MODEL, and the ratio reported. Without it only MODEL is measured.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--device-id", type=int, default=0, show_default=True, help="CUDA device (and NVML GPU).")
-@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's).")
+@click.option("--device-id", type=Number(0, 1023, integer=True), default=0, show_default=True, help="CUDA device (and NVML GPU).")
+@click.option("--threads", type=Number(1, 4096, integer=True), help="onnxruntime intra-op threads (default: onnxruntime's).")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic dimension. Repeatable.")
 @click.option("--feeds", "feeds_", type=click.Path(dir_okay=False), metavar="FILE.npz",
               help="Inputs from an .npz (first batch); default: random inputs of the graph's types.")
-@click.option("--seconds", type=float, default=30.0, show_default=True,
+@click.option("--seconds", type=Number(0, 86400, lo_open=True), default=30.0, show_default=True,
               help="Measured time per model, in interleaved blocks of at least --window seconds (3 at least).")
-@click.option("--window", type=float, default=5.0, show_default=True,
+@click.option("--window", type=Number(0, 3600, lo_open=True), default=5.0, show_default=True,
               help="Minimum block (energy window) length; NVML's counter updates every ~100 ms.")
-@click.option("--idle-seconds", type=float, help="Idle-power window before and after the runs (default: --window; 0: none).")
-@click.option("--warmup", type=float, default=1.0, show_default=True, help="Warm-up seconds per model.")
-@click.option("--cpu-watts", type=float, default=10.0, show_default=True,
+@click.option("--idle-seconds", type=Number(0, 3600), help="Idle-power window before and after the runs (default: --window; 0: none).")
+@click.option("--warmup", type=Number(0, 3600), default=1.0, show_default=True, help="Warm-up seconds per model.")
+@click.option("--cpu-watts", type=Number(0, 10000, lo_open=True), default=10.0, show_default=True,
               help="Assumed power per busy core for the CPU energy estimate (always labelled estimated; the "
                    "headline figure only when neither NVML nor RAPL is there).")
-@click.option("--cpu-watts-uncertainty", type=float, default=0.5, show_default=True,
+@click.option("--cpu-watts-uncertainty", type=Number(0, 1, hi_open=True), default=0.5, show_default=True,
               help="Relative half-width of the estimate's band (0.5: 5-15 W at 10 W).")
 @click.option("--fuse-candidate/--no-fuse-candidate", default=None,
               help="Give MODEL the baseline's transformer fusions too (default: on with --baseline).")
 @click.option("--model-type", help="Model type for onnxruntime.transformers' optimizer (default: inferred: bert, gpt2, vit).")
-@click.option("--num-heads", type=int, help="Attention heads for onnxruntime.transformers (default: inferred).")
-@click.option("--hidden-size", type=int, help="Hidden size for onnxruntime.transformers (default: inferred).")
+@click.option("--num-heads", type=Number(1, 65536, integer=True), help="Attention heads for onnxruntime.transformers (default: inferred).")
+@click.option("--hidden-size", type=Number(1, 2**24, integer=True), help="Hidden size for onnxruntime.transformers (default: inferred).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seconds, window, idle_seconds, warmup,
           cpu_watts, cpu_watts_uncertainty, fuse_candidate, model_type, num_heads, hidden_size, as_json: bool) -> None:
@@ -212,7 +213,13 @@ def demo(out_dir: str) -> None:
     # `n6onnx demo` runs, so the other commands never load test scaffolding
     from . import demo as demo_mod
 
-    sys.exit(demo_mod.main(out_dir))
+    try:
+        code = demo_mod.main(out_dir)
+    except N6Error as e:
+        console.fail(e)
+    except OSError as e:  # the output folder cannot be created or written
+        console.fail(N6Error(f"{out_dir}: cannot write the demo's files: {e.strerror or e}"))
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -163,6 +163,9 @@ def inspect_human(rep) -> None:
     out.print(f"[bold]{rep.model}[/]  opset {rep.opset}, {rep.nodes} nodes", highlight=False)
     kinds_table(rep.kinds, "found")
     near_misses(rep.kinds)
+    for k, r in rep.kinds.items():
+        for n in r.notes:
+            out.print(f"  [yellow]{k} note[/] {escape(n)}", highlight=False)
     for site in rep.kinds["attention"].sites:
         d = site.detail
         if "heads" in d:
@@ -191,7 +194,7 @@ def rewrite_human(rep) -> None:
     if rep.calibration is not None:
         c = rep.calibration
         t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",
-                  title=f"calibration: {of_available(c)} samples ({c.rows} token rows), {c.seconds:.1f} s")
+                  title=f"calibration: {of_available(c)} samples ({c.rows} real tokens), {c.seconds:.1f} s")
         for layer in c.layers:
             t.add_row(layer.block, str(layer.rows), f"{layer.activation_r2:.3f}", f"{layer.rel_err_folded:.4f}",
                       f"{layer.rel_err:.4f}")

@@ -156,14 +156,30 @@ def recovery(con: Console, src: pathlib.Path, out: pathlib.Path) -> int:
         with con.status(f"bench {name} against ORT's best original (CPU, {THREADS} threads, 3 x 5 s windows)"):
             b = api.bench(cand, src, threads=THREADS, seconds=15.0).to_json()
         (runs / f"bench-{name}.json").write_text(json.dumps({**b, "label": name}))
-        r = b["ratio"]["latency_p50"]
-        con.print(f"bench {name}: p50 {b['latency_ms']['p50']:.1f} ms vs original {b['baseline']['latency_ms']['p50']:.1f} ms "
-                  f"(speed ratio {r['median']:.3f}, IQR {r['q1']:.3f}-{r['q3']:.3f}); energy "
-                  f"{b['energy']['joules_per_inference']:.3f} J/inference ({b['energy']['method']})")
+        con.print(bench_line(name, b))
     rep_dir = out / "report"
     report_mod.report([str(runs)], str(rep_dir))
     con.print(f"report: {rep_dir}/report.md, report.json and pareto.png (fidelity against latency and energy)")
     return 0
+
+
+def bench_line(name: str, b: dict) -> str:
+    """One bench result in words, naming which statistic each figure is. The p50s pool every run of
+    each model; the speed ratio is the median over interleaved block pairs of baseline time /
+    candidate time (> 1: the candidate is faster), which cancels slow drifts of the machine's load
+    that the pooled p50s do not. When the two disagree, the line says so instead of printing
+    figures that contradict each other on their face."""
+    r = b["ratio"]["latency_p50"]
+    cand, base = b["latency_ms"]["p50"], b["baseline"]["latency_ms"]["p50"]
+    pooled = base / cand if cand else float("nan")
+    line = (f"bench {name}: pooled p50 over all runs {cand:.1f} ms vs original {base:.1f} ms (ratio of the pooled p50s "
+            f"{pooled:.3f}); speed ratio per interleaved block pair, median {r['median']:.3f} (IQR {r['q1']:.3f}-"
+            f"{r['q3']:.3f}; > 1: faster than the original); energy {b['energy']['joules_per_inference']:.3f} "
+            f"J/inference ({b['energy']['method']})")
+    if not (r["q1"] <= pooled <= r["q3"]):
+        line += ("; the pooled and per-pair figures disagree: the machine's load changed during the measurement, "
+                 "so trust the per-pair ratio and re-run on a quiet machine")
+    return line
 
 
 if __name__ == "__main__":

@@ -282,12 +282,26 @@ def read_text(path: str | os.PathLike) -> list[str]:
 
 
 def load_tokenizer(tokenizer_dir: str | os.PathLike):
-    """A Hugging Face tokenizer from a local folder (never downloads)."""
+    """A Hugging Face tokenizer from a local folder or a tokenizer.json file (never downloads)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     p = pathlib.Path(tokenizer_dir)
-    if not p.is_dir():
-        raise BadArgumentError(f"{p}: no such tokenizer folder" if not p.exists() else f"{p}: not a folder")
+    if not p.exists():
+        raise BadArgumentError(f"{p}: no such tokenizer folder or tokenizer.json")
+    if p.is_file():
+        try:
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
+            if tok.pad_token is None:  # a bare tokenizer.json names no padding token: use the usual one
+                vocab = tok.get_vocab()
+                pad = next((t for t in ("[PAD]", "<pad>", "<|endoftext|>", "</s>", "<unk>") if t in vocab), None)
+                if pad is not None:
+                    tok.pad_token = pad
+            return tok
+        except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types for a bad file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BadArgumentError(f"{p}: not a tokenizer.json file: {first}") from None
     try:
         from transformers import AutoTokenizer
     except ImportError:  # pragma: no cover
@@ -306,13 +320,50 @@ def load_tokenizer(tokenizer_dir: str | os.PathLike):
         raise BadArgumentError(f"{p}: not a Hugging Face tokenizer folder: {first}") from None
 
 
+TEXT_BATCH = 16  # texts per batch when the model's batch dimension is dynamic
+# the sizes random feeds give a named dynamic dimension without --dim: batch-like (axis 0) and others
+DEFAULT_BATCH, DEFAULT_SEQ = 1, 128
+
+
+def _dim_or_none(name: str, axis: int, d, dims: Mapping[str, int]) -> int | None:
+    if isinstance(d, int) and d >= 0:
+        return d
+    if isinstance(d, str) and d in dims:
+        return dims[d]
+    if isinstance(d, str) and d:
+        return None  # taken from the data
+    raise BadArgumentError(f"input {name!r} has an unnamed dynamic dimension at axis {axis}; export with static or "
+                           "named shapes, or use --feeds")
+
+
+def _max_length(tok) -> int:
+    m = getattr(tok, "model_max_length", None)
+    return int(m) if isinstance(m, int) and 0 < m <= 1_000_000 else 512
+
+
+def default_dims(session: ort.InferenceSession, dims: Mapping[str, int] | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """``dims`` completed for random feeds: a named dynamic dimension not given gets DEFAULT_BATCH
+    when it is some input's axis 0, else DEFAULT_SEQ. Returns (all dims, the defaulted ones)."""
+    dims = dict(dims or {})
+    chosen: dict[str, int] = {}
+    for _, _, shape in input_specs(session):
+        for k, d in enumerate(shape):
+            if isinstance(d, str) and d and d not in dims:
+                if k == 0:
+                    chosen[d] = DEFAULT_BATCH
+                else:
+                    chosen.setdefault(d, DEFAULT_SEQ)
+    return {**dims, **chosen}, chosen
+
+
 def text_feeds(texts: Sequence[str], tokenizer_dir_or_tokenizer, session: ort.InferenceSession,
                dims: Mapping[str, int] | None = None) -> FeedBatches:
     """Tokenise ``texts`` into batches shaped like the model's token inputs.
 
-    Each text is padded (or truncated) to the model's sequence length; the last partial batch is
-    padded with repeats of its last text, and ``result.rows[-1]`` (``result.last_rows``) says how
-    many of its rows are real. Inputs the tokenizer does not produce get zeros
+    Each text is padded (or truncated) to the model's sequence length; with a static batch size the
+    last partial batch is padded with repeats of its last text, and ``result.rows[-1]``
+    (``result.last_rows``) says how many of its rows are real. Dynamic dimensions without ``dims``
+    are taken from the data: TEXT_BATCH texts a batch, every text padded to the longest one. Inputs the tokenizer does not produce get zeros
     (``token_type_ids``) or ones (``attention_mask``).
     """
     if not texts:
@@ -329,27 +380,40 @@ def text_feeds(texts: Sequence[str], tokenizer_dir_or_tokenizer, session: ort.In
     for n in names:
         if not np.issubdtype(dtypes[n], np.integer):
             raise BadArgumentError(f"--text: input {n!r} has dtype {np.dtype(dtypes[n])}; token inputs must be integers")
-    shapes = {n: resolve_shape(n, s, dims or {}) for n, _, s in specs}
+    dims = dict(dims or {})
+    shapes = {n: tuple(_dim_or_none(n, k, d, dims) for k, d in enumerate(s)) for n, _, s in specs}
     if len(shapes["input_ids"]) != 2:
-        raise BadArgumentError(f"--text: input_ids must be [batch, sequence]; the model's is {shapes['input_ids']}")
+        raise BadArgumentError(f"--text: input_ids must be [batch, sequence]; the model's is {list(shapes['input_ids'])}")
     for n, s in shapes.items():
-        if s != shapes["input_ids"]:
+        if len(s) != 2 or any(a is not None and b is not None and a != b for a, b in zip(s, shapes["input_ids"])):
             raise BadArgumentError(f"--text: input {n!r} has shape {list(s)} but input_ids {list(shapes['input_ids'])}")
-    batch, seq = shapes["input_ids"]
+    # a dynamic batch or sequence is taken from the data: batches of up to TEXT_BATCH texts, padded to
+    # the longest text (up to the tokenizer's maximum length), no padding repeats
+    batch = next((s[0] for s in shapes.values() if s[0] is not None), None)
+    seq = next((s[1] for s in shapes.values() if s[1] is not None), None)
+    step = batch or TEXT_BATCH
+    if seq is None:  # the longest text of the data (every batch gets the same length)
+        try:
+            lengths = tok(list(texts), truncation=True, max_length=_max_length(tok))["input_ids"]
+        except Exception as e:
+            raise BadArgumentError(f"the tokenizer failed: {type(e).__name__}: {e}") from None
+        seq = max(len(x) for x in lengths)
     out, rows = [], []
-    for i in range(0, len(texts), batch):
-        chunk = list(texts[i : i + batch])
+    for i in range(0, len(texts), step):
+        chunk = list(texts[i : i + step])
         rows.append(len(chunk))
-        chunk += [chunk[-1]] * (batch - len(chunk))
+        if batch is not None:
+            chunk += [chunk[-1]] * (batch - len(chunk))
         try:
             enc = tok(chunk, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
         except Exception as e:
             raise BadArgumentError(f"the tokenizer failed: {type(e).__name__}: {e}") from None
+        shape = np.asarray(enc["input_ids"]).shape
         feeds = {}
         for n in names:
             if n in enc:
                 feeds[n] = np.asarray(enc[n]).astype(dtypes[n])
             else:
-                feeds[n] = (np.ones if n == "attention_mask" else np.zeros)((batch, seq), dtypes[n])
+                feeds[n] = (np.ones if n == "attention_mask" else np.zeros)(shape, dtypes[n])
         out.append(feeds)
     return FeedBatches(out, rows, source="text")

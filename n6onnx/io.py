@@ -14,14 +14,16 @@ import contextlib
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
+import threading
 from typing import Iterator
 
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from .errors import BadArgumentError, BadModelError
+from .errors import BadArgumentError, BadModelError, N6Error
 
 MIN_OPSET = 17
 # Above this many bytes of tensor data a model is saved with external data.
@@ -47,13 +49,51 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
             "the file may be truncated or of another format)"
         )
     _check_opset(p, model)
+    bad = _bad_text(model)
+    if bad:
+        raise BadModelError(f"{p}: not a valid ONNX model: the text field {bad} is not UTF-8 (the file is corrupt)")
     _load_external(p, model)
     try:
-        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(p))
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        raise BadModelError(f"{p}: invalid ONNX model: {first}") from None
+        small = model.ByteSize() < 2**31 - 1
+        onnx.checker.check_model(model if small else str(p))
+        if small:  # types and shapes must agree: a corrupt file can pass the checker and fail every pass later
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise BadModelError(f"{p}: invalid ONNX model: {first_line(e)}") from None
     return model
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line: its first non-empty line (onnx's reports are multi-line)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] + (f" (and {len(lines) - 1} more line(s))" if len(lines) > 1 else "")
+
+
+def _bad_text(msg, where: str = "model") -> str | None:
+    """The first string field of ``msg`` (recursively) that protobuf kept as undecodable bytes, or None.
+    ONNX's loader and checker accept such fields; onnx-ir's serializer later fails on them."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    for field, value in msg.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == F.LABEL_REPEATED
+        if field.type == F.TYPE_STRING:
+            for v in value if repeated else (value,):
+                if isinstance(v, bytes):
+                    try:
+                        v.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return f"{where}.{field.name}"
+        elif field.type == F.TYPE_MESSAGE:
+            items = value if repeated else (value,)
+            for k, v in enumerate(items):
+                if not hasattr(v, "ListFields"):  # map fields
+                    continue
+                bad = _bad_text(v, f"{where}.{field.name}[{k}]" if repeated else f"{where}.{field.name}")
+                if bad:
+                    return bad
+    return None
 
 
 def _check_opset(p: pathlib.Path, model: onnx.ModelProto) -> None:
@@ -75,13 +115,21 @@ def _check_opset(p: pathlib.Path, model: onnx.ModelProto) -> None:
 def _load_external(p: pathlib.Path, model: onnx.ModelProto) -> None:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    missing = []
+    missing, outside = [], []
     base = p.parent
     for t in _get_all_tensors(model):
         if uses_external_data(t):
             loc = {e.key: e.value for e in t.external_data}.get("location", "")
-            if not (base / loc).is_file():
+            norm = os.path.normpath(loc)
+            if not loc or os.path.isabs(loc) or norm == ".." or norm.startswith(".." + os.sep):
+                outside.append(loc)
+            elif not (base / norm).is_file():
                 missing.append(loc)
+    if outside:
+        raise BadModelError(
+            f"{p}: external data location(s) {', '.join(repr(x) for x in sorted(set(outside)))} point outside the "
+            f"model's folder {base}; ONNX only reads external data from files beside (or below) the model"
+        )
     if missing:
         raise BadModelError(
             f"{p}: external data file(s) missing: {', '.join(sorted(set(missing)))} "
@@ -89,8 +137,8 @@ def _load_external(p: pathlib.Path, model: onnx.ModelProto) -> None:
         )
     try:
         onnx.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError) as e:
-        raise BadModelError(f"{p}: could not read external data: {e}") from None
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise BadModelError(f"{p}: could not read external data: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
 
 
 def uses_external_data(path: str | os.PathLike) -> bool:
@@ -105,44 +153,142 @@ def load(path: str | os.PathLike) -> ir.Model:
     return ir.serde.deserialize_model(load_proto(path))
 
 
+def external_files(path: str | os.PathLike) -> list[pathlib.Path]:
+    """The external data files a model file refers to (resolved; empty when it has none or is unreadable)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data as uses
+
+    p = pathlib.Path(path)
+    try:
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable file refers to nothing
+        return []
+    locs = {({e.key: e.value for e in t.external_data}.get("location", "")) for t in _get_all_tensors(m) if uses(t)}
+    return sorted({(p.parent / loc).resolve() for loc in locs if loc})
+
+
+def _same(a: pathlib.Path, b: pathlib.Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_output_path(out: str | os.PathLike, inputs: tuple[str | os.PathLike, ...] = ()) -> pathlib.Path:
+    """Refuse an output that cannot be written as a file, or that would overwrite an input model or
+    one of its external data files (OUT itself, or OUT.data, which an external-data save writes and
+    an inline save removes)."""
     out = pathlib.Path(out)
+    if not out.name or out.name in (".", ".."):
+        raise BadArgumentError(f"{out}: give a file name for the output")
     if not out.parent.is_dir():
         raise BadArgumentError(f"{out}: the output directory {out.parent} does not exist")
     if out.is_dir():
         raise BadArgumentError(f"{out}: is a directory; give a file name")
+    if out.exists() and not out.is_file():
+        raise BadArgumentError(f"{out}: exists and is not a regular file (a device, pipe or socket); "
+                               "give a file name")
+    data = out.parent / (out.name + ".data")
     for i in inputs:
-        if pathlib.Path(i).exists() and out.exists() and os.path.samefile(out, i):
+        i = pathlib.Path(i)
+        if _same(out, i):
             raise BadArgumentError(f"{out}: refusing to overwrite the input model")
+        for f in [i] + external_files(i):
+            if _same(out, f):
+                raise BadArgumentError(f"{out}: refusing to overwrite {f.name}, the external data of the input model")
+            if _same(data, f):
+                what = "the input model" if f == i else "the input model's external data"
+                raise BadArgumentError(f"{out}: its data file {data.name} would overwrite {what} ({f}); "
+                                       "choose another output name")
     return out
 
 
-def save(model: ir.Model | onnx.ModelProto, out: str | os.PathLike, *, external_data: bool | None = None) -> pathlib.Path:
-    """Atomically save; use external data when asked or when the model exceeds protobuf's 2 GB."""
-    out = check_output_path(out)
+class Interrupted(SystemExit):
+    """Raised in place of a terminating signal while a file is being written, so that cleanup runs."""
+
+
+@contextlib.contextmanager
+def cleanup_on_signal():
+    """Turn SIGTERM and SIGHUP into an exception (exit status 128 + signal) inside the block, so
+    ``finally`` clauses remove temporary files; the previous handlers come back afterwards. Only in
+    the main thread (signal handlers can be set nowhere else); SIGINT already raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(128 + signum)
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def umask() -> int:
+    """The process umask (read without changing it where /proc tells it)."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save(model: ir.Model | onnx.ModelProto, out: str | os.PathLike, *, external_data: bool | None = None,
+         inputs: tuple[str | os.PathLike, ...] = ()) -> pathlib.Path:
+    """Atomically save; use external data when asked or when the model exceeds protobuf's 2 GB.
+
+    Everything is written into a hidden temporary folder beside ``out`` and renamed into place; the
+    folder is removed on any error, on KeyboardInterrupt and on SIGTERM/SIGHUP. Files get the
+    permissions of any file the user writes (0666 minus the umask). External data files that the
+    previous ``out`` used and the new one does not (an inline save over an external-data one) are
+    removed. OS errors become one-line ``N6Error``s. ``inputs`` are never overwritten."""
+    out = check_output_path(out, inputs)
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
     if external_data is None:
         external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
-    tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    protected = {pathlib.Path(i).resolve() for i in inputs} | {f for i in inputs for f in external_files(i)}
+    stale = [f for f in external_files(out) if f.parent == out.parent.resolve() and f not in protected] \
+        if out.exists() else []
+    mode = 0o666 & ~umask()
     try:
-        tmp_model = tmpdir / out.name
-        if external_data:
-            onnx.save_model(
-                proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=data_name, size_threshold=1024,
-            )
-        else:
-            onnx.save_model(proto, str(tmp_model))
-        for f in (tmp_model, tmpdir / data_name):
-            if f.exists():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if (tmpdir / data_name).exists():
-            os.replace(tmpdir / data_name, out.parent / data_name)
-        os.replace(tmp_model, out)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        with cleanup_on_signal():
+            tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+            try:
+                tmp_model = tmpdir / out.name
+                if external_data:
+                    onnx.save_model(
+                        proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024,
+                    )
+                else:
+                    onnx.save_model(proto, str(tmp_model))
+                written = [f for f in (tmp_model, tmpdir / data_name) if f.exists()]
+                for f in written:
+                    os.chmod(f, mode)
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                if (tmpdir / data_name).exists():
+                    os.replace(tmpdir / data_name, out.parent / data_name)
+                os.replace(tmp_model, out)
+            finally:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            keep = (out.parent / data_name).resolve() if external_data else None
+            for f in stale:
+                if f != keep and f.is_file():
+                    f.unlink()
+    except OSError as e:
+        raise N6Error(f"{out}: cannot write the model: {e.strerror or e}") from None
     return out
 
 

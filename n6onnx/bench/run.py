@@ -35,9 +35,11 @@ from typing import Iterable, Mapping, Sequence
 import onnxruntime as ort
 
 from .. import feeds as feeds_mod
-from .. import io
+from .. import io, vocab
+from .._library import library_status
 from .._version import __version__
 from ..errors import BadArgumentError
+from ..options import number
 from . import baseline as baseline_mod
 from . import energy as energy_mod
 from . import figures
@@ -201,14 +203,20 @@ def bench(
         raise ProviderUnavailableError(
             f"--provider cuda: CUDAExecutionProvider is not available in this onnxruntime "
             f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
-    if threads is not None and threads <= 0:
-        raise BadArgumentError(f"--threads must be positive, got {threads}")
-    if seconds <= 0 or window <= 0:
-        raise BadArgumentError("--seconds and --window must be positive")
+    threads = number("--threads", threads, 1, 4096, integer=True)
+    device_id = number("--device-id", device_id, 0, 1023, integer=True)
+    seconds = number("--seconds", seconds, 0, 86400, lo_open=True)
+    window = number("--window", window, 0, 3600, lo_open=True)
+    if seconds / window > 100_000:
+        raise BadArgumentError(f"--seconds {seconds:g} / --window {window:g} asks for more than 100000 blocks")
+    warmup = number("--warmup", warmup, 0, 3600)
+    cpu_watts = number("--cpu-watts", cpu_watts, 0, 10000, lo_open=True)
+    cpu_watts_uncertainty = number("--cpu-watts-uncertainty", cpu_watts_uncertainty, 0, 1, hi_open=True)
+    num_heads = number("--num-heads", num_heads, 1, 65536, integer=True)
+    hidden_size = number("--hidden-size", hidden_size, 1, 2**24, integer=True)
     if idle_seconds is None:
         idle_seconds = window
-    if idle_seconds < 0:
-        raise BadArgumentError("--idle-seconds must be >= 0")
+    idle_seconds = number("--idle-seconds", idle_seconds, 0, 3600)
     dims_ = _parse_dims(dims)
     cfg = session_mod.SessionConfig(provider, device_id, threads)
     warnings: list[str] = []
@@ -228,11 +236,17 @@ def bench(
         ref_sess, _ = cfg.session(ref_src)
         if feeds is not None:
             batches = feeds_mod.load_npz(feeds, ref_sess)
+            vocab.check_ids(batches[:1], vocab.bounds(ref_src), str(feeds))
             feed = batches[0]
             feeds_desc = {"source": str(feeds), "batch": 0, "batches_in_file": len(batches)}
         else:
-            feed = feeds_mod.random_feeds(ref_sess, 1, dims_)[0]
+            dims_, chosen = feeds_mod.default_dims(ref_sess, dims_)
+            feed = feeds_mod.random_feeds(ref_sess, 1, dims_, id_high=vocab.bounds(ref_src))[0]
             feeds_desc = {"source": "random", "seed": 0, "dims": dims_}
+            if chosen:
+                feeds_desc["dims_default"] = chosen
+                warnings.append("random inputs: dynamic dimension(s) " + ", ".join(f"{k}={v}" for k, v in chosen.items())
+                                + " by default (give --dim NAME=SIZE to measure another shape)")
         feeds_desc["shapes"] = {k: list(v.shape) for k, v in feed.items()}
         feeds_desc["dtypes"] = {k: str(v.dtype) for k, v in feed.items()}
         ref_out = {ref_src: ref_sess.run(None, feed)}
@@ -395,8 +409,14 @@ def bench(
             "fuse_candidate": fuse_candidate,
             "meters": [m.describe() for m in meter_list], "meters_unavailable": meter_notes,
         }
+        method = METHOD
+        if results["candidate"].library is None:
+            why = library_status("cuda" if provider == "cuda" else "cpu")[1]
+            method = METHOD.replace("the n6 custom-op library registered for both (it does not change a model without "
+                                    "n6 ops)", "no n6 custom-op library registered (none was found)")
+            warnings.append(f"no n6 custom-op library was registered: {why}")
         return BenchReport(results["candidate"], results.get("baseline"), ratio, memory, settings,
-                           session_mod.hardware(nvml), METHOD,
+                           session_mod.hardware(nvml), method,
                            warnings, time.perf_counter() - t_start)
     finally:
         prog.close()

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from .. import feeds, text
+from .. import feeds, vocab
 from ..blocks import FFNBlock, Projection, find_ffn_blocks
 from ..errors import BadArgumentError
 from ..graph import add_initializer
@@ -34,6 +34,8 @@ from ..ops import DOMAIN, REGISTRY
 from ..runtime import InferenceSession, session_for
 from . import collect, fit
 
+# fewer real tokens than this per FFN unit and the per-channel fit and the ridge refit are underdetermined
+MIN_ROWS_PER_UNIT = 2
 ACTS = {"Phi6": REGISTRY["Phi6"].reference, "ZetaLn2": REGISTRY["ZetaLn2"].reference}
 
 
@@ -62,10 +64,12 @@ class CalibrationReport:
     refit: bool
     layers: list[LayerFit]
     available: int | None = None  # samples in DATA (more than ``samples`` when --calib-samples capped them)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "available": self.available, "batches": self.batches, "rows": self.rows,
-                "seconds": round(self.seconds, 2), "refit": self.refit, "layers": [l.to_json() for l in self.layers]}
+                "seconds": round(self.seconds, 2), "refit": self.refit, "layers": [l.to_json() for l in self.layers],
+                "warnings": self.warnings}
 
 
 def _np(v: ir.Value) -> np.ndarray:
@@ -191,8 +195,17 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             _insert_add(graph, b.down.node.outputs[0], b2n.astype(dtype), f"{b.act.name}_n6cal_out_bias")
         layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit,
                                {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
-    return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].out.name])),
-                             time.perf_counter() - t0, refit, layers, getattr(batches, "available", None))
+    rows = int(len(orig[todo[0].out.name]))
+    report = CalibrationReport(_samples(batches), len(batches), rows, time.perf_counter() - t0, refit, layers,
+                               getattr(batches, "available", None))
+    width = max(int(l.affine["a"].shape[0]) for l in layers)
+    if rows < MIN_ROWS_PER_UNIT * width:
+        report.warnings.append(
+            f"calibration data too small: {rows} real tokens for FFNs of {width} units (want >= "
+            f"{MIN_ROWS_PER_UNIT * width}, {MIN_ROWS_PER_UNIT} per unit); the fit can match these tokens exactly "
+            "(tiny calibration errors) and still generalise poorly: give more text, and measure with "
+            "`n6onnx validate` on held-out data")
+    return report
 
 
 def original_streams(original: ir.Model, blocks: Sequence[FFNBlock], batches, threads=None) -> dict:
@@ -279,7 +292,9 @@ def _insert_add(graph: ir.Graph, value: ir.Value, bias: np.ndarray, name: str) -
 def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int | None = None,
                  dims: dict | None = None):
     """Calibration feeds: an .npz of feeds, or a text file tokenised with ``tokenizer`` (default:
-    the packaged all-MiniLM-L6-v2 tokenizer when the model takes token ids)."""
+    the packaged all-MiniLM-L6-v2 tokenizer, only when the model's vocabulary provably is its
+    vocabulary: see ``n6onnx.vocab.default_tokenizer``). Token ids outside the embedding table the
+    graph gathers from are refused. Dynamic dimensions are taken from the data."""
     p = pathlib.Path(data)
     if not p.is_file():
         raise BadArgumentError(f"--calibrate {data}: no such file")
@@ -294,7 +309,7 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
         if samples:
             texts = texts[:samples]
         if tokenizer is None:
-            tokenizer = str(text.minilm_dir())
+            tokenizer = str(vocab.default_tokenizer(model))
         batches = feeds.text_feeds(texts, tokenizer, sess, dims)
     if samples and p.suffix == ".npz":
         keep, n = [], 0
@@ -303,6 +318,7 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
                 break
             keep.append(b)
             n += feeds.batch_rows(b)
-        batches = feeds.FeedBatches(keep, source=batches.source)
+        batches = feeds.FeedBatches(keep, batches.rows[:len(keep)], source=batches.source)
+    vocab.check_ids(batches, vocab.bounds(model), f"--calibrate {data}")
     batches.available = available  # what DATA holds, for the report (the rest was left out by ``samples``)
     return batches

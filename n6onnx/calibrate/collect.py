@@ -1,6 +1,6 @@
 """Intermediate tensors from onnxruntime: the model is run with the wanted values added as graph
 outputs, pruned to the nodes they depend on. Token rows where the attention mask is 0 are dropped,
-so padding does not take part in any fit.
+and so are the padding repeats of a last batch (``batches.rows``), so padding takes part in no fit.
 
 Layer-by-layer calibration (``Sweep``) does not re-run the whole prefix for every layer: each step
 is fed, as extra graph inputs, the values of a cut point saved by the previous step (a residual
@@ -21,7 +21,8 @@ from ..runtime import session_for
 def with_outputs(proto: onnx.ModelProto, names: Sequence[str], cut: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A model whose outputs are ``names``, holding only the nodes and initializers they depend on
     (onnxruntime would otherwise still run the whole graph). Values in ``cut`` (name -> an example
-    array) become graph inputs: nothing upstream of them is kept."""
+    array) become graph inputs of the example's rank and width, other sizes dynamic (batches of a
+    dynamic-axes model differ in size): nothing upstream of them is kept."""
     cut = cut or {}
     g = proto.graph
     all_nodes = list(g.node)
@@ -54,7 +55,8 @@ def with_outputs(proto: onnx.ModelProto, names: Sequence[str], cut: dict[str, np
         if any(i.name == name for i in g.input):
             continue
         m.graph.input.append(onnx.helper.make_tensor_value_info(
-            name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+            name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype),
+            [f"n6_cut_{k}" for k in range(arr.ndim - 1)] + list(arr.shape[-1:])))
     infos = {vi.name: vi for vi in list(g.value_info) + list(g.output) + list(g.input)}
     for n in names:
         m.graph.output.append(infos[n] if n in infos else onnx.helper.make_empty_tensor_value_info(n))
@@ -67,6 +69,15 @@ def rows(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     if mask is not None and mask.size == a.shape[0]:
         return a[mask.reshape(-1).astype(bool)]
     return a
+
+
+def _real_rows(a: np.ndarray, mask: np.ndarray | None, n_real: int | None):
+    """Drop the padding repeats of a last batch (rows past ``n_real`` along the batch axis)."""
+    if n_real is None or mask is None or mask.ndim < 1 or n_real >= mask.shape[0]:
+        return a, mask
+    if a.ndim >= 1 and a.shape[0] == mask.shape[0]:
+        return a[:n_real], mask[:n_real]
+    return a, mask
 
 
 def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict], threads: int | None = None,
@@ -88,15 +99,17 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
     sess = session_for(with_outputs(proto, names, example), so, threads=threads)
     out: dict = {n: [] for n in names}
     kept: dict = {n: [] for n in full}
+    real = getattr(batches, "rows", None)  # rows of each batch that are real samples (not padding repeats)
     for i, feeds in enumerate(batches):
         mask = feeds.get("attention_mask")
+        n_real = real[i] if real is not None else None
         if cut:
             feeds = {**feeds, cut: cut_values[i]}
         res = sess.run(names, feeds)
         for n, a in zip(names, res):
             if n in kept:
                 kept[n].append(a)
-            out[n].append(rows(a, mask))
+            out[n].append(rows(*_real_rows(a, mask, n_real)))
         if progress is not None:
             progress()
     res = {n: np.concatenate(v, 0) for n, v in out.items()}

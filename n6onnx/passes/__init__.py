@@ -77,6 +77,29 @@ def parse(spec: str) -> PassSpec:
     return PassSpec(kind, option)
 
 
+def plan(specs: list[PassSpec]) -> list[PassSpec]:
+    """One pass per kind. Two passes of a kind that would rewrite the same sites are refused (the
+    second would find nothing left and report 0 while the model holds the first's rewrites); a kind
+    whose ``Pass.merge`` can combine its options into one run (``attention=fftmix`` with disjoint
+    block indices) gets that one run, so indices keep meaning the original model's blocks and the
+    report counts both."""
+    by_kind: dict[str, list[PassSpec]] = {}
+    for sp in specs:
+        by_kind.setdefault(sp.kind, []).append(sp)
+    out = []
+    for kind, group in by_kind.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        merged = PASSES[kind].merge([sp.option for sp in group]) if PASSES[kind].merge else None
+        if merged is None:
+            raise BadArgumentError(
+                f"--pass {group[0]} and --pass {group[1]} would rewrite the same {kind} sites (each rewrites every "
+                f"{kind} site it can); give one {kind} pass")
+        out.append(PassSpec(kind, merged))
+    return out
+
+
 def run(model: ir.Model, spec: PassSpec, ctx: PassContext | None = None) -> KindReport:
     return PASSES[spec.kind].run(model, spec.option, ctx or PassContext())
 

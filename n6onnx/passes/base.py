@@ -60,6 +60,9 @@ class Pass:
     detect: Callable[[Inspection], KindReport]
     uses_data: bool = False  # the result depends on calibration data
     calibrate: Callable[[ir.Model, KindReport, PassContext], Any] | None = None
+    # several --pass options of this kind as one run (their option), None when they overlap
+    # (``passes.plan`` then refuses them); unset: two passes of the kind are always refused
+    merge: Callable[[list[str]], str | None] | None = None
     docs: str = ""  # docs/passes/<name>.md, the user's page for this pass
 
     def grammar(self) -> str:

@@ -7,6 +7,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
+from .. import io
 from ..errors import N6Error
 from ..graph import default_opset, name_new_nodes
 from ..ops import DOMAIN, DOMAIN_VERSION, REGISTRY
@@ -34,4 +35,4 @@ def check(proto: onnx.ModelProto) -> None:
             onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise N6Error(f"the rewritten model fails onnx.checker: {e}") from None
+        raise N6Error(f"the rewritten model fails onnx.checker: {io.first_line(e)}") from None

@@ -357,9 +357,10 @@ def run(model: ir.Model, target: str = "phi6") -> KindReport:
     report.sites = collector.sites
     report.rewritten = len(collector.sites)
     remaining = {id(n) for n in model.graph.all_nodes()}
+    top = {id(n) for n in model.graph} | {id(n) for f in model.functions.values() for n in f}
     for n in anchors:
         if id(n) in remaining:
-            reason = collector.failures.get(id(n), (0, _default_reason(n)))[1]
+            reason = (collector.failures.get(id(n), (0, _default_reason(n)))[1] if id(n) in top else SUBGRAPH_REASON)
             report.near_misses.append(Rejection(node_label(n), reason))
     return report
 
@@ -415,6 +416,10 @@ def _apply(model: ir.Model, variants: list, candidates: list[ir.Node]) -> int:
                 count += 1
                 break
     return count
+
+
+SUBGRAPH_REASON = ("inside a control-flow subgraph (an If, Loop or Scan body): n6onnx rewrites the main graph "
+                   "and model functions only")
 
 
 def _default_reason(n: ir.Node) -> str:

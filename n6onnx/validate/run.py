@@ -17,13 +17,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .. import feeds as feeds_mod
-from .. import text as text_mod
+from .. import vocab as vocab_mod
 from ..errors import BadArgumentError, BadModelError, N6Error
 from ..runtime import InferenceSession
 from . import metrics as M
 from .report import Gate, OutputReport, ValidateReport
 
-ZOO_MINILM_TAG = "n6onnx.zoo model=minilm "
+ZOO_MINILM_TAG = vocab_mod.ZOO_MINILM_TAG
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,17 +67,8 @@ def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
 
 
 def _vocab_sizes(proto) -> dict[str, int]:
-    """Inputs used directly as Gather indices into an initializer: the initializer's row count."""
-    inits = {t.name: list(t.dims) for t in proto.graph.initializer}
-    inputs = {i.name for i in proto.graph.input}
-    out: dict[str, int] = {}
-    for n in proto.graph.node:
-        if n.op_type == "Gather" and n.domain in ("", "ai.onnx") and len(n.input) == 2:
-            data, idx = n.input
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-            if idx in inputs and data in inits and axis == 0 and inits[data]:
-                out[idx] = min(out.get(idx, inits[data][0]), inits[data][0])
-    return out
+    """Token-id inputs -> rows of the embedding table they index (n6onnx.vocab.bounds)."""
+    return vocab_mod.bounds(proto)
 
 
 def _check_compatible(a: _Model, b: _Model) -> None:
@@ -180,35 +171,29 @@ def _build_feeds(orig: _Model, cand: _Model, *, feeds, text, tokenizer, random, 
         texts = feeds_mod.read_text(text)
         tok_dir = tokenizer
         if tok_dir is None:
-            if orig.doc_string.startswith(ZOO_MINILM_TAG):
-                tok_dir = text_mod.minilm_dir()
-                info["tokenizer_default"] = True
-                notes.append("--tokenizer not given: using the packaged all-MiniLM-L6-v2 tokenizer "
-                             "(the original is the n6onnx zoo MiniLM)")
-            else:
-                raise BadArgumentError(
-                    "--text needs --tokenizer DIR (a Hugging Face tokenizer folder); n6onnx knows the tokenizer "
-                    "only of the packaged MiniLM exported by n6onnx.zoo"
-                )
+            tok_dir = vocab_mod.default_tokenizer(orig.path)
+            info["tokenizer_default"] = True
+            notes.append("--tokenizer not given: using the packaged all-MiniLM-L6-v2 tokenizer (the original's "
+                         "vocabulary is provably its vocabulary)")
         batches = feeds_mod.text_feeds(texts, tok_dir, sess, dims)
         info.update(kind="text", source=str(text), tokenizer=str(tok_dir))
-        vocab = min(orig.vocab.get("input_ids", 1 << 62), cand.vocab.get("input_ids", 1 << 62))
-        top = max(int(b["input_ids"].max()) for b in batches)
-        if top >= vocab:
-            raise BadArgumentError(
-                f"the tokenizer produced token id {top} but the model's vocabulary has {vocab} entries "
-                "(is this the model's tokenizer?)"
-            )
     else:
         try:
             n = int(random)
         except (TypeError, ValueError):
             raise BadArgumentError(f"--random expects a number of samples, got {random!r}") from None
         vocab = {k: min(orig.vocab.get(k, v), cand.vocab.get(k, v)) for k, v in {**cand.vocab, **orig.vocab}.items()}
+        dims, chosen = feeds_mod.default_dims(sess, dims)
+        if chosen:
+            info["dims_default"] = chosen
+            notes.append("random inputs: dynamic dimension(s) " + ", ".join(f"{k}={v}" for k, v in chosen.items())
+                         + " by default (give --dim NAME=SIZE to choose)")
         batches = feeds_mod.random_samples(sess, n, dims, seed=seed, id_high=vocab)
         info.update(kind="random", source=f"seed {seed}", seed=seed)
         if vocab:
             info["id_high"] = vocab
+    limits = {k: min(orig.vocab.get(k, v), cand.vocab.get(k, v)) for k, v in {**cand.vocab, **orig.vocab}.items()}
+    vocab_mod.check_ids(batches, limits, str(info.get("source", "feeds")))
     info.update(samples=batches.samples, batches=len(batches))
     if not batches or batches.samples == 0:
         raise BadArgumentError("no samples to run")

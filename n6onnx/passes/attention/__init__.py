@@ -33,6 +33,7 @@ from ...graph import default_opset, node_label
 from ..base import Pass
 from . import egyptian, fftmix
 from .blocks import detect, find_blocks
+from ...options import count, is_count
 from .emit import fallback_problem
 from .fftmix import redundancy_scores
 
@@ -43,17 +44,12 @@ def parse_option(option: str):
         if arg in ("", "auto"):
             return method, ("auto", None)
         if arg.startswith("auto:"):
-            n = arg[5:]
-            if not n.isdigit() or int(n) < 1:
-                raise BadArgumentError(f"attention=fftmix:auto:N needs a positive count (got {n!r})")
-            return method, ("auto", int(n))
-        if arg.isdigit():
-            if int(arg) < 1:
-                raise BadArgumentError("attention=fftmix:N needs N >= 1")
-            return method, ("count", int(arg))
+            return method, ("auto", count("attention=fftmix:auto:N", arg[5:], 1))
+        if is_count(arg):
+            return method, ("count", count("attention=fftmix:N", arg, 1))
         body = arg[1:] if arg.startswith("@") else arg
         parts = [p for p in body.split(",") if p.strip()]
-        if parts and all(p.strip().isdigit() for p in parts) and ("," in arg or arg.startswith("@")):
+        if parts and all(is_count(p) for p in parts) and ("," in arg or arg.startswith("@")):
             return method, ("indices", sorted({int(p) for p in parts}))
         raise BadArgumentError(f"attention=fftmix:LAYERS: LAYERS is auto, auto:N, a count N, or block indices "
                                f"I,J (a single index as @I) (got {arg!r})")
@@ -94,11 +90,26 @@ def run(model: ir.Model, option: str, ctx) -> KindReport:
     return report
 
 
+def merge(options: list[str]) -> str | None:
+    """``attention=fftmix`` passes on disjoint block indices as one run (raises when they overlap);
+    None for any other combination."""
+    parsed = [parse_option(o) for o in options]
+    if not all(m == "fftmix" and a[0] == "indices" for m, a in parsed):
+        return None
+    seen: set[int] = set()
+    for o, (_, (_, idx)) in zip(options, parsed):
+        if seen & set(idx):
+            raise BadArgumentError(f"--pass attention={o} targets attention block(s) {sorted(seen & set(idx))} that "
+                                   "an earlier --pass already rewrites; give each block once")
+        seen |= set(idx)
+    return "fftmix:" + ",".join(str(i) for i in sorted(seen)) + ","
+
+
 PASS = Pass(
     name="attention", order=30, options=("fftmix[:LAYERS]", "egyptian[:HEADS][:CORE]"),
     summary="fftmix: the most redundant attention blocks become FFTMix + Linear fitted on --calibrate data "
             "(LAYERS: auto, auto:N, N, or indices I,J / @I); egyptian: full/local/global heads as "
             "EgyptianAttention (HEADS: locality, by-index, full; CORE: fused or mha)",
-    parse=parse_option, run=run, detect=lambda view: detect(view.model), uses_data=True,
+    parse=parse_option, run=run, merge=merge, detect=lambda view: detect(view.model), uses_data=True,
     docs="docs/passes/attention.md",
 )

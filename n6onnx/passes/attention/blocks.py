@@ -475,6 +475,15 @@ def find_blocks(model: ir.Model) -> tuple[list[AttentionBlock], list[Rejection],
     return blocks, rejected, seen, opaque
 
 
+CAUSAL_REASON = ("causal mask: the attention passes have no causal mode yet (FFT-Mix and Egyptian attention would "
+                 "let each position see later tokens); the block is left as it is")
+
+
+def causal_reason(b: AttentionBlock) -> str | None:
+    """Why a block with a causal mask is refused by every attention rewrite (None: not causal)."""
+    return CAUSAL_REASON if b.mask is not None and b.mask.causal else None
+
+
 def detect(model: ir.Model, redundancy: dict[int, float] | None = None) -> KindReport:
     blocks, rejected, seen, opaque = find_blocks(model)
     report = KindReport("attention", seen=seen, near_misses=rejected)
@@ -484,6 +493,9 @@ def detect(model: ir.Model, redundancy: dict[int, float] | None = None) -> KindR
         detail = b.detail()
         if redundancy is not None and b.index in redundancy:
             detail["redundancy"] = redundancy[b.index]
+        if causal_reason(b):
+            detail["refused"] = causal_reason(b)
+            report.notes.append(f"attention block {b.index} ({b.label}): {causal_reason(b)}")
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule=rule, detail=detail))
     for n in opaque:
         report.sites.append(Site(nodes=[node_label(n)], rule=f"attention.op.{n.domain or 'onnx'}.{n.op_type}"))

@@ -15,7 +15,7 @@ from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, consumers, const_array, is_const, node_label, scalar_const
 from ..finalize import finalize
-from .blocks import MERGE_PATH, find_blocks, side_factor, static_shape
+from .blocks import MERGE_PATH, causal_reason, find_blocks, side_factor, static_shape
 from .emit import WINDOW, add_node, ones_mask
 from .heads import split_full_heads
 
@@ -82,6 +82,8 @@ def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int,
 
 
 def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
+    if causal_reason(b):  # first: whatever else holds, a causal block is never rewritten
+        return causal_reason(b)
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
     if b.q4 is None or b.kt4 is None or b.v4 is None or b.core_out is None:
@@ -89,8 +91,6 @@ def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
     if not (b.heads and b.head_size):
         return "number of heads / head size unknown"
     if b.mask is not None:
-        if b.mask.causal:
-            return "causal mask: EgyptianAttention has no causal mode"
         if not b.mask.inputs:
             return ("constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
                     "[batch, seq] key-padding mask input")

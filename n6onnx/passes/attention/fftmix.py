@@ -18,7 +18,7 @@ from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, node_label
 from ..finalize import finalize
-from .blocks import find_blocks, seq_input, stream_pair
+from .blocks import causal_reason, find_blocks, seq_input, stream_pair
 from .emit import add_node, bias_vector, weight_in_out
 
 
@@ -42,6 +42,8 @@ def fftmix_default(b: AttentionBlock) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fftmix_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
+    if causal_reason(b):
+        return causal_reason(b)
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
     if b.out is None or b.out_value is None:

@@ -9,6 +9,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from ...blocks import find_ffn_blocks
+from ... import options
 from ...errors import BadArgumentError
 from ...findings import KindReport, Rejection, Site
 from .. import gelu
@@ -35,16 +36,7 @@ def ratio(option: str) -> float:
     if not option.startswith("phi-bottleneck"):
         raise choice_error("ffn", OPTIONS, f"ffn={option}")
     _, _, r = option.partition(":")
-    if not r:
-        return 4 / 3
-    try:
-        num, _, den = r.partition("/")
-        value = float(num) / float(den or 1)
-    except ValueError:
-        raise BadArgumentError(f"ffn=phi-bottleneck:RATIO needs a number such as 4/3 or 2 (got {r!r})") from None
-    if not 0 < value <= 16:
-        raise BadArgumentError(f"ffn=phi-bottleneck:RATIO must be in (0, 16] (got {r!r})")
-    return value
+    return 4 / 3 if not r else options.ratio("ffn=phi-bottleneck:RATIO", r, 0, 16)
 
 
 def run(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
@@ -52,6 +44,11 @@ def run(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
     blocks = prune.map_blocks(model)
     report = KindReport("ffn", seen=len(blocks))
     todo = []
+    zero = [b for b in blocks if b.d_model is not None and int(round(r * b.d_model)) < 1]
+    if zero:
+        raise BadArgumentError(
+            f"ffn={option}: {r:.4g} x d_model {zero[0].d_model} rounds to 0 hidden units, which would delete the "
+            f"FFN ({len(zero)} block(s)); use a ratio >= {0.5 / zero[0].d_model:.3g}")
     for b in blocks:
         if b.hidden is None or b.d_model is None:
             report.near_misses.append(Rejection(b.act.name, "FFN weight shapes unknown"))

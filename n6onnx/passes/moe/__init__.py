@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from ... import options
 from ...errors import BadArgumentError
 from ...findings import KindReport, Rejection, Site
 from ..base import Pass
@@ -44,13 +45,7 @@ def parse(option: str) -> tuple[str, int]:
         raise BadArgumentError(f"moe pass needs one of: moe=sparse, moe=egyptian, moe=phi[:DROP] (got moe={option})")
     if not drop:
         return mode, 0
-    try:
-        d = int(drop)
-    except ValueError:
-        raise BadArgumentError(f"moe=phi:DROP needs a whole number of sub-experts to drop (got {drop!r})") from None
-    if d < 0:
-        raise BadArgumentError(f"moe=phi:DROP must be >= 0 (got {d})")
-    return mode, d
+    return mode, options.count("moe=phi:DROP", drop, 0)
 
 
 def run(model: ir.Model, option: str, ctx) -> KindReport:
