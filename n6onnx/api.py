@@ -16,7 +16,7 @@ from .ops import DOMAIN, DOMAIN_VERSION, REGISTRY
 from .passes import PassSpec, detect
 from .passes._common import KindReport, name_new_nodes
 
-KINDS = ("gelu", "ffn", "attention", "moe")
+KINDS = ("gelu", "ffn", "attention", "moe", "block")
 
 
 @dataclasses.dataclass
@@ -87,7 +87,9 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
 
     With ``calibrate`` (calibration data, as for ``rewrite``) each attention block also gets a
     ``redundancy`` score: the mean over real tokens of cos(residual stream before the block, stream
-    after its residual add) (see ``n6onnx.calibrate.attention``)."""
+    after its residual add) (see ``n6onnx.calibrate.attention``), and a ``layer_redundancy`` score for
+    the whole layer it opens: mean cos(stream entering the layer, stream leaving it) (see
+    ``n6onnx.passes.drop``)."""
     name, m = _load(model)
     n_nodes = sum(1 for _ in m.graph.all_nodes())
     canonicalize(m)
@@ -99,10 +101,15 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
         batches = cal.load_batches(str(calibrate), ir.to_proto(m),
                                    tokenizer=None if tokenizer is None else str(tokenizer), samples=calib_samples,
                                    dims=dims)
+        from .passes import drop
+
         scores = attention.redundancy_scores(m, batches)
+        layer_scores = drop.layer_scores(m, batches)
         for site in kinds["attention"].sites:
             if site.detail.get("index") in scores:
                 site.detail["redundancy"] = scores[site.detail["index"]]
+            if site.detail.get("index") in layer_scores:
+                site.detail["layer_redundancy"] = layer_scores[site.detail["index"]]
     return InspectReport(name, _default_opset(m), n_nodes, kinds)
 
 
@@ -147,7 +154,8 @@ def rewrite(
     calibration = None
     functions: list[str] = []
     for spec in specs:
-        reports[spec.kind] = passes.run(m, spec, ctx)
+        rep = passes.run(m, spec, ctx)
+        reports[spec.kind] = _merge(reports[spec.kind], rep) if spec.kind in reports else rep
         functions = finalize(m)
         if spec.kind == "gelu" and ctx.batches and reports["gelu"].rewritten:
             calibration = cal.calibrate_swap(m, original, ctx.batches, refit=refit, progress=ctx.progress)
@@ -170,6 +178,12 @@ def rewrite(
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
                         functions, time.perf_counter() - t0, warnings, calibration)
     return m, rep
+
+
+def _merge(a: KindReport, b: KindReport) -> KindReport:
+    """Two passes of one kind (on disjoint blocks): one report of both."""
+    return KindReport(a.kind, max(a.seen, b.seen), a.sites + b.sites, a.near_misses + b.near_misses,
+                      a.rewritten + b.rewritten, a.notes + b.notes)
 
 
 def finalize(m: ir.Model) -> list[str]:

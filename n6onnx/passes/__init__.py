@@ -8,7 +8,7 @@ from typing import Callable
 import onnx_ir as ir
 
 from ..errors import BadArgumentError
-from . import attention, gelu
+from . import attention, drop, gelu, targets
 from ._common import KindReport, Rejection, Site
 
 
@@ -29,6 +29,9 @@ class PassContext:
     batches: list | None = None
     refit: bool = True
     progress: Callable[[str], None] | None = None  # told a label per layer while calibrating
+    # attention/block passes: block anchors before the first of them, and blocks taken (see targets)
+    anchors: list[str] | None = None
+    claimed: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 def _ffn(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
@@ -79,11 +82,14 @@ def _ratio(option: str) -> float:
 PASSES: dict[str, tuple[tuple[str, ...], Callable[[ir.Model, str, PassContext], KindReport]]] = {
     "gelu": (tuple(gelu.TARGETS), lambda model, option, ctx: gelu.run(model, option)),
     "ffn": (("phi-bottleneck", "phi-bottleneck:RATIO"), _ffn),
-    "attention": (("fftmix[:LAYERS]", "egyptian[:HEADS][:CORE]"), lambda model, option, ctx: attention.run(model, option, ctx)),
+    "attention": (("fftmix[:LAYERS]", "egyptian[:HEADS][:CORE]", *drop.OPTIONS),
+                  lambda model, option, ctx: (drop.run_attention if option.startswith("drop")
+                                              else attention.run)(model, option, ctx)),
     "moe": (("sparse", "egyptian", "phi", "phi:DROP"), lambda model, option, ctx: _moe().run(model, option, ctx)),
+    "block": (drop.OPTIONS, drop.run_block),
 }
 # passes whose result depends on calibration data
-DATA_PASSES = {"ffn", "attention", "moe"}
+DATA_PASSES = {"ffn", "attention", "moe", "block"}
 
 
 def _moe():
@@ -101,6 +107,9 @@ def parse(spec: str) -> PassSpec:
             + ", ".join(f"{k}={'|'.join(v[0])}" for k, v in PASSES.items())
         )
     options = PASSES[kind][0]
+    if kind in ("attention", "block") and option.startswith("drop"):
+        targets.parse_drop(kind, option)
+        return PassSpec(kind, option)
     if kind == "attention":
         try:
             attention.parse_option(option)

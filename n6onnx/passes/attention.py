@@ -1061,8 +1061,14 @@ def redundancy_scores(model: ir.Model, batches, blocks: list[AttentionBlock] | N
 
 
 def run(model: ir.Model, option: str, ctx) -> KindReport:
+    from . import targets
+
     method, arg = parse_option(option)
     blocks, rejected, seen, opaque = find_blocks(model)
+    blocks = targets.renumber(blocks, ctx, lambda: find_blocks(ctx.original)[0] if ctx.original is not None else None)
+    if method == "fftmix" and arg[0] == "indices":
+        targets.refuse_overlap(ctx, arg[1], f"attention={option}")
+    blocks = targets.free(blocks, ctx)
     report = KindReport("attention", seen=seen, near_misses=list(rejected))
     for n in opaque:
         report.near_misses.append(Rejection(node_label(n), f"{n.domain}.{n.op_type}: not rewritable (not analysed)"))
@@ -1080,6 +1086,7 @@ def run(model: ir.Model, option: str, ctx) -> KindReport:
         _run_fftmix(model, ok, arg, ctx, report)
     else:
         _run_egyptian(model, ok, arg, ctx, report)
+    targets.claim(ctx, [s.detail["index"] for s in report.sites if "index" in s.detail], f"attention={option}")
     return report
 
 
