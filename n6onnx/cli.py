@@ -59,6 +59,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
         d = site.detail
         if "heads" in d:
             red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
+            if d.get("layer_redundancy") is not None:
+                red += f", layer redundancy {d['layer_redundancy']:.4f}"
             out.print(escape(f"  attention block {d['index']} ({d['form']}): {d['heads']} heads x {d['head_size']}, "
                              f"scale {d['scale']}, {d['norm']}{red}"), highlight=False)
 
@@ -68,7 +70,7 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
 @click.option("--pass", "passes_", multiple=True, required=True, metavar="KIND=OPTION",
               help="A rewrite pass: gelu=phi6, gelu=zetaln2, ffn=phi-bottleneck[:RATIO], attention=fftmix[:LAYERS], "
-                   "attention=egyptian[:HEADS]. Repeatable.")
+                   "attention=egyptian[:HEADS], attention=drop:N|@I,J, block=drop:N|@I,J. Repeatable.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
@@ -106,6 +108,8 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
             what = (f"fitted on {fit['rows']} tokens, relative error {fit['rel_err_default']:.4f} (default) -> "
                     f"{fit['rel_err']:.4f}") if fit else "uncalibrated"
             red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
+            if d.get("layer_redundancy") is not None:
+                red += f", layer redundancy {d['layer_redundancy']:.4f}"
             out.print(escape(f"  attention block {d['index']}: FFTMix ({d['norm']}{red}), {what}"), highlight=False)
         elif d.get("method") == "egyptian":
             core = ("; full heads as com.microsoft.MultiHeadAttention" if d.get("core") == "mha" else "")
@@ -406,6 +410,10 @@ def demo(out_dir: str) -> None:
 
     sys.exit(demo_mod.main(out_dir))
 
+
+from .tune.command import tune as _tune  # noqa: E402
+
+main.add_command(_tune)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
