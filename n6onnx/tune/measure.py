@@ -32,6 +32,37 @@ def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int
             "nn": None if nn is None else float(nn), "source": rep.cosine_source, "samples": held.samples}
 
 
+def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw: dict | None = None,
+         feed: dict | None = None) -> tuple[pathlib.Path, str, dict]:
+    """ORT's best fused version of ``path`` (bench's fuse: onnxscript or onnxruntime.transformers,
+    checked against the unfused outputs on ``cfg``'s provider), or ``path`` itself when no fusion
+    applies. Returns (path, optimizer chosen, fusion keywords for the next model of this family)."""
+    def run(p):
+        nonlocal feed
+        s, _ = cfg.session(p)
+        if feed is None:
+            feed = _probe_feed(s)
+        out = s.run(None, feed)
+        del s
+        return out
+
+    ref = run(path)
+    try:
+        res = baseline_mod.fuse(path, run, ref, provider=cfg.provider, cache=cache, **(fusion_kw or {}))
+    except N6Error:
+        return path, "none", {}
+    kw = dict(model_type=res.model_type, num_heads=res.num_heads, hidden_size=res.hidden_size)
+    return pathlib.Path(res.path), res.chosen, kw
+
+
+def _probe_feed(sess) -> dict:
+    """Random feeds with every dynamic dimension 2 (enough to check that a fusion keeps the outputs)."""
+    from ..feeds import dynamic_dims
+
+    dims = {d: 2 for d in dynamic_dims(sess)}
+    return feeds_mod.random_feeds(sess, 1, dims)[0]
+
+
 class Timer:
     """Times candidates against ORT's best version of the original, bench's way."""
 
@@ -45,34 +76,19 @@ class Timer:
         self.dims = dict(dims)
         del sess
         self.fusion_kw = {}
-        fused = self.fuse(original)
-        self.baseline = fused
-        self.baseline_fusion = self.last_fusion
+        # the original's fusion goes to bench's shared cache (content-keyed): a second study reuses it
+        self.baseline, self.baseline_fusion, self.fusion_kw = fuse(original, self.cfg, baseline_mod.cache_dir(),
+                                                                   None, self.feed)
         sess, self.library = self.cfg.session(self.baseline)
         self._base = Runner(sess, self.feed, self.cfg)
         latency_mod.warm_up(self._base, warmup)
         self.meter = energy_mod.CpuEstimate()
         self.base_blocks: list[latency_mod.Block] = []
 
-    def _run(self, path: pathlib.Path):
-        s, _ = self.cfg.session(path)
-        out = s.run(None, self.feed)
-        del s
-        return out
-
     def fuse(self, path: pathlib.Path) -> pathlib.Path:
-        """ORT's best fused version of ``path`` (bench's fuse: onnxscript or onnxruntime.transformers,
-        checked against the unfused outputs), or ``path`` itself when no fusion applies."""
-        ref = self._run(path)
-        try:
-            res = baseline_mod.fuse(path, self._run, ref, cache=self.workdir / "fused", **self.fusion_kw)
-        except N6Error:
-            self.last_fusion = "none"
-            return path
-        if not self.fusion_kw:  # the original's model type / heads / width serve every candidate
-            self.fusion_kw = dict(model_type=res.model_type, num_heads=res.num_heads, hidden_size=res.hidden_size)
-        self.last_fusion = res.chosen
-        return pathlib.Path(res.path)
+        out, self.last_fusion, kw = fuse(path, self.cfg, self.workdir / "fused", self.fusion_kw, self.feed)
+        self.fusion_kw = self.fusion_kw or kw  # the original's model type / heads / width serve every candidate
+        return out
 
     def time(self, path: pathlib.Path) -> dict:
         """Interleaved blocks, candidate vs baseline (ABBA), ``seconds`` per variant."""

@@ -163,7 +163,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     ``trials`` caps the number of trials (default: as many as ``minutes`` allow). ``heal``: a hook
     (``stages.HealHook``) makes heal on/off a dimension. ``storage``/``study_name``: an Optuna
     storage URL to share the study (see docs/tune.md). Raises ``N6Error`` for bad input."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise N6Error("n6onnx tune needs Optuna: pip install 'n6onnx[tune]'") from None
 
     from .. import api
     from ..feeds import parse_dims
@@ -196,18 +199,25 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         points: list[Point] = []
         durations: list[float] = []
 
-        def build(r: space.Recipe) -> pathlib.Path:
-            key = hashlib.sha1(repr(r).encode()).hexdigest()[:12]
-            if r.passes not in rewrites:
+        def rewritten(r: space.Recipe) -> tuple[pathlib.Path, dict]:
+            """The recipe before fusion and int8 (cached per pass list and heal), with its fidelity."""
+            key = hashlib.sha1(repr((r.passes, r.heal)).encode()).hexdigest()[:12]
+            if (r.passes, r.heal) not in rewrites:
                 path = work / f"rw-{key}.onnx"
-                api.rewrite(src, path, list(r.passes), calibrate=fit_file, tokenizer=tokenizer,
-                            calib_samples=calib_samples, dims=dims)
-                rewrites[r.passes] = path
-            path = rewrites[r.passes]
-            if r.heal:
-                healed = work / f"heal-{key}.onnx"
-                heal(path, healed, original=src, calibrate=fit_file, tokenizer=tokenizer)
-                path = healed
+                if r.passes:
+                    api.rewrite(src, path, list(r.passes), calibrate=fit_file, tokenizer=tokenizer,
+                                calib_samples=calib_samples, dims=dims)
+                else:
+                    shutil.copyfile(src, path)
+                if r.heal:
+                    healed = work / f"heal-{key}.onnx"
+                    heal(path, healed, original=src, calibrate=fit_file, tokenizer=tokenizer)
+                    path = healed
+                rewrites[(r.passes, r.heal)] = path, measure.fidelity(src, path, held, threads)
+            return rewrites[(r.passes, r.heal)]
+
+        def build(r: space.Recipe, path: pathlib.Path) -> pathlib.Path:
+            key = hashlib.sha1(repr(r).encode()).hexdigest()[:12]
             path = timer.fuse(path)
             if r.quantize:
                 q = work / f"q-{key}.onnx"
@@ -229,11 +239,17 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             done[r] = p
             try:
                 say(f"trial {trial.number}: {r.label}: building")
-                p.path = build(r)
-                p.fidelity = measure.fidelity(src, p.path, held, threads)
+                path, fid = rewritten(r)
+                p.fidelity = fid
+                if r.quantize and _meets(p, min_cosine, min_nn):  # int8 only adds error: skip it when fp32 fails
+                    p.path = build(r, path)
+                    p.fidelity = measure.fidelity(src, p.path, held, threads)
+                elif not r.quantize:
+                    p.path = build(r, path)
                 if not _meets(p, min_cosine, min_nn):
                     p.status = "pruned"
-                    p.reason = f"held-out cosine {_f(p.cosine)} / NN {_f(p.nn)} below the gates: not timed"
+                    p.reason = (f"held-out cosine {_f(p.cosine)} / NN {_f(p.nn)} below the gates"
+                                + (" before int8" if r.quantize and p.path is None else "") + ": not timed")
                 else:
                     p.timing = timer.time(p.path)
             except N6Error as e:
@@ -257,7 +273,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
-        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler, storage=storage,
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler, storage=_storage(storage),
                                     study_name=study_name, load_if_exists=storage is not None)
         for params in space.seeds(info, heal=heal is not None):
             study.enqueue_trial(params, skip_if_exists=True)
@@ -296,6 +312,16 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         return rep
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _storage(url: str | None):
+    """An RDB URL as is; anything else is a journal file (Optuna's JournalStorage, file backend)."""
+    if url is None or "://" in url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(url)))
 
 
 def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pathlib.Path, say) -> list[Point]:
