@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 FFN_RATIOS = ("4/3", "2", "3")  # hidden width = RATIO x d_model (the original is 4 x)
+MOE_DROPS = ("phi:1", "phi:2")  # Phi sub-experts, dropping the 1 or 2 least used per token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ def suggest(trial, info: ModelInfo, *, heal: bool) -> Recipe:
         if r != "keep":
             passes.append(f"ffn=phi-bottleneck:{r}")
     if info.moe:
-        m = trial.suggest_categorical("moe", ["keep", "phi"])
+        m = trial.suggest_categorical("moe", ["keep", "sparse", "phi", *MOE_DROPS])
         if m != "keep":
             passes.append(f"moe={m}")
     q = "int8" if trial.suggest_categorical("int8", [False, True]) else None
