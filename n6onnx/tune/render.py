@@ -53,17 +53,19 @@ def plot_png(rep: TuneReport) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    done = [p for p in rep.trials if p.latency is not None and p.cosine is not None]
-    ax.scatter([p.latency for p in done], [p.cosine for p in done], s=14, c="0.6", label="trials")
-    fr = [p for p in rep.front if p.latency is not None]
-    ax.plot([p.latency for p in fr], [p.cosine for p in fr], "-o", c="tab:blue", ms=5, label="Pareto front")
+    done = [p for p in rep.trials if p.relative_latency is not None and p.cosine is not None]
+    ax.scatter([p.relative_latency for p in done], [p.cosine for p in done], s=14, c="0.6", label="trials")
+    fr = [p for p in rep.front if p.relative_latency is not None]
+    ax.plot([p.relative_latency for p in fr], [p.cosine for p in fr], "-o", c="tab:blue", ms=5, label="Pareto front")
     for p, c in zip(rep.references, ("black", "tab:orange")):
-        if p.latency is not None and p.cosine is not None:
-            ax.scatter([p.latency], [p.cosine], marker="s", s=50, c=c, label=p.recipe.label, zorder=3)
+        if p.relative_latency is not None and p.cosine is not None:
+            ax.scatter([p.relative_latency], [p.cosine], marker="s", s=50, c=c, label=p.recipe.label, zorder=3)
     if rep.chosen is not None:
-        ax.scatter([rep.chosen.latency], [rep.chosen.cosine], marker="*", s=160, c="tab:red", label="chosen", zorder=4)
+        ax.scatter([rep.chosen.relative_latency], [rep.chosen.cosine], marker="*", s=160, c="tab:red", label="chosen",
+                   zorder=4)
     ax.axhline(rep.min_cosine, ls="--", c="tab:red", lw=0.8)
-    ax.set_xlabel("latency p50 (ms), " + ", ".join(f"{k}={v}" for k, v in (rep.setting.get("dims") or {}).items()))
+    ax.set_xlabel("latency relative to the fp32 original (timed interleaved with it), "
+                  + ", ".join(f"{k}={v}" for k, v in (rep.setting.get("dims") or {}).items()))
     ax.set_ylabel("held-out cosine vs original")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)

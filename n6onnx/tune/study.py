@@ -54,6 +54,13 @@ class Point:
     def speedup(self) -> float | None:
         return ((self.timing or {}).get("speedup_vs_fp32") or {}).get("median")
 
+    @property
+    def relative_latency(self) -> float | None:
+        """Latency relative to the fp32 baseline timed interleaved with it (1 / speed-up): compares
+        trials timed minutes apart on a machine whose load drifts, which raw milliseconds do not."""
+        s = self.speedup
+        return None if not s else 1.0 / s
+
     def to_json(self) -> dict:
         return {"role": self.role, "trial": self.number, **self.recipe.to_json(), "status": self.status,
                 "reason": self.reason, "fidelity": self.fidelity, "timing": self.timing,
@@ -97,12 +104,12 @@ def _meets(p: Point, c: float, nn: float | None) -> bool:
 
 
 def pareto(points: list[Point]) -> list[Point]:
-    """Points no other point beats on both cosine (higher) and latency (lower), by latency."""
-    pts = [p for p in points if p.cosine is not None and p.latency is not None]
+    """Points no other point beats on both cosine (higher) and relative latency (lower), fastest first."""
+    pts = [p for p in points if p.cosine is not None and p.relative_latency is not None]
     front = [p for p in pts if not any(
-        (q.cosine >= p.cosine and q.latency <= p.latency) and (q.cosine > p.cosine or q.latency < p.latency)
-        for q in pts)]
-    return sorted(front, key=lambda p: p.latency)
+        (q.cosine >= p.cosine and q.relative_latency <= p.relative_latency)
+        and (q.cosine > p.cosine or q.relative_latency < p.relative_latency) for q in pts)]
+    return sorted(front, key=lambda p: p.relative_latency)
 
 
 def _gate(name: str, value, lo: float, hi: float) -> float | None:
@@ -232,7 +239,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 p = done[r]
                 if p.status != "complete":
                     raise optuna.TrialPruned(p.reason)
-                return p.cosine, p.latency
+                return p.cosine, p.relative_latency
             ts = time.perf_counter()
             p = Point(r, "trial", number=trial.number)
             points.append(p)
@@ -263,7 +270,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 f"{max(0, deadline - time.perf_counter()) / 60:.1f} min left)")
             if p.status != "complete":
                 raise optuna.TrialPruned(p.reason)
-            return p.cosine, p.latency
+            return p.cosine, p.relative_latency
 
         def budget(study, _trial):
             left = deadline - time.perf_counter()
@@ -281,12 +288,12 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         if left > 0 and (trials is None or trials > 0):
             study.optimize(objective, timeout=left, callbacks=[budget], n_trials=None if trials is None else 4 * trials,
                            catch=())
-        refs[0].timing = timer.reference()
+        refs[0].timing = timer.reference()  # its own blocks: speed-up 1 by construction
         complete = [p for p in points if p.status == "complete"]
         front = pareto(refs + complete)
         # candidates: every timed trial and the int8 reference (the fp32 original is no saving)
-        ok = [p for p in complete + refs[1:] if _meets(p, min_cosine, min_nn) and p.latency is not None]
-        chosen = min(ok, key=lambda p: (p.latency, -(p.cosine or 0))) if ok else None
+        ok = [p for p in complete + refs[1:] if _meets(p, min_cosine, min_nn) and p.relative_latency is not None]
+        chosen = min(ok, key=lambda p: (p.relative_latency, -(p.cosine or 0))) if ok else None
         setting = {"threads": threads, "dims": dims, "feed_shapes": {k: list(v.shape) for k, v in timer.feed.items()},
                    "held_out_samples": held.samples, "holdout": holdout, "calib_samples": calib_samples,
                    "fit_data": str(calibrate), "baseline_fusion": timer.baseline_fusion,
