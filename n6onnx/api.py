@@ -17,6 +17,7 @@ from .findings import KindReport
 from .graph import default_opset
 from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
 from .passes.attention import redundancy_scores
+from .passes.block.drop import layer_scores
 from .passes.finalize import check, finalize
 
 
@@ -85,7 +86,9 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
 
     With ``calibrate`` (calibration data, as for ``rewrite``) each attention block also gets a
     ``redundancy`` score: the mean over real tokens of cos(residual stream before the block, stream
-    after its residual add) (see ``n6onnx.calibrate.attention``)."""
+    after its residual add) (see ``n6onnx.calibrate.attention``), and a ``layer_redundancy`` score for
+    the whole layer it opens: mean cos(stream entering the layer, stream leaving it) (see
+    ``n6onnx.passes.drop``)."""
     name, m = _load(model)
     n_nodes = sum(1 for _ in m.graph.all_nodes())
     canonicalize(m)
@@ -95,9 +98,12 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
                                    tokenizer=None if tokenizer is None else str(tokenizer), samples=calib_samples,
                                    dims=dims)
         scores = redundancy_scores(m, batches)
+        layers = layer_scores(m, batches)
         for site in kinds["attention"].sites:
             if site.detail.get("index") in scores:
                 site.detail["redundancy"] = scores[site.detail["index"]]
+            if site.detail.get("index") in layers:
+                site.detail["layer_redundancy"] = layers[site.detail["index"]]
     return InspectReport(name, default_opset(m), n_nodes, kinds)
 
 
@@ -141,7 +147,8 @@ def rewrite(
     calibration = None
     functions: list[str] = []
     for spec in passes.plan(specs):
-        reports[spec.kind] = report = passes.run(m, spec, ctx)
+        report = passes.run(m, spec, ctx)
+        reports[spec.kind] = reports[spec.kind].merged(report) if spec.kind in reports else report
         functions = finalize(m)
         hook = passes.PASSES[spec.kind].calibrate
         if hook is not None and ctx.batches and report.rewritten:

@@ -15,6 +15,7 @@ from . import report as report_mod
 from .errors import N6Error
 from .feeds import parse_dims
 from .options import Number
+from .tune.command import tune as tune_command
 
 
 @click.group()
@@ -221,6 +222,8 @@ def demo(out_dir: str) -> None:
         console.fail(N6Error(f"{out_dir}: cannot write the demo's files: {e.strerror or e}"))
     sys.exit(code)
 
+
+main.add_command(tune_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

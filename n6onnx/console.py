@@ -170,6 +170,8 @@ def inspect_human(rep) -> None:
         d = site.detail
         if "heads" in d:
             red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
+            if d.get("layer_redundancy") is not None:
+                red += f", layer redundancy {d['layer_redundancy']:.4f}"
             out.print(escape(f"  attention block {d['index']} ({d['form']}): {d['heads']} heads x {d['head_size']}, "
                              f"scale {d['scale']}, {d['norm']}{red}"), highlight=False)
 
@@ -186,11 +188,20 @@ def rewrite_human(rep) -> None:
                     f"{fit['rel_err']:.4f}") if fit else "uncalibrated"
             red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
             out.print(escape(f"  attention block {d['index']}: FFTMix ({d['norm']}{red}), {what}"), highlight=False)
+        elif d.get("method") == "drop":
+            out.print(escape(f"  attention block {d['index']}: dropped"
+                             + (f" (redundancy {d['redundancy']:.4f})" if d.get("redundancy") is not None else "")
+                             + (", its mean contribution kept as a bias" if d["bias"] else "")), highlight=False)
         elif d.get("method") == "egyptian":
             core = ("; full heads as com.microsoft.MultiHeadAttention" if d.get("core") == "mha" else "")
             out.print(escape(f"  attention block {d['index']}: EgyptianAttention, head kinds {d['head_kinds']} "
                              f"(0 full, 1 local, 2 global; {d['assignment']}), window {d['window']}{core}"),
                       highlight=False)
+    for site in rep.reports["block"].sites if "block" in rep.reports else ():
+        d = site.detail
+        out.print(escape(f"  layer {d['index']}: dropped"
+                         + (f" (layer redundancy {d['layer_redundancy']:.4f})" if "layer_redundancy" in d else "")
+                         + (", its mean change of the stream kept as a bias" if d["bias"] else "")), highlight=False)
     if rep.calibration is not None:
         c = rep.calibration
         t = Table("FFN", "rows", "activation fit R2", "rel. error folded", "rel. error refit",

@@ -47,6 +47,12 @@ class KindReport:
     def found(self) -> int:
         return len(self.sites)
 
+    def merged(self, other: "KindReport") -> "KindReport":
+        """Two passes of one kind (on disjoint blocks) as one report of both."""
+        return KindReport(self.kind, max(self.seen, other.seen), self.sites + other.sites,
+                          self.near_misses + other.near_misses, self.rewritten + other.rewritten,
+                          self.notes + other.notes)
+
     def to_json(self) -> dict:
         return {
             "found": self.found,

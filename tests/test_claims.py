@@ -311,3 +311,21 @@ def test_moe_rows_from_moe_quality(claims, tmp_path):
     rt = row(v, "Egyptian routing")
     assert "mean of 2 seed(s)): Egyptian accuracy 51.0% vs equal 1/3 50.0%: +2.00% relative (per seed: +1.00%, +3.00%" in rt[2]
     assert "45.0% vs 40.0%, +12.50% relative" in rt[2] and "latency ratio 1.5x [1.4, 1.6]" in rt[2]
+
+
+def test_combined_run_from_benchmarks_combined(claims, tmp_path):
+    res = tmp_path / "results"
+    put(res, "combined_cpu.json", {
+        "generated": "g", "hardware": {"cpu": "Fake CPU", "logical_cpus": 2}, "conditions": "busy",
+        "side_by_side": {"method": {"provider": "cpu", "timing": "fake timing"}, "variants": {
+            "combined": {"speedup_vs_fp32": {"median": 2.5, "q1": 2.4, "q3": 2.6},
+                         "speedup_vs_int8": {"median": 1.25, "q1": 1.2, "q3": 1.3}}}},
+        "verdict": {"variant": "combined", "passes": ["block=drop:1", "ffn=phi-bottleneck:3"], "quantize": "int8",
+                    "meter": "cpu-estimate", "method": "estimated", "energy_saving_vs_fp32": 0.55,
+                    "energy_saving_vs_int8": 0.2, "claim_met": False, "fidelity": {"cosine": 0.91234, "nn": 0.6}}})
+    comb = row(verdicts(claims.generate(res, None)), "Combined")
+    assert comb[2].startswith("block=drop:1, ffn=phi-bottleneck:3 + int8 (cpu, energy estimated, meter cpu-estimate): "
+                              "energy per inference 55.0% lower than the ORT-best fp32 original; 20.0% lower than int8")
+    assert "held-out cosine 0.9123, NN agreement 60.0%" in comb[2] and "falls short of the claimed 60%" in comb[2]
+    assert "GPU: not measured yet" in comb[2]
+    assert "Fake CPU" in comb[3] and comb[4].endswith("combined_cpu.json`")

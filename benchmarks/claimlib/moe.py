@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from .common import (
-    _bench_where, _rows_of, CLAIMS, cpu_hw, energy_label, finite, generated, num, pct, ratio_iqr, Results,
-    Row, table,
+    CLAIMS, Results, Row, _bench_where, _rows_of, cpu_hw, energy_label, finite, generated, num, pct, ratio_iqr, table,
 )
 
 
@@ -106,14 +105,18 @@ def combined_row(res: Results) -> Row:
         kinds = {str(p).split("=", 1)[0] for p in (w.get("passes") or [])}
         if len(kinds) >= 2:
             found.append((f, w))
-    if not found:
+    combined = [(f, res.load(f) or {}) for f in res.glob("combined_*.json")]
+    if not found and not combined:
         single = res.glob("e2e_*.json")
         so_far = (f"end-to-end results so far cover single rewrites only ({', '.join(single)})" if single else
                   "no end-to-end result exists yet")
         return Row(name, source, "not measured yet: needs several n6 rewrites in one model (at least two of gelu, ffn, "
                    "attention, moe) and an end-to-end energy run (benchmarks/e2e.py --passes A,B,...); "
                    f"{so_far}.", "-", [])
-    rows = []
+    rows = [_combined_run_row(res, f, w) for f, w in combined]
+    if combined and "combined_cuda.json" not in dict(combined):
+        rows.append(Row(name, source, "GPU: not measured yet (benchmarks/gpu_combined.sh on the GPU machine, NVML).",
+                        "-", []))
     for f, w in found:
         b = w.get("bench") if isinstance(w.get("bench"), dict) else w
         r = b.get("ratio") or {}
@@ -126,3 +129,31 @@ def combined_row(res: Results) -> Row:
         return rows[0]
     return Row(name, source, " ".join(r.verdict for r in rows), "; ".join(r.where for r in rows),
                [f for r in rows for f in r.files])
+
+
+def _combined_run_row(res: Results, f: str, w: dict) -> Row:
+    """A benchmarks/combined.py result: passes + int8 vs the ORT-best fp32 original and vs int8 alone."""
+    name, source = CLAIMS["combined"]
+    v = w.get("verdict") or {}
+    sbs = (w.get("side_by_side") or {}).get("variants") or {}
+    method = (w.get("side_by_side") or {}).get("method") or {}
+    best = sbs.get(v.get("variant")) or {}
+    fid = v.get("fidelity") or {}
+    label = "measured" if v.get("method") == "measured" else "estimated"
+    quant = v.get("quantize") if v.get("quantize") not in (None, "none") else None
+    parts = [f"{', '.join(v.get('passes') or [])}{' + ' + quant if quant else ''} "
+             f"({(method.get('provider') or '?')}, energy {label}, meter {v.get('meter')}): energy per inference "
+             f"{pct(v.get('energy_saving_vs_fp32'))} lower than the ORT-best fp32 original"]
+    if "energy_saving_vs_int8" in v:
+        parts.append(f"{pct(v.get('energy_saving_vs_int8'))} lower than int8 alone")
+    parts.append(f"latency ratio vs fp32 {ratio_iqr(best.get('speedup_vs_fp32'))}"
+                 + (f", vs int8 {ratio_iqr(best.get('speedup_vs_int8'))}" if best.get("speedup_vs_int8") else ""))
+    parts.append(f"held-out cosine {num(fid.get('cosine'), 4)}, NN agreement {pct(fid.get('nn'))}")
+    met = v.get("claim_met")
+    verdict = "; ".join(parts) + "."
+    if met is not None:
+        verdict += (f" The {label} energy saving {'reaches' if met else 'falls short of'} the claimed 60% on this run"
+                    + (", at the fidelity above (the project's fidelity goal is cosine >= 0.993)." if met else "."))
+    where = (f"{cpu_hw(w.get('hardware'))}; {method.get('timing', '')}; conditions: {w.get('conditions') or '-'}; "
+             f"{w.get('generated', '')}")
+    return Row(name, source, verdict, where, [res.rel(f)])

@@ -16,7 +16,7 @@ from ..findings import KindReport
 from .base import Inspection, Pass, PassContext, PassSpec, choice_error
 
 # modules of this package that are machinery, not passes
-_MACHINERY = {"base", "finalize"}
+_MACHINERY = {"base", "finalize", "targets"}
 
 
 def _discover() -> dict[str, Pass]:
@@ -78,26 +78,20 @@ def parse(spec: str) -> PassSpec:
 
 
 def plan(specs: list[PassSpec]) -> list[PassSpec]:
-    """One pass per kind. Two passes of a kind that would rewrite the same sites are refused (the
-    second would find nothing left and report 0 while the model holds the first's rewrites); a kind
-    whose ``Pass.merge`` can combine its options into one run (``attention=fftmix`` with disjoint
-    block indices) gets that one run, so indices keep meaning the original model's blocks and the
-    report counts both."""
+    """Two passes of a kind that would rewrite the same sites are refused before any work (the second
+    would find nothing left and report 0 while the model holds the first's rewrites). A repeatable
+    kind (attention, block) keeps every pass: each claims the blocks it rewrites, numbered as in the
+    original model, and one that names a block an earlier pass took is refused (``targets``)."""
     by_kind: dict[str, list[PassSpec]] = {}
     for sp in specs:
         by_kind.setdefault(sp.kind, []).append(sp)
-    out = []
     for kind, group in by_kind.items():
-        if len(group) == 1:
-            out.append(group[0])
+        if len(group) == 1 or PASSES[kind].repeatable:
             continue
-        merged = PASSES[kind].merge([sp.option for sp in group]) if PASSES[kind].merge else None
-        if merged is None:
-            raise BadArgumentError(
+        raise BadArgumentError(
                 f"--pass {group[0]} and --pass {group[1]} would rewrite the same {kind} sites (each rewrites every "
                 f"{kind} site it can); give one {kind} pass")
-        out.append(PassSpec(kind, merged))
-    return out
+    return list(specs)
 
 
 def run(model: ir.Model, spec: PassSpec, ctx: PassContext | None = None) -> KindReport:

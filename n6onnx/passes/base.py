@@ -29,6 +29,9 @@ class PassContext:
     batches: list | None = None
     refit: bool = True
     progress: Callable[[str], None] | None = None  # told a label per layer while calibrating
+    # attention/block passes: block anchors before the first of them, and blocks taken (see targets)
+    anchors: list[str] | None = None
+    claimed: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -60,9 +63,10 @@ class Pass:
     detect: Callable[[Inspection], KindReport]
     uses_data: bool = False  # the result depends on calibration data
     calibrate: Callable[[ir.Model, KindReport, PassContext], Any] | None = None
-    # several --pass options of this kind as one run (their option), None when they overlap
-    # (``passes.plan`` then refuses them); unset: two passes of the kind are always refused
-    merge: Callable[[list[str]], str | None] | None = None
+    # several --pass options of this kind may be given: each run claims the blocks it rewrites
+    # (``passes.targets``), so they must target disjoint blocks; otherwise ``passes.plan`` refuses a
+    # second pass of the kind (it would find nothing left while the model holds the first's rewrites)
+    repeatable: bool = False
     docs: str = ""  # docs/passes/<name>.md, the user's page for this pass
 
     def grammar(self) -> str:

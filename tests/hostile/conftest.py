@@ -46,7 +46,7 @@ def fingerprint(*paths: str | os.PathLike) -> dict:
 @pytest.fixture(scope="session")
 def dyn_minilm():
     """The pretrained all-MiniLM-L6-v2 as the usual dynamic-axes export (symbolic batch and seq)."""
-    from n6onnx import zoo
+    from n6onnx.testing import zoo
 
     CACHE.mkdir(parents=True, exist_ok=True)
     return zoo.export("minilm", "dynamo20", CACHE, dynamic=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import n6onnx
-from n6onnx import zoo
+from n6onnx.testing import zoo
 from n6onnx.runtime import InferenceSession
 
 PASSES = ["attention=fftmix:@0", "attention=fftmix:@0,1", "attention=egyptian", "attention=egyptian:full"]

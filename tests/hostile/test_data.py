@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import n6onnx
-from n6onnx import corpus, feeds, vocab, zoo
+from n6onnx import feeds, vocab
+from n6onnx.testing import corpus, zoo
 from n6onnx.errors import BadArgumentError
 from n6onnx.runtime import InferenceSession
 

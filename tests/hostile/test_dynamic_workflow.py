@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from n6onnx import corpus
+from n6onnx.testing import corpus
 
 
 def test_readme_and_demo_commands_on_a_dynamic_export(dyn_minilm, tmp_path, hx):

@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import n6onnx
-from n6onnx import demo, zoo
+from n6onnx import demo
+from n6onnx.testing import zoo
 from n6onnx._library import library_status
 from n6onnx.errors import BadArgumentError
 from n6onnx.runtime import InferenceSession

@@ -34,6 +34,8 @@ from ..base import Pass
 from . import egyptian, fftmix
 from .blocks import detect, find_blocks
 from ...options import count, is_count
+from .. import targets
+from ..block import drop
 from .emit import fallback_problem
 from .fftmix import redundancy_scores
 
@@ -67,9 +69,20 @@ def parse_option(option: str):
     raise BadArgumentError(f"pass attention needs fftmix[:LAYERS] or egyptian[:HEADS][:CORE] (got {option!r})")
 
 
+def parse(option: str):
+    """``drop:...`` (see ``block.drop``) or the fftmix/egyptian grammar of ``parse_option``."""
+    return targets.parse_drop("attention", option) if option.startswith("drop") else parse_option(option)
+
+
 def run(model: ir.Model, option: str, ctx) -> KindReport:
+    if option.startswith("drop"):
+        return drop.run_attention(model, option, ctx)
     method, arg = parse_option(option)
     blocks, rejected, seen, opaque = find_blocks(model)
+    blocks = targets.renumber(blocks, ctx, lambda: find_blocks(ctx.original)[0] if ctx.original is not None else None)
+    if method == "fftmix" and arg[0] == "indices":
+        targets.refuse_overlap(ctx, arg[1], f"attention={option}")
+    blocks = targets.free(blocks, ctx)
     report = KindReport("attention", seen=seen, near_misses=list(rejected))
     for n in opaque:
         report.near_misses.append(Rejection(node_label(n), f"{n.domain}.{n.op_type}: not rewritable (not analysed)"))
@@ -87,29 +100,17 @@ def run(model: ir.Model, option: str, ctx) -> KindReport:
         fftmix.run(model, ok, arg, ctx, report)
     else:
         egyptian.run(model, ok, arg, ctx, report)
+    targets.claim(ctx, [s.detail["index"] for s in report.sites if "index" in s.detail], f"attention={option}")
     return report
 
 
-def merge(options: list[str]) -> str | None:
-    """``attention=fftmix`` passes on disjoint block indices as one run (raises when they overlap);
-    None for any other combination."""
-    parsed = [parse_option(o) for o in options]
-    if not all(m == "fftmix" and a[0] == "indices" for m, a in parsed):
-        return None
-    seen: set[int] = set()
-    for o, (_, (_, idx)) in zip(options, parsed):
-        if seen & set(idx):
-            raise BadArgumentError(f"--pass attention={o} targets attention block(s) {sorted(seen & set(idx))} that "
-                                   "an earlier --pass already rewrites; give each block once")
-        seen |= set(idx)
-    return "fftmix:" + ",".join(str(i) for i in sorted(seen)) + ","
-
-
 PASS = Pass(
-    name="attention", order=30, options=("fftmix[:LAYERS]", "egyptian[:HEADS][:CORE]"),
+    name="attention", order=30, options=("fftmix[:LAYERS]", "egyptian[:HEADS][:CORE]", *drop.OPTIONS),
     summary="fftmix: the most redundant attention blocks become FFTMix + Linear fitted on --calibrate data "
             "(LAYERS: auto, auto:N, N, or indices I,J / @I); egyptian: full/local/global heads as "
-            "EgyptianAttention (HEADS: locality, by-index, full; CORE: fused or mha)",
-    parse=parse_option, run=run, merge=merge, detect=lambda view: detect(view.model), uses_data=True,
+            "EgyptianAttention (HEADS: locality, by-index, full; CORE: fused or mha); drop: remove the N most "
+            "redundant blocks (drop:N, needs --calibrate) or the named ones (drop:@I,J), the residual passing through "
+            "with the block's mean contribution as a bias",
+    parse=parse, run=run, repeatable=True, detect=lambda view: detect(view.model), uses_data=True,
     docs="docs/passes/attention.md",
 )

@@ -1,0 +1,72 @@
+"""Several variants of one model measured side by side in one run: held-out fidelity against the
+original (n6onnx validate) and latency / energy in interleaved blocks (n6onnx.bench's pieces: same
+session options and threads, IO binding, the meters bench discovers: NVML on cuda, else the
+CPU-seconds estimate, labelled)."""
+
+from __future__ import annotations
+
+import gc
+import pathlib
+
+import n6onnx
+from n6onnx import feeds as feeds_mod
+from n6onnx.bench import energy as energy_mod
+from n6onnx.bench import latency as latency_mod
+from n6onnx.bench.run import Runner, SessionConfig
+
+
+def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held_text: pathlib.Path | None, *,
+                 threads: int | None, dims: dict[str, int], provider: str = "cpu", seconds: float = 30.0,
+                 block_seconds: float = 2.0, warmup: float = 2.0, reference: str | None = None) -> dict:
+    """``reference``: the variant every ratio is taken against (default: the first)."""
+    dim_list = [f"{k}={v}" for k, v in dims.items()]
+    fidelity = {}
+    if held_text is not None:
+        for name, path in variants.items():
+            rep = n6onnx.validate(original, path, text=held_text, dims=dim_list, threads=threads)
+            emb = next((o.embedding for o in rep.outputs.values() if o.embedding), None) or {}
+            fidelity[name] = {"cosine": rep.cosine_mean, "nn": emb.get("nn_agreement"),
+                              "source": rep.cosine_source, "samples": rep.inputs.get("samples")}
+    cfg = SessionConfig(provider, 0, threads)
+    sessions, runners = {}, {}
+    for name, path in variants.items():
+        sessions[name], _ = cfg.session(path)
+        if not runners:
+            feed = feeds_mod.random_feeds(sessions[name], 1, dims)[0]
+        runners[name] = Runner(sessions[name], feed, cfg)
+        latency_mod.warm_up(runners[name], warmup)
+    disc = energy_mod.discover(provider)
+    meters = disc.meters
+    blocks = max(3, round(seconds / block_seconds))
+    order = list(variants)
+    out: dict[str, list] = {k: [] for k in order}
+    try:
+        for i in range(blocks):  # rotate the order each round so no variant always runs first
+            for name in order[i % len(order):] + order[:i % len(order)]:
+                out[name].append(latency_mod.run_block(name, runners[name], block_seconds, meters))
+    finally:
+        energy_mod.close_all(meters)
+        del runners, sessions
+        gc.collect()
+    ref = reference or order[0]
+    res = {}
+    for name in order:
+        b = out[name]
+        lat = latency_mod.summary([x * 1e3 for x in latency_mod.pooled_latencies(b)])
+        energy = {}
+        for k, m in enumerate(meters):
+            per = [blk.energy[k] / blk.runs * 1e3 for blk in b if blk.runs]
+            energy[m.name] = {"method": m.method, "mj_per_inference": latency_mod.summary(per)}
+        res[name] = {"path": str(variants[name]), "fidelity": fidelity.get(name), "latency_ms": lat,
+                     "speedup_vs_" + ref: latency_mod.ratio_summary([x.median for x in out[ref]],
+                                                                     [x.median for x in b]),
+                     "energy": energy}
+        for other in order:
+            if other != name and other != ref:
+                res[name][f"speedup_vs_{other}"] = latency_mod.ratio_summary([x.median for x in out[other]],
+                                                                            [x.median for x in b])
+    return {"variants": res, "method": {
+        "timing": f"{blocks} rounds of {block_seconds:g} s blocks per variant, order rotated each round, IO binding, "
+                  f"{threads} threads, ORT_ENABLE_ALL, n6 library registered; ratios = per-round block medians",
+        "energy": {m.name: m.describe() for m in meters}, "energy_notes": disc.notes,
+        "feed_shapes": {k: list(v.shape) for k, v in feed.items()}, "provider": provider}}

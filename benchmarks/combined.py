@@ -1,0 +1,115 @@
+"""The combined claim ("60-70% less inference energy per token" for the n6 techniques together),
+measured end to end: several passes in one model, plus int8, against ORT's best fp32 original and
+against int8 alone, side by side in one run, with held-out fidelity.
+
+    python benchmarks/combined.py                                   # CPU, 2 threads (energy: estimated)
+    python benchmarks/combined.py --from-tune                       # the recipe tune_minilm.json chose
+    python benchmarks/combined.py --provider cuda --original m.onnx # GPU machine: NVML energy (measured)
+
+Variants: fp32 (the original fused as ORT runs it best), int8 (that, quantized dynamic per channel),
+passes (the rewrite, fused, fp32) and combined (the rewrite, fused, then int8). On cuda int8 is off
+by default (onnxruntime's dynamic int8 ops are CPU ops: --quantize int8 measures the fallback).
+Calibration: corpus sentences 0..999; fidelity: sentences 1000..1255. Writes
+benchmarks/results/combined_<provider>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import n6onnx  # noqa: E402
+from n6onnx import corpus, zoo  # noqa: E402
+from n6onnx.bench.run import SessionConfig  # noqa: E402
+from n6onnx.tune import measure, stages  # noqa: E402
+
+from _common import RESULTS, write  # noqa: E402
+from _sidebyside import side_by_side  # noqa: E402
+
+DEFAULT_PASSES = "block=drop:1,attention=drop:1,ffn=phi-bottleneck:3"
+CLAIM = "60-70% less inference energy per token (the n6 techniques combined)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--original", type=pathlib.Path, help="an exported MiniLM (default: the zoo's dynamic dynamo20)")
+    ap.add_argument("--passes", default=DEFAULT_PASSES, help="comma-separated passes")
+    ap.add_argument("--from-tune", action="store_true", help="use the recipe in results/tune_minilm.json")
+    ap.add_argument("--quantize", choices=["int8", "none"], help="default: int8 on cpu, none on cuda")
+    ap.add_argument("--threads", type=int, help="default: 2 on cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=30.0, help="timed seconds per variant")
+    ap.add_argument("--block-seconds", type=float, default=5.0, help="block = energy window (NVML: >= 5 s)")
+    ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "build" / "combined")
+    ap.add_argument("--conditions", default="", help="machine load during the run (recorded)")
+    args = ap.parse_args()
+
+    quant = args.quantize or ("int8" if args.provider == "cpu" else "none")
+    threads = args.threads if args.threads is not None else (2 if args.provider == "cpu" else None)
+    passes = args.passes.split(",")
+    if args.from_tune:
+        chosen = json.loads((RESULTS / "tune_minilm.json").read_text())["tune"]["chosen"]
+        if not chosen:
+            ap.error("tune_minilm.json has no chosen recipe")
+        passes, quant = chosen["passes"], chosen["quantize"] or "none"
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    src = args.original or zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
+    s = corpus.sentences()
+    calib, held = work / "calib.txt", work / "heldout.txt"
+    calib.write_text("\n".join(s[:1000]) + "\n")
+    held.write_text("\n".join(s[1000:1256]) + "\n")
+    dims = {"batch": args.batch, "seq": args.seq}
+    cfg = SessionConfig(args.provider, 0, threads)
+
+    rewritten = work / "passes-unfused.onnx"
+    _, rw = n6onnx.rewrite(src, rewritten, passes, calibrate=calib, dims=dims)
+    fp32, base_fusion, kw = measure.fuse(src, cfg, work / "fused")
+    passes_fused, cand_fusion, _ = measure.fuse(rewritten, cfg, work / "fused", kw)
+    variants = {"fp32": fp32}
+    if quant != "none":
+        variants["int8"] = work / "int8.onnx"
+        stages.quantize(fp32, variants["int8"], quant)
+    variants["passes"] = passes_fused
+    if quant != "none":
+        variants["combined"] = work / "combined.onnx"
+        stages.quantize(passes_fused, variants["combined"], quant)
+    sbs = side_by_side(variants, src, held, threads=threads, dims=dims, provider=args.provider,
+                       seconds=args.seconds, block_seconds=args.block_seconds)
+    best = "combined" if "combined" in variants else "passes"
+    v = sbs["variants"][best]
+    primary = next(iter(v["energy"]), None)
+    verdict = {"claim": CLAIM, "variant": best, "passes": passes, "quantize": quant, "meter": primary}
+    if primary is not None:
+        e = {k: sbs["variants"][k]["energy"][primary]["mj_per_inference"]["median"] for k in variants}
+        verdict["energy_mj_per_inference"] = e
+        verdict["method"] = v["energy"][primary]["method"]
+        verdict["energy_saving_vs_fp32"] = 1 - e[best] / e["fp32"]
+        if "int8" in e:
+            verdict["energy_saving_vs_int8"] = 1 - e[best] / e["int8"]
+        verdict["claim_met"] = verdict["energy_saving_vs_fp32"] >= 0.60
+    verdict["fidelity"] = v["fidelity"]
+    out = write(f"combined_{args.provider}", {
+        "benchmark": "combined", "model": "all-MiniLM-L6-v2", "original": str(src), "dims": dims, "threads": threads,
+        "conditions": args.conditions, "rewritten": rw.rewritten, "fusion": {"fp32": base_fusion, "passes": cand_fusion},
+        "calibration": "corpus sentences 0..999", "heldout": "corpus sentences 1000..1255",
+        "side_by_side": sbs, "verdict": verdict})
+    for name, r in sbs["variants"].items():
+        f = r["fidelity"] or {}
+        en = r["energy"].get(primary, {}).get("mj_per_inference", {}).get("median") if primary else None
+        print(f"{name:8s} cos {f.get('cosine') or float('nan'):.4f} NN {f.get('nn') or float('nan'):.3f} "
+              f"p50 {r['latency_ms']['median']:.2f} ms x{r['speedup_vs_fp32']['median']:.2f} vs fp32 "
+              f"energy {en if en is None else round(en, 2)} mJ/inf ({primary})")
+    print(verdict)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

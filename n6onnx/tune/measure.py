@@ -1,0 +1,124 @@
+"""How ``tune`` measures a recipe: fidelity on the held-out data (``n6onnx.validate``) and latency /
+estimated energy with ``bench``'s method (same session options and threads, ORT's best fused
+original as the baseline, interleaved A/B blocks, the CPU-seconds energy estimate)."""
+
+from __future__ import annotations
+
+import gc
+import pathlib
+import statistics
+from typing import Mapping
+
+import numpy as np
+
+from ..bench import baseline as baseline_mod
+from ..bench import energy as energy_mod
+from ..bench import latency as latency_mod
+from ..bench.session import Runner, SessionConfig
+from ..errors import N6Error
+from .. import feeds as feeds_mod
+from ..feeds import dynamic_dims
+from ..validate.run import validate
+
+
+def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int | None) -> dict:
+    """Mean-pooled embedding cosine (or the first float output's cosine) and nearest-neighbour
+    agreement of ``candidate`` against ``original`` on the held-out feed batches."""
+    rep = validate(original, candidate, feeds=list(held), threads=threads)
+    emb = next((o.embedding for o in rep.outputs.values() if o.embedding), None)
+    nn = emb.get("nn_agreement") if emb else None
+    cos = rep.cosine_mean
+    return {"cosine": None if cos is None or not np.isfinite(cos) else float(cos),
+            "nn": None if nn is None else float(nn), "source": rep.cosine_source, "samples": held.samples}
+
+
+def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw: dict | None = None,
+         feed: dict | None = None) -> tuple[pathlib.Path, str, dict]:
+    """ORT's best fused version of ``path`` (bench's fuse: onnxscript or onnxruntime.transformers,
+    checked against the unfused outputs on ``cfg``'s provider), or ``path`` itself when no fusion
+    applies. Returns (path, optimizer chosen, fusion keywords for the next model of this family)."""
+    def run(p):
+        nonlocal feed
+        s, _ = cfg.session(p)
+        if feed is None:
+            feed = _probe_feed(s)
+        out = s.run(None, feed)
+        del s
+        return out
+
+    ref = run(path)
+    try:
+        res = baseline_mod.fuse(path, run, ref, provider=cfg.provider, cache=cache, **(fusion_kw or {}))
+    except N6Error:
+        return path, "none", {}
+    kw = dict(model_type=res.model_type, num_heads=res.num_heads, hidden_size=res.hidden_size)
+    return pathlib.Path(res.path), res.chosen, kw
+
+
+def _probe_feed(sess) -> dict:
+    """Random feeds with every dynamic dimension 2 (enough to check that a fusion keeps the outputs)."""
+    dims = {d: 2 for d in dynamic_dims(sess)}
+    return feeds_mod.random_feeds(sess, 1, dims)[0]
+
+
+class Timer:
+    """Times candidates against ORT's best version of the original, bench's way."""
+
+    def __init__(self, original: pathlib.Path, workdir: pathlib.Path, *, threads: int | None,
+                 dims: Mapping[str, int], seconds: float, block_seconds: float, warmup: float = 0.5) -> None:
+        self.cfg = SessionConfig("cpu", 0, threads)
+        self.workdir = workdir
+        self.seconds, self.block_seconds, self.warmup = seconds, block_seconds, warmup
+        sess, _ = self.cfg.session(original)
+        self.feed = feeds_mod.random_feeds(sess, 1, dims)[0]
+        self.dims = dict(dims)
+        del sess
+        self.fusion_kw = {}
+        # the original's fusion goes to bench's shared cache (content-keyed): a second study reuses it
+        self.baseline, self.baseline_fusion, self.fusion_kw = fuse(original, self.cfg, baseline_mod.cache_dir(),
+                                                                   None, self.feed)
+        sess, self.library = self.cfg.session(self.baseline)
+        self._base = Runner(sess, self.feed, self.cfg)
+        latency_mod.warm_up(self._base, warmup)
+        self.meter = energy_mod.CpuEstimate()
+        self.base_blocks: list[latency_mod.Block] = []
+
+    def fuse(self, path: pathlib.Path) -> pathlib.Path:
+        out, self.last_fusion, kw = fuse(path, self.cfg, self.workdir / "fused", self.fusion_kw, self.feed)
+        self.fusion_kw = self.fusion_kw or kw  # the original's model type / heads / width serve every candidate
+        return out
+
+    def time(self, path: pathlib.Path) -> dict:
+        """Interleaved blocks, candidate vs baseline (ABBA), ``seconds`` per variant."""
+        sess, lib = self.cfg.session(path)
+        try:
+            runner = Runner(sess, self.feed, self.cfg)
+            latency_mod.warm_up(runner, self.warmup)
+            blocks = max(2, round(self.seconds / self.block_seconds))
+            out = latency_mod.run_blocks({"baseline": self._base, "candidate": runner}, blocks, self.block_seconds,
+                                         [self.meter])
+        finally:
+            del sess
+            gc.collect()
+        self.base_blocks += out["baseline"]
+        return summarise(out["candidate"], out["baseline"], lib)
+
+    def reference(self) -> dict:
+        """The fp32 baseline's own figures, over every block timed so far."""
+        b = self.base_blocks
+        return summarise(b, b, self.library)
+
+
+def _per_run_mj(blocks) -> list[float]:
+    return [1e3 * blk.energy[0] / blk.runs for blk in blocks if blk.energy and blk.runs]
+
+
+def summarise(cand, base, lib) -> dict:
+    med_c = [b.median for b in cand]
+    med_b = [b.median for b in base]
+    lat = latency_mod.summary([x * 1e3 for x in latency_mod.pooled_latencies(cand)])
+    speed = latency_mod.ratio_summary(med_b, med_c)  # per A/B pair: baseline / candidate block medians
+    e = _per_run_mj(cand)
+    return {"latency_ms": lat, "speedup_vs_fp32": speed, "blocks": len(cand),
+            "energy_mj_per_inference_estimated": statistics.median(e) if e else None,
+            "library": lib}

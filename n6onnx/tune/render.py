@@ -1,0 +1,92 @@
+"""The tune report as a rich table, JSON and a matplotlib plot (fidelity against latency)."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import pathlib
+
+from typing import TYPE_CHECKING
+
+from ..io import atomic_write
+
+if TYPE_CHECKING:  # study imports this module to render its report
+    from .study import TuneReport
+
+
+def _f(x, spec=".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def rows(rep: TuneReport) -> list[tuple[str, ...]]:
+    """One row per reference and front point, then the other measured trials (pruned/failed last)."""
+    int8 = next((p for p in rep.references if p.role == "int8"), None)
+    front = {id(p) for p in rep.front}
+    order = rep.references + [p for p in rep.front if p.role == "trial"] + sorted(
+        (p for p in rep.trials if id(p) not in front), key=lambda p: (p.status != "complete", -(p.cosine or -2)))
+    out = []
+    for p in order:
+        mark = ("chosen" if p is rep.chosen else "") + (" front" if id(p) in front else "")
+        vs_int8 = (p.speedup / int8.speedup) if (int8 is not None and int8.speedup and p.speedup) else None
+        e = (p.timing or {}).get("energy_mj_per_inference_estimated")
+        out.append((p.role if p.role != "trial" else f"#{p.number}", p.recipe.label, _f(p.cosine), _f(p.nn, ".3f"),
+                    _f(p.latency, ".2f"), _f(p.speedup, ".2f"), _f(vs_int8, ".2f"), _f(e, ".1f"),
+                    (mark.strip() or p.status) + (f": {p.reason}" if p.status != "complete" else "")))
+    return out
+
+
+HEADER = ("", "recipe", "cosine", "NN", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
+
+
+def table(rep: TuneReport):
+    from rich.table import Table
+
+    t = Table(title=f"tune: {rep.model} (cosine >= {rep.min_cosine:g}"
+                    + (f", NN >= {rep.min_nn:g}" if rep.min_nn is not None else "") + "; held-out data)")
+    for h in HEADER:
+        t.add_column(h, overflow="fold")
+    for r in rows(rep):
+        t.add_row(*r)
+    return t
+
+
+def plot_png(rep: TuneReport) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    done = [p for p in rep.trials if p.relative_latency is not None and p.cosine is not None]
+    ax.scatter([p.relative_latency for p in done], [p.cosine for p in done], s=14, c="0.6", label="trials")
+    fr = [p for p in rep.front if p.relative_latency is not None]
+    ax.plot([p.relative_latency for p in fr], [p.cosine for p in fr], "-o", c="tab:blue", ms=5, label="Pareto front")
+    for p, c in zip(rep.references, ("black", "tab:orange")):
+        if p.relative_latency is not None and p.cosine is not None:
+            ax.scatter([p.relative_latency], [p.cosine], marker="s", s=50, c=c, label=p.recipe.label, zorder=3)
+    if rep.chosen is not None:
+        ax.scatter([rep.chosen.relative_latency], [rep.chosen.cosine], marker="*", s=160, c="tab:red", label="chosen",
+                   zorder=4)
+    ax.axhline(rep.min_cosine, ls="--", c="tab:red", lw=0.8)
+    ax.set_xlabel("latency relative to the fp32 original (timed interleaved with it), "
+                  + ", ".join(f"{k}={v}" for k, v in (rep.setting.get("dims") or {}).items()))
+    ax.set_ylabel("held-out cosine vs original")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    buf = _io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write(rep: TuneReport, out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """tune.json, tune.md (the table) and tune.png in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows(rep)]
+    files = {"tune.json": json.dumps(rep.to_json(), indent=2, default=str).encode(),
+             "tune.md": ("\n".join(md) + "\n").encode(), "tune.png": plot_png(rep)}
+    for name, data in files.items():
+        atomic_write(out_dir / name, data)
+    return [out_dir / n for n in files]

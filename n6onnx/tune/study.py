@@ -1,0 +1,344 @@
+"""``n6onnx tune``: an Optuna multi-objective study (held-out fidelity up, latency down) over recipes.
+
+Flow: split DATA into a fit part (calibration, healing) and a held-out part (fidelity only); make
+ORT's best fused original (the fp32 baseline) and its int8 version (the int8 reference); then each
+trial builds a recipe (passes -> heal -> fuse -> int8), measures its held-out fidelity, and times it
+only when the fidelity meets the gates (otherwise the trial is pruned: no time is spent timing a
+recipe that cannot be chosen). The fastest recipe meeting the gates is written to OUT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+
+from .. import api, io
+from .. import feeds as feeds_mod
+from ..calibrate import load_batches
+from ..feeds import parse_dims
+from ..bench.energy import CPU_WATTS_PER_CORE
+from ..errors import BadArgumentError, N6Error
+from . import measure, render, space, stages
+
+
+@dataclasses.dataclass
+class Point:
+    """One measured recipe."""
+
+    recipe: space.Recipe
+    role: str  # "fp32", "int8", "trial"
+    fidelity: dict | None = None
+    timing: dict | None = None
+    status: str = "complete"  # complete | pruned (gates failed, not timed) | failed
+    reason: str = ""
+    number: int | None = None
+    path: pathlib.Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def cosine(self) -> float | None:
+        return (self.fidelity or {}).get("cosine")
+
+    @property
+    def nn(self) -> float | None:
+        return (self.fidelity or {}).get("nn")
+
+    @property
+    def latency(self) -> float | None:
+        return ((self.timing or {}).get("latency_ms") or {}).get("median")
+
+    @property
+    def speedup(self) -> float | None:
+        return ((self.timing or {}).get("speedup_vs_fp32") or {}).get("median")
+
+    @property
+    def relative_latency(self) -> float | None:
+        """Latency relative to the fp32 baseline timed interleaved with it (1 / speed-up): compares
+        trials timed minutes apart on a machine whose load drifts, which raw milliseconds do not."""
+        s = self.speedup
+        return None if not s else 1.0 / s
+
+    def to_json(self) -> dict:
+        return {"role": self.role, "trial": self.number, **self.recipe.to_json(), "status": self.status,
+                "reason": self.reason, "fidelity": self.fidelity, "timing": self.timing,
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclasses.dataclass
+class TuneReport:
+    model: str
+    output: str | None
+    min_cosine: float
+    min_nn: float | None
+    references: list[Point]
+    trials: list[Point]
+    front: list[Point]
+    chosen: Point | None
+    setting: dict
+    seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def meets(self, p: Point) -> bool:
+        return _meets(p, self.min_cosine, self.min_nn)
+
+    def to_json(self) -> dict:
+        int8 = next((p for p in self.references if p.role == "int8"), None)
+        chosen = None
+        if self.chosen is not None:
+            chosen = self.chosen.to_json()
+            if int8 is not None and int8.speedup and self.chosen.speedup:
+                chosen["speedup_vs_int8"] = self.chosen.speedup / int8.speedup
+        return {"model": self.model, "output": self.output, "min_cosine": self.min_cosine, "min_nn": self.min_nn,
+                "setting": self.setting, "seconds": round(self.seconds, 1), "chosen": chosen,
+                "references": [p.to_json() for p in self.references], "front": [p.to_json() for p in self.front],
+                "trials": [p.to_json() for p in self.trials], "notes": self.notes}
+
+
+def _meets(p: Point, c: float, nn: float | None) -> bool:
+    if p.cosine is None or p.cosine < c:
+        return False
+    return nn is None or (p.nn is not None and p.nn >= nn)
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """Points no other point beats on both cosine (higher) and relative latency (lower), fastest first."""
+    pts = [p for p in points if p.cosine is not None and p.relative_latency is not None]
+    front = [p for p in pts if not any(
+        (q.cosine >= p.cosine and q.relative_latency <= p.relative_latency)
+        and (q.cosine > p.cosine or q.relative_latency < p.relative_latency) for q in pts)]
+    return sorted(front, key=lambda p: p.relative_latency)
+
+
+def _gate(name: str, value, lo: float, hi: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BadArgumentError(f"{name} expects a number, got {value!r}") from None
+    if not (lo <= v <= hi) or math.isnan(v):
+        raise BadArgumentError(f"{name} {v:g} is out of range [{lo:g}, {hi:g}]")
+    return v
+
+
+def _data(calibrate, model: pathlib.Path, tokenizer, dims, holdout: float, samples: int | None, work: pathlib.Path):
+    """(fit-part file for ``rewrite --calibrate``, held-out feed batches)."""
+    p = pathlib.Path(calibrate)
+    if not p.is_file():
+        raise BadArgumentError(f"--calibrate {calibrate}: no such file")
+    if p.suffix == ".npz":
+        batches = load_batches(str(p), io.load_proto(model))
+        fit, held = stages.split(list(batches), holdout)
+        if not fit or not held:
+            raise BadArgumentError(f"--calibrate {calibrate}: {len(batches)} batch(es) cannot be split into a fit and "
+                                   f"a held-out part; give at least {round(1 / holdout)}")
+        fit_file = work / "fit.npz"
+        np.savez(fit_file, **{f"{k}/{i}": a for i, b in enumerate(fit) for k, a in b.items()})
+        return fit_file, feeds_mod.FeedBatches(held, source="held-out")
+    lines = feeds_mod.read_text(p)
+    fit, held = stages.split(lines, holdout)
+    if len(held) < 2 or not fit:
+        raise BadArgumentError(f"--calibrate {calibrate}: {len(lines)} line(s) are too few to split into a fit and a "
+                               "held-out part")
+    fit_file = work / "fit.txt"
+    fit_file.write_text("\n".join(fit[:samples] if samples else fit) + "\n")
+    return fit_file, load_batches(str(_held_file(work, held)), io.load_proto(model), tokenizer=tokenizer, dims=dims)
+
+
+def _held_file(work: pathlib.Path, held: list[str]) -> pathlib.Path:
+    f = work / "held.txt"
+    f.write_text("\n".join(held) + "\n")
+    return f
+
+
+def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | None = None, tokenizer=None,
+         minutes: float = 30.0, threads: int | None = None, dims=None, holdout: float = 0.25,
+         calib_samples: int | None = 256, seconds_per_trial: float = 6.0, block_seconds: float = 1.0,
+         trials: int | None = None, seed: int = 0, heal: stages.HealHook | None = None,
+         storage: str | None = None, study_name: str | None = None, report_dir=None,
+         progress: Callable[[str], None] | None = None) -> TuneReport:
+    """Search recipes for ``model``; write the fastest one meeting the gates to ``output``.
+
+    ``trials`` caps the number of trials (default: as many as ``minutes`` allow). ``heal``: a hook
+    (``stages.HealHook``) makes heal on/off a dimension. ``storage``/``study_name``: an Optuna
+    storage URL to share the study (see docs/tune.md). Raises ``N6Error`` for bad input."""
+    try:
+        import optuna
+    except ImportError:
+        raise N6Error("n6onnx tune needs Optuna: pip install 'n6onnx[tune]'") from None
+
+    t0 = time.perf_counter()
+    say = progress or (lambda s: None)
+    min_cosine = _gate("--min-cosine", min_cosine, -1.0, 1.0)
+    min_nn = _gate("--min-nn", min_nn, 0.0, 1.0)
+    if minutes <= 0:
+        raise BadArgumentError(f"--minutes must be positive, got {minutes:g}")
+    if threads is not None and threads < 1:
+        raise BadArgumentError(f"--threads must be at least 1, got {threads}")
+    src = pathlib.Path(model)
+    io.load_proto(src)
+    if output is not None:
+        io.check_output_path(output, (src,))
+    dims = parse_dims(dims)
+    deadline = t0 + 60 * minutes
+    work = pathlib.Path(tempfile.mkdtemp(prefix="n6tune-"))
+    try:
+        info = space.ModelInfo.of(api.inspect(src))
+        fit_file, held = _data(calibrate, src, tokenizer, dims, holdout, calib_samples, work)
+        say(f"data: fit part {fit_file.name}, {held.samples} held-out samples; model: {info}")
+        say("fusing the original (ORT's best fp32 baseline)")
+        timer = measure.Timer(src, work, threads=threads, dims=dims, seconds=seconds_per_trial,
+                              block_seconds=block_seconds)
+        refs = _references(src, timer, held, threads, work, say)
+        rewrites: dict[tuple, pathlib.Path] = {}
+        done: dict[space.Recipe, Point] = {}
+        points: list[Point] = []
+        durations: list[float] = []
+
+        def rewritten(r: space.Recipe) -> tuple[pathlib.Path, dict]:
+            """The recipe before fusion and int8 (cached per pass list and heal), with its fidelity."""
+            key = hashlib.sha1(repr((r.passes, r.heal)).encode()).hexdigest()[:12]
+            if (r.passes, r.heal) not in rewrites:
+                path = work / f"rw-{key}.onnx"
+                if r.passes:
+                    api.rewrite(src, path, list(r.passes), calibrate=fit_file, tokenizer=tokenizer,
+                                calib_samples=calib_samples, dims=dims)
+                else:
+                    shutil.copyfile(src, path)
+                if r.heal:
+                    healed = work / f"heal-{key}.onnx"
+                    heal(path, healed, original=src, calibrate=fit_file, tokenizer=tokenizer)
+                    path = healed
+                rewrites[(r.passes, r.heal)] = path, measure.fidelity(src, path, held, threads)
+            return rewrites[(r.passes, r.heal)]
+
+        def build(r: space.Recipe, path: pathlib.Path) -> pathlib.Path:
+            key = hashlib.sha1(repr(r).encode()).hexdigest()[:12]
+            path = timer.fuse(path)
+            if r.quantize:
+                q = work / f"q-{key}.onnx"
+                stages.quantize(path, q, r.quantize)
+                path = q
+            return path
+
+        def objective(trial):
+            r = space.suggest(trial, info, heal=heal is not None)
+            trial.set_user_attr("recipe", r.label)
+            if r in done:  # the sampler proposed a recipe already measured
+                p = done[r]
+                if p.status != "complete":
+                    raise optuna.TrialPruned(p.reason)
+                return p.cosine, p.relative_latency
+            ts = time.perf_counter()
+            p = Point(r, "trial", number=trial.number)
+            points.append(p)
+            done[r] = p
+            try:
+                say(f"trial {trial.number}: {r.label}: building")
+                path, fid = rewritten(r)
+                p.fidelity = fid
+                if r.quantize and _meets(p, min_cosine, min_nn):  # int8 only adds error: skip it when fp32 fails
+                    p.path = build(r, path)
+                    p.fidelity = measure.fidelity(src, p.path, held, threads)
+                elif not r.quantize:
+                    p.path = build(r, path)
+                if not _meets(p, min_cosine, min_nn):
+                    p.status = "pruned"
+                    p.reason = (f"held-out cosine {_f(p.cosine)} / NN {_f(p.nn)} below the gates"
+                                + (" before int8" if r.quantize and p.path is None else "") + ": not timed")
+                else:
+                    p.timing = timer.time(p.path)
+            except N6Error as e:
+                p.status, p.reason = "failed", str(e)
+            except Exception as e:  # an optimizer/quantizer crash in one recipe must not end the study
+                p.status, p.reason = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            p.seconds = time.perf_counter() - ts
+            durations.append(p.seconds)
+            say(f"trial {trial.number}: {r.label}: cos {_f(p.cosine)} NN {_f(p.nn)} "
+                + (f"x{p.speedup:.2f} vs fp32" if p.speedup else p.status) + f" ({p.seconds:.0f} s; "
+                f"{max(0, deadline - time.perf_counter()) / 60:.1f} min left)")
+            if p.status != "complete":
+                raise optuna.TrialPruned(p.reason)
+            return p.cosine, p.relative_latency
+
+        def budget(study, _trial):
+            left = deadline - time.perf_counter()
+            typical = sorted(durations)[len(durations) // 2] if durations else 0
+            if left < max(typical, 5.0) or (trials is not None and len(points) >= trials):
+                study.stop()
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler, storage=_storage(storage),
+                                    study_name=study_name, load_if_exists=storage is not None)
+        for params in space.seeds(info, heal=heal is not None):
+            study.enqueue_trial(params, skip_if_exists=True)
+        left = deadline - time.perf_counter()
+        if left > 0 and (trials is None or trials > 0):
+            study.optimize(objective, timeout=left, callbacks=[budget], n_trials=None if trials is None else 4 * trials,
+                           catch=())
+        refs[0].timing = timer.reference()  # its own blocks: speed-up 1 by construction
+        complete = [p for p in points if p.status == "complete"]
+        front = pareto(refs + complete)
+        # candidates: every timed trial and the int8 reference (the fp32 original is no saving)
+        ok = [p for p in complete + refs[1:] if _meets(p, min_cosine, min_nn) and p.relative_latency is not None]
+        chosen = min(ok, key=lambda p: (p.relative_latency, -(p.cosine or 0))) if ok else None
+        setting = {"threads": threads, "dims": dims, "feed_shapes": {k: list(v.shape) for k, v in timer.feed.items()},
+                   "held_out_samples": held.samples, "holdout": holdout, "calib_samples": calib_samples,
+                   "fit_data": str(calibrate), "baseline_fusion": timer.baseline_fusion,
+                   "timing": f"interleaved A/B blocks of {block_seconds:g} s vs the fused fp32 original, "
+                             f"{seconds_per_trial:g} s per variant per trial (bench's method, shorter)",
+                   "energy": f"estimated: process CPU-seconds x {CPU_WATTS_PER_CORE:g} W per busy core "
+                             "(bench's estimator), not measured",
+                   "quantize": "n6onnx.tune.stages.quantize (int8: dynamic, per channel)",
+                   "heal": heal is not None, "seed": seed, "budget_minutes": minutes,
+                   "optuna": optuna.__version__}
+        rep = TuneReport(str(src), None, min_cosine, min_nn, refs, points, front, chosen, setting,
+                         time.perf_counter() - t0)
+        if chosen is None:
+            rep.notes.append(f"no recipe met cosine >= {min_cosine:g}" + (f" and NN >= {min_nn:g}" if min_nn else "")
+                             + "; nothing written")
+        elif output is not None:
+            io.save(io.load_proto(chosen.path), output)
+            rep.output = str(output)
+        if report_dir is not None:
+            render.write(rep, pathlib.Path(report_dir))
+        return rep
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _storage(url: str | None):
+    """An RDB URL as is; anything else is a journal file (Optuna's JournalStorage, file backend)."""
+    if url is None or "://" in url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(url)))
+
+
+def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pathlib.Path, say) -> list[Point]:
+    fp32 = Point(space.Recipe(), "fp32", path=timer.baseline)
+    fp32.fidelity = measure.fidelity(src, timer.baseline, held, threads)
+    say("int8 reference: the fused original, quantized")
+    t = time.perf_counter()
+    int8 = Point(space.Recipe((), "int8"), "int8", path=work / "int8.onnx")
+    stages.quantize(timer.baseline, int8.path, "int8")
+    int8.fidelity = measure.fidelity(src, int8.path, held, threads)
+    int8.timing = timer.time(int8.path)
+    int8.seconds = time.perf_counter() - t
+    say(f"int8 reference: cos {_f(int8.cosine)} NN {_f(int8.nn)} x{int8.speedup or float('nan'):.2f} vs fp32")
+    return [fp32, int8]
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.4f}"

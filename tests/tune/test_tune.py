@@ -1,0 +1,157 @@
+"""n6onnx tune: tiny budgets on a small random zoo model. Reported fidelity is checked against an
+independent validate run on the held-out part; CLI errors; the recipe space's determinism; the
+heal hook sees the fit part only."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import optuna
+import pytest
+from click.testing import CliRunner
+
+import n6onnx
+from n6onnx.testing import zoo
+from n6onnx.cli import main
+from n6onnx.errors import BadArgumentError
+from n6onnx.tune import ModelInfo, Point, Recipe, pareto, space, stages, tune
+
+MODEL = ("bert", "dynamo20")
+FAST = dict(minutes=3, threads=1, seconds_per_trial=0.4, block_seconds=0.1)
+
+
+def _npz(path: pathlib.Path, n: int = 8) -> pathlib.Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for k in range(n):
+        f = zoo.example_inputs("bert", 2, 16)
+        f["input_ids"] = rng.integers(1, 1000, size=(2, 16), dtype=np.int64)
+        f["attention_mask"][1, 10 + k % 5:] = 0
+        for name, a in f.items():
+            arrays[f"{name}/{k}"] = a
+    np.savez(path, **arrays)
+    return path
+
+
+def test_tune_writes_the_fastest_recipe_meeting_the_gate(zoo_export, tmp_path):
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.9, trials=3, report_dir=tmp_path / "rep",
+               **FAST)
+    assert rep.chosen is not None and rep.output == str(tmp_path / "out.onnx")
+    assert [p.role for p in rep.references] == ["fp32", "int8"]
+    timed = [p for p in rep.trials + rep.references[1:] if p.speedup is not None]
+    ok = [p for p in timed if p.cosine >= 0.9]
+    assert rep.chosen.speedup == max(p.speedup for p in ok)  # speed-up vs the interleaved baseline, not raw ms
+    assert all(p.status == "pruned" and p.timing is None for p in rep.trials if p.cosine is not None and p.cosine < 0.9)
+    # the reported fidelity is the held-out part's (every 4th batch), as an independent validate run sees it
+    d = np.load(data)
+    held = [{n: d[f"{n}/{k}"] for n in ("input_ids", "attention_mask", "token_type_ids")} for k in (3, 7)]
+    v = n6onnx.validate(src, tmp_path / "out.onnx", feeds=held)
+    assert v.cosine_mean == pytest.approx(rep.chosen.cosine, abs=1e-6)
+    onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"))
+    j = json.loads((tmp_path / "rep" / "tune.json").read_text())
+    assert j["chosen"]["label"] == rep.chosen.recipe.label and j["front"] and j["references"][1]["quantize"] == "int8"
+    assert (tmp_path / "rep" / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    front = {id(p) for p in rep.front}
+    assert id(rep.chosen) in front or rep.chosen.role == "int8"
+
+
+def test_cli_no_recipe_meets_the_gate_exits_1_and_writes_nothing(zoo_export, tmp_path):
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    r = CliRunner().invoke(main, ["tune", str(src), "--calibrate", str(data), "--min-cosine", "1.0", "--min-nn", "1",
+                                  "-o", str(tmp_path / "out.onnx"), "--trials", "1", "--threads", "1",
+                                  "--seconds-per-trial", "0.3", "--minutes", "2"])
+    assert r.exit_code == 1, r.output
+    assert not (tmp_path / "out.onnx").exists()
+    assert "no recipe met cosine >= 1" in r.output and "int8" in r.output  # the front is printed
+
+
+@pytest.mark.parametrize("args,match", [(["--min-cosine", "1.5"], "out of range"),
+                                        (["--min-cosine", "0.9", "--min-nn", "-1"], "out of range"),
+                                        (["--min-cosine", "0.9", "--minutes", "0"], "positive"),
+                                        (["--min-cosine", "0.9", "--calibrate", "missing.txt"], "no such file")])
+def test_cli_bad_arguments(args, match, zoo_export, tmp_path):
+    src = zoo_export(*MODEL)
+    base = ["tune", str(src), "-o", str(tmp_path / "o.onnx")]
+    if "--calibrate" not in args:
+        base += ["--calibrate", str(_npz(tmp_path / "d.npz"))]
+    r = CliRunner().invoke(main, base + args)
+    assert r.exit_code == 2 and match in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o.onnx").exists()
+    r = CliRunner().invoke(main, ["tune", str(src), "-o", "x.onnx", "--calibrate", "d", "--min-cosine", "abc"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_space_is_deterministic_given_the_seed():
+    info = ModelInfo(gelu=6, ffn=6, attention=6)
+
+    def labels(seed):
+        study = optuna.create_study(directions=["maximize", "minimize"],
+                                    sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=8))
+        for p in space.seeds(info, heal=True):
+            study.enqueue_trial(p)
+        got = []
+        for _ in range(8):
+            t = study.ask()
+            r = space.suggest(t, info, heal=True)
+            got.append(r)
+            study.tell(t, [0.9, 1.0])
+        return got
+
+    a, b = labels(3), labels(3)
+    assert a == b and a != labels(4)
+    assert a[0] == Recipe(("block=drop:1",), "int8", False)  # the seeds come first, exactly
+    for r in a:  # never more than half the blocks dropped/replaced; block drops come before attention passes
+        n = sum(int(p.split(":")[-1]) for p in r.passes if p.startswith(("block=", "attention=")))
+        assert n <= 3
+        kinds = [p.split("=")[0] for p in r.passes]
+        assert kinds == sorted(kinds, key=["block", "attention", "gelu", "ffn", "moe"].index)
+    small = ModelInfo(attention=1)
+    t = optuna.create_study().ask()
+    assert space.suggest(t, small, heal=False).passes == ()
+
+
+def test_pareto_front():
+    def pt(c, l):
+        return Point(Recipe((f"x{c}{l}",)), "trial", fidelity={"cosine": c},
+                     timing={"latency_ms": {"median": 99}, "speedup_vs_fp32": {"median": 1 / l}})
+
+    pts = [pt(0.99, 10), pt(0.98, 5), pt(0.97, 6), pt(0.999, 20), pt(0.98, 5.5)]
+    assert [(p.cosine, round(p.relative_latency, 6)) for p in pareto(pts)] == [(0.98, 5), (0.99, 10), (0.999, 20)]
+
+
+def test_split_is_disjoint_and_deterministic():
+    fit, held = stages.split(list(range(20)), 0.25)
+    assert held == [3, 7, 11, 15, 19] and not set(fit) & set(held) and len(fit) + len(held) == 20
+    with pytest.raises(n6onnx.N6Error):
+        stages.split([1, 2], 1.5)
+
+
+def test_heal_hook_is_a_dimension_and_sees_only_the_fit_part(zoo_export, tmp_path):
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    calls = []
+
+    def heal(model, out, *, original, calibrate, tokenizer):
+        calls.append(pathlib.Path(calibrate))
+        d = np.load(calibrate)
+        calls.append(sorted({int(k.split("/")[1]) for k in d.files}))
+        out.write_bytes(pathlib.Path(model).read_bytes())  # an identity "heal"
+
+    # a gate nothing meets: every trial stops after its fp32 fidelity (heal runs before it), so this is quick
+    rep = tune(src, None, calibrate=data, min_cosine=0.999999, trials=5, heal=heal, seed=1, **FAST)
+    healed = [p for p in rep.trials if p.recipe.heal]
+    assert healed and calls and all(p.status == "pruned" for p in rep.trials)
+    assert calls[1] == list(range(6))  # 6 fit batches out of 8: the held-out ones (3, 7) never reach heal
+    assert "heal" in rep.setting and rep.setting["heal"] is True
+
+
+def test_bad_data_is_a_clear_error(zoo_export, tmp_path):
+    src = zoo_export(*MODEL)
+    with pytest.raises(BadArgumentError, match="cannot be split"):
+        tune(src, None, calibrate=_npz(tmp_path / "one.npz", 1), min_cosine=0.9, trials=1, **FAST)
