@@ -1,4 +1,5 @@
-"""The tune report as a rich table, JSON and a matplotlib plot (fidelity against latency)."""
+"""The tune report (``study.TuneReport``, which imports this module to render itself) as a rich
+table, JSON and a matplotlib plot (fidelity against latency)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,14 @@ import io as _io
 import json
 import pathlib
 
-from typing import TYPE_CHECKING
-
 from ..io import atomic_write
-
-if TYPE_CHECKING:  # study imports this module to render its report
-    from .study import TuneReport
 
 
 def _f(x, spec=".4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def rows(rep: TuneReport) -> list[tuple[str, ...]]:
+def rows(rep) -> list[tuple[str, ...]]:
     """One row per reference and front point, then the other measured trials (pruned/failed last)."""
     int8 = next((p for p in rep.references if p.role == "int8"), None)
     front = {id(p) for p in rep.front}
@@ -38,7 +34,7 @@ def rows(rep: TuneReport) -> list[tuple[str, ...]]:
 HEADER = ("", "recipe", "cosine", "NN", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
 
 
-def table(rep: TuneReport):
+def table(rep):
     from rich.table import Table
 
     t = Table(title=f"tune: {rep.model} (cosine >= {rep.min_cosine:g}"
@@ -50,7 +46,7 @@ def table(rep: TuneReport):
     return t
 
 
-def plot_png(rep: TuneReport) -> bytes:
+def plot_png(rep) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +76,7 @@ def plot_png(rep: TuneReport) -> bytes:
     return buf.getvalue()
 
 
-def write(rep: TuneReport, out_dir: pathlib.Path) -> list[pathlib.Path]:
+def write(rep, out_dir: pathlib.Path) -> list[pathlib.Path]:
     """tune.json, tune.md (the table) and tune.png in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
