@@ -51,7 +51,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8")
 def default_heal() -> HealHook | None:
     """``n6onnx.heal``'s hook when this installation has one (a ``tune_hook`` callable), else None."""
     try:
-        from .. import heal
+        from .. import heal  # needs torch (the heal extra): only when tune is asked to heal
     except ImportError:
         return None
     hook = getattr(heal, "tune_hook", None)
