@@ -51,7 +51,7 @@ def refuse_overlap(ctx, indices: Sequence[int], by: str) -> None:
     if clash:
         raise BadArgumentError(f"{by}: block(s) {', '.join(map(str, clash))} already rewritten by "
                                f"{', '.join(sorted({taken[i] for i in clash}))}; passes of one kind must target "
-                               "disjoint blocks")
+                               "disjoint blocks: give each block once")
 
 
 def claim(ctx, indices: Sequence[int], by: str) -> None:
