@@ -62,9 +62,17 @@ def unsupported_ops(proto: onnx.ModelProto) -> list[str]:
             elif n.domain in STANDARD and n.op_type == "If":
                 for a in n.attribute:
                     walk(a.g.node, seen)
-            elif key in funcs or n.op_type in n6 and n.domain == DOMAIN:
-                if key in funcs and key not in seen:
-                    walk(funcs[key].node, seen | {key})
+            elif n.domain == DOMAIN and n.op_type in n6:
+                pass
+            elif key in funcs:
+                if key not in seen:
+                    inner = _body_unsupported(funcs[key])
+                    if inner:
+                        bad.add(f"{n.domain}:{n.op_type} (its ONNX function body needs {', '.join(inner)})")
+                    else:
+                        walk(funcs[key].node, seen | {key})
+            elif n.op_type == "Constant" and n.domain in STANDARD:
+                bad.add("ai.onnx:Constant (string tensor)")
             else:
                 bad.add(f"{n.domain or 'ai.onnx'}:{n.op_type}")
             for a in n.attribute:
@@ -73,6 +81,25 @@ def unsupported_ops(proto: onnx.ModelProto) -> list[str]:
 
     walk(proto.graph.node, set())
     return sorted(bad)
+
+
+def _body_unsupported(f: onnx.FunctionProto) -> list[str]:
+    """Ops (and string constants, which torch cannot hold) of a function body the student cannot run."""
+    out = set()
+
+    def walk(nodes):
+        for n in nodes:
+            if n.domain in STANDARD and n.op_type == "Constant" and any(
+                    a.name in ("value_string", "value_strings") for a in n.attribute):
+                out.add("string constants")
+            elif n.domain in STANDARD and n.op_type == "If":
+                for a in n.attribute:
+                    walk(a.g.node)
+            elif not (n.domain in STANDARD and n.op_type in OPS):
+                out.add(f"{n.domain or 'ai.onnx'}:{n.op_type}")
+
+    walk(f.node)
+    return sorted(out)
 
 
 def check_supported(proto: onnx.ModelProto) -> None:
