@@ -41,6 +41,7 @@ class RewriteReport:
     seconds: float
     warnings: list[str] = dataclasses.field(default_factory=list)
     calibration: object | None = None  # calibrate.CalibrationReport
+    healing: object | None = None  # heal.train.HealReport
 
     @property
     def rewritten(self) -> dict[str, int]:
@@ -55,6 +56,7 @@ class RewriteReport:
             "warnings": self.warnings,
             "calibrated": self.calibration is not None,
             "calibration": None if self.calibration is None else self.calibration.to_json(),
+            "healing": None if self.healing is None else self.healing.to_json(),
         }
 
 
@@ -118,8 +120,15 @@ def rewrite(
     refit: bool = True,
     dims: dict | None = None,
     progress=None,
+    heal: bool = False,
+    heal_samples: int | None = None,
+    heal_config=None,
+    heal_progress: bool = False,
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
+
+    ``heal``: after calibration, distil the rewritten model towards the original on all of the
+    calibration data (or its first ``heal_samples``); ``heal_config`` a ``heal.HealConfig``.
 
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
@@ -127,6 +136,10 @@ def rewrite(
     specs = [p if isinstance(p, PassSpec) else passes.parse(p) for p in passes_]
     if not specs:
         raise N6Error("no pass given (e.g. --pass gelu=phi6)")
+    if heal and calibrate is None:
+        from .errors import BadArgumentError
+
+        raise BadArgumentError("--heal needs --calibrate DATA (the teacher is run on it)")
     if output is not None:
         io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
     name, m = _load(model)
@@ -152,6 +165,12 @@ def rewrite(
         if spec.kind == "gelu" and ctx.batches and reports["gelu"].rewritten:
             calibration = cal.calibrate_swap(m, original, ctx.batches, refit=refit, progress=ctx.progress)
             functions = finalize(m)
+    healing = None
+    if heal:
+        from .heal import run as heal_run
+
+        healing = heal_run.heal_in_place(m, original, calibrate, tokenizer=tokenizer, samples=heal_samples, dims=dims,
+                                         config=heal_config, progress=heal_progress)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
     warnings = [n for r in reports.values() for n in r.notes]
@@ -168,7 +187,7 @@ def rewrite(
     if output is not None:
         io.save(proto, output, external_data=external_data)
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
-                        functions, time.perf_counter() - t0, warnings, calibration)
+                        functions, time.perf_counter() - t0, warnings, calibration, healing)
     return m, rep
 
 

@@ -140,8 +140,11 @@ class GraphModule(torch.nn.Module):
         env.update({n: self.params[i] for n, i in self.names.items()})
         return env
 
-    def forward(self, feeds: Mapping[str, object], outputs: Iterable[str] | None = None) -> dict:
+    def forward(self, feeds: Mapping[str, object], outputs: Iterable[str] | None = None,
+                values: Mapping[str, torch.Tensor] | None = None) -> dict:
+        """``values`` replace initializers by name (the trainer's reparametrised weights)."""
         env = self.initial_env()
+        env.update(values or {})
         for k, v in feeds.items():
             env[k] = v if torch.is_tensor(v) else torch.from_numpy(v)
         wanted = list(outputs) if outputs is not None else self.output_names
