@@ -93,6 +93,27 @@ def trainable(original: onnx.ModelProto, rewritten: onnx.ModelProto, which: str 
     return sorted(out)
 
 
+def bias_partners(proto: onnx.ModelProto, names: Sequence[str]) -> dict[str, tuple[str, bool, str]]:
+    """{bias name: (weight name, transposed, projection input name)} for each bias in ``names``
+    added to a projection's output (Add after MatMul, Gemm's C, or an n6 Bias* activation's bias)."""
+    want = set(names)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    inits = {t.name for t in proto.graph.initializer}
+    out = {}
+    for n in proto.graph.node:
+        if n.op_type == "Gemm" and len(n.input) > 2 and n.input[2] in want and n.input[1] in inits:
+            tb = any(a.name == "transB" and a.i for a in n.attribute)
+            out[n.input[2]] = (n.input[1], tb, n.input[0])
+            continue
+        if not (n.op_type == "Add" or n.domain == DOMAIN and n.op_type.startswith("Bias")):
+            continue
+        for i, b in enumerate(n.input[:2]):
+            other = producer.get(n.input[1 - i])
+            if b in want and other is not None and other.op_type == "MatMul" and other.input[1] in inits:
+                out[b] = (other.input[1], False, other.input[0])
+    return out
+
+
 class Teacher:
     """The original model's stream points and outputs per batch (float32 numpy)."""
 

@@ -51,6 +51,7 @@ class HealConfig:
     loss: str = "streams+output"
     train: str = "rewritten"
     holdout: float = 0.1
+    holdout_batches: int = 16  # at most this many held-out batches (each evaluation runs them all)
     eval_every: int = 25
     warmup: int = 25
     backtrack: float = 0.0005
@@ -71,7 +72,7 @@ class HealReport:
     lowest: float  # lowest held-out fidelity at any evaluation
     stopped: str
     config: dict
-    curve: list = dataclasses.field(default_factory=list)  # [step, seconds, fidelity]
+    curve: list = dataclasses.field(default_factory=list)  # [step, seconds, fidelity, mean train loss]
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -88,6 +89,38 @@ def _scale(w: torch.Tensor, param: str) -> torch.Tensor:
         r = w.pow(2).mean(1, keepdim=True).sqrt() * w.pow(2).mean(0, keepdim=True).sqrt() / total
         return r.clamp_min(1e-3 * total)
     return torch.full_like(w, float(total))
+
+
+def _bias_scale(b: torch.Tensor, w: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A bias moves its unit's pre-activation, whose spread is about the norm of the unit's weight
+    column (inputs come out of a LayerNorm): a change is measured against that, not against the
+    bias itself. After a calibration fold a unit with a small weight column has a large
+    downstream gain, so its bias must move in correspondingly small steps."""
+    col = (w.T if transposed else w).pow(2).sum(0).sqrt()
+    if col.shape != b.shape:
+        return torch.full_like(b, float(b.pow(2).mean().sqrt().clamp_min(1e-12)))
+    return col.clamp_min(1e-3 * float(col.mean()) + 1e-12)
+
+
+def _input_means(student, batches, idx, weights: dict, most: int = 8) -> dict[str, torch.Tensor]:
+    """{weight: mean over real tokens of its projection's input} on up to ``most`` training batches."""
+    if not weights:
+        return {}
+    names = sorted({x for _, x in weights.values()})
+    sums, count = {}, 0
+    with torch.no_grad():
+        for k in idx[:most]:
+            out = student(batches[k], names)
+            for n in names:
+                a = out[n]
+                keep = _mask_rows(batches[k], tuple(a.shape))
+                a = a.reshape(-1, a.shape[-1]).double()
+                if keep is not None:
+                    a = a[torch.from_numpy(keep)]
+                sums[n] = sums.get(n, 0) + a.sum(0)
+                if n == names[0]:
+                    count += a.shape[0]
+    return {w: (sums[x] / max(count, 1)).float() for w, (_, x) in weights.items()}
 
 
 def _mask_rows(feeds: dict, shape) -> np.ndarray | None:
@@ -120,12 +153,13 @@ def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows
     return metrics.per_sample_cosine(t, s)
 
 
-def split(batches: Sequence[dict], holdout: float) -> tuple[list[int], list[int]]:
-    """Batch indices (train, held-out): the last ``holdout`` share of DATA (at least one batch) is held out."""
+def split(batches: Sequence[dict], holdout: float, most: int = 16) -> tuple[list[int], list[int]]:
+    """Batch indices (train, held-out): the last ``holdout`` share of DATA (at least one batch, at
+    most ``most``) is held out."""
     n = len(batches)
     if n < 2:
         raise BadArgumentError(f"healing needs at least 2 batches of DATA (one is held out); got {n}")
-    k = min(max(1, int(round(n * holdout))), n - 1)
+    k = min(max(1, int(round(n * holdout))), n - 1, most)
     return list(range(n - k)), list(range(n - k, n))
 
 
@@ -153,16 +187,32 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     outputs = [o.name for o in proto.graph.output]
     student = executor.GraphModule(proto)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
-    train_idx, held_idx = split(batches, cfg.holdout)
+    train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
     rows = getattr(batches, "rows", None) or [len(next(iter(b.values()))) for b in batches]
 
     w0 = {n: student.parameter(n).detach().clone() for n in names}
     scale = {n: _scale(w, cfg.param) for n, w in w0.items()}
-    u = {n: torch.nn.Parameter(w0[n] / scale[n]) for n in names}
+    partners = targets.bias_partners(proto, names) if cfg.param == "relative" else {}
+    # centring: b = b' - mu W for each trained (W, b) pair, mu the mean input of the projection, so
+    # a change of W moves only the varying part of its output (the constant part is b's)
+    mu = _input_means(student, batches, train_idx, {w: (tr, x) for b, (w, tr, x) in partners.items() if w in w0})
+    for b, (w, tr, _) in partners.items():
+        scale[b] = _bias_scale(w0[b], w0[w] if w in w0 else student.parameter(w).detach(), tr)
+    centred = {b: (w, tr) for b, (w, tr, _) in partners.items() if w in mu and mu[w].shape[-1] == (
+        w0[w].shape[1] if tr else w0[w].shape[0]) and (w0[w].shape[0] if tr else w0[w].shape[1]) == w0[b].shape[-1]}
+
+    def offset(b: str, w: torch.Tensor) -> torch.Tensor:
+        return mu[centred[b][0]] @ (w.T if centred[b][1] else w)
+
+    init = {n: w0[n] + offset(n, w0[centred[n][0]]) if n in centred else w0[n] for n in names}
+    u = {n: torch.nn.Parameter(init[n] / scale[n]) for n in names}
     opt = torch.optim.Adam(list(u.values()), lr=cfg.lr)
 
     def values():
-        return {n: scale[n] * u[n] for n in names}
+        v = {n: scale[n] * u[n] for n in names}
+        for b in centred:
+            v[b] = v[b] - offset(b, v[centred[b][0]])
+        return v
 
     def evaluate() -> float:
         fids = []
@@ -178,7 +228,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     curve = [[0, round(time.perf_counter() - t0, 2), round(start, 6)]]
     rng = np.random.default_rng(cfg.seed)
     order: list[int] = []
-    step, stopped, lr = 0, "budget", cfg.lr
+    step, stopped, lr, run_loss = 0, "budget", cfg.lr, []
     deadline = t0 + cfg.minutes * 60
     bar = _Bar(progress, cfg.minutes * 60, cfg.steps, start)
     try:
@@ -199,13 +249,15 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                 for g in opt.param_groups:
                     g["lr"] = lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
                 opt.zero_grad(set_to_none=True)
+                run_loss.append(float(loss))
                 loss.backward()
                 opt.step()
                 step += 1
                 if step % cfg.eval_every == 0:
                     fid = evaluate()
                     lowest = min(lowest, fid)
-                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6)])
+                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6), float(np.mean(run_loss))])
+                    run_loss = []
                     if fid > best:
                         best, best_u = fid, {n: p.detach().clone() for n, p in u.items()}
                     elif fid < best - cfg.backtrack:
