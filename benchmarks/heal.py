@@ -16,6 +16,7 @@ Data can be given pre-tokenised (--data X.npz --held H.npz) for machines without
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import resource
@@ -35,6 +36,7 @@ REWRITES = ["gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:2", "attent
 GOALS = {"gelu=phi6": (0.998, 0.97), "ffn=phi-bottleneck:4/3": (0.99, 0.93), "attention=fftmix:2": (0.99, 0.93),
          "attention=egyptian": (0.99, None), "gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2": (0.985, None)}
 DIMS = {"batch": 8, "seq": 64}
+DEADLINE: float | None = None
 
 
 def fidelity(src, cand, held: dict) -> dict:
@@ -61,6 +63,8 @@ def one(src, spec: str, data, held: dict, work: pathlib.Path, cfg: HealConfig, s
     row["calibrated"] = fidelity(src, work / "cal.onnx", held)
     from n6onnx.heal.run import heal_file
 
+    if DEADLINE is not None:  # leave a minute for the last validation
+        cfg = dataclasses.replace(cfg, minutes=max(0.5, min(cfg.minutes, (DEADLINE - time.time() - 60) / 60)))
     rep = heal_file(work / "cal.onnx", src, data, work / "healed.onnx", samples=samples, dims=DIMS, config=cfg)
     row["heal_seconds"] = round(rep.seconds, 1)
     row["calibrate_and_heal_seconds"] = round(row["calibrate_seconds"] + rep.seconds, 1)
@@ -107,9 +111,14 @@ def main() -> None:
     ap.add_argument("--part", type=pathlib.Path, help="write this run's rows here (to --merge later)")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+", help="merge part files into the result")
     ap.add_argument("--note", default="", help="where and how this ran (hardware, cores)")
+    ap.add_argument("--deadline", type=float, help="seconds this process may run: the heal budget shrinks to fit")
     a = ap.parse_args()
 
     from _common import write
+
+    global DEADLINE
+    if a.deadline:
+        DEADLINE = time.time() + a.deadline
 
     if a.merge:
         parts = [json.loads(p.read_text()) for p in a.merge]
@@ -137,6 +146,9 @@ def main() -> None:
             rows.append(int8_row(a.model, held, d) if spec == "int8" else
                         one(a.model, spec, data, held, d, cfg, None, a.calib_samples))
             print(json.dumps(rows[-1])[:400], flush=True)
+            if a.part:  # after every row: a run cut short keeps what it finished
+                a.part.parent.mkdir(parents=True, exist_ok=True)
+                a.part.write_text(json.dumps({"rows": rows}, indent=2))
     payload = {"model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20", "batch": DIMS,
                "method": ("held-out = 256 corpus sentences never seen by calibration or healing; fidelity = "
                           "n6onnx validate (mean-pooled embedding cosine, NN agreement); healing holds out the "

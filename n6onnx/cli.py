@@ -28,6 +28,48 @@ def main() -> None:
     """Rewrite ONNX models with the n6 techniques and measure what they really do."""
 
 
+def _heal_options(f):
+    """--heal and its options (shared by `rewrite` and `heal`)."""
+    from .heal.targets import TRAINABLE
+    from .heal.train import LOSSES, PARAMS, HealConfig
+
+    opts = [
+        click.option("--heal", is_flag=True, help="Distil the calibrated rewrite towards the original on DATA "
+                     "(needs --calibrate; the `heal` extra: torch)."),
+        click.option("--heal-samples", type=click.IntRange(min=2), help="Heal on the first N samples of DATA (default: all)."),
+        click.option("--heal-minutes", type=click.FloatRange(min=0, min_open=True), default=HealConfig.minutes,
+                     show_default=True, help="Time budget of the healing."),
+        click.option("--heal-steps", type=click.IntRange(min=1), help="Stop after N steps (a deterministic end point)."),
+        click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=HealConfig.lr, show_default=True,
+                     help="Adam step, relative to each weight's typical size."),
+        click.option("--heal-train", type=click.Choice(TRAINABLE), default=HealConfig.train, show_default=True,
+                     help="What is trained: the rewritten blocks, plus neighbouring LayerNorms and projections, or all."),
+        click.option("--heal-loss", type=click.Choice(LOSSES), default=HealConfig.loss, show_default=True,
+                     help="Residual stream after each block and/or the model outputs."),
+        click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
+                     help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the healing's batch order."),
+        click.option("--threads", type=click.IntRange(min=1), help="torch / onnxruntime threads of the healing."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _heal_config(heal_minutes, heal_steps, heal_lr, heal_train, heal_loss, heal_param, seed, threads):
+    from .heal.train import HealConfig
+
+    return HealConfig(minutes=heal_minutes, steps=heal_steps, lr=heal_lr, train=heal_train, loss=heal_loss,
+                      param=heal_param, seed=seed, threads=threads)
+
+
+def _heal_summary(h) -> None:
+    out.print(f"healing: held-out fidelity {h.start:.5f} (calibrated) -> {h.best:.5f} (healed); lowest at an "
+              f"evaluation {h.lowest:.5f}; {h.steps} steps in {h.seconds:.0f} s ({h.stopped}); "
+              f"{h.train_samples} training + {h.heldout_samples} held-out samples; {h.trainable} tensors "
+              f"({h.trainable_values} values) trained", highlight=False)
+
+
 def _of_available(c) -> str:
     return f"{c.samples} of {c.available}" if c.available is not None and c.available > c.samples else str(c.samples)
 
@@ -81,16 +123,21 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in OUTPUT.data (default: when the input did or the model is over 2 GB).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+@_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
-            external_data, as_json: bool) -> None:
-    """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified)."""
+            external_data, as_json: bool, heal, heal_samples, **heal_opts) -> None:
+    """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified).
+
+    With --heal (needs --calibrate), the calibrated rewrite is then distilled towards MODEL on all of
+    DATA (or --heal-samples): see `n6onnx heal`."""
     from .feeds import parse_dims
 
     try:
-        with _progress(as_json or calibrate is None, "calibrating") as progress:
+        with _progress(as_json or calibrate is None or heal, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
-                                 dims=parse_dims(dims), progress=progress)
+                                 dims=parse_dims(dims), progress=progress, heal=heal, heal_samples=heal_samples,
+                                 heal_config=_heal_config(**heal_opts), heal_progress=not as_json)
     except N6Error as e:
         _fail(e)
     if as_json:
@@ -124,10 +171,45 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
             out.print(f"calibrated on the first {c.samples} of the {c.available} samples in the data "
                       f"(--calib-samples); more samples usually give a more faithful model, at a longer calibration",
                       highlight=False)
+    if rep.healing is not None:
+        _heal_summary(rep.healing)
     if rep.functions:
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+@main.command()
+@click.argument("rewritten", type=click.Path(dir_okay=False))
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False), metavar="ORIGINAL",
+              help="The original model (run by onnxruntime as the teacher).")
+@click.option("--calibrate", required=True, type=click.Path(dir_okay=False), metavar="DATA",
+              help="Unlabeled data: a text file (one sample per line) or an .npz of feeds.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the healed model.")
+@click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
+              help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic input dimension.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+@_heal_options
+def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal, heal_samples, **heal_opts) -> None:
+    """Distil REWRITTEN (an n6onnx rewrite of ORIGINAL) towards ORIGINAL on DATA; write OUTPUT.
+
+    Trains the initializers of the rewritten blocks (--heal-train widens the set) against the
+    original's residual stream after each block and its outputs; part of DATA is held out, and the
+    weights with the best held-out fidelity are written (never worse than the start)."""
+    from .feeds import parse_dims
+    from .heal.run import heal_file
+
+    try:
+        rep = heal_file(rewritten, teacher, calibrate, output, tokenizer=tokenizer, samples=heal_samples,
+                        dims=parse_dims(dims), config=_heal_config(**heal_opts), progress=not as_json)
+    except N6Error as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=2))
+        return
+    out.print(f"[bold]{escape(rewritten)}[/] -> [bold]{escape(output)}[/]", highlight=False)
+    _heal_summary(rep)
 
 
 @main.command()

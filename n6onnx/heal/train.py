@@ -273,7 +273,9 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     except KeyboardInterrupt:
         stopped = "interrupted"
     with torch.no_grad():
-        final = {n: (scale[n] * best_u[n]).numpy() for n in names}
+        for n, p in u.items():
+            p.copy_(best_u[n])
+        final = {n: v.numpy() for n, v in values().items()}  # the graph's own values (centring undone)
     write_back(model, final)
     n_values = int(sum(v.size for v in final.values()))
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
