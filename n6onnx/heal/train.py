@@ -249,7 +249,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                 for g in opt.param_groups:
                     g["lr"] = lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
                 opt.zero_grad(set_to_none=True)
-                run_loss.append(float(loss))
+                run_loss.append(float(loss.detach()))
                 loss.backward()
                 opt.step()
                 step += 1
