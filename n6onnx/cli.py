@@ -28,8 +28,8 @@ def main() -> None:
     """Rewrite ONNX models with the n6 techniques and measure what they really do."""
 
 
-def _heal_options(f):
-    """--heal and its options (shared by `rewrite` and `heal`)."""
+def _heal_options(f, flag: bool = True):
+    """--heal (``flag``) and the healing options (shared by `rewrite` and `heal`)."""
     from .heal.targets import TRAINABLE
     from .heal.train import LOSSES, PARAMS, HealConfig
 
@@ -51,7 +51,7 @@ def _heal_options(f):
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the healing's batch order."),
         click.option("--threads", type=click.IntRange(min=1), help="torch / onnxruntime threads of the healing."),
     ]
-    for o in reversed(opts):
+    for o in reversed(opts[0 if flag else 1:]):
         f = o(f)
     return f
 
@@ -190,8 +190,8 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
               help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic input dimension.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
-@_heal_options
-def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal, heal_samples, **heal_opts) -> None:
+@lambda f: _heal_options(f, flag=False)
+def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_samples, **heal_opts) -> None:
     """Distil REWRITTEN (an n6onnx rewrite of ORIGINAL) towards ORIGINAL on DATA; write OUTPUT.
 
     Trains the initializers of the rewritten blocks (--heal-train widens the set) against the

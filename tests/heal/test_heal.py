@@ -19,11 +19,11 @@ from n6onnx.heal.train import HealConfig
 from n6onnx.runtime import session_for
 
 
-def _npz(path: pathlib.Path, n: int, seed: int) -> pathlib.Path:
+def _npz(path: pathlib.Path, n: int, seed: int, model: str = "bert") -> pathlib.Path:
     rng = np.random.default_rng(seed)
     arrays = {}
     for k in range(n):
-        f = zoo.example_inputs("bert", 2, 16)
+        f = zoo.example_inputs(model, 2, 16)
         f["input_ids"] = rng.integers(1, 1000, size=(2, 16), dtype=np.int64)
         arrays.update({f"{name}/{k}": a for name, a in f.items()})
     np.savez(path, **arrays)
@@ -105,3 +105,13 @@ def test_cli_errors(zoo_export, tmp_path):
                                   str(tmp_path / "none.txt"), "-o", str(tmp_path / "o.onnx")])
     assert r.exit_code == 2 and "no such file" in r.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_heals_a_decoder(zoo_export, tmp_path):
+    """GPT-2-style (pre-LN, Gemm projections, causal): the same student, stream points and trainer."""
+    src = zoo_export("gpt2", "dynamo20")
+    n6onnx.rewrite(src, tmp_path / "plain.onnx", ["gelu=phi6"])
+    data = _npz(tmp_path / "data.npz", 16, 1, "gpt2")
+    rep = heal_file(tmp_path / "plain.onnx", src, data, tmp_path / "healed.onnx",
+                    config=HealConfig(steps=20, eval_every=5, threads=1, lr=3e-3))
+    assert rep.trainable > 0 and rep.best > rep.start
