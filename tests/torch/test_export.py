@@ -1,0 +1,303 @@
+"""n6onnx.torch modules -> n6onnx.torch.export -> onnxruntime equals torch, with the n6 library
+(the kernels) and without it (the model-local function fallbacks); the n6 modules stay one n6onnx
+node each (no decomposition)."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import n6onnx  # noqa: E402
+import n6onnx.torch as nt  # noqa: E402
+from n6onnx.errors import N6Error  # noqa: E402
+from n6onnx.ops import DOMAIN, DOMAIN_VERSION, REGISTRY  # noqa: E402
+
+D, HEADS = 24, 4
+
+
+class Encoder(torch.nn.Module):
+    """Two pre-LN layers: FFT-Mix mixer + Phi6 FFN (4/3 bottleneck, BiasPhi6), then Egyptian
+    attention (padding mask) + egyptian-routed MoE; a ZetaLn2 head."""
+
+    def __init__(self):
+        super().__init__()
+        hid = round(4 * D / 3)
+        self.ln = torch.nn.ModuleList(torch.nn.LayerNorm(D) for _ in range(4))
+        self.mix = nt.FFTMix(D, init_std=0.3)
+        self.mix_proj = torch.nn.Linear(3 * D, D)
+        self.fc1 = torch.nn.Linear(D, hid, bias=False)
+        self.act = nt.Phi6(hid)
+        self.fc2 = torch.nn.Linear(hid, D)
+        self.attn = nt.EgyptianAttention(D, HEADS, window=8, head_kinds=[0, 1, 2, 1])
+        self.moe = nt.MoE(D, 16, 4, routing="egyptian", activation="phi6")
+        self.head = nt.ZetaLn2()
+        with torch.no_grad():  # nonzero biases, so that BiasPhi6 and MoE's b1/b2 matter
+            for p in (self.act.bias, self.moe.b1, self.moe.b2):
+                p.normal_(0, 0.3)
+
+    def forward(self, x, mask):
+        x = x + self.mix_proj(self.mix(self.ln[0](x)))
+        x = x + self.fc2(self.act(self.fc1(self.ln[1](x))))
+        x = x + self.attn(self.ln[2](x), mask)
+        x = x + self.moe(self.ln[3](x))
+        return self.head(x)
+
+
+def _feeds(B, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, D, generator=g)
+    mask = torch.ones(B, L, dtype=torch.int64)
+    mask[0, L - L // 3:] = 0
+    return x, mask
+
+
+def _n6_nodes(proto: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter(n.op_type for n in proto.graph.node if n.domain == DOMAIN)
+
+
+# KNOWN BUG (not of the export; found here): onnxruntime 1.32 crashes (SIGSEGV) at session creation
+# in its SkipLayerNormFusion on the MoE function fallback when b1 or b2 is absent and the token count
+# is dynamic (the fallback reads an absent optional input through LayerNormalization's optional
+# bias). test_moe_fallback_without_biases_does_not_crash pins it; until it is fixed, the fallback
+# run of the bias-free MoE switches that one fusion off, so that it still checks the numbers.
+FALLBACK_WORKAROUND = {"disabled_optimizers": ["SkipLayerNormFusion"]}
+
+
+def _run(proto: onnx.ModelProto, feeds: dict, library: bool, workaround: bool = False) -> np.ndarray:
+    extra = FALLBACK_WORKAROUND if workaround and not library else {}
+    s = n6onnx.InferenceSession(proto.SerializeToString(), use_library=library, threads=1, **extra)
+    assert s.uses_library == library
+    return s.run(None, feeds)[0]
+
+
+@pytest.fixture(scope="module")
+def encoder_export(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=1024)
+    path = tmp_path_factory.mktemp("export") / "encoder.onnx"
+    proto = nt.export(model, _feeds(2, 30, 0), path, input_names=["x", "mask"],
+                      dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+    return model, proto, path
+
+
+def test_exported_graph_has_the_n6_nodes_and_their_functions(encoder_export):
+    _, proto, path = encoder_export
+    assert _n6_nodes(proto) == {"FFTMix": 1, "BiasPhi6": 1, "EgyptianAttention": 1, "MoE": 1, "ZetaLn2": 1}
+    assert {(f.domain, f.name) for f in proto.functions} == {(DOMAIN, n) for n in _n6_nodes(proto)}
+    assert {o.domain: o.version for o in proto.opset_import}[DOMAIN] == DOMAIN_VERSION
+    # no decomposition: nothing of the ops' math is left in the main graph
+    assert not {"FFT", "DFT", "Softmax", "Clip", "Erf", "TopK"} & {n.op_type for n in proto.graph.node}
+    attn = next(n for n in proto.graph.node if n.op_type == "EgyptianAttention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attn.attribute}
+    assert attrs == {"num_heads": HEADS, "window": 8, "scale": 0.0, "head_kinds": [0, 1, 2, 1]}
+    moe = next(n for n in proto.graph.node if n.op_type == "MoE")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in moe.attribute}
+    assert attrs["routing"] == b"egyptian" and attrs["activation"] == b"phi6"
+    assert onnx.load(str(path)) == proto  # the written file is the returned model
+
+
+@pytest.mark.parametrize("library", [True, False], ids=["library", "fallback"])
+@pytest.mark.parametrize("B, L", [(2, 30), (3, 7), (1, 97)])
+def test_round_trip_equals_torch(encoder_export, library, B, L):
+    model, proto, _ = encoder_export
+    x, mask = _feeds(B, L, seed=B * 1000 + L)
+    with torch.no_grad():
+        want = model(x, mask).numpy()
+    got = _run(proto, {"x": x.numpy(), "mask": mask.numpy()}, library)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+class _Parallel(torch.nn.Module):
+    """Several modules on the same input, one output each (one export for all of them)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        self.branches = torch.nn.ModuleList(modules)
+
+    def forward(self, x):
+        return tuple(m(x) for m in self.branches)
+
+
+def test_single_modules_round_trip():
+    torch.manual_seed(3)
+    # EgyptianAttention without a mask: the export emits an all-ones one for the fallback
+    model = _Parallel(nt.Phi6(), nt.ZetaLn2(12), nt.FFTMix(12, init_std=0.5), nt.EgyptianAttention(12, 6)).eval()
+    with torch.no_grad():
+        model.branches[1].bias.normal_()
+    dims = {0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=512)}
+    proto = nt.export(model, (torch.randn(2, 9, 12),), input_names=["x"], dynamic_shapes=(dims,))
+    assert _n6_nodes(proto) == {"Phi6": 1, "BiasZetaLn2": 1, "FFTMix": 1, "EgyptianAttention": 1}
+    x = torch.randn(3, 70, 12) * 2  # L = 70 > the default window 64; Phi6's clamp is reached
+    with torch.no_grad():
+        want = [y.numpy() for y in model(x)]
+    for library in (True, False):
+        s = n6onnx.InferenceSession(proto.SerializeToString(), use_library=library, threads=1)
+        for got, w, kind in zip(s.run(None, {"x": x.numpy()}), want, ("Phi6", "ZetaLn2", "FFTMix", "Attention")):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4, err_msg=f"{kind} library={library}")
+
+
+@pytest.mark.parametrize("make, op_type", [
+    (lambda: nt.Phi6(12), "BiasPhi6"),
+    (lambda: nt.FFTMix(12, init_std=0.5), "FFTMix"),
+], ids=["bias_phi6", "fftmix"])
+def test_float16_round_trip(make, op_type):
+    """A float16 model: the op computes in float32 and rounds once, in torch and in onnxruntime."""
+    torch.manual_seed(4)
+    module = make().half().eval()
+    proto = nt.export(module, (torch.randn(2, 9, 12).half(),), input_names=["x"],
+                      dynamic_shapes=({1: torch.export.Dim("seq", min=2, max=512)},))
+    assert _n6_nodes(proto) == {op_type: 1}
+    x = (torch.randn(2, 40, 12) * 2).half()
+    with torch.no_grad():
+        want = module(x).numpy()
+    tol = REGISTRY[op_type].tolerance("float16")
+    for library in (True, False):
+        got = _run(proto, {"x": x.numpy()}, library)
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
+
+
+class _MoEOnly(torch.nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.moe = nt.MoE(16, 12, 4, **kw)
+        with torch.no_grad():
+            for p in (self.moe.b1, self.moe.b2):
+                if p is not None:
+                    p.normal_(0, 0.3)
+
+    def forward(self, x):
+        return self.moe(x)
+
+
+@pytest.mark.parametrize("variants, workaround", [
+    ([dict(activation="swiglu", k=3, normalize=False),
+      dict(group=3, drop=2, activation="silu", importance=[0.5, 1, 2, 1.5, 1, 1, 2, 0.1, 1, 3, 1, 0.7])], False),
+    ([dict(bias=False, activation="gelu_tanh", k=1)], True),
+], ids=["swiglu+group_drop", "no_bias"])
+def test_moe_variants_round_trip(variants, workaround):
+    torch.manual_seed(1)
+    model = _Parallel(*(_MoEOnly(**kw) for kw in variants)).eval()
+    proto = nt.export(model, (torch.randn(2, 5, 16),), input_names=["x"],
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+    assert _n6_nodes(proto) == {"MoE": len(variants)}
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        want = [y.numpy() for y in model(x)]
+    for library in (True, False):
+        extra = FALLBACK_WORKAROUND if workaround and not library else {}
+        s = n6onnx.InferenceSession(proto.SerializeToString(), use_library=library, threads=1, **extra)
+        for got, w in zip(s.run(None, {"x": x.numpy()}), want):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="onnxruntime SIGSEGV in SkipLayerNormFusion on the MoE fallback without "
+                                        "b1/b2 and with dynamic tokens (see FALLBACK_WORKAROUND)")
+def test_moe_fallback_without_biases_does_not_crash(tmp_path):
+    torch.manual_seed(1)
+    path = tmp_path / "moe.onnx"
+    nt.export(_MoEOnly(bias=False).eval(), (torch.randn(2, 5, 16),), path, input_names=["x"],
+              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+    code = ("import numpy as np, n6onnx; s = n6onnx.InferenceSession(%r, use_library=False); "
+            "s.run(None, {'x': np.ones((3, 5, 16), np.float32)})" % str(path))
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_export_refuses_an_unwritable_path_before_exporting(tmp_path):
+    with pytest.raises(N6Error, match="does not exist"):
+        nt.export(nt.Phi6(), (torch.randn(2, 3),), tmp_path / "missing" / "m.onnx")
+
+
+def test_export_failure_is_one_n6error():
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.export cannot capture it
+                return nt.modules._n6.phi6(x)
+            return x
+
+    with pytest.raises(N6Error, match="torch.onnx.export failed"):
+        nt.export(Bad(), (torch.randn(2, 3),))
+
+
+# ----------------------------------------------------------------------------- modules in torch
+def test_module_gradients_equal_the_functional_ones():
+    """The custom ops' backward (recomputed through n6onnx.torch.functional) gives the gradients of
+    the functional forms."""
+    torch.manual_seed(2)
+    model = Encoder().double()
+    x, mask = _feeds(2, 30, 5)  # L >= 24: every FFTMix scale takes part
+    x = x.double()
+    loss = model(x, mask).square().mean()
+    params = list(model.parameters())
+    # (egyptian routing's weights are constants: the router gets a zero gradient)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(bool(g.abs().sum() > 0) for g in grads) == len(params) - 2  # all but router.weight/bias
+
+    from n6onnx.torch import functional as tf
+    m = model
+
+    def functional_forward(x):
+        h = x + m.mix_proj(tf.fftmix(m.ln[0](x), *m.mix.filters))
+        h = h + m.fc2(tf.bias_phi6(m.fc1(m.ln[1](h)), m.act.bias))
+        a = m.ln[2](h)
+        y = tf.egyptian_attention(m.attn.q_proj(a), m.attn.k_proj(a), m.attn.v_proj(a), mask.to(torch.int32),
+                                  num_heads=HEADS, window=8, head_kinds=[0, 1, 2, 1])
+        h = h + m.attn.out_proj(y)
+        t = m.ln[3](h).reshape(-1, D)
+        h = h + tf.moe(t, m.moe.router(t), m.moe.W1, m.moe.b1, m.moe.W2, m.moe.b2, routing="egyptian",
+                       activation="phi6").reshape(h.shape)
+        return tf.zetaln2(h)
+
+    loss_f = functional_forward(x).square().mean()
+    torch.testing.assert_close(loss, loss_f)
+    for g, gf, (name, _) in zip(grads, torch.autograd.grad(loss_f, params, allow_unused=True, materialize_grads=True), model.named_parameters()):
+        torch.testing.assert_close(g, gf, msg=name)
+
+
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schema, fake (meta) implementation, autograd registration, and AOT
+    autograd with dynamic shapes (what torch.compile does with a training step) agree with eager."""
+    g = torch.Generator().manual_seed(4)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    x = r(2, 7, 3)
+    logits = torch.tensor([[1.0, 0.0, -5.0]] * 3 + [[0.0, 1.0, -5.0]] * 2, dtype=torch.float64, requires_grad=True)
+    cases = {
+        "bias_phi6": (x, r(3)),
+        "fftmix": (x, r(4, 3), r(7, 3), r(13, 3)),
+        "egyptian_attention": (r(2, 6, 8), r(2, 6, 8), r(2, 6, 8), torch.ones(2, 6, dtype=torch.int32), 2, 2, 0.0, [1, 2]),
+        # expert 2 is selected by no token (an empty dispatch)
+        "moe": (r(5, 4), logits, r(3, 4, 6), None, r(3, 6, 4), r(3, 4), None, None, "topk", 1, 1, "gelu", 1, 0),
+    }
+    for name, args in cases.items():
+        torch.library.opcheck(getattr(torch.ops.n6onnx, name).default, args)
+
+
+def test_module_argument_errors():
+    with pytest.raises(ValueError, match="does not divide"):
+        nt.EgyptianAttention(10, 4)
+    with pytest.raises(ValueError, match="head_kinds"):
+        nt.EgyptianAttention(8, 2, head_kinds=[0, 5])
+    with pytest.raises(ValueError, match="unknown routing"):
+        nt.MoE(8, 4, 4, routing="top1")
+    with pytest.raises(ValueError, match="selects 3 of num_groups=2"):
+        nt.MoE(8, 4, 2, routing="egyptian")
+
+
+def test_import_n6onnx_does_not_import_torch_and_a_missing_torch_is_one_clear_error():
+    code = ("import sys, n6onnx; assert 'torch' not in sys.modules, 'torch imported';"
+            "sys.modules['torch'] = None\n"
+            "try:\n import n6onnx.torch\nexcept ImportError as e:\n print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "n6onnx.torch needs PyTorch" in out
