@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from . import calibrate as cal
 from . import io, passes
-from .errors import N6Error
+from .errors import BadArgumentError, N6Error
 from .findings import KindReport
 from .graph import default_opset
 from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
@@ -44,6 +44,7 @@ class RewriteReport:
     warnings: list[str] = dataclasses.field(default_factory=list)
     calibration: object | None = None  # calibrate.CalibrationReport (None when no activation was fitted)
     fitted: bool = False  # at least one site was fitted to calibration data
+    healing: object | None = None  # heal.train.HealReport
 
     @property
     def rewritten(self) -> dict[str, int]:
@@ -58,6 +59,7 @@ class RewriteReport:
             "warnings": self.warnings,
             "calibrated": self.fitted,
             "calibration": None if self.calibration is None else self.calibration.to_json(),
+            "healing": None if self.healing is None else self.healing.to_json(),
         }
 
 
@@ -119,8 +121,15 @@ def rewrite(
     refit: bool = True,
     dims: dict | None = None,
     progress=None,
+    heal: bool = False,
+    heal_samples: int | None = None,
+    heal_config=None,
+    heal_progress: bool = False,
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
+
+    ``heal``: after calibration, distil the rewritten model towards the original on all of the
+    calibration data (or its first ``heal_samples``); ``heal_config`` a ``heal.HealConfig``.
 
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
@@ -129,6 +138,8 @@ def rewrite(
     if not specs:
         raise N6Error("no pass given (e.g. --pass gelu=phi6)")
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work
+    if heal and calibrate is None:
+        raise BadArgumentError("--heal needs --calibrate DATA (the teacher is run on it)")
     if output is not None:
         io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
     name, m = _load(model)
@@ -154,6 +165,12 @@ def rewrite(
         if hook is not None and ctx.batches and report.rewritten:
             calibration = hook(m, report, ctx)
             functions = finalize(m)
+    healing = None
+    if heal:
+        from .heal import run as heal_run  # needs torch (the heal extra): only when healing
+
+        healing = heal_run.heal_in_place(m, original, calibrate, tokenizer=tokenizer, samples=heal_samples, dims=dims,
+                                         config=heal_config, progress=heal_progress)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
     warnings = [n for r in reports.values() for n in r.notes]
@@ -179,7 +196,7 @@ def rewrite(
         io.save(proto, output, external_data=external_data,
                 inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
-                        functions, time.perf_counter() - t0, warnings, calibration, fitted)
+                        functions, time.perf_counter() - t0, warnings, calibration, fitted, healing)
     return m, rep
 
 

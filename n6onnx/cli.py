@@ -14,6 +14,7 @@ from . import api, console, passes
 from . import report as report_mod
 from .errors import N6Error
 from .feeds import parse_dims
+from .heal.config import LOSSES, PARAMS, TRAINABLE, HealConfig
 from .options import Number
 from .tune.command import tune as tune_command
 
@@ -22,6 +23,37 @@ from .tune.command import tune as tune_command
 @click.version_option(package_name="n6onnx")
 def main() -> None:
     """Rewrite ONNX models with the n6 techniques and measure what they really do."""
+
+
+def _heal_options(f, flag: bool = True):
+    """--heal (``flag``) and the healing options (shared by `rewrite` and `heal`)."""
+    opts = [
+        click.option("--heal", is_flag=True, help="Distil the calibrated rewrite towards the original on DATA "
+                     "(needs --calibrate; the `heal` extra: torch)."),
+        click.option("--heal-samples", type=click.IntRange(min=2), help="Heal on the first N samples of DATA (default: all)."),
+        click.option("--heal-minutes", type=Number(0, 10080, lo_open=True), default=HealConfig.minutes,
+                     show_default=True, help="Time budget of the healing."),
+        click.option("--heal-steps", type=click.IntRange(min=1), help="Stop after N steps (a deterministic end point)."),
+        click.option("--heal-lr", type=Number(0, 1, lo_open=True), default=HealConfig.lr, show_default=True,
+                     help="Adam step, relative to each weight's typical size."),
+        click.option("--heal-train", type=click.Choice(TRAINABLE), default=HealConfig.train, show_default=True,
+                     help="What is trained: the rewritten blocks, plus neighbouring LayerNorms and projections, or all."),
+        click.option("--heal-loss", type=click.Choice(LOSSES), default=HealConfig.loss, show_default=True,
+                     help="Residual stream after each block and/or the model outputs."),
+        click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
+                     help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
+        click.option("--seed", type=Number(0, 2**63 - 1, integer=True), default=0, show_default=True,
+                     help="Seed of the healing's batch order."),
+        click.option("--threads", type=Number(1, 4096, integer=True), help="torch / onnxruntime threads of the healing."),
+    ]
+    for o in reversed(opts[0 if flag else 1:]):
+        f = o(f)
+    return f
+
+
+def _heal_config(heal_minutes, heal_steps, heal_lr, heal_train, heal_loss, heal_param, seed, threads):
+    return HealConfig(minutes=heal_minutes, steps=heal_steps, lr=heal_lr, train=heal_train, loss=heal_loss,
+                      param=heal_param, seed=seed, threads=threads)
 
 
 @main.command()
@@ -64,20 +96,56 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in OUTPUT.data (default: when the input did or the model is over 2 GB).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+@_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
-            external_data, as_json: bool) -> None:
-    """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified)."""
+            external_data, as_json: bool, heal, heal_samples, **heal_opts) -> None:
+    """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified).
+
+    With --heal (needs --calibrate), the calibrated rewrite is then distilled towards MODEL on all of
+    DATA (or --heal-samples): see `n6onnx heal`."""
     try:
-        with console.progress(as_json or calibrate is None, "calibrating") as progress:
+        with console.progress(as_json or calibrate is None or heal, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
-                                 dims=parse_dims(dims), progress=progress)
+                                 dims=parse_dims(dims), progress=progress, heal=heal, heal_samples=heal_samples,
+                                 heal_config=_heal_config(**heal_opts), heal_progress=not as_json)
     except N6Error as e:
         console.fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
         return
     console.rewrite_human(rep)
+
+
+@main.command()
+@click.argument("rewritten", type=click.Path(dir_okay=False))
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False), metavar="ORIGINAL",
+              help="The original model (run by onnxruntime as the teacher).")
+@click.option("--calibrate", required=True, type=click.Path(dir_okay=False), metavar="DATA",
+              help="Unlabeled data: a text file (one sample per line) or an .npz of feeds.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the healed model.")
+@click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
+              help="The model's tokenizer for a text DATA: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged all-MiniLM-L6-v2, only for a model whose vocabulary provably is its).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic input dimension.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+@lambda f: _heal_options(f, flag=False)
+def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_samples, **heal_opts) -> None:
+    """Distil REWRITTEN (an n6onnx rewrite of ORIGINAL) towards ORIGINAL on DATA; write OUTPUT.
+
+    Trains the initializers of the rewritten blocks (--heal-train widens the set) against the
+    original's residual stream after each block and its outputs; part of DATA is held out, and the
+    weights with the best held-out fidelity are written (never worse than the start)."""
+    from .heal.run import heal_file  # needs torch (the heal extra): only when this command runs
+
+    try:
+        rep = heal_file(rewritten, teacher, calibrate, output, tokenizer=tokenizer, samples=heal_samples,
+                        dims=parse_dims(dims), config=_heal_config(**heal_opts), progress=not as_json)
+    except N6Error as e:
+        console.fail(e)
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=2))
+        return
+    console.heal_human(rewritten, output, rep)
 
 
 @main.command()

@@ -218,6 +218,8 @@ def rewrite_human(rep) -> None:
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if rep.healing is not None:
+        heal_summary(rep.healing)
 
 
 def report_human(rep, data, out_dir) -> None:
@@ -227,3 +229,15 @@ def report_human(rep, data, out_dir) -> None:
                      f"{len(rep.variants)} variants -> {files}"), highlight=False)
     for n in rep.notes:
         err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+
+
+def heal_summary(h) -> None:
+    out.print(f"healing: held-out fidelity {h.start:.5f} (calibrated) -> {h.best:.5f} (healed); lowest at an "
+              f"evaluation {h.lowest:.5f}; {h.steps} steps in {h.seconds:.0f} s ({h.stopped}); "
+              f"{h.train_samples} training + {h.heldout_samples} held-out samples; {h.trainable} tensors "
+              f"({h.trainable_values} values) trained", highlight=False)
+
+
+def heal_human(rewritten: str, output: str, rep) -> None:
+    out.print(f"[bold]{escape(rewritten)}[/] -> [bold]{escape(output)}[/]", highlight=False)
+    heal_summary(rep)

@@ -1,0 +1,166 @@
+"""Healing benchmark: all-MiniLM-L6-v2 (dynamic-axes dynamo export, opset 20) at batch 8 x 64.
+
+Per rewrite: held-out fidelity (mean-pooled embedding cosine and nearest-neighbour agreement, via
+n6onnx.validate) uncalibrated -> calibrated -> healed, calibration and healing time, data size and
+peak memory, next to onnxruntime's per-channel dynamic int8 of the original in the same run.
+Calibration data: the first N corpus sentences (plus the standard-library docstring pool of
+benchmarks/recovery.py when N exceeds the corpus); held-out: 256 sentences disjoint from them.
+
+    python benchmarks/heal.py                       # every rewrite, one after the other
+    python benchmarks/heal.py --only gelu=phi6 --part out/phi6.json   # one rewrite (parallel runs)
+    python benchmarks/heal.py --merge out/*.json    # merge parts into benchmarks/results/heal_minilm.json
+
+Data can be given pre-tokenised (--data X.npz --held H.npz) for machines without transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import resource
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import n6onnx  # noqa: E402
+from n6onnx.heal.train import HealConfig  # noqa: E402
+
+REWRITES = ["gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:2", "attention=egyptian",
+            "gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2"]
+GOALS = {"gelu=phi6": (0.998, 0.97), "ffn=phi-bottleneck:4/3": (0.99, 0.93), "attention=fftmix:2": (0.99, 0.93),
+         "attention=egyptian": (0.99, None), "gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2": (0.985, None)}
+DIMS = {"batch": 8, "seq": 64}
+DEADLINE: float | None = None
+
+
+def fidelity(src, cand, held: dict) -> dict:
+    dims = DIMS if "text" in held else None  # .npz feeds carry their shapes
+    rep = n6onnx.validate(src, cand, dims=dims, threads=2, **held).to_json()
+    emb = rep["outputs"]["last_hidden_state"]["embedding"]
+    return {"cosine": emb["cosine_mean"], "cosine_min": emb["cosine_min"], "nn": emb["nn_agreement"]}
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one(src, spec: str, data, held: dict, work: pathlib.Path, cfg: HealConfig, samples: int | None,
+        calib_samples: int) -> dict:
+    passes = spec.split("+")
+    row = {"rewrite": spec, "goal": GOALS.get(spec)}
+    if "fftmix" not in spec:  # fftmix:N ranks blocks by redundancy: it needs data even uncalibrated
+        n6onnx.rewrite(src, work / "plain.onnx", passes)
+        row["uncalibrated"] = fidelity(src, work / "plain.onnx", held)
+    t = time.perf_counter()
+    n6onnx.rewrite(src, work / "cal.onnx", passes, calibrate=data, calib_samples=calib_samples, dims=DIMS)
+    row["calibrate_seconds"] = round(time.perf_counter() - t, 1)
+    row["calibrated"] = fidelity(src, work / "cal.onnx", held)
+    from n6onnx.heal.run import heal_file
+
+    if DEADLINE is not None:  # leave a minute for the last validation
+        cfg = dataclasses.replace(cfg, minutes=max(0.5, min(cfg.minutes, (DEADLINE - time.time() - 60) / 60)))
+    rep = heal_file(work / "cal.onnx", src, data, work / "healed.onnx", samples=samples, dims=DIMS, config=cfg)
+    row["heal_seconds"] = round(rep.seconds, 1)
+    row["calibrate_and_heal_seconds"] = round(row["calibrate_seconds"] + rep.seconds, 1)
+    row["healing"] = rep.to_json()
+    row["healed"] = fidelity(src, work / "healed.onnx", held)
+    row["peak_rss_mb"] = round(peak_mb(), 1)
+    return row
+
+
+def int8_row(src, held: dict, work: pathlib.Path) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = work / "int8.onnx"
+    quantize_dynamic(str(src), str(out), per_channel=True, weight_type=QuantType.QInt8)
+    return {"rewrite": "ORT int8 (quantize_dynamic, per_channel=True)", "fidelity": fidelity(src, out, held)}
+
+
+def texts(n: int) -> tuple[list[str], list[str]]:
+    from n6onnx.testing import corpus
+
+    s = corpus.sentences()
+    held = s[1000:1256]
+    pool = s[:1000] + s[1256:]
+    if n > len(pool):
+        from recovery import extended_sentences
+
+        pool = extended_sentences(set(held))
+    return pool[:n], held
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=pathlib.Path, help="default: zoo.export('minilm', 'dynamo20', dynamic=True)")
+    ap.add_argument("--samples", type=int, default=2000, help="calibration + healing sentences")
+    ap.add_argument("--calib-samples", type=int, default=256, help="cap of the closed-form fit")
+    ap.add_argument("--data", type=pathlib.Path, help="pre-tokenised DATA (.npz) instead of sentences")
+    ap.add_argument("--held", type=pathlib.Path, help="pre-tokenised held-out feeds (.npz)")
+    ap.add_argument("--minutes", type=float, default=8.0, help="heal budget per rewrite")
+    ap.add_argument("--lr", type=float, default=HealConfig.lr)
+    ap.add_argument("--param", default=HealConfig.param)
+    ap.add_argument("--loss", default=HealConfig.loss)
+    ap.add_argument("--train", default=HealConfig.train)
+    ap.add_argument("--only", action="append", help="rewrite(s) to run (default: all); 'int8' for the baseline")
+    ap.add_argument("--part", type=pathlib.Path, help="write this run's rows here (to --merge later)")
+    ap.add_argument("--merge", type=pathlib.Path, nargs="+", help="merge part files into the result")
+    ap.add_argument("--note", default="", help="where and how this ran (hardware, cores)")
+    ap.add_argument("--deadline", type=float, help="seconds this process may run: the heal budget shrinks to fit")
+    a = ap.parse_args()
+
+    from _common import write
+
+    global DEADLINE
+    if a.deadline:
+        DEADLINE = time.time() + a.deadline
+
+    if a.merge:
+        parts = [json.loads(p.read_text()) for p in a.merge]
+        rows = [r for p in parts for r in p["rows"]]
+        write("heal_minilm", {**parts[0], "rows": rows})
+        return
+    if a.model is None:
+        from n6onnx.testing import zoo
+
+        a.model = zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = pathlib.Path(tmp)
+        if a.data is not None:
+            data, held = a.data, {"feeds": str(a.held)}
+        else:
+            train, held_t = texts(a.samples)
+            (work / "data.txt").write_text("\n".join(train))
+            (work / "held.txt").write_text("\n".join(held_t))
+            data, held = work / "data.txt", {"text": work / "held.txt"}
+        cfg = HealConfig(minutes=a.minutes, lr=a.lr, param=a.param, loss=a.loss, train=a.train, threads=2)
+        rows = []
+        for spec in a.only or (["int8"] + REWRITES):
+            d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")
+            d.mkdir()
+            rows.append(int8_row(a.model, held, d) if spec == "int8" else
+                        one(a.model, spec, data, held, d, cfg, None, a.calib_samples))
+            print(json.dumps(rows[-1])[:400], flush=True)
+            if a.part:  # after every row: a run cut short keeps what it finished
+                a.part.parent.mkdir(parents=True, exist_ok=True)
+                a.part.write_text(json.dumps({"rows": rows}, indent=2))
+    payload = {"model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20", "batch": DIMS,
+               "method": ("held-out = 256 corpus sentences never seen by calibration or healing; fidelity = "
+                          "n6onnx validate (mean-pooled embedding cosine, NN agreement); healing holds out the "
+                          "last 10% of DATA for early stopping; 2 threads per run"),
+               "samples": a.samples, "calib_samples": a.calib_samples, "heal_minutes": a.minutes,
+               "note": a.note, "rows": rows}
+    if a.part:
+        a.part.parent.mkdir(parents=True, exist_ok=True)
+        a.part.write_text(json.dumps(payload, indent=2))
+    else:
+        write("heal_minilm", payload)
+
+
+if __name__ == "__main__":
+    main()

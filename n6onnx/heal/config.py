@@ -1,0 +1,28 @@
+"""What a heal can be asked to do: the options and their defaults (no torch here, so the CLI can
+offer them without importing torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+TRAINABLE = ("rewritten", "neighbours", "all")
+PARAMS = ("relative", "raw")
+LOSSES = ("streams+output", "streams", "output")
+
+
+@dataclasses.dataclass
+class HealConfig:
+    minutes: float = 10.0
+    steps: int | None = None  # stop after this many steps (deterministic end point)
+    seed: int = 0
+    lr: float = 2e-3  # per step, relative to each entry's typical size ("relative"); absolute for "raw"
+    param: str = "relative"
+    loss: str = "streams+output"
+    train: str = "rewritten"
+    holdout: float = 0.1
+    holdout_batches: int = 16  # at most this many held-out batches (each evaluation runs them all)
+    eval_every: int = 25
+    warmup: int = 25
+    backtrack: float = 0.0005
+    threads: int | None = None
+    cache_bytes: int = 1 << 30

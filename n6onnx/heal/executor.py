@@ -1,0 +1,204 @@
+"""The student: an ONNX graph run differentiably in torch.
+
+``GraphModule(proto, trainable)`` holds every float initializer as an ``nn.Parameter`` (frozen
+unless its name is in ``trainable``) and runs the graph node by node with the torch ops of
+``heal.ops``. Model-local functions run their bodies; n6 custom ops use
+``n6onnx.torch.functional.OPS`` when that module provides the op, else the pure-ONNX function body
+that every emitted n6 node carries (differentiable as well, through the same standard ops).
+
+Why not a converter: onnx2torch (last release 1.5.15, August 2024) has no model-local functions
+and no com.microsoft or n6 domains, and its opset 18+ coverage trails the dynamo exporter; the op
+set real transformer exports use is small (``heal.ops.OPS``)."""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from typing import Iterable, Mapping
+
+import onnx
+import torch
+
+from ..errors import N6Error
+from ..ops import DOMAIN
+from .ops import OPS, tensor_from_proto
+
+STANDARD = ("", "ai.onnx")
+
+
+class UnsupportedOpError(N6Error):
+    """The student cannot run an op of the graph."""
+
+
+def _n6_ops() -> dict:
+    try:
+        from ..torch.functional import OPS as n6  # written on the n6torch branch
+    except ImportError:
+        return {}
+    return dict(n6)
+
+
+def _attrs(node: onnx.NodeProto, outer: Mapping | None = None) -> dict:
+    out = {}
+    for a in node.attribute:
+        if a.ref_attr_name:
+            if outer is not None and a.ref_attr_name in outer:
+                out[a.name] = outer[a.ref_attr_name]
+            continue
+        out[a.name] = onnx.helper.get_attribute_value(a)
+    return out
+
+
+def unsupported_ops(proto: onnx.ModelProto) -> list[str]:
+    """``domain:op`` of every op the student cannot run (empty when it runs the whole graph)."""
+    funcs = {(f.domain, f.name): f for f in proto.functions}
+    n6 = _n6_ops()
+    bad: set[str] = set()
+
+    def walk(nodes: Iterable[onnx.NodeProto], seen: set):
+        for n in nodes:
+            key = (n.domain, n.op_type)
+            if n.domain in STANDARD and n.op_type in OPS:
+                pass
+            elif n.domain in STANDARD and n.op_type == "If":
+                for a in n.attribute:
+                    walk(a.g.node, seen)
+            elif n.domain == DOMAIN and n.op_type in n6:
+                pass
+            elif key in funcs:
+                if key not in seen:
+                    inner = _body_unsupported(funcs[key])
+                    if inner:
+                        bad.add(f"{n.domain}:{n.op_type} (its ONNX function body needs {', '.join(inner)})")
+                    else:
+                        walk(funcs[key].node, seen | {key})
+            elif n.op_type == "Constant" and n.domain in STANDARD:
+                bad.add("ai.onnx:Constant (string tensor)")
+            else:
+                bad.add(f"{n.domain or 'ai.onnx'}:{n.op_type}")
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH and n.op_type != "If":
+                    bad.add(f"{n.domain or 'ai.onnx'}:{n.op_type} (subgraph)")
+
+    walk(proto.graph.node, set())
+    return sorted(bad)
+
+
+def _body_unsupported(f: onnx.FunctionProto) -> list[str]:
+    """Ops (and string constants, which torch cannot hold) of a function body the student cannot run."""
+    out = set()
+
+    def walk(nodes):
+        for n in nodes:
+            if n.domain in STANDARD and n.op_type == "Constant" and any(
+                    a.name in ("value_string", "value_strings") for a in n.attribute):
+                out.add("string constants")
+            elif n.domain in STANDARD and n.op_type == "If":
+                for a in n.attribute:
+                    walk(a.g.node)
+            elif not (n.domain in STANDARD and n.op_type in OPS):
+                out.add(f"{n.domain or 'ai.onnx'}:{n.op_type}")
+
+    walk(f.node)
+    return sorted(out)
+
+
+def check_supported(proto: onnx.ModelProto) -> None:
+    bad = unsupported_ops(proto)
+    if bad:
+        raise UnsupportedOpError(f"healing cannot run op{'s' if len(bad) > 1 else ''} {', '.join(bad)} in torch; "
+                                 "nothing was trained")
+
+
+class GraphModule(torch.nn.Module):
+    """The graph as a torch module. ``forward(feeds, outputs)`` -> {name: tensor} for ``outputs``
+    (default: the graph outputs). Float initializers are parameters, by name in ``self.names``."""
+
+    def __init__(self, proto: onnx.ModelProto, trainable: Iterable[str] = ()):
+        super().__init__()
+        check_supported(proto)
+        self.graph = proto.graph
+        self.functions = {(f.domain, f.name): f for f in proto.functions}
+        self.n6 = _n6_ops()
+        trainable = set(trainable)
+        self.params = torch.nn.ParameterList()
+        self.names: dict[str, int] = {}
+        self.consts: dict[str, torch.Tensor] = {}
+        for t in proto.graph.initializer:
+            v = tensor_from_proto(t)
+            if v.dtype.is_floating_point:
+                self.names[t.name] = len(self.params)
+                self.params.append(torch.nn.Parameter(v, requires_grad=t.name in trainable))
+            else:
+                self.consts[t.name] = v
+        self.output_names = [o.name for o in proto.graph.output]
+
+    def parameter(self, name: str) -> torch.nn.Parameter:
+        return self.params[self.names[name]]
+
+    def initial_env(self) -> dict:
+        env = dict(self.consts)
+        env.update({n: self.params[i] for n, i in self.names.items()})
+        return env
+
+    def forward(self, feeds: Mapping[str, object], outputs: Iterable[str] | None = None,
+                values: Mapping[str, torch.Tensor] | None = None) -> dict:
+        """``values`` replace initializers by name (the trainer's reparametrised weights)."""
+        env = self.initial_env()
+        env.update(values or {})
+        for k, v in feeds.items():
+            env[k] = v if torch.is_tensor(v) else torch.from_numpy(v)
+        wanted = list(outputs) if outputs is not None else self.output_names
+        need = _needed(self.graph, wanted)
+        self._run(self.graph.node, env, None, need)
+        return {n: env[n] for n in wanted}
+
+    # ----------------------------------------------------------------------------------------------
+    def _run(self, nodes, env, outer_attrs, need=None) -> None:
+        for n in nodes:
+            if need is not None and not any(o in need for o in n.output):
+                continue
+            ins = [env[i] if i else None for i in n.input]
+            outs = self._node(n, ins, env, outer_attrs)
+            for name, v in zip(n.output, outs):
+                if name:
+                    env[name] = v
+
+    def _node(self, n: onnx.NodeProto, ins: list, env, outer_attrs) -> list:
+        attrs = _attrs(n, outer_attrs)
+        if n.domain in STANDARD and n.op_type in OPS:
+            return OPS[n.op_type](attrs, ins)
+        if n.domain in STANDARD and n.op_type == "If":
+            branch = attrs["then_branch"] if bool(ins[0].reshape(-1)[0]) else attrs["else_branch"]
+            sub = ChainMap({}, env)
+            self._run(branch.node, sub, outer_attrs)
+            return [sub[o.name] for o in branch.output]
+        if n.domain == DOMAIN and n.op_type in self.n6:
+            out = self.n6[n.op_type](*ins, **attrs)
+            return list(out) if isinstance(out, (tuple, list)) else [out]
+        f = self.functions.get((n.domain, n.op_type))
+        if f is None:  # check_supported refused it already; only reachable for a graph edited since
+            raise UnsupportedOpError(f"healing cannot run op {n.domain}:{n.op_type}")
+        fattrs = {a.name: onnx.helper.get_attribute_value(a) for a in f.attribute_proto}
+        fattrs.update(attrs)
+        inner = {name: v for name, v in zip(f.input, ins) if v is not None}
+        self._run(f.node, inner, fattrs)
+        return [inner[o] for o in f.output]
+
+
+def _needed(graph: onnx.GraphProto, wanted: Iterable[str]) -> set[str]:
+    """Every value that the wanted values depend on (subgraph captures included)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    need, stack = set(), list(wanted)
+    while stack:
+        v = stack.pop()
+        if v in need:
+            continue
+        need.add(v)
+        n = producer.get(v)
+        if n is None:
+            continue
+        stack.extend(i for i in n.input if i)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                stack.extend(i for sn in a.g.node for i in sn.input if i)
+    return need

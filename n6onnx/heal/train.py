@@ -1,0 +1,315 @@
+"""Distillation of a rewritten model towards the original (the teacher, run by onnxruntime).
+
+The student is the rewritten graph in torch (``heal.executor``), starting from the closed-form
+calibrated weights. Only the ``trainable`` initializers move (``heal.targets``).
+
+Parametrisation (``param``): calibration folds leave badly scaled weights (W1 columns of norm
+0.02, W2 rows of norm 400 in MiniLM), and Adam's step is an absolute size per element, so a
+plain Adam changes tiny entries by a large fraction of themselves while large ones barely move:
+the model falls first. ``"relative"`` (default) trains U with W = r * U, r_ij = rms(row i) *
+rms(col j) / rms(W) (the rank-one magnitude of W: exact for diag(p) A diag(q)), per-tensor rms
+for vectors, so each Adam step changes every entry by about ``lr`` of its typical size. ``"raw"``
+is plain Adam on the weights, kept for comparison.
+
+Loss (``loss``): per token, the squared error of each stream point divided by the variance of the
+original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
+averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
+(``"streams+output"``, default), or the outputs alone (``"output"``).
+
+Safety: part of DATA is held out. Held-out fidelity (mean-pooled cosine for an embedding output,
+else per-sample cosine of the first output) is measured at the start and every ``eval_every``
+steps; a drop below the best so far by more than ``backtrack`` restores the best weights and
+halves the learning rate. The best evaluated weights are returned, so the result is never worse
+on held-out data than the calibrated start."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+
+from ..errors import BadArgumentError
+from ..validate import metrics
+from . import executor, targets
+from .config import LOSSES, PARAMS, HealConfig  # noqa: F401 - re-exported
+
+@dataclasses.dataclass
+class HealReport:
+    train_samples: int
+    heldout_samples: int
+    trainable: int  # number of tensors
+    trainable_values: int
+    steps: int
+    seconds: float
+    start: float  # held-out fidelity of the calibrated start
+    best: float
+    lowest: float  # lowest held-out fidelity at any evaluation
+    stopped: str
+    config: dict
+    curve: list = dataclasses.field(default_factory=list)  # [step, seconds, fidelity, mean train loss]
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("seconds", "start", "best", "lowest"):
+            d[k] = round(d[k], 6 if k != "seconds" else 2)
+        return d
+
+
+def _scale(w: torch.Tensor, param: str) -> torch.Tensor:
+    if param == "raw":
+        return torch.ones_like(w)
+    total = w.pow(2).mean().sqrt().clamp_min(1e-12)
+    if w.dim() == 2:
+        r = w.pow(2).mean(1, keepdim=True).sqrt() * w.pow(2).mean(0, keepdim=True).sqrt() / total
+        return r.clamp_min(1e-3 * total)
+    return torch.full_like(w, float(total))
+
+
+def _bias_scale(b: torch.Tensor, w: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A bias moves its unit's pre-activation, whose spread is about the norm of the unit's weight
+    column (inputs come out of a LayerNorm): a change is measured against that, not against the
+    bias itself. After a calibration fold a unit with a small weight column has a large
+    downstream gain, so its bias must move in correspondingly small steps."""
+    col = (w.T if transposed else w).pow(2).sum(0).sqrt()
+    if col.shape != b.shape:
+        return torch.full_like(b, float(b.pow(2).mean().sqrt().clamp_min(1e-12)))
+    return col.clamp_min(1e-3 * float(col.mean()) + 1e-12)
+
+
+def _input_means(student, batches, idx, weights: dict, most: int = 8) -> dict[str, torch.Tensor]:
+    """{weight: mean over real tokens of its projection's input} on up to ``most`` training batches."""
+    if not weights:
+        return {}
+    names = sorted({x for _, x in weights.values()})
+    sums, count = {}, 0
+    with torch.no_grad():
+        for k in idx[:most]:
+            out = student(batches[k], names)
+            for n in names:
+                a = out[n]
+                keep = _mask_rows(batches[k], tuple(a.shape))
+                a = a.reshape(-1, a.shape[-1]).double()
+                if keep is not None:
+                    a = a[torch.from_numpy(keep)]
+                sums[n] = sums.get(n, 0) + a.sum(0)
+                if n == names[0]:
+                    count += a.shape[0]
+    return {w: (sums[x] / max(count, 1)).float() for w, (_, x) in weights.items()}
+
+
+def _mask_rows(feeds: dict, shape) -> np.ndarray | None:
+    m = feeds.get("attention_mask")
+    if m is None or len(shape) < 2 or tuple(m.shape) != tuple(shape[:2]):
+        return None
+    return np.asarray(m).reshape(-1).astype(bool)
+
+
+def _rel_err(y: torch.Tensor, t: np.ndarray, keep: np.ndarray | None) -> torch.Tensor:
+    """Mean over (real) rows of |y - t|^2 / (H var(t)) along the last axis."""
+    tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
+    h = t.shape[-1] if t.ndim else 1
+    y, tt = y.reshape(-1, h).float(), tt.reshape(-1, h)
+    if keep is not None:
+        idx = torch.from_numpy(np.nonzero(keep)[0])
+        y, tt = y.index_select(0, idx), tt.index_select(0, idx)
+    var = tt.var(1, unbiased=False) if h > 1 else tt.pow(2).mean(1)
+    var = var.clamp_min(1e-6 * float(var.mean()) + 1e-30)
+    return ((y - tt).pow(2).mean(1) / var).mean()
+
+
+def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows: int) -> np.ndarray:
+    """Per-sample fidelity of one batch: mean-pooled cosine for [B, L, H] with an attention mask,
+    else the cosine of each sample's flattened output."""
+    m = feeds.get("attention_mask")
+    t, s = teacher_out[:rows], student_out[:rows]
+    if t.ndim == 3 and m is not None and tuple(m.shape) == t.shape[:2]:
+        return metrics.cosine_rows(metrics.mean_pool(t, m[:rows]), metrics.mean_pool(s, m[:rows]))
+    return metrics.per_sample_cosine(t, s)
+
+
+def split(batches: Sequence[dict], holdout: float, most: int = 16) -> tuple[list[int], list[int]]:
+    """Batch indices (train, held-out): the last ``holdout`` share of DATA (at least one batch, at
+    most ``most``) is held out."""
+    n = len(batches)
+    if n < 2:
+        raise BadArgumentError(f"healing needs at least 2 batches of DATA (one is held out); got {n}")
+    k = min(max(1, int(round(n * holdout))), n - 1, most)
+    return list(range(n - k)), list(range(n - k, n))
+
+
+def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None = None,
+         progress: bool = False) -> HealReport:
+    """Train ``model``'s trainable initializers towards ``original`` on ``batches``; write the best
+    values back into ``model`` (same initializer names, same nodes). Returns the report."""
+    cfg = config or HealConfig()
+    if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in targets.TRAINABLE:
+        raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, "
+                               f"trainable one of {targets.TRAINABLE}")
+    t0 = time.perf_counter()
+    proto = ir.to_proto(model)
+    executor.check_supported(proto)  # before any work
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    oproto = ir.to_proto(original)
+    names = targets.trainable(oproto, proto, cfg.train)
+    if not names:
+        names = targets.trainable(oproto, proto, "neighbours")
+    if not names:
+        raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
+    streams = targets.stream_points(original, proto) if cfg.loss != "output" else []
+    outputs = [o.name for o in proto.graph.output]
+    student = executor.GraphModule(proto)
+    teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
+    train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
+    rows = getattr(batches, "rows", None) or [len(next(iter(b.values()))) for b in batches]
+
+    w0 = {n: student.parameter(n).detach().clone() for n in names}
+    scale = {n: _scale(w, cfg.param) for n, w in w0.items()}
+    partners = targets.bias_partners(proto, names) if cfg.param == "relative" else {}
+    # centring: b = b' - mu W for each trained (W, b) pair, mu the mean input of the projection, so
+    # a change of W moves only the varying part of its output (the constant part is b's)
+    mu = _input_means(student, batches, train_idx, {w: (tr, x) for b, (w, tr, x) in partners.items() if w in w0})
+    for b, (w, tr, _) in partners.items():
+        scale[b] = _bias_scale(w0[b], w0[w] if w in w0 else student.parameter(w).detach(), tr)
+    centred = {b: (w, tr) for b, (w, tr, _) in partners.items() if w in mu and mu[w].shape[-1] == (
+        w0[w].shape[1] if tr else w0[w].shape[0]) and (w0[w].shape[0] if tr else w0[w].shape[1]) == w0[b].shape[-1]}
+
+    def offset(b: str, w: torch.Tensor) -> torch.Tensor:
+        return mu[centred[b][0]] @ (w.T if centred[b][1] else w)
+
+    init = {n: w0[n] + offset(n, w0[centred[n][0]]) if n in centred else w0[n] for n in names}
+    u = {n: torch.nn.Parameter(init[n] / scale[n]) for n in names}
+    opt = torch.optim.Adam(list(u.values()), lr=cfg.lr)
+
+    def values():
+        v = {n: scale[n] * u[n] for n in names}
+        for b in centred:
+            v[b] = v[b] - offset(b, v[centred[b][0]])
+        return v
+
+    def evaluate() -> float:
+        fids = []
+        with torch.no_grad():
+            vals = values()
+            for k in held_idx:
+                out = student(batches[k], outputs[:1], vals)[outputs[0]].numpy()
+                fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k]))
+        return float(np.mean(np.concatenate(fids)))
+
+    start = evaluate()
+    best, best_u, lowest = start, {n: p.detach().clone() for n, p in u.items()}, start
+    curve = [[0, round(time.perf_counter() - t0, 2), round(start, 6)]]
+    rng = np.random.default_rng(cfg.seed)
+    order: list[int] = []
+    step, stopped, lr, run_loss = 0, "budget", cfg.lr, []
+    deadline = t0 + cfg.minutes * 60
+    bar = _Bar(progress, cfg.minutes * 60, cfg.steps, start)
+    try:
+        with bar:
+            while True:
+                if cfg.steps is not None and step >= cfg.steps:
+                    stopped = "steps"
+                    break
+                if time.perf_counter() >= deadline:
+                    break
+                if not order:
+                    order = list(rng.permutation(train_idx))
+                k = int(order.pop())
+                feeds = batches[k]
+                tgt = teacher(k, feeds)
+                out = student(feeds, streams + outputs, values())
+                loss = _loss(out, tgt, feeds, streams, outputs, cfg.loss)
+                for g in opt.param_groups:
+                    g["lr"] = lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+                opt.zero_grad(set_to_none=True)
+                run_loss.append(float(loss.detach()))
+                loss.backward()
+                opt.step()
+                step += 1
+                if step % cfg.eval_every == 0:
+                    fid = evaluate()
+                    lowest = min(lowest, fid)
+                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6), float(np.mean(run_loss))])
+                    run_loss = []
+                    if fid > best:
+                        best, best_u = fid, {n: p.detach().clone() for n, p in u.items()}
+                    elif fid < best - cfg.backtrack:
+                        with torch.no_grad():
+                            for n, p in u.items():
+                                p.copy_(best_u[n])
+                        opt = torch.optim.Adam(list(u.values()), lr=lr)
+                        lr *= 0.5
+                        if lr < cfg.lr / 64:
+                            stopped = "converged"
+                            break
+                    bar.update(time.perf_counter() - t0, step, fid, best)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    with torch.no_grad():
+        for n, p in u.items():
+            p.copy_(best_u[n])
+        final = {n: v.numpy() for n, v in values().items()}  # the graph's own values (centring undone)
+    write_back(model, final)
+    n_values = int(sum(v.size for v in final.values()))
+    return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
+                      len(names), n_values, step, time.perf_counter() - t0, start, best, lowest, stopped,
+                      dataclasses.asdict(cfg), curve)
+
+
+def _loss(out: dict, tgt: dict, feeds: dict, streams, outputs, kind: str) -> torch.Tensor:
+    terms = []
+    if kind != "output" and streams:
+        s = [_rel_err(out[n], tgt[n], _mask_rows(feeds, tgt[n].shape)) for n in streams]
+        terms.append(torch.stack(s).mean())
+    if kind != "streams" or not streams:
+        o = [_rel_err(out[n], tgt[n], _mask_rows(feeds, tgt[n].shape)) for n in outputs
+             if np.issubdtype(tgt[n].dtype, np.floating)]
+        terms.append(torch.stack(o).mean())
+    return sum(terms)
+
+
+def write_back(model: ir.Model, values: dict[str, np.ndarray]) -> None:
+    """Store trained values in the initializers of the same names (dtype kept)."""
+    inits = model.graph.initializers
+    for name, arr in values.items():
+        v = inits[name]
+        dtype = v.const_value.numpy().dtype
+        v.const_value = ir.tensor(np.ascontiguousarray(arr).astype(dtype), name=name)
+
+
+class _Bar:
+    """A rich progress bar over the time budget (or the step count) with the held-out fidelity."""
+
+    def __init__(self, enabled: bool, seconds: float, steps: int | None, start: float):
+        self.enabled, self.seconds, self.steps, self.start = enabled, seconds, steps, start
+        self.p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("healing"), BarColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
+                              transient=False)
+            self.p.__enter__()
+            total = self.steps if self.steps is not None else self.seconds
+            self.task = self.p.add_task("heal", total=total, info=f"held-out fidelity {self.start:.5f} (start)")
+        return self
+
+    def update(self, elapsed: float, step: int, fid: float, best: float) -> None:
+        if self.p is not None:
+            done = step if self.steps is not None else min(elapsed, self.seconds)
+            self.p.update(self.task, completed=done,
+                          info=f"step {step}: held-out fidelity {fid:.5f} (start {self.start:.5f}, best {best:.5f})")
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            self.p.__exit__(*exc)
+        return False

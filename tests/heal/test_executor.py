@@ -1,0 +1,74 @@
+"""The student executor equals onnxruntime on every zoo export, original and rewritten."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+
+import n6onnx
+from n6onnx import feeds as F
+from n6onnx.heal.executor import GraphModule, UnsupportedOpError, check_supported, unsupported_ops
+from n6onnx.runtime import session_for
+
+MODELS = ["bert", "gpt2", "geglu", "llama", "minilm", "mixtral", "vit"]
+EXPORTERS = ["dynamo18", "dynamo20", "torchscript"]
+
+
+def _compare(proto: onnx.ModelProto, seed: int = 0) -> float:
+    s = session_for(proto)
+    fd = F.random_feeds(s, 1, seed=seed)[0]
+    ref = s.run(None, fd)
+    with torch.no_grad():
+        out = GraphModule(proto)(fd)
+    assert list(out) == [o.name for o in s.get_outputs()]
+    return max(float(np.abs(r - o.numpy()).max() / (np.abs(r).max() + 1e-12)) for r, o in zip(ref, out.values()))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("model", MODELS)
+def test_original_equals_ort(zoo_export, model, exporter):
+    assert _compare(onnx.load(zoo_export(model, exporter))) < 1e-5
+
+
+REWRITES = [("bert", "gelu=phi6"), ("gpt2", "gelu=phi6"), ("geglu", "gelu=zetaln2"), ("vit", "gelu=phi6"),
+            ("llama", "ffn=phi-bottleneck:1"), ("gpt2", "ffn=phi-bottleneck:1"), ("bert", "attention=fftmix:@1"),
+            ("gpt2", "attention=fftmix:@1"), ("bert", "attention=egyptian"), ("mixtral", "moe=phi"),
+            ("mixtral", "moe=egyptian")]
+
+
+@pytest.mark.parametrize("exporter", ["dynamo20", "torchscript"])
+@pytest.mark.parametrize("model,spec", REWRITES)
+def test_rewritten_equals_ort(zoo_export, model, spec, exporter):
+    m, rep = n6onnx.rewrite(zoo_export(model, exporter), None, [spec])
+    assert sum(rep.rewritten.values()) >= 1
+    proto = ir.to_proto(m)
+    if not spec.startswith("ffn"):  # the bottleneck only prunes units: no n6 node in a SiLU model
+        assert any(n.domain == "n6onnx" for n in proto.graph.node)
+    assert _compare(proto) < 1e-5
+
+
+def test_unsupported_op_is_refused_by_name():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
+    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["r"]),
+                                onnx.helper.make_node("Hardmax", ["r"], ["y"])], "g", [x], [y])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    assert unsupported_ops(m) == ["ai.onnx:Hardmax"]
+    with pytest.raises(UnsupportedOpError, match="Hardmax"):
+        check_supported(m)
+    with pytest.raises(UnsupportedOpError, match="Hardmax"):
+        GraphModule(m)
+
+
+def test_gradients_reach_only_trainable(zoo_export):
+    proto = onnx.load(zoo_export("bert", "dynamo20"))
+    names = [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+    g = GraphModule(proto, trainable=names[:1])
+    fd = F.random_feeds(session_for(proto), 1, seed=0)[0]
+    out = next(iter(g(fd).values()))
+    out.pow(2).mean().backward()
+    assert g.parameter(names[0]).grad is not None and float(g.parameter(names[0]).grad.abs().sum()) > 0
+    assert all(g.parameter(n).grad is None for n in names[1:])
