@@ -14,7 +14,7 @@ from . import calibrate as cal
 from . import io, passes
 from .errors import BadArgumentError, N6Error
 from .findings import KindReport
-from .graph import default_opset
+from .graph import canonicalize, default_opset
 from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
 from .passes.attention import redundancy_scores
 from .passes.block.drop import layer_scores
@@ -61,16 +61,6 @@ class RewriteReport:
             "calibration": None if self.calibration is None else self.calibration.to_json(),
             "healing": None if self.healing is None else self.healing.to_json(),
         }
-
-
-def canonicalize(model: ir.Model) -> ir.Model:
-    """Fold constants and canonicalise (onnxscript optimizer), then infer shapes. In place."""
-    import onnxscript.optimizer
-    from onnx_ir.passes.common import ShapeInferencePass
-
-    onnxscript.optimizer.optimize(model, inline=False, num_iterations=2)
-    ShapeInferencePass()(model)
-    return model
 
 
 def _load(model: str | os.PathLike | ir.Model | onnx.ModelProto) -> tuple[str, ir.Model]:

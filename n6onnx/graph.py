@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import onnx_ir as ir
+import onnxscript.optimizer
+from onnx_ir.passes.common import ShapeInferencePass
 
 if TYPE_CHECKING:  # onnxscript's rewriter is imported only where a rule is made
     from onnxscript.rewriter.pattern import RewriteRule
@@ -131,3 +133,10 @@ def make_rule(instance) -> RewriteRule:
         remove_nodes=instance.remove_nodes, graph_pre_visitor=instance.setup,
         graph_post_visitor=instance.cleanup, as_function=instance.as_function,
     )
+
+
+def canonicalize(model: ir.Model) -> ir.Model:
+    """Fold constants and canonicalise (onnxscript optimizer), then infer shapes. In place."""
+    onnxscript.optimizer.optimize(model, inline=False, num_iterations=2)
+    ShapeInferencePass()(model)
+    return model

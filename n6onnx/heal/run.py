@@ -7,7 +7,10 @@ import time
 
 import onnx_ir as ir
 
+from .. import io
 from ..errors import BadArgumentError
+from ..graph import canonicalize
+from .executor import check_supported
 from .train import HealConfig, HealReport, heal
 
 
@@ -23,8 +26,6 @@ def load_data(calibrate: str | os.PathLike, original: ir.Model, *, tokenizer=Non
 def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=None, samples: int | None = None,
                   dims: dict | None = None, config: HealConfig | None = None, progress: bool = False) -> HealReport:
     """Heal ``model`` (a rewrite of ``original``, already calibrated) on DATA; in place."""
-    from .executor import check_supported
-
     check_supported(ir.to_proto(model))  # refuse before loading data or starting the teacher
     batches = load_data(calibrate, original, tokenizer=tokenizer, samples=samples, dims=dims)
     return heal(model, original, batches, config, progress=progress)
@@ -34,8 +35,6 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
               tokenizer=None, samples: int | None = None, dims: dict | None = None,
               config: HealConfig | None = None, progress: bool = False) -> HealReport:
     """``n6onnx heal``: heal a rewritten model file against its original, write OUTPUT atomically."""
-    from .. import api, io
-
     for p, what in ((rewritten, "REWRITTEN"), (teacher, "--teacher"), (calibrate, "--calibrate")):
         if not os.path.isfile(p):
             raise BadArgumentError(f"{what} {p}: no such file")
@@ -43,7 +42,7 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
     t0 = time.perf_counter()
     model = io.load(rewritten)
     original = io.load(teacher)
-    api.canonicalize(original)
+    canonicalize(original)
     in_m, in_o = [v.name for v in model.graph.inputs], [v.name for v in original.graph.inputs]
     out_m, out_o = [v.name for v in model.graph.outputs], [v.name for v in original.graph.outputs]
     if in_m != in_o or out_m != out_o:
