@@ -18,6 +18,8 @@ from typing import Iterable, Mapping
 import onnx
 import torch
 
+from ..torch.functional import OPS as N6_OPS
+
 from ..errors import N6Error
 from ..ops import DOMAIN
 from .ops import OPS, tensor_from_proto
@@ -30,11 +32,7 @@ class UnsupportedOpError(N6Error):
 
 
 def _n6_ops() -> dict:
-    try:
-        from ..torch.functional import OPS as n6  # written on the n6torch branch
-    except ImportError:
-        return {}
-    return dict(n6)
+    return dict(N6_OPS)
 
 
 def _attrs(node: onnx.NodeProto, outer: Mapping | None = None) -> dict:

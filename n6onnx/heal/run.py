@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from .. import io
 from ..errors import BadArgumentError
+from ..calibrate import load_batches
 from ..graph import canonicalize
 from .executor import check_supported
 from .train import HealConfig, HealReport, heal
@@ -17,8 +18,6 @@ from .train import HealConfig, HealReport, heal
 def load_data(calibrate: str | os.PathLike, original: ir.Model, *, tokenizer=None, samples: int | None = None,
               dims: dict | None = None):
     """All of DATA (or its first ``samples``) as feed batches for the original's inputs."""
-    from ..calibrate import load_batches
-
     return load_batches(str(calibrate), ir.to_proto(original), tokenizer=None if tokenizer is None else str(tokenizer),
                         samples=samples, dims=dims)
 

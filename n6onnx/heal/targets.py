@@ -21,7 +21,10 @@ import onnx
 import onnx_ir as ir
 
 from ..calibrate import collect
+import onnxruntime as ort
+
 from ..ops import DOMAIN
+from ..runtime import session_for
 from ..blocks import find_ffn_blocks
 from .config import TRAINABLE  # noqa: F401 - re-exported (the trainable sets are chosen here)
 
@@ -119,10 +122,6 @@ class Teacher:
 
     def __init__(self, original: ir.Model, names: Sequence[str], threads: int | None = None,
                  cache_bytes: int = 1 << 30):
-        import onnxruntime as ort
-
-        from ..runtime import session_for
-
         self.names = list(names)
         so = ort.SessionOptions()
         so.log_severity_level = 3
