@@ -35,7 +35,7 @@ def test_original_equals_ort(zoo_export, model, exporter):
 
 REWRITES = [("bert", "gelu=phi6"), ("gpt2", "gelu=phi6"), ("geglu", "gelu=zetaln2"), ("vit", "gelu=phi6"),
             ("llama", "ffn=phi-bottleneck:1"), ("gpt2", "ffn=phi-bottleneck:1"), ("bert", "attention=fftmix:@1"),
-            ("gpt2", "attention=fftmix:@1"), ("bert", "attention=egyptian"), ("mixtral", "moe=phi"),
+            ("vit", "attention=fftmix:@1"), ("bert", "attention=egyptian"), ("mixtral", "moe=phi"),
             ("mixtral", "moe=egyptian")]
 
 
