@@ -36,8 +36,10 @@ The kernels dispatch sparsely (tokens grouped per expert, each expert runs only 
 results are added back per token in a fixed expert order). The function fallback computes the same
 result densely in pure ONNX (every expert on every token, weights from a scatter of the routing),
 so a rewritten model still runs on stock onnxruntime. It needs a default opset >= 17. String
-attributes are decoded inside the body with Unique over [value, options...]; absent optional inputs
-are read through LayerNormalization's optional bias (zeros when absent); the stable ranks come from
+attributes are decoded inside the body with Unique over [value, options...]; absent b1, b2 and
+importance are read through Gemm's optional C over zeros (zeros when absent; not LayerNormalization's
+optional bias, which crashes onnxruntime 1.32's SkipLayerNormFusion when it is not folded away), W3
+through LayerNormalization's bias over data of W1's (static) shape; the stable ranks come from
 pairwise comparisons ([N, G, G] and [N, E, E]), not TopK, so no provider's tie order matters. Its
 error checking is weaker than the kernels': an unknown routing/activation string fails (a Cast of
 the string), but k > G selects all G groups, egyptian with G < 3 uses the groups there are, and a
@@ -212,12 +214,28 @@ def _choice(b: BodyBuilder, attr: str, options) -> tuple[list[str], str]:
     return flags, s
 
 
-def _optional(b: BodyBuilder, name: str, like: str, shape: str) -> str:
-    """An optional input as a tensor of `shape` (zeros when absent): LayerNormalization's optional
-    bias over all-zero data gives exactly that bias (or zeros). `like`: a tensor of the element type."""
-    z = b.op("CastLike", b.op("ConstantOfShape", shape), like)
-    one = b.op("CastLike", b.const(1.0), like)
-    return b.op("LayerNormalization", z, b.op("Expand", one, shape), name, axis=0)
+def _optional(b: BodyBuilder, name: str, like: str, rows: str, cols: str) -> str:
+    """An optional input of at most two dimensions as a [rows, cols] float32 tensor (zeros when
+    absent): Gemm's optional C over all-zero A [rows, 1] and B [1, cols]. `like`: a tensor of the
+    input's element type."""
+    def zeros(shape):
+        return b.op("CastLike", b.op("ConstantOfShape", shape), like)
+
+    one = _ints(b, [1])
+    c = b.op("Gemm", zeros(b.op("Concat", rows, one, axis=0)), zeros(b.op("Concat", one, cols, axis=0)), name)
+    return b.to_float(c)
+
+
+def _optional_like_w1(b: BodyBuilder, name: str, W1: str) -> str:
+    """W3 (optional, [E, D, H] like W1) as float32, zeros when absent. Gemm's C holds at most two
+    dimensions, so this one reads through LayerNormalization's optional bias over all-zero data of
+    W1's shape. Absent, that LayerNormalization would crash onnxruntime 1.32's SkipLayerNormFusion
+    (it reads the type of every input, the missing one too) if it survived constant folding; it
+    does not, since its inputs depend on W1's shape only (a weight: static)."""
+    shape = b.op("Shape", W1)
+    z = b.op("CastLike", b.op("ConstantOfShape", shape), W1)
+    one = b.op("CastLike", b.const(1.0), W1)
+    return b.to_float(b.op("LayerNormalization", z, b.op("Expand", one, shape), name, axis=0))
 
 
 def _graph(b_outer: BodyBuilder, build, out_name: str) -> onnx.GraphProto:
@@ -281,7 +299,6 @@ def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
 
     xf = b.to_float(X)
     lf = b.to_float(logits)
-    w1_shape = b.op("Shape", W1)
     E = b.op("Shape", W1, start=0, end=1)
     Hd = b.op("Shape", W1, start=2, end=3)
     Dd = b.op("Shape", X, start=1, end=2)
@@ -303,7 +320,7 @@ def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
     we = b.op("Reshape", b.op("Expand", b.op("Unsqueeze", wg, _ints(b, [2])), ngs), n_minus1)
     sele = b.op("Reshape", b.op("Expand", b.op("Unsqueeze", sel, _ints(b, [2])), ngs), n_minus1)
     # drop: keep the S - drop best selected sub-experts by weight * importance (ties: lower index)
-    imp = _optional(b, importance, b.const(0.0), E)
+    imp = b.op("Reshape", _optional(b, importance, b.const(0.0), _ints(b, [1]), E), E)
     score = b.op("Where", b.op("Cast", sele, to=onnx.TensorProto.BOOL), b.op("Mul", we, imp), b.const(-math.inf))
     keep_n = b.op("Sub", b.op("Mul", kk, b.op("Squeeze", group, _ints(b, [0]))), drop)
     keep, _ = _select(b, score, keep_n)
@@ -311,11 +328,11 @@ def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
 
     # --- every expert on every token
     h = b.op("MatMul", xf, b.to_float(W1))  # [E, N, H]
-    b1f = b.to_float(_optional(b, b1, W1, b.op("Concat", E, Hd, axis=0)))
+    b1f = _optional(b, b1, W1, E, Hd)
     h = b.op("Add", h, b.op("Unsqueeze", b1f, _ints(b, [1])))
 
     def swiglu(sb):
-        w3 = sb.to_float(_optional(sb, W3, W1, w1_shape))
+        w3 = _optional_like_w1(sb, W3, W1)
         return sb.op("Mul", _act_onnx(sb, "silu", h), sb.op("MatMul", xf, w3))
 
     def chain(i):  # If(activation == ACTIVATIONS[i], that activation, next)
@@ -333,7 +350,7 @@ def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
 
     a = chain_in(b, 0)
     o = b.op("MatMul", a, b.to_float(W2))  # [E, N, D]
-    b2f = b.to_float(_optional(b, b2, W1, b.op("Concat", E, Dd, axis=0)))
+    b2f = _optional(b, b2, W1, E, Dd)
     o = b.op("Add", o, b.op("Unsqueeze", b2f, _ints(b, [1])))
     wt = b.op("Unsqueeze", b.op("Transpose", wfin, perm=[1, 0]), _ints(b, [2]))  # [E, N, 1]
     y = b.op("ReduceSum", b.op("Mul", o, wt), _ints(b, [0]), keepdims=0)
