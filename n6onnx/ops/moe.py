@@ -90,13 +90,10 @@ def activation_np(name: str, h: np.ndarray, gate: np.ndarray | None = None) -> n
     raise ValueError(f"MoE: unknown activation {name!r} (expected one of {', '.join(ACTIVATIONS)})")
 
 
-def route(logits, routing: str = "topk", k: int = 2, normalize: int = 1, group: int = 1, drop: int = 0,
-          importance=None) -> np.ndarray:
-    """Dense routing weights [N, E] (zero for experts a token does not use), in float32."""
-    lf = as_compute(logits)
-    if lf.ndim != 2:
-        raise ValueError(f"MoE: logits must be [N, G], got shape {lf.shape}")
-    N, G = lf.shape
+def selected(G: int, routing: str, k: int, group: int, drop: int, has_importance: bool) -> int:
+    """How many routing groups a token selects (k for top-k, 3 for Egyptian routing), after checking
+    the attributes against G routing groups; ValueError naming the bad one. Shared by every
+    implementation of the op (numpy reference, torch)."""
     if group < 1:
         raise ValueError(f"MoE: group must be >= 1, got {group}")
     if routing == "topk":
@@ -112,8 +109,20 @@ def route(logits, routing: str = "topk", k: int = 2, normalize: int = 1, group: 
     S = nsel * group
     if not 0 <= drop < S:
         raise ValueError(f"MoE: drop must be in [0, {S}) (selected sub-experts per token), got {drop}")
-    if drop > 0 and importance is None:
+    if drop > 0 and not has_importance:
         raise ValueError("MoE: drop > 0 needs the importance input")
+    return nsel
+
+
+def route(logits, routing: str = "topk", k: int = 2, normalize: int = 1, group: int = 1, drop: int = 0,
+          importance=None) -> np.ndarray:
+    """Dense routing weights [N, E] (zero for experts a token does not use), in float32."""
+    lf = as_compute(logits)
+    if lf.ndim != 2:
+        raise ValueError(f"MoE: logits must be [N, G], got shape {lf.shape}")
+    N, G = lf.shape
+    nsel = selected(G, routing, k, group, drop, importance is not None)
+    S = nsel * group
     order = np.argsort(-lf, axis=1, kind="stable")[:, :nsel]  # ties: lower index first
     if routing == "topk":
         m = lf.max(axis=1, keepdims=True)

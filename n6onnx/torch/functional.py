@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..ops.egyptian_attention import FULL, GLOBAL, LOCAL, resolve
 from ..ops.fftmix import WINDOWS
-from ..ops.moe import ACTIVATIONS, ATTRIBUTE_DEFAULTS, EGYPTIAN, ROUTINGS
+from ..ops.moe import ACTIVATIONS, ATTRIBUTE_DEFAULTS, EGYPTIAN, selected
 
 __all__ = [
     "OPS", "phi6", "bias_phi6", "zetaln2", "bias_zetaln2", "fftmix", "egyptian_attention", "moe",
@@ -195,23 +195,8 @@ def moe_routing(logits: torch.Tensor, routing: str = "topk", k: int = 2, normali
     if logits.dim() != 2:
         raise ValueError(f"MoE: logits must be [N, G], got shape {tuple(logits.shape)}")
     N, G = logits.shape
-    if group < 1:
-        raise ValueError(f"MoE: group must be >= 1, got {group}")
-    if routing == "topk":
-        if not 1 <= k <= G:
-            raise ValueError(f"MoE: k must be in [1, G={G}], got {k}")
-        nsel = k
-    elif routing == "egyptian":
-        if G < 3:
-            raise ValueError(f"MoE: egyptian routing needs G >= 3 routing groups, got {G}")
-        nsel = 3
-    else:
-        raise ValueError(f"MoE: unknown routing {routing!r} (expected one of {', '.join(ROUTINGS)})")
+    nsel = selected(G, routing, k, group, drop, importance is not None)
     S = nsel * group
-    if not 0 <= drop < S:
-        raise ValueError(f"MoE: drop must be in [0, {S}) (selected sub-experts per token), got {drop}")
-    if drop > 0 and importance is None:
-        raise ValueError("MoE: drop > 0 needs the importance input")
     cd = compute_dtype(logits.dtype)
     lf = logits.to(cd)
     rank = _stable_rank(lf.detach())
