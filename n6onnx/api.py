@@ -41,6 +41,7 @@ class RewriteReport:
     seconds: float
     warnings: list[str] = dataclasses.field(default_factory=list)
     calibration: object | None = None  # calibrate.CalibrationReport
+    quantization: object | None = None  # quantize.QuantizeReport
 
     @property
     def rewritten(self) -> dict[str, int]:
@@ -55,6 +56,7 @@ class RewriteReport:
             "warnings": self.warnings,
             "calibrated": self.calibration is not None,
             "calibration": None if self.calibration is None else self.calibration.to_json(),
+            "quantization": None if self.quantization is None else self.quantization.to_json(),
         }
 
 
@@ -118,15 +120,25 @@ def rewrite(
     refit: bool = True,
     dims: dict | None = None,
     progress=None,
+    quantize: str | None = None,
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
+    ``quantize`` (``int8``, ``int8:static``, ``int4[:BLOCK]``, see ``n6onnx.quantize``) runs last,
+    after the passes and calibration; with it, ``passes_`` may be empty (quantize the original).
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
     t0 = time.perf_counter()
     specs = [p if isinstance(p, PassSpec) else passes.parse(p) for p in passes_]
-    if not specs:
-        raise N6Error("no pass given (e.g. --pass gelu=phi6)")
+    qmode = None
+    if quantize is not None:
+        from . import quantize as quant
+
+        qmode = quant.parse_mode(quantize)
+        if qmode.needs_calibration and calibrate is None:
+            raise N6Error(f"--quantize {qmode} needs calibration data (--calibrate DATA)")
+    if not specs and qmode is None:
+        raise N6Error("no pass given (e.g. --pass gelu=phi6, or --quantize int8)")
     if output is not None:
         io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
     name, m = _load(model)
@@ -163,12 +175,18 @@ def rewrite(
             "uncalibrated activation swap: a pretrained model will lose accuracy (GELU and Phi6 are "
             "uncorrelated); pass --calibrate DATA to recover it, and measure with `n6onnx validate`"
         )
+    # healing (n6onnx.heal) goes here: after the passes and calibration, before quantization
     proto = ir.serde.serialize_model(m)
     check(proto)
+    quantization = None
+    if qmode is not None:  # last: onnxruntime's quantizer on the finished float model
+        quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches)
+        warnings += quantization.warnings
+        m = ir.serde.deserialize_model(proto)
     if output is not None:
         io.save(proto, output, external_data=external_data)
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
-                        functions, time.perf_counter() - t0, warnings, calibration)
+                        functions, time.perf_counter() - t0, warnings, calibration, quantization)
     return m, rep
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from . import api
 from .errors import N6Error
+from .quantize.mode import QuantModeType
 
 err = Console(stderr=True)
 out = Console()
@@ -66,9 +67,9 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
-@click.option("--pass", "passes_", multiple=True, required=True, metavar="KIND=OPTION",
+@click.option("--pass", "passes_", multiple=True, metavar="KIND=OPTION",
               help="A rewrite pass: gelu=phi6, gelu=zetaln2, ffn=phi-bottleneck[:RATIO], attention=fftmix[:LAYERS], "
-                   "attention=egyptian[:HEADS]. Repeatable.")
+                   "attention=egyptian[:HEADS]. Repeatable; optional with --quantize.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
@@ -80,9 +81,12 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic input dimension.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in OUTPUT.data (default: when the input did or the model is over 2 GB).")
+@click.option("--quantize", "quantize_", type=QuantModeType(), metavar="MODE",
+              help="Quantize last, with onnxruntime's tools: int8 (dynamic, per channel), int8:static (QDQ, needs "
+                   "--calibrate) or int4[:BLOCK] (weight-only MatMulNBits, block 32). n6 ops stay float.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
-            external_data, as_json: bool) -> None:
+            external_data, quantize_, as_json: bool) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified)."""
     from .feeds import parse_dims
 
@@ -90,7 +94,7 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
         with _progress(as_json or calibrate is None, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
-                                 dims=parse_dims(dims), progress=progress)
+                                 dims=parse_dims(dims), progress=progress, quantize=quantize_)
     except N6Error as e:
         _fail(e)
     if as_json:
@@ -124,6 +128,10 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
             out.print(f"calibrated on the first {c.samples} of the {c.available} samples in the data "
                       f"(--calib-samples); more samples usually give a more faithful model, at a longer calibration",
                       highlight=False)
+    if rep.quantization is not None:
+        q = rep.quantization
+        out.print(escape(f"quantized {q.mode}: {q.quantized} of {q.candidates} MatMul/Gemm nodes "
+                         f"(onnxruntime.quantization); {q.float_n6_nodes} n6 nodes kept float"), highlight=False)
     if rep.functions:
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:
