@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from ..ops import DOMAIN, REGISTRY
 from ..passes import ffn
-from . import collect, fit
+from . import collect, fit, quantfit
 
 ACTS = {"Phi6": REGISTRY["Phi6"].reference, "ZetaLn2": REGISTRY["ZetaLn2"].reference}
 
@@ -41,6 +41,7 @@ class LayerFit:
     rel_err: float  # ... after the ridge refit of the down projection (== folded without refit)
     ridge: float | None
     explicit: list[str]
+    centred: bool = False  # the activation's output is centred before the down projection (see quantfit)
     # the fitted per-channel affine y = alpha * act(a z + c) + beta (not in the JSON)
     affine: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -103,8 +104,12 @@ def _store_weight(graph, proj: ffn.Projection, w_in_out: np.ndarray, dtype, tag:
 
 
 def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict], *, refit: bool = True,
-                   threads: int | None = None, progress: Callable[[str], None] | None = None) -> CalibrationReport:
-    """Fit and fold the calibrated activation swap into ``model`` (rewritten by the gelu pass) in place."""
+                   threads: int | None = None, progress: Callable[[str], None] | None = None,
+                   centre: bool = True) -> CalibrationReport:
+    """Fit and fold the calibrated activation swap into ``model`` (rewritten by the gelu pass) in place.
+
+    ``centre``: subtract the activation's calibration mean before the down projection (one Add per
+    non-gated FFN, folded back into its bias), so that int8 quantization survives: see ``quantfit``."""
     t0 = time.perf_counter()
     blocks, _, _ = ffn.find_blocks(model)
     todo = []
@@ -168,6 +173,11 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             w2n, b2n = w2f, b2f
             err_f = err = weighted_mse(Y @ w2f + b2f - target, wts)
             lam = None
+        centred = centre and uv is None
+        if centred:
+            mean = quantfit.activation_mean(Y, wts)
+            b2n = (b2n + mean @ w2n).astype(np.float32)
+            _insert_add(graph, b.act.outputs[0], (-mean).astype(dtype), f"{b.act.name}_n6cal_centre")
         # fold (a, c) into the up projection
         _store_weight(graph, b.up, w1 * af.a[None, :], dtype, "n6cal")
         new_b1 = (af.a * (b1_total if b1_total is not None else 0) + af.c).astype(dtype)
@@ -191,7 +201,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             explicit.append("down-projection bias (added as an explicit Add)")
             _insert_add(graph, b.down.node.outputs[0], b2n.astype(dtype), f"{b.act.name}_n6cal_out_bias")
         layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit,
-                               {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
+                               centred, {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
     return CalibrationReport(_samples(batches), len(batches), int(len(orig[todo[0].out.name])),
                              time.perf_counter() - t0, refit, layers, getattr(batches, "available", None))
 
