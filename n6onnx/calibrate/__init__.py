@@ -115,8 +115,8 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
     todo = []
     for b in blocks:
         op = b.act.op_type.removeprefix("Bias")
-        if b.act.domain != DOMAIN or op not in ACTS:
-            continue
+        if b.act.domain != DOMAIN or op not in ACTS or b.shift is not None:
+            continue  # not an n6 activation, or already calibrated (its centring Add is in place)
         todo.append(b)
     if not todo:
         return CalibrationReport(_samples(batches), len(batches), 0, time.perf_counter() - t0, refit, [],

@@ -47,6 +47,9 @@ class FFNBlock:
     gated: bool = False
     gate: Projection | None = None
     gate_mul: ir.Node | None = None
+    # a constant Add right after the activation (calibration's centring or gated offset, see
+    # calibrate.quantfit): part of the block, between the activation and the down projection or gate
+    shift: ir.Node | None = None
 
     @property
     def hidden(self) -> int | None:
@@ -63,9 +66,9 @@ class FFNBlock:
         return s[1] if self.up.transposed else s[0]
 
     def labels(self) -> list[str]:
-        nodes = self.up.nodes + ([] if self.gate is None else self.gate.nodes + [self.gate_mul]) + self.down.nodes
-        return [node_label(n) for n in self.up.nodes] + self.act_labels + [
-            node_label(n) for n in nodes[len(self.up.nodes):]]
+        nodes = ([] if self.shift is None else [self.shift]) + (
+            [] if self.gate is None else self.gate.nodes + [self.gate_mul]) + self.down.nodes
+        return [node_label(n) for n in self.up.nodes] + self.act_labels + [node_label(n) for n in nodes]
 
 
 def activation(node: ir.Node) -> tuple[str, ir.Value, list[str]] | None:
@@ -143,6 +146,16 @@ def projection_from(value: ir.Value) -> tuple[Projection, ir.Value] | None:
     return Projection(n, n.inputs[1], bias, bias_add, nodes), out
 
 
+def shift_after(value: ir.Value) -> ir.Node | None:
+    """The single consumer Add(value, constant) of ``value``, if that is what reads it."""
+    users = consumers(value)
+    if len(users) == 1 and users[0].op_type == "Add" and users[0].domain == "" and len(users[0].inputs) == 2:
+        a, b = users[0].inputs
+        if (a is value and is_const(b)) or (b is value and is_const(a)):
+            return users[0]
+    return None
+
+
 def _residual(out: ir.Value) -> ir.Value | None:
     users = consumers(out)
     if len(users) == 1 and users[0].op_type == "Add" and len(users[0].inputs) == 2:
@@ -171,6 +184,9 @@ def find_blocks(model: ir.Model) -> tuple[list[FFNBlock], list[Rejection], int]:
             up[0].bias = node.inputs[1]  # the bias lives in the fused activation
         up_proj, x = up
         out = node.outputs[0]
+        shift = shift_after(out)
+        if shift is not None:
+            out = shift.outputs[0]
         gate = gate_mul = None
         users = consumers(out)
         if len(users) == 1 and users[0].op_type == "Mul":
@@ -185,7 +201,7 @@ def find_blocks(model: ir.Model) -> tuple[list[FFNBlock], list[Rejection], int]:
             rejected.append(Rejection(act_labels[-1], f"{kind} output is not consumed by exactly one MatMul/Gemm with constant weights"))
             continue
         blocks.append(FFNBlock(node, kind, act_labels, x, up_proj, down[0], down[1], _residual(down[1]),
-                               gated=gate is not None, gate=gate, gate_mul=gate_mul))
+                               gated=gate is not None, gate=gate, gate_mul=gate_mul, shift=shift))
     return blocks, rejected, seen
 
 

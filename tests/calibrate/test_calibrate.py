@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -217,3 +218,23 @@ def test_calibration_reports_progress_per_layer(spec, label, zoo_export, token_n
     n6onnx.rewrite(zoo_export("bert", "dynamo18"), tmp_path / "o.onnx", [spec], calibrate=token_npz("bert", 4),
                    progress=seen.append)
     assert len(seen) == 2 and seen[-1].startswith(label)
+
+
+@pytest.mark.parametrize("make", [_toy_ffn, _toy_geglu])
+def test_a_calibrated_ffn_is_still_detected(make, tmp_path):
+    """Calibration puts a constant Add between the activation and the down projection (centring, or
+    the gated offset): inspect still reports the FFN, with that Add inside the block, and a second
+    calibration leaves the already-calibrated block alone."""
+    make(tmp_path / "ffn.onnx")
+    n6onnx.rewrite(tmp_path / "ffn.onnx", tmp_path / "cal.onnx", ["gelu=phi6"], calibrate=_feeds(tmp_path / "f.npz", 5))
+    adds = [n.name for n in onnx.load(str(tmp_path / "cal.onnx")).graph.node if "_n6cal_" in n.name and n.op_type == "Add"]
+    shift = [a for a in adds if a.endswith(("_centre_add", "_offset_add"))]
+    assert len(shift) == 1
+    sites = n6onnx.inspect(tmp_path / "cal.onnx").kinds["ffn"].sites
+    assert len(sites) == 1 and shift[0] in sites[0].nodes
+    assert sites[0].rule == ("ffn.gated" if make is _toy_geglu else "ffn.plain")
+    from n6onnx import calibrate as cal
+
+    m = ir.load(str(tmp_path / "cal.onnx"))
+    batches = cal.load_batches(str(tmp_path / "f.npz"), onnx.load(str(tmp_path / "ffn.onnx")))
+    assert not cal.calibrate_swap(m, ir.load(str(tmp_path / "ffn.onnx")), batches).layers
