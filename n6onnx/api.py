@@ -25,10 +25,11 @@ class InspectReport:
     opset: int
     nodes: int
     kinds: dict[str, KindReport]
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"model": self.model, "opset": self.opset, "nodes": self.nodes,
-                **{k: r.to_json() for k, r in self.kinds.items()}}
+                **{k: r.to_json() for k, r in self.kinds.items()}, "warnings": self.warnings}
 
 
 @dataclasses.dataclass
@@ -105,7 +106,9 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
         for site in kinds["attention"].sites:
             if site.detail.get("index") in scores:
                 site.detail["redundancy"] = scores[site.detail["index"]]
-    return InspectReport(name, _default_opset(m), n_nodes, kinds)
+    from .quantize.hostile import hostile_activations
+
+    return InspectReport(name, _default_opset(m), n_nodes, kinds, hostile_activations(ir.to_proto(m)))
 
 
 def rewrite(

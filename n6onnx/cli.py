@@ -56,6 +56,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
     out.print(f"[bold]{rep.model}[/]  opset {rep.opset}, {rep.nodes} nodes", highlight=False)
     _kinds_table(rep.kinds, "found")
     _near_misses(rep.kinds)
+    for w in rep.warnings:
+        out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     for site in rep.kinds["attention"].sites:
         d = site.detail
         if "heads" in d:

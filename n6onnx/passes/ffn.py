@@ -47,9 +47,9 @@ class FFNBlock:
     gated: bool = False
     gate: Projection | None = None
     gate_mul: ir.Node | None = None
-    # a constant Add right after the activation (calibration's centring or gated offset, see
-    # calibrate.quantfit): part of the block, between the activation and the down projection or gate
-    shift: ir.Node | None = None
+    # constant Add / Mul nodes right after the activation (calibration's centring and scaling, or the
+    # gated offset, see calibrate.quantfit): part of the block, before the down projection or gate
+    shift: list[ir.Node] = dataclasses.field(default_factory=list)
 
     @property
     def hidden(self) -> int | None:
@@ -66,7 +66,7 @@ class FFNBlock:
         return s[1] if self.up.transposed else s[0]
 
     def labels(self) -> list[str]:
-        nodes = ([] if self.shift is None else [self.shift]) + (
+        nodes = self.shift + (
             [] if self.gate is None else self.gate.nodes + [self.gate_mul]) + self.down.nodes
         return [node_label(n) for n in self.up.nodes] + self.act_labels + [node_label(n) for n in nodes]
 
@@ -146,14 +146,19 @@ def projection_from(value: ir.Value) -> tuple[Projection, ir.Value] | None:
     return Projection(n, n.inputs[1], bias, bias_add, nodes), out
 
 
-def shift_after(value: ir.Value) -> ir.Node | None:
-    """The single consumer Add(value, constant) of ``value``, if that is what reads it."""
-    users = consumers(value)
-    if len(users) == 1 and users[0].op_type == "Add" and users[0].domain == "" and len(users[0].inputs) == 2:
+def shift_after(value: ir.Value) -> list[ir.Node]:
+    """The chain [Add(value, constant) [-> Mul(., constant)]] that alone reads ``value``, or []."""
+    chain = []
+    for op in ("Add", "Mul"):
+        users = consumers(value)
+        if len(users) != 1 or users[0].op_type != op or users[0].domain != "" or len(users[0].inputs) != 2:
+            break
         a, b = users[0].inputs
-        if (a is value and is_const(b)) or (b is value and is_const(a)):
-            return users[0]
-    return None
+        if not ((a is value and is_const(b)) or (b is value and is_const(a))):
+            break
+        chain.append(users[0])
+        value = users[0].outputs[0]
+    return chain
 
 
 def _residual(out: ir.Value) -> ir.Value | None:
@@ -185,8 +190,8 @@ def find_blocks(model: ir.Model) -> tuple[list[FFNBlock], list[Rejection], int]:
         up_proj, x = up
         out = node.outputs[0]
         shift = shift_after(out)
-        if shift is not None:
-            out = shift.outputs[0]
+        if shift:
+            out = shift[-1].outputs[0]
         gate = gate_mul = None
         users = consumers(out)
         if len(users) == 1 and users[0].op_type == "Mul":

@@ -52,6 +52,7 @@ class QuantizeReport:
     op_counts: dict[str, int]  # quantization op types in the result
     seconds: float
     warnings: list[str] = dataclasses.field(default_factory=list)
+    bias_corrected: int = 0  # int8 with calibration data: biases given the DFQ correction (see biascorr)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -77,12 +78,13 @@ def _matmuls(proto: onnx.ModelProto) -> list[str]:
 
 def quantize(src, dst: str | os.PathLike | None, mode: str | QuantMode, *,
              calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
-             exclude_nodes: Sequence[str] = ()) -> QuantizeReport:
+             exclude_nodes: Sequence[str] = (), bias_correction: bool = False) -> QuantizeReport:
     """Quantize ``src`` (path, ModelProto or onnx_ir.Model) with onnxruntime's tools; write ``dst``
     atomically when given. ``calibration_feeds``: feed dicts (e.g. an n6onnx FeedBatches) for
-    ``int8:static``. ``exclude_nodes``: MatMul/Gemm node names to keep float."""
+    ``int8:static``; with ``int8`` and ``bias_correction`` they give E[x] for DFQ bias correction
+    (``biascorr``; off by default: on calibrated phi6 MiniLM it measured 0.9560 -> 0.9556). ``exclude_nodes``: MatMul/Gemm node names to keep float."""
     rep, proto = quantize_proto(src, mode, calibration_feeds=calibration_feeds, exclude_nodes=exclude_nodes,
-                                _dst=dst)
+                                bias_correction=bias_correction, _dst=dst)
     if dst is not None:
         io.save(proto, dst)
         rep.output = str(dst)
@@ -90,7 +92,7 @@ def quantize(src, dst: str | os.PathLike | None, mode: str | QuantMode, *,
 
 
 def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclude_nodes: Sequence[str] = (),
-                   _dst=None) -> tuple[QuantizeReport, onnx.ModelProto]:
+                   bias_correction: bool = False, _dst=None) -> tuple[QuantizeReport, onnx.ModelProto]:
     """As ``quantize``, returning the quantized ModelProto instead of writing it."""
     t0 = time.perf_counter()
     qm = parse_mode(mode)
@@ -118,6 +120,11 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
         _run(qm, src_path, out_path, feeds, list(exclude_nodes))
         result = onnx.load(str(out_path))
 
+    corrected = 0
+    if qm.kind == "int8" and bias_correction and calibration_feeds is not None:
+        from .biascorr import correct_bias
+
+        corrected = correct_bias(proto, result, _feed_list(calibration_feeds, str(qm)))
     # the n6 nodes must come through untouched, and their fallback functions attached
     n6_after = sum(n.domain == DOMAIN for n in result.graph.node)
     if n6_after != n6_before:
@@ -136,7 +143,7 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
                         "(no constant weights?)")
     rep = QuantizeReport(str(qm), name, None, len(cands), quantized, list(exclude_nodes), n6_after,
                          sorted(f.name for f in result.functions), dict(sorted(ops.items())),
-                         time.perf_counter() - t0, warnings)
+                         time.perf_counter() - t0, warnings, corrected)
     return rep, result
 
 
@@ -149,14 +156,14 @@ def _count_quantized(cands: list[str], result: onnx.ModelProto) -> int:
                if c not in left or any(producer.get(i) == "DequantizeLinear" for i in left[c].input))
 
 
-def _feed_list(calibration_feeds) -> list[dict]:
+def _feed_list(calibration_feeds, mode: str = "int8:static") -> list[dict]:
     if calibration_feeds is None:
-        raise BadArgumentError("quantize mode int8:static needs calibration data (--calibrate DATA)")
+        raise BadArgumentError(f"quantize mode {mode} needs calibration data (--calibrate DATA)")
     if isinstance(calibration_feeds, Mapping):
         calibration_feeds = [calibration_feeds]
     feeds = [dict(f) for f in calibration_feeds]
     if not feeds:
-        raise BadArgumentError("quantize mode int8:static: the calibration data is empty")
+        raise BadArgumentError(f"quantize mode {mode}: the calibration data is empty")
     return feeds
 
 

@@ -164,12 +164,14 @@ class _Model:
     session: Any
     doc_string: str
     vocab: dict[str, int]  # input name -> rows of the embedding table it indexes (when visible)
+    hostile: list[str] = dataclasses.field(default_factory=list)  # quantize.hostile warnings
 
 
 def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
     import onnx
     from google.protobuf.message import DecodeError
 
+    from ..quantize.hostile import hostile_activations
     from ..runtime import InferenceSession
 
     p = pathlib.Path(path)
@@ -188,7 +190,7 @@ def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
     except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented / ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BadModelError(f"{p} ({role}): onnxruntime cannot load it: {first}") from None
-    return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto))
+    return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto))
 
 
 def _vocab_sizes(proto) -> dict[str, int]:
@@ -540,7 +542,7 @@ def validate(
     orig = _open(original, "original", threads)
     cand = _open(candidate, "candidate", threads)
     _check_compatible(orig, cand)
-    notes: list[str] = []
+    notes: list[str] = [f"candidate: {w}" for w in cand.hostile]
     batches, info = _build_feeds(orig, cand, feeds=feeds, text=text, tokenizer=tokenizer, random=random,
                                  dims=dims, seed=seed, notes=notes)
     y = _labels(labels, batches.samples) if labels is not None else None

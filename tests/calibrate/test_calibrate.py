@@ -60,8 +60,9 @@ def test_calibration_recovers_minilm_on_held_out_text(minilm_calibrated, calib_t
 def test_calibrated_graph_costs_what_the_uncalibrated_one_does(minilm_calibrated):
     _, cal, plain, rep = minilm_calibrated
     ops = lambda p: sorted((n.domain, n.op_type) for n in onnx.load(str(p)).graph.node)
-    # the same nodes, plus one Add per FFN that centres the activation for int8 (calibrate.quantfit)
-    assert ops(cal) == sorted(ops(plain) + [("", "Add")] * 6)
+    # the same nodes, plus one Add and one Mul per FFN that centre and balance the activation for int8
+    # (calibrate.quantfit)
+    assert ops(cal) == sorted(ops(plain) + [("", "Add")] * 6 + [("", "Mul")] * 6)
     assert rep.to_json()["calibrated"] and len(rep.calibration.layers) == 6
     assert all(layer.centred for layer in rep.calibration.layers)
     assert not [w for w in rep.warnings if "uncalibrated" in w]
@@ -227,11 +228,11 @@ def test_a_calibrated_ffn_is_still_detected(make, tmp_path):
     calibration leaves the already-calibrated block alone."""
     make(tmp_path / "ffn.onnx")
     n6onnx.rewrite(tmp_path / "ffn.onnx", tmp_path / "cal.onnx", ["gelu=phi6"], calibrate=_feeds(tmp_path / "f.npz", 5))
-    adds = [n.name for n in onnx.load(str(tmp_path / "cal.onnx")).graph.node if "_n6cal_" in n.name and n.op_type == "Add"]
-    shift = [a for a in adds if a.endswith(("_centre_add", "_offset_add"))]
-    assert len(shift) == 1
+    shift = [n.name for n in onnx.load(str(tmp_path / "cal.onnx")).graph.node
+             if n.name.endswith(("_centre_add", "_scale_mul", "_offset_add"))]
+    assert len(shift) == (1 if make is _toy_geglu else 2)
     sites = n6onnx.inspect(tmp_path / "cal.onnx").kinds["ffn"].sites
-    assert len(sites) == 1 and shift[0] in sites[0].nodes
+    assert len(sites) == 1 and set(shift) <= set(sites[0].nodes)
     assert sites[0].rule == ("ffn.gated" if make is _toy_geglu else "ffn.plain")
     from n6onnx import calibrate as cal
 
