@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import sys
 
@@ -50,7 +51,8 @@ def main() -> None:
     args = ap.parse_args()
     work = ROOT / "build" / "quantize"
     work.mkdir(parents=True, exist_ok=True)
-    src = zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
+    cache = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", ROOT / "build" / "test-models"))
+    src = zoo.export("minilm", "dynamo20", cache, dynamic=True)
     s = corpus.sentences()
     calib, held = work / "calib.txt", work / "held.txt"
     calib.write_text("\n".join(s[:255]))
