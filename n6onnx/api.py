@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from . import calibrate as cal
 from . import io, passes
+from . import quantize as quant
 from .errors import BadArgumentError, N6Error
 from .findings import KindReport
 from .graph import canonicalize, default_opset
@@ -19,6 +20,7 @@ from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pi
 from .passes.attention import redundancy_scores
 from .passes.block.drop import layer_scores
 from .passes.finalize import check, finalize
+from .quantize.hostile import hostile_activations
 
 
 @dataclasses.dataclass
@@ -27,10 +29,11 @@ class InspectReport:
     opset: int
     nodes: int
     kinds: dict[str, KindReport]
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"model": self.model, "opset": self.opset, "nodes": self.nodes,
-                **{k: r.to_json() for k, r in self.kinds.items()}}
+                **{k: r.to_json() for k, r in self.kinds.items()}, "warnings": self.warnings}
 
 
 @dataclasses.dataclass
@@ -45,6 +48,7 @@ class RewriteReport:
     calibration: object | None = None  # calibrate.CalibrationReport (None when no activation was fitted)
     fitted: bool = False  # at least one site was fitted to calibration data
     healing: object | None = None  # heal.train.HealReport
+    quantization: object | None = None  # quantize.QuantizeReport
 
     @property
     def rewritten(self) -> dict[str, int]:
@@ -60,6 +64,7 @@ class RewriteReport:
             "calibrated": self.fitted,
             "calibration": None if self.calibration is None else self.calibration.to_json(),
             "healing": None if self.healing is None else self.healing.to_json(),
+            "quantization": None if self.quantization is None else self.quantization.to_json(),
         }
 
 
@@ -96,7 +101,7 @@ def inspect(model: str | os.PathLike | ir.Model | onnx.ModelProto, *, calibrate:
                 site.detail["redundancy"] = scores[site.detail["index"]]
             if site.detail.get("index") in layers:
                 site.detail["layer_redundancy"] = layers[site.detail["index"]]
-    return InspectReport(name, default_opset(m), n_nodes, kinds)
+    return InspectReport(name, default_opset(m), n_nodes, kinds, hostile_activations(ir.to_proto(m)))
 
 
 def rewrite(
@@ -115,18 +120,26 @@ def rewrite(
     heal_samples: int | None = None,
     heal_config=None,
     heal_progress: bool = False,
+    quantize: str | None = None,
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
     ``heal``: after calibration, distil the rewritten model towards the original on all of the
     calibration data (or its first ``heal_samples``); ``heal_config`` a ``heal.HealConfig``.
+    ``quantize`` (``int8``, ``int8:static``, ``int4[:BLOCK]``, see ``n6onnx.quantize``) runs last,
+    after the passes, calibration and healing; with it, ``passes_`` may be empty (quantize the original).
 
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
     t0 = time.perf_counter()
     specs = [p if isinstance(p, PassSpec) else passes.parse(p) for p in passes_]
-    if not specs:
-        raise N6Error("no pass given (e.g. --pass gelu=phi6)")
+    qmode = None
+    if quantize is not None:
+        qmode = quant.parse_mode(quantize)
+        if qmode.needs_calibration and calibrate is None:
+            raise N6Error(f"--quantize {qmode} needs calibration data (--calibrate DATA)")
+    if not specs and qmode is None:
+        raise N6Error("no pass given (e.g. --pass gelu=phi6, or --quantize int8)")
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work
     if heal and calibrate is None:
         raise BadArgumentError("--heal needs --calibrate DATA (the teacher is run on it)")
@@ -182,11 +195,17 @@ def rewrite(
                         "see the near-misses); the result is uncalibrated")
     proto = ir.serde.serialize_model(m)
     check(proto)
+    quantization = None
+    if qmode is not None:  # last: onnxruntime's quantizer on the finished float model
+        quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches)
+        warnings += quantization.warnings
+        m = ir.serde.deserialize_model(proto)
     if output is not None:
         io.save(proto, output, external_data=external_data,
                 inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
-                        functions, time.perf_counter() - t0, warnings, calibration, fitted, healing)
+                        functions, time.perf_counter() - t0, warnings, calibration, fitted, healing,
+                        quantization)
     return m, rep
 
 

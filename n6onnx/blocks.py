@@ -53,6 +53,9 @@ class FFNBlock:
     gated: bool = False
     gate: Projection | None = None
     gate_mul: ir.Node | None = None
+    # constant Add / Mul nodes right after the activation (calibration's centring and scaling, or the
+    # gated offset, see calibrate.quantfit): part of the block, before the down projection or gate
+    shift: list[ir.Node] = dataclasses.field(default_factory=list)
 
     @property
     def hidden(self) -> int | None:
@@ -69,9 +72,9 @@ class FFNBlock:
         return s[1] if self.up.transposed else s[0]
 
     def labels(self) -> list[str]:
-        nodes = self.up.nodes + ([] if self.gate is None else self.gate.nodes + [self.gate_mul]) + self.down.nodes
-        return [node_label(n) for n in self.up.nodes] + self.act_labels + [
-            node_label(n) for n in nodes[len(self.up.nodes):]]
+        nodes = self.shift + (
+            [] if self.gate is None else self.gate.nodes + [self.gate_mul]) + self.down.nodes
+        return [node_label(n) for n in self.up.nodes] + self.act_labels + [node_label(n) for n in nodes]
 
 
 def activation(node: ir.Node) -> tuple[str, ir.Value, list[str]] | None:
@@ -149,6 +152,21 @@ def projection_from(value: ir.Value) -> tuple[Projection, ir.Value] | None:
     return Projection(n, n.inputs[1], bias, bias_add, nodes), out
 
 
+def shift_after(value: ir.Value) -> list[ir.Node]:
+    """The chain [Add(value, constant) [-> Mul(., constant)]] that alone reads ``value``, or []."""
+    chain = []
+    for op in ("Add", "Mul"):
+        users = consumers(value)
+        if len(users) != 1 or users[0].op_type != op or users[0].domain != "" or len(users[0].inputs) != 2:
+            break
+        a, b = users[0].inputs
+        if not ((a is value and is_const(b)) or (b is value and is_const(a))):
+            break
+        chain.append(users[0])
+        value = users[0].outputs[0]
+    return chain
+
+
 def residual_of(out: ir.Value) -> ir.Value | None:
     users = consumers(out)
     if len(users) == 1 and users[0].op_type == "Add" and len(users[0].inputs) == 2:
@@ -177,6 +195,9 @@ def find_ffn_blocks(model: ir.Model) -> tuple[list[FFNBlock], list[Rejection], i
             up[0].bias = node.inputs[1]  # the bias lives in the fused activation
         up_proj, x = up
         out = node.outputs[0]
+        shift = shift_after(out)
+        if shift:
+            out = shift[-1].outputs[0]
         gate = gate_mul = None
         users = consumers(out)
         if len(users) == 1 and users[0].op_type == "Mul":
@@ -191,7 +212,7 @@ def find_ffn_blocks(model: ir.Model) -> tuple[list[FFNBlock], list[Rejection], i
             rejected.append(Rejection(act_labels[-1], f"{kind} output is not consumed by exactly one MatMul/Gemm with constant weights"))
             continue
         blocks.append(FFNBlock(node, kind, act_labels, x, up_proj, down[0], down[1], residual_of(down[1]),
-                               gated=gate is not None, gate=gate, gate_mul=gate_mul))
+                               gated=gate is not None, gate=gate, gate_mul=gate_mul, shift=shift))
     return blocks, rejected, seen
 
 

@@ -16,6 +16,7 @@ from .errors import N6Error
 from .feeds import parse_dims
 from .heal.config import LOSSES, PARAMS, TRAINABLE, HealConfig
 from .options import Number
+from .quantize.mode import QuantModeType
 from .tune.command import tune as tune_command
 
 
@@ -82,8 +83,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @main.command(epilog=passes.help_epilog())
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
-@click.option("--pass", "passes_", multiple=True, required=True, metavar="KIND=OPTION",
-              help=f"A rewrite pass: {passes.known()} (each pass below). Repeatable.")
+@click.option("--pass", "passes_", multiple=True, metavar="KIND=OPTION",
+              help=f"A rewrite pass: {passes.known()} (each pass below). Repeatable; optional with --quantize.")
 @click.option("--calibrate", type=click.Path(dir_okay=False), metavar="DATA",
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
 @click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
@@ -95,10 +96,13 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic input dimension.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in OUTPUT.data (default: when the input did or the model is over 2 GB).")
+@click.option("--quantize", "quantize_", type=QuantModeType(), metavar="MODE",
+              help="Quantize last, with onnxruntime's tools: int8 (dynamic, per channel), int8:static (QDQ, needs "
+                   "--calibrate) or int4[:BLOCK] (weight-only MatMulNBits, block 32). n6 ops stay float.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
-            external_data, as_json: bool, heal, heal_samples, **heal_opts) -> None:
+            external_data, quantize_, as_json: bool, heal, heal_samples, **heal_opts) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified).
 
     With --heal (needs --calibrate), the calibrated rewrite is then distilled towards MODEL on all of
@@ -108,7 +112,8 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
                                  dims=parse_dims(dims), progress=progress, heal=heal, heal_samples=heal_samples,
-                                 heal_config=_heal_config(**heal_opts), heal_progress=not as_json)
+                                 heal_config=_heal_config(**heal_opts), heal_progress=not as_json,
+                                 quantize=quantize_)
     except N6Error as e:
         console.fail(e)
     if as_json:

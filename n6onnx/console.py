@@ -163,6 +163,8 @@ def inspect_human(rep) -> None:
     out.print(f"[bold]{rep.model}[/]  opset {rep.opset}, {rep.nodes} nodes", highlight=False)
     kinds_table(rep.kinds, "found")
     near_misses(rep.kinds)
+    for w in rep.warnings:
+        out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     for k, r in rep.kinds.items():
         for n in r.notes:
             out.print(f"  [yellow]{k} note[/] {escape(n)}", highlight=False)
@@ -214,6 +216,10 @@ def rewrite_human(rep) -> None:
             out.print(f"calibrated on the first {c.samples} of the {c.available} samples in the data "
                       f"(--calib-samples); more samples usually give a more faithful model, at a longer calibration",
                       highlight=False)
+    if rep.quantization is not None:
+        q = rep.quantization
+        out.print(escape(f"quantized {q.mode}: {q.quantized} of {q.candidates} MatMul/Gemm nodes "
+                         f"(onnxruntime.quantization); {q.float_n6_nodes} n6 nodes kept float"), highlight=False)
     if rep.functions:
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:

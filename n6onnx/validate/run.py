@@ -19,6 +19,7 @@ import numpy as np
 from .. import feeds as feeds_mod
 from .. import vocab as vocab_mod
 from ..errors import BadArgumentError, BadModelError, N6Error
+from ..quantize.hostile import hostile_activations
 from ..runtime import InferenceSession
 from . import metrics as M
 from .report import Gate, OutputReport, ValidateReport
@@ -41,6 +42,7 @@ class _Model:
     session: Any
     doc_string: str
     vocab: dict[str, int]  # input name -> rows of the embedding table it indexes (when visible)
+    hostile: list[str] = dataclasses.field(default_factory=list)  # quantize.hostile warnings
 
 
 def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
@@ -63,7 +65,7 @@ def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
     except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented / ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BadModelError(f"{p} ({role}): onnxruntime cannot load it: {first}") from None
-    return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto))
+    return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto))
 
 
 def _vocab_sizes(proto) -> dict[str, int]:
@@ -398,7 +400,7 @@ def validate(
     orig = _open(original, "original", threads)
     cand = _open(candidate, "candidate", threads)
     _check_compatible(orig, cand)
-    notes: list[str] = []
+    notes: list[str] = [f"candidate: {w}" for w in cand.hostile]
     batches, info = _build_feeds(orig, cand, feeds=feeds, text=text, tokenizer=tokenizer, random=random,
                                  dims=dims, seed=seed, notes=notes)
     y = _labels(labels, batches.samples) if labels is not None else None

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -59,8 +60,11 @@ def test_calibration_recovers_minilm_on_held_out_text(minilm_calibrated, calib_t
 def test_calibrated_graph_costs_what_the_uncalibrated_one_does(minilm_calibrated):
     _, cal, plain, rep = minilm_calibrated
     ops = lambda p: sorted((n.domain, n.op_type) for n in onnx.load(str(p)).graph.node)
-    assert ops(cal) == ops(plain)
+    # the same nodes, plus one Add and one Mul per FFN that centre and balance the activation for int8
+    # (calibrate.quantfit)
+    assert ops(cal) == sorted(ops(plain) + [("", "Add")] * 6 + [("", "Mul")] * 6)
     assert rep.to_json()["calibrated"] and len(rep.calibration.layers) == 6
+    assert all(layer.centred for layer in rep.calibration.layers)
     assert not [w for w in rep.warnings if "uncalibrated" in w]
 
 
@@ -215,3 +219,23 @@ def test_calibration_reports_progress_per_layer(spec, label, zoo_export, token_n
     n6onnx.rewrite(zoo_export("bert", "dynamo18"), tmp_path / "o.onnx", [spec], calibrate=token_npz("bert", 4),
                    progress=seen.append)
     assert len(seen) == 2 and seen[-1].startswith(label)
+
+
+@pytest.mark.parametrize("make", [_toy_ffn, _toy_geglu])
+def test_a_calibrated_ffn_is_still_detected(make, tmp_path):
+    """Calibration puts a constant Add between the activation and the down projection (centring, or
+    the gated offset): inspect still reports the FFN, with that Add inside the block, and a second
+    calibration leaves the already-calibrated block alone."""
+    make(tmp_path / "ffn.onnx")
+    n6onnx.rewrite(tmp_path / "ffn.onnx", tmp_path / "cal.onnx", ["gelu=phi6"], calibrate=_feeds(tmp_path / "f.npz", 5))
+    shift = [n.name for n in onnx.load(str(tmp_path / "cal.onnx")).graph.node
+             if n.name.endswith(("_centre_add", "_scale_mul", "_offset_add"))]
+    assert len(shift) == (1 if make is _toy_geglu else 2)
+    sites = n6onnx.inspect(tmp_path / "cal.onnx").kinds["ffn"].sites
+    assert len(sites) == 1 and set(shift) <= set(sites[0].nodes)
+    assert sites[0].rule == ("ffn.gated" if make is _toy_geglu else "ffn.plain")
+    from n6onnx import calibrate as cal
+
+    m = ir.load(str(tmp_path / "cal.onnx"))
+    batches = cal.load_batches(str(tmp_path / "f.npz"), onnx.load(str(tmp_path / "ffn.onnx")))
+    assert not cal.calibrate_swap(m, ir.load(str(tmp_path / "ffn.onnx")), batches).layers

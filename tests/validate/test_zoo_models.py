@@ -117,7 +117,8 @@ def test_minilm_text_with_the_packaged_tokenizer(minilm_pair, tmp_path, ref, cli
 
     r2 = cli("validate", src, dst, "--text", path, "--tokenizer", zoo.minilm_dir(), "--json")
     data2 = json.loads(r2.stdout)
-    assert data2["cosine_mean"] == data["cosine_mean"] and data2["notes"] == []
+    # the uncalibrated swap is also in the int8-hostile state (quantize.hostile): that note only
+    assert data2["cosine_mean"] == data["cosine_mean"] and [n for n in data2["notes"] if "int8-hostile" not in n] == []
 
 
 def _pad(feeds, batch=2):

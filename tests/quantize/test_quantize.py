@@ -1,0 +1,117 @@
+"""n6onnx.quantize: the mode grammar, onnxruntime's quantizers as a stage, n6 nodes kept float."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from n6onnx import quantize as Q
+from n6onnx import runtime, zoo
+from n6onnx.cli import main
+from n6onnx.errors import BadArgumentError
+
+
+@pytest.mark.parametrize("text,kind,block", [("int8", "int8", None), ("INT8", "int8", None),
+                                             ("int8:static", "int8:static", None), ("int4", "int4", 32),
+                                             ("int4:128", "int4", 128)])
+def test_mode_grammar(text, kind, block):
+    m = Q.parse_mode(text)
+    assert (m.kind, m.block) == (kind, block)
+    assert Q.parse_mode(str(m)) == m
+
+
+@pytest.mark.parametrize("text", ["int9", "int4:abc", "int4:24", "int4:8", "", "int8:dyn"])
+def test_mode_grammar_rejects(text):
+    with pytest.raises(BadArgumentError, match="int4|quantize mode"):
+        Q.parse_mode(text)
+
+
+def _run(path, feeds, library=True):
+    so, _ = runtime.session_options(2, use_library=library)
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [s.run(None, f)[0] for f in feeds]
+
+
+def _cos(a, b):
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def _feeds(n=4, seed=0):
+    base = zoo.example_inputs("bert")
+    rng = np.random.default_rng(seed)
+    return [{k: (rng.integers(1, 1000, a.shape).astype(a.dtype) if k == "input_ids" else a) for k, a in base.items()}
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("mode,min_cos", [("int8", 0.99), ("int8:static", 0.97), ("int4", 0.97)])
+def test_quantize_modes_against_original(zoo_export, tmp_path, mode, min_cos):
+    src = zoo_export("bert", "dynamo20")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    feeds = _feeds()
+    dst = tmp_path / "q.onnx"
+    rep = Q.quantize(src, dst, mode, calibration_feeds=_feeds(seed=1) if mode == "int8:static" else None)
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest  # input untouched
+    assert rep.candidates > 0 and rep.quantized > 0 and rep.op_counts
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert ops & {"MatMulInteger", "MatMulNBits", "DequantizeLinear"}
+    ref, got = _run(src, feeds), _run(dst, feeds)
+    assert all(_cos(r, g) >= min_cos for r, g in zip(ref, got))
+    assert any(not np.array_equal(r, g) for r, g in zip(ref, got))  # it was really quantized
+
+
+def test_quantize_is_deterministic_and_excludes(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo20")
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    ra = Q.quantize(src, a, "int8")
+    Q.quantize(src, b, "int8")
+    assert a.read_bytes() == b.read_bytes()
+    first = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "MatMul")
+    rc = Q.quantize(src, tmp_path / "c.onnx", "int8", exclude_nodes=[first])
+    assert rc.quantized == ra.quantized - 1
+    assert first in {n.name for n in onnx.load(str(tmp_path / "c.onnx")).graph.node if n.op_type == "MatMul"}
+    with pytest.raises(BadArgumentError, match="no node named"):
+        Q.quantize(src, tmp_path / "d.onnx", "int8", exclude_nodes=["nope"])
+    with pytest.raises(BadArgumentError, match="needs calibration"):
+        Q.quantize(src, tmp_path / "d.onnx", "int8:static")
+    assert not (tmp_path / "d.onnx").exists()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_n6_nodes_stay_float_and_run_without_library(zoo_export, tmp_path, mode):
+    import n6onnx
+
+    src = zoo_export("bert", "dynamo20")
+    phi6 = tmp_path / "phi6.onnx"
+    n6onnx.rewrite(src, phi6, ["gelu=phi6"])
+    dst = tmp_path / "q.onnx"
+    rep = Q.quantize(phi6, dst, mode)
+    before = [n for n in onnx.load(str(phi6)).graph.node if n.domain == "n6onnx"]
+    after = [n for n in onnx.load(str(dst)).graph.node if n.domain == "n6onnx"]
+    assert rep.float_n6_nodes == len(before) == len(after) > 0
+    assert [n.op_type for n in after] == [n.op_type for n in before]
+    assert set(rep.functions) >= {n.op_type for n in after}
+    feeds = _feeds(2)
+    with_lib, without = _run(dst, feeds, True), _run(dst, feeds, False)
+    for x, y in zip(with_lib, without):
+        assert np.all(np.isfinite(x)) and _cos(x, y) > 0.999
+
+
+def test_cli_quantize_without_pass(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo20")
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "q.onnx"), "--quantize", "int8", "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    d = json.loads(r.output)
+    assert d["quantization"]["mode"] == "int8" and d["quantization"]["quantized"] > 0
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "x.onnx"), "--quantize", "int3"])
+    assert r.exit_code == 2 and "unknown quantize mode 'int3'" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 2 and "no pass given" in r.output
+    assert not (tmp_path / "x.onnx").exists()
