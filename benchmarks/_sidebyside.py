@@ -12,7 +12,7 @@ import n6onnx
 from n6onnx import feeds as feeds_mod
 from n6onnx.bench import energy as energy_mod
 from n6onnx.bench import latency as latency_mod
-from n6onnx.bench.run import Runner, SessionConfig
+from n6onnx.bench.session import Runner, SessionConfig
 
 
 def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held_text: pathlib.Path | None, *,

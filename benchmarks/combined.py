@@ -24,8 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
-from n6onnx import corpus, zoo  # noqa: E402
-from n6onnx.bench.run import SessionConfig  # noqa: E402
+from n6onnx.testing import corpus, zoo  # noqa: E402
+from n6onnx.bench.session import SessionConfig  # noqa: E402
 from n6onnx.tune import measure, stages  # noqa: E402
 
 from _common import RESULTS, write  # noqa: E402

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
 from n6onnx import calibrate as cal  # noqa: E402
-from n6onnx import corpus, zoo  # noqa: E402
+from n6onnx.testing import corpus, zoo  # noqa: E402
 from n6onnx import quantize as Q  # noqa: E402
 
 from _common import write  # noqa: E402

@@ -20,8 +20,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from n6onnx import corpus, tune, zoo  # noqa: E402
-from n6onnx.bench.run import SessionConfig  # noqa: E402
+from n6onnx import tune  # noqa: E402
+from n6onnx.testing import corpus, zoo  # noqa: E402
+from n6onnx.bench.session import SessionConfig  # noqa: E402
 from n6onnx.tune import measure, stages  # noqa: E402
 
 from _common import RESULTS, write  # noqa: E402

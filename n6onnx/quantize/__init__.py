@@ -29,6 +29,7 @@ import onnx_ir as ir
 from .. import io
 from ..errors import BadArgumentError, N6Error
 from ..ops import DOMAIN
+from .biascorr import correct_bias
 from .mode import GRAMMAR, QuantMode, QuantModeType, parse_mode
 
 __all__ = ["GRAMMAR", "QuantMode", "QuantModeType", "QuantizeReport", "parse_mode", "quantize", "quantize_proto"]
@@ -122,8 +123,6 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
 
     corrected = 0
     if qm.kind == "int8" and bias_correction and calibration_feeds is not None:
-        from .biascorr import correct_bias
-
         corrected = correct_bias(proto, result, _feed_list(calibration_feeds, str(qm)))
     # the n6 nodes must come through untouched, and their fallback functions attached
     n6_after = sum(n.domain == DOMAIN for n in result.graph.node)

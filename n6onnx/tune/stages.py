@@ -13,6 +13,7 @@ import pathlib
 from typing import Callable, Protocol
 
 from ..errors import N6Error
+from ..quantize import quantize as quantize_stage
 
 QUANT_MODES = ("int8",)
 
@@ -28,24 +29,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8")
     """Quantize ``src`` into ``dst`` (``int8``: dynamic, per channel)."""
     if mode not in QUANT_MODES:
         raise N6Error(f"unknown quantization mode {mode!r} (known: {', '.join(QUANT_MODES)})")
-    try:
-        from ..quantize import quantize as stage  # the pipeline stage, where this installation has it
-    except ImportError:
-        stage = None
-    if stage is not None:
-        stage(src, dst, mode)
-        return
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice on every call
-    try:
-        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
+    quantize_stage(src, dst, mode)
 
 
 def default_heal() -> HealHook | None:

@@ -15,7 +15,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 import n6onnx
 from n6onnx import calibrate as cal
-from n6onnx import zoo
+from n6onnx.testing import zoo
 from n6onnx.cli import main
 
 

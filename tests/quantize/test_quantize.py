@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from n6onnx import quantize as Q
-from n6onnx import runtime, zoo
+from n6onnx import runtime
+from n6onnx.testing import zoo
 from n6onnx.cli import main
 from n6onnx.errors import BadArgumentError
 
