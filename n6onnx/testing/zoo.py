@@ -253,7 +253,8 @@ def export(model: str, exporter: str, cache_dir: str | os.PathLike, *, batch: in
     return path
 
 
-def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: int, seq: int, dynamic: bool) -> None:
+def _export_uncached(model: str, exporter: str, path: pathlib.Path, *, batch: int, seq: int,
+                     dynamic: bool = False) -> None:
     import onnx
     import torch
 
