@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--param", default=HealConfig.param)
     ap.add_argument("--loss", default=HealConfig.loss)
     ap.add_argument("--train", default=HealConfig.train)
+    ap.add_argument("--eval-every", type=int, default=HealConfig.eval_every, help="steps between held-out checks")
     ap.add_argument("--only", action="append", help="rewrite(s) to run (default: all); 'int8' for the baseline")
     ap.add_argument("--part", type=pathlib.Path, help="write this run's rows here (to --merge later)")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+", help="merge part files into the result")
@@ -138,7 +139,8 @@ def main() -> None:
             (work / "data.txt").write_text("\n".join(train))
             (work / "held.txt").write_text("\n".join(held_t))
             data, held = work / "data.txt", {"text": work / "held.txt"}
-        cfg = HealConfig(minutes=a.minutes, lr=a.lr, param=a.param, loss=a.loss, train=a.train, threads=2)
+        cfg = HealConfig(minutes=a.minutes, lr=a.lr, param=a.param, loss=a.loss, train=a.train, threads=2,
+                         eval_every=a.eval_every)
         rows = []
         for spec in a.only or (["int8"] + REWRITES):
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")

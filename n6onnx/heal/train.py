@@ -81,22 +81,28 @@ def _bias_scale(b: torch.Tensor, w: torch.Tensor, transposed: bool) -> torch.Ten
     return col.clamp_min(1e-3 * float(col.mean()) + 1e-12)
 
 
-def _input_means(student, batches, idx, weights: dict, most: int = 8) -> dict[str, torch.Tensor]:
+def _adam(u: dict, lr: float) -> torch.optim.Optimizer:
+    """Adam over the reparametrised tensors; the fused kernel (one pass over all tensors) is ~10x
+    faster on CPU than the per-tensor loop that torch picks by default for CPU tensors."""
+    return torch.optim.Adam(list(u.values()), lr=lr, fused=True)
+
+
+def _input_means(student, batches, idx, weights: dict, most: int = 4) -> dict[str, torch.Tensor]:
     """{weight: mean over real tokens of its projection's input} on up to ``most`` training batches."""
     if not weights:
         return {}
     names = sorted({x for _, x in weights.values()})
     sums, count = {}, 0
-    with torch.no_grad():
+    with torch.inference_mode():
         for k in idx[:most]:
             out = student(batches[k], names)
             for n in names:
                 a = out[n]
                 keep = _mask_rows(batches[k], tuple(a.shape))
-                a = a.reshape(-1, a.shape[-1]).double()
+                a = a.reshape(-1, a.shape[-1])
                 if keep is not None:
                     a = a[torch.from_numpy(keep)]
-                sums[n] = sums.get(n, 0) + a.sum(0)
+                sums[n] = sums.get(n, 0) + a.sum(0).double()
                 if n == names[0]:
                     count += a.shape[0]
     return {w: (sums[x] / max(count, 1)).float() for w, (_, x) in weights.items()}
@@ -109,17 +115,49 @@ def _mask_rows(feeds: dict, shape) -> np.ndarray | None:
     return np.asarray(m).reshape(-1).astype(bool)
 
 
-def _rel_err(y: torch.Tensor, t: np.ndarray, keep: np.ndarray | None) -> torch.Tensor:
-    """Mean over (real) rows of |y - t|^2 / (H var(t)) along the last axis."""
-    tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
+class Targets:
+    """The teacher's values of one batch as float32 tensors with the per-row 1/(H var) weights of
+    the loss, prepared once per batch (cached next to the teacher's own cache)."""
+
+    def __init__(self, teacher, feeds_of):
+        self.teacher, self.feeds_of = teacher, feeds_of
+        self.cache: dict[int, dict] = {}
+
+    def __call__(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if k in self.cache:
+            return self.cache[k]
+        feeds = self.feeds_of(k)
+        out = {}
+        for n, t in self.teacher(k, feeds).items():
+            if np.issubdtype(t.dtype, np.floating):
+                out[n] = _prepare(t, _mask_rows(feeds, t.shape))
+        if k in self.teacher.cache:  # kept while the teacher keeps it (its memory budget): shares its arrays
+            self.cache[k] = out
+        return out
+
+
+def _prepare(t: np.ndarray, keep: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target as [rows, H], weight per row = keep / (H var(row) * real rows)): the loss is then
+    sum over rows of weight * |y - t|^2 summed along H."""
     h = t.shape[-1] if t.ndim else 1
-    y, tt = y.reshape(-1, h).float(), tt.reshape(-1, h)
-    if keep is not None:
-        idx = torch.from_numpy(np.nonzero(keep)[0])
-        y, tt = y.index_select(0, idx), tt.index_select(0, idx)
+    tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).reshape(-1, h)
     var = tt.var(1, unbiased=False) if h > 1 else tt.pow(2).mean(1)
     var = var.clamp_min(1e-6 * float(var.mean()) + 1e-30)
-    return ((y - tt).pow(2).mean(1) / var).mean()
+    w = 1.0 / (h * var)
+    if keep is not None:
+        k = torch.from_numpy(keep.astype(np.float32))
+        w = w * k / k.sum().clamp_min(1.0)
+    else:
+        w = w / tt.shape[0]
+    return tt, w
+
+
+def _rel_err(y: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean over (real) rows of |y - t|^2 / (H var(t)) along the last axis (a weighted sum: no
+    gather of the real rows, whose backward is a slow scatter)."""
+    tt, w = target
+    d = y.reshape(tt.shape).float() - tt
+    return (d.pow(2).sum(1) * w).sum()
 
 
 def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows: int) -> np.ndarray:
@@ -166,6 +204,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     outputs = [o.name for o in proto.graph.output]
     student = executor.GraphModule(proto)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
+    prepared = Targets(teacher, lambda k: batches[k])
     train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
     rows = getattr(batches, "rows", None) or [len(next(iter(b.values()))) for b in batches]
 
@@ -185,7 +224,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
 
     init = {n: w0[n] + offset(n, w0[centred[n][0]]) if n in centred else w0[n] for n in names}
     u = {n: torch.nn.Parameter(init[n] / scale[n]) for n in names}
-    opt = torch.optim.Adam(list(u.values()), lr=cfg.lr)
+    opt = _adam(u, cfg.lr)
 
     def values():
         v = {n: scale[n] * u[n] for n in names}
@@ -195,7 +234,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
 
     def evaluate() -> float:
         fids = []
-        with torch.no_grad():
+        with torch.inference_mode():
             vals = values()
             for k in held_idx:
                 out = student(batches[k], outputs[:1], vals)[outputs[0]].numpy()
@@ -222,9 +261,9 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                     order = list(rng.permutation(train_idx))
                 k = int(order.pop())
                 feeds = batches[k]
-                tgt = teacher(k, feeds)
+                tgt = prepared(k)
                 out = student(feeds, streams + outputs, values())
-                loss = _loss(out, tgt, feeds, streams, outputs, cfg.loss)
+                loss = _loss(out, tgt, streams, outputs, cfg.loss)
                 for g in opt.param_groups:
                     g["lr"] = lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
                 opt.zero_grad(set_to_none=True)
@@ -243,7 +282,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         with torch.no_grad():
                             for n, p in u.items():
                                 p.copy_(best_u[n])
-                        opt = torch.optim.Adam(list(u.values()), lr=lr)
+                        opt = _adam(u, lr)
                         lr *= 0.5
                         if lr < cfg.lr / 64:
                             stopped = "converged"
@@ -262,15 +301,12 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                       dataclasses.asdict(cfg), curve)
 
 
-def _loss(out: dict, tgt: dict, feeds: dict, streams, outputs, kind: str) -> torch.Tensor:
+def _loss(out: dict, tgt: dict, streams, outputs, kind: str) -> torch.Tensor:
     terms = []
     if kind != "output" and streams:
-        s = [_rel_err(out[n], tgt[n], _mask_rows(feeds, tgt[n].shape)) for n in streams]
-        terms.append(torch.stack(s).mean())
+        terms.append(torch.stack([_rel_err(out[n], tgt[n]) for n in streams]).mean())
     if kind != "streams" or not streams:
-        o = [_rel_err(out[n], tgt[n], _mask_rows(feeds, tgt[n].shape)) for n in outputs
-             if np.issubdtype(tgt[n].dtype, np.floating)]
-        terms.append(torch.stack(o).mean())
+        terms.append(torch.stack([_rel_err(out[n], tgt[n]) for n in outputs if n in tgt]).mean())
     return sum(terms)
 
 
