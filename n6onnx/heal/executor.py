@@ -20,15 +20,10 @@ import torch
 
 from ..torch.functional import OPS as N6_OPS
 
-from ..errors import N6Error
 from ..ops import DOMAIN
-from .ops import OPS, tensor_from_proto
+from .ops import OPS, UnsupportedOpError, tensor_from_proto
 
 STANDARD = ("", "ai.onnx")
-
-
-class UnsupportedOpError(N6Error):
-    """The student cannot run an op of the graph."""
 
 
 def _n6_ops() -> dict:

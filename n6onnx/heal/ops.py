@@ -14,6 +14,12 @@ import onnx
 import torch
 import torch.nn.functional as F
 
+from ..errors import N6Error
+
+
+class UnsupportedOpError(N6Error):
+    """The student cannot run an op of the graph (or this form of it)."""
+
 DTYPES = {
     onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
     onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
@@ -186,7 +192,7 @@ def _conv(a, x):
     nd = data.dim() - 2
     pads = a.get("pads", [0] * 2 * nd)
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise NotImplementedError("Conv auto_pad SAME_*")
+        raise UnsupportedOpError("healing cannot run Conv with auto_pad SAME_* in torch; nothing was trained")
     if list(pads[:nd]) != list(pads[nd:]):
         data = F.pad(data, [p for i in reversed(range(nd)) for p in (pads[i], pads[nd + i])])
         pads = [0] * 2 * nd
@@ -206,7 +212,7 @@ def _constant(a, x):
                   ("value_ints", torch.int64)):
         if k in a:
             return [torch.tensor(a[k], dtype=dt)]
-    raise NotImplementedError(f"Constant with {sorted(a)}")
+    raise UnsupportedOpError(f"healing cannot run a Constant with attributes {sorted(a)} in torch; nothing was trained")
 
 
 def _constant_of_shape(a, x):
@@ -238,7 +244,7 @@ def _pad(a, x):
     value = x[2].item() if len(x) > 2 and x[2] is not None else 0.0
     axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(data.dim()))
     if a.get("mode", b"constant") not in (b"constant", "constant"):
-        raise NotImplementedError("Pad mode other than constant")
+        raise UnsupportedOpError("healing cannot run Pad with a mode other than constant in torch; nothing was trained")
     n = len(axes)
     full = [0] * (2 * data.dim())
     for i, ax in enumerate(axes):
@@ -285,7 +291,7 @@ def _variadic(fn):
 
 def _unique(a, x):
     if a.get("axis") is not None or not a.get("sorted", 1):
-        raise NotImplementedError("Unique with axis or sorted=0")
+        raise UnsupportedOpError("healing cannot run Unique with axis or sorted=0 in torch; nothing was trained")
     y, inv, counts = torch.unique(x[0].reshape(-1), sorted=True, return_inverse=True, return_counts=True)
     first = torch.stack([torch.nonzero(x[0].reshape(-1) == v)[0, 0] for v in y]) if len(y) else y.long()
     return [y, first, inv, counts]

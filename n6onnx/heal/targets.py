@@ -26,7 +26,6 @@ import onnxruntime as ort
 from ..ops import DOMAIN
 from ..runtime import session_for
 from ..blocks import find_ffn_blocks
-from .config import TRAINABLE  # noqa: F401 - re-exported (the trainable sets are chosen here)
 
 _PROJ = {"MatMul", "Gemm", "Add", "LayerNormalization", "Mul", "Conv"}
 

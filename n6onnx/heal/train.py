@@ -29,14 +29,13 @@ import time
 from typing import Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import torch
 
 from ..errors import BadArgumentError
 from ..validate import metrics
 from . import executor, targets
-from .config import LOSSES, PARAMS, HealConfig  # noqa: F401 - re-exported
+from .config import LOSSES, PARAMS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
 class HealReport:
@@ -185,9 +184,9 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     """Train ``model``'s trainable initializers towards ``original`` on ``batches``; write the best
     values back into ``model`` (same initializer names, same nodes). Returns the report."""
     cfg = config or HealConfig()
-    if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in targets.TRAINABLE:
+    if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in TRAINABLE:
         raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, "
-                               f"trainable one of {targets.TRAINABLE}")
+                               f"trainable one of {TRAINABLE}")
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
     executor.check_supported(proto)  # before any work

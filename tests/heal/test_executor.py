@@ -72,3 +72,19 @@ def test_gradients_reach_only_trainable(zoo_export):
     out.pow(2).mean().backward()
     assert g.parameter(names[0]).grad is not None and float(g.parameter(names[0]).grad.abs().sum()) > 0
     assert all(g.parameter(n).grad is None for n in names[1:])
+
+
+def test_an_op_form_the_student_cannot_run_is_a_clear_error():
+    """Pad with mode=reflect: the op type is supported, this form is not: UnsupportedOpError (an
+    N6Error, one line in the CLI), never NotImplementedError."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor("pads", TensorProto.INT64, [4], [0, 1, 0, 1])])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    module = GraphModule(proto)
+    with pytest.raises(UnsupportedOpError, match="Pad with a mode other than constant"):
+        module({"x": torch.zeros(1, 4)})
