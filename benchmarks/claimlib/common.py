@@ -7,7 +7,9 @@ import json
 import math
 import pathlib
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any
+
+from n6onnx.report.markdown import cell, table  # noqa: F401 - the one markdown table writer, re-exported
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -160,16 +162,6 @@ def energy_label(e: dict | None) -> str:
     if method == "measured":
         return f"measured ({meter or 'unknown meter'})"
     return f"{method or 'unknown method'}" + (f" ({meter})" if meter else "")
-
-
-def cell(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-    return out
 
 
 def shape_str(shape: Any) -> str:

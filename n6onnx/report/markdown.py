@@ -26,13 +26,14 @@ def _r(r: dict | None) -> str:
     return f"{r['median']:.3f}x [{r['q1']:.3f}, {r['q3']:.3f}]"
 
 
-def _cell(s: Any) -> str:
+def cell(s: Any) -> str:
+    """A markdown table cell: pipes escaped, one line."""
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return out
 
 
@@ -52,7 +53,7 @@ def render(rep: Report, data: dict | None = None) -> str:
          "Measured and estimated energy are never on one axis.", ""]
     # variants
     L += ["## Variants", ""]
-    L += _table(["variant", "role", "model", "compared with"],
+    L += table(["variant", "role", "model", "compared with"],
                 [[v.display, v.role, f"`{v.path}`", ", ".join(f"`{o}`" for o in v.originals) or "-"]
                  for v in rep.variants])
     L.append("")
@@ -70,7 +71,7 @@ def render(rep: Report, data: dict | None = None) -> str:
         rows.append([v.display, _f(fd["cosine_mean"], ".6f"), fd["cosine_source"] or "n/a", _f(fd["max_abs_err"]),
                      _pct((fd["nn_agreement"] or {}).get("value")), _pct((fd["top1_agreement"] or {}).get("value")),
                      f"{gates}; {inputs}" if inp else gates, f"`{fd['file']}`" if fd["file"] else "-"])
-    L += _table(["variant", "cosine_mean", "cosine source", "max abs err", "NN agreement", "top-1 agreement",
+    L += table(["variant", "cosine_mean", "cosine source", "max abs err", "NN agreement", "top-1 agreement",
                  "gates; inputs", "file"], rows)
     L.append("")
     # speed and energy, per setting
@@ -95,7 +96,7 @@ def render(rep: Report, data: dict | None = None) -> str:
                              _f(m.throughput, ".1f"), ecell, emeth,
                              _r(rt.get("latency_p50")) if m.role == "candidate" else "-",
                              _r(rt.get("energy")) if m.role == "candidate" else "-", f"`{m.file}`"])
-        L += _table(["variant", "latency p50 (ms)", "latency p90 (ms)", "throughput (inf/s)", "energy J/inference",
+        L += table(["variant", "latency p50 (ms)", "latency p90 (ms)", "throughput (inf/s)", "energy J/inference",
                      "energy method", "speed ratio", "energy ratio", "file"], rows)
         L.append("")
         if any(m.energy and m.energy["axis"] == "estimated" for v in rep.variants for m in v.measurements
