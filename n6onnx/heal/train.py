@@ -11,6 +11,13 @@ rms(col j) / rms(W) (the rank-one magnitude of W: exact for diag(p) A diag(q)), 
 for vectors, so each Adam step changes every entry by about ``lr`` of its typical size. ``"raw"``
 is plain Adam on the weights, kept for comparison.
 
+Phases (``local``): first block-local reconstruction for that share of the budget: every block
+holding a trained weight runs from the teacher's residual stream at its input (the executor's
+``inject``; blocks without one do not run) and is trained towards the teacher's stream at its
+output, with the loss's weighting, at ``local_lr``; then global distillation (below) at ``lr``,
+from the best weights so far, to fix the drift the blocks' errors accumulate. Each phase has a
+fresh Adam and its own warm-up.
+
 Loss (``loss``): per token, the squared error of each stream point divided by the variance of the
 original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
