@@ -54,12 +54,15 @@ def one(src, spec: str, data, held: dict, work: pathlib.Path, cfg: HealConfig, s
         calib_samples: int) -> dict:
     passes = spec.split("+")
     row = {"rewrite": spec, "goal": GOALS.get(spec)}
-    if "fftmix" not in spec:  # fftmix:N ranks blocks by redundancy: it needs data even uncalibrated
+    if "fftmix" not in spec and "egyptian" not in spec:  # both rank/assign heads by data: calibrated only
         n6onnx.rewrite(src, work / "plain.onnx", passes)
         row["uncalibrated"] = fidelity(src, work / "plain.onnx", held)
     t = time.perf_counter()
-    n6onnx.rewrite(src, work / "cal.onnx", passes, calibrate=data, calib_samples=calib_samples, dims=DIMS)
+    _, rep = n6onnx.rewrite(src, work / "cal.onnx", passes, calibrate=data, calib_samples=calib_samples, dims=DIMS)
     row["calibrate_seconds"] = round(time.perf_counter() - t, 1)
+    if not sum(rep.rewritten.values()):  # nothing to heal: record the pass's reasons
+        row["refused"] = sorted({m["reason"] for r in rep.to_json()["reports"].values() for m in r["near_misses"]})
+        return row
     row["calibrated"] = fidelity(src, work / "cal.onnx", held)
     from n6onnx.heal.run import heal_file
 
@@ -108,6 +111,12 @@ def main() -> None:
     ap.add_argument("--loss", default=HealConfig.loss)
     ap.add_argument("--train", default=HealConfig.train)
     ap.add_argument("--eval-every", type=int, default=HealConfig.eval_every, help="steps between held-out checks")
+    ap.add_argument("--local", type=float, default=HealConfig.local, help="share of the budget in block-local phase")
+    ap.add_argument("--local-lr", type=float, default=HealConfig.local_lr)
+    ap.add_argument("--local-input", default=HealConfig.local_input)
+    ap.add_argument("--warmup", type=int, default=HealConfig.warmup)
+    ap.add_argument("--prime", type=int, default=HealConfig.prime)
+    ap.add_argument("--cache-mb", type=int, default=HealConfig.cache_bytes >> 20, help="teacher cache budget")
     ap.add_argument("--only", action="append", help="rewrite(s) to run (default: all); 'int8' for the baseline")
     ap.add_argument("--part", type=pathlib.Path, help="write this run's rows here (to --merge later)")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+", help="merge part files into the result")
@@ -140,7 +149,8 @@ def main() -> None:
             (work / "held.txt").write_text("\n".join(held_t))
             data, held = work / "data.txt", {"text": work / "held.txt"}
         cfg = HealConfig(minutes=a.minutes, lr=a.lr, param=a.param, loss=a.loss, train=a.train, threads=2,
-                         eval_every=a.eval_every)
+                         eval_every=a.eval_every, local=a.local, local_lr=a.local_lr, local_input=a.local_input,
+                         warmup=a.warmup, prime=a.prime, cache_bytes=a.cache_mb << 20)
         rows = []
         for spec in a.only or (["int8"] + REWRITES):
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")

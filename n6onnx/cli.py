@@ -35,8 +35,13 @@ def _heal_options(f, flag: bool = True):
         click.option("--heal-minutes", type=Number(0, 10080, lo_open=True), default=HealConfig.minutes,
                      show_default=True, help="Time budget of the healing."),
         click.option("--heal-steps", type=click.IntRange(min=1), help="Stop after N steps (a deterministic end point)."),
+        click.option("--heal-local", type=Number(0, 1), default=HealConfig.local, show_default=True,
+                     help="Share of the budget spent first on block-local reconstruction (each rewritten block "
+                     "from the original's input to the original's output); 0: global distillation only."),
+        click.option("--heal-local-lr", type=Number(0, 1, lo_open=True), default=HealConfig.local_lr,
+                     show_default=True, help="Adam step of the block-local phase."),
         click.option("--heal-lr", type=Number(0, 1, lo_open=True), default=HealConfig.lr, show_default=True,
-                     help="Adam step, relative to each weight's typical size."),
+                     help="Adam step of the global phase, relative to each weight's typical size."),
         click.option("--heal-train", type=click.Choice(TRAINABLE), default=HealConfig.train, show_default=True,
                      help="What is trained: the rewritten blocks, plus neighbouring LayerNorms and projections, or all."),
         click.option("--heal-loss", type=click.Choice(LOSSES), default=HealConfig.loss, show_default=True,
@@ -52,9 +57,10 @@ def _heal_options(f, flag: bool = True):
     return f
 
 
-def _heal_config(heal_minutes, heal_steps, heal_lr, heal_train, heal_loss, heal_param, seed, threads):
-    return HealConfig(minutes=heal_minutes, steps=heal_steps, lr=heal_lr, train=heal_train, loss=heal_loss,
-                      param=heal_param, seed=seed, threads=threads)
+def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_lr, heal_lr, heal_train, heal_loss, heal_param, seed,
+                 threads):
+    return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_lr=heal_local_lr, lr=heal_lr,
+                      train=heal_train, loss=heal_loss, param=heal_param, seed=seed, threads=threads)
 
 
 @main.command()

@@ -8,6 +8,7 @@ import dataclasses
 TRAINABLE = ("rewritten", "neighbours", "all")
 PARAMS = ("relative", "raw")
 LOSSES = ("streams+output", "streams", "output")
+LOCAL_INPUTS = ("student", "teacher")
 
 
 @dataclasses.dataclass
@@ -15,14 +16,18 @@ class HealConfig:
     minutes: float = 10.0
     steps: int | None = None  # stop after this many steps (deterministic end point)
     seed: int = 0
-    lr: float = 2e-3  # per step, relative to each entry's typical size ("relative"); absolute for "raw"
+    lr: float = 5e-4  # per step, relative to each entry's typical size ("relative"); absolute for "raw"
+    local: float = 0.7  # share of the budget (time, or --heal-steps) spent on block-local reconstruction first
+    local_lr: float | None = 1e-2  # learning rate of the block-local phase (None: lr)
+    local_input: str = "teacher"  # each block's input in the local phase: the teacher's, or the student's own (detached)
     param: str = "relative"
     loss: str = "streams+output"
     train: str = "rewritten"
     holdout: float = 0.1
     holdout_batches: int = 16  # at most this many held-out batches (each evaluation runs them all)
     eval_every: int = 25
-    warmup: int = 25
+    warmup: int = 100
+    prime: int = 0  # steps at lr 0 first: Adam's moment estimates settle before any weight moves
     backtrack: float = 0.0005
     threads: int | None = None
     cache_bytes: int = 1 << 30

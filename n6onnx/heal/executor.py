@@ -134,26 +134,42 @@ class GraphModule(torch.nn.Module):
         return env
 
     def forward(self, feeds: Mapping[str, object], outputs: Iterable[str] | None = None,
-                values: Mapping[str, torch.Tensor] | None = None) -> dict:
-        """``values`` replace initializers by name (the trainer's reparametrised weights)."""
+                values: Mapping[str, torch.Tensor] | None = None,
+                inject: Mapping[str, torch.Tensor] | None = None, cut: Iterable[str] = ()) -> dict:
+        """``values`` replace initializers by name (the trainer's reparametrised weights).
+        ``inject`` gives intermediate values by name: their consumers read the given value, and
+        their producers run only when the value is also asked for in ``outputs`` (which then
+        returns the computed value). With the teacher's residual stream injected, each block
+        runs from the teacher's input: block-local reconstruction in one pass. ``cut`` names values
+        whose consumers read them detached (no gradient flows back through them): with the stream
+        points cut, each block trains on the student's own input, and only its own weights."""
         env = self.initial_env()
         env.update(values or {})
         for k, v in feeds.items():
             env[k] = v if torch.is_tensor(v) else torch.from_numpy(v)
+        inject = dict(inject or {})
+        env.update(inject)
         wanted = list(outputs) if outputs is not None else self.output_names
-        need = _needed(self.graph, wanted)
-        self._run(self.graph.node, env, None, need)
-        return {n: env[n] for n in wanted}
+        need = needed(self.graph, wanted, [n for n, v in inject.items() if v is not None])
+        computed: dict = {}
+        for name in cut:
+            inject.setdefault(name, None)
+        self._run(self.graph.node, env, None, need, inject, computed)
+        return {n: computed[n] if n in computed else env[n] for n in wanted}
 
     # ----------------------------------------------------------------------------------------------
-    def _run(self, nodes, env, outer_attrs, need=None) -> None:
+    def _run(self, nodes, env, outer_attrs, need=None, inject=None, computed=None) -> None:
         for n in nodes:
             if need is not None and not any(o in need for o in n.output):
                 continue
             ins = [env[i] if i else None for i in n.input]
             outs = self._node(n, ins, env, outer_attrs)
             for name, v in zip(n.output, outs):
-                if name:
+                if inject and name in inject:
+                    computed[name] = v
+                    if inject[name] is None:  # cut: consumers read the value without its gradient
+                        env[name] = v.detach()
+                elif name:
                     env[name] = v
 
     def _node(self, n: onnx.NodeProto, ins: list, env, outer_attrs) -> list:
@@ -178,13 +194,16 @@ class GraphModule(torch.nn.Module):
         return [inner[o] for o in f.output]
 
 
-def _needed(graph: onnx.GraphProto, wanted: Iterable[str]) -> set[str]:
-    """Every value that the wanted values depend on (subgraph captures included)."""
+def needed(graph: onnx.GraphProto, wanted: Iterable[str], given: Iterable[str] = ()) -> set[str]:
+    """Every value that the wanted values depend on (subgraph captures included), not looking
+    behind the ``given`` values (unless they are wanted themselves)."""
     producer = {o: n for n in graph.node for o in n.output}
+    wanted = list(wanted)
+    stop = set(given) - set(wanted)
     need, stack = set(), list(wanted)
     while stack:
         v = stack.pop()
-        if v in need:
+        if v in need or v in stop:
             continue
         need.add(v)
         n = producer.get(v)

@@ -8,6 +8,8 @@
 - ``trainable``: by default the initializers of the rewritten blocks (float tensors that the
   rewrite created or changed); ``"neighbours"`` adds the LayerNorms and projections next to a
   rewritten node; ``"all"`` every float initializer of rank >= 1.
+- ``local_targets``: the blocks for block-local reconstruction (each stream point computed from
+  the teacher's previous stream points, as the executor's ``inject`` runs it).
 - ``Teacher``: the original model in onnxruntime with the stream points as extra outputs (the
   pruned graph of ``calibrate.collect.with_outputs``), cached per batch up to a byte budget and
   recomputed beyond it, so memory stays bounded for big models."""
@@ -26,6 +28,7 @@ import onnxruntime as ort
 from ..ops import DOMAIN
 from ..runtime import session_for
 from ..blocks import find_ffn_blocks
+from .executor import needed
 
 _PROJ = {"MatMul", "Gemm", "Add", "LayerNormalization", "Mul", "Conv"}
 
@@ -49,6 +52,14 @@ def stream_points(original: ir.Model, rewritten: onnx.ModelProto) -> list[str]:
     present = _order(rewritten)
     outs = {o.name for o in rewritten.graph.output}
     return sorted((n for n in names if n in order and n in present and n not in outs), key=order.get)
+
+
+def local_targets(proto: onnx.ModelProto, streams: Sequence[str], outputs: Sequence[str],
+                  names: Sequence[str]) -> list[str]:
+    """The stream points and outputs whose block (what computes them from the previous stream
+    points) holds a trainable initializer: the targets of block-local reconstruction, in order."""
+    train, cut = set(names), set(streams)
+    return [n for n in list(streams) + list(outputs) if needed(proto.graph, [n], cut) & train]
 
 
 def _floats(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

@@ -11,6 +11,13 @@ rms(col j) / rms(W) (the rank-one magnitude of W: exact for diag(p) A diag(q)), 
 for vectors, so each Adam step changes every entry by about ``lr`` of its typical size. ``"raw"``
 is plain Adam on the weights, kept for comparison.
 
+Phases (``local``): first block-local reconstruction for that share of the budget: every block
+holding a trained weight runs from the teacher's residual stream at its input (the executor's
+``inject``; blocks without one do not run) and is trained towards the teacher's stream at its
+output, with the loss's weighting, at ``local_lr``; then global distillation (below) at ``lr``,
+from the best weights so far, to fix the drift the blocks' errors accumulate. Each phase has a
+fresh Adam and its own warm-up.
+
 Loss (``loss``): per token, the squared error of each stream point divided by the variance of the
 original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
@@ -35,7 +42,7 @@ import torch
 from ..errors import BadArgumentError
 from ..validate import metrics
 from . import executor, targets
-from .config import LOSSES, PARAMS, TRAINABLE, HealConfig
+from .config import LOCAL_INPUTS, LOSSES, PARAMS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
 class HealReport:
@@ -50,7 +57,7 @@ class HealReport:
     lowest: float  # lowest held-out fidelity at any evaluation
     stopped: str
     config: dict
-    curve: list = dataclasses.field(default_factory=list)  # [step, seconds, fidelity, mean train loss]
+    curve: list = dataclasses.field(default_factory=list)  # [step, seconds, fidelity, mean train loss, phase]
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -135,9 +142,9 @@ class Targets:
         return out
 
 
-def _prepare(t: np.ndarray, keep: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target as [rows, H], weight per row = keep / (H var(row) * real rows)): the loss is then
-    sum over rows of weight * |y - t|^2 summed along H."""
+def _prepare(t: np.ndarray, keep: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """(target as [rows, H], weight per row = keep / (H var(row) * real rows), the target's shape):
+    the loss is then sum over rows of weight * |y - t|^2 summed along H."""
     h = t.shape[-1] if t.ndim else 1
     tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).reshape(-1, h)
     var = tt.var(1, unbiased=False) if h > 1 else tt.pow(2).mean(1)
@@ -148,13 +155,13 @@ def _prepare(t: np.ndarray, keep: np.ndarray | None) -> tuple[torch.Tensor, torc
         w = w * k / k.sum().clamp_min(1.0)
     else:
         w = w / tt.shape[0]
-    return tt, w
+    return tt, w, tuple(t.shape)
 
 
 def _rel_err(y: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean over (real) rows of |y - t|^2 / (H var(t)) along the last axis (a weighted sum: no
     gather of the real rows, whose backward is a slow scatter)."""
-    tt, w = target
+    tt, w = target[0], target[1]
     d = y.reshape(tt.shape).float() - tt
     return (d.pow(2).sum(1) * w).sum()
 
@@ -184,9 +191,10 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     """Train ``model``'s trainable initializers towards ``original`` on ``batches``; write the best
     values back into ``model`` (same initializer names, same nodes). Returns the report."""
     cfg = config or HealConfig()
-    if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in TRAINABLE:
-        raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, "
-                               f"trainable one of {TRAINABLE}")
+    if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in TRAINABLE or \
+            cfg.local_input not in LOCAL_INPUTS or not 0 <= cfg.local <= 1:
+        raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, trainable one of "
+                               f"{TRAINABLE}, local input one of {LOCAL_INPUTS}, local share in [0, 1]")
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
     executor.check_supported(proto)  # before any work
@@ -199,7 +207,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         names = targets.trainable(oproto, proto, "neighbours")
     if not names:
         raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
-    streams = targets.stream_points(original, proto) if cfg.loss != "output" else []
+    streams = targets.stream_points(original, proto) if cfg.loss != "output" or cfg.local > 0 else []
     outputs = [o.name for o in proto.graph.output]
     student = executor.GraphModule(proto)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
@@ -223,7 +231,6 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
 
     init = {n: w0[n] + offset(n, w0[centred[n][0]]) if n in centred else w0[n] for n in names}
     u = {n: torch.nn.Parameter(init[n] / scale[n]) for n in names}
-    opt = _adam(u, cfg.lr)
 
     def values():
         v = {n: scale[n] * u[n] for n in names}
@@ -245,48 +252,67 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     curve = [[0, round(time.perf_counter() - t0, 2), round(start, 6)]]
     rng = np.random.default_rng(cfg.seed)
     order: list[int] = []
-    step, stopped, lr, run_loss = 0, "budget", cfg.lr, []
-    deadline = t0 + cfg.minutes * 60
+    step, stopped, run_loss = 0, "budget", []
+    # phases: block-local reconstruction (each block from the teacher's input, to the teacher's
+    # output), then global distillation (the whole student, streams + output) for the drift
+    local = targets.local_targets(proto, streams, outputs, names) if cfg.local > 0 and streams else []
+    share = cfg.local if local else 0.0
+    end = t0 + cfg.minutes * 60
+    phases = [("local", t0 + share * cfg.minutes * 60, None if cfg.steps is None else round(share * cfg.steps),
+               cfg.local_lr or cfg.lr)] if share > 0 else []
+    phases.append(("global", end, cfg.steps, cfg.lr))
     bar = _Bar(progress, cfg.minutes * 60, cfg.steps, start)
     try:
         with bar:
-            while True:
-                if cfg.steps is not None and step >= cfg.steps:
-                    stopped = "steps"
-                    break
-                if time.perf_counter() >= deadline:
-                    break
-                if not order:
-                    order = list(rng.permutation(train_idx))
-                k = int(order.pop())
-                feeds = batches[k]
-                tgt = prepared(k)
-                out = student(feeds, streams + outputs, values())
-                loss = _loss(out, tgt, streams, outputs, cfg.loss)
-                for g in opt.param_groups:
-                    g["lr"] = lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-                opt.zero_grad(set_to_none=True)
-                run_loss.append(float(loss.detach()))
-                loss.backward()
-                opt.step()
-                step += 1
-                if step % cfg.eval_every == 0:
-                    fid = evaluate()
-                    lowest = min(lowest, fid)
-                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6), float(np.mean(run_loss))])
-                    run_loss = []
-                    if fid > best:
-                        best, best_u = fid, {n: p.detach().clone() for n, p in u.items()}
-                    elif fid < best - cfg.backtrack:
-                        with torch.no_grad():
-                            for n, p in u.items():
-                                p.copy_(best_u[n])
-                        opt = _adam(u, lr)
-                        lr *= 0.5
-                        if lr < cfg.lr / 64:
-                            stopped = "converged"
-                            break
-                    bar.update(time.perf_counter() - t0, step, fid, best)
+            for phase, deadline, last, lr0 in phases:
+                lr, first = lr0, step
+                if step:  # a new phase starts from the best weights so far, with a fresh optimizer
+                    _restore(u, best_u)
+                opt = _adam(u, lr)
+                while True:
+                    if last is not None and step >= last:
+                        stopped = "steps"
+                        break
+                    if time.perf_counter() >= deadline:
+                        stopped = "budget"
+                        break
+                    if not order:
+                        order = list(rng.permutation(train_idx))
+                    k = int(order.pop())
+                    tgt = prepared(k)
+                    if phase == "local" and cfg.local_input == "teacher":
+                        inject = {n: tgt[n][0].reshape(tgt[n][2]) for n in streams}
+                        out = student(batches[k], local, values(), inject)
+                        loss = torch.stack([_rel_err(out[n], tgt[n]) for n in local]).mean()
+                    elif phase == "local":
+                        out = student(batches[k], local, values(), cut=streams)
+                        loss = torch.stack([_rel_err(out[n], tgt[n]) for n in local]).mean()
+                    else:
+                        out = student(batches[k], streams + outputs, values())
+                        loss = _loss(out, tgt, streams, outputs, cfg.loss)
+                    for g in opt.param_groups:
+                        g["lr"] = lr * _ramp(step - first, cfg.prime, cfg.warmup)
+                    opt.zero_grad(set_to_none=True)
+                    run_loss.append(float(loss.detach()))
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    if step % cfg.eval_every == 0:
+                        fid = evaluate()
+                        lowest = min(lowest, fid)
+                        curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
+                                      float(np.mean(run_loss)), phase])
+                        run_loss = []
+                        if fid > best:
+                            best, best_u = fid, {n: p.detach().clone() for n, p in u.items()}
+                        elif fid < best - cfg.backtrack:
+                            _restore(u, best_u)
+                            opt = _adam(u, lr)
+                            lr *= 0.5
+                            if lr < lr0 / 64:
+                                stopped = "converged"
+                                break
+                        bar.update(time.perf_counter() - t0, step, fid, best)
     except KeyboardInterrupt:
         stopped = "interrupted"
     with torch.no_grad():
@@ -298,6 +324,19 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
                       len(names), n_values, step, time.perf_counter() - t0, start, best, lowest, stopped,
                       dataclasses.asdict(cfg), curve)
+
+
+def _ramp(s: int, prime: int, warmup: int) -> float:
+    """The learning-rate factor at step ``s`` of a phase: 0 for ``prime`` steps (Adam gathers its
+    moments: a first step then moves each entry by its mean gradient over its noise, not by a full
+    ``lr`` whatever the noise), then a linear warm-up over ``warmup`` steps."""
+    return 0.0 if s < prime else min(1.0, (s - prime + 1) / max(warmup, 1))
+
+
+def _restore(u: dict, saved: dict) -> None:
+    with torch.no_grad():
+        for n, p in u.items():
+            p.copy_(saved[n])
 
 
 def _loss(out: dict, tgt: dict, streams, outputs, kind: str) -> torch.Tensor:

@@ -7,10 +7,13 @@ import json
 import pathlib
 
 import numpy as np
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
 import n6onnx
+from n6onnx import io
+from n6onnx.passes.attention.blocks import find_blocks
 from n6onnx.testing import zoo
 from n6onnx.errors import N6Error
 
@@ -366,3 +369,14 @@ def test_constant_all_zero_mask_is_no_mask(zoo_export, tmp_path):
     assert [m.reason for m in rep.reports["attention"].near_misses] == \
         ["constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
          "[batch, seq] key-padding mask input"] * 2
+
+
+def test_heads_known_when_batch_and_seq_are_symbolic(zoo_export):
+    """A dynamic-axes export gives Q as [batch, H, seq, dh] with symbolic batch/seq: the head count
+    and size come from the static dimensions (they were reported unknown before)."""
+    m = io.load(zoo_export("bert", "dynamo20"))
+    for b in find_blocks(m)[0]:
+        h, dh = b.heads, b.head_size
+        b.q4.shape = ir.Shape(["batch", h, "seq", dh])
+    again = find_blocks(m)[0]
+    assert again and all((b.heads, b.head_size) == (HEADS, HEAD_SIZE) for b in again)

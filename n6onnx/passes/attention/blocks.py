@@ -321,8 +321,10 @@ def _is_rmsnorm(n: ir.Node) -> bool:
 
 
 def _heads_from_shape(q4: ir.Value | None) -> tuple[int | None, int | None]:
-    s = static_shape(q4.shape) if q4 is not None else None
-    if s is None or len(s) != 4:
+    """(heads, head size) of Q as [batch, heads, seq, head size]: only those two dimensions need
+    to be static (a dynamic-axes export has symbolic batch and seq)."""
+    s = q4.shape if q4 is not None else None
+    if s is None or len(s) != 4 or not all(isinstance(d, int) for d in (s[1], s[3])):
         return None, None
     return s[1], s[3]
 
