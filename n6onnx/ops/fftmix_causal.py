@@ -153,7 +153,7 @@ def samples(dtype: str) -> list[Sample]:
     cases = [  # id, B, L, D, P (None: no Past), PastLength (None: not bound)
         ("causal_L1", 1, 1, 4, None, None),
         ("causal_L30", 2, 30, 8, None, None),
-        ("causal_L50_D40_after_48", 1, 50, 40, None, 48),
+        ("causal_L50_D40_after_48", 1, 50, 40, 0, 48),
         ("causal_decode_L1_phase5", 2, 1, 8, 5, None),
         ("causal_decode_L1_phase23", 1, 1, 16, 23, 71),
         ("causal_chunk_L7_phase10_longer_past", 2, 7, 8, 30, 34),

@@ -154,3 +154,35 @@ def test_reference_modes():
         FFTMIX.reference(X, *F, np.zeros((1, 0, 4), np.float32))
     with pytest.raises(ValueError, match="causal must be 0 or 1"):
         FFTMIX.reference(X, *F, causal=2)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(F12=np.zeros((7, 4), np.float32)), r"F12 must be the taps \[12, 4\]"),
+    (dict(Past=np.zeros((1, 3, 4), np.float32), PastLength=np.array(3, np.int64)), r"Past must be \[2, P, 4\]"),
+    (dict(Past=np.zeros((2, 3, 4), np.float32), PastLength=np.array(5, np.int64)), "PastLength mod 24 <= P"),
+    (dict(Past=np.zeros((2, 0, 4), np.float32), PastLength=np.array([1, 2], np.int64)), "PastLength must be an int64"),
+    (dict(PastLength=np.array(24, np.int64)), "PastLength without Past is not supported by the kernel"),
+])
+def test_kernel_bad_shapes_are_ort_errors(change, match):
+    rng = np.random.default_rng(5)
+    feeds = {"X": rng.normal(0, 1, (2, 3, 4)).astype(np.float32), **dict(zip(("F6", "F12", "F24"), _taps(rng, 4)))}
+    feeds.update(change)
+    s = _session(FFTMIX, feeds, {"causal": 1}, library=True)
+    with pytest.raises(Exception, match=match):
+        s.run(None, feeds)
+
+
+def test_kernel_refuses_past_without_causal():
+    rng = np.random.default_rng(6)
+    feeds = {"X": rng.normal(0, 1, (1, 3, 4)).astype(np.float32),
+             **{f"F{w}": rng.uniform(-1, 1, (w // 2 + 1, 4)).astype(np.float32) for w in WINDOWS},
+             "Past": np.zeros((1, 0, 4), np.float32)}
+    inputs = [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, ["d"] * v.ndim) for k, v in feeds.items()]
+    node = helper.make_node("FFTMix", list(feeds), ["Y"], domain=DOMAIN)
+    m = helper.make_model(helper.make_graph([node], "t", inputs, [helper.make_tensor_value_info("Y", 1, [None] * 3)]),
+                          opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(n6onnx.library_path()))
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="need causal=1"):
+        s.run(None, feeds)
