@@ -106,7 +106,9 @@ struct Op {
       const std::vector<int64_t>* fshapes[kNumScales] = {&F6.Shape(), &F12.Shape(), &F24.Shape()};
       CausalIo<T> io;
       int64_t pl_value = 0;
-      if (plt && plt->NumberOfElement() == 1) pl_value = *plt->Data();  // PastLength is a CPU input
+      if (plt && !plt->IsCpuTensor())  // e.g. on CUDAExecutionProvider: never read device memory here
+        return OpError(kOpName, "PastLength must be in CPU memory");
+      if (plt && plt->NumberOfElement() == 1) pl_value = *plt->Data();
       std::string err = CheckCausal(xs, fshapes, p ? &p->Shape() : nullptr, plt ? &plt->Shape() : nullptr, &pl_value,
                                     &io.P, &io.pl);
       if (!err.empty()) return OpError(kOpName, err);
