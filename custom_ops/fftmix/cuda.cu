@@ -8,6 +8,8 @@
 // block holds whole windows of all scales and the circular indices are compile-time after
 // unrolling. Channel groups: 2 channels per thread (float2 / half2 loads) when D is even and the
 // buffers allow it, else 1. Scales with w > L are written as zeros.
+#include <algorithm>
+
 #include "common/cuda_helpers.cuh"
 #include "fftmix/fftmix_cuda.h"
 
@@ -169,7 +171,91 @@ Status Launch(const FFTMixArgs& a) {
 
 bool Aligned(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 
+// ---- causal mode: one thread per output element (b, t, d), all three scales; coalesced along D.
+// A 24-window holds whole windows of the smaller scales, so one pass over the <= 24 rows back to
+// the window start serves all three.
+template <class S>
+__device__ __forceinline__ float Ld(const S* p) {
+  float v[1];
+  Io<S, 1>::Load(p, v);
+  return v[0];
+}
+
+template <class S>
+__global__ void __launch_bounds__(kThreads) FFTMixCausalKernel(const FFTMixCausalArgs a) {
+  const S* x = static_cast<const S*>(a.x);
+  const S* past = static_cast<const S*>(a.past);
+  const S* k6 = static_cast<const S*>(a.k[0]);
+  const S* k12 = static_cast<const S*>(a.k[1]);
+  const S* k24 = static_cast<const S*>(a.k[2]);
+  S* y = static_cast<S*>(a.y);
+  const int64_t n = a.B * a.L * a.D;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = i % a.D, bt = i / a.D, t = bt % a.L, b = bt / a.L;
+    const int64_t pos = a.pl + t;
+    const int back6 = static_cast<int>(pos % 6), back12 = static_cast<int>(pos % 12),
+              back24 = static_cast<int>(pos % 24);
+    float acc6 = 0.0f, acc12 = 0.0f, acc24 = 0.0f;
+    for (int j = 0; j <= back24; ++j) {
+      const int64_t q = pos - j;
+      const float xv = q >= a.pl ? Ld(x + (b * a.L + q - a.pl) * a.D + d)
+                                 : Ld(past + (b * a.P + q - (a.pl - a.P)) * a.D + d);
+      if (j <= back6) acc6 = fmaf(Ld(k6 + j * a.D + d), xv, acc6);
+      if (j <= back12) acc12 = fmaf(Ld(k12 + j * a.D + d), xv, acc12);
+      acc24 = fmaf(Ld(k24 + j * a.D + d), xv, acc24);
+    }
+    S* yo = y + bt * 3 * a.D + d;
+    const float o6[1] = {acc6}, o12[1] = {acc12}, o24[1] = {acc24};
+    Io<S, 1>::Store(yo, o6);
+    Io<S, 1>::Store(yo + a.D, o12);
+    Io<S, 1>::Store(yo + 2 * a.D, o24);
+  }
+}
+
+// present[b, r] = input row at position pl + L - keep + r (from x or past)
+template <class S>
+__global__ void __launch_bounds__(kThreads) FFTMixPresentKernel(const FFTMixCausalArgs a) {
+  const S* x = static_cast<const S*>(a.x);
+  const S* past = static_cast<const S*>(a.past);
+  S* out = static_cast<S*>(a.present);
+  const int64_t n = a.B * a.keep * a.D;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = i % a.D, br = i / a.D, r = br % a.keep, b = br / a.keep;
+    const int64_t q = a.pl + a.L - a.keep + r;
+    out[i] = q >= a.pl ? x[(b * a.L + q - a.pl) * a.D + d] : past[(b * a.P + q - (a.pl - a.P)) * a.D + d];
+  }
+}
+
+template <class S>
+Status LaunchCausal(const FFTMixCausalArgs& a) {
+  constexpr int64_t kMaxBlocks = 65535 * 16;
+  if (a.present && a.keep > 0) {
+    const int64_t blocks = std::min<int64_t>((a.B * a.keep * a.D + kThreads - 1) / kThreads, kMaxBlocks);
+    const Status st = CheckedLaunch(&FFTMixPresentKernel<S>, static_cast<unsigned>(blocks), kThreads, 0,
+                                    static_cast<cudaStream_t>(a.stream), a);
+    if (!st.ok()) return st;
+  }
+  if (a.L == 0) return Status{};
+  const int64_t blocks = std::min<int64_t>((a.B * a.L * a.D + kThreads - 1) / kThreads, kMaxBlocks);
+  return CheckedLaunch(&FFTMixCausalKernel<S>, static_cast<unsigned>(blocks), kThreads, 0,
+                       static_cast<cudaStream_t>(a.stream), a);
+}
+
 }  // namespace
+
+Status LaunchFFTMixCausal(const FFTMixCausalArgs& a) {
+  if (a.B == 0 || a.D == 0 || (a.L == 0 && (!a.present || a.keep == 0))) return Status{};
+  if (!a.x || !a.y || !a.k[0] || !a.k[1] || !a.k[2] || (a.P > 0 && !a.past))
+    return InvalidArgument("LaunchFFTMixCausal", "null pointer");
+  switch (a.dtype) {
+    case DType::kFloat32: return LaunchCausal<float>(a);
+    case DType::kFloat16: return LaunchCausal<uint16_t>(a);
+    default: break;
+  }
+  return InvalidArgument("LaunchFFTMixCausal", "unsupported element type (float32 and float16 only)");
+}
 
 Status LaunchFFTMix(const FFTMixArgs& a) {
   if (a.B == 0 || a.L == 0 || a.D == 0) return Status{};

@@ -43,10 +43,23 @@ struct CudaBackend {
     return FromCuda(fftmix::kOpName, cuda::LaunchFFTMix(a));
   }
 
-  // Causal mode has no CUDA kernel yet: a clear error (run it on CPUExecutionProvider).
   template <class T>
-  static Ort::Status RunCausal(OrtKernelContext*, const fftmix::CausalIo<T>&) {
-    return OpError(fftmix::kOpName, "causal=1 has no CUDA kernel yet; run the node on CPUExecutionProvider");
+  static Ort::Status RunCausal(OrtKernelContext* ctx, const fftmix::CausalIo<T>& io) {
+    cuda::FFTMixCausalArgs a;
+    a.dtype = DTypeOf<T>;
+    a.x = io.x;
+    a.past = io.past;
+    for (int s = 0; s < fftmix::kNumScales; ++s) a.k[s] = io.f[s];
+    a.y = io.y;
+    a.present = io.present;
+    a.B = io.B;
+    a.L = io.L;
+    a.D = io.D;
+    a.P = io.P;
+    a.pl = io.pl;
+    a.keep = io.keep;
+    a.stream = GpuStream(ctx);
+    return FromCuda(fftmix::kOpName, cuda::LaunchFFTMixCausal(a));
   }
 };
 

@@ -29,5 +29,21 @@ struct FFTMixArgs {
 
 Status LaunchFFTMix(const FFTMixArgs& a);
 
+// Causal mode (SPEC.md "FFT-Mix, causal mode"; fftmix/op.h CausalIo): one-sided taps [w, D],
+// absolute positions pl + t, rows before pl from past [B, P, D]; present [B, keep, D] (or null)
+// gets the last `keep` inputs.
+struct FFTMixCausalArgs {
+  DType dtype = DType::kFloat32;
+  const void* x = nullptr;     // [B, L, D]
+  const void* past = nullptr;  // [B, P, D] or null when P == 0
+  const void* k[3] = {};       // taps [6, D], [12, D], [24, D]
+  void* y = nullptr;           // [B, L, 3D]
+  void* present = nullptr;     // [B, keep, D] or null
+  int64_t B = 0, L = 0, D = 0, P = 0, pl = 0, keep = 0;
+  void* stream = nullptr;
+};
+
+Status LaunchFFTMixCausal(const FFTMixCausalArgs& a);
+
 }  // namespace cuda
 }  // namespace n6

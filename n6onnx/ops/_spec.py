@@ -91,6 +91,29 @@ class OpSpec:
             f.overload = overload
         return f
 
+    def sample_model(self, sample: Sample, opset: int = 18) -> onnx.ModelProto:
+        """A one-node model of ``sample``: optional inputs left out of it passed as empty names
+        (keeping the positions), as many outputs as the reference returns (the first input's element
+        type, unnamed dims), and the fallback overload the node needs as its function."""
+        inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                  for k, v in sample.feeds.items()]
+        names = [n if n in sample.feeds else "" for n in self.inputs]
+        while names and names[-1] == "":
+            names.pop()
+        try:
+            ref = self.reference(*[sample.feeds.get(n) for n in self.inputs], **sample.attrs)
+        except ValueError:  # a bad-input sample: one output of the first input's rank
+            ref = next(iter(sample.feeds.values()))
+        refs = ref if isinstance(ref, (tuple, list)) else [ref]
+        node = helper.make_node(self.name, names, list(self.outputs[:len(refs)]), domain=DOMAIN, name="n6_node",
+                                **sample.attrs)
+        node.overload = self.overload_for(sample.attrs, frozenset(sample.feeds) | frozenset(node.output))
+        outputs = [helper.make_tensor_value_info(o, inputs[0].type.tensor_type.elem_type, [None] * r.ndim)
+                   for o, r in zip(self.outputs, refs)]
+        g = helper.make_graph([node], f"sample_{sample.id}", inputs, outputs)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
+                                 functions=[self.function(opset, node.overload)], ir_version=10)
+
     @property
     def elementwise(self) -> bool:
         return self.samples is None

@@ -133,23 +133,7 @@ CASES = [(op, dtype, sample) for op in SAMPLED for dtype in REGISTRY[op].dtypes
 
 
 def _sampled_model(spec, sample) -> bytes:
-    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-              for k, v in sample.feeds.items()]
-    # optional inputs left out of the sample are passed as empty names, keeping the positions
-    names = [n if n in sample.feeds else "" for n in spec.inputs]
-    while names and names[-1] == "":
-        names.pop()
-    # outputs: as many as the reference returns; the first input's element type, rank from the
-    # reference, unnamed dims (the checker wants a shape field on graph outputs)
-    ref = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
-    refs = ref if isinstance(ref, (tuple, list)) else [ref]
-    node = helper.make_node(spec.name, names, list(spec.outputs[:len(refs)]), domain=DOMAIN, **sample.attrs)
-    node.overload = spec.overload_for(sample.attrs, frozenset(sample.feeds) | frozenset(node.output))
-    outputs = [helper.make_tensor_value_info(o, inputs[0].type.tensor_type.elem_type, [None] * r.ndim)
-               for o, r in zip(spec.outputs, refs)]
-    g = helper.make_graph([node], "contract", inputs, outputs)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
-                          functions=[spec.function(18, node.overload)])
+    m = spec.sample_model(sample)
     onnx.checker.check_model(m, full_check=True)
     return m.SerializeToString()
 
