@@ -197,7 +197,7 @@ def rewrite(
     check(proto)
     quantization = None
     if qmode is not None:  # last: onnxruntime's quantizer on the finished float model
-        quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches)
+        quantization, proto = quant.quantize_proto(io.materialize(proto), qmode, calibration_feeds=ctx.batches)
         warnings += quantization.warnings
         m = ir.serde.deserialize_model(proto)
     if output is not None:
