@@ -439,11 +439,26 @@ def materialize(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def structure(proto: onnx.ModelProto, threshold: int = 1024) -> onnx.ModelProto:
-    """A copy of ``proto`` for the checker and shape inference without its weight values: initializers
+def structure(model: onnx.ModelProto | ir.Model, threshold: int = 1024) -> onnx.ModelProto:
+    """A copy of ``model`` for the checker and shape inference without its weight values: initializers
     of ``threshold`` bytes or more, and every external one, become graph inputs of the same type and
     shape (small ones, such as shapes that inference reads, stay). Tensors are not copied."""
     from onnx.external_data_helper import uses_external_data
+
+    if isinstance(model, ir.Model):  # large in-memory tensors stand in as external ones while serialising
+        swapped = [(v, v.const_value) for g in model.graphs() for v in g.initializers.values()
+                   if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor)
+                   and v.const_value.nbytes >= threshold]
+        try:
+            for v, t in swapped:
+                v.const_value = ir.ExternalTensor("n6onnx-structure-only", 0, t.nbytes, t.dtype, shape=t.shape,
+                                                  name=v.name)
+            proto = ir.serde.serialize_model(model)
+        finally:
+            for v, t in swapped:
+                v.const_value = t
+    else:
+        proto = model
 
     m = onnx.ModelProto()
     _copy_fields(m, proto, skip=("graph",))

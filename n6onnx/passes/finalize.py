@@ -28,7 +28,7 @@ def finalize(m: ir.Model) -> list[str]:
     return used
 
 
-def check(proto: onnx.ModelProto) -> None:
+def check(proto: onnx.ModelProto | ir.Model) -> None:
     """Full onnx checker and strict shape inference on the result."""
     proto = io.structure(proto)  # weights (in memory or external) are not copied, and need no check
     try:
