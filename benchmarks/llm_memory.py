@@ -18,31 +18,33 @@ GELU: nothing matches, but the model is still loaded, canonicalised and saved); 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
+import numpy as np
+import onnx
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from n6onnx.io import atomic_path  # noqa: E402
-from n6onnx.testing import corpus  # noqa: E402
+from n6onnx.io import atomic_path, external_files  # noqa: E402
 
-from _common import hardware, write  # noqa: E402
+from _common import write  # noqa: E402
 
 
-def llama_config(hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int, vocab: int):
+def llama_config(hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int, vocab: int,
+                 act: str = "silu"):
     import transformers as tf
 
     return tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                           intermediate_size=intermediate, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                          max_position_embeddings=4096, use_cache=False, hidden_act="silu")
+                          max_position_embeddings=4096, use_cache=False, hidden_act=act)
 
 
 def export_llama(path: pathlib.Path, config, *, seq: int = 16) -> pathlib.Path:
@@ -87,3 +89,125 @@ def export_llama(path: pathlib.Path, config, *, seq: int = 16) -> pathlib.Path:
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+N6 = "import sys; from n6onnx.cli import main; sys.argv[0] = 'n6onnx'; sys.exit(main())"
+
+
+def measure(args: list[str], timeout: float) -> dict:
+    """Run ``n6onnx ARGS`` in a child process; its peak RSS, wall time and exit status. The child runs
+    under GNU time (``/usr/bin/time -f %M``), which forks it from its own small process: a child forked
+    from this script would report this script's RSS at the fork as its floor (Linux keeps the peak
+    across exec). A child still running after ``timeout`` seconds is killed, and reported so."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r") as rss:
+        p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name, sys.executable, "-c", N6, *args],
+                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            p.wait(timeout)
+            killed = False
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            killed = True
+        log.seek(0)
+        tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+        kib = [int(x) for x in rss.read().split() if x.isdigit()]
+    return {"command": "n6onnx " + " ".join(args), "peak_rss_bytes": kib[-1] * 1024 if kib else None,
+            "seconds": round(time.perf_counter() - t0, 1), "exit_status": p.returncode,
+            "timed_out": killed, **({"output_tail": tail} if p.returncode else {})}
+
+
+def model_bytes(path: pathlib.Path) -> int:
+    return path.stat().st_size + sum(f.stat().st_size for f in external_files(path))
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def calibration_file(path: pathlib.Path, vocab: int, n: int, seq: int) -> pathlib.Path:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, (n, seq)).astype(np.int64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, input_ids=ids, attention_mask=np.ones_like(ids))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--intermediate", type=int, default=5632)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each command (peak RSS varies little)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
+    ap.add_argument("--calib", default="8x32", help="calibration sequences NxLEN (random token ids)")
+    ap.add_argument("--skip", nargs="*", default=[], help="names of commands not to run")
+    ap.add_argument("--work", default=str(ROOT / "build" / "llm"))
+    ap.add_argument("--note", default="shared 2-core machine, 24 GB, other jobs running")
+    args = ap.parse_args()
+    available = _mem_available()
+    work = pathlib.Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    shape = f"h{args.hidden}-l{args.layers}-i{args.intermediate}-q{args.heads}-kv{args.kv_heads}-v{args.vocab}"
+    cfg = dict(hidden=args.hidden, layers=args.layers, intermediate=args.intermediate, heads=args.heads,
+               kv_heads=args.kv_heads, vocab=args.vocab)
+    llama = export_llama(work / f"llama-{shape}.onnx", llama_config(**cfg))
+    n, seq = (int(x) for x in args.calib.split("x"))
+    calib = calibration_file(work / f"calib-{args.calib}.npz", args.vocab, n, seq)
+    out = work / "out.onnx"
+    commands = {
+        "inspect": (llama, ["inspect", str(llama)]),
+        "rewrite gelu=phi6": (llama, ["rewrite", str(llama), "-o", str(out), "--pass", "gelu=phi6"]),
+        "rewrite ffn": (llama, ["rewrite", str(llama), "-o", str(out), "--pass", "ffn=phi-bottleneck:4/3"]),
+        "rewrite gelu=phi6 --calibrate (GeGLU)": ("geglu", ["rewrite", "{geglu}", "-o", str(out), "--pass", "gelu=phi6",
+                                                            "--calibrate", str(calib)]),
+        "rewrite ffn --calibrate": (llama, ["rewrite", str(llama), "-o", str(out), "--pass", "ffn=phi-bottleneck:4/3",
+                                            "--calibrate", str(calib)]),
+    }
+    rows = []
+    for name, (model, argv) in commands.items():
+        if name in args.skip:
+            continue
+        if model == "geglu":  # the same shape with GELU-gated MLPs (Gemma-style): the gelu pass has sites
+            model = export_llama(work / f"geglu-{shape}.onnx", llama_config(**cfg, act="gelu_pytorch_tanh"))
+            argv = [a.replace("{geglu}", str(model)) for a in argv]
+        size = model_bytes(model)
+        runs = [measure(argv, args.timeout) for _ in range(args.repeats)]
+        peak = max(r["peak_rss_bytes"] or 0 for r in runs)
+        row = {"name": name, "model": model.name, "model_bytes": size, "peak_rss_bytes": peak,
+               "peak_rss_over_model": round(peak / size, 3), "runs": runs}
+        rows.append(row)
+        print(f"{name:40s} peak {peak / 2**30:6.2f} GiB = {peak / size:5.2f} x model "
+              f"({size / 2**30:.2f} GiB) {[r['seconds'] for r in runs]} s"
+              f"{' TIMED OUT' if any(r['timed_out'] for r in runs) else ''}", flush=True)
+        for f in (out, work / "out.onnx.data"):
+            f.unlink(missing_ok=True)
+    params = sum(int(np.prod(t.dims)) for t in onnx.load(str(llama), load_external_data=False).graph.initializer)
+    payload = {
+        "what": "peak RSS of n6onnx inspect / rewrite against the model's size on disk (issue 20, item 5)",
+        "model": {"kind": "random-weight transformers LlamaModel, dynamo export (opset 20, dynamic batch/seq), "
+                          "fp32, external data", **cfg, "parameters": params},
+        "method": ("each command in a fresh child process (python -c n6onnx.cli.main) under GNU time; peak RSS = "
+                   "its %M (maximum resident set size: anonymous and file-backed mmap pages); model size = "
+                   ".onnx + .onnx.data on disk; calibration data: random token ids, "
+                   f"{n} sequences x {seq} tokens"),
+        "repetitions": args.repeats, "note": args.note, "mem_available_at_start_bytes": available,
+        "rows": rows,
+    }
+    print(write("llm_memory", payload))
+
+
+if __name__ == "__main__":
+    main()
