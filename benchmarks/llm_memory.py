@@ -168,6 +168,7 @@ def main() -> None:
     calib = calibration_file(work / f"calib-{args.calib}.npz", args.vocab, n, seq)
     out = work / "out.onnx"
     commands = {
+        "n6onnx --version (the floor: Python and the imports)": (llama, ["--version"]),
         "inspect": (llama, ["inspect", str(llama)]),
         "rewrite gelu=phi6": (llama, ["rewrite", str(llama), "-o", str(out), "--pass", "gelu=phi6"]),
         "rewrite ffn": (llama, ["rewrite", str(llama), "-o", str(out), "--pass", "ffn=phi-bottleneck:4/3"]),
