@@ -334,8 +334,7 @@ def save(model: ir.Model | onnx.ModelProto, out: str | os.PathLike, *, external_
             try:
                 tmp_model = tmpdir / out.name
                 if proto is None:
-                    _inline_attribute_tensors(model)
-                    ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1023)
+                    _save_streaming(model, tmp_model, data_name)
                 elif external_data:
                     onnx.save_model(
                         proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -397,6 +396,21 @@ def _tensor_bytes(proto: onnx.ModelProto) -> int:
     from onnx.external_data_helper import _get_all_tensors
 
     return sum(len(t.raw_data) for t in _get_all_tensors(proto))
+
+
+def _save_streaming(model: ir.Model, path: pathlib.Path, data_name: str) -> None:
+    """Save ``model`` to ``path`` with tensors of 1024 bytes or more in ``data_name`` beside it, written one
+    tensor at a time by onnx-ir (external ones copied file to file); the model is left as it was (as
+    ``ir.save`` does)."""
+    _inline_attribute_tensors(model)
+    values = [v for g in model.graphs() for v in g.initializers.values()]
+    tensors = [v.const_value for v in values]
+    try:
+        ir.external_data.unload_from_model(model, path.parent, data_name, size_threshold_bytes=1023)
+        onnx.save_model(ir.serde.serialize_model(model), str(path))
+    finally:
+        for v, t in zip(values, tensors):
+            v.const_value = t
 
 
 def _ir_tensor_bytes(model: ir.Model) -> int:
