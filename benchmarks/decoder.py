@@ -3,7 +3,7 @@ with a key/value cache, on onnxruntime, against ORT's best original.
 
 Model: transformers LlamaModel, hidden 768, 12 layers, intermediate 2048, 12 query / 4 key-value
 heads, vocabulary 32000 (~100 M parameters), exported with past_key_values inputs and present
-outputs by the zoo's KV-cache export (``n6onnx.testing.zoo``).
+outputs (``export_decoder``).
 
 Rows: the original as ORT runs it best (``n6onnx.bench.baseline.fuse``: ORT's transformer optimizer
 when it fuses more, full graph optimisations either way); ORT's per-channel dynamic int8
@@ -42,12 +42,12 @@ import n6onnx  # noqa: E402
 from n6onnx.bench import baseline  # noqa: E402
 from n6onnx.bench.session import Runner, SessionConfig  # noqa: E402
 from n6onnx.errors import N6Error  # noqa: E402
-from n6onnx.testing import zoo  # noqa: E402
+from n6onnx.io import atomic_path  # noqa: E402
 
 from _common import summary, write  # noqa: E402
 
 # the rewrites tried on the decoder; each is kept only if the pass accepts and rewrites something
-REWRITES = ("gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix", "attention=egyptian")
+REWRITES = ("gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:@0", "attention=egyptian")
 
 
 def _dims(v: onnx.ValueInfoProto) -> list:
@@ -121,6 +121,62 @@ def rewrites(src: pathlib.Path, work: pathlib.Path) -> tuple[dict[str, pathlib.P
             continue
         done[spec] = out
     return done, refused
+
+
+CONFIG = dict(hidden=768, layers=12, intermediate=2048, heads=12, kv_heads=4, vocab=32000)
+
+
+def export_decoder(work: pathlib.Path, seed: int = 0) -> tuple[pathlib.Path, int, dict]:
+    """A random-weight Llama-style LlamaModel (CONFIG) exported with a KV cache: inputs input_ids,
+    attention_mask (past + new), past_key_values.{i}.key/value [batch, kv_heads, past, head_dim];
+    outputs last_hidden_state and present.{i}.key/value (dynamo, opset 20, dynamic batch / sequence /
+    past). Cached in ``work``. (Stand-in until the zoo has its KV-cache exports: then use those.)"""
+    import torch
+    import transformers as tf
+
+    c = CONFIG
+    path = work / "decoder-{hidden}x{layers}-i{intermediate}-q{heads}-kv{kv_heads}-v{vocab}.onnx".format(**c)
+    info = {"kind": "random-weight transformers LlamaModel with a KV cache (dynamo export, opset 20)", **c}
+    if path.is_file():
+        info["parameters"] = _params(path)
+        return path, c["vocab"], info
+    cfg = tf.LlamaConfig(vocab_size=c["vocab"], hidden_size=c["hidden"], num_hidden_layers=c["layers"],
+                         intermediate_size=c["intermediate"], num_attention_heads=c["heads"],
+                         num_key_value_heads=c["kv_heads"], max_position_embeddings=16384, use_cache=True)
+    torch.manual_seed(seed)
+    model = tf.LlamaModel(cfg).eval()
+    n, hd = c["layers"], c["hidden"] // c["heads"]
+
+    class WithCache(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, *past):
+            cache = tf.DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(n)], config=cfg)
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+            layers = out.past_key_values.layers
+            return (out.last_hidden_state, *[t for i in range(n) for t in (layers[i].keys, layers[i].values)])
+
+    s, p = 8, 16
+    ids = torch.randint(0, c["vocab"], (1, s))
+    past = tuple(torch.randn(1, c["kv_heads"], p, hd) for _ in range(2 * n))
+    b = torch.export.Dim("batch", min=1, max=64)
+    dyn = ({0: b, 1: torch.export.Dim("seq", min=1, max=16384)},
+           {0: b, 1: torch.export.Dim("total", min=2, max=32768)},
+           tuple({0: b, 2: torch.export.Dim("past", min=1, max=16384)} for _ in past))
+    names_in = ["input_ids", "attention_mask"] + [f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+    names_out = ["last_hidden_state"] + [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+    with atomic_path(path) as tmp, torch.no_grad():
+        torch.onnx.export(WithCache(model), (ids, torch.ones(1, s + p, dtype=torch.int64), *past), str(tmp),
+                          dynamo=True, opset_version=20, input_names=names_in, output_names=names_out,
+                          dynamic_shapes=dyn, optimize=True, external_data=False)
+    info["parameters"] = _params(path)
+    return path, c["vocab"], info
+
+
+def _params(path: pathlib.Path) -> int:
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
 
 
 def stock_int8(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
