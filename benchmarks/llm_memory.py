@@ -156,14 +156,27 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="names of commands not to run")
     ap.add_argument("--work", default=str(ROOT / "build" / "llm"))
     ap.add_argument("--note", default="shared 2-core machine, 24 GB, other jobs running")
+    ap.add_argument("--export-to", help=argparse.SUPPRESS)  # the export step, run in a child process
+    ap.add_argument("--act", default="silu", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    cfg = dict(hidden=args.hidden, layers=args.layers, intermediate=args.intermediate, heads=args.heads,
+               kv_heads=args.kv_heads, vocab=args.vocab)
+    if args.export_to:
+        export_llama(pathlib.Path(args.export_to), llama_config(**cfg, act=args.act))
+        return
     available = _mem_available()
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     shape = f"h{args.hidden}-l{args.layers}-i{args.intermediate}-q{args.heads}-kv{args.kv_heads}-v{args.vocab}"
-    cfg = dict(hidden=args.hidden, layers=args.layers, intermediate=args.intermediate, heads=args.heads,
-               kv_heads=args.kv_heads, vocab=args.vocab)
-    llama = export_llama(work / f"llama-{shape}.onnx", llama_config(**cfg))
+
+    def export(path: pathlib.Path, act: str = "silu") -> pathlib.Path:
+        """In a child process: torch keeps the export's memory, which would inflate later measurements."""
+        if not path.is_file():
+            subprocess.run([sys.executable, __file__, "--export-to", str(path), "--act", act,
+                            *[f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()]], check=True)
+        return path
+
+    llama = export(work / f"llama-{shape}.onnx")
     n, seq = (int(x) for x in args.calib.split("x"))
     calib = calibration_file(work / f"calib-{args.calib}.npz", args.vocab, n, seq)
     out = work / "out.onnx"
@@ -182,7 +195,7 @@ def main() -> None:
         if name in args.skip:
             continue
         if model == "geglu":  # the same shape with GELU-gated MLPs (Gemma-style): the gelu pass has sites
-            model = export_llama(work / f"geglu-{shape}.onnx", llama_config(**cfg, act="gelu_pytorch_tanh"))
+            model = export(work / f"geglu-{shape}.onnx", "gelu_pytorch_tanh")
             argv = [a.replace("{geglu}", str(model)) for a in argv]
         size = model_bytes(model)
         runs = [measure(argv, args.timeout) for _ in range(args.repeats)]
