@@ -2,8 +2,8 @@
 with a key/value cache, on onnxruntime, against ORT's best original.
 
 Model: transformers LlamaModel, hidden 768, 12 layers, intermediate 2048, 12 query / 4 key-value
-heads, vocabulary 32000 (~100 M parameters), exported with past_key_values inputs and present
-outputs (``export_decoder``).
+heads, vocabulary 32000, tied embeddings (~100 M parameters), exported in the zoo's merged KV-cache
+form (``n6onnx.testing.zoo_decoder``: past_key_values inputs, present outputs, logits).
 
 Rows: the original as ORT runs it best (``n6onnx.bench.baseline.fuse``: ORT's transformer optimizer
 when it fuses more, full graph optimisations either way); ORT's per-channel dynamic int8
@@ -43,6 +43,7 @@ from n6onnx.bench import baseline  # noqa: E402
 from n6onnx.bench.session import Runner, SessionConfig  # noqa: E402
 from n6onnx.errors import N6Error  # noqa: E402
 from n6onnx.io import atomic_path  # noqa: E402
+from n6onnx.testing import zoo_decoder  # noqa: E402
 
 from _common import summary, write  # noqa: E402
 
@@ -127,50 +128,39 @@ CONFIG = dict(hidden=768, layers=12, intermediate=2048, heads=12, kv_heads=4, vo
 
 
 def export_decoder(work: pathlib.Path, seed: int = 0) -> tuple[pathlib.Path, int, dict]:
-    """A random-weight Llama-style LlamaModel (CONFIG) exported with a KV cache: inputs input_ids,
-    attention_mask (past + new), past_key_values.{i}.key/value [batch, kv_heads, past, head_dim];
-    outputs last_hidden_state and present.{i}.key/value (dynamo, opset 20, dynamic batch / sequence /
-    past). Cached in ``work``. (Stand-in until the zoo has its KV-cache exports: then use those.)"""
+    """A random-weight Llama-style causal LM (CONFIG, tied embeddings) exported in the zoo's merged
+    KV-cache form (``n6onnx.testing.zoo_decoder``: its wrapper, graph names and dynamic axes): inputs
+    input_ids, attention_mask (past + new), position_ids, past_key_values.{i}.key/value
+    [batch, kv_heads, past, head_dim]; outputs logits and present.{i}.key/value. Cached in ``work``."""
     import torch
     import transformers as tf
 
     c = CONFIG
-    path = work / "decoder-{hidden}x{layers}-i{intermediate}-q{heads}-kv{kv_heads}-v{vocab}.onnx".format(**c)
-    info = {"kind": "random-weight transformers LlamaModel with a KV cache (dynamo export, opset 20)", **c}
-    if path.is_file():
-        info["parameters"] = _params(path)
-        return path, c["vocab"], info
-    cfg = tf.LlamaConfig(vocab_size=c["vocab"], hidden_size=c["hidden"], num_hidden_layers=c["layers"],
-                         intermediate_size=c["intermediate"], num_attention_heads=c["heads"],
-                         num_key_value_heads=c["kv_heads"], max_position_embeddings=16384, use_cache=True)
-    torch.manual_seed(seed)
-    model = tf.LlamaModel(cfg).eval()
-    n, hd = c["layers"], c["hidden"] // c["heads"]
-
-    class WithCache(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, *past):
-            cache = tf.DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(n)], config=cfg)
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-            layers = out.past_key_values.layers
-            return (out.last_hidden_state, *[t for i in range(n) for t in (layers[i].keys, layers[i].values)])
-
-    s, p = 8, 16
-    ids = torch.randint(0, c["vocab"], (1, s))
-    past = tuple(torch.randn(1, c["kv_heads"], p, hd) for _ in range(2 * n))
-    b = torch.export.Dim("batch", min=1, max=64)
-    dyn = ({0: b, 1: torch.export.Dim("seq", min=1, max=16384)},
-           {0: b, 1: torch.export.Dim("total", min=2, max=32768)},
-           tuple({0: b, 2: torch.export.Dim("past", min=1, max=16384)} for _ in past))
-    names_in = ["input_ids", "attention_mask"] + [f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
-    names_out = ["last_hidden_state"] + [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
-    with atomic_path(path) as tmp, torch.no_grad():
-        torch.onnx.export(WithCache(model), (ids, torch.ones(1, s + p, dtype=torch.int64), *past), str(tmp),
-                          dynamo=True, opset_version=20, input_names=names_in, output_names=names_out,
-                          dynamic_shapes=dyn, optimize=True, external_data=False)
+    path = work / "decoder-llama-{hidden}x{layers}-i{intermediate}-q{heads}-kv{kv_heads}-v{vocab}.onnx".format(**c)
+    info = {"kind": "random-weight transformers LlamaForCausalLM (tied embeddings), zoo_decoder KV-cache form, "
+                    "dynamo opset 20", **c}
+    if not path.is_file():
+        cfg = tf.LlamaConfig(vocab_size=c["vocab"], hidden_size=c["hidden"], num_hidden_layers=c["layers"],
+                             intermediate_size=c["intermediate"], num_attention_heads=c["heads"],
+                             num_key_value_heads=c["kv_heads"], max_position_embeddings=16384, use_cache=True,
+                             tie_word_embeddings=True, hidden_act="silu")
+        torch.manual_seed(seed)
+        wrapped = zoo_decoder._wrapper("llama", tf.LlamaForCausalLM(cfg).eval(), "kv")
+        n, hd = c["layers"], c["hidden"] // c["heads"]
+        s, p = 3, 5
+        args = (torch.randint(0, c["vocab"], (1, s)), torch.ones(1, s + p, dtype=torch.int64),
+                torch.arange(p, p + s)[None], *(torch.randn(1, c["kv_heads"], p, hd) for _ in range(2 * n)))
+        b = torch.export.Dim("batch", min=1, max=64)
+        seq = torch.export.Dim("seq", min=1, max=16384)
+        dyn = ({0: b, 1: seq}, {0: b, 1: torch.export.Dim("total", min=1, max=32768)}, {0: b, 1: seq},
+               tuple({0: b, 2: torch.export.Dim("past", min=0, max=16384)} for _ in range(2 * n)))
+        with atomic_path(path) as tmp, torch.no_grad():
+            prog = torch.onnx.export(wrapped, args, dynamo=True, opset_version=20,
+                                     input_names=["input_ids", "attention_mask", "position_ids",
+                                                  *zoo_decoder.past_names(n)],
+                                     output_names=["logits", *zoo_decoder.present_names(n)],
+                                     dynamic_shapes=dyn, external_data=False, optimize=True)
+            onnx.save_model(prog.model_proto, str(tmp))
     info["parameters"] = _params(path)
     return path, c["vocab"], info
 
