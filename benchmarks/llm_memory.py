@@ -3,7 +3,7 @@
 Model: a random-weight Llama-style decoder (transformers LlamaModel, SwiGLU MLPs, RMSNorm, RoPE,
 grouped-query attention), exported with torch's dynamo exporter under no_grad with its tensors in
 an external data file (as large exports are shipped). Default config ~1 B parameters: hidden 2048,
-16 layers, intermediate 5632, 32 query / 4 key-value heads, vocabulary 32000; ``--layers`` and
+22 layers, intermediate 5632, 32 query / 4 key-value heads, vocabulary 32000; ``--layers`` and
 ``--hidden`` shrink it where a machine cannot hold the export.
 
 Each command runs in a child process (the ``n6onnx`` CLI of this tree); its peak resident set size is
