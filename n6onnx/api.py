@@ -193,15 +193,15 @@ def rewrite(
     if calibrate is not None and not fitted:
         warnings.append(f"--calibrate {calibrate}: no site was calibrated (no rewritten site could use the data: "
                         "see the near-misses); the result is uncalibrated")
-    proto = ir.serde.serialize_model(m)
-    check(proto)
+    check(m)
     quantization = None
     if qmode is not None:  # last: onnxruntime's quantizer on the finished float model
+        proto = io.materialize(ir.serde.serialize_model(m))
         quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches)
         warnings += quantization.warnings
         m = ir.serde.deserialize_model(proto)
-    if output is not None:
-        io.save(proto, output, external_data=external_data,
+    if output is not None:  # tensor by tensor: external ones are copied file to file
+        io.save(m, output, external_data=external_data,
                 inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
     rep = RewriteReport(name, str(output) if output else None, [str(s) for s in specs], reports,
                         functions, time.perf_counter() - t0, warnings, calibration, fitted, healing,

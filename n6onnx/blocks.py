@@ -277,6 +277,9 @@ class AttentionBlock:
     core_out: ir.Value | None = None  # P.V output [B,H,L,dh] (or the fused op's output)
     probs: ir.Value | None = None  # attention probabilities [B,H,L,L] (unfused only)
     k4_transposed: bool = True  # kt4 is K^T (unfused); False: K [B,H,L,dh] (opset-23 Attention)
+    # KV cache (decoder exports): past graph inputs concatenated in front of the new keys/values and the
+    # present graph outputs they produce: {"past_key", "past_value", "present_key", "present_value"}
+    cache: dict[str, str | None] | None = None
 
     @property
     def packed(self) -> bool:
@@ -298,6 +301,8 @@ class AttentionBlock:
              "residual": None if self.residual_node is None else {
                  "node": node_label(self.residual_node), "stream": self.residual.name if self.residual else None},
              "norm": self.norm}
+        if self.cache is not None:
+            d["cache"] = dict(self.cache)
         return d
 
 

@@ -174,8 +174,12 @@ def inspect_human(rep) -> None:
             red = f", redundancy {d['redundancy']:.4f}" if d.get("redundancy") is not None else ""
             if d.get("layer_redundancy") is not None:
                 red += f", layer redundancy {d['layer_redundancy']:.4f}"
-            out.print(escape(f"  attention block {d['index']} ({d['form']}): {d['heads']} heads x {d['head_size']}, "
-                             f"scale {d['scale']}, {d['norm']}{red}"), highlight=False)
+            kv = d.get("kv_heads")
+            heads = f"{d['heads']} heads ({kv} kv)" if kv and kv != d["heads"] else f"{d['heads']} heads"
+            c = d.get("cache")
+            cache = f", cache {c['past_key']}/{c['past_value']} -> {c['present_key']}/{c['present_value']}" if c else ""
+            out.print(escape(f"  attention block {d['index']} ({d['form']}): {heads} x {d['head_size']}, "
+                             f"scale {d['scale']}, {d['norm']}{red}{cache}"), highlight=False)
 
 
 def rewrite_human(rep) -> None:

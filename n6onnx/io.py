@@ -31,8 +31,20 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load and check an ONNX model, raising BadModelError with a clear reason."""
+    """Load and check an ONNX model with its external data read into memory, raising BadModelError with
+    a clear reason. ``load`` reads no weight values (use it where the model may be large)."""
     p = pathlib.Path(path)
+    model = _read_checked(p)
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise BadModelError(f"{p}: could not read external data: {first_line(e) if str(e).strip() else repr(e)}") from None
+    return model
+
+
+def _read_checked(p: pathlib.Path) -> onnx.ModelProto:
+    """The model's protobuf, checked, without its external data (whose files are checked to exist, to
+    stay in the model's folder and to hold every tensor's bytes)."""
     if not p.exists():
         raise BadModelError(f"{p}: no such file")
     if not p.is_file():
@@ -52,12 +64,12 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
     bad = _bad_text(model)
     if bad:
         raise BadModelError(f"{p}: not a valid ONNX model: the text field {bad} is not UTF-8 (the file is corrupt)")
-    _load_external(p, model)
+    external = _check_external(p, model)
     try:
-        small = model.ByteSize() < 2**31 - 1
-        onnx.checker.check_model(model if small else str(p))
-        if small:  # types and shapes must agree: a corrupt file can pass the checker and fail every pass later
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        # by path when tensors are external: the checker then finds their files beside the model
+        onnx.checker.check_model(str(p) if external else model)
+        # types and shapes must agree: a corrupt file can pass the checker and fail every pass later
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise BadModelError(f"{p}: invalid ONNX model: {first_line(e)}") from None
     return model
@@ -112,19 +124,43 @@ def _check_opset(p: pathlib.Path, model: onnx.ModelProto) -> None:
         )
 
 
-def _load_external(p: pathlib.Path, model: onnx.ModelProto) -> None:
+def _external_info(t: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _check_external(p: pathlib.Path, model: onnx.ModelProto) -> bool:
+    """Check the external data of ``model`` (loaded from ``p``) without reading it: every location
+    stays in the model's folder, names an existing file, and that file holds offset + length bytes.
+    Returns whether any tensor is external."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    missing, outside = [], []
+    missing, outside, short = [], [], []
     base = p.parent
+    sizes: dict[str, int] = {}
+    found = False
     for t in _get_all_tensors(model):
-        if uses_external_data(t):
-            loc = {e.key: e.value for e in t.external_data}.get("location", "")
-            norm = os.path.normpath(loc)
-            if not loc or os.path.isabs(loc) or norm == ".." or norm.startswith(".." + os.sep):
-                outside.append(loc)
-            elif not (base / norm).is_file():
-                missing.append(loc)
+        if not uses_external_data(t):
+            continue
+        found = True
+        info = _external_info(t)
+        loc = info.get("location", "")
+        norm = os.path.normpath(loc)
+        if not loc or os.path.isabs(loc) or norm == ".." or norm.startswith(".." + os.sep):
+            outside.append(loc)
+            continue
+        f = base / norm
+        if norm not in sizes:
+            sizes[norm] = f.stat().st_size if f.is_file() else -1
+        if sizes[norm] < 0:
+            missing.append(loc)
+            continue
+        try:
+            offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+        except ValueError:
+            short.append(t.name)
+            continue
+        if offset < 0 or (length is not None and (length < 0 or offset + length > sizes[norm])) or offset > sizes[norm]:
+            short.append(t.name)
     if outside:
         raise BadModelError(
             f"{p}: external data location(s) {', '.join(repr(x) for x in sorted(set(outside)))} point outside the "
@@ -135,10 +171,10 @@ def _load_external(p: pathlib.Path, model: onnx.ModelProto) -> None:
             f"{p}: external data file(s) missing: {', '.join(sorted(set(missing)))} "
             f"(expected next to the model in {base})"
         )
-    try:
-        onnx.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError, onnx.checker.ValidationError) as e:
-        raise BadModelError(f"{p}: could not read external data: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+    if short:
+        raise BadModelError(f"{p}: could not read external data: the data of tensor(s) {', '.join(short[:3])}"
+                            f"{' ...' if len(short) > 3 else ''} lies past the end of its file (truncated?)")
+    return found
 
 
 def uses_external_data(path: str | os.PathLike) -> bool:
@@ -149,8 +185,31 @@ def uses_external_data(path: str | os.PathLike) -> bool:
 
 
 def load(path: str | os.PathLike) -> ir.Model:
-    """Load as an onnx-ir model (checked)."""
-    return ir.serde.deserialize_model(load_proto(path))
+    """Load as an onnx-ir model (checked), reading no weight values: tensors kept in external data stay
+    on disk as ``ir.ExternalTensor``s (memory-mapped only when a pass reads their values, and copied
+    file to file by ``save``). Their locations are made absolute (see ``session_for_proto`` in
+    ``n6onnx.runtime`` and ``save``, which turn them back into relative ones)."""
+    p = pathlib.Path(path)
+    model = ir.serde.deserialize_model(_read_checked(p))
+    base = p.parent.resolve()
+    for g in model.graphs():
+        for v in g.initializers.values():
+            v.const_value = _absolute(v.const_value, base)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for name, a in list(node.attributes.items()):
+            if a.type == ir.AttributeType.TENSOR:
+                node.attributes[name] = ir.AttrTensor(name, _absolute(a.value, base))
+            elif a.type == ir.AttributeType.TENSORS:
+                node.attributes[name] = ir.AttrTensors(name, [_absolute(t, base) for t in a.value])
+    return model
+
+
+def _absolute(t, base: pathlib.Path):
+    """An external tensor whose location is the absolute path of its file (others unchanged)."""
+    if not isinstance(t, ir.ExternalTensor) or os.path.isabs(t.location):
+        return t
+    return ir.ExternalTensor(str(base / os.path.normpath(t.location)), t.offset, t.length, t.dtype, shape=t.shape,
+                             name=t.name, doc_string=t.doc_string, metadata_props=dict(t.metadata_props))
 
 
 def external_files(path: str | os.PathLike) -> list[pathlib.Path]:
@@ -253,9 +312,17 @@ def save(model: ir.Model | onnx.ModelProto, out: str | os.PathLike, *, external_
     previous ``out`` used and the new one does not (an inline save over an external-data one) are
     removed. OS errors become one-line ``N6Error``s. ``inputs`` are never overwritten."""
     out = check_output_path(out, inputs)
-    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
-    if external_data is None:
-        external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    if isinstance(model, onnx.ModelProto) and external_tensors(model):
+        model = ir.serde.deserialize_model(model)  # its external tensors (from ``load``) are copied file to file
+    if isinstance(model, ir.Model):
+        if external_data is None:
+            external_data = _ir_tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        # with external data, onnx-ir writes tensor by tensor (external ones file to file): no copy in memory
+        proto = None if external_data else materialize(ir.serde.serialize_model(model))
+    else:
+        proto = model
+        if external_data is None:
+            external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
     protected = {pathlib.Path(i).resolve() for i in inputs} | {f for i in inputs for f in external_files(i)}
     stale = [f for f in external_files(out) if f.parent == out.parent.resolve() and f not in protected] \
@@ -266,7 +333,9 @@ def save(model: ir.Model | onnx.ModelProto, out: str | os.PathLike, *, external_
             tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             try:
                 tmp_model = tmpdir / out.name
-                if external_data:
+                if proto is None:
+                    _save_streaming(model, tmp_model, data_name)
+                elif external_data:
                     onnx.save_model(
                         proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024,
@@ -327,3 +396,105 @@ def _tensor_bytes(proto: onnx.ModelProto) -> int:
     from onnx.external_data_helper import _get_all_tensors
 
     return sum(len(t.raw_data) for t in _get_all_tensors(proto))
+
+
+def _save_streaming(model: ir.Model, path: pathlib.Path, data_name: str) -> None:
+    """Save ``model`` to ``path`` with tensors of 1024 bytes or more in ``data_name`` beside it, written one
+    tensor at a time by onnx-ir (external ones copied file to file); the model is left as it was (as
+    ``ir.save`` does)."""
+    _inline_attribute_tensors(model)
+    values = [v for g in model.graphs() for v in g.initializers.values()]
+    tensors = [v.const_value for v in values]
+    try:
+        ir.external_data.unload_from_model(model, path.parent, data_name, size_threshold_bytes=1023)
+        onnx.save_model(ir.serde.serialize_model(model), str(path))
+    finally:
+        for v, t in zip(values, tensors):
+            v.const_value = t
+
+
+def _ir_tensor_bytes(model: ir.Model) -> int:
+    """Bytes of the model's initializers, from their shapes (no data is read)."""
+    return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values()
+               if v.const_value is not None)
+
+
+def _inline_attribute_tensors(model: ir.Model) -> None:
+    """Tensor attributes kept in external data are read into memory (``ir.save`` moves initializers only)."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for name, a in list(node.attributes.items()):
+            if a.type == ir.AttributeType.TENSOR and isinstance(a.value, ir.ExternalTensor):
+                node.attributes[name] = ir.AttrTensor(name, ir.Tensor(a.value.numpy().copy(), name=a.value.name))
+
+
+def external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors of ``proto`` (graph, subgraphs, attributes) whose data is in external files."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+
+
+def read_external(t: onnx.TensorProto, base: str | os.PathLike = "") -> bytes:
+    """The bytes of an external tensor (its location absolute, as ``load`` makes it, or relative to ``base``)."""
+    info = _external_info(t)
+    path = os.path.join(base, info["location"])
+    with open(path, "rb") as f:
+        f.seek(int(info.get("offset", 0)))
+        return f.read(int(info["length"])) if "length" in info else f.read()
+
+
+def materialize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Read the external tensors of a proto made from a ``load``ed model into it, in place (for tools that
+    need every value in memory: onnxruntime's quantizer, healing, an inline save). Returns ``proto``."""
+    for t in external_tensors(proto):
+        t.raw_data = read_external(t)
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+    return proto
+
+
+def structure(model: onnx.ModelProto | ir.Model, threshold: int = 1024) -> onnx.ModelProto:
+    """A copy of ``model`` for the checker and shape inference without its weight values: initializers
+    of ``threshold`` bytes or more, and every external one, become graph inputs of the same type and
+    shape (small ones, such as shapes that inference reads, stay). Tensors are not copied."""
+    from onnx.external_data_helper import uses_external_data
+
+    if isinstance(model, ir.Model):  # large in-memory tensors stand in as external ones while serialising
+        swapped = [(v, v.const_value) for g in model.graphs() for v in g.initializers.values()
+                   if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor)
+                   and v.const_value.nbytes >= threshold]
+        try:
+            for v, t in swapped:
+                v.const_value = ir.ExternalTensor("n6onnx-structure-only", 0, t.nbytes, t.dtype, shape=t.shape,
+                                                  name=v.name)
+            proto = ir.serde.serialize_model(model)
+        finally:
+            for v, t in swapped:
+                v.const_value = t
+    else:
+        proto = model
+
+    m = onnx.ModelProto()
+    _copy_fields(m, proto, skip=("graph",))
+    g, src = m.graph, proto.graph
+    _copy_fields(g, src, skip=("initializer",))
+    for t in src.initializer:
+        big = uses_external_data(t) or len(t.raw_data) >= threshold
+        if not big:
+            g.initializer.append(t)
+        elif not any(i.name == t.name for i in src.input):
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return m
+
+
+def _copy_fields(dst, src, skip: tuple[str, ...]) -> None:
+    """Copy the set fields of protobuf message ``src`` into ``dst``, but those named in ``skip``."""
+    for f, v in src.ListFields():
+        if f.name in skip:
+            continue
+        if (f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED):
+            getattr(dst, f.name).extend(v)
+        elif f.message_type is not None:
+            getattr(dst, f.name).CopyFrom(v)
+        else:
+            setattr(dst, f.name, v)

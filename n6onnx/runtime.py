@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import pathlib
 import tempfile
@@ -108,11 +110,26 @@ def session_for(proto, sess_options: ort.SessionOptions | None = None, **kwargs)
     Up to ``io.EXTERNAL_DATA_THRESHOLD`` bytes of tensors the model is passed as bytes. Above it
     (protobuf cannot serialise more than 2 GB) it is written to a temporary folder with its tensors
     in one external data file; the folder lives as long as the session. ``proto`` is consumed: in
-    that case its tensors are moved to the external file."""
+    that case its tensors are moved to the external file.
+
+    Tensors that a ``io.load``ed model keeps in external data (absolute locations) are read by
+    onnxruntime from their files (memory-mapped), never copied through Python."""
+    ext = io.external_tensors(proto)
     if io._tensor_bytes(proto) <= io.EXTERNAL_DATA_THRESHOLD:
-        return InferenceSession(proto.SerializeToString(), sess_options, **kwargs)
+        with _external_relative(ext) as folder:
+            so = sess_options
+            if folder is not None:
+                so = sess_options or ort.SessionOptions()  # (its default optimisation level is ORT_ENABLE_ALL)
+                so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+            return InferenceSession(proto.SerializeToString(), so, **kwargs)
     tmp = tempfile.TemporaryDirectory(prefix="n6onnx-session-")
     path = pathlib.Path(tmp.name) / "model.onnx"
+    for k, t in enumerate(ext):  # the model's own data files, linked beside the temporary copy
+        info = {e.key: e for e in t.external_data}
+        if os.path.isabs(info["location"].value):
+            link = pathlib.Path(tmp.name) / f"source-{k}.data"
+            os.symlink(info["location"].value, link)
+            info["location"].value = link.name
     try:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="model.onnx.data", size_threshold=1024)
@@ -123,3 +140,35 @@ def session_for(proto, sess_options: ort.SessionOptions | None = None, **kwargs)
     sess = InferenceSession(str(path), sess_options, **kwargs)
     sess._n6onnx_tmp = tmp  # removed with the session
     return sess
+
+
+@contextlib.contextmanager
+def _external_relative(ext: list[onnx.TensorProto]):
+    """While the block runs, the absolute external locations (from ``io.load``) are made relative to one
+    folder, which is yielded (None without any); tensors in other folders are read into memory. The
+    tensors are restored afterwards (the caller's proto is unchanged)."""
+    absolute = [t for t in ext if os.path.isabs({e.key: e.value for e in t.external_data}["location"])]
+    if not absolute:
+        yield None
+        return
+    saved = [(t, [(e.key, e.value) for e in t.external_data], t.data_location) for t in absolute]
+    dirs = collections.Counter(os.path.dirname({e.key: e.value for e in t.external_data}["location"])
+                               for t in absolute)
+    folder = dirs.most_common(1)[0][0]
+    try:
+        for t in absolute:
+            info = {e.key: e for e in t.external_data}
+            if os.path.dirname(info["location"].value) == folder:
+                info["location"].value = os.path.basename(info["location"].value)
+            else:
+                t.raw_data = io.read_external(t)
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
+        yield folder
+    finally:
+        for t, entries, loc in saved:
+            t.ClearField("raw_data")
+            del t.external_data[:]
+            for key, value in entries:
+                t.external_data.add(key=key, value=value)
+            t.data_location = loc

@@ -42,6 +42,19 @@ def zoo_export():
 
 
 @pytest.fixture(scope="session")
+def decoder_export():
+    """A cached decoder-zoo export: ``decoder_export(model, form="kv", exporter="dynamo20")``."""
+    from n6onnx.testing import zoo_decoder
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+
+    def get(model: str, form: str = "kv", exporter: str = "dynamo20") -> pathlib.Path:
+        return zoo_decoder.export(model, CACHE, form=form, exporter=exporter)
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def phi6_np():
     """Phi6 in float64 straight from SPEC.md (independent of n6onnx.ops)."""
 

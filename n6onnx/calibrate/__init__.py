@@ -18,6 +18,7 @@ projection but beta / alpha needs one explicit Add before the product (reported 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -79,8 +80,15 @@ def _np(v: ir.Value) -> np.ndarray:
 
 def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> ir.Value:
     """Replace node.inputs[index] by a new initializer holding ``array`` (never edits a shared one)."""
+    old = node.inputs[index]
     v = add_initializer(graph, array, name)
     node.replace_input_with(index, v)
+    if old is not None and not old.uses() and not old.is_graph_input() and not old.is_graph_output() \
+            and graph.initializers.get(old.name) is old:
+        graph.initializers.pop(old.name)  # unused now; a weight kept on disk gives its mapped pages back
+        if isinstance(old.const_value, ir.ExternalTensor):
+            with contextlib.suppress(BufferError):  # a caller still holds a view: freed with it
+                old.const_value.release()
     return v
 
 

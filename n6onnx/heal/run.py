@@ -26,6 +26,8 @@ def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=N
                   dims: dict | None = None, config: HealConfig | None = None, progress: bool = False) -> HealReport:
     """Heal ``model`` (a rewrite of ``original``, already calibrated) on DATA; in place."""
     check_supported(ir.to_proto(model))  # refuse before loading data or starting the teacher
+    for m in (model, original):  # training reads every weight: external ones are read into memory
+        ir.external_data.load_to_model(m)
     batches = load_data(calibrate, original, tokenizer=tokenizer, samples=samples, dims=dims)
     return heal(model, original, batches, config, progress=progress)
 

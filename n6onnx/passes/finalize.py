@@ -39,11 +39,11 @@ def finalize(m: ir.Model) -> list[str]:
     return used
 
 
-def check(proto: onnx.ModelProto) -> None:
+def check(proto: onnx.ModelProto | ir.Model) -> None:
     """Full onnx checker and strict shape inference on the result."""
+    proto = io.structure(proto)  # weights (in memory or external) are not copied, and need no check
     try:
-        if proto.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise N6Error(f"the rewritten model fails onnx.checker: {io.first_line(e)}") from None

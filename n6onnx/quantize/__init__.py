@@ -63,7 +63,7 @@ class QuantizeReport:
 
 def _to_proto(src) -> tuple[str, onnx.ModelProto]:
     if isinstance(src, ir.Model):
-        return "<ir.Model>", ir.to_proto(src)
+        return "<ir.Model>", io.materialize(ir.to_proto(src))  # the quantizer reads every weight
     if isinstance(src, onnx.ModelProto):
         p = onnx.ModelProto()
         p.CopyFrom(src)

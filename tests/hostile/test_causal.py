@@ -53,3 +53,21 @@ def test_encoder_blocks_are_not_called_causal(zoo_export):
     rep = n6onnx.inspect(zoo_export("bert", "dynamo20"))
     assert all("refused" not in s.detail for s in rep.kinds["attention"].sites)
     assert not rep.kinds["attention"].notes
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+@pytest.mark.parametrize("form", ["kv", "nokv"])
+def test_decoder_exports_refused_too(decoder_export, tmp_path, model, form):
+    """Dynamic-shape decoder exports compute their causal mask at run time (no constant triangle): the
+    attention rewrites still see it and refuse, and the output is unchanged."""
+    from n6onnx.testing import zoo_decoder as zd
+
+    src = decoder_export(model, form=form)
+    out = tmp_path / "r.onnx"
+    for pass_ in PASSES:
+        _, rep = n6onnx.rewrite(src, out, [pass_])
+        att = rep.reports["attention"]
+        assert att.rewritten == 0 and all("causal mask" in m.reason for m in att.near_misses), pass_
+    feeds = zd.example_inputs(model, batch=2, seq=6, past=3 if form == "kv" else 0, form=form)
+    s0, s1 = InferenceSession(str(src)), InferenceSession(str(out))
+    np.testing.assert_array_equal(s0.run(None, feeds)[0], s1.run(None, feeds)[0])

@@ -67,3 +67,22 @@ def test_com_microsoft_moe():
     m = _single_op_model("MoE", "com.microsoft", [("x", [6, D]), ("router", [6, E])], {"k": 2}, extra_inits=inits)
     rep = n6onnx.inspect(m)
     assert rep.kinds["moe"].found == 1 and rep.kinds["moe"].sites[0].rule == "moe.op.MoE"
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama", "qwen2", "gemma"])
+def test_decoder_kv_export_blocks_report_their_cache(decoder_export, model):
+    from n6onnx.testing import zoo_decoder as zd
+
+    rep = n6onnx.inspect(decoder_export(model))
+    sites = rep.kinds["attention"].sites
+    assert len(sites) == zd.LAYERS
+    for i, s in enumerate(sites):
+        d = s.detail
+        assert (d["heads"], d["kv_heads"], d["head_size"]) == (zd.HEADS, zd.KV_HEADS[model], zd.HEAD_DIM)
+        assert d["cache"] == {"past_key": f"past_key_values.{i}.key", "past_value": f"past_key_values.{i}.value",
+                              "present_key": f"present.{i}.key", "present_value": f"present.{i}.value"}
+        assert d["mask"]["causal"]  # computed at run time from position ranges, not a constant
+    # the same model without a cache: same blocks, no cache tensors, still causal
+    for s in n6onnx.inspect(decoder_export(model, form="nokv")).kinds["attention"].sites:
+        assert "cache" not in s.detail and s.detail["mask"]["causal"]
+    assert {s.detail["gated"] for s in rep.kinds["ffn"].sites} == {model != "gpt2"}

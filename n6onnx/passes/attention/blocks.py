@@ -150,8 +150,66 @@ def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
             continue
         n = v.producer()
         if n is not None:
+            causal = causal or _compares_positions(n)
             stack.extend(n.inputs)
     return sorted(names), causal
+
+
+COMPARE = {"Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
+INDEX_PATH = {"Unsqueeze", "Reshape", "Add", "Sub", "Cast", "Expand", "Slice", "Squeeze", "Mul"}
+
+
+def _compares_positions(n: ir.Node) -> bool:
+    """A mask computed at run time (dynamic-shape decoder exports): ``Trilu``, or a comparison of two
+    position-index vectors (each from a ``Range``), e.g. key index <= query index + past length: a
+    causal or sliding-window pattern. A padding mask compares positions with lengths, not positions."""
+    if n.op_type == "Trilu":
+        return True
+    return n.op_type in COMPARE and len(n.inputs) == 2 and all(_from_range(i) for i in n.inputs)
+
+
+def _from_range(v: ir.Value | None, depth: int = 6) -> bool:
+    for _ in range(depth):
+        n = v.producer() if v is not None else None
+        if n is None:
+            return False
+        if n.op_type == "Range":
+            return True
+        if n.op_type not in INDEX_PATH:
+            return False
+        live = [i for i in n.inputs if i is not None and not is_const(i)]
+        if len(live) > 1:
+            return any(_from_range(i, depth - 1) for i in live)
+        v = live[0] if live else None
+    return False
+
+
+def _cache_source(v: ir.Value | None, depth: int = 10) -> tuple[str, str | None] | None:
+    """(past graph input, present graph output) when ``v`` (the per-head K^T or V of the core) is computed
+    by a ``Concat`` of a past graph input with the new keys/values, through head-path ops."""
+    for _ in range(depth):
+        n = v.producer() if v is not None else None
+        if n is None or n.op_type not in HEAD_PATH:
+            return None
+        if n.op_type == "Concat":
+            past = [i for i in n.inputs if i is not None and i.is_graph_input()]
+            if len(past) == 1:
+                out = n.outputs[0]
+                return past[0].name, out.name if out.is_graph_output() else None
+        live = [i for i in n.inputs[:1 if n.op_type in ("Reshape", "Expand", "Unsqueeze", "Squeeze") else None]
+                if i is not None and not is_const(i)]
+        if len(live) != 1:
+            return None
+        v = live[0]
+    return None
+
+
+def _cache(kt4: ir.Value | None, v4: ir.Value | None) -> dict[str, str | None] | None:
+    k, v = _cache_source(kt4), _cache_source(v4)
+    if k is None and v is None:
+        return None
+    return {"past_key": k and k[0], "past_value": v and v[0], "present_key": k and k[1],
+            "present_value": v and v[1]}
 
 
 def _mask(v: ir.Value | None, kind: str) -> Mask | None:
@@ -377,7 +435,8 @@ def _unfused(softmax: ir.Node) -> AttentionBlock | str:
     return AttentionBlock(
         0, "matmul_softmax_matmul", softmax, [qk, softmax, pv], h, q, k, v, heads, kv_heads, dh,
         sq * sk * ss, mask, out[0] if out else None, out[1] if out else None, res, res_node, _norm(h, res),
-        q4=q4, kt4=kt4, v4=pv.inputs[1], core_out=pv.outputs[0], probs=softmax.outputs[0])
+        q4=q4, kt4=kt4, v4=pv.inputs[1], core_out=pv.outputs[0], probs=softmax.outputs[0],
+        cache=_cache(kt4, pv.inputs[1]))
 
 
 def _attr(node: ir.Node, name: str, default=None):

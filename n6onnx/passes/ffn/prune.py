@@ -45,7 +45,9 @@ def _cut_weight(graph: ir.Graph, proj: Projection, keep: np.ndarray, axis_hidden
     """Keep hidden units ``keep`` of a projection. axis_hidden: 'out' (up/gate) or 'in' (down)."""
     w = _np(proj.weight)
     ax = {("out", False): 1, ("out", True): 0, ("in", False): 0, ("in", True): 1}[(axis_hidden, proj.transposed)]
-    _set_input(graph, proj.node, 1, np.ascontiguousarray(np.take(w, keep, axis=ax)), f"{proj.weight.name}_{tag}")
+    cut = np.ascontiguousarray(np.take(w, keep, axis=ax))
+    del w  # no view of the old weight left: _set_input can unmap it
+    _set_input(graph, proj.node, 1, cut, f"{proj.weight.name}_{tag}")
 
 
 def _fix_reshapes(graph: ir.Graph, proj: Projection, old: int, new: int) -> None:
