@@ -11,6 +11,7 @@ import torch
 import n6onnx
 from n6onnx import feeds as F
 from n6onnx.heal.executor import GraphModule, UnsupportedOpError, check_supported, unsupported_ops
+from n6onnx.ops import DOMAIN, REGISTRY
 from n6onnx.runtime import session_for
 
 MODELS = ["bert", "gpt2", "geglu", "llama", "minilm", "mixtral", "vit"]
@@ -88,3 +89,21 @@ def test_an_op_form_the_student_cannot_run_is_a_clear_error():
     module = GraphModule(proto)
     with pytest.raises(UnsupportedOpError, match="Pad with a mode other than constant"):
         module({"x": torch.zeros(1, 4)})
+
+
+def test_causal_gqa_attention_node_runs_with_its_attributes():
+    """The student runs n6 nodes through n6onnx.torch.functional with every attribute of the node:
+    a causal grouped-query EgyptianAttention decode chunk equals the op's numpy reference."""
+    spec = REGISTRY["EgyptianAttention"]
+    sample = next(s for s in spec.samples("float32") if s.id == "causal_chunk_Lq7_Lk30")
+    vis = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+           for k, v in sample.feeds.items()]
+    node = onnx.helper.make_node(spec.name, list(sample.feeds), ["Y"], domain=DOMAIN, **sample.attrs)
+    out = onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [None] * 3)
+    m = onnx.helper.make_model(onnx.helper.make_graph([node], "g", vis, [out]),
+                               opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(DOMAIN, 1)],
+                               functions=[spec.function(18)])
+    with torch.no_grad():
+        got = GraphModule(m)(sample.feeds)["Y"].numpy()
+    want = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
