@@ -14,6 +14,7 @@ struct CudaBackend {
   static constexpr const char* kProvider = kCudaProvider;
 
   static std::string Check(const egyptian::Problem& pr) {
+    if (pr.causal || pr.Hkv != pr.H) return "the CUDA kernel does not take causal=1 or kv_heads < num_heads yet";
     if (pr.H > cuda::kEgyptianMaxHeads) {
       return "the CUDA kernel takes at most " + std::to_string(cuda::kEgyptianMaxHeads) +
              " heads, got num_heads=" + std::to_string(pr.H);
@@ -35,7 +36,7 @@ struct CudaBackend {
     a.mask = io.mask;
     a.y = io.y;
     a.B = pr.B;
-    a.L = pr.L;
+    a.L = pr.Lq;
     a.H = pr.H;
     a.dh = pr.dh;
     a.half = pr.half;

@@ -17,7 +17,7 @@ from n6onnx.ops import DOMAIN, REGISTRY
 from n6onnx.ops.egyptian_attention import FULL, GLOBAL, LOCAL, default_group_kinds, default_head_kinds
 
 EGY = REGISTRY["EgyptianAttention"]
-IMPLS = ["reference", "fallback"]
+IMPLS = ["reference", "fallback", "kernel"]
 
 
 def _run(impl: str, feeds: dict, attrs: dict) -> np.ndarray:
@@ -202,3 +202,26 @@ def test_query_with_no_key_outputs_zeros():
     for impl in IMPLS:
         y = _run(impl, f, dict(num_heads=2, causal=1, window=0, head_kinds=[1, 0]))
         assert not y[..., :4].any() and y[..., 4:].any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("Lq,Lk,window,sinks,mask", [
+    (200, 200, 64, 1, False),  # prefill across several 64-key blocks
+    (1, 300, 64, 4, True),  # one decode step: 1-row tiles, the local window inside the last blocks
+    (3, 300, 100, 2, False),  # a short chunk (fewer queries than a register tile)
+    (40, 171, 7, 3, True),  # a chunk spanning query blocks, window smaller than a block
+    (33, 33, 0, 0, False),  # window 0: local heads see nothing; sinks 0: global heads see themselves
+])
+def test_kernel_across_key_blocks(dtype, Lq, Lk, window, sinks, mask):
+    rng = np.random.default_rng(Lk + Lq)
+    H, Hkv, dh = 8, 4, 16
+    f = _feeds(rng, 2, Lq, Lk, H, Hkv, dh, mask=mask)
+    f = {k: v.astype(dtype) if v.dtype == np.float32 else v for k, v in f.items()}
+    if not mask:
+        del f["key_padding_mask"]  # the kernel takes a missing mask
+    attrs = dict(num_heads=H, kv_heads=Hkv, head_kinds=[0, 0, 1, 1, 2, 2, 1, 1], window=window, sinks=sinks, causal=1)
+    got = _run("kernel", f, attrs)
+    ref = EGY.reference(*[f.get(n) for n in EGY.inputs], **attrs)
+    tol = EGY.tolerance(dtype)
+    assert got.dtype == ref.dtype
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
