@@ -14,7 +14,6 @@ struct CudaBackend {
   static constexpr const char* kProvider = kCudaProvider;
 
   static std::string Check(const egyptian::Problem& pr) {
-    if (pr.causal || pr.Hkv != pr.H) return "the CUDA kernel does not take causal=1 or kv_heads < num_heads yet";
     if (pr.H > cuda::kEgyptianMaxHeads) {
       return "the CUDA kernel takes at most " + std::to_string(cuda::kEgyptianMaxHeads) +
              " heads, got num_heads=" + std::to_string(pr.H);
@@ -36,10 +35,14 @@ struct CudaBackend {
     a.mask = io.mask;
     a.y = io.y;
     a.B = pr.B;
-    a.L = pr.Lq;
+    a.Lq = pr.Lq;
+    a.Lk = pr.Lk;
     a.H = pr.H;
+    a.Hkv = pr.Hkv;
     a.dh = pr.dh;
-    a.half = pr.half;
+    a.window = pr.window;
+    a.sinks = pr.sinks;
+    a.causal = pr.causal;
     a.scale = pr.scale;
     for (int64_t h = 0; h < pr.H; ++h) a.kinds[h] = pr.kinds[h];
     a.stream = GpuStream(ctx);
