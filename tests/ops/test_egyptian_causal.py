@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 import n6onnx
 from n6onnx.ops import DOMAIN, REGISTRY
@@ -225,3 +225,37 @@ def test_kernel_across_key_blocks(dtype, Lq, Lk, window, sinks, mask):
     tol = EGY.tolerance(dtype)
     assert got.dtype == ref.dtype
     np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
+
+
+def _ort_group_query_attention(q, k_new, v_new, past_k, past_v, H, Hkv):
+    """onnxruntime's own decoder attention (com.microsoft GroupQueryAttention, CPU): causal, grouped
+    query heads, the new tokens appended to a BNSH past cache. An implementation independent of ours."""
+    F, dh = TensorProto.FLOAT, q.shape[2] // H
+    ins = [helper.make_tensor_value_info(n, F, list(a.shape)) for n, a in
+           (("q", q), ("k", k_new), ("v", v_new), ("pk", past_k), ("pv", past_v))]
+    ins += [helper.make_tensor_value_info("sl", TensorProto.INT32, [q.shape[0]]),
+            helper.make_tensor_value_info("tl", TensorProto.INT32, [])]
+    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "sl", "tl"], ["y", "pk2", "pv2"],
+                            domain="com.microsoft", num_heads=H, kv_num_heads=Hkv)
+    outs = [helper.make_tensor_value_info(n, F, None) for n in ("y", "pk2", "pv2")]
+    m = helper.make_model(helper.make_graph([node], "gqa", ins, outs), ir_version=10,
+                          opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    total = past_k.shape[2] + q.shape[1]
+    feeds = {"q": q, "k": k_new, "v": v_new, "pk": past_k, "pv": past_v,
+             "sl": np.full(q.shape[0], total - 1, np.int32), "tl": np.array(total, np.int32)}
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("past,Lq", [(0, 9), (37, 1), (20, 5)])
+def test_all_full_heads_equal_onnxruntime_group_query_attention(impl, past, Lq):
+    """With every head full, causal EgyptianAttention is ordinary causal grouped-query attention:
+    it equals ORT's GroupQueryAttention for a prefill, a decode step and a chunk after a cache."""
+    rng = np.random.default_rng(past + Lq)
+    B, H, Hkv, dh = (1 if past and Lq > 1 else 2), 8, 2, 16  # GQA takes a chunk after a cache for B = 1 only
+    f = _feeds(rng, B, Lq, past + Lq, H, Hkv, dh, mask=False)
+    bnsh = {n: np.ascontiguousarray(f[n][:, :past].reshape(B, past, Hkv, dh).transpose(0, 2, 1, 3)) for n in "KV"}
+    want = _ort_group_query_attention(f["Q"], f["K"][:, past:], f["V"][:, past:], bnsh["K"], bnsh["V"], H, Hkv)
+    got = _run(impl, f, dict(num_heads=H, kv_heads=Hkv, causal=1, head_kinds=[FULL] * H))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
