@@ -6,12 +6,15 @@
 //     once per KV head into [dh, Lk] (a parallel pre-pass over only the keys some query of the
 //     group can see); S = Q.K^T and O += P.V run as register tiles (AVX-512: 8 queries x 32
 //     lanes, AVX2: 4 x 16, generic: 4 x 8: enough independent accumulators to hide the FMA
-//     latency, none spilled; 1-row tiles for a block of fewer queries, e.g. a decode step),
+//     latency, none spilled; 1-row tiles for a block of fewer queries),
 //     explicit vectors (common/vec16.h). Per query the running max m, sum l and output
 //     accumulator are rescaled once per key block. Every query of a full / local head sees one
 //     key interval [KeyLo(p), KeyHi(p)] (egyptian.h); a query block visits only the union of its
 //     queries' intervals, masking per query. So a local head costs O(Lq * (window + kBQ) * dh),
 //     a causal full head O(keys before each query block), a decode step O(keys it may see).
+//   fewer than kRowsBelow queries (decode steps): one task per (batch, KV head, query block),
+//     RowBlock: dot products with K rows, no transposed copy, each K / V row read once for all the
+//     query heads of a KV group, O(keys seen * dh) per query and head.
 //   global heads: two keys per query (causal=0), or the sinks and the query's own key
 //     (causal=1): O(Lq * (sinks + 1) * dh).
 // Grouped-query attention: query head h reads KV head h / (H / Hkv); nothing is copied.
@@ -36,6 +39,7 @@ namespace {
 
 constexpr int kBQ = 32;  // queries per task
 constexpr int kBK = 64;  // keys per block
+constexpr int kRowsBelow = 4;  // fewer queries than this: RowBlock
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 const VI kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
@@ -50,6 +54,7 @@ struct Plan {
   int64_t B, Lq, Lk, H, G, dh, ld, ldk, nqb;
   float scale;
   const int* kinds;
+  bool rows;                    // few queries (decode): RowBlock on K rows, no transposed copy
   float* kt;                    // [B, Hkv, dh, lp]: K transposed per KV head, zero past Lk
   const int64_t* kt_lo;         // [Hkv]: the first column of kt written (the rest is never read)
   int64_t lp;                   // Lk rounded up to kBK
@@ -256,9 +261,113 @@ N6_INLINE void StreamBlock(const Plan& p, int64_t b, int64_t h, int64_t i0, int6
   }
 }
 
+// Full / local heads h0 .. h0+nh-1 of one KV head, same kind, for a few queries (decode steps):
+// per query a streaming softmax over key blocks; each visited block of K is transposed into a
+// small [dh, kBK] buffer once for all nh heads (no transposed copy of all of K), then scores and
+// P.V run as 1-row register tiles. O(keys seen * dh) per query and head.
+template <class V, int kCV>
+N6_INLINE void RowBlock(const Plan& p, int64_t b, int64_t h0, int64_t nh, int64_t i0, int64_t i1, bool local,
+                        Scratch& sc) {
+  constexpr int kW = kCV * kLanes<V>, N = kLanes<V>;
+  const egyptian::Problem& pr = *p.pr;
+  const int64_t dh = p.dh;
+  sc.o.resize(static_cast<size_t>(nh * dh));
+  sc.s.resize(static_cast<size_t>(nh * kBK));
+  sc.m.resize(static_cast<size_t>(nh));
+  sc.l.resize(static_cast<size_t>(nh));
+  sc.zero.resize(static_cast<size_t>(dh * kBK));  // the K block, transposed
+  float* __restrict O = sc.o.data();
+  float* __restrict S = sc.s.data();
+  float* __restrict kt = sc.zero.data();
+  const float* vrows[kBK];
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t pos = pr.Offset() + i, lo = pr.KeyLo(local, pos), hi = pr.KeyHi(local, pos);
+    for (int64_t e = 0; e < nh * dh; ++e) O[e] = 0.0f;
+    for (int64_t hh = 0; hh < nh; ++hh) sc.m[hh] = kNegInf, sc.l[hh] = 0.0f;
+    for (int64_t kb = lo; kb <= hi; kb += kBK) {
+      const int nk = static_cast<int>(std::min<int64_t>(kBK, hi + 1 - kb));
+      for (int j = 0; j < kBK; ++j) {
+        if (j < nk) {
+          const float* k = KRow(p, p.k, b, kb + j, h0);
+          for (int64_t d = 0; d < dh; ++d) kt[d * kBK + j] = k[d];
+          vrows[j] = KRow(p, p.v, b, kb + j, h0);
+        } else {
+          for (int64_t d = 0; d < dh; ++d) kt[d * kBK + j] = 0.0f;
+        }
+      }
+      float kbias[kBK];  // padding, and columns past nk
+      for (int j = 0; j < kBK; ++j) kbias[j] = (j < nk && KeyValid(p, b, kb + j)) ? 0.0f : kNegInf;
+      for (int64_t hh = 0; hh < nh; ++hh) {
+        const float* q = p.q + (b * p.Lq + i) * p.ld + (h0 + hh) * dh;
+        float* __restrict s = S + hh * kBK;
+        for (int jc = 0; jc < (nk + kW - 1) / kW * kW; jc += kW) ScoreTile<V, 1, kCV>(&q, kt, kBK, dh, jc, s);
+        VF sv[kBK / kVF];
+        VF mv = Splat(kNegInf);
+        for (int c = 0; c < kBK / kVF; ++c) {
+          // columns past the last whole tile were not written: select them away
+          const VI j = kLane + c * kVF;
+          sv[c] = j < nk ? LoadV(s + c * kVF) * p.scale + LoadV(kbias + c * kVF) : Splat(kNegInf);
+          mv = MaxV(mv, sv[c]);
+        }
+        const float mx = HMax(mv);
+        float& m = sc.m[hh];
+        if (mx == kNegInf) {
+          for (int c = 0; c < kBK / kVF; ++c) StoreV(s + c * kVF, Splat(0.0f));
+          continue;
+        }
+        if (mx > m) {
+          const float corr = m == kNegInf ? 0.0f : Exp(m - mx);
+          sc.l[hh] *= corr;
+          for (int64_t d = 0; d < dh; ++d) O[hh * dh + d] *= corr;
+          m = mx;
+        }
+        VF sum = Splat(0.0f);
+        for (int c = 0; c < kBK / kVF; ++c) {
+          const VF e = ExpV(sv[c] - m);
+          sum += e;
+          StoreV(s + c * kVF, e);
+        }
+        sc.l[hh] += HSum(sum);
+        float* __restrict o = O + hh * dh;
+        int64_t d0 = 0;
+        for (; d0 + kW <= dh; d0 += kW) PvTile<V, 1, kCV>(s, vrows, nk, d0, o, dh);
+        for (; d0 + N <= dh; d0 += N) PvTile<V, 1, 1>(s, vrows, nk, d0, o, dh);
+        if (d0 < dh) PvTail<1>(s, vrows, nk, d0, dh, o);
+      }
+    }
+    for (int64_t hh = 0; hh < nh; ++hh) {
+      const float l = sc.l[hh];
+      StoreRow(p, b, i, h0 + hh, O + hh * dh, l > 0.0f ? 1.0f / l : 0.0f);
+    }
+  }
+}
+
+// Rows mode: one task per (batch, KV head, block of queries); runs of query heads of one kind
+// share the K / V reads.
+template <class V, int kCV>
+N6_INLINE void RowTask(const Plan& p, size_t task, Scratch& sc) {
+  const int64_t qb = static_cast<int64_t>(task) % p.nqb;
+  const int64_t bg = static_cast<int64_t>(task) / p.nqb;
+  const int64_t hkv = p.H / p.G, g = bg % hkv, b = bg / hkv;
+  const int64_t i0 = qb * kBQ, i1 = std::min<int64_t>(p.Lq, i0 + kBQ);
+  for (int64_t h = g * p.G; h < (g + 1) * p.G;) {
+    const int kind = p.kinds[h];
+    int64_t e = h + 1;
+    while (e < (g + 1) * p.G && p.kinds[e] == kind) ++e;
+    if (kind == egyptian::kGlobal) {
+      sc.o.resize(static_cast<size_t>(p.dh));
+      for (int64_t hh = h; hh < e; ++hh) GlobalBlock(p, b, hh, i0, i1, sc.o.data());
+    } else {
+      RowBlock<V, kCV>(p, b, h, e - h, i0, i1, kind == egyptian::kLocal, sc);
+    }
+    h = e;
+  }
+}
+
 template <class V, int kRows, int kCV>
 N6_INLINE void RunTaskImpl(const Plan& p, size_t task) {
   thread_local Scratch sc;
+  if (p.rows) return RowTask<V, kCV>(p, task, sc);
   const int64_t qb = static_cast<int64_t>(task) % p.nqb;
   const int64_t bh = static_cast<int64_t>(task) / p.nqb;
   const int64_t h = bh % p.H, b = bh / p.H;
@@ -267,7 +376,7 @@ N6_INLINE void RunTaskImpl(const Plan& p, size_t task) {
   if (kind == egyptian::kGlobal) {
     sc.o.resize(static_cast<size_t>(p.dh));
     GlobalBlock(p, b, h, i0, i1, sc.o.data());
-  } else if (i1 - i0 < kRows) {  // a few queries (a decode step): no padded rows
+  } else if (i1 - i0 < kRows) {  // the last few queries of a block: no padded rows
     StreamBlock<V, 1, kCV>(p, b, h, i0, i1, kind == egyptian::kLocal, sc);
   } else {
     StreamBlock<V, kRows, kCV>(p, b, h, i0, i1, kind == egyptian::kLocal, sc);
@@ -369,8 +478,10 @@ struct CpuBackend {
       lo = std::min(lo, pr.KeyLo(pr.kinds[h] == egyptian::kLocal, pr.Offset()));
     }
     p.kt_lo = kt_lo.data();
+    // a few queries read K rows directly: the transposed copy would cost as much as the attention
+    p.rows = pr.Lq < kRowsBelow;
     std::unique_ptr<float[]> kt;
-    if (streamed) {
+    if (streamed && !p.rows) {
       // uninitialised: only the columns some query can see are written; a register tile may read
       // up to a tile past them (columns masked by a select), + kBK so that the last row does not
       // end the buffer there
@@ -380,7 +491,7 @@ struct CpuBackend {
       if (!st.IsOK()) return st;
     }
     static const TaskFn fn = SelectTaskFn();
-    return RunPlanTasks(ctx, fn, p, static_cast<size_t>(p.B * p.H * p.nqb));
+    return RunPlanTasks(ctx, fn, p, static_cast<size_t>(p.B * (p.rows ? pr.Hkv : p.H) * p.nqb));
   }
 };
 

@@ -259,3 +259,16 @@ def test_all_full_heads_equal_onnxruntime_group_query_attention(impl, past, Lq):
     want = _ort_group_query_attention(f["Q"], f["K"][:, past:], f["V"][:, past:], bnsh["K"], bnsh["V"], H, Hkv)
     got = _run(impl, f, dict(num_heads=H, kv_heads=Hkv, causal=1, head_kinds=[FULL] * H))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("L", [3, 40])  # the decode-sized path (K rows) and the tiled path
+def test_noncausal_grouped_heads_may_mix_kinds(L):
+    """causal=0 takes kv_heads too, and there a KV group may mix kinds."""
+    rng = np.random.default_rng(L)
+    f = _feeds(rng, 2, L, L, 4, 2, 8)
+    attrs = dict(num_heads=4, kv_heads=2, head_kinds=[0, 1, 2, 0], window=2)
+    ref = _run("reference", f, attrs)
+    for impl in ("fallback", "kernel"):
+        np.testing.assert_allclose(_run(impl, f, attrs), ref, rtol=1e-4, atol=1e-5, err_msg=impl)
+    kf = {n: np.repeat(f[n].reshape(2, L, 2, 8), 2, axis=2).reshape(2, L, 32) for n in "KV"}
+    np.testing.assert_allclose(ref, _run("reference", f | kf, dict(attrs, kv_heads=0)), rtol=1e-6, atol=1e-6)
