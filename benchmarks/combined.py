@@ -4,7 +4,8 @@ against int8 alone, side by side in one run, with held-out fidelity.
 
     python benchmarks/combined.py                                   # CPU, 2 threads (energy: estimated)
     python benchmarks/combined.py --from-tune                       # the recipe tune_minilm.json chose
-    python benchmarks/combined.py --provider cuda --original m.onnx # GPU machine: NVML energy (measured)
+    python benchmarks/combined.py --prepare-gpu build/gpu-combined  # CPU machine: weightless graphs to carry
+    bash benchmarks/gpu_combined.sh                                 # GPU machine: NVML energy (measured)
 
 Variants: fp32 (the original fused as ORT runs it best), int8 (that, quantized dynamic per channel),
 passes (the rewrite, fused, fp32) and combined (the rewrite, fused, then int8). On cuda int8 is off
@@ -31,6 +32,9 @@ from n6onnx.tune import measure, stages  # noqa: E402
 from _common import RESULTS, write  # noqa: E402
 from _sidebyside import side_by_side  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tools"))
+import weightless  # noqa: E402
+
 DEFAULT_PASSES = "block=drop:1,attention=drop:1,ffn=phi-bottleneck:3"
 CLAIM = "60-70% less inference energy per token (the n6 techniques combined)"
 
@@ -49,6 +53,13 @@ def main() -> None:
     ap.add_argument("--block-seconds", type=float, default=5.0, help="block = energy window (NVML: >= 5 s)")
     ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "build" / "combined")
     ap.add_argument("--conditions", default="", help="machine load during the run (recorded)")
+    ap.add_argument("--prepare-gpu", type=pathlib.Path, metavar="DIR",
+                    help="CPU machine: rewrite with the real weights, write DIR/{original,rewritten}.weightless.onnx "
+                         "and DIR/recipe.json for benchmarks/gpu_combined.sh, and stop")
+    ap.add_argument("--rewritten", type=pathlib.Path, help="use this rewrite of --original (no rewrite here)")
+    ap.add_argument("--weights-regrown", action="store_true",
+                    help="the models carry regrown random weights (tools/weightless.py): no fidelity here; it is "
+                         "the CPU run's (combined_cpu.json), same recipe")
     args = ap.parse_args()
 
     quant = args.quantize or ("int8" if args.provider == "cpu" else "none")
@@ -69,8 +80,21 @@ def main() -> None:
     dims = {"batch": args.batch, "seq": args.seq}
     cfg = SessionConfig(args.provider, 0, threads)
 
-    rewritten = work / "passes-unfused.onnx"
-    _, rw = n6onnx.rewrite(src, rewritten, passes, calibrate=calib, dims=dims)
+    if args.rewritten is not None:
+        rewritten, rw_summary = args.rewritten, {"given": str(args.rewritten)}
+    else:
+        rewritten = work / "passes-unfused.onnx"
+        _, rw = n6onnx.rewrite(src, rewritten, passes, calibrate=calib, dims=dims)
+        rw_summary = rw.rewritten
+    if args.prepare_gpu is not None:
+        d = args.prepare_gpu
+        d.mkdir(parents=True, exist_ok=True)
+        weightless.strip(str(src), str(d / "original.weightless.onnx"))
+        weightless.strip(str(rewritten), str(d / "rewritten.weightless.onnx"))
+        (d / "recipe.json").write_text(json.dumps({"passes": passes, "quantize": quant, "rewritten": rw_summary,
+                                                   "calibration": "corpus sentences 0..999"}, indent=2, default=str))
+        print(f"wrote {d}: carry it to the GPU machine and run benchmarks/gpu_combined.sh")
+        return
     fp32, base_fusion, kw = measure.fuse(src, cfg, work / "fused")
     passes_fused, cand_fusion, _ = measure.fuse(rewritten, cfg, work / "fused", kw)
     variants = {"fp32": fp32}
@@ -81,7 +105,7 @@ def main() -> None:
     if quant != "none":
         variants["combined"] = work / "combined.onnx"
         stages.quantize(passes_fused, variants["combined"], quant)
-    sbs = side_by_side(variants, src, held, threads=threads, dims=dims, provider=args.provider,
+    sbs = side_by_side(variants, src, None if args.weights_regrown else held, threads=threads, dims=dims, provider=args.provider,
                        seconds=args.seconds, block_seconds=args.block_seconds)
     best = "combined" if "combined" in variants else "passes"
     v = sbs["variants"][best]
@@ -96,9 +120,12 @@ def main() -> None:
             verdict["energy_saving_vs_int8"] = 1 - e[best] / e["int8"]
         verdict["claim_met"] = verdict["energy_saving_vs_fp32"] >= 0.60
     verdict["fidelity"] = v["fidelity"]
+    if args.weights_regrown:
+        verdict["fidelity_note"] = ("not measured on this run (regrown random weights, tools/weightless.py): the "
+                                    "same recipe's held-out fidelity is in combined_cpu.json")
     out = write(f"combined_{args.provider}", {
         "benchmark": "combined", "model": "all-MiniLM-L6-v2", "original": str(src), "dims": dims, "threads": threads,
-        "conditions": args.conditions, "rewritten": rw.rewritten, "fusion": {"fp32": base_fusion, "passes": cand_fusion},
+        "conditions": args.conditions, "rewritten": rw_summary, "weights_regrown": args.weights_regrown, "fusion": {"fp32": base_fusion, "passes": cand_fusion},
         "calibration": "corpus sentences 0..999", "heldout": "corpus sentences 1000..1255",
         "side_by_side": sbs, "verdict": verdict})
     for name, r in sbs["variants"].items():

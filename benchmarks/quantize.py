@@ -3,8 +3,9 @@ fidelity and CPU latency, against ORT running the original.
 
 Variants: the fp32 original (the latency baseline: ORT's transformer fusions), onnxruntime's stock
 quantize_dynamic of the original (per tensor, per channel) and its int4 (MatMulNBits, block 32);
-calibrated gelu=phi6 before the int8 fix (no centring, no balance: the collapse) and after it
-(centring + balance, n6onnx.calibrate.quantfit), each in float, with stock per-tensor and
+calibrated gelu=phi6 before the int8 fix (no centring, no balance: the collapse), with centring + balance only (the previous default), and
+after the full fix (centring + balance + equal W1 column ranges with the gain in a Mul + outlier
+units in a detour FFN: n6onnx.calibrate.quantfit / outliers), each in float, with stock per-tensor and
 per-channel int8, and through `rewrite --quantize int8`; ffn=phi-bottleneck:4/3 + --quantize int8.
 
 Fidelity: n6onnx validate, mean-pooled embedding cosine and nearest-neighbour agreement over 255
@@ -79,7 +80,9 @@ def main() -> None:
     Q.quantize(src, work / "orig_int4.onnx", "int4")
     row("original + int4 (MatMulNBits, block 32)", work / "orig_int4.onnx")
 
-    for tag, kw in (("before fix", {"centre": False, "balance": None}), ("after fix", {})):
+    for tag, kw in (("before fix", {"centre": False, "balance": None}),
+                    ("centre + balance only", {"outlier_ratio": None, "up_scale": False}),
+                    ("after fix", {})):
         saved = dict(cal.calibrate_swap.__kwdefaults__)
         cal.calibrate_swap.__kwdefaults__.update(kw)
         try:

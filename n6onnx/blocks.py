@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .findings import Rejection
-from .graph import REPLACED_TAG, VARIANT_TAG, consumers, is_const, node_label
+from .graph import OUTLIER_TAG, REPLACED_TAG, UPSCALE_TAG, VARIANT_TAG, consumers, is_const, node_label
 from .ops import DOMAIN
 
 N6_ACTIVATIONS = ("Phi6", "BiasPhi6", "ZetaLn2", "BiasZetaLn2")
@@ -56,6 +56,9 @@ class FFNBlock:
     # constant Add / Mul nodes right after the activation (calibration's centring and scaling, or the
     # gated offset, see calibrate.quantfit): part of the block, before the down projection or gate
     shift: list[ir.Node] = dataclasses.field(default_factory=list)
+    # calibration's per-unit constant Mul between the up projection and the activation (equal W1
+    # column ranges for per-tensor int8, see calibrate.quantfit): part of the block
+    pre_shift: list[ir.Node] = dataclasses.field(default_factory=list)
 
     @property
     def hidden(self) -> int | None:
@@ -74,7 +77,8 @@ class FFNBlock:
     def labels(self) -> list[str]:
         nodes = self.shift + (
             [] if self.gate is None else self.gate.nodes + [self.gate_mul]) + self.down.nodes
-        return [node_label(n) for n in self.up.nodes] + self.act_labels + [node_label(n) for n in nodes]
+        return ([node_label(n) for n in self.up.nodes + self.pre_shift] + self.act_labels
+                + [node_label(n) for n in nodes])
 
 
 def activation(node: ir.Node) -> tuple[str, ir.Value, list[str]] | None:
@@ -180,11 +184,18 @@ def find_ffn_blocks(model: ir.Model) -> tuple[list[FFNBlock], list[Rejection], i
     """All FFN blocks, the activations that were not FFNs (with reasons), and how many were seen."""
     blocks, rejected, seen = [], [], 0
     for node in model.graph:
+        if OUTLIER_TAG in node.metadata_props:
+            continue  # calibration's outlier detour: part of the FFN it was split from (calibrate.outliers)
         act = activation(node)
         if act is None:
             continue
         kind, pre, act_labels = act
         seen += 1
+        pre_shift = []
+        p = pre.producer() if pre is not None else None
+        if p is not None and UPSCALE_TAG in p.metadata_props and p.op_type == "Mul":
+            pre_shift = [p]
+            pre = next((i for i in p.inputs if not is_const(i)), None)
         up = projection_into(pre) if pre is not None else None
         if up is not None and node.domain == DOMAIN and node.op_type.startswith("Bias") and up[0].bias is not None:
             up = None  # a bias before a Bias* node: unusual; not a plain FFN
@@ -212,7 +223,8 @@ def find_ffn_blocks(model: ir.Model) -> tuple[list[FFNBlock], list[Rejection], i
             rejected.append(Rejection(act_labels[-1], f"{kind} output is not consumed by exactly one MatMul/Gemm with constant weights"))
             continue
         blocks.append(FFNBlock(node, kind, act_labels, x, up_proj, down[0], down[1], residual_of(down[1]),
-                               gated=gate is not None, gate=gate, gate_mul=gate_mul, shift=shift))
+                               gated=gate is not None, gate=gate, gate_mul=gate_mul, shift=shift,
+                               pre_shift=pre_shift))
     return blocks, rejected, seen
 
 

@@ -229,6 +229,10 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
                    "headline figure only when neither NVML nor RAPL is there).")
 @click.option("--cpu-watts-uncertainty", type=Number(0, 1, hi_open=True), default=0.5, show_default=True,
               help="Relative half-width of the estimate's band (0.5: 5-15 W at 10 W).")
+@click.option("--grid-intensity", metavar="G|ISO3",
+              help="Grid carbon intensity for CO2e: gCO2e/kWh, or an ISO 3166-1 alpha-3 country code (CodeCarbon's "
+                   "data). Default: CodeCarbon's world average (the carbon extra).")
+@click.option("--pue", type=Number(1, 100), help="Data-centre PUE for CO2e (default: Green Algorithms' 1.56).")
 @click.option("--fuse-candidate/--no-fuse-candidate", default=None,
               help="Give MODEL the baseline's transformer fusions too (default: on with --baseline).")
 @click.option("--model-type", help="Model type for onnxruntime.transformers' optimizer (default: inferred: bert, gpt2, vit).")
@@ -236,7 +240,8 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
 @click.option("--hidden-size", type=Number(1, 2**24, integer=True), help="Hidden size for onnxruntime.transformers (default: inferred).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seconds, window, idle_seconds, warmup,
-          cpu_watts, cpu_watts_uncertainty, fuse_candidate, model_type, num_heads, hidden_size, as_json: bool) -> None:
+          cpu_watts, cpu_watts_uncertainty, grid_intensity, pue, fuse_candidate, model_type, num_heads, hidden_size,
+          as_json: bool) -> None:
     """Latency, throughput, energy per inference and peak memory of MODEL, against ORT's best ORIGINAL.
 
     Energy figures say how they were obtained: measured (NVML on --provider cuda, RAPL where
@@ -250,7 +255,8 @@ def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seco
             model, baseline, provider=provider, device_id=device_id, threads=threads, dims=dims, feeds=feeds_,
             seconds=seconds, window=window, idle_seconds=idle_seconds, warmup=warmup, cpu_watts=cpu_watts,
             cpu_watts_uncertainty=cpu_watts_uncertainty, fuse_candidate=fuse_candidate, model_type=model_type,
-            num_heads=num_heads, hidden_size=hidden_size, progress=not as_json and console.err.is_terminal,
+            num_heads=num_heads, hidden_size=hidden_size, grid_intensity=grid_intensity, pue=pue,
+            progress=not as_json and console.err.is_terminal,
         )
     except N6Error as e:
         console.fail(e)
@@ -264,8 +270,12 @@ def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seco
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR|JSON...")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), metavar="OUT_DIR",
               help="Folder for report.md, report.json and pareto.png (created if needed).")
+@click.option("--grid-intensity", metavar="G|ISO3",
+              help="Grid carbon intensity for CO2e: gCO2e/kWh, or an ISO 3166-1 alpha-3 country code (CodeCarbon's "
+                   "data). Default: CodeCarbon's world average (the carbon extra).")
+@click.option("--pue", type=Number(1, 100), help="Data-centre PUE for CO2e (default: Green Algorithms' 1.56).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json's content only.")
-def report(inputs: tuple[str, ...], out_dir: str, as_json: bool) -> None:
+def report(inputs: tuple[str, ...], out_dir: str, grid_intensity, pue, as_json: bool) -> None:
     """Tables and a fidelity-vs-cost plot from validate and bench JSON results.
 
     Each input is a JSON file (``n6onnx validate --json`` / ``n6onnx bench --json`` output) or a
@@ -275,7 +285,7 @@ def report(inputs: tuple[str, ...], out_dir: str, as_json: bool) -> None:
     on one axis. Writes OUT_DIR/report.md, OUT_DIR/report.json and OUT_DIR/pareto.png atomically.
     """
     try:
-        rep, data = report_mod.report(inputs, out_dir)
+        rep, data = report_mod.report(inputs, out_dir, grid_intensity=grid_intensity, pue=pue)
     except N6Error as e:
         console.fail(e)
     if as_json:

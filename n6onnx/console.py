@@ -93,6 +93,14 @@ def bench_human(r: dict) -> None:
             band = e.get("band" if rkey == "total" else "dynamic_band")
             cells.append("n/a" if x is None else f"{x:.4g}" + (f" ({band['low']:.3g}-{band['high']:.3g})" if band else ""))
         t.add_row(f"{label} ({tag})", *cells, *([ratio((rt.get("energy") or {}).get(rkey))] if rt else []))
+    for key, label in (("wh_per_1k", "energy Wh/1k inf"), ("co2e_g_per_1k", "gCO2e/1k inf")):
+        cells = []
+        for _, v in cols:
+            c = (v.get("carbon") or {}).get("primary")
+            x = c.get(key) if c else None
+            band = (c.get("band") or {}).get(key) if c else None
+            cells.append("n/a" if x is None else f"{x:.4g}" + (f" ({band[0]:.3g}-{band[1]:.3g})" if band else ""))
+        t.add_row(f"{label} ({e0['method']})", *cells, *([""] if rt else []))
     out.print(t)
     for _, v in cols:
         f = v.get("fusion")
@@ -110,6 +118,11 @@ def bench_human(r: dict) -> None:
     out.print(escape(f"peak RSS {m['peak_rss_mb']:.0f} MB (process)"
                      + (f", GPU {m['gpu_process_peak_mb']:.0f} MB" if m.get("gpu_process_peak_mb") else "")), highlight=False)
     out.print(escape(f"energy: {e0['source']}; scope: {e0['scope']}"), style="dim", highlight=False)
+    cs = s.get("carbon") or {}
+    if cs:
+        out.print(escape(f"carbon: {cs['methodology']}; grid {cs['grid_intensity_g_per_kwh']} gCO2e/kWh "
+                         f"({cs['grid_intensity_source']}); PUE {cs['pue']:g} ({cs['pue_source']})"
+                         + (f"; {cs['note']}" if cs.get("note") else "")), style="dim", highlight=False)
     for w in r["warnings"]:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 

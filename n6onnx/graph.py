@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # onnxscript's rewriter is imported only where a rule is made
 RULE_TAG = "n6onnx.rule"
 VARIANT_TAG = "n6onnx.variant"
 REPLACED_TAG = "n6onnx.replaced"
+# on the activation of calibration's outlier detour (calibrate.outliers): the FFN activation it splits from
+OUTLIER_TAG = "n6onnx.outliers_of"
+# on calibration's per-unit Mul between an FFN's up projection and its n6 activation (calibrate.quantfit)
+UPSCALE_TAG = "n6onnx.up_scale"
 CONST_RTOL = 1e-4
 
 

@@ -148,7 +148,8 @@ def _combined_run_row(res: Results, f: str, w: dict) -> Row:
         parts.append(f"{pct(v.get('energy_saving_vs_int8'))} lower than int8 alone")
     parts.append(f"latency ratio vs fp32 {ratio_iqr(best.get('speedup_vs_fp32'))}"
                  + (f", vs int8 {ratio_iqr(best.get('speedup_vs_int8'))}" if best.get("speedup_vs_int8") else ""))
-    parts.append(f"held-out cosine {num(fid.get('cosine'), 4)}, NN agreement {pct(fid.get('nn'))}")
+    parts.append(v["fidelity_note"] if v.get("fidelity_note") else
+                 f"held-out cosine {num(fid.get('cosine'), 4)}, NN agreement {pct(fid.get('nn'))}")
     met = v.get("claim_met")
     verdict = "; ".join(parts) + "."
     if met is not None:

@@ -5,6 +5,7 @@
 - :mod:`.session`: measuring one model: its session, a profiled run, memory, the hardware;
 - :mod:`.energy`: meters (NVML, RAPL, a labelled CPU estimate), idle power;
 - :mod:`.figures`: energy per inference and ratios from the meters' block readings;
+- :mod:`.carbon`: Wh and CO2e per 1,000 inferences (Green Algorithms' method, CodeCarbon's data);
 - :mod:`.run`: the orchestration and the report (``BenchReport.to_json()``).
 """
 

@@ -20,6 +20,10 @@ Method (also written into the report):
 6. Energy per meter: joules per inference per block (total) and after subtracting idle power x
    block time (dynamic); the median over blocks with its spread. Measured (NVML, RAPL) and
    estimated (CPU-seconds x per-core watts) figures are reported apart, each with its method.
+7. Carbon (Green Algorithms' method): energy per 1,000 inferences in Wh (the meter's total; an
+   inference is one run of the benched inputs) and CO2e = Wh x PUE x the grid's carbon intensity
+   (CodeCarbon's data unless given; PUE Green Algorithms' default unless given), labelled
+   measured or estimated like the energy it comes from.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from .._version import __version__
 from ..errors import BadArgumentError
 from ..options import number
 from . import baseline as baseline_mod
+from . import carbon as carbon_mod
 from . import energy as energy_mod
 from . import figures
 from . import session as session_mod
@@ -81,6 +86,7 @@ class VariantResult:
     block_medians_ms: list[float]
     energy: dict
     session: dict
+    carbon: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -89,6 +95,7 @@ class VariantResult:
             "throughput_unit": "inferences/s",
             "block_median_latency_ms": latency_mod.summary(self.block_medians_ms),
             "energy": self.energy,
+            "carbon": self.carbon,
             "fusion": self.fusion.to_json() if self.fusion else None,
             "session": {"custom_op_library": self.library, **self.session},
         }
@@ -187,6 +194,8 @@ def bench(
     profile_runs: int = 10,
     progress: bool = False,
     meters: Sequence[energy_mod.Meter] | None = None,
+    grid_intensity: str | float | None = None,
+    pue: float | None = None,
 ) -> BenchReport:
     """Benchmark ``model`` (the candidate), against ORT's best ``baseline`` when given.
 
@@ -194,7 +203,9 @@ def bench(
     seconds (at least 3 blocks each). ``idle_seconds``: each of the two idle windows (default
     ``window``; 0: no idle measurement, no dynamic energy). ``fuse_candidate``: give the candidate
     the baseline's transformer fusions (default: when there is a baseline). ``meters``: override
-    meter discovery (tests).
+    meter discovery (tests). ``grid_intensity`` (gCO2e/kWh, or an ISO 3166-1 alpha-3 country code;
+    default CodeCarbon's world average) and ``pue`` (default Green Algorithms') turn each variant's
+    energy into Wh and gCO2e per 1,000 inferences (``bench.carbon``).
     """
     t_start = time.perf_counter()
     if provider not in PROVIDERS:
@@ -214,6 +225,7 @@ def bench(
     cpu_watts_uncertainty = number("--cpu-watts-uncertainty", cpu_watts_uncertainty, 0, 1, hi_open=True)
     num_heads = number("--num-heads", num_heads, 1, 65536, integer=True)
     hidden_size = number("--hidden-size", hidden_size, 1, 2**24, integer=True)
+    carbon_settings = carbon_mod.settings(grid_intensity, pue)
     if idle_seconds is None:
         idle_seconds = window
     idle_seconds = number("--idle-seconds", idle_seconds, 0, 3600)
@@ -371,6 +383,8 @@ def bench(
             )
         for k, v in results.items():
             e = v.energy
+            v.carbon = {"primary": carbon_mod.per_1k(e, carbon_settings),
+                        "other": [carbon_mod.per_1k(o, carbon_settings) for o in e.get("other", [])]}
             if idle_w is not None and not e["dynamic_resolved"]:
                 warnings.append(f"{k}: the dynamic energy ({e['meter']}) is not above idle in every window: the "
                                 "workload's share is within the meter's noise (longer --seconds/--window help)")
@@ -406,7 +420,7 @@ def bench(
             "block_seconds": block_s, "order": "ABBA" if n_var == 2 else "single variant",
             "idle_seconds": idle_seconds, "idle": idle_detail, "seconds_per_variant": blocks * block_s,
             "cpu_watts_per_core": cpu_watts, "cpu_watts_uncertainty": cpu_watts_uncertainty,
-            "fuse_candidate": fuse_candidate,
+            "fuse_candidate": fuse_candidate, "carbon": carbon_settings.to_json(),
             "meters": [m.describe() for m in meter_list], "meters_unavailable": meter_notes,
         }
         method = METHOD

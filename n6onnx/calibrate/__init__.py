@@ -30,10 +30,10 @@ import onnx_ir as ir
 from .. import feeds, vocab
 from ..blocks import FFNBlock, Projection, find_ffn_blocks
 from ..errors import BadArgumentError
-from ..graph import add_initializer
+from ..graph import UPSCALE_TAG, add_initializer
 from ..ops import DOMAIN, REGISTRY
 from ..runtime import InferenceSession, session_for
-from . import collect, fit, quantfit
+from . import collect, fit, outliers, quantfit
 
 # fewer real tokens than this per FFN unit and the per-channel fit and the ridge refit are underdetermined
 MIN_ROWS_PER_UNIT = 2
@@ -116,7 +116,8 @@ def _store_weight(graph, proj: Projection, w_in_out: np.ndarray, dtype, tag: str
 
 def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict], *, refit: bool = True,
                    threads: int | None = None, progress: Callable[[str], None] | None = None,
-                   centre: bool = True, balance: float | None = 0.8) -> CalibrationReport:
+                   centre: bool = True, balance: float | None = 0.8, outlier_ratio: float | None = 16.0,
+                   outlier_cap: int = 32, up_scale: bool = True) -> CalibrationReport:
     """Fit and fold the calibrated activation swap into ``model`` (rewritten by the gelu pass) in place.
 
     ``centre``: subtract the activation's calibration mean before the down projection (one Add per
@@ -124,7 +125,13 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
     ``balance`` (with ``centre``): also scale each centred unit by a constant folded out of the down
     projection's row (one Mul per FFN), the migration strength of ``quantfit.balance_scales``; None: no Mul.
     MiniLM held-out, stock per-channel / per-tensor int8: centring only 0.952 / 0.582, balance 0.5
-    0.956 / 0.817, balance 0.8 0.984 / 0.683 (float 0.990 in all)."""
+    0.956 / 0.817, balance 0.8 0.984 / 0.683 (float 0.990 in all). ``outlier_ratio`` (with
+    ``balance``): the units whose range product exceeds that many times the median (at most
+    ``outlier_cap`` per FFN) move to a detour FFN of their own (``outliers``); None: no detour.
+    ``up_scale`` (Bias* activations): W1's columns at equal ranges, the fit's per-unit gain in a Mul
+    before the activation (see ``quantfit``). MiniLM held-out, balance 0.8, stock per-tensor /
+    per-channel int8: neither 0.678 / 0.984, up_scale only 0.827 / 0.983, detour only 0.838 /
+    0.984, both 0.981 / 0.984 (float 0.989 in all; benchmarks/quantize.py has the final figures)."""
     t0 = time.perf_counter()
     blocks, _, _ = find_ffn_blocks(model)
     todo = []
@@ -189,23 +196,46 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             err_f = err = weighted_mse(Y @ w2f + b2f - target, wts)
             lam = None
         centred = centre and uv is None
+        split = np.zeros(0, np.int64)  # outlier units moved to a detour (see outliers)
         if centred:
             mean = quantfit.activation_mean(Y, wts)
             b2n = (b2n + mean @ w2n).astype(np.float32)
             centred_v = _insert_add(graph, b.act.outputs[0], (-mean).astype(dtype), f"{b.act.name}_n6cal_centre")
             if balance is not None:
                 scale = quantfit.balance_scales(Y - mean, w2n, balance)
+                if outlier_ratio is not None and b.residual is not None:
+                    split = outliers.select(Y - mean, w2n, outlier_ratio, outlier_cap)
+                if split.size:
+                    w2_split, mean_split = w2n[split].copy(), mean[split]
+                    w2n = w2n.copy()
+                    w2n[split] = 0.0
+                    scale[split] = 1.0  # (the rows are 0: any finite scale; 0 below, in the graph)
                 w2n = (w2n / scale[:, None]).astype(np.float32)
+                scale[split] = 0.0
                 _insert_add(graph, centred_v, scale.astype(dtype),
                             f"{b.act.name}_n6cal_scale", op="Mul")
         # fold (a, c) into the up projection
-        _store_weight(graph, b.up, w1 * af.a[None, :], dtype, "n6cal")
+        w1f = w1 * af.a[None, :]
+        if up_scale and uv is None and slot is not None and slot[0] is b.act:
+            # equal column ranges in W1 (per-tensor int8), the per-unit gain in a Mul after it
+            cmax = np.abs(w1f).max(0)
+            r = np.where(cmax > 0, cmax / max(float(cmax.max()), 1e-30), 1.0).astype(np.float32)
+            _store_weight(graph, b.up, w1f / r[None, :], dtype, "n6cal")
+            scaled = _insert_add(graph, b.up.node.outputs[0], r.astype(dtype), f"{b.act.name}_n6cal_upscale", op="Mul")
+            scaled.producer().metadata_props[UPSCALE_TAG] = b.act.name
+        else:
+            _store_weight(graph, b.up, w1f, dtype, "n6cal")
         new_b1 = (af.a * (b1_total if b1_total is not None else 0) + af.c).astype(dtype)
         if slot is not None:
             _set_input(graph, slot[0], slot[1], new_b1, f"{slot[0].inputs[slot[1]].name}_n6cal")
         else:
             explicit.append("up-projection bias (added as an explicit Add)")
             _insert_add(graph, b.up.node.outputs[0], new_b1, f"{b.act.name}_n6cal_bias")
+        if split.size:
+            res_add = next(n for n, _ in b.out.uses() if b.residual in n.inputs)
+            outliers.insert_detour(graph, b.act, b.x, res_add, b.residual, w1f[:, split], new_b1[split],
+                                   mean_split, w2_split, dtype)
+            explicit.append(f"{split.size} outlier units in a detour FFN (int8 per tensor)")
         if uv is not None:
             _store_weight(graph, b.gate, _weight_hd(b.gate) * alpha[None, :], _np(b.gate.weight).dtype, "n6cal")
             gslot = _bias_slot(b.gate)

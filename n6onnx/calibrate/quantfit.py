@@ -29,6 +29,15 @@ so W2 has a few rows up to ~400x the median norm; each per-column int8 step is s
 other units get their rounding error (held-out per-channel int8 0.952). ``balance_scales`` scales
 each centred unit by t_j and W2's row by 1/t_j (one constant Mul per FFN, exact in float), the
 SmoothQuant rebalance; with migration strength 0.8 per-channel int8 reaches 0.984.
+
+Third limit, per-tensor int8 only (held-out 0.678 after the two fixes above): the fit folds its
+per-unit input gain a_j into W1's columns, and Phi6's near-linear units need a tiny a_j (about
+half of MiniLM's units have column ranges 10 to 100x below the largest), so one per-tensor step
+rounds them away (quantizing every MatMul but W1 per tensor: 0.983). The clamp of Phi6 to [-2, 2]
+rules out moving the gain into the activation's own parametrisation, so ``up_scale``: W1's
+columns are stored at equal ranges and the gain is a constant Mul between the up projection and
+the activation (tagged ``UPSCALE_TAG``; ``blocks`` keeps it in the FFN). See ``calibrate_swap``
+for the measured effect of each fix and ``outliers`` for the units split out of W2.
 """
 
 from __future__ import annotations

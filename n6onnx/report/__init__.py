@@ -18,7 +18,9 @@ settings are never on one axis. Energy figures are grouped further by their meth
 estimated figures are never on one axis. The plot has one row per setting: fidelity (cosine_mean)
 against latency p50, then against energy per inference once per energy method. Pareto-optimal
 points (no other point in the panel is at least as fast/frugal and at least as faithful, and
-better in one) are marked.
+better in one) are marked. Each energy figure also becomes Wh and gCO2e per 1,000 inferences at
+the report's grid intensity and PUE (``--grid-intensity``, ``--pue``; Green Algorithms' method),
+labelled measured or estimated like the energy.
 
 Nothing is written until every input has been read and the plot has been rendered; then the
 three files are written atomically (temporary file beside the destination + os.replace).
@@ -31,6 +33,7 @@ import os
 import pathlib
 from typing import Sequence
 
+from ..bench import carbon as carbon_mod
 from ..errors import BadArgumentError
 from ..io import atomic_write
 from . import markdown, plot
@@ -45,8 +48,12 @@ RENDERERS = {
 }
 
 
-def report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[Report, dict]:
+def report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+           grid_intensity: str | float | None = None, pue: float | None = None) -> tuple[Report, dict]:
     """Build the report from ``inputs`` and write report.md, report.json and pareto.png into ``out_dir``.
+
+    ``grid_intensity`` (gCO2e/kWh or an ISO 3166-1 alpha-3 code) and ``pue``: the carbon settings
+    every measurement's Wh and CO2e per 1,000 inferences are computed with (``bench.carbon``).
 
     Returns the report and its JSON. Every input is read and everything is rendered before anything
     is written; each file is written atomically.
@@ -54,7 +61,7 @@ def report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> t
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadArgumentError(f"{out}: exists and is not a folder (-o takes the output folder)")
-    rep = build(inputs)
+    rep = build(inputs, carbon_mod.settings(grid_intensity, pue))
     data = rep.to_json()
     blobs = {name: render(rep, data) for name, render in RENDERERS.values()}
     try:

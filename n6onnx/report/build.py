@@ -10,6 +10,7 @@ import statistics
 from typing import Any, Sequence
 
 from .._version import __version__
+from ..bench import carbon as carbon_mod
 from ..errors import BadArgumentError
 from .sources import FILES, TOOL, Source, finite, read_sources
 
@@ -74,7 +75,7 @@ class Measurement:
 
 
 def _measurement(variant_block: dict, role: str, setting: dict, file: str, ratio_block: Any,
-                 against: str | None) -> Measurement:
+                 against: str | None, carbon: carbon_mod.CarbonSettings) -> Measurement:
     lat = variant_block.get("latency_ms") or {}
     e = variant_block.get("energy")
     energy = None
@@ -87,6 +88,7 @@ def _measurement(variant_block: dict, role: str, setting: dict, file: str, ratio
                   "band": {"low": finite(band.get("low")), "high": finite(band.get("high"))} if band else None,
                   "spread": {"q1": finite(spread.get("q1")), "q3": finite(spread.get("q3")), "n": spread.get("n")}
                   if spread else None}
+        energy["per_1k"] = carbon_mod.per_1k(energy, carbon)
     ratio = None
     if role == "candidate" and isinstance(ratio_block, dict):
         er = ratio_block.get("energy") if isinstance(ratio_block.get("energy"), dict) else {}
@@ -169,6 +171,7 @@ class Report:
     settings: list[dict]
     panels: list[Panel]
     notes: list[str]
+    carbon: carbon_mod.CarbonSettings | None = None
 
     def to_json(self) -> dict:
         return {
@@ -182,13 +185,16 @@ class Report:
             "settings": [{k: v for k, v in s.items()} for s in self.settings],
             "variants": [v.to_json() for v in self.variants],
             "panels": [p.to_json() for p in self.panels],
+            "carbon": self.carbon.to_json() if self.carbon else None,
             "notes": self.notes,
             "files": dict(FILES),
         }
 
 
-def build(inputs: Sequence[str | os.PathLike]) -> Report:
-    """Read the inputs and assemble the report (writes nothing)."""
+def build(inputs: Sequence[str | os.PathLike], carbon: carbon_mod.CarbonSettings | None = None) -> Report:
+    """Read the inputs and assemble the report (writes nothing). ``carbon``: grid intensity and PUE
+    for the Wh and CO2e per 1,000 inferences (default ``bench.carbon.settings()``)."""
+    carbon = carbon or carbon_mod.settings()
     sources, notes = read_sources(inputs)
     variants: dict[str, Variant] = {}
 
@@ -241,10 +247,10 @@ def build(inputs: Sequence[str | os.PathLike]) -> Report:
         set_label(v, s.label, s.path)
         base = d.get("baseline")
         against = _key(base["model"]) if base else None
-        v.measurements.append(_measurement(d, "candidate", st, s.path, d.get("ratio"), against))
+        v.measurements.append(_measurement(d, "candidate", st, s.path, d.get("ratio"), against, carbon))
         if base:
             o = get(base["model"])
-            o.measurements.append(_measurement(base, "original", st, s.path, None, None))
+            o.measurements.append(_measurement(base, "original", st, s.path, None, None, carbon))
             if against not in v.originals:
                 if v.originals:
                     notes.append(f"{v.path}: validated against {', '.join(v.originals)} but benchmarked against "
@@ -274,7 +280,7 @@ def build(inputs: Sequence[str | os.PathLike]) -> Report:
     panels = _panels(ordered, list(settings.values()), notes)
     if not any(p.points for p in panels):
         notes.append("nothing to plot: no variant has both a fidelity (validate) and a bench result")
-    return Report(sources, ordered, list(settings.values()), panels, notes)
+    return Report(sources, ordered, list(settings.values()), panels, notes, carbon)
 
 
 def _median_of(ms: list[Measurement], get) -> tuple[float | None, dict | None]:

@@ -92,13 +92,24 @@ def render(rep: Report, data: dict | None = None) -> str:
                         ecell += f" (band {_f(e['band']['low'], '.3g')} to {_f(e['band']['high'], '.3g')})"
                     emeth = f"{e['axis']}" + (f", {e['meter']}" if e.get("meter") and e['meter'] not in e['axis'] else "")
                 rt = m.ratio or {}
+                k1 = (e or {}).get("per_1k") or {}
                 rows.append([v.display, _f(m.latency_ms.get("p50")), _f(m.latency_ms.get("p90")),
-                             _f(m.throughput, ".1f"), ecell, emeth,
+                             _f(m.throughput, ".1f"), ecell, emeth, _f(k1.get("wh_per_1k"), ".4g"),
+                             _f(k1.get("co2e_g_per_1k"), ".4g"),
                              _r(rt.get("latency_p50")) if m.role == "candidate" else "-",
                              _r(rt.get("energy")) if m.role == "candidate" else "-", f"`{m.file}`"])
         L += table(["variant", "latency p50 (ms)", "latency p90 (ms)", "throughput (inf/s)", "energy J/inference",
-                     "energy method", "speed ratio", "energy ratio", "file"], rows)
+                     "energy method", "Wh / 1k inferences", "gCO2e / 1k inferences", "speed ratio", "energy ratio",
+                     "file"], rows)
         L.append("")
+        cs = data.get("carbon") or {}
+        if cs:
+            grid = (f"{cs['grid_intensity_g_per_kwh']:g} gCO2e/kWh ({cs['grid_intensity_source']})"
+                    if cs.get("grid_intensity_g_per_kwh") is not None else "unknown")
+            L += [f"Wh and CO2e per 1,000 inferences (an inference is one run of the benched inputs): "
+                  f"{cs['methodology']}. Grid intensity {grid}; PUE {cs['pue']:g} ({cs['pue_source']}). "
+                  "Wh is the hardware's energy (before PUE); the CO2e includes PUE and is measured or estimated "
+                  "like the energy it comes from." + (f" {cs['note']}." if cs.get("note") else ""), ""]
         if any(m.energy and m.energy["axis"] == "estimated" for v in rep.variants for m in v.measurements
                if m.setting["name"] == name):
             L += ["Estimated energy is CPU-seconds x an assumed power per busy core, with the assumption's band in "

@@ -39,7 +39,8 @@ from .study import tune as run
 @click.option("--trials", type=click.IntRange(min=0), help="At most this many recipes (default: as time allows).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
 @click.option("--heal/--no-heal", default=None,
-              help="Make healing a dimension of the search (default: when n6onnx.heal provides a hook).")
+              help="Make healing a dimension of the search, and heal the recipes that miss the gates by a little "
+                   "(default: when torch, the heal extra, is installed; else skipped, and the report says so).")
 @click.option("--storage", metavar="URL", help="Optuna storage (RDB URL or journal file) to share the study; see "
               "docs/tune.md.")
 @click.option("--study-name", metavar="NAME", help="Study name in --storage.")
@@ -52,15 +53,15 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, minutes, repor
     Prints the Pareto front with the fp32 original and int8 alone as references, writes the
     fastest recipe meeting the gates to OUT; when none does, writes nothing and exits 1."""
     err, out = Console(stderr=True), Console()
-    hook = stages.default_heal()
+    hook, why = stages.default_heal(dims=list(dims), threads=threads) if heal is not False else (None, None)
     if heal and hook is None:
-        err.print("[bold red]error:[/] --heal: this installation has no healing stage (n6onnx.heal.tune_hook)")
+        err.print(f"[bold red]error:[/] --heal: {escape(why)}")
         sys.exit(2)
     try:
         rep = run(model, output, calibrate=calibrate, min_cosine=min_cosine, min_nn=min_nn, tokenizer=tokenizer,
                   minutes=minutes, threads=threads, dims=list(dims), holdout=holdout, calib_samples=calib_samples,
                   seconds_per_trial=seconds_per_trial, trials=trials, seed=seed,
-                  heal=hook if heal is not False else None, storage=storage, study_name=study_name,
+                  heal=hook, heal_note=why, storage=storage, study_name=study_name,
                   report_dir=report_dir,
                   progress=None if as_json else (lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False)))
     except N6Error as e:

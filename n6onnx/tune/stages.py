@@ -1,9 +1,9 @@
 """The stages a recipe runs after the passes: int8 quantization and (optionally) healing.
 
-Quantization goes through ONE adapter, ``quantize``: the ``n6onnx.quantize`` stage when this
-installation has it, else onnxruntime's ``quantize_dynamic`` (QInt8, per channel), which is the
-stage's ``int8`` mode. Healing is a hook (``HealHook``): a callable the caller supplies (the
-``n6onnx.heal`` stage when it exists); without one, heal is not a dimension of the search.
+Quantization goes through ONE adapter, ``quantize``: the ``n6onnx.quantize`` stage (``int8``:
+dynamic, per channel). Healing is a hook (``HealHook``): ``default_heal`` wraps ``n6onnx.heal``'s
+public entry point when torch is installed; without one, heal is not a dimension of the search
+and the report says why.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pathlib
 from typing import Callable, Protocol
 
 from ..errors import N6Error
+from ..feeds import parse_dims
 from ..quantize import quantize as quantize_stage
 
 QUANT_MODES = ("int8",)
@@ -20,9 +21,9 @@ QUANT_MODES = ("int8",)
 
 class HealHook(Protocol):
     def __call__(self, model: pathlib.Path, out: pathlib.Path, *, original: pathlib.Path,
-                 calibrate: pathlib.Path, tokenizer: str | None) -> None:
+                 calibrate: pathlib.Path, tokenizer: str | None, minutes: float) -> None:
         """Write a healed version of ``model`` (a rewrite of ``original``) to ``out``, training on the
-        fit part of the data only (``calibrate``)."""
+        fit part of the data only (``calibrate``) for at most ``minutes``."""
 
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8") -> None:
@@ -32,14 +33,20 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8")
     quantize_stage(src, dst, mode)
 
 
-def default_heal() -> HealHook | None:
-    """``n6onnx.heal``'s hook when this installation has one (a ``tune_hook`` callable), else None."""
+def default_heal(*, dims=None, threads: int | None = None) -> tuple[HealHook | None, str | None]:
+    """A hook over ``n6onnx.heal``'s public entry point (``heal.run.heal_file``), or (None, why) when
+    this installation cannot heal (torch, the ``heal`` extra, is missing)."""
     try:
-        from .. import heal  # needs torch (the heal extra): only when tune is asked to heal
-    except ImportError:
-        return None
-    hook = getattr(heal, "tune_hook", None)
-    return hook if callable(hook) else None
+        from ..heal import run as heal_run  # needs torch (the heal extra): only when tune may heal
+    except ImportError as e:
+        return None, f"healing skipped: the heal extra (torch) is not installed ({e})"
+    dims = parse_dims(dims)
+
+    def hook(model, out, *, original, calibrate, tokenizer, minutes):
+        cfg = heal_run.HealConfig(minutes=minutes, threads=threads)
+        heal_run.heal_file(model, original, calibrate, out, tokenizer=tokenizer, dims=dims, config=cfg)
+
+    return hook, None
 
 
 def split(lines: list, holdout: float) -> tuple[list, list]:

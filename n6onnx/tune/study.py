@@ -28,6 +28,9 @@ from ..bench.energy import CPU_WATTS_PER_CORE
 from ..errors import BadArgumentError, N6Error
 from . import measure, render, space, stages
 
+#: a recipe whose cosine misses --min-cosine by at most this (NN: 4x this) gets a healed trial
+HEAL_MARGIN = 0.02
+
 
 @dataclasses.dataclass
 class Point:
@@ -163,12 +166,16 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
          minutes: float = 30.0, threads: int | None = None, dims=None, holdout: float = 0.25,
          calib_samples: int | None = 256, seconds_per_trial: float = 6.0, block_seconds: float = 1.0,
          trials: int | None = None, seed: int = 0, heal: stages.HealHook | None = None,
+         heal_minutes: float = 3.0, heal_note: str | None = None,
          storage: str | None = None, study_name: str | None = None, report_dir=None,
          progress: Callable[[str], None] | None = None) -> TuneReport:
     """Search recipes for ``model``; write the fastest one meeting the gates to ``output``.
 
     ``trials`` caps the number of trials (default: as many as ``minutes`` allow). ``heal``: a hook
-    (``stages.HealHook``) makes heal on/off a dimension. ``storage``/``study_name``: an Optuna
+    (``stages.HealHook``) makes heal on/off a dimension: the sampler may pick it, and every recipe that
+    misses the gates by at most ``HEAL_MARGIN`` in fp32 gets a healed trial (the candidates heal can
+    lift over the gates); each heal trains for at most ``heal_minutes`` and half the time left.
+    ``heal_note``: why there is no hook (said in the report). ``storage``/``study_name``: an Optuna
     storage URL to share the study (see docs/tune.md). Raises ``N6Error`` for bad input."""
     try:
         import optuna
@@ -215,7 +222,11 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                     shutil.copyfile(src, path)
                 if r.heal:
                     healed = work / f"heal-{key}.onnx"
-                    heal(path, healed, original=src, calibrate=fit_file, tokenizer=tokenizer)
+                    left = (deadline - time.perf_counter()) / 60
+                    if left < 0.5:
+                        raise N6Error("no time left in the budget to heal")
+                    heal(path, healed, original=src, calibrate=fit_file, tokenizer=tokenizer,
+                         minutes=min(heal_minutes, left / 2))
                     path = healed
                 rewrites[(r.passes, r.heal)] = path, measure.fidelity(src, path, held, threads)
             return rewrites[(r.passes, r.heal)]
@@ -269,7 +280,21 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 raise optuna.TrialPruned(p.reason)
             return p.cosine, p.relative_latency
 
+        healed_asked: set = set()
+
+        def heal_near_misses(study, ft):
+            """Enqueue a healed trial of a recipe whose fp32 fidelity missed the gates by a little."""
+            p = next((q for q in reversed(points) if q.number == ft.number), None)
+            if heal is None or p is None or p.recipe.heal or p.cosine is None or "heal" not in ft.params:
+                return
+            near = p.cosine >= min_cosine - HEAL_MARGIN and (min_nn is None or (p.nn or 0) >= min_nn - 4 * HEAL_MARGIN)
+            if near and not _meets(p, min_cosine, min_nn) and p.recipe.passes not in healed_asked:
+                healed_asked.add(p.recipe.passes)
+                study.enqueue_trial({**ft.params, "heal": True})
+                say(f"trial {ft.number}: {p.recipe.label} missed the gates by a little: a healed trial is queued")
+
         def budget(study, _trial):
+            heal_near_misses(study, _trial)
             left = deadline - time.perf_counter()
             typical = sorted(durations)[len(durations) // 2] if durations else 0
             if left < max(typical, 5.0) or (trials is not None and len(points) >= trials):
@@ -303,6 +328,8 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                    "optuna": optuna.__version__}
         rep = TuneReport(str(src), None, min_cosine, min_nn, refs, points, front, chosen, setting,
                          time.perf_counter() - t0)
+        if heal is None and heal_note:
+            rep.notes.append(heal_note)
         if chosen is None:
             rep.notes.append(f"no recipe met cosine >= {min_cosine:g}" + (f" and NN >= {min_nn:g}" if min_nn else "")
                              + "; nothing written")

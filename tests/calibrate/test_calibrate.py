@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import n6onnx
 from n6onnx.testing import zoo
 from n6onnx.cli import main
+from n6onnx.graph import OUTLIER_TAG
 from n6onnx.ops import REGISTRY
 
 
@@ -60,9 +61,14 @@ def test_calibration_recovers_minilm_on_held_out_text(minilm_calibrated, calib_t
 def test_calibrated_graph_costs_what_the_uncalibrated_one_does(minilm_calibrated):
     _, cal, plain, rep = minilm_calibrated
     ops = lambda p: sorted((n.domain, n.op_type) for n in onnx.load(str(p)).graph.node)
-    # the same nodes, plus one Add and one Mul per FFN that centre and balance the activation for int8
-    # (calibrate.quantfit)
-    assert ops(cal) == sorted(ops(plain) + [("", "Add")] * 6 + [("", "Mul")] * 6)
+    # the same nodes, plus per FFN one Add and one Mul that centre and balance the activation and one
+    # Mul for the up projection's gains (calibrate.quantfit), and per FFN with outlier units a detour
+    # (calibrate.outliers: MatMul, Mul, the activation, centring Add, MatMul, Add into the residual)
+    detours = sum(any(p.key == OUTLIER_TAG for p in n.metadata_props) for n in onnx.load(str(cal)).graph.node)
+    act = next(k for k in ops(plain) if k[0] == "n6onnx")
+    assert 1 <= detours <= 6
+    assert ops(cal) == sorted(ops(plain) + [("", "Add")] * 6 + [("", "Mul")] * 12
+                              + detours * [("", "MatMul"), ("", "MatMul"), ("", "Mul"), act, ("", "Add"), ("", "Add")])
     assert rep.to_json()["calibrated"] and len(rep.calibration.layers) == 6
     assert all(layer.centred for layer in rep.calibration.layers)
     assert not [w for w in rep.warnings if "uncalibrated" in w]

@@ -10,6 +10,7 @@ import pathlib
 import pytest
 from click.testing import CliRunner
 
+from n6onnx.bench import carbon
 from n6onnx.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -99,8 +100,11 @@ def test_report_tables_json_and_png(run_dir, tmp_path):
     assert "96.88%" in md and "87.50%" in md
     assert "| orig.onnx (original) | 1.000000 |" in md
     # bench table: latency, throughput, energy (with band), ratios, method
-    assert "| phi6 plain | 2.5 | 2.75 | 3200.0 | 0.0123 (band 0.00615 to 0.0185) | estimated, cpu-estimate | " \
-           "0.800x [0.790, 0.810] | 0.900x [0.880, 0.930] |" in md
+    wh = 0.0123 * 1000 / 3600  # Wh per 1k inferences; CO2e at CodeCarbon's world average and PUE 1.56
+    co2 = wh / 1000 * 1.56 * carbon.settings().grid.g_per_kwh
+    assert f"| phi6 plain | 2.5 | 2.75 | 3200.0 | 0.0123 (band 0.00615 to 0.0185) | estimated, cpu-estimate | " \
+           f"{wh:.4g} | {co2:.4g} | 0.800x [0.790, 0.810] | 0.900x [0.880, 0.930] |" in md
+    assert "Green Algorithms" in md and "PUE 1.56" in md
     assert "| calibrated | 3.25 |" in md and "0.646x [0.640, 0.650]" in md
     assert "## Speed and energy: cpu, Test CPU, 2 threads (n6onnx bench)" in md
     assert "estimate, not a measurement" in md

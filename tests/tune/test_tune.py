@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ import n6onnx
 from n6onnx.testing import zoo
 from n6onnx.cli import main
 from n6onnx.errors import BadArgumentError
-from n6onnx.tune import ModelInfo, Point, Recipe, pareto, space, stages, tune
+from n6onnx.tune import ModelInfo, Point, Recipe, pareto, space, stages, study, tune
 
 MODEL = ("bert", "dynamo20")
 FAST = dict(minutes=3, threads=1, seconds_per_trial=0.4, block_seconds=0.1)
@@ -137,7 +138,8 @@ def test_heal_hook_is_a_dimension_and_sees_only_the_fit_part(zoo_export, tmp_pat
     data = _npz(tmp_path / "data.npz")
     calls = []
 
-    def heal(model, out, *, original, calibrate, tokenizer):
+    def heal(model, out, *, original, calibrate, tokenizer, minutes):
+        assert 0 < minutes <= 3.0
         calls.append(pathlib.Path(calibrate))
         d = np.load(calibrate)
         calls.append(sorted({int(k.split("/")[1]) for k in d.files}))
@@ -155,3 +157,54 @@ def test_bad_data_is_a_clear_error(zoo_export, tmp_path):
     src = zoo_export(*MODEL)
     with pytest.raises(BadArgumentError, match="cannot be split"):
         tune(src, None, calibrate=_npz(tmp_path / "one.npz", 1), min_cosine=0.9, trials=1, **FAST)
+
+
+def test_near_misses_get_a_healed_trial(zoo_export, tmp_path):
+    """Every recipe within HEAL_MARGIN of the gate (here all: the tiny model keeps cosine ~0.9999 and the
+    gate is just above it) is tried again healed, once per pass list, within the heal time limit."""
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    spent = []
+
+    def heal(model, out, *, original, calibrate, tokenizer, minutes):
+        spent.append(minutes)
+        out.write_bytes(pathlib.Path(model).read_bytes())
+
+    rep = tune(src, None, calibrate=data, min_cosine=0.999999, trials=6, heal=heal, heal_minutes=0.5, seed=1,
+               **FAST)
+    plain = [p for p in rep.trials if not p.recipe.heal]
+    healed = [p for p in rep.trials if p.recipe.heal]
+    near = [p for p in plain if p.cosine is not None and p.cosine >= 0.999999 - study.HEAL_MARGIN]
+    assert near and {p.recipe.passes for p in healed} >= {p.recipe.passes for p in near[:len(healed)]}
+    assert len({p.recipe.passes for p in healed}) == len(healed)  # one healed trial per pass list
+    assert spent and all(0 < m <= 0.5 for m in spent)
+
+
+def test_tune_heals_for_real_within_a_tiny_budget(zoo_export, tmp_path):
+    """The default hook runs n6onnx.heal on the fit part; the healed recipe is measured like any other."""
+    pytest.importorskip("torch")
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    hook, why = stages.default_heal(threads=1)
+    assert hook is not None and why is None
+    rep = tune(src, None, calibrate=data, min_cosine=0.999999, trials=4, heal=hook, heal_minutes=0.05, seed=1,
+               **FAST)
+    healed = [p for p in rep.trials if p.recipe.heal]
+    assert healed and all(p.status != "failed" for p in healed), [(p.recipe.label, p.reason) for p in healed]
+    assert all(p.cosine is not None and -1 <= p.cosine <= 1 for p in healed)
+
+
+def test_without_torch_heal_is_skipped_and_said(zoo_export, tmp_path, monkeypatch):
+    import n6onnx.heal as heal_pkg
+
+    monkeypatch.delattr(heal_pkg, "run", raising=False)
+    monkeypatch.setitem(sys.modules, "n6onnx.heal.run", None)  # as if torch were missing
+    hook, why = stages.default_heal()
+    assert hook is None and "heal extra" in why
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    r = CliRunner().invoke(main, ["tune", str(src), "--calibrate", str(data), "--min-cosine", "0.9", "--heal",
+                                  "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 2 and "heal extra" in r.output and not (tmp_path / "o.onnx").exists()
+    rep = tune(src, None, calibrate=data, min_cosine=0.999999, trials=1, heal=hook, heal_note=why, seed=1, **FAST)
+    assert any("healing skipped" in n for n in rep.notes) and rep.setting["heal"] is False

@@ -113,7 +113,7 @@ def prune(model: ir.Model, blocks: Sequence[FFNBlock], ratio: float, original: i
                 bias = _np(slot[0].inputs[slot[1]])
                 _set_input(graph, slot[0], slot[1], np.ascontiguousarray(bias[keep]), f"{slot[0].inputs[slot[1]].name}_n6cut")
             _fix_reshapes(graph, proj, H, k)
-        for node in b.shift:  # a calibrated block's per-unit constants after the activation
+        for node in b.pre_shift + b.shift:  # a calibrated block's per-unit constants around the activation
             si = next(i for i, v in enumerate(node.inputs) if ir.convenience.get_const_tensor(v) is not None)
             sv = _np(node.inputs[si])
             if sv.ndim and sv.shape[-1] == H:
@@ -190,5 +190,6 @@ def map_blocks(model: ir.Model) -> list[FFNBlock]:
         out.append(FFNBlock(act, b.kind, b.act_labels, real[b.up.node.name].inputs[0], up, down, out_v, residual,
                                 gated=b.gated, gate=proj(b.gate),
                                 gate_mul=real[b.gate_mul.name] if b.gate_mul is not None else None,
-                                shift=[real[n.name] for n in b.shift]))
+                                shift=[real[n.name] for n in b.shift],
+                                pre_shift=[real[n.name] for n in b.pre_shift]))
     return out

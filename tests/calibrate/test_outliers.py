@@ -1,0 +1,97 @@
+"""Calibration's per-tensor int8 fixes: equal W1 column ranges with the gain in a Mul (up_scale) and
+the outlier detour (calibrate.outliers: units whose range product dwarfs the rest move to a small
+FFN of their own). The float model is unchanged (compared with the same calibration without them),
+the FFN is still detected once, and onnxruntime's stock per-tensor int8 loses less fidelity than
+without them (against ORT running the float original)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+import n6onnx
+from n6onnx import calibrate as cal
+from n6onnx import io
+from n6onnx.blocks import find_ffn_blocks
+from n6onnx.calibrate import outliers
+from n6onnx.graph import OUTLIER_TAG, UPSCALE_TAG
+
+D, H = 16, 64
+
+
+def _toy(path, seed=0):
+    """x + down(Gelu(x @ W1 + b1)) + b2 with three units whose W2 rows are 60x the others."""
+    rng = np.random.default_rng(seed)
+    w2 = rng.standard_normal((H, D)) * 0.1
+    w2[[3, 17, 40]] *= 60.0
+    w = {"W1": rng.standard_normal((D, H)) * 0.5, "b1": rng.standard_normal(H) * 0.3, "W2": w2,
+         "b2": rng.standard_normal(D) * 0.1}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m"], name="up"), helper.make_node("Add", ["m", "b1"], ["a"], name="up_bias"),
+             helper.make_node("Gelu", ["a"], ["g"], name="gelu"), helper.make_node("MatMul", ["g", "W2"], ["o"], name="down"),
+             helper.make_node("Add", ["o", "b2"], ["f"], name="down_bias"), helper.make_node("Add", ["x", "f"], ["y"], name="residual")]
+    g = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", D])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", D])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+
+
+def _feeds(path, seed, n=48):
+    rng = np.random.default_rng(seed)
+    np.savez(path, **{f"x/{k}": rng.standard_normal((8, D)).astype(np.float32) for k in range(n)})
+    return path
+
+
+def _rewrite(src, dst, calib, **kw):
+    saved = dict(cal.calibrate_swap.__kwdefaults__)
+    cal.calibrate_swap.__kwdefaults__.update(kw)
+    try:
+        n6onnx.rewrite(src, dst, ["gelu=phi6"], calibrate=calib)
+    finally:
+        cal.calibrate_swap.__kwdefaults__.update(saved)
+    return dst
+
+
+def _run(path, x):
+    return n6onnx.InferenceSession(path).run(None, {"x": x})[0]
+
+
+def _stock_pt(src, dst):
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, op_types_to_quantize=["MatMul"])
+    return dst
+
+
+def test_select_takes_the_units_whose_range_product_dwarfs_the_median():
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((200, 50)), rng.standard_normal((50, 8))
+    W[[4, 9]] *= 100
+    X[:, 30] *= 50
+    assert outliers.select(X, W, 16.0, 32).tolist() == [4, 9, 30]
+    assert outliers.select(X, W, 16.0, 2).tolist() == [4, 9]  # the largest first under the cap
+    assert outliers.select(X, W, 1e6, 32).size == 0
+
+
+def test_detour_and_up_scale_keep_the_float_model_and_help_per_tensor_int8(tmp_path):
+    src = tmp_path / "ffn.onnx"
+    _toy(src)
+    calib = _feeds(tmp_path / "calib.npz", 1)
+    both = _rewrite(src, tmp_path / "both.onnx", calib)  # the defaults: up_scale and the detour
+    up = _rewrite(src, tmp_path / "up.onnx", calib, outlier_ratio=None)
+    neither = _rewrite(src, tmp_path / "neither.onnx", calib, outlier_ratio=None, up_scale=False)
+    m = onnx.load(str(both))
+    tagged = [n for n in m.graph.node if any(p.key == OUTLIER_TAG for p in n.metadata_props)]
+    assert len(tagged) == 1 and tagged[0].domain == "n6onnx"
+    assert sum(any(p.key == UPSCALE_TAG for p in n.metadata_props) for n in m.graph.node) == 1
+    blocks, _, seen = find_ffn_blocks(io.load(both))
+    assert len(blocks) == 1 and seen == 1 and len(blocks[0].pre_shift) == 1  # detour and Mul: part of the FFN
+    x = np.random.default_rng(7).standard_normal((64, D)).astype(np.float32)
+    ref = n6onnx.InferenceSession(src).run(None, {"x": x})[0]
+    for f in (both, up):  # the float model is that of the plain calibration
+        np.testing.assert_allclose(_run(f, x), _run(neither, x), rtol=1e-4, atol=1e-4)
+    err = lambda f: float(np.linalg.norm(_run(_stock_pt(f, tmp_path / f"{f.stem}_pt.onnx"), x) - ref)
+                          / np.linalg.norm(ref - x))  # relative to the FFN's own output
+    e_both, e_up, e_neither = err(both), err(up), err(neither)
+    # measured 0.116 / 0.092 / 0.141: on this toy the W1 ranges matter most (the detour's gain shows on
+    # MiniLM's real outlier units: benchmarks/quantize.py)
+    assert e_up < 0.8 * e_neither and e_both < 0.9 * e_neither, (e_both, e_up, e_neither)
