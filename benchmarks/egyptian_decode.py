@@ -121,20 +121,24 @@ def model(variant: str, P: int) -> tuple[bytes, dict, list]:
 
 
 class Runner:
-    def __init__(self, variant: str, P: int, threads: int, rng):
+    """One variant's session with its inputs and outputs bound on the provider's device (IO binding)."""
+
+    def __init__(self, variant: str, P: int, threads: int, rng, provider: str = "cpu"):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         so.intra_op_num_threads = threads
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.register_custom_ops_library(str(n6onnx.library_path()))
+        so.register_custom_ops_library(str(n6onnx.library_path("cuda" if provider == "cuda" else "cpu")))
         m, ins, outs, self.presents = model(variant, P)
-        self.sess = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"])
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+        self.sess = ort.InferenceSession(m, so, providers=providers)
         self.io = self.sess.io_binding()
+        self.sync = self.io.synchronize_outputs if provider == "cuda" else (lambda: None)
         self.feeds = {n: rng.normal(0, 1, s).astype(np.float32) for n, s in ins.items()}
         for n, v in self.feeds.items():
-            self.io.bind_cpu_input(n, v)
-        self.outs = {n: ort.OrtValue.ortvalue_from_shape_and_type(s, np.float32, "cpu", 0) for n, s in outs}
+            self.io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(v, provider, 0))
+        self.outs = {n: ort.OrtValue.ortvalue_from_shape_and_type(s, np.float32, provider, 0) for n, s in outs}
         for n, v in self.outs.items():
             self.io.bind_ortvalue_output(n, v)
         self.cache_bytes = int(sum(np.prod(self.outs[n].shape()) * 4 for n in self.presents))
@@ -143,14 +147,15 @@ class Runner:
         t = time.perf_counter()
         for _ in range(reps):
             self.sess.run_with_iobinding(self.io)
+        self.sync()
         return (time.perf_counter() - t) / reps
 
 
-def run(threads: int = 2, contexts=CONTEXTS, rounds: int = 15, inner: int = 20) -> dict:
+def run(threads: int = 2, contexts=CONTEXTS, rounds: int = 15, inner: int = 20, provider: str = "cpu") -> dict:
     results = {}
     for P in contexts:
         rng = np.random.default_rng(P)
-        runners = {v: Runner(v, P, threads, rng) for v in VARIANTS}
+        runners = {v: Runner(v, P, threads, rng, provider) for v in VARIANTS}
         for r in runners.values():
             r.run(5)  # warm-up
         times = {v: [] for v in VARIANTS}
@@ -173,13 +178,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, contexts 1024 and 4096")
+    ap.add_argument("--provider", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: CUDAExecutionProvider with the n6 CUDA library, inputs/outputs bound on the GPU")
+    ap.add_argument("--contexts", type=int, nargs="*", help="past lengths (default 1024 4096 8192)")
     a = ap.parse_args()
-    contexts = CONTEXTS[:2] if a.quick else CONTEXTS
+    contexts = tuple(a.contexts) if a.contexts else CONTEXTS[:2] if a.quick else CONTEXTS
     rounds, inner = (5, 5) if a.quick else (15, 20)
-    res = run(a.threads, contexts, rounds, inner)
-    out = write("egyptian_decode_cpu", {
-        "method": (f"one decode step (B=1, 1 new token) of the attention core with its KV-cache update, CPU provider, "
-                   f"{a.threads} intra-op threads, spinning off, IO binding; {rounds} interleaved rounds x {inner} runs "
+    res = run(a.threads, contexts, rounds, inner, a.provider)
+    where = ("CPU provider, " + f"{a.threads} intra-op threads, spinning off" if a.provider == "cpu"
+             else "CUDA provider (n6 CUDA library), outputs synchronised after each batch of runs")
+    out = write(f"egyptian_decode_{a.provider}", {
+        "method": (f"one decode step (B=1, 1 new token) of the attention core with its KV-cache update, {where}, "
+                   f"IO binding; {rounds} interleaved rounds x {inner} runs "
                    "per variant after 5 warm-up runs; per-round mean step time, median and quartiles over rounds"),
         "shape": {"num_heads": H, "kv_heads": HKV, "head_size": DH, "window": WINDOW, "sinks": SINKS,
                   "head_kinds": KINDS},
