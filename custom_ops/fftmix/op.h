@@ -106,8 +106,8 @@ struct Op {
       const std::vector<int64_t>* fshapes[kNumScales] = {&F6.Shape(), &F12.Shape(), &F24.Shape()};
       CausalIo<T> io;
       int64_t pl_value = 0;
-      if (plt && !plt->IsCpuTensor())  // e.g. on CUDAExecutionProvider: never read device memory here
-        return OpError(kOpName, "PastLength must be in CPU memory");
+      // PastLength is declared a CPU input (GetInputMemoryType below): onnxruntime hands it to the
+      // kernel in host memory on every provider, so it is read here directly
       if (plt && plt->NumberOfElement() == 1) pl_value = *plt->Data();
       std::string err = CheckCausal(xs, fshapes, p ? &p->Shape() : nullptr, plt ? &plt->Shape() : nullptr, &pl_value,
                                     &io.P, &io.pl);
@@ -176,6 +176,11 @@ Ort::Custom::OrtLiteCustomOp* MakeGuardedOp(const char* provider, InferFn infer)
   Ort::Custom::OrtLiteCustomOp* op = MakeKernelOp<Kernel>(kOpName, provider, infer);
   UnboundPastGuard<Kernel>::inner = op->KernelComputeV2;
   op->KernelComputeV2 = &UnboundPastGuard<Kernel>::Compute;
+  // PastLength (input 5) lives in host memory on every provider (a CUDA kernel reads its value on
+  // the host; the lite API's Tensor::IsCpuTensor cannot tell, it always says "Cpu")
+  op->GetInputMemoryType = [](const OrtCustomOp*, size_t index) {
+    return index == 5 ? OrtMemTypeCPUInput : OrtMemTypeDefault;
+  };
   return op;
 }
 
