@@ -28,7 +28,7 @@ SANITIZE = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L
             "L5_window4_custom_kinds_mask", "L150_D64_threads", "L300_12x64_mask", "L130_dh128",
             "L77_dh20_nomask", "L200_local_global_only", "causal_decode_step_gqa_sinks4", "causal_chunk_sinks_past_p",
             "causal_L333_gqa_dh64_mask", "causal_chunk130_of_500_dh128", "causal_decode_L700_gqa_nomask",
-            "causal_L150_threads"}
+            "causal_L150_threads", "causal_decode2_dh128_mask", "causal_decode3_dh20_local"}
 
 
 def extra_samples(op: str, dtype: str) -> list[Sample]:
@@ -64,6 +64,11 @@ def extra_samples(op: str, dtype: str) -> list[Sample]:
         ("causal_decode_L700_gqa_nomask", 3, 1, 700, 12, 6, 64, {**C, "num_heads": 12, "kv_heads": 6, "sinks": 2}, False),
         ("causal_L256_full_only", 1, 256, 256, 2, 1, 32, {**C, "num_heads": 2, "kv_heads": 1, "head_kinds": [0, 0]},
          False),
+        # the decode kernel (Lq < 4): head size 128 with padding, odd head size 20 with a local window
+        ("causal_decode2_dh128_mask", 2, 2, 90, 4, 2, 128, {**C, "num_heads": 4, "kv_heads": 2, "head_kinds": [0, 0, 1, 1],
+                                                             "window": 40}, True),
+        ("causal_decode3_dh20_local", 1, 3, 50, 3, 1, 20, {**C, "num_heads": 3, "kv_heads": 1, "window": 7,
+                                                            "head_kinds": [1, 1, 1]}, False),
     ):
         feeds = {"Q": rng.normal(0, 1, (B, Lq, H * dh)).astype(dtype)}
         feeds.update({n: rng.normal(0, 1, (B, Lk, Hkv * dh)).astype(dtype) for n in ("K", "V")})
