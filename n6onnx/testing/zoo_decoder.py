@@ -240,3 +240,18 @@ def decode(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], model:
         state = {p: out[q] for p, q in zip(past_names(), present_names())}
         done, t = done + c, t + c
     return {"logits": np.concatenate(logits, axis=1), **{q: out[q] for q in present_names()}}
+
+
+def calibration_npz(model: str, path: str | os.PathLike, *, batches: int = 8, batch: int = 2, seq: int = 16,
+                    seed: int = 100) -> pathlib.Path:
+    """Write prefill feeds (past length 0) for the ``kv`` graph as an .npz of ``NAME/K`` arrays, the form
+    ``--calibrate`` / ``validate --feeds`` read; random token ids (the tiny models have no tokenizer)."""
+    arrays = {}
+    for k in range(batches):
+        for name, a in example_inputs(model, batch, seq, past=0, seed=seed + k).items():
+            arrays[f"{name}/{k}"] = a
+    path = pathlib.Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return path
