@@ -1,4 +1,4 @@
-// FFTMix(X, F6, F12, F24) -> Y [B, L, 3D], CPU kernel (float32 / float16 storage, fp32 compute).
+// FFTMix(X, F6, F12, F24 [, Past, PastLength]) -> Y [B, L, 3D] [, Present], CPU kernel (float32 / float16 storage, fp32 compute).
 // The math and why it is a direct convolution: fftmix/fftmix.h.
 //
 // Work split: one task per (batch, 24-token block). 24 is a multiple of every window, so a block
@@ -7,6 +7,10 @@
 // session's intra-op pool (KernelContext_ParallelFor). The channel loops are contiguous and
 // vectorised (generic x86-64 / AVX2 / AVX-512 clones, chosen at run time like the elementwise
 // kernels; explicit 16-lane vectors, common/vec16.h).
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
 #include "common/half.h"
 #include "common/isa.h"
 #include "common/ort_glue.h"
@@ -119,6 +123,92 @@ BlockFn SelectBlockFn() {
   return SelectIsa<BlockFn>(&RunBlockGeneric<kHalf>, N6_CLONE(&RunBlockAvx2<kHalf>), N6_CLONE(&RunBlockAvx512<kHalf>));
 }
 
+// ---------------------------------------------------------------- causal mode
+// One task per (batch, 24-window of absolute positions that holds outputs): the task gathers the
+// window's input rows up to its last output (from Past or X; fp16 widened once), then each output
+// row a of every scale sums k_w[d] x[a - d] for d = 0 .. a - start_w(a): O(w) per row and channel.
+struct CausalPlan {
+  const void* x = nullptr;     // [B, L, D]
+  const void* past = nullptr;  // [B, P, D] or null
+  void* y = nullptr;           // [B, L, 3D]
+  size_t B = 0, L = 0, D = 0, P = 0, pl = 0, first = 0, blocks = 0;  // first: 24 * floor(pl / 24)
+  const float* taps[fftmix::kNumScales] = {};  // [w, D] float32
+};
+
+template <bool kHalf>
+N6_INLINE const void* CausalRow(const CausalPlan& p, size_t b, size_t pos) {  // input at absolute pos
+  const size_t esz = kHalf ? sizeof(uint16_t) : sizeof(float);
+  if (pos >= p.pl) return static_cast<const char*>(p.x) + ((b * p.L + pos - p.pl) * p.D) * esz;
+  return static_cast<const char*>(p.past) + ((b * p.P + pos - (p.pl - p.P)) * p.D) * esz;
+}
+
+template <bool kHalf>
+N6_INLINE void RunCausalImpl(const CausalPlan& p, size_t task) {
+  const size_t b = task / p.blocks, s0 = p.first + (task % p.blocks) * fftmix::kBlock;
+  const size_t lo = s0 > p.pl ? s0 : p.pl, hi = std::min(s0 + fftmix::kBlock, p.pl + p.L);  // outputs [lo, hi)
+  const size_t D = p.D;
+  thread_local std::vector<float> scratch;
+  scratch.resize((kHalf ? fftmix::kBlock * D : 0) + D);
+  float* acc = scratch.data() + (kHalf ? fftmix::kBlock * D : 0);
+  const float* rows[fftmix::kBlock];
+  for (size_t pos = s0; pos < hi; ++pos) {
+    const void* src = CausalRow<kHalf>(p, b, pos);
+    if (kHalf) {
+      float* dst = scratch.data() + (pos - s0) * D;
+      WidenF16(static_cast<const uint16_t*>(src), dst, D);
+      rows[pos - s0] = dst;
+    } else {
+      rows[pos - s0] = static_cast<const float*>(src);
+    }
+  }
+  for (size_t a = lo; a < hi; ++a) {
+    const int i = static_cast<int>(a - s0);
+    for (int s = 0; s < fftmix::kNumScales; ++s) {
+      const int w = fftmix::kWindows[s];
+      const int back = i % w;  // s0 is a multiple of w: the window starts at row i - back
+      const float* k = p.taps[s];
+      const size_t off = (b * p.L + (a - p.pl)) * 3 * D + s * D;
+      float* out = kHalf ? acc : static_cast<float*>(p.y) + off;
+      size_t d = 0;
+      for (; d + 2 * kVF <= D; d += 2 * kVF) {
+        VF a0 = LoadV(k + d) * LoadV(rows[i] + d);
+        VF a1 = LoadV(k + d + kVF) * LoadV(rows[i] + d + kVF);
+        for (int t = 1; t <= back; ++t) {
+          a0 += LoadV(k + t * D + d) * LoadV(rows[i - t] + d);
+          a1 += LoadV(k + t * D + d + kVF) * LoadV(rows[i - t] + d + kVF);
+        }
+        StoreV(out + d, a0);
+        StoreV(out + d + kVF, a1);
+      }
+      for (; d < D; ++d) {
+        float v = k[d] * rows[i][d];
+        for (int t = 1; t <= back; ++t) v += k[t * D + d] * rows[i - t][d];
+        out[d] = v;
+      }
+      if (kHalf) {
+        uint16_t* dst = static_cast<uint16_t*>(p.y) + off;
+        for (size_t c = 0; c < D; ++c) dst[c] = F16Codec::FromFloat(acc[c]);
+      }
+    }
+  }
+}
+
+using CausalFn = void (*)(const CausalPlan&, size_t);
+template <bool kHalf>
+void RunCausalGeneric(const CausalPlan& p, size_t task) { RunCausalImpl<kHalf>(p, task); }
+#if N6_HAVE_ISA_CLONES
+template <bool kHalf>
+N6_TARGET_AVX2 void RunCausalAvx2(const CausalPlan& p, size_t task) { RunCausalImpl<kHalf>(p, task); }
+template <bool kHalf>
+N6_TARGET_AVX512 void RunCausalAvx512(const CausalPlan& p, size_t task) { RunCausalImpl<kHalf>(p, task); }
+#endif
+
+template <bool kHalf>
+CausalFn SelectCausalFn() {
+  return SelectIsa<CausalFn>(&RunCausalGeneric<kHalf>, N6_CLONE(&RunCausalAvx2<kHalf>),
+                             N6_CLONE(&RunCausalAvx512<kHalf>));
+}
+
 template <class T>
 float ToF32(T v);
 template <>
@@ -158,6 +248,45 @@ struct CpuBackend {
     p.y = io.y;
     p.blocks = (p.L + fftmix::kBlock - 1) / fftmix::kBlock;
     static const BlockFn fn = SelectBlockFn<!std::is_same<T, float>::value>();
+    return RunPlanTasks(ctx, fn, p, p.B * p.blocks);
+  }
+
+  template <class T>
+  static Ort::Status RunCausal(OrtKernelContext* ctx, const fftmix::CausalIo<T>& io) {
+    CausalPlan p;
+    p.B = static_cast<size_t>(io.B);
+    p.L = static_cast<size_t>(io.L);
+    p.D = static_cast<size_t>(io.D);
+    p.P = static_cast<size_t>(io.P);
+    p.pl = static_cast<size_t>(io.pl);
+    std::vector<float> taps;
+    size_t offs[fftmix::kNumScales], total = 0;
+    for (int s = 0; s < fftmix::kNumScales; ++s) {
+      offs[s] = total;
+      total += fftmix::kWindows[s] * p.D;
+    }
+    taps.resize(total);
+    for (int s = 0; s < fftmix::kNumScales; ++s) {
+      const size_t n = fftmix::kWindows[s] * p.D;
+      for (size_t i = 0; i < n; ++i) taps[offs[s] + i] = ToF32<T>(io.f[s][i]);
+    }
+    for (int s = 0; s < fftmix::kNumScales; ++s) p.taps[s] = taps.data() + offs[s];
+    p.x = io.x;
+    p.past = io.past;
+    p.y = io.y;
+    // Present: the last `keep` inputs (positions pl + L - keep ..), from Past or X
+    if (io.present) {
+      for (size_t b = 0; b < p.B; ++b)
+        for (size_t r = 0; r < static_cast<size_t>(io.keep); ++r) {
+          const size_t pos = p.pl + p.L - io.keep + r;
+          const T* src = pos >= p.pl ? io.x + (b * p.L + pos - p.pl) * p.D : io.past + (b * p.P + pos - (p.pl - p.P)) * p.D;
+          std::memcpy(io.present + (b * io.keep + r) * p.D, src, p.D * sizeof(T));
+        }
+    }
+    if (p.L == 0) return Ort::Status{nullptr};
+    p.first = (p.pl / fftmix::kBlock) * fftmix::kBlock;
+    p.blocks = (p.pl + p.L - p.first + fftmix::kBlock - 1) / fftmix::kBlock;
+    static const CausalFn fn = SelectCausalFn<!std::is_same<T, float>::value>();
     return RunPlanTasks(ctx, fn, p, p.B * p.blocks);
   }
 };

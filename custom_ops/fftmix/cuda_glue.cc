@@ -42,6 +42,12 @@ struct CudaBackend {
     a.stream = GpuStream(ctx);
     return FromCuda(fftmix::kOpName, cuda::LaunchFFTMix(a));
   }
+
+  // Causal mode has no CUDA kernel yet: a clear error (run it on CPUExecutionProvider).
+  template <class T>
+  static Ort::Status RunCausal(OrtKernelContext*, const fftmix::CausalIo<T>&) {
+    return OpError(fftmix::kOpName, "causal=1 has no CUDA kernel yet; run the node on CPUExecutionProvider");
+  }
 };
 
 }  // namespace

@@ -1,12 +1,15 @@
-// FFTMix(X, F6, F12, F24) -> Y [B, L, 3D]: the onnxruntime glue, shared by the CPU kernel
+// FFTMix(X, F6, F12, F24 [, Past, PastLength]) -> Y [B, L, 3D] [, Present], attribute causal: the onnxruntime glue, shared by the CPU kernel
 // (fftmix/cpu.cc) and the CUDA glue (fftmix/cuda_glue.cc). The math: fftmix/fftmix.h.
 //
 // A backend provides
 //   static constexpr const char* kProvider;
 //   template <class T> static Ort::Status Run(OrtKernelContext*, const Io<T>&);
-// Run is called after the shape checks, with Y allocated and B, L, D > 0.
+//   template <class T> static Ort::Status RunCausal(OrtKernelContext*, const CausalIo<T>&);
+// Run is called after the shape checks, with Y allocated and B, L, D > 0; RunCausal after the
+// causal checks, with Y (and Present, when requested) allocated and B, D > 0 (L may be 0).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,13 +38,98 @@ inline bool OutputShapeRule(std::vector<int64_t>& dims, std::vector<const char*>
   return true;
 }
 
+// Causal mode (attribute causal=1): F_w are the taps [w, D]; Past [B, P, D] holds positions
+// pl - P .. pl - 1 (pl = PastLength); Present [B, (pl + L) mod 24, D] (null when not requested).
+template <class T>
+struct CausalIo {
+  const T* x = nullptr;           // [B, L, D]
+  const T* f[kNumScales] = {};    // taps [w, D]
+  const T* past = nullptr;        // [B, P, D] or null (P = 0)
+  T* y = nullptr;                 // [B, L, 3D]
+  T* present = nullptr;           // [B, keep, D] or null
+  int64_t B = 0, L = 0, D = 0, P = 0, pl = 0, keep = 0;
+};
+
+// The shape checks of both modes (messages as in n6onnx/ops/fftmix*.py); "" when fine.
+inline std::string CheckCausal(const std::vector<int64_t>& xs, const std::vector<int64_t>* fs[kNumScales],
+                               const std::vector<int64_t>* ps, const std::vector<int64_t>* pls, const int64_t* pl_value,
+                               int64_t* P, int64_t* pl) {
+  for (int s = 0; s < kNumScales; ++s) {
+    const std::vector<int64_t> want = {kWindows[s], xs[2]};
+    if (*fs[s] != want)
+      return "causal F" + std::to_string(kWindows[s]) + " must be the taps " + ShapeToString(want) + ", got " +
+             ShapeToString(*fs[s]);
+  }
+  *P = 0;
+  if (ps) {
+    if (ps->size() != 3 || (*ps)[0] != xs[0] || (*ps)[2] != xs[2])
+      return "Past must be [" + std::to_string(xs[0]) + ", P, " + std::to_string(xs[2]) + "] for X of shape " +
+             ShapeToString(xs) + ", got shape " + ShapeToString(*ps);
+    *P = (*ps)[1];
+  }
+  *pl = *P;
+  if (pls) {
+    int64_t n = 1;
+    for (int64_t d : *pls) n *= d;
+    if (pls->size() > 1 || n != 1) return "PastLength must be an int64 scalar or [1], got shape " + ShapeToString(*pls);
+    *pl = *pl_value;
+  }
+  if (*pl < 0 || *P > *pl || *P < *pl % kBlock)
+    return "Past [B, P=" + std::to_string(*P) + ", D] must hold the current 24-window's inputs: need PastLength mod 24 "
+           "<= P <= PastLength, PastLength=" + std::to_string(*pl);
+  return "";
+}
+
 template <class Backend, class T>
-Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, const Ort::Custom::Tensor<T>& F6,
-                    const Ort::Custom::Tensor<T>& F12, const Ort::Custom::Tensor<T>& F24, Ort::Custom::Tensor<T>& Y) {
-  try {
-    const std::vector<int64_t>& xs = X.Shape();
-    if (xs.size() != 3) return OpError(kOpName, "X must be [B, L, D], got shape " + ShapeToString(xs));
-    const Ort::Custom::Tensor<T>* fs[kNumScales] = {&F6, &F12, &F24};
+struct Op {
+  int64_t causal = 0;
+
+  Op(const OrtApi*, const OrtKernelInfo* info) { ReadAttr(info, "causal", &causal); }
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, const Ort::Custom::Tensor<T>& F6,
+                      const Ort::Custom::Tensor<T>& F12, const Ort::Custom::Tensor<T>& F24,
+                      std::optional<const Ort::Custom::Tensor<T>*> past,
+                      std::optional<const Ort::Custom::Tensor<int64_t>*> past_length, Ort::Custom::Tensor<T>& Y,
+                      std::optional<Ort::Custom::Tensor<T>*> present) {
+    try {
+      const std::vector<int64_t>& xs = X.Shape();
+      if (xs.size() != 3) return OpError(kOpName, "X must be [B, L, D], got shape " + ShapeToString(xs));
+      const Ort::Custom::Tensor<T>* fs[kNumScales] = {&F6, &F12, &F24};
+      const Ort::Custom::Tensor<T>* p = past.has_value() ? *past : nullptr;
+      const Ort::Custom::Tensor<int64_t>* plt = past_length.has_value() ? *past_length : nullptr;
+      Ort::Custom::Tensor<T>* pr = present.has_value() ? *present : nullptr;
+      if (causal != 0 && causal != 1) return OpError(kOpName, "causal must be 0 or 1, got " + std::to_string(causal));
+      if (!causal) {
+        if (p || plt || pr) return OpError(kOpName, "Past, PastLength and Present need causal=1");
+        return ComputePlain(ctx, xs, fs, X, Y);
+      }
+      const std::vector<int64_t>* fshapes[kNumScales] = {&F6.Shape(), &F12.Shape(), &F24.Shape()};
+      CausalIo<T> io;
+      int64_t pl_value = 0;
+      if (plt && !plt->IsCpuTensor())  // e.g. on CUDAExecutionProvider: never read device memory here
+        return OpError(kOpName, "PastLength must be in CPU memory");
+      if (plt && plt->NumberOfElement() == 1) pl_value = *plt->Data();
+      std::string err = CheckCausal(xs, fshapes, p ? &p->Shape() : nullptr, plt ? &plt->Shape() : nullptr, &pl_value,
+                                    &io.P, &io.pl);
+      if (!err.empty()) return OpError(kOpName, err);
+      io.B = xs[0];
+      io.L = xs[1];
+      io.D = xs[2];
+      io.keep = (io.pl + io.L) % kBlock;
+      io.y = Y.Allocate({io.B, io.L, 3 * io.D});
+      if (pr) io.present = pr->Allocate({io.B, io.keep, io.D});
+      if (io.B == 0 || io.D == 0) return Ort::Status{nullptr};
+      io.x = io.L ? X.Data() : nullptr;
+      for (int s = 0; s < kNumScales; ++s) io.f[s] = fs[s]->Data();
+      io.past = (p && io.P) ? p->Data() : nullptr;
+      return Backend::template RunCausal<T>(ctx, io);
+    }
+    N6_CATCH_ALL(kOpName)
+  }
+
+  static Ort::Status ComputePlain(OrtKernelContext* ctx, const std::vector<int64_t>& xs,
+                                  const Ort::Custom::Tensor<T>* const* fs, const Ort::Custom::Tensor<T>& X,
+                                  Ort::Custom::Tensor<T>& Y) {
     Io<T> io;
     for (int s = 0; s < kNumScales; ++s) {
       const int w = kWindows[s];
@@ -60,14 +148,42 @@ Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, cons
     for (int s = 0; s < kNumScales; ++s) io.f[s] = fs[s]->Data();
     return Backend::template Run<T>(ctx, io);
   }
-  N6_CATCH_ALL(kOpName)
+};
+
+// onnxruntime's lite ops read every input before an optional one that is bound: an unbound Past
+// with PastLength bound would be dereferenced as a null value (a crash). This check runs first and
+// answers an error instead (that form runs in the numpy reference and the function fallback).
+template <class Kernel>
+struct UnboundPastGuard {
+  static inline decltype(OrtCustomOp::KernelComputeV2) inner = nullptr;
+  static OrtStatusPtr ORT_API_CALL Compute(void* kernel, OrtKernelContext* ctx) {
+    const OrtApi& api = Ort::GetApi();
+    size_t n = 0;
+    const OrtValue* past = nullptr;
+    if (OrtStatus* st = api.KernelContext_GetInputCount(ctx, &n)) return st;
+    if (n > 5) {
+      if (OrtStatus* st = api.KernelContext_GetInput(ctx, 4, &past)) return st;
+      if (past == nullptr)
+        return OpError(kOpName, "PastLength without Past is not supported by the kernel: bind Past (an empty "
+                                "[B, 0, D] tensor when PastLength is a multiple of 24)").release();
+    }
+    return inner(kernel, ctx);
+  }
+};
+
+template <class Kernel>
+Ort::Custom::OrtLiteCustomOp* MakeGuardedOp(const char* provider, InferFn infer) {
+  Ort::Custom::OrtLiteCustomOp* op = MakeKernelOp<Kernel>(kOpName, provider, infer);
+  UnboundPastGuard<Kernel>::inner = op->KernelComputeV2;
+  op->KernelComputeV2 = &UnboundPastGuard<Kernel>::Compute;
+  return op;
 }
 
 template <class Backend>
 void AppendOps(OpList& ops) {
   constexpr InferFn infer = &InferFromInput<&OutputShapeRule>;
-  ops.push_back(MakeOp(kOpName, &Compute<Backend, float>, Backend::kProvider, infer));
-  ops.push_back(MakeOp(kOpName, &Compute<Backend, Ort::Float16_t>, Backend::kProvider, infer));
+  ops.push_back(MakeGuardedOp<Op<Backend, float>>(Backend::kProvider, infer));
+  ops.push_back(MakeGuardedOp<Op<Backend, Ort::Float16_t>>(Backend::kProvider, infer));
 }
 
 }  // namespace fftmix

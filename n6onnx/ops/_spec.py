@@ -57,15 +57,29 @@ class OpSpec:
     # Non-elementwise ops: dtype name -> contract-test samples. ``reference(*inputs, **attrs)``.
     # None for the elementwise activations (the contract test has its own shapes for them).
     samples: Callable[[str], list[Sample]] | None = None
+    # Outputs of the plain body's function (None: all); a node lists at least these.
+    body_outputs: tuple[str, ...] | None = None
+    # Further fallback bodies, as ONNX function overloads (IR >= 10): overload name -> (body, its
+    # outputs). For modes whose bodies cannot share one graph: an unbound input may only sit in an
+    # optional slot of a body op (onnxruntime rejects the graph otherwise, even in an If branch that
+    # never runs), and a node must list every output of its function ("" for an unused one).
+    overloads: dict = dataclasses.field(default_factory=dict)
+    # (node attributes, names of the node's bound inputs and outputs) -> the overload its fallback
+    # needs ("" = the plain body).
+    choose_overload: Callable[[dict, frozenset], str] | None = None
 
-    def function(self, default_opset: int) -> onnx.FunctionProto:
+    def overload_for(self, attrs: dict, bound: frozenset) -> str:
+        return self.choose_overload(attrs, bound) if self.choose_overload else ""
+
+    def function(self, default_opset: int, overload: str = "") -> onnx.FunctionProto:
         """Model-local function with a pure-ONNX body, importing the model's default opset."""
-        nodes = self.body(list(self.inputs), list(self.outputs))
+        body, outputs = self.overloads[overload] if overload else (self.body, self.body_outputs or self.outputs)
+        nodes = body(list(self.inputs), list(outputs))
         f = helper.make_function(
             DOMAIN,
             self.name,
             list(self.inputs),
-            list(self.outputs),
+            list(outputs),
             nodes,
             opset_imports=[helper.make_opsetid("", default_opset)],
             attributes=[a for a in self.attributes if a not in self.attribute_defaults],
@@ -73,6 +87,8 @@ class OpSpec:
         )
         for name, value in self.attribute_defaults.items():
             f.attribute_proto.append(helper.make_attribute(name, value))
+        if overload:
+            f.overload = overload
         return f
 
     @property

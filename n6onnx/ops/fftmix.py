@@ -1,4 +1,7 @@
-"""FFTMix(X, F6, F12, F24) -> Y [B, L, 3D]: the FFT-Mix token mixer (SPEC.md, "Attention replacements").
+"""FFTMix(X, F6, F12, F24 [, Past, PastLength]) -> Y [B, L, 3D] [, Present]: the FFT-Mix token mixer
+(SPEC.md, "Attention replacements"); attribute causal (int, default 0).
+
+causal=0 (the default): the mode below. Past, PastLength and Present are not allowed.
 
 For each window w in (6, 12, 24): zero-pad X at the sequence end to a multiple of w, cut into
 non-overlapping windows, rfft along the window's token axis, multiply by the real filter F_w
@@ -9,6 +12,16 @@ Equivalently, per channel, a circular convolution inside each window with the sy
 k_w = irfft(F_w, n=w): y[i] = sum_j k_w[(i - j) mod w] x[j]. The function fallback uses that form
 as a batched MatMul with the [D, w, w] circulant built from F_w inside the body (no DFT op: ORT's
 CPU DFT is slow and the CUDA provider has none).
+
+causal=1 (for decoders; SPEC.md, "FFT-Mix, causal mode"): F_w are one-sided TAPS [w, D]; k_w[d]
+weights the token d places back. Positions are absolute: X[:, t] is at a = PastLength + t, and
+windows are cut by absolute position, start(a) = w * floor(a / w). For every scale (none is
+skipped): y_w[a] = sum_{d=0}^{a - start(a)} k_w[d] x[a - d], where x before PastLength comes from
+Past [B, P, D] (its rows are positions PastLength - P .. PastLength - 1). PastLength: optional
+int64 scalar or [1], default P (0 without Past); PastLength mod 24 <= P <= PastLength is required
+(Past must hold the current 24-window). Optional output Present [B, (PastLength + L) mod 24, D]:
+the inputs of the current, incomplete 24-window, i.e. the next call's Past. Feeding Present back
+as Past with PastLength advanced by L equals one full-sequence call. Details: fftmix_causal.py.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import fftmix_causal
 from ._spec import BodyBuilder, OpSpec, Sample, Tolerance, as_compute
 
 WINDOWS = (6, 12, 24)
@@ -33,9 +47,15 @@ def _check(X, Fs):
     return X
 
 
-def reference(X, F6, F12, F24):
+def reference(X, F6, F12, F24, Past=None, PastLength=None, causal=0):
     """SPEC.md's definition, with numpy's rfft/irfft per window, in float32 storage (numpy's
-    pocketfft computes float32 inputs in float32)."""
+    pocketfft computes float32 inputs in float32). causal=1: (Y, Present), fftmix_causal.py."""
+    if causal not in (0, 1):
+        raise ValueError(f"FFTMix: causal must be 0 or 1, got {causal}")
+    if causal:
+        return fftmix_causal.reference(X, F6, F12, F24, Past, PastLength)
+    if Past is not None or PastLength is not None:
+        raise ValueError("FFTMix: Past and PastLength need causal=1")
     X = _check(X, (F6, F12, F24))
     B, L, D = X.shape
     x = as_compute(X)
@@ -82,7 +102,7 @@ def _tensor(b: BodyBuilder, array: np.ndarray) -> str:
 
 def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
     b = BodyBuilder("FFTMix")
-    X, Fs = inputs[0], inputs[1:]
+    X, Fs = inputs[0], inputs[1:4]
     xf = b.to_float(X)
     L = b.op("Shape", X, start=1, end=2)  # [1] int64
     batch = b.op("Shape", X, start=0, end=1)
@@ -125,13 +145,14 @@ def samples(dtype: str) -> list[Sample]:
         for w in WINDOWS:
             feeds[f"F{w}"] = rng.uniform(-1, 1, (w // 2 + 1, D)).astype(dtype)
         out.append(Sample(sid, feeds))
-    return out
+    return out + fftmix_causal.samples(dtype)
 
 
 FFTMIX = OpSpec(
     name="FFTMix",
-    inputs=("X", "F6", "F12", "F24"),
-    outputs=("Y",),
+    inputs=("X", "F6", "F12", "F24", "Past", "PastLength"),
+    outputs=("Y", "Present"),
+    body_outputs=("Y",),
     dtypes=("float32", "float16"),
     reference=reference,
     body=body,
@@ -143,4 +164,8 @@ FFTMIX = OpSpec(
     },
     doc=__doc__,
     samples=samples,
+    attributes=("causal",),
+    attribute_defaults={"causal": 0},
+    overloads=fftmix_causal.OVERLOADS,
+    choose_overload=fftmix_causal.choose_overload,
 )

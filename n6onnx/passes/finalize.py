@@ -14,14 +14,25 @@ from ..ops import DOMAIN, DOMAIN_VERSION, REGISTRY
 
 
 def finalize(m: ir.Model) -> list[str]:
-    """Attach a model-local function per emitted n6 op type, import our domain, name new nodes."""
+    """Attach a model-local function per emitted n6 op type (and per overload its nodes need: the
+    node's overload is set here from its attributes and bound inputs/outputs), import our domain,
+    name new nodes."""
     RemoveUnusedNodesPass()(m)
     TopologicalSortPass()(m)
-    used = sorted({n.op_type for n in m.graph.all_nodes() if n.domain == DOMAIN})
+    forms = set()
+    for n in m.graph.all_nodes():
+        if n.domain == DOMAIN:
+            spec = REGISTRY[n.op_type]
+            bound = {k for k, v in zip(spec.inputs, n.inputs) if v is not None} | set(spec.outputs[:len(n.outputs)])
+            n.overload = spec.overload_for({k: a.value for k, a in n.attributes.items()}, frozenset(bound))
+            forms.add((n.op_type, n.overload))
+    used = sorted({op_type for op_type, _ in forms})
     opset = default_opset(m)
-    for op_type in used:
-        fn = ir.serde.deserialize_function(REGISTRY[op_type].function(opset))
+    for op_type, overload in sorted(forms):
+        fn = ir.serde.deserialize_function(REGISTRY[op_type].function(opset, overload))
         m.functions[fn.identifier()] = fn
+    if any(overload for _, overload in forms):
+        m.ir_version = max(m.ir_version, 10)  # function overloads
     if used:
         m.opset_imports[DOMAIN] = DOMAIN_VERSION
     name_new_nodes(m.graph, DOMAIN)

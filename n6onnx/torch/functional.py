@@ -18,15 +18,17 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..ops.egyptian_attention import FULL, GLOBAL, LOCAL, resolve
+from ..ops import fftmix_causal as causal_ref
 from ..ops.fftmix import WINDOWS
 from ..ops.moe import ACTIVATIONS, ATTRIBUTE_DEFAULTS, EGYPTIAN, selected
 
 __all__ = [
-    "OPS", "phi6", "bias_phi6", "zetaln2", "bias_zetaln2", "fftmix", "egyptian_attention", "moe",
+    "OPS", "phi6", "bias_phi6", "zetaln2", "bias_zetaln2", "fftmix", "fftmix_causal", "egyptian_attention", "moe",
     "moe_routing", "moe_activation",
 ]
 
@@ -93,10 +95,18 @@ def bias_zetaln2(X: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- FFTMix
-def fftmix(X: torch.Tensor, F6: torch.Tensor, F12: torch.Tensor, F24: torch.Tensor) -> torch.Tensor:
+def fftmix(X: torch.Tensor, F6: torch.Tensor, F12: torch.Tensor, F24: torch.Tensor, Past: torch.Tensor | None = None,
+           PastLength: torch.Tensor | None = None, causal: int = 0):
     """FFTMix(X [B, L, D], F6, F12, F24) -> Y [B, L, 3D]: per window w, zero-pad to a multiple of w,
     rfft along each window's tokens, multiply by the real filter F_w [w//2+1, D], irfft, crop to L.
-    A window longer than L is skipped (its D channels are zero)."""
+    A window longer than L is skipped (its D channels are zero).
+    causal=1: (Y, Present), F_w the one-sided taps [w, D] (the contract: n6onnx/ops/fftmix.py)."""
+    if causal not in (0, 1):
+        raise ValueError(f"FFTMix: causal must be 0 or 1, got {causal}")
+    if causal:
+        return fftmix_causal(X, F6, F12, F24, Past, PastLength)
+    if Past is not None or PastLength is not None:
+        raise ValueError("FFTMix: Past and PastLength need causal=1")
     if X.dim() != 3:
         raise ValueError(f"FFTMix: X must be [B, L, D], got shape {tuple(X.shape)}")
     B, L, D = X.shape
@@ -117,6 +127,34 @@ def fftmix(X: torch.Tensor, F6: torch.Tensor, F12: torch.Tensor, F24: torch.Tens
         yw = torch.fft.irfft(spec * Fw.to(cd), n=w, dim=2)
         scales.append(yw.reshape(B, n * w, D)[:, :L])
     return torch.cat(scales, dim=2).to(X.dtype)
+
+
+def fftmix_causal(X: torch.Tensor, F6: torch.Tensor, F12: torch.Tensor, F24: torch.Tensor,
+                  Past: torch.Tensor | None = None, PastLength: torch.Tensor | None = None):
+    """Causal FFTMix -> (Y [B, L, 3D], Present [B, (PastLength + L) mod 24, D]): per scale, a
+    one-sided convolution with the taps F_w [w, D] inside each window of absolute positions."""
+    def shape_only(t):  # the numpy checks read shapes only
+        return None if t is None else np.broadcast_to(np.float32(0), tuple(t.shape))
+
+    _, pl = causal_ref.check(shape_only(X), [shape_only(f) for f in (F6, F12, F24)], shape_only(Past),
+                             None if PastLength is None else PastLength.detach().cpu().numpy())
+    B, L, D = X.shape
+    P = 0 if Past is None else Past.shape[1]
+    cd = compute_dtype(X.dtype)
+    xx = X.to(cd) if Past is None else torch.cat([Past.to(cd), X.to(cd)], dim=1)  # positions pl - P ..
+    a = pl + torch.arange(L, device=X.device)
+    scales = []
+    for w, k in zip(WINDOWS, (F6, F12, F24)):
+        k = k.to(cd)
+        back = a - w * torch.div(a, w, rounding_mode="floor")
+        y = xx.new_zeros(B, L, D)
+        for d in range(w):
+            on = (back >= d).to(cd)[None, :, None]
+            src = (a - d - (pl - P)).clamp(min=0)
+            y = y + on * k[d] * xx[:, src]
+        scales.append(y)
+    keep = (pl + L) % causal_ref.BLOCK
+    return torch.cat(scales, dim=2).to(X.dtype), xx[:, xx.shape[1] - keep:].to(X.dtype)
 
 
 # ----------------------------------------------------------------------------- EgyptianAttention

@@ -15,7 +15,13 @@ from n6onnx.torch.functional import OPS  # noqa: E402
 NON_ELEMENTWISE = sorted(k for k in REGISTRY if k not in ELEMENTWISE)
 
 
-def _close(got: torch.Tensor, ref: np.ndarray, tol):
+def _close(got, ref, tol):
+    """got / ref: one output, or a tuple of outputs (e.g. causal FFTMix's Y, Present)."""
+    if isinstance(ref, tuple):
+        assert isinstance(got, tuple) and len(got) == len(ref)
+        for g, r in zip(got, ref):
+            _close(g, r, tol)
+        return
     got = got.detach().numpy()
     assert got.dtype == ref.dtype and got.shape == ref.shape
     np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
@@ -69,10 +75,11 @@ def test_contract_samples_float64(op):
         inputs = [t.double() if t is not None and t.is_floating_point() and n != "importance" else t
                   for n, t in zip(spec.inputs, inputs)]
         got = OPS[op](*inputs, **attrs)
-        assert got.dtype == torch.float64
         tol = spec.tolerance("float32")
-        np.testing.assert_allclose(got.numpy(), ref.astype(np.float64), rtol=tol.rtol, atol=tol.atol,
-                                   err_msg=f"{op} sample {sample.id}")
+        for g, r in zip(*((got, ref) if isinstance(ref, tuple) else ((got,), (ref,)))):
+            assert g.dtype == torch.float64
+            np.testing.assert_allclose(g.numpy(), r.astype(np.float64), rtol=tol.rtol, atol=tol.atol,
+                                       err_msg=f"{op} sample {sample.id}")
 
 
 def test_attention_without_mask_equals_all_ones_mask():
@@ -185,3 +192,12 @@ def test_moe_gradients(attrs, w3, importance):
     y = f(*tensors)
     (gl,) = torch.autograd.grad(y.sum(), logits, allow_unused=True)
     assert (gl is not None and bool(gl.abs().sum() > 0)) == (attrs["routing"] == "topk")
+
+
+def test_fftmix_causal_gradients():
+    g = torch.Generator().manual_seed(2)
+    for L, P, pl in ((7, 0, 0), (3, 5, 29)):  # a prefill; a chunk after a 24-window border
+        x = torch.randn(2, L, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        past = torch.randn(2, P, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        fs = [torch.randn(w, 3, generator=g, dtype=torch.float64, requires_grad=True) for w in (6, 12, 24)]
+        _gradcheck(lambda x, past, *fs: tf.fftmix(x, *fs, past, torch.tensor(pl), causal=1)[0], x, past, *fs)
