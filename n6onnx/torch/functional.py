@@ -158,44 +158,54 @@ def fftmix_causal(X: torch.Tensor, F6: torch.Tensor, F12: torch.Tensor, F24: tor
 
 
 # ----------------------------------------------------------------------------- EgyptianAttention
-def allowed_mask(kinds: list[int], L: int, window: int, device=None) -> torch.Tensor:
-    """[H, L, L] bool: key j allowed for query i in head h (before padding)."""
-    pos = torch.arange(L, device=device)
-    i, j = pos[:, None], pos[None, :]
-    local_ok = (i - j).abs() <= window // 2
-    global_ok = ((j == 0) | (j == L - 1)).expand(L, L)
-    full_ok = torch.ones(L, L, dtype=torch.bool, device=device)
+def allowed_mask(kinds: list[int], Lq: int, Lk: int, window: int, causal: bool = False, sinks: int = 1,
+                 device=None) -> torch.Tensor:
+    """[H, Lq, Lk] bool: key j allowed for query i in head h (before padding), by the op's rules;
+    query i sits at key index p = Lk - Lq + i."""
+    p = torch.arange(Lk - Lq, Lk, device=device)[:, None]
+    j = torch.arange(Lk, device=device)[None, :]
+    if causal:
+        full_ok = (j <= p).expand(Lq, Lk)
+        local_ok = (j <= p) & (j > p - window)
+        global_ok = ((j < sinks) & (j <= p)) | (j == p)
+    else:
+        full_ok = torch.ones(Lq, Lk, dtype=torch.bool, device=device)
+        local_ok = (p - j).abs() <= window // 2
+        global_ok = ((j == 0) | (j == Lk - 1)).expand(Lq, Lk)
     by_kind = {FULL: full_ok, LOCAL: local_ok, GLOBAL: global_ok}
     return torch.stack([by_kind[k] for k in kinds])
 
 
 def egyptian_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                       *, num_heads: int, window: int = 64, scale: float = 0.0, head_kinds=None) -> torch.Tensor:
-    """EgyptianAttention(Q, K, V [B, L, H*dh], key_padding_mask [B, L]?) -> Y [B, L, H*dh].
+                       *, num_heads: int, window: int = 64, scale: float = 0.0, head_kinds=None, causal: int = 0,
+                       sinks: int = 1, kv_heads: int = 0) -> torch.Tensor:
+    """EgyptianAttention(Q [B, Lq, H*dh], K, V [B, Lk, Hkv*dh], key_padding_mask [B, Lk]?) -> Y [B, Lq, H*dh].
 
-    Per head: full heads attend to every key, local heads to |i - j| <= window // 2, global heads to
-    keys {0, L-1}; padded keys (mask 0) never; a query with no allowed key outputs zeros.
-    ``head_kinds`` None or the attribute default [-1]: the first H//2 heads full, the next H//3
-    local, the rest global. ``scale`` 0: 1/sqrt(dh)."""
-    if head_kinds is not None and len(head_kinds) > 0 and min(head_kinds) < 0:
-        head_kinds = None  # the ONNX attribute default [-1]: kinds by head index
-    B, L, H, dh, kinds = resolve(tuple(Q.shape), int(num_heads), head_kinds)
-    if tuple(K.shape) != tuple(Q.shape) or tuple(V.shape) != tuple(Q.shape):
-        raise ValueError("EgyptianAttention: Q, K and V must have the same shape")
-    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, L):
-        raise ValueError(f"EgyptianAttention: key_padding_mask must be [B, L] = [{B}, {L}], "
+    The op's rules (n6onnx.ops.egyptian_attention): query head h reads KV head h // (H / Hkv)
+    (Hkv = ``kv_heads``, 0 = H). causal=0 (Lk == Lq): full heads attend to every key, local heads
+    to |i - j| <= window // 2, global heads to keys {0, L-1}. causal=1 (Lk >= Lq, query i at key
+    index p = Lk - Lq + i): full j <= p, local p - window < j <= p, global (j < sinks and j <= p) or
+    j == p. Padded keys (mask 0) never take part; a query with no allowed key outputs zeros.
+    ``head_kinds`` None or the attribute default [-1]: default_group_kinds. ``scale`` 0: 1/sqrt(dh)."""
+    pr = resolve(tuple(Q.shape), tuple(K.shape), tuple(V.shape), num_heads=int(num_heads), head_kinds=head_kinds,
+                 causal=int(causal), kv_heads=int(kv_heads), sinks=int(sinks), window=int(window))
+    B, Lq, Lk, H, dh = pr.B, pr.Lq, pr.Lk, pr.H, pr.dh
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, Lk):
+        raise ValueError(f"EgyptianAttention: key_padding_mask must be [B, Lk] = [{B}, {Lk}], "
                          f"got shape {tuple(key_padding_mask.shape)}")
     cd = compute_dtype(Q.dtype)
-    q, k, v = (t.to(cd).reshape(B, L, H, dh).transpose(1, 2) for t in (Q, K, V))  # [B, H, L, dh]
+    q = Q.to(cd).reshape(B, Lq, H, dh).transpose(1, 2)  # [B, H, Lq, dh]
+    # grouped-query attention: KV head g serves query heads g*G .. g*G+G-1
+    k, v = (t.to(cd).reshape(B, Lk, pr.Hkv, dh).repeat_interleave(pr.group, dim=2).transpose(1, 2) for t in (K, V))
     sc = float(scale) if scale else float(torch.tensor(1.0 / math.sqrt(dh), dtype=cd))
-    scores = (q @ k.transpose(-1, -2)) * sc  # [B, H, L, L]
-    allowed = allowed_mask(kinds, L, int(window), Q.device)[None]  # [1, H, L, L]
+    scores = (q @ k.transpose(-1, -2)) * sc  # [B, H, Lq, Lk]
+    allowed = allowed_mask(list(pr.kinds), Lq, Lk, pr.window, pr.causal, pr.sinks, Q.device)[None]  # [1, H, Lq, Lk]
     if key_padding_mask is not None:
         allowed = allowed & (key_padding_mask != 0)[:, None, None, :]
     masked = scores.masked_fill(~allowed, torch.finfo(cd).min)
     # a row with no allowed key: uniform softmax, zeroed by the mask multiply
     probs = torch.softmax(masked, dim=-1) * allowed.to(cd)
-    y = (probs @ v).transpose(1, 2).reshape(B, L, H * dh)
+    y = (probs @ v).transpose(1, 2).reshape(B, Lq, H * dh)
     return y.to(Q.dtype)
 
 

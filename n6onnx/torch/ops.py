@@ -35,7 +35,8 @@ _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(doubl
 _ATTR_TYPES = {"num_heads": OpSchema.AttrType.INT, "window": OpSchema.AttrType.INT, "scale": OpSchema.AttrType.FLOAT,
                "head_kinds": OpSchema.AttrType.INTS, "routing": OpSchema.AttrType.STRING, "k": OpSchema.AttrType.INT,
                "normalize": OpSchema.AttrType.INT, "activation": OpSchema.AttrType.STRING,
-               "group": OpSchema.AttrType.INT, "drop": OpSchema.AttrType.INT}
+               "group": OpSchema.AttrType.INT, "drop": OpSchema.AttrType.INT, "causal": OpSchema.AttrType.INT,
+               "sinks": OpSchema.AttrType.INT, "kv_heads": OpSchema.AttrType.INT}
 
 
 def _schema(name: str) -> OpSchema:
