@@ -149,10 +149,13 @@ def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
                 causal = True
             continue
         n = v.producer()
-        if n is not None:
+        if n is not None and n.op_type not in SHAPE_ONLY:  # the mask does not depend on those values
             causal = causal or _compares_positions(n)
             stack.extend(n.inputs)
     return sorted(names), causal
+
+
+SHAPE_ONLY = {"Shape", "Size"}
 
 
 COMPARE = {"Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
@@ -535,13 +538,26 @@ def find_blocks(model: ir.Model) -> tuple[list[AttentionBlock], list[Rejection],
     return blocks, rejected, seen, opaque
 
 
-CAUSAL_REASON = ("causal mask: the attention passes have no causal mode yet (FFT-Mix and Egyptian attention would "
-                 "let each position see later tokens); the block is left as it is")
+CACHED_CAUSAL_REASON = ("causal mask with a KV cache: the attention rewrites do not carry a cache yet (FFT-Mix "
+                        "state / Egyptian per-group cache); the block is left as it is")
+FUSED_CAUSAL_REASON = ("causal mask in a fused attention op: run the pass on the unfused export; the block is left "
+                       "as it is")
 
 
 def causal_reason(b: AttentionBlock) -> str | None:
-    """Why a block with a causal mask is refused by every attention rewrite (None: not causal)."""
-    return CAUSAL_REASON if b.mask is not None and b.mask.causal else None
+    """Why a causal block is refused by the causal attention rewrites (None: not causal, or handled:
+    an unfused causal block without a KV cache gets the causal mode of FFTMix / EgyptianAttention)."""
+    if b.mask is None or not b.mask.causal:
+        return None
+    if b.form != "matmul_softmax_matmul":
+        return FUSED_CAUSAL_REASON
+    if b.cache is not None:
+        return CACHED_CAUSAL_REASON
+    return None
+
+
+def is_causal(b: AttentionBlock) -> bool:
+    return b.mask is not None and b.mask.causal
 
 
 def detect(model: ir.Model, redundancy: dict[int, float] | None = None) -> KindReport:

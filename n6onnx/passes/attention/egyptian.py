@@ -15,8 +15,9 @@ from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, consumers, const_array, is_const, node_label, scalar_const
 from ..finalize import finalize
-from .blocks import MERGE_PATH, causal_reason, find_blocks, side_factor, static_shape
-from .emit import WINDOW, add_node, ones_mask
+from ...ops import egyptian_attention as ea
+from .blocks import MERGE_PATH, causal_reason, find_blocks, is_causal, side_factor, static_shape
+from .emit import SINKS, WINDOW, add_node, ones_mask
 from .heads import split_full_heads
 
 
@@ -74,7 +75,7 @@ def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int,
     src = _source3(v, layout, heads, dh, scaled)
     if src is not None:
         return src
-    back = [layout.index(i) for i in (0, 2, 1, 3)]  # layout -> [B, L, H, dh]
+    back = [layout.index(i) for i in range(4)]  # layout -> [B, L, H, dh] (the inverse permutation)
     t = add_node(g, "", "Transpose", [v], f"{tag}_t", None, v.dtype, perm=back)
     r = add_node(g, "", "Reshape", [t, add_initializer(g, np.array([0, 0, -1], np.int64), f"{tag}_shape")], f"{tag}_r", None,
               v.dtype)
@@ -82,7 +83,7 @@ def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int,
 
 
 def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
-    if causal_reason(b):  # first: whatever else holds, a causal block is never rewritten
+    if causal_reason(b):  # first: whatever else holds, a causal block this pass cannot handle is refused
         return causal_reason(b)
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
@@ -90,7 +91,7 @@ def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
         return "per-head Q, K, V tensors not found"
     if not (b.heads and b.head_size):
         return "number of heads / head size unknown"
-    if b.mask is not None:
+    if b.mask is not None and not (is_causal(b) and not b.mask.inputs):  # causal only: causal=1, no mask input
         if not b.mask.inputs:
             return ("constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
                     "[batch, seq] key-padding mask input")
@@ -125,13 +126,31 @@ def _merge(b: AttentionBlock):
         return None
     s, ts = static_shape(b.core_out.shape), static_shape(target.shape)
     if s is None or ts is None or len(s) != 4:
-        return None
+        return _merge_dynamic(b, chain, target)
     a = np.arange(int(np.prod(s))).reshape(s)
     got = _simulate(chain, a)
     want = a.transpose(0, 2, 1, 3).reshape(ts)
     if got is None or got.shape != want.shape or not np.array_equal(got, want):
         return None
     return first, 0, ts
+
+
+def _merge_dynamic(b: AttentionBlock, chain: list[ir.Node], target: ir.Value):
+    """The head merge with symbolic batch/sequence dims: Transpose(0, 2, 1, 3) to [B, L, H, dh], then
+    possibly a Reshape to [B, L, H*dh], B and L being the core output's own (symbolic) dims."""
+    s, ts = b.core_out.shape, target.shape
+    if s is None or ts is None or len(s) != 4 or not chain or chain[0].op_type != "Transpose" \
+            or not (b.heads and b.head_size):
+        return None
+    perm = chain[0].attributes.get("perm")
+    if perm is None or list(perm.as_ints()) != [0, 2, 1, 3] or ts[0] != s[0] or ts[1] != s[2]:
+        return None
+    ops = [n.op_type for n in chain]
+    if ops == ["Transpose"] and len(ts) == 4 and list(ts)[2:] == [b.heads, b.head_size]:
+        return b.out.nodes[0], 0, list(ts)
+    if ops == ["Transpose", "Reshape"] and len(ts) == 3 and ts[2] == b.heads * b.head_size:
+        return b.out.nodes[0], 0, list(ts)
+    return None
 
 
 def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: dict, window: int = WINDOW) -> None:
@@ -150,7 +169,7 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
         scale = ss * fq * fk
     v, _ = _to3(g, b.v4, (0, 2, 1, 3), H, dh, False, f"{tag}_v")
     inputs = [q, k, v]
-    if b.mask is not None:
+    if b.mask is not None and b.mask.inputs:
         name = b.mask.inputs[0]
         if name not in masks:
             src = next(x for x in g.inputs if x.name == name)
@@ -160,11 +179,13 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
     else:  # the op's function fallback needs the mask input: all ones [B, L]
         inputs.append(ones_mask(g, q, tag))
     first, idx, ts = _merge(b)
+    causal = {"causal": 1, "kv_heads": int(H), "sinks": SINKS} if is_causal(b) else {}  # K/V repeated per query head
     y = add_node(g, "n6onnx", "EgyptianAttention", inputs, tag, None, q.dtype, num_heads=int(H), window=int(window),
-              scale=float(scale), head_kinds=[int(x) for x in kinds])
+              scale=float(scale), head_kinds=[int(x) for x in kinds], **causal)
     if len(ts) != 3:
-        y = add_node(g, "", "Reshape", [y, add_initializer(g, np.array(ts, np.int64), f"{tag}_merge_shape")], f"{tag}_merge",
-                  ts, q.dtype)
+        shape = ts if all(isinstance(d, int) for d in ts) else [0, 0, H, dh]  # symbolic [B, L, H, dh]
+        y = add_node(g, "", "Reshape", [y, add_initializer(g, np.array(shape, np.int64), f"{tag}_merge_shape")],
+                     f"{tag}_merge", ts, q.dtype)
     first.replace_input_with(idx, y)
 
 
@@ -191,6 +212,11 @@ def run(model, ok, arg, ctx, report):
         counts = cal.reference_counts(b.heads)
         if mode == "full":
             kinds = [0] * b.heads
+        elif is_causal(b):  # kinds per KV group (a group's cache shrinks only if all its heads agree)
+            kinds = ea.default_group_kinds(b.heads, b.kv_heads or b.heads)
+            if mode == "locality":
+                report.notes.append(f"{b.label}: causal block: heads assigned per KV group by index "
+                                    "(locality is not measured for causal blocks)")
         elif mode == "locality" and b.index in loc:
             kinds = cal.assign_heads(loc[b.index]["local"], loc[b.index]["global"], counts)
         else:
@@ -201,13 +227,16 @@ def run(model, ok, arg, ctx, report):
         split = bool(split_full_heads(model)) if core == "mha" else False
         if core == "mha" and not split:
             why = "every head is full" if all(k == 0 for k in kinds) else "no full head" if 0 not in kinds \
+                else "causal block: MultiHeadAttention has no causal mode" if is_causal(b) \
                 else "the head width of Q is not static"
             report.notes.append(f"{b.label}: the mha core was not applied ({why}); the block runs as one "
                                 f"EgyptianAttention node")
         finalize(model)  # sorts the graph, attaches the fallback functions: the next fit runs it in ORT
         detail = {"index": b.index, "method": "egyptian", "heads": b.heads, "head_kinds": kinds, "window": WINDOW,
-                  "assignment": mode if (mode != "locality" or b.index in loc) else "by-index",
-                  "core": "mha" if split else "fused"}
+                  "assignment": mode if (mode != "locality" or b.index in loc) and not (is_causal(b) and mode != "full")
+                  else "by-index", "core": "mha" if split else "fused", "causal": is_causal(b)}
+        if is_causal(b):
+            detail.update(kv_heads=b.kv_heads or b.heads, sinks=SINKS)
         if b.index in loc:
             detail["locality"] = loc[b.index]
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.egyptian", detail=detail))

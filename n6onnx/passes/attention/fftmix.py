@@ -18,7 +18,7 @@ from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, node_label
 from ..finalize import finalize
-from .blocks import causal_reason, find_blocks, seq_input, stream_pair
+from .blocks import causal_reason, find_blocks, is_causal, seq_input, stream_pair
 from .emit import add_node, bias_vector, weight_in_out
 
 
@@ -59,13 +59,16 @@ def fftmix_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
 
 
 def emit_fftmix(model: ir.Model, b: AttentionBlock, filters, W: np.ndarray, bias: np.ndarray) -> None:
+    """FFTMix(h) -> MatMul -> Add in place of the block; a causal block gets causal=1 (``filters``
+    are then the one-sided taps [w, D])."""
     g = model.graph
     h = seq_input(b.h)
     dt = h.dtype.numpy()
     tag = f"n6_fftmix{b.index}"
     fs = [add_initializer(g, f.astype(dt), f"{tag}_F{w}") for f, w in zip(filters, (6, 12, 24))]
     B, L, D = h.shape
-    y = add_node(g, "n6onnx", "FFTMix", [h, *fs], f"{tag}", [B, L, 3 * D], h.dtype)
+    attrs = {"causal": 1} if is_causal(b) else {}
+    y = add_node(g, "n6onnx", "FFTMix", [h, *fs], f"{tag}", [B, L, 3 * D], h.dtype, **attrs)
     m = add_node(g, "", "MatMul", [y, add_initializer(g, W.astype(dt), f"{tag}_W")], f"{tag}_proj", [B, L, W.shape[1]], h.dtype)
     o = add_node(g, "", "Add", [m, add_initializer(g, bias.astype(dt), f"{tag}_b")], f"{tag}_bias", [B, L, W.shape[1]], h.dtype)
     ir.convenience.replace_all_uses_with(b.out_value, o)
@@ -101,21 +104,22 @@ def run(model, ok, arg, ctx, report):
             ctx.progress(f"attention block {b.index} ({k + 1}/{len(chosen)})")
         W0, b0 = fftmix_default(b)
         D = seq_input(b.h).shape[-1]
-        detail = {"index": b.index, "method": "fftmix", "norm": b.norm}
+        detail = {"index": b.index, "method": "fftmix", "norm": b.norm, "causal": is_causal(b)}
         if scores is not None:
             detail["redundancy"] = scores.get(b.index)
         if batches and b.index in orig_blocks:
             filters, W, bias, fitrep = _fit_block(model, b, orig_blocks[b.index], ctx, W0, b0, sweeps)
             detail["fit"] = fitrep
         else:
-            filters, W, bias = cal.default_filters(D), W0, b0
+            filters, W, bias = (cal.default_taps if is_causal(b) else cal.default_filters)(D), W0, b0
             detail["fit"] = None
         emit_fftmix(model, b, filters, W, bias)
         finalize(model)  # sorts the graph, attaches the fallback functions: the next fit runs it in ORT
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.fftmix", detail=detail))
         report.rewritten += 1
     if chosen and not batches:
-        report.notes.append("uncalibrated FFT-Mix: window-mean filters and the block's own W_V W_O as the projection; "
+        report.notes.append("uncalibrated FFT-Mix: window-mean filters (causal: taps 1/w) and the block's own W_V W_O "
+                            "as the projection; "
                             "a pretrained model loses much accuracy; pass --calibrate DATA to fit filters and projection")
 
 
@@ -144,7 +148,7 @@ def _fit_block(model, b, ob, ctx, W0, b0, sweeps):
     weights = None
     if stream_var:
         weights = inverse_variance(np.concatenate([sv[r] for sv, r in zip(stream_var, reals)]))
-    f = cal.fit_fftmix(hs, reals, targets, W0, b0, weights=weights)
+    f = cal.fit_fftmix(hs, reals, targets, W0, b0, weights=weights, causal=is_causal(b))
     return f.filters, f.W, f.b, f.to_json()
 
 

@@ -52,6 +52,9 @@ def split_full_heads(model: ir.Model, skip_all_ones_mask: bool | None = None) ->
     for node in list(g):
         if node.domain != "n6onnx" or node.op_type != "EgyptianAttention":
             continue
+        ca = node.attributes.get("causal")
+        if ca is not None and ca.as_int():
+            continue  # MultiHeadAttention has no causal mode: a causal node stays whole
         H = int(node.attributes["num_heads"].as_int())
         ka = node.attributes.get("head_kinds")
         kinds = list(ka.as_ints()) if ka is not None else [-1]
