@@ -128,10 +128,20 @@ def static_shape(shape) -> list[int] | None:
     return list(shape)
 
 
-def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
-    """Graph inputs ``value`` is computed from, and whether a non-uniform constant of >= 2 dims
-    whose last two dims are both > 1 and whose rows differ (a triangular/causal pattern) takes part."""
-    names, causal, stack, seen = set(), False, [value], set()
+def _plain_causal(a: np.ndarray) -> bool:
+    """Whether a square constant mask allows exactly keys j <= i (additive: 0 allowed, a large negative
+    value masked; boolean: either polarity)."""
+    n = a.shape[-1]
+    allowed = a if a.dtype.kind == "b" else a > -1.0
+    tril = np.tril(np.ones((n, n), bool))
+    return bool(np.all(allowed == tril) or np.all(allowed == ~tril))
+
+
+def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool, bool]:
+    """Graph inputs ``value`` is computed from, whether a non-uniform constant of >= 2 dims whose
+    last two dims are both > 1 and whose rows differ (a triangular/causal pattern) takes part, or a
+    run-time comparison of positions, and whether every such constant is exactly causal."""
+    names, causal, stack, seen, plain = set(), False, [value], set(), True
     while stack and len(seen) < limit:
         v = stack.pop()
         if v is None or id(v) in seen:
@@ -147,12 +157,13 @@ def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
             if (a.ndim >= 2 and a.shape[-1] == a.shape[-2] > 1 and a.dtype.kind in "bf"
                     and not np.all(a == a[..., :1, :])):
                 causal = True
+                plain = plain and _plain_causal(a)
             continue
         n = v.producer()
         if n is not None and n.op_type not in SHAPE_ONLY:  # the mask does not depend on those values
             causal = causal or _compares_positions(n)
             stack.extend(n.inputs)
-    return sorted(names), causal
+    return sorted(names), causal, plain
 
 
 SHAPE_ONLY = {"Shape", "Size"}
@@ -218,12 +229,12 @@ def _cache(kt4: ir.Value | None, v4: ir.Value | None) -> dict[str, str | None] |
 def _mask(v: ir.Value | None, kind: str) -> Mask | None:
     if v is None:
         return None
-    inputs, causal = _graph_inputs(v)
+    inputs, causal, plain = _graph_inputs(v)
     if not inputs and kind == "additive" and not causal:
         a = const_array(v) if is_const(v) else _constant_value(v)
         if a is not None and a.dtype.kind == "f" and not np.any(a):
             return None  # an all-zero additive mask (an export without a mask input): no mask
-    return Mask(v, kind, inputs, causal)
+    return Mask(v, kind, inputs, causal, plain)
 
 
 def _constant_value(v: ir.Value, limit: int = 16) -> np.ndarray | None:
@@ -540,6 +551,8 @@ def find_blocks(model: ir.Model) -> tuple[list[AttentionBlock], list[Rejection],
 
 CACHED_CAUSAL_REASON = ("causal mask with a KV cache: the attention rewrites do not carry a cache yet (FFT-Mix "
                         "state / Egyptian per-group cache); the block is left as it is")
+NOT_PLAIN_REASON = ("triangular mask that is not plain causal (a sliding window or another pattern): the causal "
+                    "modes implement keys j <= i only; the block is left as it is")
 FUSED_CAUSAL_REASON = ("causal mask in a fused attention op: run the pass on the unfused export; the block is left "
                        "as it is")
 
@@ -551,6 +564,8 @@ def causal_reason(b: AttentionBlock) -> str | None:
         return None
     if b.form != "matmul_softmax_matmul":
         return FUSED_CAUSAL_REASON
+    if not b.mask.plain:
+        return NOT_PLAIN_REASON
     if b.cache is not None:
         return CACHED_CAUSAL_REASON
     return None
