@@ -255,3 +255,19 @@ def calibration_npz(model: str, path: str | os.PathLike, *, batches: int = 8, ba
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
     return path
+
+
+def empty_past(path: str | os.PathLike, batch: int) -> dict[str, np.ndarray]:
+    """The zero-length past a generation loop starts with, shaped as the graph at ``path`` declares its
+    past inputs (dim 0 = batch, other symbolic dims 0): a rewrite may change what a past tensor holds
+    (``attention=fftmix`` carries its state there, [batch, state, D]) but never its name."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for i in m.graph.input:
+        if i.name.startswith("past_key_values."):
+            dims = [batch if k == 0 else (d.dim_value if d.HasField("dim_value") else 0)
+                    for k, d in enumerate(i.type.tensor_type.shape.dim)]
+            out[i.name] = np.zeros(dims, np.float32)
+    return out

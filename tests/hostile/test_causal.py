@@ -69,15 +69,15 @@ def test_decoder_nokv_exports_rewritten_causally(decoder_export, tmp_path, model
         _future_invisible(out, zd.example_inputs(model, batch=2, seq=30, form="nokv"), zd.VOCAB)
 
 
-def test_inspect_says_why_cached_causal_blocks_are_refused(decoder_export, hx):
+def test_inspect_reports_causal_blocks_and_their_cache(decoder_export, hx):
     src = decoder_export("gpt2")
     r = hx.cli("inspect", src, "--json")
     assert r.exit_code == 0, r.output
     att = json.loads(r.output)["attention"]
-    assert att["found"] == 2 and all("KV cache" in s["refused"] for s in att["sites"])
-    assert len(att["notes"]) == 2
+    assert att["found"] == 2 and not att["notes"]
+    assert all(s["mask"]["causal"] and s["cache"]["past_key"].startswith("past_key_values.") for s in att["sites"])
     r = hx.cli("inspect", src)
-    assert r.exit_code == 0 and "KV cache" in " ".join(r.output.split())  # the console wraps lines
+    assert r.exit_code == 0 and "-> present.1.key/present.1.value" in " ".join(r.output.split()).replace("-> ", "-> ")
 
 
 def test_encoder_blocks_are_not_called_causal(zoo_export):

@@ -21,11 +21,13 @@ def runner(path):
 def assert_incremental_equals_full(path, model, seq=10, chunks=((1,) * 10, (3, 1, 4, 2)), atol=1e-4):
     run = runner(path)
     ids = zd.example_inputs(model, batch=2, seq=seq, seed=11)["input_ids"]
-    full = zd.decode(run, model, ids, [seq])
+    empty = zd.empty_past(path, 2)
+    full = zd.decode(run, model, ids, [seq], past=empty)
     for c in chunks:
-        inc = zd.decode(run, model, ids, list(c))
+        inc = zd.decode(run, model, ids, list(c), past=empty)
         for name, want in full.items():
-            err = float(np.abs(inc[name] - want).max())
+            assert inc[name].shape == want.shape, name
+            err = float(np.abs(inc[name] - want).max(initial=0.0))
             assert err <= atol, (name, c, err)
     return full
 
@@ -59,3 +61,49 @@ def test_gelu_ffn_calibrated_on_kv_exports(decoder_export, tmp_path, model, pass
     want = zd.decode(runner(src), model, zd.example_inputs(model, batch=2, seq=10, seed=11)["input_ids"], [10])
     rel = np.linalg.norm(got["logits"] - want["logits"]) / np.linalg.norm(want["logits"])
     assert rel < (0.5 if "ffn" in kinds else 0.05), rel
+
+
+ATTENTION = [("attention=fftmix:@0", 1), ("attention=fftmix:@0,1", 2), ("attention=egyptian", 2),
+             ("attention=egyptian:full", 2)]
+
+
+@pytest.mark.parametrize("model", zd.MODELS)
+@pytest.mark.parametrize(("pass_", "n"), ATTENTION)
+def test_causal_attention_on_kv_exports(decoder_export, tmp_path, model, pass_, n):
+    src = decoder_export(model)
+    out = tmp_path / "r.onnx"
+    _, rep = n6onnx.rewrite(src, out, [pass_])
+    att = rep.reports["attention"]
+    assert att.rewritten == n and not att.near_misses
+    assert io_names(out) == io_names(src)  # names never change
+    full = assert_incremental_equals_full(out, model, seq=30, chunks=((1,) * 30, (7, 1, 16, 6)))
+    # a later token never moves an earlier position
+    run = runner(out)
+    ids = zd.example_inputs(model, batch=2, seq=30, seed=11)["input_ids"]
+    later = ids.copy()
+    later[:, -1] = (later[:, -1] + 7) % zd.VOCAB
+    moved = zd.decode(run, model, later, [30], past=zd.empty_past(out, 2))["logits"]
+    assert np.abs(moved[:, :-1] - full["logits"][:, :-1]).max() == 0.0
+    D = zd.HEADS * zd.HEAD_DIM
+    for i in range(zd.LAYERS):
+        k, v = full[f"present.{i}.key"], full[f"present.{i}.value"]
+        if pass_.startswith("attention=fftmix") and (i == 0 or n == 2):
+            # FFT-Mix state: the inputs of the current 24-window; the value slot is empty
+            assert k.shape == (2, 30 % 24, D) and v.shape == (2, 0, D)
+            assert rep.reports["attention"].sites[0].detail["cache"]["present_key"] == "present.0.key"
+        else:  # Egyptian attention (and untouched layers) keep the cache as it is
+            assert k.shape == v.shape == (2, zd.KV_HEADS[model], 30, zd.HEAD_DIM)
+    if pass_ == "attention=egyptian:full":  # every head full + causal: the original model
+        want = zd.decode(runner(src), model, ids, [30])
+        for name in want:
+            assert np.abs(full[name] - want[name]).max() <= 1e-4, name
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_calibrated_fftmix_on_kv_export(decoder_export, tmp_path, model):
+    src = decoder_export(model)
+    out = tmp_path / "r.onnx"
+    _, rep = n6onnx.rewrite(src, out, ["attention=fftmix:@0,1"], calibrate=zd.calibration_npz(model, tmp_path / "c.npz"))
+    for s in rep.reports["attention"].sites:
+        assert s.detail["causal"] and s.detail["fit"]["rel_err"] < s.detail["fit"]["rel_err_default"]
+    assert_incremental_equals_full(out, model, seq=30, chunks=((1,) * 30, (25, 5)))

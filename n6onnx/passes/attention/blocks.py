@@ -549,8 +549,6 @@ def find_blocks(model: ir.Model) -> tuple[list[AttentionBlock], list[Rejection],
     return blocks, rejected, seen, opaque
 
 
-CACHED_CAUSAL_REASON = ("causal mask with a KV cache: the attention rewrites do not carry a cache yet (FFT-Mix "
-                        "state / Egyptian per-group cache); the block is left as it is")
 NOT_PLAIN_REASON = ("triangular mask that is not plain causal (a sliding window or another pattern): the causal "
                     "modes implement keys j <= i only; the block is left as it is")
 FUSED_CAUSAL_REASON = ("causal mask in a fused attention op: run the pass on the unfused export; the block is left "
@@ -566,8 +564,6 @@ def causal_reason(b: AttentionBlock) -> str | None:
         return FUSED_CAUSAL_REASON
     if not b.mask.plain:
         return NOT_PLAIN_REASON
-    if b.cache is not None:
-        return CACHED_CAUSAL_REASON
     return None
 
 
