@@ -30,6 +30,7 @@ import onnx_ir as ir
 from ...blocks import AttentionBlock, Mask, Projection, Side, projection_from, projection_into
 from ...findings import KindReport, Rejection, Site
 from ...graph import const_array, consumers, is_const, node_label, scalar_const, walk_back, walk_forward
+from .cache import cache_tensors
 
 FUSED = {("", "Attention"), ("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"),
          ("com.microsoft", "GroupQueryAttention"), ("com.microsoft", "PackedAttention"),
@@ -196,34 +197,6 @@ def _from_range(v: ir.Value | None, depth: int = 6) -> bool:
             return any(_from_range(i, depth - 1) for i in live)
         v = live[0] if live else None
     return False
-
-
-def _cache_source(v: ir.Value | None, depth: int = 10) -> tuple[str, str | None] | None:
-    """(past graph input, present graph output) when ``v`` (the per-head K^T or V of the core) is computed
-    by a ``Concat`` of a past graph input with the new keys/values, through head-path ops."""
-    for _ in range(depth):
-        n = v.producer() if v is not None else None
-        if n is None or n.op_type not in HEAD_PATH:
-            return None
-        if n.op_type == "Concat":
-            past = [i for i in n.inputs if i is not None and i.is_graph_input()]
-            if len(past) == 1:
-                out = n.outputs[0]
-                return past[0].name, out.name if out.is_graph_output() else None
-        live = [i for i in n.inputs[:1 if n.op_type in ("Reshape", "Expand", "Unsqueeze", "Squeeze") else None]
-                if i is not None and not is_const(i)]
-        if len(live) != 1:
-            return None
-        v = live[0]
-    return None
-
-
-def _cache(kt4: ir.Value | None, v4: ir.Value | None) -> dict[str, str | None] | None:
-    k, v = _cache_source(kt4), _cache_source(v4)
-    if k is None and v is None:
-        return None
-    return {"past_key": k and k[0], "past_value": v and v[0], "present_key": k and k[1],
-            "present_value": v and v[1]}
 
 
 def _mask(v: ir.Value | None, kind: str) -> Mask | None:
@@ -449,7 +422,7 @@ def _unfused(softmax: ir.Node) -> AttentionBlock | str:
         0, "matmul_softmax_matmul", softmax, [qk, softmax, pv], h, q, k, v, heads, kv_heads, dh,
         sq * sk * ss, mask, out[0] if out else None, out[1] if out else None, res, res_node, _norm(h, res),
         q4=q4, kt4=kt4, v4=pv.inputs[1], core_out=pv.outputs[0], probs=softmax.outputs[0],
-        cache=_cache(kt4, pv.inputs[1]))
+        cache=cache_tensors(kt4, pv.inputs[1], HEAD_PATH))
 
 
 def _attr(node: ir.Node, name: str, default=None):

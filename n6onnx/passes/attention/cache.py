@@ -25,8 +25,38 @@ import numpy as np
 import onnx_ir as ir
 
 from ...blocks import AttentionBlock
-from ...graph import add_initializer, consumers
+from ...graph import add_initializer, consumers, is_const
 from .emit import add_node
+
+
+def _cache_source(v: ir.Value | None, head_path: set[str], depth: int = 10) -> tuple[str, str | None] | None:
+    """(past graph input, present graph output) when ``v`` (the per-head K^T or V of the core) is computed
+    by a ``Concat`` of a past graph input with the new keys/values, through head-path ops."""
+    for _ in range(depth):
+        n = v.producer() if v is not None else None
+        if n is None or n.op_type not in head_path:
+            return None
+        if n.op_type == "Concat":
+            past = [i for i in n.inputs if i is not None and i.is_graph_input()]
+            if len(past) == 1:
+                out = n.outputs[0]
+                return past[0].name, out.name if out.is_graph_output() else None
+        live = [i for i in n.inputs[:1 if n.op_type in ("Reshape", "Expand", "Unsqueeze", "Squeeze") else None]
+                if i is not None and not is_const(i)]
+        if len(live) != 1:
+            return None
+        v = live[0]
+    return None
+
+
+def cache_tensors(kt4: ir.Value | None, v4: ir.Value | None, head_path: set[str]) -> dict[str, str | None] | None:
+    """The block's KV cache: past graph inputs and present graph outputs of its keys and values (None:
+    no cache). ``head_path``: the ops allowed between the Concat and the core's K^T / V."""
+    k, v = _cache_source(kt4, head_path), _cache_source(v4, head_path)
+    if k is None and v is None:
+        return None
+    return {"past_key": k and k[0], "past_value": v and v[0], "present_key": k and k[1],
+            "present_value": v and v[1]}
 
 
 def mask_input(b: AttentionBlock, graph: ir.Graph) -> ir.Value | None:
