@@ -8,6 +8,8 @@ import onnx
 import pytest
 
 import n6onnx
+from n6onnx.ops import egyptian_attention as ea
+from n6onnx.passes.attention import emit
 from n6onnx.runtime import InferenceSession
 from n6onnx.testing import zoo_decoder as zd
 
@@ -67,6 +69,16 @@ ATTENTION = [("attention=fftmix:@0", 1), ("attention=fftmix:@0,1", 2), ("attenti
              ("attention=egyptian:full", 2)]
 
 
+def test_egyptian_cache_cut_at_long_context(decoder_export, tmp_path):
+    """Past the window the local groups stop growing: 100 tokens decoded one by one equal the full run."""
+    src = decoder_export("gpt2")
+    out = tmp_path / "r.onnx"
+    n6onnx.rewrite(src, out, ["attention=egyptian"])
+    full = assert_incremental_equals_full(out, "gpt2", seq=100, chunks=((1,) * 100, (70, 30)))
+    # gpt2 kinds [full, full, local, global]: 2 x 100 + 63 + 1 rows instead of 4 x 100
+    assert full["present.0.key"].shape == (2, 1, 2 * 100 + emit.WINDOW - 1 + emit.SINKS, zd.HEAD_DIM)
+
+
 @pytest.mark.parametrize("model", zd.MODELS)
 @pytest.mark.parametrize(("pass_", "n"), ATTENTION)
 def test_causal_attention_on_kv_exports(decoder_export, tmp_path, model, pass_, n):
@@ -91,7 +103,14 @@ def test_causal_attention_on_kv_exports(decoder_export, tmp_path, model, pass_, 
             # FFT-Mix state: the inputs of the current 24-window; the value slot is empty
             assert k.shape == (2, 30 % 24, D) and v.shape == (2, 0, D)
             assert rep.reports["attention"].sites[0].detail["cache"]["present_key"] == "present.0.key"
-        else:  # Egyptian attention (and untouched layers) keep the cache as it is
+        elif pass_ == "attention=egyptian":  # per-group cut: full groups all, local last 63, global the sink
+            kinds = ea.default_group_kinds(zd.KV_HEADS[model], zd.KV_HEADS[model])
+            rows = sum({0: 30, 1: min(30, emit.WINDOW - 1), 2: min(30, emit.SINKS)}[x] for x in kinds)
+            assert k.shape == v.shape == (2, 1, rows, zd.HEAD_DIM)
+            c = rep.reports["attention"].sites[i].detail["cache"]
+            assert c["bytes_per_token"] == 2 * kinds.count(0) * zd.HEAD_DIM * 4
+            assert c["bytes_per_token_original"] == 2 * zd.KV_HEADS[model] * zd.HEAD_DIM * 4
+        else:  # egyptian:full and untouched layers keep the cache as it is
             assert k.shape == v.shape == (2, zd.KV_HEADS[model], 30, zd.HEAD_DIM)
     if pass_ == "attention=egyptian:full":  # every head full + causal: the original model
         want = zd.decode(runner(src), model, ids, [30])

@@ -17,6 +17,7 @@ from ...graph import add_initializer, consumers, const_array, is_const, node_lab
 from ..finalize import finalize
 from ...ops import egyptian_attention as ea
 from .blocks import MERGE_PATH, causal_reason, find_blocks, is_causal, side_factor, static_shape
+from . import egycache
 from .emit import SINKS, WINDOW, add_node, ones_mask
 from .heads import split_full_heads
 
@@ -153,10 +154,18 @@ def _merge_dynamic(b: AttentionBlock, chain: list[ir.Node], target: ir.Value):
     return None
 
 
-def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: dict, window: int = WINDOW) -> None:
+def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: dict, window: int = WINDOW) -> dict | None:
+    """Rewrite block ``b``; returns the per-group cache report when its KV cache was cut (egycache)."""
     g = model.graph
     H, dh = b.heads, b.head_size
     tag = f"n6_egyptian{b.index}"
+    if is_causal(b) and b.cache is not None and any(kinds) and not egycache.problem(b, g, kinds) \
+            and b.form != "onnx.Attention":
+        qk = b.nodes[0]
+        q, fq = _to3(g, qk.inputs[0], (0, 2, 1, 3), H, dh, True, f"{tag}_q")
+        y, report = egycache.emit(model, b, q, b.scale * fq / side_factor(qk.inputs[0]), kinds, window, SINKS, tag)
+        _into_output_projection(g, b, y, q.dtype, tag)
+        return report
     if b.form == "onnx.Attention":
         q, fq = _to3(g, b.q4, (0, 2, 1, 3), H, dh, False, f"{tag}_q")
         k, fk = _to3(g, b.kt4, (0, 2, 1, 3), H, dh, False, f"{tag}_k")
@@ -178,14 +187,21 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
         inputs.append(masks[name])
     else:  # the op's function fallback needs the mask input: all ones [B, L]
         inputs.append(ones_mask(g, q, tag))
-    first, idx, ts = _merge(b)
     causal = {"causal": 1, "kv_heads": int(H), "sinks": SINKS} if is_causal(b) else {}  # K/V repeated per query head
     y = add_node(g, "n6onnx", "EgyptianAttention", inputs, tag, None, q.dtype, num_heads=int(H), window=int(window),
               scale=float(scale), head_kinds=[int(x) for x in kinds], **causal)
+    _into_output_projection(g, b, y, q.dtype, tag)
+    return None
+
+
+def _into_output_projection(g: ir.Graph, b: AttentionBlock, y: ir.Value, dtype, tag: str) -> None:
+    """Y [B, L, H*dh] takes the place of the merged heads where the output projection reads them."""
+    H, dh = b.heads, b.head_size
+    first, idx, ts = _merge(b)
     if len(ts) != 3:
         shape = ts if all(isinstance(d, int) for d in ts) else [0, 0, H, dh]  # symbolic [B, L, H, dh]
         y = add_node(g, "", "Reshape", [y, add_initializer(g, np.array(shape, np.int64), f"{tag}_merge_shape")],
-                     f"{tag}_merge", ts, q.dtype)
+                     f"{tag}_merge", ts, dtype)
     first.replace_input_with(idx, y)
 
 
@@ -223,7 +239,7 @@ def run(model, ok, arg, ctx, report):
             if mode == "locality":
                 report.notes.append(f"{b.label}: attention probabilities not visible (fused op); heads by index")
             kinds = [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
-        emit_egyptian(model, b, kinds, masks)
+        cut = emit_egyptian(model, b, kinds, masks)
         split = bool(split_full_heads(model)) if core == "mha" else False
         if core == "mha" and not split:
             why = "every head is full" if all(k == 0 for k in kinds) else "no full head" if 0 not in kinds \
@@ -237,6 +253,10 @@ def run(model, ok, arg, ctx, report):
                   else "by-index", "core": "mha" if split else "fused", "causal": is_causal(b)}
         if is_causal(b):
             detail.update(kv_heads=b.kv_heads or b.heads, sinks=SINKS)
+        if cut is not None:
+            detail["cache"] = cut
+        elif b.cache is not None:
+            detail["cache"] = {**b.cache, "layout": "unchanged (full cache)"}
         if b.index in loc:
             detail["locality"] = loc[b.index]
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.egyptian", detail=detail))
