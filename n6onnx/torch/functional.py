@@ -136,8 +136,11 @@ def fftmix_causal(X: torch.Tensor, F6: torch.Tensor, F12: torch.Tensor, F24: tor
     def shape_only(t):  # the numpy checks read shapes only
         return None if t is None else np.broadcast_to(np.float32(0), tuple(t.shape))
 
-    _, pl = causal_ref.check(shape_only(X), [shape_only(f) for f in (F6, F12, F24)], shape_only(Past),
-                             None if PastLength is None else PastLength.detach().cpu().numpy())
+    plv = None  # PastLength as the numpy check takes it (int() reads the value: no .numpy() on traced tensors)
+    if PastLength is not None:
+        plv = np.full(tuple(PastLength.shape), int(PastLength.reshape(-1)[0]) if PastLength.numel() else 0,
+                      np.int64 if PastLength.dtype == torch.int64 else np.int32)
+    _, pl = causal_ref.check(shape_only(X), [shape_only(f) for f in (F6, F12, F24)], shape_only(Past), plv)
     B, L, D = X.shape
     P = 0 if Past is None else Past.shape[1]
     cd = compute_dtype(X.dtype)

@@ -65,18 +65,25 @@ class FFTMix(nn.Module):
     window (6, 12, 24). Filters F6 [4, D], F12 [7, D], F24 [13, D] start at ones (each scale passes
     its input through unchanged), or at ``init_std``-scaled normal noise around one."""
 
-    def __init__(self, d_model: int, init_std: float = 0.0):
+    def __init__(self, d_model: int, init_std: float = 0.0, causal: bool = False):
         super().__init__()
         self.d_model = d_model
-        self.filters = nn.ParameterList(
-            nn.Parameter(torch.ones(w // 2 + 1, d_model) + init_std * torch.randn(w // 2 + 1, d_model))
-            for w in WINDOWS)
+        self.causal = causal
+        if causal:  # one-sided taps [w, D], starting at the identity (k[0] = 1)
+            shapes = [(w, d_model) for w in WINDOWS]
+            start = [torch.nn.functional.one_hot(torch.zeros(d_model, dtype=torch.long), w).T.float() for w in WINDOWS]
+        else:
+            shapes = [(w // 2 + 1, d_model) for w in WINDOWS]
+            start = [torch.ones(s) for s in shapes]
+        self.filters = nn.ParameterList(nn.Parameter(s0 + init_std * torch.randn(s)) for s0, s in zip(start, shapes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.causal:  # a full causal sequence (no cache): Y only
+            return _n6.fftmix_causal(x, *(f.to(x.dtype) for f in self.filters), None, None)[0]
         return _n6.fftmix(x, *(f.to(x.dtype) for f in self.filters))
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, windows={WINDOWS}"
+        return f"d_model={self.d_model}, windows={WINDOWS}, causal={self.causal}"
 
 
 class EgyptianAttention(nn.Module):

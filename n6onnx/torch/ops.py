@@ -9,6 +9,7 @@ attributes: the exporter's ``custom_translation_table``.
 
 Call signatures (all arguments positional, like the ONNX node's inputs then its attributes):
   phi6(X), bias_phi6(X, bias), zetaln2(X), bias_zetaln2(X, bias), fftmix(X, F6, F12, F24),
+  fftmix_causal(X, F6, F12, F24, Past?, PastLength?) -> (Y, Present) (FFTMix with causal=1),
   egyptian_attention(Q, K, V, key_padding_mask?, num_heads, window, scale, head_kinds),
   moe(X, logits, W1, b1?, W2, b2?, W3?, importance?, routing, k, normalize, activation, group, drop).
 """
@@ -29,8 +30,10 @@ from ..ops import DOMAIN, DOMAIN_VERSION, REGISTRY
 from . import functional as fn
 
 # The ONNX inputs that may be omitted, per op (the spec's docs say which), and their non-T types.
-_OPTIONAL = {"EgyptianAttention": {"key_padding_mask"}, "MoE": {"b1", "b2", "W3", "importance"}}
-_INPUT_TYPES = {"key_padding_mask": ("M", ["tensor(int32)"]), "importance": ("I", ["tensor(float)"])}
+_OPTIONAL = {"EgyptianAttention": {"key_padding_mask"}, "MoE": {"b1", "b2", "W3", "importance"},
+             "FFTMix": {"Past", "PastLength", "Present"}}
+_INPUT_TYPES = {"key_padding_mask": ("M", ["tensor(int32)"]), "importance": ("I", ["tensor(float)"]),
+                "PastLength": ("P", ["tensor(int64)"])}
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
 _ATTR_TYPES = {"num_heads": OpSchema.AttrType.INT, "window": OpSchema.AttrType.INT, "scale": OpSchema.AttrType.FLOAT,
                "head_kinds": OpSchema.AttrType.INTS, "routing": OpSchema.AttrType.STRING, "k": OpSchema.AttrType.INT,
@@ -39,7 +42,7 @@ _ATTR_TYPES = {"num_heads": OpSchema.AttrType.INT, "window": OpSchema.AttrType.I
                "sinks": OpSchema.AttrType.INT, "kv_heads": OpSchema.AttrType.INT}
 
 
-def _schema(name: str) -> OpSchema:
+def _schema(name: str, outputs: tuple[str, ...] | None = None) -> OpSchema:
     """An onnx OpSchema for the n6 op ``name`` (from its OpSpec): the exporter's tracer needs one to
     tell inputs from attributes. Never registered with onnx (the model carries functions)."""
     spec = REGISTRY[name]
@@ -52,7 +55,9 @@ def _schema(name: str) -> OpSchema:
         inputs.append(OpSchema.FormalParameter(i, tp, param_option=option))
     attrs = [OpSchema.Attribute(a, _ATTR_TYPES[a], required=a not in spec.attribute_defaults) for a in spec.attributes]
     return OpSchema(name, DOMAIN, DOMAIN_VERSION, spec.doc, inputs=inputs,
-                    outputs=[OpSchema.FormalParameter(o, "T") for o in spec.outputs],
+                    outputs=[OpSchema.FormalParameter(o, "T", param_option=OpSchema.FormalParameterOption.Optional
+                                                      if o in _OPTIONAL.get(name, ()) else OpSchema.FormalParameterOption.Single)
+                             for o in (outputs or spec.outputs)],
                     type_constraints=[(t, ts, "") for t, ts in constraints.items()], attributes=attrs)
 
 
@@ -63,6 +68,10 @@ class _N6Opset:
         self._opset = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
     def __getattr__(self, name: str) -> onnxscript.values.Op:
+        return onnxscript.values.Op(self._opset, name, _schema(name, REGISTRY[name].body_outputs))
+
+    def with_all_outputs(self, name: str) -> onnxscript.values.Op:
+        """The op with every output of its spec (e.g. causal FFTMix's Present)."""
         return onnxscript.values.Op(self._opset, name, _schema(name))
 
 
@@ -79,14 +88,16 @@ def _register_recompute_vjp(custom, forward: Callable, n_tensors: int) -> None:
         ctx.save_for_backward(*[t for t in inputs[:n_tensors] if t is not None])
         ctx.attrs = inputs[n_tensors:]
 
-    def backward(ctx, grad):
+    def backward(ctx, *grad):  # one gradient per output (a tuple-returning op has several)
         saved = iter(ctx.saved_tensors)
         leaves = [next(saved).detach() if p else None for p in ctx.present]
         leaves = [t.requires_grad_(True) if t is not None and t.is_floating_point() else t for t in leaves]
         want = [t for t in leaves if t is not None and t.requires_grad]
         with torch.enable_grad():
             y = forward(*leaves, *ctx.attrs)
-            grads = iter(torch.autograd.grad(y, want, grad, allow_unused=True))
+            ys = list(y) if isinstance(y, (tuple, list)) else [y]
+            gs = [torch.zeros_like(o) if g is None else g for o, g in zip(ys, grad)]
+            grads = iter(torch.autograd.grad(ys, want, gs, allow_unused=True))
         out = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
         return (*out, *([None] * len(ctx.attrs)))
 
@@ -133,6 +144,22 @@ def fftmix(X: Tensor, F6: Tensor, F12: Tensor, F24: Tensor) -> Tensor:
 
 fftmix.register_fake(lambda X, F6, F12, F24: _fake_like(X, 3 * X.shape[-1]))
 _register_recompute_vjp(fftmix, fn.fftmix, 4)
+
+
+@torch.library.custom_op("n6onnx::fftmix_causal", mutates_args=())
+def fftmix_causal(X: Tensor, F6: Tensor, F12: Tensor, F24: Tensor, Past: Optional[Tensor],
+                  PastLength: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    y, present = fn.fftmix_causal(X, F6, F12, F24, Past, PastLength)
+    return y, present.clone()  # a custom op's outputs may not alias its inputs
+
+
+def _fftmix_causal_fake(X, F6, F12, F24, Past, PastLength):
+    keep = torch.library.get_ctx().new_dynamic_size(max=23)  # (PastLength + L) mod 24: data-dependent
+    return _fake_like(X, 3 * X.shape[-1]), X.new_empty(X.shape[0], keep, X.shape[2])
+
+
+fftmix_causal.register_fake(_fftmix_causal_fake)
+_register_recompute_vjp(fftmix_causal, fn.fftmix_causal, 6)
 
 
 # ----------------------------------------------------------------------------- EgyptianAttention
@@ -190,6 +217,10 @@ def _t_fftmix(X, F6, F12, F24):
     return n6.FFTMix(X, F6, F12, F24)
 
 
+def _t_fftmix_causal(X, F6, F12, F24, Past, PastLength):
+    return n6.with_all_outputs("FFTMix")(X, F6, F12, F24, Past, PastLength, causal=1)
+
+
 def _t_egyptian_attention(Q, K, V, key_padding_mask, num_heads, window, scale, head_kinds):
     if key_padding_mask is None:  # the op's function fallback needs the mask input: all ones [B, L]
         key_padding_mask = op.ConstantOfShape(op.Shape(Q, start=0, end=2), value=ir.tensor(np.ones(1, np.int32)))
@@ -209,6 +240,7 @@ TRANSLATIONS: dict = {
     torch.ops.n6onnx.zetaln2.default: _t_zetaln2,
     torch.ops.n6onnx.bias_zetaln2.default: _t_bias_zetaln2,
     torch.ops.n6onnx.fftmix.default: _t_fftmix,
+    torch.ops.n6onnx.fftmix_causal.default: _t_fftmix_causal,
     torch.ops.n6onnx.egyptian_attention.default: _t_egyptian_attention,
     torch.ops.n6onnx.moe.default: _t_moe,
 }

@@ -88,3 +88,24 @@ def test_an_op_form_the_student_cannot_run_is_a_clear_error():
     module = GraphModule(proto)
     with pytest.raises(UnsupportedOpError, match="Pad with a mode other than constant"):
         module({"x": torch.zeros(1, 4)})
+
+
+def test_causal_fftmix_node_runs_with_past():
+    """A causal FFTMix node with Past/PastLength bound and both outputs runs in the student (heal's
+    executor passes the node's inputs and attributes to n6onnx.torch.functional) like the reference."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    past = rng.normal(size=(2, 6, 5)).astype(np.float32)
+    taps = [rng.uniform(-1, 1, (w, 5)).astype(np.float32) for w in (6, 12, 24)]
+    f = onnx.TensorProto.FLOAT
+    inits = [onnx.numpy_helper.from_array(t, f"F{w}") for t, w in zip(taps, (6, 12, 24))]
+    inits.append(onnx.numpy_helper.from_array(np.array(30, np.int64), "pl"))
+    node = onnx.helper.make_node("FFTMix", ["X", "F6", "F12", "F24", "Past", "pl"], ["Y", "Present"], domain="n6onnx", causal=1)
+    g = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("X", f, [2, 4, 5]), onnx.helper.make_tensor_value_info("Past", f, [2, 6, 5])],
+                      [onnx.helper.make_tensor_value_info("Y", f, [2, 4, 15]), onnx.helper.make_tensor_value_info("Present", f, [2, None, 5])],
+                      initializer=inits)
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("n6onnx", 1)])
+    out = GraphModule(m)({"X": torch.from_numpy(X), "Past": torch.from_numpy(past)})
+    ref = n6onnx.ops.REGISTRY["FFTMix"].reference(X, *taps, past, np.array(30, np.int64), causal=1)
+    np.testing.assert_allclose(out["Y"].detach().numpy(), ref[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["Present"].detach().numpy(), ref[1])

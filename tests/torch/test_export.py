@@ -284,6 +284,11 @@ def test_custom_ops_pass_opcheck():
     }
     for name, args in cases.items():
         torch.library.opcheck(getattr(torch.ops.n6onnx, name).default, args)
+    # causal FFTMix: Present's length depends on PastLength's value, which AOT tracing with dynamic
+    # shapes cannot recompute in the backward; the other checks apply
+    torch.library.opcheck(torch.ops.n6onnx.fftmix_causal.default,
+                          (x, r(6, 3), r(12, 3), r(24, 3), r(2, 5, 3), torch.tensor(29)),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def test_module_argument_errors():
@@ -303,3 +308,22 @@ def test_import_n6onnx_does_not_import_torch_and_a_missing_torch_is_one_clear_er
             "try:\n import n6onnx.torch\nexcept ImportError as e:\n print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "n6onnx.torch needs PyTorch" in out
+
+
+def test_causal_fftmix_round_trip():
+    """FFTMix(causal=True) exports as one FFTMix node with causal=1 (its fallback overload attached
+    by finalize) and runs like torch, with the library and on stock onnxruntime."""
+    torch.manual_seed(5)
+    m = nt.FFTMix(8, init_std=0.5, causal=True).eval()
+    dims = {0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=512)}
+    proto = nt.export(m, (torch.randn(2, 9, 8),), input_names=["x"], dynamic_shapes=(dims,))
+    nodes = [n for n in proto.graph.node if n.domain == "n6onnx"]
+    assert [(n.op_type, n.overload) for n in nodes] == [("FFTMix", "causal_present")]
+    assert {a.name: a.i for a in nodes[0].attribute} == {"causal": 1}
+    x = torch.randn(3, 40, 8)
+    with torch.no_grad():
+        want = m(x).numpy()
+    for library in (True, False):
+        s = n6onnx.InferenceSession(proto.SerializeToString(), use_library=library, threads=1)
+        np.testing.assert_allclose(s.run(None, {"x": x.numpy()})[0], want, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"library={library}")
