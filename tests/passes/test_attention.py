@@ -367,3 +367,15 @@ def test_constant_all_zero_mask_is_no_mask(zoo_export, tmp_path):
     assert [m.reason for m in rep.reports["attention"].near_misses] == \
         ["constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
          "[batch, seq] key-padding mask input"] * 2
+
+
+
+def test_egyptian_full_on_a_dynamic_shape_export(tmp_path):
+    """Symbolic batch/sequence dims: the head merge is verified structurally and the mask's shape-only
+    inputs (input_ids via Shape) do not count; every head full reproduces the original at two lengths."""
+    src = zoo.export("minilm", "dynamo20", CACHE, dynamic=True)
+    _, rep = n6onnx.rewrite(src, tmp_path / "e.onnx", ["attention=egyptian:full"])
+    assert rep.rewritten == {"attention": 6}
+    for seq in (16, 40):
+        feeds = zoo.example_inputs("minilm", 2, seq)
+        np.testing.assert_allclose(_run(tmp_path / "e.onnx", feeds), _run(src, feeds), atol=1e-4)
