@@ -84,3 +84,17 @@ def test_encoder_blocks_are_not_called_causal(zoo_export):
     rep = n6onnx.inspect(zoo_export("bert", "dynamo20"))
     assert all("refused" not in s.detail and not (s.detail["mask"] or {}).get("causal") for s in rep.kinds["attention"].sites)
     assert not rep.kinds["attention"].notes
+
+
+def test_sliding_window_mask_is_refused(decoder_export, tmp_path):
+    """Mistral's run-time mask bounds the window from below too (two position comparisons): the causal
+    modes implement keys j <= i only, so every attention rewrite refuses it with the reason."""
+    src = decoder_export("mistral", form="nokv")
+    for s in n6onnx.inspect(src).kinds["attention"].sites:
+        assert s.detail["mask"]["causal"] and s.detail["mask"]["plain_causal"] is False
+        assert "not plain causal" in s.detail["refused"]
+    for pass_ in ("attention=fftmix:@0,1", "attention=egyptian"):
+        _, rep = n6onnx.rewrite(src, tmp_path / "r.onnx", [pass_])
+        att = rep.reports["attention"]
+        assert att.rewritten == 0 and len(att.near_misses) == 2
+        assert all("not plain causal" in m.reason for m in att.near_misses)

@@ -142,7 +142,7 @@ def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool, b
     """Graph inputs ``value`` is computed from, whether a non-uniform constant of >= 2 dims whose
     last two dims are both > 1 and whose rows differ (a triangular/causal pattern) takes part, or a
     run-time comparison of positions, and whether every such constant is exactly causal."""
-    names, causal, stack, seen, plain = set(), False, [value], set(), True
+    names, causal, stack, seen, plain, compares = set(), False, [value], set(), True, 0
     while stack and len(seen) < limit:
         v = stack.pop()
         if v is None or id(v) in seen:
@@ -162,9 +162,12 @@ def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool, b
             continue
         n = v.producer()
         if n is not None and n.op_type not in SHAPE_ONLY:  # the mask does not depend on those values
-            causal = causal or _compares_positions(n)
+            if _compares_positions(n):
+                compares += 1
             stack.extend(n.inputs)
-    return sorted(names), causal, plain
+    # one run-time comparison of positions: j <= i (+ past); a second one bounds the window from below
+    # (a sliding window, as Mistral's): not plain causal
+    return sorted(names), causal or compares > 0, plain and compares <= 1
 
 
 SHAPE_ONLY = {"Shape", "Size"}
