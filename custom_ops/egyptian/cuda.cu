@@ -6,12 +6,16 @@
 // holding half of the output channels and half of each key tile's scores in registers. Key tiles
 // of 32 are staged in shared memory (K transposed, V as rows); per tile: scores (q pre-scaled),
 // the online-softmax update (running max / sum, output rescale; the pair exchanges max and sum
-// with one shuffle each), P.V. A local head visits only the key tiles within window/2 of its
-// query tile: O(L * (window + 64) * dh).
-// Global heads: GlobalKernel, one warp per (batch, query, head) over keys {0, L-1}: O(L * dh).
+// with one shuffle each), P.V. Every query of a full / local head sees one key interval
+// (Params::KeyLo / KeyHi: the rules of egyptian/egyptian.h, causal or not); a query tile visits
+// only the key tiles of the union of its queries' intervals: a local head costs
+// O(Lq * (window + 64) * dh), a causal full head the keys up to its last query.
+// Grouped-query attention: query head h reads K / V of KV head h / G in place.
+// Global heads: egyptian/cuda_global.cu; decode steps (Lq < 4): egyptian/cuda_decode.cu.
 // Head size up to 128 (instantiations for 32, 64, 128 channels); larger is refused.
 #include "common/cuda_helpers.cuh"
 #include "common/cuda_mma.cuh"
+#include "egyptian/cuda_params.cuh"
 #include "egyptian/egyptian_cuda.h"
 
 #include <type_traits>
@@ -23,30 +27,10 @@ namespace {
 constexpr int kQT = 64;        // queries per block
 constexpr int kKT = 32;        // keys per tile
 constexpr int kThreads = 128;  // 2 per query
-constexpr float kNegInf = -__builtin_huge_valf();
-
-template <class S>
-__device__ __forceinline__ float Ld(const S* p) {
-  return CodecFor<S>::Type::Load1(p);
-}
-template <class S>
-__device__ __forceinline__ void St(S* p, float v) {
-  CodecFor<S>::Type::Store1(p, v);
-}
-
-struct Params {
-  const void* q;
-  const void* k;
-  const void* v;
-  const int32_t* mask;
-  void* y;
-  int64_t B, L, H, dh, half, ld;
-  float scale;
-  int nq;                          // query tiles per sequence
-  int nstream;                     // full + local heads
-  int heads[kEgyptianMaxHeads];    // StreamKernel: the full / local heads; GlobalKernel: the global heads
-  int local[kEgyptianMaxHeads];    // StreamKernel: 1 for a local head
-};
+using egy::kNegInf;
+using egy::Ld;
+using egy::Params;
+using egy::St;
 
 template <int DH>
 constexpr size_t SmemFloats() {
@@ -77,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) StreamKernel(const Params p) {
   for (int e = tid; e < kQT * DH; e += kThreads) {  // Q tile, pre-scaled, zero padded
     const int rr = e / DH, dd = e % DH;
     const int64_t ii = q0 + rr;
-    Qs[rr * (DH + 1) + dd] = (ii < p.L && dd < dh) ? Ld(qg + (b * p.L + ii) * p.ld + h * dh + dd) * p.scale : 0.0f;
+    Qs[rr * (DH + 1) + dd] = (ii < p.Lq && dd < dh) ? Ld(qg + p.QOff(b, ii, h) + dd) * p.scale : 0.0f;
   }
 
   float acc[kHalfDH];
@@ -85,19 +69,17 @@ __global__ void __launch_bounds__(kThreads) StreamKernel(const Params p) {
   for (int c = 0; c < kHalfDH; ++c) acc[c] = 0.0f;
   float m = kNegInf, l = 0.0f;
 
-  int64_t klo = 0, khi = p.L;  // keys [klo, khi)
-  if (local) {
-    klo = q0 - p.half > 0 ? q0 - p.half : 0;
-    const int64_t last = q0 + kQT - 1 + p.half + 1;
-    khi = last < p.L ? last : p.L;
-  }
+  // keys [klo, khi): the union of the tile's query intervals
+  const int64_t qlast = (q0 + kQT < p.Lq ? q0 + kQT : p.Lq) - 1;
+  const int64_t klo = p.KeyLo(local, p.off + q0), khi = p.KeyHi(local, p.off + qlast) + 1;
+  const int64_t ilo = p.KeyLo(local, p.off + i), ihi = p.KeyHi(local, p.off + i);  // this query's
   for (int64_t kb = klo; kb < khi; kb += kKT) {
     __syncthreads();  // previous tile consumed (and Q tile written, first time)
     for (int e = tid; e < kKT * DH; e += kThreads) {
       const int j = e / DH, dd = e % DH;
       const int64_t key = kb + j;
       const bool in = key < khi && dd < dh;
-      const int64_t off = (b * p.L + key) * p.ld + h * dh + dd;
+      const int64_t off = p.KOff(b, key, h) + dd;
       Kt[dd * kKT + j] = in ? Ld(kg + off) : 0.0f;
       Vs[j * DH + dd] = in ? Ld(vg + off) : 0.0f;
     }
@@ -123,8 +105,7 @@ __global__ void __launch_bounds__(kThreads) StreamKernel(const Params p) {
 #pragma unroll
     for (int j = 0; j < kHalfKT; ++j) {
       const int64_t key = kb + hf * kHalfKT + j;
-      bool ok = i < p.L && key < khi && (!p.mask || p.mask[b * p.L + key] != 0);
-      if (local) ok = ok && key >= i - p.half && key <= i + p.half;
+      const bool ok = i < p.Lq && key >= ilo && key <= ihi && (!p.mask || p.mask[b * p.Lk + key] != 0);
       s[j] = ok ? s[j] : kNegInf;
       mx = fmaxf(mx, s[j]);
     }
@@ -166,9 +147,9 @@ __global__ void __launch_bounds__(kThreads) StreamKernel(const Params p) {
       }
     }
   }
-  if (i >= p.L) return;
+  if (i >= p.Lq) return;
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-  S* yrow = static_cast<S*>(p.y) + (b * p.L + i) * p.ld + h * dh;
+  S* yrow = static_cast<S*>(p.y) + p.QOff(b, i, h);
 #pragma unroll
   for (int c = 0; c < kHalfDH; ++c) {
     const int dd = hf * kHalfDH + c;
@@ -238,13 +219,13 @@ __global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, boo
   const bool local = p.local[bh % p.nstream] != 0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int64_t q0 = static_cast<int64_t>(tile) * kRows;
-  const int64_t base = b * p.L * p.ld + h * p.dh;
-  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + base;
-  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + base;
-  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + base;
+  const int64_t qbase = p.QOff(b, 0, h), kbase = p.KOff(b, 0, h);
+  const uint16_t* qg = static_cast<const uint16_t*>(p.q) + qbase;
+  const uint16_t* kg = static_cast<const uint16_t*>(p.k) + kbase;
+  const uint16_t* vg = static_cast<const uint16_t*>(p.v) + kbase;
   const float scale = p.scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
 
-  StageTile<DH>(Qs, qg, p.ld, p.dh, q0, p.L, kRows, vec);
+  StageTile<DH>(Qs, qg, p.ldq, p.dh, q0, p.Lq, kRows, vec);
   CpAsyncCommit();
   CpAsyncWait<0>();
   __syncthreads();
@@ -273,42 +254,40 @@ __global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, boo
 #pragma unroll
     for (int n = 0; n < DH / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
   }
-  const bool rows_in = q0 + kRows <= p.L;
+  const bool rows_in = q0 + kRows <= p.Lq;
   // ldmatrix lane addresses: K rows (keys) lane % 8 of matrix lane / 8 (channel block of 8);
   // V rows (keys) of matrix lane / 8: keys +8 for odd matrices, channels +8 for matrices 2, 3
   const int lr = lane & 7, lm = lane >> 3;
   const int koff = lr * kS + lm * 8;
   const int voff = (lr + (lm & 1) * 8) * kS + (lm >> 1) * 8;
 
-  int64_t klo = 0, khi = p.L;  // keys [klo, khi)
-  if (local) {
-    klo = q0 - p.half > 0 ? q0 - p.half : 0;
-    const int64_t last = q0 + kRows - 1 + p.half + 1;
-    khi = last < p.L ? last : p.L;
-  }
+  // keys [klo, khi): the union of the tile's query intervals
+  const int64_t qlast = (q0 + kRows < p.Lq ? q0 + kRows : p.Lq) - 1;
+  const int64_t klo = p.KeyLo(local, p.off + q0), khi = p.KeyHi(local, p.off + qlast) + 1;
   // software pipeline: the copies of tile it + 1 are in flight while tile it is computed
   if (klo < khi) {
-    StageTile<DH>(Kb, kg, p.ld, p.dh, klo, khi, kTK, vec);
-    StageTile<DH>(Vb, vg, p.ld, p.dh, klo, khi, kTK, vec);
+    StageTile<DH>(Kb, kg, p.ldk, p.dh, klo, khi, kTK, vec);
+    StageTile<DH>(Vb, vg, p.ldk, p.dh, klo, khi, kTK, vec);
   }
   CpAsyncCommit();
   int it = 0;
   for (int64_t kb = klo; kb < khi; kb += kTK, ++it) {
     const int buf = it & 1;
     if (kb + kTK < khi) {  // buffer buf ^ 1 was released by the barrier at the end of the last tile
-      StageTile<DH>(Kb + (buf ^ 1) * kTK * kS, kg, p.ld, p.dh, kb + kTK, khi, kTK, vec);
-      StageTile<DH>(Vb + (buf ^ 1) * kTK * kS, vg, p.ld, p.dh, kb + kTK, khi, kTK, vec);
+      StageTile<DH>(Kb + (buf ^ 1) * kTK * kS, kg, p.ldk, p.dh, kb + kTK, khi, kTK, vec);
+      StageTile<DH>(Vb + (buf ^ 1) * kTK * kS, vg, p.ldk, p.dh, kb + kTK, khi, kTK, vec);
     }
     CpAsyncCommit();
     int valid = 1;
     int* Ms = Mb + buf * kTK;
     if (tid < kTK) {
       const int64_t key = kb + tid;
-      valid = key < khi && (!p.mask || p.mask[b * p.L + key] != 0);
+      valid = key < khi && (!p.mask || p.mask[b * p.Lk + key] != 0);
       Ms[tid] = valid;
     }
     CpAsyncWait<1>();  // this thread's copies of tile it have landed
-    const bool interior = __syncthreads_and(valid) && rows_in && !local;  // ... and everyone's
+    // ... and everyone's; causal: the whole tile at or before the first query's key index
+    const bool interior = __syncthreads_and(valid) && rows_in && !local && (!p.causal || kb + kTK - 1 <= p.off + q0);
     const uint16_t* kaddr = Kb + buf * kTK * kS + koff;
     const uint16_t* vaddr = Vb + buf * kTK * kS + voff;
 
@@ -349,8 +328,8 @@ __global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, boo
           for (int e = 0; e < 4; ++e) {
             const int kl = j * 8 + 2 * t + (e & 1);
             const int64_t key = kb + kl, i = row[mt][e >> 1];
-            bool ok = i < p.L && Ms[kl] != 0;
-            if (local) ok = ok && key >= i - p.half && key <= i + p.half;
+            const bool ok = i < p.Lq && Ms[kl] != 0 && key >= p.KeyLo(local, p.off + i) &&
+                            key <= p.KeyHi(local, p.off + i);
             s[mt][j][e] = ok ? s[mt][j][e] * scale : kNegInf;
             mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
           }
@@ -410,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, boo
     __syncthreads();  // buffer buf is consumed: the next prefetch may overwrite it
   }
   CpAsyncWait<0>();  // nothing may stay in flight at exit (the last, empty, group)
-  uint16_t* yg = static_cast<uint16_t*>(p.y) + base;
+  uint16_t* yg = static_cast<uint16_t*>(p.y) + qbase;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -418,9 +397,9 @@ __global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, boo
       float lr_ = l[mt][r];
       lr_ += __shfl_xor_sync(0xffffffffu, lr_, 1);
       lr_ += __shfl_xor_sync(0xffffffffu, lr_, 2);
-      if (row[mt][r] >= p.L) continue;
+      if (row[mt][r] >= p.Lq) continue;
       const float inv = lr_ > 0.0f ? 1.0f / lr_ : 0.0f;
-      uint16_t* yrow = yg + row[mt][r] * p.ld;
+      uint16_t* yrow = yg + row[mt][r] * p.ldq;
 #pragma unroll
       for (int n = 0; n < DH / 8; ++n) {
 #pragma unroll
@@ -430,47 +409,6 @@ __global__ void __launch_bounds__(kThreads) TensorCoreKernel(const Params p, boo
         }
       }
     }
-  }
-}
-
-// One warp per (batch, query, global head): keys {0, L-1}.
-template <class S>
-__global__ void __launch_bounds__(kThreads) GlobalKernel(const Params p, int nglobal) {
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t total = p.B * p.L * nglobal;
-  if (warp >= total) return;
-  const int g = static_cast<int>(warp % nglobal);
-  const int64_t bi = warp / nglobal, b = bi / p.L, i = bi % p.L;
-  const int h = p.heads[g];
-  const S* qg = static_cast<const S*>(p.q) + (b * p.L + i) * p.ld + h * p.dh;
-  const int64_t keys[2] = {0, p.L - 1};
-  const int nk = p.L > 1 ? 2 : 1;
-  float s[2] = {kNegInf, kNegInf};
-  for (int t = 0; t < nk; ++t) {
-    const S* kg = static_cast<const S*>(p.k) + (b * p.L + keys[t]) * p.ld + h * p.dh;
-    float dot = 0.0f;
-    for (int64_t d = lane; d < p.dh; d += 32) dot = fmaf(Ld(qg + d), Ld(kg + d), dot);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-    const bool ok = !p.mask || p.mask[b * p.L + keys[t]] != 0;
-    s[t] = ok ? dot * p.scale : kNegInf;
-  }
-  const float mx = fmaxf(s[0], s[1]);
-  float w[2] = {0.0f, 0.0f};
-  if (mx != kNegInf) {
-    for (int t = 0; t < nk; ++t) w[t] = s[t] == kNegInf ? 0.0f : __expf(s[t] - mx);
-    const float inv = 1.0f / (w[0] + w[1]);
-    w[0] *= inv;
-    w[1] *= inv;
-  }
-  S* yrow = static_cast<S*>(p.y) + (b * p.L + i) * p.ld + h * p.dh;
-  const S* v0 = static_cast<const S*>(p.v) + (b * p.L + keys[0]) * p.ld + h * p.dh;
-  const S* v1 = static_cast<const S*>(p.v) + (b * p.L + keys[1]) * p.ld + h * p.dh;
-  for (int64_t d = lane; d < p.dh; d += 32) {
-    float o = w[0] * Ld(v0 + d);
-    if (nk > 1) o = fmaf(w[1], Ld(v1 + d), o);
-    St(yrow + d, o);
   }
 }
 
@@ -514,11 +452,11 @@ Status LaunchTensorCoreMT(Params p, cudaStream_t stream) {
                            "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
     if (!st.ok()) return st;
   }
-  p.nq = static_cast<int>((p.L + kRows - 1) / kRows);
+  p.nq = static_cast<int>((p.Lq + kRows - 1) / kRows);
   const int64_t blocks = static_cast<int64_t>(p.nq) * p.B * p.nstream;
   if (blocks > 0x7FFFFFFF) return InvalidArgument("LaunchEgyptian", "tensor too large for the attention grid");
   const auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
-  const bool vec = p.dh % 8 == 0 && p.ld % 8 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
+  const bool vec = p.dh % 8 == 0 && p.ldq % 8 == 0 && p.ldk % 8 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
   return CheckedLaunch(&TensorCoreKernel<DH, MT>, static_cast<unsigned>(blocks), kThreads, smem, stream, p, vec);
 }
 
@@ -540,13 +478,20 @@ Status LaunchTyped(const EgyptianArgs& a) {
   p.mask = a.mask;
   p.y = a.y;
   p.B = a.B;
-  p.L = a.L;
+  p.Lq = a.Lq;
+  p.Lk = a.Lk;
   p.H = a.H;
   p.dh = a.dh;
-  p.half = a.half;
-  p.ld = a.H * a.dh;
+  p.ldq = a.H * a.dh;
+  p.ldk = a.Hkv * a.dh;
+  p.G = a.H / a.Hkv;
+  p.off = a.Lk - a.Lq;
+  p.window = a.window;
+  p.half = a.window / 2;
+  p.sinks = a.sinks;
+  p.causal = a.causal ? 1 : 0;
   p.scale = a.scale;
-  p.nq = static_cast<int>((a.L + kQT - 1) / kQT);
+  p.nq = static_cast<int>((a.Lq + kQT - 1) / kQT);
   Params g = p;
   int nglobal = 0;
   for (int h = 0; h < a.H; ++h) {
@@ -557,7 +502,10 @@ Status LaunchTyped(const EgyptianArgs& a) {
       p.heads[p.nstream++] = h;
     }
   }
-  if (p.nstream > 0 && std::is_same<S, uint16_t>::value && HasTensorCoreMma()) {
+  if (p.nstream > 0 && a.Lq < egy::kDecodeBelow) {
+    Status st = egy::LaunchDecode(p, a.dtype, stream);
+    if (!st.ok()) return st;
+  } else if (p.nstream > 0 && std::is_same<S, uint16_t>::value && HasTensorCoreMma()) {
     Status st = a.dh <= 32 ? LaunchTensorCore<32>(p, stream)
                 : a.dh <= 64 ? LaunchTensorCore<64>(p, stream)
                              : LaunchTensorCore<128>(p, stream);
@@ -568,20 +516,18 @@ Status LaunchTyped(const EgyptianArgs& a) {
                              : LaunchStream<S, 128>(p, stream);
     if (!st.ok()) return st;
   }
-  if (nglobal > 0) {
-    const int64_t warps = a.B * a.L * nglobal;
-    const int64_t blocks = (warps * 32 + kThreads - 1) / kThreads;
-    if (blocks > 0x7FFFFFFF) return InvalidArgument("LaunchEgyptian", "tensor too large for the global-head grid");
-    return CheckedLaunch(&GlobalKernel<S>, static_cast<unsigned>(blocks), kThreads, 0, stream, g, nglobal);
-  }
+  if (nglobal > 0) return egy::LaunchGlobal(g, nglobal, a.dtype, stream);
   return Status{};
 }
 
 }  // namespace
 
 Status LaunchEgyptian(const EgyptianArgs& a) {
-  if (a.B == 0 || a.L == 0 || a.H == 0 || a.dh == 0) return Status{};
+  if (a.B == 0 || a.Lq == 0 || a.H == 0 || a.dh == 0) return Status{};
   if (!a.q || !a.k || !a.v || !a.y) return InvalidArgument("LaunchEgyptian", "null pointer");
+  if (a.Hkv < 1 || a.H % a.Hkv != 0 || a.Lk < a.Lq || (!a.causal && a.Lk != a.Lq)) {
+    return InvalidArgument("LaunchEgyptian", "inconsistent Lq, Lk, num_heads, kv_heads");
+  }
   if (a.H > kEgyptianMaxHeads) return InvalidArgument("LaunchEgyptian", "more than 64 heads");
   if (a.dh > kEgyptianMaxHeadSize) return InvalidArgument("LaunchEgyptian", "head size above 128");
   switch (a.dtype) {

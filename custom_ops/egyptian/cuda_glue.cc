@@ -35,10 +35,14 @@ struct CudaBackend {
     a.mask = io.mask;
     a.y = io.y;
     a.B = pr.B;
-    a.L = pr.L;
+    a.Lq = pr.Lq;
+    a.Lk = pr.Lk;
     a.H = pr.H;
+    a.Hkv = pr.Hkv;
     a.dh = pr.dh;
-    a.half = pr.half;
+    a.window = pr.window;
+    a.sinks = pr.sinks;
+    a.causal = pr.causal;
     a.scale = pr.scale;
     for (int64_t h = 0; h < pr.H; ++h) a.kinds[h] = pr.kinds[h];
     a.stream = GpuStream(ctx);

@@ -23,12 +23,13 @@ inline constexpr const char* kOpName = "EgyptianAttention";
 
 template <class T>
 struct Io {
-  const T* q = nullptr;  // [B, L, H*dh]
-  const T* k = nullptr;
+  const T* q = nullptr;  // [B, Lq, H*dh]
+  const T* k = nullptr;  // [B, Lk, Hkv*dh]
   const T* v = nullptr;
-  const int32_t* mask = nullptr;  // [B, L] or null
-  T* y = nullptr;
-  size_t n = 0;  // elements of each of q, k, v, y
+  const int32_t* mask = nullptr;  // [B, Lk] or null
+  T* y = nullptr;  // [B, Lq, H*dh]
+  size_t n = 0;    // elements of each of q and y
+  size_t nkv = 0;  // elements of each of k and v
 };
 
 // The node's attributes (absent optional ones keep their defaults; a missing num_heads is
@@ -40,6 +41,9 @@ inline Attrs ReadAttrs(const OrtKernelInfo* info) {
   ReadAttr(info, "scale", &attrs.scale);
   std::vector<int64_t> kinds;
   if (ReadAttr(info, "head_kinds", &kinds)) attrs.head_kinds = kinds;
+  ReadAttr(info, "causal", &attrs.causal);
+  ReadAttr(info, "sinks", &attrs.sinks);
+  ReadAttr(info, "kv_heads", &attrs.kv_heads);
   return attrs;
 }
 
@@ -61,6 +65,7 @@ struct Op {
       Io<T> io;
       io.y = Y.Allocate(Q.Shape());
       io.n = static_cast<size_t>(Q.NumberOfElement());
+      io.nkv = static_cast<size_t>(K.NumberOfElement());
       if (io.n == 0) return Ort::Status{nullptr};
       io.q = Q.Data();
       io.k = K.Data();

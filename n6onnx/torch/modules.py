@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops.egyptian_attention import FULL, GLOBAL, LOCAL, default_head_kinds
+from ..ops.egyptian_attention import resolve
 from ..ops.fftmix import WINDOWS
 from ..ops.moe import ACTIVATIONS, ROUTINGS
 from . import ops  # noqa: F401 - registers torch.ops.n6onnx.*
@@ -87,37 +87,45 @@ class FFTMix(nn.Module):
 
 
 class EgyptianAttention(nn.Module):
-    """Multi-head self-attention whose heads are full, local (|i - j| <= window // 2) or global (keys 0
-    and L-1) (ONNX n6onnx.EgyptianAttention between the Q/K/V projections and the output projection).
+    """Multi-head self-attention whose heads are full, local or global (ONNX n6onnx.EgyptianAttention
+    between the Q/K/V projections and the output projection).
 
-    ``head_kinds``: one of 0 (full), 1 (local), 2 (global) per head; default the reference's split by
-    head index (the first H//2 full, the next H//3 local, the rest global). ``scale`` 0: 1/sqrt(dh).
+    Non-causal (the default): local heads see |i - j| <= window // 2, global heads keys 0 and L-1.
+    ``causal=True`` (decoders): full heads see j <= i, local heads i - window < j <= i, global heads
+    the first ``sinks`` tokens and i itself. ``kv_heads`` (0 = num_heads) < num_heads: grouped-query
+    attention (K/V projections to kv_heads * head size; query head h reads KV head
+    h // (num_heads / kv_heads); in causal mode the heads of one group share a kind).
+    ``head_kinds``: one of 0 (full), 1 (local), 2 (global) per head; default the 1/2, 1/3, 1/6 split
+    over the KV groups (without GQA: the reference's split by head index). ``scale`` 0: 1/sqrt(dh).
     ``forward(x, key_padding_mask=None)``: x [B, L, D]; key_padding_mask [B, L], nonzero / True =
     attend, 0 / False = padding (the opposite of nn.MultiheadAttention's convention)."""
 
     def __init__(self, d_model: int, num_heads: int, window: int = 64, head_kinds=None, scale: float = 0.0,
-                 bias: bool = True):
+                 bias: bool = True, *, causal: bool = False, sinks: int = 1, kv_heads: int = 0):
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"EgyptianAttention: num_heads={num_heads} does not divide d_model={d_model}")
-        kinds = list(head_kinds) if head_kinds is not None else default_head_kinds(num_heads)
-        if len(kinds) != num_heads or any(k not in (FULL, LOCAL, GLOBAL) for k in kinds):
-            raise ValueError(f"EgyptianAttention: head_kinds must be {num_heads} values in {{0, 1, 2}}, got {kinds}")
-        if window < 0:
-            raise ValueError(f"EgyptianAttention: window must be >= 0, got {window}")
-        self.num_heads, self.window, self.head_kinds, self.scale = num_heads, int(window), kinds, float(scale)
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
-            nn.Linear(d_model, d_model, bias=bias) for _ in range(4))
+        dh, hkv = d_model // num_heads, int(kv_heads) or num_heads
+        # the op's own checks (kinds, kv_heads, window, sinks, one kind per causal group)
+        pr = resolve((1, 1, d_model), (1, 1, hkv * dh), num_heads=num_heads, head_kinds=head_kinds,
+                     causal=int(causal), kv_heads=hkv, sinks=sinks, window=window)
+        self.num_heads, self.window, self.head_kinds, self.scale = num_heads, pr.window, list(pr.kinds), float(scale)
+        self.causal, self.sinks, self.kv_heads = bool(causal), pr.sinks, int(kv_heads)
+        self.q_proj, self.out_proj = (nn.Linear(d_model, d_model, bias=bias) for _ in range(2))
+        self.k_proj, self.v_proj = (nn.Linear(d_model, hkv * dh, bias=bias) for _ in range(2))
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if key_padding_mask is not None:
             key_padding_mask = (key_padding_mask != 0).to(torch.int32)
         y = _n6.egyptian_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), key_padding_mask, self.num_heads,
-                                   self.window, self.scale, self.head_kinds)
+                                   self.window, self.scale, self.head_kinds, int(self.causal), self.sinks,
+                                   self.kv_heads)
         return self.out_proj(y)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, window={self.window}, head_kinds={self.head_kinds}"
+        extra = f", causal=True, sinks={self.sinks}" if self.causal else ""
+        extra += f", kv_heads={self.kv_heads}" if self.kv_heads else ""
+        return f"num_heads={self.num_heads}, window={self.window}, head_kinds={self.head_kinds}{extra}"
 
 
 class MoE(nn.Module):

@@ -10,7 +10,7 @@ attributes: the exporter's ``custom_translation_table``.
 Call signatures (all arguments positional, like the ONNX node's inputs then its attributes):
   phi6(X), bias_phi6(X, bias), zetaln2(X), bias_zetaln2(X, bias), fftmix(X, F6, F12, F24),
   fftmix_causal(X, F6, F12, F24, Past?, PastLength?) -> (Y, Present) (FFTMix with causal=1),
-  egyptian_attention(Q, K, V, key_padding_mask?, num_heads, window, scale, head_kinds),
+  egyptian_attention(Q, K, V, key_padding_mask?, num_heads, window, scale, head_kinds, causal, sinks, kv_heads),
   moe(X, logits, W1, b1?, W2, b2?, W3?, importance?, routing, k, normalize, activation, group, drop).
 """
 
@@ -165,16 +165,18 @@ _register_recompute_vjp(fftmix_causal, fn.fftmix_causal, 6)
 # ----------------------------------------------------------------------------- EgyptianAttention
 @torch.library.custom_op("n6onnx::egyptian_attention", mutates_args=())
 def egyptian_attention(Q: Tensor, K: Tensor, V: Tensor, key_padding_mask: Optional[Tensor], num_heads: int,
-                       window: int, scale: float, head_kinds: list[int]) -> Tensor:
+                       window: int, scale: float, head_kinds: list[int], causal: int = 0, sinks: int = 1,
+                       kv_heads: int = 0) -> Tensor:
     return fn.egyptian_attention(Q, K, V, key_padding_mask, num_heads=num_heads, window=window, scale=scale,
-                                 head_kinds=head_kinds)
+                                 head_kinds=head_kinds, causal=causal, sinks=sinks, kv_heads=kv_heads)
 
 
-def _ea_forward(Q, K, V, mask, num_heads, window, scale, head_kinds):
-    return fn.egyptian_attention(Q, K, V, mask, num_heads=num_heads, window=window, scale=scale, head_kinds=head_kinds)
+def _ea_forward(Q, K, V, mask, num_heads, window, scale, head_kinds, causal=0, sinks=1, kv_heads=0):
+    return fn.egyptian_attention(Q, K, V, mask, num_heads=num_heads, window=window, scale=scale, head_kinds=head_kinds,
+                                 causal=causal, sinks=sinks, kv_heads=kv_heads)
 
 
-egyptian_attention.register_fake(lambda Q, K, V, mask, num_heads, window, scale, head_kinds: _fake_like(Q))
+egyptian_attention.register_fake(lambda Q, K, V, mask, *attrs: _fake_like(Q))
 _register_recompute_vjp(egyptian_attention, _ea_forward, 4)
 
 
@@ -221,11 +223,13 @@ def _t_fftmix_causal(X, F6, F12, F24, Past, PastLength):
     return n6.with_all_outputs("FFTMix")(X, F6, F12, F24, Past, PastLength, causal=1)
 
 
-def _t_egyptian_attention(Q, K, V, key_padding_mask, num_heads, window, scale, head_kinds):
-    if key_padding_mask is None:  # the op's function fallback needs the mask input: all ones [B, L]
-        key_padding_mask = op.ConstantOfShape(op.Shape(Q, start=0, end=2), value=ir.tensor(np.ones(1, np.int32)))
+def _t_egyptian_attention(Q, K, V, key_padding_mask, num_heads, window, scale, head_kinds, causal=0, sinks=1,
+                          kv_heads=0):
+    if key_padding_mask is None:  # the op's function fallback needs the mask input: all ones [B, Lk]
+        key_padding_mask = op.ConstantOfShape(op.Shape(K, start=0, end=2), value=ir.tensor(np.ones(1, np.int32)))
     return n6.EgyptianAttention(Q, K, V, key_padding_mask, num_heads=int(num_heads), window=int(window),
-                                scale=float(scale), head_kinds=[int(h) for h in head_kinds])
+                                scale=float(scale), head_kinds=[int(h) for h in head_kinds], causal=int(causal),
+                                sinks=int(sinks), kv_heads=int(kv_heads))
 
 
 def _t_moe(X, logits, W1, b1, W2, b2, W3, importance, routing, k, normalize, activation, group, drop):

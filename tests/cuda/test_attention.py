@@ -1,8 +1,8 @@
 """FFTMix and EgyptianAttention kernels of libn6ops_cuda.so on CUDA.
 
-Contract (36 cases): every contract sample of both ops (OpSpec.samples) x float32/float16, plus
-larger cases (several key tiles, head size 128, odd head size, no mask, odd D, long FFTMix, no
-full head): numpy reference == function fallback on CUDA (no library, TF32 off; EgyptianAttention
+Contract: every contract sample of both ops (OpSpec.samples) x float32/float16, plus larger
+cases (several key tiles, head size 128, odd head size, no mask, odd D, long FFTMix, no full head;
+the causal mode with grouped-query attention: prefill, a chunk after a cache, decode steps): numpy reference == function fallback on CUDA (no library, TF32 off; EgyptianAttention
 only with a mask, which its function body needs) == our CUDA kernel == our CPU kernel, each within
 the op's tolerance. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
 CUDAExecutionProvider. The cases marked `sanitize` (every kernel instantiation and edge: odd / even
@@ -26,7 +26,9 @@ OPS = ("FFTMix", "EgyptianAttention")
 DTYPES = ("float32", "float16")
 SANITIZE = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L10_not_divisible",
             "L5_window4_custom_kinds_mask", "L150_D64_threads", "L300_12x64_mask", "L130_dh128",
-            "L77_dh20_nomask", "L200_local_global_only"}
+            "L77_dh20_nomask", "L200_local_global_only", "causal_decode_step_gqa_sinks4", "causal_chunk_sinks_past_p",
+            "causal_L333_gqa_dh64_mask", "causal_chunk130_of_500_dh128", "causal_decode_L700_gqa_nomask",
+            "causal_L150_threads", "causal_decode2_dh128_mask", "causal_decode3_dh20_local"}
 
 
 def extra_samples(op: str, dtype: str) -> list[Sample]:
@@ -50,6 +52,29 @@ def extra_samples(op: str, dtype: str) -> list[Sample]:
         if mask:
             m = np.ones((B, L), np.int32)
             m[-1, L - L // 3:] = 0
+            feeds["key_padding_mask"] = m
+        out.append(Sample(sid, feeds, attrs))
+    # causal mode with grouped-query attention: several key and query tiles (prefill, a chunk after
+    # a cache, decode steps), head sizes 64 / 128, with and without padding
+    C = {"causal": 1}
+    for sid, B, Lq, Lk, H, Hkv, dh, attrs, mask in (
+        ("causal_L333_gqa_dh64_mask", 2, 333, 333, 8, 4, 64, {**C, "num_heads": 8, "kv_heads": 4, "window": 48}, True),
+        ("causal_chunk130_of_500_dh128", 1, 130, 500, 4, 2, 128,
+         {**C, "num_heads": 4, "kv_heads": 2, "window": 100, "sinks": 4, "head_kinds": [0, 0, 1, 1]}, True),
+        ("causal_decode_L700_gqa_nomask", 3, 1, 700, 12, 6, 64, {**C, "num_heads": 12, "kv_heads": 6, "sinks": 2}, False),
+        ("causal_L256_full_only", 1, 256, 256, 2, 1, 32, {**C, "num_heads": 2, "kv_heads": 1, "head_kinds": [0, 0]},
+         False),
+        # the decode kernel (Lq < 4): head size 128 with padding, odd head size 20 with a local window
+        ("causal_decode2_dh128_mask", 2, 2, 90, 4, 2, 128, {**C, "num_heads": 4, "kv_heads": 2, "head_kinds": [0, 0, 1, 1],
+                                                             "window": 40}, True),
+        ("causal_decode3_dh20_local", 1, 3, 50, 3, 1, 20, {**C, "num_heads": 3, "kv_heads": 1, "window": 7,
+                                                            "head_kinds": [1, 1, 1]}, False),
+    ):
+        feeds = {"Q": rng.normal(0, 1, (B, Lq, H * dh)).astype(dtype)}
+        feeds.update({n: rng.normal(0, 1, (B, Lk, Hkv * dh)).astype(dtype) for n in ("K", "V")})
+        if mask:
+            m = np.ones((B, Lk), np.int32)
+            m[-1, : Lk // 5] = 0  # left padding, including the sinks
             feeds["key_padding_mask"] = m
         out.append(Sample(sid, feeds, attrs))
     return out
@@ -99,6 +124,12 @@ BAD = [  # id, feeds, attributes, message
     ("num_heads_not_dividing", _qkv(np.random.default_rng(1), (1, 8, 16)), {"num_heads": 3}, "does not divide"),
     ("head_kinds_length", _qkv(np.random.default_rng(1), (1, 8, 16)), {"num_heads": 4, "head_kinds": [0]},
      "head_kinds must have num_heads=4 values"),
+    ("causal_group_mixes_kinds", {"Q": np.ones((1, 8, 16), np.float32), "K": np.ones((1, 8, 8), np.float32),
+                                  "V": np.ones((1, 8, 8), np.float32)},
+     {"num_heads": 4, "kv_heads": 2, "causal": 1, "head_kinds": [0, 1, 2, 2]}, "KV group 0 mix kinds"),
+    ("causal_fewer_keys_than_queries", {"Q": np.ones((1, 8, 16), np.float32), "K": np.ones((1, 7, 16), np.float32),
+                                        "V": np.ones((1, 7, 16), np.float32)},
+     {"num_heads": 4, "causal": 1}, r"causal=1 needs Lk >= Lq"),
 ]
 
 

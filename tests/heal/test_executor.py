@@ -11,6 +11,7 @@ import torch
 import n6onnx
 from n6onnx import feeds as F
 from n6onnx.heal.executor import GraphModule, UnsupportedOpError, check_supported, unsupported_ops
+from n6onnx.ops import DOMAIN, REGISTRY
 from n6onnx.runtime import session_for
 
 MODELS = ["bert", "gpt2", "geglu", "llama", "minilm", "mixtral", "vit"]
@@ -109,3 +110,21 @@ def test_causal_fftmix_node_runs_with_past():
     ref = n6onnx.ops.REGISTRY["FFTMix"].reference(X, *taps, past, np.array(30, np.int64), causal=1)
     np.testing.assert_allclose(out["Y"].detach().numpy(), ref[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(out["Present"].detach().numpy(), ref[1])
+
+
+def test_causal_gqa_attention_node_runs_with_its_attributes():
+    """The student runs n6 nodes through n6onnx.torch.functional with every attribute of the node:
+    a causal grouped-query EgyptianAttention decode chunk equals the op's numpy reference."""
+    spec = REGISTRY["EgyptianAttention"]
+    sample = next(s for s in spec.samples("float32") if s.id == "causal_chunk_Lq7_Lk30")
+    vis = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+           for k, v in sample.feeds.items()]
+    node = onnx.helper.make_node(spec.name, list(sample.feeds), ["Y"], domain=DOMAIN, **sample.attrs)
+    out = onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [None] * 3)
+    m = onnx.helper.make_model(onnx.helper.make_graph([node], "g", vis, [out]),
+                               opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(DOMAIN, 1)],
+                               functions=[spec.function(18)])
+    with torch.no_grad():
+        got = GraphModule(m)(sample.feeds)["Y"].numpy()
+    want = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -183,8 +183,18 @@ def test_egyptian_bad_shapes_and_attributes_are_ort_errors():
     f = _attn_feeds(rng, 2, 10, 4, 4)
     types = {k: (T["float32"] if k != "key_padding_mask" else onnx.TensorProto.INT32, v.shape) for k, v in f.items()}
     m = _model(EGY, types, {"num_heads": 4}, dynamic=True)
-    _expect_ort_error(m, dict(f, key_padding_mask=np.ones((2, 9), np.int32)), r"key_padding_mask must be \[B, L\]")
-    _expect_ort_error(m, dict(f, K=f["K"][:, :9].copy()), "same shape")
+    _expect_ort_error(m, dict(f, key_padding_mask=np.ones((2, 9), np.int32)), r"key_padding_mask must be \[B, Lk\]")
+    _expect_ort_error(m, dict(f, K=f["K"][:, :9].copy(), V=f["V"][:, :9].copy(),
+                              key_padding_mask=f["key_padding_mask"][:, :9].copy()), "causal=0 needs as many keys as queries")
+    _expect_ort_error(m, dict(f, V=f["V"][:, :9].copy()), r"K and V must both be \[B, Lk, kv_heads\*dh\]")
+    causal = {"num_heads": 4, "causal": 1}
+    _expect_ort_error(_model(EGY, types, causal, dynamic=True), dict(f, Q=f["Q"][:, :9].copy(), K=f["K"][:, :8].copy(),
+                      V=f["V"][:, :8].copy(), key_padding_mask=f["key_padding_mask"][:, :8].copy()), "needs Lk >= Lq")
+    _expect_ort_error(_model(EGY, types, dict(causal, kv_heads=3), dynamic=True), f, "kv_heads=3 must divide")
+    _expect_ort_error(_model(EGY, types, dict(causal, kv_heads=2, head_kinds=[0, 0, 1, 2]), dynamic=True),
+                      dict(f, K=f["K"][..., :8].copy(), V=f["V"][..., :8].copy()), "KV group 1 mix kinds")
+    _expect_ort_error(_model(EGY, types, dict(causal, causal=2), dynamic=True), f, "causal must be 0 or 1")
+    _expect_ort_error(_model(EGY, types, dict(causal, sinks=-1), dynamic=True), f, "sinks must be >= 0")
     _expect_ort_error(_model(EGY, types, {"num_heads": 3}, dynamic=True), f, "does not divide")
     _expect_ort_error(_model(EGY, types, {"num_heads": 4, "head_kinds": [0, 1]}, dynamic=True), f, "head_kinds")
     _expect_ort_error(_model(EGY, types, {"num_heads": 4, "head_kinds": [0, 1, 2, 3]}, dynamic=True), f, "head_kinds")

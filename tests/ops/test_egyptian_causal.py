@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 import n6onnx
 from n6onnx.ops import DOMAIN, REGISTRY
 from n6onnx.ops.egyptian_attention import FULL, GLOBAL, LOCAL, default_group_kinds, default_head_kinds
 
 EGY = REGISTRY["EgyptianAttention"]
-IMPLS = ["reference", "fallback"]
+IMPLS = ["reference", "fallback", "kernel"]
 
 
 def _run(impl: str, feeds: dict, attrs: dict) -> np.ndarray:
@@ -202,3 +202,73 @@ def test_query_with_no_key_outputs_zeros():
     for impl in IMPLS:
         y = _run(impl, f, dict(num_heads=2, causal=1, window=0, head_kinds=[1, 0]))
         assert not y[..., :4].any() and y[..., 4:].any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("Lq,Lk,window,sinks,mask", [
+    (200, 200, 64, 1, False),  # prefill across several 64-key blocks
+    (1, 300, 64, 4, True),  # one decode step: 1-row tiles, the local window inside the last blocks
+    (3, 300, 100, 2, False),  # a short chunk (fewer queries than a register tile)
+    (40, 171, 7, 3, True),  # a chunk spanning query blocks, window smaller than a block
+    (33, 33, 0, 0, False),  # window 0: local heads see nothing; sinks 0: global heads see themselves
+])
+def test_kernel_across_key_blocks(dtype, Lq, Lk, window, sinks, mask):
+    rng = np.random.default_rng(Lk + Lq)
+    H, Hkv, dh = 8, 4, 16
+    f = _feeds(rng, 2, Lq, Lk, H, Hkv, dh, mask=mask)
+    f = {k: v.astype(dtype) if v.dtype == np.float32 else v for k, v in f.items()}
+    if not mask:
+        del f["key_padding_mask"]  # the kernel takes a missing mask
+    attrs = dict(num_heads=H, kv_heads=Hkv, head_kinds=[0, 0, 1, 1, 2, 2, 1, 1], window=window, sinks=sinks, causal=1)
+    got = _run("kernel", f, attrs)
+    ref = EGY.reference(*[f.get(n) for n in EGY.inputs], **attrs)
+    tol = EGY.tolerance(dtype)
+    assert got.dtype == ref.dtype
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol.rtol, atol=tol.atol)
+
+
+def _ort_group_query_attention(q, k_new, v_new, past_k, past_v, H, Hkv):
+    """onnxruntime's own decoder attention (com.microsoft GroupQueryAttention, CPU): causal, grouped
+    query heads, the new tokens appended to a BNSH past cache. An implementation independent of ours."""
+    F, dh = TensorProto.FLOAT, q.shape[2] // H
+    ins = [helper.make_tensor_value_info(n, F, list(a.shape)) for n, a in
+           (("q", q), ("k", k_new), ("v", v_new), ("pk", past_k), ("pv", past_v))]
+    ins += [helper.make_tensor_value_info("sl", TensorProto.INT32, [q.shape[0]]),
+            helper.make_tensor_value_info("tl", TensorProto.INT32, [])]
+    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "sl", "tl"], ["y", "pk2", "pv2"],
+                            domain="com.microsoft", num_heads=H, kv_num_heads=Hkv)
+    outs = [helper.make_tensor_value_info(n, F, None) for n in ("y", "pk2", "pv2")]
+    m = helper.make_model(helper.make_graph([node], "gqa", ins, outs), ir_version=10,
+                          opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    total = past_k.shape[2] + q.shape[1]
+    feeds = {"q": q, "k": k_new, "v": v_new, "pk": past_k, "pv": past_v,
+             "sl": np.full(q.shape[0], total - 1, np.int32), "tl": np.array(total, np.int32)}
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("past,Lq", [(0, 9), (37, 1), (20, 5)])
+def test_all_full_heads_equal_onnxruntime_group_query_attention(impl, past, Lq):
+    """With every head full, causal EgyptianAttention is ordinary causal grouped-query attention:
+    it equals ORT's GroupQueryAttention for a prefill, a decode step and a chunk after a cache."""
+    rng = np.random.default_rng(past + Lq)
+    B, H, Hkv, dh = (1 if past and Lq > 1 else 2), 8, 2, 16  # GQA takes a chunk after a cache for B = 1 only
+    f = _feeds(rng, B, Lq, past + Lq, H, Hkv, dh, mask=False)
+    bnsh = {n: np.ascontiguousarray(f[n][:, :past].reshape(B, past, Hkv, dh).transpose(0, 2, 1, 3)) for n in "KV"}
+    want = _ort_group_query_attention(f["Q"], f["K"][:, past:], f["V"][:, past:], bnsh["K"], bnsh["V"], H, Hkv)
+    got = _run(impl, f, dict(num_heads=H, kv_heads=Hkv, causal=1, head_kinds=[FULL] * H))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("L", [3, 40])  # the decode-sized path (K rows) and the tiled path
+def test_noncausal_grouped_heads_may_mix_kinds(L):
+    """causal=0 takes kv_heads too, and there a KV group may mix kinds."""
+    rng = np.random.default_rng(L)
+    f = _feeds(rng, 2, L, L, 4, 2, 8)
+    attrs = dict(num_heads=4, kv_heads=2, head_kinds=[0, 1, 2, 0], window=2)
+    ref = _run("reference", f, attrs)
+    for impl in ("fallback", "kernel"):
+        np.testing.assert_allclose(_run(impl, f, attrs), ref, rtol=1e-4, atol=1e-5, err_msg=impl)
+    kf = {n: np.repeat(f[n].reshape(2, L, 2, 8), 2, axis=2).reshape(2, L, 32) for n in "KV"}
+    np.testing.assert_allclose(ref, _run("reference", f | kf, dict(attrs, kv_heads=0)), rtol=1e-6, atol=1e-6)

@@ -224,7 +224,7 @@ def test_fftmix_opset17_runs_or_says_why(zoo_export, tmp_path):
         assert all("opset 17" in m.reason for m in rep.reports["attention"].near_misses)
 
 
-def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None):
+def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None, extra=()):
     """One EgyptianAttention node whose output is the graph output, split by split_full_heads."""
     import onnx_ir as ir
 
@@ -237,7 +237,8 @@ def _split_model(B, L, H, dh, kinds, masked, skip=None, dtype=None):
     if masked:
         ins.append(ir.Value(name="M", shape=ir.Shape([B, L]), type=ir.TensorType(ir.DataType.INT32)))
     node = ir.Node("n6onnx", "EgyptianAttention", ins, name="egy", attributes=[
-        ir.AttrInt64("num_heads", H), ir.AttrInt64("window", 4), ir.AttrInt64s("head_kinds", kinds)])
+        ir.AttrInt64("num_heads", H), ir.AttrInt64("window", 4), ir.AttrInt64s("head_kinds", kinds),
+        *(ir.AttrInt64(k, v) for k, v in extra)])
     y = node.outputs[0]
     y.name, y.shape, y.type = "Y", ir.Shape([B, L, D]), ir.TensorType(dtype)
     m = ir.Model(ir.Graph(ins, [y], nodes=[node], opset_imports={"": 18, "n6onnx": 1}), ir_version=10)
@@ -285,6 +286,13 @@ def test_split_full_heads_matches_the_reference(kinds, masked, skip, tmp_path):
         ref = REGISTRY["EgyptianAttention"].reference(feeds["Q"], feeds["K"], feeds["V"], feeds.get("M"),
                                                       num_heads=len(kinds), window=4, head_kinds=kinds)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [[("causal", 1)], [("kv_heads", 2)]])
+def test_split_full_heads_leaves_causal_and_grouped_nodes_whole(extra):
+    """MultiHeadAttention is neither causal nor grouped-query: such nodes are not split."""
+    m, split = _split_model(1, 8, 4, 4, [0, 0, 1, 1], True, None, None, extra)
+    assert split == [] and [n.op_type for n in m.graph] == ["EgyptianAttention"]
 
 
 def test_split_full_heads_skips_all_ones_masks_by_default_in_half_precision():

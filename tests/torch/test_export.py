@@ -88,7 +88,8 @@ def test_exported_graph_has_the_n6_nodes_and_their_functions(encoder_export):
     assert not {"FFT", "DFT", "Softmax", "Clip", "Erf", "TopK"} & {n.op_type for n in proto.graph.node}
     attn = next(n for n in proto.graph.node if n.op_type == "EgyptianAttention")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attn.attribute}
-    assert attrs == {"num_heads": HEADS, "window": 8, "scale": 0.0, "head_kinds": [0, 1, 2, 1]}
+    assert attrs == {"num_heads": HEADS, "window": 8, "scale": 0.0, "head_kinds": [0, 1, 2, 1], "causal": 0, "sinks": 1,
+                     "kv_heads": 0}
     moe = next(n for n in proto.graph.node if n.op_type == "MoE")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in moe.attribute}
     assert attrs["routing"] == b"egyptian" and attrs["activation"] == b"phi6"
@@ -279,11 +280,12 @@ def test_custom_ops_pass_opcheck():
         "bias_phi6": (x, r(3)),
         "fftmix": (x, r(4, 3), r(7, 3), r(13, 3)),
         "egyptian_attention": (r(2, 6, 8), r(2, 6, 8), r(2, 6, 8), torch.ones(2, 6, dtype=torch.int32), 2, 2, 0.0, [1, 2]),
+        "egyptian_attention_causal_gqa": (r(2, 3, 8), r(2, 6, 4), r(2, 6, 4), None, 2, 2, 0.0, [2, 2], 1, 2, 1),
         # expert 2 is selected by no token (an empty dispatch)
         "moe": (r(5, 4), logits, r(3, 4, 6), None, r(3, 6, 4), r(3, 4), None, None, "topk", 1, 1, "gelu", 1, 0),
     }
     for name, args in cases.items():
-        torch.library.opcheck(getattr(torch.ops.n6onnx, name).default, args)
+        torch.library.opcheck(getattr(torch.ops.n6onnx, name.removesuffix("_causal_gqa")).default, args)
     # causal FFTMix: Present's length depends on PastLength's value, which AOT tracing with dynamic
     # shapes cannot recompute in the backward; the other checks apply
     torch.library.opcheck(torch.ops.n6onnx.fftmix_causal.default,
@@ -291,11 +293,38 @@ def test_custom_ops_pass_opcheck():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+def test_causal_gqa_module_round_trip():
+    """A causal grouped-query EgyptianAttention module: the export carries causal/sinks/kv_heads, and
+    ORT (kernel and function fallback) equals torch; a later token never moves earlier outputs."""
+    torch.manual_seed(5)
+    m = nt.EgyptianAttention(16, 4, window=3, causal=True, sinks=2, kv_heads=2).eval()
+    assert m.head_kinds == [0, 0, 2, 2] and m.k_proj.out_features == 8  # kinds per KV group
+    dims = {0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=512)}
+    proto = nt.export(m, (torch.randn(2, 9, 16),), input_names=["x"], dynamic_shapes=(dims,))
+    attn = next(n for n in proto.graph.node if n.op_type == "EgyptianAttention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attn.attribute}
+    assert (attrs["causal"], attrs["sinks"], attrs["kv_heads"], attrs["window"]) == (1, 2, 2, 3)
+    x = torch.randn(3, 21, 16)
+    x2 = x.clone()
+    x2[:, 15:] += 1.0
+    with torch.no_grad():
+        want, want2 = m(x).numpy(), m(x2).numpy()
+    np.testing.assert_array_equal(want2[:, :15], want[:, :15])
+    for library in (True, False):
+        s = n6onnx.InferenceSession(proto.SerializeToString(), use_library=library, threads=1)
+        np.testing.assert_allclose(s.run(None, {"x": x.numpy()})[0], want, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"library={library}")
+
+
 def test_module_argument_errors():
     with pytest.raises(ValueError, match="does not divide"):
         nt.EgyptianAttention(10, 4)
     with pytest.raises(ValueError, match="head_kinds"):
         nt.EgyptianAttention(8, 2, head_kinds=[0, 5])
+    with pytest.raises(ValueError, match="mix kinds"):
+        nt.EgyptianAttention(8, 4, head_kinds=[0, 1, 2, 2], causal=True, kv_heads=2)
+    with pytest.raises(ValueError, match="kv_heads=3 must divide"):
+        nt.EgyptianAttention(8, 4, kv_heads=3)
     with pytest.raises(ValueError, match="unknown routing"):
         nt.MoE(8, 4, 4, routing="top1")
     with pytest.raises(ValueError, match="selects 3 of num_groups=2"):

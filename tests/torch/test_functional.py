@@ -146,16 +146,19 @@ def test_fftmix_gradients():
         _gradcheck(tf.fftmix, x, *fs)
 
 
-@pytest.mark.parametrize("kinds, mask", [(None, False), ([1, 2, 0, 1], True)])
-def test_egyptian_attention_gradients(kinds, mask):
+@pytest.mark.parametrize("kinds, mask, causal", [(None, False, {}), ([1, 2, 0, 1], True, {}),
+                                                  ([0, 0, 1, 1], True, dict(causal=1, kv_heads=2, sinks=2))])
+def test_egyptian_attention_gradients(kinds, mask, causal):
     g = torch.Generator().manual_seed(2)
     B, L, H, dh = 2, 9, 4, 3
-    q, k, v = (torch.randn(B, L, H * dh, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    hkv = causal.get("kv_heads", H)
+    q = torch.randn(B, L, H * dh, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(B, L, hkv * dh, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
     m = torch.ones(B, L, dtype=torch.int32)
     if mask:
         m[0, -3:] = 0
         m[1, :] = 0  # a batch row with nothing to attend to: zeros, zero gradient
-    attrs = dict(num_heads=H, window=4, head_kinds=kinds)
+    attrs = dict(num_heads=H, window=4, head_kinds=kinds, **causal)
     _gradcheck(lambda q, k, v: tf.egyptian_attention(q, k, v, m if mask else None, **attrs), q, k, v)
 
 

@@ -52,10 +52,10 @@ def split_full_heads(model: ir.Model, skip_all_ones_mask: bool | None = None) ->
     for node in list(g):
         if node.domain != "n6onnx" or node.op_type != "EgyptianAttention":
             continue
-        ca = node.attributes.get("causal")
-        if ca is not None and ca.as_int():
-            continue  # MultiHeadAttention has no causal mode: a causal node stays whole
         H = int(node.attributes["num_heads"].as_int())
+        ca, kva = node.attributes.get("causal"), node.attributes.get("kv_heads")
+        if (ca is not None and ca.as_int() != 0) or (kva is not None and kva.as_int() not in (0, H)):
+            continue  # the MultiHeadAttention core is the non-causal form with one KV head per query head
         ka = node.attributes.get("head_kinds")
         kinds = list(ka.as_ints()) if ka is not None else [-1]
         kinds = ea.default_head_kinds(H) if kinds == [-1] else kinds

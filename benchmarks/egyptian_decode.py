@@ -1,0 +1,234 @@
+"""Op-level benchmark of one cached decode step of causal Egyptian attention (with grouped-query
+attention) against onnxruntime's own decoder attention, com.microsoft GroupQueryAttention, on the
+CPU provider (float32) or the CUDA provider (float16: ORT's CUDA GroupQueryAttention takes no
+float32): a Llama-style attention shape (32 query heads, 8 KV heads, head size 64, B = 1),
+at past contexts of 1024, 4096 and 8192 tokens.
+
+Each variant is one ONNX graph doing what a decoder layer's attention core does per token: take
+the new token's q / k / v and the past cache, append the new k / v, attend, and output the
+present cache. No projections (they are the same for every variant).
+  ort_gqa            GroupQueryAttention(q, k, v, past_key, past_value [1, 8, P, 64], seqlens_k,
+                     total_sequence_length) -> y, present_key / present_value [1, 8, P+1, 64].
+  egyptian_full      Concat(past [1, P, 512], new) -> K / V (the present), EgyptianAttention
+                     causal=1, kv_heads=8, all heads full: the same kernel doing full attention.
+  egyptian_onecache  the same graph with the default kinds per KV group (4 full, 2 local
+                     (window 64), 2 global (1 sink)) on one full cache: the saving of the kernel
+                     alone, the cache still grows for every group.
+  egyptian_caches    one node per kind on its own cache, as a decoder that shrinks its cache runs
+                     it: full groups [1, P, 256], local groups the last 63 tokens [1, 63, 128],
+                     global groups the sink [1, 1, 128]; present: full Concat, local its last 63
+                     rows (Slice), global unchanged. Checked at every context before timing: on
+                     the same tokens its outputs equal egyptian_onecache's ("check" in the JSON).
+Reported per variant and context: the step time (median and quartiles of the per-run wall time,
+repetitions interleaved across variants after warm-up) and the KV-cache bytes the step outputs
+(the present tensors' sizes), with ratios against ort_gqa.
+
+Method: ORT_ENABLE_ALL, CPU: intra_op_num_threads (default 2), thread spinning off; inputs and
+outputs bound with IO binding (preallocated outputs, on the GPU for CUDA; each CUDA run ends with
+ORT's stream synchronisation). Timings on a shared machine are noisy: read the quartiles.
+
+    python3 benchmarks/egyptian_decode.py [--threads 2] [--quick]
+    N6ONNX_CUDA_LIBRARY=build/cuda/libn6ops_cuda.so python3 benchmarks/egyptian_decode.py --provider cuda
+Writes benchmarks/results/egyptian_decode_cpu.json or egyptian_decode_cuda.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+import n6onnx  # noqa: E402
+from n6onnx.ops import DOMAIN, REGISTRY  # noqa: E402
+from n6onnx.ops.egyptian_attention import FULL, GLOBAL, LOCAL, default_group_kinds  # noqa: E402
+
+from _common import summary, write  # noqa: E402
+
+H, HKV, DH, WINDOW, SINKS = 32, 8, 64, 64, 1
+G = H // HKV
+CONTEXTS = (1024, 4096, 8192)
+VARIANTS = ("ort_gqa", "egyptian_full", "egyptian_onecache", "egyptian_caches")
+KINDS = default_group_kinds(H, HKV)  # 4 full groups, 2 local, 2 global
+ET = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def _vi(name, shape, dtype):
+    return helper.make_tensor_value_info(name, ET[dtype], shape)
+
+
+def _groups(kind):
+    return [g for g in range(HKV) if KINDS[g * G] == kind]
+
+
+def model(variant: str, P: int, dtype: str = "float32") -> tuple[bytes, dict, list, list]:
+    """(model, input name -> shape, present-cache output names)."""
+    nodes, ins, outs, presents, inits = [], {}, [], [], []
+    if variant == "ort_gqa":
+        ins = {"q": [1, 1, H * DH], "k": [1, 1, HKV * DH], "v": [1, 1, HKV * DH],
+               "pk": [1, HKV, P, DH], "pv": [1, HKV, P, DH]}
+        inits = [helper.make_tensor("sl", TensorProto.INT32, [1], [P]), helper.make_tensor("tl", TensorProto.INT32, [], [P + 1])]
+        nodes.append(helper.make_node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "sl", "tl"], ["y", "K", "V"],
+                                      domain="com.microsoft", num_heads=H, kv_num_heads=HKV))
+        outs, presents = [("y", [1, 1, H * DH]), ("K", [1, HKV, P + 1, DH]), ("V", [1, HKV, P + 1, DH])], ["K", "V"]
+    elif variant in ("egyptian_full", "egyptian_onecache"):
+        ins = {"q": [1, 1, H * DH], "k": [1, 1, HKV * DH], "v": [1, 1, HKV * DH], "pk": [1, P, HKV * DH], "pv": [1, P, HKV * DH]}
+        nodes += [helper.make_node("Concat", ["pk", "k"], ["K"], axis=1), helper.make_node("Concat", ["pv", "v"], ["V"], axis=1)]
+        kinds = [FULL] * H if variant == "egyptian_full" else KINDS
+        nodes.append(helper.make_node("EgyptianAttention", ["q", "K", "V"], ["y"], domain=DOMAIN, num_heads=H,
+                                      kv_heads=HKV, causal=1, window=WINDOW, sinks=SINKS, head_kinds=kinds))
+        outs, presents = [("y", [1, 1, H * DH]), ("K", [1, P + 1, HKV * DH]), ("V", [1, P + 1, HKV * DH])], ["K", "V"]
+    else:
+        keep = {FULL: P, LOCAL: WINDOW - 1, GLOBAL: SINKS}
+        for kind, tag in ((FULL, "f"), (LOCAL, "l"), (GLOBAL, "g")):
+            n = len(_groups(kind))
+            ins.update({f"q{tag}": [1, 1, n * G * DH], f"k{tag}": [1, 1, n * DH], f"v{tag}": [1, 1, n * DH],
+                        f"pk{tag}": [1, keep[kind], n * DH], f"pv{tag}": [1, keep[kind], n * DH]})
+            for x in "kv":
+                nodes.append(helper.make_node("Concat", [f"p{x}{tag}", f"{x}{tag}"], [f"{x.upper()}{tag}"], axis=1))
+            nodes.append(helper.make_node("EgyptianAttention", [f"q{tag}", f"K{tag}", f"V{tag}"], [f"y{tag}"], domain=DOMAIN,
+                                          num_heads=n * G, kv_heads=n, causal=1, window=WINDOW, sinks=SINKS,
+                                          head_kinds=[kind] * (n * G)))
+            outs.append((f"y{tag}", [1, 1, n * G * DH]))
+            if kind == FULL:
+                outs += [(f"K{tag}", [1, P + 1, n * DH]), (f"V{tag}", [1, P + 1, n * DH])]
+                presents += [f"K{tag}", f"V{tag}"]
+            elif kind == LOCAL:  # the last window - 1 rows
+                inits += [helper.make_tensor(f"s{tag}", TensorProto.INT64, [1], [1]),
+                          helper.make_tensor(f"e{tag}", TensorProto.INT64, [1], [WINDOW]),
+                          helper.make_tensor(f"a{tag}", TensorProto.INT64, [1], [1])]
+                for x in "KV":
+                    nodes.append(helper.make_node("Slice", [f"{x}{tag}", f"s{tag}", f"e{tag}", f"a{tag}"], [f"P{x}{tag}"]))
+                    outs.append((f"P{x}{tag}", [1, WINDOW - 1, n * DH]))
+                    presents.append(f"P{x}{tag}")
+            else:  # the sinks: the past cache as it is
+                for x in "kv":
+                    nodes.append(helper.make_node("Identity", [f"p{x}{tag}"], [f"P{x}{tag}"]))
+                    outs.append((f"P{x}{tag}", [1, SINKS, n * DH]))
+                    presents.append(f"P{x}{tag}")
+    g = helper.make_graph(nodes, variant, [_vi(n, s, dtype) for n, s in ins.items()], [_vi(n, s, dtype) for n, s in outs],
+                          initializer=inits)
+    m = helper.make_model(g, ir_version=10, functions=[REGISTRY["EgyptianAttention"].function(18)],
+                          opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1),
+                                         helper.make_opsetid("com.microsoft", 1)])
+    return m.SerializeToString(), ins, outs, presents
+
+
+class Runner:
+    def __init__(self, variant: str, P: int, threads: int, rng, provider: str = CPU, dtype: str = "float32"):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.intra_op_num_threads = threads
+        if provider == CPU:  # idle interleaved sessions' spinning workers would steal the cores
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.register_custom_ops_library(str(n6onnx.library_path("cuda" if provider == CUDA else "cpu")))
+        m, ins, outs, self.presents = model(variant, P, dtype)
+        self.sess = ort.InferenceSession(m, so, providers=[provider, CPU] if provider == CUDA else [CPU])
+        dev = "cuda" if provider == CUDA else "cpu"
+        self.io = self.sess.io_binding()
+        self.feeds = {n: ort.OrtValue.ortvalue_from_numpy(rng.normal(0, 1, s).astype(dtype), dev, 0)
+                      for n, s in ins.items()}
+        for n, v in self.feeds.items():
+            self.io.bind_ortvalue_input(n, v)
+        self.outs = {n: ort.OrtValue.ortvalue_from_shape_and_type(s, np.dtype(dtype), dev, 0) for n, s in outs}
+        for n, v in self.outs.items():
+            self.io.bind_ortvalue_output(n, v)
+        self.cache_bytes = int(sum(np.prod(self.outs[n].shape()) * np.dtype(dtype).itemsize for n in self.presents))
+
+    def run(self, reps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(reps):
+            self.sess.run_with_iobinding(self.io)
+        return (time.perf_counter() - t) / reps
+
+
+def check_caches(P: int, threads: int, provider: str, dtype: str) -> float:
+    """Max |difference| between egyptian_caches and egyptian_onecache on the same tokens (the
+    per-kind caches cut from the full one); raises if it is not within float rounding."""
+    rng = np.random.default_rng(1)
+    one, caches = (Runner(v, P, threads, rng, provider, dtype) for v in ("egyptian_onecache", "egyptian_caches"))
+    feeds = {n: v.numpy() for n, v in one.feeds.items()}
+    keep = {"f": (0, P), "l": (P - (WINDOW - 1), P), "g": (0, SINKS)}
+    cut = {}
+    c0 = 0
+    for kind, tag in ((FULL, "f"), (LOCAL, "l"), (GLOBAL, "g")):
+        gs = _groups(kind)
+        assert gs == list(range(gs[0], gs[0] + len(gs)))  # contiguous groups: column ranges
+        k0, k1 = gs[0] * DH, (gs[-1] + 1) * DH
+        cut[f"q{tag}"] = feeds["q"][..., k0 * G:k1 * G]
+        for x in "kv":
+            cut[f"{x}{tag}"] = feeds[x][..., k0:k1]
+            a, b = keep[tag]
+            cut[f"p{x}{tag}"] = np.ascontiguousarray(feeds[f"p{x}"][:, a:b, k0:k1])
+        c0 = k1
+    assert c0 == HKV * DH
+    y = one.sess.run(["y"], feeds)[0]
+    ys = caches.sess.run(["yf", "yl", "yg"], cut)
+    diff = float(np.abs(y.astype(np.float64) - np.concatenate(ys, axis=-1).astype(np.float64)).max())
+    if diff > (1e-5 if dtype == "float32" else 2e-3):
+        raise AssertionError(f"egyptian_caches differs from egyptian_onecache by {diff} at P={P}")
+    return diff
+
+
+def run(threads: int = 2, contexts=CONTEXTS, rounds: int = 15, inner: int = 20, provider: str = CPU,
+        dtype: str = "float32") -> dict:
+    results = {}
+    for P in contexts:
+        rng = np.random.default_rng(P)
+        runners = {v: Runner(v, P, threads, rng, provider, dtype) for v in VARIANTS}
+        for r in runners.values():
+            r.run(5)  # warm-up
+        times = {v: [] for v in VARIANTS}
+        for _ in range(rounds):
+            for v, r in runners.items():
+                times[v].append(r.run(inner) * 1e3)
+        base = runners["ort_gqa"]
+        res = {}
+        for v, r in runners.items():
+            s = summary(times[v])
+            res[v] = {"ms": s, "kv_cache_bytes": r.cache_bytes,
+                      "kv_cache_vs_ort_gqa": r.cache_bytes / base.cache_bytes,
+                      "step_speedup_vs_ort_gqa": summary(times["ort_gqa"])["median"] / s["median"]}
+        res["check"] = {"max_abs_diff_caches_vs_onecache": check_caches(P, threads, provider, dtype)}
+        results[str(P)] = res
+        print(P, {v: (round(x["ms"]["median"], 3), round(x["kv_cache_vs_ort_gqa"], 3)) for v, x in res.items()
+                  if v != "check"}, res["check"], flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, contexts 1024 and 4096")
+    ap.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--dtype", choices=tuple(ET), default=None, help="default: float32 on CPU, float16 on CUDA")
+    a = ap.parse_args()
+    provider = CUDA if a.provider == "cuda" else CPU
+    dtype = a.dtype or ("float16" if provider == CUDA else "float32")
+    contexts = CONTEXTS[:2] if a.quick else CONTEXTS
+    rounds, inner = (5, 5) if a.quick else (15, 20)
+    res = run(a.threads, contexts, rounds, inner, provider, dtype)
+    where = f"CUDA provider, {dtype}" if provider == CUDA else f"CPU provider, {dtype}, {a.threads} intra-op threads, spinning off"
+    out = write(f"egyptian_decode_{a.provider}" + ("" if dtype == "float32" or provider == CUDA else f"_{dtype}"), {
+        "method": (f"one decode step (B=1, 1 new token) of the attention core with its KV-cache update, {where}, "
+                   f"IO binding; {rounds} interleaved rounds x {inner} runs per variant after 5 warm-up runs; "
+                   "per-round mean step time, median and quartiles over rounds"),
+        "provider": provider, "dtype": dtype,
+        "shape": {"num_heads": H, "kv_heads": HKV, "head_size": DH, "window": WINDOW, "sinks": SINKS,
+                  "head_kinds": KINDS},
+        "threads": a.threads, "results": res})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
