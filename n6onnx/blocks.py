@@ -257,9 +257,11 @@ class Mask:
     kind: str  # additive | boolean
     inputs: list[str]  # graph inputs it is computed from
     causal: bool
+    plain: bool = True  # a constant triangular part is exactly causal (query i sees keys j <= i)
 
     def to_json(self) -> dict:
-        return {"value": self.value.name, "kind": self.kind, "inputs": self.inputs, "causal": self.causal}
+        return {"value": self.value.name, "kind": self.kind, "inputs": self.inputs, "causal": self.causal,
+                **({} if self.plain else {"plain_causal": False})}
 
 
 @dataclasses.dataclass

@@ -213,9 +213,16 @@ def rewrite_human(rep) -> None:
                              + (", its mean contribution kept as a bias" if d["bias"] else "")), highlight=False)
         elif d.get("method") == "egyptian":
             core = ("; full heads as com.microsoft.MultiHeadAttention" if d.get("core") == "mha" else "")
-            out.print(escape(f"  attention block {d['index']}: EgyptianAttention, head kinds {d['head_kinds']} "
-                             f"(0 full, 1 local, 2 global; {d['assignment']}), window {d['window']}{core}"),
-                      highlight=False)
+            out.print(escape(f"  attention block {d['index']}: EgyptianAttention{' (causal)' if d.get('causal') else ''}, "
+                             f"head kinds {d['head_kinds']} (0 full, 1 local, 2 global; {d['assignment']}), window "
+                             f"{d['window']}{core}"), highlight=False)
+        c = d.get("cache")
+        if c:  # the cache contract of this layer (docs/decoders.md)
+            held = c.get("state") or c.get("layout", "")
+            per = (f"; {c['bytes_per_token']} bytes/token (original {c['bytes_per_token_original']}) + "
+                   f"{c['bytes_fixed']} bytes") if "bytes_per_token" in c else ""
+            out.print(escape(f"    cache {c['past_key']}, {c['past_value']} -> {c['present_key']}, "
+                             f"{c['present_value']}: {held}{per}"), highlight=False)
     for site in rep.reports["block"].sites if "block" in rep.reports else ():
         d = site.detail
         out.print(escape(f"  layer {d['index']}: dropped"

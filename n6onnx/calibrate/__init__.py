@@ -30,7 +30,7 @@ import onnx_ir as ir
 from .. import feeds, vocab
 from ..blocks import FFNBlock, Projection, find_ffn_blocks
 from ..errors import BadArgumentError
-from ..graph import UPSCALE_TAG, add_initializer
+from ..graph import UPSCALE_TAG, add_initializer, is_const
 from ..ops import DOMAIN, REGISTRY
 from ..runtime import InferenceSession, session_for
 from . import collect, fit, outliers, quantfit
@@ -266,9 +266,26 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
 
 
 def original_streams(original: ir.Model, blocks: Sequence[FFNBlock], batches, threads=None) -> dict:
-    """Rows of each block's FFN output and residual stream in the original model (one run)."""
-    names = [n for b in blocks for n in [b.out.name] + ([b.residual.name] if b.residual is not None else [])]
-    return collect.collect(ir.to_proto(original), names, batches, threads)
+    """Rows of each block's FFN output and residual stream in the original model (one run), keyed by the
+    names in the rewritten model. An earlier calibrated pass may have appended a node to a stream (an
+    explicit bias Add after the down projection): such a value is looked up as the value it was
+    computed from, the one the original model has."""
+    known = {v.name for n in original.graph for v in n.outputs} | {v.name for v in original.graph.inputs}
+    wanted = [v for b in blocks for v in [b.out] + ([b.residual] if b.residual is not None else [])]
+    source = {v.name: _original_name(v, known) for v in wanted}
+    rows = collect.collect(ir.to_proto(original), sorted(set(source.values())), batches, threads)
+    return {name: rows[src] for name, src in source.items()}
+
+
+def _original_name(v: ir.Value, known: set[str]) -> str:
+    start = v
+    while v.name not in known:
+        n = v.producer()
+        live = [i for i in n.inputs if i is not None and not is_const(i)] if n is not None else []
+        if n is None or n.op_type not in ("Add", "Mul") or len(live) != 1:
+            raise ValueError(f"stream {start.name!r} has no counterpart in the original model")
+        v = live[0]
+    return v.name
 
 
 def layer_target(orig: dict, cur: dict, b: FFNBlock) -> np.ndarray:

@@ -23,6 +23,9 @@ inference):
   4. W, b refitted by ridge as in 2; steps 3-4 repeat ``rounds`` times; the fit with the lowest
      error on the held-out sequences is kept (on MiniLM the fitted filters barely beat the
      window means there, so the window means often stay: see benchmarks/results/attention_minilm.json).
+Causal blocks (decoders) get FFTMix's causal mode, fitted the same way: the filters are then the
+one-sided taps [w, D] of each scale (start: every tap 1/w), the features the causal convolution
+inside each window (``causal_fftmix``) and its adjoint a correlation with the same shifts.
 The target is what the original model adds to the residual stream at that block, given the
 already-rewritten prefix: original residual + original block output - current residual (as the
 activation calibration does), so upstream errors are compensated rather than compounded. Rows
@@ -173,6 +176,33 @@ def default_filters(D: int) -> list[np.ndarray]:
     return out
 
 
+def default_taps(D: int) -> list[np.ndarray]:
+    """Causal mode (taps [w, D]): every tap 1/w, the window sum so far over w (the causal counterpart
+    of the window means)."""
+    return [np.full((w, D), 1.0 / w, np.float32) for w in WINDOWS]
+
+
+def _tap_terms(h: np.ndarray, w: int):
+    """(d, h shifted by d, rows allowed) for the causal taps of window w over h [S, L, C] from position
+    0: y[t] = sum_d k[d] h[t - d] for d <= t mod w."""
+    S, L, C = h.shape
+    pos = np.arange(L) % w
+    for d in range(min(w, L)):
+        shifted = np.concatenate([np.zeros((S, d, C), h.dtype), h[:, :L - d]], 1)
+        yield d, shifted, (pos >= d)[None, :, None]
+
+
+def causal_fftmix(h: np.ndarray, taps: Sequence[np.ndarray]) -> np.ndarray:
+    """float32 causal FFTMix of h [S, L, D] starting at position 0 (SPEC.md, causal mode): [S, L, 3D]."""
+    outs = []
+    for w, k in zip(WINDOWS, taps):
+        y = np.zeros(h.shape, np.float64)
+        for d, x, ok in _tap_terms(h.astype(np.float64), w):
+            y += np.where(ok, x * k[d][None, None], 0.0)
+        outs.append(y.astype(np.float32))
+    return np.concatenate(outs, -1)
+
+
 @dataclasses.dataclass
 class FFTMixFit:
     filters: list[np.ndarray]
@@ -236,15 +266,46 @@ class _Data:
         return grads
 
 
+class _CausalData(_Data):
+    """As ``_Data`` for the causal mode: the filters are the one-sided taps [w, D] of each scale."""
+
+    def __init__(self, hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.ndarray]):
+        self.hs, self.reals = [h.astype(np.float32) for h in hs], reals
+        self.T = np.concatenate([t[r] for t, r in zip(targets, reals)], 0).astype(np.float32)
+        seq = [np.broadcast_to(np.arange(k, k + r.shape[0])[:, None], r.shape)[r]
+               for k, r in zip(np.cumsum([0] + [r.shape[0] for r in reals[:-1]]), reals)]
+        self.seq = np.concatenate(seq)
+
+    def features(self, filters) -> np.ndarray:
+        return np.concatenate([causal_fftmix(h, filters)[r] for h, r in zip(self.hs, self.reals)], 0)
+
+    def adjoint(self, G: np.ndarray) -> list[np.ndarray]:
+        D = self.hs[0].shape[2]
+        grads = [np.zeros((w, D), np.float64) for w in WINDOWS]
+        k = 0
+        for h, r in zip(self.hs, self.reals):
+            n = int(r.sum())
+            full = np.zeros((*h.shape[:2], 3 * D), np.float32)
+            full[r] = G[k:k + n]
+            k += n
+            for j, w in enumerate(WINDOWS):
+                g = full[..., j * D:(j + 1) * D]
+                for d, x, ok in _tap_terms(h, w):
+                    grads[j][d] += np.where(ok, x * g, 0.0).sum((0, 1))
+        return grads
+
+
 def fit_fftmix(hs: list[np.ndarray], reals: list[np.ndarray], targets: list[np.ndarray], W0: np.ndarray,
-               b0: np.ndarray, *, weights: np.ndarray | None = None, rounds: int = 1, cg_iters: int = 8) -> FFTMixFit:
+               b0: np.ndarray, *, weights: np.ndarray | None = None, rounds: int = 1, cg_iters: int = 8,
+               causal: bool = False) -> FFTMixFit:
     """Alternating least squares for FFTMix + Linear(3D -> D); see the module docstring. ``weights``:
-    one per real row (as ``calibrate.stream_weights``), normalised to mean 1."""
-    data = _Data(hs, reals, targets)
+    one per real row (as ``calibrate.stream_weights``), normalised to mean 1. ``causal``: fit the
+    one-sided taps of the causal mode (start: ``default_taps``) instead of the rfft-domain filters."""
+    data = (_CausalData if causal else _Data)(hs, reals, targets)
     T = data.T
     w = None if weights is None else np.asarray(weights, np.float64) / np.mean(weights)
     var = weighted_var(T, w)
-    F = default_filters(hs[0].shape[2])
+    F = (default_taps if causal else default_filters)(hs[0].shape[2])
     X = data.features(F)
     err_default = weighted_mse(X @ W0 + b0 - T, w) / var
     held = (data.seq * 7919) % 5 == 0  # 20% of the sequences, deterministic

@@ -37,6 +37,9 @@ from ..io import atomic_path
 from .zoo import ZooExportError
 
 MODELS = ("gpt2", "llama", "qwen2", "gemma")
+# Not among MODELS (the passes refuse its attention): Mistral with a sliding window of 4 tokens, a causal
+# mask that is not plain causal.
+SLIDING = ("mistral",)
 FORMS = ("kv", "nokv")
 EXPORTERS = ("dynamo18", "dynamo20")
 # Bump when anything that changes the exported graphs changes (configs, wrappers, export settings).
@@ -45,7 +48,7 @@ VERSION = "1"
 VOCAB = 1000
 LAYERS = 2
 HEADS = 4
-KV_HEADS = {"gpt2": 4, "llama": 2, "qwen2": 2, "gemma": 2}
+KV_HEADS = {"gpt2": 4, "llama": 2, "qwen2": 2, "gemma": 2, "mistral": 2}
 HEAD_DIM = 16
 _HIDDEN = 64
 _INTER = 256
@@ -53,8 +56,8 @@ _OPSET = {"dynamo18": 18, "dynamo20": 20}
 
 
 def _check(model: str, form: str = "kv", exporter: str = "dynamo20") -> None:
-    if model not in MODELS:
-        raise ValueError(f"unknown decoder zoo model {model!r}; expected one of {MODELS}")
+    if model not in MODELS + SLIDING:
+        raise ValueError(f"unknown decoder zoo model {model!r}; expected one of {MODELS + SLIDING}")
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
     if exporter not in EXPORTERS:
@@ -74,6 +77,8 @@ def _config(model: str):
         return tf.LlamaConfig(hidden_act="silu", **common)
     if model == "qwen2":
         return tf.Qwen2Config(hidden_act="silu", **common)
+    if model == "mistral":
+        return tf.MistralConfig(hidden_act="silu", sliding_window=4, head_dim=HEAD_DIM, **common)
     return tf.GemmaConfig(hidden_act="gelu_pytorch_tanh", head_dim=HEAD_DIM, **common)
 
 
@@ -84,7 +89,7 @@ def load_torch_model(model: str):
     import transformers as tf
 
     cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM,
-           "gemma": tf.GemmaForCausalLM}[model]
+           "gemma": tf.GemmaForCausalLM, "mistral": tf.MistralForCausalLM}[model]
     torch.manual_seed(0)
     m = cls(_config(model))
     gen = torch.Generator().manual_seed(1)
@@ -240,3 +245,34 @@ def decode(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], model:
         state = {p: out[q] for p, q in zip(past_names(), present_names())}
         done, t = done + c, t + c
     return {"logits": np.concatenate(logits, axis=1), **{q: out[q] for q in present_names()}}
+
+
+def calibration_npz(model: str, path: str | os.PathLike, *, batches: int = 8, batch: int = 2, seq: int = 16,
+                    seed: int = 100) -> pathlib.Path:
+    """Write prefill feeds (past length 0) for the ``kv`` graph as an .npz of ``NAME/K`` arrays, the form
+    ``--calibrate`` / ``validate --feeds`` read; random token ids (the tiny models have no tokenizer)."""
+    arrays = {}
+    for k in range(batches):
+        for name, a in example_inputs(model, batch, seq, past=0, seed=seed + k).items():
+            arrays[f"{name}/{k}"] = a
+    path = pathlib.Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return path
+
+
+def empty_past(path: str | os.PathLike, batch: int) -> dict[str, np.ndarray]:
+    """The zero-length past a generation loop starts with, shaped as the graph at ``path`` declares its
+    past inputs (dim 0 = batch, other symbolic dims 0): a rewrite may change what a past tensor holds
+    (``attention=fftmix`` carries its state there, [batch, state, D]) but never its name."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for i in m.graph.input:
+        if i.name.startswith("past_key_values."):
+            dims = [batch if k == 0 else (d.dim_value if d.HasField("dim_value") else 0)
+                    for k, d in enumerate(i.type.tensor_type.shape.dim)]
+            out[i.name] = np.zeros(dims, np.float32)
+    return out

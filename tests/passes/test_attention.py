@@ -98,11 +98,11 @@ def test_detection_fused_forms(opset23_bert, ms_fused):
         assert all(d["packed_qkv"] for d in sites) == (form != "onnx.Attention")
 
 
-def _npz(path: pathlib.Path, n: int, seed: int) -> pathlib.Path:
+def _npz(path: pathlib.Path, n: int, seed: int, model: str = "bert") -> pathlib.Path:
     rng = np.random.default_rng(seed)
     arrays = {}
     for k in range(n):
-        f = zoo.example_inputs("bert", 2, 16)
+        f = zoo.example_inputs(model, 2, 16)
         f["input_ids"] = rng.integers(1, 1000, size=(2, 16), dtype=np.int64)
         for name, a in f.items():
             arrays[f"{name}/{k}"] = a
@@ -162,10 +162,11 @@ def test_egyptian_locality_and_rejections(zoo_export, tmp_path):
         assert d["assignment"] == "locality" and sorted(d["head_kinds"]) == [0, 0, 1, 2]
         g = d["locality"]["global"]
         assert g[d["head_kinds"].index(2)] == max(g)  # the global head has the most mass on keys {0, L-1}
-    # causal models are rejected with the reason, nothing rewritten
-    _, rep = n6onnx.rewrite(zoo_export("gpt2", "dynamo18"), tmp_path / "g.onnx", ["attention=egyptian"])
-    assert rep.rewritten == {"attention": 0}
-    assert all("causal" in m.reason for m in rep.reports["attention"].near_misses)
+    # causal models get the causal mode, heads per KV group by index (locality is not measured there)
+    _, rep = n6onnx.rewrite(zoo_export("gpt2", "dynamo18"), tmp_path / "g.onnx", ["attention=egyptian"],
+                            calibrate=_npz(tmp_path / "g.npz", 4, 1, "gpt2"))
+    assert rep.rewritten == {"attention": 2}
+    assert all(s.detail["causal"] and s.detail["assignment"] == "by-index" for s in rep.reports["attention"].sites)
 
 
 def test_vit_no_mask_and_library(zoo_export, tmp_path):
@@ -388,3 +389,14 @@ def test_heads_known_when_batch_and_seq_are_symbolic(zoo_export):
         b.q4.shape = ir.Shape(["batch", h, "seq", dh])
     again = find_blocks(m)[0]
     assert again and all((b.heads, b.head_size) == (HEADS, HEAD_SIZE) for b in again)
+
+
+def test_egyptian_full_on_a_dynamic_shape_export(tmp_path):
+    """Symbolic batch/sequence dims: the head merge is verified structurally and the mask's shape-only
+    inputs (input_ids via Shape) do not count; every head full reproduces the original at two lengths."""
+    src = zoo.export("minilm", "dynamo20", CACHE, dynamic=True)
+    _, rep = n6onnx.rewrite(src, tmp_path / "e.onnx", ["attention=egyptian:full"])
+    assert rep.rewritten == {"attention": 6}
+    for seq in (16, 40):
+        feeds = zoo.example_inputs("minilm", 2, seq)
+        np.testing.assert_allclose(_run(tmp_path / "e.onnx", feeds), _run(src, feeds), atol=1e-4)

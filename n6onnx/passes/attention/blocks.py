@@ -30,6 +30,7 @@ import onnx_ir as ir
 from ...blocks import AttentionBlock, Mask, Projection, Side, projection_from, projection_into
 from ...findings import KindReport, Rejection, Site
 from ...graph import const_array, consumers, is_const, node_label, scalar_const, walk_back, walk_forward
+from .cache import cache_tensors
 
 FUSED = {("", "Attention"), ("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"),
          ("com.microsoft", "GroupQueryAttention"), ("com.microsoft", "PackedAttention"),
@@ -128,10 +129,20 @@ def static_shape(shape) -> list[int] | None:
     return list(shape)
 
 
-def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
-    """Graph inputs ``value`` is computed from, and whether a non-uniform constant of >= 2 dims
-    whose last two dims are both > 1 and whose rows differ (a triangular/causal pattern) takes part."""
-    names, causal, stack, seen = set(), False, [value], set()
+def _plain_causal(a: np.ndarray) -> bool:
+    """Whether a square constant mask allows exactly keys j <= i (additive: 0 allowed, a large negative
+    value masked; boolean: either polarity)."""
+    n = a.shape[-1]
+    allowed = a if a.dtype.kind == "b" else a > -1.0
+    tril = np.tril(np.ones((n, n), bool))
+    return bool(np.all(allowed == tril) or np.all(allowed == ~tril))
+
+
+def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool, bool]:
+    """Graph inputs ``value`` is computed from, whether a non-uniform constant of >= 2 dims whose
+    last two dims are both > 1 and whose rows differ (a triangular/causal pattern) takes part, or a
+    run-time comparison of positions, and whether every such constant is exactly causal."""
+    names, causal, stack, seen, plain, compares = set(), False, [value], set(), True, 0
     while stack and len(seen) < limit:
         v = stack.pop()
         if v is None or id(v) in seen:
@@ -147,12 +158,19 @@ def _graph_inputs(value: ir.Value, limit: int = 200) -> tuple[list[str], bool]:
             if (a.ndim >= 2 and a.shape[-1] == a.shape[-2] > 1 and a.dtype.kind in "bf"
                     and not np.all(a == a[..., :1, :])):
                 causal = True
+                plain = plain and _plain_causal(a)
             continue
         n = v.producer()
-        if n is not None:
-            causal = causal or _compares_positions(n)
+        if n is not None and n.op_type not in SHAPE_ONLY:  # the mask does not depend on those values
+            if _compares_positions(n):
+                compares += 1
             stack.extend(n.inputs)
-    return sorted(names), causal
+    # one run-time comparison of positions: j <= i (+ past); a second one bounds the window from below
+    # (a sliding window, as Mistral's): not plain causal
+    return sorted(names), causal or compares > 0, plain and compares <= 1
+
+
+SHAPE_ONLY = {"Shape", "Size"}
 
 
 COMPARE = {"Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
@@ -184,43 +202,15 @@ def _from_range(v: ir.Value | None, depth: int = 6) -> bool:
     return False
 
 
-def _cache_source(v: ir.Value | None, depth: int = 10) -> tuple[str, str | None] | None:
-    """(past graph input, present graph output) when ``v`` (the per-head K^T or V of the core) is computed
-    by a ``Concat`` of a past graph input with the new keys/values, through head-path ops."""
-    for _ in range(depth):
-        n = v.producer() if v is not None else None
-        if n is None or n.op_type not in HEAD_PATH:
-            return None
-        if n.op_type == "Concat":
-            past = [i for i in n.inputs if i is not None and i.is_graph_input()]
-            if len(past) == 1:
-                out = n.outputs[0]
-                return past[0].name, out.name if out.is_graph_output() else None
-        live = [i for i in n.inputs[:1 if n.op_type in ("Reshape", "Expand", "Unsqueeze", "Squeeze") else None]
-                if i is not None and not is_const(i)]
-        if len(live) != 1:
-            return None
-        v = live[0]
-    return None
-
-
-def _cache(kt4: ir.Value | None, v4: ir.Value | None) -> dict[str, str | None] | None:
-    k, v = _cache_source(kt4), _cache_source(v4)
-    if k is None and v is None:
-        return None
-    return {"past_key": k and k[0], "past_value": v and v[0], "present_key": k and k[1],
-            "present_value": v and v[1]}
-
-
 def _mask(v: ir.Value | None, kind: str) -> Mask | None:
     if v is None:
         return None
-    inputs, causal = _graph_inputs(v)
+    inputs, causal, plain = _graph_inputs(v)
     if not inputs and kind == "additive" and not causal:
         a = const_array(v) if is_const(v) else _constant_value(v)
         if a is not None and a.dtype.kind == "f" and not np.any(a):
             return None  # an all-zero additive mask (an export without a mask input): no mask
-    return Mask(v, kind, inputs, causal)
+    return Mask(v, kind, inputs, causal, plain)
 
 
 def _constant_value(v: ir.Value, limit: int = 16) -> np.ndarray | None:
@@ -436,7 +426,7 @@ def _unfused(softmax: ir.Node) -> AttentionBlock | str:
         0, "matmul_softmax_matmul", softmax, [qk, softmax, pv], h, q, k, v, heads, kv_heads, dh,
         sq * sk * ss, mask, out[0] if out else None, out[1] if out else None, res, res_node, _norm(h, res),
         q4=q4, kt4=kt4, v4=pv.inputs[1], core_out=pv.outputs[0], probs=softmax.outputs[0],
-        cache=_cache(kt4, pv.inputs[1]))
+        cache=cache_tensors(kt4, pv.inputs[1], HEAD_PATH))
 
 
 def _attr(node: ir.Node, name: str, default=None):
@@ -536,13 +526,26 @@ def find_blocks(model: ir.Model) -> tuple[list[AttentionBlock], list[Rejection],
     return blocks, rejected, seen, opaque
 
 
-CAUSAL_REASON = ("causal mask: the attention passes have no causal mode yet (FFT-Mix and Egyptian attention would "
-                 "let each position see later tokens); the block is left as it is")
+NOT_PLAIN_REASON = ("triangular mask that is not plain causal (a sliding window or another pattern): the causal "
+                    "modes implement keys j <= i only; the block is left as it is")
+FUSED_CAUSAL_REASON = ("causal mask in a fused attention op: run the pass on the unfused export; the block is left "
+                       "as it is")
 
 
 def causal_reason(b: AttentionBlock) -> str | None:
-    """Why a block with a causal mask is refused by every attention rewrite (None: not causal)."""
-    return CAUSAL_REASON if b.mask is not None and b.mask.causal else None
+    """Why a causal block is refused by the causal attention rewrites (None: not causal, or handled:
+    an unfused causal block without a KV cache gets the causal mode of FFTMix / EgyptianAttention)."""
+    if b.mask is None or not b.mask.causal:
+        return None
+    if b.form != "matmul_softmax_matmul":
+        return FUSED_CAUSAL_REASON
+    if not b.mask.plain:
+        return NOT_PLAIN_REASON
+    return None
+
+
+def is_causal(b: AttentionBlock) -> bool:
+    return b.mask is not None and b.mask.causal
 
 
 def detect(model: ir.Model, redundancy: dict[int, float] | None = None) -> KindReport:

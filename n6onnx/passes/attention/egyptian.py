@@ -15,8 +15,10 @@ from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, consumers, const_array, is_const, node_label, scalar_const
 from ..finalize import finalize
-from .blocks import MERGE_PATH, causal_reason, find_blocks, side_factor, static_shape
-from .emit import WINDOW, add_node, ones_mask
+from ...ops import egyptian_attention as ea
+from .blocks import MERGE_PATH, causal_reason, find_blocks, is_causal, side_factor, static_shape
+from . import egycache
+from .emit import SINKS, WINDOW, add_node, ones_mask
 from .heads import split_full_heads
 
 
@@ -74,7 +76,7 @@ def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int,
     src = _source3(v, layout, heads, dh, scaled)
     if src is not None:
         return src
-    back = [layout.index(i) for i in (0, 2, 1, 3)]  # layout -> [B, L, H, dh]
+    back = [layout.index(i) for i in range(4)]  # layout -> [B, L, H, dh] (the inverse permutation)
     t = add_node(g, "", "Transpose", [v], f"{tag}_t", None, v.dtype, perm=back)
     r = add_node(g, "", "Reshape", [t, add_initializer(g, np.array([0, 0, -1], np.int64), f"{tag}_shape")], f"{tag}_r", None,
               v.dtype)
@@ -82,7 +84,7 @@ def _to3(g: ir.Graph, v: ir.Value, layout: tuple[int, ...], heads: int, dh: int,
 
 
 def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
-    if causal_reason(b):  # first: whatever else holds, a causal block is never rewritten
+    if causal_reason(b):  # first: whatever else holds, a causal block this pass cannot handle is refused
         return causal_reason(b)
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
@@ -90,7 +92,7 @@ def egyptian_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
         return "per-head Q, K, V tensors not found"
     if not (b.heads and b.head_size):
         return "number of heads / head size unknown"
-    if b.mask is not None:
+    if b.mask is not None and not (is_causal(b) and not b.mask.inputs):  # causal only: causal=1, no mask input
         if not b.mask.inputs:
             return ("constant additive attention mask or bias that is not known to be all zero: EgyptianAttention takes only a "
                     "[batch, seq] key-padding mask input")
@@ -125,7 +127,7 @@ def _merge(b: AttentionBlock):
         return None
     s, ts = static_shape(b.core_out.shape), static_shape(target.shape)
     if s is None or ts is None or len(s) != 4:
-        return None
+        return _merge_dynamic(b, chain, target)
     a = np.arange(int(np.prod(s))).reshape(s)
     got = _simulate(chain, a)
     want = a.transpose(0, 2, 1, 3).reshape(ts)
@@ -134,10 +136,36 @@ def _merge(b: AttentionBlock):
     return first, 0, ts
 
 
-def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: dict, window: int = WINDOW) -> None:
+def _merge_dynamic(b: AttentionBlock, chain: list[ir.Node], target: ir.Value):
+    """The head merge with symbolic batch/sequence dims: Transpose(0, 2, 1, 3) to [B, L, H, dh], then
+    possibly a Reshape to [B, L, H*dh], B and L being the core output's own (symbolic) dims."""
+    s, ts = b.core_out.shape, target.shape
+    if s is None or ts is None or len(s) != 4 or not chain or chain[0].op_type != "Transpose" \
+            or not (b.heads and b.head_size):
+        return None
+    perm = chain[0].attributes.get("perm")
+    if perm is None or list(perm.as_ints()) != [0, 2, 1, 3] or ts[0] != s[0] or ts[1] != s[2]:
+        return None
+    ops = [n.op_type for n in chain]
+    if ops == ["Transpose"] and len(ts) == 4 and list(ts)[2:] == [b.heads, b.head_size]:
+        return b.out.nodes[0], 0, list(ts)
+    if ops == ["Transpose", "Reshape"] and len(ts) == 3 and ts[2] == b.heads * b.head_size:
+        return b.out.nodes[0], 0, list(ts)
+    return None
+
+
+def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: dict, window: int = WINDOW) -> dict | None:
+    """Rewrite block ``b``; returns the per-group cache report when its KV cache was cut (egycache)."""
     g = model.graph
     H, dh = b.heads, b.head_size
     tag = f"n6_egyptian{b.index}"
+    if is_causal(b) and b.cache is not None and any(kinds) and not egycache.problem(b, g, kinds) \
+            and b.form != "onnx.Attention":
+        qk = b.nodes[0]
+        q, fq = _to3(g, qk.inputs[0], (0, 2, 1, 3), H, dh, True, f"{tag}_q")
+        y, report = egycache.emit(model, b, q, b.scale * fq / side_factor(qk.inputs[0]), kinds, window, SINKS, tag)
+        _into_output_projection(g, b, y, q.dtype, tag)
+        return report
     if b.form == "onnx.Attention":
         q, fq = _to3(g, b.q4, (0, 2, 1, 3), H, dh, False, f"{tag}_q")
         k, fk = _to3(g, b.kt4, (0, 2, 1, 3), H, dh, False, f"{tag}_k")
@@ -150,7 +178,7 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
         scale = ss * fq * fk
     v, _ = _to3(g, b.v4, (0, 2, 1, 3), H, dh, False, f"{tag}_v")
     inputs = [q, k, v]
-    if b.mask is not None:
+    if b.mask is not None and b.mask.inputs:
         name = b.mask.inputs[0]
         if name not in masks:
             src = next(x for x in g.inputs if x.name == name)
@@ -159,12 +187,21 @@ def emit_egyptian(model: ir.Model, b: AttentionBlock, kinds: list[int], masks: d
         inputs.append(masks[name])
     else:  # the op's function fallback needs the mask input: all ones [B, L]
         inputs.append(ones_mask(g, q, tag))
-    first, idx, ts = _merge(b)
+    causal = {"causal": 1, "kv_heads": int(H), "sinks": SINKS} if is_causal(b) else {}  # K/V repeated per query head
     y = add_node(g, "n6onnx", "EgyptianAttention", inputs, tag, None, q.dtype, num_heads=int(H), window=int(window),
-              scale=float(scale), head_kinds=[int(x) for x in kinds])
+              scale=float(scale), head_kinds=[int(x) for x in kinds], **causal)
+    _into_output_projection(g, b, y, q.dtype, tag)
+    return None
+
+
+def _into_output_projection(g: ir.Graph, b: AttentionBlock, y: ir.Value, dtype, tag: str) -> None:
+    """Y [B, L, H*dh] takes the place of the merged heads where the output projection reads them."""
+    H, dh = b.heads, b.head_size
+    first, idx, ts = _merge(b)
     if len(ts) != 3:
-        y = add_node(g, "", "Reshape", [y, add_initializer(g, np.array(ts, np.int64), f"{tag}_merge_shape")], f"{tag}_merge",
-                  ts, q.dtype)
+        shape = ts if all(isinstance(d, int) for d in ts) else [0, 0, H, dh]  # symbolic [B, L, H, dh]
+        y = add_node(g, "", "Reshape", [y, add_initializer(g, np.array(shape, np.int64), f"{tag}_merge_shape")],
+                     f"{tag}_merge", ts, dtype)
     first.replace_input_with(idx, y)
 
 
@@ -191,23 +228,35 @@ def run(model, ok, arg, ctx, report):
         counts = cal.reference_counts(b.heads)
         if mode == "full":
             kinds = [0] * b.heads
+        elif is_causal(b):  # kinds per KV group (a group's cache shrinks only if all its heads agree)
+            kinds = ea.default_group_kinds(b.heads, b.kv_heads or b.heads)
+            if mode == "locality":
+                report.notes.append(f"{b.label}: causal block: heads assigned per KV group by index "
+                                    "(locality is not measured for causal blocks)")
         elif mode == "locality" and b.index in loc:
             kinds = cal.assign_heads(loc[b.index]["local"], loc[b.index]["global"], counts)
         else:
             if mode == "locality":
                 report.notes.append(f"{b.label}: attention probabilities not visible (fused op); heads by index")
             kinds = [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
-        emit_egyptian(model, b, kinds, masks)
+        cut = emit_egyptian(model, b, kinds, masks)
         split = bool(split_full_heads(model)) if core == "mha" else False
         if core == "mha" and not split:
             why = "every head is full" if all(k == 0 for k in kinds) else "no full head" if 0 not in kinds \
+                else "causal block: MultiHeadAttention has no causal mode" if is_causal(b) \
                 else "the head width of Q is not static"
             report.notes.append(f"{b.label}: the mha core was not applied ({why}); the block runs as one "
                                 f"EgyptianAttention node")
         finalize(model)  # sorts the graph, attaches the fallback functions: the next fit runs it in ORT
         detail = {"index": b.index, "method": "egyptian", "heads": b.heads, "head_kinds": kinds, "window": WINDOW,
-                  "assignment": mode if (mode != "locality" or b.index in loc) else "by-index",
-                  "core": "mha" if split else "fused"}
+                  "assignment": mode if (mode != "locality" or b.index in loc) and not (is_causal(b) and mode != "full")
+                  else "by-index", "core": "mha" if split else "fused", "causal": is_causal(b)}
+        if is_causal(b):
+            detail.update(kv_heads=b.kv_heads or b.heads, sinks=SINKS)
+        if cut is not None:
+            detail["cache"] = cut
+        elif b.cache is not None:
+            detail["cache"] = {**b.cache, "layout": "unchanged (full cache)"}
         if b.index in loc:
             detail["locality"] = loc[b.index]
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.egyptian", detail=detail))

@@ -15,6 +15,7 @@ from ...graph import const_array
 from ...ops import DOMAIN, DOMAIN_VERSION, REGISTRY
 
 WINDOW = 64  # the EgyptianAttention window the rewrite emits (local heads see |i - j| <= WINDOW / 2)
+SINKS = 1  # causal global heads: attention sinks (the first SINKS tokens) plus the token itself
 
 
 def add_node(graph: ir.Graph, domain: str, op: str, inputs, name: str, shape=None, dtype=None, **attrs) -> ir.Value:

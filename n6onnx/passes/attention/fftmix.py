@@ -18,7 +18,8 @@ from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, node_label
 from ..finalize import finalize
-from .blocks import causal_reason, find_blocks, seq_input, stream_pair
+from .blocks import causal_reason, find_blocks, is_causal, seq_input, stream_pair
+from . import cache
 from .emit import add_node, bias_vector, weight_in_out
 
 
@@ -44,6 +45,8 @@ def fftmix_default(b: AttentionBlock) -> tuple[np.ndarray, np.ndarray]:
 def fftmix_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
     if causal_reason(b):
         return causal_reason(b)
+    if b.cache is not None and cache.cache_problem(b, graph):
+        return cache.cache_problem(b, graph)
     if b.form.startswith("com.microsoft"):
         return f"{b.form}: run the pass on the unfused export (before ORT's fusions)"
     if b.out is None or b.out_value is None:
@@ -58,14 +61,28 @@ def fftmix_reason(b: AttentionBlock, graph: ir.Graph) -> str | None:
     return None
 
 
-def emit_fftmix(model: ir.Model, b: AttentionBlock, filters, W: np.ndarray, bias: np.ndarray) -> None:
+def emit_fftmix(model: ir.Model, b: AttentionBlock, filters, W: np.ndarray, bias: np.ndarray,
+                memo: dict | None = None) -> None:
+    """FFTMix(h) -> MatMul -> Add in place of the block; a causal block gets causal=1 (``filters``
+    are then the one-sided taps [w, D])."""
     g = model.graph
     h = seq_input(b.h)
     dt = h.dtype.numpy()
     tag = f"n6_fftmix{b.index}"
     fs = [add_initializer(g, f.astype(dt), f"{tag}_F{w}") for f, w in zip(filters, (6, 12, 24))]
     B, L, D = h.shape
-    y = add_node(g, "n6onnx", "FFTMix", [h, *fs], f"{tag}", [B, L, 3 * D], h.dtype)
+    if b.cache is not None:  # the state rides in the layer's past/present key tensors (cache.py)
+        past, pl = cache.fftmix_inputs(model, b, h, memo if memo is not None else {})
+        node = ir.Node("n6onnx", "FFTMix", [h, *fs, past, pl], num_outputs=2, name=tag,
+                       attributes=[ir.convenience.convert_attribute("causal", 1)])
+        g.append(node)
+        y = node.outputs[0]
+        y.name, y.type, y.shape = f"{tag}_out", ir.TensorType(h.dtype), ir.Shape([B, L, 3 * D])
+        node.outputs[1].name = f"{tag}_present"
+        cache.fftmix_outputs(model, b, h, node.outputs[1], tag)
+    else:
+        attrs = {"causal": 1} if is_causal(b) else {}
+        y = add_node(g, "n6onnx", "FFTMix", [h, *fs], f"{tag}", [B, L, 3 * D], h.dtype, **attrs)
     m = add_node(g, "", "MatMul", [y, add_initializer(g, W.astype(dt), f"{tag}_W")], f"{tag}_proj", [B, L, W.shape[1]], h.dtype)
     o = add_node(g, "", "Add", [m, add_initializer(g, bias.astype(dt), f"{tag}_b")], f"{tag}_bias", [B, L, W.shape[1]], h.dtype)
     ir.convenience.replace_all_uses_with(b.out_value, o)
@@ -101,21 +118,25 @@ def run(model, ok, arg, ctx, report):
             ctx.progress(f"attention block {b.index} ({k + 1}/{len(chosen)})")
         W0, b0 = fftmix_default(b)
         D = seq_input(b.h).shape[-1]
-        detail = {"index": b.index, "method": "fftmix", "norm": b.norm}
+        detail = {"index": b.index, "method": "fftmix", "norm": b.norm, "causal": is_causal(b)}
         if scores is not None:
             detail["redundancy"] = scores.get(b.index)
         if batches and b.index in orig_blocks:
             filters, W, bias, fitrep = _fit_block(model, b, orig_blocks[b.index], ctx, W0, b0, sweeps)
             detail["fit"] = fitrep
         else:
-            filters, W, bias = cal.default_filters(D), W0, b0
+            filters, W, bias = (cal.default_taps if is_causal(b) else cal.default_filters)(D), W0, b0
             detail["fit"] = None
-        emit_fftmix(model, b, filters, W, bias)
+        if b.cache is not None:
+            detail["cache"] = {**b.cache, "state": "past/present key: FFTMix state [batch, (past length) mod 24, D]; "
+                               "value: empty [batch, 0, D]"}
+        emit_fftmix(model, b, filters, W, bias, {})
         finalize(model)  # sorts the graph, attaches the fallback functions: the next fit runs it in ORT
         report.sites.append(Site(nodes=[node_label(n) for n in b.nodes], rule="attention.fftmix", detail=detail))
         report.rewritten += 1
     if chosen and not batches:
-        report.notes.append("uncalibrated FFT-Mix: window-mean filters and the block's own W_V W_O as the projection; "
+        report.notes.append("uncalibrated FFT-Mix: window-mean filters (causal: taps 1/w) and the block's own W_V W_O "
+                            "as the projection; "
                             "a pretrained model loses much accuracy; pass --calibrate DATA to fit filters and projection")
 
 
@@ -125,6 +146,7 @@ def _fit_block(model, b, ob, ctx, W0, b0, sweeps):
     h = seq_input(b.h)
     cur_names = [h.name, b.residual.name] if b.residual is not None else [h.name]
     orig_names = [ob.out_value.name] + ([ob.residual.name] if ob.residual is not None else [])
+    sweeps[0].batches = cache.adapt_feeds(model, ctx.batches)  # layers rewritten so far hold FFT-Mix state
     cur = sweeps[0].step(model, cur_names, b.residual.name if b.residual is not None else None, full=cur_names)
     orig = sweeps[1].step(ctx.original, orig_names, ob.residual.name if ob.residual is not None else None,
                           full=orig_names)
@@ -144,7 +166,7 @@ def _fit_block(model, b, ob, ctx, W0, b0, sweeps):
     weights = None
     if stream_var:
         weights = inverse_variance(np.concatenate([sv[r] for sv, r in zip(stream_var, reals)]))
-    f = cal.fit_fftmix(hs, reals, targets, W0, b0, weights=weights)
+    f = cal.fit_fftmix(hs, reals, targets, W0, b0, weights=weights, causal=is_causal(b))
     return f.filters, f.W, f.b, f.to_json()
 
 
