@@ -13,7 +13,8 @@ when it fuses more, full graph optimisations either way); ORT's per-channel dyna
 Measured per row, batch 1:
 - prefill latency: ``--prefill`` tokens (default 512) with an empty cache;
 - decode tokens/s at ``--context`` tokens (default 4096): one new token after a cache of that
-  length (random values), 1 / median step time;
+  length (each model's own cache, from a prefill of that many random tokens: a rewrite may change
+  the cache layout, docs/decoders.md), 1 / median step time;
 - KV-cache bytes at that context: the bytes of the present outputs of that step, scaled to
   ``--context`` tokens (what a cache of that length holds), and bytes per token.
 Timing: sessions on ``--threads`` intra-op threads (default 2) with IO binding
@@ -74,9 +75,12 @@ def feeds_for(proto: onnx.ModelProto, new: int, past: int, vocab: int, seed: int
             pos = np.arange(past, past + new)
             out[v.name] = (pos[None] if name == "position_ids" else pos).astype(_np_type(v))
         elif "past" in name or "cache" in name:
-            if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in (dims[1], dims[3])):
-                raise N6Error(f"cache input {v.name} has shape {dims}; expected [batch, kv_heads, past, head_dim]")
-            out[v.name] = rng.standard_normal((1, dims[1], past, dims[3])).astype(_np_type(v))
+            # an empty cache in the model's own layout (a rewrite may change it: docs/decoders.md):
+            # batch 1, every other symbolic axis 0; decode_feeds fills it by a prefill
+            if past:
+                raise N6Error("feeds_for builds empty caches only; use decode_feeds for a filled one")
+            shape = [1] + [d if isinstance(d, int) else 0 for d in dims[1:]]
+            out[v.name] = np.zeros(shape, _np_type(v))
         elif name == "input_ids":
             out[v.name] = rng.integers(0, vocab, (1, new)).astype(_np_type(v))
         elif name == "attention_mask":
@@ -84,6 +88,21 @@ def feeds_for(proto: onnx.ModelProto, new: int, past: int, vocab: int, seed: int
         else:
             raise N6Error(f"unknown decoder input {v.name} {dims}")
     return out
+
+
+def decode_feeds(sess, proto: onnx.ModelProto, past: int, vocab: int) -> dict[str, np.ndarray]:
+    """Inputs for one new token after a cache of ``past`` tokens, the cache being what ``sess`` itself
+    produced by a prefill of ``past`` random tokens (so it has the model's own cache layout, as a
+    rewritten decoder's may differ from the original's)."""
+    prefill = feeds_for(proto, past, 0, vocab, seed=1)
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, prefill)))
+    step = feeds_for(proto, 1, 0, vocab, seed=2)
+    step["attention_mask"] = np.ones((1, past + 1), step["attention_mask"].dtype)
+    if "position_ids" in step:
+        step["position_ids"] = np.array([[past]], step["position_ids"].dtype)
+    for name in [n for n in step if n.startswith("past_key_values.")]:
+        step[name] = outs[name.replace("past_key_values.", "present.")]
+    return step
 
 
 def kv_bytes(sess, runner: Runner, context: int, past: int) -> dict:
@@ -220,13 +239,14 @@ def main() -> None:
             sessions[label] = cfg.session(path)[0]
         except N6Error as e:
             errors[label] = str(e)
-    proto = onnx.load(str(src), load_external_data=False)
+    protos = {label: onnx.load(str(path), load_external_data=False) for label, path in models.items()}
     measurements = {}
     for what, new, past in (("prefill", args.prefill, 0), ("decode", 1, args.context)):
         runners = {}
         for label, sess in sessions.items():
             try:
-                runners[label] = Runner(sess, feeds_for(proto, new, past, vocab), cfg)
+                feeds = decode_feeds(sess, protos[label], past, vocab) if past else feeds_for(protos[label], new, 0, vocab)
+                runners[label] = Runner(sess, feeds, cfg)
             except Exception as e:  # noqa: BLE001 - a row that cannot run is reported, not fatal
                 errors[f"{label} ({what})"] = "".join(traceback.format_exception_only(type(e), e)).strip()
         times = timed(runners, args.rounds, args.warmup)
