@@ -155,13 +155,20 @@ def load_torch_model(model: str):
     m = cls(cfg)
     if model == "mixtral" and hasattr(m, "set_experts_implementation"):
         m.set_experts_implementation("batched_mm")  # the default, grouped_mm (aten::histc), fails both exporters
-    # HF initialises biases to zero; make them non-zero so bias-Add patterns matter numerically.
+    return randomise_biases(m).eval()
+
+
+def randomise_biases(m):
+    """HF initialises biases to zero; make them ``randn * 0.02`` (seeded) so that bias-Add patterns
+    matter numerically. Returns ``m``."""
+    import torch
+
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in m.named_parameters():
             if name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.02)
-    return m.eval()
+    return m
 
 
 def example_inputs(model: str, batch: int = 2, seq: int = 16) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..io import atomic_path
+from . import zoo
 from .zoo import ZooExportError
 
 MODELS = ("gpt2", "llama", "qwen2", "gemma")
@@ -91,13 +92,7 @@ def load_torch_model(model: str):
     cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM,
            "gemma": tf.GemmaForCausalLM, "mistral": tf.MistralForCausalLM}[model]
     torch.manual_seed(0)
-    m = cls(_config(model))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.02)
-    return m.eval()
+    return zoo.randomise_biases(cls(_config(model))).eval()
 
 
 def past_names(layers: int = LAYERS) -> list[str]:
