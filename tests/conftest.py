@@ -9,6 +9,7 @@ The NVML test needs a GPU: it skips (listed with its reason in pytest's ``-ra`` 
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 from typing import NoReturn
@@ -27,6 +28,19 @@ def missing(what: str, *, expected: bool = IN_CI) -> NoReturn:
         pytest.fail(f"{what} (expected here: CI={os.environ.get('CI')!r}, "
                     f"N6ONNX_EXPECT_GPU={os.environ.get('N6ONNX_EXPECT_GPU')!r})")
     pytest.skip(what)
+
+
+def require(module: str):
+    """Import ``module`` (an optional extra a test needs): absent, the test module is skipped on a
+    developer machine and fails in CI, where ``.[dev]`` installs every extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if IN_CI:
+            pytest.fail(f"{module} is not installed (CI installs .[dev], which includes it)", pytrace=False)
+        pytest.skip(f"{module} is not installed", allow_module_level=True)
+
+
 CACHE = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", ROOT / "build" / "test-models"))
 
 @pytest.fixture(scope="session")

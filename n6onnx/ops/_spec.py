@@ -91,10 +91,11 @@ class OpSpec:
             f.overload = overload
         return f
 
-    def sample_model(self, sample: Sample, opset: int = 18) -> onnx.ModelProto:
+    def sample_model(self, sample: Sample, opset: int = 18, outputs: int | None = None) -> onnx.ModelProto:
         """A one-node model of ``sample``: optional inputs left out of it passed as empty names
-        (keeping the positions), as many outputs as the reference returns (the first input's element
-        type, unnamed dims), and the fallback overload the node needs as its function."""
+        (keeping the positions), as many outputs as the reference returns or ``outputs`` (the first
+        input's element type, unnamed dims), and the fallback overload the node needs as its
+        function."""
         inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
                   for k, v in sample.feeds.items()]
         names = [n if n in sample.feeds else "" for n in self.inputs]
@@ -104,7 +105,9 @@ class OpSpec:
             ref = self.reference(*[sample.feeds.get(n) for n in self.inputs], **sample.attrs)
         except ValueError:  # a bad-input sample: one output of the first input's rank
             ref = next(iter(sample.feeds.values()))
-        refs = ref if isinstance(ref, (tuple, list)) else [ref]
+        refs = list(ref) if isinstance(ref, (tuple, list)) else [ref]
+        if outputs is not None:  # e.g. a bad-input sample of a mode with more outputs
+            refs = (refs * outputs)[:outputs]
         node = helper.make_node(self.name, names, list(self.outputs[:len(refs)]), domain=DOMAIN, name="n6_node",
                                 **sample.attrs)
         node.overload = self.overload_for(sample.attrs, frozenset(sample.feeds) | frozenset(node.output))

@@ -16,7 +16,9 @@ from n6onnx.bench import carbon, energy
 from n6onnx.cli import main
 from n6onnx.errors import BadArgumentError
 
-codecarbon = pytest.importorskip("codecarbon")
+from ..conftest import require
+
+codecarbon = require("codecarbon")
 CC_DATA = pathlib.Path(codecarbon.__file__).parent / "data" / "private_infra"
 
 

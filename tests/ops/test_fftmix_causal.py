@@ -11,8 +11,10 @@ import pytest
 from onnx import helper
 
 import n6onnx
-from n6onnx.ops import DOMAIN, REGISTRY
+from n6onnx.ops import DOMAIN, REGISTRY, Sample
 from n6onnx.ops.fftmix import WINDOWS
+
+from ..conftest import missing
 
 FFTMIX = REGISTRY["FFTMix"]
 
@@ -59,17 +61,7 @@ def test_reference_is_causal():
 
 
 def _session(spec, feeds, attrs, library):
-    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), ["d"] * v.ndim)
-              for k, v in feeds.items()]
-    names = [n if n in feeds else "" for n in spec.inputs]
-    while names[-1] == "":
-        names.pop()
-    node = helper.make_node(spec.name, names, ["Y", "Present"], domain=DOMAIN, **attrs)
-    node.overload = spec.overload_for(attrs, frozenset(feeds) | {"Y", "Present"})
-    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [None] * 3) for o in ("Y", "Present")]
-    m = helper.make_model(helper.make_graph([node], "t", inputs, outs),
-                          opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
-                          functions=[spec.function(18, node.overload)])
+    m = spec.sample_model(Sample("causal", feeds, attrs), outputs=2)  # Y and Present
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     if library:
@@ -78,7 +70,7 @@ def _session(spec, feeds, attrs, library):
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except ort.capi.onnxruntime_pybind11_state.InvalidGraph as e:
         if library and "not in range" in str(e):
-            pytest.skip(f"the custom-op library {n6onnx.library_path()} predates causal FFTMix: rebuild it")
+            missing(f"the custom-op library {n6onnx.library_path()} predates causal FFTMix: rebuild it")
         raise
 
 

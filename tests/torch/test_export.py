@@ -12,7 +12,9 @@ import numpy as np
 import onnx
 import pytest
 
-torch = pytest.importorskip("torch")
+from ..conftest import require
+
+torch = require("torch")
 
 import n6onnx  # noqa: E402
 import n6onnx.torch as nt  # noqa: E402

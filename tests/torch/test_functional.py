@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from ..conftest import require
+
+torch = require("torch")
 
 from n6onnx.ops import ELEMENTWISE, REGISTRY  # noqa: E402
 from n6onnx.torch import functional as tf  # noqa: E402

@@ -19,6 +19,7 @@ from n6onnx.testing import zoo
 from n6onnx.cli import main
 from n6onnx.errors import BadArgumentError
 from n6onnx.tune import ModelInfo, Point, Recipe, pareto, space, stages, study, tune
+from ..conftest import require
 
 MODEL = ("bert", "dynamo20")
 FAST = dict(minutes=3, threads=1, seconds_per_trial=0.4, block_seconds=0.1)
@@ -182,7 +183,7 @@ def test_near_misses_get_a_healed_trial(zoo_export, tmp_path):
 
 def test_tune_heals_for_real_within_a_tiny_budget(zoo_export, tmp_path):
     """The default hook runs n6onnx.heal on the fit part; the healed recipe is measured like any other."""
-    pytest.importorskip("torch")
+    require("torch")
     src = zoo_export(*MODEL)
     data = _npz(tmp_path / "data.npz")
     hook, why = stages.default_heal(threads=1)
