@@ -16,6 +16,7 @@ import zipfile
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from .errors import BadArgumentError
@@ -103,6 +104,63 @@ def input_specs(session: ort.InferenceSession) -> list[tuple[str, type, list]]:
             raise BadArgumentError(f"input {i.name!r} has type {i.type}, which n6onnx cannot feed")
         specs.append((i.name, _ORT_TYPES[i.type], list(i.shape)))
     return specs
+
+
+def proto_input_specs(proto, outputs: bool = False) -> list[tuple[str, type, list]]:
+    """:func:`input_specs` read from an ``onnx.ModelProto`` (graph inputs that are not initializers;
+    with ``outputs``, the graph outputs)."""
+    inits = {t.name for t in proto.graph.initializer}
+    specs = []
+    for i in (proto.graph.output if outputs else proto.graph.input):
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.float32
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        specs.append((i.name, np.dtype(dt).type, shape))
+    return specs
+
+
+def _fits(shape: Sequence, actual: Sequence[int]) -> bool:
+    return len(shape) == len(actual) and not any(
+        isinstance(d, int) and d >= 0 and d != s for d, s in zip(shape, actual))
+
+
+def own_state(specs: Sequence[tuple[str, type, list]], feeds: Mapping[str, np.ndarray]) -> dict:
+    """``feeds`` for a model whose state inputs may be laid out differently from the model the
+    feeds were made for: an EMPTY feed (no elements: the empty past of a prefill) that does not fit
+    the declared shape becomes an empty array of this model's own layout (dim 0 the feed's batch,
+    other dynamic dims 0), as a generation loop builds its first past. A rewrite may change what a
+    KV-cache input holds (docs/decoders.md) but never its name; non-empty feeds are left alone."""
+    out = dict(feeds)
+    for name, dtype, shape in specs:
+        a = out.get(name)
+        if a is None or np.asarray(a).size != 0 or _fits(shape, np.shape(a)):
+            continue
+        a = np.asarray(a)
+        out[name] = empty_like_declared(shape, dtype, a.shape[0] if a.ndim else 1)
+    return out
+
+
+def empty_like_declared(shape: Sequence, dtype, batch: int) -> np.ndarray:
+    """The empty tensor a generation loop starts from for an input declared with ``shape``: dim 0 is
+    ``batch``, static sizes as declared, every other dynamic dim 0."""
+    dims = [batch if k == 0 else (d if isinstance(d, int) and d >= 0 else 0) for k, d in enumerate(shape)]
+    return np.zeros(dims, dtype)
+
+
+def relaid(a: Sequence[tuple[str, type, list]], b: Sequence[tuple[str, type, list]]) -> list[str]:
+    """Inputs (or outputs) of both models whose declared layouts differ (rank or a static size): the
+    KV-cache tensors a rewrite re-laid out. Only an empty feed (a prefill) can be given to both."""
+    sb = {n: s for n, _, s in b}
+    out = []
+    for name, _, shape in a:
+        other = sb.get(name)
+        if other is not None and (len(shape) != len(other) or any(
+                isinstance(x, int) and isinstance(y, int) and x >= 0 and y >= 0 and x != y
+                for x, y in zip(shape, other))):
+            out.append(name)
+    return out
 
 
 def dynamic_dims(session: ort.InferenceSession) -> dict[str, list[str]]:

@@ -184,3 +184,34 @@ def test_text_feeds_errors(tmp_path):
         F.load_tokenizer(tmp_path)
     with pytest.raises(BadArgumentError, match="no such tokenizer folder"):
         F.load_tokenizer(tmp_path / "nope")
+
+
+def _state_model(shape):
+    """y = ReduceSum(past) + x: one state input declared with ``shape``."""
+    g = helper.make_graph(
+        [helper.make_node("ReduceSum", ["past"], ["s"], keepdims=0), helper.make_node("Add", ["x", "s"], ["y"])],
+        "state", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"]),
+                  helper.make_tensor_value_info("past", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_own_state_relays_only_empty_feeds_that_do_not_fit():
+    specs = F.proto_input_specs(_state_model(["batch", "state", 64]))
+    assert specs == [("x", np.float32, ["batch"]), ("past", np.float32, ["batch", "state", 64])]
+    x = np.ones(3, np.float32)
+    empty = np.zeros((3, 4, 0, 16), np.float32)  # the original's empty past [batch, kv_heads, 0, head_dim]
+    got = F.own_state(specs, {"x": x, "past": empty})
+    assert got["past"].shape == (3, 0, 64) and got["past"].dtype == np.float32 and got["x"] is x
+    fits = np.zeros((3, 0, 64), np.float32)
+    assert F.own_state(specs, {"x": x, "past": fits})["past"] is fits
+    full = np.ones((3, 4, 2, 16), np.float32)  # a non-empty past is never re-laid out
+    assert F.own_state(specs, {"x": x, "past": full})["past"] is full
+
+
+def test_state_inputs_are_the_differently_laid_out_ones():
+    a = F.proto_input_specs(_state_model(["batch", 4, "past", 16]))
+    b = F.proto_input_specs(_state_model(["batch", "state", 64]))
+    c = F.proto_input_specs(_state_model(["batch", 1, "packed", 16]))
+    assert F.relaid(a, b) == ["past"] and F.relaid(a, c) == ["past"]
+    assert F.relaid(a, a) == [] and F.relaid(a, F.proto_input_specs(_state_model(["b", 4, "p", 16]))) == []

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ..feeds import input_specs, own_state
 from ..runtime import session_for
 
 
@@ -97,6 +98,7 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     example = {cut: cut_values[0]} if cut else None
     sess = session_for(with_outputs(proto, names, example), so, threads=threads)
+    specs = input_specs(sess)  # a rewrite may have re-laid out a KV cache: empty pasts follow this model
     out: dict = {n: [] for n in names}
     kept: dict = {n: [] for n in full}
     real = getattr(batches, "rows", None)  # rows of each batch that are real samples (not padding repeats)
@@ -105,7 +107,7 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
         n_real = real[i] if real is not None else None
         if cut:
             feeds = {**feeds, cut: cut_values[i]}
-        res = sess.run(names, feeds)
+        res = sess.run(names, own_state(specs, feeds))
         for n, a in zip(names, res):
             if n in kept:
                 kept[n].append(a)

@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 import onnx
 import torch
 
+from ..feeds import own_state, proto_input_specs
 from ..torch.functional import OPS as N6_OPS
 
 from ..ops import DOMAIN
@@ -124,6 +125,7 @@ class GraphModule(torch.nn.Module):
             else:
                 self.consts[t.name] = v
         self.output_names = [o.name for o in proto.graph.output]
+        self.input_specs = proto_input_specs(proto)
 
     def parameter(self, name: str) -> torch.nn.Parameter:
         return self.params[self.names[name]]
@@ -145,7 +147,7 @@ class GraphModule(torch.nn.Module):
         points cut, each block trains on the student's own input, and only its own weights."""
         env = self.initial_env()
         env.update(values or {})
-        for k, v in feeds.items():
+        for k, v in own_state(self.input_specs, feeds).items():
             env[k] = v if torch.is_tensor(v) else torch.from_numpy(v)
         inject = dict(inject or {})
         env.update(inject)

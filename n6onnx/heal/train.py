@@ -39,6 +39,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
 from ..validate import metrics
 from . import executor, targets
@@ -208,7 +209,10 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     if not names:
         raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
     streams = targets.stream_points(original, proto) if cfg.loss != "output" or cfg.local > 0 else []
-    outputs = [o.name for o in proto.graph.output]
+    # a present whose layout the rewrite changed (a re-laid-out KV cache) is no target
+    moved = set(feeds_mod.relaid(feeds_mod.proto_input_specs(oproto, outputs=True),
+                                 feeds_mod.proto_input_specs(proto, outputs=True)))
+    outputs = [o.name for o in proto.graph.output if o.name not in moved]
     student = executor.GraphModule(proto)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
     prepared = Targets(teacher, lambda k: batches[k])

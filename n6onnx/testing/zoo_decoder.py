@@ -32,7 +32,9 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 
+from .. import feeds
 from ..io import atomic_path
 from . import zoo
 from .zoo import ZooExportError
@@ -186,7 +188,6 @@ def export(model: str, cache_dir: str | os.PathLike, *, form: str = "kv", export
 
 
 def _export_uncached(model: str, form: str, exporter: str, path: pathlib.Path) -> None:
-    import onnx
     import torch
 
     w = _wrapper(model, load_torch_model(model), form)
@@ -261,13 +262,6 @@ def empty_past(path: str | os.PathLike, batch: int) -> dict[str, np.ndarray]:
     """The zero-length past a generation loop starts with, shaped as the graph at ``path`` declares its
     past inputs (dim 0 = batch, other symbolic dims 0): a rewrite may change what a past tensor holds
     (``attention=fftmix`` carries its state there, [batch, state, D]) but never its name."""
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    out = {}
-    for i in m.graph.input:
-        if i.name.startswith("past_key_values."):
-            dims = [batch if k == 0 else (d.dim_value if d.HasField("dim_value") else 0)
-                    for k, d in enumerate(i.type.tensor_type.shape.dim)]
-            out[i.name] = np.zeros(dims, np.float32)
-    return out
+    specs = feeds.proto_input_specs(onnx.load(str(path), load_external_data=False))
+    return {n: feeds.empty_like_declared(shape, np.float32, batch) for n, _, shape in specs
+            if n.startswith("past_key_values.")}

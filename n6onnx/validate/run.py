@@ -73,7 +73,14 @@ def _vocab_sizes(proto) -> dict[str, int]:
     return vocab_mod.bounds(proto)
 
 
-def _check_compatible(a: _Model, b: _Model) -> None:
+def _check_compatible(a: _Model, b: _Model) -> dict[str, tuple[list, list]]:
+    """Raises unless the models take and give the same names and types; returns the inputs whose
+    layouts differ, with their declared shapes (original, candidate): KV-cache inputs a rewrite
+    re-laid out can be fed only empty, a prefill."""
+    sa, sb = feeds_mod.input_specs(a.session), feeds_mod.input_specs(b.session)
+    other = {n: t for n, _, t in sb}
+    state = {n: (s, other[n]) for n, _, s in sa if n in feeds_mod.relaid(sa, sb)}
+
     def io(sess, kind):
         items = sess.get_inputs() if kind == "inputs" else sess.get_outputs()
         return {i.name: i for i in items}
@@ -94,11 +101,20 @@ def _check_compatible(a: _Model, b: _Model) -> None:
                 raise BadArgumentError(
                     f"input {name!r} has type {ia[name].type} in the original but {ib[name].type} in the candidate"
                 )
-            sa, sb = list(ia[name].shape), list(ib[name].shape)
-            if len(sa) != len(sb) or any(
-                isinstance(x, int) and isinstance(y, int) and x >= 0 and y >= 0 and x != y for x, y in zip(sa, sb)
-            ):
-                raise BadArgumentError(f"input {name!r} has shape {sa} in the original but {sb} in the candidate")
+    return state
+
+
+def _check_state_feeds(batches, state: dict[str, tuple[list, list]]) -> None:
+    for k, fd in enumerate(batches):
+        full = [n for n in state if n in fd and np.asarray(fd[n]).size]
+        if full:
+            shapes = "; ".join(f"input {n!r} has shape {state[n][0]} in the original but {state[n][1]} in the "
+                               f"candidate" for n in full)
+            raise BadArgumentError(
+                f"{shapes}: validate can "
+                f"feed them only when they are empty (batch {k} is not): for a rewritten KV cache "
+                f"(docs/decoders.md) give prefill feeds with an empty past, or compare cached decoding in your "
+                f"own generation loop")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,6 +357,7 @@ def _progress(enabled, total: int):
 
 
 def _run(model: _Model, names: list[str], feeds: dict, k: int) -> dict[str, np.ndarray]:
+    feeds = feeds_mod.own_state(feeds_mod.input_specs(model.session), feeds)
     try:
         outs = model.session.run(names, feeds)
     except Exception as e:
@@ -399,10 +416,12 @@ def validate(
 
     orig = _open(original, "original", threads)
     cand = _open(candidate, "candidate", threads)
-    _check_compatible(orig, cand)
+    state = _check_compatible(orig, cand)
     notes: list[str] = [f"candidate: {w}" for w in cand.hostile]
     batches, info = _build_feeds(orig, cand, feeds=feeds, text=text, tokenizer=tokenizer, random=random,
                                  dims=dims, seed=seed, notes=notes)
+    _check_state_feeds(batches, state)
+    skipped: dict[str, tuple[list, list]] = {}  # outputs not compared: the candidate's cache layout differs
     y = _labels(labels, batches.samples) if labels is not None else None
     names = [o.name for o in orig.session.get_outputs()]
 
@@ -420,6 +439,9 @@ def validate(
                     mask = mask[:rows]
             for name in names:
                 o, c = np.asarray(out_o[name]), np.asarray(out_c[name])
+                if name in skipped or (state and o.shape != c.shape and name not in accs):
+                    skipped.setdefault(name, (list(o.shape), list(c.shape)))
+                    continue
                 if o.shape != c.shape:
                     raise N6Error(f"output {name!r}: the original gives shape {list(o.shape)}, "
                                   f"the candidate {list(c.shape)} (batch {k})")
@@ -434,7 +456,10 @@ def validate(
             if bar is not None:
                 bar.advance(task)
 
-    outputs = {n: accs[n].report(y) for n in names}
+    outputs = {n: accs[n].report(y) for n in names if n not in skipped}
+    for n, (so, sc) in skipped.items():
+        notes.append(f"{n}: not compared, the candidate's KV-cache layout differs (shape {sc} against the "
+                     f"original's {so}; docs/decoders.md)")
     cos_src, cos_val = None, None
     emb = next((r for r in outputs.values() if r.embedding), None)
     first_float = next((r for r in outputs.values() if r.kind != "exact"), None)

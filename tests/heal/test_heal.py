@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import n6onnx
 from n6onnx.testing import zoo
+from n6onnx.testing import zoo_decoder as zd
 from n6onnx import io
 from n6onnx.calibrate import collect
 from n6onnx.cli import main
@@ -120,6 +121,27 @@ def test_heals_a_decoder(zoo_export, tmp_path):
     rep = heal_file(tmp_path / "plain.onnx", src, data, tmp_path / "healed.onnx",
                     config=HealConfig(steps=20, eval_every=5, threads=1, lr=3e-3))
     assert rep.trainable > 0 and rep.best > rep.start
+
+
+@pytest.mark.parametrize("rewrite", ["attention=fftmix:@0", "attention=egyptian"])
+def test_heals_a_cached_decoder_whose_cache_was_relaid(decoder_export, tmp_path, rewrite):
+    """A KV-cache export whose attention rewrite re-laid out the past/present tensors (docs/decoders.md):
+    the student gets its own empty past, the re-laid-out presents are no target, and the healed model
+    still decodes token by token exactly as its own full run."""
+    src = decoder_export("gpt2")
+    cal = zd.calibration_npz("gpt2", tmp_path / "cal.npz", batches=4)
+    out = tmp_path / "h.onnx"
+    _, rep = n6onnx.rewrite(src, out, [rewrite], calibrate=cal, heal=True,
+                            heal_config=HealConfig(steps=6, eval_every=3, warmup=2, threads=1))
+    assert rep.reports["attention"].rewritten > 0 and rep.healing.steps == 6
+    assert rep.healing.best >= rep.healing.start
+    s = session_for(onnx.load(str(out)))
+    names = [o.name for o in s.get_outputs()]
+    run = lambda feeds: dict(zip(names, s.run(None, feeds)))  # noqa: E731
+    ids = zd.example_inputs("gpt2", batch=2, seq=6, seed=3)["input_ids"]
+    full = zd.decode(run, "gpt2", ids, [6], past=zd.empty_past(out, 2))["logits"]
+    step = zd.decode(run, "gpt2", ids, [1] * 6, past=zd.empty_past(out, 2))["logits"]
+    assert np.abs(full - step).max() <= 1e-4
 
 
 def test_default_heal_never_falls_below_its_start(setup):
