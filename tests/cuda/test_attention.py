@@ -4,8 +4,8 @@ Contract: every contract sample of both ops (OpSpec.samples) x float32/float16, 
 cases (several key tiles, head size 128, odd head size, no mask, odd D, long FFTMix, no full head;
 the causal mode with grouped-query attention: prefill, a chunk after a cache, decode steps, flash
 decoding at contexts up to 5000 keys): numpy reference == function fallback on CUDA (no library,
-TF32 off; EgyptianAttention only with a mask, which its function body needs) == our CUDA kernel == our CPU kernel, each within
-the op's tolerance. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
+TF32 off; EgyptianAttention only with a mask, which its function body needs) == our CUDA kernel ==
+our CPU kernel, each within the op's tolerance. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
 CUDAExecutionProvider. The cases marked `sanitize` (every kernel instantiation and edge: odd / even
 D, L below every window, L = 1, head sizes 4 / 20 / 32 / 64 / 128, no allowed key, no mask) are
 the ones tests/cuda/test_memcheck.py re-runs under compute-sanitizer.
