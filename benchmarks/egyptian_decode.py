@@ -27,7 +27,14 @@ Method: ORT_ENABLE_ALL, CPU: intra_op_num_threads (default 2), thread spinning o
 outputs bound with IO binding (preallocated outputs, on the GPU for CUDA; each CUDA run ends with
 ORT's stream synchronisation). Timings on a shared machine are noisy: read the quartiles.
 
-    python3 benchmarks/egyptian_decode.py [--threads 2] [--quick]
+On CUDA each variant is also timed as one CUDA graph replay (provider option enable_cuda_graph;
+"ms_cuda_graph"): the GPU time without onnxruntime's per-node host overhead (--no-cuda-graph skips
+it). With --profile each variant also runs in a separate profiled session (onnxruntime's
+SessionOptions.enable_profiling): the per-node times go into the JSON ("profile"), to show where
+a step's time goes (the host-side Compute time of each node; GPU kernel times where onnxruntime
+was built with CUDA profiling).
+
+    python3 benchmarks/egyptian_decode.py [--threads 2] [--quick] [--profile]
     N6ONNX_CUDA_LIBRARY=build/cuda/libn6ops_cuda.so python3 benchmarks/egyptian_decode.py --provider cuda
 Writes benchmarks/results/egyptian_decode_cpu.json or egyptian_decode_cuda.json.
 """
@@ -35,8 +42,10 @@ Writes benchmarks/results/egyptian_decode_cpu.json or egyptian_decode_cuda.json.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
+import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -124,16 +133,21 @@ def model(variant: str, P: int, dtype: str = "float32") -> tuple[bytes, dict, li
 
 
 class Runner:
-    def __init__(self, variant: str, P: int, threads: int, rng, provider: str = CPU, dtype: str = "float32"):
+    def __init__(self, variant: str, P: int, threads: int, rng, provider: str = CPU, dtype: str = "float32",
+                 profile_dir: str | None = None, cuda_graph: bool = False):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         so.intra_op_num_threads = threads
+        if profile_dir is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(pathlib.Path(profile_dir) / variant)
         if provider == CPU:  # idle interleaved sessions' spinning workers would steal the cores
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.register_custom_ops_library(str(n6onnx.library_path("cuda" if provider == CUDA else "cpu")))
         m, ins, outs, self.presents = model(variant, P, dtype)
-        self.sess = ort.InferenceSession(m, so, providers=[provider, CPU] if provider == CUDA else [CPU])
+        cuda_opts = {"enable_cuda_graph": "1"} if cuda_graph else {}  # the whole run replayed as one CUDA graph
+        self.sess = ort.InferenceSession(m, so, providers=[(CUDA, cuda_opts), CPU] if provider == CUDA else [CPU])
         dev = "cuda" if provider == CUDA else "cpu"
         self.io = self.sess.io_binding()
         self.feeds = {n: ort.OrtValue.ortvalue_from_numpy(rng.normal(0, 1, s).astype(dtype), dev, 0)
@@ -150,6 +164,57 @@ class Runner:
         for _ in range(reps):
             self.sess.run_with_iobinding(self.io)
         return (time.perf_counter() - t) / reps
+
+
+def profile(variant: str, P: int, threads: int, provider: str, dtype: str, runs: int = 50) -> dict:
+    """onnxruntime's profile of `runs` steps of one variant (a separate, profiled session; after 5
+    warm-up runs): per node, the median over runs of its `_kernel_time` event (the time onnxruntime
+    spends in the node's Compute on the host: on CUDA the launches, not the GPU time, unless
+    onnxruntime was built with CUDA profiling, whose GPU kernel events ("Kernel") are listed too),
+    and the median model_run time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Runner(variant, P, threads, np.random.default_rng(P), provider, dtype, profile_dir=tmp)
+        r.run(5 + runs)
+        events = json.loads(pathlib.Path(r.sess.end_profiling()).read_text())
+    nodes, kernels, model_run = {}, {}, []
+    for e in events:
+        name, cat, args = e.get("name", ""), e.get("cat"), e.get("args", {})
+        if cat == "Node" and name.endswith("_kernel_time"):
+            key = f"{name[:-len('_kernel_time')]} ({args.get('op_name', '?')}, {args.get('provider', '?')})"
+            nodes.setdefault(key, []).append(e["dur"])
+        elif cat == "Kernel":
+            kernels.setdefault(f"{name} ({args.get('op_name', '?')})", []).append(e["dur"])
+        elif cat == "Session" and name == "model_run":
+            model_run.append(e["dur"])
+
+    def med(xs):  # the last `runs` events: the warm-up runs come first
+        return float(np.median(xs[-runs:]))
+
+    return {"method": f"onnxruntime profiling (SessionOptions.enable_profiling), {runs} runs after 5 warm-up, "
+                      "medians in microseconds; node times are host-side Compute times",
+            "model_run_us": med(model_run) if model_run else None,
+            "node_us": {k: med(v) for k, v in nodes.items()},
+            "gpu_kernel_us": {k: med(v) for k, v in kernels.items()}}
+
+
+def graph_times(res: dict, P: int, threads: int, dtype: str, rounds: int, inner: int) -> None:
+    """GPU time without onnxruntime's per-node host overhead: each variant captured once into a CUDA
+    graph (provider option enable_cuda_graph, IO binding at fixed addresses) and replayed, rounds
+    interleaved; "ms_cuda_graph" per variant, or "cuda_graph_error" where the capture fails."""
+    graphs = {}
+    for v in VARIANTS:
+        try:
+            r = Runner(v, P, threads, np.random.default_rng(P), CUDA, dtype, cuda_graph=True)
+            r.run(3)  # warm-up and capture
+            graphs[v] = r
+        except Exception as e:  # noqa: BLE001 (recorded: a variant that cannot be captured)
+            res[v]["cuda_graph_error"] = f"{type(e).__name__}: {e}"[:300]
+    times = {v: [] for v in graphs}
+    for _ in range(rounds):
+        for v, r in graphs.items():
+            times[v].append(r.run(inner) * 1e3)
+    for v, ts in times.items():
+        res[v]["ms_cuda_graph"] = summary(ts)
 
 
 def check_caches(P: int, threads: int, provider: str, dtype: str) -> float:
@@ -181,7 +246,7 @@ def check_caches(P: int, threads: int, provider: str, dtype: str) -> float:
 
 
 def run(threads: int = 2, contexts=CONTEXTS, rounds: int = 15, inner: int = 20, provider: str = CPU,
-        dtype: str = "float32") -> dict:
+        dtype: str = "float32", profiled: bool = False, cuda_graph: bool = True) -> dict:
     results = {}
     for P in contexts:
         rng = np.random.default_rng(P)
@@ -200,9 +265,23 @@ def run(threads: int = 2, contexts=CONTEXTS, rounds: int = 15, inner: int = 20, 
                       "kv_cache_vs_ort_gqa": r.cache_bytes / base.cache_bytes,
                       "step_speedup_vs_ort_gqa": summary(times["ort_gqa"])["median"] / s["median"]}
         res["check"] = {"max_abs_diff_caches_vs_onecache": check_caches(P, threads, provider, dtype)}
+        if profiled:
+            for v in VARIANTS:
+                res[v]["profile"] = profile(v, P, threads, provider, dtype)
+        if provider == CUDA and cuda_graph:  # last: a failed capture cannot disturb the timings above
+            graph_times(res, P, threads, dtype, rounds, inner)
         results[str(P)] = res
         print(P, {v: (round(x["ms"]["median"], 3), round(x["kv_cache_vs_ort_gqa"], 3)) for v, x in res.items()
                   if v != "check"}, res["check"], flush=True)
+        graph = {v: round(res[v]["ms_cuda_graph"]["median"], 4) if "ms_cuda_graph" in res[v]
+                 else res[v].get("cuda_graph_error")
+                 for v in VARIANTS if "ms_cuda_graph" in res[v] or "cuda_graph_error" in res[v]}
+        if graph:
+            print("  CUDA graph replay ms:", graph, flush=True)
+        for v in VARIANTS if profiled else ():
+            print(f"  {v} profile:", {k: round(t, 1) for k, t in {**res[v]["profile"]["node_us"],
+                                                                   **res[v]["profile"]["gpu_kernel_us"]}.items()},
+                  "model_run", res[v]["profile"]["model_run_us"], flush=True)
     return results
 
 
@@ -212,17 +291,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, contexts 1024 and 4096")
     ap.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--dtype", choices=tuple(ET), default=None, help="default: float32 on CPU, float16 on CUDA")
+    ap.add_argument("--profile", action="store_true",
+                    help="also onnxruntime's per-node profile of each variant (separate sessions) into the JSON")
+    ap.add_argument("--no-cuda-graph", action="store_true", help="CUDA: skip the CUDA-graph replay timings")
     a = ap.parse_args()
     provider = CUDA if a.provider == "cuda" else CPU
     dtype = a.dtype or ("float16" if provider == CUDA else "float32")
     contexts = CONTEXTS[:2] if a.quick else CONTEXTS
     rounds, inner = (5, 5) if a.quick else (15, 20)
-    res = run(a.threads, contexts, rounds, inner, provider, dtype)
+    res = run(a.threads, contexts, rounds, inner, provider, dtype, a.profile, not a.no_cuda_graph)
     where = f"CUDA provider, {dtype}" if provider == CUDA else f"CPU provider, {dtype}, {a.threads} intra-op threads, spinning off"
     out = write(f"egyptian_decode_{a.provider}" + ("" if dtype == "float32" or provider == CUDA else f"_{dtype}"), {
         "method": (f"one decode step (B=1, 1 new token) of the attention core with its KV-cache update, {where}, "
                    f"IO binding; {rounds} interleaved rounds x {inner} runs per variant after 5 warm-up runs; "
-                   "per-round mean step time, median and quartiles over rounds"),
+                   "per-round mean step time, median and quartiles over rounds"
+                   + ("; ms_cuda_graph: the same, each variant replayed as one CUDA graph (no per-node host overhead)"
+                      if provider == CUDA and not a.no_cuda_graph else "")),
         "provider": provider, "dtype": dtype,
         "shape": {"num_heads": H, "kv_heads": HKV, "head_size": DH, "window": WINDOW, "sinks": SINKS,
                   "head_kinds": KINDS},

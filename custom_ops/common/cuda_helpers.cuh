@@ -7,6 +7,7 @@
 //     cached; ResidentBlocks<Kernel>() caches the occupancy of each kernel per device;
 //     GridStrideBlocks() sizes a grid-stride launch: one thread per work item, capped at a number
 //     of full waves of the device (a multiple of the multiprocessor count).
+//   * ScratchAlloc() / ScratchFree(): stream-ordered scratch memory kept in the device's pool.
 //   * 128-bit vector access: IsAligned16(), LoadVec() / StoreVec() (ld.global.nc.v4 /
 //     st.global.v4 of a uint4), and the element codecs below, which unpack a uint4 into fp32
 //     lanes and pack fp32 lanes back (the paired cvt.rn.{f16x2,bf16x2}.f32 instructions).
@@ -150,6 +151,30 @@ inline unsigned GridStrideBlocks(size_t items, int block, const DeviceInfo& dev,
                      static_cast<size_t>(max_waves < 1 ? 1 : max_waves);
   const size_t blocks = wanted < cap ? wanted : cap;
   return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+// ------------------------------------------------------------------------------------------
+// Scratch memory
+// ------------------------------------------------------------------------------------------
+// Stream-ordered scratch (cudaMallocAsync / cudaFreeAsync on the kernels' stream, CUDA >= 11.2).
+// The current device's default memory pool gets a release threshold of UINT64_MAX once, so
+// memory freed between calls stays in the pool and later calls do not go back to the driver.
+// onnxruntime's own arena is not involved.
+inline Status ScratchAlloc(void** out, size_t bytes, cudaStream_t stream) {
+  static bool pool_set = [] {  // keep freed scratch in the stream-ordered pool between calls
+    int dev = 0;
+    cudaMemPool_t pool;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+      uint64_t threshold = UINT64_MAX;
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+    }
+    return true;
+  }();
+  (void)pool_set;
+  return CudaStatus(cudaMallocAsync(out, bytes, stream), "cudaMallocAsync (scratch)");
+}
+inline Status ScratchFree(void* p, cudaStream_t stream) {
+  return CudaStatus(cudaFreeAsync(p, stream), "cudaFreeAsync (scratch)");
 }
 
 // ------------------------------------------------------------------------------------------

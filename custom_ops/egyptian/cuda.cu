@@ -11,7 +11,7 @@
 // only the key tiles of the union of its queries' intervals: a local head costs
 // O(Lq * (window + 64) * dh), a causal full head the keys up to its last query.
 // Grouped-query attention: query head h reads K / V of KV head h / G in place.
-// Global heads: egyptian/cuda_global.cu; decode steps (Lq < 4): egyptian/cuda_decode.cu.
+// Global heads: egyptian/cuda_global.cu; decode steps (Lq < 4, every head kind): egyptian/cuda_decode.cu.
 // Head size up to 128 (instantiations for 32, 64, 128 channels); larger is refused.
 #include "common/cuda_helpers.cuh"
 #include "common/cuda_mma.cuh"
@@ -492,6 +492,7 @@ Status LaunchTyped(const EgyptianArgs& a) {
   p.causal = a.causal ? 1 : 0;
   p.scale = a.scale;
   p.nq = static_cast<int>((a.Lq + kQT - 1) / kQT);
+  if (a.Lq < egy::kDecodeBelow) return egy::LaunchDecode(p, a.kinds, a.dtype, stream);
   Params g = p;
   int nglobal = 0;
   for (int h = 0; h < a.H; ++h) {
@@ -502,10 +503,7 @@ Status LaunchTyped(const EgyptianArgs& a) {
       p.heads[p.nstream++] = h;
     }
   }
-  if (p.nstream > 0 && a.Lq < egy::kDecodeBelow) {
-    Status st = egy::LaunchDecode(p, a.dtype, stream);
-    if (!st.ok()) return st;
-  } else if (p.nstream > 0 && std::is_same<S, uint16_t>::value && HasTensorCoreMma()) {
+  if (p.nstream > 0 && std::is_same<S, uint16_t>::value && HasTensorCoreMma()) {
     Status st = a.dh <= 32 ? LaunchTensorCore<32>(p, stream)
                 : a.dh <= 64 ? LaunchTensorCore<64>(p, stream)
                              : LaunchTensorCore<128>(p, stream);

@@ -61,10 +61,11 @@ struct Params {
 // The global heads p.heads[0 .. nglobal) (egyptian/cuda_global.cu).
 Status LaunchGlobal(const Params& p, int nglobal, DType dtype, cudaStream_t stream);
 
-// Fewer queries than this (decode steps): the full / local heads p.heads[0 .. nstream) run as
-// egyptian/cuda_decode.cu's DecodeKernel instead of the tiled kernels.
+// Fewer queries than this (decode steps): every head (kinds[h]: 0 full, 1 local, 2 global) runs
+// as egyptian/cuda_decode.cu's flash-decoding kernels instead of the tiled and global-head ones
+// (p.heads / p.local / p.nstream / p.nq are not used).
 inline constexpr int64_t kDecodeBelow = 4;
-Status LaunchDecode(const Params& p, DType dtype, cudaStream_t stream);
+Status LaunchDecode(const Params& p, const int* kinds, DType dtype, cudaStream_t stream);
 
 }  // namespace egy
 }  // namespace cuda

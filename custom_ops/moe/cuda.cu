@@ -23,10 +23,8 @@
 // possible tile (an upper bound computed on the host: entries / 64 + E); blocks past the real tile
 // count (known on the device only) exit at once.
 //
-// Scratch memory: one cudaMallocAsync / cudaFreeAsync pair per call on the same stream
-// (stream-ordered allocator, CUDA >= 11.2). The device's default memory pool gets a release
-// threshold of UINT64_MAX once, so memory freed between calls stays in the pool and later
-// calls do not go back to the driver. onnxruntime's own arena is not involved.
+// Scratch memory: one ScratchAlloc / ScratchFree pair per call on the same stream
+// (common/cuda_helpers.cuh: the stream-ordered allocator, freed memory kept in the pool).
 #include <mma.h>
 
 #include <cstdint>
@@ -43,6 +41,8 @@ namespace {
 using n6::cuda::CheckedLaunch;
 using n6::cuda::CudaStatus;
 using n6::cuda::InvalidArgument;
+using n6::cuda::ScratchAlloc;
+using n6::cuda::ScratchFree;
 using n6::cuda::Status;
 
 constexpr int kTM = 64, kTN = 64, kTK = 16, kThreads = 256;
@@ -418,16 +418,6 @@ template <class T>
 Status Run(const Args& a) {
   const Problem& pr = a.pr;
   cudaStream_t s = static_cast<cudaStream_t>(a.stream);
-  static bool pool_set = [] {  // keep freed scratch in the stream-ordered pool between calls
-    int dev = 0;
-    cudaMemPool_t pool;
-    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
-      uint64_t threshold = UINT64_MAX;
-      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
-    }
-    return true;
-  }();
-  (void)pool_set;
   const int64_t N = pr.N, D = pr.D, H = pr.H, E = pr.E, G = pr.G, keep = pr.keep;
   const int64_t entries = N * keep;
   const int64_t max_tiles = entries / kTM + E + 1;
@@ -437,7 +427,7 @@ Status Run(const Args& a) {
   size_t total = 0;
   for (size_t v : sizes) total += Align(v);
   char* base = nullptr;
-  Status st = CudaStatus(cudaMallocAsync(reinterpret_cast<void**>(&base), total, s), "cudaMallocAsync (scratch)");
+  Status st = ScratchAlloc(reinterpret_cast<void**>(&base), total, s);
   if (!st.ok()) return st;
   char* p = base;
   void* parts[12];
@@ -475,7 +465,7 @@ Status Run(const Args& a) {
                          static_cast<T*>(a.y));
   };
   st = steps();
-  const Status fr = CudaStatus(cudaFreeAsync(base, s), "cudaFreeAsync (scratch)");
+  const Status fr = ScratchFree(base, s);
   return st.ok() ? fr : st;
 }
 

@@ -2,9 +2,10 @@
 
 Contract: every contract sample of both ops (OpSpec.samples) x float32/float16, plus larger
 cases (several key tiles, head size 128, odd head size, no mask, odd D, long FFTMix, no full head;
-the causal mode with grouped-query attention: prefill, a chunk after a cache, decode steps): numpy reference == function fallback on CUDA (no library, TF32 off; EgyptianAttention
-only with a mask, which its function body needs) == our CUDA kernel == our CPU kernel, each within
-the op's tolerance. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
+the causal mode with grouped-query attention: prefill, a chunk after a cache, decode steps, flash
+decoding at contexts up to 5000 keys): numpy reference == function fallback on CUDA (no library,
+TF32 off; EgyptianAttention only with a mask, which its function body needs) == our CUDA kernel ==
+our CPU kernel, each within the op's tolerance. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
 CUDAExecutionProvider. The cases marked `sanitize` (every kernel instantiation and edge: odd / even
 D, L below every window, L = 1, head sizes 4 / 20 / 32 / 64 / 128, no allowed key, no mask) are
 the ones tests/cuda/test_memcheck.py re-runs under compute-sanitizer.
@@ -28,7 +29,9 @@ SANITIZE = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L
             "L5_window4_custom_kinds_mask", "L150_D64_threads", "L300_12x64_mask", "L130_dh128",
             "L77_dh20_nomask", "L200_local_global_only", "causal_decode_step_gqa_sinks4", "causal_chunk_sinks_past_p",
             "causal_L333_gqa_dh64_mask", "causal_chunk130_of_500_dh128", "causal_decode_L700_gqa_nomask",
-            "causal_L150_threads", "causal_decode2_dh128_mask", "causal_decode3_dh20_local"}
+            "causal_L150_threads", "causal_decode2_dh128_mask", "causal_decode3_dh20_local",
+            "causal_decode3_L5000_dh128", "causal_decode2_L1500_mha_dh20", "causal_decode_L3000_g16_dh32",
+            "causal_decode2_shrunk_global"}
 
 
 def extra_samples(op: str, dtype: str) -> list[Sample]:
@@ -69,6 +72,21 @@ def extra_samples(op: str, dtype: str) -> list[Sample]:
                                                              "window": 40}, True),
         ("causal_decode3_dh20_local", 1, 3, 50, 3, 1, 20, {**C, "num_heads": 3, "kv_heads": 1, "window": 7,
                                                             "head_kinds": [1, 1, 1]}, False),
+        # flash decoding (Lq < 4) at long contexts: keys split over many blocks and merged (a split
+        # count that does not divide the keys), every head kind, 1..8 query rows per KV head, head
+        # sizes 20 (scalar loads) / 32 / 64 / 128, the truncated caches of a shrunk local / global group
+        ("causal_decode_L1024_llama_kinds", 1, 1, 1024, 32, 8, 64, {**C, "num_heads": 32, "kv_heads": 8}, False),
+        ("causal_decode_L4096_gqa_mask", 2, 1, 4096, 16, 4, 64, {**C, "num_heads": 16, "kv_heads": 4, "sinks": 2},
+         True),
+        ("causal_decode3_L5000_dh128", 2, 3, 5000, 8, 2, 128,
+         {**C, "num_heads": 8, "kv_heads": 2, "head_kinds": [0] * 4 + [1] * 4, "window": 300}, True),
+        ("causal_decode2_L1500_mha_dh20", 1, 2, 1500, 3, 3, 20, {**C, "num_heads": 3, "kv_heads": 3, "sinks": 3}, False),
+        ("causal_decode_L3000_g16_dh32", 1, 1, 3000, 16, 1, 32, {**C, "num_heads": 16, "kv_heads": 1,
+                                                                 "head_kinds": [0] * 16}, True),
+        ("causal_decode_shrunk_local", 1, 1, 64, 8, 2, 64, {**C, "num_heads": 8, "kv_heads": 2, "head_kinds": [1] * 8},
+         False),
+        ("causal_decode2_shrunk_global", 2, 2, 3, 8, 2, 64, {**C, "num_heads": 8, "kv_heads": 2, "head_kinds": [2] * 8},
+         True),
     ):
         feeds = {"Q": rng.normal(0, 1, (B, Lq, H * dh)).astype(dtype)}
         feeds.update({n: rng.normal(0, 1, (B, Lk, Hkv * dh)).astype(dtype) for n in ("K", "V")})

@@ -4,7 +4,9 @@ Local groups only read their last ``window - 1`` past keys and global groups the
 EgyptianAttention's key-index convention gives the same answer on such truncated caches. The layer's
 cache tensors (names unchanged) hold the groups packed along the sequence axis, [B, 1, S, dh]: full
 groups first (P rows each, P = past length), then local groups (min(P, window - 1) rows each), then
-global groups (min(P, sinks) rows each), group after group (``docs/decoders.md``). The past length
+global groups (min(P, sinks) rows each); within a kind the rows are position-major (position p of
+the kind's k-th group at row p * n + k), so each kind's part is its [B, rows, n * dh] cache by a
+Reshape, without a transpose of the cache (``docs/decoders.md``). The past length
 comes from the attention mask (``cache.past_length``). One EgyptianAttention node per kind, on
 contiguous KV groups (``default_group_kinds`` assigns them so), outputs concatenated in head order.
 """
@@ -91,25 +93,29 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
         for part in ("key", "value"):
             past = ins[c[f"past_{part}"]]
             new = _concat_input(outs[c[f"present_{part}"]], past)
-            p4 = add_node(g, "", "Reshape", [
+            # position-major rows (position p, group k at row p * n + k): the part is [B, rows, n * dh]
+            # by a Reshape, the layout EgyptianAttention reads; only the new tokens are transposed
+            p3 = add_node(g, "", "Reshape", [
                 add_node(g, "", "Slice", [past, offset, end, _i64(g, [2], f"{t}_{part}_ax")], f"{t}_{part}_past", None,
                          past.dtype),
-                _i64(g, [0, n, -1, dh], f"{t}_{part}_4d")], f"{t}_{part}_past4", None, past.dtype)
+                _i64(g, [0, -1, n * dh], f"{t}_{part}_3d")], f"{t}_{part}_past3", None, past.dtype)
             n4 = add_node(g, "", "Slice", [new, _i64(g, [g0], f"{t}_{part}_g0"), _i64(g, [g0 + n], f"{t}_{part}_g1"),
                                            _i64(g, [1], f"{t}_{part}_hax")], f"{t}_{part}_new", None, past.dtype)
-            full = add_node(g, "", "Concat", [p4, n4], f"{t}_{part}_all", None, past.dtype, axis=2)
+            n3 = add_node(g, "", "Reshape", [add_node(g, "", "Transpose", [n4], f"{t}_{part}_newt", None, past.dtype,
+                                                      perm=[0, 2, 1, 3]),
+                                             _i64(g, [0, 0, n * dh], f"{t}_{part}_new3d")], f"{t}_{part}_new3", None,
+                          past.dtype)
+            full = add_node(g, "", "Concat", [p3, n3], f"{t}_{part}_all", None, past.dtype, axis=1)
             kept = full
             if kind == 1:
                 kept = add_node(g, "", "Slice", [full, _i64(g, [-(window - 1)], f"{t}_{part}_ls"), _i64(g, [BIG], f"{t}_{part}_le"),
-                                                 _i64(g, [2], f"{t}_{part}_lax")], f"{t}_{part}_keep", None, past.dtype)
+                                                 _i64(g, [1], f"{t}_{part}_lax")], f"{t}_{part}_keep", None, past.dtype)
             elif kind == 2:
                 kept = add_node(g, "", "Slice", [full, _i64(g, [0], f"{t}_{part}_gs"), _i64(g, [sinks], f"{t}_{part}_ge"),
-                                                 _i64(g, [2], f"{t}_{part}_gax")], f"{t}_{part}_keep", None, past.dtype)
+                                                 _i64(g, [1], f"{t}_{part}_gax")], f"{t}_{part}_keep", None, past.dtype)
             packed[part].append(add_node(g, "", "Reshape", [kept, _i64(g, [0, 1, -1, dh], f"{t}_{part}_pack")],
                                          f"{t}_{part}_packed", None, past.dtype))
-            t3 = add_node(g, "", "Transpose", [full], f"{t}_{part}_t", None, past.dtype, perm=[0, 2, 1, 3])
-            kv[part] = add_node(g, "", "Reshape", [t3, _i64(g, [0, 0, n * dh], f"{t}_{part}_3d")], f"{t}_{part}_3",
-                                None, past.dtype)
+            kv[part] = full
         # the key-padding mask over this kind's keys: full all of it, local its last rows + new, global
         # its first rows + new
         if kind == 0:
@@ -141,7 +147,7 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
     itemsize = np.dtype(q.dtype.numpy()).itemsize
     n_full = groups.count(0)
     report = {**c, "layout": "[batch, 1, packed, head_dim]: full groups (P rows each), local (min(P, window-1)), "
-              "global (min(P, sinks))", "group_kinds": groups,
+              "global (min(P, sinks)); position-major within a kind", "group_kinds": groups,
               "bytes_per_token": 2 * n_full * dh * itemsize, "bytes_per_token_original": 2 * Hkv * dh * itemsize,
               "bytes_fixed": 2 * (groups.count(1) * (window - 1) + groups.count(2) * sinks) * dh * itemsize}
     return y, report
