@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=4.0, help="heal budget per healed row")
     ap.add_argument("--eval-every", type=int, default=10, help="steps between held-out checks (the best checked "
                     "weights are written: slow steps need frequent checks)")
+    ap.add_argument("--local", type=float, default=HealConfig.local, help="share of the budget in block-local phase")
+    ap.add_argument("--lr", type=float, default=HealConfig.lr, help="global-phase step")
     ap.add_argument("--holdout-batches", type=int, default=8, help="held-out batches of DATA for early stopping")
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per timed model (0: no timing)")
     ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq)")
@@ -63,7 +65,8 @@ def main() -> None:
         a.model = zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
     src = a.model
     want = set(a.only or ["orig", "orig_heal", "phi6", "phi6_float", "phi6_fq"])
-    cfg = HealConfig(minutes=a.minutes, threads=2, eval_every=a.eval_every, holdout_batches=a.holdout_batches)
+    cfg = HealConfig(minutes=a.minutes, threads=2, eval_every=a.eval_every, holdout_batches=a.holdout_batches,
+                     local=a.local, lr=a.lr)
     rows: list[dict] = []
 
     def save() -> None:
@@ -134,8 +137,8 @@ def _payload(a, rows: list[dict]) -> dict:
                    f"the first {a.samples} other sentences (benchmarks/heal.py's splits), closed-form fit on the first "
                    f"{a.calib_samples}, healing on all of DATA (last 10% held out for early "
                    f"stopping, at most {a.holdout_batches} batches, checked every {a.eval_every} steps); heal budget "
-                   f"{a.minutes} min per healed row, HealConfig defaults otherwise (block-local "
-                   "0.7 then global, relative parametrisation, streams+output loss), 2 threads, seed 0; fake-quant = "
+                   f"{a.minutes} min per healed row, block-local share {a.local} then global at lr {a.lr}, HealConfig "
+                   "defaults otherwise (relative parametrisation, streams+output loss), 2 threads, seed 0; fake-quant = "
                    "the MatMuls --quantize int8 quantizes run with ORT's per-channel int8 weight grid and "
                    "DynamicQuantizeLinear's uint8 activation grid, straight-through backward, their weights and "
                    "biases trained too; fidelity = n6onnx validate (mean-pooled embedding cosine against ORT running "

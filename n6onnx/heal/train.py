@@ -330,6 +330,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         for n, p in u.items():
             p.copy_(best_u[n])
         final = {n: v.numpy() for n, v in values().items()}  # the graph's own values (centring undone)
+        if best <= start:  # nothing beat the start: write it back bit for bit (the reparametrisation's round
+            final = {n: w0[n].numpy() for n in names}  # trip moves values by float rounding, and int8 re-rounds them)
     write_back(model, final)
     n_values = int(sum(v.size for v in final.values()))
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),

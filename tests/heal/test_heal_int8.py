@@ -64,3 +64,17 @@ def test_heal_refuses_other_quantized_formats(setup):
     assert r.exit_code != 0 and "MatMulNBits" in r.output and "Traceback" not in r.output
     assert not (tmp / "never.onnx").exists()
 
+
+
+def test_no_gain_writes_the_same_int8_model(setup):
+    """When no evaluation beats the start, the start goes back bit for bit (the relative
+    parametrisation's round trip alone would move weights by float rounding, and int8 re-rounds)."""
+    src, tmp, data, _ = setup
+    cfg = HealConfig(steps=10, eval_every=5, threads=1, lr=5.0, local=0.0)  # a step far too large
+    rep = heal_file(tmp / "q.onnx", src, data, tmp / "bad.onnx", config=cfg)
+    assert rep.best == rep.start and rep.lowest < rep.start
+    a = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(tmp / "q.onnx").graph.initializer}
+    b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(tmp / "bad.onnx").graph.initializer}
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
