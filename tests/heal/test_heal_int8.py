@@ -78,3 +78,11 @@ def test_no_gain_writes_the_same_int8_model(setup):
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].tobytes() == b[name].tobytes(), name
+
+
+def test_other_modes_heal_in_float_and_say_so(setup):
+    src, tmp, data, _ = setup
+    _, rep = n6onnx.rewrite(src, tmp / "g4.onnx", ["gelu=phi6"], calibrate=data, heal=True, quantize="int4",
+                            heal_config=HealConfig(steps=5, eval_every=5, threads=1))
+    assert rep.healing.fake_quantized == 0
+    assert any("healing ran in float" in w for w in rep.warnings)
