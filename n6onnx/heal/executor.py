@@ -116,6 +116,7 @@ class GraphModule(torch.nn.Module):
         self.graph = proto.graph
         self.functions = {(f.domain, f.name): f for f in proto.functions}
         self.n6 = _n6_ops()
+        self.fake_quant = dict(fake_quant or {})
         trainable = set(trainable)
         self.params = torch.nn.ParameterList()
         self.names: dict[str, int] = {}
@@ -128,7 +129,6 @@ class GraphModule(torch.nn.Module):
             else:
                 self.consts[t.name] = v
         self.output_names = [o.name for o in proto.graph.output]
-        self.fake_quant = dict(fake_quant or {})
 
     def parameter(self, name: str) -> torch.nn.Parameter:
         return self.params[self.names[name]]

@@ -220,9 +220,10 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
     streams = targets.stream_points(original, proto) if cfg.loss != "output" or cfg.local > 0 else []
     outputs = [o.name for o in proto.graph.output]
-    student = executor.GraphModule(proto, fake_quant=fq)
+    student = executor.GraphModule(proto)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
     prepared = Targets(teacher, lambda k: batches[k])
+    student.fake_quant = fq  # the MatMuls --quantize int8 quantizes run fake-quantized
     train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
     rows = getattr(batches, "rows", None) or [len(next(iter(b.values()))) for b in batches]
 
