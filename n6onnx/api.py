@@ -16,6 +16,7 @@ from . import quantize as quant
 from .errors import BadArgumentError, N6Error
 from .findings import KindReport
 from .graph import canonicalize, default_opset
+from .heal.config import HealConfig
 from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
 from .passes.attention import redundancy_scores
 from .passes.block.drop import layer_scores
@@ -168,15 +169,20 @@ def rewrite(
         if hook is not None and ctx.batches and report.rewritten:
             calibration = hook(m, report, ctx)
             functions = finalize(m)
-    healing = None
+    healing, warnings_pre = None, []
     if heal:
         from .heal import run as heal_run  # needs torch (the heal extra): only when healing
+
+        if qmode is not None:  # heal against what will be written: int8 runs fake-quantized in the student
+            heal_config = dataclasses.replace(heal_config or HealConfig(), quantize=str(qmode))
+            if qmode.kind != "int8" and heal_config.fake_quant:
+                warnings_pre.append(f"--quantize {qmode}: healing ran in float (fake quantization mirrors int8 only)")
 
         healing = heal_run.heal_in_place(m, original, calibrate, tokenizer=tokenizer, samples=heal_samples, dims=dims,
                                          config=heal_config, progress=heal_progress)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
-    warnings = [n for r in reports.values() for n in r.notes]
+    warnings = [n for r in reports.values() for n in r.notes] + warnings_pre
     if calibration is not None and not calibration.layers:
         calibration = None  # nothing was fitted: the swap is uncalibrated, and is reported so
     if calibration is not None:
@@ -190,7 +196,7 @@ def rewrite(
         )
     fitted = (calibration is not None) or any(
         k in passes.DATA_PASSES and r.rewritten for k, r in reports.items()) and bool(ctx.batches)
-    if calibrate is not None and not fitted:
+    if calibrate is not None and not fitted and specs:
         warnings.append(f"--calibrate {calibrate}: no site was calibrated (no rewritten site could use the data: "
                         "see the near-misses); the result is uncalibrated")
     check(m)

@@ -48,6 +48,10 @@ def _heal_options(f, flag: bool = True):
                      help="Residual stream after each block and/or the model outputs."),
         click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
                      help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
+        click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,
+                     help="For an int8 result (--quantize int8, or healing an int8 model): train against the int8 path "
+                     "(fake-quantized MatMuls as onnxruntime runs them, straight-through gradients), the quantized "
+                     "MatMuls' weights included; off: heal in float, quantize after."),
         click.option("--seed", type=Number(0, 2**63 - 1, integer=True), default=0, show_default=True,
                      help="Seed of the healing's batch order."),
         click.option("--threads", type=Number(1, 4096, integer=True), help="torch / onnxruntime threads of the healing."),
@@ -57,10 +61,11 @@ def _heal_options(f, flag: bool = True):
     return f
 
 
-def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_lr, heal_lr, heal_train, heal_loss, heal_param, seed,
-                 threads):
+def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_lr, heal_lr, heal_train, heal_loss, heal_param,
+                 heal_fake_quant, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_lr=heal_local_lr, lr=heal_lr,
-                      train=heal_train, loss=heal_loss, param=heal_param, seed=seed, threads=threads)
+                      train=heal_train, loss=heal_loss, param=heal_param, fake_quant=heal_fake_quant, seed=seed,
+                      threads=threads)
 
 
 @main.command()
@@ -142,6 +147,10 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
 @lambda f: _heal_options(f, flag=False)
 def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_samples, **heal_opts) -> None:
     """Distil REWRITTEN (an n6onnx rewrite of ORIGINAL) towards ORIGINAL on DATA; write OUTPUT.
+
+    A REWRITTEN quantized by --quantize int8 (or by quantize_dynamic per channel) is healed under
+    fake quantization and quantized again the same way (same nodes); other quantized formats
+    (static QDQ, int4, per tensor) are refused.
 
     Trains the initializers of the rewritten blocks (--heal-train widens the set) against the
     original's residual stream after each block and its outputs; part of DATA is held out, and the

@@ -265,7 +265,9 @@ def heal_summary(h) -> None:
     out.print(f"healing: held-out fidelity {h.start:.5f} (calibrated) -> {h.best:.5f} (healed); lowest at an "
               f"evaluation {h.lowest:.5f}; {h.steps} steps in {h.seconds:.0f} s ({h.stopped}); "
               f"{h.train_samples} training + {h.heldout_samples} held-out samples; {h.trainable} tensors "
-              f"({h.trainable_values} values) trained", highlight=False)
+              f"({h.trainable_values} values) trained"
+              + (f"; against the int8 path ({h.fake_quantized} MatMuls fake-quantized)" if h.fake_quantized else ""),
+              highlight=False)
 
 
 def heal_human(rewritten: str, output: str, rep) -> None:

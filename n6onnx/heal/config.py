@@ -31,3 +31,5 @@ class HealConfig:
     backtrack: float = 0.0005
     threads: int | None = None
     cache_bytes: int = 1 << 30
+    quantize: str | None = None  # the quantization the healed model gets on write-out (set by rewrite / heal)
+    fake_quant: bool = True  # with quantize int8: train against the int8 path (fake-quant, straight-through)

@@ -22,6 +22,7 @@ from ..feeds import own_state, proto_input_specs
 from ..torch.functional import OPS as N6_OPS
 
 from ..ops import DOMAIN
+from . import fakequant
 from .ops import OPS, UnsupportedOpError, tensor_from_proto
 
 STANDARD = ("", "ai.onnx")
@@ -105,14 +106,18 @@ def check_supported(proto: onnx.ModelProto) -> None:
 
 class GraphModule(torch.nn.Module):
     """The graph as a torch module. ``forward(feeds, outputs)`` -> {name: tensor} for ``outputs``
-    (default: the graph outputs). Float initializers are parameters, by name in ``self.names``."""
+    (default: the graph outputs). Float initializers are parameters, by name in ``self.names``.
+    ``fake_quant`` ({MatMul/Gemm output name: per channel}, from ``fakequant.plan``) runs those nodes
+    of the main graph as the int8 model will (``heal.fakequant``); every other node stays float."""
 
-    def __init__(self, proto: onnx.ModelProto, trainable: Iterable[str] = ()):
+    def __init__(self, proto: onnx.ModelProto, trainable: Iterable[str] = (),
+                 fake_quant: Mapping[str, bool] | None = None):
         super().__init__()
         check_supported(proto)
         self.graph = proto.graph
         self.functions = {(f.domain, f.name): f for f in proto.functions}
         self.n6 = _n6_ops()
+        self.fake_quant = dict(fake_quant or {})
         trainable = set(trainable)
         self.params = torch.nn.ParameterList()
         self.names: dict[str, int] = {}
@@ -176,6 +181,10 @@ class GraphModule(torch.nn.Module):
 
     def _node(self, n: onnx.NodeProto, ins: list, env, outer_attrs) -> list:
         attrs = _attrs(n, outer_attrs)
+        # fake quantization: main-graph MatMuls only (function bodies run with attrs; ONNX names are
+        # unique across a graph and its subgraphs)
+        if outer_attrs is None and n.domain in STANDARD and n.output[0] in self.fake_quant:
+            ins = fakequant.inputs(n.op_type, attrs, ins, self.fake_quant[n.output[0]])
         if n.domain in STANDARD and n.op_type in OPS:
             return OPS[n.op_type](attrs, ins)
         if n.domain in STANDARD and n.op_type == "If":

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import onnx_ir as ir
 
 from .. import io
-from ..errors import BadArgumentError
+from ..errors import BadArgumentError, N6Error
 from ..calibrate import load_batches
 from ..graph import canonicalize
+from ..quantize import int8graph, quantize_proto
 from .executor import check_supported
 from .train import HealConfig, HealReport, heal
 
@@ -35,13 +37,24 @@ def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=N
 def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrate, output: str | os.PathLike, *,
               tokenizer=None, samples: int | None = None, dims: dict | None = None,
               config: HealConfig | None = None, progress: bool = False) -> HealReport:
-    """``n6onnx heal``: heal a rewritten model file against its original, write OUTPUT atomically."""
+    """``n6onnx heal``: heal a rewritten model file against its original, write OUTPUT atomically.
+
+    A REWRITTEN quantized by ``--quantize int8`` (dynamic int8, weights per channel) is turned back
+    into its float graph (``quantize.int8graph.dequantize``), healed under fake quantization (unless
+    ``config.fake_quant`` is off), and quantized again the same way: the written graph has exactly
+    the nodes of REWRITTEN. Other quantized formats are refused by name before any work."""
     for p, what in ((rewritten, "REWRITTEN"), (teacher, "--teacher"), (calibrate, "--calibrate")):
         if not os.path.isfile(p):
             raise BadArgumentError(f"{what} {p}: no such file")
     io.check_output_path(output, (rewritten, teacher))
     t0 = time.perf_counter()
     model = io.load(rewritten)
+    qproto = None
+    if int8graph.is_quantized(ir.to_proto(model)):
+        qproto = io.materialize(ir.to_proto(model))
+        model = ir.from_proto(int8graph.dequantize(qproto))  # refuses other formats, by name
+        _check_requantizes(model, qproto, rewritten)  # before any work
+        config = dataclasses.replace(config or HealConfig(), quantize="int8")
     original = io.load(teacher)
     canonicalize(original)
     in_m, in_o = [v.name for v in model.graph.inputs], [v.name for v in original.graph.inputs]
@@ -51,6 +64,18 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
                                f"rewritten model's {in_m} -> {out_m}")
     rep = heal_in_place(model, original, calibrate, tokenizer=tokenizer, samples=samples, dims=dims, config=config,
                         progress=progress)
+    if qproto is not None:
+        model = ir.from_proto(_check_requantizes(model, qproto, rewritten))
     io.save(model, output, external_data=io.uses_external_data(rewritten) or None)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _check_requantizes(model: ir.Model, qproto, name) -> object:
+    """``model`` quantized by ``--quantize int8``, which must have exactly the nodes of ``qproto``."""
+    _, requant = quantize_proto(model, "int8")
+    if int8graph.structure(requant) != int8graph.structure(qproto):
+        raise N6Error(f"{name}: quantizing its weights again with --quantize int8 does not give this model's graph (it "
+                      "was not written by --quantize int8, i.e. quantize_dynamic per channel on MatMul and Gemm); "
+                      "nothing was written")
+    return requant

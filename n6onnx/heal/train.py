@@ -23,6 +23,11 @@ original stream at that token (calibration's 1/var weight: what the next LayerNo
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
 (``"streams+output"``, default), or the outputs alone (``"output"``).
 
+Quantization-aware (``quantize="int8"`` with ``fake_quant``): the student runs every MatMul that
+``--quantize int8`` will quantize with fake-quantized weights and activations (``heal.fakequant``:
+onnxruntime's grids, straight-through backward), so the loss, the held-out fidelity and the
+best-weights rule all see the int8 model; the weights (and biases) of those MatMuls train as well.
+
 Safety: part of DATA is held out. Held-out fidelity (mean-pooled cosine for an embedding output,
 else per-sample cosine of the first output) is measured at the start and every ``eval_every``
 steps; a drop below the best so far by more than ``backtrack`` restores the best weights and
@@ -42,7 +47,7 @@ import torch
 from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
 from ..validate import metrics
-from . import executor, targets
+from . import executor, fakequant, targets
 from .config import LOCAL_INPUTS, LOSSES, PARAMS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
@@ -59,6 +64,7 @@ class HealReport:
     stopped: str
     config: dict
     curve: list = dataclasses.field(default_factory=list)  # [step, seconds, fidelity, mean train loss, phase]
+    fake_quantized: int = 0  # MatMul/Gemm nodes run fake-quantized (int8) in the student
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -203,7 +209,12 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     oproto = ir.to_proto(original)
+    # quantization-aware: the student runs the MatMuls that --quantize int8 quantizes as int8 will,
+    # and their weights (whose rounding is part of the error) train too
+    fq = fakequant.plan(proto) if cfg.fake_quant and cfg.quantize == "int8" else {}
     names = targets.trainable(oproto, proto, cfg.train)
+    if fq:
+        names = sorted(set(names) | set(fakequant.trainable(proto, fq)))
     if not names:
         names = targets.trainable(oproto, proto, "neighbours")
     if not names:
@@ -216,6 +227,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     student = executor.GraphModule(proto)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
     prepared = Targets(teacher, lambda k: batches[k])
+    student.fake_quant = fq  # the MatMuls --quantize int8 quantizes run fake-quantized
     train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
     rows = getattr(batches, "rows", None) or [len(next(iter(b.values()))) for b in batches]
 
@@ -323,11 +335,13 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         for n, p in u.items():
             p.copy_(best_u[n])
         final = {n: v.numpy() for n, v in values().items()}  # the graph's own values (centring undone)
+        if best <= start:  # nothing beat the start: write it back bit for bit (the reparametrisation's round
+            final = {n: w0[n].numpy() for n in names}  # trip moves values by float rounding, and int8 re-rounds them)
     write_back(model, final)
     n_values = int(sum(v.size for v in final.values()))
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
                       len(names), n_values, step, time.perf_counter() - t0, start, best, lowest, stopped,
-                      dataclasses.asdict(cfg), curve)
+                      dataclasses.asdict(cfg), curve, len(fq))
 
 
 def _ramp(s: int, prime: int, warmup: int) -> float:

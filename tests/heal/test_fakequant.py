@@ -1,0 +1,108 @@
+"""Fake quantization in the heal student: its forward equals onnxruntime running the model that
+``--quantize int8`` writes, its weight grid is onnxruntime's exactly, the float path stays exact, and
+the backward is straight-through."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+
+import n6onnx
+from n6onnx import feeds as F
+from n6onnx import io
+from n6onnx.heal import fakequant
+from n6onnx.heal.executor import GraphModule
+from n6onnx.quantize import quantize_proto
+from n6onnx.runtime import session_for
+
+# Bound of |student fake-quant - ORT int8| / max|ORT int8|. The student computes the integer
+# product in float32 (onnxruntime: exact int32, then one scale), so the two differ by float32
+# accumulation order, measured 1.8e-7 .. 3.3e-7 on these models (the float student against ORT
+# float: 1.7e-7 .. 3.3e-7). An activation rounded to the other uint8 level would move its element
+# by a whole step, (range / 255), about 4e-3 of the range: 1e-5 admits rounding noise only. The
+# int8 error itself (float against int8) is 5e-4 .. 7e-3 here, 50x the bound and more.
+BOUND = 1e-5
+
+
+def _model(zoo_export, model: str, spec: str | None) -> onnx.ModelProto:
+    src = zoo_export(model, "dynamo20")
+    if spec is None:
+        return io.load_proto(src)
+    m, _ = n6onnx.rewrite(src, None, [spec])
+    return io.materialize(ir.to_proto(m))
+
+
+@pytest.mark.parametrize("model,spec", [("bert", None), ("bert", "gelu=phi6"), ("gpt2", None)])
+def test_fake_quant_forward_equals_ort_int8(zoo_export, model, spec):
+    proto = _model(zoo_export, model, spec)
+    plan = fakequant.plan(proto)
+    assert plan and all(plan.values())  # per channel, as --quantize int8 writes
+    _, qproto = quantize_proto(proto, "int8")
+    sq, sf = session_for(qproto), session_for(proto)
+    fq, flt = GraphModule(proto, fake_quant=plan), GraphModule(proto)
+    for seed in range(3):
+        fd = F.random_feeds(sf, 1, seed=seed)[0]
+        ref_q, ref_f = sq.run(None, fd)[0], sf.run(None, fd)[0]
+        with torch.no_grad():
+            got_q = next(iter(fq(fd).values())).numpy()
+            got_f = next(iter(flt(fd).values())).numpy()
+        scale = np.abs(ref_q).max()
+        err_q = np.abs(got_q - ref_q).max() / scale
+        assert err_q < BOUND
+        assert np.abs(ref_f - ref_q).max() / scale > 50 * BOUND  # the int8 error is really there
+        assert np.abs(got_f - ref_f).max() / np.abs(ref_f).max() < BOUND  # float path unchanged
+
+
+def test_plan_is_what_the_quantizer_replaces(zoo_export):
+    proto = _model(zoo_export, "bert", None)
+    plan = fakequant.plan(proto)
+    inits = {t.name for t in proto.graph.initializer}
+    mm = [n for n in proto.graph.node if n.op_type == "MatMul"]
+    assert set(plan) == {n.output[0] for n in mm if n.input[1] in inits}
+    assert len(plan) < len(mm)  # the attention-score MatMuls (two activations) stay float
+    gemm = _model(zoo_export, "gpt2", None)
+    assert set(fakequant.plan(gemm)) == {n.output[0] for n in gemm.graph.node if n.op_type == "Gemm"}
+
+
+def test_weight_grid_is_onnxruntimes(zoo_export):
+    proto = _model(zoo_export, "bert", "gelu=phi6")
+    _, q = quantize_proto(proto, "int8")
+    qi = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    fi = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    plan = fakequant.plan(proto)
+    checked = 0
+    for n in proto.graph.node:
+        if n.op_type == "MatMul" and n.output[0] in plan:
+            g, s = fakequant.weight_grid(torch.tensor(fi[n.input[1]]))
+            np.testing.assert_array_equal(g.numpy().astype(np.int8), qi[f"{n.input[1]}_quantized"])
+            np.testing.assert_array_equal(s.numpy(), qi[f"{n.input[1]}_scale"])
+            checked += 1
+    assert checked == len(plan)
+
+
+def test_activation_grid_is_dynamic_quantize_linears():
+    x = np.random.default_rng(0).normal(size=(3, 7, 5)).astype(np.float32) * 3 + 1
+    node = onnx.helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"])
+    deq = onnx.helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])
+    g = onnx.helper.make_graph([node, deq], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 20)])
+    ref = session_for(m).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(fakequant.activation(torch.tensor(x)).numpy(), ref)
+
+
+def test_backward_is_straight_through():
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.normal(size=(4, 6)).astype(np.float32), requires_grad=True)
+    w = torch.tensor(rng.normal(size=(6, 3)).astype(np.float32), requires_grad=True)
+    g = torch.tensor(rng.normal(size=(4, 3)).astype(np.float32))
+    a, b = fakequant.inputs("MatMul", {}, [x, w])
+    y = a @ b
+    assert not torch.equal(y, x @ w)  # forward is quantized
+    y.backward(g)
+    # d/dx = g @ Q(w)^T and d/dw = Q(x)^T @ g: the quantizers pass the gradient through unchanged
+    torch.testing.assert_close(x.grad, g @ b.detach().T)
+    torch.testing.assert_close(w.grad, a.detach().T @ g)

@@ -1,0 +1,93 @@
+"""Quantization-aware healing end to end: `rewrite --quantize int8 --heal` (no pass: the int8 original)
+and `n6onnx heal` on an int8 model heal against the int8 path, write exactly the plain quantizer's
+graph, improve the int8 model on held-out data (checked in onnxruntime), and refuse other formats."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import n6onnx
+from n6onnx.cli import main
+from n6onnx.heal.run import heal_file
+from n6onnx.heal.train import HealConfig
+from n6onnx.quantize import int8graph
+
+from .test_heal import _mse, _npz
+
+
+@pytest.fixture(scope="module")
+def setup(zoo_export, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("heal_int8")
+    src = zoo_export("bert", "dynamo20")
+    n6onnx.rewrite(src, tmp / "q.onnx", [], quantize="int8")
+    return src, tmp, _npz(tmp / "data.npz", 24, 1), _npz(tmp / "held.npz", 8, 2)
+
+
+def test_heal_an_int8_model_keeps_its_graph_and_improves_it(setup):
+    src, tmp, data, held = setup
+    before = (tmp / "q.onnx").read_bytes()
+    cfg = HealConfig(steps=60, eval_every=10, threads=1)
+    rep = heal_file(tmp / "q.onnx", src, data, tmp / "qh.onnx", config=cfg)
+    assert (tmp / "q.onnx").read_bytes() == before
+    assert rep.fake_quantized == 12 and rep.trainable > 0 and rep.best >= rep.start
+    a, b = onnx.load(tmp / "q.onnx"), onnx.load(tmp / "qh.onnx")
+    assert int8graph.structure(a) == int8graph.structure(b)
+    assert sorted(t.name for t in a.graph.initializer) == sorted(t.name for t in b.graph.initializer)
+    # onnxruntime, on samples neither healing nor its early stopping saw
+    assert _mse(src, tmp / "qh.onnx", held) < _mse(src, tmp / "q.onnx", held)
+
+
+def test_rewrite_quantize_heal_without_a_pass(setup):
+    src, tmp, data, held = setup
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp / "rq.onnx"), "--quantize", "int8", "--calibrate",
+                                  str(data), "--heal", "--heal-steps", "30", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["healing"]["fake_quantized"] == 12 and out["healing"]["config"]["quantize"] == "int8"
+    assert int8graph.structure(onnx.load(tmp / "rq.onnx")) == int8graph.structure(onnx.load(tmp / "q.onnx"))
+    # the same through the API with frequent held-out checks (the CLI checks every 25 steps): better
+    # than the plain int8 model in onnxruntime, on samples healing never saw
+    n6onnx.rewrite(src, tmp / "ra.onnx", [], calibrate=data, heal=True, quantize="int8",
+                   heal_config=HealConfig(steps=60, eval_every=10, threads=1))
+    assert int8graph.structure(onnx.load(tmp / "ra.onnx")) == int8graph.structure(onnx.load(tmp / "q.onnx"))
+    assert _mse(src, tmp / "ra.onnx", held) < _mse(src, tmp / "q.onnx", held)
+    # --no-heal-fake-quant: healing in float, where the int8 original has nothing to train
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp / "rf.onnx"), "--quantize", "int8", "--calibrate",
+                                  str(data), "--heal", "--heal-steps", "5", "--no-heal-fake-quant"])
+    assert r.exit_code != 0 and "no float initializer" in r.output and "Traceback" not in r.output
+
+
+def test_heal_refuses_other_quantized_formats(setup):
+    src, tmp, data, _ = setup
+    n6onnx.rewrite(src, tmp / "q4.onnx", [], quantize="int4")
+    r = CliRunner().invoke(main, ["heal", str(tmp / "q4.onnx"), "--teacher", str(src), "--calibrate", str(data),
+                                  "-o", str(tmp / "never.onnx")])
+    assert r.exit_code != 0 and "MatMulNBits" in r.output and "Traceback" not in r.output
+    assert not (tmp / "never.onnx").exists()
+
+
+
+def test_no_gain_writes_the_same_int8_model(setup):
+    """When no evaluation beats the start, the start goes back bit for bit (the relative
+    parametrisation's round trip alone would move weights by float rounding, and int8 re-rounds)."""
+    src, tmp, data, _ = setup
+    cfg = HealConfig(steps=10, eval_every=5, threads=1, lr=5.0, local=0.0)  # a step far too large
+    rep = heal_file(tmp / "q.onnx", src, data, tmp / "bad.onnx", config=cfg)
+    assert rep.best == rep.start and rep.lowest < rep.start
+    a = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(tmp / "q.onnx").graph.initializer}
+    b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(tmp / "bad.onnx").graph.initializer}
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+
+
+def test_other_modes_heal_in_float_and_say_so(setup):
+    src, tmp, data, _ = setup
+    _, rep = n6onnx.rewrite(src, tmp / "g4.onnx", ["gelu=phi6"], calibrate=data, heal=True, quantize="int4",
+                            heal_config=HealConfig(steps=5, eval_every=5, threads=1))
+    assert rep.healing.fake_quantized == 0
+    assert any("healing ran in float" in w for w in rep.warnings)
