@@ -251,8 +251,10 @@ def greedy_units(Hm: np.ndarray, T: np.ndarray, k: int, eps: float = 1e-6, weigh
     Forward selection on the Gram matrix (pivoted Cholesky): each step adds the unit whose
     residual (orthogonal to the units already chosen) explains most of the residual target
     energy. Unlike a per-unit importance score it accounts for redundancy: of two correlated
-    units it keeps one, because the refit lets it stand in for both. O(H k (k + D)) after the
-    Gram matrix. ``weights``: row weights, as in ``ridge_refit``.
+    units it keeps one, because the refit lets it stand in for both. O(H k (k + r)) after the
+    Gram matrix, r = min(N, D): the choices depend on T only through T T^T, so a target wider
+    than it has rows is first replaced by an [N, N] factor of T T^T (the R of a QR of T^T).
+    ``weights``: row weights, as in ``ridge_refit``.
     """
     w = np.ones(len(Hm)) if weights is None else np.asarray(weights, np.float64) / np.mean(weights)
     sw = np.sqrt(w)[:, None]
@@ -260,23 +262,29 @@ def greedy_units(Hm: np.ndarray, T: np.ndarray, k: int, eps: float = 1e-6, weigh
     Hc = (Hc - w @ Hc / w.sum()) * sw
     Tc = np.asarray(T, np.float64)
     Tc = (Tc - w @ Tc / w.sum()) * sw
+    if Tc.shape[1] > Tc.shape[0]:
+        Tc = np.linalg.qr(Tc.T, mode="r").T  # Tc Tc^T unchanged, N columns instead of D
     G = Hc.T @ Hc
-    G += eps * (np.trace(G) / len(G) + 1e-30) * np.eye(len(G))
-    Bres = Hc.T @ Tc
+    G[np.diag_indices_from(G)] += eps * (np.trace(G) / len(G) + 1e-30)
+    Bres = Hc.T @ Tc  # [H, r]: each unit's correlation with the residual target
+    del Hc, Tc
     d = np.diag(G).copy()
+    energy = np.einsum("ij,ij->i", Bres, Bres)
     L = np.zeros((k, len(G)))
     chosen = np.zeros(len(G), bool)
     order = []
     for i in range(k):
-        score = (Bres * Bres).sum(1) / np.maximum(d, 1e-30)
+        score = energy / np.maximum(d, 1e-30)
         score[chosen] = -np.inf
         p = int(np.argmax(score))
-        col = G[:, p] - L[:i].T @ L[:i, p]
+        col = G[:, p] - L[:i, p] @ L[:i]
         piv = np.sqrt(max(col[p], 1e-30))
         l = col / piv
         L[i] = l
-        d = d - l * l
-        Bres = Bres - np.outer(l, Bres[p] / piv)
+        d -= l * l
+        v = Bres[p] / piv
+        Bres -= l[:, None] * v[None, :]
+        energy = np.einsum("ij,ij->i", Bres, Bres)
         chosen[p] = True
         order.append(p)
     return np.sort(np.array(order))
