@@ -12,12 +12,16 @@ in a fresh wrapper process, so the figure is that command's alone). Peak RSS is 
 size on disk (.onnx + external data). Commands: inspect; rewrite --pass ffn=phi-bottleneck:4/3
 (uncalibrated and with --calibrate on a few short sequences); rewrite --pass gelu=phi6 (Llama has no
 GELU: nothing matches, but the model is still loaded, canonicalised and saved); each repeated
-``--repeats`` times. Writes benchmarks/results/llm_memory.json.
+``--repeats`` times. Writes benchmarks/results/llm_memory.json (``--name``); with ``--only`` the rows of
+the other commands are kept from that file when it describes the same model (each row says when and
+on which commit it was measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import pathlib
 import shutil
@@ -154,6 +158,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a command is stopped")
     ap.add_argument("--calib", default="8x32", help="calibration sequences NxLEN (random token ids)")
     ap.add_argument("--skip", nargs="*", default=[], help="names of commands not to run")
+    ap.add_argument("--only", nargs="*", help="names of the commands to run (the others' rows are kept)")
+    ap.add_argument("--name", default="llm_memory", help="results file benchmarks/results/NAME.json")
     ap.add_argument("--work", default=str(ROOT / "build" / "llm"))
     ap.add_argument("--note", default="shared 2-core machine, 24 GB, other jobs running")
     ap.add_argument("--export-to", help=argparse.SUPPRESS)  # the export step, run in a child process
@@ -191,8 +197,16 @@ def main() -> None:
                                             "--calibrate", str(calib)]),
     }
     rows = []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or None
+    params = sum(int(np.prod(t.dims)) for t in onnx.load(str(llama), load_external_data=False).graph.initializer)
+    model_info = {"kind": "random-weight transformers LlamaModel, dynamo export (opset 20, dynamic batch/seq), "
+                          "fp32, external data", **cfg, "parameters": params}
+    old = _previous(ROOT / "benchmarks" / "results" / f"{args.name}.json", model_info)
     for name, (model, argv) in commands.items():
-        if name in args.skip:
+        if name in args.skip or (args.only is not None and name not in args.only):
+            if name in old:
+                rows.append(old[name])
             continue
         if model == "geglu":  # the same shape with GELU-gated MLPs (Gemma-style): the gelu pass has sites
             model = export(work / f"geglu-{shape}.onnx", "gelu_pytorch_tanh")
@@ -201,26 +215,39 @@ def main() -> None:
         runs = [measure(argv, args.timeout) for _ in range(args.repeats)]
         peak = max(r["peak_rss_bytes"] or 0 for r in runs)
         row = {"name": name, "model": model.name, "model_bytes": size, "peak_rss_bytes": peak,
-               "peak_rss_over_model": round(peak / size, 3), "runs": runs}
+               "peak_rss_over_model": round(peak / size, 3), "runs": runs,
+               "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "commit": commit, "note": args.note, "mem_available_at_start_bytes": available}
         rows.append(row)
         print(f"{name:40s} peak {peak / 2**30:6.2f} GiB = {peak / size:5.2f} x model "
               f"({size / 2**30:.2f} GiB) {[r['seconds'] for r in runs]} s"
               f"{' TIMED OUT' if any(r['timed_out'] for r in runs) else ''}", flush=True)
         for f in (out, work / "out.onnx.data"):
             f.unlink(missing_ok=True)
-    params = sum(int(np.prod(t.dims)) for t in onnx.load(str(llama), load_external_data=False).graph.initializer)
     payload = {
         "what": "peak RSS of n6onnx inspect / rewrite against the model's size on disk (issue 20, item 5)",
-        "model": {"kind": "random-weight transformers LlamaModel, dynamo export (opset 20, dynamic batch/seq), "
-                          "fp32, external data", **cfg, "parameters": params},
+        "model": model_info,
         "method": ("each command in a fresh child process (python -c n6onnx.cli.main) under GNU time; peak RSS = "
                    "its %M (maximum resident set size: anonymous and file-backed mmap pages); model size = "
                    ".onnx + .onnx.data on disk; calibration data: random token ids, "
                    f"{n} sequences x {seq} tokens"),
-        "repetitions": args.repeats, "note": args.note, "mem_available_at_start_bytes": available,
-        "rows": rows,
+        "repetitions": args.repeats, "note": "per row (measured, commit, note: machine load)", "rows": rows,
     }
-    print(write("llm_memory", payload))
+    print(write(args.name, payload))
+
+
+def _previous(path: pathlib.Path, model_info: dict) -> dict:
+    """Rows of an earlier results file for the same model, by name; each keeps (or is given) the
+    time, commit and note of the run that measured it."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("model") != model_info:
+        return {}
+    defaults = {"measured": old.get("generated"), "commit": None, "note": old.get("note"),
+                "mem_available_at_start_bytes": old.get("mem_available_at_start_bytes")}
+    return {r["name"]: {**defaults, **r} for r in old.get("rows", [])}
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
             _insert_add(graph, b.down.node.outputs[0], b2n.astype(dtype), f"{b.act.name}_n6cal_out_bias")
         layers.append(LayerFit(b.act.name, int(len(z)), float(af.r2.mean()), err_f / var, err / var, lam, explicit,
                                centred, {"a": af.a, "c": af.c, "alpha": af.alpha, "beta": af.beta}))
-    rows = int(len(orig[todo[0].out.name]))
+    rows = layers[0].rows
     report = CalibrationReport(_samples(batches), len(batches), rows, time.perf_counter() - t0, refit, layers,
                                getattr(batches, "available", None))
     width = max(int(l.affine["a"].shape[0]) for l in layers)
@@ -265,16 +265,42 @@ def calibrate_swap(model: ir.Model, original: ir.Model, batches: Sequence[dict],
     return report
 
 
-def original_streams(original: ir.Model, blocks: Sequence[FFNBlock], batches, threads=None) -> dict:
-    """Rows of each block's FFN output and residual stream in the original model (one run), keyed by the
-    names in the rewritten model. An earlier calibrated pass may have appended a node to a stream (an
-    explicit bias Add after the down projection): such a value is looked up as the value it was
-    computed from, the one the original model has."""
-    known = {v.name for n in original.graph for v in n.outputs} | {v.name for v in original.graph.inputs}
-    wanted = [v for b in blocks for v in [b.out] + ([b.residual] if b.residual is not None else [])]
-    source = {v.name: _original_name(v, known) for v in wanted}
-    rows = collect.collect(ir.to_proto(original), sorted(set(source.values())), batches, threads)
-    return {name: rows[src] for name, src in source.items()}
+class OriginalStreams:
+    """Rows of each block's FFN output and residual stream in the original model, keyed by the names
+    in the rewritten model, one block at a time: a ``collect.Sweep`` over the original, cut at each
+    block's residual stream, runs it about once in all, and holds one layer's values and one layer's
+    weights in an onnxruntime session at a time (a session of the whole original would hold all its
+    weights). Blocks are asked for in graph order. An earlier calibrated pass may have appended a
+    node to a stream (an explicit bias Add after the down projection): such a value is looked up as
+    the value it was computed from, the one the original model has."""
+
+    def __init__(self, original: ir.Model, blocks: Sequence[FFNBlock], batches, threads=None):
+        known = {v.name for n in original.graph for v in n.outputs} | {v.name for v in original.graph.inputs}
+        self._original, self._blocks, self._next = original, list(blocks), 0
+        self._source = {v.name: _original_name(v, known) for b in blocks for v in _streams(b)}
+        self._sweep = collect.Sweep(batches, threads)
+        self._values: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        while name not in self._values:
+            if self._next >= len(self._blocks):
+                raise KeyError(name)
+            b = self._blocks[self._next]
+            self._next += 1
+            src = [self._source[v.name] for v in _streams(b)]
+            rows = self._sweep.step(self._original, list(dict.fromkeys(src)),
+                                    src[1] if b.residual is not None else None)
+            self._values = {v.name: rows[s] for v, s in zip(_streams(b), src)}
+        return self._values[name]
+
+
+def _streams(b: FFNBlock) -> list[ir.Value]:
+    return [b.out] + ([b.residual] if b.residual is not None else [])
+
+
+def original_streams(original: ir.Model, blocks: Sequence[FFNBlock], batches, threads=None) -> OriginalStreams:
+    """The original model's streams at ``blocks`` (see ``OriginalStreams``)."""
+    return OriginalStreams(original, blocks, batches, threads)
 
 
 def _original_name(v: ir.Value, known: set[str]) -> str:

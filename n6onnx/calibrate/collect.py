@@ -64,6 +64,34 @@ def with_outputs(proto: onnx.ModelProto, names: Sequence[str], cut: dict[str, np
     return m
 
 
+def subgraph_proto(model: ir.Model, names: Sequence[str], cut: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """``with_outputs(ir.to_proto(model), names, cut)`` without serialising the tensors it would drop:
+    the nodes are converted (small), then only the initializers the kept nodes read. A model being
+    calibrated holds its new weights in memory, so a whole-model proto per layer would copy all of
+    them each time."""
+    g = model.graph
+    shell = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name or "",
+                            producer_version=model.producer_version or "", domain=model.domain or "",
+                            model_version=model.model_version or 0)
+    shell.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items())
+    shell.functions.extend(ir.serde.serialize_function(f) for f in model.functions.values())
+    shell.graph.name = g.name or ""
+    shell.graph.node.extend(ir.serde.serialize_node(n) for n in g)
+    shell.graph.input.extend(ir.serde.serialize_value(v) for v in g.inputs)
+    values = {v.name: v for n in g for v in n.outputs}
+    shell.graph.value_info.extend(ir.serde.serialize_value(values[n]) for n in names
+                                  if n in values and values[n].type is not None)
+    m = with_outputs(shell, names, cut)
+    used = {i for n in m.graph.node for i in n.input}
+    for n in m.graph.node:  # values captured by subgraphs
+        for a in n.attribute:
+            for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                used.update(i for sn in sg.node for i in sn.input)
+    m.graph.initializer.extend(ir.serde.serialize_tensor(v.const_value) for name, v in g.initializers.items()
+                               if name in used and name not in (cut or {}) and v.const_value is not None)
+    return m
+
+
 def rows(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """[..., H] -> [N, H], keeping only positions whose attention mask is 1 when it lines up."""
     a = a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a.reshape(-1, 1)
@@ -134,7 +162,9 @@ class Sweep:
         self._values: list[np.ndarray] | None = None
 
     def step(self, model: ir.Model, names: Sequence[str], cut: str | None, full: Sequence[str] = ()) -> dict:
-        res = collect(ir.to_proto(model), names, self.batches, self.threads,
+        example = {self._cut: self._values[0]} if self._cut else None
+        proto = subgraph_proto(model, list(dict.fromkeys(list(names) + ([cut] if cut else []) + list(full))), example)
+        res = collect(proto, names, self.batches, self.threads,
                       cut=self._cut, cut_values=self._values, full=([cut] if cut else []) + list(full))
         if cut:
             values = res[("full", cut)] if cut in full else res.pop(("full", cut))

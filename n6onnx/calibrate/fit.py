@@ -169,19 +169,29 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
     Yc = (Y - ym.astype(np.float32)) * sw
     # what W0 leaves unexplained, centred: the regression target of the correction W - W0
     R = (T - tm.astype(np.float32)) * sw - Yc @ W0.astype(np.float32)
-    S = (Yc.T @ Yc).astype(np.float64)
-    C = (Yc.T @ R).astype(np.float64)
+    H = Y.shape[1]
+    # fewer rows than features (LLM widths, short calibration sets): every H x H quantity is X^T X for
+    # an [rows, H] X, and the ridge solve runs on the rows' kernel X X^T instead (the same solution:
+    # (X^T X + mu I)^-1 X^T E = X^T (X X^T + mu I)^-1 E), O(N^2 H) instead of O(H^3)
+    dual = n < H
+    if dual:
+        S = C = None
+        diag = np.einsum("ij,ij->j", Yc, Yc, dtype=np.float64)
+    else:
+        S = (Yc.T @ Yc).astype(np.float64)
+        C = (Yc.T @ R).astype(np.float64)
+        diag = np.diag(S)
     # the penalty acts on standardised features (lam * sum_j var_j |W_j - W0_j|^2), so that a
     # feature with a small spread (and a large coefficient) is not frozen at its prior
-    sd = np.sqrt(np.maximum(np.diag(S) / n, 0.0))
-    inv = np.ones(len(S))
+    sd = np.sqrt(np.maximum(diag / n, 0.0))
+    inv = np.ones(H)
     if standardize:  # a constant feature keeps its prior coefficient
         inv = np.where(sd > 1e-12 * max(sd.max(), 1e-30), 1.0 / np.maximum(sd, 1e-300), 0.0)
     best_lam = lams[-1] if default_lam is None else default_lam
     err_held = None
     if held is not None:
         va = np.flatnonzero(held)
-        n_val = len(va) if n - len(va) > len(S) // 4 else 0
+        n_val = len(va) if n - len(va) > H // 4 else 0
     else:
         n_val = int(n * holdout) if n >= 50 else 0
         # held out: contiguous runs of rows (rows come sequence by sequence, and the tokens of one
@@ -192,29 +202,50 @@ def ridge_refit(Y: np.ndarray, T: np.ndarray, W0: np.ndarray, b0: np.ndarray, *,
     if n_val:
         n_val = len(va)
         Yv, Rv, swv = Yc[va], R[va], sw[va]
-        Sv = (Yv.T @ Yv).astype(np.float64)
-        Cv = (Yv.T @ Rv).astype(np.float64)
         # train split, re-centred on its own weighted mean m + d (rows u = sqrt(w)(y - m)):
         # sum w (y - m - d)(y - m - d)^T = S_tr - W_tr d d^T, d = sum sqrt(w) u / W_tr
         sws = sw[:, 0].astype(np.float64)
         w_tr = float(w.sum() - w[va].sum())
         d = (sws @ Yc - sws[va] @ Yv) / w_tr
         e = (sws @ R - sws[va] @ Rv) / w_tr
-        G = (S - Sv - w_tr * np.outer(d, d)) * np.outer(inv, inv)
-        rhs0 = (C - Cv - w_tr * np.outer(d, e)) * inv[:, None]
-        evals, Q = np.linalg.eigh(G)
-        rhs = Q.T @ rhs0
-        scale = np.trace(G) / len(G) + 1e-12
+        if dual:  # the train rows themselves: G = X^T X, rhs0 = X^T E
+            tr = np.setdiff1d(np.arange(n), va)
+            X = (Yc[tr] - sws[tr, None] * d) * inv
+            E = R[tr] - sws[tr, None] * e
+            evals, V = np.linalg.eigh(X @ X.T)
+            scale = evals.sum() / H + 1e-12
+            VE = V.T @ E
+            KV = (((Yv - swv * d) * inv) @ X.T) @ V  # validation rows against the train rows
+            solve = lambda lam: KV @ (VE / (evals + lam * scale)[:, None])
+        else:
+            Sv = (Yv.T @ Yv).astype(np.float64)
+            Cv = (Yv.T @ Rv).astype(np.float64)
+            G = (S - Sv - w_tr * np.outer(d, d)) * np.outer(inv, inv)
+            rhs0 = (C - Cv - w_tr * np.outer(d, e)) * inv[:, None]
+            evals, Q = np.linalg.eigh(G)
+            rhs = Q.T @ rhs0
+            scale = np.trace(G) / len(G) + 1e-12
+            Yvd = Yv - swv * d.astype(np.float32)
+
+            def solve(lam):
+                dW = inv[:, None] * (Q @ (rhs / (evals + lam * scale)[:, None]))
+                return Yvd @ dW.astype(np.float32)
         scores = {}
         for lam in lams:
-            dW = inv[:, None] * (Q @ (rhs / (evals + lam * scale)[:, None]))
-            pred = (Yv - swv * d.astype(np.float32)) @ dW.astype(np.float32) + swv * e.astype(np.float32)
+            pred = solve(lam) + swv * e.astype(np.float32)
             scores[lam] = float(np.mean((pred - Rv) ** 2))
         best_lam = min(scores, key=scores.get)
         err_held = scores[best_lam]
-    Ss = S * np.outer(inv, inv)
-    lam = best_lam * (np.trace(Ss) / len(Ss) + 1e-12)
-    W = W0 + inv[:, None] * np.linalg.solve(Ss + lam * np.eye(len(Ss)), C * inv[:, None])
+    if dual:
+        X = Yc * inv
+        K = X @ X.T
+        lam = best_lam * (np.trace(K) / H + 1e-12)
+        K[np.diag_indices_from(K)] += lam
+        W = W0 + inv[:, None] * (X.T @ np.linalg.solve(K, R.astype(np.float64)))
+    else:
+        Ss = S * np.outer(inv, inv)
+        lam = best_lam * (np.trace(Ss) / len(Ss) + 1e-12)
+        W = W0 + inv[:, None] * np.linalg.solve(Ss + lam * np.eye(len(Ss)), C * inv[:, None])
     b = tm - ym @ W
     w32 = w.astype(np.float32)[:, None]
     mse = lambda W_, b_: float(np.mean(w32 * (Y @ W_.astype(np.float32) + b_.astype(np.float32) - T) ** 2, dtype=np.float64))
@@ -251,8 +282,10 @@ def greedy_units(Hm: np.ndarray, T: np.ndarray, k: int, eps: float = 1e-6, weigh
     Forward selection on the Gram matrix (pivoted Cholesky): each step adds the unit whose
     residual (orthogonal to the units already chosen) explains most of the residual target
     energy. Unlike a per-unit importance score it accounts for redundancy: of two correlated
-    units it keeps one, because the refit lets it stand in for both. O(H k (k + D)) after the
-    Gram matrix. ``weights``: row weights, as in ``ridge_refit``.
+    units it keeps one, because the refit lets it stand in for both. O(H k (k + r)) after the
+    Gram matrix, r = min(N, D): the choices depend on T only through T T^T, so a target wider
+    than it has rows is first replaced by an [N, N] factor of T T^T (the R of a QR of T^T).
+    ``weights``: row weights, as in ``ridge_refit``.
     """
     w = np.ones(len(Hm)) if weights is None else np.asarray(weights, np.float64) / np.mean(weights)
     sw = np.sqrt(w)[:, None]
@@ -260,23 +293,29 @@ def greedy_units(Hm: np.ndarray, T: np.ndarray, k: int, eps: float = 1e-6, weigh
     Hc = (Hc - w @ Hc / w.sum()) * sw
     Tc = np.asarray(T, np.float64)
     Tc = (Tc - w @ Tc / w.sum()) * sw
+    if Tc.shape[1] > Tc.shape[0]:
+        Tc = np.linalg.qr(Tc.T, mode="r").T  # Tc Tc^T unchanged, N columns instead of D
     G = Hc.T @ Hc
-    G += eps * (np.trace(G) / len(G) + 1e-30) * np.eye(len(G))
-    Bres = Hc.T @ Tc
+    G[np.diag_indices_from(G)] += eps * (np.trace(G) / len(G) + 1e-30)
+    Bres = Hc.T @ Tc  # [H, r]: each unit's correlation with the residual target
+    del Hc, Tc
     d = np.diag(G).copy()
+    energy = np.einsum("ij,ij->i", Bres, Bres)
     L = np.zeros((k, len(G)))
     chosen = np.zeros(len(G), bool)
     order = []
     for i in range(k):
-        score = (Bres * Bres).sum(1) / np.maximum(d, 1e-30)
+        score = energy / np.maximum(d, 1e-30)
         score[chosen] = -np.inf
         p = int(np.argmax(score))
-        col = G[:, p] - L[:i].T @ L[:i, p]
+        col = G[:, p] - L[:i, p] @ L[:i]
         piv = np.sqrt(max(col[p], 1e-30))
         l = col / piv
         L[i] = l
-        d = d - l * l
-        Bres = Bres - np.outer(l, Bres[p] / piv)
+        d -= l * l
+        v = Bres[p] / piv
+        Bres -= l[:, None] * v[None, :]
+        energy = np.einsum("ij,ij->i", Bres, Bres)
         chosen[p] = True
         order.append(p)
     return np.sort(np.array(order))

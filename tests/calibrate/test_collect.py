@@ -98,3 +98,24 @@ def test_a_failed_temporary_copy_is_a_clear_error(zoo_export, token_npz, tmp_pat
                        calibrate=token_npz("bert", 2))
     assert not (tmp_path / "o.onnx").exists()
     assert set(glob.glob(f"{tempfile.gettempdir()}/n6onnx-session-*")) == before
+
+
+def test_subgraph_proto_equals_pruning_the_whole_model_and_copies_only_what_it_keeps(zoo_export):
+    src = zoo_export("minilm", "dynamo18")
+    model = ir.load(str(src))
+    blocks = prune.map_blocks(model)
+    proto = ir.to_proto(model)
+    names = [blocks[1].up.node.outputs[0].name, blocks[1].residual.name]
+    for cut in (None, {blocks[0].residual.name: np.zeros((2, 3, 8), np.float32)}):
+        got = collect.subgraph_proto(model, names, cut)
+        want = collect.with_outputs(proto, names, cut)
+        assert [n.SerializeToString() for n in got.graph.node] == [n.SerializeToString() for n in want.graph.node]
+        assert sorted(t.SerializeToString() for t in got.graph.initializer) == \
+            sorted(t.SerializeToString() for t in want.graph.initializer)
+        assert [v.name for v in got.graph.input] == [v.name for v in want.graph.input]
+        assert [v.name for v in got.graph.output] == names
+    # from the cut on, the weights upstream of it (the embeddings, layer 0's attention) are not serialised
+    got = collect.subgraph_proto(model, names, {blocks[0].residual.name: np.zeros((2, 3, 8), np.float32)})
+    kept = {t.name for t in got.graph.initializer}
+    assert blocks[0].up.weight.name in kept and len(kept) < len(model.graph.initializers) // 2
+    assert not any("embeddings" in k or "layer.0.attention" in k for k in kept)

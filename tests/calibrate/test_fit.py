@@ -148,3 +148,70 @@ def test_affine_fit_is_not_misled_by_the_row_order():
     # (a search scoring its coarse grid on the first rows only got R^2 0.845 here instead of 0.9915)
     assert abs(float(ordered.r2.mean()) - float(shuffled.r2.mean())) < 2e-3
     assert np.all(ordered.r2 > shuffled.r2 - 0.02)  # per channel, up to a different local optimum
+
+
+def _weighted_centred(X, w):
+    """Rows centred by their weighted mean and scaled by sqrt(w) (w normalised to mean 1), float64."""
+    w = np.asarray(w, np.float64) * (len(w) / np.sum(w))
+    X = np.asarray(X, np.float64)
+    return (X - w @ X / w.sum()) * np.sqrt(w)[:, None]
+
+
+def test_greedy_units_equals_forward_selection_by_least_squares_with_a_wide_target():
+    # a target wider than it has rows (LLM widths: D > N) takes the reduced path; the choices must be
+    # those of plain forward selection: each step adds the unit that most lowers the (eps-ridged)
+    # weighted least-squares residual of T on the chosen units
+    rng = np.random.default_rng(7)
+    N, H, D, k, eps = 40, 30, 90, 8, 1e-6
+    Hm = np.maximum(rng.standard_normal((N, 5)) @ rng.standard_normal((5, H)) + 0.5 * rng.standard_normal((N, H)), 0)
+    T = Hm @ rng.standard_normal((H, D)) * 0.3 + rng.standard_normal((N, D))
+    w = rng.uniform(0.5, 2.0, N)
+    Hc, Tc = _weighted_centred(Hm, w), _weighted_centred(T, w)
+    ridge = eps * np.trace(Hc.T @ Hc) / H
+    chosen = []
+    for _ in range(k):
+        def residual(j):
+            A = Hc[:, chosen + [j]]
+            coef = np.linalg.solve(A.T @ A + ridge * np.eye(A.shape[1]), A.T @ Tc)
+            return np.sum((Tc - A @ coef) ** 2) + ridge * np.sum(coef ** 2)
+        chosen.append(min((j for j in range(H) if j not in chosen), key=residual))
+    np.testing.assert_array_equal(fit.greedy_units(Hm, T, k, eps=eps, weights=w), np.sort(chosen))
+
+
+def test_ridge_refit_with_fewer_rows_than_features_equals_the_primal_solution():
+    # n < H takes the kernel (dual) path; reference: the weighted, standardised ridge in primal form,
+    # with lam chosen on the held rows by fits on the other rows
+    rng = np.random.default_rng(8)
+    N, H, D = 60, 80, 7
+    Y = np.maximum(rng.standard_normal((N, 6)) @ rng.standard_normal((6, H)) + 0.3 * rng.standard_normal((N, H)), 0)
+    Y[:, 5] = 2.0  # a constant feature keeps its prior coefficient
+    T = Y @ rng.standard_normal((H, D)) * 0.1 + rng.standard_normal((N, D))
+    W0, b0 = 0.05 * rng.standard_normal((H, D)), np.zeros(D)
+    w = rng.uniform(0.5, 2.0, N)
+    held = np.arange(N) % 4 == 0
+    lams = (0.01, 0.1, 1.0, 10.0)
+    r = fit.ridge_refit(Y, T, W0, b0, weights=w, held=held, lams=lams)
+
+    def primal(rows, lam_rel):
+        Yc, Tc = _weighted_centred(Y[rows], w[rows]), _weighted_centred(T[rows], w[rows])
+        ww = w[rows] / w[rows].mean()
+        sd = np.sqrt((Yc ** 2).sum(0) / len(Yc))
+        inv = np.where(sd > 1e-9, 1 / np.maximum(sd, 1e-300), 0.0)
+        X = Yc * inv
+        S = X.T @ X
+        lam = lam_rel * np.trace(S) / H
+        W = W0 + inv[:, None] * np.linalg.solve(S + lam * np.eye(H), X.T @ (Tc - Yc @ W0))
+        b = (ww @ T[rows] - ww @ Y[rows] @ W) / ww.sum()
+        return W, b
+
+    def held_err(lam_rel):
+        W, b = primal(~held, lam_rel)
+        e = Y[held] @ W + b - T[held]
+        return np.mean(w[held][:, None] * e ** 2)
+
+    best = min(lams, key=held_err)
+    assert r.lam == best
+    W, b = primal(np.ones(N, bool), best)
+    np.testing.assert_allclose(r.W, W, atol=2e-5 * np.abs(W).max())
+    np.testing.assert_allclose(r.b, b, atol=2e-5 * np.abs(b).max() + 1e-5)
+    np.testing.assert_allclose(r.W[5], W0[5], atol=1e-6)
