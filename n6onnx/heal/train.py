@@ -23,8 +23,8 @@ original stream at that token (calibration's 1/var weight: what the next LayerNo
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
 (``"streams+output"``, default), or the outputs alone (``"output"``).
 
-Safety: part of DATA is held out. Held-out fidelity (mean-pooled cosine for an embedding output,
-else per-sample cosine of the first output) is measured at the start and every ``eval_every``
+Safety: part of DATA is held out. Held-out fidelity (top-1 agreement for [B, L, V] logits, mean-pooled cosine
+for an embedding output, else per-sample cosine of the first output) is measured at the start and every ``eval_every``
 steps; a drop below the best so far by more than ``backtrack`` restores the best weights and
 halves the learning rate. The best evaluated weights are returned, so the result is never worse
 on held-out data than the calibrated start."""
@@ -166,12 +166,20 @@ def _rel_err(y: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torc
     return (d.pow(2).sum(1) * w).sum()
 
 
-def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows: int) -> np.ndarray:
-    """Per-sample fidelity of one batch: mean-pooled cosine for [B, L, H] with an attention mask,
-    else the cosine of each sample's flattened output."""
+def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows: int, name: str = "") -> np.ndarray:
+    """Per-sample fidelity of one batch: for a language model's [B, L, V] logits (``validate``'s rule:
+    ``metrics.looks_like_logits``) the share of (real) positions whose argmax agrees, validate's top-1
+    agreement; else mean-pooled cosine for [B, L, H] with an attention mask, else the cosine of each
+    sample's flattened output.
+    (Mean-pooled cosine of a decoder's logits saturates: 0.999999 while top-1 agreement is 0.96.)"""
     m = feeds.get("attention_mask")
     t, s = teacher_out[:rows], student_out[:rows]
-    if t.ndim == 3 and m is not None and tuple(m.shape) == t.shape[:2]:
+    masked = t.ndim == 3 and m is not None and tuple(m.shape) == t.shape[:2]
+    if t.ndim == 3 and metrics.looks_like_logits(name, t.shape, t.dtype):
+        same = metrics.top1_rows(t, s).astype(np.float64)
+        w = np.asarray(m[:rows], np.float64) if masked else np.ones_like(same)
+        return (same * w).sum(1) / np.maximum(w.sum(1), 1.0)
+    if masked:
         return metrics.cosine_rows(metrics.mean_pool(t, m[:rows]), metrics.mean_pool(s, m[:rows]))
     return metrics.per_sample_cosine(t, s)
 
@@ -244,7 +252,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
             vals = values()
             for k in held_idx:
                 out = student(batches[k], outputs[:1], vals)[outputs[0]].numpy()
-                fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k]))
+                fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k], outputs[0]))
         return float(np.mean(np.concatenate(fids)))
 
     start = evaluate()
