@@ -52,13 +52,19 @@ def scores(src, cand, held: pathlib.Path, labels: np.ndarray) -> dict:
 
 
 def parse_heal(spec: str) -> HealConfig:
-    """``"minutes=6,lr=1e-3,local=0"`` -> HealConfig (fields converted to their default's type)."""
+    """``"minutes=6,lr=1e-3,local=0"`` -> HealConfig (numbers as int where they parse so, else float;
+    ``none`` -> None; anything else a string)."""
     kw = {}
     for item in filter(None, spec.split(",")):
         k, v = item.split("=", 1)
-        default = getattr(HealConfig, k)
-        kw[k] = v if isinstance(default, str) else (None if v == "none" else
-                                                    type(default or 0.0)(float(v)) if default is not None else float(v))
+        if k not in HealConfig.__dataclass_fields__:
+            raise SystemExit(f"--heal: unknown HealConfig field {k!r}")
+        for conv in (int, float):
+            try:
+                kw[k] = conv(v)
+                break
+            except ValueError:
+                kw[k] = None if v == "none" else v
     return HealConfig(**kw)
 
 
