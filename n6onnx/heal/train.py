@@ -21,7 +21,8 @@ fresh Adam and its own warm-up.
 Loss (``loss``): per token, the squared error of each stream point divided by the variance of the
 original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
-(``"streams+output"``, default), or the outputs alone (``"output"``).
+(``"streams+output"``, default), or the outputs alone (``"output"``); ``"streams+kl"`` / ``"kl"``
+take the KL divergence of the outputs' softmax instead (a language model's logits).
 
 Safety: part of DATA is held out. Held-out fidelity (top-1 agreement for [B, L, V] logits, mean-pooled cosine
 for an embedding output, else per-sample cosine of the first output) is measured at the start and every ``eval_every``
@@ -215,7 +216,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         names = targets.trainable(oproto, proto, "neighbours")
     if not names:
         raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
-    streams = targets.stream_points(original, proto) if cfg.loss != "output" or cfg.local > 0 else []
+    streams = targets.stream_points(original, proto) if cfg.loss not in ("output", "kl") or cfg.local > 0 else []
     outputs = [o.name for o in proto.graph.output]
     student = executor.GraphModule(proto)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
@@ -349,11 +350,22 @@ def _restore(u: dict, saved: dict) -> None:
 
 def _loss(out: dict, tgt: dict, streams, outputs, kind: str) -> torch.Tensor:
     terms = []
-    if kind != "output" and streams:
+    if kind not in ("output", "kl") and streams:
         terms.append(torch.stack([_rel_err(out[n], tgt[n]) for n in streams]).mean())
     if kind != "streams" or not streams:
-        terms.append(torch.stack([_rel_err(out[n], tgt[n]) for n in outputs if n in tgt]).mean())
+        err = _kl if kind.endswith("kl") else _rel_err
+        terms.append(torch.stack([err(out[n], tgt[n]) for n in outputs if n in tgt]).mean())
     return sum(terms)
+
+
+def _kl(y: torch.Tensor, target: tuple) -> torch.Tensor:
+    """Mean over (real) rows of KL(softmax(teacher) || softmax(student)) along the last axis: the
+    distillation loss of a language model's logits (``loss`` ``kl`` / ``streams+kl``)."""
+    tt, w = target[0], target[1]
+    keep = (w > 0).float()
+    lq = torch.log_softmax(y.reshape(tt.shape).float(), -1)
+    lp = torch.log_softmax(tt, -1)
+    return ((lp.exp() * (lp - lq)).sum(1) * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 def write_back(model: ir.Model, values: dict[str, np.ndarray]) -> None:

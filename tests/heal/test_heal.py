@@ -186,3 +186,30 @@ def test_decoder_fidelity_is_next_token_top1_agreement(decoder_export, tmp_path)
     ref = n6onnx.validate(src, tmp_path / "plain.onnx", feeds=tmp_path / "held.npz").to_json()["outputs"]["logits"]
     assert rep.start == pytest.approx(ref["logits"]["top1_agreement"], abs=1e-6)
     assert 0 < rep.start < 0.99  # an uncalibrated swap of a random-weight model
+
+
+def test_kl_loss_is_validates_kl(decoder_export, tmp_path):
+    """``loss="streams+kl"``: the output term is KL(teacher softmax || student softmax) over the real
+    positions, equal to validate's metrics.kl_divergence; a heal with it runs on a decoder export and keeps
+    the graph's nodes. (Its effect on fidelity is measured on a trained LM: benchmarks/heal_lm.py; the
+    random-weight zoo decoder's near-uniform logits give no top-1 signal to heal towards.)"""
+    from n6onnx.heal.train import _kl, _prepare
+    from n6onnx.testing import zoo_decoder as zd
+    from n6onnx.validate import metrics
+
+    rng = np.random.default_rng(1)
+    t, s = rng.standard_normal((2, 4, 9)).astype(np.float32), rng.standard_normal((2, 4, 9)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])
+    got = float(_kl(torch.from_numpy(s), _prepare(t, mask.reshape(-1).astype(bool))))
+    assert got == pytest.approx(metrics.kl_divergence(t, s, mask), rel=1e-5)
+    assert float(_kl(torch.from_numpy(t), _prepare(t, None))) == pytest.approx(0.0, abs=1e-6)
+
+    src = decoder_export("gpt2", "nokv")
+    n6onnx.rewrite(src, tmp_path / "plain.onnx", ["gelu=phi6"])
+    batches = [zd.example_inputs("gpt2", batch=2, seq=16, form="nokv", seed=100 + k) for k in range(4)]
+    np.savez(tmp_path / "data.npz", **{f"{n}/{k}": a for k, f in enumerate(batches) for n, a in f.items()})
+    rep = heal_file(tmp_path / "plain.onnx", src, tmp_path / "data.npz", tmp_path / "healed.onnx",
+                    config=HealConfig(steps=4, eval_every=2, threads=1, local=0, loss="streams+kl"))
+    assert rep.steps == 4 and all(np.isfinite(c[3]) for c in rep.curve[1:])
+    nodes = lambda f: [(n.op_type, list(n.input)) for n in onnx.load(str(f)).graph.node]
+    assert nodes(tmp_path / "healed.onnx") == nodes(tmp_path / "plain.onnx")
