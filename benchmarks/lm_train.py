@@ -6,7 +6,8 @@ the project (as benchmarks/moe_train.py does for the MoE).
 Text: the standard-library docstring sentences of benchmarks/recovery.py (``extended_sentences``: the
 project corpus, then more of the same kind), UTF-8 bytes. Split by sentence index, fixed order:
 ``k % 20 == 0`` held-out (never seen by training, calibration or healing), ``k % 20 in 1..4`` DATA
-(calibration and healing), the rest training text. Each split's sentences are joined with a space.
+(calibration and healing), the rest training text. Each split's sentences are joined with a space; the split is written once, with the model
+(``text-{train,data,held}.bin``), and read back from there.
 
 Model: GPT2LMHeadModel, vocab 256, context 64, 4 layers, d 128, 4 heads, inner 512, ``gelu_new`` (as
 GPT-2), dropout 0.1 while training. CPU, 1 thread (2-thread barriers thrash on the shared 2-core
@@ -50,15 +51,25 @@ DROPOUT = 0.1
 VERSION = "1"  # bump when the text split, the model or the training recipe changes
 
 
-def splits() -> dict[str, np.ndarray]:
-    """{"train", "data", "held"}: uint8 byte arrays of each split's text."""
+def splits(out: pathlib.Path) -> dict[str, np.ndarray]:
+    """{"train", "data", "held"}: uint8 byte arrays of each split's text, cached in ``out/text-*.bin``
+    (written once, with the model: which docstrings are found depends on what the process had imported,
+    so the split is computed once and read back, never recomputed for a trained model)."""
+    names = ("train", "data", "held")
+    files = {n: out / f"text-{n}.bin" for n in names}
+    if all(f.is_file() for f in files.values()):
+        return {n: np.fromfile(f, np.uint8) for n, f in files.items()}
     from recovery import extended_sentences
 
     sents = extended_sentences(set())
-    parts: dict[str, list[str]] = {"train": [], "data": [], "held": []}
+    parts: dict[str, list[str]] = {n: [] for n in names}
     for k, s in enumerate(sents):
         parts["held" if k % 20 == 0 else "data" if k % 20 <= 4 else "train"].append(s)
-    return {n: np.frombuffer(" ".join(p).encode("utf-8"), np.uint8).copy() for n, p in parts.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    for n, p in parts.items():
+        with atomic_path(files[n]) as tmp:
+            pathlib.Path(tmp).write_bytes(" ".join(p).encode("utf-8"))
+    return {n: np.fromfile(f, np.uint8) for n, f in files.items()}
 
 
 def windows(ids: np.ndarray, n: int | None = None) -> np.ndarray:
@@ -111,7 +122,7 @@ def train(steps: int, out: pathlib.Path, seed: int = 0, log_every: int = 200) ->
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    sp = splits()
+    sp = splits(out)
     tr = sp["train"]
     held_w, tr_w = windows(sp["held"], 128), windows(tr, 128)
     model = build(DROPOUT)
@@ -175,7 +186,7 @@ def export(out: pathlib.Path, form: str) -> pathlib.Path:
 
 
 def save_data(out: pathlib.Path) -> dict:
-    sp = splits()
+    sp = splits(out)
     n_data = feeds_npz(windows(sp["data"]), out / "data.npz")
     held = windows(sp["held"])
     n_held = feeds_npz(held, out / "held.npz")
@@ -190,7 +201,12 @@ def ensure(out: pathlib.Path = ROOT / "build" / "lm", steps: int = 1200, seed: i
     stamp = out / "stamp.json"
     want = {"version": VERSION, "steps": steps, "seed": seed}
     fresh = stamp.is_file() and json.loads(stamp.read_text()) == want and (out / "bytelm.pt").is_file()
+    if fresh:  # the text files are the split the model was trained on: else train again
+        _, ckpt = load(out)
+        fresh = {n: len(a) for n, a in splits(out).items()} == ckpt["text_bytes"]
     if force or not fresh:
+        for n in ("train", "data", "held"):
+            (out / f"text-{n}.bin").unlink(missing_ok=True)
         train(steps, out, seed=seed)
         for form in ("nokv", "kv"):
             export(out, form)
