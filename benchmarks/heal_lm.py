@@ -126,7 +126,8 @@ def main(argv=None) -> int:
         "method": ("held-out = lm_train's held-out split (every 20th docstring sentence), never seen by the LM's "
                    "training, calibration or healing; top-1 agreement / KL(original || candidate) / per-sequence "
                    "logits cosine from n6onnx.validate over every position; accuracy = argmax == the next byte of "
-                   "the text; healing holds out the last 10% of DATA for early stopping; 2 threads, one run per row"),
+                   "the text; healing holds out the last 10% of DATA for early stopping; validation at 2 threads, heal "
+                   "threads in each row's healing.config (default 2); one run per row"),
         "data": {"calibration_sequences": d.samples, "calib_samples": a.calib_samples, **(lm["sizes"] or {})},
         "goal": {"top1_agreement": GOAL, "rewrite": PASS},
         "note": a.note, "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
