@@ -27,7 +27,7 @@ from claimlib.calibration import _CURVES, bottleneck_row, curve_row, quality_row
 from claimlib.common import (  # noqa: E402, F401 - CLAIMS: the claims table, part of this script's interface
     _capabilities, CLAIMS, future_row, HEADER, OUTPUT, RESULTS, Results, Row, table,
 )
-from claimlib.heal import heal_row  # noqa: E402
+from claimlib.heal import heal_lm_row, heal_row  # noqa: E402
 from claimlib.moe import combined_row, moe_rows  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def collect(results: pathlib.Path) -> list[Row]:
     moe = {**(moe_rows(res) or {}), **attention_rows(res)}
     rows += [moe[k] if k in moe else future_row(res, k, caps) for k in ("phi_moe", "routing", "fftmix", "egyptian_attention")]
     rows.append(combined_row(res))
-    rows.append(heal_row(res))
+    rows += [heal_row(res), heal_lm_row(res)]
     return rows
 
 

@@ -45,7 +45,8 @@ def _heal_options(f, flag: bool = True):
         click.option("--heal-train", type=click.Choice(TRAINABLE), default=HealConfig.train, show_default=True,
                      help="What is trained: the rewritten blocks, plus neighbouring LayerNorms and projections, or all."),
         click.option("--heal-loss", type=click.Choice(LOSSES), default=HealConfig.loss, show_default=True,
-                     help="Residual stream after each block and/or the model outputs."),
+                     help="Residual stream after each block and/or the model outputs (kl: the KL divergence of "
+                     "the outputs' softmax, for a language model's logits)."),
         click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
                      help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
         click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,

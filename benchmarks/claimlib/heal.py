@@ -46,3 +46,39 @@ def heal_row(res: Results) -> Row:
     data = f"DATA: {d.get('samples')} sentences (closed-form fit on {d.get('calib_samples')})"
     detail = [data + ". " + str(d.get("note", "")), "", *table(head, body)]
     return Row(NAME, SOURCE, verdict.strip(), _generic_where(d), [res.rel(fname)], detail, NAME + " (all-MiniLM-L6-v2)")
+
+
+LM_NAME = "Healing a decoder (byte-level GPT-2)"
+LM_SOURCE = ("issue 16's goal: the healed gelu=phi6 model of a small GPT-2-style LM trained by the project has "
+             "next-token top-1 agreement >= 0.97 with the original on held-out text")
+
+
+def heal_lm_row(res: Results) -> Row:
+    """The decoder goal against benchmarks/results/heal_lm.json (benchmarks/heal_lm.py)."""
+    fname = "heal_lm.json"
+    d = res.load(fname)
+    if d is None or not d.get("rows"):
+        return Row(LM_NAME, LM_SOURCE, f"not measured yet: no rows in {fname} (run benchmarks/heal_lm.py)", "-", [])
+    rows = d["rows"]
+    by = {r["model"]: r for r in rows}
+    cal = next((r for r in rows if r["model"].endswith("calibrated") and "uncalibrated" not in r["model"]), None)
+    healed = [r for r in rows if "healing" in r]
+    best = max(healed, key=lambda r: r["held_out"]["top1_agreement"], default=None)
+    int8 = next((r for r in rows if r["model"].startswith("ORT int8")), None)
+    goal = (d.get("goal") or {}).get("top1_agreement", 0.97)
+    parts = []
+    if cal is not None:
+        parts.append(f"calibrated {cal['held_out']['top1_agreement']:.4f}")
+    if best is not None:
+        t = best["held_out"]["top1_agreement"]
+        parts.append(f"healed {t:.4f} ({best['model']}, {best['calibrate_and_heal_seconds']:.0f} s calibrate + heal; "
+                     + ("goal reached" if t >= goal else f"goal {goal}: {goal - t:.4f} short") + ")")
+    if int8 is not None:
+        parts.append(f"ORT int8 in the same run {int8['held_out']['top1_agreement']:.4f}")
+    verdict = "Held-out next-byte top-1 agreement with the original: " + "; ".join(parts) + "."
+    head = ["Model", "Top-1 agreement", "KL (nats)", "Logits cosine", "Next-byte accuracy", "Seconds"]
+    body = [[r["model"], f"{r['held_out']['top1_agreement']:.4f}", f"{r['held_out']['kl']:.5f}",
+             f"{r['held_out']['cosine']:.6f}", f"{r['held_out']['accuracy']:.4f}",
+             str(r.get("calibrate_and_heal_seconds", r.get("calibrate_seconds", "-")))] for r in by.values()]
+    detail = [f"Model: {d.get('model')}. DATA: {d.get('data')}. {d.get('note', '')}", "", *table(head, body)]
+    return Row(LM_NAME, LM_SOURCE, verdict, _generic_where(d), [res.rel(fname)], detail, LM_NAME)

@@ -10,7 +10,8 @@ per-tensor int8 lose most of its fidelity on the original's W2) set the step for
 ``split`` moves those units out: in the main FFN their balance scale becomes 0 and their W2 rows
 0 (so they no longer set either step), and a detour of the same form computes them from the FFN's
 input: MatMul(x, W1[:, k], columns at equal ranges) -> Mul(their gains) -> the same n6 activation
-(its folded bias) -> centring Add -> MatMul(W2[k, :]), added to the residual stream. Any quantizer then gives the detour its own steps. The
+(its folded bias) -> centring Add -> MatMul(W2[k, :]) [-> Reshape to the stream's shape, where the FFN's input is
+flattened, as in GPT-2's Conv1D], added to the residual stream. Any quantizer then gives the detour its own steps. The
 float model is unchanged up to rounding. The detour's activation carries ``OUTLIER_TAG`` so that
 ``blocks.find_ffn_blocks`` does not take it for an FFN of its own.
 """
@@ -74,6 +75,11 @@ def insert_detour(graph: ir.Graph, act: ir.Node, x: ir.Value, residual_add: ir.N
     a.metadata_props[OUTLIER_TAG] = act.name
     c = _node(graph, at, "Add", [a.outputs[0], mv], f"{base}_centre", like=x)
     down = _node(graph, at, "MatMul", [c.outputs[0], w2v], f"{base}_down", like=x)
+    if x.shape is None or residual.shape is None or len(x.shape) != len(residual.shape):
+        # the FFN's input is flattened (GPT-2's Conv1D: a Reshape to [batch*seq, d] before the up Gemm,
+        # and back after the down one): the detour's output goes back to the residual stream's shape
+        shape = _node(graph, at, "Shape", [residual], f"{base}_shape")
+        down = _node(graph, at, "Reshape", [down.outputs[0], shape.outputs[0]], f"{base}_unflatten", like=residual)
     s = _node(graph, at, "Add", [residual, down.outputs[0]], f"{base}_sum", like=residual)
     idx = [i for i, v in enumerate(residual_add.inputs) if v is residual][0]
     residual_add.replace_input_with(idx, s.outputs[0])

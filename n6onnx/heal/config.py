@@ -7,7 +7,7 @@ import dataclasses
 
 TRAINABLE = ("rewritten", "neighbours", "all")
 PARAMS = ("relative", "raw")
-LOSSES = ("streams+output", "streams", "output")
+LOSSES = ("streams+output", "streams", "output", "streams+kl", "kl")  # kl: the outputs are logits
 LOCAL_INPUTS = ("student", "teacher")
 
 

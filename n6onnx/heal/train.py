@@ -21,15 +21,16 @@ fresh Adam and its own warm-up.
 Loss (``loss``): per token, the squared error of each stream point divided by the variance of the
 original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
-(``"streams+output"``, default), or the outputs alone (``"output"``).
+(``"streams+output"``, default), or the outputs alone (``"output"``); ``"streams+kl"`` / ``"kl"``
+take the KL divergence of the outputs' softmax instead (a language model's logits).
 
 Quantization-aware (``quantize="int8"`` with ``fake_quant``): the student runs every MatMul that
 ``--quantize int8`` will quantize with fake-quantized weights and activations (``heal.fakequant``:
 onnxruntime's grids, straight-through backward), so the loss, the held-out fidelity and the
 best-weights rule all see the int8 model; the weights (and biases) of those MatMuls train as well.
 
-Safety: part of DATA is held out. Held-out fidelity (mean-pooled cosine for an embedding output,
-else per-sample cosine of the first output) is measured at the start and every ``eval_every``
+Safety: part of DATA is held out. Held-out fidelity (top-1 agreement for [B, L, V] logits, mean-pooled cosine
+for an embedding output, else per-sample cosine of the first output) is measured at the start and every ``eval_every``
 steps; a drop below the best so far by more than ``backtrack`` restores the best weights and
 halves the learning rate. The best evaluated weights are returned, so the result is never worse
 on held-out data than the calibrated start."""
@@ -173,12 +174,20 @@ def _rel_err(y: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torc
     return (d.pow(2).sum(1) * w).sum()
 
 
-def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows: int) -> np.ndarray:
-    """Per-sample fidelity of one batch: mean-pooled cosine for [B, L, H] with an attention mask,
-    else the cosine of each sample's flattened output."""
+def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows: int, name: str = "") -> np.ndarray:
+    """Per-sample fidelity of one batch: for a language model's [B, L, V] logits (``validate``'s rule:
+    ``metrics.looks_like_logits``) the share of (real) positions whose argmax agrees, validate's top-1
+    agreement; else mean-pooled cosine for [B, L, H] with an attention mask, else the cosine of each
+    sample's flattened output.
+    (Mean-pooled cosine of a decoder's logits saturates: 0.999999 while top-1 agreement is 0.96.)"""
     m = feeds.get("attention_mask")
     t, s = teacher_out[:rows], student_out[:rows]
-    if t.ndim == 3 and m is not None and tuple(m.shape) == t.shape[:2]:
+    masked = t.ndim == 3 and m is not None and tuple(m.shape) == t.shape[:2]
+    if t.ndim == 3 and metrics.looks_like_logits(name, t.shape, t.dtype):
+        same = metrics.top1_rows(t, s).astype(np.float64)
+        w = np.asarray(m[:rows], np.float64) if masked else np.ones_like(same)
+        return (same * w).sum(1) / np.maximum(w.sum(1), 1.0)
+    if masked:
         return metrics.cosine_rows(metrics.mean_pool(t, m[:rows]), metrics.mean_pool(s, m[:rows]))
     return metrics.per_sample_cosine(t, s)
 
@@ -219,7 +228,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         names = targets.trainable(oproto, proto, "neighbours")
     if not names:
         raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
-    streams = targets.stream_points(original, proto) if cfg.loss != "output" or cfg.local > 0 else []
+    streams = targets.stream_points(original, proto) if cfg.loss not in ("output", "kl") or cfg.local > 0 else []
     # a present whose layout the rewrite changed (a re-laid-out KV cache) is no target
     moved = set(feeds_mod.relaid(feeds_mod.proto_input_specs(oproto, outputs=True),
                                  feeds_mod.proto_input_specs(proto, outputs=True)))
@@ -260,7 +269,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
             vals = values()
             for k in held_idx:
                 out = student(batches[k], outputs[:1], vals)[outputs[0]].numpy()
-                fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k]))
+                fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k], outputs[0]))
         return float(np.mean(np.concatenate(fids)))
 
     start = evaluate()
@@ -359,11 +368,22 @@ def _restore(u: dict, saved: dict) -> None:
 
 def _loss(out: dict, tgt: dict, streams, outputs, kind: str) -> torch.Tensor:
     terms = []
-    if kind != "output" and streams:
+    if kind not in ("output", "kl") and streams:
         terms.append(torch.stack([_rel_err(out[n], tgt[n]) for n in streams]).mean())
     if kind != "streams" or not streams:
-        terms.append(torch.stack([_rel_err(out[n], tgt[n]) for n in outputs if n in tgt]).mean())
+        err = _kl if kind.endswith("kl") else _rel_err
+        terms.append(torch.stack([err(out[n], tgt[n]) for n in outputs if n in tgt]).mean())
     return sum(terms)
+
+
+def _kl(y: torch.Tensor, target: tuple) -> torch.Tensor:
+    """Mean over (real) rows of KL(softmax(teacher) || softmax(student)) along the last axis: the
+    distillation loss of a language model's logits (``loss`` ``kl`` / ``streams+kl``)."""
+    tt, w = target[0], target[1]
+    keep = (w > 0).float()
+    lq = torch.log_softmax(y.reshape(tt.shape).float(), -1)
+    lp = torch.log_softmax(tt, -1)
+    return ((lp.exp() * (lp - lq)).sum(1) * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 def write_back(model: ir.Model, values: dict[str, np.ndarray]) -> None:

@@ -188,18 +188,31 @@ def export(model: str, cache_dir: str | os.PathLike, *, form: str = "kv", export
 
 
 def _export_uncached(model: str, form: str, exporter: str, path: pathlib.Path) -> None:
+    feeds = example_inputs(model, batch=2, seq=3, past=5 if form == "kv" else 0, form=form)
+    export_lm(load_torch_model(model), path, feeds, form=form, exporter=exporter,
+              doc=f"n6onnx.zoo_decoder model={model} form={form} exporter={exporter} v{VERSION}")
+
+
+def export_lm(lm, path: str | os.PathLike, feeds: dict[str, np.ndarray], *, form: str = "nokv",
+              exporter: str = "dynamo20", doc: str = "", layers: int = LAYERS) -> pathlib.Path:
+    """Export a Hugging Face ``*ForCausalLM`` module ``lm`` (eval mode) as this zoo exports its decoders
+    (``form``'s inputs/outputs, dynamic batch / sequence / past, ``exporter``) to ``path``, atomically;
+    ``feeds`` are example inputs (``example_inputs``' names) and ``layers`` the model's layer count."""
     import torch
 
-    w = _wrapper(model, load_torch_model(model), form)
-    feeds = example_inputs(model, batch=2, seq=3, past=5 if form == "kv" else 0, form=form)
-    args = [torch.from_numpy(feeds[n]) for n in input_names(form)]
+    _check("gpt2", form, exporter)
+    path = pathlib.Path(path)
+    ins = input_names(form)[:3] + (past_names(layers) if form == "kv" else [])
+    outs = ["logits", *(present_names(layers) if form == "kv" else [])]
+    w = _wrapper("", lm, form)
+    args = [torch.from_numpy(feeds[n]) for n in ins]
     batch = torch.export.Dim("batch", min=1, max=64)
     seq = torch.export.Dim("seq", min=1, max=4096)
     total = torch.export.Dim("total", min=1, max=8192)
     past = torch.export.Dim("past", min=0, max=4096)
     dyn: tuple = ({0: batch, 1: seq}, {0: batch, 1: total if form == "kv" else seq}, {0: batch, 1: seq})
     if form == "kv":
-        dyn = (*dyn, tuple({0: batch, 2: past} for _ in past_names()))
+        dyn = (*dyn, tuple({0: batch, 2: past} for _ in range(2 * layers)))
     with atomic_path(path) as tmp:
         reg_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
         old_level = reg_logger.level
@@ -209,14 +222,15 @@ def _export_uncached(model: str, form: str, exporter: str, path: pathlib.Path) -
                     contextlib.redirect_stdout(devnull):
                 warnings.simplefilter("ignore")
                 prog = torch.onnx.export(
-                    w, tuple(args), dynamo=True, opset_version=_OPSET[exporter], input_names=input_names(form),
-                    output_names=output_names(form), dynamic_shapes=dyn, external_data=False, optimize=True,
+                    w, tuple(args), dynamo=True, opset_version=_OPSET[exporter], input_names=ins,
+                    output_names=outs, dynamic_shapes=dyn, external_data=False, optimize=True,
                 )
         finally:
             reg_logger.setLevel(old_level)
         proto = prog.model_proto
-        proto.doc_string = f"n6onnx.zoo_decoder model={model} form={form} exporter={exporter} v{VERSION}"
+        proto.doc_string = doc
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    return path
 
 
 def decode(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], model: str,
