@@ -166,7 +166,9 @@ def reference(Q, K, V, key_padding_mask=None, PastKey=None, PastValue=None, *, n
                  kv_heads=kv_heads, sinks=sinks, window=window)
     if PastKey is not None or PastValue is not None:
         attrs = {"window": window, "scale": scale, "sinks": sinks}
-        return egyptian_cache.reference(reference, pr, attrs, Q, K, V, key_padding_mask, PastKey, PastValue)
+        K, V, mask, PastKey, PastValue = (None if a is None else np.asarray(a)
+                                          for a in (K, V, key_padding_mask, PastKey, PastValue))
+        return egyptian_cache.reference(reference, pr, attrs, Q, K, V, mask, PastKey, PastValue)
     B, Lq, Lk, H, dh = pr.B, pr.Lq, pr.Lk, pr.H, pr.dh
     if key_padding_mask is not None and np.shape(key_padding_mask) != (B, Lk):
         raise ValueError(f"EgyptianAttention: key_padding_mask must be [B, Lk] = [{B}, {Lk}], "

@@ -110,29 +110,28 @@ def check(pr, mask, past_key, past_value) -> tuple[int, list[int]]:
     return P, groups
 
 
-def reference(attend, pr, attrs: dict, Q, K, V, mask, past_key, past_value):
+def reference(attend, pr, attrs: dict, Q, K, V, mask, past_key, past_value, cat=np.concatenate):
     """(Y, PresentKey, PresentValue): per kind, its past rows + the new rows, attended by ``attend``
-    (the plain reference) on that kind's heads with its part of the absolute mask, as the graph
-    attention=egyptian emitted before the op took the cache."""
+    (the plain op) on that kind's heads with its part of the absolute mask, as the graph
+    attention=egyptian emitted before the op took the cache. Arrays of one library: numpy, or
+    torch with ``cat`` its concatenation (the torch functional)."""
     P, groups = check(pr, mask, past_key, past_value)
     B, Lq, dh, G = pr.B, pr.Lq, pr.dh, pr.group
-    mask = np.asarray(mask)
     ys, presents = [], {"k": [], "v": []}
     for kind, (g0, n, rows, base) in layout(groups, P, pr.window, pr.sinks).items():
         kv = {}
         for part, past, new in (("k", past_key, K), ("v", past_value, V)):
-            old = np.asarray(past)[:, 0, base:base + rows * n].reshape(B, rows, n * dh)
-            full = np.concatenate([old, np.asarray(new)[:, :, g0 * dh:(g0 + n) * dh]], axis=1)
+            old = past[:, 0, base:base + rows * n].reshape(B, rows, n * dh)
+            full = cat([old, new[:, :, g0 * dh:(g0 + n) * dh]], axis=1)
             keep = kept(kind, rows + Lq, pr.window, pr.sinks)
             kept_rows = full[:, full.shape[1] - keep:] if kind == LOCAL else full[:, :keep]
             presents[part].append(kept_rows.reshape(B, -1, dh))
             kv[part] = full
-        m = {FULL: mask, LOCAL: mask[:, P - rows:],
-             GLOBAL: np.concatenate([mask[:, :rows], mask[:, P:]], axis=1)}[kind]
+        m = {FULL: mask, LOCAL: mask[:, P - rows:], GLOBAL: cat([mask[:, :rows], mask[:, P:]], axis=1)}[kind]
         sub = {**attrs, "num_heads": n * G, "kv_heads": n, "head_kinds": [kind] * (n * G), "causal": 1}
-        ys.append(attend(np.asarray(Q)[:, :, g0 * G * dh:(g0 + n) * G * dh], kv["k"], kv["v"], m, **sub))
-    y = np.concatenate(ys, axis=2)
-    pk, pv = (np.concatenate(presents[p], axis=1)[:, None] for p in ("k", "v"))
+        ys.append(attend(Q[:, :, g0 * G * dh:(g0 + n) * G * dh], kv["k"], kv["v"], m, **sub))
+    y = cat(ys, axis=2)
+    pk, pv = (cat(presents[p], axis=1)[:, None] for p in ("k", "v"))
     return y, pk, pv
 
 
