@@ -108,9 +108,9 @@ struct Op {
   }
 };
 
-// onnxruntime's lite ops read every input before an optional one that is bound: an unbound mask
-// with PastKey bound (or an unbound PastKey with PastValue bound) would be dereferenced as a null
-// value (a crash). This check runs first and answers an error instead.
+// onnxruntime's lite ops read every listed input, an empty (unbound) optional one included, as a
+// value: an unbound mask with PastKey bound, or an unbound PastKey / PastValue listed, would be
+// dereferenced as a null value (a crash). This check runs first and answers an error instead.
 template <class Kernel>
 struct UnboundInputGuard {
   static inline decltype(OrtCustomOp::KernelComputeV2) inner = nullptr;
@@ -118,12 +118,14 @@ struct UnboundInputGuard {
     const OrtApi& api = Ort::GetApi();
     size_t n = 0;
     if (OrtStatus* st = api.KernelContext_GetInputCount(ctx, &n)) return st;
-    for (size_t i = 3; i + 1 < n && i < 5; ++i) {
+    for (size_t i = 3; i < n; ++i) {  // a listed input with an empty name is unbound as well
       const OrtValue* v = nullptr;
       if (OrtStatus* st = api.KernelContext_GetInput(ctx, i, &v)) return st;
       if (v == nullptr) {
-        return OpError(kOpName, i == 3 ? "with PastKey/PastValue the key_padding_mask [B, past + Lq] is required"
-                                       : "PastKey and PastValue go together").release();
+        return OpError(kOpName, i > 3 ? "PastKey and PastValue go together"
+                                : n > 4 ? "with PastKey/PastValue the key_padding_mask [B, past + Lq] is required"
+                                        : "the key_padding_mask input is listed but empty: leave it out")
+            .release();
       }
     }
     return inner(kernel, ctx);
