@@ -3,10 +3,12 @@
 // new rows, its heads' queries and its part of the absolute mask are gathered into a plain causal
 // call on that kind's keys (the key-index convention of egyptian/egyptian.h gives the same answer
 // on the truncated local / global caches), run by `run`; the presents are the rows each kind keeps
-// (full: all, local: the last keep, global: the first keep), copied from the gathered keys.
+// (full: all, local: the last keep, global: the first keep), copied from the gathered keys. With
+// one sequence the full groups' rows are gathered straight into the present (one copy of the past).
 #pragma once
 
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "common/ort_glue.h"
@@ -22,20 +24,24 @@ Ort::Status RunCacheByKind(const Problem& pr, const CacheLayout& c, const Io<T>&
     const int64_t n = c.n[kind], rows = c.rows[kind], Lk = rows + Lq, nd = n * dh, hd = n * G * dh;
     if (n == 0) continue;
     const size_t nkv = static_cast<size_t>(B * Lk * nd);
-    std::vector<T> kv[2] = {std::vector<T>(nkv), std::vector<T>(nkv)};
     const T* past[2] = {cio.pk, cio.pv};
     const T* fresh[2] = {io.k, io.v};
     T* out[2] = {cio.ok, cio.ov};
+    const T* kv[2] = {nullptr, nullptr};
+    std::unique_ptr<T[]> own[2];
     const int64_t first = kind == kLocal ? Lk - c.keep[kind] : 0;  // the first gathered row the present keeps
     for (int t = 0; t < 2; ++t) {
-      T* dst = kv[t].data();
+      // one sequence whose present keeps every gathered row (full groups): gathered into the present itself
+      const bool in_present = B == 1 && out[t] && c.keep[kind] == Lk;
+      T* dst = in_present ? out[t] + c.obase[kind] * dh : (own[t].reset(new T[nkv]), own[t].get());
+      kv[t] = dst;
       for (int64_t b = 0; b < B; ++b) {
         if (rows) std::memcpy(dst + b * Lk * nd, past[t] + (b * c.S + c.base[kind]) * dh, sizeof(T) * rows * nd);
         for (int64_t i = 0; i < Lq; ++i) {
           std::memcpy(dst + (b * Lk + rows + i) * nd, fresh[t] + (b * Lq + i) * Hkv * dh + c.g0[kind] * dh,
                       sizeof(T) * nd);
         }
-        if (out[t] && c.keep[kind]) {
+        if (out[t] && !in_present && c.keep[kind]) {
           std::memcpy(out[t] + (b * c.Sout + c.obase[kind]) * dh, dst + (b * Lk + first) * nd,
                       sizeof(T) * c.keep[kind] * nd);
         }
@@ -60,8 +66,8 @@ Ort::Status RunCacheByKind(const Problem& pr, const CacheLayout& c, const Io<T>&
     sub.kinds.assign(static_cast<size_t>(n * G), kind);
     Io<T> s;
     s.q = q.data();
-    s.k = kv[0].data();
-    s.v = kv[1].data();
+    s.k = kv[0];
+    s.v = kv[1];
     s.mask = io.mask ? mask.data() : nullptr;
     s.y = y.data();
     s.n = q.size();

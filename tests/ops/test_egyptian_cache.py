@@ -69,12 +69,13 @@ def _groups(attrs):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("attrs", KINDS, ids=["default", "local_global", "mha"])
 @pytest.mark.parametrize("P,Lq", [(0, 1), (0, 6), (9, 1), (9, 3), (2, 2), (20, 5)])
-def test_cache_call_equals_the_plain_op_on_all_keys(impl, attrs, P, Lq):
+@pytest.mark.parametrize("B", [1, 2])
+def test_cache_call_equals_the_plain_op_on_all_keys(impl, attrs, P, Lq, B):
     """One cache-mode call (packed past of P positions + Lq new) == the plain causal op on all P + Lq
     keys; the presents == the packed layout of all P + Lq positions."""
     attrs = {**attrs, "causal": 1}
     dh, groups = 4, _groups(attrs)
-    q, k, v, mask = _problem(P * 10 + Lq, 2, P + Lq, attrs["num_heads"], attrs["kv_heads"], dh)
+    q, k, v, mask = _problem(P * 10 + Lq, B, P + Lq, attrs["num_heads"], attrs["kv_heads"], dh)
     want = EGY.reference(q[:, P:], k, v, mask, **attrs)
     w, s = attrs["window"], attrs["sinks"]
     feeds = {"Q": q[:, P:], "K": k[:, P:], "V": v[:, P:], "key_padding_mask": mask,
