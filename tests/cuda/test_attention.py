@@ -36,7 +36,9 @@ SANITIZE = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L
             "causal_L333_gqa_dh64_mask", "causal_chunk130_of_500_dh128", "causal_decode_L700_gqa_nomask",
             "causal_L150_threads", "causal_decode2_dh128_mask", "causal_decode3_dh20_local",
             "causal_decode3_L5000_dh128", "causal_decode2_L1500_mha_dh20", "causal_decode_L3000_g16_dh32",
-            "causal_decode2_shrunk_global"}
+            "causal_decode2_shrunk_global", "cache_chunk3_short_past", "cache_decode_default_kinds",
+            "cache_decode2_B2_L1000_dh128", "cache_decode3_dh20_scalar", "cache_decode_empty_past",
+            "cache_chunk5_odd_dh33"}
 
 
 def extra_samples(op: str, dtype: str) -> list[Sample]:
@@ -219,8 +221,6 @@ CACHE_CASES = [  # id, B, Lq, P, H, Hkv, dh, attrs
                                                                "sinks": 4, "head_kinds": [0, 0, 2, 2]}),
     ("cache_chunk5_odd_dh33", 2, 5, 50, 3, 3, 33, {"num_heads": 3, "window": 7, "head_kinds": [0, 1, 2]}),
 ]
-SANITIZE |= {"cache_decode2_B2_L1000_dh128", "cache_decode3_dh20_scalar", "cache_decode_empty_past",
-             "cache_chunk5_odd_dh33"}
 
 
 def cache_sample(sid: str, dtype: str):
