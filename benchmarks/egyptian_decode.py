@@ -17,8 +17,13 @@ present cache. No projections (they are the same for every variant).
   egyptian_caches    one node per kind on its own cache, as a decoder that shrinks its cache runs
                      it: full groups [1, P, 256], local groups the last 63 tokens [1, 63, 128],
                      global groups the sink [1, 1, 128]; present: full Concat, local its last 63
-                     rows (Slice), global unchanged. Checked at every context before timing: on
-                     the same tokens its outputs equal egyptian_onecache's ("check" in the JSON).
+                     rows (Slice), global unchanged (13 nodes). Checked at every context before
+                     timing: on the same tokens its outputs equal egyptian_onecache's ("check").
+  egyptian_packed    the same shrunk caches as attention=egyptian stores them (one packed tensor
+                     per K / V, [1, 1, 4P + 2*63 + 2*1, 64]) in ONE EgyptianAttention node in cache
+                     mode: past + new rows in, attention and the packed presents out (the node
+                     appends to its own cache). Checked the same way (its Y and its presents
+                     against egyptian_onecache's, packed).
 Reported per variant and context: the step time (median and quartiles of the per-run wall time,
 repetitions interleaved across variants after warm-up) and the KV-cache bytes the step outputs
 (the present tensors' sizes), with ratios against ort_gqa.
@@ -59,20 +64,22 @@ from onnx import TensorProto, helper  # noqa: E402
 import n6onnx  # noqa: E402
 from n6onnx.ops import DOMAIN, REGISTRY  # noqa: E402
 from n6onnx.ops.egyptian_attention import FULL, GLOBAL, LOCAL, default_group_kinds  # noqa: E402
+from n6onnx.ops.egyptian_cache import pack, packed_rows  # noqa: E402
 
 from _common import summary, write  # noqa: E402
 
 H, HKV, DH, WINDOW, SINKS = 32, 8, 64, 64, 1
 G = H // HKV
 CONTEXTS = (1024, 4096, 8192)
-VARIANTS = ("ort_gqa", "egyptian_full", "egyptian_onecache", "egyptian_caches")
+VARIANTS = ("ort_gqa", "egyptian_full", "egyptian_onecache", "egyptian_caches", "egyptian_packed")
 KINDS = default_group_kinds(H, HKV)  # 4 full groups, 2 local, 2 global
-ET = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+GROUPS = [KINDS[g * (H // HKV)] for g in range(HKV)]
+ET = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int32": TensorProto.INT32}
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 def _vi(name, shape, dtype):
-    return helper.make_tensor_value_info(name, ET[dtype], shape)
+    return helper.make_tensor_value_info(name, ET["int32" if name == "mask" else dtype], shape)
 
 
 def _groups(kind):
@@ -96,6 +103,15 @@ def model(variant: str, P: int, dtype: str = "float32") -> tuple[bytes, dict, li
         nodes.append(helper.make_node("EgyptianAttention", ["q", "K", "V"], ["y"], domain=DOMAIN, num_heads=H,
                                       kv_heads=HKV, causal=1, window=WINDOW, sinks=SINKS, head_kinds=kinds))
         outs, presents = [("y", [1, 1, H * DH]), ("K", [1, P + 1, HKV * DH]), ("V", [1, P + 1, HKV * DH])], ["K", "V"]
+    elif variant == "egyptian_packed":
+        S, S1 = packed_rows(GROUPS, P, WINDOW, SINKS), packed_rows(GROUPS, P + 1, WINDOW, SINKS)
+        ins = {"q": [1, 1, H * DH], "k": [1, 1, HKV * DH], "v": [1, 1, HKV * DH], "mask": [1, P + 1],
+               "pk": [1, 1, S, DH], "pv": [1, 1, S, DH]}
+        node = helper.make_node("EgyptianAttention", ["q", "k", "v", "mask", "pk", "pv"], ["y", "K", "V"], domain=DOMAIN,
+                                num_heads=H, kv_heads=HKV, causal=1, window=WINDOW, sinks=SINKS, head_kinds=KINDS)
+        node.overload = "cache_present"
+        nodes.append(node)
+        outs, presents = [("y", [1, 1, H * DH]), ("K", [1, 1, S1, DH]), ("V", [1, 1, S1, DH])], ["K", "V"]
     else:
         keep = {FULL: P, LOCAL: WINDOW - 1, GLOBAL: SINKS}
         for kind, tag in ((FULL, "f"), (LOCAL, "l"), (GLOBAL, "g")):
@@ -126,7 +142,8 @@ def model(variant: str, P: int, dtype: str = "float32") -> tuple[bytes, dict, li
                     presents.append(f"P{x}{tag}")
     g = helper.make_graph(nodes, variant, [_vi(n, s, dtype) for n, s in ins.items()], [_vi(n, s, dtype) for n, s in outs],
                           initializer=inits)
-    m = helper.make_model(g, ir_version=10, functions=[REGISTRY["EgyptianAttention"].function(18)],
+    spec = REGISTRY["EgyptianAttention"]
+    m = helper.make_model(g, ir_version=10, functions=[spec.function(18), spec.function(18, "cache_present")],
                           opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1),
                                          helper.make_opsetid("com.microsoft", 1)])
     return m.SerializeToString(), ins, outs, presents
@@ -150,7 +167,8 @@ class Runner:
         self.sess = ort.InferenceSession(m, so, providers=[(CUDA, cuda_opts), CPU] if provider == CUDA else [CPU])
         dev = "cuda" if provider == CUDA else "cpu"
         self.io = self.sess.io_binding()
-        self.feeds = {n: ort.OrtValue.ortvalue_from_numpy(rng.normal(0, 1, s).astype(dtype), dev, 0)
+        self.feeds = {n: ort.OrtValue.ortvalue_from_numpy(np.ones(s, np.int32) if n == "mask"
+                                                          else rng.normal(0, 1, s).astype(dtype), dev, 0)
                       for n, s in ins.items()}
         for n, v in self.feeds.items():
             self.io.bind_ortvalue_input(n, v)
@@ -245,6 +263,27 @@ def check_caches(P: int, threads: int, provider: str, dtype: str) -> float:
     return diff
 
 
+def check_packed(P: int, threads: int, provider: str, dtype: str) -> float:
+    """Max |difference| of egyptian_packed's Y against egyptian_onecache's on the same tokens (its
+    packed past cut from the full one); raises unless within float rounding or unless its presents
+    are the packed layout of the full cache after the step."""
+    rng = np.random.default_rng(2)
+    one, packed = (Runner(v, P, threads, rng, provider, dtype) for v in ("egyptian_onecache", "egyptian_packed"))
+    feeds = {n: v.numpy() for n, v in one.feeds.items()}
+    y, K, V = one.sess.run(["y", "K", "V"], feeds)
+    got = packed.sess.run(["y", "K", "V"], {"q": feeds["q"], "k": feeds["k"], "v": feeds["v"],
+                                            "mask": np.ones((1, P + 1), np.int32),
+                                            "pk": pack(feeds["pk"], GROUPS, WINDOW, SINKS),
+                                            "pv": pack(feeds["pv"], GROUPS, WINDOW, SINKS)})
+    diff = float(np.abs(y.astype(np.float64) - got[0].astype(np.float64)).max())
+    if diff > (1e-5 if dtype == "float32" else 2e-3):
+        raise AssertionError(f"egyptian_packed differs from egyptian_onecache by {diff} at P={P}")
+    for full, present in zip((K, V), got[1:]):
+        if not np.array_equal(pack(full, GROUPS, WINDOW, SINKS), present):
+            raise AssertionError(f"egyptian_packed's presents are not the packed cache at P={P}")
+    return diff
+
+
 def run(threads: int = 2, contexts=CONTEXTS, rounds: int = 15, inner: int = 20, provider: str = CPU,
         dtype: str = "float32", profiled: bool = False, cuda_graph: bool = True) -> dict:
     results = {}
@@ -264,7 +303,8 @@ def run(threads: int = 2, contexts=CONTEXTS, rounds: int = 15, inner: int = 20, 
             res[v] = {"ms": s, "kv_cache_bytes": r.cache_bytes,
                       "kv_cache_vs_ort_gqa": r.cache_bytes / base.cache_bytes,
                       "step_speedup_vs_ort_gqa": summary(times["ort_gqa"])["median"] / s["median"]}
-        res["check"] = {"max_abs_diff_caches_vs_onecache": check_caches(P, threads, provider, dtype)}
+        res["check"] = {"max_abs_diff_caches_vs_onecache": check_caches(P, threads, provider, dtype),
+                        "max_abs_diff_packed_vs_onecache": check_packed(P, threads, provider, dtype)}
         if profiled:
             for v in VARIANTS:
                 res[v]["profile"] = profile(v, P, threads, provider, dtype)

@@ -32,6 +32,7 @@
 #include "common/isa.h"
 #include "common/ort_glue.h"
 #include "common/vec16.h"
+#include "egyptian/cache_host.h"
 #include "egyptian/op.h"
 
 namespace n6 {
@@ -492,6 +493,15 @@ struct CpuBackend {
     }
     static const TaskFn fn = SelectTaskFn();
     return RunPlanTasks(ctx, fn, p, static_cast<size_t>(p.B * (p.rows ? pr.Hkv : p.H) * p.nqb));
+  }
+
+  // cache mode: per head kind, a plain causal call on the kind's gathered keys (egyptian/cache_host.h)
+  template <class T>
+  static Ort::Status RunCache(OrtKernelContext* ctx, const egyptian::Problem& pr, const egyptian::CacheLayout& c,
+                              const egyptian::Io<T>& io, const egyptian::CacheIo<T>& cio) {
+    return egyptian::RunCacheByKind<T>(pr, c, io, cio, [ctx](const egyptian::Problem& sub, const egyptian::Io<T>& s) {
+      return Run<T>(ctx, sub, s);
+    });
   }
 };
 

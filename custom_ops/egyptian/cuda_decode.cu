@@ -14,7 +14,9 @@
 // shared memory. A unit of one split writes Y directly; the splits of the others write their
 // partials to a stream-ordered scratch buffer that CombineKernel merges (one warp per query row).
 // Same keys, masks and causal offset as the prefill kernels (Params::KeyLo / KeyHi and the global
-// rule of egyptian/egyptian.h), truncated caches in key-index space included.
+// rule of egyptian/egyptian.h), truncated caches in key-index space included. Cache mode
+// (p.cached): the same keys in absolute positions, each row read in place from the packed past or
+// the new rows (CacheView::Row), so a step with a shrunk cache reads no more than it attends to.
 #include <algorithm>
 
 #include "egyptian/cuda_params.cuh"
@@ -175,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(const Params p, const Un
   }
   __syncthreads();  // row bounds
 
-  const int64_t kvoff = b * p.Lk * p.ldk + static_cast<int64_t>(U.kv[u]) * p.dh;
+  const int64_t kvoff = p.cached ? 0 : b * p.Lk * p.ldk + static_cast<int64_t>(U.kv[u]) * p.dh;
   const S* kg = static_cast<const S*>(p.k) + kvoff;
   const S* vg = static_cast<const S*>(p.v) + kvoff;
   const int32_t* mask = p.mask ? p.mask + b * p.Lk : nullptr;
@@ -196,7 +198,12 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(const Params p, const Un
       const int64_t t = t0 + slot + KPW * x;
       const bool in = t < n;
       key[x] = in ? (t < na ? kr.a0 + t : kr.b0 + (t - na)) : 0;
-      if (in) {
+      if (in && p.cached) {  // cache mode: the packed past or the new rows (egyptian/cuda_params.cuh)
+        bool past;
+        const int64_t o = p.cache.Row(b, key[x], U.kv[u], p.dh, &past);
+        Load8((past ? static_cast<const S*>(p.cache.pk) : static_cast<const S*>(p.k)) + o, 8 * oct, p.dh, vec, kf[x]);
+        Load8((past ? static_cast<const S*>(p.cache.pv) : static_cast<const S*>(p.v)) + o, 8 * oct, p.dh, vec, vf[x]);
+      } else if (in) {
         Load8(kg + key[x] * p.ldk, 8 * oct, p.dh, vec, kf[x]);
         Load8(vg + key[x] * p.ldk, 8 * oct, p.dh, vec, vf[x]);
       } else {
@@ -391,7 +398,8 @@ Status LaunchRows(const Params& p, const Units& U, int rows, bool vec, cudaStrea
 template <class S>
 Status LaunchTyped(const Params& p, const Units& U, int rows, cudaStream_t stream) {
   const auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
-  const bool vec = p.dh % 8 == 0 && p.ldq % 8 == 0 && p.ldk % 8 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
+  bool vec = p.dh % 8 == 0 && p.ldq % 8 == 0 && p.ldk % 8 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
+  if (p.cached && p.cache.pk) vec = vec && aligned(p.cache.pk) && aligned(p.cache.pv);
   if (p.dh <= 32) return LaunchRows<S, 32>(p, U, rows, vec, stream);
   if (p.dh <= 64) return LaunchRows<S, 64>(p, U, rows, vec, stream);
   return LaunchRows<S, 128>(p, U, rows, vec, stream);

@@ -27,6 +27,36 @@ struct CudaBackend {
 
   template <class T>
   static Ort::Status Run(OrtKernelContext* ctx, const egyptian::Problem& pr, const egyptian::Io<T>& io) {
+    return FromCuda(egyptian::kOpName, cuda::LaunchEgyptian(Args(ctx, pr, io)));
+  }
+
+  // cache mode: K / V are the new tokens, the keys run over the P + Lq absolute positions
+  template <class T>
+  static Ort::Status RunCache(OrtKernelContext* ctx, const egyptian::Problem& pr, const egyptian::CacheLayout& c,
+                              const egyptian::Io<T>& io, const egyptian::CacheIo<T>& cio) {
+    cuda::EgyptianArgs a = Args(ctx, pr, io);
+    a.Lk = c.P + pr.Lq;
+    cuda::EgyptianCache e;
+    e.pk = cio.pk;
+    e.pv = cio.pv;
+    e.ok = cio.ok;
+    e.ov = cio.ov;
+    e.P = c.P;
+    e.S = c.S;
+    e.Sout = c.Sout;
+    for (int k = 0; k < 3; ++k) {
+      e.g0[k] = c.g0[k];
+      e.n[k] = c.n[k];
+      e.rows[k] = c.rows[k];
+      e.base[k] = c.base[k];
+      e.keep[k] = c.keep[k];
+      e.obase[k] = c.obase[k];
+    }
+    return FromCuda(egyptian::kOpName, cuda::LaunchEgyptianCache(a, e));
+  }
+
+  template <class T>
+  static cuda::EgyptianArgs Args(OrtKernelContext* ctx, const egyptian::Problem& pr, const egyptian::Io<T>& io) {
     cuda::EgyptianArgs a;
     a.dtype = DTypeOf<T>;
     a.q = io.q;
@@ -46,7 +76,7 @@ struct CudaBackend {
     a.scale = pr.scale;
     for (int64_t h = 0; h < pr.H; ++h) a.kinds[h] = pr.kinds[h];
     a.stream = GpuStream(ctx);
-    return FromCuda(egyptian::kOpName, cuda::LaunchEgyptian(a));
+    return a;
   }
 };
 

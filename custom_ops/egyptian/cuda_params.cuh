@@ -21,6 +21,27 @@ __device__ __forceinline__ void St(S* p, float v) {
   CodecFor<S>::Type::Store1(p, v);
 }
 
+// Cache mode (decode kernel only): key row `key` of KV group g is a new row (key >= P) of K / V
+// [B, Lnew, Hkv*dh], or a row of the packed past [B, S, dh] (egyptian/egyptian.h, CacheLayout).
+struct CacheView {
+  const void* pk;  // null: not cache mode
+  const void* pv;
+  int64_t P, S, Lnew, Hkv;
+  int64_t g0[3], n[3], rows[3], base[3];
+
+  // element offset of the row, and whether it lies in the past
+  __host__ __device__ __forceinline__ int64_t Row(int64_t b, int64_t key, int64_t g, int64_t dh, bool* past) const {
+    if (key >= P) {
+      *past = false;
+      return ((b * Lnew + (key - P)) * Hkv + g) * dh;
+    }
+    *past = true;
+    const int kind = (n[2] > 0 && g >= g0[2]) ? 2 : ((n[1] > 0 && g >= g0[1]) ? 1 : 0);
+    const int64_t t = kind == 1 ? key - (P - rows[1]) : key;
+    return (b * S + base[kind] + t * n[kind] + (g - g0[kind])) * dh;
+  }
+};
+
 struct Params {
   const void* q;  // [B, Lq, H*dh]
   const void* k;  // [B, Lk, Hkv*dh]
@@ -37,6 +58,8 @@ struct Params {
   int nstream;                     // full + local heads
   int heads[kEgyptianMaxHeads];    // StreamKernel: the full / local heads; GlobalKernel: the global heads
   int local[kEgyptianMaxHeads];    // StreamKernel: 1 for a local head
+  int cached;                      // decode kernel: 1 = cache mode, K / V rows through `cache`
+  CacheView cache;
 
   // keys [KeyLo, KeyHi] of a full / local head's query at key index pos (empty when lo > hi)
   __host__ __device__ __forceinline__ int64_t KeyLo(bool is_local, int64_t pos) const {

@@ -139,5 +139,63 @@ inline std::string Resolve(const Attrs& a, const std::vector<int64_t>& q, const 
   return "";
 }
 
+// Cache mode (PastKey / PastValue bound, causal=1): K, V hold the Lq new tokens; the mask [B, P + Lq]
+// covers past and new (P, the absolute past length, is its length - Lq); PastKey / PastValue are the
+// packed cache [B, 1, S, dh] (n6onnx/ops/egyptian_cache.py): the KV groups ordered full, local,
+// global; per group of kind k, rows[k] past rows (full P, local min(P, window - 1), global
+// min(P, sinks)), position-major within a kind (position t of the kind's r-th group at row
+// base[k] + t * n[k] + r). The presents: the same layout for P + Lq positions (keep[k], obase[k]).
+struct CacheLayout {
+  int64_t P = 0, S = 0, Sout = 0;
+  int64_t g0[3] = {0, 0, 0}, n[3] = {0, 0, 0};        // first group and groups of each kind
+  int64_t rows[3] = {0, 0, 0}, base[3] = {0, 0, 0};   // the past's rows per group, first packed row
+  int64_t keep[3] = {0, 0, 0}, obase[3] = {0, 0, 0};  // the same for the presents
+  // the first position the kind's past / present rows hold
+  int64_t First(int kind) const { return kind == kLocal ? P - rows[kLocal] : 0; }
+  int64_t FirstOut(int kind, int64_t Lq) const { return kind == kLocal ? P + Lq - keep[kLocal] : 0; }
+};
+
+inline int64_t KeptRows(int kind, int64_t positions, int64_t window, int64_t sinks) {
+  if (kind == kFull) return positions;
+  const int64_t cap = kind == kLocal ? (window > 1 ? window - 1 : 0) : sinks;
+  return positions < cap ? positions : cap;
+}
+
+// Checks a cache-mode call after Resolve (called with no mask): returns an error message or "".
+inline std::string ResolveCache(const Problem& p, const std::vector<int64_t>* mask, const std::vector<int64_t>& pk,
+                                const std::vector<int64_t>& pv, CacheLayout* c) {
+  if (!p.causal) return "PastKey/PastValue need causal=1";
+  if (p.Lk != p.Lq) {
+    return "with PastKey, K and V hold the " + std::to_string(p.Lq) + " new tokens only, got Lk=" + std::to_string(p.Lk);
+  }
+  if (!mask || mask->size() != 2 || (*mask)[0] != p.B || (*mask)[1] < p.Lq) {
+    return "with PastKey, key_padding_mask [B, past + Lq] = [" + std::to_string(p.B) + ", P + " + std::to_string(p.Lq) +
+           "] is required (it gives the past length), got " + (mask ? ShapeToString(*mask) : std::string("none"));
+  }
+  c->P = (*mask)[1] - p.Lq;
+  const int64_t G = p.Group();
+  int last = kFull;
+  for (int64_t g = 0; g < p.Hkv; ++g) {
+    const int kind = p.kinds[g * G];
+    if (kind < last) return "with PastKey the KV groups must be ordered full, local, global";
+    last = kind;
+    if (c->n[kind]++ == 0) c->g0[kind] = g;
+  }
+  for (int k = 0; k < 3; ++k) {
+    c->rows[k] = KeptRows(k, c->P, p.window, p.sinks);
+    c->keep[k] = KeptRows(k, c->P + p.Lq, p.window, p.sinks);
+    c->base[k] = c->S;
+    c->obase[k] = c->Sout;
+    c->S += c->n[k] * c->rows[k];
+    c->Sout += c->n[k] * c->keep[k];
+  }
+  const std::vector<int64_t> want = {p.B, 1, c->S, p.dh};
+  if (pk != want || pv != want) {
+    return "PastKey and PastValue must be the packed cache [B, 1, S, dh] = " + ShapeToString(want) +
+           " for past length " + std::to_string(c->P) + ", got " + ShapeToString(pk) + " and " + ShapeToString(pv);
+  }
+  return "";
+}
+
 }  // namespace egyptian
 }  // namespace n6

@@ -12,6 +12,20 @@ namespace cuda {
 inline constexpr int kEgyptianMaxHeads = 64;
 inline constexpr int kEgyptianMaxHeadSize = 128;
 
+// Cache mode (egyptian/egyptian.h, CacheLayout): the packed past [B, 1, S, dh] and the presents
+// [B, 1, Sout, dh] (null when not requested); per kind (0 full, 1 local, 2 global) its first
+// KV group, groups, rows per group and first packed row, in the past and in the presents.
+struct EgyptianCache {
+  const void* pk = nullptr;
+  const void* pv = nullptr;
+  void* ok = nullptr;
+  void* ov = nullptr;
+  int64_t P = 0, S = 0, Sout = 0;
+  int64_t g0[3] = {0, 0, 0}, n[3] = {0, 0, 0};
+  int64_t rows[3] = {0, 0, 0}, base[3] = {0, 0, 0};
+  int64_t keep[3] = {0, 0, 0}, obase[3] = {0, 0, 0};
+};
+
 struct EgyptianArgs {
   DType dtype = DType::kFloat32;
   const void* q = nullptr;  // [B, Lq, H*dh]
@@ -25,9 +39,17 @@ struct EgyptianArgs {
   float scale = 1.0f;
   int kinds[kEgyptianMaxHeads] = {};  // 0 full, 1 local, 2 global
   void* stream = nullptr;
+  // cache mode, decode steps (Lq < 4) only: K / V hold the Lq new tokens, Lk = P + Lq, and every
+  // key row P.. comes from K / V, the rows before from the packed past (egyptian/cuda_cache.cu)
+  const EgyptianCache* cache = nullptr;
 };
 
 Status LaunchEgyptian(const EgyptianArgs& a);
+
+// Cache mode (egyptian/cuda_cache.cu): a.k / a.v are the Lq new tokens [B, Lq, Hkv*dh], a.Lk =
+// P + Lq, a.mask [B, P + Lq]. Writes the presents, then attends: decode steps read the past in
+// place; longer calls gather the full-length K / V into scratch first.
+Status LaunchEgyptianCache(const EgyptianArgs& a, const EgyptianCache& c);
 
 }  // namespace cuda
 }  // namespace n6

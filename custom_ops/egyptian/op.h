@@ -1,12 +1,15 @@
-// EgyptianAttention(Q, K, V, key_padding_mask?) -> Y: the onnxruntime glue, shared by the CPU
-// kernel (egyptian/cpu.cc) and the CUDA glue (egyptian/cuda_glue.cc). Attributes and shape checks:
-// egyptian/egyptian.h.
+// EgyptianAttention(Q, K, V, key_padding_mask?, PastKey?, PastValue?) -> Y, PresentKey?, PresentValue?:
+// the onnxruntime glue, shared by the CPU kernel (egyptian/cpu.cc) and the CUDA glue
+// (egyptian/cuda_glue.cc). Attributes and shape checks: egyptian/egyptian.h.
 //
 // A backend provides
 //   static constexpr const char* kProvider;
 //   static std::string Check(const Problem&);          // its own limits ("" = fine)
 //   template <class T> static Ort::Status Run(OrtKernelContext*, const Problem&, const Io<T>&);
-// Run is called after validation, with Y allocated and at least one element.
+//   template <class T> static Ort::Status RunCache(OrtKernelContext*, const Problem&, const CacheLayout&,
+//                                                  const Io<T>&, const CacheIo<T>&);
+// Run is called after validation, with Y allocated and at least one element; RunCache (cache mode:
+// PastKey / PastValue bound) with Y and the requested presents allocated, B, Lq, dh > 0.
 #pragma once
 
 #include <optional>
@@ -32,6 +35,15 @@ struct Io {
   size_t nkv = 0;  // elements of each of k and v
 };
 
+// Cache mode: the packed past and the presents (null when not requested); layout: CacheLayout.
+template <class T>
+struct CacheIo {
+  const T* pk = nullptr;  // [B, 1, S, dh] (null when S = 0)
+  const T* pv = nullptr;
+  T* ok = nullptr;        // [B, 1, Sout, dh] or null
+  T* ov = nullptr;
+};
+
 // The node's attributes (absent optional ones keep their defaults; a missing num_heads is
 // reported at run time).
 inline Attrs ReadAttrs(const OrtKernelInfo* info) {
@@ -55,32 +67,83 @@ struct Op {
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& Q, const Ort::Custom::Tensor<T>& K,
                       const Ort::Custom::Tensor<T>& V, std::optional<const Ort::Custom::Tensor<int32_t>*> mask,
-                      Ort::Custom::Tensor<T>& Y) {
+                      std::optional<const Ort::Custom::Tensor<T>*> past_key,
+                      std::optional<const Ort::Custom::Tensor<T>*> past_value, Ort::Custom::Tensor<T>& Y,
+                      std::optional<Ort::Custom::Tensor<T>*> present_key,
+                      std::optional<Ort::Custom::Tensor<T>*> present_value) {
     try {
       const Ort::Custom::Tensor<int32_t>* m = mask.has_value() ? *mask : nullptr;
+      const Ort::Custom::Tensor<T>* pk = past_key.has_value() ? *past_key : nullptr;
+      const Ort::Custom::Tensor<T>* pv = past_value.has_value() ? *past_value : nullptr;
+      Ort::Custom::Tensor<T>* ok = present_key.has_value() ? *present_key : nullptr;
+      Ort::Custom::Tensor<T>* ov = present_value.has_value() ? *present_value : nullptr;
+      const bool cached = pk || pv;
+      if (!cached && (ok || ov)) return OpError(kOpName, "PresentKey/PresentValue need PastKey and PastValue");
+      if (cached && !(pk && pv)) return OpError(kOpName, "PastKey and PastValue go together");
       Problem pr;
-      std::string err = Resolve(attrs, Q.Shape(), K.Shape(), V.Shape(), m ? &m->Shape() : nullptr, &pr);
+      std::string err = Resolve(attrs, Q.Shape(), K.Shape(), V.Shape(), (m && !cached) ? &m->Shape() : nullptr, &pr);
+      CacheLayout c;
+      if (err.empty() && cached) err = ResolveCache(pr, m ? &m->Shape() : nullptr, pk->Shape(), pv->Shape(), &c);
       if (err.empty()) err = Backend::Check(pr);
       if (!err.empty()) return OpError(kOpName, err);
       Io<T> io;
       io.y = Y.Allocate(Q.Shape());
       io.n = static_cast<size_t>(Q.NumberOfElement());
       io.nkv = static_cast<size_t>(K.NumberOfElement());
-      if (io.n == 0) return Ort::Status{nullptr};
-      io.q = Q.Data();
-      io.k = K.Data();
-      io.v = V.Data();
-      io.mask = m ? m->Data() : nullptr;
-      return Backend::template Run<T>(ctx, pr, io);
+      CacheIo<T> cio;
+      const std::vector<int64_t> out = {pr.B, 1, c.Sout, pr.dh};
+      if (ok) cio.ok = ok->Allocate(out);
+      if (ov) cio.ov = ov->Allocate(out);
+      if (io.n == 0 && !(cached && pr.B > 0 && pr.dh > 0 && c.Sout > 0)) return Ort::Status{nullptr};
+      io.q = io.n ? Q.Data() : nullptr;
+      io.k = io.nkv ? K.Data() : nullptr;
+      io.v = io.nkv ? V.Data() : nullptr;
+      io.mask = (m && m->NumberOfElement()) ? m->Data() : nullptr;
+      if (!cached) return Backend::template Run<T>(ctx, pr, io);
+      cio.pk = c.S ? pk->Data() : nullptr;
+      cio.pv = c.S ? pv->Data() : nullptr;
+      return Backend::template RunCache<T>(ctx, pr, c, io, cio);
     }
     N6_CATCH_ALL(kOpName)
   }
 };
 
+// onnxruntime's lite ops read every listed input, an empty (unbound) optional one included, as a
+// value: an unbound mask with PastKey bound, or an unbound PastKey / PastValue listed, would be
+// dereferenced as a null value (a crash). This check runs first and answers an error instead.
+template <class Kernel>
+struct UnboundInputGuard {
+  static inline decltype(OrtCustomOp::KernelComputeV2) inner = nullptr;
+  static OrtStatusPtr ORT_API_CALL Compute(void* kernel, OrtKernelContext* ctx) {
+    const OrtApi& api = Ort::GetApi();
+    size_t n = 0;
+    if (OrtStatus* st = api.KernelContext_GetInputCount(ctx, &n)) return st;
+    for (size_t i = 3; i < n; ++i) {  // a listed input with an empty name is unbound as well
+      const OrtValue* v = nullptr;
+      if (OrtStatus* st = api.KernelContext_GetInput(ctx, i, &v)) return st;
+      if (v == nullptr) {
+        return OpError(kOpName, i > 3 ? "PastKey and PastValue go together"
+                                : n > 4 ? "with PastKey/PastValue the key_padding_mask [B, past + Lq] is required"
+                                        : "the key_padding_mask input is listed but empty: leave it out")
+            .release();
+      }
+    }
+    return inner(kernel, ctx);
+  }
+};
+
+template <class Kernel>
+Ort::Custom::OrtLiteCustomOp* MakeGuardedOp(const char* provider) {
+  Ort::Custom::OrtLiteCustomOp* op = MakeKernelOp<Kernel>(kOpName, provider);
+  UnboundInputGuard<Kernel>::inner = op->KernelComputeV2;
+  op->KernelComputeV2 = &UnboundInputGuard<Kernel>::Compute;
+  return op;
+}
+
 template <class Backend>
 void AppendOps(OpList& ops) {
-  ops.push_back(MakeKernelOp<Op<Backend, float>>(kOpName, Backend::kProvider));
-  ops.push_back(MakeKernelOp<Op<Backend, Ort::Float16_t>>(kOpName, Backend::kProvider));
+  ops.push_back(MakeGuardedOp<Op<Backend, float>>(Backend::kProvider));
+  ops.push_back(MakeGuardedOp<Op<Backend, Ort::Float16_t>>(Backend::kProvider));
 }
 
 }  // namespace egyptian

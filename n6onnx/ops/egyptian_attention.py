@@ -1,5 +1,6 @@
-"""EgyptianAttention(Q, K, V, key_padding_mask?) -> Y: multi-head attention with per-head kinds
-(SPEC.md, "Attention replacements" and "Egyptian attention, causal mode").
+"""EgyptianAttention(Q, K, V, key_padding_mask?, PastKey?, PastValue?) -> Y, PresentKey?, PresentValue?:
+multi-head attention with per-head kinds (SPEC.md, "Attention replacements" and "Egyptian
+attention, causal mode").
 
 Shapes (heads packed on the last axis, like com.microsoft MultiHeadAttention):
   Q [B, Lq, H*dh]; K, V [B, Lk, Hkv*dh]; key_padding_mask [B, Lk] int32 (1 = attend, 0 = padding);
@@ -32,6 +33,15 @@ The function fallback is dense (every head computes the full [Lq, Lk] score matr
 kind): correct everywhere, without the saving. The kernels cost O(Lq*window*dh) per local head,
 O(Lq*dh) (non-causal) or O(Lq*sinks*dh) (causal) per global head, and one decode step (Lq = 1)
 O(keys it may see).
+
+Cache mode (PastKey and PastValue bound; causal=1): the node appends the new keys/values to its
+own packed KV cache (egyptian_cache.py: the layout attention=egyptian stores). K, V [B, Lq,
+Hkv*dh] are the new tokens only; key_padding_mask [B, P + Lq] covers past and new tokens and is
+required (P = its length - Lq, the absolute past length); PastKey, PastValue [B, 1, S, dh] hold
+the KV groups, ordered full, local, global, with P, min(P, window - 1) and min(P, sinks) rows per
+group (position-major within a kind). Y is what the op gives on the whole [B, P + Lq] keys (the
+rows a group does not keep are ones it cannot see). PresentKey/PresentValue (optional outputs)
+are the same layout for P + Lq positions.
 """
 
 from __future__ import annotations
@@ -42,9 +52,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from . import egyptian_cache
 from ._spec import BodyBuilder, OpSpec, Sample, Tolerance, as_compute
-
-FULL, LOCAL, GLOBAL = 0, 1, 2
+from .egyptian_cache import FULL, GLOBAL, LOCAL, head_kinds_expr
+from .egyptian_cache import attr_ref as _attr
+from .egyptian_cache import ints as _ints
 
 
 def default_group_kinds(num_heads: int, kv_heads: int) -> list[int]:
@@ -145,12 +157,18 @@ def allowed_keys(kind: int, i: int, pr: Problem) -> np.ndarray:
     return np.union1d(np.arange(min(pr.sinks, p + 1)), [p])
 
 
-def reference(Q, K, V, key_padding_mask=None, *, num_heads, window=64, scale=0.0, head_kinds=None, causal=0,
-              sinks=1, kv_heads=0):
-    """Per head and query: softmax over the allowed, unmasked keys, in float32."""
+def reference(Q, K, V, key_padding_mask=None, PastKey=None, PastValue=None, *, num_heads, window=64, scale=0.0,
+              head_kinds=None, causal=0, sinks=1, kv_heads=0):
+    """Per head and query: softmax over the allowed, unmasked keys, in float32. Cache mode
+    (PastKey/PastValue): (Y, PresentKey, PresentValue)."""
     Q = np.asarray(Q)
     pr = resolve(Q.shape, np.shape(K), np.shape(V), num_heads=num_heads, head_kinds=head_kinds, causal=causal,
                  kv_heads=kv_heads, sinks=sinks, window=window)
+    if PastKey is not None or PastValue is not None:
+        attrs = {"window": window, "scale": scale, "sinks": sinks}
+        K, V, mask, PastKey, PastValue = (None if a is None else np.asarray(a)
+                                          for a in (K, V, key_padding_mask, PastKey, PastValue))
+        return egyptian_cache.reference(reference, pr, attrs, Q, K, V, mask, PastKey, PastValue)
     B, Lq, Lk, H, dh = pr.B, pr.Lq, pr.Lk, pr.H, pr.dh
     if key_padding_mask is not None and np.shape(key_padding_mask) != (B, Lk):
         raise ValueError(f"EgyptianAttention: key_padding_mask must be [B, Lk] = [{B}, {Lk}], "
@@ -174,29 +192,10 @@ def reference(Q, K, V, key_padding_mask=None, *, num_heads, window=64, scale=0.0
     return y.reshape(B, Lq, H * dh).astype(Q.dtype)
 
 
-def _ints(b: BodyBuilder, values) -> str:
-    name = b.tmp()
-    b.nodes.append(helper.make_node("Constant", [], [name], value_ints=[int(v) for v in values]))
-    return name
-
-
-def _attr(b: BodyBuilder, kind: str, attr: str) -> str:
-    name = b.tmp()
-    node = helper.make_node("Constant", [], [name])
-    a = onnx.AttributeProto()
-    a.name = kind
-    a.ref_attr_name = attr
-    a.type = {"value_int": onnx.AttributeProto.INT, "value_float": onnx.AttributeProto.FLOAT,
-              "value_ints": onnx.AttributeProto.INTS}[kind]
-    node.attribute.append(a)
-    b.nodes.append(node)
-    return name
-
-
 def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
     b = BodyBuilder("EgyptianAttention")
-    Q, K, V, mask = inputs
-    I64, F32, BOOL = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL
+    Q, K, V, mask = inputs[:4]
+    F32, BOOL = onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL
     one = b.op("Constant", value_int=1)
     zero = b.op("Constant", value_int=0)
     heads = _attr(b, "value_int", "num_heads")  # scalar int64
@@ -240,13 +239,7 @@ def body(inputs: list[str], outputs: list[str]) -> list[onnx.NodeProto]:
     sink_ok = b.op("Or", b.op("And", b.op("Less", j, _attr(b, "value_int", "sinks")), past_ok), b.op("Equal", j, p))
     global_ok = pick(sink_ok, b.op("Or", b.op("Equal", j, zero), b.op("Equal", j, b.op("Sub", Lk, one))))
     # head kinds: the attribute, or (attribute default [-1]) default_group_kinds
-    gidx = b.op("Div", b.op("Range", zero, heads, one), group)  # KV group of each query head
-    n_full = b.op("Div", kv, b.op("Constant", value_int=2))
-    n_fl = b.op("Add", n_full, b.op("Div", kv, b.op("Constant", value_int=3)))
-    by_group = b.op("Add", b.op("Cast", b.op("GreaterOrEqual", gidx, n_full), to=I64),
-                    b.op("Cast", b.op("GreaterOrEqual", gidx, n_fl), to=I64))
-    given = _attr(b, "value_ints", "head_kinds")
-    kinds = b.op("Where", b.op("Less", b.op("ReduceMin", given, keepdims=0), zero), by_group, given)
+    kinds = head_kinds_expr(b, heads, kv, group)
     kinds = b.op("Reshape", kinds, _ints(b, [-1, 1, 1]))  # [H, 1, 1]
 
     def is_kind(k):
@@ -311,13 +304,14 @@ def samples(dtype: str) -> list[Sample]:
                         m[1, :] = 0  # nothing to attend to: zeros
         feeds["key_padding_mask"] = m
         out.append(Sample(sid, feeds, attrs))
-    return out
+    return out + egyptian_cache.samples(dtype)
 
 
 EGYPTIAN_ATTENTION = OpSpec(
     name="EgyptianAttention",
-    inputs=("Q", "K", "V", "key_padding_mask"),
-    outputs=("Y",),
+    inputs=("Q", "K", "V", "key_padding_mask", "PastKey", "PastValue"),
+    outputs=("Y", "PresentKey", "PresentValue"),
+    body_outputs=("Y",),
     dtypes=("float32", "float16"),
     reference=reference,
     body=body,
@@ -331,4 +325,6 @@ EGYPTIAN_ATTENTION = OpSpec(
     attributes=("num_heads", "window", "scale", "head_kinds", "causal", "sinks", "kv_heads"),
     attribute_defaults={"window": 64, "scale": 0.0, "head_kinds": [-1], "causal": 0, "sinks": 1, "kv_heads": 0},
     samples=samples,
+    overloads=egyptian_cache.overloads(body),
+    choose_overload=egyptian_cache.choose_overload,
 )

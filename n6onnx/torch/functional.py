@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..ops import egyptian_cache
 from ..ops.egyptian_attention import FULL, GLOBAL, LOCAL, resolve
 from ..ops import fftmix_causal as causal_ref
 from ..ops.fftmix import WINDOWS
@@ -180,8 +181,9 @@ def allowed_mask(kinds: list[int], Lq: int, Lk: int, window: int, causal: bool =
 
 
 def egyptian_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                       PastKey: torch.Tensor | None = None, PastValue: torch.Tensor | None = None,
                        *, num_heads: int, window: int = 64, scale: float = 0.0, head_kinds=None, causal: int = 0,
-                       sinks: int = 1, kv_heads: int = 0) -> torch.Tensor:
+                       sinks: int = 1, kv_heads: int = 0):
     """EgyptianAttention(Q [B, Lq, H*dh], K, V [B, Lk, Hkv*dh], key_padding_mask [B, Lk]?) -> Y [B, Lq, H*dh].
 
     The op's rules (n6onnx.ops.egyptian_attention): query head h reads KV head h // (H / Hkv)
@@ -189,9 +191,15 @@ def egyptian_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, key_pa
     to |i - j| <= window // 2, global heads to keys {0, L-1}. causal=1 (Lk >= Lq, query i at key
     index p = Lk - Lq + i): full j <= p, local p - window < j <= p, global (j < sinks and j <= p) or
     j == p. Padded keys (mask 0) never take part; a query with no allowed key outputs zeros.
-    ``head_kinds`` None or the attribute default [-1]: default_group_kinds. ``scale`` 0: 1/sqrt(dh)."""
+    ``head_kinds`` None or the attribute default [-1]: default_group_kinds. ``scale`` 0: 1/sqrt(dh).
+    Cache mode (PastKey/PastValue, the packed cache of n6onnx.ops.egyptian_cache): returns
+    (Y, PresentKey, PresentValue)."""
     pr = resolve(tuple(Q.shape), tuple(K.shape), tuple(V.shape), num_heads=int(num_heads), head_kinds=head_kinds,
                  causal=int(causal), kv_heads=int(kv_heads), sinks=int(sinks), window=int(window))
+    if PastKey is not None or PastValue is not None:
+        attrs = {"window": window, "scale": scale, "sinks": sinks}
+        return egyptian_cache.reference(egyptian_attention, pr, attrs, Q, K, V, key_padding_mask, PastKey, PastValue,
+                                        cat=lambda xs, axis: torch.cat(xs, dim=axis))
     B, Lq, Lk, H, dh = pr.B, pr.Lq, pr.Lk, pr.H, pr.dh
     if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, Lk):
         raise ValueError(f"EgyptianAttention: key_padding_mask must be [B, Lk] = [{B}, {Lk}], "

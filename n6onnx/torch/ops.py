@@ -30,7 +30,7 @@ from ..ops import DOMAIN, DOMAIN_VERSION, REGISTRY
 from . import functional as fn
 
 # The ONNX inputs that may be omitted, per op (the spec's docs say which), and their non-T types.
-_OPTIONAL = {"EgyptianAttention": {"key_padding_mask"}, "MoE": {"b1", "b2", "W3", "importance"},
+_OPTIONAL = {"EgyptianAttention": {"key_padding_mask", "PastKey", "PastValue", "PresentKey", "PresentValue"}, "MoE": {"b1", "b2", "W3", "importance"},
              "FFTMix": {"Past", "PastLength", "Present"}}
 _INPUT_TYPES = {"key_padding_mask": ("M", ["tensor(int32)"]), "importance": ("I", ["tensor(float)"]),
                 "PastLength": ("P", ["tensor(int64)"])}

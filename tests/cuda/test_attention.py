@@ -5,7 +5,10 @@ cases (several key tiles, head size 128, odd head size, no mask, odd D, long FFT
 the causal mode with grouped-query attention: prefill, a chunk after a cache, decode steps, flash
 decoding at contexts up to 5000 keys): numpy reference == function fallback on CUDA (no library,
 TF32 off; EgyptianAttention only with a mask, which its function body needs) == our CUDA kernel ==
-our CPU kernel, each within the op's tolerance. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
+our CPU kernel, each within the op's tolerance. EgyptianAttention's cache mode (packed past in,
+packed presents out): decode steps (Lq 1-3, past 0 to 4095, B 1-2, every kind split, head sizes 20 /
+32 / 64 / 128) and longer calls (a prompt, chunks after a past, an odd head size), Y against the
+reference on all keys and the presents bit for bit. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
 CUDAExecutionProvider. The cases marked `sanitize` (every kernel instantiation and edge: odd / even
 D, L below every window, L = 1, head sizes 4 / 20 / 32 / 64 / 128, no allowed key, no mask) are
 the ones tests/cuda/test_memcheck.py re-runs under compute-sanitizer.
@@ -20,6 +23,8 @@ import pytest
 from onnx import helper
 
 from n6onnx.ops import DOMAIN, REGISTRY, Sample
+from n6onnx.ops.egyptian_attention import default_group_kinds
+from n6onnx.ops.egyptian_cache import pack
 
 pytestmark = pytest.mark.cuda
 
@@ -31,7 +36,9 @@ SANITIZE = {"L1", "L5_below_every_window", "L131_D96_threads", "L97_D33_odd", "L
             "causal_L333_gqa_dh64_mask", "causal_chunk130_of_500_dh128", "causal_decode_L700_gqa_nomask",
             "causal_L150_threads", "causal_decode2_dh128_mask", "causal_decode3_dh20_local",
             "causal_decode3_L5000_dh128", "causal_decode2_L1500_mha_dh20", "causal_decode_L3000_g16_dh32",
-            "causal_decode2_shrunk_global"}
+            "causal_decode2_shrunk_global", "cache_chunk3_short_past", "cache_decode_default_kinds",
+            "cache_decode2_B2_L1000_dh128", "cache_decode3_dh20_scalar", "cache_decode_empty_past",
+            "cache_chunk5_odd_dh33"}
 
 
 def extra_samples(op: str, dtype: str) -> list[Sample]:
@@ -198,3 +205,67 @@ def test_fftmix_causal_incremental_equals_full(target):
         np.testing.assert_allclose(y, full_ref[:, pl:pl + n], rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(present, want_present)
         past, pl = present, pl + n
+
+
+# ------------------------------------------------------------------ EgyptianAttention cache mode
+CACHE_CASES = [  # id, B, Lq, P, H, Hkv, dh, attrs
+    ("cache_decode_L4096_llama_kinds", 1, 1, 4095, 32, 8, 64, {"num_heads": 32, "kv_heads": 8}),
+    ("cache_decode2_B2_L1000_dh128", 2, 2, 1000, 8, 4, 128, {"num_heads": 8, "kv_heads": 4, "window": 40, "sinks": 2}),
+    ("cache_decode3_dh20_scalar", 2, 3, 77, 6, 3, 20, {"num_heads": 6, "kv_heads": 3, "window": 9,
+                                                       "head_kinds": [0, 0, 1, 1, 2, 2]}),
+    ("cache_decode_empty_past", 2, 1, 0, 8, 4, 64, {"num_heads": 8, "kv_heads": 4}),
+    ("cache_decode3_past2_local_global", 1, 3, 2, 8, 2, 32, {"num_heads": 8, "kv_heads": 2, "window": 4, "sinks": 3,
+                                                             "head_kinds": [1] * 4 + [2] * 4}),
+    ("cache_prefill_L300_empty_past", 2, 300, 0, 8, 4, 64, {"num_heads": 8, "kv_heads": 4, "window": 48}),
+    ("cache_chunk70_after_900_dh128", 1, 70, 900, 4, 2, 128, {"num_heads": 4, "kv_heads": 2, "window": 100,
+                                                               "sinks": 4, "head_kinds": [0, 0, 2, 2]}),
+    ("cache_chunk5_odd_dh33", 2, 5, 50, 3, 3, 33, {"num_heads": 3, "window": 7, "head_kinds": [0, 1, 2]}),
+]
+
+
+def cache_sample(sid: str, dtype: str):
+    """(the cache-mode sample, the full-length K / V it packs, the mask): left padding in the last row."""
+    _, B, Lq, P, H, Hkv, dh, attrs = next(c for c in CACHE_CASES if c[0] == sid)
+    attrs = {**attrs, "causal": 1}
+    rng = np.random.default_rng(len(sid))
+    kinds = attrs.get("head_kinds") or default_group_kinds(H, Hkv)
+    groups = [kinds[g * (H // Hkv)] for g in range(Hkv)]
+    k, v = (rng.normal(0, 1, (B, P + Lq, Hkv * dh)).astype(dtype) for _ in range(2))
+    mask = np.ones((B, P + Lq), np.int32)
+    mask[-1, : (P + Lq) // 5] = 0
+    w, s = attrs.get("window", 64), attrs.get("sinks", 1)
+    feeds = {"Q": rng.normal(0, 1, (B, Lq, H * dh)).astype(dtype), "K": k[:, P:], "V": v[:, P:],
+             "key_padding_mask": mask, "PastKey": pack(k[:, :P], groups, w, s), "PastValue": pack(v[:, :P], groups, w, s)}
+    return Sample(sid, feeds, attrs), k, v, pack(k, groups, w, s), pack(v, groups, w, s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sid", [pytest.param(c[0], marks=[pytest.mark.sanitize] if c[0] in SANITIZE else [])
+                                 for c in CACHE_CASES])
+def test_egyptian_cache_mode(target, sid, dtype):
+    """The cache-mode node on CUDA (decode steps read the packed past in place; Lq >= 4 gathers
+    full-length K / V first): Y == the plain op's reference on all P + Lq keys, within the op's
+    tolerance, and the presents == the packed layout of all positions, bit for bit; the same for
+    the function fallback on CUDA and the CPU kernel."""
+    spec = REGISTRY["EgyptianAttention"]
+    sample, k, v, want_k, want_v = cache_sample(sid, dtype)
+    f = sample.feeds
+    want_y = spec.reference(f["Q"], k, v, f["key_padding_mask"], **sample.attrs)
+    model = sample_model("EgyptianAttention", sample)
+    tol = spec.tolerance(dtype)
+    for path in (["cuda_kernel"] if target.kernel_only else target.paths()):
+        y, pk, pv = target.session(model, path).run(None, f)
+        np.testing.assert_allclose(y.astype(np.float64), want_y.astype(np.float64), rtol=tol.rtol, atol=tol.atol,
+                                   err_msg=path)
+        np.testing.assert_array_equal(pk, want_k, err_msg=path)
+        np.testing.assert_array_equal(pv, want_v, err_msg=path)
+
+
+def test_egyptian_cache_bad_past_is_an_error(target):
+    """A packed past of the wrong size for the mask's past length: an ORT error on CUDA, no crash."""
+    sample, *_ = cache_sample("cache_decode3_dh20_scalar", "float32")
+    feeds = {**sample.feeds, "PastKey": sample.feeds["PastKey"][:, :, 1:], "PastValue": sample.feeds["PastValue"][:, :, 1:]}
+    bad = Sample("cache_bad_past", feeds, sample.attrs)
+    s = target.session(sample_model("EgyptianAttention", bad), "cuda_kernel", quiet=True)
+    with pytest.raises(Exception, match="EgyptianAttention: PastKey and PastValue must be the packed cache"):
+        s.run(None, feeds)

@@ -14,8 +14,8 @@ from n6onnx.runtime import InferenceSession
 from n6onnx.testing import zoo_decoder as zd
 
 
-def runner(path):
-    s = InferenceSession(str(path))
+def runner(path, use_library=True):
+    s = InferenceSession(str(path), use_library=use_library)
     names = [o.name for o in s.get_outputs()]
     return lambda feeds: dict(zip(names, s.run(None, feeds)))
 
@@ -77,6 +77,33 @@ def test_egyptian_cache_cut_at_long_context(decoder_export, tmp_path):
     full = assert_incremental_equals_full(out, "gpt2", seq=100, chunks=((1,) * 100, (70, 30)))
     # gpt2 kinds [full, full, local, global]: 2 x 100 + 63 + 1 rows instead of 4 x 100
     assert full["present.0.key"].shape == (2, 1, 2 * 100 + emit.WINDOW - 1 + emit.SINKS, zd.HEAD_DIM)
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_egyptian_cache_is_one_node_per_layer(decoder_export, tmp_path, model):
+    """The cache update and the attention of every kind are one EgyptianAttention node per layer (cache
+    mode: packed past in, packed presents out), and its function fallback decodes as the kernel does."""
+    src = decoder_export(model)
+    out = tmp_path / "r.onnx"
+    n6onnx.rewrite(src, out, ["attention=egyptian"])
+    m = onnx.load(str(out), load_external_data=False)
+    nodes = [n for n in m.graph.node if n.op_type == "EgyptianAttention"]
+    assert len(nodes) == zd.LAYERS
+    outputs = {o.name for o in m.graph.output}
+    for i, n in enumerate(nodes):
+        assert len(n.input) == 6 and len(n.output) == 3
+        assert list(n.input[4:]) == [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        # the presents are the node's outputs (through at most a renaming Identity)
+        producers = {o: n2 for n2 in m.graph.node for o in n2.output}
+        for o, name in zip(n.output[1:], (f"present.{i}.key", f"present.{i}.value")):
+            assert o == name or (producers[name].op_type == "Identity" and producers[name].input[0] == o)
+        assert {f"present.{i}.key", f"present.{i}.value"} <= outputs
+    assert {f.overload for f in m.functions if f.name == "EgyptianAttention"} == {"cache_present"}
+    ids = zd.example_inputs(model, batch=2, seq=12, seed=5)["input_ids"]
+    kernel = zd.decode(runner(out), model, ids, [5, 1, 6], past=zd.empty_past(out, 2))
+    fallback = zd.decode(runner(out, use_library=False), model, ids, [5, 1, 6], past=zd.empty_past(out, 2))
+    for name, want in kernel.items():
+        assert np.abs(fallback[name] - want).max() <= 1e-4, name
 
 
 @pytest.mark.parametrize("model", zd.MODELS)

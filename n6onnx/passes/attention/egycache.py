@@ -7,8 +7,9 @@ groups first (P rows each, P = past length), then local groups (min(P, window - 
 global groups (min(P, sinks) rows each); within a kind the rows are position-major (position p of
 the kind's k-th group at row p * n + k), so each kind's part is its [B, rows, n * dh] cache by a
 Reshape, without a transpose of the cache (``docs/decoders.md``). The past length
-comes from the attention mask (``cache.past_length``). One EgyptianAttention node per kind, on
-contiguous KV groups (``default_group_kinds`` assigns them so), outputs concatenated in head order.
+comes from the attention mask: the op reads it from the mask's length. One EgyptianAttention node
+in cache mode per layer (KV groups of one kind contiguous and ordered full, local, global:
+``default_group_kinds`` assigns them so) appends the new rows to the packed cache and attends.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from ...graph import add_initializer
 from . import cache
 from .blocks import seq_input
 from .emit import add_node
-
-BIG = np.iinfo(np.int64).max
-
 
 def _i64(g: ir.Graph, values, name: str) -> ir.Value:
     return add_initializer(g, np.array(values, np.int64), name)
@@ -56,7 +54,11 @@ def problem(b: AttentionBlock, graph: ir.Graph, kinds: list[int]) -> str | None:
 
 def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: list[int], window: int,
          sinks: int, tag: str) -> tuple[ir.Value, dict]:
-    """Y [B, L, H*dh] of block ``b`` with packed per-group caches; returns (Y, cache report)."""
+    """Y [B, L, H*dh] of block ``b`` with packed per-group caches; returns (Y, cache report).
+
+    One EgyptianAttention node in cache mode (ops/egyptian_cache.py) takes the layer's packed past
+    and the new keys/values, and outputs Y and the packed presents: the cache update and the
+    attention of every kind in one node."""
     g = model.graph
     c = b.cache
     H, dh = b.heads, b.head_size
@@ -65,81 +67,31 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
     ins = {v.name: v for v in g.inputs}
     outs = {v.name: v for v in g.outputs}
     memo: dict = {}
-    h = cache.mask_input(b, g)  # [B, past + seq]
-    pl = cache.past_length(model, b, seq_input(b.h), memo)
+    h = cache.mask_input(b, g)  # [B, past + seq]: the op's past length is its length - seq
+    cache.past_length(model, b, seq_input(b.h), memo)  # the rest of the graph reads the original past's shape
     for name in (c["past_key"], c["past_value"]):
         cache._redirect_shapes(model, ins[name], list(ins[name].shape), memo)
     mask = add_node(g, "", "Cast", [h], f"{tag}_mask", None, ir.DataType.INT32, to=ir.DataType.INT32)
     groups = [kinds[k * rep] for k in range(Hkv)]
-    keep = {0: None, 1: window - 1, 2: sinks}
-    rows = {}  # kind -> rows per group in the past, int64 [1]
-    for kind in (0, 1, 2):
-        if keep[kind] is None:
-            rows[kind] = pl
-        else:
-            rows[kind] = add_node(g, "", "Min", [pl, _i64(g, [keep[kind]], f"{tag}_keep{kind}")], f"{tag}_rows{kind}",
-                                  [1], ir.DataType.INT64)
-    ys, packed = [], {"key": [], "value": []}
-    offset = _i64(g, [0], f"{tag}_off0")
-    for kind in (0, 1, 2):
-        gs = [k for k in range(Hkv) if groups[k] == kind]
-        if not gs:
-            continue
-        n, g0 = len(gs), gs[0]
-        t = f"{tag}_k{kind}"
-        size = add_node(g, "", "Mul", [rows[kind], _i64(g, [n], f"{t}_n")], f"{t}_size", [1], ir.DataType.INT64)
-        end = add_node(g, "", "Add", [offset, size], f"{t}_end", [1], ir.DataType.INT64)
-        kv = {}
-        for part in ("key", "value"):
-            past = ins[c[f"past_{part}"]]
-            new = _concat_input(outs[c[f"present_{part}"]], past)
-            # position-major rows (position p, group k at row p * n + k): the part is [B, rows, n * dh]
-            # by a Reshape, the layout EgyptianAttention reads; only the new tokens are transposed
-            p3 = add_node(g, "", "Reshape", [
-                add_node(g, "", "Slice", [past, offset, end, _i64(g, [2], f"{t}_{part}_ax")], f"{t}_{part}_past", None,
-                         past.dtype),
-                _i64(g, [0, -1, n * dh], f"{t}_{part}_3d")], f"{t}_{part}_past3", None, past.dtype)
-            n4 = add_node(g, "", "Slice", [new, _i64(g, [g0], f"{t}_{part}_g0"), _i64(g, [g0 + n], f"{t}_{part}_g1"),
-                                           _i64(g, [1], f"{t}_{part}_hax")], f"{t}_{part}_new", None, past.dtype)
-            n3 = add_node(g, "", "Reshape", [add_node(g, "", "Transpose", [n4], f"{t}_{part}_newt", None, past.dtype,
-                                                      perm=[0, 2, 1, 3]),
-                                             _i64(g, [0, 0, n * dh], f"{t}_{part}_new3d")], f"{t}_{part}_new3", None,
-                          past.dtype)
-            full = add_node(g, "", "Concat", [p3, n3], f"{t}_{part}_all", None, past.dtype, axis=1)
-            kept = full
-            if kind == 1:
-                kept = add_node(g, "", "Slice", [full, _i64(g, [-(window - 1)], f"{t}_{part}_ls"), _i64(g, [BIG], f"{t}_{part}_le"),
-                                                 _i64(g, [1], f"{t}_{part}_lax")], f"{t}_{part}_keep", None, past.dtype)
-            elif kind == 2:
-                kept = add_node(g, "", "Slice", [full, _i64(g, [0], f"{t}_{part}_gs"), _i64(g, [sinks], f"{t}_{part}_ge"),
-                                                 _i64(g, [1], f"{t}_{part}_gax")], f"{t}_{part}_keep", None, past.dtype)
-            packed[part].append(add_node(g, "", "Reshape", [kept, _i64(g, [0, 1, -1, dh], f"{t}_{part}_pack")],
-                                         f"{t}_{part}_packed", None, past.dtype))
-            kv[part] = full
-        # the key-padding mask over this kind's keys: full all of it, local its last rows + new, global
-        # its first rows + new
-        if kind == 0:
-            m = mask
-        else:
-            start = add_node(g, "", "Sub", [pl, rows[kind]], f"{t}_mstart", [1], ir.DataType.INT64)
-            tail = add_node(g, "", "Slice", [mask, start if kind == 1 else pl, _i64(g, [BIG], f"{t}_mend"),
-                                             _i64(g, [1], f"{t}_max")], f"{t}_mtail", None, ir.DataType.INT32)
-            if kind == 1:
-                m = tail
-            else:
-                head = add_node(g, "", "Slice", [mask, _i64(g, [0], f"{t}_m0"), rows[kind], _i64(g, [1], f"{t}_max0")],
-                                f"{t}_mhead", None, ir.DataType.INT32)
-                m = add_node(g, "", "Concat", [head, tail], f"{t}_mask", None, ir.DataType.INT32, axis=1)
-        qk = add_node(g, "", "Slice", [q, _i64(g, [g0 * rep * dh], f"{t}_q0"), _i64(g, [(g0 + n) * rep * dh], f"{t}_q1"),
-                                       _i64(g, [2], f"{t}_qax")], f"{t}_q", None, q.dtype)
-        ys.append(add_node(g, "n6onnx", "EgyptianAttention", [qk, kv["key"], kv["value"], m], t, None, q.dtype,
-                           num_heads=n * rep, kv_heads=n, causal=1, sinks=int(sinks), window=int(window),
-                           scale=float(scale), head_kinds=[kind] * (n * rep)))
-        offset = end
-    y = ys[0] if len(ys) == 1 else add_node(g, "", "Concat", ys, f"{tag}_heads", None, q.dtype, axis=2)
+    new = {}
     for part in ("key", "value"):
-        p = packed[part][0] if len(packed[part]) == 1 else add_node(g, "", "Concat", packed[part], f"{tag}_{part}_present",
-                                                                     None, q.dtype, axis=2)
+        past = ins[c[f"past_{part}"]]
+        n4 = _concat_input(outs[c[f"present_{part}"]], past)  # [B, Hkv, L, dh]: only the new tokens are transposed
+        new[part] = add_node(g, "", "Reshape", [add_node(g, "", "Transpose", [n4], f"{tag}_{part}_newt", None, past.dtype,
+                                                         perm=[0, 2, 1, 3]),
+                                                _i64(g, [0, 0, Hkv * dh], f"{tag}_{part}_new3d")], f"{tag}_{part}_new3",
+                             None, past.dtype)
+    attrs = dict(num_heads=H, kv_heads=Hkv, causal=1, sinks=int(sinks), window=int(window), scale=float(scale),
+                 head_kinds=[int(k) for k in kinds])
+    node = ir.Node("n6onnx", "EgyptianAttention",
+                   [q, new["key"], new["value"], mask, ins[c["past_key"]], ins[c["past_value"]]],
+                   attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()], name=tag,
+                   num_outputs=3)
+    g.append(node)
+    y, *presents = node.outputs
+    y.name, y.type = f"{tag}_out", ir.TensorType(q.dtype)
+    for part, p in zip(("key", "value"), presents):
+        p.name, p.type = f"{tag}_{part}_present", ir.TensorType(q.dtype)
         p.shape = ir.Shape([ins[c[f"past_{part}"]].shape[0], 1, f"{c[f'present_{part}']}_packed", dh])
         cache._swap_output(g, c[f"present_{part}"], p)
         past = ins[c[f"past_{part}"]]
