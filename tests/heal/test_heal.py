@@ -157,3 +157,32 @@ def test_block_local_runs_each_block_from_the_teachers_input(zoo_export):
     out = student(feeds, streams[1:], inject={n: torch.from_numpy(ref[n]) for n in streams})
     for b in streams[1:]:
         np.testing.assert_allclose(out[b].detach().numpy(), ref[b], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def minilm_phi6(zoo_export, tmp_path_factory):
+    """Pretrained all-MiniLM-L6-v2 (static 2 x 16 export), gelu=phi6 calibrated on 96 corpus
+    sentences: the start whose block-local phase used to fall (issue 16's no-dip rule)."""
+    from n6onnx.testing import corpus
+
+    tmp = tmp_path_factory.mktemp("heal_minilm")
+    src = zoo_export("minilm", "dynamo20")
+    (tmp / "data.txt").write_text("\n".join(corpus.sentences()[:96]))
+    n6onnx.rewrite(src, tmp / "cal.onnx", ["gelu=phi6"], calibrate=tmp / "data.txt")
+    return src, tmp
+
+
+def test_no_dip_rule_holds_with_the_sequential_refit(minilm_phi6):
+    """Every held-out check (the live model, or in the block-local phase the refitted candidate)
+    is within 0.001 of the calibrated start. The same run without the refit (the previous
+    default) breaks the rule: the block-local phase undoes calibration's upstream compensation."""
+    src, tmp = minilm_phi6
+    common = dict(steps=40, eval_every=4, local_eval_every=14, threads=1)
+    old = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "old.onnx", config=HealConfig(refit="none", **common))
+    assert min(c[2] for c in old.curve) < old.start - 0.001, old.curve
+    new = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "new.onnx", config=HealConfig(**common))
+    assert new.start == old.start
+    phases = [c[4] for c in new.curve[1:]]
+    assert "local" in phases and phases[-1] == "global", new.curve
+    assert all(c[2] >= new.start - 0.001 for c in new.curve), new.curve
+    assert new.lowest >= new.start - 0.001 and new.best >= new.start
