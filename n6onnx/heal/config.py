@@ -24,7 +24,7 @@ class HealConfig:
     # sequential closed-form refit of the trained output projections on the student's own stream
     # (heal.refit): "phase" after the block-local phase, "eval" also before every held-out check of
     # the block-local phase (the checked model is the refitted one), "none"
-    refit: str = "eval"
+    refit: str = "phase"
     refit_rows: int = 8192  # real tokens the refit uses (training batches, in order)
     local_eval_every: int = 200  # steps between held-out checks in the block-local phase with refit "eval"
     param: str = "relative"
