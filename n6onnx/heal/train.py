@@ -16,7 +16,11 @@ holding a trained weight runs from the teacher's residual stream at its input (t
 ``inject``; blocks without one do not run) and is trained towards the teacher's stream at its
 output, with the loss's weighting, at ``local_lr``; then global distillation (below) at ``lr``,
 from the best weights so far, to fix the drift the blocks' errors accumulate. Each phase has a
-fresh Adam and its own warm-up.
+fresh Adam and its own warm-up. Between them (``refit``, default "phase"), the trained output
+projections are refitted in closed form, in graph order, on the student's own stream
+(``heal.refit``): that restores the upstream compensation of calibration's sequential fit, which
+block-local training (from the teacher's input) undoes; the refitted weights are checked on
+held-out data and kept if best.
 
 Loss (``loss``): per token, the squared error of each stream point divided by the variance of the
 original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
