@@ -9,6 +9,7 @@ benchmarks/recovery.py when N exceeds the corpus); held-out: 256 sentences disjo
     python benchmarks/heal.py                       # every rewrite, one after the other
     python benchmarks/heal.py --only gelu=phi6 --part out/phi6.json   # one rewrite (parallel runs)
     python benchmarks/heal.py --merge out/*.json    # merge parts into benchmarks/results/heal_minilm.json
+    bash benchmarks/heal_parallel.sh CARRY          # every row at once, 2 pinned cores each (device host)
 
 Data can be given pre-tokenised (--data X.npz --held H.npz) for machines without transformers.
 """
@@ -114,6 +115,8 @@ def main() -> None:
     ap.add_argument("--local", type=float, default=HealConfig.local, help="share of the budget in block-local phase")
     ap.add_argument("--local-lr", type=float, default=HealConfig.local_lr)
     ap.add_argument("--local-input", default=HealConfig.local_input)
+    ap.add_argument("--refit", default=HealConfig.refit, help="sequential refit: none, phase, eval")
+    ap.add_argument("--local-eval-every", type=int, default=HealConfig.local_eval_every)
     ap.add_argument("--warmup", type=int, default=HealConfig.warmup)
     ap.add_argument("--prime", type=int, default=HealConfig.prime)
     ap.add_argument("--cache-mb", type=int, default=HealConfig.cache_bytes >> 20, help="teacher cache budget")
@@ -150,7 +153,8 @@ def main() -> None:
             data, held = work / "data.txt", {"text": work / "held.txt"}
         cfg = HealConfig(minutes=a.minutes, lr=a.lr, param=a.param, loss=a.loss, train=a.train, threads=2,
                          eval_every=a.eval_every, local=a.local, local_lr=a.local_lr, local_input=a.local_input,
-                         warmup=a.warmup, prime=a.prime, cache_bytes=a.cache_mb << 20)
+                         warmup=a.warmup, prime=a.prime, cache_bytes=a.cache_mb << 20, refit=a.refit,
+                         local_eval_every=a.local_eval_every)
         rows = []
         for spec in a.only or (["int8"] + REWRITES):
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")

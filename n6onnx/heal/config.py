@@ -9,6 +9,7 @@ TRAINABLE = ("rewritten", "neighbours", "all")
 PARAMS = ("relative", "raw")
 LOSSES = ("streams+output", "streams", "output", "streams+kl", "kl")  # kl: the outputs are logits
 LOCAL_INPUTS = ("student", "teacher")
+REFITS = ("none", "phase", "eval")
 
 
 @dataclasses.dataclass
@@ -20,6 +21,12 @@ class HealConfig:
     local: float = 0.7  # share of the budget (time, or --heal-steps) spent on block-local reconstruction first
     local_lr: float | None = 1e-2  # learning rate of the block-local phase (None: lr)
     local_input: str = "teacher"  # each block's input in the local phase: the teacher's, or the student's own (detached)
+    # sequential closed-form refit of the trained output projections on the student's own stream
+    # (heal.refit): "phase" after the block-local phase, "eval" also before every held-out check of
+    # the block-local phase (the checked model is the refitted one), "none"
+    refit: str = "phase"
+    refit_rows: int = 8192  # real tokens the refit uses (training batches, in order)
+    local_eval_every: int = 200  # steps between held-out checks in the block-local phase with refit "eval"
     param: str = "relative"
     loss: str = "streams+output"
     train: str = "rewritten"

@@ -16,7 +16,11 @@ holding a trained weight runs from the teacher's residual stream at its input (t
 ``inject``; blocks without one do not run) and is trained towards the teacher's stream at its
 output, with the loss's weighting, at ``local_lr``; then global distillation (below) at ``lr``,
 from the best weights so far, to fix the drift the blocks' errors accumulate. Each phase has a
-fresh Adam and its own warm-up.
+fresh Adam and its own warm-up. Between them (``refit``, default "phase"), the trained output
+projections are refitted in closed form, in graph order, on the student's own stream
+(``heal.refit``): that restores the upstream compensation of calibration's sequential fit, which
+block-local training (from the teacher's input) undoes; the refitted weights are checked on
+held-out data and kept if best.
 
 Loss (``loss``): per token, the squared error of each stream point divided by the variance of the
 original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
@@ -48,8 +52,8 @@ import torch
 from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
 from ..validate import metrics
-from . import executor, fakequant, targets
-from .config import LOCAL_INPUTS, LOSSES, PARAMS, TRAINABLE, HealConfig
+from . import executor, fakequant, refit, targets
+from .config import LOCAL_INPUTS, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
 class HealReport:
@@ -208,9 +212,10 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     values back into ``model`` (same initializer names, same nodes). Returns the report."""
     cfg = config or HealConfig()
     if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in TRAINABLE or \
-            cfg.local_input not in LOCAL_INPUTS or not 0 <= cfg.local <= 1:
+            cfg.local_input not in LOCAL_INPUTS or cfg.refit not in REFITS or not 0 <= cfg.local <= 1:
         raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, trainable one of "
-                               f"{TRAINABLE}, local input one of {LOCAL_INPUTS}, local share in [0, 1]")
+                               f"{TRAINABLE}, local input one of {LOCAL_INPUTS}, refit one of {REFITS}, "
+                               "local share in [0, 1]")
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
     executor.check_supported(proto)  # before any work
@@ -257,20 +262,32 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     init = {n: w0[n] + offset(n, w0[centred[n][0]]) if n in centred else w0[n] for n in names}
     u = {n: torch.nn.Parameter(init[n] / scale[n]) for n in names}
 
-    def values():
-        v = {n: scale[n] * u[n] for n in names}
+    def values(uu=None):
+        uu = u if uu is None else uu
+        v = {n: scale[n] * uu[n] for n in names}
         for b in centred:
             v[b] = v[b] - offset(b, v[centred[b][0]])
         return v
 
-    def evaluate() -> float:
+    def evaluate(uu=None) -> float:
         fids = []
         with torch.inference_mode():
-            vals = values()
+            vals = values(uu)
             for k in held_idx:
                 out = student(batches[k], outputs[:1], vals)[outputs[0]].numpy()
                 fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k], outputs[0]))
         return float(np.mean(np.concatenate(fids)))
+
+    writers = refit.writers(proto, names, streams) if cfg.refit != "none" else []
+
+    def refitted() -> dict:
+        """The live weights with every writer refitted in sequence on the student's own stream (as u)."""
+        with torch.no_grad():
+            vals = refit.refit(student, writers, {n: v.detach() for n, v in values().items()}, batches, train_idx,
+                               lambda k: teacher(k, batches[k]), _mask_rows, cfg.refit_rows)
+            for b in centred:
+                vals[b] = vals[b] + offset(b, vals[centred[b][0]])
+            return {n: (vals[n] / scale[n]).clone() for n in names}
 
     start = evaluate()
     best, best_u, lowest = start, {n: p.detach().clone() for n, p in u.items()}, start
@@ -294,6 +311,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                 if step:  # a new phase starts from the best weights so far, with a fresh optimizer
                     _restore(u, best_u)
                 opt = _adam(u, lr)
+                refits = phase == "local" and cfg.refit == "eval" and writers
+                every = cfg.local_eval_every if refits else cfg.eval_every
                 while True:
                     if last is not None and step >= last:
                         stopped = "steps"
@@ -322,14 +341,17 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                     loss.backward()
                     opt.step()
                     step += 1
-                    if step % cfg.eval_every == 0:
-                        fid = evaluate()
+                    if (step - first) % every == 0:
+                        # the model checked (and kept if best): the live weights, or in the block-local
+                        # phase with refit "eval", the live weights with the sequential refit
+                        cand = refitted() if refits else None
+                        fid = evaluate(cand)
                         lowest = min(lowest, fid)
                         curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
                                       float(np.mean(run_loss)), phase])
                         run_loss = []
                         if fid > best:
-                            best, best_u = fid, {n: p.detach().clone() for n, p in u.items()}
+                            best, best_u = fid, cand or {n: p.detach().clone() for n, p in u.items()}
                         elif fid < best - cfg.backtrack:
                             _restore(u, best_u)
                             opt = _adam(u, lr)
@@ -338,6 +360,15 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                                 stopped = "converged"
                                 break
                         bar.update(time.perf_counter() - t0, step, fid, best)
+                checked = refits and curve[-1][0] == step  # the last check was of this refitted candidate
+                if phase == "local" and writers and not checked:  # restore the upstream compensation (heal.refit)
+                    cand = refitted()
+                    fid = evaluate(cand)
+                    lowest = min(lowest, fid)
+                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6), None, "refit"])
+                    if fid > best:
+                        best, best_u = fid, cand
+                    bar.update(time.perf_counter() - t0, step, fid, best)
     except KeyboardInterrupt:
         stopped = "interrupted"
     with torch.no_grad():

@@ -235,3 +235,32 @@ def test_kl_loss_is_validates_kl(decoder_export, tmp_path):
     assert rep.steps == 4 and all(np.isfinite(c[3]) for c in rep.curve[1:])
     nodes = lambda f: [(n.op_type, list(n.input)) for n in onnx.load(str(f)).graph.node]
     assert nodes(tmp_path / "healed.onnx") == nodes(tmp_path / "plain.onnx")
+
+
+@pytest.fixture(scope="module")
+def minilm_phi6(zoo_export, tmp_path_factory):
+    """Pretrained all-MiniLM-L6-v2 (static 2 x 16 export), gelu=phi6 calibrated on 96 corpus
+    sentences: the start whose block-local phase used to fall (issue 16's no-dip rule)."""
+    from n6onnx.testing import corpus
+
+    tmp = tmp_path_factory.mktemp("heal_minilm")
+    src = zoo_export("minilm", "dynamo20")
+    (tmp / "data.txt").write_text("\n".join(corpus.sentences()[:96]))
+    n6onnx.rewrite(src, tmp / "cal.onnx", ["gelu=phi6"], calibrate=tmp / "data.txt")
+    return src, tmp
+
+
+def test_sequential_refit_restores_what_the_block_local_phase_loses(minilm_phi6):
+    """The block-local phase (default lr) falls below the calibrated start by more than issue 16's
+    0.001 (it undoes calibration's upstream compensation); the sequential refit of the output
+    projections at the phase's end (default refit "phase") gives back part of it: the refitted
+    candidate is better on held-out data than the block-local weights it was computed from."""
+    src, tmp = minilm_phi6
+    rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "new.onnx",
+                    config=HealConfig(steps=40, eval_every=4, threads=1))
+    local = [c for c in rep.curve if c[4:] == ["local"]]
+    refit = [c for c in rep.curve if c[4:] == ["refit"]]
+    assert min(c[2] for c in local) < rep.start - 0.001, rep.curve  # the fall the refit is for
+    assert len(refit) == 1 and refit[0][0] == local[-1][0], rep.curve
+    assert refit[0][2] > local[-1][2], rep.curve
+    assert rep.best >= rep.start and rep.curve[-1][4] == "global"
