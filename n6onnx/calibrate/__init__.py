@@ -304,14 +304,26 @@ def original_streams(original: ir.Model, blocks: Sequence[FFNBlock], batches, th
 
 
 def _original_name(v: ir.Value, known: set[str]) -> str:
-    start = v
-    while v.name not in known:
-        n = v.producer()
-        live = [i for i in n.inputs if i is not None and not is_const(i)] if n is not None else []
-        if n is None or n.op_type not in ("Add", "Mul") or len(live) != 1:
-            raise ValueError(f"stream {start.name!r} has no counterpart in the original model")
-        v = live[0]
-    return v.name
+    """The original model's name for ``v``: ``v`` itself, or what an earlier calibrated pass appended
+    to it was computed from (a constant Add/Mul, or the Add of an outlier detour's output: the branch
+    that leads back to an original value)."""
+    name = _trace(v, known, 0)
+    if name is None:
+        raise ValueError(f"stream {v.name!r} has no counterpart in the original model")
+    return name
+
+
+def _trace(v: ir.Value, known: set[str], depth: int) -> str | None:
+    if v.name in known:
+        return v.name
+    n = v.producer()
+    if n is None or n.op_type not in ("Add", "Mul") or depth > 8:
+        return None
+    live = [i for i in n.inputs if i is not None and not is_const(i)]
+    if len(live) == 1 or (n.op_type == "Add" and len(live) == 2):
+        found = [t for t in (_trace(i, known, depth + 1) for i in live) if t is not None]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 def layer_target(orig: dict, cur: dict, b: FFNBlock) -> np.ndarray:
