@@ -13,11 +13,19 @@ def _fid(f: dict | None) -> str:
     return "-" if not f else f"{f['cosine']:.4f} / {f['nn']:.3f}"
 
 
-def heal_row(res: Results) -> Row:
-    fname = "heal_minilm.json"
+def _rows(res: Results, fname: str, name: str, source: str, script: str) -> tuple[dict | None, Row | None]:
+    """(the results file, None), or (None, the "not measured yet" row) when it has no rows."""
     d = res.load(fname)
     if d is None or not d.get("rows"):
-        return Row(NAME, SOURCE, f"not measured yet: no rows in {fname} (run benchmarks/heal.py)", "-", [])
+        return None, Row(name, source, f"not measured yet: no rows in {fname} (run benchmarks/{script})", "-", [])
+    return d, None
+
+
+def heal_row(res: Results) -> Row:
+    fname = "heal_minilm.json"
+    d, empty = _rows(res, fname, NAME, SOURCE, "heal.py")
+    if empty is not None:
+        return empty
     rows = d["rows"]
     int8 = next((r["fidelity"] for r in rows if "fidelity" in r), None)
     best: dict[str, dict] = {}
@@ -56,9 +64,9 @@ LM_SOURCE = ("issue 16's goal: the healed gelu=phi6 model of a small GPT-2-style
 def heal_lm_row(res: Results) -> Row:
     """The decoder goal against benchmarks/results/heal_lm.json (benchmarks/heal_lm.py)."""
     fname = "heal_lm.json"
-    d = res.load(fname)
-    if d is None or not d.get("rows"):
-        return Row(LM_NAME, LM_SOURCE, f"not measured yet: no rows in {fname} (run benchmarks/heal_lm.py)", "-", [])
+    d, empty = _rows(res, fname, LM_NAME, LM_SOURCE, "heal_lm.py")
+    if empty is not None:
+        return empty
     rows = d["rows"]
     by = {r["model"]: r for r in rows}
     cal = next((r for r in rows if r["model"].endswith("calibrated") and "uncalibrated" not in r["model"]), None)

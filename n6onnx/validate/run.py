@@ -78,8 +78,8 @@ def _check_compatible(a: _Model, b: _Model) -> dict[str, tuple[list, list]]:
     layouts differ, with their declared shapes (original, candidate): KV-cache inputs a rewrite
     re-laid out can be fed only empty, a prefill."""
     sa, sb = feeds_mod.input_specs(a.session), feeds_mod.input_specs(b.session)
-    other = {n: t for n, _, t in sb}
-    state = {n: (s, other[n]) for n, _, s in sa if n in feeds_mod.relaid(sa, sb)}
+    other, moved = {n: t for n, _, t in sb}, set(feeds_mod.relaid(sa, sb))
+    state = {n: (s, other[n]) for n, _, s in sa if n in moved}
 
     def io(sess, kind):
         items = sess.get_inputs() if kind == "inputs" else sess.get_outputs()
