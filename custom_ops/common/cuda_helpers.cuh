@@ -8,6 +8,8 @@
 //     GridStrideBlocks() sizes a grid-stride launch: one thread per work item, capped at a number
 //     of full waves of the device (a multiple of the multiprocessor count).
 //   * ScratchAlloc() / ScratchFree(): stream-ordered scratch memory kept in the device's pool.
+//   * Workspace: per-stream memory kept between calls, with a zeroed counter area for kernels
+//     whose blocks count arrivals (the last one finishes the work and zeroes its counter again).
 //   * 128-bit vector access: IsAligned16(), LoadVec() / StoreVec() (ld.global.nc.v4 /
 //     st.global.v4 of a uint4), and the element codecs below, which unpack a uint4 into fp32
 //     lanes and pack fp32 lanes back (the paired cvt.rn.{f16x2,bf16x2}.f32 instructions).
@@ -23,10 +25,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "common/cuda_launch.h"
 
@@ -175,6 +180,78 @@ inline Status ScratchAlloc(void** out, size_t bytes, cudaStream_t stream) {
 }
 inline Status ScratchFree(void* p, cudaStream_t stream) {
   return CudaStatus(cudaFreeAsync(p, stream), "cudaFreeAsync (scratch)");
+}
+
+// Per-stream workspace: `counters` unsigned counters, zero whenever a kernel starts (every kernel
+// that counts on them leaves them zero), then `bytes` of data. Acquire it once per call, Release
+// it after the last launch that uses it. It is kept per (device, stream) between calls, so a
+// decode step pays no allocation: a stream runs its kernels in order, so they can share it. A
+// larger request allocates a larger one (stream-ordered, counters zeroed by a memset on the
+// stream); the smaller one is kept, not freed, since a kernel queued by another host thread on
+// the same stream may still use it. While the stream is being captured into a CUDA graph, a
+// request the kept workspace cannot take gets a temporary one (allocated, zeroed and freed in
+// the graph) instead.
+struct Workspace {
+  unsigned* counters = nullptr;
+  void* data = nullptr;
+  void* temp = nullptr;  // a temporary workspace to free in Release
+};
+
+inline Status AcquireWorkspace(cudaStream_t stream, size_t counters, size_t bytes, Workspace* out) {
+  struct Kept {
+    int device;
+    cudaStream_t stream;
+    char* base;
+    size_t counters, bytes;
+  };
+  static std::mutex mu;
+  static std::vector<Kept> kept;
+  int dev = 0;
+  Status st = CudaStatus(cudaGetDevice(&dev), "cudaGetDevice");
+  if (!st.ok()) return st;
+  counters = (std::max<size_t>(counters, 1) + 63) / 64 * 64;  // 256-byte aligned data area
+  std::lock_guard<std::mutex> lock(mu);
+  Kept* slot = nullptr;
+  for (Kept& k : kept) {
+    if (k.device == dev && k.stream == stream) slot = &k;
+  }
+  if (slot && slot->counters >= counters && slot->bytes >= bytes) {
+    out->counters = reinterpret_cast<unsigned*>(slot->base);
+    out->data = slot->base + slot->counters * sizeof(unsigned);
+    out->temp = nullptr;
+    return st;
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  st = CudaStatus(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+  if (!st.ok()) return st;
+  const bool temp = capture != cudaStreamCaptureStatusNone;
+  if (!temp && slot) {  // grow geometrically
+    counters = std::max(counters, 2 * slot->counters);
+    bytes = std::max(bytes, 2 * slot->bytes);
+  }
+  void* base = nullptr;
+  st = ScratchAlloc(&base, counters * sizeof(unsigned) + bytes, stream);
+  if (!st.ok()) return st;
+  st = CudaStatus(cudaMemsetAsync(base, 0, counters * sizeof(unsigned), stream), "cudaMemsetAsync (workspace)");
+  if (!st.ok()) {
+    ScratchFree(base, stream);
+    return st;
+  }
+  out->counters = static_cast<unsigned*>(base);
+  out->data = static_cast<char*>(base) + counters * sizeof(unsigned);
+  out->temp = temp ? base : nullptr;
+  if (!temp && slot) {
+    slot->base = static_cast<char*>(base);  // the old one stays allocated (see above)
+    slot->counters = counters;
+    slot->bytes = bytes;
+  } else if (!temp) {
+    kept.push_back(Kept{dev, stream, static_cast<char*>(base), counters, bytes});
+  }
+  return st;
+}
+
+inline Status ReleaseWorkspace(const Workspace& w, cudaStream_t stream) {
+  return w.temp ? ScratchFree(w.temp, stream) : Status{};
 }
 
 // ------------------------------------------------------------------------------------------

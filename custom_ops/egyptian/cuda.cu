@@ -494,24 +494,13 @@ Status LaunchTyped(const EgyptianArgs& a) {
   p.nq = static_cast<int>((a.Lq + kQT - 1) / kQT);
   if (a.cache) {  // cache mode, decode steps only (LaunchEgyptianCache gathers longer calls)
     const EgyptianCache& c = *a.cache;
-    if (a.Lq >= egy::kDecodeBelow || c.P + a.Lq != a.Lk) {
+    if (a.Lq >= egy::kDecodeBelow || c.geo.P + a.Lq != a.Lk) {
       return InvalidArgument("LaunchEgyptian", "cache mode in place needs Lq < 4 and Lk = P + Lq");
     }
     p.cached = 1;
-    p.cache.pk = c.pk;
-    p.cache.pv = c.pv;
-    p.cache.P = c.P;
-    p.cache.S = c.S;
-    p.cache.Lnew = a.Lq;
-    p.cache.Hkv = a.Hkv;
-    for (int k = 0; k < 3; ++k) {
-      p.cache.g0[k] = c.g0[k];
-      p.cache.n[k] = c.n[k];
-      p.cache.rows[k] = c.rows[k];
-      p.cache.base[k] = c.base[k];
-    }
+    p.cache = egy::CacheView{c.pk, c.pv, a.Lq, a.Hkv, c.geo};
   }
-  if (a.Lq < egy::kDecodeBelow) return egy::LaunchDecode(p, a.kinds, a.dtype, stream);
+  if (a.Lq < egy::kDecodeBelow) return egy::LaunchDecode(p, a.kinds, a.dtype, a.cache, stream);
   Params g = p;
   int nglobal = 0;
   for (int h = 0; h < a.H; ++h) {

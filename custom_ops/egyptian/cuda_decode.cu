@@ -12,14 +12,17 @@
 // and the online softmax (running max, sum, rescaled output) runs per lane in fp32. The slots of a
 // warp, then the warps of a block, merge their partial (max, sum, output) with shuffles and
 // shared memory. A unit of one split writes Y directly; the splits of the others write their
-// partials to a stream-ordered scratch buffer that CombineKernel merges (one warp per query row).
+// partials to the stream's workspace (common/cuda_helpers.cuh) and count themselves in: the last
+// split of a unit to finish merges the unit's partials (one warp per query row), so one launch
+// does the whole step.
 // Same keys, masks and causal offset as the prefill kernels (Params::KeyLo / KeyHi and the global
 // rule of egyptian/egyptian.h), truncated caches in key-index space included. Cache mode
 // (p.cached): the same keys in absolute positions, each row read in place from the packed past or
-// the new rows (CacheView::Row), so a step with a shrunk cache reads no more than it attends to.
+// the new rows (CacheView::Row), so a step with a shrunk cache reads no more than it attends to;
+// the blocks after the attention's write the presents (egyptian/cuda_cache.cuh) in the same launch.
 #include <algorithm>
 
-#include "egyptian/cuda_params.cuh"
+#include "egyptian/cuda_cache.cuh"
 
 namespace n6 {
 namespace cuda {
@@ -124,8 +127,66 @@ __device__ __forceinline__ void Merge(float& m, float& l, float (&acc)[N], float
 // One block per (batch, work item). DH: head size rounded up (32, 64, 128); MR: rows of a unit,
 // rounded up (1, 2, 4, 8). part: [B][items][MR] x (max, sum) then [B][items][MR][DH] (null when no
 // unit has more than one split).
+// One warp merges the partials of row r of unit u (batch row b); `part` was written by the
+// other blocks of this launch, so it is read past the (incoherent) L1 cache.
 template <class S, int DH, int MR>
-__global__ void __launch_bounds__(kThreads) SplitKernel(const Params p, const Units U, float* part, bool vec) {
+__device__ __forceinline__ void CombineRow(const Params& p, const Units& U, const float* part, int64_t b, int u, int r,
+                                           int lane) {
+  const int ns = U.nsplit[u];
+  const size_t rows = static_cast<size_t>(p.B) * U.items * MR;
+  const size_t row0 = (static_cast<size_t>(b) * U.items + U.begin[u]) * MR + r;  // split s: row0 + s * MR
+  float M = kNegInf;
+  for (int s = lane; s < ns; s += 32) M = fmaxf(M, __ldcg(part + 2 * (row0 + static_cast<size_t>(s) * MR)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  float L = 0.0f;
+  if (M != kNegInf) {
+    for (int s = lane; s < ns; s += 32) {
+      const size_t row = row0 + static_cast<size_t>(s) * MR;
+      const float ms = __ldcg(part + 2 * row);
+      if (ms != kNegInf) L += __ldcg(part + 2 * row + 1) * __expf(ms - M);
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+  constexpr int kPer = (DH + 31) / 32;
+  float O[kPer];
+#pragma unroll
+  for (int c = 0; c < kPer; ++c) O[c] = 0.0f;
+  if (M != kNegInf) {
+    for (int s = 0; s < ns; ++s) {
+      const size_t row = row0 + static_cast<size_t>(s) * MR;
+      const float ms = __ldcg(part + 2 * row);
+      if (ms == kNegInf) continue;  // the same for the whole warp
+      const float f = __expf(ms - M);
+      const float* a = part + 2 * rows + row * DH;
+#pragma unroll
+      for (int c = 0; c < kPer; ++c) {
+        if (lane + 32 * c < DH) O[c] = fmaf(__ldcg(a + lane + 32 * c), f, O[c]);
+      }
+    }
+  }
+  const int h = U.head[U.h0[u] + r / p.Lq];
+  S* y = static_cast<S*>(p.y) + p.QOff(b, r % p.Lq, h);
+#pragma unroll
+  for (int c = 0; c < kPer; ++c) {
+    const int d = lane + 32 * c;
+    if (d < p.dh) St(y + d, L > 0.0f ? O[c] / L : 0.0f);
+  }
+}
+
+// Blocks [0, B * items): one per (batch, work item); the blocks after them copy the presents (cache
+// mode with presents requested: `copy`). cnt: per (batch, unit) arrivals of the splits (zero on entry
+// and on exit).
+template <class S, int DH, int MR>
+__global__ void __launch_bounds__(kThreads) SplitKernel(const Params p, const Units U, float* part, unsigned* cnt,
+                                                        const CacheCopy copy, bool vec) {
+  const int64_t attn = p.B * U.items;
+  if (static_cast<int64_t>(blockIdx.x) >= attn) {
+    CopyPresents<S>(copy, (static_cast<int64_t>(blockIdx.x) - attn) * kThreads + threadIdx.x,
+                    (static_cast<int64_t>(gridDim.x) - attn) * kThreads);
+    return;
+  }
   constexpr int NO = DH / 8;       // lanes per key (8 channels each)
   constexpr int KPW = 32 / NO;     // key slots per warp
   constexpr int UN = MR >= 8 ? 2 : 4;  // keys per slot per step
@@ -306,108 +367,72 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(const Params p, const Un
       part[2 * rows + (prow + r) * DH + c] = O;
     }
   }
-}
-
-// One warp per (batch, unit, row) of a unit with several splits: merges the splits' partials.
-template <class S, int DH, int MR>
-__global__ void __launch_bounds__(kThreads) CombineKernel(const Params p, const Units U, const float* part) {
-  const int64_t wg = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
-  const int lane = threadIdx.x & 31;
-  if (wg >= p.B * U.n * MR) return;  // warp-uniform
-  const int r = static_cast<int>(wg % MR);
-  const int u = static_cast<int>((wg / MR) % U.n);
-  const int64_t b = wg / (static_cast<int64_t>(MR) * U.n);
-  const int ns = U.nsplit[u];
-  if (ns == 1 || r >= U.nh[u] * p.Lq) return;
-  const size_t rows = static_cast<size_t>(p.B) * U.items * MR;
-  const size_t row0 = (static_cast<size_t>(b) * U.items + U.begin[u]) * MR + r;  // split s: row0 + s * MR
-  float M = kNegInf;
-  for (int s = lane; s < ns; s += 32) M = fmaxf(M, part[2 * (row0 + static_cast<size_t>(s) * MR)]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-  float L = 0.0f;
-  if (M != kNegInf) {
-    for (int s = lane; s < ns; s += 32) {
-      const size_t row = row0 + static_cast<size_t>(s) * MR;
-      const float ms = part[2 * row];
-      if (ms != kNegInf) L += part[2 * row + 1] * __expf(ms - M);
-    }
+  if (direct) return;
+  __shared__ bool s_last;
+  __threadfence();  // this block's partials, visible before it counts itself in
+  __syncthreads();
+  if (tid == 0) {
+    unsigned* c = cnt + b * U.n + u;
+    s_last = atomicAdd(c, 1u) == static_cast<unsigned>(U.nsplit[u] - 1);
+    if (s_last) *c = 0;  // every split has arrived: zero for the next launch
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
-  constexpr int kPer = (DH + 31) / 32;
-  float O[kPer];
-#pragma unroll
-  for (int c = 0; c < kPer; ++c) O[c] = 0.0f;
-  if (M != kNegInf) {
-    for (int s = 0; s < ns; ++s) {
-      const size_t row = row0 + static_cast<size_t>(s) * MR;
-      const float ms = part[2 * row];
-      if (ms == kNegInf) continue;  // the same for the whole warp
-      const float f = __expf(ms - M);
-      const float* a = part + 2 * rows + row * DH;
-#pragma unroll
-      for (int c = 0; c < kPer; ++c) {
-        if (lane + 32 * c < DH) O[c] = fmaf(a[lane + 32 * c], f, O[c]);
-      }
-    }
-  }
-  const int h = U.head[U.h0[u] + r / p.Lq];
-  S* y = static_cast<S*>(p.y) + p.QOff(b, r % p.Lq, h);
-#pragma unroll
-  for (int c = 0; c < kPer; ++c) {
-    const int d = lane + 32 * c;
-    if (d < p.dh) St(y + d, L > 0.0f ? O[c] / L : 0.0f);
-  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  for (int r = warp; r < R; r += kWarps) CombineRow<S, DH, MR>(p, U, part, b, u, r, lane);
 }
 
 template <class S, int DH, int MR>
-Status Launch(const Params& p, const Units& U, bool vec, cudaStream_t stream) {
-  const int64_t blocks = p.B * U.items;
+Status Launch(const Params& p, const Units& U, const CacheCopy& copy, int64_t copy_blocks, bool vec,
+              cudaStream_t stream) {
+  const int64_t blocks = p.B * U.items + copy_blocks;
   if (blocks > 0x7FFFFFFF) return InvalidArgument("LaunchEgyptian", "tensor too large for the decode grid");
   bool split = false;
   for (int u = 0; u < U.n; ++u) split = split || U.nsplit[u] > 1;
-  if (!split) {
-    return CheckedLaunch(&SplitKernel<S, DH, MR>, static_cast<unsigned>(blocks), kThreads, 0, stream, p, U,
-                         static_cast<float*>(nullptr), vec);
+  Workspace ws;
+  if (split) {
+    const size_t rows = static_cast<size_t>(p.B * U.items) * MR;
+    Status st = AcquireWorkspace(stream, static_cast<size_t>(p.B * U.n), rows * (DH + 2) * sizeof(float), &ws);
+    if (!st.ok()) return st;
   }
-  const size_t rows = static_cast<size_t>(blocks) * MR;
-  float* part = nullptr;
-  Status st = ScratchAlloc(reinterpret_cast<void**>(&part), rows * (DH + 2) * sizeof(float), stream);
-  if (!st.ok()) return st;
-  st = CheckedLaunch(&SplitKernel<S, DH, MR>, static_cast<unsigned>(blocks), kThreads, 0, stream, p, U, part, vec);
-  if (st.ok()) {
-    const int64_t warps = p.B * U.n * MR;
-    const int64_t cblocks = (warps * 32 + kThreads - 1) / kThreads;
-    st = cblocks > 0x7FFFFFFF ? InvalidArgument("LaunchEgyptian", "tensor too large for the decode grid")
-                              : CheckedLaunch(&CombineKernel<S, DH, MR>, static_cast<unsigned>(cblocks), kThreads, 0,
-                                              stream, p, U, static_cast<const float*>(part));
-  }
-  const Status fr = ScratchFree(part, stream);
+  const Status st = CheckedLaunch(&SplitKernel<S, DH, MR>, static_cast<unsigned>(blocks), kThreads, 0, stream, p, U,
+                                  static_cast<float*>(ws.data), ws.counters, copy, vec);
+  const Status fr = ReleaseWorkspace(ws, stream);
   return st.ok() ? fr : st;
 }
 
 template <class S, int DH>
-Status LaunchRows(const Params& p, const Units& U, int rows, bool vec, cudaStream_t stream) {
-  if (rows <= 1) return Launch<S, DH, 1>(p, U, vec, stream);
-  if (rows <= 2) return Launch<S, DH, 2>(p, U, vec, stream);
-  if (rows <= 4) return Launch<S, DH, 4>(p, U, vec, stream);
-  return Launch<S, DH, 8>(p, U, vec, stream);
+Status LaunchRows(const Params& p, const Units& U, int rows, const CacheCopy& c, int64_t cb, bool vec,
+                  cudaStream_t stream) {
+  if (rows <= 1) return Launch<S, DH, 1>(p, U, c, cb, vec, stream);
+  if (rows <= 2) return Launch<S, DH, 2>(p, U, c, cb, vec, stream);
+  if (rows <= 4) return Launch<S, DH, 4>(p, U, c, cb, vec, stream);
+  return Launch<S, DH, 8>(p, U, c, cb, vec, stream);
 }
 
 template <class S>
-Status LaunchTyped(const Params& p, const Units& U, int rows, cudaStream_t stream) {
+Status LaunchTyped(const Params& p, const Units& U, int rows, const EgyptianCache* cache, int sms,
+                   cudaStream_t stream) {
   const auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
   bool vec = p.dh % 8 == 0 && p.ldq % 8 == 0 && p.ldk % 8 == 0 && aligned(p.q) && aligned(p.k) && aligned(p.v);
   if (p.cached && p.cache.pk) vec = vec && aligned(p.cache.pk) && aligned(p.cache.pv);
-  if (p.dh <= 32) return LaunchRows<S, 32>(p, U, rows, vec, stream);
-  if (p.dh <= 64) return LaunchRows<S, 64>(p, U, rows, vec, stream);
-  return LaunchRows<S, 128>(p, U, rows, vec, stream);
+  // the presents: blocks of their own after the attention's, at most 16 per SM (a copy needs many
+  // loads in flight)
+  CacheCopy c{};
+  int64_t cb = 0;
+  if (p.cached && cache && (cache->ok || cache->ov)) {
+    c = MakeCopy(p.cache, p.k, p.v, cache->ok, cache->ov, nullptr, nullptr, p.B, p.dh, sizeof(S));
+    cb = std::min<int64_t>((c.PresentItems() + kThreads - 1) / kThreads, 16 * static_cast<int64_t>(sms));
+  }
+  if (p.dh <= 32) return LaunchRows<S, 32>(p, U, rows, c, cb, vec, stream);
+  if (p.dh <= 64) return LaunchRows<S, 64>(p, U, rows, c, cb, vec, stream);
+  return LaunchRows<S, 128>(p, U, rows, c, cb, vec, stream);
 }
 
 }  // namespace
 
-Status LaunchDecode(const Params& p, const int* kinds, DType dtype, cudaStream_t stream) {
+Status LaunchDecode(const Params& p, const int* kinds, DType dtype, const EgyptianCache* cache,
+                    cudaStream_t stream) {
   if (p.Lq < 1 || p.Lq >= kDecodeBelow || p.G < 1 || p.H > kEgyptianMaxHeads || p.dh > kEgyptianMaxHeadSize) {
     return InvalidArgument("LaunchEgyptian", "decode kernel: Lq, num_heads or head size out of range");
   }
@@ -459,8 +484,8 @@ Status LaunchDecode(const Params& p, const int* kinds, DType dtype, cudaStream_t
     items += ns;
   }
   U.items = static_cast<int>(items);
-  if (dtype == DType::kFloat32) return LaunchTyped<float>(p, U, rows, stream);
-  return LaunchTyped<uint16_t>(p, U, rows, stream);
+  if (dtype == DType::kFloat32) return LaunchTyped<float>(p, U, rows, cache, dev.sms, stream);
+  return LaunchTyped<uint16_t>(p, U, rows, cache, dev.sms, stream);
 }
 
 }  // namespace egy

@@ -41,17 +41,7 @@ struct CudaBackend {
     e.pv = cio.pv;
     e.ok = cio.ok;
     e.ov = cio.ov;
-    e.P = c.P;
-    e.S = c.S;
-    e.Sout = c.Sout;
-    for (int k = 0; k < 3; ++k) {
-      e.g0[k] = c.g0[k];
-      e.n[k] = c.n[k];
-      e.rows[k] = c.rows[k];
-      e.base[k] = c.base[k];
-      e.keep[k] = c.keep[k];
-      e.obase[k] = c.obase[k];
-    }
+    e.geo = c;  // the layout part of CacheLayout
     return FromCuda(egyptian::kOpName, cuda::LaunchEgyptianCache(a, e));
   }
 

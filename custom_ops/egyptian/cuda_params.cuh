@@ -21,24 +21,29 @@ __device__ __forceinline__ void St(S* p, float v) {
   CodecFor<S>::Type::Store1(p, v);
 }
 
-// Cache mode (decode kernel only): key row `key` of KV group g is a new row (key >= P) of K / V
-// [B, Lnew, Hkv*dh], or a row of the packed past [B, S, dh] (egyptian/egyptian.h, CacheLayout).
+// Cache mode: key row `key` (absolute position) of KV group g is a new row (key >= P) of K / V
+// [B, Lnew, Hkv*dh], or a row of the packed past [B, S, dh] (egyptian/cache_geometry.h). dh may be
+// counted in any unit (elements, 16-byte vectors): offsets come back in the same unit.
 struct CacheView {
-  const void* pk;  // null: not cache mode
+  const void* pk;  // null: not cache mode (or an empty past)
   const void* pv;
-  int64_t P, S, Lnew, Hkv;
-  int64_t g0[3], n[3], rows[3], base[3];
+  int64_t Lnew, Hkv;
+  egyptian::CacheGeometry g;
 
-  // element offset of the row, and whether it lies in the past
-  __host__ __device__ __forceinline__ int64_t Row(int64_t b, int64_t key, int64_t g, int64_t dh, bool* past) const {
-    if (key >= P) {
+  __host__ __device__ __forceinline__ int KindOf(int64_t group) const {
+    return (g.n[2] > 0 && group >= g.g0[2]) ? 2 : ((g.n[1] > 0 && group >= g.g0[1]) ? 1 : 0);
+  }
+  // offset of the row, and whether it lies in the past; -1 for a past row the cache does not keep
+  __host__ __device__ __forceinline__ int64_t Row(int64_t b, int64_t key, int64_t group, int64_t dh, bool* past) const {
+    if (key >= g.P) {
       *past = false;
-      return ((b * Lnew + (key - P)) * Hkv + g) * dh;
+      return ((b * Lnew + (key - g.P)) * Hkv + group) * dh;
     }
     *past = true;
-    const int kind = (n[2] > 0 && g >= g0[2]) ? 2 : ((n[1] > 0 && g >= g0[1]) ? 1 : 0);
-    const int64_t t = kind == 1 ? key - (P - rows[1]) : key;
-    return (b * S + base[kind] + t * n[kind] + (g - g0[kind])) * dh;
+    const int kind = KindOf(group);
+    const int64_t t = kind == 1 ? key - (g.P - g.rows[1]) : key;
+    if (t < 0 || t >= g.rows[kind]) return -1;
+    return (b * g.S + g.base[kind] + t * g.n[kind] + (group - g.g0[kind])) * dh;
   }
 };
 
@@ -86,9 +91,10 @@ Status LaunchGlobal(const Params& p, int nglobal, DType dtype, cudaStream_t stre
 
 // Fewer queries than this (decode steps): every head (kinds[h]: 0 full, 1 local, 2 global) runs
 // as egyptian/cuda_decode.cu's flash-decoding kernels instead of the tiled and global-head ones
-// (p.heads / p.local / p.nstream / p.nq are not used).
+// (p.heads / p.local / p.nstream / p.nq are not used). In cache mode (p.cached) the same launch
+// writes the presents `cache` asks for (cache->ok / ov).
 inline constexpr int64_t kDecodeBelow = 4;
-Status LaunchDecode(const Params& p, const int* kinds, DType dtype, cudaStream_t stream);
+Status LaunchDecode(const Params& p, const int* kinds, DType dtype, const EgyptianCache* cache, cudaStream_t stream);
 
 }  // namespace egy
 }  // namespace cuda

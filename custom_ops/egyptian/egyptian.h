@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/shape.h"
+#include "egyptian/cache_geometry.h"
 
 namespace n6 {
 namespace egyptian {
@@ -145,11 +146,7 @@ inline std::string Resolve(const Attrs& a, const std::vector<int64_t>& q, const 
 // global; per group of kind k, rows[k] past rows (full P, local min(P, window - 1), global
 // min(P, sinks)), position-major within a kind (position t of the kind's r-th group at row
 // base[k] + t * n[k] + r). The presents: the same layout for P + Lq positions (keep[k], obase[k]).
-struct CacheLayout {
-  int64_t P = 0, S = 0, Sout = 0;
-  int64_t g0[3] = {0, 0, 0}, n[3] = {0, 0, 0};        // first group and groups of each kind
-  int64_t rows[3] = {0, 0, 0}, base[3] = {0, 0, 0};   // the past's rows per group, first packed row
-  int64_t keep[3] = {0, 0, 0}, obase[3] = {0, 0, 0};  // the same for the presents
+struct CacheLayout : CacheGeometry {
   // the first position the kind's past / present rows hold
   int64_t First(int kind) const { return kind == kLocal ? P - rows[kLocal] : 0; }
   int64_t FirstOut(int kind, int64_t Lq) const { return kind == kLocal ? P + Lq - keep[kLocal] : 0; }

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common/cuda_launch.h"
+#include "egyptian/cache_geometry.h"
 
 namespace n6 {
 namespace cuda {
@@ -15,15 +16,13 @@ inline constexpr int kEgyptianMaxHeadSize = 128;
 // Cache mode (egyptian/egyptian.h, CacheLayout): the packed past [B, 1, S, dh] and the presents
 // [B, 1, Sout, dh] (null when not requested); per kind (0 full, 1 local, 2 global) its first
 // KV group, groups, rows per group and first packed row, in the past and in the presents.
+// cache mode: the packed past, the presents (either may be null) and their layout
 struct EgyptianCache {
   const void* pk = nullptr;
   const void* pv = nullptr;
   void* ok = nullptr;
   void* ov = nullptr;
-  int64_t P = 0, S = 0, Sout = 0;
-  int64_t g0[3] = {0, 0, 0}, n[3] = {0, 0, 0};
-  int64_t rows[3] = {0, 0, 0}, base[3] = {0, 0, 0};
-  int64_t keep[3] = {0, 0, 0}, obase[3] = {0, 0, 0};
+  egyptian::CacheGeometry geo;
 };
 
 struct EgyptianArgs {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -225,9 +226,12 @@ CACHE_CASES = [  # id, B, Lq, P, H, Hkv, dh, attrs
 
 def cache_sample(sid: str, dtype: str):
     """(the cache-mode sample, the full-length K / V it packs, the mask): left padding in the last row."""
-    _, B, Lq, P, H, Hkv, dh, attrs = next(c for c in CACHE_CASES if c[0] == sid)
+    return make_cache_sample(*next(c for c in CACHE_CASES if c[0] == sid), dtype)
+
+
+def make_cache_sample(sid, B, Lq, P, H, Hkv, dh, attrs, dtype):
     attrs = {**attrs, "causal": 1}
-    rng = np.random.default_rng(len(sid))
+    rng = np.random.default_rng(len(sid) + 7 * P + B)
     kinds = attrs.get("head_kinds") or default_group_kinds(H, Hkv)
     groups = [kinds[g * (H // Hkv)] for g in range(Hkv)]
     k, v = (rng.normal(0, 1, (B, P + Lq, Hkv * dh)).astype(dtype) for _ in range(2))
@@ -269,3 +273,32 @@ def test_egyptian_cache_bad_past_is_an_error(target):
     s = target.session(sample_model("EgyptianAttention", bad), "cuda_kernel", quiet=True)
     with pytest.raises(Exception, match="EgyptianAttention: PastKey and PastValue must be the packed cache"):
         s.run(None, feeds)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_egyptian_cache_decode_steps_share_one_session(target, dtype):
+    """Decode steps of growing, shrinking and repeated sizes through ONE CUDA session (dynamic
+    shapes): the split kernel's per-stream workspace grows and is reused, and its arrival counters
+    must be left zero by every launch. Each step == the reference on all keys, the presents == the
+    packed layout bit for bit, and a step run again gives the same bits."""
+    spec = REGISTRY["EgyptianAttention"]
+    attrs = {"num_heads": 8, "kv_heads": 4, "window": 40, "sinks": 2}
+    steps = [(1, 1, 100), (4, 2, 3000), (1, 1, 100), (2, 3, 5000), (1, 1, 4095), (4, 2, 3000)]
+    first = make_cache_sample("seq", *steps[0][:2], steps[0][2], 8, 4, 64, attrs, dtype)[0]
+    model = onnx.load_from_string(sample_model("EgyptianAttention", first))
+    for i, vi in enumerate(model.graph.input):
+        for j, d in enumerate(vi.type.tensor_type.shape.dim):
+            d.dim_param = f"d{i}_{j}"
+    sess = target.session(model.SerializeToString(), "cuda_kernel", cache=False)
+    tol = spec.tolerance(dtype)
+    for B, Lq, P in steps:
+        sample, k, v, want_k, want_v = make_cache_sample("seq", B, Lq, P, 8, 4, 64, attrs, dtype)
+        f = sample.feeds
+        want_y = spec.reference(f["Q"], k, v, f["key_padding_mask"], **sample.attrs)
+        y, pk, pv = sess.run(None, f)
+        np.testing.assert_allclose(y.astype(np.float64), want_y.astype(np.float64), rtol=tol.rtol, atol=tol.atol,
+                                   err_msg=f"B={B} Lq={Lq} P={P}")
+        np.testing.assert_array_equal(pk, want_k)
+        np.testing.assert_array_equal(pv, want_v)
+        y2, _, _ = sess.run(None, f)
+        np.testing.assert_array_equal(y2, y, err_msg=f"B={B} Lq={Lq} P={P}: a second run differs")
