@@ -230,4 +230,42 @@ Ort::Custom::OrtLiteCustomOp* MakeKernelOp(const char* name, const char* provide
   return op;
 }
 
+// onnxruntime's lite ops read every listed input, an unbound optional one (an empty name)
+// included, as a value: a null one would be dereferenced (a crash). A guard runs first:
+// Check(ctx) answers nullptr (go on to the op's Compute) or the error to return instead.
+template <class Kernel, OrtStatusPtr (*Check)(OrtKernelContext*)>
+struct InputGuard {
+  static inline decltype(OrtCustomOp::KernelComputeV2) inner = nullptr;
+  static OrtStatusPtr ORT_API_CALL Compute(void* kernel, OrtKernelContext* ctx) {
+    if (OrtStatusPtr st = Check(ctx)) return st;
+    return inner(kernel, ctx);
+  }
+};
+
+// MakeKernelOp with Check run before every Compute.
+template <class Kernel, OrtStatusPtr (*Check)(OrtKernelContext*)>
+Ort::Custom::OrtLiteCustomOp* MakeGuardedKernelOp(const char* name, const char* provider,
+                                                  InferFn infer = InferSameTypeAndShape) {
+  Ort::Custom::OrtLiteCustomOp* op = MakeKernelOp<Kernel>(name, provider, infer);
+  InputGuard<Kernel, Check>::inner = op->KernelComputeV2;
+  op->KernelComputeV2 = &InputGuard<Kernel, Check>::Compute;
+  return op;
+}
+
+// The listed inputs (*count) and the first of [first, count) that is unbound (*unbound, -1: none).
+inline OrtStatusPtr FirstUnbound(OrtKernelContext* ctx, size_t first, size_t* count, int64_t* unbound) {
+  const OrtApi& api = Ort::GetApi();
+  *unbound = -1;
+  if (OrtStatus* st = api.KernelContext_GetInputCount(ctx, count)) return st;
+  for (size_t i = first; i < *count; ++i) {
+    const OrtValue* v = nullptr;
+    if (OrtStatus* st = api.KernelContext_GetInput(ctx, i, &v)) return st;
+    if (v == nullptr) {
+      *unbound = static_cast<int64_t>(i);
+      break;
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace n6

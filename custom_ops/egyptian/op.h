@@ -108,42 +108,23 @@ struct Op {
   }
 };
 
-// onnxruntime's lite ops read every listed input, an empty (unbound) optional one included, as a
-// value: an unbound mask with PastKey bound, or an unbound PastKey / PastValue listed, would be
-// dereferenced as a null value (a crash). This check runs first and answers an error instead.
-template <class Kernel>
-struct UnboundInputGuard {
-  static inline decltype(OrtCustomOp::KernelComputeV2) inner = nullptr;
-  static OrtStatusPtr ORT_API_CALL Compute(void* kernel, OrtKernelContext* ctx) {
-    const OrtApi& api = Ort::GetApi();
-    size_t n = 0;
-    if (OrtStatus* st = api.KernelContext_GetInputCount(ctx, &n)) return st;
-    for (size_t i = 3; i < n; ++i) {  // a listed input with an empty name is unbound as well
-      const OrtValue* v = nullptr;
-      if (OrtStatus* st = api.KernelContext_GetInput(ctx, i, &v)) return st;
-      if (v == nullptr) {
-        return OpError(kOpName, i > 3 ? "PastKey and PastValue go together"
-                                : n > 4 ? "with PastKey/PastValue the key_padding_mask [B, past + Lq] is required"
-                                        : "the key_padding_mask input is listed but empty: leave it out")
-            .release();
-      }
-    }
-    return inner(kernel, ctx);
-  }
-};
-
-template <class Kernel>
-Ort::Custom::OrtLiteCustomOp* MakeGuardedOp(const char* provider) {
-  Ort::Custom::OrtLiteCustomOp* op = MakeKernelOp<Kernel>(kOpName, provider);
-  UnboundInputGuard<Kernel>::inner = op->KernelComputeV2;
-  op->KernelComputeV2 = &UnboundInputGuard<Kernel>::Compute;
-  return op;
+// An unbound optional input (mask with PastKey bound, or a listed PastKey / PastValue) would crash
+// onnxruntime's lite-op wrapper (common/ort_glue.h, InputGuard): an error instead.
+inline OrtStatusPtr CheckUnbound(OrtKernelContext* ctx) {
+  size_t n = 0;
+  int64_t i = -1;
+  if (OrtStatusPtr st = FirstUnbound(ctx, 3, &n, &i)) return st;
+  if (i < 0) return nullptr;
+  return OpError(kOpName, i > 3 ? "PastKey and PastValue go together"
+                          : n > 4 ? "with PastKey/PastValue the key_padding_mask [B, past + Lq] is required"
+                                  : "the key_padding_mask input is listed but empty: leave it out")
+      .release();
 }
 
 template <class Backend>
 void AppendOps(OpList& ops) {
-  ops.push_back(MakeGuardedOp<Op<Backend, float>>(Backend::kProvider));
-  ops.push_back(MakeGuardedOp<Op<Backend, Ort::Float16_t>>(Backend::kProvider));
+  ops.push_back(MakeGuardedKernelOp<Op<Backend, float>, &CheckUnbound>(kOpName, Backend::kProvider));
+  ops.push_back(MakeGuardedKernelOp<Op<Backend, Ort::Float16_t>, &CheckUnbound>(kOpName, Backend::kProvider));
 }
 
 }  // namespace egyptian

@@ -150,32 +150,22 @@ struct Op {
   }
 };
 
-// onnxruntime's lite ops read every input before an optional one that is bound: an unbound Past
-// with PastLength bound would be dereferenced as a null value (a crash). This check runs first and
-// answers an error instead (that form runs in the numpy reference and the function fallback).
-template <class Kernel>
-struct UnboundPastGuard {
-  static inline decltype(OrtCustomOp::KernelComputeV2) inner = nullptr;
-  static OrtStatusPtr ORT_API_CALL Compute(void* kernel, OrtKernelContext* ctx) {
-    const OrtApi& api = Ort::GetApi();
-    size_t n = 0;
-    const OrtValue* past = nullptr;
-    if (OrtStatus* st = api.KernelContext_GetInputCount(ctx, &n)) return st;
-    if (n > 5) {
-      if (OrtStatus* st = api.KernelContext_GetInput(ctx, 4, &past)) return st;
-      if (past == nullptr)
-        return OpError(kOpName, "PastLength without Past is not supported by the kernel: bind Past (an empty "
-                                "[B, 0, D] tensor when PastLength is a multiple of 24)").release();
-    }
-    return inner(kernel, ctx);
-  }
-};
+// An unbound Past with PastLength bound would crash onnxruntime's lite-op wrapper
+// (common/ort_glue.h, InputGuard): an error instead (that form runs in the numpy reference and the
+// function fallback).
+inline OrtStatusPtr CheckUnbound(OrtKernelContext* ctx) {
+  size_t n = 0;
+  int64_t i = -1;
+  if (OrtStatusPtr st = FirstUnbound(ctx, 4, &n, &i)) return st;
+  if (n <= 5 || i != 4) return nullptr;
+  return OpError(kOpName, "PastLength without Past is not supported by the kernel: bind Past (an empty "
+                          "[B, 0, D] tensor when PastLength is a multiple of 24)")
+      .release();
+}
 
 template <class Kernel>
 Ort::Custom::OrtLiteCustomOp* MakeGuardedOp(const char* provider, InferFn infer) {
-  Ort::Custom::OrtLiteCustomOp* op = MakeKernelOp<Kernel>(kOpName, provider, infer);
-  UnboundPastGuard<Kernel>::inner = op->KernelComputeV2;
-  op->KernelComputeV2 = &UnboundPastGuard<Kernel>::Compute;
+  Ort::Custom::OrtLiteCustomOp* op = MakeGuardedKernelOp<Kernel, &CheckUnbound>(kOpName, provider, infer);
   // PastLength (input 5) lives in host memory on every provider (a CUDA kernel reads its value on
   // the host; the lite API's Tensor::IsCpuTensor cannot tell, it always says "Cpu")
   op->GetInputMemoryType = [](const OrtCustomOp*, size_t index) {
