@@ -122,10 +122,10 @@ def _np_type_of(v) -> np.dtype:
             "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}[t]
 
 
-def rewrites(src: pathlib.Path, work: pathlib.Path) -> tuple[dict[str, pathlib.Path], dict[str, str]]:
-    """Each rewrite in REWRITES that applies: {label: path}; the others: {label: why not}."""
+def rewrites(src: pathlib.Path, work: pathlib.Path, specs=REWRITES) -> tuple[dict[str, pathlib.Path], dict[str, str]]:
+    """Each rewrite of ``specs`` that applies: {label: path}; the others: {label: why not}."""
     done, refused = {}, {}
-    for spec in REWRITES:
+    for spec in specs:
         out = work / f"decoder-{spec.replace('=', '-').replace(':', '_').replace('/', '-')}.onnx"
         try:
             _, rep = n6onnx.rewrite(str(src), out, [spec])
@@ -221,6 +221,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--note", default="shared 2-core machine, other jobs running: timing is noisy")
     ap.add_argument("--work", default=str(ROOT / "build" / "decoder"))
+    ap.add_argument("--rewrite", action="append", default=None,
+                    help="a rewrite row to try (repeatable; default: every one of REWRITES)")
+    ap.add_argument("--no-int8", action="store_true", help="leave out the ORT int8 row (e.g. on CUDA, where "
+                    "quantize_dynamic's MatMulInteger nodes fall back to the CPU)")
     args = ap.parse_args()
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -229,8 +233,11 @@ def main() -> None:
 
     fused = baseline.fuse(src, provider=args.provider)
     models = {"original (ORT best: " + fused.chosen + ")": fused.path}
-    models["ORT int8 per-channel (quantize_dynamic)"] = stock_int8(src, work / "decoder-int8-per-channel.onnx")
-    done, refused = rewrites(src, work)
+    if pathlib.Path(fused.path) != pathlib.Path(src):  # the plain original too: a fusion that fails on this provider leaves it the baseline
+        models["original (ORT_ENABLE_ALL, no transformer fusion)"] = src
+    if not args.no_int8:
+        models["ORT int8 per-channel (quantize_dynamic)"] = stock_int8(src, work / "decoder-int8-per-channel.onnx")
+    done, refused = rewrites(src, work, tuple(args.rewrite or REWRITES))
     models.update({f"n6 {k}": v for k, v in done.items()})
 
     sessions, errors = {}, {}
@@ -257,7 +264,9 @@ def main() -> None:
                 measurements[what][k]["tokens_per_second"] = 1.0 / med
                 measurements[what][k]["kv_cache"] = kv_bytes(sessions[k], r, args.context, past)
     rows = []
-    base = next(iter(models))
+    # the baseline: the first original row that ran both measurements (ORT's fused one unless it failed)
+    base = next((k for k in models if k.startswith("original") and all(k in measurements[w] for w in measurements)),
+                next(iter(models)))
     for label in models:
         row = {"name": label, "path": str(models[label].name)}
         if label in sessions:
@@ -292,7 +301,7 @@ def main() -> None:
                    "present outputs of that step scaled to C tokens"),
         "rounds": args.rounds, "warmup": args.warmup, "note": args.note,
         "original_fusion": {"chosen": fused.chosen, "fused_ops": fused.fused},
-        "rows": rows, "refused": refused, "errors": errors,
+        "baseline_row": base, "rows": rows, "refused": refused, "errors": errors,
     }
     print(write(f"decoder_{args.provider}", payload))
 

@@ -24,6 +24,8 @@ Forms (``torch.onnx.export(dynamo=True)``, opset 18 or 20, dynamic batch / seque
 
 from __future__ import annotations
 
+import inspect
+
 import contextlib
 import logging
 import os
@@ -135,6 +137,9 @@ def _wrapper(model: str, m, form: str):
     import torch
     from transformers import DynamicCache
 
+    # the cache keyword: `cache` (transformers >= 5.2x), `past_key_values` before
+    cache_kw = "cache" if "cache" in inspect.signature(m.forward).parameters else "past_key_values"
+
     class _Wrapper(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -146,8 +151,9 @@ def _wrapper(model: str, m, form: str):
                 return self.inner(**kw, use_cache=False).logits
             pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
             cache = DynamicCache(ddp_cache_data=pairs, config=self.inner.config)
-            out = self.inner(**kw, cache=cache, use_cache=True)
-            present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+            out = self.inner(**kw, **{cache_kw: cache}, use_cache=True)
+            done = out.cache if cache_kw == "cache" else out.past_key_values
+            present = [t for layer in done.layers for t in (layer.keys, layer.values)]
             return (out.logits, *present)
 
     return _Wrapper(m).eval()
