@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
+from scipy.optimize import linear_sum_assignment
 
 from ..runtime import session_for
 from . import collect, fit, weighted_mse, weighted_var
@@ -129,6 +130,60 @@ def assign_heads(local: Sequence[float], glob: Sequence[float], counts: tuple[in
     rest = sorted((h for h in range(H) if kinds[h] == 0), key=lambda h: (-local[h], h))
     for h in rest[:n_local]:
         kinds[h] = 1
+    return kinds
+
+
+def causal_locality(proto: onnx.ModelProto, probs: dict[int, str], kv_heads: dict[int, int], batches, window: int,
+                    sinks: int, threads=None) -> dict[int, dict]:
+    """Causal blocks: per KV group, the mean attention mass (the original's causal softmax
+    probabilities [B, H, Lq, Lk], query i at key position Lk - Lq + i, averaged over the group's
+    query heads and the real queries) on the last ``window`` keys, i - window < j <= i (what a local
+    head of the causal mode sees: "local"), and on the first ``sinks`` keys plus the query's own key
+    (what a global head sees: "global"). Query head h belongs to KV group h // (H / kv_heads).
+    The padding repeats of a last batch (``batches.rows``) are left out."""
+    acc = {i: [0.0, 0.0, 0] for i in probs}
+    real_rows = getattr(batches, "rows", None)
+    step = [0]
+
+    def fn(feeds, out):
+        n_real = real_rows[step[0]] if real_rows is not None else None
+        step[0] += 1
+        for i, name in probs.items():
+            p = out[name].astype(np.float64)[:n_real]  # [B, H, Lq, Lk]
+            B, H, Lq, Lk = p.shape
+            pos, j = np.arange(Lq) + Lk - Lq, np.arange(Lk)
+            near = (j[None] > pos[:, None] - window) & (j[None] <= pos[:, None])
+            seen = (j[None] < sinks) | (j[None] == pos[:, None])
+            m = feeds.get("attention_mask")
+            real = m[:n_real, Lk - Lq:].astype(bool) if m is not None and m[:n_real].shape == (B, Lk) \
+                else np.ones((B, Lq), bool)
+            G = kv_heads[i]
+            w = real[:, None, :]
+            a = acc[i]
+            a[0] = a[0] + ((p * near).sum(-1) * w).sum((0, 2)).reshape(G, H // G).mean(1)
+            a[1] = a[1] + ((p * seen).sum(-1) * w).sum((0, 2)).reshape(G, H // G).mean(1)
+            a[2] += int(real.sum())
+
+    run_batches(proto, list(probs.values()), batches, fn, threads)
+    return {i: {"local": [round(float(x), 4) for x in np.atleast_1d(a[0]) / max(a[2], 1)],
+                "global": [round(float(x), 4) for x in np.atleast_1d(a[1]) / max(a[2], 1)],
+                "queries": a[2], "window": window, "sinks": sinks, "per": "kv group"} for i, a in acc.items()}
+
+
+def assign_groups(local: Sequence[float], glob: Sequence[float], default: Sequence[int]) -> list[int]:
+    """Kinds per KV group (0 full, 1 local, 2 global) with the counts of ``default`` (the by-index
+    kinds), minimising the attention mass the kinds drop: a local group loses 1 - local, a global
+    group 1 - global, a full group nothing. An optimal assignment of groups to the kind slots
+    (scipy's linear_sum_assignment); among equal losses (within 1e-9) the one closest to ``default``."""
+    G = len(default)
+    slots = sorted(default)
+    lost = {0: np.zeros(G), 1: 1.0 - np.asarray(local, np.float64), 2: 1.0 - np.asarray(glob, np.float64)}
+    cost = np.stack([lost[k] for k in slots], 1)  # [group, slot]
+    cost += 1e-10 * (np.asarray(default)[:, None] != np.asarray(slots)[None, :])
+    rows, cols = linear_sum_assignment(cost)
+    kinds = [0] * G
+    for g, s in zip(rows, cols):
+        kinds[int(g)] = int(slots[s])
     return kinds
 
 

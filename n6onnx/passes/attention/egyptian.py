@@ -221,18 +221,28 @@ def run(model, ok, arg, ctx, report):
             raise BadArgumentError("attention=egyptian:locality measures the heads on calibration data: pass "
                                    "--calibrate DATA (or use egyptian:by-index)")
         orig = {b.index: b for b in find_blocks(ctx.original)[0]}
-        probs = {b.index: orig[b.index].probs.name for b in ok if b.index in orig and orig[b.index].probs is not None}
-        loc = cal.head_locality(ir.to_proto(ctx.original), probs, batches, WINDOW) if probs else {}
+        seen = [b for b in ok if b.index in orig and orig[b.index].probs is not None]
+        probs = {b.index: orig[b.index].probs.name for b in seen if not is_causal(b)}
+        causal = {b.index: orig[b.index].probs.name for b in seen if is_causal(b)}
+        proto = ir.to_proto(ctx.original) if seen else None
+        loc = cal.head_locality(proto, probs, batches, WINDOW) if probs else {}
+        if causal:  # per KV group: the causal window and the sinks + own key (calibrate/attention.py)
+            loc.update(cal.causal_locality(proto, causal, {b.index: b.kv_heads or b.heads for b in seen if is_causal(b)},
+                                           batches, WINDOW, SINKS))
     masks: dict = {}
     for b in ok:
         counts = cal.reference_counts(b.heads)
         if mode == "full":
             kinds = [0] * b.heads
         elif is_causal(b):  # kinds per KV group (a group's cache shrinks only if all its heads agree)
-            kinds = ea.default_group_kinds(b.heads, b.kv_heads or b.heads)
-            if mode == "locality":
-                report.notes.append(f"{b.label}: causal block: heads assigned per KV group by index "
-                                    "(locality is not measured for causal blocks)")
+            Hkv = b.kv_heads or b.heads
+            kinds = ea.default_group_kinds(b.heads, Hkv)
+            if mode == "locality" and b.index in loc:  # the default split's counts, groups chosen by locality
+                groups = cal.assign_groups(loc[b.index]["local"], loc[b.index]["global"], kinds[::b.heads // Hkv])
+                kinds = [groups[h // (b.heads // Hkv)] for h in range(b.heads)]
+            elif mode == "locality":
+                report.notes.append(f"{b.label}: causal block: attention probabilities not visible (fused op); heads "
+                                    "assigned per KV group by index")
         elif mode == "locality" and b.index in loc:
             kinds = cal.assign_heads(loc[b.index]["local"], loc[b.index]["global"], counts)
         else:
@@ -249,8 +259,7 @@ def run(model, ok, arg, ctx, report):
                                 f"EgyptianAttention node")
         finalize(model)  # sorts the graph, attaches the fallback functions: the next fit runs it in ORT
         detail = {"index": b.index, "method": "egyptian", "heads": b.heads, "head_kinds": kinds, "window": WINDOW,
-                  "assignment": mode if (mode != "locality" or b.index in loc) and not (is_causal(b) and mode != "full")
-                  else "by-index", "core": "mha" if split else "fused", "causal": is_causal(b)}
+                  "assignment": mode if mode != "locality" or b.index in loc else "by-index", "core": "mha" if split else "fused", "causal": is_causal(b)}
         if is_causal(b):
             detail.update(kv_heads=b.kv_heads or b.heads, sinks=SINKS)
         if cut is not None:
