@@ -165,8 +165,8 @@ def causal_locality(proto: onnx.ModelProto, probs: dict[int, str], kv_heads: dic
             a[2] += int(real.sum())
 
     run_batches(proto, list(probs.values()), batches, fn, threads)
-    return {i: {"local": [round(float(x), 4) for x in np.atleast_1d(a[0]) / max(a[2], 1)],
-                "global": [round(float(x), 4) for x in np.atleast_1d(a[1]) / max(a[2], 1)],
+    return {i: {"local": [round(float(x), 6) for x in np.atleast_1d(a[0]) / max(a[2], 1)],
+                "global": [round(float(x), 6) for x in np.atleast_1d(a[1]) / max(a[2], 1)],
                 "queries": a[2], "window": window, "sinks": sinks, "per": "kv group"} for i, a in acc.items()}
 
 
@@ -174,7 +174,8 @@ def assign_groups(local: Sequence[float], glob: Sequence[float], default: Sequen
     """Kinds per KV group (0 full, 1 local, 2 global) with the counts of ``default`` (the by-index
     kinds), minimising the attention mass the kinds drop: a local group loses 1 - local, a global
     group 1 - global, a full group nothing. An optimal assignment of groups to the kind slots
-    (scipy's linear_sum_assignment); among equal losses (within 1e-9) the one closest to ``default``."""
+    (scipy's linear_sum_assignment); among equal losses the one closest to ``default`` (a 1e-10
+    penalty per group whose kind differs from it)."""
     G = len(default)
     slots = sorted(default)
     lost = {0: np.zeros(G), 1: 1.0 - np.asarray(local, np.float64), 2: 1.0 - np.asarray(glob, np.float64)}
