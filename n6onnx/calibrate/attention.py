@@ -133,53 +133,101 @@ def assign_heads(local: Sequence[float], glob: Sequence[float], counts: tuple[in
     return kinds
 
 
-def causal_locality(proto: onnx.ModelProto, probs: dict[int, str], kv_heads: dict[int, int], batches, window: int,
-                    sinks: int, threads=None) -> dict[int, dict]:
-    """Causal blocks: per KV group, the mean attention mass (the original's causal softmax
-    probabilities [B, H, Lq, Lk], query i at key position Lk - Lq + i, averaged over the group's
-    query heads and the real queries) on the last ``window`` keys, i - window < j <= i (what a local
-    head of the causal mode sees: "local"), and on the first ``sinks`` keys plus the query's own key
-    (what a global head sees: "global"). Query head h belongs to KV group h // (H / kv_heads).
-    The padding repeats of a last batch (``batches.rows``) are left out."""
-    acc = {i: [0.0, 0.0, 0] for i in probs}
+@dataclasses.dataclass
+class CausalProbe:
+    """What ``causal_locality`` reads of one causal block: the names of its softmax probabilities
+    [B, H, Lq, Lk] and (optional) of the values [B, H or kv_heads, Lk, dh] they weight, the output
+    projection's weight [H * dh, D] (optional) and the number of KV groups."""
+
+    probs: str
+    kv_heads: int
+    values: str | None = None
+    w_out: np.ndarray | None = None
+
+
+def causal_locality(proto: onnx.ModelProto, blocks: dict[int, CausalProbe], batches, window: int, sinks: int,
+                    threads=None) -> dict[int, dict]:
+    """Causal blocks, per KV group (query head h in group h // (H / kv_heads); the group's heads
+    summed or averaged), over the real queries of the calibration data (query i at key position
+    Lk - Lq + i; the padding repeats of a last batch, ``batches.rows``, left out):
+
+    - ``local`` / ``global``: the mean mass of the original's causal softmax on the last ``window``
+      keys, i - window < j <= i (what a local head sees), and on the first ``sinks`` keys plus the
+      query's own key (what a global head sees);
+    - with the values and the output projection: ``error_local`` / ``error_global``, the mean squared
+      change of the block's attention output (after the output projection, before its bias) if the
+      group's heads were local / global (their probabilities restricted to what the kind sees and
+      renormalised), relative to the mean squared attention output of the block.
+
+    ``criterion`` says which of the two ``assign_groups`` should use: the output error where it was
+    measured, else the lost mass 1 - local / 1 - global."""
+    acc: dict = {i: {"n": 0} for i in blocks}
     real_rows = getattr(batches, "rows", None)
     step = [0]
+
+    def add(a: dict, key: str, x: np.ndarray) -> None:
+        a[key] = a.get(key, 0.0) + x
 
     def fn(feeds, out):
         n_real = real_rows[step[0]] if real_rows is not None else None
         step[0] += 1
-        for i, name in probs.items():
-            p = out[name].astype(np.float64)[:n_real]  # [B, H, Lq, Lk]
+        for i, probe in blocks.items():
+            p = out[probe.probs].astype(np.float64)[:n_real]  # [B, H, Lq, Lk]
             B, H, Lq, Lk = p.shape
+            G = probe.kv_heads
             pos, j = np.arange(Lq) + Lk - Lq, np.arange(Lk)
-            near = (j[None] > pos[:, None] - window) & (j[None] <= pos[:, None])
-            seen = (j[None] < sinks) | (j[None] == pos[:, None])
+            sees = {"local": (j[None] > pos[:, None] - window) & (j[None] <= pos[:, None]),
+                    "global": (j[None] < sinks) | (j[None] == pos[:, None])}
             m = feeds.get("attention_mask")
             real = m[:n_real, Lk - Lq:].astype(bool) if m is not None and m[:n_real].shape == (B, Lk) \
                 else np.ones((B, Lq), bool)
-            G = kv_heads[i]
             w = real[:, None, :]
             a = acc[i]
-            a[0] = a[0] + ((p * near).sum(-1) * w).sum((0, 2)).reshape(G, H // G).mean(1)
-            a[1] = a[1] + ((p * seen).sum(-1) * w).sum((0, 2)).reshape(G, H // G).mean(1)
-            a[2] += int(real.sum())
+            a["n"] += int(real.sum())
+            for kind, mask in sees.items():
+                add(a, kind, ((p * mask).sum(-1) * w).sum((0, 2)).reshape(G, H // G).mean(1))
+            if probe.values is None or probe.w_out is None:
+                continue
+            v = out[probe.values].astype(np.float64)[:n_real]  # [B, H or G, Lk, dh]
+            v = np.repeat(v, H // v.shape[1], axis=1)
+            wo = probe.w_out.astype(np.float64).reshape(H, v.shape[-1], -1)  # head h's rows of W_O
+            o = p @ v
+            add(a, "energy", float((np.einsum("bhld,hde->ble", o, wo) ** 2).sum(-1)[real].sum()))
+            for kind, mask in sees.items():
+                pk = p * mask
+                pk = pk / np.maximum(pk.sum(-1, keepdims=True), 1e-30)
+                e = (np.einsum("bhld,hde->bhle", pk @ v - o, wo) ** 2).sum(-1)  # [B, H, Lq]
+                add(a, "error_" + kind, (e * w).sum((0, 2)).reshape(G, H // G).sum(1))
 
-    run_batches(proto, list(probs.values()), batches, fn, threads)
-    return {i: {"local": [round(float(x), 6) for x in np.atleast_1d(a[0]) / max(a[2], 1)],
-                "global": [round(float(x), 6) for x in np.atleast_1d(a[1]) / max(a[2], 1)],
-                "queries": a[2], "window": window, "sinks": sinks, "per": "kv group"} for i, a in acc.items()}
+    run_batches(proto, [n for pr in blocks.values() for n in (pr.probs, pr.values) if n], batches, fn, threads)
+    res = {}
+    for i, a in acc.items():
+        n = max(a["n"], 1)
+        r = {k: [round(float(x), 6) for x in np.atleast_1d(a.get(k, np.zeros(blocks[i].kv_heads))) / n]
+             for k in ("local", "global")}
+        if "energy" in a:
+            for k in ("error_local", "error_global"):
+                r[k] = [round(float(x), 6) for x in np.atleast_1d(a[k]) / max(a["energy"], 1e-30)]
+        res[i] = {**r, "criterion": "output error" if "energy" in a else "lost mass", "queries": a["n"],
+                  "window": window, "sinks": sinks, "per": "kv group"}
+    return res
 
 
-def assign_groups(local: Sequence[float], glob: Sequence[float], default: Sequence[int]) -> list[int]:
+def assign_groups(loc: dict, default: Sequence[int]) -> list[int]:
     """Kinds per KV group (0 full, 1 local, 2 global) with the counts of ``default`` (the by-index
-    kinds), minimising the attention mass the kinds drop: a local group loses 1 - local, a global
-    group 1 - global, a full group nothing. An optimal assignment of groups to the kind slots
-    (scipy's linear_sum_assignment); among equal losses the one closest to ``default`` (a 1e-10
-    penalty per group whose kind differs from it)."""
+    kinds) for a block measured by ``causal_locality``, minimising the summed cost of the kinds: a
+    full group costs nothing, a local or global group its ``error_local`` / ``error_global`` (the
+    ``output error`` criterion) or the mass it drops, 1 - local / 1 - global (``lost mass``). An
+    optimal assignment of groups to the kind slots (scipy's linear_sum_assignment); among equal costs
+    the one closest to ``default`` (a 1e-10 penalty per group whose kind differs from it)."""
     G = len(default)
     slots = sorted(default)
-    lost = {0: np.zeros(G), 1: 1.0 - np.asarray(local, np.float64), 2: 1.0 - np.asarray(glob, np.float64)}
-    cost = np.stack([lost[k] for k in slots], 1)  # [group, slot]
+    if loc["criterion"] == "output error":
+        cost_of = {1: np.asarray(loc["error_local"], np.float64), 2: np.asarray(loc["error_global"], np.float64)}
+    else:
+        cost_of = {1: 1.0 - np.asarray(loc["local"], np.float64), 2: 1.0 - np.asarray(loc["global"], np.float64)}
+    cost_of[0] = np.zeros(G)
+    cost = np.stack([cost_of[k] for k in slots], 1)  # [group, slot]
     cost += 1e-10 * (np.asarray(default)[:, None] != np.asarray(slots)[None, :])
     rows, cols = linear_sum_assignment(cost)
     kinds = [0] * G

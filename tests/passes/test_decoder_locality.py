@@ -25,56 +25,99 @@ SEQ = 80  # calibration sequences longer than the window (64): the window's mass
 
 
 def softmax_probs(path, feeds_list):
-    """[B, H, L, L] causal softmax outputs of every Softmax node of the original, per batch."""
+    """Per batch and layer: (P [B, H, L, L], V) - every Softmax node's output and the second input of the
+    MatMul that reads it."""
     m = onnx.load(str(path))
-    names = [n.output[0] for n in m.graph.node if n.op_type == "Softmax"]
+    names = []
+    for n in m.graph.node:
+        if n.op_type == "Softmax":
+            cur = n.output[0]
+            while True:  # through what the export puts between them (e.g. a Where for fully masked rows)
+                u = next(u for u in m.graph.node if cur in u.input)
+                if u.op_type == "MatMul" and u.input[0] == cur:
+                    break
+                cur = u.output[0]
+            names += [n.output[0], u.input[1]]
     m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     import onnxruntime as ort
 
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return [s.run(names, f) for f in feeds_list]
+    out = [s.run(names, f) for f in feeds_list]
+    return [[(r[k], r[k + 1]) for k in range(0, len(r), 2)] for r in out]
 
 
-def numpy_masses(probs_per_batch, layer, kv_heads, window=emit.WINDOW, sinks=emit.SINKS):
-    """Per KV group: mean over heads and queries of the mass on keys i-window < j <= i and on j < sinks or j == i."""
-    loc, glob, n = 0.0, 0.0, 0
-    for probs in probs_per_batch:
-        p = probs[layer].astype(np.float64)
+def output_weights(model):
+    """W_O [H * dh, D] per layer, from the transformers model the export was made from."""
+    lm = zd.load_torch_model(model)
+    if model == "gpt2":
+        return [blk.attn.c_proj.weight.detach().numpy() for blk in lm.transformer.h]
+    return [layer.self_attn.o_proj.weight.detach().numpy().T for layer in lm.model.layers]
+
+
+def numpy_locality(batches, layer, kv_heads, wo, window=emit.WINDOW, sinks=emit.SINKS):
+    """Per KV group: the mean mass (over heads and queries) on keys i-window < j <= i and on j < sinks or
+    j == i, and the squared change of the attention output through W_O if the group's heads saw only
+    those keys (renormalised), relative to the attention output's mean square. Loops over queries."""
+    loc = glob = 0.0
+    err = {"local": 0.0, "global": 0.0}
+    n, energy = 0, 0.0
+    for per_layer in batches:
+        p, v = (a.astype(np.float64) for a in per_layer[layer])
         B, H, L, _ = p.shape
+        v = np.repeat(v, H // v.shape[1], axis=1)
+        w = wo.astype(np.float64).reshape(H, v.shape[-1], -1)
         for i in range(L):
-            loc = loc + p[:, :, i, max(0, i - window + 1):i + 1].sum(-1).sum(0)
-            glob = glob + p[:, :, i, :sinks].sum(-1).sum(0) + (p[:, :, i, i].sum(0) if i >= sinks else 0)
+            keys = {"local": list(range(max(0, i - window + 1), i + 1)), "global": sorted({*range(sinks), i})}
+            loc = loc + p[:, :, i, keys["local"]].sum(-1).sum(0)
+            glob = glob + p[:, :, i, keys["global"]].sum(-1).sum(0)
+            o = np.einsum("bhj,bhjd->bhd", p[:, :, i], v)
+            energy += float((np.einsum("bhd,hde->be", o, w) ** 2).sum())
+            for kind, ks in keys.items():
+                pk = p[:, :, i, ks] / p[:, :, i, ks].sum(-1, keepdims=True)
+                ok = np.einsum("bhj,bhjd->bhd", pk, v[:, :, ks])
+                err[kind] = err[kind] + (np.einsum("bhd,hde->bhe", ok - o, w) ** 2).sum(-1).sum(0)
             n += B
     rep = H // kv_heads
-    return (loc / n).reshape(kv_heads, rep).mean(1), (glob / n).reshape(kv_heads, rep).mean(1)
+    return {"local": (loc / n).reshape(kv_heads, rep).mean(1), "global": (glob / n).reshape(kv_heads, rep).mean(1),
+            **{f"error_{k}": (e / energy).reshape(kv_heads, rep).sum(1) for k, e in err.items()}}
 
 
-def best_kinds(local, glob, default):
-    """Brute force: the kinds with the default's counts losing the least mass; ties -> closest to default."""
+def best_kinds(cost_local, cost_global, default):
+    """Brute force: the kinds with the default's counts of least summed cost; ties -> closest to default."""
     best = None
     for perm in set(itertools.permutations(default)):
-        lost = sum({0: 0.0, 1: 1 - local[g], 2: 1 - glob[g]}[k] for g, k in enumerate(perm))
-        key = (round(lost, 9), sum(a != b for a, b in zip(perm, default)))
+        cost = sum({0: 0.0, 1: cost_local[g], 2: cost_global[g]}[k] for g, k in enumerate(perm))
+        key = (round(cost, 9), sum(a != b for a, b in zip(perm, default)))
         if best is None or key < best[0]:
             best = (key, list(perm))
     return best[1]
 
 
+def mass(local, glob):
+    return {"criterion": "lost mass", "local": local, "global": glob}
+
+
 def test_assign_groups_keeps_counts_and_minimises_the_lost_mass():
     default = [0, 0, 1, 2]
     # group 0 has its mass on the sinks, group 3 within the window: global and local move there
-    assert cal.assign_groups([0.5, 0.6, 0.9, 0.99], [0.95, 0.1, 0.2, 0.1], default) == [2, 0, 0, 1]
+    assert cal.assign_groups(mass([0.5, 0.6, 0.9, 0.99], [0.95, 0.1, 0.2, 0.1]), default) == [2, 0, 0, 1]
     # a greedy "most global first" would make group 0 global (lost 0.1) and then lose 0.7 on a local
     # group; the optimum makes group 1 global (0.15) and group 0 local (0)
-    assert cal.assign_groups([1.0, 0.2, 0.3, 0.3], [0.9, 0.85, 0.1, 0.1], [0, 1, 2, 0]) == [1, 2, 0, 0]
-    assert cal.assign_groups([1.0] * 4, [0.1] * 4, default) == default  # ties: the by-index kinds
+    assert cal.assign_groups(mass([1.0, 0.2, 0.3, 0.3], [0.9, 0.85, 0.1, 0.1]), [0, 1, 2, 0]) == [1, 2, 0, 0]
+    assert cal.assign_groups(mass([1.0] * 4, [0.1] * 4), default) == default  # ties: the by-index kinds
+    # the output error, where measured, decides (not the mass)
+    loc = {**mass([1.0] * 4, [0.9, 0.1, 0.1, 0.1]), "criterion": "output error", "error_local": [0.0] * 4,
+           "error_global": [0.5, 0.2, 0.3, 0.4]}
+    assert cal.assign_groups(loc, default) == [0, 2, 1, 0]  # local errors tie: group 2 stays local
     rng = np.random.default_rng(0)
     for _ in range(20):
-        loc, glob = rng.random(6), rng.random(6)
+        a, b = rng.random(6), rng.random(6)
         d = ea.default_group_kinds(6, 6)
-        got = cal.assign_groups(loc, glob, d)
+        got = cal.assign_groups(mass(a, b), d)
         assert sorted(got) == sorted(d)
-        assert got == best_kinds(loc, glob, d)
+        assert got == best_kinds(1 - a, 1 - b, d)
+        assert cal.assign_groups({"criterion": "output error", "error_local": a, "error_global": b}, d) \
+            == best_kinds(a, b, d)
 
 
 @pytest.mark.parametrize("model", ["gpt2", "llama"])
@@ -85,16 +128,19 @@ def test_causal_locality_matches_numpy_on_the_captured_probabilities(decoder_exp
     _, rep = n6onnx.rewrite(src, out, ["attention=egyptian"], calibrate=cal_path)
     att = rep.reports["attention"]
     assert att.rewritten == zd.LAYERS and not any("by index" in n for n in att.notes)
-    probs = softmax_probs(src, list(load_npz(cal_path)))
+    captured = softmax_probs(src, list(load_npz(cal_path)))
+    wo = output_weights(model)
     Hkv = zd.KV_HEADS[model]
     default = ea.default_group_kinds(Hkv, Hkv)
     for layer, site in enumerate(att.sites):
         d = site.detail
-        local, glob = numpy_masses(probs, layer, Hkv)
-        assert d["assignment"] == "locality" and d["locality"]["queries"] == 2 * 2 * SEQ
-        np.testing.assert_allclose(d["locality"]["local"], local, atol=2e-6)  # reported to 6 decimals
-        np.testing.assert_allclose(d["locality"]["global"], glob, atol=2e-6)
-        groups = best_kinds(d["locality"]["local"], d["locality"]["global"], default)  # the optimum for those masses
+        loc = d["locality"]
+        want = numpy_locality(captured, layer, Hkv, wo[layer])
+        assert d["assignment"] == "locality" and loc["queries"] == 2 * 2 * SEQ
+        assert loc["criterion"] == "output error"
+        for key, w in want.items():  # reported to 6 decimals
+            np.testing.assert_allclose(loc[key], w, atol=2e-6, rtol=1e-5, err_msg=key)
+        groups = best_kinds(loc["error_local"], loc["error_global"], default)  # the optimum for those costs
         assert d["head_kinds"] == [groups[h // (zd.HEADS // Hkv)] for h in range(zd.HEADS)]
         assert sorted(d["cache"]["group_kinds"]) == sorted(default)  # the budget: the default's counts
     assert io_names(out) == io_names(src)

@@ -18,7 +18,7 @@ from ..finalize import finalize
 from ...ops import egyptian_attention as ea
 from .blocks import MERGE_PATH, causal_reason, find_blocks, is_causal, side_factor, static_shape
 from . import egycache
-from .emit import SINKS, WINDOW, add_node, ones_mask
+from .emit import SINKS, WINDOW, add_node, ones_mask, weight_in_out
 from .heads import split_full_heads
 
 
@@ -205,6 +205,16 @@ def _into_output_projection(g: ir.Graph, b: AttentionBlock, y: ir.Value, dtype, 
     first.replace_input_with(idx, y)
 
 
+def _probe(b: AttentionBlock, probs: str) -> cal.CausalProbe:
+    """What the causal locality reads of the original's block ``b``: its probabilities, and its values and
+    output projection weight [H * dh, D] where they are visible (else the lost mass decides alone)."""
+    w = None
+    if b.out is not None and b.heads and b.head_size and is_const(b.out.weight):
+        w = weight_in_out(b.out)
+        w = w if w.shape[0] == b.heads * b.head_size else None
+    return cal.CausalProbe(probs, b.kv_heads or b.heads, b.v4.name if b.v4 is not None and w is not None else None, w)
+
+
 def run(model, ok, arg, ctx, report):
     """Rewrite every block of ``ok`` (HEADS and CORE parsed into ``arg``) and fill ``report``."""
     mode, core = arg
@@ -227,8 +237,8 @@ def run(model, ok, arg, ctx, report):
         proto = ir.to_proto(ctx.original) if seen else None
         loc = cal.head_locality(proto, probs, batches, WINDOW) if probs else {}
         if causal:  # per KV group: the causal window and the sinks + own key (calibrate/attention.py)
-            loc.update(cal.causal_locality(proto, causal, {b.index: b.kv_heads or b.heads for b in seen if is_causal(b)},
-                                           batches, WINDOW, SINKS))
+            loc.update(cal.causal_locality(proto, {i: _probe(orig[i], name) for i, name in causal.items()}, batches,
+                                           WINDOW, SINKS))
     masks: dict = {}
     for b in ok:
         counts = cal.reference_counts(b.heads)
@@ -238,7 +248,7 @@ def run(model, ok, arg, ctx, report):
             Hkv = b.kv_heads or b.heads
             kinds = ea.default_group_kinds(b.heads, Hkv)
             if mode == "locality" and b.index in loc:  # the default split's counts, groups chosen by locality
-                groups = cal.assign_groups(loc[b.index]["local"], loc[b.index]["global"], kinds[::b.heads // Hkv])
+                groups = cal.assign_groups(loc[b.index], kinds[::b.heads // Hkv])
                 kinds = [groups[h // (b.heads // Hkv)] for h in range(b.heads)]
             elif mode == "locality":
                 report.notes.append(f"{b.label}: causal block: attention probabilities not visible (fused op); heads "
