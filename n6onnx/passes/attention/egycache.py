@@ -11,7 +11,7 @@ comes from the attention mask: the op reads it from the mask's length. One Egypt
 in cache mode per layer appends the new rows to the packed cache and attends. The op takes the KV
 groups ordered full, local, global (``default_group_kinds`` assigns them so); kinds assigned by
 locality may interleave, and then the groups of Q, the new K/V and the output Y are permuted around
-the node (a Gather on the new tokens only; each kind's groups keep their own order in the cache).
+the node (a Gather of columns on the new tokens only; each kind's groups keep their own order in the cache).
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ def _order(kinds: list[int], H: int, Hkv: int) -> list[int]:
     return sorted(range(Hkv), key=lambda k: groups[k])
 
 
-def _gather_groups(g: ir.Graph, x: ir.Value, order: list[int], Hkv: int, tag: str) -> ir.Value:
-    """x [B, L, Hkv * w] with its Hkv blocks of w columns in ``order``."""
-    split = add_node(g, "", "Reshape", [x, _i64(g, [0, 0, Hkv, -1], f"{tag}_groups")], f"{tag}_split", None, x.dtype)
-    moved = add_node(g, "", "Gather", [split, _i64(g, order, f"{tag}_order")], f"{tag}_gather", None, x.dtype, axis=2)
-    return add_node(g, "", "Reshape", [moved, _i64(g, [0, 0, -1], f"{tag}_flat")], f"{tag}_merged", None, x.dtype)
+def _gather_groups(g: ir.Graph, x: ir.Value, order: list[int], width: int, tag: str) -> ir.Value:
+    """x [B, L, Hkv * width] with its blocks of ``width`` columns in ``order``: one Gather of columns
+    (one node: healing looks for the projections within a few nodes of the op)."""
+    cols = np.concatenate([np.arange(k * width, (k + 1) * width) for k in order])
+    return add_node(g, "", "Gather", [x, _i64(g, cols, f"{tag}_columns")], f"{tag}_gather", None, x.dtype, axis=2)
 
 
 def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: list[int], window: int,
@@ -87,7 +87,7 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
     order = _order(kinds, H, Hkv)  # the op packs the groups ordered by kind: permute them around it when needed
     moved = order != list(range(Hkv))
     if moved:
-        q = _gather_groups(g, q, order, Hkv, f"{tag}_q_order")
+        q = _gather_groups(g, q, order, rep * dh, f"{tag}_q_order")
         kinds = [groups[order[h // rep]] for h in range(H)]
     new = {}
     for part in ("key", "value"):
@@ -98,7 +98,7 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
                                                 _i64(g, [0, 0, Hkv * dh], f"{tag}_{part}_new3d")], f"{tag}_{part}_new3",
                              None, past.dtype)
         if moved:
-            new[part] = _gather_groups(g, new[part], order, Hkv, f"{tag}_{part}_order")
+            new[part] = _gather_groups(g, new[part], order, dh, f"{tag}_{part}_order")
     attrs = dict(num_heads=H, kv_heads=Hkv, causal=1, sinks=int(sinks), window=int(window), scale=float(scale),
                  head_kinds=[int(k) for k in kinds])
     node = ir.Node("n6onnx", "EgyptianAttention",
@@ -109,7 +109,7 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
     y, *presents = node.outputs
     y.name, y.type = f"{tag}_out", ir.TensorType(q.dtype)
     if moved:  # back to the original head order for the output projection
-        y = _gather_groups(g, y, [order.index(k) for k in range(Hkv)], Hkv, f"{tag}_y_order")
+        y = _gather_groups(g, y, [order.index(k) for k in range(Hkv)], rep * dh, f"{tag}_y_order")
     for part, p in zip(("key", "value"), presents):
         p.name, p.type = f"{tag}_{part}_present", ir.TensorType(q.dtype)
         p.shape = ir.Shape([ins[c[f"past_{part}"]].shape[0], 1, f"{c[f'present_{part}']}_packed", dh])
