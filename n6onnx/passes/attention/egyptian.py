@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from ...blocks import AttentionBlock
 from ...calibrate import attention as cal
+from ...calibrate.collect import subgraph_proto
 from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, consumers, const_array, is_const, node_label, scalar_const
@@ -233,12 +234,12 @@ def run(model, ok, arg, ctx, report):
         orig = {b.index: b for b in find_blocks(ctx.original)[0]}
         seen = [b for b in ok if b.index in orig and orig[b.index].probs is not None]
         probs = {b.index: orig[b.index].probs.name for b in seen if not is_causal(b)}
-        causal = {b.index: orig[b.index].probs.name for b in seen if is_causal(b)}
-        proto = ir.to_proto(ctx.original) if seen else None
+        causal = {b.index: _probe(orig[b.index], orig[b.index].probs.name) for b in seen if is_causal(b)}
+        names = [*probs.values(), *(n for p in causal.values() for n in (p.probs, p.values) if n)]
+        proto = subgraph_proto(ctx.original, names) if names else None  # only what the captures need
         loc = cal.head_locality(proto, probs, batches, WINDOW) if probs else {}
-        if causal:  # per KV group: the causal window and the sinks + own key (calibrate/attention.py)
-            loc.update(cal.causal_locality(proto, {i: _probe(orig[i], name) for i, name in causal.items()}, batches,
-                                           WINDOW, SINKS))
+        if causal:  # per KV group: the causal window, the sinks + own key, and what each costs (calibrate/attention.py)
+            loc.update(cal.causal_locality(proto, causal, batches, WINDOW, SINKS))
     masks: dict = {}
     for b in ok:
         counts = cal.reference_counts(b.heads)
