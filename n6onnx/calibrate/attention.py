@@ -181,11 +181,11 @@ def causal_locality(proto: onnx.ModelProto, blocks: dict[int, CausalProbe], batc
             m = feeds.get("attention_mask")
             real = m[:n_real, Lk - Lq:].astype(bool) if m is not None and m[:n_real].shape == (B, Lk) \
                 else np.ones((B, Lq), bool)
-            w = real[:, None, :]
+            w = real[:, None, :]  # padding queries (their rows may even be NaN) take no part
             a = acc[i]
             a["n"] += int(real.sum())
             for kind, mask in sees.items():
-                add(a, kind, ((p * mask).sum(-1) * w).sum((0, 2)).reshape(G, H // G).mean(1))
+                add(a, kind, np.where(w, (p * mask).sum(-1), 0.0).sum((0, 2)).reshape(G, H // G).mean(1))
             if probe.values is None or probe.w_out is None:
                 continue
             v = out[probe.values].astype(np.float64)[:n_real]  # [B, H or G, Lk, dh]
@@ -197,7 +197,7 @@ def causal_locality(proto: onnx.ModelProto, blocks: dict[int, CausalProbe], batc
                 pk = p * mask
                 pk = pk / np.maximum(pk.sum(-1, keepdims=True), 1e-30)
                 e = (np.einsum("bhld,hde->bhle", pk @ v - o, wo) ** 2).sum(-1)  # [B, H, Lq]
-                add(a, "error_" + kind, (e * w).sum((0, 2)).reshape(G, H // G).sum(1))
+                add(a, "error_" + kind, np.where(w, e, 0.0).sum((0, 2)).reshape(G, H // G).sum(1))
 
     run_batches(proto, [n for pr in blocks.values() for n in (pr.probs, pr.values) if n], batches, fn, threads)
     res = {}

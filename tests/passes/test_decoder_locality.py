@@ -54,29 +54,32 @@ def output_weights(model):
     return [layer.self_attn.o_proj.weight.detach().numpy().T for layer in lm.model.layers]
 
 
-def numpy_locality(batches, layer, kv_heads, wo, window=emit.WINDOW, sinks=emit.SINKS):
+def numpy_locality(batches, layer, kv_heads, wo, window=emit.WINDOW, sinks=emit.SINKS, reals=None):
     """Per KV group: the mean mass (over heads and queries) on keys i-window < j <= i and on j < sinks or
     j == i, and the squared change of the attention output through W_O if the group's heads saw only
     those keys (renormalised), relative to the attention output's mean square. Loops over queries."""
     loc = glob = 0.0
     err = {"local": 0.0, "global": 0.0}
     n, energy = 0, 0.0
-    for per_layer in batches:
+    for k, per_layer in enumerate(batches):
         p, v = (a.astype(np.float64) for a in per_layer[layer])
         B, H, L, _ = p.shape
         v = np.repeat(v, H // v.shape[1], axis=1)
         w = wo.astype(np.float64).reshape(H, v.shape[-1], -1)
+        keep = np.ones((B, L), bool) if reals is None else reals[k]
         for i in range(L):
+            if not keep[:, i].all():  # padding queries take no part
+                p[~keep[:, i], :, i] = 0.0
             keys = {"local": list(range(max(0, i - window + 1), i + 1)), "global": sorted({*range(sinks), i})}
             loc = loc + p[:, :, i, keys["local"]].sum(-1).sum(0)
             glob = glob + p[:, :, i, keys["global"]].sum(-1).sum(0)
             o = np.einsum("bhj,bhjd->bhd", p[:, :, i], v)
             energy += float((np.einsum("bhd,hde->be", o, w) ** 2).sum())
             for kind, ks in keys.items():
-                pk = p[:, :, i, ks] / p[:, :, i, ks].sum(-1, keepdims=True)
+                pk = p[:, :, i, ks] / np.maximum(p[:, :, i, ks].sum(-1, keepdims=True), 1e-300)
                 ok = np.einsum("bhj,bhjd->bhd", pk, v[:, :, ks])
                 err[kind] = err[kind] + (np.einsum("bhd,hde->bhe", ok - o, w) ** 2).sum(-1).sum(0)
-            n += B
+            n += int(keep[:, i].sum())
     rep = H // kv_heads
     return {"local": (loc / n).reshape(kv_heads, rep).mean(1), "global": (glob / n).reshape(kv_heads, rep).mean(1),
             **{f"error_{k}": (e / energy).reshape(kv_heads, rep).sum(1) for k, e in err.items()}}
@@ -230,3 +233,25 @@ def test_crafted_local_and_sink_heads_are_assigned_local_and_global(crafted, tmp
         want, run = logits(ids), runner(by_index)
         idx = logits(ids)
     assert np.linalg.norm(base - want) < np.linalg.norm(idx - want)
+
+
+def test_padding_queries_take_no_part(decoder_export, tmp_path):
+    """Left padding in a calibration row: its padding queries are not counted and add nothing (no NaN)."""
+    src = decoder_export("llama")
+    path = zd.calibration_npz("llama", tmp_path / "cal.npz", batches=2, seq=SEQ)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k in range(2):
+        arrays[f"attention_mask/{k}"][1, :10] = 0
+    np.savez(tmp_path / "pad.npz", **arrays)
+    _, rep = n6onnx.rewrite(src, tmp_path / "r.onnx", ["attention=egyptian"], calibrate=tmp_path / "pad.npz")
+    captured = softmax_probs(src, list(load_npz(tmp_path / "pad.npz")))
+    reals = [arrays[f"attention_mask/{k}"].astype(bool) for k in range(2)]
+    wo = output_weights("llama")
+    for layer, site in enumerate(rep.reports["attention"].sites):
+        loc = site.detail["locality"]
+        assert loc["queries"] == 2 * (2 * SEQ - 10)
+        want = numpy_locality(captured, layer, zd.KV_HEADS["llama"], wo[layer], reals=reals)
+        for key, w in want.items():
+            assert np.all(np.isfinite(loc[key])), key
+            np.testing.assert_allclose(loc[key], w, atol=2e-6, rtol=1e-5, err_msg=key)
