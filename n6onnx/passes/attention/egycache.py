@@ -119,7 +119,8 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
     itemsize = np.dtype(q.dtype.numpy()).itemsize
     n_full = groups.count(0)
     report = {**c, "layout": "[batch, 1, packed, head_dim]: full groups (P rows each), local (min(P, window-1)), "
-              "global (min(P, sinks)); position-major within a kind", "group_kinds": groups,
+              "global (min(P, sinks)); position-major within a kind" + (f"; KV groups packed in the order {order}"
+                                                                        if moved else ""), "group_kinds": groups,
               "packed_group_order": order,
               "bytes_per_token": 2 * n_full * dh * itemsize, "bytes_per_token_original": 2 * Hkv * dh * itemsize,
               "bytes_fixed": 2 * (groups.count(1) * (window - 1) + groups.count(2) * sinks) * dh * itemsize}
