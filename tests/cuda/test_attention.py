@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 from onnx import helper
 
+import n6onnx
 from n6onnx.ops import DOMAIN, REGISTRY, Sample
 from n6onnx.ops.egyptian_attention import default_group_kinds
 from n6onnx.ops.egyptian_cache import pack
+from n6onnx.testing import zoo_decoder as zd
 
 pytestmark = pytest.mark.cuda
 
@@ -276,9 +278,6 @@ def test_egyptian_locality_rewrite_decodes_on_cuda(target, decoder_export, tmp_p
     """A cached GPT-2 rewritten by ``attention=egyptian --calibrate`` whose locality-chosen KV groups are
     not ordered by kind (so the groups are permuted around the cache-mode node by Gathers of columns):
     on CUDA, decoding token by token and in chunks equals the CPU kernel's full run within 1e-4."""
-    import n6onnx
-    from n6onnx.testing import zoo_decoder as zd
-
     src = decoder_export("gpt2")
     out = tmp_path / "loc.onnx"
     _, rep = n6onnx.rewrite(src, out, ["attention=egyptian"],

@@ -10,6 +10,7 @@ import itertools
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import n6onnx
@@ -39,8 +40,6 @@ def softmax_probs(path, feeds_list):
                 cur = u.output[0]
             names += [n.output[0], u.input[1]]
     m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    import onnxruntime as ort
-
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     out = [s.run(names, f) for f in feeds_list]
     return [[(r[k], r[k + 1]) for k in range(0, len(r), 2)] for r in out]
