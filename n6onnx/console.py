@@ -213,8 +213,9 @@ def rewrite_human(rep) -> None:
                              + (", its mean contribution kept as a bias" if d["bias"] else "")), highlight=False)
         elif d.get("method") == "egyptian":
             core = ("; full heads as com.microsoft.MultiHeadAttention" if d.get("core") == "mha" else "")
+            how = d["assignment"] + (f" by {d['locality']['criterion']}" if "criterion" in d.get("locality", {}) else "")
             out.print(escape(f"  attention block {d['index']}: EgyptianAttention{' (causal)' if d.get('causal') else ''}, "
-                             f"head kinds {d['head_kinds']} (0 full, 1 local, 2 global; {d['assignment']}), window "
+                             f"head kinds {d['head_kinds']} (0 full, 1 local, 2 global; {how}), window "
                              f"{d['window']}{core}"), highlight=False)
         c = d.get("cache")
         if c:  # the cache contract of this layer (docs/decoders.md)

@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
+from scipy.optimize import linear_sum_assignment
 
 from ..runtime import session_for
 from . import collect, fit, weighted_mse, weighted_var
@@ -129,6 +130,109 @@ def assign_heads(local: Sequence[float], glob: Sequence[float], counts: tuple[in
     rest = sorted((h for h in range(H) if kinds[h] == 0), key=lambda h: (-local[h], h))
     for h in rest[:n_local]:
         kinds[h] = 1
+    return kinds
+
+
+@dataclasses.dataclass
+class CausalProbe:
+    """What ``causal_locality`` reads of one causal block: the names of its softmax probabilities
+    [B, H, Lq, Lk] and (optional) of the values [B, H or kv_heads, Lk, dh] they weight, the output
+    projection's weight [H * dh, D] (optional) and the number of KV groups."""
+
+    probs: str
+    kv_heads: int
+    values: str | None = None
+    w_out: np.ndarray | None = None
+
+
+def causal_locality(proto: onnx.ModelProto, blocks: dict[int, CausalProbe], batches, window: int, sinks: int,
+                    threads=None) -> dict[int, dict]:
+    """Causal blocks, per KV group (query head h in group h // (H / kv_heads); the group's heads
+    summed or averaged), over the real queries of the calibration data (query i at key position
+    Lk - Lq + i; the padding repeats of a last batch, ``batches.rows``, left out):
+
+    - ``local`` / ``global``: the mean mass of the original's causal softmax on the last ``window``
+      keys, i - window < j <= i (what a local head sees), and on the first ``sinks`` keys plus the
+      query's own key (what a global head sees);
+    - with the values and the output projection: ``error_local`` / ``error_global``, the mean squared
+      change of the block's attention output (after the output projection, before its bias) if the
+      group's heads were local / global (their probabilities restricted to what the kind sees and
+      renormalised), relative to the mean squared attention output of the block.
+
+    ``criterion`` says which of the two ``assign_groups`` should use: the output error where it was
+    measured, else the lost mass 1 - local / 1 - global."""
+    acc: dict = {i: {"n": 0} for i in blocks}
+    real_rows = getattr(batches, "rows", None)
+    step = [0]
+
+    def add(a: dict, key: str, x: np.ndarray) -> None:
+        a[key] = a.get(key, 0.0) + x
+
+    def fn(feeds, out):
+        n_real = real_rows[step[0]] if real_rows is not None else None
+        step[0] += 1
+        for i, probe in blocks.items():
+            p = out[probe.probs].astype(np.float64)[:n_real]  # [B, H, Lq, Lk]
+            B, H, Lq, Lk = p.shape
+            G = probe.kv_heads
+            pos, j = np.arange(Lq) + Lk - Lq, np.arange(Lk)
+            sees = {"local": (j[None] > pos[:, None] - window) & (j[None] <= pos[:, None]),
+                    "global": (j[None] < sinks) | (j[None] == pos[:, None])}
+            m = feeds.get("attention_mask")
+            real = m[:n_real, Lk - Lq:].astype(bool) if m is not None and m[:n_real].shape == (B, Lk) \
+                else np.ones((B, Lq), bool)
+            w = real[:, None, :]  # padding queries (their rows may even be NaN) take no part
+            a = acc[i]
+            a["n"] += int(real.sum())
+            for kind, mask in sees.items():
+                add(a, kind, np.where(w, (p * mask).sum(-1), 0.0).sum((0, 2)).reshape(G, H // G).mean(1))
+            if probe.values is None or probe.w_out is None:
+                continue
+            v = out[probe.values].astype(np.float64)[:n_real]  # [B, H or G, Lk, dh]
+            v = np.repeat(v, H // v.shape[1], axis=1)
+            wo = probe.w_out.astype(np.float64).reshape(H, v.shape[-1], -1)  # head h's rows of W_O
+            o = p @ v
+            add(a, "energy", float((np.einsum("bhld,hde->ble", o, wo) ** 2).sum(-1)[real].sum()))
+            for kind, mask in sees.items():
+                pk = p * mask
+                pk = pk / np.maximum(pk.sum(-1, keepdims=True), 1e-30)
+                e = (np.einsum("bhld,hde->bhle", pk @ v - o, wo) ** 2).sum(-1)  # [B, H, Lq]
+                add(a, "error_" + kind, np.where(w, e, 0.0).sum((0, 2)).reshape(G, H // G).sum(1))
+
+    run_batches(proto, [n for pr in blocks.values() for n in (pr.probs, pr.values) if n], batches, fn, threads)
+    res = {}
+    for i, a in acc.items():
+        n = max(a["n"], 1)
+        r = {k: [round(float(x), 6) for x in np.atleast_1d(a.get(k, np.zeros(blocks[i].kv_heads))) / n]
+             for k in ("local", "global")}
+        if "energy" in a:
+            for k in ("error_local", "error_global"):
+                r[k] = [round(float(x), 6) for x in np.atleast_1d(a[k]) / max(a["energy"], 1e-30)]
+        res[i] = {**r, "criterion": "output error" if "energy" in a else "lost mass", "queries": a["n"],
+                  "window": window, "sinks": sinks, "per": "kv group"}
+    return res
+
+
+def assign_groups(loc: dict, default: Sequence[int]) -> list[int]:
+    """Kinds per KV group (0 full, 1 local, 2 global) with the counts of ``default`` (the by-index
+    kinds) for a block measured by ``causal_locality``, minimising the summed cost of the kinds: a
+    full group costs nothing, a local or global group its ``error_local`` / ``error_global`` (the
+    ``output error`` criterion) or the mass it drops, 1 - local / 1 - global (``lost mass``). An
+    optimal assignment of groups to the kind slots (scipy's linear_sum_assignment); among equal costs
+    the one closest to ``default`` (a 1e-10 penalty per group whose kind differs from it)."""
+    G = len(default)
+    slots = sorted(default)
+    if loc["criterion"] == "output error":
+        cost_of = {1: np.asarray(loc["error_local"], np.float64), 2: np.asarray(loc["error_global"], np.float64)}
+    else:
+        cost_of = {1: 1.0 - np.asarray(loc["local"], np.float64), 2: 1.0 - np.asarray(loc["global"], np.float64)}
+    cost_of[0] = np.zeros(G)
+    cost = np.stack([cost_of[k] for k in slots], 1)  # [group, slot]
+    cost += 1e-10 * (np.asarray(default)[:, None] != np.asarray(slots)[None, :])
+    rows, cols = linear_sum_assignment(cost)
+    kinds = [0] * G
+    for g, s in zip(rows, cols):
+        kinds[int(g)] = int(slots[s])
     return kinds
 
 

@@ -8,7 +8,8 @@ TF32 off; EgyptianAttention only with a mask, which its function body needs) == 
 our CPU kernel, each within the op's tolerance. EgyptianAttention's cache mode (packed past in,
 packed presents out): decode steps (Lq 1-3, past 0 to 4095, B 1-2, every kind split, head sizes 20 /
 32 / 64 / 128) and longer calls (a prompt, chunks after a past, an odd head size), Y against the
-reference on all keys and the presents bit for bit. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
+reference on all keys and the presents bit for bit. A cached GPT-2 rewritten with KV groups chosen by
+locality (permuted around the cache-mode node) decodes on CUDA as the CPU kernel's full run. Bad shapes and attributes are ORT errors on CUDA; the n6 nodes run on
 CUDAExecutionProvider. The cases marked `sanitize` (every kernel instantiation and edge: odd / even
 D, L below every window, L = 1, head sizes 4 / 20 / 32 / 64 / 128, no allowed key, no mask) are
 the ones tests/cuda/test_memcheck.py re-runs under compute-sanitizer.
@@ -23,9 +24,11 @@ import onnx
 import pytest
 from onnx import helper
 
+import n6onnx
 from n6onnx.ops import DOMAIN, REGISTRY, Sample
 from n6onnx.ops.egyptian_attention import default_group_kinds
 from n6onnx.ops.egyptian_cache import pack
+from n6onnx.testing import zoo_decoder as zd
 
 pytestmark = pytest.mark.cuda
 
@@ -302,3 +305,29 @@ def test_egyptian_cache_decode_steps_share_one_session(target, dtype):
         np.testing.assert_array_equal(pv, want_v)
         y2, _, _ = sess.run(None, f)
         np.testing.assert_array_equal(y2, y, err_msg=f"B={B} Lq={Lq} P={P}: a second run differs")
+
+
+def test_egyptian_locality_rewrite_decodes_on_cuda(target, decoder_export, tmp_path):
+    """A cached GPT-2 rewritten by ``attention=egyptian --calibrate`` whose locality-chosen KV groups are
+    not ordered by kind (so the groups are permuted around the cache-mode node by Gathers of columns):
+    on CUDA, decoding token by token and in chunks equals the CPU kernel's full run within 1e-4."""
+    src = decoder_export("gpt2")
+    out = tmp_path / "loc.onnx"
+    _, rep = n6onnx.rewrite(src, out, ["attention=egyptian"],
+                            calibrate=zd.calibration_npz("gpt2", tmp_path / "cal.npz", batches=2, seq=80))
+    orders = [s.detail["cache"]["packed_group_order"] for s in rep.reports["attention"].sites]
+    assert any(o != sorted(o) for o in orders), orders  # the permuted case is exercised
+    model = out.read_bytes()
+    ids = zd.example_inputs("gpt2", batch=2, seq=90, seed=4)["input_ids"]
+
+    def run(path):
+        s = target.session(model, path, cache=False)
+        names = [o.name for o in s.get_outputs()]
+        return lambda feeds: dict(zip(names, s.run(None, feeds)))
+
+    want = zd.decode(run("cpu_kernel"), "gpt2", ids, [90], past=zd.empty_past(out, 2))
+    cuda = run("cuda_kernel")
+    for chunks in ([1] * 90, [70, 1, 19]):
+        got = zd.decode(cuda, "gpt2", ids, chunks, past=zd.empty_past(out, 2))
+        for name, w in want.items():
+            np.testing.assert_allclose(got[name], w, rtol=1e-4, atol=1e-4, err_msg=f"{name} {chunks[:3]}")

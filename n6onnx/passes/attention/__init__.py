@@ -18,9 +18,11 @@ egyptian HEADS: ``locality`` (default with calibration data): per head, the atte
 with the most mass on {0, L-1} become global, the most local of the rest local, keeping the
 reference's counts (H/2 full, H/3 local, the rest global); ``by-index`` (the default without
 data): as the reference, first H/2 full, next H/3 local, the rest global; ``full``: every head
-full (a plumbing check: reproduces the original). Weights are kept; the Q.K^T -> scale/mask ->
-softmax -> .V core becomes EgyptianAttention on [B, L, H*dh] tensors, with the attention mask as
-key_padding_mask int32.
+full (a plumbing check: reproduces the original). Causal blocks: kinds per KV group, the counts of
+``default_group_kinds``; ``locality`` chooses the groups by the causal masses (on the last window
+keys; on the sinks + own key), ``calibrate.attention.causal_locality`` / ``assign_groups``.
+Weights are kept; the Q.K^T -> scale/mask -> softmax -> .V core becomes EgyptianAttention on
+[B, L, H*dh] tensors, with the attention mask as key_padding_mask int32.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ global groups (min(P, sinks) rows each); within a kind the rows are position-maj
 the kind's k-th group at row p * n + k), so each kind's part is its [B, rows, n * dh] cache by a
 Reshape, without a transpose of the cache (``docs/decoders.md``). The past length
 comes from the attention mask: the op reads it from the mask's length. One EgyptianAttention node
-in cache mode per layer (KV groups of one kind contiguous and ordered full, local, global:
-``default_group_kinds`` assigns them so) appends the new rows to the packed cache and attends.
+in cache mode per layer appends the new rows to the packed cache and attends. The op takes the KV
+groups ordered full, local, global (``default_group_kinds`` assigns them so); kinds assigned by
+locality may interleave, and then the groups of Q, the new K/V and the output Y are permuted around
+the node (a Gather of columns on the new tokens only; each kind's groups keep their own order in the cache).
 """
 
 from __future__ import annotations
@@ -45,11 +47,20 @@ def problem(b: AttentionBlock, graph: ir.Graph, kinds: list[int]) -> str | None:
     for p, q in (("past_key", "present_key"), ("past_value", "present_value")):
         if _concat_input(outs[c[q]], ins[c[p]]) is None:
             return f"{c[q]} is not Concat({c[p]}, new) on the sequence axis"
-    H, Hkv = b.heads, b.kv_heads or b.heads
-    groups = [kinds[g * (H // Hkv)] for g in range(Hkv)]
-    if groups != sorted(groups):
-        return "KV groups of one kind are not contiguous"
     return None
+
+
+def _order(kinds: list[int], H: int, Hkv: int) -> list[int]:
+    """The KV groups ordered by kind (full, local, global), each kind's groups in their own order."""
+    groups = [kinds[k * (H // Hkv)] for k in range(Hkv)]
+    return sorted(range(Hkv), key=lambda k: groups[k])
+
+
+def _gather_groups(g: ir.Graph, x: ir.Value, order: list[int], width: int, tag: str) -> ir.Value:
+    """x [B, L, Hkv * width] with its blocks of ``width`` columns in ``order``: one Gather of columns
+    (one node: healing looks for the projections within a few nodes of the op)."""
+    cols = np.concatenate([np.arange(k * width, (k + 1) * width) for k in order])
+    return add_node(g, "", "Gather", [x, _i64(g, cols, f"{tag}_columns")], f"{tag}_gather", None, x.dtype, axis=2)
 
 
 def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: list[int], window: int,
@@ -73,6 +84,11 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
         cache._redirect_shapes(model, ins[name], list(ins[name].shape), memo)
     mask = add_node(g, "", "Cast", [h], f"{tag}_mask", None, ir.DataType.INT32, to=ir.DataType.INT32)
     groups = [kinds[k * rep] for k in range(Hkv)]
+    order = _order(kinds, H, Hkv)  # the op packs the groups ordered by kind: permute them around it when needed
+    moved = order != list(range(Hkv))
+    if moved:
+        q = _gather_groups(g, q, order, rep * dh, f"{tag}_q_order")
+        kinds = [groups[order[h // rep]] for h in range(H)]
     new = {}
     for part in ("key", "value"):
         past = ins[c[f"past_{part}"]]
@@ -81,6 +97,8 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
                                                          perm=[0, 2, 1, 3]),
                                                 _i64(g, [0, 0, Hkv * dh], f"{tag}_{part}_new3d")], f"{tag}_{part}_new3",
                              None, past.dtype)
+        if moved:
+            new[part] = _gather_groups(g, new[part], order, dh, f"{tag}_{part}_order")
     attrs = dict(num_heads=H, kv_heads=Hkv, causal=1, sinks=int(sinks), window=int(window), scale=float(scale),
                  head_kinds=[int(k) for k in kinds])
     node = ir.Node("n6onnx", "EgyptianAttention",
@@ -90,6 +108,8 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
     g.append(node)
     y, *presents = node.outputs
     y.name, y.type = f"{tag}_out", ir.TensorType(q.dtype)
+    if moved:  # back to the original head order for the output projection
+        y = _gather_groups(g, y, [order.index(k) for k in range(Hkv)], rep * dh, f"{tag}_y_order")
     for part, p in zip(("key", "value"), presents):
         p.name, p.type = f"{tag}_{part}_present", ir.TensorType(q.dtype)
         p.shape = ir.Shape([ins[c[f"past_{part}"]].shape[0], 1, f"{c[f'present_{part}']}_packed", dh])
@@ -99,7 +119,9 @@ def emit(model: ir.Model, b: AttentionBlock, q: ir.Value, scale: float, kinds: l
     itemsize = np.dtype(q.dtype.numpy()).itemsize
     n_full = groups.count(0)
     report = {**c, "layout": "[batch, 1, packed, head_dim]: full groups (P rows each), local (min(P, window-1)), "
-              "global (min(P, sinks)); position-major within a kind", "group_kinds": groups,
+              "global (min(P, sinks)); position-major within a kind" + (f"; KV groups packed in the order {order}"
+                                                                        if moved else ""), "group_kinds": groups,
+              "packed_group_order": order,
               "bytes_per_token": 2 * n_full * dh * itemsize, "bytes_per_token_original": 2 * Hkv * dh * itemsize,
               "bytes_fixed": 2 * (groups.count(1) * (window - 1) + groups.count(2) * sinks) * dh * itemsize}
     return y, report

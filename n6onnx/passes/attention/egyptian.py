@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from ...blocks import AttentionBlock
 from ...calibrate import attention as cal
+from ...calibrate.collect import subgraph_proto
 from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, consumers, const_array, is_const, node_label, scalar_const
@@ -18,7 +19,7 @@ from ..finalize import finalize
 from ...ops import egyptian_attention as ea
 from .blocks import MERGE_PATH, causal_reason, find_blocks, is_causal, side_factor, static_shape
 from . import egycache
-from .emit import SINKS, WINDOW, add_node, ones_mask
+from .emit import SINKS, WINDOW, add_node, ones_mask, weight_in_out
 from .heads import split_full_heads
 
 
@@ -205,6 +206,16 @@ def _into_output_projection(g: ir.Graph, b: AttentionBlock, y: ir.Value, dtype, 
     first.replace_input_with(idx, y)
 
 
+def _probe(b: AttentionBlock, probs: str) -> cal.CausalProbe:
+    """What the causal locality reads of the original's block ``b``: its probabilities, and its values and
+    output projection weight [H * dh, D] where they are visible (else the lost mass decides alone)."""
+    w = None
+    if b.out is not None and b.heads and b.head_size and is_const(b.out.weight):
+        w = weight_in_out(b.out)
+        w = w if w.shape[0] == b.heads * b.head_size else None
+    return cal.CausalProbe(probs, b.kv_heads or b.heads, b.v4.name if b.v4 is not None and w is not None else None, w)
+
+
 def run(model, ok, arg, ctx, report):
     """Rewrite every block of ``ok`` (HEADS and CORE parsed into ``arg``) and fill ``report``."""
     mode, core = arg
@@ -221,18 +232,28 @@ def run(model, ok, arg, ctx, report):
             raise BadArgumentError("attention=egyptian:locality measures the heads on calibration data: pass "
                                    "--calibrate DATA (or use egyptian:by-index)")
         orig = {b.index: b for b in find_blocks(ctx.original)[0]}
-        probs = {b.index: orig[b.index].probs.name for b in ok if b.index in orig and orig[b.index].probs is not None}
-        loc = cal.head_locality(ir.to_proto(ctx.original), probs, batches, WINDOW) if probs else {}
+        seen = [b for b in ok if b.index in orig and orig[b.index].probs is not None]
+        probs = {b.index: orig[b.index].probs.name for b in seen if not is_causal(b)}
+        causal = {b.index: _probe(orig[b.index], orig[b.index].probs.name) for b in seen if is_causal(b)}
+        names = [*probs.values(), *(n for p in causal.values() for n in (p.probs, p.values) if n)]
+        proto = subgraph_proto(ctx.original, names) if names else None  # only what the captures need
+        loc = cal.head_locality(proto, probs, batches, WINDOW) if probs else {}
+        if causal:  # per KV group: the causal window, the sinks + own key, and what each costs (calibrate/attention.py)
+            loc.update(cal.causal_locality(proto, causal, batches, WINDOW, SINKS))
     masks: dict = {}
     for b in ok:
         counts = cal.reference_counts(b.heads)
         if mode == "full":
             kinds = [0] * b.heads
         elif is_causal(b):  # kinds per KV group (a group's cache shrinks only if all its heads agree)
-            kinds = ea.default_group_kinds(b.heads, b.kv_heads or b.heads)
-            if mode == "locality":
-                report.notes.append(f"{b.label}: causal block: heads assigned per KV group by index "
-                                    "(locality is not measured for causal blocks)")
+            Hkv = b.kv_heads or b.heads
+            kinds = ea.default_group_kinds(b.heads, Hkv)
+            if mode == "locality" and b.index in loc:  # the default split's counts, groups chosen by locality
+                groups = cal.assign_groups(loc[b.index], kinds[::b.heads // Hkv])
+                kinds = [groups[h // (b.heads // Hkv)] for h in range(b.heads)]
+            elif mode == "locality":
+                report.notes.append(f"{b.label}: causal block: attention probabilities not visible (fused op); heads "
+                                    "assigned per KV group by index")
         elif mode == "locality" and b.index in loc:
             kinds = cal.assign_heads(loc[b.index]["local"], loc[b.index]["global"], counts)
         else:
@@ -249,8 +270,7 @@ def run(model, ok, arg, ctx, report):
                                 f"EgyptianAttention node")
         finalize(model)  # sorts the graph, attaches the fallback functions: the next fit runs it in ORT
         detail = {"index": b.index, "method": "egyptian", "heads": b.heads, "head_kinds": kinds, "window": WINDOW,
-                  "assignment": mode if (mode != "locality" or b.index in loc) and not (is_causal(b) and mode != "full")
-                  else "by-index", "core": "mha" if split else "fused", "causal": is_causal(b)}
+                  "assignment": mode if mode != "locality" or b.index in loc else "by-index", "core": "mha" if split else "fused", "causal": is_causal(b)}
         if is_causal(b):
             detail.update(kv_heads=b.kv_heads or b.heads, sinks=SINKS)
         if cut is not None:
