@@ -77,16 +77,16 @@ def suggest(trial, info: ModelInfo, *, heal: bool) -> Recipe:
 
 
 def seeds(info: ModelInfo, *, heal: bool) -> list[dict]:
-    """First trials (Optuna ``enqueue_trial``): the single strongest-evidence recipes, with int8; with
-    ``heal``, then the int8 original healed (under fake quantization)."""
+    """First trials (Optuna ``enqueue_trial``): with ``heal``, the int8 original healed (under fake
+    quantization); then the single strongest-evidence recipes, with int8."""
     keep = {"block_drop": 0, "attention": "none", "gelu": "keep", "ffn": "keep", "moe": "keep", "int8": True,
             "heal": False}
     out = []
+    if heal:  # first: the int8 original healed against its int8 graph, what heal adds to int8 alone
+        out.append({**keep, "heal": True})
     if info.attention >= 2:
         out.append({**keep, "block_drop": 1})
         out.append({**keep, "attention": "drop", "attention_drop": 1})
     if info.ffn:
         out.append({**keep, "ffn": "2"})
-    if heal:  # the int8 original healed against its int8 graph: what heal adds to int8 alone
-        out.append({**keep, "heal": True})
     return out
