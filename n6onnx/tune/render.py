@@ -25,13 +25,20 @@ def rows(rep) -> list[tuple[str, ...]]:
         mark = ("chosen" if p is rep.chosen else "") + (" front" if id(p) in front else "")
         vs_int8 = (p.speedup / int8.speedup) if (int8 is not None and int8.speedup and p.speedup) else None
         e = (p.timing or {}).get("energy_mj_per_inference_estimated")
-        out.append((p.role if p.role != "trial" else f"#{p.number}", p.recipe.label, _f(p.cosine), _f(p.nn, ".3f"),
+        out.append((p.role if p.role != "trial" else f"#{p.number}", p.recipe.label, healing(p), _f(p.cosine),
+                    _f(p.nn, ".3f"),
                     _f(p.latency, ".2f"), _f(p.speedup, ".2f"), _f(vs_int8, ".2f"), _f(e, ".1f"),
                     (mark.strip() or p.status) + (f": {p.reason}" if p.status != "complete" else "")))
     return out
 
 
-HEADER = ("", "recipe", "cosine", "NN", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
+def healing(p) -> str:
+    """How a healed point was healed and for how long (e.g. "fake-quant int8, 95 s"); "-" if not healed."""
+    h = p.healing
+    return "-" if not h else f"{h['mode']}, {h['seconds']:.0f} s"
+
+
+HEADER = ("", "recipe", "heal", "cosine", "NN", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
 
 
 def table(rep):

@@ -72,14 +72,18 @@ def suggest(trial, info: ModelInfo, *, heal: bool) -> Recipe:
             passes.append(f"moe={m}")
     q = "int8" if trial.suggest_categorical("int8", [False, True]) else None
     h = bool(trial.suggest_categorical("heal", [False, True])) if heal else False
+    h = h and bool(passes or q)  # the fp32 original has nothing to heal
     return Recipe(tuple(passes), q, h)
 
 
 def seeds(info: ModelInfo, *, heal: bool) -> list[dict]:
-    """First trials (Optuna ``enqueue_trial``): the single strongest-evidence recipes, with int8."""
+    """First trials (Optuna ``enqueue_trial``): with ``heal``, the int8 original healed (under fake
+    quantization); then the single strongest-evidence recipes, with int8."""
     keep = {"block_drop": 0, "attention": "none", "gelu": "keep", "ffn": "keep", "moe": "keep", "int8": True,
             "heal": False}
     out = []
+    if heal:  # first: the int8 original healed against its int8 graph, what heal adds to int8 alone
+        out.append({**keep, "heal": True})
     if info.attention >= 2:
         out.append({**keep, "block_drop": 1})
         out.append({**keep, "attention": "drop", "attention_drop": 1})

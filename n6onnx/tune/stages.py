@@ -17,13 +17,19 @@ from ..feeds import parse_dims
 from ..quantize import quantize as quantize_stage
 
 QUANT_MODES = ("int8",)
+#: the modes a heal can train against (fake quantization, ``heal.fakequant``, mirrors ``--quantize int8`` only)
+FAKE_QUANT_MODES = ("int8",)
 
 
 class HealHook(Protocol):
     def __call__(self, model: pathlib.Path, out: pathlib.Path, *, original: pathlib.Path,
-                 calibrate: pathlib.Path, tokenizer: str | None, minutes: float) -> None:
-        """Write a healed version of ``model`` (a rewrite of ``original``) to ``out``, training on the
-        fit part of the data only (``calibrate``) for at most ``minutes``."""
+                 calibrate: pathlib.Path, tokenizer: str | None, minutes: float,
+                 quantize: str | None) -> object | None:
+        """Write a healed version of ``model`` (a float rewrite of ``original``) to ``out`` (float weights),
+        training on the fit part of the data only (``calibrate``) for at most ``minutes``. ``quantize``
+        (``"int8"`` or None): the quantization tune applies to ``out`` next (``quantize`` below, before
+        fusion): heal against it (fake quantization), or in float when None. May return a
+        ``heal.train.HealReport``; its steps, fake-quantized MatMul count and fidelities go in the report."""
 
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8") -> None:
@@ -33,18 +39,23 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8")
     quantize_stage(src, dst, mode)
 
 
-def default_heal(*, dims=None, threads: int | None = None) -> tuple[HealHook | None, str | None]:
+def default_heal(*, dims=None, threads: int | None = None,
+                 steps: int | None = None) -> tuple[HealHook | None, str | None]:
     """A hook over ``n6onnx.heal``'s public entry point (``heal.run.heal_file``), or (None, why) when
-    this installation cannot heal (torch, the ``heal`` extra, is missing)."""
+    this installation cannot heal (torch, the ``heal`` extra, is missing). With ``quantize="int8"``
+    the heal trains against the int8 path as ``rewrite --quantize int8 --heal`` does
+    (``HealConfig.quantize``: fake quantization, straight-through); ``steps`` caps each heal."""
     try:
         from ..heal import run as heal_run  # needs torch (the heal extra): only when tune may heal
     except ImportError as e:
         return None, f"healing skipped: the heal extra (torch) is not installed ({e})"
     dims = parse_dims(dims)
 
-    def hook(model, out, *, original, calibrate, tokenizer, minutes):
-        cfg = heal_run.HealConfig(minutes=minutes, threads=threads)
-        heal_run.heal_file(model, original, calibrate, out, tokenizer=tokenizer, dims=dims, config=cfg)
+    def hook(model, out, *, original, calibrate, tokenizer, minutes, quantize=None):
+        if quantize is not None and quantize not in FAKE_QUANT_MODES:
+            raise N6Error(f"healing cannot train against {quantize!r} (fake quantization mirrors int8 only)")
+        cfg = heal_run.HealConfig(minutes=minutes, steps=steps, threads=threads, quantize=quantize)
+        return heal_run.heal_file(model, original, calibrate, out, tokenizer=tokenizer, dims=dims, config=cfg)
 
     return hook, None
 

@@ -2,7 +2,9 @@
 
 Flow: split DATA into a fit part (calibration, healing) and a held-out part (fidelity only); make
 ORT's best fused original (the fp32 baseline) and its int8 version (the int8 reference); then each
-trial builds a recipe (passes -> heal -> fuse -> int8), measures its held-out fidelity, and times it
+trial builds a recipe (passes -> heal -> fuse -> int8; a healed int8 recipe: passes -> heal under fake
+quantization -> int8 -> fuse, so the written int8 graph is the one the heal trained against), measures its
+held-out fidelity, and times it
 only when the fidelity meets the gates (otherwise the trial is pruned: no time is spent timing a
 recipe that cannot be chosen). The fastest recipe meeting the gates is written to OUT.
 """
@@ -28,6 +30,8 @@ from ..bench.energy import CPU_WATTS_PER_CORE
 from ..errors import BadArgumentError, N6Error
 from . import measure, render, space, stages
 
+#: what the heal hook's result (a ``heal.train.HealReport``) adds to a healed point's ``healing``
+HEAL_FIELDS = ("steps", "fake_quantized", "start", "best", "stopped")
 #: a recipe whose cosine misses --min-cosine by at most this (NN: 4x this) gets a healed trial
 HEAL_MARGIN = 0.02
 
@@ -45,6 +49,7 @@ class Point:
     number: int | None = None
     path: pathlib.Path | None = None
     seconds: float = 0.0
+    healing: dict | None = None  # healed recipes: how (float / fake-quant int8), heal seconds, steps, ...
 
     @property
     def cosine(self) -> float | None:
@@ -72,7 +77,7 @@ class Point:
     def to_json(self) -> dict:
         return {"role": self.role, "trial": self.number, **self.recipe.to_json(), "status": self.status,
                 "reason": self.reason, "fidelity": self.fidelity, "timing": self.timing,
-                "seconds": round(self.seconds, 2)}
+                "healing": self.healing, "seconds": round(self.seconds, 2)}
 
 
 @dataclasses.dataclass
@@ -174,7 +179,8 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     ``trials`` caps the number of trials (default: as many as ``minutes`` allow). ``heal``: a hook
     (``stages.HealHook``) makes heal on/off a dimension: the sampler may pick it, and every recipe that
     misses the gates by at most ``HEAL_MARGIN`` in fp32 gets a healed trial (the candidates heal can
-    lift over the gates); each heal trains for at most ``heal_minutes`` and half the time left.
+    lift over the gates); each heal trains for at most ``heal_minutes`` and half the time left, an
+    int8 recipe against its int8 graph (the hook gets ``quantize="int8"``), an fp32 one in float.
     ``heal_note``: why there is no hook (said in the report). ``storage``/``study_name``: an Optuna
     storage URL to share the study (see docs/tune.md). Raises ``N6Error`` for bad input."""
     try:
@@ -205,34 +211,59 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         timer = measure.Timer(src, work, threads=threads, dims=dims, seconds=seconds_per_trial,
                               block_seconds=block_seconds)
         refs = _references(src, timer, held, threads, work, say)
-        rewrites: dict[tuple, pathlib.Path] = {}
+        floats: dict[tuple, pathlib.Path] = {}
+        healed: dict[tuple, tuple[pathlib.Path, dict]] = {}
+        fids: dict[pathlib.Path, dict] = {}
         done: dict[space.Recipe, Point] = {}
         points: list[Point] = []
         durations: list[float] = []
 
-        def rewritten(r: space.Recipe) -> tuple[pathlib.Path, dict]:
-            """The recipe before fusion and int8 (cached per pass list and heal), with its fidelity."""
-            key = hashlib.sha1(repr((r.passes, r.heal)).encode()).hexdigest()[:12]
-            if (r.passes, r.heal) not in rewrites:
-                path = work / f"rw-{key}.onnx"
-                if r.passes:
-                    api.rewrite(src, path, list(r.passes), calibrate=fit_file, tokenizer=tokenizer,
+        def fidelity(path: pathlib.Path) -> dict:
+            if path not in fids:
+                fids[path] = measure.fidelity(src, path, held, threads)
+            return fids[path]
+
+        def rewritten(passes: tuple) -> pathlib.Path:
+            """The float rewrite (passes + calibration), cached per pass list."""
+            if passes not in floats:
+                path = work / f"rw-{_key(passes)}.onnx"
+                if passes:
+                    api.rewrite(src, path, list(passes), calibrate=fit_file, tokenizer=tokenizer,
                                 calib_samples=calib_samples, dims=dims)
                 else:
                     shutil.copyfile(src, path)
-                if r.heal:
-                    healed = work / f"heal-{key}.onnx"
-                    left = (deadline - time.perf_counter()) / 60
-                    if left < 0.5:
-                        raise N6Error("no time left in the budget to heal")
-                    heal(path, healed, original=src, calibrate=fit_file, tokenizer=tokenizer,
-                         minutes=min(heal_minutes, left / 2))
-                    path = healed
-                rewrites[(r.passes, r.heal)] = path, measure.fidelity(src, path, held, threads)
-            return rewrites[(r.passes, r.heal)]
+                floats[passes] = path
+            return floats[passes]
+
+        def healed_rewrite(r: space.Recipe) -> tuple[pathlib.Path, dict]:
+            """The recipe's rewrite healed (float weights), cached per pass list and heal mode: an int8 recipe
+            is healed against its int8 graph (the hook gets ``quantize="int8"``: fake quantization), an fp32
+            one in float."""
+            mode = r.quantize if r.quantize in stages.FAKE_QUANT_MODES else None
+            if (r.passes, mode) not in healed:
+                base = rewritten(r.passes)
+                out = work / f"heal-{_key((r.passes, mode))}.onnx"
+                left = (deadline - time.perf_counter()) / 60
+                if left < 0.5:
+                    raise N6Error("no time left in the budget to heal")
+                budget_min = min(heal_minutes, left / 2)
+                th = time.perf_counter()
+                res = heal(base, out, original=src, calibrate=fit_file, tokenizer=tokenizer, minutes=budget_min,
+                           quantize=mode)
+                info = {"mode": f"fake-quant {mode}" if mode else "float", "quantize": mode,
+                        "seconds": round(time.perf_counter() - th, 1), "minutes_budget": round(budget_min, 3)}
+                info.update({k: getattr(res, k) for k in HEAL_FIELDS if hasattr(res, k)})
+                healed[(r.passes, mode)] = out, info
+            return healed[(r.passes, mode)]
 
         def build(r: space.Recipe, path: pathlib.Path) -> pathlib.Path:
-            key = hashlib.sha1(repr(r).encode()).hexdigest()[:12]
+            """fp32: fused. int8: fused, then quantized; healed under fake quantization: quantized as healed
+            (the graph the heal trained against), then fused (fusion leaves the int8 MatMuls as they are)."""
+            key = _key(r)
+            if r.quantize and r.heal and r.quantize in stages.FAKE_QUANT_MODES:
+                q = work / f"q-{key}.onnx"
+                stages.quantize(path, q, r.quantize)
+                return timer.fuse(q)
             path = timer.fuse(path)
             if r.quantize:
                 q = work / f"q-{key}.onnx"
@@ -254,13 +285,19 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             done[r] = p
             try:
                 say(f"trial {trial.number}: {r.label}: building")
-                path, fid = rewritten(r)
-                p.fidelity = fid
-                if r.quantize and _meets(p, min_cosine, min_nn):  # int8 only adds error: skip it when fp32 fails
+                path = rewritten(r.passes)
+                if r.heal:
+                    path, p.healing = healed_rewrite(r)
+                if r.heal and r.quantize in stages.FAKE_QUANT_MODES:  # healed for int8: only int8 is measured
                     p.path = build(r, path)
-                    p.fidelity = measure.fidelity(src, p.path, held, threads)
-                elif not r.quantize:
-                    p.path = build(r, path)
+                    p.fidelity = fidelity(p.path)
+                else:
+                    p.fidelity = fidelity(path)
+                    # int8 only adds error: skip it when fp32 fails
+                    if not r.quantize or _meets(p, min_cosine, min_nn):
+                        p.path = build(r, path)
+                        if r.quantize:
+                            p.fidelity = fidelity(p.path)
                 if not _meets(p, min_cosine, min_nn):
                     p.status = "pruned"
                     p.reason = (f"held-out cosine {_f(p.cosine)} / NN {_f(p.nn)} below the gates"
@@ -288,8 +325,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             if heal is None or p is None or p.recipe.heal or p.cosine is None or "heal" not in ft.params:
                 return
             near = p.cosine >= min_cosine - HEAL_MARGIN and (min_nn is None or (p.nn or 0) >= min_nn - 4 * HEAL_MARGIN)
-            if near and not _meets(p, min_cosine, min_nn) and p.recipe.passes not in healed_asked:
-                healed_asked.add(p.recipe.passes)
+            # once per pass list and int8 on/off: an int8 recipe is healed against its int8 graph
+            if near and not _meets(p, min_cosine, min_nn) and (p.recipe.passes, p.recipe.quantize) not in healed_asked:
+                healed_asked.add((p.recipe.passes, p.recipe.quantize))
                 study.enqueue_trial({**ft.params, "heal": True})
                 say(f"trial {ft.number}: {p.recipe.label} missed the gates by a little: a healed trial is queued")
 
@@ -323,7 +361,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                              f"{seconds_per_trial:g} s per variant per trial (bench's method, shorter)",
                    "energy": f"estimated: process CPU-seconds x {CPU_WATTS_PER_CORE:g} W per busy core "
                              "(bench's estimator), not measured",
-                   "quantize": "n6onnx.tune.stages.quantize (int8: dynamic, per channel)",
+                   "quantize": "n6onnx.tune.stages.quantize (int8: dynamic, per channel); int8 recipes: fused, then "
+                               "quantized (a fused attention's projections stay float); healed int8 recipes: "
+                               "healed under fake quantization (n6onnx.heal, as rewrite --quantize int8 --heal), "
+                               "quantized, then fused (fusion leaves the int8 MatMuls the heal trained against)",
                    "heal": heal is not None, "seed": seed, "budget_minutes": minutes,
                    "optuna": optuna.__version__}
         rep = TuneReport(str(src), None, min_cosine, min_nn, refs, points, front, chosen, setting,
@@ -365,6 +406,10 @@ def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pa
     int8.seconds = time.perf_counter() - t
     say(f"int8 reference: cos {_f(int8.cosine)} NN {_f(int8.nn)} x{int8.speedup or float('nan'):.2f} vs fp32")
     return [fp32, int8]
+
+
+def _key(x) -> str:
+    return hashlib.sha1(repr(x).encode()).hexdigest()[:12]
 
 
 def _f(x) -> str:

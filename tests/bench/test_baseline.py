@@ -9,7 +9,9 @@ import onnxruntime as ort
 import pytest
 
 from n6onnx.testing import zoo
+from n6onnx import io
 from n6onnx.bench import baseline
+from n6onnx.quantize import quantize
 
 
 def _runner(name):
@@ -91,3 +93,16 @@ def test_outputs_agree():
     assert baseline.outputs_agree([a], [a + 1e-5], 1e-3)[0]
     assert not baseline.outputs_agree([a], [a + 1], 1e-3)[0]
     assert not baseline.outputs_agree([a], [np.ones((3, 2), np.float32)], 1e-3)[0]
+
+
+def test_fusing_an_int8_graph_gives_a_valid_model(bert, tmp_path):
+    """onnxruntime.transformers on a quantize_dynamic graph (no contrib op yet) adds com.microsoft nodes;
+    the result must import that domain, or onnx (and n6onnx.io) refuses it though onnxruntime runs it."""
+    q = tmp_path / "q.onnx"
+    quantize(bert, q, "int8")
+    run = _runner("bert")
+    res = baseline.fuse(q, run, run(q), optimizers=("ort_transformers",), cache=tmp_path)
+    assert res.chosen == "ort_transformers", res.attempts[0].error
+    p = io.load_proto(res.path)  # onnx's checker
+    assert any(n.domain == "com.microsoft" for n in p.graph.node)
+    assert sum(n.op_type == "MatMulInteger" for n in p.graph.node) > 0  # fusion leaves the int8 MatMuls
