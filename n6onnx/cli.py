@@ -36,8 +36,9 @@ def _heal_options(f, flag: bool = True):
                      show_default=True, help="Time budget of the healing."),
         click.option("--heal-steps", type=click.IntRange(min=1), help="Stop after N steps (a deterministic end point)."),
         click.option("--heal-local", type=Number(0, 1), default=HealConfig.local, show_default=True,
-                     help="Share of the budget spent first on block-local reconstruction (each rewritten block "
-                     "from the original's input to the original's output); 0: global distillation only."),
+                     help="Share of the budget spent first on block-local reconstruction (the rewritten blocks one "
+                     "after another, each on the model's own input, towards the original's output; a block is kept "
+                     "only where the held-out check does not fall); 0: global distillation only."),
         click.option("--heal-local-lr", type=Number(0, 1, lo_open=True), default=HealConfig.local_lr,
                      show_default=True, help="Adam step of the block-local phase."),
         click.option("--heal-lr", type=Number(0, 1, lo_open=True), default=HealConfig.lr, show_default=True,
