@@ -23,7 +23,8 @@ class HealConfig:
     # learning rate of the block-local phase (None: lr); 3e-4 keeps every held-out check of the sequential
     # phase within 0.001 of the start on MiniLM gelu=phi6 (1e-2 fell 0.0033, 3e-3 0.0043, 1e-3 0.0007: docs/heal.md)
     local_lr: float | None = 3e-4
-    local_input: str = "teacher"  # each block's input in the parallel local phase: the teacher's, or the student's own (detached)
+    # each block's input in the parallel local phase: the teacher's, or the student's own (detached)
+    local_input: str = "teacher"
     # "sequential": blocks trained one after another in graph order, each on the student's own stream
     # (upstream blocks already healed) with only its own weights, and kept only where the held-out check
     # does not fall; "parallel": every block at once, from local_input (the previous default)

@@ -270,7 +270,8 @@ def test_sequential_refit_restores_what_the_block_local_phase_loses(minilm_phi6)
     """The parallel block-local phase (every block at once from the original's input, at lr 1e-2:
     the previous defaults) falls below the calibrated start by more than issue 16's 0.001 (so the
     no-fall test below fails with them; it undoes calibration's upstream compensation); the
-    sequential refit of the output projections at the phase's end (default refit "phase") gives back part of it: the refitted
+    sequential refit of the output projections at the phase's end (default refit "phase") gives
+    back part of it: the refitted
     candidate is better on held-out data than the block-local weights it was computed from."""
     src, tmp = minilm_phi6
     rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "new.onnx",
