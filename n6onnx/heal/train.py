@@ -11,7 +11,13 @@ rms(col j) / rms(W) (the rank-one magnitude of W: exact for diag(p) A diag(q)), 
 for vectors, so each Adam step changes every entry by about ``lr`` of its typical size. ``"raw"``
 is plain Adam on the weights, kept for comparison.
 
-Phases (``local``): first block-local reconstruction for that share of the budget: every block
+Phases (``local``): first block-local reconstruction for that share of the budget. Default
+(``local_mode="sequential"``): the blocks holding a trained weight one after another in graph
+order, each for an equal part of the share, on the student's own stream at its input (upstream
+blocks as healed so far), only its own weights moving, towards the teacher's stream at its output;
+each sub-phase starts from the best checked weights, so a block is kept only as far as a held-out
+check did not fall (issue 16's no-fall rule; ``local_output`` adds the model outputs to its loss).
+``"parallel"`` (the previous default): every block
 holding a trained weight runs from the teacher's residual stream at its input (the executor's
 ``inject``; blocks without one do not run) and is trained towards the teacher's stream at its
 output, with the loss's weighting, at ``local_lr``; then global distillation (below) at ``lr``,
