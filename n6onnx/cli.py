@@ -36,8 +36,9 @@ def _heal_options(f, flag: bool = True):
                      show_default=True, help="Time budget of the healing."),
         click.option("--heal-steps", type=click.IntRange(min=1), help="Stop after N steps (a deterministic end point)."),
         click.option("--heal-local", type=Number(0, 1), default=HealConfig.local, show_default=True,
-                     help="Share of the budget spent first on block-local reconstruction (each rewritten block "
-                     "from the original's input to the original's output); 0: global distillation only."),
+                     help="Share of the budget spent first on block-local reconstruction (the rewritten blocks one "
+                     "after another, each on the model's own input, towards the original's output; a block is kept "
+                     "only where the held-out check does not fall); 0: global distillation only."),
         click.option("--heal-local-lr", type=Number(0, 1, lo_open=True), default=HealConfig.local_lr,
                      show_default=True, help="Adam step of the block-local phase."),
         click.option("--heal-lr", type=Number(0, 1, lo_open=True), default=HealConfig.lr, show_default=True,
@@ -49,6 +50,10 @@ def _heal_options(f, flag: bool = True):
                      "the outputs' softmax, for a language model's logits)."),
         click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
                      help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
+        click.option("--heal-backtrack", type=Number(0, 1), default=HealConfig.backtrack, show_default=True,
+                     help="A held-out check this far below the best so far restores the best weights and halves the "
+                     "step; raise it above the check's noise (e.g. 0.002 for a decoder's top-1 agreement on a few "
+                     "hundred sequences) so that noise does not stop the healing early."),
         click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,
                      help="For an int8 result (--quantize int8, or healing an int8 model): train against the int8 path "
                      "(fake-quantized MatMuls as onnxruntime runs them, straight-through gradients), the quantized "
@@ -63,10 +68,10 @@ def _heal_options(f, flag: bool = True):
 
 
 def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_lr, heal_lr, heal_train, heal_loss, heal_param,
-                 heal_fake_quant, seed, threads):
+                 heal_backtrack, heal_fake_quant, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_lr=heal_local_lr, lr=heal_lr,
-                      train=heal_train, loss=heal_loss, param=heal_param, fake_quant=heal_fake_quant, seed=seed,
-                      threads=threads)
+                      train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
+                      fake_quant=heal_fake_quant, seed=seed, threads=threads)
 
 
 @main.command()

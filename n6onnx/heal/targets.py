@@ -62,6 +62,21 @@ def local_targets(proto: onnx.ModelProto, streams: Sequence[str], outputs: Seque
     return [n for n in list(streams) + list(outputs) if needed(proto.graph, [n], cut) & train]
 
 
+def local_blocks(proto: onnx.ModelProto, streams: Sequence[str], outputs: Sequence[str],
+                 names: Sequence[str]) -> list[tuple[str, list[str], list[str]]]:
+    """The blocks of sequential block-local reconstruction, in graph order: (target, the stream
+    points its block reads, the trainable initializers it holds), for every target of
+    ``local_targets``."""
+    train, cut = set(names), set(streams)
+    nodes = list(proto.graph.node)
+    out = []
+    for t in local_targets(proto, streams, outputs, names):
+        need = needed(proto.graph, [t], cut - {t})
+        reads = {i for n in nodes if any(o in need for o in n.output) for i in n.input}
+        out.append((t, [s for s in streams if s != t and s in reads], sorted(need & train)))
+    return out
+
+
 def _floats(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in proto.graph.initializer
             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)

@@ -11,7 +11,13 @@ rms(col j) / rms(W) (the rank-one magnitude of W: exact for diag(p) A diag(q)), 
 for vectors, so each Adam step changes every entry by about ``lr`` of its typical size. ``"raw"``
 is plain Adam on the weights, kept for comparison.
 
-Phases (``local``): first block-local reconstruction for that share of the budget: every block
+Phases (``local``): first block-local reconstruction for that share of the budget. Default
+(``local_mode="sequential"``): the blocks holding a trained weight one after another in graph
+order, each for an equal part of the share, on the student's own stream at its input (upstream
+blocks as healed so far), only its own weights moving, towards the teacher's stream at its output;
+each sub-phase starts from the best checked weights, so a block is kept only as far as a held-out
+check did not fall (issue 16's no-fall rule; ``local_output`` adds the model outputs to its loss).
+``"parallel"`` (the previous default): every block
 holding a trained weight runs from the teacher's residual stream at its input (the executor's
 ``inject``; blocks without one do not run) and is trained towards the teacher's stream at its
 output, with the loss's weighting, at ``local_lr``; then global distillation (below) at ``lr``,
@@ -53,7 +59,7 @@ from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
 from ..validate import metrics
 from . import executor, fakequant, refit, targets
-from .config import LOCAL_INPUTS, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
+from .config import LOCAL_INPUTS, LOCAL_MODES, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
 class HealReport:
@@ -212,10 +218,11 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     values back into ``model`` (same initializer names, same nodes). Returns the report."""
     cfg = config or HealConfig()
     if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in TRAINABLE or \
-            cfg.local_input not in LOCAL_INPUTS or cfg.refit not in REFITS or not 0 <= cfg.local <= 1:
+            cfg.local_input not in LOCAL_INPUTS or cfg.refit not in REFITS or not 0 <= cfg.local <= 1 or \
+            cfg.local_mode not in LOCAL_MODES:
         raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, trainable one of "
-                               f"{TRAINABLE}, local input one of {LOCAL_INPUTS}, refit one of {REFITS}, "
-                               "local share in [0, 1]")
+                               f"{TRAINABLE}, local input one of {LOCAL_INPUTS}, local mode one of {LOCAL_MODES}, "
+                               f"refit one of {REFITS}, local share in [0, 1]")
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
     executor.check_supported(proto)  # before any work
@@ -300,19 +307,26 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     local = targets.local_targets(proto, streams, outputs, names) if cfg.local > 0 and streams else []
     share = cfg.local if local else 0.0
     end = t0 + cfg.minutes * 60
-    phases = [("local", t0 + share * cfg.minutes * 60, None if cfg.steps is None else round(share * cfg.steps),
-               cfg.local_lr or cfg.lr)] if share > 0 else []
-    phases.append(("global", end, cfg.steps, cfg.lr))
+    # sequential: one sub-phase per block, in graph order, each an equal part of the local share
+    blocks = [b for b in targets.local_blocks(proto, streams, outputs, names) if b[2]] \
+        if share > 0 and cfg.local_mode == "sequential" else [None]
+    phases = [("local", t0 + share * cfg.minutes * 60 * (j + 1) / len(blocks),
+               None if cfg.steps is None else round(share * cfg.steps * (j + 1) / len(blocks)),
+               cfg.local_lr or cfg.lr, b) for j, b in enumerate(blocks)] if share > 0 and blocks else []
+    phases.append(("global", end, cfg.steps, cfg.lr, None))
     bar = _Bar(progress, cfg.minutes * 60, cfg.steps, start)
     try:
         with bar:
-            for phase, deadline, last, lr0 in phases:
+            for phase, deadline, last, lr0, block in phases:
                 lr, first = lr0, step
                 if step:  # a new phase starts from the best weights so far, with a fresh optimizer
-                    _restore(u, best_u)
-                opt = _adam(u, lr)
-                refits = phase == "local" and cfg.refit == "eval" and writers
+                    _restore(u, best_u)  # (a block whose training no check kept is left as it was)
+                trained = u if block is None else {n: u[n] for n in block[2]}
+                opt = _adam(trained, lr)
+                refits = phase == "local" and cfg.refit == "eval" and writers and block is None
                 every = cfg.local_eval_every if refits else cfg.eval_every
+                # the warm-up is shared out among the blocks as the budget is
+                warmup = cfg.warmup if block is None else max(1, cfg.warmup // len(blocks))
                 while True:
                     if last is not None and step >= last:
                         stopped = "steps"
@@ -324,7 +338,13 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         order = list(rng.permutation(train_idx))
                     k = int(order.pop())
                     tgt = prepared(k)
-                    if phase == "local" and cfg.local_input == "teacher":
+                    if block is not None:  # this block alone, on the student's own (committed) stream
+                        with torch.no_grad():
+                            inject = student(batches[k], block[1], values()) if block[1] else None
+                        out = student(batches[k], [block[0]] + (outputs if cfg.local_output else []), values(), inject)
+                        loss = _loss(out, tgt, [block[0]], outputs, cfg.loss) if cfg.local_output else \
+                            _rel_err(out[block[0]], tgt[block[0]])
+                    elif phase == "local" and cfg.local_input == "teacher":
                         inject = {n: tgt[n][0].reshape(tgt[n][2]) for n in streams}
                         out = student(batches[k], local, values(), inject)
                         loss = torch.stack([_rel_err(out[n], tgt[n]) for n in local]).mean()
@@ -335,7 +355,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         out = student(batches[k], streams + outputs, values())
                         loss = _loss(out, tgt, streams, outputs, cfg.loss)
                     for g in opt.param_groups:
-                        g["lr"] = lr * _ramp(step - first, cfg.prime, cfg.warmup)
+                        g["lr"] = lr * _ramp(step - first, cfg.prime, warmup)
                     opt.zero_grad(set_to_none=True)
                     run_loss.append(float(loss.detach()))
                     loss.backward()
@@ -354,14 +374,23 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                             best, best_u = fid, cand or {n: p.detach().clone() for n, p in u.items()}
                         elif fid < best - cfg.backtrack:
                             _restore(u, best_u)
-                            opt = _adam(u, lr)
+                            opt = _adam(trained, lr)
                             lr *= 0.5
                             if lr < lr0 / 64:
                                 stopped = "converged"
                                 break
                         bar.update(time.perf_counter() - t0, step, fid, best)
+                if block is not None and curve[-1][0] != step:  # the block's closing check: kept if best
+                    fid = evaluate()
+                    lowest = min(lowest, fid)
+                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
+                                  float(np.mean(run_loss)) if run_loss else None, phase])
+                    run_loss = []
+                    if fid > best:
+                        best, best_u = fid, {n: p.detach().clone() for n, p in u.items()}
                 checked = refits and curve[-1][0] == step  # the last check was of this refitted candidate
-                if phase == "local" and writers and not checked:  # restore the upstream compensation (heal.refit)
+                last_local = phase == "local" and (block is None or block is blocks[-1])
+                if last_local and writers and not checked:  # restore the upstream compensation (heal.refit)
                     cand = refitted()
                     fid = evaluate(cand)
                     lowest = min(lowest, fid)

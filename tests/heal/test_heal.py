@@ -113,6 +113,22 @@ def test_cli_errors(zoo_export, tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_cli_heal_backtrack_reaches_the_heal(setup):
+    """``--heal-backtrack`` (named in --help) sets the backtrack margin of the heal; out of range is a
+    usage error."""
+    import json
+
+    src, tmp, data, _ = setup
+    args = ["heal", str(tmp / "plain.onnx"), "--teacher", str(src), "--calibrate", str(data), "--threads", "1"]
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "bt.onnx"), "--heal-steps", "2", "--heal-backtrack",
+                                         "0.002", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["config"]["backtrack"] == 0.002
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "bt2.onnx"), "--heal-backtrack", "-1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp / "bt2.onnx").exists()
+    assert "--heal-backtrack" in CliRunner().invoke(main, ["rewrite", "--help"]).output
+
+
 def test_heals_a_decoder(zoo_export, tmp_path):
     """GPT-2-style (pre-LN, Gemm projections, causal): the same student, stream points and trainer."""
     src = zoo_export("gpt2", "dynamo20")
@@ -251,16 +267,33 @@ def minilm_phi6(zoo_export, tmp_path_factory):
 
 
 def test_sequential_refit_restores_what_the_block_local_phase_loses(minilm_phi6):
-    """The block-local phase (default lr) falls below the calibrated start by more than issue 16's
-    0.001 (it undoes calibration's upstream compensation); the sequential refit of the output
-    projections at the phase's end (default refit "phase") gives back part of it: the refitted
+    """The parallel block-local phase (every block at once from the original's input, at lr 1e-2:
+    the previous defaults) falls below the calibrated start by more than issue 16's 0.001 (so the
+    no-fall test below fails with them; it undoes calibration's upstream compensation); the
+    sequential refit of the output projections at the phase's end (default refit "phase") gives
+    back part of it: the refitted
     candidate is better on held-out data than the block-local weights it was computed from."""
     src, tmp = minilm_phi6
     rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "new.onnx",
-                    config=HealConfig(steps=40, eval_every=4, threads=1))
+                    config=HealConfig(steps=40, eval_every=4, threads=1, local_mode="parallel", local_lr=1e-2))
     local = [c for c in rep.curve if c[4:] == ["local"]]
     refit = [c for c in rep.curve if c[4:] == ["refit"]]
     assert min(c[2] for c in local) < rep.start - 0.001, rep.curve  # the fall the refit is for
     assert len(refit) == 1 and refit[0][0] == local[-1][0], rep.curve
     assert refit[0][2] > local[-1][2], rep.curve
     assert rep.best >= rep.start and rep.curve[-1][4] == "global"
+
+
+def test_default_heal_of_a_pretrained_rewrite_never_falls_below_its_start(minilm_phi6):
+    """Issue 16's rule on pretrained MiniLM gelu=phi6 at the default settings: every held-out check
+    (the block-local phase, the refit and the global phase) is within 0.001 of the calibrated start.
+    (The previous default, every block at once from the original's input, fell 0.9980 -> 0.9959 here:
+    ``local_mode="parallel"`` in the test above.) The sequential block-local phase trains one block
+    at a time on the student's own stream and keeps a block only where a check does not fall."""
+    src, tmp = minilm_phi6
+    rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "seq.onnx",
+                    config=HealConfig(steps=40, eval_every=4, threads=1))
+    assert [c[4] for c in rep.curve[1:]].count("local") >= 6, rep.curve  # each of the 6 FFN blocks checked
+    assert rep.curve[-1][4] == "global"
+    assert all(c[2] >= rep.start - 0.001 for c in rep.curve), rep.curve
+    assert rep.lowest >= rep.start - 0.001 and rep.best >= rep.start
