@@ -27,7 +27,7 @@ job phi6 2-3 --only gelu=phi6 "$@"
 job bottleneck 4-5 --only ffn=phi-bottleneck:4/3 "$@"
 job fftmix 6-7 --only attention=fftmix:2 "$@"
 job combined 8-9 --only gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2 "$@"
-job phi6_parallel 10-11 --only gelu=phi6 --local-mode parallel "$@"  # the previous default, for comparison
+job phi6_sequential 10-11 --only gelu=phi6 --local-mode sequential --local-lr 3e-4 "$@"  # the no-fall setting, for comparison
 wait || true
 tail -n 2 "$PARTS"/*.log
 python3 benchmarks/heal.py --merge "$PARTS"/*.json
