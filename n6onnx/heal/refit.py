@@ -16,6 +16,7 @@ one partial forward per projection and batch, and one small linear solve each.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -69,12 +70,15 @@ def writers(proto: onnx.ModelProto, names: Sequence[str], streams: Sequence[str]
 
 def refit(student, writers_: Sequence[Writer], values: dict[str, torch.Tensor], batches, idx: Sequence[int],
           teacher_stream: Callable[[int], dict], keep_rows: Callable[[dict, tuple], np.ndarray | None],
-          min_rows: int = 0) -> dict[str, torch.Tensor]:
+          min_rows: int = 0, deadline: float | None = None) -> dict[str, torch.Tensor]:
     """New values for every writer's (W, b), fitted in graph order on the batches ``idx`` (the
     first ones holding ``min_rows`` real tokens; all with 0). ``values``: the student's current
     trained values (the result starts from a copy). ``teacher_stream(k)``: {stream point: the
     teacher's array} of batch k. Each batch's student stream at the previous writer's stream point
-    is kept (computed with the refitted weights) and injected, so each fit runs one block. """
+    is kept (computed with the refitted weights) and injected, so each fit runs one block. Past
+    ``deadline`` (a ``time.perf_counter()`` value) no further writer starts: the ones not reached
+    keep their values (an earlier writer refitted and a later one as it was is still a consistent
+    candidate: the caller checks it like any other)."""
     vals = dict(values)
     base: dict[int, tuple[str, torch.Tensor]] = {}  # batch -> (stream point, student value) before this writer
     used: list[int] | None = None
@@ -86,6 +90,8 @@ def refit(student, writers_: Sequence[Writer], values: dict[str, torch.Tensor], 
             return student(batches[k], names, vals, inject)
 
     for wr in writers_:
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
         if done is not None and wr.stream != done:
             for k in used:
                 base[k] = (done, run(k, [done])[done])

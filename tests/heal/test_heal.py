@@ -4,6 +4,7 @@ keeps the graph's nodes, refuses what it cannot run before any work, and the CLI
 from __future__ import annotations
 
 import pathlib
+import time
 
 import numpy as np
 import onnx
@@ -18,10 +19,10 @@ from n6onnx.testing import zoo_decoder as zd
 from n6onnx import io
 from n6onnx.calibrate import collect
 from n6onnx.cli import main
-from n6onnx.heal import executor, targets
+from n6onnx.heal import executor, refit, targets
 from n6onnx.heal.executor import UnsupportedOpError
-from n6onnx.heal.run import heal_file
-from n6onnx.heal.train import HealConfig
+from n6onnx.heal.run import heal_file, load_data
+from n6onnx.heal.train import HealConfig, _mask_rows
 from n6onnx.runtime import session_for
 
 
@@ -282,10 +283,10 @@ def test_sequential_refit_restores_what_the_block_local_phase_loses(minilm_phi6)
     rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "new.onnx",
                     config=HealConfig(steps=40, eval_every=4, threads=1, local_mode="parallel", local_lr=1e-2))
     local = [c for c in rep.curve if c[4:] == ["local"]]
-    refit = [c for c in rep.curve if c[4:] == ["refit"]]
+    refits = [c for c in rep.curve if c[4:] == ["refit"]]
     assert min(c[2] for c in local) < rep.start - 0.001, rep.curve  # the fall the refit is for
-    assert len(refit) == 1 and refit[0][0] == local[-1][0], rep.curve
-    assert refit[0][2] > local[-1][2], rep.curve
+    assert len(refits) == 1 and refits[0][0] == local[-1][0], rep.curve
+    assert refits[0][2] > local[-1][2], rep.curve
     assert rep.best >= rep.start and rep.curve[-1][4] == "global"
 
 
@@ -303,3 +304,25 @@ def test_no_fall_setting_of_a_pretrained_rewrite_never_falls_below_its_start(min
     assert rep.curve[-1][4] == "global"
     assert all(c[2] >= rep.start - 0.001 for c in rep.curve), rep.curve
     assert rep.lowest >= rep.start - 0.001 and rep.best >= rep.start
+
+
+def test_refit_starts_no_projection_past_its_deadline(minilm_phi6):
+    """The sequential refit honours the heal's time budget: with a deadline already passed it
+    refits nothing (every value as given), without one it refits every writer in graph order (the
+    values change), so a short --heal-minutes is not overrun by the refit."""
+    src, tmp = minilm_phi6
+    model, original = io.load(tmp / "cal.onnx"), io.load(src)
+    proto, oproto = ir.to_proto(model), ir.to_proto(original)
+    names = targets.trainable(oproto, proto, "rewritten")
+    streams = targets.stream_points(original, proto)
+    writers = refit.writers(proto, names, streams)
+    assert len(writers) == 6, writers  # the six FFN down projections
+    student = executor.GraphModule(proto)
+    teacher = targets.Teacher(original, streams, threads=1)
+    batches = load_data(tmp / "data.txt", original)[:4]
+    values = {n: student.parameter(n).detach().clone() for n in names}
+    args = (student, writers, values, batches, range(len(batches)), lambda k: teacher(k, batches[k]), _mask_rows)
+    late = refit.refit(*args, deadline=time.perf_counter() - 1)
+    assert all(torch.equal(late[n], values[n]) for n in names)
+    done = refit.refit(*args)
+    assert all(not torch.equal(done[w.weight], values[w.weight]) for w in writers)
