@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-samples", type=int, default=256, help="cap of the closed-form fit (sequences)")
     ap.add_argument("--steps", type=int, default=1200, help="LM training steps (lm_train)")
     ap.add_argument("--no-uncalibrated", action="store_true", help="skip the uncalibrated rows")
-    ap.add_argument("--out", type=pathlib.Path, help="write the JSON here instead of benchmarks/results/heal_lm.json")
+    ap.add_argument("--out", type=pathlib.Path, help="write the JSON here instead of benchmarks/results/heal_lm.json (heal_moe.json)")
     ap.add_argument("--note", default="", help="where and how this ran")
     a = ap.parse_args(argv)
 
