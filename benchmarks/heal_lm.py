@@ -1,18 +1,22 @@
 """Decoder healing benchmark: the project's byte-level GPT-2 (benchmarks/lm_train.py, trained when
 missing) rewritten with ``gelu=phi6``: uncalibrated -> calibrated (``--calibrate DATA``) -> healed
 (``--calibrate DATA --heal``), through the public API (``n6onnx.rewrite``, the path of ``n6onnx rewrite``).
+``--lm moe`` does the same for the project's character-level MoE LM (benchmarks/moe_train.py: 2 layers,
+8 experts, top-2; trained when missing) with ``moe=egyptian`` and ``moe=phi:2`` (``--pass`` to choose):
+DATA is moe_train's calibration split, held-out its evaluation split.
 
 Measured on held-out text that neither the LM's training nor calibration nor healing saw (lm_train's
 split): next-byte top-1 agreement with the original (argmax of the logits at every position), mean KL
 (original || candidate) and per-sequence logits cosine (``n6onnx.validate``), and each model's next-byte
-accuracy against the real text. ORT's per-channel dynamic int8 of the original is the anchor, in the same
+accuracy and cross-entropy (nats) against the real text. ORT's per-channel dynamic int8 of the original is the anchor, in the same
 run. DATA: lm_train's ``data.npz`` (feed batches of 16 x 64 bytes); healing holds its last 10% out for
 early stopping.
 
     python benchmarks/heal_lm.py                         # default heal settings
     python benchmarks/heal_lm.py --heal "local=0" --heal "minutes=6,lr=1e-3"   # more heal rows (HealConfig fields)
+    python benchmarks/heal_lm.py --lm moe --minutes 4.5 --pass moe=egyptian --pass moe=phi:2
 
-Writes benchmarks/results/heal_lm.json (``--out`` to write elsewhere).
+Writes benchmarks/results/heal_lm.json (``--lm moe``: heal_moe.json; ``--out`` to write elsewhere).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,21 +39,84 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import n6onnx  # noqa: E402
 from n6onnx.feeds import load_npz  # noqa: E402
 from n6onnx.heal.train import HealConfig  # noqa: E402
-from n6onnx.io import atomic_write  # noqa: E402
+from n6onnx.io import atomic_path, atomic_write  # noqa: E402
 from n6onnx.runtime import InferenceSession  # noqa: E402
 
-PASS = "gelu=phi6"
-GOAL = 0.97  # issue 16: healed gelu=phi6 next-token top-1 agreement on held-out text
+import lm_train  # noqa: E402  (benchmarks/)
+import moe_train  # noqa: E402
+
+PASSES = {"gpt2": ["gelu=phi6"], "moe": ["moe=egyptian", "moe=phi:2"]}
+GOAL = 0.97  # issue 16: healed gelu=phi6 next-token top-1 agreement on held-out text (the GPT-2)
 
 
 def scores(src, cand, held: pathlib.Path, labels: np.ndarray) -> dict:
-    """Held-out fidelity of ``cand`` against ``src`` (n6onnx.validate) and its next-byte accuracy."""
+    """Held-out fidelity of ``cand`` against ``src`` (n6onnx.validate), its next-token accuracy and
+    cross-entropy (nats) against ``labels`` (the next token of every position)."""
     rep = n6onnx.validate(src, cand, feeds=str(held), threads=2).to_json()["outputs"]["logits"]
     sess = InferenceSession(str(cand), threads=2)
-    pred = np.concatenate([sess.run(["logits"], f)[0].argmax(-1) for f in load_npz(held)])
+    hits, nll = [], []
+    for f, lab in zip(load_npz(held), _label_batches(labels, held)):
+        logits = sess.run(["logits"], f)[0].astype(np.float64)
+        m = logits.max(-1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+        nll.append(-np.take_along_axis(logp, lab[..., None], -1)[..., 0])
+        hits.append(logits.argmax(-1) == lab)
     return {"top1_agreement": round(rep["logits"]["top1_agreement"], 5),
             "kl": round(rep["logits"]["kl_divergence"], 6), "cosine": round(rep["cosine_mean"], 6),
-            "accuracy": round(float(np.mean(pred == labels)), 5)}
+            "accuracy": round(float(np.concatenate(hits).mean()), 5),
+            "loss": round(float(np.concatenate(nll).mean()), 5)}
+
+
+def _label_batches(labels: np.ndarray, held: pathlib.Path):
+    """``labels`` [n, seq] split like the held-out feeds' batches (in their order)."""
+    k = 0
+    for f in load_npz(held):
+        b = next(iter(f.values())).shape[0]
+        yield labels[k:k + b]
+        k += b
+    if k != len(labels):
+        raise SystemExit(f"{held}: {k} held-out sequences but {len(labels)} label rows")
+
+
+def moe_source(out: pathlib.Path = ROOT / "build" / "moe") -> dict:
+    """benchmarks/moe_train.py's top-2 MoE LM (trained and exported when missing) and its splits as
+    ``--calibrate`` feeds: DATA = the calibration windows, held-out = the evaluation windows (batches
+    of 16 x 64, the export's static shape), labels = their next characters."""
+    name = moe_train.file_name("topk", 0)
+    if not (out / f"{name}.pt").is_file():
+        moe_train.train("topk", 1500, out)
+    model = out / f"{name}.onnx"
+    if not model.is_file():
+        moe_train.export(out, name)
+    moe_train.save_data(out)
+    w = np.load(out / "data.npz")
+    b = moe_train.BATCH_EXPORT
+    files = {}
+    for split, fname in (("calibration", "heal-data.npz"), ("evaluation", "heal-held.npz")):
+        win = w[split][: (len(w[split]) // b) * b]
+        with atomic_path(out / fname) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+            np.savez(fh, **{f"input_ids/{k}": win[k * b:(k + 1) * b, :-1] for k in range(len(win) // b)})
+        files[split] = (out / fname, win)
+    ckpt = torch.load(out / f"{name}.pt", weights_only=False)
+    return {"model": model, "data": files["calibration"][0], "held": files["evaluation"][0],
+            "labels": files["evaluation"][1][:, 1:],
+            "description": (f"character-level MoE LM trained by benchmarks/moe_train.py ({ckpt['steps']} steps, seed "
+                            f"{ckpt['seed']}, {ckpt['train_seconds']:.0f} s): {ckpt['config']}, vocab "
+                            f"{len(ckpt['vocab'])}; TorchScript export (expert loop unrolled, dense), static [16, 64]"),
+            "training": {"final": ckpt["log"][-1], "log": ckpt["log"]},
+            "sizes": {"data_sequences": len(files["calibration"][1]), "held_sequences": len(files["evaluation"][1]),
+                      "held_positions": int(files["evaluation"][1][:, 1:].size),
+                      "split": "sentences of n6onnx.testing.corpus in order: 85% train, 5% DATA (calibration), "
+                               "10% held-out (evaluation)"}}
+
+
+def gpt2_source(steps: int) -> dict:
+    lm = lm_train.ensure(steps=steps)
+    return {**lm, "labels": np.load(lm["labels"]),
+            "description": (f"byte-level GPT2LMHeadModel trained by benchmarks/lm_train.py ({lm['steps']} steps, "
+                            f"seed {lm['seed']}, {lm['train_seconds']} s): {lm_train.CONFIG}; dynamo export opset "
+                            "20, no KV cache"),
+            "training": {"final": lm["log"][-1], "text_bytes": lm["text_bytes"], "log": lm["log"]}}
 
 
 def parse_heal(spec: str) -> HealConfig:
@@ -70,23 +138,27 @@ def parse_heal(spec: str) -> HealConfig:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lm", choices=tuple(PASSES), default="gpt2",
+                    help="gpt2: lm_train's byte-level GPT-2; moe: moe_train's character-level top-2 MoE LM")
+    ap.add_argument("--pass", dest="passes", action="append", default=None,
+                    help="a rewrite to heal (repeatable; default gelu=phi6 for gpt2, moe=egyptian and moe=phi:2 for moe)")
     ap.add_argument("--heal", action="append", default=None,
                     help="a heal row: comma-separated HealConfig fields (default: one row with the defaults, "
                          "minutes=--minutes)")
     ap.add_argument("--minutes", type=float, default=8.0, help="heal budget of each row without minutes=")
     ap.add_argument("--calib-samples", type=int, default=256, help="cap of the closed-form fit (sequences)")
     ap.add_argument("--steps", type=int, default=1200, help="LM training steps (lm_train)")
-    ap.add_argument("--out", type=pathlib.Path, help="write the JSON here instead of benchmarks/results/heal_lm.json")
+    ap.add_argument("--no-uncalibrated", action="store_true", help="skip the uncalibrated rows")
+    ap.add_argument("--out", type=pathlib.Path, help="write the JSON here instead of benchmarks/results/heal_lm.json (heal_moe.json)")
     ap.add_argument("--note", default="", help="where and how this ran")
     a = ap.parse_args(argv)
 
     from _common import hardware, write
-    import lm_train
 
     t0 = time.perf_counter()
-    lm = lm_train.ensure(steps=a.steps)
-    src, data, held = lm["model"], lm["data"], lm["held"]
-    labels = np.load(lm["labels"])
+    lm = moe_source() if a.lm == "moe" else gpt2_source(a.steps)
+    src, data, held, labels = lm["model"], lm["data"], lm["held"], lm["labels"]
+    passes = a.passes or PASSES[a.lm]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
@@ -102,40 +174,44 @@ def main(argv=None) -> int:
 
         quantize_dynamic(str(src), str(work / "int8.onnx"), per_channel=True, weight_type=QuantType.QInt8)
         row("ORT int8 (quantize_dynamic, per_channel=True)", work / "int8.onnx")
-        n6onnx.rewrite(src, work / "plain.onnx", [PASS])
-        row(f"{PASS} uncalibrated", work / "plain.onnx")
-        t = time.perf_counter()
-        _, rep = n6onnx.rewrite(src, work / "cal.onnx", [PASS], calibrate=data, calib_samples=a.calib_samples)
-        row(f"{PASS} calibrated", work / "cal.onnx", calibrate_seconds=round(time.perf_counter() - t, 1),
-            rewritten=rep.rewritten)
-        for spec in a.heal or [""]:
-            cfg = parse_heal(spec if "minutes=" in spec else f"minutes={a.minutes}," + spec)
-            cfg = dataclasses.replace(cfg, threads=cfg.threads or 2)
+        for pass_ in passes:
+            if not a.no_uncalibrated:
+                n6onnx.rewrite(src, work / "plain.onnx", [pass_])
+                row(f"{pass_} uncalibrated", work / "plain.onnx")
             t = time.perf_counter()
-            _, rep = n6onnx.rewrite(src, work / "healed.onnx", [PASS], calibrate=data, calib_samples=a.calib_samples,
-                                    heal=True, heal_config=cfg)
-            h = rep.to_json().get("healing") or {}
-            row(f"{PASS} healed" + (f" ({spec})" if spec else " (defaults)"), work / "healed.onnx",
-                calibrate_and_heal_seconds=round(time.perf_counter() - t, 1), healing=h,
-                goal=GOAL)
+            _, rep = n6onnx.rewrite(src, work / "cal.onnx", [pass_], calibrate=data, calib_samples=a.calib_samples)
+            row(f"{pass_} calibrated", work / "cal.onnx", calibrate_seconds=round(time.perf_counter() - t, 1),
+                rewritten=rep.rewritten)
+            for spec in a.heal or [""]:
+                cfg = parse_heal(spec if "minutes=" in spec else f"minutes={a.minutes}," + spec)
+                cfg = dataclasses.replace(cfg, threads=cfg.threads or 2)
+                t = time.perf_counter()
+                _, rep = n6onnx.rewrite(src, work / "healed.onnx", [pass_], calibrate=data,
+                                        calib_samples=a.calib_samples, heal=True, heal_config=cfg)
+                h = rep.to_json().get("healing") or {}
+                row(f"{pass_} healed" + (f" ({spec})" if spec else " (defaults)"), work / "healed.onnx",
+                    calibrate_and_heal_seconds=round(time.perf_counter() - t, 1), healing=h,
+                    **({"goal": GOAL} if pass_ == "gelu=phi6" and a.lm == "gpt2" else {}))
     d = load_npz(data)
     payload = {
-        "model": (f"byte-level GPT2LMHeadModel trained by benchmarks/lm_train.py ({lm['steps']} steps, seed "
-                  f"{lm['seed']}, {lm['train_seconds']} s): {lm_train.CONFIG}; dynamo export opset 20, no KV cache"),
-        "lm_training": {"final": lm["log"][-1], "text_bytes": lm["text_bytes"], "log": lm["log"]},
-        "method": ("held-out = lm_train's held-out split (every 20th docstring sentence), never seen by the LM's "
-                   "training, calibration or healing; top-1 agreement / KL(original || candidate) / per-sequence "
-                   "logits cosine from n6onnx.validate over every position; accuracy = argmax == the next byte of "
-                   "the text; healing holds out the last 10% of DATA for early stopping; validation at 2 threads, heal "
-                   "threads in each row's healing.config (default 2); one run per row"),
+        "model": lm["description"],
+        "lm_training": lm["training"],
+        "method": ("held-out = the LM's held-out split (gpt2: lm_train's every 20th docstring sentence; moe: "
+                   "moe_train's evaluation split), never seen by the LM's training, calibration or healing; top-1 "
+                   "agreement / KL(original || candidate) / per-sequence logits cosine from n6onnx.validate over every "
+                   "position; accuracy = argmax == the next token of the text, loss = its mean cross-entropy (nats); "
+                   "DATA = --calibrate for the fit and the heal, healing holds out the last 10% of DATA for early "
+                   "stopping; validation at 2 threads, heal threads in each row's healing.config (default 2); one "
+                   "run per row"),
         "data": {"calibration_sequences": d.samples, "calib_samples": a.calib_samples, **(lm["sizes"] or {})},
-        "goal": {"top1_agreement": GOAL, "rewrite": PASS},
+        "passes": passes,
+        **({"goal": {"top1_agreement": GOAL, "rewrite": "gelu=phi6"}} if a.lm == "gpt2" else {}),
         "note": a.note, "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
     }
     if a.out:
         atomic_write(a.out, json.dumps({"hardware": hardware(), **payload}, indent=2) + "\n")
     else:
-        write("heal_lm", payload)
+        write("heal_lm" if a.lm == "gpt2" else "heal_moe", payload)
     return 0
 
 
