@@ -84,15 +84,13 @@ def main(argv=None) -> int:
     ap.add_argument("--note", default="", help="where and how this ran")
     a = ap.parse_args(argv)
 
-    from _common import hardware, write
-    import lm_train
-    from heal_lm import scores
+    from _common import write
+    from heal_lm import gpt2_source, scores
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     t0 = time.perf_counter()
-    lm = lm_train.ensure(steps=a.steps)
-    src, data, held = lm["model"], lm["data"], lm["held"]
-    labels = np.load(lm["labels"])
+    lm = gpt2_source(a.steps)
+    src, data, held, labels = lm["model"], lm["data"], lm["held"], lm["labels"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
@@ -132,8 +130,7 @@ def main(argv=None) -> int:
             data_agreement=best["scores"])
     d = load_npz(data)
     write("egyptian_locality_lm", {
-        "model": (f"byte-level GPT2LMHeadModel trained by benchmarks/lm_train.py ({lm['steps']} steps, seed "
-                  f"{lm['seed']}): {lm_train.CONFIG}; dynamo export opset 20, no KV cache"),
+        "model": lm["description"],
         "method": ("held-out = lm_train's held-out split (every 20th docstring sentence), never seen by the LM's "
                    "training or the locality measurement; top-1 agreement / KL(original || candidate) / logits "
                    "cosine from n6onnx.validate over every position; accuracy = argmax == the next byte; locality "

@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import ShapeInferencePass
@@ -22,6 +23,15 @@ OUTLIER_TAG = "n6onnx.outliers_of"
 # on calibration's per-unit Mul between an FFN's up projection and its n6 activation (calibrate.quantfit)
 UPSCALE_TAG = "n6onnx.up_scale"
 CONST_RTOL = 1e-4
+
+
+def proto_consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes of a ModelProto's main graph that read each value name, in graph order."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
 
 
 def default_opset(model: ir.Model) -> int:

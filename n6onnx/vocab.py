@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from .errors import BadArgumentError
+from .graph import proto_consumers
 from .text import minilm_dir
 
 ZOO_MINILM_TAG = "n6onnx.zoo model=minilm "
@@ -44,10 +45,7 @@ def bounds(model) -> dict[str, int]:
             for a in n.attribute:
                 if a.name == "value":
                     inits[n.output[0]] = list(a.t.dims)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = proto_consumers(proto)
     ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
             onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
     out: dict[str, int] = {}

@@ -17,21 +17,17 @@ namespace {
 using egy::CacheCopy;
 constexpr int kThreads = 256;
 
-template <class W>
-__global__ void __launch_bounds__(kThreads) PresentKernel(const CacheCopy c) {
-  const int64_t n = c.PresentItems();
+// The presents (kGather false) or the full-length K / V (true), one item per thread per step.
+template <class W, bool kGather>
+__global__ void __launch_bounds__(kThreads) CopyKernel(const CacheCopy c) {
+  const int64_t n = kGather ? c.GatherItems() : c.PresentItems();
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
-    egy::PresentItem<W>(c, e);
-  }
-}
-
-template <class W>
-__global__ void __launch_bounds__(kThreads) GatherKernel(const CacheCopy c) {
-  const int64_t n = c.GatherItems();
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * kThreads) {
-    egy::GatherItem<W>(c, e);
+    if constexpr (kGather) {
+      egy::GatherItem<W>(c, e);
+    } else {
+      egy::PresentItem<W>(c, e);
+    }
   }
 }
 
@@ -46,11 +42,11 @@ Status Launch(void (*kernel)(CacheCopy), const CacheCopy& c, int64_t items, cuda
   return CheckedLaunch(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, c);
 }
 
-template <class S>
-Status Copies(const CacheCopy& c, bool gather, cudaStream_t stream) {
-  const int64_t items = gather ? c.GatherItems() : c.PresentItems();
-  if (c.vec) return Launch<uint4>(gather ? &GatherKernel<uint4> : &PresentKernel<uint4>, c, items, stream);
-  return Launch<S>(gather ? &GatherKernel<S> : &PresentKernel<S>, c, items, stream);
+template <class S, bool kGather>
+Status Copies(const CacheCopy& c, cudaStream_t stream) {
+  const int64_t items = kGather ? c.GatherItems() : c.PresentItems();
+  if (c.vec) return Launch<uint4>(&CopyKernel<uint4, kGather>, c, items, stream);
+  return Launch<S>(&CopyKernel<S, kGather>, c, items, stream);
 }
 
 template <class S>
@@ -64,8 +60,8 @@ Status Run(const EgyptianArgs& a, const EgyptianCache& ec) {
     return LaunchEgyptian(d);
   }
   if (ec.ok || ec.ov) {
-    Status st = Copies<S>(egy::MakeCopy(view, a.k, a.v, ec.ok, ec.ov, nullptr, nullptr, a.B, a.dh, sizeof(S)), false,
-                          stream);
+    Status st = Copies<S, false>(egy::MakeCopy(view, a.k, a.v, ec.ok, ec.ov, nullptr, nullptr, a.B, a.dh, sizeof(S)),
+                                 stream);
     if (!st.ok()) return st;
   }
   if (empty) return Status{};
@@ -74,7 +70,7 @@ Status Run(const EgyptianArgs& a, const EgyptianCache& ec) {
   Status st = ScratchAlloc(&buf, 2 * n * sizeof(S), stream);
   if (!st.ok()) return st;
   S* ak = static_cast<S*>(buf);
-  st = Copies<S>(egy::MakeCopy(view, a.k, a.v, nullptr, nullptr, ak, ak + n, a.B, a.dh, sizeof(S)), true, stream);
+  st = Copies<S, true>(egy::MakeCopy(view, a.k, a.v, nullptr, nullptr, ak, ak + n, a.B, a.dh, sizeof(S)), stream);
   if (st.ok()) {
     EgyptianArgs d = a;
     d.k = ak;

@@ -26,6 +26,7 @@ import onnx
 import torch
 
 from ..quantize import int8graph, quantize_proto
+from ..graph import proto_consumers
 
 
 def plan(proto: onnx.ModelProto, mode: str = "int8") -> dict[str, bool]:
@@ -88,10 +89,7 @@ def trainable(proto: onnx.ModelProto, quantized: dict[str, bool]) -> list[str]:
     inits = {t.name for t in proto.graph.initializer
              if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
     out = set()
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = proto_consumers(proto)
     for n in proto.graph.node:
         if n.op_type not in ("MatMul", "Gemm") or n.output[0] not in quantized or n.input[1] not in inits:
             continue

@@ -25,6 +25,7 @@ import torch
 
 from ..calibrate import inverse_variance
 from ..calibrate.fit import ridge_refit
+from ..graph import proto_consumers
 from .targets import bias_partners
 
 
@@ -44,10 +45,7 @@ def writers(proto: onnx.ModelProto, names: Sequence[str], streams: Sequence[str]
     """The trained (W, b) pairs whose output reaches a stream point through Adds only (at most
     three), in graph order of their stream point."""
     train, points = set(names), list(streams)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = proto_consumers(proto)
     out = []
     for b, (w, tr, x) in bias_partners(proto, names).items():
         if w not in train:

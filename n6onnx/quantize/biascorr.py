@@ -17,23 +17,16 @@ import onnx
 from onnx import numpy_helper
 
 from ..calibrate import collect
+from ..graph import proto_consumers
 
 _CHUNK = 8  # MatMul inputs collected per run (memory: rows x width each)
-
-
-def _consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
 
 
 def _targets(fproto: onnx.ModelProto, qproto: onnx.ModelProto):
     """(x name, float W, dequantized W, bias Add node in qproto, index of its constant input)."""
     finit = {t.name: t for t in fproto.graph.initializer}
     qinit = {t.name: t for t in qproto.graph.initializer}
-    users = _consumers(qproto)
+    users = proto_consumers(qproto)
     for n in fproto.graph.node:
         if n.op_type != "MatMul" or n.input[1] not in finit or f"{n.input[1]}_quantized" not in qinit:
             continue

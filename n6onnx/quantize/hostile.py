@@ -13,6 +13,7 @@ from __future__ import annotations
 import onnx
 
 from ..ops import DOMAIN
+from ..graph import proto_consumers
 
 OFFSET_ACTIVATIONS = {"Phi6": 0.75, "BiasPhi6": 0.75, "ZetaLn2": 0.0, "BiasZetaLn2": 0.0}  # op -> its minimum
 # what reads a MatMul's activation input, float or after onnxruntime's quantizers
@@ -22,10 +23,7 @@ _READERS = {"MatMul", "Gemm", "DynamicQuantizeLinear", "QuantizeLinear", "MatMul
 
 def hostile_activations(proto: onnx.ModelProto) -> list[str]:
     """One warning per n6 activation whose output a MatMul (or a quantizer feeding one) reads directly."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = proto_consumers(proto)
     found = []
     for n in proto.graph.node:
         if n.domain != DOMAIN or n.op_type not in OFFSET_ACTIVATIONS:

@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BadArgumentError
+from ..graph import proto_consumers
 
 # quantized ops this module cannot turn back into the float graph, and what writes them
 UNSUPPORTED = {
@@ -40,14 +41,6 @@ QUANT_OPS = set(UNSUPPORTED) | {"DynamicQuantizeLinear", "MatMulInteger"}
 
 def is_quantized(proto: onnx.ModelProto) -> bool:
     return any(n.op_type in QUANT_OPS for n in proto.graph.node)
-
-
-def _users(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
 
 
 def _site(m: onnx.NodeProto, producer: dict, users: dict, inits: dict) -> dict | None:
@@ -73,7 +66,7 @@ def _site(m: onnx.NodeProto, producer: dict, users: dict, inits: dict) -> dict |
 
 def _sites(proto: onnx.ModelProto) -> list[dict]:
     producer = {o: n for n in proto.graph.node for o in n.output}
-    users = _users(proto)
+    users = proto_consumers(proto)
     inits = {t.name: t for t in proto.graph.initializer}
     return [s for n in proto.graph.node if n.op_type == "MatMulInteger"
             for s in [_site(n, producer, users, inits)] if s is not None]
