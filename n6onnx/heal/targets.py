@@ -25,7 +25,7 @@ import onnx_ir as ir
 from ..calibrate import collect
 import onnxruntime as ort
 
-from ..ops import DOMAIN
+from ..ops import DOMAIN, REGISTRY
 from ..runtime import session_for
 from ..blocks import find_ffn_blocks
 from .executor import needed
@@ -86,6 +86,8 @@ def _floats(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def trainable(original: onnx.ModelProto, rewritten: onnx.ModelProto, which: str = "rewritten") -> list[str]:
     """Names of the initializers to train (see the module docstring). Frozen: everything else."""
     floats = _floats(rewritten)
+    for name in _selecting_only(rewritten):
+        floats.pop(name, None)
     if which == "all":
         return sorted(floats)
     orig = {t.name: t for t in original.graph.initializer}
@@ -119,6 +121,17 @@ def trainable(original: onnx.ModelProto, rewritten: onnx.ModelProto, which: str 
         if nodes[k].op_type in _PROJ:
             out.update(i for i in nodes[k].input if i in floats)
     return sorted(out)
+
+
+def _selecting_only(proto: onnx.ModelProto) -> set[str]:
+    """Initializers that every reader takes at an n6 op's selecting (non-differentiable) input."""
+    selecting, other = set(), set()
+    for n in proto.graph.node:
+        spec = REGISTRY.get(n.op_type) if n.domain == DOMAIN else None
+        fixed = {k for k, name in enumerate(spec.inputs) if name in spec.selecting_inputs} if spec else set()
+        for k, i in enumerate(n.input):
+            (selecting if k in fixed else other).add(i)
+    return selecting - other
 
 
 def bias_partners(proto: onnx.ModelProto, names: Sequence[str]) -> dict[str, tuple[str, bool, str]]:

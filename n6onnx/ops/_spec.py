@@ -67,6 +67,9 @@ class OpSpec:
     # (node attributes, names of the node's bound inputs and outputs) -> the overload its fallback
     # needs ("" = the plain body).
     choose_overload: Callable[[dict, frozenset], str] | None = None
+    # Inputs that only select (never differentiable, e.g. MoE's drop ranking): healing does not train an
+    # initializer read only through them.
+    selecting_inputs: tuple[str, ...] = ()
 
     def overload_for(self, attrs: dict, bound: frozenset) -> str:
         return self.choose_overload(attrs, bound) if self.choose_overload else ""

@@ -446,6 +446,7 @@ MOE = OpSpec(
     name="MoE",
     inputs=("X", "logits", "W1", "b1", "W2", "b2", "W3", "importance"),
     outputs=("Y",),
+    selecting_inputs=("importance",),
     dtypes=("float32", "float16"),
     reference=reference,
     body=body,
