@@ -117,7 +117,10 @@ def main() -> None:
     ap.add_argument("--local-input", default=HealConfig.local_input)
     ap.add_argument("--local-mode", default=HealConfig.local_mode, help="block-local phase: sequential, parallel")
     ap.add_argument("--local-output", action="store_true", help="sequential blocks' loss also holds the outputs")
-    ap.add_argument("--backtrack", type=float, default=HealConfig.backtrack)
+    ap.add_argument("--backtrack", type=lambda v: v if v == "auto" else float(v), default=HealConfig.backtrack,
+                    help="backtrack margin: a number or auto (the held-out check's noise)")
+    ap.add_argument("--local-lr-start", type=lambda v: None if v == "off" else float(v),
+                    default=HealConfig.local_lr_start, help="adaptive block-local step's start (off: fixed)")
     ap.add_argument("--refit", default=HealConfig.refit, help="sequential refit: none, phase, eval")
     ap.add_argument("--local-eval-every", type=int, default=HealConfig.local_eval_every)
     ap.add_argument("--warmup", type=int, default=HealConfig.warmup)
@@ -158,7 +161,7 @@ def main() -> None:
                          eval_every=a.eval_every, local=a.local, local_lr=a.local_lr, local_input=a.local_input,
                          warmup=a.warmup, prime=a.prime, cache_bytes=a.cache_mb << 20, refit=a.refit,
                          local_eval_every=a.local_eval_every, local_mode=a.local_mode, local_output=a.local_output,
-                         backtrack=a.backtrack)
+                         backtrack=a.backtrack, local_lr_start=a.local_lr_start)
         rows = []
         for spec in a.only or (["int8"] + REWRITES):
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")

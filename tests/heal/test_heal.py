@@ -176,7 +176,7 @@ def test_default_heal_never_falls_below_its_start(setup):
     phases = [c[4] for c in rep.curve[1:]]
     assert phases[0] == "local" and phases[-1] == "global"
     assert all(c[2] >= rep.start - 0.001 for c in rep.curve), rep.curve
-    assert max(c[2] for c in rep.curve if c[4:] == ["local"]) > rep.start
+    assert max(c[2] for c in rep.curve if c[4:5] == ["local"]) > rep.start
     assert _mse(src, tmp / "default.onnx", held) < _mse(src, tmp / "plain.onnx", held)
 
 
@@ -282,8 +282,8 @@ def test_sequential_refit_restores_what_the_block_local_phase_loses(minilm_phi6)
     src, tmp = minilm_phi6
     rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "new.onnx",
                     config=HealConfig(steps=40, eval_every=4, threads=1, local_mode="parallel", local_lr=1e-2))
-    local = [c for c in rep.curve if c[4:] == ["local"]]
-    refits = [c for c in rep.curve if c[4:] == ["refit"]]
+    local = [c for c in rep.curve if c[4:5] == ["local"]]
+    refits = [c for c in rep.curve if c[4:5] == ["refit"]]
     assert min(c[2] for c in local) < rep.start - 0.001, rep.curve  # the fall the refit is for
     assert len(refits) == 1 and refits[0][0] == local[-1][0], rep.curve
     assert refits[0][2] > local[-1][2], rep.curve
