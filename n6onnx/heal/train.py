@@ -446,7 +446,7 @@ def backtrack_margin(cfg: HealConfig, vec: np.ndarray, best: np.ndarray) -> floa
         return float(cfg.backtrack)
     d = vec.astype(np.float64) - best.astype(np.float64)
     se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-    return max(cfg.backtrack_floor, cfg.backtrack_z * se)
+    return float(max(cfg.backtrack_floor, cfg.backtrack_z * se))
 
 
 def _ramp(s: int, prime: int, warmup: int) -> float:

@@ -22,7 +22,7 @@ from n6onnx.cli import main
 from n6onnx.heal import executor, refit, targets
 from n6onnx.heal.executor import UnsupportedOpError
 from n6onnx.heal.run import heal_file, load_data
-from n6onnx.heal.train import HealConfig, _mask_rows
+from n6onnx.heal.train import HealConfig, _mask_rows, backtrack_margin
 from n6onnx.runtime import session_for
 
 
@@ -132,7 +132,42 @@ def test_cli_heal_backtrack_reaches_the_heal(setup):
     assert (cfg["local_mode"], cfg["local_lr"]) == ("sequential", 3e-4)
     r = CliRunner().invoke(main, args + ["-o", str(tmp / "bt2.onnx"), "--heal-backtrack", "-1"])
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp / "bt2.onnx").exists()
-    assert "--heal-backtrack" in CliRunner().invoke(main, ["rewrite", "--help"]).output
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "bt3.onnx"), "--heal-backtrack", "often"])
+    assert r.exit_code == 2 and "'auto'" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "auto.onnx"), "--heal-steps", "2", "--heal-backtrack",
+                                         "auto", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["config"]["backtrack"] == "auto", r.output
+    rep = heal_file(tmp / "plain.onnx", src, data, tmp / "auto2.onnx", config=HealConfig(steps=6, eval_every=2, threads=1))
+    checks = [c for c in rep.curve[1:] if c[4] != "refit"]  # every check under the rule records its margin
+    assert rep.config["backtrack"] == "auto" and len(checks) == 3, rep.curve
+    assert all(c[5] >= rep.config["backtrack_floor"] for c in checks), rep.curve
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "ad.onnx"), "--heal-steps", "2", "--heal-local-lr-start",
+                                         "off", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["config"]["local_lr_start"] is None, r.output
+    helps = CliRunner().invoke(main, ["rewrite", "--help"]).output
+    assert "--heal-backtrack" in helps and "--heal-local-lr-start" in helps
+
+
+def test_auto_backtrack_margin_is_the_paired_standard_error():
+    """``backtrack="auto"``: the margin is z standard errors of the per-sample differences between a
+    check and the best check (statistics.stdev as the reference), never below the floor; a number
+    is used as given."""
+    import statistics
+
+    rng = np.random.default_rng(0)
+    best = rng.uniform(0.9, 1.0, 200)
+    noisy = best + rng.normal(0, 0.02, 200)  # per-sample moves of 0.02: SE 0.0014
+    se = statistics.stdev((noisy - best).tolist()) / np.sqrt(200)
+    cfg = HealConfig()
+    assert cfg.backtrack == "auto"
+    assert backtrack_margin(cfg, noisy, best) == pytest.approx(2 * se, rel=1e-9)
+    assert 2 * se > cfg.backtrack_floor
+    quiet = best + rng.normal(0, 1e-4, 200)  # below the floor: the floor
+    assert backtrack_margin(cfg, quiet, best) == cfg.backtrack_floor
+    same = best + 0.01  # a uniform shift has no spread: the floor
+    assert backtrack_margin(cfg, same, best) == cfg.backtrack_floor
+    assert backtrack_margin(HealConfig(backtrack=0.002), noisy, best) == 0.002
+    assert backtrack_margin(HealConfig(backtrack_z=3.0), noisy, best) == pytest.approx(3 * se, rel=1e-9)
 
 
 def test_heals_a_decoder(zoo_export, tmp_path):
