@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--only", action="append", help="rewrite(s) to run (default: all); 'int8' for the baseline")
     ap.add_argument("--part", type=pathlib.Path, help="write this run's rows here (to --merge later)")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+", help="merge part files into the result")
+    ap.add_argument("--name", default="heal_minilm", help="result file name (benchmarks/results/NAME.json)")
     ap.add_argument("--note", default="", help="where and how this ran (hardware, cores)")
     ap.add_argument("--deadline", type=float, help="seconds this process may run: the heal budget shrinks to fit")
     a = ap.parse_args()
@@ -142,7 +143,7 @@ def main() -> None:
     if a.merge:
         parts = [json.loads(p.read_text()) for p in a.merge]
         rows = [r for p in parts for r in p["rows"]]
-        write("heal_minilm", {**parts[0], "rows": rows})
+        write(a.name, {**parts[0], "rows": rows})
         return
     if a.model is None:
         from n6onnx.testing import zoo
@@ -182,7 +183,7 @@ def main() -> None:
         a.part.parent.mkdir(parents=True, exist_ok=True)
         a.part.write_text(json.dumps(payload, indent=2))
     else:
-        write("heal_minilm", payload)
+        write(a.name, payload)
 
 
 if __name__ == "__main__":

@@ -345,6 +345,13 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                 top, floor_lr = lr0, lr0 / 64
                 if adaptive:  # the small first step is the warm-up
                     lr, warmup, floor_lr = cfg.local_lr_start, 1, cfg.local_lr_start / 64
+
+                def interval() -> int:
+                    """Steps to the next check: ``every``, or with the adaptive step about every * lr / top
+                    (at least every / 8): each check interval moves the weights about equally far."""
+                    return max(1, every // 8, min(every, round(every * lr / lr0))) if adaptive else every
+
+                next_check = step + interval()
                 while True:
                     if last is not None and step >= last:
                         stopped = "steps"
@@ -379,7 +386,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                     loss.backward()
                     opt.step()
                     step += 1
-                    if (step - first) % every == 0:
+                    if step >= next_check:
                         # the model checked (and kept if best): the live weights, or in the block-local
                         # phase with refit "eval", the live weights with the sequential refit
                         cand = refitted() if refits else None
@@ -389,11 +396,12 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
                                       float(np.mean(run_loss)), phase, round(margin, 6), lr])
                         run_loss = []
+                        fell = fid < best - margin
                         if fid > best:
                             best, best_vec, best_u = fid, vec, cand or {n: p.detach().clone() for n, p in u.items()}
-                            if adaptive:  # bold driver: a check that does not fall doubles the step
-                                lr = min(2 * lr, top)
-                        elif fid < best - margin:
+                        if adaptive and not fell:  # bold driver: a check that does not fall doubles the step
+                            lr = min(2 * lr, top)
+                        if fell:
                             _restore(u, best_u)
                             opt = _adam(trained, lr)
                             lr *= 0.5
@@ -402,6 +410,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                                 stopped = "converged"
                                 break
                         bar.update(time.perf_counter() - t0, step, fid, best)
+                        next_check = step + interval()
                 if block is not None and curve[-1][0] != step:  # the block's closing check: kept if best
                     vec = evaluate()
                     fid = float(vec.mean())
