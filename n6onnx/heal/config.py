@@ -24,10 +24,12 @@ class HealConfig:
     # fidelity on MiniLM; the sequential phase needs 3e-4 to keep every held-out check within 0.001 of the start
     # (1e-2 fell 0.0033, 3e-3 0.0043, 1e-3 0.0007 on gelu=phi6: docs/heal.md)
     local_lr: float | None = 1e-2
-    # adaptive block-local step (parallel phase): start at this step (no warm-up), double it after each held-out
-    # check that sets a new best, up to local_lr; after a check that falls (the backtrack rule): restore the
-    # best, halve, and never go above the halved step again. None: a fixed local_lr after the warm-up
-    local_lr_start: float | None = None
+    # adaptive block-local step (parallel phase, "bold driver"): start at this step (no warm-up) and double it
+    # after each held-out check that does not fall, up to local_lr; after a check that falls (the backtrack
+    # rule): restore the best weights, halve, and stay at or below the halved step until 4 checks in a row do
+    # not fall. Checks come every eval_every * step / local_lr steps (at least eval_every / 8), so each check
+    # interval moves the weights about equally far. None: a fixed local_lr after the warm-up
+    local_lr_start: float | None = 1e-4
     # each block's input in the parallel local phase: the teacher's, or the student's own (detached)
     local_input: str = "teacher"
     # "parallel": every block at once, from local_input (the default: the best healed fidelity measured);

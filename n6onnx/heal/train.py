@@ -342,7 +342,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                 # adaptive step (parallel block-local phase): from local_lr_start up to the phase's step
                 adaptive = phase == "local" and block is None and cfg.local_lr_start is not None and \
                     cfg.local_lr_start < lr0
-                top, floor_lr = lr0, lr0 / 64
+                top, floor_lr, streak = lr0, lr0 / 64, 0
                 if adaptive:  # the small first step is the warm-up
                     lr, warmup, floor_lr = cfg.local_lr_start, 1, cfg.local_lr_start / 64
 
@@ -400,12 +400,16 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         if fid > best:
                             best, best_vec, best_u = fid, vec, cand or {n: p.detach().clone() for n, p in u.items()}
                         if adaptive and not fell:  # bold driver: a check that does not fall doubles the step
+                            streak += 1
+                            if lr >= top and streak >= 4:  # the ceiling a fall set rises after 4 safe checks
+                                top, streak = min(2 * top, lr0), 0
                             lr = min(2 * lr, top)
                         if fell:
                             _restore(u, best_u)
-                            opt = _adam(trained, lr)
+                            if not adaptive:  # (adaptive: Adam's moments are kept: a fresh Adam's first
+                                opt = _adam(trained, lr)  # step moves every entry by the full step)
                             lr *= 0.5
-                            top = min(top, lr)  # the step that fell is not taken again
+                            top, streak = lr, 0  # the step that fell is not taken again until 4 safe checks
                             if lr < floor_lr:
                                 stopped = "converged"
                                 break

@@ -139,7 +139,7 @@ def test_cli_heal_backtrack_reaches_the_heal(setup):
     assert r.exit_code == 0 and json.loads(r.output)["config"]["backtrack"] == "auto", r.output
     rep = heal_file(tmp / "plain.onnx", src, data, tmp / "auto2.onnx", config=HealConfig(steps=6, eval_every=2, threads=1))
     checks = [c for c in rep.curve[1:] if c[4] != "refit"]  # every check under the rule records its margin
-    assert rep.config["backtrack"] == "auto" and len(checks) == 3, rep.curve
+    assert rep.config["backtrack"] == "auto" and len(checks) >= 3, rep.curve
     assert all(c[5] >= rep.config["backtrack_floor"] for c in checks), rep.curve
     r = CliRunner().invoke(main, args + ["-o", str(tmp / "ad.onnx"), "--heal-steps", "2", "--heal-local-lr-start",
                                          "off", "--json"])
@@ -308,15 +308,16 @@ def minilm_phi6(zoo_export, tmp_path_factory):
 
 
 def test_sequential_refit_restores_what_the_block_local_phase_loses(minilm_phi6):
-    """The parallel block-local phase (every block at once from the original's input, at lr 1e-2:
-    the defaults) falls below the calibrated start by more than issue 16's 0.001 (so the no-fall
+    """The parallel block-local phase (every block at once from the original's input, at a fixed lr 1e-2:
+    the previous defaults) falls below the calibrated start by more than issue 16's 0.001 (so the no-fall
     test below fails with them; it undoes calibration's upstream compensation); the
     sequential refit of the output projections at the phase's end (default refit "phase") gives
     back part of it: the refitted
     candidate is better on held-out data than the block-local weights it was computed from."""
     src, tmp = minilm_phi6
     rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "new.onnx",
-                    config=HealConfig(steps=40, eval_every=4, threads=1, local_mode="parallel", local_lr=1e-2))
+                    config=HealConfig(steps=40, eval_every=4, threads=1, local_mode="parallel", local_lr=1e-2,
+                                      local_lr_start=None, backtrack=0.0005))
     local = [c for c in rep.curve if c[4:5] == ["local"]]
     refits = [c for c in rep.curve if c[4:5] == ["refit"]]
     assert min(c[2] for c in local) < rep.start - 0.001, rep.curve  # the fall the refit is for
@@ -329,13 +330,33 @@ def test_no_fall_setting_of_a_pretrained_rewrite_never_falls_below_its_start(min
     """Issue 16's rule on pretrained MiniLM gelu=phi6 with the no-fall setting (``local_mode=
     "sequential"``, ``local_lr=3e-4``; the CLI's --heal-local-mode sequential --heal-local-lr 3e-4):
     every held-out check (the block-local phase, the refit and the global phase) is within 0.001 of
-    the calibrated start. (The defaults, every block at once from the original's input, fall 0.9980
-    -> 0.9959 here: the test above.) The sequential block-local phase trains one block at a time on
-    the student's own stream and keeps a block only where a check does not fall."""
+    the calibrated start. (The previous defaults, every block at once from the original's input at a
+    fixed 1e-2, fall 0.9980 -> 0.9959 here: the refit test above.) The sequential block-local phase
+    trains one block at a time on the student's own stream and keeps a block only where a check does
+    not fall."""
     src, tmp = minilm_phi6
     rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "seq.onnx",
                     config=HealConfig(steps=40, eval_every=4, threads=1, local_mode="sequential", local_lr=3e-4))
     assert [c[4] for c in rep.curve[1:]].count("local") >= 6, rep.curve  # each of the 6 FFN blocks checked
+    assert rep.curve[-1][4] == "global"
+    assert all(c[2] >= rep.start - 0.001 for c in rep.curve), rep.curve
+    assert rep.lowest >= rep.start - 0.001 and rep.best >= rep.start
+
+
+def test_default_heal_of_a_pretrained_rewrite_never_falls_below_its_start(minilm_phi6):
+    """Issue 16's rule with the defaults (the parallel block-local phase with the adaptive step from
+    ``local_lr_start``, the noise-aware backtrack margin): every held-out check of pretrained MiniLM
+    gelu=phi6 is within 0.001 of the calibrated start. The previous default (a fixed step of 1e-2 after a
+    warm-up, a fixed margin of 0.0005: ``local_lr_start=None, backtrack=0.0005``) falls 0.9980 -> 0.9959
+    here (the refit test above runs it). The step starts small and doubles only after checks that
+    do not fall, and checks come more often at small steps, so one check interval loses little."""
+    src, tmp = minilm_phi6
+    cfg = HealConfig(steps=40, eval_every=4, threads=1)
+    assert cfg.local_mode == "parallel" and cfg.local_lr_start is not None and cfg.backtrack == "auto"
+    rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "adaptive.onnx", config=cfg)
+    local = [c for c in rep.curve if c[4:5] == ["local"]]
+    assert len(local) > 40 * cfg.local / cfg.eval_every, rep.curve  # checked more often than every 4 steps
+    assert max(c[6] for c in local) > cfg.local_lr_start, rep.curve  # the step grew after safe checks
     assert rep.curve[-1][4] == "global"
     assert all(c[2] >= rep.start - 0.001 for c in rep.curve), rep.curve
     assert rep.lowest >= rep.start - 0.001 and rep.best >= rep.start
