@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every row of the heal benchmark at once, each pinned to 2 cores with 2 threads (6 MiniLM runs: 12 cores;
 # with LM=1 also 2 runs of the byte-level GPT-2: 16 cores), within ~9 minutes (each MiniLM process has a
-# 465 s deadline, the heal budget shrinks to fit; each GPT-2 run heals 6 minutes). Run from the repository
+# 465 s deadline, the heal budget shrinks to fit; each GPT-2 run heals 5.5 minutes). Run from the repository
 # root on a CPU host with >= 12 (16) cores (the device host's CPUs; its GPU is unused):
 #     [RESULT=heal_minilm] [LM=1] bash benchmarks/heal_parallel.sh CARRY [extra benchmarks/heal.py args for every row]
 # CARRY holds data.npz and held.npz (pre-tokenised DATA and held-out feeds, 8 x 64) and the model:
@@ -41,8 +41,8 @@ job combined 8-9 --only gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2 "$@"
 # the previous default (a fixed block-local step of 1e-2 after a warm-up, fixed backtrack margin), same run
 job phi6_fixed 10-11 --only gelu=phi6 --local-lr-start off --backtrack 0.0005 "$@"
 if [[ -n ${LM:-} ]]; then  # the byte-level GPT-2 (issue 16's decoder goal: top-1 agreement >= 0.97)
-  lmjob defaults 12-13 --heal "minutes=6"
-  lmjob local 14-15 --heal "minutes=6,local=1,local_lr=2e-3"
+  lmjob defaults 12-13 --heal "minutes=5.5"
+  lmjob local 14-15 --heal "minutes=5.5,local=1,local_lr=2e-3"
 fi
 wait || true
 tail -n 2 "$PARTS"/*.log
