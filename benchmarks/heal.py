@@ -117,7 +117,10 @@ def main() -> None:
     ap.add_argument("--local-input", default=HealConfig.local_input)
     ap.add_argument("--local-mode", default=HealConfig.local_mode, help="block-local phase: sequential, parallel")
     ap.add_argument("--local-output", action="store_true", help="sequential blocks' loss also holds the outputs")
-    ap.add_argument("--backtrack", type=float, default=HealConfig.backtrack)
+    ap.add_argument("--backtrack", type=lambda v: v if v == "auto" else float(v), default=HealConfig.backtrack,
+                    help="backtrack margin: a number or auto (the held-out check's noise)")
+    ap.add_argument("--local-lr-start", type=lambda v: None if v == "off" else float(v),
+                    default=HealConfig.local_lr_start, help="adaptive block-local step's start (off: fixed)")
     ap.add_argument("--refit", default=HealConfig.refit, help="sequential refit: none, phase, eval")
     ap.add_argument("--local-eval-every", type=int, default=HealConfig.local_eval_every)
     ap.add_argument("--warmup", type=int, default=HealConfig.warmup)
@@ -126,6 +129,7 @@ def main() -> None:
     ap.add_argument("--only", action="append", help="rewrite(s) to run (default: all); 'int8' for the baseline")
     ap.add_argument("--part", type=pathlib.Path, help="write this run's rows here (to --merge later)")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+", help="merge part files into the result")
+    ap.add_argument("--name", default="heal_minilm", help="result file name (benchmarks/results/NAME.json)")
     ap.add_argument("--note", default="", help="where and how this ran (hardware, cores)")
     ap.add_argument("--deadline", type=float, help="seconds this process may run: the heal budget shrinks to fit")
     a = ap.parse_args()
@@ -139,7 +143,7 @@ def main() -> None:
     if a.merge:
         parts = [json.loads(p.read_text()) for p in a.merge]
         rows = [r for p in parts for r in p["rows"]]
-        write("heal_minilm", {**parts[0], "rows": rows})
+        write(a.name, {**parts[0], "rows": rows})
         return
     if a.model is None:
         from n6onnx.testing import zoo
@@ -158,7 +162,7 @@ def main() -> None:
                          eval_every=a.eval_every, local=a.local, local_lr=a.local_lr, local_input=a.local_input,
                          warmup=a.warmup, prime=a.prime, cache_bytes=a.cache_mb << 20, refit=a.refit,
                          local_eval_every=a.local_eval_every, local_mode=a.local_mode, local_output=a.local_output,
-                         backtrack=a.backtrack)
+                         backtrack=a.backtrack, local_lr_start=a.local_lr_start)
         rows = []
         for spec in a.only or (["int8"] + REWRITES):
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")
@@ -179,7 +183,7 @@ def main() -> None:
         a.part.parent.mkdir(parents=True, exist_ok=True)
         a.part.write_text(json.dumps(payload, indent=2))
     else:
-        write("heal_minilm", payload)
+        write(a.name, payload)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ early stopping.
     python benchmarks/heal_lm.py                         # default heal settings
     python benchmarks/heal_lm.py --heal "local=0" --heal "minutes=6,lr=1e-3"   # more heal rows (HealConfig fields)
     python benchmarks/heal_lm.py --lm moe --minutes 4.5 --pass moe=egyptian --pass moe=phi:2
+    python benchmarks/heal_lm.py --no-uncalibrated --heal "minutes=6" --out part1.json   # parallel runs ...
+    python benchmarks/heal_lm.py --merge part1.json part2.json   # ... merged into heal_lm.json, its rows kept
 
-Writes benchmarks/results/heal_lm.json (``--lm moe``: heal_moe.json; ``--out`` to write elsewhere).
+Writes benchmarks/results/heal_lm.json (``--lm moe``: heal_moe.json; ``--out`` to write elsewhere). A trained
+LM under build/lm (or build/moe) is reused, not retrained (lm_train's stamp).
 """
 
 from __future__ import annotations
@@ -136,6 +139,19 @@ def parse_heal(spec: str) -> HealConfig:
     return HealConfig(**kw)
 
 
+def merge_rows(old: dict, parts: list[dict]) -> dict:
+    """``old``'s payload with the rows of ``parts`` merged in: a part's row replaces an old row of the same
+    model name (a re-measure), else is added; each part row carries its run ({generated, note, hardware})."""
+    rows = list(old.get("rows", []))
+    for part in parts:
+        run = {"generated": part.get("generated"), "note": part.get("note", ""), "hardware": part.get("hardware")}
+        for r in part["rows"]:
+            rows = [o for o in rows if o["model"] != r["model"]] + [{**r, "run": run}]
+    notes = [n for n in [old.get("note", "")] + [p.get("note", "") for p in parts] if n]
+    base = parts[-1] if not old else old
+    return {**base, "note": "; ".join(dict.fromkeys(notes)), "rows": rows}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lm", choices=tuple(PASSES), default="gpt2",
@@ -151,9 +167,23 @@ def main(argv=None) -> int:
     ap.add_argument("--no-uncalibrated", action="store_true", help="skip the uncalibrated rows")
     ap.add_argument("--out", type=pathlib.Path, help="write the JSON here instead of benchmarks/results/heal_lm.json (heal_moe.json)")
     ap.add_argument("--note", default="", help="where and how this ran")
+    ap.add_argument("--merge", type=pathlib.Path, nargs="+",
+                    help="merge these --out files into the result: its existing rows are kept, a row of the same "
+                         "model name is replaced by the re-measure; each merged row records its run's note")
     a = ap.parse_args(argv)
 
-    from _common import hardware, write
+    from _common import RESULTS, hardware, write
+
+    if a.merge:
+        name = "heal_lm" if a.lm == "gpt2" else "heal_moe"
+        target = a.out or RESULTS / f"{name}.json"
+        merged = merge_rows(json.loads(target.read_text()) if target.is_file() else {},
+                            [json.loads(p.read_text()) for p in a.merge])
+        if a.out:
+            atomic_write(a.out, json.dumps(merged, indent=2) + "\n")
+        else:
+            write(name, {k: v for k, v in merged.items() if k not in ("generated", "hardware")})
+        return 0
 
     t0 = time.perf_counter()
     lm = moe_source() if a.lm == "moe" else gpt2_source(a.steps)
@@ -209,7 +239,8 @@ def main(argv=None) -> int:
         "note": a.note, "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
     }
     if a.out:
-        atomic_write(a.out, json.dumps({"hardware": hardware(), **payload}, indent=2) + "\n")
+        atomic_write(a.out, json.dumps({"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "hardware": hardware(),
+                                        **payload}, indent=2) + "\n")
     else:
         write("heal_lm" if a.lm == "gpt2" else "heal_moe", payload)
     return 0

@@ -160,10 +160,16 @@ def train(steps: int, out: pathlib.Path, seed: int = 0, log_every: int = 200) ->
     return ckpt
 
 
-def load(out: pathlib.Path):
+def checkpoint(out: pathlib.Path) -> dict:
+    """The saved checkpoint (weights, config, log) without building the model: reusing a trained LM
+    needs neither transformers nor a retrain (a host that only heals it, e.g. the device host)."""
     import torch
 
-    ckpt = torch.load(out / "bytelm.pt", weights_only=False)
+    return torch.load(out / "bytelm.pt", weights_only=False)
+
+
+def load(out: pathlib.Path):
+    ckpt = checkpoint(out)
     model = build()
     model.load_state_dict(ckpt["state"])
     return model.eval(), ckpt
@@ -202,7 +208,7 @@ def ensure(out: pathlib.Path = ROOT / "build" / "lm", steps: int = 1200, seed: i
     want = {"version": VERSION, "steps": steps, "seed": seed}
     fresh = stamp.is_file() and json.loads(stamp.read_text()) == want and (out / "bytelm.pt").is_file()
     if fresh:  # the text files are the split the model was trained on: else train again
-        _, ckpt = load(out)
+        ckpt = checkpoint(out)
         fresh = {n: len(a) for n, a in splits(out).items()} == ckpt["text_bytes"]
     if force or not fresh:
         for n in ("train", "data", "held"):
@@ -215,7 +221,7 @@ def ensure(out: pathlib.Path = ROOT / "build" / "lm", steps: int = 1200, seed: i
     else:
         print(f"cached: {out / 'bytelm.pt'} (--force to retrain)")
     sizes = save_data(out)  # deterministic, cheap: always rewritten
-    _, ckpt = load(out)
+    ckpt = checkpoint(out)
     return {"model": out / "bytelm-nokv.onnx", "kv_model": out / "bytelm-kv.onnx", "data": out / "data.npz",
             "held": out / "held.npz", "labels": out / "held_labels.npy", "log": ckpt["log"],
             "train_seconds": ckpt["train_seconds"], "text_bytes": ckpt["text_bytes"], "steps": ckpt["steps"],

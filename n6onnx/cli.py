@@ -45,6 +45,11 @@ def _heal_options(f, flag: bool = True):
                      "falls more than about 0.001 below the start, at a fidelity cost: docs/heal.md)."),
         click.option("--heal-local-lr", type=Number(0, 1, lo_open=True), default=HealConfig.local_lr,
                      show_default=True, help="Adam step of the block-local phase."),
+        click.option("--heal-local-lr-start", type=Number(0, 1, lo_open=True, word="off"),
+                     default=HealConfig.local_lr_start or "off", show_default=True,
+                     help="Adaptive step of the parallel block-local phase: start at this step, double it after each "
+                     "held-out check that improves, up to --heal-local-lr; after a check that falls restore the best "
+                     "weights and halve it (off: --heal-local-lr after a warm-up)."),
         click.option("--heal-lr", type=Number(0, 1, lo_open=True), default=HealConfig.lr, show_default=True,
                      help="Adam step of the global phase, relative to each weight's typical size."),
         click.option("--heal-train", type=click.Choice(TRAINABLE), default=HealConfig.train, show_default=True,
@@ -54,10 +59,12 @@ def _heal_options(f, flag: bool = True):
                      "the outputs' softmax, for a language model's logits)."),
         click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
                      help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
-        click.option("--heal-backtrack", type=Number(0, 1), default=HealConfig.backtrack, show_default=True,
+        click.option("--heal-backtrack", type=Number(0, 1, word="auto"), default=HealConfig.backtrack,
+                     show_default=True,
                      help="A held-out check this far below the best so far restores the best weights and halves the "
-                     "step; raise it above the check's noise (e.g. 0.002 for a decoder's top-1 agreement on a few "
-                     "hundred sequences) so that noise does not stop the healing early."),
+                     "step. auto: the check's own noise, max(0.0005, 2 standard errors of the per-sample "
+                     "differences between the check and the best check), so that noise does not stop the healing "
+                     "early; a number fixes it."),
         click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,
                      help="For an int8 result (--quantize int8, or healing an int8 model): train against the int8 path "
                      "(fake-quantized MatMuls as onnxruntime runs them, straight-through gradients), the quantized "
@@ -71,10 +78,11 @@ def _heal_options(f, flag: bool = True):
     return f
 
 
-def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_lr, heal_train, heal_loss,
-                 heal_param, heal_backtrack, heal_fake_quant, seed, threads):
+def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_local_lr_start, heal_lr,
+                 heal_train, heal_loss, heal_param, heal_backtrack, heal_fake_quant, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_mode=heal_local_mode,
-                      local_lr=heal_local_lr, lr=heal_lr,
+                      local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
+                      lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
                       fake_quant=heal_fake_quant, seed=seed, threads=threads)
 

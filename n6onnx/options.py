@@ -62,20 +62,24 @@ def number(option: str, value, lo=None, hi=None, *, lo_open: bool = False, hi_op
 class Number(click.ParamType):
     """A click type over :func:`number`: the same message on the command line as in the API."""
 
-    def __init__(self, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False, integer: bool = False):
+    def __init__(self, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False, integer: bool = False,
+                 word: str | None = None):
         self.lo, self.hi, self.lo_open, self.hi_open, self.integer = lo, hi, lo_open, hi_open, integer
-        self.name = "integer" if integer else "float"
+        self.word = word  # a keyword accepted besides a number (e.g. "auto"), passed through as is
+        self.name = ("integer" if integer else "float") + (f"|{word}" if word else "")
 
     def convert(self, value, param, ctx):
         if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
                              and self._ok(value)):
             return value
+        if self.word is not None and isinstance(value, str) and value.strip().lower() == self.word:
+            return self.word
         name = "/".join(param.opts) if param is not None else "value"
         try:
             return number(name, value, self.lo, self.hi, lo_open=self.lo_open, hi_open=self.hi_open,
                           integer=self.integer)
         except BadArgumentError as e:
-            self.fail(str(e).removeprefix(f"{name} "), param, ctx)
+            self.fail(str(e).removeprefix(f"{name} ") + (f", or {self.word!r}" if self.word else ""), param, ctx)
 
     def _ok(self, value) -> bool:
         try:

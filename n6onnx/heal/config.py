@@ -24,6 +24,12 @@ class HealConfig:
     # fidelity on MiniLM; the sequential phase needs 3e-4 to keep every held-out check within 0.001 of the start
     # (1e-2 fell 0.0033, 3e-3 0.0043, 1e-3 0.0007 on gelu=phi6: docs/heal.md)
     local_lr: float | None = 1e-2
+    # adaptive block-local step (parallel phase, "bold driver"): start at this step (no warm-up) and double it
+    # after each held-out check that does not fall, up to local_lr; after a check that falls (the backtrack
+    # rule): restore the best weights, halve, and stay at or below the halved step until 4 checks in a row do
+    # not fall. Checks come every eval_every * step / local_lr steps (at least eval_every / 8), so each check
+    # interval moves the weights about equally far. None: a fixed local_lr after the warm-up
+    local_lr_start: float | None = 1e-4
     # each block's input in the parallel local phase: the teacher's, or the student's own (detached)
     local_input: str = "teacher"
     # "parallel": every block at once, from local_input (the default: the best healed fidelity measured);
@@ -46,7 +52,12 @@ class HealConfig:
     eval_every: int = 25
     warmup: int = 100
     prime: int = 0  # steps at lr 0 first: Adam's moment estimates settle before any weight moves
-    backtrack: float = 0.0005
+    # a held-out check this far below the best restores the best weights and halves the step; "auto": the
+    # noise of the check itself, max(backtrack_floor, backtrack_z * sd(d) / sqrt(n)) over the paired
+    # per-sample differences d between the check and the best check (the held-out set is fixed)
+    backtrack: float | str = "auto"
+    backtrack_floor: float = 0.0005
+    backtrack_z: float = 2.0
     threads: int | None = None
     cache_bytes: int = 1 << 30
     quantize: str | None = None  # the quantization the healed model gets on write-out (set by rewrite / heal)

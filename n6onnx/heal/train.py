@@ -57,6 +57,7 @@ import torch
 
 from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
+from ..options import number
 from ..validate import metrics
 from . import executor, fakequant, refit, targets
 from .config import LOCAL_INPUTS, LOCAL_MODES, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
@@ -74,7 +75,8 @@ class HealReport:
     lowest: float  # lowest held-out fidelity at any evaluation
     stopped: str
     config: dict
-    curve: list = dataclasses.field(default_factory=list)  # [step, seconds, fidelity, mean train loss, phase]
+    # [step, seconds, fidelity, mean train loss, phase, backtrack margin, step size] (the start: the first three)
+    curve: list = dataclasses.field(default_factory=list)
     fake_quantized: int = 0  # MatMul/Gemm nodes run fake-quantized (int8) in the student
 
     def to_json(self) -> dict:
@@ -223,6 +225,9 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, trainable one of "
                                f"{TRAINABLE}, local input one of {LOCAL_INPUTS}, local mode one of {LOCAL_MODES}, "
                                f"refit one of {REFITS}, local share in [0, 1]")
+    if cfg.backtrack != "auto":
+        number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
+    number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
     executor.check_supported(proto)  # before any work
@@ -276,14 +281,15 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
             v[b] = v[b] - offset(b, v[centred[b][0]])
         return v
 
-    def evaluate(uu=None) -> float:
+    def evaluate(uu=None) -> np.ndarray:
+        """Per-sample held-out fidelity (the held-out set is fixed: checks are paired sample by sample)."""
         fids = []
         with torch.inference_mode():
             vals = values(uu)
             for k in held_idx:
                 out = student(batches[k], outputs[:1], vals)[outputs[0]].numpy()
                 fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k], outputs[0]))
-        return float(np.mean(np.concatenate(fids)))
+        return np.concatenate(fids)
 
     writers = refit.writers(proto, names, streams) if cfg.refit != "none" else []
 
@@ -300,8 +306,9 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
             return {n: (vals[n] / scale[n]).clone() for n in names}
 
     t_check = time.perf_counter()
-    start = evaluate()
+    best_vec = evaluate()
     t_check = time.perf_counter() - t_check  # the time of one held-out check
+    start = float(best_vec.mean())
     best, best_u, lowest = start, {n: p.detach().clone() for n, p in u.items()}, start
     curve = [[0, round(time.perf_counter() - t0, 2), round(start, 6)]]
     rng = np.random.default_rng(cfg.seed)
@@ -332,6 +339,19 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                 every = cfg.local_eval_every if refits else cfg.eval_every
                 # the warm-up is shared out among the blocks as the budget is
                 warmup = cfg.warmup if block is None else max(1, cfg.warmup // len(blocks))
+                # adaptive step (parallel block-local phase): from local_lr_start up to the phase's step
+                adaptive = phase == "local" and block is None and cfg.local_lr_start is not None and \
+                    cfg.local_lr_start < lr0
+                top, floor_lr, streak = lr0, lr0 / 64, 0
+                if adaptive:  # the small first step is the warm-up
+                    lr, warmup, floor_lr = cfg.local_lr_start, 1, cfg.local_lr_start / 64
+
+                def interval() -> int:
+                    """Steps to the next check: ``every``, or with the adaptive step about every * lr / top
+                    (at least every / 8): each check interval moves the weights about equally far."""
+                    return max(1, every // 8, min(every, round(every * lr / lr0))) if adaptive else every
+
+                next_check = step + interval()
                 while True:
                     if last is not None and step >= last:
                         stopped = "steps"
@@ -366,42 +386,54 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                     loss.backward()
                     opt.step()
                     step += 1
-                    if (step - first) % every == 0:
+                    if step >= next_check:
                         # the model checked (and kept if best): the live weights, or in the block-local
                         # phase with refit "eval", the live weights with the sequential refit
                         cand = refitted() if refits else None
-                        fid = evaluate(cand)
+                        vec = evaluate(cand)
+                        fid, margin = float(vec.mean()), backtrack_margin(cfg, vec, best_vec)
                         lowest = min(lowest, fid)
                         curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
-                                      float(np.mean(run_loss)), phase])
+                                      float(np.mean(run_loss)), phase, round(margin, 6), lr])
                         run_loss = []
+                        fell = fid < best - margin
                         if fid > best:
-                            best, best_u = fid, cand or {n: p.detach().clone() for n, p in u.items()}
-                        elif fid < best - cfg.backtrack:
+                            best, best_vec, best_u = fid, vec, cand or {n: p.detach().clone() for n, p in u.items()}
+                        if adaptive and not fell:  # bold driver: a check that does not fall doubles the step
+                            streak += 1
+                            if lr >= top and streak >= 4:  # the ceiling a fall set rises after 4 safe checks
+                                top, streak = min(2 * top, lr0), 0
+                            lr = min(2 * lr, top)
+                        if fell:
                             _restore(u, best_u)
-                            opt = _adam(trained, lr)
+                            if not adaptive:  # (adaptive: Adam's moments are kept: a fresh Adam's first
+                                opt = _adam(trained, lr)  # step moves every entry by the full step)
                             lr *= 0.5
-                            if lr < lr0 / 64:
+                            top, streak = lr, 0  # the step that fell is not taken again until 4 safe checks
+                            if lr < floor_lr:
                                 stopped = "converged"
                                 break
                         bar.update(time.perf_counter() - t0, step, fid, best)
+                        next_check = step + interval()
                 if block is not None and curve[-1][0] != step:  # the block's closing check: kept if best
-                    fid = evaluate()
+                    vec = evaluate()
+                    fid = float(vec.mean())
                     lowest = min(lowest, fid)
                     curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
-                                  float(np.mean(run_loss)) if run_loss else None, phase])
+                                  float(np.mean(run_loss)) if run_loss else None, phase, None, lr])
                     run_loss = []
                     if fid > best:
-                        best, best_u = fid, {n: p.detach().clone() for n, p in u.items()}
+                        best, best_vec, best_u = fid, vec, {n: p.detach().clone() for n, p in u.items()}
                 checked = refits and curve[-1][0] == step  # the last check was of this refitted candidate
                 last_local = phase == "local" and (block is None or block is blocks[-1])
                 if last_local and writers and not checked:  # restore the upstream compensation (heal.refit)
                     cand = refitted()
-                    fid = evaluate(cand)
+                    vec = evaluate(cand)
+                    fid = float(vec.mean())
                     lowest = min(lowest, fid)
-                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6), None, "refit"])
+                    curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6), None, "refit", None, None])
                     if fid > best:
-                        best, best_u = fid, cand
+                        best, best_vec, best_u = fid, vec, cand
                     bar.update(time.perf_counter() - t0, step, fid, best)
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -416,6 +448,18 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
                       len(names), n_values, step, time.perf_counter() - t0, start, best, lowest, stopped,
                       dataclasses.asdict(cfg), curve, len(fq))
+
+
+def backtrack_margin(cfg: HealConfig, vec: np.ndarray, best: np.ndarray) -> float:
+    """How far a held-out check (per-sample fidelities ``vec``) may lie below the best check (``best``, the
+    same samples) before it counts as a fall: ``cfg.backtrack``, or with "auto" the check's own noise,
+    max(floor, z * sd(d) / sqrt(n)) over the paired differences d = vec - best: a check is a fall only when
+    its mean is below the best by more than z standard errors of that paired difference."""
+    if cfg.backtrack != "auto":
+        return float(cfg.backtrack)
+    d = vec.astype(np.float64) - best.astype(np.float64)
+    se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    return float(max(cfg.backtrack_floor, cfg.backtrack_z * se))
 
 
 def _ramp(s: int, prime: int, warmup: int) -> float:
