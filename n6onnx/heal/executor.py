@@ -118,6 +118,7 @@ class GraphModule(torch.nn.Module):
         self.functions = {(f.domain, f.name): f for f in proto.functions}
         self.n6 = _n6_ops()
         self.fake_quant = dict(fake_quant or {})
+        self.grids = fakequant.Grids()  # fake-quantized weights, reused while a weight is unchanged
         trainable = set(trainable)
         self.params = torch.nn.ParameterList()
         self.names: dict[str, int] = {}
@@ -184,7 +185,7 @@ class GraphModule(torch.nn.Module):
         # fake quantization: main-graph MatMuls only (function bodies run with attrs; ONNX names are
         # unique across a graph and its subgraphs)
         if outer_attrs is None and n.domain in STANDARD and n.output[0] in self.fake_quant:
-            ins = fakequant.inputs(n.op_type, attrs, ins, self.fake_quant[n.output[0]])
+            ins = fakequant.inputs(n.op_type, attrs, ins, self.fake_quant[n.output[0]], self.grids)
         if n.domain in STANDARD and n.op_type in OPS:
             return OPS[n.op_type](attrs, ins)
         if n.domain in STANDARD and n.op_type == "If":
