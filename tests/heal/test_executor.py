@@ -128,3 +128,25 @@ def test_causal_gqa_attention_node_runs_with_its_attributes():
         got = GraphModule(m)(sample.feeds)["Y"].numpy()
     want = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_training_forward_is_close_and_leaves_inference_float(zoo_export):
+    """``train_dtype``: where gradients are recorded, the student runs under bf16 autocast (outputs
+    come back float32, within bf16's rounding of the float run, gradients reach the weights);
+    without gradients it is the float32 student, bit for bit."""
+    proto = onnx.load(zoo_export("bert", "dynamo20"))
+    s = session_for(proto)
+    fd = F.random_feeds(s, 1, seed=0)[0]
+    name = next(t.name for t in proto.graph.initializer if t.name.endswith("weight") and len(t.dims) == 2)
+    ref_m, m = GraphModule(proto), GraphModule(proto, trainable=[name])
+    m.train_dtype = torch.bfloat16
+    with torch.no_grad():
+        ref = next(iter(ref_m(fd).values()))
+        assert torch.equal(next(iter(m(fd).values())), ref)
+    out = next(iter(m(fd).values()))
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    err = float((out.detach() - ref).abs().max() / ref.abs().max())
+    assert err < 0.05  # bf16 keeps 8 significant bits: ~0.4% per rounding, a few roundings deep
+    out.pow(2).mean().backward()
+    g = m.parameter(name).grad
+    assert g is not None and g.dtype == torch.float32 and float(g.abs().max()) > 0
