@@ -16,7 +16,9 @@ Variants (only the student's execution differs; the data, weights and teacher ar
   fake-quant case only);
 - ``compiled-act``: the n6 elementwise activations through ``torch.compile`` (its compile time is
   reported on its own: it counts against a heal's budget);
-- ``bf16``: the training forward under ``torch.autocast("cpu", bfloat16)`` (evaluation stays float32).
+- ``bf16``: the training forward under ``torch.autocast("cpu", bfloat16)`` (the executor's
+  ``train_dtype``; evaluation stays float32);
+- ``flush-denormal``: ``torch.set_flush_denormal(True)`` while the variant runs.
 
     python benchmarks/heal_speed.py [--rounds 5] [--cases phi6,bneck,int8] [--variants ...]
 
@@ -51,7 +53,7 @@ from _common import hardware, write  # noqa: E402
 from heal import DIMS, texts  # noqa: E402  (the same data splits)
 
 CASES = {"phi6": ["gelu=phi6"], "bneck": ["ffn=phi-bottleneck:4/3"], "int8": []}
-VARIANTS = ("eager", "no-grid-cache", "compiled-act", "bf16")
+VARIANTS = ("eager", "no-grid-cache", "compiled-act", "bf16", "flush-denormal")
 ELEMENTWISE = ("Phi6", "BiasPhi6", "ZetaLn2", "BiasZetaLn2")
 
 
@@ -83,6 +85,8 @@ class Case:
             s.fake_quant = self.fq
             if variant == "no-grid-cache":
                 s.grids = None
+            if variant == "bf16":
+                s.train_dtype = torch.bfloat16
             if variant == "compiled-act":
                 for op in ELEMENTWISE:
                     s.n6[op] = torch.compile(s.n6[op], dynamic=True)
@@ -94,27 +98,38 @@ class Case:
         s, u, opt = self.student(variant)
         vals = {n: p * 1.0 for n, p in u.items()}  # fresh tensors per step, as the trainer's values()
         tgt = self.tgt(k)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
-        with ctx:
+        with _denormals(variant):
             if phase == "local":
                 inject = {n: tgt[n][0].reshape(tgt[n][2]) for n in self.streams}
                 out = s(self.batches[k], self.local, vals, inject)
             else:
                 out = s(self.batches[k], self.streams + self.outputs, vals)
-        if phase == "local":
-            loss = torch.stack([T._rel_err(out[n], tgt[n]) for n in self.local]).mean()
-        else:
-            loss = T._loss(out, tgt, self.streams, self.outputs, "streams+output")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            if phase == "local":
+                loss = torch.stack([T._rel_err(out[n], tgt[n]) for n in self.local]).mean()
+            else:
+                loss = T._loss(out, tgt, self.streams, self.outputs, "streams+output")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
     def evaluate(self, variant: str) -> None:
         s, u, _ = self.student(variant)
-        with torch.inference_mode():
+        with torch.inference_mode(), _denormals(variant):
             vals = {n: p * 1.0 for n, p in u.items()}
             for k in self.held_idx:
                 s(self.batches[k], self.outputs[:1], vals)
+
+
+@contextlib.contextmanager
+def _denormals(variant: str):
+    if variant != "flush-denormal":
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def _timed(fn) -> tuple[float, float]:

@@ -21,8 +21,10 @@ import torch
 from ..feeds import own_state, proto_input_specs
 from ..torch.functional import OPS as N6_OPS
 
+from ..errors import BadArgumentError
 from ..ops import DOMAIN
 from . import fakequant
+from .config import TRAIN_DTYPES
 from .ops import OPS, UnsupportedOpError, tensor_from_proto
 
 STANDARD = ("", "ai.onnx")
@@ -135,6 +137,12 @@ class GraphModule(torch.nn.Module):
                 self.consts[t.name] = v
         self.output_names = [o.name for o in proto.graph.output]
         self.input_specs = proto_input_specs(proto)
+
+    def set_train_dtype(self, name: str) -> None:
+        """The training forward's precision: "float32", or "bfloat16" (CPU autocast)."""
+        if name not in TRAIN_DTYPES:
+            raise BadArgumentError(f"heal: training dtype must be one of {TRAIN_DTYPES}, not {name!r}")
+        self.train_dtype = None if name == "float32" else getattr(torch, name)
 
     def parameter(self, name: str) -> torch.nn.Parameter:
         return self.params[self.names[name]]

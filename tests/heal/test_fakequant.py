@@ -13,10 +13,14 @@ import torch
 import n6onnx
 from n6onnx import feeds as F
 from n6onnx import io
-from n6onnx.heal import fakequant
+from n6onnx.heal import executor, fakequant
+from n6onnx.heal.run import load_data
+from n6onnx.heal.train import HealConfig, heal
 from n6onnx.heal.executor import GraphModule
 from n6onnx.quantize import quantize_proto
 from n6onnx.runtime import session_for
+
+from .test_heal import _npz
 
 # Bound of |student fake-quant - ORT int8| / max|ORT int8|. The student computes the integer
 # product in float32 (onnxruntime: exact int32, then one scale), so the two differ by float32
@@ -148,12 +152,6 @@ def test_grids_keep_the_gradient_of_a_trained_weight():
 def test_heal_with_the_grid_cache_is_bit_identical_to_without(zoo_export, tmp_path, monkeypatch):
     """The same fake-quantized heal with and without ``Grids`` writes the same weights, bit for bit,
     and the cache was really used (every held-out check reuses each weight's grid)."""
-    from n6onnx.heal import executor
-    from n6onnx.heal.train import HealConfig, heal
-    from n6onnx.heal.run import load_data
-
-    from .test_heal import _npz
-
     src = zoo_export("bert", "dynamo20")
     data = _npz(tmp_path / "data.npz", 24, 1)
     cfg = HealConfig(steps=12, eval_every=4, threads=1, quantize="int8", local=0.5, holdout_batches=4)
