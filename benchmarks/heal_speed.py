@@ -6,7 +6,8 @@ reports medians and spread of wall and process-CPU seconds:
 - a global step (the student on the whole graph, loss on the residual streams + output, backward,
   fused Adam), as ``heal.train`` runs it;
 - a block-local step (parallel, every block from the teacher's stream: the executor's ``inject``);
-- one held-out evaluation batch (inference mode; an evaluation runs up to 16 with the same weights).
+- one held-out evaluation batch (inference mode), timed as a check of ``--eval-batches`` (default 16,
+  heal's most) batches with the same weights, divided by that count.
 
 Cases: calibrated gelu=phi6, calibrated ffn=phi-bottleneck:4/3 (float), and the original under
 ``--quantize int8`` fake quantization (``heal.fakequant``; all quantized MatMul weights train).
@@ -21,13 +22,18 @@ Variants (only the student's execution differs; the data, weights and teacher ar
 - ``flush-denormal``: ``torch.set_flush_denormal(True)`` while the variant runs.
 
     python benchmarks/heal_speed.py [--rounds 5] [--cases phi6,bneck,int8] [--variants ...]
+    python benchmarks/heal_speed.py --fidelity --cases int8    # bf16's effect on a fixed-step heal
 
-Writes benchmarks/results/heal_speed.json."""
+Writes benchmarks/results/heal_speed.json; ``--fidelity`` writes heal_speed_fidelity.json: the same
+fixed-step heal (``--fidelity-steps``, block-local share 0.5, a check every 10 steps, 1 thread) with the
+training forward in float32 and in bfloat16 (``--heal-dtype``), its held-out check and ``n6onnx validate`` on
+the 256 held-out sentences of benchmarks/heal.py (never seen by calibration or healing)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import pathlib
 import statistics
 import sys
@@ -46,7 +52,7 @@ from n6onnx import io  # noqa: E402
 from n6onnx.graph import canonicalize  # noqa: E402
 from n6onnx.heal import executor, fakequant, targets  # noqa: E402
 from n6onnx.heal import train as T  # noqa: E402
-from n6onnx.heal.run import load_data  # noqa: E402
+from n6onnx.heal.run import heal_file, load_data  # noqa: E402
 from n6onnx.testing import zoo  # noqa: E402
 
 from _common import hardware, write  # noqa: E402
@@ -112,11 +118,13 @@ class Case:
             loss.backward()
             opt.step()
 
-    def evaluate(self, variant: str) -> None:
+    def evaluate(self, variant: str, batches: int) -> None:
+        """A held-out check of ``batches`` batches (the held-out ones in turn), all with the same weights."""
         s, u, _ = self.student(variant)
         with torch.inference_mode(), _denormals(variant):
             vals = {n: p * 1.0 for n, p in u.items()}
-            for k in self.held_idx:
+            for j in range(batches):
+                k = self.held_idx[j % len(self.held_idx)]
                 s(self.batches[k], self.outputs[:1], vals)
 
 
@@ -143,15 +151,41 @@ def _stats(xs: list[float]) -> dict:
             "n": len(xs)}
 
 
+def fidelity(a, src, work: pathlib.Path, data: pathlib.Path, held: pathlib.Path) -> list[dict]:
+    rows = []
+    for cname in a.cases.split(","):
+        path = work / f"{cname}.onnx"
+        if CASES[cname]:
+            n6onnx.rewrite(src, path, CASES[cname], calibrate=data, calib_samples=64, dims=DIMS)
+        else:  # the int8 original: healed under fake quantization, re-quantized on write-out
+            n6onnx.rewrite(src, path, [], quantize="int8")
+        for dtype in ("float32", "bfloat16"):
+            cfg = T.HealConfig(steps=a.fidelity_steps, threads=1, eval_every=10, local=0.5, holdout_batches=2,
+                               train_dtype=dtype)
+            out = work / f"{cname}-{dtype}.onnx"
+            rep = heal_file(path, src, data, out, dims=DIMS, config=cfg)
+            v = n6onnx.validate(src, out, dims=DIMS, threads=1, text=held).to_json()
+            emb = v["outputs"]["last_hidden_state"]["embedding"]
+            rows.append({"case": cname, "train_dtype": dtype, "steps": rep.steps, "heal_seconds": round(rep.seconds, 1),
+                         "check_start": round(rep.start, 6), "check_best": round(rep.best, 6),
+                         "checks": [c[2] for c in rep.curve], "heldout_cosine": round(emb["cosine_mean"], 6),
+                         "heldout_nn": emb["nn_agreement"]})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each: every variant once)")
     ap.add_argument("--steps", type=int, default=3, help="steps of each kind per variant per round")
     ap.add_argument("--samples", type=int, default=160, help="DATA sentences (8 x 64 batches; last 10%% held out)")
+    ap.add_argument("--eval-batches", type=int, default=16, help="batches of one held-out check (heal's most)")
     ap.add_argument("--cases", default="phi6,bneck,int8")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="heal_speed")
+    ap.add_argument("--fidelity", action="store_true", help="bf16's effect on a fixed-step heal instead of timing")
+    ap.add_argument("--fidelity-steps", type=int, default=60)
     ap.add_argument("--note", default="")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -162,6 +196,16 @@ def main() -> None:
         train, _ = texts(a.samples)
         data = work / "data.txt"
         data.write_text("\n".join(train))
+        if a.fidelity:
+            held = work / "held.txt"
+            held.write_text("\n".join(texts(a.samples)[1]))
+            write(a.out if a.out != "heal_speed" else "heal_speed_fidelity",
+                  {"hardware": hardware(), "model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20",
+                   "batch": DIMS, "method": (f"{a.samples} DATA sentences (8 x 64 batches, the last 2 held out for "
+                                            "the heal's checks), calibration on 64; fixed-step heal, float32 vs "
+                                            "bfloat16 training forward; validate on 256 held-out sentences"),
+                   "rows": fidelity(a, src, work, data, held)})
+            return
         for cname in a.cases.split(","):
             path = src
             if CASES[cname]:
@@ -176,7 +220,7 @@ def main() -> None:
             for v in variants:  # warm-up: one of each, untimed
                 case.step(v, case.train_idx[0], "global")
                 case.step(v, case.train_idx[0], "local")
-                case.evaluate(v)
+                case.evaluate(v, 1)
             for r in range(a.rounds):
                 for v in variants:
                     for j in range(a.steps):
@@ -185,9 +229,9 @@ def main() -> None:
                             w, c = _timed(lambda: case.step(v, k, phase))
                             res[v][phase][0].append(w)
                             res[v][phase][1].append(c)
-                    w, c = _timed(lambda: case.evaluate(v))
-                    res[v]["eval_batch"][0].append(w / len(case.held_idx))
-                    res[v]["eval_batch"][1].append(c / len(case.held_idx))
+                    w, c = _timed(lambda: case.evaluate(v, a.eval_batches))
+                    res[v]["eval_batch"][0].append(w / a.eval_batches)
+                    res[v]["eval_batch"][1].append(c / a.eval_batches)
             row = {"case": cname, "passes": CASES[cname], "fake_quantized": len(case.fq), "trainable": len(case.names),
                    "compile_seconds": compile_s,
                    "variants": {v: {kind: {"wall_s": _stats(x[0]), "cpu_s": _stats(x[1])} for kind, x in d.items()}
@@ -202,8 +246,8 @@ def main() -> None:
             print(cname, row["speedup_vs_eager_median_wall"], row["steps_per_s_median"]["eager"], flush=True)
     write(a.out, {"hardware": hardware(), "threads": a.threads, "batch": DIMS,
                   "method": (f"one process; {a.rounds} interleaved rounds, each running every variant for {a.steps} "
-                             "global + local steps and one held-out evaluation (per-batch time = evaluation / "
-                             "batches); medians and min/max of wall (perf_counter) and process CPU seconds; "
+                             f"global + local steps and one held-out check of {a.eval_batches} batches with the "
+                             "same weights (per-batch time = check / batches); medians and min/max of wall (perf_counter) and process CPU seconds; "
                              "calibration: 64 sentences; compile time excluded from the step times and given "
                              "as compile_seconds"),
                   "note": a.note, "rows": rows})
