@@ -22,6 +22,8 @@ How, per quantized MatMul ``Y = X @ W`` (onnxruntime's rules for that mode):
 
 from __future__ import annotations
 
+import weakref
+
 import onnx
 import torch
 
@@ -49,34 +51,90 @@ def weight_grid(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor
         amax = wd.abs().amax(0) if per_channel else wd.abs().amax()
         scale = (amax.double() * 2 / 254).float()
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.clamp(torch.round(wd.float() / scale), -127, 127)
+        q = torch.div(wd.float(), scale).round_().clamp_(-127, 127)  # in place: the same values, fewer copies
     return q, scale
 
 
-def weight(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+def _dequantized(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
     q, scale = weight_grid(w, per_channel)
-    return _ste(w, (q * scale).to(w.dtype))
+    return q.mul_(scale).to(w.dtype)
+
+
+def weight(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    return _ste(w, _dequantized(w, per_channel))
 
 
 def activation(x: torch.Tensor) -> torch.Tensor:
     """DynamicQuantizeLinear then dequantization, straight-through."""
     with torch.no_grad():
         xd = x.detach().float()
-        lo = torch.clamp(xd.min(), max=0.0)
-        hi = torch.clamp(xd.max(), min=0.0)
+        lo, hi = torch.aminmax(xd)
+        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
         scale = (hi - lo) / 255 if bool(hi > lo) else torch.ones((), dtype=torch.float32)
         zp = torch.round(torch.clamp(0.0 - lo / scale, 0, 255))
-        q = torch.clamp(torch.round(xd / scale) + zp, 0, 255)
-        deq = ((q - zp) * scale).to(x.dtype)
+        # round(x / s) + zp, clipped to [0, 255], minus zp, times s: in place, one buffer
+        deq = torch.div(xd, scale).round_().add_(zp).clamp_(0, 255).sub_(zp).mul_(scale).to(x.dtype)
     return _ste(x, deq)
 
 
-def inputs(op: str, attrs: dict, ins: list, per_channel: bool = True) -> list:
+class Grids:
+    """The fake-quantized weights already computed, reused while a weight is unchanged: the same
+    tensor object (held weakly: an entry goes when its tensor does) with the same version counter
+    (an in-place write bumps it). An evaluation runs every held-out batch with the same weights,
+    and frozen weights never change, so their grid is computed once, not once per forward.
+    Inference tensors (made under ``torch.inference_mode``) track no version: one counts as
+    unchanged for as long as it lives (the trainer never writes into its evaluated values).
+
+    Where the result needs no gradient (the weight is frozen or grad mode is off), the whole
+    straight-through output is kept; else only the dequantized grid, and the straight-through sum
+    with the live weight is formed per call, so the gradient reaches the weight. Either way the
+    values are those of an uncached call, bit for bit. Memory: one extra copy of each quantized
+    weight that is alive."""
+
+    def __init__(self):
+        self.entries: dict[int, tuple] = {}
+        self.hits = self.misses = 0
+
+    def weight(self, w: torch.Tensor, per_channel: bool = True, transposed: bool = False) -> torch.Tensor:
+        """``weight(w)`` (``transposed``: of ``w.T``, transposed back: a Gemm's transB weight)."""
+        key, version = id(w), None if w.is_inference() else w._version
+        graded = torch.is_grad_enabled() and w.requires_grad
+        e = self.entries.get(key)
+        same = e is not None and e[0]() is w and e[1:4] == (version, per_channel, transposed)
+        if same and not graded and e[5] is not None:
+            self.hits += 1
+            return e[5]
+        if same and e[4] is not None:
+            self.hits += 1
+            grid = e[4]
+        else:
+            self.misses += 1
+            grid = _dequantized(w.detach().transpose(0, 1) if transposed else w.detach(), per_channel)
+            grid = grid.transpose(0, 1) if transposed else grid
+        if graded:  # the grid is kept, the straight-through sum with the live weight formed per call
+            self.entries[key] = (weakref.ref(w, self._drop(key)), version, per_channel, transposed, grid, None)
+            return _ste(w, grid)
+        out = _ste(w, grid)  # no gradient: the output itself is kept (and the grid dropped: one copy held)
+        self.entries[key] = (weakref.ref(w, self._drop(key)), version, per_channel, transposed, None, out)
+        return out
+
+    def _drop(self, key: int):
+        def drop(ref):
+            e = self.entries.get(key)
+            if e is not None and e[0] is ref:
+                del self.entries[key]
+        return drop
+
+
+def inputs(op: str, attrs: dict, ins: list, per_channel: bool = True, grids: Grids | None = None) -> list:
     """The inputs of a quantized MatMul or Gemm as the int8 model sees them: the activation and the
     weight fake-quantized (a Gemm's weight along its output axis: transposed first with transB), the
-    rest (a Gemm's bias) float."""
+    rest (a Gemm's bias) float. ``grids`` reuses the weight's grid while the weight is unchanged."""
     x, w = ins[0], ins[1]
-    if op == "Gemm" and attrs.get("transB", 0):
+    transposed = op == "Gemm" and bool(attrs.get("transB", 0))
+    if grids is not None:
+        qw = grids.weight(w, per_channel, transposed)
+    elif transposed:
         qw = weight(w.transpose(0, 1), per_channel).transpose(0, 1)
     else:
         qw = weight(w, per_channel)

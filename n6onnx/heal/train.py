@@ -254,6 +254,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
     prepared = Targets(teacher, lambda k: batches[k])
     student.fake_quant = fq  # the MatMuls --quantize int8 quantizes run fake-quantized
+    student.set_train_dtype(cfg.train_dtype)  # bfloat16: the training forward under bf16 autocast
     train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
     rows = getattr(batches, "rows", None) or [len(next(iter(b.values()))) for b in batches]
 

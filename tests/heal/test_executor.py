@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
 import torch
+from click.testing import CliRunner
 
 import n6onnx
 from n6onnx import feeds as F
+from n6onnx.cli import main
+from n6onnx.errors import BadArgumentError
+from n6onnx.heal import executor
 from n6onnx.heal.executor import GraphModule, UnsupportedOpError, check_supported, unsupported_ops
 from n6onnx.ops import DOMAIN, REGISTRY
 from n6onnx.runtime import session_for
+
+from .test_heal import _npz
 
 MODELS = ["bert", "gpt2", "geglu", "llama", "minilm", "mixtral", "vit"]
 EXPORTERS = ["dynamo18", "dynamo20", "torchscript"]
@@ -128,3 +136,50 @@ def test_causal_gqa_attention_node_runs_with_its_attributes():
         got = GraphModule(m)(sample.feeds)["Y"].numpy()
     want = spec.reference(*[sample.feeds.get(n) for n in spec.inputs], **sample.attrs)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_training_forward_is_close_and_leaves_inference_float(zoo_export):
+    """``train_dtype``: where gradients are recorded, the student runs under bf16 autocast (outputs
+    come back float32, within bf16's rounding of the float run, gradients reach the weights);
+    without gradients it is the float32 student, bit for bit."""
+    proto = onnx.load(zoo_export("bert", "dynamo20"))
+    s = session_for(proto)
+    fd = F.random_feeds(s, 1, seed=0)[0]
+    name = next(t.name for t in proto.graph.initializer if t.name.endswith("weight") and len(t.dims) == 2)
+    ref_m, m = GraphModule(proto), GraphModule(proto, trainable=[name])
+    m.train_dtype = torch.bfloat16
+    with torch.no_grad():
+        ref = next(iter(ref_m(fd).values()))
+        assert torch.equal(next(iter(m(fd).values())), ref)
+    out = next(iter(m(fd).values()))
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    err = float((out.detach() - ref).abs().max() / ref.abs().max())
+    assert err < 0.05  # bf16 keeps 8 significant bits: ~0.4% per rounding, a few roundings deep
+    out.pow(2).mean().backward()
+    g = m.parameter(name).grad
+    assert g is not None and g.dtype == torch.float32 and float(g.abs().max()) > 0
+
+
+def test_heal_dtype_reaches_the_student(zoo_export, tmp_path, monkeypatch):
+    """``--heal-dtype bfloat16`` sets the student's training forward to bf16 autocast (the heal runs and
+    reports it); an unknown dtype is a usage error in the CLI and a BadArgumentError in the API."""
+    seen = []
+    set_dtype = executor.GraphModule.set_train_dtype
+
+    def spy(self, name):
+        set_dtype(self, name)
+        seen.append(self.train_dtype)
+
+    monkeypatch.setattr(executor.GraphModule, "set_train_dtype", spy)
+    src = str(zoo_export("bert", "dynamo20"))
+    n6onnx.rewrite(src, tmp_path / "p.onnx", ["gelu=phi6"])
+    data = str(_npz(tmp_path / "d.npz", 8, 1))
+    args = ["heal", str(tmp_path / "p.onnx"), "--teacher", src, "--calibrate", data, "--threads", "1",
+            "--heal-steps", "2"]
+    r = CliRunner().invoke(main, args + ["-o", str(tmp_path / "h.onnx"), "--heal-dtype", "bfloat16", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["config"]["train_dtype"] == "bfloat16" and seen == [torch.bfloat16]
+    r = CliRunner().invoke(main, args + ["-o", str(tmp_path / "h2.onnx"), "--heal-dtype", "float16"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "h2.onnx").exists()
+    with pytest.raises(BadArgumentError, match="float16"):
+        GraphModule(onnx.load(src)).set_train_dtype("float16")

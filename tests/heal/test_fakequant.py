@@ -13,10 +13,14 @@ import torch
 import n6onnx
 from n6onnx import feeds as F
 from n6onnx import io
-from n6onnx.heal import fakequant
+from n6onnx.heal import executor, fakequant
+from n6onnx.heal.run import load_data
+from n6onnx.heal.train import HealConfig, heal
 from n6onnx.heal.executor import GraphModule
 from n6onnx.quantize import quantize_proto
 from n6onnx.runtime import session_for
+
+from .test_heal import _npz
 
 # Bound of |student fake-quant - ORT int8| / max|ORT int8|. The student computes the integer
 # product in float32 (onnxruntime: exact int32, then one scale), so the two differ by float32
@@ -106,3 +110,74 @@ def test_backward_is_straight_through():
     # d/dx = g @ Q(w)^T and d/dw = Q(x)^T @ g: the quantizers pass the gradient through unchanged
     torch.testing.assert_close(x.grad, g @ b.detach().T)
     torch.testing.assert_close(w.grad, a.detach().T @ g)
+
+
+def test_grids_reuse_an_unchanged_weight_and_see_every_change():
+    rng = np.random.default_rng(2)
+    w = torch.tensor(rng.normal(size=(6, 5)).astype(np.float32))
+    grids = fakequant.Grids()
+    ref = fakequant.weight(w)
+    first = grids.weight(w)
+    again = grids.weight(w)
+    assert again is first and grids.hits == 1 and torch.equal(first, ref)
+    with torch.no_grad():
+        w.mul_(1.7)  # an in-place write bumps the version counter: recomputed, not reused
+    assert torch.equal(grids.weight(w), fakequant.weight(w)) and grids.misses == 2
+    w2 = w.clone()  # same values, another tensor: its own entry
+    assert torch.equal(grids.weight(w2), fakequant.weight(w)) and grids.misses == 3
+    del w2
+    assert len(grids.entries) == 1  # the entry went with its tensor
+    # a Gemm's transB weight: quantized along its output axis (rows of the stored weight), as uncached
+    gt = grids.weight(w, True, transposed=True)
+    assert torch.equal(gt, fakequant.weight(w.T).T) and not torch.equal(gt, fakequant.weight(w))
+    # per channel vs per tensor: distinct entries
+    assert torch.equal(grids.weight(w, False), fakequant.weight(w, False))
+
+
+def test_grids_keep_the_gradient_of_a_trained_weight():
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.normal(size=(4, 6)).astype(np.float32))
+    w = torch.tensor(rng.normal(size=(6, 3)).astype(np.float32), requires_grad=True)
+    g = torch.tensor(rng.normal(size=(4, 3)).astype(np.float32))
+    grids = fakequant.Grids()
+    for _ in range(2):  # the second call reuses the grid, and still reaches w
+        w.grad = None
+        a, b = fakequant.inputs("MatMul", {}, [x, w], True, grids)
+        (a @ b).backward(g)
+        torch.testing.assert_close(w.grad, a.detach().T @ g)
+        assert torch.equal(b.detach(), fakequant.weight(w).detach())
+    assert grids.hits == 1
+
+
+def test_heal_with_the_grid_cache_is_bit_identical_to_without(zoo_export, tmp_path, monkeypatch):
+    """The same fake-quantized heal with and without ``Grids`` writes the same weights, bit for bit,
+    and the cache was really used (every held-out check reuses each weight's grid)."""
+    src = zoo_export("bert", "dynamo20")
+    data = _npz(tmp_path / "data.npz", 24, 1)
+    cfg = HealConfig(steps=12, eval_every=4, threads=1, quantize="int8", local=0.5, holdout_batches=4)
+    made, Grids = [], fakequant.Grids
+
+    def counting():
+        made.append(Grids())
+        return made[-1]
+
+    def run() -> dict:
+        model, original = io.load(src), io.load(src)
+        batches = load_data(data, original)
+        rep = heal(model, original, batches, cfg)
+        assert rep.fake_quantized > 0 and rep.best > rep.start  # trained weights are written
+        return {n: v.const_value.numpy().copy() for n, v in model.graph.initializers.items()}
+
+    monkeypatch.setattr(executor.fakequant, "Grids", counting)
+    cached = run()
+    assert made and sum(g.hits for g in made) > 0
+    # no entry outlives its weight (the trained values of each step and check are dropped with them)
+    assert all(e[0]() is not None for g in made for e in g.entries.values())
+    monkeypatch.setattr(executor.fakequant, "Grids", lambda: None)
+    plain = run()
+    assert cached.keys() == plain.keys()
+    changed = 0
+    for n in cached:
+        np.testing.assert_array_equal(cached[n], plain[n])
+        changed += not np.array_equal(cached[n], io.load(src).graph.initializers[n].const_value.numpy())
+    assert changed > 0
