@@ -110,7 +110,7 @@ def gptq_round(W: np.ndarray, H: np.ndarray, *, damp: float = DAMP, block: int =
             W[b1:] -= U[b0:b1, b1:].T @ err
             np.copyto(W[b1:], pin_w[b1:], where=pin[b1:])
     out = np.empty((K, N))
-    out[perm] = Q
+    out[perm] = Q + 0.0  # no -0.0: onnxruntime's int8 0 dequantizes to +0.0
     deq = out.astype(np.float32) * s.astype(np.float32)
     q_ort, s_ort = ort_grid(deq)
     bad = ~(np.all(q_ort.astype(np.float64) == out, axis=0) & (s_ort == s.astype(np.float32)))
