@@ -37,6 +37,23 @@ RECIPES = {"original (no pass)": [], "gelu=phi6": ["gelu=phi6"], "ffn=phi-bottle
            "attention=fftmix:2": ["attention=fftmix:2"]}
 
 
+def save(rows: list, complete: bool) -> None:
+    """Written after every row (a partial run keeps what it measured; ``complete`` says whether it finished)."""
+    write("quantize_fit_minilm", {
+        "complete": complete,
+        "benchmark": "quantize_fit_minilm",
+        "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), batch 8 x 64; calibration "
+                   "= corpus sentences 0..254 (the passes' calibration and the int8 fit); fidelity = n6onnx "
+                   "validate on 255 held-out sentences (1000..1254): mean-pooled embedding cosine against ORT "
+                   "running the fp32 original, nearest-neighbour agreement. quantize_fit none = onnxruntime's "
+                   "quantize_dynamic per channel (QInt8) of the float model (for the original: stock ORT int8); "
+                   "gptq / refit = n6onnx.quantize.qfit before the same quantize_dynamic. One run, deterministic "
+                   "(no timing)."),
+        "rows": rows,
+    })
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="which recipes (default: all)")
@@ -57,6 +74,7 @@ def main() -> None:
         e = r["outputs"]["last_hidden_state"]["embedding"]
         rows.append({"recipe": recipe, "quantize_fit": fit, "cosine_mean": e["cosine_mean"],
                      "cosine_min": e["cosine_min"], "nn_agreement": e["nn_agreement"], **extra})
+        save(rows, complete=False)
         print(f"{recipe:28s} {fit:6s} cos {e['cosine_mean']:.4f} nn {e['nn_agreement']:.3f} {extra}", flush=True)
 
     for recipe in args.recipes:
@@ -79,17 +97,7 @@ def main() -> None:
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
                 **({} if rep is None else {"fit": rep.to_json()}))
 
-    write("quantize_fit_minilm", {
-        "benchmark": "quantize_fit_minilm",
-        "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), batch 8 x 64; calibration "
-                   "= corpus sentences 0..254 (the passes' calibration and the int8 fit); fidelity = n6onnx "
-                   "validate on 255 held-out sentences (1000..1254): mean-pooled embedding cosine against ORT "
-                   "running the fp32 original, nearest-neighbour agreement. quantize_fit none = onnxruntime's "
-                   "quantize_dynamic per channel (QInt8) of the float model (for the original: stock ORT int8); "
-                   "gptq / refit = n6onnx.quantize.qfit before the same quantize_dynamic. One run, deterministic "
-                   "(no timing)."),
-        "rows": rows,
-    })
+    save(rows, complete=True)
 
 
 if __name__ == "__main__":
