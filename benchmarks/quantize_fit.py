@@ -95,7 +95,7 @@ def main() -> None:
                 p, rep = qfit.fit_int8(proto, batches, compensate=fit == "refit")
             Q.quantize(p, q, "int8")
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
-                **({} if rep is None else {"fit": rep.to_json()}))
+                **({} if rep is None else {"fit_report": rep.to_json()}))
 
     save(rows, complete=True)
 
