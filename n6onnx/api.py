@@ -123,7 +123,7 @@ def rewrite(
     heal_config=None,
     heal_progress: bool = False,
     quantize: str | None = None,
-    quantize_fit: str = "refit",
+    quantize_fit: str = "none",
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
