@@ -21,6 +21,7 @@ from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pi
 from .passes.attention import redundancy_scores
 from .passes.block.drop import layer_scores
 from .passes.finalize import check, finalize
+from .quantize import qfit
 from .quantize.hostile import hostile_activations
 
 
@@ -122,6 +123,7 @@ def rewrite(
     heal_config=None,
     heal_progress: bool = False,
     quantize: str | None = None,
+    quantize_fit: str = "none",
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
@@ -129,6 +131,9 @@ def rewrite(
     calibration data (or its first ``heal_samples``); ``heal_config`` a ``heal.HealConfig``.
     ``quantize`` (``int8``, ``int8:static``, ``int4[:BLOCK]``, see ``n6onnx.quantize``) runs last,
     after the passes, calibration and healing; with it, ``passes_`` may be empty (quantize the original).
+    ``quantize_fit`` (``int8`` with ``calibrate`` and no ``heal``): ``refit`` refits every quantized MatMul
+    on the int8 path and GPTQ-rounds it onto onnxruntime's grid, ``gptq`` only rounds, ``none`` leaves the
+    rounding to onnxruntime (see ``n6onnx.quantize.qfit``).
 
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
@@ -139,6 +144,8 @@ def rewrite(
         qmode = quant.parse_mode(quantize)
         if qmode.needs_calibration and calibrate is None:
             raise N6Error(f"--quantize {qmode} needs calibration data (--calibrate DATA)")
+    if quantize_fit not in qfit.METHODS:
+        raise BadArgumentError(f"quantize_fit: expected one of {', '.join(qfit.METHODS)}, got {quantize_fit!r}")
     if not specs and qmode is None:
         raise N6Error("no pass given (e.g. --pass gelu=phi6, or --quantize int8)")
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work
@@ -203,7 +210,11 @@ def rewrite(
     quantization = None
     if qmode is not None:  # last: onnxruntime's quantizer on the finished float model
         proto = io.materialize(ir.serde.serialize_model(m))
+        fit = None
+        if qmode.kind == "int8" and ctx.batches and quantize_fit != "none" and not heal:
+            proto, fit = qfit.fit_int8(proto, ctx.batches, compensate=quantize_fit == "refit", progress=ctx.progress)
         quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches)
+        quantization.fit = None if fit is None else fit.to_json()
         warnings += quantization.warnings
         m = ir.serde.deserialize_model(proto)
     if output is not None:  # tensor by tensor: external ones are copied file to file

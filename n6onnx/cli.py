@@ -133,10 +133,14 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--quantize", "quantize_", type=QuantModeType(), metavar="MODE",
               help="Quantize last, with onnxruntime's tools: int8 (dynamic, per channel), int8:static (QDQ, needs "
                    "--calibrate) or int4[:BLOCK] (weight-only MatMulNBits, block 32). n6 ops stay float.")
+@click.option("--quantize-fit", type=click.Choice(["refit", "gptq", "none"]), default="none", show_default=True,
+              help="With --quantize int8 --calibrate (no --heal): refit each quantized MatMul on the int8 path and "
+                   "GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let onnxruntime round "
+                   "to nearest (none).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
-            external_data, quantize_, as_json: bool, heal, heal_samples, **heal_opts) -> None:
+            external_data, quantize_, quantize_fit, as_json: bool, heal, heal_samples, **heal_opts) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified).
 
     With --heal (needs --calibrate), the calibrated rewrite is then distilled towards MODEL on all of
@@ -147,7 +151,7 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
                                  dims=parse_dims(dims), progress=progress, heal=heal, heal_samples=heal_samples,
                                  heal_config=_heal_config(**heal_opts), heal_progress=not as_json,
-                                 quantize=quantize_)
+                                 quantize=quantize_, quantize_fit=quantize_fit)
     except N6Error as e:
         console.fail(e)
     if as_json:

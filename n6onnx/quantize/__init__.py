@@ -54,6 +54,7 @@ class QuantizeReport:
     seconds: float
     warnings: list[str] = dataclasses.field(default_factory=list)
     bias_corrected: int = 0  # int8 with calibration data: biases given the DFQ correction (see biascorr)
+    fit: dict | None = None  # rewrite --quantize int8 --calibrate: the int8-path refit + GPTQ rounding (see qfit)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

@@ -1,0 +1,104 @@
+"""Quantization-aware calibration for `--quantize int8` (issue 17, n6onnx.quantize.qfit): held-out fidelity
+of all-MiniLM-L6-v2 and its calibrated rewrites under --quantize int8 with each --quantize-fit method.
+
+Recipes: the original alone (no pass), gelu=phi6, ffn=phi-bottleneck:4/3, attention=fftmix:2, each
+calibrated on sentences 0..254 (as `rewrite --calibrate` does), then --quantize int8 with
+--quantize-fit none (onnxruntime rounds to nearest: stock per-channel quantize_dynamic, for the original
+exactly ORT's own int8), gptq (GPTQ rounding on the int8 path's inputs) and refit (ridge refit on the
+int8 path, then GPTQ). The fit runs on the finished float model, as in `rewrite` (api.rewrite calls the
+same qfit.fit_int8 on the same batches). Fidelity: n6onnx validate on 255 held-out sentences
+(1000..1254), batch 8 x 64, mean-pooled embedding cosine and nearest-neighbour agreement against ORT
+running the fp32 original. No timing: the fit changes weight values only (the graph is the same).
+Writes benchmarks/results/quantize_fit_minilm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import n6onnx  # noqa: E402
+from n6onnx import calibrate as cal  # noqa: E402
+from n6onnx import io  # noqa: E402
+from n6onnx import quantize as Q  # noqa: E402
+from n6onnx.quantize import qfit  # noqa: E402
+from n6onnx.testing import corpus, zoo  # noqa: E402
+
+from _common import write  # noqa: E402
+
+DIMS = ["batch=8", "seq=64"]
+RECIPES = {"original (no pass)": [], "gelu=phi6": ["gelu=phi6"], "ffn=phi-bottleneck:4/3": ["ffn=phi-bottleneck:4/3"],
+           "attention=fftmix:2": ["attention=fftmix:2"]}
+
+
+def save(rows: list, complete: bool) -> None:
+    """Written after every row (a partial run keeps what it measured; ``complete`` says whether it finished)."""
+    write("quantize_fit_minilm", {
+        "complete": complete,
+        "benchmark": "quantize_fit_minilm",
+        "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), batch 8 x 64; calibration "
+                   "= corpus sentences 0..254 (the passes' calibration and the int8 fit); fidelity = n6onnx "
+                   "validate on 255 held-out sentences (1000..1254): mean-pooled embedding cosine against ORT "
+                   "running the fp32 original, nearest-neighbour agreement. quantize_fit none = onnxruntime's "
+                   "quantize_dynamic per channel (QInt8) of the float model (for the original: stock ORT int8); "
+                   "gptq / refit = n6onnx.quantize.qfit before the same quantize_dynamic. One run, deterministic "
+                   "(no timing)."),
+        "rows": rows,
+    })
+
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="which recipes (default: all)")
+    args = ap.parse_args()
+    work = ROOT / "build" / "quantize_fit"
+    work.mkdir(parents=True, exist_ok=True)
+    cache = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", ROOT / "build" / "test-models"))
+    src = zoo.export("minilm", "dynamo20", cache, dynamic=True)
+    s = corpus.sentences()
+    calib, held = work / "calib.txt", work / "held.txt"
+    calib.write_text("\n".join(s[:255]))
+    held.write_text("\n".join(s[1000:1255]))
+    dims = n6onnx.feeds.parse_dims(DIMS)
+    rows = []
+
+    def row(recipe: str, fit: str, path: pathlib.Path, **extra) -> None:
+        r = n6onnx.validate(src, path, text=held, threads=2, dims=DIMS).to_json()
+        e = r["outputs"]["last_hidden_state"]["embedding"]
+        rows.append({"recipe": recipe, "quantize_fit": fit, "cosine_mean": e["cosine_mean"],
+                     "cosine_min": e["cosine_min"], "nn_agreement": e["nn_agreement"], **extra})
+        save(rows, complete=False)
+        print(f"{recipe:28s} {fit:6s} cos {e['cosine_mean']:.4f} nn {e['nn_agreement']:.3f} {extra}", flush=True)
+
+    for recipe in args.recipes:
+        tag = recipe.split()[0].replace("=", "_").replace(":", "_").replace("/", "_")
+        f = work / f"{tag}_float.onnx"
+        if RECIPES[recipe]:
+            n6onnx.rewrite(src, f, RECIPES[recipe], calibrate=calib, dims=dims)
+            row(recipe, "float", f)
+        else:
+            f = pathlib.Path(src)
+        proto = io.load_proto(f)
+        batches = cal.load_batches(str(calib), proto, dims=dims)
+        for fit in ("none", "gptq", "refit"):
+            q = work / f"{tag}_{fit}.onnx"
+            t0, rep = time.perf_counter(), None
+            p = proto
+            if fit != "none":
+                p, rep = qfit.fit_int8(proto, batches, compensate=fit == "refit")
+            Q.quantize(p, q, "int8")
+            row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
+                **({} if rep is None else {"fit_report": rep.to_json()}))
+
+    save(rows, complete=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""GPTQ rounding onto onnxruntime's per-channel int8 grid (Frantar et al. 2022, "GPTQ: Accurate
+Post-Training Quantization for Generative Pre-trained Transformers"), numpy only.
+
+``--quantize int8`` is onnxruntime's ``quantize_dynamic`` with QInt8 weights per channel: for a MatMul
+weight W [K, N] each output column n gets the symmetric scale ``s_n = 2 max_k |W_kn| / 254`` and
+``q = clip(round(W / s), -127, 127)`` (round to nearest). The grid is computed here by onnxruntime's
+own ``quant_utils.quantize_data``, column by column, so it is the quantizer's rule, not a copy of it.
+
+Round to nearest minimises each weight's own error. What matters is the layer's output error on its
+inputs X: ``||X (W - Q)||^2``. GPTQ rounds the input rows of W one at a time and spreads each row's
+rounding error over the rows not yet rounded, weighted by the inverse Hessian ``H = X^T X`` (the
+Optimal Brain Surgeon update), so later rows compensate for earlier ones. Here the rows are visited
+in order of decreasing ``diag(H)`` (GPTQ's act-order), in blocks of 128 (its lazy batch update), with
+1% of the mean diagonal as damping.
+
+Staying on onnxruntime's grid: the emitted weights are ``q * s`` with the scale ``s`` that
+onnxruntime will compute from them, so ``quantize_dynamic`` rounds every value to itself. The
+largest-magnitude entry of each column is pinned at ``+-127 s`` (no update moves it; every other
+entry is clipped to +-127), so each column's max |w|, hence its scale, is the one onnxruntime
+computes; ``s`` is taken as the fixed point of onnxruntime's scale rule (``127 s`` -> ``s``), which
+the float32 round trip can otherwise move by one ulp. ``gptq_round`` checks the result against
+``ort_grid`` and falls back to round to nearest for any column that would not reproduce.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+from onnxruntime.quantization.quant_utils import quantize_data
+
+QMAX = 127
+BLOCK = 128
+DAMP = 0.01
+
+
+def ort_grid(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(q int8 [K, N], scale float32 [N]) of W [K, N] as ``quantize_dynamic`` (QInt8, per channel)
+    quantizes a MatMul weight: onnxruntime's ``quantize_data``, symmetric, one output column at a time."""
+    W = np.asarray(W, np.float32)
+    q = np.empty(W.shape, np.int8)
+    s = np.empty(W.shape[1], np.float32)
+    for n in range(W.shape[1]):
+        _, sc, qc = quantize_data(np.ascontiguousarray(W[:, n]), TensorProto.INT8, True)
+        q[:, n] = np.asarray(qc).reshape(-1)
+        s[n] = np.float32(sc)
+    return q, s
+
+
+def fixed_scale(s: np.ndarray) -> np.ndarray:
+    """The scale onnxruntime computes for a column whose largest |value| is ``127 s``, iterated to its
+    fixed point (usually ``s`` itself, at most an ulp or two away)."""
+    s = np.asarray(s, np.float32)
+    for _ in range(8):
+        nxt = ort_grid((np.float32(QMAX) * s)[None, :])[1]
+        if np.array_equal(nxt, s):
+            break
+        s = nxt
+    return s
+
+
+def round_to_nearest(W: np.ndarray) -> np.ndarray:
+    """What ``quantize_dynamic`` makes of W, dequantized: ``q * s`` (float32)."""
+    q, s = ort_grid(W)
+    return q.astype(np.float32) * s
+
+
+def gptq_round(W: np.ndarray, H: np.ndarray, *, damp: float = DAMP, block: int = BLOCK,
+               act_order: bool = True) -> tuple[np.ndarray, int]:
+    """W [K, N] (MatMul orientation: K inputs, N outputs) rounded by GPTQ against ``H`` = X^T X [K, K]
+    of its calibration inputs, onto the grid onnxruntime's per-channel int8 will compute for the result.
+    Returns (the dequantized weights ``q * s``, float32, which ``quantize_dynamic`` reproduces bit for
+    bit; how many columns fell back to round to nearest)."""
+    W = W0 = np.asarray(W, np.float64)
+    K, N = W.shape
+    H = np.array(H, np.float64)
+    if H.shape != (K, K):
+        raise ValueError(f"gptq_round: H is {H.shape}, expected ({K}, {K})")
+    s = fixed_scale(ort_grid(W.astype(np.float32))[1]).astype(np.float64)
+    cols = np.arange(N)
+    top = np.abs(W).argmax(0)
+    pin = np.zeros((K, N), bool)
+    pin[top, cols] = True
+    pin_q = np.zeros((K, N))
+    pin_q[top, cols] = np.sign(W[top, cols]) * QMAX
+    W = W.copy()
+    W[pin] = (pin_q * s[None, :])[pin]  # on the grid already: never moved
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    H[np.diag_indices(K)] += damp * float(np.mean(np.diag(H)))
+    perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(K)
+    W, H, pin, pin_q = W[perm], H[perm][:, perm], pin[perm], pin_q[perm]
+    pin_w = pin_q * s[None, :]
+    # U upper triangular with H^-1 = U^T U: row k of U is the OBS update of the rows after k
+    U = np.linalg.cholesky(np.linalg.inv(H)).T
+    Q = np.zeros((K, N))
+    for b0 in range(0, K, block):
+        b1 = min(b0 + block, K)
+        Wb = W[b0:b1].copy()
+        err = np.zeros_like(Wb)
+        for i in range(b1 - b0):
+            k = b0 + i
+            q = np.where(pin[k], pin_q[k], np.clip(np.round(Wb[i] / s), -QMAX, QMAX))
+            Q[k] = q
+            e = (Wb[i] - q * s) / U[k, k]
+            err[i] = e
+            rest = Wb[i + 1:]
+            rest -= np.outer(U[k, k + 1:b1], e)
+            np.copyto(rest, pin_w[k + 1:b1], where=pin[k + 1:b1])
+        if b1 < K:
+            W[b1:] -= U[b0:b1, b1:].T @ err
+            np.copyto(W[b1:], pin_w[b1:], where=pin[b1:])
+    out = np.empty((K, N))
+    out[perm] = Q + 0.0  # no -0.0: onnxruntime's int8 0 dequantizes to +0.0
+    deq = out.astype(np.float32) * s.astype(np.float32)
+    q_ort, s_ort = ort_grid(deq)
+    bad = ~(np.all(q_ort.astype(np.float64) == out, axis=0) & (s_ort == s.astype(np.float32)))
+    if bad.any():  # not reproduced by onnxruntime: those columns are rounded to nearest
+        deq[:, bad] = round_to_nearest(W0[:, bad])
+    return deq, int(bad.sum())

@@ -1,0 +1,185 @@
+"""Quantization-aware calibration for ``--quantize int8`` (closed form, numpy): every MatMul that the
+int8 stage quantizes is refitted on the int8 path and its weight GPTQ-rounded onto onnxruntime's grid.
+
+Without it, ``rewrite --calibrate DATA --quantize int8`` fits the float model and onnxruntime rounds
+each weight to nearest afterwards, blind to what the rounding does to the layer's output and to the
+errors that the MatMuls upstream add. Here the MatMuls are visited level by level (a MatMul's level:
+how many quantized MatMuls lie on its longest path from the inputs; those of one level read nothing
+that another of the level writes). For each level:
+
+1. the rows X_q: the inputs of its MatMuls as the int8 model computes them, collected (on the
+   calibration data) from onnxruntime's own ``quantize_dynamic`` of the model as it is now, i.e. with
+   every upstream MatMul already quantized with its final weights. (The per-tensor uint8 rounding of
+   X_q itself, done at run time per batch, is not in the rows: it is small next to the weights'
+   rounding, see ``n6onnx.calibrate.quantfit``.)
+2. the target T = X_f W: what the float model (the calibrated rewrite, or the original) computes at
+   that MatMul on the same tokens. With ``compensate`` and a constant bias Add after the MatMul, W and
+   that bias are refitted by ridge least squares from X_q to T (``calibrate.fit.ridge_refit``, shrunk
+   towards W, the ridge chosen on held-out rows), so the layer undoes the error that arrives from
+   upstream; otherwise W is kept.
+3. the weight is GPTQ-rounded (``gptq.gptq_round``) against H = X_q^T X_q, onto exactly the grid that
+   ``quantize_dynamic`` will compute, so the int8 stage afterwards reproduces it bit for bit.
+
+MatMuls whose weight is shared, not float32, not 2-D, or quantized per tensor are left to onnxruntime's
+round to nearest, and so are Gemms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..calibrate import collect, fit
+from ..graph import proto_consumers
+from . import gptq, int8graph, quantize_proto
+
+MIN_ROWS = 8  # fewer calibration rows than this: nothing to fit
+METHODS = ("refit", "gptq", "none")  # --quantize-fit: ridge refit on the int8 path + GPTQ; GPTQ alone; neither
+
+
+@dataclasses.dataclass
+class QuantFitReport:
+    method: str
+    matmuls: int  # MatMuls whose weight was GPTQ-rounded
+    compensated: int  # of those, refitted (with their bias) against upstream int8 error
+    levels: int
+    rows: int
+    fallback_columns: int  # columns onnxruntime would not reproduce: rounded to nearest instead
+    rel_err_rtn: float  # mean over MatMuls of ||X_q W_rtn + b - T||^2 / ||T - mean T||^2 on the calibration rows
+    rel_err_fit: float  # ... of the fitted, GPTQ-rounded weight
+    seconds: float
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("rel_err_rtn", "rel_err_fit", "seconds"):
+            d[k] = round(d[k], 6 if k != "seconds" else 2)
+        return d
+
+
+def levels(proto: onnx.ModelProto, outputs: set[str]) -> dict[str, int]:
+    """{output name in ``outputs``: its level} (see the module docstring); nodes in graph order."""
+    lvl: dict[str, int] = {}
+    out = {}
+    for n in proto.graph.node:
+        L = max((lvl.get(i, 0) for i in n.input if i), default=0)
+        if n.output and n.output[0] in outputs:
+            out[n.output[0]] = L
+            L += 1
+        for o in n.output:
+            lvl[o] = L
+    return out
+
+
+def _sites(proto: onnx.ModelProto, qproto: onnx.ModelProto) -> list[tuple[onnx.NodeProto, tuple | None]]:
+    """(MatMul node, (bias Add node, index of its constant input) or None) for every MatMul with a
+    float32 2-D weight of its own that ``qproto`` quantized per channel."""
+    plan = int8graph.quantized_matmuls(proto, qproto)
+    inits = {t.name: t for t in proto.graph.initializer}
+    users = proto_consumers(proto)
+    readers: dict[str, int] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    out = []
+    for n in proto.graph.node:
+        if n.op_type != "MatMul" or not plan.get(n.output[0]) or n.input[1] not in inits:
+            continue
+        t = inits[n.input[1]]
+        if t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2 or readers.get(n.input[1], 0) != 1:
+            continue
+        bias = None
+        adds = users.get(n.output[0], [])
+        if len(adds) == 1 and adds[0].op_type == "Add":
+            k = [j for j, v in enumerate(adds[0].input) if v != n.output[0] and v in inits]
+            if len(k) == 1 and inits[adds[0].input[k[0]]].data_type == onnx.TensorProto.FLOAT \
+                    and readers.get(adds[0].input[k[0]], 0) == 1 \
+                    and int(np.prod(inits[adds[0].input[k[0]]].dims)) == t.dims[1]:
+                bias = (adds[0], k[0])
+        out.append((n, bias))
+    return out
+
+
+def _rel(err: np.ndarray, T: np.ndarray) -> float:
+    return float(np.mean(err.astype(np.float64) ** 2) / (np.var(T, dtype=np.float64) + 1e-30))
+
+
+def fit_int8(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate: bool = True, threads: int | None = None,
+             progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, QuantFitReport]:
+    """A copy of the float ``proto`` whose quantized MatMuls are refitted on the int8 path and GPTQ-rounded
+    onto onnxruntime's per-channel int8 grid (module docstring), and a report. ``proto`` is not modified."""
+    t0 = time.perf_counter()
+    float_proto = proto
+    cur = onnx.ModelProto()
+    cur.CopyFrom(proto)
+    sites = _sites(cur, quantize_proto(cur, "int8")[1])
+    lv = levels(cur, {n.output[0] for n, _ in sites})
+    inits = {t.name: t for t in cur.graph.initializer}
+    order = sorted(set(lv.values()))
+    done = comp = fallback = rows = 0
+    e_rtn, e_fit = [], []
+    inputs = [sorted({n.input[0] for n, _ in sites if lv[n.output[0]] == L}) for L in order]
+    cut, fvals, qvals = None, None, None
+    for i, L in enumerate(order):
+        group = [(n, b) for n, b in sites if lv[n.output[0]] == L]
+        if progress:
+            progress(f"int8 fit: level {i + 1}/{len(order)} ({len(group)} MatMul)")
+        xs = inputs[i]
+        nxt = _next_cut(float_proto, cut, xs, inputs[i + 1]) if i + 1 < len(order) else None
+        full = [nxt] if nxt is not None and nxt != cut else []
+        _, qcur = quantize_proto(cur, "int8")
+        Xq = collect.collect(qcur, xs, batches, threads, cut=cut, cut_values=qvals, full=full)
+        Xf = collect.collect(float_proto, xs, batches, threads, cut=cut, cut_values=fvals, full=full)
+        if full:  # its upstream MatMuls are final now (levels below L): the next level starts there
+            cut, qvals, fvals = nxt, Xq.pop(("full", nxt)), Xf.pop(("full", nxt))
+        for n, bias in group:
+            xq, xf = Xq[n.input[0]], Xf[n.input[0]]
+            if len(xq) < MIN_ROWS or xq.shape != xf.shape:
+                continue
+            rows = max(rows, len(xq))
+            W = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+            b = numpy_helper.to_array(inits[bias[0].input[bias[1]]]).astype(np.float32).reshape(-1) \
+                if bias else np.zeros(W.shape[1], np.float32)
+            T = xf @ W + b
+            Wt, bt = W, b
+            if compensate and bias is not None:
+                rf = fit.ridge_refit(xq, T, W, b)
+                Wt, bt = rf.W, rf.b
+            H = xq.T.astype(np.float64) @ xq
+            Wg, bad = gptq.gptq_round(Wt, H)
+            e_rtn.append(_rel(xq @ gptq.round_to_nearest(W) + b - T, T))
+            e_fit.append(_rel(xq @ Wg + bt - T, T))
+            fallback += bad
+            _replace(cur, inits, n.input[1], Wg)
+            if compensate and bias is not None:
+                old = inits[bias[0].input[bias[1]]]
+                _replace(cur, inits, old.name, bt.reshape(numpy_helper.to_array(old).shape))
+                comp += 1
+            done += 1
+    rep = QuantFitReport("gptq" + ("+refit" if compensate else ""), done, comp, len(order), rows, fallback,
+                         float(np.mean(e_rtn)) if e_rtn else 0.0, float(np.mean(e_fit)) if e_fit else 0.0,
+                         time.perf_counter() - t0)
+    return cur, rep
+
+
+def _next_cut(proto: onnx.ModelProto, cut: str | None, xs: list[str], nxt: list[str]) -> str | None:
+    """Where the next level's collection should start: the current cut or one of this level's inputs
+    (their upstream MatMuls are all of lower levels, so their values are final once collected), whichever
+    leaves the fewest nodes to run for the next level's inputs ``nxt``. Any choice gives the same rows
+    (what the cut does not cover is recomputed from the graph inputs); this one is the cheapest."""
+    best, size = cut, None
+    for c in ([cut] if cut else []) + xs:
+        k = len(collect.with_outputs(proto, nxt, {c: np.zeros((1, 1), np.float32)}).graph.node)
+        if size is None or k < size:
+            best, size = c, k
+    return best
+
+
+def _replace(proto: onnx.ModelProto, inits: dict, name: str, value: np.ndarray) -> None:
+    """Overwrite initializer ``name`` of ``proto`` (a copy owned here) with ``value``, same name and dtype."""
+    t = numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name)
+    inits[name].CopyFrom(t)

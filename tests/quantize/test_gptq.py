@@ -1,0 +1,158 @@
+"""GPTQ rounding onto onnxruntime's per-channel int8 grid (n6onnx.quantize.gptq) and the int8-path fit of
+`rewrite --quantize int8 --calibrate` (n6onnx.quantize.qfit).
+
+References: onnxruntime's own quantize_dynamic (the emitted weights must come back bit for bit), a numpy
+round-to-nearest on the same grid (GPTQ must have a smaller output error on the calibration rows), and
+ORT running the original model on held-out feeds (the fitted int8 rewrite is at least as close as the
+unfitted one)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+import n6onnx
+from n6onnx import calibrate as cal
+from n6onnx.cli import main
+from n6onnx.quantize import gptq, qfit
+from n6onnx.testing import zoo
+
+
+def _problem(K=96, N=40, M=600, seed=0):
+    rng = np.random.default_rng(seed)
+    # correlated inputs with an offset: where error compensation across rows pays
+    X = (rng.standard_normal((M, K)) @ rng.standard_normal((K, K)) * 0.2 + 0.7).astype(np.float32)
+    W = (rng.standard_normal((K, N)) * 0.05).astype(np.float32)
+    W[:, 3] = 0.0  # an all-zero column: ORT's scale 1, q 0
+    W[5, 7] = -1.0  # a column whose max |w| is negative
+    return X, W
+
+
+def _rtn(W):
+    """Round to nearest on ORT's per-channel symmetric grid, numpy (the reference)."""
+    amax = np.abs(W).max(0)
+    s = np.where(amax > 0, (amax.astype(np.float64) * 2 / 254).astype(np.float32), np.float32(1))
+    return np.clip(np.round(W / s), -127, 127).astype(np.float32) * s
+
+
+def _ort_roundtrip(W, tmp_path):
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, W.shape[0]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, W.shape[1]])],
+                          [numpy_helper.from_array(W, "W")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]), str(tmp_path / "f.onnx"))
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), per_channel=True,
+                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    init = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    return init["W_quantized"], init["W_scale"]
+
+
+def test_gptq_weights_are_reproduced_bit_for_bit_by_quantize_dynamic(tmp_path):
+    X, W = _problem()
+    Wg, fallback = gptq.gptq_round(W, X.T.astype(np.float64) @ X)
+    assert fallback == 0
+    q, s = _ort_roundtrip(Wg, tmp_path)
+    assert q.dtype == np.int8 and s.shape == (W.shape[1],)
+    deq = q.astype(np.float32) * s
+    assert np.array_equal(deq.view(np.int32), Wg.view(np.int32))  # bit for bit
+    assert np.abs(q).max(0)[np.abs(W).max(0) > 0].min() == 127  # each column's max pinned: its scale unchanged
+    assert np.all(Wg[:, 3] == 0)
+    # and the grid is the one ORT computes for the float weights (same scales, to the fixed point)
+    _, s_float = _ort_roundtrip(W, tmp_path)
+    assert np.allclose(s, s_float, rtol=1e-6, atol=0)
+
+
+def test_gptq_has_a_smaller_output_error_than_round_to_nearest():
+    X, W = _problem(seed=1)
+    Wg, _ = gptq.gptq_round(W, X.T.astype(np.float64) @ X)
+    Wr = _rtn(W)
+    assert np.array_equal(Wr, gptq.round_to_nearest(W))  # the numpy reference is ORT's rounding
+    err = lambda A: float(np.sum((X @ (A - W)).astype(np.float64) ** 2))
+    assert err(Wg) < 0.7 * err(Wr), (err(Wg), err(Wr))
+
+
+def test_levels_follow_quantized_matmul_depth():
+    W = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["x", "W"], ["b"]), helper.make_node("MatMul", ["r", "W"], ["c"]),
+             helper.make_node("Add", ["c", "b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [W])
+    assert qfit.levels(helper.make_model(g), {"a", "b", "c"}) == {"a": 0, "b": 0, "c": 1}
+
+
+def _npz(path, n, seed):
+    base = zoo.example_inputs("bert")
+    rng = np.random.default_rng(seed)
+    np.savez(path, **{f"{k}/{i}": (rng.integers(1, 1000, a.shape).astype(a.dtype) if k == "input_ids" else a)
+                      for i in range(n) for k, a in base.items()})
+    return path
+
+
+def _held_err(src, cand, held):
+    s, r = ort.InferenceSession(str(cand)), ort.InferenceSession(str(src))
+    d = np.load(held)
+    n = len({k.split("/")[1] for k in d.files})
+    errs = []
+    for i in range(n):
+        feeds = {k.split("/")[0]: d[k] for k in d.files if k.endswith(f"/{i}")}
+        errs.append(np.mean((s.run(None, feeds)[0] - r.run(None, feeds)[0]).astype(np.float64) ** 2))
+    return float(np.mean(errs))
+
+
+@pytest.fixture(scope="module")
+def bert(zoo_export, tmp_path_factory):
+    d = tmp_path_factory.mktemp("gptq")
+    return zoo_export("bert", "dynamo20"), _npz(d / "calib.npz", 48, 1), _npz(d / "held.npz", 12, 2), d
+
+
+@pytest.mark.parametrize("passes_", [[], ["gelu=phi6"]], ids=["original", "phi6"])
+def test_int8_fit_is_at_least_as_close_to_the_original_on_held_out_feeds(bert, passes_):
+    src, calib, held, d = bert
+    before = onnx.load(str(src)).SerializeToString()
+    errs, reps = {}, {}
+    for fit in ("none", "gptq", "refit"):
+        out = d / f"{'-'.join(passes_) or 'orig'}_{fit}.onnx"
+        _, rep = n6onnx.rewrite(src, out, passes_, calibrate=calib, quantize="int8", quantize_fit=fit)
+        errs[fit], reps[fit] = _held_err(src, out, held), rep.quantization
+    assert onnx.load(str(src)).SerializeToString() == before  # the input is never modified
+    assert reps["none"].fit is None
+    for fit in ("gptq", "refit"):
+        assert reps[fit].fit["matmuls"] == reps[fit].quantized > 0 and reps[fit].fit["fallback_columns"] == 0
+        assert reps[fit].fit["rel_err_fit"] < reps[fit].fit["rel_err_rtn"]
+        assert errs[fit] <= errs["none"], errs
+
+
+def test_fit_weights_survive_quantize_dynamic_unchanged(bert):
+    src, calib, _, d = bert
+    proto = onnx.load(str(src))
+    fitted, rep = qfit.fit_int8(proto, cal.load_batches(str(calib), proto), compensate=True)
+    assert rep.matmuls > 0
+    onnx.save(fitted, str(d / "fitted.onnx"))
+    quantize_dynamic(str(d / "fitted.onnx"), str(d / "fitted_q.onnx"), per_channel=True,
+                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    fi = {t.name: numpy_helper.to_array(t) for t in fitted.graph.initializer}
+    qi = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(d / "fitted_q.onnx")).graph.initializer}
+    names = [k[: -len("_quantized")] for k in qi if k.endswith("_quantized") and k[: -len("_quantized")] in fi]
+    assert len(names) >= rep.matmuls
+    same = sum(np.array_equal((qi[f"{w}_quantized"].astype(np.float32) * qi[f"{w}_scale"]).view(np.int32),
+                              fi[w].view(np.int32)) for w in names)
+    assert same == rep.matmuls
+
+
+def test_cli_quantize_fit_option(bert, tmp_path):
+    src, calib, _, _ = bert
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "o.onnx"), "--quantize", "int8",
+                                  "--calibrate", str(calib), "--quantize-fit", "gptq", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["quantization"]["fit"]["method"] == "gptq"
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "p.onnx"), "--quantize", "int8",
+                                  "--quantize-fit", "bogus"])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "--quantize-fit" in r.output
