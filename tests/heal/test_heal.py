@@ -343,16 +343,17 @@ def test_no_fall_setting_of_a_pretrained_rewrite_never_falls_below_its_start(min
     assert rep.lowest >= rep.start - 0.001 and rep.best >= rep.start
 
 
-def test_default_heal_of_a_pretrained_rewrite_never_falls_below_its_start(minilm_phi6):
-    """Issue 16's rule with the defaults (the parallel block-local phase with the adaptive step from
-    ``local_lr_start``, the noise-aware backtrack margin): every held-out check of pretrained MiniLM
-    gelu=phi6 is within 0.001 of the calibrated start. The previous default (a fixed step of 1e-2 after a
-    warm-up, a fixed margin of 0.0005: ``local_lr_start=None, backtrack=0.0005``) falls 0.9980 -> 0.9959
-    here (the refit test above runs it). The step starts small and doubles only after checks that
-    do not fall, and checks come more often at small steps, so one check interval loses little."""
+def test_adaptive_step_of_a_pretrained_rewrite_never_falls_below_its_start(minilm_phi6):
+    """Issue 16's rule with the adaptive block-local step (``local_lr_start=1e-4``, the CLI's
+    --heal-local-lr-start 1e-4; the parallel phase, the noise-aware backtrack margin): every held-out
+    check of pretrained MiniLM gelu=phi6 is within 0.001 of the calibrated start. The fixed schedule (a
+    step of 1e-2 after a warm-up, a fixed margin of 0.0005: ``local_lr_start=None, backtrack=0.0005``)
+    falls 0.9980 -> 0.9959 here (the refit test above runs it). The step starts small and doubles only
+    after checks that do not fall, and checks come more often at small steps, so one check interval
+    loses little."""
     src, tmp = minilm_phi6
-    cfg = HealConfig(steps=40, eval_every=4, threads=1)
-    assert cfg.local_mode == "parallel" and cfg.local_lr_start is not None and cfg.backtrack == "auto"
+    cfg = HealConfig(steps=40, eval_every=4, threads=1, local_lr_start=1e-4)
+    assert cfg.local_mode == "parallel" and cfg.backtrack == "auto"
     rep = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "adaptive.onnx", config=cfg)
     local = [c for c in rep.curve if c[4:5] == ["local"]]
     assert len(local) > 40 * cfg.local / cfg.eval_every, rep.curve  # checked more often than every 4 steps
