@@ -12,17 +12,16 @@ for vectors, so each Adam step changes every entry by about ``lr`` of its typica
 is plain Adam on the weights, kept for comparison.
 
 Phases (``local``): first block-local reconstruction for that share of the budget. Default
-(``local_mode="sequential"``): the blocks holding a trained weight one after another in graph
-order, each for an equal part of the share, on the student's own stream at its input (upstream
-blocks as healed so far), only its own weights moving, towards the teacher's stream at its output;
-each sub-phase starts from the best checked weights, so a block is kept only as far as a held-out
-check did not fall (issue 16's no-fall rule; ``local_output`` adds the model outputs to its loss).
-``"parallel"`` (the previous default): every block
-holding a trained weight runs from the teacher's residual stream at its input (the executor's
-``inject``; blocks without one do not run) and is trained towards the teacher's stream at its
+(``local_mode="parallel"``): every block holding a trained weight runs from the teacher's residual
+stream at its input (the executor's ``inject``; blocks without one do not run) and is trained towards
+the teacher's stream at its
 output, with the loss's weighting, at ``local_lr``; then global distillation (below) at ``lr``,
 from the best weights so far, to fix the drift the blocks' errors accumulate. Each phase has a
-fresh Adam and its own warm-up. Between them (``refit``, default "phase"), the trained output
+fresh Adam and its own warm-up (``local_lr_start``: the block-local step grows from there instead,
+doubling after each check that does not fall). ``"sequential"``: the blocks one after another in
+graph order, each for an equal part of the share, on the student's own stream at its input, only its
+own weights moving; a block is kept only as far as a held-out check did not fall (``local_output``
+adds the model outputs to its loss). Between the phases (``refit``, default "phase"), the trained output
 projections are refitted in closed form, in graph order, on the student's own stream
 (``heal.refit``): that restores the upstream compensation of calibration's sequential fit, which
 block-local training (from the teacher's input) undoes; the refitted weights are checked on
