@@ -44,13 +44,9 @@ def stock(src: pathlib.Path, dst: pathlib.Path, per_channel: bool) -> pathlib.Pa
     return dst
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bench-seconds", type=float, default=4.0, help="per model in each bench (0: no timing)")
-    ap.add_argument("--note", default="shared 2-core machine, ~7 developers working: timing is noisy",
-                    help="what the timing was taken on")
-    args = ap.parse_args()
-    work = ROOT / "build" / "quantize"
+def minilm_split(work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """The MiniLM dynamic export and its text files in ``work``: calibration = corpus sentences 0..254,
+    held-out = 1000..1254 (never seen by a fit). Shared with benchmarks/quantize_fit.py."""
     work.mkdir(parents=True, exist_ok=True)
     cache = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", ROOT / "build" / "test-models"))
     src = zoo.export("minilm", "dynamo20", cache, dynamic=True)
@@ -58,6 +54,17 @@ def main() -> None:
     calib, held = work / "calib.txt", work / "held.txt"
     calib.write_text("\n".join(s[:255]))
     held.write_text("\n".join(s[1000:1255]))
+    return src, calib, held
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench-seconds", type=float, default=4.0, help="per model in each bench (0: no timing)")
+    ap.add_argument("--note", default="shared 2-core machine, ~7 developers working: timing is noisy",
+                    help="what the timing was taken on")
+    args = ap.parse_args()
+    work = ROOT / "build" / "quantize"
+    src, calib, held = minilm_split(work)
     dims = n6onnx.feeds.parse_dims(DIMS)
     rows = []
 

@@ -15,7 +15,6 @@ Writes benchmarks/results/quantize_fit_minilm.json.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
@@ -28,9 +27,9 @@ from n6onnx import calibrate as cal  # noqa: E402
 from n6onnx import io  # noqa: E402
 from n6onnx import quantize as Q  # noqa: E402
 from n6onnx.quantize import qfit  # noqa: E402
-from n6onnx.testing import corpus, zoo  # noqa: E402
 
 from _common import write  # noqa: E402
+from quantize import minilm_split  # noqa: E402  (benchmarks/)
 
 DIMS = ["batch=8", "seq=64"]
 RECIPES = {"original (no pass)": [], "gelu=phi6": ["gelu=phi6"], "ffn=phi-bottleneck:4/3": ["ffn=phi-bottleneck:4/3"],
@@ -59,13 +58,7 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="which recipes (default: all)")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize_fit"
-    work.mkdir(parents=True, exist_ok=True)
-    cache = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", ROOT / "build" / "test-models"))
-    src = zoo.export("minilm", "dynamo20", cache, dynamic=True)
-    s = corpus.sentences()
-    calib, held = work / "calib.txt", work / "held.txt"
-    calib.write_text("\n".join(s[:255]))
-    held.write_text("\n".join(s[1000:1255]))
+    src, calib, held = minilm_split(work)
     dims = n6onnx.feeds.parse_dims(DIMS)
     rows = []
 

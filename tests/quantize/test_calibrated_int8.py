@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 import n6onnx
 from n6onnx import calibrate as cal
-from n6onnx.testing import zoo
 from n6onnx.cli import main
-
-
-def _npz(path, n, seed):
-    base = zoo.example_inputs("bert")
-    rng = np.random.default_rng(seed)
-    np.savez(path, **{f"{k}/{i}": (rng.integers(1, 1000, a.shape).astype(a.dtype) if k == "input_ids" else a)
-                      for i in range(n) for k, a in base.items()})
-    return path
 
 
 def _err(src, cand, held):
@@ -39,10 +29,10 @@ def _stock(src, dst, per_channel):
 
 
 @pytest.fixture(scope="module")
-def bert_phi6(zoo_export, tmp_path_factory):
+def bert_phi6(zoo_export, tmp_path_factory, bert_npz):
     d = tmp_path_factory.mktemp("cq")
     src = zoo_export("bert", "dynamo20")
-    calib, held = _npz(d / "calib.npz", 48, 1), _npz(d / "held.npz", 12, 2)
+    calib, held = bert_npz(d / "calib.npz", 48, 1), bert_npz(d / "held.npz", 12, 2)
     out = {}
     for name, kw in {"centred": {}, "uncentred": {"centre": False}}.items():
         saved = dict(cal.calibrate_swap.__kwdefaults__)

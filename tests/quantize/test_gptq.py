@@ -22,7 +22,6 @@ import n6onnx
 from n6onnx import calibrate as cal
 from n6onnx.cli import main
 from n6onnx.quantize import gptq, qfit
-from n6onnx.testing import zoo
 
 
 def _problem(K=96, N=40, M=600, seed=0):
@@ -88,14 +87,6 @@ def test_levels_follow_quantized_matmul_depth():
     assert qfit.levels(helper.make_model(g), {"a", "b", "c"}) == {"a": 0, "b": 0, "c": 1}
 
 
-def _npz(path, n, seed):
-    base = zoo.example_inputs("bert")
-    rng = np.random.default_rng(seed)
-    np.savez(path, **{f"{k}/{i}": (rng.integers(1, 1000, a.shape).astype(a.dtype) if k == "input_ids" else a)
-                      for i in range(n) for k, a in base.items()})
-    return path
-
-
 def _held_err(src, cand, held):
     s, r = ort.InferenceSession(str(cand)), ort.InferenceSession(str(src))
     d = np.load(held)
@@ -108,9 +99,9 @@ def _held_err(src, cand, held):
 
 
 @pytest.fixture(scope="module")
-def bert(zoo_export, tmp_path_factory):
+def bert(zoo_export, tmp_path_factory, bert_npz):
     d = tmp_path_factory.mktemp("gptq")
-    return zoo_export("bert", "dynamo20"), _npz(d / "calib.npz", 48, 1), _npz(d / "held.npz", 12, 2), d
+    return zoo_export("bert", "dynamo20"), bert_npz(d / "calib.npz", 48, 1), bert_npz(d / "held.npz", 12, 2), d
 
 
 @pytest.mark.parametrize("passes_", [[], ["gelu=phi6"]], ids=["original", "phi6"])
