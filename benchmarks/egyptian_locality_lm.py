@@ -85,21 +85,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from _common import write
-    from heal_lm import gpt2_source, scores
+    from heal_lm import Rows, gpt2_source
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     t0 = time.perf_counter()
     lm = gpt2_source(a.steps)
     src, data, held, labels = lm["model"], lm["data"], lm["held"], lm["labels"]
-    rows = []
+    rows = row = Rows(src, held, labels)
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
-
-        def row(name: str, path, **extra) -> None:
-            r = {"model": name, **extra, "held_out": scores(src, path, held, labels)}
-            print(r, flush=True)
-            rows.append(r)
-
         def kinds(rep) -> list:
             return [{"layer": s.detail["index"], "head_kinds": s.detail["head_kinds"],
                      "assignment": s.detail["assignment"], **({"locality": s.detail["locality"]}

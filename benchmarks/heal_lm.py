@@ -70,6 +70,21 @@ def scores(src, cand, held: pathlib.Path, labels: np.ndarray) -> dict:
             "loss": round(float(np.concatenate(nll).mean()), 5)}
 
 
+class Rows(list):
+    """A run's rows: ``rows(name, path, **extra)`` scores the model at ``path`` against ``src`` on the held-out
+    text (``scores``), prints the row and keeps it."""
+
+    def __init__(self, src, held: pathlib.Path, labels: np.ndarray):
+        super().__init__()
+        self.src, self.held, self.labels = src, held, labels
+
+    def __call__(self, name: str, path, **extra) -> dict:
+        r = {"model": name, **extra, "held_out": scores(self.src, path, self.held, self.labels)}
+        print(r, flush=True)
+        self.append(r)
+        return r
+
+
 def _label_batches(labels: np.ndarray, held: pathlib.Path):
     """``labels`` [n, seq] split like the held-out feeds' batches (in their order)."""
     k = 0
@@ -189,16 +204,9 @@ def main(argv=None) -> int:
     lm = moe_source() if a.lm == "moe" else gpt2_source(a.steps)
     src, data, held, labels = lm["model"], lm["data"], lm["held"], lm["labels"]
     passes = a.passes or PASSES[a.lm]
-    rows = []
+    rows = row = Rows(src, held, labels)
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
-
-        def row(name: str, path, **extra) -> dict:
-            r = {"model": name, **extra, "held_out": scores(src, path, held, labels)}
-            print(r, flush=True)
-            rows.append(r)
-            return r
-
         row("original", src)
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
