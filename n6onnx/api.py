@@ -146,6 +146,9 @@ def rewrite(
             raise N6Error(f"--quantize {qmode} needs calibration data (--calibrate DATA)")
     if quantize_fit not in qfit.METHODS:
         raise BadArgumentError(f"quantize_fit: expected one of {', '.join(qfit.METHODS)}, got {quantize_fit!r}")
+    if quantize_fit != "none" and (qmode is None or qmode.kind != "int8" or calibrate is None):
+        raise BadArgumentError(f"--quantize-fit {quantize_fit} needs --quantize int8 and --calibrate DATA (it fits "
+                               "the int8 MatMuls on DATA)")
     if not specs and qmode is None:
         raise N6Error("no pass given (e.g. --pass gelu=phi6, or --quantize int8)")
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work

@@ -147,3 +147,8 @@ def test_cli_quantize_fit_option(bert, tmp_path):
     r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "p.onnx"), "--quantize", "int8",
                                   "--quantize-fit", "bogus"])
     assert r.exit_code != 0 and "Traceback" not in r.output and "--quantize-fit" in r.output
+    for args in (["--quantize", "int8"], ["--quantize", "int4", "--calibrate", str(calib)], ["--pass", "gelu=phi6"]):
+        out = tmp_path / "q.onnx"
+        r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(out), "--quantize-fit", "refit", *args])
+        assert r.exit_code == 2 and "Traceback" not in r.output and "--quantize-fit refit needs" in r.output, r.output
+        assert not out.exists()
