@@ -67,3 +67,22 @@ def write(name: str, payload: dict) -> pathlib.Path:
     out = RESULTS / f"{name}.json"
     atomic_write(out, json.dumps(payload, indent=2) + "\n")
     return out
+
+
+def heal_fields(spec: str) -> dict:
+    """``"minutes=6,lr=1e-3,local=0"`` -> HealConfig field overrides (numbers as int where they parse so, else
+    float; ``none`` -> None; anything else a string); an unknown field ends the run."""
+    from n6onnx.heal.config import HealConfig
+
+    kw = {}
+    for item in filter(None, spec.split(",")):
+        k, v = item.split("=", 1)
+        if k not in HealConfig.__dataclass_fields__:
+            raise SystemExit(f"unknown HealConfig field {k!r}")
+        for conv in (int, float):
+            try:
+                kw[k] = conv(v)
+                break
+            except ValueError:
+                kw[k] = None if v == "none" else v
+    return kw

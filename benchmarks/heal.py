@@ -132,9 +132,11 @@ def main() -> None:
     ap.add_argument("--name", default="heal_minilm", help="result file name (benchmarks/results/NAME.json)")
     ap.add_argument("--note", default="", help="where and how this ran (hardware, cores)")
     ap.add_argument("--deadline", type=float, help="seconds this process may run: the heal budget shrinks to fit")
+    ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads of the heal")
+    ap.add_argument("--set", default="", help="more HealConfig fields, e.g. 'train_dtype=bfloat16,refit=none'")
     a = ap.parse_args()
 
-    from _common import write
+    from _common import heal_fields, write
 
     global DEADLINE
     if a.deadline:
@@ -158,11 +160,12 @@ def main() -> None:
             (work / "data.txt").write_text("\n".join(train))
             (work / "held.txt").write_text("\n".join(held_t))
             data, held = work / "data.txt", {"text": work / "held.txt"}
-        cfg = HealConfig(minutes=a.minutes, lr=a.lr, param=a.param, loss=a.loss, train=a.train, threads=2,
+        cfg = HealConfig(minutes=a.minutes, lr=a.lr, param=a.param, loss=a.loss, train=a.train, threads=a.threads,
                          eval_every=a.eval_every, local=a.local, local_lr=a.local_lr, local_input=a.local_input,
                          warmup=a.warmup, prime=a.prime, cache_bytes=a.cache_mb << 20, refit=a.refit,
                          local_eval_every=a.local_eval_every, local_mode=a.local_mode, local_output=a.local_output,
                          backtrack=a.backtrack, local_lr_start=a.local_lr_start)
+        cfg = dataclasses.replace(cfg, **heal_fields(a.set))
         rows = []
         for spec in a.only or (["int8"] + REWRITES):
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")

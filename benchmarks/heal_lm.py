@@ -138,20 +138,10 @@ def gpt2_source(steps: int) -> dict:
 
 
 def parse_heal(spec: str) -> HealConfig:
-    """``"minutes=6,lr=1e-3,local=0"`` -> HealConfig (numbers as int where they parse so, else float;
-    ``none`` -> None; anything else a string)."""
-    kw = {}
-    for item in filter(None, spec.split(",")):
-        k, v = item.split("=", 1)
-        if k not in HealConfig.__dataclass_fields__:
-            raise SystemExit(f"--heal: unknown HealConfig field {k!r}")
-        for conv in (int, float):
-            try:
-                kw[k] = conv(v)
-                break
-            except ValueError:
-                kw[k] = None if v == "none" else v
-    return HealConfig(**kw)
+    """``"minutes=6,lr=1e-3,local=0"`` -> HealConfig (``_common.heal_fields``)."""
+    from _common import heal_fields
+
+    return HealConfig(**heal_fields(spec))
 
 
 def merge_rows(old: dict, parts: list[dict]) -> dict:

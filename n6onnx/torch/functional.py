@@ -213,7 +213,7 @@ def egyptian_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, key_pa
     allowed = allowed_mask(list(pr.kinds), Lq, Lk, pr.window, pr.causal, pr.sinks, Q.device)[None]  # [1, H, Lq, Lk]
     if key_padding_mask is not None:
         allowed = allowed & (key_padding_mask != 0)[:, None, None, :]
-    masked = scores.masked_fill(~allowed, torch.finfo(cd).min)
+    masked = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)  # (bf16 under autocast)
     # a row with no allowed key: uniform softmax, zeroed by the mask multiply
     probs = torch.softmax(masked, dim=-1) * allowed.to(cd)
     y = (probs @ v).transpose(1, 2).reshape(B, Lq, H * dh)

@@ -206,3 +206,22 @@ def test_fftmix_causal_gradients():
         past = torch.randn(2, P, 3, generator=g, dtype=torch.float64, requires_grad=True)
         fs = [torch.randn(w, 3, generator=g, dtype=torch.float64, requires_grad=True) for w in (6, 12, 24)]
         _gradcheck(lambda x, past, *fs: tf.fftmix(x, *fs, past, torch.tensor(pl), causal=1)[0], x, past, *fs)
+
+
+def test_egyptian_attention_under_bf16_autocast():
+    """`--heal-dtype bfloat16` runs the ops under CPU bf16 autocast: the masked scores are then bf16, so the
+    mask's fill value must be bf16's own minimum (float32's overflows it); the result stays within bf16's
+    rounding of the float32 run, and a fully masked row is still zero."""
+    g = torch.Generator().manual_seed(3)
+    B, L, H, dh = 2, 9, 4, 8
+    q, k, v = (torch.randn(B, L, H * dh, generator=g) for _ in range(3))
+    m = torch.ones(B, L, dtype=torch.int32)
+    m[0, -3:] = 0
+    m[1, :] = 0
+    attrs = dict(num_heads=H, window=4, head_kinds=[1, 2, 0, 1])
+    ref = tf.egyptian_attention(q, k, v, m, **attrs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tf.egyptian_attention(q, k, v, m, **attrs)
+    assert got.dtype == torch.float32
+    assert float((got - ref).abs().max()) < 0.05 * float(ref.abs().max())
+    assert float(got[1].abs().max()) == 0.0
