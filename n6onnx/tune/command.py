@@ -75,6 +75,6 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, minutes, repor
         for n in rep.notes:
             out.print(escape(n), highlight=False)
         if rep.output:
-            out.print(escape(f"wrote {rep.output}: {rep.chosen.recipe.label}"), highlight=False)
+            out.print(escape(f"wrote {rep.output}: {rep.chosen.label}"), highlight=False)
     if rep.chosen is None:
         sys.exit(1)

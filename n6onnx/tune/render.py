@@ -16,16 +16,17 @@ def _f(x, spec=".4f") -> str:
 
 def rows(rep) -> list[tuple[str, ...]]:
     """One row per reference and front point, then the other measured trials (pruned/failed last)."""
-    int8 = next((p for p in rep.references if p.role == "int8"), None)
+    int8 = rep.int8
     front = {id(p) for p in rep.front}
     order = rep.references + [p for p in rep.front if p.role == "trial"] + sorted(
         (p for p in rep.trials if id(p) not in front), key=lambda p: (p.status != "complete", -(p.cosine or -2)))
     out = []
     for p in order:
-        mark = ("chosen" if p is rep.chosen else "") + (" front" if id(p) in front else "")
+        mark = ("chosen" if p is rep.chosen else "") + (" front" if id(p) in front else "") + (
+            " anchor" if p is int8 else "")
         vs_int8 = (p.speedup / int8.speedup) if (int8 is not None and int8.speedup and p.speedup) else None
         e = (p.timing or {}).get("energy_mj_per_inference_estimated")
-        out.append((p.role if p.role != "trial" else f"#{p.number}", p.recipe.label, healing(p), _f(p.cosine),
+        out.append((p.role if p.role != "trial" else f"#{p.number}", p.label, healing(p), _f(p.cosine),
                     _f(p.nn, ".3f"),
                     _f(p.latency, ".2f"), _f(p.speedup, ".2f"), _f(vs_int8, ".2f"), _f(e, ".1f"),
                     (mark.strip() or p.status) + (f": {p.reason}" if p.status != "complete" else "")))
@@ -64,9 +65,9 @@ def plot_png(rep) -> bytes:
     ax.scatter([p.relative_latency for p in done], [p.cosine for p in done], s=14, c="0.6", label="trials")
     fr = [p for p in rep.front if p.relative_latency is not None]
     ax.plot([p.relative_latency for p in fr], [p.cosine for p in fr], "-o", c="tab:blue", ms=5, label="Pareto front")
-    for p, c in zip(rep.references, ("black", "tab:orange")):
+    for p, c in zip(rep.references, ("black", "tab:orange", "tab:green")):
         if p.relative_latency is not None and p.cosine is not None:
-            ax.scatter([p.relative_latency], [p.cosine], marker="s", s=50, c=c, label=p.recipe.label, zorder=3)
+            ax.scatter([p.relative_latency], [p.cosine], marker="s", s=50, c=c, label=p.label, zorder=3)
     if rep.chosen is not None:
         ax.scatter([rep.chosen.relative_latency], [rep.chosen.cosine], marker="*", s=160, c="tab:red", label="chosen",
                    zorder=4)

@@ -1,9 +1,11 @@
 """``n6onnx tune``: an Optuna multi-objective study (held-out fidelity up, latency down) over recipes.
 
 Flow: split DATA into a fit part (calibration, healing) and a held-out part (fidelity only); make
-ORT's best fused original (the fp32 baseline) and its int8 version (the int8 reference); then each
-trial builds a recipe (passes -> heal -> fuse -> int8; a healed int8 recipe: passes -> heal under fake
-quantization -> int8 -> fuse, so the written int8 graph is the one the heal trained against), measures its
+ORT's best fused original (the fp32 baseline) and its int8 versions in both graph orders (fused, then
+quantized: a fused attention keeps its Q/K/V projections float; quantized, then fused: every MatMul int8, what
+``quantize_dynamic`` on the export gives), the faster of which is the int8 reference; then each trial builds a
+recipe (passes -> heal -> int8 and fusion in the reference's order; a healed int8 recipe: passes -> heal under
+fake quantization -> int8 -> fuse, so the written int8 graph is the one the heal trained against), measures its
 held-out fidelity, and times it
 only when the fidelity meets the gates (otherwise the trial is pruned: no time is spent timing a
 recipe that cannot be chosen). The fastest recipe meeting the gates is written to OUT.
@@ -50,6 +52,11 @@ class Point:
     path: pathlib.Path | None = None
     seconds: float = 0.0
     healing: dict | None = None  # healed recipes: how (float / fake-quant int8), heal seconds, steps, ...
+    graph: str = ""  # int8 points: the graph order ("fused, then quantized" / "quantized, then fused")
+
+    @property
+    def label(self) -> str:
+        return self.recipe.label + (f" ({self.graph})" if self.graph else "")
 
     @property
     def cosine(self) -> float | None:
@@ -75,7 +82,8 @@ class Point:
         return None if not s else 1.0 / s
 
     def to_json(self) -> dict:
-        return {"role": self.role, "trial": self.number, **self.recipe.to_json(), "status": self.status,
+        return {"role": self.role, "trial": self.number, **self.recipe.to_json(), "graph": self.graph or None,
+                "status": self.status,
                 "reason": self.reason, "fidelity": self.fidelity, "timing": self.timing,
                 "healing": self.healing, "seconds": round(self.seconds, 2)}
 
@@ -97,8 +105,13 @@ class TuneReport:
     def meets(self, p: Point) -> bool:
         return _meets(p, self.min_cosine, self.min_nn)
 
+    @property
+    def int8(self) -> Point | None:
+        """The int8 reference ("x int8"): the faster of the int8 graph orders measured."""
+        return anchor(self.references)
+
     def to_json(self) -> dict:
-        int8 = next((p for p in self.references if p.role == "int8"), None)
+        int8 = self.int8
         chosen = None
         if self.chosen is not None:
             chosen = self.chosen.to_json()
@@ -108,6 +121,13 @@ class TuneReport:
                 "setting": self.setting, "seconds": round(self.seconds, 1), "chosen": chosen,
                 "references": [p.to_json() for p in self.references], "front": [p.to_json() for p in self.front],
                 "trials": [p.to_json() for p in self.trials], "notes": self.notes}
+
+
+def anchor(references: list[Point]) -> Point | None:
+    """The fastest int8 reference (by speed-up over the fp32 baseline), or the first one when none is timed."""
+    q = [p for p in references if p.role == "int8"]
+    timed = [p for p in q if p.speedup]
+    return max(timed, key=lambda p: p.speedup) if timed else (q[0] if q else None)
 
 
 def _meets(p: Point, c: float, nn: float | None) -> bool:
@@ -211,6 +231,8 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         timer = measure.Timer(src, work, threads=threads, dims=dims, seconds=seconds_per_trial,
                               block_seconds=block_seconds)
         refs = _references(src, timer, held, threads, work, say)
+        # unhealed int8 recipes are built in the int8 reference's graph order (the faster one here)
+        int8_first = anchor(refs).graph == QUANTIZED_FIRST
         floats: dict[tuple, pathlib.Path] = {}
         healed: dict[tuple, tuple[pathlib.Path, dict]] = {}
         fids: dict[pathlib.Path, dict] = {}
@@ -257,10 +279,11 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             return healed[(r.passes, mode)]
 
         def build(r: space.Recipe, path: pathlib.Path) -> pathlib.Path:
-            """fp32: fused. int8: fused, then quantized; healed under fake quantization: quantized as healed
-            (the graph the heal trained against), then fused (fusion leaves the int8 MatMuls as they are)."""
+            """fp32: fused. int8: in the int8 reference's order (fused then quantized, or quantized then fused);
+            healed under fake quantization: quantized as healed (the graph the heal trained against), then fused
+            (fusion leaves the int8 MatMuls as they are)."""
             key = _key(r)
-            if r.quantize and r.heal and r.quantize in stages.FAKE_QUANT_MODES:
+            if r.quantize and (int8_first or r.heal and r.quantize in stages.FAKE_QUANT_MODES):
                 q = work / f"q-{key}.onnx"
                 stages.quantize(path, q, r.quantize)
                 return timer.fuse(q)
@@ -351,7 +374,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         refs[0].timing = timer.reference()  # its own blocks: speed-up 1 by construction
         complete = [p for p in points if p.status == "complete"]
         front = pareto(refs + complete)
-        # candidates: every timed trial and the int8 reference (the fp32 original is no saving)
+        # candidates: every timed trial and the int8 references (the fp32 original is no saving)
         ok = [p for p in complete + refs[1:] if _meets(p, min_cosine, min_nn) and p.relative_latency is not None]
         chosen = min(ok, key=lambda p: (p.relative_latency, -(p.cosine or 0))) if ok else None
         setting = {"threads": threads, "dims": dims, "feed_shapes": {k: list(v.shape) for k, v in timer.feed.items()},
@@ -361,8 +384,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                              f"{seconds_per_trial:g} s per variant per trial (bench's method, shorter)",
                    "energy": f"estimated: process CPU-seconds x {CPU_WATTS_PER_CORE:g} W per busy core "
                              "(bench's estimator), not measured",
-                   "quantize": "n6onnx.tune.stages.quantize (int8: dynamic, per channel); int8 recipes: fused, then "
-                               "quantized (a fused attention's projections stay float); healed int8 recipes: "
+                   "quantize": "n6onnx.tune.stages.quantize (int8: dynamic, per channel); the int8 reference: the "
+                               "faster of the original fused then quantized (a fused attention's projections stay "
+                               "float) and quantized then fused (every MatMul int8), both measured; unhealed int8 "
+                               f"recipes: built in the reference's order ({anchor(refs).graph}); healed int8 recipes: "
                                "healed under fake quantization (n6onnx.heal, as rewrite --quantize int8 --heal), "
                                "quantized, then fused (fusion leaves the int8 MatMuls the heal trained against)",
                    "heal": heal is not None, "seed": seed, "budget_minutes": minutes,
@@ -394,18 +419,34 @@ def _storage(url: str | None):
     return JournalStorage(JournalFileBackend(str(url)))
 
 
+FUSED_FIRST, QUANTIZED_FIRST = "fused, then quantized", "quantized, then fused"
+
+
 def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pathlib.Path, say) -> list[Point]:
+    """The fp32 baseline (ORT's best fused original) and int8 alone in both graph orders: fused then quantized
+    (a fused attention keeps its Q/K/V projections float) and quantized then fused (every MatMul int8: what
+    ``quantize_dynamic`` on the export gives). Which is faster depends on the machine; the faster is the
+    int8 reference of the report's "x int8" (``anchor``), and both are candidates for OUT."""
     fp32 = Point(space.Recipe(), "fp32", path=timer.baseline)
     fp32.fidelity = measure.fidelity(src, timer.baseline, held, threads)
-    say("int8 reference: the fused original, quantized")
-    t = time.perf_counter()
-    int8 = Point(space.Recipe((), "int8"), "int8", path=work / "int8.onnx")
-    stages.quantize(timer.baseline, int8.path, "int8")
-    int8.fidelity = measure.fidelity(src, int8.path, held, threads)
-    int8.timing = timer.time(int8.path)
-    int8.seconds = time.perf_counter() - t
-    say(f"int8 reference: cos {_f(int8.cosine)} NN {_f(int8.nn)} x{int8.speedup or float('nan'):.2f} vs fp32")
-    return [fp32, int8]
+    refs = [fp32]
+    for graph in (FUSED_FIRST, QUANTIZED_FIRST):
+        say(f"int8 reference: the original, {graph}")
+        t = time.perf_counter()
+        p = Point(space.Recipe((), "int8"), "int8", graph=graph)
+        if graph == FUSED_FIRST:
+            p.path = work / "int8-fused-first.onnx"
+            stages.quantize(timer.baseline, p.path, "int8")
+        else:
+            q = work / "int8-quantized-first.onnx"
+            stages.quantize(src, q, "int8")
+            p.path = timer.fuse(q)
+        p.fidelity = measure.fidelity(src, p.path, held, threads)
+        p.timing = timer.time(p.path)
+        p.seconds = time.perf_counter() - t
+        say(f"int8 reference ({graph}): cos {_f(p.cosine)} NN {_f(p.nn)} x{p.speedup or float('nan'):.2f} vs fp32")
+        refs.append(p)
+    return refs
 
 
 def _key(x) -> str:

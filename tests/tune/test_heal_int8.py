@@ -17,9 +17,7 @@ import n6onnx
 from n6onnx.quantize import int8graph, quantize_proto
 from n6onnx.tune import stages, study, tune
 from ..conftest import require
-from .test_tune import FAST, MODEL, _npz
-
-KEEP = {"block_drop": 0, "attention": "none", "gelu": "keep", "ffn": "keep", "moe": "keep"}
+from .test_tune import FAST, KEEP, MODEL, _npz
 
 
 def _int8_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -92,7 +90,7 @@ def test_int8_recipe_is_healed_under_fake_quant_and_fp32_in_float(zoo_export, tm
     assert by_label[f32.recipe.label]["healing"]["mode"] == "float"
     rows = {r[1]: r for r in study.render.rows(rep)}
     assert rows[q8.recipe.label][2].startswith("fake-quant int8, ") and rows[f32.recipe.label][2].startswith("float, ")
-    assert rows["int8"][2] == "-"
+    assert rows[f"int8 ({study.FUSED_FIRST})"][2] == rows[f"int8 ({study.QUANTIZED_FIRST})"][2] == "-"
 
 
 def _float_and_int8(path: pathlib.Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:

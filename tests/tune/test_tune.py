@@ -18,10 +18,12 @@ import n6onnx
 from n6onnx.testing import zoo
 from n6onnx.cli import main
 from n6onnx.errors import BadArgumentError
+from n6onnx.quantize import int8graph
 from n6onnx.tune import ModelInfo, Point, Recipe, pareto, space, stages, study, tune
 from ..conftest import require
 
 MODEL = ("bert", "dynamo20")
+KEEP = {"block_drop": 0, "attention": "none", "gelu": "keep", "ffn": "keep", "moe": "keep"}
 FAST = dict(minutes=3, threads=1, seconds_per_trial=0.4, block_seconds=0.1)
 
 
@@ -44,7 +46,8 @@ def test_tune_writes_the_fastest_recipe_meeting_the_gate(zoo_export, tmp_path):
     rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.9, trials=3, report_dir=tmp_path / "rep",
                **FAST)
     assert rep.chosen is not None and rep.output == str(tmp_path / "out.onnx")
-    assert [p.role for p in rep.references] == ["fp32", "int8"]
+    assert [(p.role, p.graph) for p in rep.references] == [("fp32", ""), ("int8", study.FUSED_FIRST),
+                                                             ("int8", study.QUANTIZED_FIRST)]
     timed = [p for p in rep.trials + rep.references[1:] if p.speedup is not None]
     ok = [p for p in timed if p.cosine >= 0.9]
     assert rep.chosen.speedup == max(p.speedup for p in ok)  # speed-up vs the interleaved baseline, not raw ms
@@ -57,9 +60,44 @@ def test_tune_writes_the_fastest_recipe_meeting_the_gate(zoo_export, tmp_path):
     onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"))
     j = json.loads((tmp_path / "rep" / "tune.json").read_text())
     assert j["chosen"]["label"] == rep.chosen.recipe.label and j["front"] and j["references"][1]["quantize"] == "int8"
+    assert [r["graph"] for r in j["references"]] == [None, study.FUSED_FIRST, study.QUANTIZED_FIRST]
     assert (tmp_path / "rep" / "tune.png").read_bytes()[:4] == b"\x89PNG"
     front = {id(p) for p in rep.front}
     assert id(rep.chosen) in front or rep.chosen.role == "int8"
+
+
+def test_int8_alone_is_measured_in_both_graph_orders_and_the_faster_is_the_anchor(zoo_export, tmp_path,
+                                                                                    monkeypatch):
+    """The int8 reference is what ORT's quantizer gives at its best: the original fused then quantized (a fused
+    attention keeps Q/K/V float) and quantized then fused (every MatMul int8, as quantize_dynamic on the export
+    gives), both timed; "x int8" is against the faster. Unhealed int8 recipes are built in that order."""
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    seen = []
+    real = stages.quantize
+
+    def quantize(a, b, mode="int8"):  # the real quantizer; the test notes what it quantized
+        real(a, b, mode)
+        f, q = onnx.load(a), onnx.load(b)
+        seen.append((pathlib.Path(a).name, len(int8graph.quantized_matmuls(f, q))))
+
+    monkeypatch.setattr(stages, "quantize", quantize)
+    n_matmul = sum(n.op_type in ("MatMul", "Gemm") for n in onnx.load(src).graph.node)
+    rep = tune(src, None, calibrate=data, min_cosine=-1.0, trials=0, **FAST)
+    fused, first = rep.references[1:]
+    assert (fused.graph, first.graph) == (study.FUSED_FIRST, study.QUANTIZED_FIRST)
+    assert seen[1] == (pathlib.Path(src).name, seen[1][1]) and seen[1][1] > 0  # the export itself, quantized
+    assert seen[0][0] != pathlib.Path(src).name and seen[0][1] <= seen[1][1] <= n_matmul
+    assert fused.speedup and first.speedup and rep.int8 is max((fused, first), key=lambda p: p.speedup)
+    # an unhealed int8 recipe follows the anchor's order: quantized first when that is the faster
+    monkeypatch.setattr(study, "anchor", lambda refs: refs[2])
+    monkeypatch.setattr(study.space, "seeds", lambda info, heal: [{**KEEP, "gelu": "phi6", "int8": True}])
+    seen.clear()
+    rep = tune(src, None, calibrate=data, min_cosine=-1.0, trials=1, **FAST)
+    assert rep.trials[0].recipe == Recipe(("gelu=phi6",), "int8", False) and rep.trials[0].status == "complete"
+    assert seen[-1][0].startswith("rw-")  # the calibrated rewrite itself, not a fused copy
+    j = rep.to_json()
+    assert j["chosen"]["speedup_vs_int8"] == pytest.approx(rep.chosen.speedup / rep.references[2].speedup)
 
 
 def test_cli_no_recipe_meets_the_gate_exits_1_and_writes_nothing(zoo_export, tmp_path):
