@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # MiniLM heal rows of any setting at once (benchmarks/heal.py), each pinned to its own cores, then merged into
-# benchmarks/results/$RESULT.json. A row is "TAG THREADS REWRITE [SPEC]": THREADS cores (taskset) and threads,
-# REWRITE as heal.py --only takes it (or int8), SPEC HealConfig fields (heal.py --set). Run from the repository
+# benchmarks/results/$RESULT.json. A row is "TAG THREADS REWRITE [SPEC [DATA]]": THREADS cores (taskset) and threads,
+# REWRITE as heal.py --only takes it (or int8), SPEC HealConfig fields (heal.py --set; - for none), DATA another
+# pre-tokenised DATA .npz than $CARRY/data.npz (the held-out feeds stay $CARRY/held.npz). Run from the repository
 # root on a host with enough cores (the device host's 16: e.g. 8 rows of 2, or 4 rows of 4):
 #     RESULT=heal_minilm_bf16 bash benchmarks/heal_rows.sh CARRY "phi6 2 gelu=phi6" "phi6_bf16 2 gelu=phi6 train_dtype=bfloat16"
 # CARRY as for heal_parallel.sh (data.npz, held.npz, minilm.onnx or minilm16.onnx + prep.py). MINUTES (default 8)
@@ -16,14 +17,15 @@ RESULT=${RESULT:-heal_minilm_rows}
 rm -rf "$PARTS" && mkdir -p "$PARTS"
 first=0
 for row in "$@"; do
-  read -r tag threads rewrite spec <<< "$row"
+  read -r tag threads rewrite spec data <<< "$row"
+  [[ ${spec:-} == - ]] && spec=""
   cores="$first-$((first + threads - 1))"
   first=$((first + threads))
   OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads taskset -c "$cores" timeout $(( ${DEADLINE:-465} + 25 )) \
-    python3 benchmarks/heal.py --model "$CARRY/minilm.onnx" --data "$CARRY/data.npz" --held "$CARRY/held.npz" \
+    python3 benchmarks/heal.py --model "$CARRY/minilm.onnx" --data "${data:-$CARRY/data.npz}" --held "$CARRY/held.npz" \
     --minutes "${MINUTES:-8}" --deadline "${DEADLINE:-465}" --eval-every 50 --threads "$threads" --only "$rewrite" \
     --set "${spec:-}" --part "$PARTS/$tag.json" \
-    --note "$tag: ${spec:-defaults}; device host CPU, $threads cores (taskset $cores), $# runs in parallel" \
+    --note "$tag: ${spec:-defaults}${data:+, DATA $data}; device host CPU, $threads cores (taskset $cores), $# runs in parallel" \
     > "$PARTS/$tag.log" 2>&1 &
 done
 wait || true

@@ -36,14 +36,14 @@ RECIPES = {"original (no pass)": [], "gelu=phi6": ["gelu=phi6"], "ffn=phi-bottle
            "attention=fftmix:2": ["attention=fftmix:2"]}
 
 
-def save(rows: list, complete: bool) -> None:
+def save(rows: list, complete: bool, name: str = "quantize_fit_minilm", held: int = 255) -> None:
     """Written after every row (a partial run keeps what it measured; ``complete`` says whether it finished)."""
-    write("quantize_fit_minilm", {
+    write(name, {
         "complete": complete,
         "benchmark": "quantize_fit_minilm",
         "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), batch 8 x 64; calibration "
                    "= corpus sentences 0..254 (the passes' calibration and the int8 fit); fidelity = n6onnx "
-                   "validate on 255 held-out sentences (1000..1254): mean-pooled embedding cosine against ORT "
+                   f"validate on {held} held-out sentences (1000..{999 + held}): mean-pooled embedding cosine against ORT "
                    "running the fp32 original, nearest-neighbour agreement. quantize_fit none = onnxruntime's "
                    "quantize_dynamic per channel (QInt8) of the float model (for the original: stock ORT int8); "
                    "gptq / refit = n6onnx.quantize.qfit before the same quantize_dynamic. One run, deterministic "
@@ -56,9 +56,18 @@ def save(rows: list, complete: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="which recipes (default: all)")
+    ap.add_argument("--fits", nargs="*", default=["none", "gptq", "refit"], help="which --quantize-fit methods")
+    ap.add_argument("--held", type=int, default=255,
+                    help="held-out sentences 1000..1000+N-1 (at most 1803: NN agreement's noise shrinks with N)")
+    ap.add_argument("--name", default="quantize_fit_minilm", help="result file name")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize_fit"
     src, calib, held = minilm_split(work)
+    if args.held != 255:
+        from n6onnx.testing import corpus
+
+        held = work / f"held{args.held}.txt"
+        held.write_text("\n".join(corpus.sentences()[1000:1000 + args.held]))
     dims = n6onnx.feeds.parse_dims(DIMS)
     rows = []
 
@@ -67,7 +76,7 @@ def main() -> None:
         e = r["outputs"]["last_hidden_state"]["embedding"]
         rows.append({"recipe": recipe, "quantize_fit": fit, "cosine_mean": e["cosine_mean"],
                      "cosine_min": e["cosine_min"], "nn_agreement": e["nn_agreement"], **extra})
-        save(rows, complete=False)
+        save(rows, False, args.name, args.held)
         print(f"{recipe:28s} {fit:6s} cos {e['cosine_mean']:.4f} nn {e['nn_agreement']:.3f} {extra}", flush=True)
 
     for recipe in args.recipes:
@@ -80,7 +89,7 @@ def main() -> None:
             f = pathlib.Path(src)
         proto = io.load_proto(f)
         batches = cal.load_batches(str(calib), proto, dims=dims)
-        for fit in ("none", "gptq", "refit"):
+        for fit in args.fits:
             q = work / f"{tag}_{fit}.onnx"
             t0, rep = time.perf_counter(), None
             p = proto
@@ -90,7 +99,7 @@ def main() -> None:
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
                 **({} if rep is None else {"fit_report": rep.to_json()}))
 
-    save(rows, complete=True)
+    save(rows, True, args.name, args.held)
 
 
 if __name__ == "__main__":
