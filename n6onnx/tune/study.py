@@ -349,7 +349,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 return
             near = p.cosine >= min_cosine - HEAL_MARGIN and (min_nn is None or (p.nn or 0) >= min_nn - 4 * HEAL_MARGIN)
             # once per pass list and int8 on/off: an int8 recipe is healed against its int8 graph
-            if near and not _meets(p, min_cosine, min_nn) and (p.recipe.passes, p.recipe.quantize) not in healed_asked:
+            again = space.Recipe(p.recipe.passes, p.recipe.quantize, True) in done  # (e.g. the healed int8 seed)
+            if near and not again and not _meets(p, min_cosine, min_nn) and \
+                    (p.recipe.passes, p.recipe.quantize) not in healed_asked:
                 healed_asked.add((p.recipe.passes, p.recipe.quantize))
                 study.enqueue_trial({**ft.params, "heal": True})
                 say(f"trial {ft.number}: {p.recipe.label} missed the gates by a little: a healed trial is queued")

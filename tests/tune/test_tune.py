@@ -255,3 +255,31 @@ def test_without_torch_heal_is_skipped_and_said(zoo_export, tmp_path, monkeypatc
     assert r.exit_code == 2 and "heal extra" in r.output and not (tmp_path / "o.onnx").exists()
     rep = tune(src, None, calibrate=data, min_cosine=0.999999, trials=1, heal=hook, heal_note=why, seed=1, **FAST)
     assert any("healing skipped" in n for n in rep.notes) and rep.setting["heal"] is False
+
+
+def test_a_near_miss_gets_one_healed_trial_unless_already_healed(zoo_export, tmp_path, monkeypatch):
+    """A recipe missing the cosine gate by at most HEAL_MARGIN gets a healed trial queued, once; not when
+    its healed version was already measured (the healed int8 seed)."""
+    import shutil
+
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    healed = []
+
+    def hook(model, out, **kw):  # scheduling only: a heal that keeps the weights
+        healed.append(kw["quantize"])
+        shutil.copyfile(model, out)
+
+    said = []
+    monkeypatch.setattr(study.space, "seeds", lambda info, heal: [{**KEEP, "int8": True, "heal": True},
+                                                                  {**KEEP, "int8": True, "heal": False},
+                                                                  {**KEEP, "gelu": "phi6", "int8": False, "heal": False}])
+    rep = tune(src, None, calibrate=data, min_cosine=1.0, trials=4, heal=hook, progress=said.append, **FAST)
+    labels = [p.recipe.label for p in rep.trials]
+    assert labels[:3] == ["int8 + heal", "int8", "gelu=phi6"]
+    assert rep.trials[1].cosine >= 1.0 - study.HEAL_MARGIN  # int8 alone is a near miss ...
+    assert not any("int8 missed the gates by a little" in m for m in said)  # ... already healed: not queued
+    assert labels.count("int8 + heal") == 1 and healed[0] == "int8"
+    if rep.trials[2].cosine >= 1.0 - study.HEAL_MARGIN:  # gelu=phi6 too: its healed trial comes next
+        assert labels[3] == "gelu=phi6 + heal" and healed[1] is None
+        assert any("gelu=phi6 missed the gates by a little" in m for m in said)
