@@ -123,7 +123,7 @@ def rewrite(
     heal_config=None,
     heal_progress: bool = False,
     quantize: str | None = None,
-    quantize_fit: str = "none",
+    quantize_fit: str = "auto",
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
@@ -133,7 +133,8 @@ def rewrite(
     after the passes, calibration and healing; with it, ``passes_`` may be empty (quantize the original).
     ``quantize_fit`` (``int8`` with ``calibrate`` and no ``heal``): ``refit`` refits every quantized MatMul
     on the int8 path and GPTQ-rounds it onto onnxruntime's grid, ``gptq`` only rounds, ``none`` leaves the
-    rounding to onnxruntime (see ``n6onnx.quantize.qfit``).
+    rounding to onnxruntime (see ``n6onnx.quantize.qfit``); ``auto`` (default): ``refit`` where it applies
+    (``int8`` with ``calibrate`` and no ``heal``: healing trains against the int8 path itself), else ``none``.
 
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
@@ -144,8 +145,11 @@ def rewrite(
         qmode = quant.parse_mode(quantize)
         if qmode.needs_calibration and calibrate is None:
             raise N6Error(f"--quantize {qmode} needs calibration data (--calibrate DATA)")
-    if quantize_fit not in qfit.METHODS:
-        raise BadArgumentError(f"quantize_fit: expected one of {', '.join(qfit.METHODS)}, got {quantize_fit!r}")
+    if quantize_fit not in qfit.METHODS + ("auto",):
+        raise BadArgumentError(f"quantize_fit: expected auto or one of {', '.join(qfit.METHODS)}, got {quantize_fit!r}")
+    if quantize_fit == "auto":
+        fits = qmode is not None and qmode.kind == "int8" and calibrate is not None and not heal
+        quantize_fit = "refit" if fits else "none"
     if quantize_fit != "none" and (qmode is None or qmode.kind != "int8" or calibrate is None):
         raise BadArgumentError(f"--quantize-fit {quantize_fit} needs --quantize int8 and --calibrate DATA (it fits "
                                "the int8 MatMuls on DATA)")

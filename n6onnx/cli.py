@@ -133,10 +133,10 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--quantize", "quantize_", type=QuantModeType(), metavar="MODE",
               help="Quantize last, with onnxruntime's tools: int8 (dynamic, per channel), int8:static (QDQ, needs "
                    "--calibrate) or int4[:BLOCK] (weight-only MatMulNBits, block 32). n6 ops stay float.")
-@click.option("--quantize-fit", type=click.Choice(["refit", "gptq", "none"]), default="none", show_default=True,
+@click.option("--quantize-fit", type=click.Choice(["auto", "refit", "gptq", "none"]), default="auto", show_default=True,
               help="With --quantize int8 --calibrate (no --heal): refit each quantized MatMul on the int8 path and "
                    "GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let onnxruntime round "
-                   "to nearest (none).")
+                   "to nearest (none). auto: refit where it applies, else none.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,

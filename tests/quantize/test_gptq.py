@@ -21,6 +21,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 import n6onnx
 from n6onnx import calibrate as cal
 from n6onnx.cli import main
+from n6onnx.errors import BadArgumentError
 from n6onnx.quantize import gptq, qfit
 
 
@@ -152,3 +153,20 @@ def test_cli_quantize_fit_option(bert, tmp_path):
         r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(out), "--quantize-fit", "refit", *args])
         assert r.exit_code == 2 and "Traceback" not in r.output and "--quantize-fit refit needs" in r.output, r.output
         assert not out.exists()
+
+
+def test_the_default_fit_is_refit_where_it_applies(bert, tmp_path):
+    """--quantize-fit auto (the default): refit with --quantize int8 --calibrate; no fit without --calibrate,
+    with --heal (healing trains against the int8 path itself) or for int4; the refit model equals an explicit
+    --quantize-fit refit bit for bit."""
+    src, calib, _, _ = bert
+    _, rep = n6onnx.rewrite(src, tmp_path / "a.onnx", [], calibrate=calib, quantize="int8")
+    assert rep.quantization.fit["method"] == "gptq+refit"
+    n6onnx.rewrite(src, tmp_path / "r.onnx", [], calibrate=calib, quantize="int8", quantize_fit="refit")
+    assert onnx.load(tmp_path / "a.onnx").SerializeToString() == onnx.load(tmp_path / "r.onnx").SerializeToString()
+    _, rep = n6onnx.rewrite(src, tmp_path / "n.onnx", [], quantize="int8")
+    assert rep.quantization.fit is None
+    _, rep = n6onnx.rewrite(src, tmp_path / "q4.onnx", [], calibrate=calib, quantize="int4")
+    assert rep.quantization.fit is None
+    with pytest.raises(BadArgumentError, match="auto or one of"):
+        n6onnx.rewrite(src, tmp_path / "x.onnx", [], calibrate=calib, quantize="int8", quantize_fit="bogus")
