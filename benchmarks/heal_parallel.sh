@@ -5,7 +5,7 @@
 # root on a CPU host with >= 12 (16) cores (the device host's CPUs; its GPU is unused):
 #     [RESULT=heal_minilm] [LM=1] bash benchmarks/heal_parallel.sh CARRY [extra benchmarks/heal.py args for every row]
 # CARRY holds data.npz and held.npz (pre-tokenised DATA and held-out feeds, 8 x 64) and the model:
-# minilm.onnx, or minilm16.onnx with prep.py (fp16-carried weights restored to float32). LM=1 needs
+# minilm.onnx, or minilm16.onnx (fp16-carried weights restored to float32): python benchmarks/heal_carry.py pack CARRY. LM=1 needs
 # build/lm (benchmarks/lm_train.py's trained GPT-2 and its data: reused, not retrained). Writes
 # benchmarks/results/$RESULT.json (the MiniLM rows; default heal_minilm) and, with LM=1, merges the GPT-2
 # rows into benchmarks/results/heal_lm.json (its other rows kept); copies them and the logs to $OUT when set.
@@ -14,7 +14,7 @@ CARRY=${1:?usage: heal_parallel.sh CARRY [heal.py args]}; shift
 [[ -f $CARRY/data.npz && -f $CARRY/held.npz ]] || { echo "$CARRY: needs data.npz and held.npz" >&2; exit 2; }
 if [[ -n ${LM:-} && ! -f build/lm/stamp.json ]]; then echo "LM=1 needs build/lm (benchmarks/lm_train.py)" >&2; exit 2; fi
 if [[ ! -f $CARRY/minilm.onnx ]]; then
-  python3 "$CARRY/prep.py" "$CARRY/minilm16.onnx" "$CARRY/minilm.onnx"
+  python3 benchmarks/heal_carry.py restore "$CARRY"
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONWARNINGS=ignore
 PARTS=${PARTS:-build/heal-parts}

@@ -5,12 +5,12 @@
 # pre-tokenised DATA .npz than $CARRY/data.npz (the held-out feeds stay $CARRY/held.npz). Run from the repository
 # root on a host with enough cores (the device host's 16: e.g. 8 rows of 2, or 4 rows of 4):
 #     RESULT=heal_minilm_bf16 bash benchmarks/heal_rows.sh CARRY "phi6 2 gelu=phi6" "phi6_bf16 2 gelu=phi6 train_dtype=bfloat16"
-# CARRY as for heal_parallel.sh (data.npz, held.npz, minilm.onnx or minilm16.onnx + prep.py). MINUTES (default 8)
+# CARRY as for heal_parallel.sh (data.npz, held.npz, minilm.onnx or minilm16.onnx: benchmarks/heal_carry.py pack CARRY). MINUTES (default 8)
 # is each heal's budget, DEADLINE (default 465) the seconds each process may run (the budget shrinks to fit).
 set -euo pipefail
 CARRY=${1:?usage: heal_rows.sh CARRY "TAG THREADS REWRITE [SPEC]" ...}; shift
 [[ -f $CARRY/data.npz && -f $CARRY/held.npz ]] || { echo "$CARRY: needs data.npz and held.npz" >&2; exit 2; }
-[[ -f $CARRY/minilm.onnx ]] || python3 "$CARRY/prep.py" "$CARRY/minilm16.onnx" "$CARRY/minilm.onnx"
+[[ -f $CARRY/minilm.onnx ]] || python3 benchmarks/heal_carry.py restore "$CARRY"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONWARNINGS=ignore
 PARTS=${PARTS:-build/heal-rows}
 RESULT=${RESULT:-heal_minilm_rows}
