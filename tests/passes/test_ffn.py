@@ -8,6 +8,8 @@ import pytest
 import n6onnx
 from n6onnx.testing import zoo
 
+from ..conftest import CACHE
+
 
 def _hidden_widths(path):
     m = onnx.load(str(path))
@@ -61,3 +63,32 @@ def test_refit_improves_fidelity_over_no_refit(zoo_export, token_npz, tmp_path):
         n6onnx.rewrite(src, out, ["ffn=phi-bottleneck:4/3"], calibrate=npz, refit=refit)
         errs[refit] = np.mean((n6onnx.InferenceSession(out).run(None, feeds)[0] - base) ** 2)
     assert errs[True] < errs[False]
+
+
+def test_bottleneck_keeps_the_symbolic_dims_that_attention_fusion_needs(tmp_path):
+    """Re-inferring the cut widths must not replace a dynamic export's batch / seq dims by ``unk__N``: ORT's
+    attention fusion (onnxscript's, as bench fuses its baseline) needs them, and without it the bottlenecked
+    MiniLM ran its attention unfused. The recorded shapes must also hold at run time (two lengths, against the
+    same graph with every inferred shape stripped)."""
+    from onnxscript.rewriter import ort_fusions
+
+    src = zoo.export("minilm", "dynamo20", CACHE, dynamic=True)
+    out = tmp_path / "bn.onnx"
+    n6onnx.rewrite(src, out, ["ffn=phi-bottleneck:4/3"])
+
+    def fused(path):
+        import onnx_ir as ir
+
+        _, counts = ort_fusions.optimize_for_ort(ir.load(str(path)))
+        return {k: v for k, v in counts.items() if v}
+
+    want = fused(src)
+    assert want.get("sdpa") == 6  # the reference: the original export fuses every attention
+    assert fused(out) == want
+    bare = onnx.load(str(out))
+    del bare.graph.value_info[:]
+    for seq in (16, 40):
+        feeds = zoo.example_inputs("minilm", 2, seq)
+        got = n6onnx.InferenceSession(out).run(None, feeds)[0]
+        ref = n6onnx.InferenceSession(bare.SerializeToString()).run(None, feeds)[0]
+        np.testing.assert_allclose(got, ref, atol=1e-5)  # the same graph; ORT fuses more where shapes are known

@@ -6,7 +6,6 @@ collapsed, so any GELU spelling counts as the activation."""
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
 from ...blocks import find_ffn_blocks
 from ... import options
@@ -57,13 +56,13 @@ def run(model: ir.Model, option: str, ctx: PassContext) -> KindReport:
                 b.act.name, f"hidden width {b.hidden} is already <= {r:.4g} x {b.d_model}: nothing to cut"))
         else:
             todo.append(b)
+    before = prune.shapes(model)
     layers = prune.prune(model, todo, r, ctx.original, ctx.batches, refit=ctx.refit, progress=ctx.progress)
     for b, layer in zip(todo, layers):
         report.sites.append(Site(nodes=b.labels(), rule="ffn.phi_bottleneck", detail=layer.to_json()))
     report.rewritten = len(layers)
     if layers:  # hidden widths changed: infer the intermediate shapes again
-        prune.forget_shapes(model)
-        ShapeInferencePass()(model)
+        prune.reinfer_shapes(model, before, {b.hidden for b in todo})
     if not ctx.batches and layers:
         report.notes.append("uncalibrated: units ranked by weight norms and the down projection not refitted; "
                             "pass --calibrate DATA")

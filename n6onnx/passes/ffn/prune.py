@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
 from ...blocks import FFNBlock, Projection, find_ffn_blocks, residual_of
 from ...calibrate import (_bias_slot, _insert_add, _np, _set_input, collect, fit, layer_target, original_streams,
@@ -151,6 +152,32 @@ def forget_shapes(model: ir.Model) -> None:
         for v in node.outputs:
             if id(v) not in outputs:
                 v.shape = None
+
+
+def shapes(model: ir.Model) -> dict[str, ir.Shape]:
+    """{value name: shape} of every node output with a known shape."""
+    return {v.name: v.shape for n in model.graph.all_nodes() for v in n.outputs if v.name and v.shape is not None}
+
+
+def reinfer_shapes(model: ir.Model, before: dict[str, ir.Shape], widths: set[int]) -> None:
+    """Infer every node output's shape again after hidden widths changed, keeping the symbolic dims of ``before``.
+
+    ONNX's inference from the graph inputs loses an exporter's symbolic dims across broadcasts (MiniLM's
+    ``batch`` + the position slice's unknown dims give ``unk__2``), and onnxruntime's attention fusions need
+    Q, K and V to agree on them: without this a bottlenecked MiniLM ran its attention unfused (+10 ms of the
+    int8 model's 36 ms on 2 threads, benchmarks/op_breakdown.py). So where the inference now gives a symbolic
+    dim, the earlier dim is kept: its name, or its size unless that size is one of ``widths`` (the hidden
+    widths the pass cut, which the inference may not have reached). A dim inferred as a number keeps it."""
+    forget_shapes(model)
+    ShapeInferencePass()(model)
+    for node in model.graph.all_nodes():
+        for v in node.outputs:
+            old = before.get(v.name)
+            if old is None or v.shape is None or len(old) != len(v.shape):
+                continue
+            dims = [d if isinstance(d, int) or (isinstance(o, int) and o in widths) else o
+                    for d, o in zip(v.shape.dims, old.dims)]
+            v.shape = ir.Shape(dims)
 
 
 def map_blocks(model: ir.Model) -> list[FFNBlock]:
