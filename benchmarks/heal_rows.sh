@@ -7,6 +7,7 @@
 #     RESULT=heal_minilm_bf16 bash benchmarks/heal_rows.sh CARRY "phi6 2 gelu=phi6" "phi6_bf16 2 gelu=phi6 train_dtype=bfloat16"
 # CARRY as for heal_parallel.sh (data.npz, held.npz, minilm.onnx or minilm16.onnx: benchmarks/heal_carry.py pack CARRY). MINUTES (default 8)
 # is each heal's budget, DEADLINE (default 465) the seconds each process may run (the budget shrinks to fit).
+# HOST (default "device host CPU") names the machine in each row's note.
 set -euo pipefail
 CARRY=${1:?usage: heal_rows.sh CARRY "TAG THREADS REWRITE [SPEC]" ...}; shift
 [[ -f $CARRY/data.npz && -f $CARRY/held.npz ]] || { echo "$CARRY: needs data.npz and held.npz" >&2; exit 2; }
@@ -25,7 +26,7 @@ for row in "$@"; do
     python3 benchmarks/heal.py --model "$CARRY/minilm.onnx" --data "${data:-$CARRY/data.npz}" --held "$CARRY/held.npz" \
     --minutes "${MINUTES:-8}" --deadline "${DEADLINE:-465}" --eval-every 50 --threads "$threads" --only "$rewrite" \
     --set "${spec:-}" --part "$PARTS/$tag.json" \
-    --note "$tag: ${spec:-defaults}${data:+, DATA $data}; device host CPU, $threads cores (taskset $cores), $# runs in parallel" \
+    --note "$tag: ${spec:-defaults}${data:+, DATA $data}; ${HOST:-device host CPU}, $threads cores (taskset $cores), $# runs in parallel" \
     > "$PARTS/$tag.log" 2>&1 &
 done
 wait || true
