@@ -179,7 +179,7 @@ def main() -> None:
     payload = {"model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20", "batch": DIMS,
                "method": ("held-out = 256 corpus sentences never seen by calibration or healing; fidelity = "
                           "n6onnx validate (mean-pooled embedding cosine, NN agreement); healing holds out the "
-                          "last 10% of DATA for early stopping; 2 threads per run"),
+                          f"last 10% of DATA for early stopping; {a.threads} thread(s) per run"),
                "samples": a.samples, "calib_samples": a.calib_samples, "heal_minutes": a.minutes,
                "note": a.note, "rows": rows}
     if a.part:
