@@ -56,7 +56,8 @@ def save(rows: list, complete: bool, name: str = "quantize_fit_minilm", held: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="which recipes (default: all)")
-    ap.add_argument("--fits", nargs="*", default=["none", "gptq", "refit"], help="which --quantize-fit methods")
+    ap.add_argument("--fits", nargs="*", default=["none", "gptq", "refit"], help="which --quantize-fit methods (METHOD:unrounded: "
+                    "the fit's rows without the activation's uint8 rounding)")
     ap.add_argument("--held", type=int, default=255,
                     help="held-out sentences 1000..1000+N-1 (at most 1803: NN agreement's noise shrinks with N)")
     ap.add_argument("--name", default="quantize_fit_minilm", help="result file name")
@@ -93,8 +94,9 @@ def main() -> None:
             q = work / f"{tag}_{fit}.onnx"
             t0, rep = time.perf_counter(), None
             p = proto
-            if fit != "none":
-                p, rep = qfit.fit_int8(proto, batches, compensate=fit == "refit")
+            if fit != "none":  # METHOD[:unrounded]: the fit's rows without the activation's uint8 rounding
+                method, _, opt = fit.partition(":")
+                p, rep = qfit.fit_int8(proto, batches, compensate=method == "refit", round_rows=opt != "unrounded")
             Q.quantize(p, q, "int8")
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
                 **({} if rep is None else {"fit_report": rep.to_json()}))

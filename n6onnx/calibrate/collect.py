@@ -109,12 +109,25 @@ def _real_rows(a: np.ndarray, mask: np.ndarray | None, n_real: int | None):
     return a, mask
 
 
+def dynamic_uint8(a: np.ndarray) -> np.ndarray:
+    """``a`` after onnxruntime's DynamicQuantizeLinear and back: uint8 with one scale and zero point for the
+    whole tensor, from its range widened to hold 0 (rounding half to even, as ORT does)."""
+    a = np.asarray(a, np.float32)
+    lo, hi = min(0.0, float(a.min())), max(0.0, float(a.max()))
+    scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
+    zp = np.float32(np.clip(np.round(-lo / scale), 0, 255))
+    q = np.clip(np.round(a / scale) + zp, 0, 255)
+    return ((q - zp) * scale).astype(np.float32)
+
+
 def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict], threads: int | None = None,
             progress=None, *, cut: str | None = None, cut_values: Sequence[np.ndarray] | None = None,
-            full: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
+            full: str | Sequence[str] | None = None, rounded: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """{name: [N, H] rows over all batches}. With ``cut``, the model starts at that value, fed with
     ``cut_values[i]`` on batch i. Each value named in ``full`` is also returned per batch,
-    unflattened, under the key ``("full", name)``."""
+    unflattened, under the key ``("full", name)``. The rows of the values named in ``rounded`` are
+    taken after ``dynamic_uint8`` of each batch's whole tensor (what a dynamically quantized MatMul
+    reading it multiplies); their ``full`` values stay unrounded."""
     full = [full] if isinstance(full, str) else list(full or [])
     names = list(dict.fromkeys(list(names) + full))
     import onnxruntime as ort
@@ -139,7 +152,7 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
         for n, a in zip(names, res):
             if n in kept:
                 kept[n].append(a)
-            out[n].append(rows(*_real_rows(a, mask, n_real)))
+            out[n].append(rows(*_real_rows(dynamic_uint8(a) if n in rounded else a, mask, n_real)))
         if progress is not None:
             progress()
     res = {n: np.concatenate(v, 0) for n, v in out.items()}

@@ -9,9 +9,10 @@ that another of the level writes). For each level:
 
 1. the rows X_q: the inputs of its MatMuls as the int8 model computes them, collected (on the
    calibration data) from onnxruntime's own ``quantize_dynamic`` of the model as it is now, i.e. with
-   every upstream MatMul already quantized with its final weights. (The per-tensor uint8 rounding of
-   X_q itself, done at run time per batch, is not in the rows: it is small next to the weights'
-   rounding, see ``n6onnx.calibrate.quantfit``.)
+   every upstream MatMul already quantized with its final weights. With ``round_rows`` (the default)
+   each batch's X_q is also rounded as the int8 MatMul reading it rounds it at run time
+   (``collect.dynamic_uint8``: DynamicQuantizeLinear's per-tensor uint8), so the fit sees the
+   activation's own rounding too (small next to the weights', see ``n6onnx.calibrate.quantfit``).
 2. the target T = X_f W: what the float model (the calibrated rewrite, or the original) computes at
    that MatMul on the same tokens. With ``compensate`` and a constant bias Add after the MatMul, W and
    that bias are refitted by ridge least squares from X_q to T (``calibrate.fit.ridge_refit``, shrunk
@@ -109,7 +110,8 @@ def _rel(err: np.ndarray, T: np.ndarray) -> float:
 
 
 def fit_int8(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate: bool = True, threads: int | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, QuantFitReport]:
+             progress: Callable[[str], None] | None = None,
+             round_rows: bool = True) -> tuple[onnx.ModelProto, QuantFitReport]:
     """A copy of the float ``proto`` whose quantized MatMuls are refitted on the int8 path and GPTQ-rounded
     onto onnxruntime's per-channel int8 grid (module docstring), and a report. ``proto`` is not modified."""
     t0 = time.perf_counter()
@@ -132,7 +134,8 @@ def fit_int8(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate: boo
         nxt = _next_cut(float_proto, cut, xs, inputs[i + 1]) if i + 1 < len(order) else None
         full = [nxt] if nxt is not None and nxt != cut else []
         _, qcur = quantize_proto(cur, "int8")
-        Xq = collect.collect(qcur, xs, batches, threads, cut=cut, cut_values=qvals, full=full)
+        Xq = collect.collect(qcur, xs, batches, threads, cut=cut, cut_values=qvals, full=full,
+                             rounded=xs if round_rows else ())
         Xf = collect.collect(float_proto, xs, batches, threads, cut=cut, cut_values=fvals, full=full)
         if full:  # its upstream MatMuls are final now (levels below L): the next level starts there
             cut, qvals, fvals = nxt, Xq.pop(("full", nxt)), Xf.pop(("full", nxt))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 
 from n6onnx.calibrate import collect
 from n6onnx.passes.ffn import prune
@@ -119,3 +120,23 @@ def test_subgraph_proto_equals_pruning_the_whole_model_and_copies_only_what_it_k
     kept = {t.name for t in got.graph.initializer}
     assert blocks[0].up.weight.name in kept and len(kept) < len(model.graph.initializers) // 2
     assert not any("embeddings" in k or "layer.0.attention" in k for k in kept)
+
+
+@pytest.mark.parametrize("shift", [0.0, 3.0, -5.0])
+def test_dynamic_uint8_rounds_as_onnxruntime_dynamic_quantize_linear(shift):
+    """The fit's rounded rows against ORT itself: DynamicQuantizeLinear, then DequantizeLinear."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = (np.random.default_rng(0).standard_normal((2, 16, 24)) * 2 + shift).astype(np.float32)
+    x[0, 0, :3] = [0.5, -0.5, 1.5]  # ties
+    g = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = collect.dynamic_uint8(x)
+    assert np.abs(got - x).max() > 0  # it does round
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
