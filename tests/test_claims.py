@@ -329,3 +329,18 @@ def test_combined_run_from_benchmarks_combined(claims, tmp_path):
     assert "held-out cosine 0.9123, NN agreement 60.0%" in comb[2] and "falls short of the claimed 60%" in comb[2]
     assert "GPU: not measured yet" in comb[2]
     assert "Fake CPU" in comb[3] and comb[4].endswith("combined_cpu.json`")
+
+
+def test_combined_run_quotes_the_ratio_against_its_int8_reference(claims, tmp_path):
+    res = tmp_path / "results"
+    put(res, "combined_cpu.json", {
+        "generated": "g", "hardware": {"cpu": "Fake CPU", "logical_cpus": 2}, "conditions": "quiet",
+        "side_by_side": {"method": {"provider": "cpu", "timing": "fake timing"}, "variants": {
+            "combined_first": {"speedup_vs_fp32": {"median": 2.5, "q1": 2.4, "q3": 2.6},
+                               "speedup_vs_int8": {"median": 1.6, "q1": 1.5, "q3": 1.7},
+                               "speedup_vs_int8_first": {"median": 1.3, "q1": 1.2, "q3": 1.4}}}},
+        "verdict": {"variant": "combined_first", "int8_reference": "int8_first", "passes": ["ffn=phi-bottleneck:3"],
+                    "quantize": "int8", "meter": "cpu-estimate", "method": "estimated", "energy_saving_vs_fp32": 0.6,
+                    "energy_saving_vs_int8": 0.25, "claim_met": True, "fidelity": {"cosine": 0.9, "nn": 0.6}}})
+    comb = row(verdicts(claims.generate(res, None)), "Combined")
+    assert "vs int8 1.3x" in comb[2] and "1.6x" not in comb[2]

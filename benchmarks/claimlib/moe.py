@@ -138,6 +138,7 @@ def _combined_run_row(res: Results, f: str, w: dict) -> Row:
     sbs = (w.get("side_by_side") or {}).get("variants") or {}
     method = (w.get("side_by_side") or {}).get("method") or {}
     best = sbs.get(v.get("variant")) or {}
+    ref = v.get("int8_reference") or "int8"  # the faster int8 graph order (older results: the fused-first int8)
     fid = v.get("fidelity") or {}
     label = "measured" if v.get("method") == "measured" else "estimated"
     quant = v.get("quantize") if v.get("quantize") not in (None, "none") else None
@@ -147,7 +148,7 @@ def _combined_run_row(res: Results, f: str, w: dict) -> Row:
     if "energy_saving_vs_int8" in v:
         parts.append(f"{pct(v.get('energy_saving_vs_int8'))} lower than int8 alone")
     parts.append(f"latency ratio vs fp32 {ratio_iqr(best.get('speedup_vs_fp32'))}"
-                 + (f", vs int8 {ratio_iqr(best.get('speedup_vs_int8'))}" if best.get("speedup_vs_int8") else ""))
+                 + (f", vs int8 {ratio_iqr(best.get(f'speedup_vs_{ref}'))}" if best.get(f"speedup_vs_{ref}") else ""))
     parts.append(v["fidelity_note"] if v.get("fidelity_note") else
                  f"held-out cosine {num(fid.get('cosine'), 4)}, NN agreement {pct(fid.get('nn'))}")
     met = v.get("claim_met")
