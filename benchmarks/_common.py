@@ -86,3 +86,19 @@ def heal_fields(spec: str) -> dict:
             except ValueError:
                 kw[k] = None if v == "none" else v
     return kw
+
+
+def minilm_split(work: pathlib.Path, calib_n: int = 255, held_n: int = 255) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """The MiniLM dynamic export (opset 20) and its text files in ``work``: calibration = corpus sentences
+    0..calib_n-1, held-out = 1000..1000+held_n-1 (never seen by a fit)."""
+    from n6onnx.testing import corpus, zoo
+
+    work.mkdir(parents=True, exist_ok=True)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cache = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", root / "build" / "test-models"))
+    src = zoo.export("minilm", "dynamo20", cache, dynamic=True)
+    s = corpus.sentences()
+    calib, held = work / "calib.txt", work / "held.txt"
+    calib.write_text("\n".join(s[:calib_n]))
+    held.write_text("\n".join(s[1000:1000 + held_n]))
+    return src, calib, held

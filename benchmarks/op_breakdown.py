@@ -23,10 +23,9 @@ import n6onnx  # noqa: E402
 from n6onnx import feeds as feeds_mod  # noqa: E402
 from n6onnx.bench import session as session_mod  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
-from n6onnx.testing import corpus, zoo  # noqa: E402
 from n6onnx.tune import measure  # noqa: E402
 
-from _common import write  # noqa: E402
+from _common import minilm_split, write  # noqa: E402
 
 DIMS = {"batch": 8, "seq": 64}
 REWRITES = ("gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:2")
@@ -42,10 +41,7 @@ def main() -> None:
     a = ap.parse_args()
 
     work = a.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    src = zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
-    data = work / "data.txt"
-    data.write_text("\n".join(corpus.sentences()[:256]) + "\n")
+    src, data, _ = minilm_split(work, 256, 0)
     cfg = SessionConfig("cpu", 0, a.threads)
     fp32, _, kw = measure.fuse(src, cfg, work / "fused")
     variants = {"fp32": fp32}

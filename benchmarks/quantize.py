@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pathlib
 import sys
 
@@ -27,10 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
 from n6onnx import calibrate as cal  # noqa: E402
-from n6onnx.testing import corpus, zoo  # noqa: E402
 from n6onnx import quantize as Q  # noqa: E402
 
-from _common import write  # noqa: E402
+from _common import minilm_split, write  # noqa: E402
 
 DIMS = ["batch=8", "seq=64"]
 
@@ -42,19 +40,6 @@ def stock(src: pathlib.Path, dst: pathlib.Path, per_channel: bool) -> pathlib.Pa
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
                      op_types_to_quantize=["MatMul", "Gemm"])
     return dst
-
-
-def minilm_split(work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
-    """The MiniLM dynamic export and its text files in ``work``: calibration = corpus sentences 0..254,
-    held-out = 1000..1254 (never seen by a fit). Shared with benchmarks/quantize_fit.py."""
-    work.mkdir(parents=True, exist_ok=True)
-    cache = pathlib.Path(os.environ.get("N6ONNX_TEST_CACHE", ROOT / "build" / "test-models"))
-    src = zoo.export("minilm", "dynamo20", cache, dynamic=True)
-    s = corpus.sentences()
-    calib, held = work / "calib.txt", work / "held.txt"
-    calib.write_text("\n".join(s[:255]))
-    held.write_text("\n".join(s[1000:1255]))
-    return src, calib, held
 
 
 def main() -> None:

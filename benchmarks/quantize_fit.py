@@ -28,8 +28,7 @@ from n6onnx import io  # noqa: E402
 from n6onnx import quantize as Q  # noqa: E402
 from n6onnx.quantize import qfit  # noqa: E402
 
-from _common import write  # noqa: E402
-from quantize import minilm_split  # noqa: E402  (benchmarks/)
+from _common import minilm_split, write  # noqa: E402
 
 DIMS = ["batch=8", "seq=64"]
 RECIPES = {"original (no pass)": [], "gelu=phi6": ["gelu=phi6"], "ffn=phi-bottleneck:4/3": ["ffn=phi-bottleneck:4/3"],
@@ -63,12 +62,7 @@ def main() -> None:
     ap.add_argument("--name", default="quantize_fit_minilm", help="result file name")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize_fit"
-    src, calib, held = minilm_split(work)
-    if args.held != 255:
-        from n6onnx.testing import corpus
-
-        held = work / f"held{args.held}.txt"
-        held.write_text("\n".join(corpus.sentences()[1000:1000 + args.held]))
+    src, calib, held = minilm_split(work, 255, args.held)
     dims = n6onnx.feeds.parse_dims(DIMS)
     rows = []
 

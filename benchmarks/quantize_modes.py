@@ -22,10 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
-from n6onnx.testing import corpus, zoo  # noqa: E402
 from n6onnx.tune import measure  # noqa: E402
 
-from _common import write  # noqa: E402
+from _common import minilm_split, write  # noqa: E402
 from _sidebyside import side_by_side  # noqa: E402
 
 MODES = ("int8", "int8:static", "int4:32", "int4:128")
@@ -43,12 +42,7 @@ def main() -> None:
     a = ap.parse_args()
 
     work = a.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    src = zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
-    s = corpus.sentences()
-    data, held = work / "data.txt", work / "held.txt"
-    data.write_text("\n".join(s[:256]) + "\n")
-    held.write_text("\n".join(s[1000:1256]) + "\n")
+    src, data, held = minilm_split(work, 256, 256)
     cfg = SessionConfig("cpu", 0, a.threads)
     fp32, chosen, kw = measure.fuse(src, cfg, work / "fused")
     variants = {"fp32": fp32}
