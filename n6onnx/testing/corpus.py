@@ -3,9 +3,13 @@ docstrings of Python standard-library modules (no downloads)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import json
 import re
+import subprocess
+import sys
 
 _MODULES = (
     "abc argparse array ast asyncio base64 bisect calendar cmd codecs collections colorsys "
@@ -21,7 +25,27 @@ _MODULES = (
 
 
 def sentences(limit: int | None = None, min_words: int = 5, max_words: int = 60) -> list[str]:
-    """Unique sentences in a fixed order (same Python version -> same list)."""
+    """Unique sentences in a fixed order (same Python version -> same list, whatever the caller imported).
+
+    They are read in a fresh interpreter that imports nothing but the standard library: a package
+    imported earlier may have patched a module the corpus reads (torch replaces ``inspect.getfile`` by
+    an undocumented wrapper), which dropped sentence 1050 from the list of any process that had
+    imported torch and shifted every held-out range that a benchmark takes from it."""
+    out = list(_fresh(min_words, max_words))
+    return out[:limit] if limit else out
+
+
+@functools.lru_cache(maxsize=None)
+def _fresh(min_words: int, max_words: int) -> tuple[str, ...]:
+    code = ("import json, runpy, sys; ns = runpy.run_path(sys.argv[1]); "
+            "print(json.dumps(ns['_read'](int(sys.argv[2]), int(sys.argv[3]))))")
+    res = subprocess.run([sys.executable, "-I", "-c", code, __file__, str(min_words), str(max_words)],
+                         capture_output=True, text=True, check=True)
+    return tuple(json.loads(res.stdout))
+
+
+def _read(min_words: int, max_words: int) -> list[str]:
+    """The sentences of the modules' docstrings as this interpreter sees them."""
     out: list[str] = []
     seen: set[str] = set()
     for name in _MODULES:
@@ -40,8 +64,6 @@ def sentences(limit: int | None = None, min_words: int = 5, max_words: int = 60)
                 if s not in seen:
                     seen.add(s)
                     out.append(s)
-                    if limit and len(out) >= limit:
-                        return out
     return out
 
 
