@@ -99,19 +99,19 @@ def main() -> None:
     fp32, base_fusion, kw = measure.fuse(src, cfg, work / "fused")
     passes_fused, cand_fusion, _ = measure.fuse(rewritten, cfg, work / "fused", kw)
     variants = {"fp32": fp32}
+
+    def fuse(p):
+        return measure.fuse(p, cfg, work / "fused", kw)[0]
+
     # int8 in both graph orders (as tune's references): fused, then quantized (a fused attention keeps its
     # projections float) and quantized, then fused (every MatMul int8); the rewrite likewise
     if quant != "none":
-        variants["int8"] = work / "int8.onnx"
-        stages.quantize(fp32, variants["int8"], quant)
-        stages.quantize(src, work / "int8-first.onnx", quant)
-        variants["int8_first"], _, _ = measure.fuse(work / "int8-first.onnx", cfg, work / "fused", kw)
+        q = stages.quantize_both_orders(src, fp32, fuse, work, quant, "int8")
+        variants["int8"], variants["int8_first"] = q[stages.FUSED_FIRST], q[stages.QUANTIZED_FIRST]
     variants["passes"] = passes_fused
     if quant != "none":
-        variants["combined"] = work / "combined.onnx"
-        stages.quantize(passes_fused, variants["combined"], quant)
-        stages.quantize(rewritten, work / "combined-first.onnx", quant)
-        variants["combined_first"], _, _ = measure.fuse(work / "combined-first.onnx", cfg, work / "fused", kw)
+        q = stages.quantize_both_orders(rewritten, passes_fused, fuse, work, quant, "combined")
+        variants["combined"], variants["combined_first"] = q[stages.FUSED_FIRST], q[stages.QUANTIZED_FIRST]
     sbs = side_by_side(variants, src, None if args.weights_regrown else held, threads=threads, dims=dims, provider=args.provider,
                        seconds=args.seconds, block_seconds=args.block_seconds)
     runs = sbs["variants"]

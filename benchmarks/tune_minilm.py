@@ -81,11 +81,8 @@ def main() -> None:
     # original; of the export, then fused: every MatMul int8), and tune's choice; "x int8" is the faster int8's
     cfg = SessionConfig("cpu", 0, args.threads)
     fp32, _, kw = measure.fuse(src, cfg, work / "fused")
-    int8 = work / "int8.onnx"
-    stages.quantize(fp32, int8, "int8")
-    stages.quantize(src, work / "int8-first.onnx", "int8")
-    int8_first, _, _ = measure.fuse(work / "int8-first.onnx", cfg, work / "fused-int8", kw)
-    variants = {"fp32": fp32, "int8": int8, "int8_first": int8_first}
+    q = stages.quantize_both_orders(src, fp32, lambda p: measure.fuse(p, cfg, work / "fused-int8", kw)[0], work)
+    variants = {"fp32": fp32, "int8": q[stages.FUSED_FIRST], "int8_first": q[stages.QUANTIZED_FIRST]}
     if rep.chosen is not None:
         variants["tuned"] = out
     sbs = side_by_side(variants, src, held, threads=args.threads, dims=dims, seconds=args.seconds)

@@ -40,7 +40,10 @@ def _fresh(min_words: int, max_words: int) -> tuple[str, ...]:
     code = ("import json, runpy, sys; ns = runpy.run_path(sys.argv[1]); "
             "print(json.dumps(ns['_read'](int(sys.argv[2]), int(sys.argv[3]))))")
     res = subprocess.run([sys.executable, "-I", "-c", code, __file__, str(min_words), str(max_words)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"reading the corpus in a fresh {sys.executable} failed (exit {res.returncode}): "
+                           f"{res.stderr.strip()[-500:]}")
     return tuple(json.loads(res.stdout))
 
 

@@ -39,6 +39,21 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8")
     quantize_stage(src, dst, mode)
 
 
+FUSED_FIRST, QUANTIZED_FIRST = "fused, then quantized", "quantized, then fused"
+
+
+def quantize_both_orders(src: pathlib.Path, fused: pathlib.Path, fuse: Callable[[pathlib.Path], pathlib.Path],
+                         work: pathlib.Path, mode: str = "int8", stem: str = "int8") -> dict[str, pathlib.Path]:
+    """``src`` quantized in both graph orders: ``fused`` (ORT's fused ``src``) quantized (FUSED_FIRST: a fused
+    attention keeps its Q/K/V projections float), and ``src`` quantized, then fused by ``fuse``
+    (QUANTIZED_FIRST: every MatMul quantized, what ``quantize_dynamic`` on an export gives). Which is faster
+    depends on the machine, so both are measured wherever int8 is a reference."""
+    a, b = work / f"{stem}-fused-first.onnx", work / f"{stem}-quantized-first.onnx"
+    quantize(fused, a, mode)
+    quantize(src, b, mode)
+    return {FUSED_FIRST: a, QUANTIZED_FIRST: fuse(b)}
+
+
 def default_heal(*, dims=None, threads: int | None = None,
                  steps: int | None = None) -> tuple[HealHook | None, str | None]:
     """A hook over ``n6onnx.heal``'s public entry point (``heal.run.heal_file``), or (None, why) when

@@ -1,3 +1,5 @@
+import pytest
+
 from n6onnx.testing import corpus
 
 
@@ -31,3 +33,13 @@ def test_sentences_do_not_depend_on_what_the_caller_patched(monkeypatch):
     assert dropped not in corpus._read(5, 60)  # what reading in this process gives now
     corpus._fresh.cache_clear()
     assert corpus.sentences() == before
+
+
+def test_a_failing_fresh_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(corpus.sys, "executable", "/bin/false")
+    corpus._fresh.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="reading the corpus in a fresh /bin/false failed"):
+            corpus.sentences()
+    finally:
+        corpus._fresh.cache_clear()

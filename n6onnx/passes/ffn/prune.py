@@ -166,8 +166,9 @@ def reinfer_shapes(model: ir.Model, before: dict[str, ir.Shape], widths: set[int
     ``batch`` + the position slice's unknown dims give ``unk__2``), and onnxruntime's attention fusions need
     Q, K and V to agree on them: without this a bottlenecked MiniLM ran its attention unfused (+10 ms of the
     int8 model's 36 ms on 2 threads, benchmarks/op_breakdown.py). So where the inference now gives a symbolic
-    dim, the earlier dim is kept: its name, or its size unless that size is one of ``widths`` (the hidden
-    widths the pass cut, which the inference may not have reached). A dim inferred as a number keeps it."""
+    dim, the earlier dim is kept: its name, or its size unless that size is a multiple of one of ``widths``
+    (the hidden widths the pass cut, alone or fused with a gate, which the inference may not have reached).
+    A dim inferred as a number keeps it."""
     forget_shapes(model)
     ShapeInferencePass()(model)
     for node in model.graph.all_nodes():
@@ -175,7 +176,7 @@ def reinfer_shapes(model: ir.Model, before: dict[str, ir.Shape], widths: set[int
             old = before.get(v.name)
             if old is None or v.shape is None or len(old) != len(v.shape):
                 continue
-            dims = [d if isinstance(d, int) or (isinstance(o, int) and o in widths) else o
+            dims = [d if isinstance(d, int) or (isinstance(o, int) and any(o % w == 0 for w in widths)) else o
                     for d, o in zip(v.shape.dims, old.dims)]
             v.shape = ir.Shape(dims)
 
