@@ -19,6 +19,7 @@ from .graph import canonicalize, default_opset
 from .heal.config import HealConfig
 from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
 from .passes.attention import redundancy_scores
+from .passes.base import INT8_GUARDS
 from .passes.block.drop import layer_scores
 from .passes.finalize import check, finalize
 from .quantize import qfit
@@ -124,6 +125,7 @@ def rewrite(
     heal_progress: bool = False,
     quantize: str | None = None,
     quantize_fit: str = "auto",
+    int8_guard: str = "auto",
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
@@ -135,6 +137,11 @@ def rewrite(
     on the int8 path and GPTQ-rounds it onto onnxruntime's grid, ``gptq`` only rounds, ``none`` leaves the
     rounding to onnxruntime (see ``n6onnx.quantize.qfit``); ``auto`` (default): ``refit`` where it applies
     (``int8`` with ``calibrate`` and no ``heal``: healing trains against the int8 path itself), else ``none``.
+    ``int8_guard``: which int8 quantizer a calibrated gelu swap is made to survive. ``per-tensor``: any stock
+    quantizer, per-tensor weights included (the up projection's gain in a Mul, outlier units in a detour FFN;
+    docs/calibration.md); ``per-channel``: per-channel or per-block weights only (centring and balance, without
+    those two pieces, which cost time and no fidelity there); ``auto`` (default): ``per-channel`` with
+    ``quantize`` (every mode rounds weights per channel or per block), else ``per-tensor``.
 
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
@@ -153,6 +160,10 @@ def rewrite(
     if quantize_fit != "none" and (qmode is None or qmode.kind != "int8" or calibrate is None):
         raise BadArgumentError(f"--quantize-fit {quantize_fit} needs --quantize int8 and --calibrate DATA (it fits "
                                "the int8 MatMuls on DATA)")
+    if int8_guard not in INT8_GUARDS + ("auto",):
+        raise BadArgumentError(f"int8_guard: expected auto, {' or '.join(INT8_GUARDS)}, got {int8_guard!r}")
+    if int8_guard == "auto":
+        int8_guard = "per-channel" if qmode is not None else "per-tensor"
     if not specs and qmode is None:
         raise N6Error("no pass given (e.g. --pass gelu=phi6, or --quantize int8)")
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work
@@ -167,7 +178,7 @@ def rewrite(
         external_data = io.uses_external_data(model) or None
     canonicalize(m)
     original = ir.from_proto(ir.to_proto(m)) if calibrate is not None else None
-    ctx = passes.PassContext(original=original, refit=refit, progress=progress or None)
+    ctx = passes.PassContext(original=original, refit=refit, progress=progress or None, int8_guard=int8_guard)
     if calibrate is not None:
         ctx.batches = cal.load_batches(str(calibrate), ir.to_proto(original),
                                        tokenizer=None if tokenizer is None else str(tokenizer),

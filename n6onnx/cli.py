@@ -16,6 +16,7 @@ from .errors import N6Error
 from .feeds import parse_dims
 from .heal.config import LOCAL_MODES, LOSSES, PARAMS, TRAIN_DTYPES, TRAINABLE, HealConfig
 from .options import Number
+from .passes.base import INT8_GUARDS
 from .quantize.mode import QuantModeType
 from .tune.command import tune as tune_command
 
@@ -137,10 +138,15 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
               help="With --quantize int8 --calibrate (no --heal): refit each quantized MatMul on the int8 path and "
                    "GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let onnxruntime round "
                    "to nearest (none). auto: refit where it applies, else none.")
+@click.option("--int8-guard", type=click.Choice(("auto",) + INT8_GUARDS), default="auto", show_default=True,
+              help="Which int8 quantizer a calibrated gelu swap must survive: per-tensor (any stock quantizer; adds "
+                   "a gain Mul and an outlier detour FFN per FFN) or per-channel (per-channel/per-block weights only, "
+                   "faster). auto: per-channel with --quantize, else per-tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
-            external_data, quantize_, quantize_fit, as_json: bool, heal, heal_samples, **heal_opts) -> None:
+            external_data, quantize_, quantize_fit, int8_guard, as_json: bool, heal, heal_samples,
+            **heal_opts) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified).
 
     With --heal (needs --calibrate), the calibrated rewrite is then distilled towards MODEL on all of
@@ -151,7 +157,7 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
                                  dims=parse_dims(dims), progress=progress, heal=heal, heal_samples=heal_samples,
                                  heal_config=_heal_config(**heal_opts), heal_progress=not as_json,
-                                 quantize=quantize_, quantize_fit=quantize_fit)
+                                 quantize=quantize_, quantize_fit=quantize_fit, int8_guard=int8_guard)
     except N6Error as e:
         console.fail(e)
     if as_json:

@@ -140,6 +140,12 @@ def test_unknown_pass(spec, model_file, tmp_path):
     assert not (tmp_path / "out.onnx").exists() and model_file.read_bytes() == before
 
 
+def test_unknown_int8_guard(model_file, tmp_path):
+    r = invoke("rewrite", model_file, "-o", tmp_path / "out.onnx", "--pass", "gelu=phi6", "--int8-guard", "per-row")
+    assert r.exit_code != 0 and "--int8-guard" in r.output and "per-channel" in r.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_refuses_to_overwrite_input(model_file):
     before = model_file.read_bytes()
     r = invoke("rewrite", model_file, "-o", model_file, "--pass", "gelu=phi6")

@@ -67,11 +67,12 @@ class CalibrationReport:
     layers: list[LayerFit]
     available: int | None = None  # samples in DATA (more than ``samples`` when --calib-samples capped them)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    int8_guard: str | None = None  # the int8 quantizer the output was made to survive (see api.rewrite)
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "available": self.available, "batches": self.batches, "rows": self.rows,
-                "seconds": round(self.seconds, 2), "refit": self.refit, "layers": [l.to_json() for l in self.layers],
-                "warnings": self.warnings}
+                "seconds": round(self.seconds, 2), "refit": self.refit, "int8_guard": self.int8_guard,
+                "layers": [l.to_json() for l in self.layers], "warnings": self.warnings}
 
 
 def _np(v: ir.Value) -> np.ndarray:

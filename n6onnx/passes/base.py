@@ -21,6 +21,9 @@ class PassSpec:
         return f"{self.kind}={self.option}"
 
 
+INT8_GUARDS = ("per-tensor", "per-channel")  # PassContext.int8_guard
+
+
 @dataclasses.dataclass
 class PassContext:
     """What data-driven passes may use: the canonical original model and calibration feeds."""
@@ -29,6 +32,9 @@ class PassContext:
     batches: list | None = None
     refit: bool = True
     progress: Callable[[str], None] | None = None  # told a label per layer while calibrating
+    # which int8 quantizer a calibrated activation swap must survive: "per-tensor" (any stock quantizer, the
+    # default) or "per-channel" (the pipeline's own --quantize: per-channel or per-block weights)
+    int8_guard: str = "per-tensor"
     # attention/block passes: block anchors before the first of them, and blocks taken (see targets)
     anchors: list[str] | None = None
     claimed: dict[int, str] = dataclasses.field(default_factory=dict)

@@ -452,7 +452,13 @@ def collapsed(view: Inspection) -> tuple[ir.Model, KindReport]:
 
 
 def _calibrate(model: ir.Model, report: KindReport, ctx: PassContext):
-    return calibrate.calibrate_swap(model, ctx.original, ctx.batches, refit=ctx.refit, progress=ctx.progress)
+    # the up projection's gain Mul and the outlier detour serve per-tensor weight rounding only; the pipeline's
+    # own --quantize rounds weights per channel (or per block), where they change nothing but cost time
+    per_channel = {"up_scale": False, "outlier_ratio": None} if ctx.int8_guard == "per-channel" else {}
+    rep = calibrate.calibrate_swap(model, ctx.original, ctx.batches, refit=ctx.refit, progress=ctx.progress,
+                                   **per_channel)
+    rep.int8_guard = ctx.int8_guard
+    return rep
 
 
 PASS = Pass(

@@ -7,6 +7,7 @@ without them (against ORT running the float original)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -144,3 +145,47 @@ def test_ffn_pass_chained_after_a_detour(tmp_path):
     m = onnx.load(str(tmp_path / "detour.onnx"))
     assert sum(any(p.key == OUTLIER_TAG for p in n.metadata_props) for n in m.graph.node) == 1
     assert err["detour"] < 1.2 * err["plain"], err
+
+
+def _stock_pc(src, dst):
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    return dst
+
+
+def test_per_channel_guard_drops_the_per_tensor_pieces_and_keeps_per_channel_int8(tmp_path):
+    """``int8_guard="per-channel"`` (auto with --quantize) emits neither the gain Mul nor the detour: the float
+    model is the same, and per-channel int8 of it is as faithful to the original as that of the per-tensor
+    guard (the pieces serve per-tensor weight rounding only)."""
+    src = tmp_path / "ffn.onnx"
+    _toy(src)
+    calib = _feeds(tmp_path / "calib.npz", 1)
+    pt = tmp_path / "pt.onnx"
+    pc = tmp_path / "pc.onnx"
+    _, rep_pt = n6onnx.rewrite(src, pt, ["gelu=phi6"], calibrate=calib)
+    _, rep_pc = n6onnx.rewrite(src, pc, ["gelu=phi6"], calibrate=calib, int8_guard="per-channel")
+    assert rep_pt.to_json()["calibration"]["int8_guard"] == "per-tensor"
+    assert rep_pc.to_json()["calibration"]["int8_guard"] == "per-channel"
+    tags = lambda f: [p.key for n in onnx.load(str(f)).graph.node for p in n.metadata_props
+                      if p.key in (OUTLIER_TAG, UPSCALE_TAG)]
+    assert sorted(tags(pt)) == sorted([OUTLIER_TAG, UPSCALE_TAG]) and tags(pc) == []
+    x = np.random.default_rng(7).standard_normal((64, D)).astype(np.float32)
+    np.testing.assert_allclose(_run(pc, x), _run(pt, x), rtol=1e-4, atol=1e-4)
+    ref = _run(src, x)
+    err = lambda f: float(np.linalg.norm(_run(_stock_pc(f, tmp_path / f"{f.stem}_q.onnx"), x) - ref)
+                          / np.linalg.norm(ref - x))
+    e_pt, e_pc = err(pt), err(pc)
+    assert e_pc < 1.1 * e_pt, (e_pc, e_pt)
+    # the pipeline's own --quantize takes the per-channel guard by default
+    q = tmp_path / "q.onnx"
+    _, rep = n6onnx.rewrite(src, q, ["gelu=phi6"], calibrate=calib, quantize="int8", quantize_fit="none")
+    assert rep.to_json()["calibration"]["int8_guard"] == "per-channel"
+    assert tags(q) == []
+    np.testing.assert_allclose(_run(q, x), _run(tmp_path / "pc_q.onnx", x), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_int8_guard_is_refused(tmp_path):
+    src = tmp_path / "ffn.onnx"
+    _toy(src)
+    with pytest.raises(n6onnx.N6Error, match="int8_guard"):
+        n6onnx.rewrite(src, tmp_path / "o.onnx", ["gelu=phi6"], int8_guard="per-row")
+    assert not (tmp_path / "o.onnx").exists()
