@@ -3,10 +3,12 @@ fidelity and CPU latency, against ORT running the original.
 
 Variants: the fp32 original (the latency baseline: ORT's transformer fusions), onnxruntime's stock
 quantize_dynamic of the original (per tensor, per channel) and its int4 (MatMulNBits, block 32);
-calibrated gelu=phi6 before the int8 fix (no centring, no balance: the collapse), with centring + balance only (the previous default), and
-after the full fix (centring + balance + equal W1 column ranges with the gain in a Mul + outlier
-units in a detour FFN: n6onnx.calibrate.quantfit / outliers), each in float, with stock per-tensor and
-per-channel int8, and through `rewrite --quantize int8`; ffn=phi-bottleneck:4/3 + --quantize int8.
+calibrated gelu=phi6 before the int8 fix (no centring, no balance: the collapse), with the per-channel int8
+guard (centring + balance: what `rewrite --quantize int8` calibrates), and with the per-tensor guard (the
+default without --quantize: centring + balance + equal W1 column ranges with the gain in a Mul + outlier units
+in a detour FFN: n6onnx.calibrate.quantfit / outliers), each in float, with stock per-tensor and per-channel
+int8, and through n6onnx's int8 stage (quantize_dynamic per channel; --quantize-fit none);
+ffn=phi-bottleneck:4/3 + --quantize int8.
 
 Fidelity: n6onnx validate, mean-pooled embedding cosine and nearest-neighbour agreement over 255
 held-out corpus sentences (1000..1254; calibration uses sentences 0..254), batch 8 x 64, on the
@@ -72,24 +74,26 @@ def main() -> None:
     Q.quantize(src, work / "orig_int4.onnx", "int4")
     row("original + int4 (MatMulNBits, block 32)", work / "orig_int4.onnx")
 
-    for tag, kw in (("before fix", {"centre": False, "balance": None}),
-                    ("centre + balance only", {"outlier_ratio": None, "up_scale": False}),
-                    ("after fix", {})):
+    for tag, kw, guard in (("before fix", {"centre": False, "balance": None}, "per-tensor"),
+                           ("per-channel guard: centre + balance", {}, "per-channel"),
+                           ("per-tensor guard: + W1 gain Mul + outlier detour", {}, "per-tensor")):
         saved = dict(cal.calibrate_swap.__kwdefaults__)
         cal.calibrate_swap.__kwdefaults__.update(kw)
         try:
-            f = work / f"phi6_{tag.replace(' ', '_')}.onnx"
-            n6onnx.rewrite(src, f, ["gelu=phi6"], calibrate=calib, dims=dims)
+            f = work / f"phi6_{guard}_{'old' if kw else 'fix'}.onnx"
+            n6onnx.rewrite(src, f, ["gelu=phi6"], calibrate=calib, dims=dims, int8_guard=guard)
         finally:
             cal.calibrate_swap.__kwdefaults__.update(saved)
-        # the --quantize int8 stage on the calibrated float model (what `rewrite --quantize int8` runs last)
-        q = work / f"phi6_{tag.replace(' ', '_')}_q.onnx"
+        # the --quantize int8 stage on the calibrated float model (``rewrite --quantize int8`` runs it last, on
+        # the per-channel guard's float model)
+        q = work / f"{f.stem}_q.onnx"
         Q.quantize(f, q, "int8")
-        timed = tag == "after fix"
-        row(f"calibrated gelu=phi6 ({tag}), float", f, timed=timed)
+        timed = tag != "before fix"
+        row(f"calibrated gelu=phi6 ({tag}), float", f, timed=timed and guard == "per-tensor")
         row(f"calibrated gelu=phi6 ({tag}) + stock int8 per tensor", stock(f, work / "phi6_pt.onnx", False), timed=False)
         row(f"calibrated gelu=phi6 ({tag}) + stock int8 per channel", stock(f, work / "phi6_pc.onnx", True), timed=False)
-        row(f"calibrated gelu=phi6 ({tag}) + --quantize int8", q, timed=timed)
+        row(f"calibrated gelu=phi6 ({tag}) + n6onnx's int8 stage (quantize_dynamic per channel)", q, timed=timed,
+            int8_guard=guard)
     b = work / "bottleneck_q.onnx"
     n6onnx.rewrite(src, b, ["ffn=phi-bottleneck:4/3"], calibrate=calib, dims=dims, quantize="int8")
     row("ffn=phi-bottleneck:4/3 (calibrated) + --quantize int8", b)

@@ -5,7 +5,8 @@ Recipes: the original alone (no pass), gelu=phi6, ffn=phi-bottleneck:4/3, attent
 calibrated on sentences 0..254 (as `rewrite --calibrate` does), then --quantize int8 with
 --quantize-fit none (onnxruntime rounds to nearest: stock per-channel quantize_dynamic, for the original
 exactly ORT's own int8), gptq (GPTQ rounding on the int8 path's inputs) and refit (ridge refit on the
-int8 path, then GPTQ). The fit runs on the finished float model, as in `rewrite` (api.rewrite calls the
+int8 path, then GPTQ). A gelu swap is calibrated with --int8-guard (default per-channel: what `rewrite
+--quantize int8` does; per-tensor: the rows before that default). The fit runs on the finished float model, as in `rewrite` (api.rewrite calls the
 same qfit.fit_int8 on the same batches). Fidelity: n6onnx validate on 255 held-out sentences
 (1000..1254), batch 8 x 64, mean-pooled embedding cosine and nearest-neighbour agreement against ORT
 running the fp32 original. No timing: the fit changes weight values only (the graph is the same).
@@ -60,6 +61,8 @@ def main() -> None:
     ap.add_argument("--held", type=int, default=255,
                     help="held-out sentences 1000..1000+N-1 (at most 1803: NN agreement's noise shrinks with N)")
     ap.add_argument("--name", default="quantize_fit_minilm", help="result file name")
+    ap.add_argument("--int8-guard", default="per-channel", choices=["per-channel", "per-tensor"],
+                    help="the calibration's int8 guard (per-channel: what rewrite --quantize int8 does)")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize_fit"
     src, calib, held = minilm_split(work, 255, args.held)
@@ -69,7 +72,7 @@ def main() -> None:
     def row(recipe: str, fit: str, path: pathlib.Path, **extra) -> None:
         r = n6onnx.validate(src, path, text=held, threads=2, dims=DIMS).to_json()
         e = r["outputs"]["last_hidden_state"]["embedding"]
-        rows.append({"recipe": recipe, "quantize_fit": fit, "cosine_mean": e["cosine_mean"],
+        rows.append({"recipe": recipe, "quantize_fit": fit, "int8_guard": args.int8_guard, "cosine_mean": e["cosine_mean"],
                      "cosine_min": e["cosine_min"], "nn_agreement": e["nn_agreement"], **extra})
         save(rows, False, args.name, args.held)
         print(f"{recipe:28s} {fit:6s} cos {e['cosine_mean']:.4f} nn {e['nn_agreement']:.3f} {extra}", flush=True)
@@ -78,7 +81,7 @@ def main() -> None:
         tag = recipe.split()[0].replace("=", "_").replace(":", "_").replace("/", "_")
         f = work / f"{tag}_float.onnx"
         if RECIPES[recipe]:
-            n6onnx.rewrite(src, f, RECIPES[recipe], calibrate=calib, dims=dims)
+            n6onnx.rewrite(src, f, RECIPES[recipe], calibrate=calib, dims=dims, int8_guard=args.int8_guard)
             row(recipe, "float", f)
         else:
             f = pathlib.Path(src)
