@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -14,6 +15,17 @@ import onnxruntime as ort
 from n6onnx.io import atomic_write
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def side_parser(doc: str, workdir: str, name: str) -> argparse.ArgumentParser:
+    """The arguments of a MiniLM side-by-side script: --threads, --workdir (build/WORKDIR), --name (the result
+    file), --conditions (what the timing was taken on)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", type=pathlib.Path, default=RESULTS.parents[1] / "build" / workdir)
+    ap.add_argument("--name", default=name, help="result file name under benchmarks/results/")
+    ap.add_argument("--conditions", default="shared 2-core machine: timing is noisy")
+    return ap
 
 
 def hardware() -> dict:

@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--holdout-batches", type=int, default=8, help="held-out batches of DATA for early stopping")
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per timed model (0: no timing)")
     ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq)")
+    ap.add_argument("--int8-guard", default="per-channel", choices=["per-channel", "per-tensor"],
+                    help="the gelu=phi6 calibration's int8 guard (per-channel: what rewrite --quantize int8 [--heal] "
+                    "does; per-tensor: the rows before that default)")
     ap.add_argument("--out", default="heal_quant_minilm", help="result name under benchmarks/results/")
     ap.add_argument("--note", default="shared 2-core machine, other developers working: timing is noisy")
     ap.add_argument("--held", type=int, default=256, help="held-out corpus sentences 1000..1000+N-1 (at most 1803); "
@@ -111,7 +114,7 @@ def main() -> None:
         if want & {"phi6", "phi6_float", "phi6_fq"}:
             t = time.perf_counter()
             n6onnx.rewrite(src, work / "phi6.onnx", ["gelu=phi6"], calibrate=data, calib_samples=a.calib_samples,
-                           dims=DIMS)
+                           dims=DIMS, int8_guard=a.int8_guard)
             cal_s = round(time.perf_counter() - t, 1)
             Q.quantize(work / "phi6.onnx", work / "phi6_q.onnx", "int8")
             row("calibrated gelu=phi6, float", work / "phi6.onnx", timed=True, calibrate_seconds=cal_s)
@@ -144,6 +147,7 @@ def _payload(a, rows: list[dict]) -> dict:
     return {
         "benchmark": "heal_quant_minilm",
         "model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20", "batch": DIMS,
+        "int8_guard": a.int8_guard,
         "method": (f"held-out = {a.held} corpus sentences (1000..{999 + a.held}) never seen by calibration or healing; "
                    f"DATA = the first {a.samples} other sentences (the corpus, then standard-library docstrings), "
                    "closed-form fit on the first "

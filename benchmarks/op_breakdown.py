@@ -12,7 +12,6 @@ run dropped, RUNS runs), with the n6 library registered. Writes benchmarks/resul
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -25,19 +24,15 @@ from n6onnx.bench import session as session_mod  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
 from n6onnx.tune import measure  # noqa: E402
 
-from _common import minilm_split, write  # noqa: E402
+from _common import minilm_split, side_parser, write  # noqa: E402
 
 DIMS = {"batch": 8, "seq": 64}
 REWRITES = ("gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:2")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap = side_parser(__doc__, "op_breakdown", "op_breakdown_minilm")
     ap.add_argument("--runs", type=int, default=60)
-    ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "build" / "op_breakdown")
-    ap.add_argument("--name", default="op_breakdown_minilm")
-    ap.add_argument("--conditions", default="shared 2-core machine: timing is noisy")
     a = ap.parse_args()
 
     work = a.workdir

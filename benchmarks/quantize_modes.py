@@ -13,7 +13,6 @@ embedding cosine, NN agreement). Writes benchmarks/results/quantize_modes_minilm
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -24,7 +23,7 @@ import n6onnx  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
 from n6onnx.tune import measure  # noqa: E402
 
-from _common import minilm_split, write  # noqa: E402
+from _common import minilm_split, side_parser, write  # noqa: E402
 from _sidebyside import side_by_side  # noqa: E402
 
 MODES = ("int8", "int8:static", "int4:32", "int4:128")
@@ -32,13 +31,9 @@ DIMS = {"batch": 8, "seq": 64}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap = side_parser(__doc__, "quantize_modes", "quantize_modes_minilm")
     ap.add_argument("--seconds", type=float, default=30.0, help="timed seconds per variant")
     ap.add_argument("--modes", nargs="+", default=list(MODES))
-    ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "build" / "quantize_modes")
-    ap.add_argument("--name", default="quantize_modes_minilm")
-    ap.add_argument("--conditions", default="shared 2-core machine: timing is noisy")
     a = ap.parse_args()
 
     work = a.workdir

@@ -141,7 +141,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--int8-guard", type=click.Choice(("auto",) + INT8_GUARDS), default="auto", show_default=True,
               help="Which int8 quantizer a calibrated gelu swap must survive: per-tensor (any stock quantizer; adds "
                    "a gain Mul and an outlier detour FFN per FFN) or per-channel (per-channel/per-block weights only, "
-                   "faster). auto: per-channel with --quantize, else per-tensor.")
+                   "faster). auto: per-channel where the int8 fit runs (--quantize int8 --calibrate, no --heal), "
+                   "else per-tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,

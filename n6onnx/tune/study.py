@@ -248,7 +248,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
 
         def rewritten(passes: tuple, quantized: bool = False) -> pathlib.Path:
             """The float rewrite (passes + calibration), cached per pass list; for an int8 recipe a gelu swap is
-            calibrated for per-channel int8 only (``int8_guard``: no per-tensor pieces, as ``rewrite --quantize``)."""
+            calibrated for per-channel int8 only (``int8_guard``: no per-tensor pieces, faster under int8)."""
             guard = "per-channel" if quantized and any(p.startswith("gelu=") for p in passes) else "per-tensor"
             if (passes, guard) not in floats:
                 path = work / f"rw-{_key((passes, guard))}.onnx"
@@ -266,7 +266,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             one in float."""
             mode = r.quantize if r.quantize in stages.FAKE_QUANT_MODES else None
             if (r.passes, mode) not in healed:
-                base = rewritten(r.passes, quantized=mode is not None)
+                base = rewritten(r.passes)  # a heal starts from the per-tensor guard (as rewrite --heal does)
                 out = work / f"heal-{_key((r.passes, mode))}.onnx"
                 left = (deadline - time.perf_counter()) / 60
                 if left < 0.5:
@@ -311,7 +311,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             done[r] = p
             try:
                 say(f"trial {trial.number}: {r.label}: building")
-                path = rewritten(r.passes, quantized=bool(r.quantize))
+                path = rewritten(r.passes, quantized=bool(r.quantize) and not r.heal)
                 if r.heal:
                     path, p.healing = healed_rewrite(r)
                 if r.heal and r.quantize in stages.FAKE_QUANT_MODES:  # healed for int8: only int8 is measured

@@ -153,7 +153,7 @@ def _stock_pc(src, dst):
 
 
 def test_per_channel_guard_drops_the_per_tensor_pieces_and_keeps_per_channel_int8(tmp_path):
-    """``int8_guard="per-channel"`` (auto with --quantize) emits neither the gain Mul nor the detour: the float
+    """``int8_guard="per-channel"`` (auto where the int8 fit runs) emits neither the gain Mul nor the detour: the float
     model is the same, and per-channel int8 of it is as faithful to the original as that of the per-tensor
     guard (the pieces serve per-tensor weight rounding only)."""
     src = tmp_path / "ffn.onnx"
@@ -175,12 +175,18 @@ def test_per_channel_guard_drops_the_per_tensor_pieces_and_keeps_per_channel_int
                           / np.linalg.norm(ref - x))
     e_pt, e_pc = err(pt), err(pc)
     assert e_pc < 1.1 * e_pt, (e_pc, e_pt)
-    # the pipeline's own --quantize takes the per-channel guard by default
+    # explicit: the int8 stage is stock per-channel quantize_dynamic of that float model
     q = tmp_path / "q.onnx"
-    _, rep = n6onnx.rewrite(src, q, ["gelu=phi6"], calibrate=calib, quantize="int8", quantize_fit="none")
-    assert rep.to_json()["calibration"]["int8_guard"] == "per-channel"
+    n6onnx.rewrite(src, q, ["gelu=phi6"], calibrate=calib, quantize="int8", quantize_fit="none", int8_guard="per-channel")
     assert tags(q) == []
     np.testing.assert_allclose(_run(q, x), _run(tmp_path / "pc_q.onnx", x), rtol=1e-5, atol=1e-5)
+    # auto: per-channel where the int8 fit runs (after it both guards end level), else per-tensor
+    for kw, guard in (({"quantize": "int8"}, "per-channel"), ({"quantize": "int8", "quantize_fit": "none"}, "per-tensor"),
+                      ({}, "per-tensor")):
+        out = tmp_path / f"auto_{guard}_{len(kw)}.onnx"
+        _, rep = n6onnx.rewrite(src, out, ["gelu=phi6"], calibrate=calib, **kw)
+        assert rep.to_json()["calibration"]["int8_guard"] == guard, kw
+        assert (tags(out) == []) == (guard == "per-channel"), kw
 
 
 def test_bad_int8_guard_is_refused(tmp_path):
