@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--holdout-batches", type=int, default=8, help="held-out batches of DATA for early stopping")
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per timed model (0: no timing)")
     ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq)")
+    ap.add_argument("--floor-falls", type=int, default=HealConfig.floor_falls,
+                    help="falls at the smallest step before a heal phase ends (HealConfig.floor_falls)")
     ap.add_argument("--int8-guard", default="per-channel", choices=["per-channel", "per-tensor"],
                     help="the gelu=phi6 calibration's int8 guard (per-channel: what rewrite --quantize int8 [--heal] "
                     "does; per-tensor: the rows before that default)")
@@ -71,7 +73,7 @@ def main() -> None:
     src = a.model
     want = set(a.only or ["orig", "orig_heal", "phi6", "phi6_float", "phi6_fq"])
     cfg = HealConfig(minutes=a.minutes, threads=2, eval_every=a.eval_every, holdout_batches=a.holdout_batches,
-                     local=a.local, lr=a.lr)
+                     local=a.local, lr=a.lr, floor_falls=a.floor_falls)
     rows: list[dict] = []
 
     def save() -> None:

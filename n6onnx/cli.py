@@ -66,6 +66,9 @@ def _heal_options(f, flag: bool = True):
                      "step. auto: the check's own noise, max(0.0005, 2 standard errors of the per-sample "
                      "differences between the check and the best check), so that noise does not stop the healing "
                      "early; a number fixes it."),
+        click.option("--heal-floor-falls", type=click.IntRange(min=1), default=HealConfig.floor_falls, show_default=True,
+                     help="Falls at the smallest step (1/64 of the phase's) before a phase ends early (converged); "
+                     "more keep training at that step, each fall restoring the best weights, while the budget lasts."),
         click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,
                      help="For an int8 result (--quantize int8, or healing an int8 model): train against the int8 path "
                      "(fake-quantized MatMuls as onnxruntime runs them, straight-through gradients), the quantized "
@@ -84,12 +87,13 @@ def _heal_options(f, flag: bool = True):
 
 
 def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_local_lr_start, heal_lr,
-                 heal_train, heal_loss, heal_param, heal_backtrack, heal_fake_quant, heal_dtype, seed, threads):
+                 heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_fake_quant, heal_dtype, seed,
+                 threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_mode=heal_local_mode,
                       local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
                       lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
-                      fake_quant=heal_fake_quant, train_dtype=heal_dtype, seed=seed, threads=threads)
+                      floor_falls=heal_floor_falls, fake_quant=heal_fake_quant, train_dtype=heal_dtype, seed=seed, threads=threads)
 
 
 @main.command()

@@ -61,6 +61,9 @@ class HealConfig:
     backtrack: float | str = "auto"
     backtrack_floor: float = 0.0005
     backtrack_z: float = 2.0
+    # falls at the smallest step (1/64 of the phase's) before a phase ends early ("converged"): 1, the first;
+    # more keep training at that step (every fall restores the best weights) while the budget lasts
+    floor_falls: int = 1
     threads: int | None = None
     cache_bytes: int = 1 << 30
     quantize: str | None = None  # the quantization the healed model gets on write-out (set by rewrite / heal)

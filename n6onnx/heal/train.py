@@ -342,7 +342,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                 # adaptive step (parallel block-local phase): from local_lr_start up to the phase's step
                 adaptive = phase == "local" and block is None and cfg.local_lr_start is not None and \
                     cfg.local_lr_start < lr0
-                top, floor_lr, streak = lr0, lr0 / 64, 0
+                top, floor_lr, streak, floor_hits = lr0, lr0 / 64, 0, 0
                 if adaptive:  # the small first step is the warm-up
                     lr, warmup, floor_lr = cfg.local_lr_start, 1, cfg.local_lr_start / 64
 
@@ -409,10 +409,12 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                             if not adaptive:  # (adaptive: Adam's moments are kept: a fresh Adam's first
                                 opt = _adam(trained, lr)  # step moves every entry by the full step)
                             lr *= 0.5
-                            top, streak = lr, 0  # the step that fell is not taken again until 4 safe checks
                             if lr < floor_lr:
-                                stopped = "converged"
-                                break
+                                lr, floor_hits = floor_lr, floor_hits + 1
+                                if floor_hits >= cfg.floor_falls:
+                                    stopped = "converged"
+                                    break
+                            top, streak = lr, 0  # the step that fell is not taken again until 4 safe checks
                         bar.update(time.perf_counter() - t0, step, fid, best)
                         next_check = step + interval()
                 if block is not None and curve[-1][0] != step:  # the block's closing check: kept if best

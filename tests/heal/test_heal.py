@@ -86,6 +86,19 @@ def test_never_writes_a_worse_model(setup):
         np.testing.assert_allclose(onnx.numpy_helper.to_array(ta), onnx.numpy_helper.to_array(tb), rtol=1e-6, atol=1e-6)
 
 
+def test_floor_falls_keep_training_at_the_smallest_step(setup):
+    """Every check of a far too large step falls and halves it; at the first fall below 1/64 of the phase's step
+    the heal ends ("converged"). ``floor_falls=3`` keeps training at that smallest step through two more falls
+    (each restores the best weights), so exactly two more checks; neither writes a worse model."""
+    kw = dict(lr=5.0, steps=60, param="raw", local=0.0, eval_every=1, warmup=1)
+    one, _ = _heal(setup, "f1.onnx", **kw)
+    three, _ = _heal(setup, "f3.onnx", floor_falls=3, **kw)
+    assert one.stopped == three.stopped == "converged"
+    assert len(three.curve) == len(one.curve) + 2, (one.curve, three.curve)
+    assert [c[6] for c in three.curve[-3:]] == [5.0 / 64] * 3  # the last three checks ran at the smallest step
+    assert one.best == one.start and three.best == three.start
+
+
 def test_deterministic_for_seed_and_threads(setup):
     _, out1 = _heal(setup, "d1.onnx", steps=8)
     _, out2 = _heal(setup, "d2.onnx", steps=8)
@@ -130,6 +143,11 @@ def test_cli_heal_backtrack_reaches_the_heal(setup):
     assert r.exit_code == 0, r.output
     cfg = json.loads(r.output)["config"]
     assert (cfg["local_mode"], cfg["local_lr"]) == ("sequential", 3e-4)
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "ff.onnx"), "--heal-steps", "2", "--heal-floor-falls", "4",
+                                         "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["config"]["floor_falls"] == 4, r.output
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "ff0.onnx"), "--heal-floor-falls", "0"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp / "ff0.onnx").exists()
     r = CliRunner().invoke(main, args + ["-o", str(tmp / "bt2.onnx"), "--heal-backtrack", "-1"])
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp / "bt2.onnx").exists()
     r = CliRunner().invoke(main, args + ["-o", str(tmp / "bt3.onnx"), "--heal-backtrack", "often"])
