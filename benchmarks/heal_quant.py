@@ -58,9 +58,9 @@ def main() -> None:
     ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq)")
     ap.add_argument("--floor-falls", type=int, default=HealConfig.floor_falls,
                     help="falls at the smallest step before a heal phase ends (HealConfig.floor_falls)")
-    ap.add_argument("--int8-guard", default="per-channel", choices=["per-channel", "per-tensor"],
-                    help="the gelu=phi6 calibration's int8 guard (per-channel: what rewrite --quantize int8 [--heal] "
-                    "does; per-tensor: the rows before that default)")
+    ap.add_argument("--int8-guard", default="per-tensor", choices=["per-channel", "per-tensor"],
+                    help="the gelu=phi6 calibration's int8 guard (per-tensor: what rewrite --heal --quantize int8 "
+                    "calibrates; per-channel: what rewrite --quantize int8 calibrates where the int8 fit runs)")
     ap.add_argument("--out", default="heal_quant_minilm", help="result name under benchmarks/results/")
     ap.add_argument("--note", default="shared 2-core machine, other developers working: timing is noisy")
     ap.add_argument("--held", type=int, default=256, help="held-out corpus sentences 1000..1000+N-1 (at most 1803); "

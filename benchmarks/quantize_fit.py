@@ -6,7 +6,8 @@ calibrated on sentences 0..254 (as `rewrite --calibrate` does), then --quantize 
 --quantize-fit none (onnxruntime rounds to nearest: stock per-channel quantize_dynamic, for the original
 exactly ORT's own int8), gptq (GPTQ rounding on the int8 path's inputs) and refit (ridge refit on the
 int8 path, then GPTQ). A gelu swap is calibrated with --int8-guard (default per-channel: what `rewrite
---quantize int8` does; per-tensor: the rows before that default). The fit runs on the finished float model, as in `rewrite` (api.rewrite calls the
+--quantize int8 --calibrate` does where the fit runs; its `none` rows are then that graph under onnxruntime's
+rounding, while `rewrite --quantize-fit none` itself calibrates per-tensor; per-tensor: the rows before). The fit runs on the finished float model, as in `rewrite` (api.rewrite calls the
 same qfit.fit_int8 on the same batches). Fidelity: n6onnx validate on 255 held-out sentences
 (1000..1254), batch 8 x 64, mean-pooled embedding cosine and nearest-neighbour agreement against ORT
 running the fp32 original. No timing: the fit changes weight values only (the graph is the same).
@@ -62,7 +63,8 @@ def main() -> None:
                     help="held-out sentences 1000..1000+N-1 (at most 1803: NN agreement's noise shrinks with N)")
     ap.add_argument("--name", default="quantize_fit_minilm", help="result file name")
     ap.add_argument("--int8-guard", default="per-channel", choices=["per-channel", "per-tensor"],
-                    help="the calibration's int8 guard (per-channel: what rewrite --quantize int8 does)")
+                    help="the calibration's int8 guard (per-channel: what rewrite --quantize int8 does where "
+                    "the int8 fit runs)")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize_fit"
     src, calib, held = minilm_split(work, 255, args.held)

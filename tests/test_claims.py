@@ -313,17 +313,22 @@ def test_moe_rows_from_moe_quality(claims, tmp_path):
     assert "45.0% vs 40.0%, +12.50% relative" in rt[2] and "latency ratio 1.5x [1.4, 1.6]" in rt[2]
 
 
-def test_combined_run_from_benchmarks_combined(claims, tmp_path):
+def _combined(claims, tmp_path, conditions: str, variants: dict, verdict: dict) -> list:
+    """The Combined row of a combined_cpu.json with these side-by-side variants and verdict."""
     res = tmp_path / "results"
     put(res, "combined_cpu.json", {
-        "generated": "g", "hardware": {"cpu": "Fake CPU", "logical_cpus": 2}, "conditions": "busy",
-        "side_by_side": {"method": {"provider": "cpu", "timing": "fake timing"}, "variants": {
-            "combined": {"speedup_vs_fp32": {"median": 2.5, "q1": 2.4, "q3": 2.6},
-                         "speedup_vs_int8": {"median": 1.25, "q1": 1.2, "q3": 1.3}}}},
-        "verdict": {"variant": "combined", "passes": ["block=drop:1", "ffn=phi-bottleneck:3"], "quantize": "int8",
-                    "meter": "cpu-estimate", "method": "estimated", "energy_saving_vs_fp32": 0.55,
-                    "energy_saving_vs_int8": 0.2, "claim_met": False, "fidelity": {"cosine": 0.91234, "nn": 0.6}}})
-    comb = row(verdicts(claims.generate(res, None)), "Combined")
+        "generated": "g", "hardware": {"cpu": "Fake CPU", "logical_cpus": 2}, "conditions": conditions,
+        "side_by_side": {"method": {"provider": "cpu", "timing": "fake timing"}, "variants": variants},
+        "verdict": {"quantize": "int8", "meter": "cpu-estimate", "method": "estimated", **verdict}})
+    return row(verdicts(claims.generate(res, None)), "Combined")
+
+
+def test_combined_run_from_benchmarks_combined(claims, tmp_path):
+    comb = _combined(claims, tmp_path, "busy", {
+        "combined": {"speedup_vs_fp32": {"median": 2.5, "q1": 2.4, "q3": 2.6},
+                     "speedup_vs_int8": {"median": 1.25, "q1": 1.2, "q3": 1.3}}},
+        {"variant": "combined", "passes": ["block=drop:1", "ffn=phi-bottleneck:3"], "energy_saving_vs_fp32": 0.55,
+         "energy_saving_vs_int8": 0.2, "claim_met": False, "fidelity": {"cosine": 0.91234, "nn": 0.6}})
     assert comb[2].startswith("block=drop:1, ffn=phi-bottleneck:3 + int8 (cpu, energy estimated, meter cpu-estimate): "
                               "energy per inference 55.0% lower than the ORT-best fp32 original; 20.0% lower than int8")
     assert "held-out cosine 0.9123, NN agreement 60.0%" in comb[2] and "falls short of the claimed 60%" in comb[2]
@@ -332,15 +337,11 @@ def test_combined_run_from_benchmarks_combined(claims, tmp_path):
 
 
 def test_combined_run_quotes_the_ratio_against_its_int8_reference(claims, tmp_path):
-    res = tmp_path / "results"
-    put(res, "combined_cpu.json", {
-        "generated": "g", "hardware": {"cpu": "Fake CPU", "logical_cpus": 2}, "conditions": "quiet",
-        "side_by_side": {"method": {"provider": "cpu", "timing": "fake timing"}, "variants": {
-            "combined_first": {"speedup_vs_fp32": {"median": 2.5, "q1": 2.4, "q3": 2.6},
-                               "speedup_vs_int8": {"median": 1.6, "q1": 1.5, "q3": 1.7},
-                               "speedup_vs_int8_first": {"median": 1.3, "q1": 1.2, "q3": 1.4}}}},
-        "verdict": {"variant": "combined_first", "int8_reference": "int8_first", "passes": ["ffn=phi-bottleneck:3"],
-                    "quantize": "int8", "meter": "cpu-estimate", "method": "estimated", "energy_saving_vs_fp32": 0.6,
-                    "energy_saving_vs_int8": 0.25, "claim_met": True, "fidelity": {"cosine": 0.9, "nn": 0.6}}})
-    comb = row(verdicts(claims.generate(res, None)), "Combined")
+    comb = _combined(claims, tmp_path, "quiet", {
+        "combined_first": {"speedup_vs_fp32": {"median": 2.5, "q1": 2.4, "q3": 2.6},
+                           "speedup_vs_int8": {"median": 1.6, "q1": 1.5, "q3": 1.7},
+                           "speedup_vs_int8_first": {"median": 1.3, "q1": 1.2, "q3": 1.4}}},
+        {"variant": "combined_first", "int8_reference": "int8_first", "passes": ["ffn=phi-bottleneck:3"],
+         "energy_saving_vs_fp32": 0.6, "energy_saving_vs_int8": 0.25, "claim_met": True,
+         "fidelity": {"cosine": 0.9, "nn": 0.6}})
     assert "vs int8 1.3x" in comb[2] and "1.6x" not in comb[2]

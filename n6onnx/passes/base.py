@@ -33,7 +33,7 @@ class PassContext:
     refit: bool = True
     progress: Callable[[str], None] | None = None  # told a label per layer while calibrating
     # which int8 quantizer a calibrated activation swap must survive: "per-tensor" (any stock quantizer, the
-    # default) or "per-channel" (the pipeline's own --quantize: per-channel or per-block weights)
+    # default) or "per-channel" (per-channel or per-block weights only; api.rewrite's auto where its int8 fit runs)
     int8_guard: str = "per-tensor"
     # attention/block passes: block anchors before the first of them, and blocks taken (see targets)
     anchors: list[str] | None = None

@@ -246,19 +246,18 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 fids[path] = measure.fidelity(src, path, held, threads)
             return fids[path]
 
-        def rewritten(passes: tuple, quantized: bool = False) -> pathlib.Path:
-            """The float rewrite (passes + calibration), cached per pass list; for an int8 recipe a gelu swap is
-            calibrated for per-channel int8 only (``int8_guard``: no per-tensor pieces, faster under int8)."""
-            guard = "per-channel" if quantized and any(p.startswith("gelu=") for p in passes) else "per-tensor"
-            if (passes, guard) not in floats:
-                path = work / f"rw-{_key((passes, guard))}.onnx"
+        def rewritten(passes: tuple) -> pathlib.Path:
+            """The float rewrite (passes + calibration), cached per pass list. A gelu swap keeps the per-tensor
+            int8 guard (rewrite's ``auto`` without its int8 fit: tune quantizes with the stock tool)."""
+            if passes not in floats:
+                path = work / f"rw-{_key(passes)}.onnx"
                 if passes:
                     api.rewrite(src, path, list(passes), calibrate=fit_file, tokenizer=tokenizer,
-                                calib_samples=calib_samples, dims=dims, int8_guard=guard)
+                                calib_samples=calib_samples, dims=dims)
                 else:
                     shutil.copyfile(src, path)
-                floats[(passes, guard)] = path
-            return floats[(passes, guard)]
+                floats[passes] = path
+            return floats[passes]
 
         def healed_rewrite(r: space.Recipe) -> tuple[pathlib.Path, dict]:
             """The recipe's rewrite healed (float weights), cached per pass list and heal mode: an int8 recipe
@@ -266,7 +265,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             one in float."""
             mode = r.quantize if r.quantize in stages.FAKE_QUANT_MODES else None
             if (r.passes, mode) not in healed:
-                base = rewritten(r.passes)  # a heal starts from the per-tensor guard (as rewrite --heal does)
+                base = rewritten(r.passes)
                 out = work / f"heal-{_key((r.passes, mode))}.onnx"
                 left = (deadline - time.perf_counter()) / 60
                 if left < 0.5:
@@ -311,7 +310,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             done[r] = p
             try:
                 say(f"trial {trial.number}: {r.label}: building")
-                path = rewritten(r.passes, quantized=bool(r.quantize) and not r.heal)
+                path = rewritten(r.passes)
                 if r.heal:
                     path, p.healing = healed_rewrite(r)
                 if r.heal and r.quantize in stages.FAKE_QUANT_MODES:  # healed for int8: only int8 is measured

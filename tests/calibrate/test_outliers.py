@@ -174,7 +174,7 @@ def test_per_channel_guard_drops_the_per_tensor_pieces_and_keeps_per_channel_int
     err = lambda f: float(np.linalg.norm(_run(_stock_pc(f, tmp_path / f"{f.stem}_q.onnx"), x) - ref)
                           / np.linalg.norm(ref - x))
     e_pt, e_pc = err(pt), err(pc)
-    assert e_pc < 1.1 * e_pt, (e_pc, e_pt)
+    assert e_pc < 1.1 * e_pt, (e_pc, e_pt)  # measured 0.090 against 0.102 on this toy
     # explicit: the int8 stage is stock per-channel quantize_dynamic of that float model
     q = tmp_path / "q.onnx"
     n6onnx.rewrite(src, q, ["gelu=phi6"], calibrate=calib, quantize="int8", quantize_fit="none", int8_guard="per-channel")
