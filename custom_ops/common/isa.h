@@ -87,4 +87,25 @@ Fn SelectIsa(Fn generic, Fn avx2, Fn avx512) {
   }
 }
 
+// The ISA clones of one kernel body F (an N6_INLINE function, or a function template's
+// instantiation): Generic / Avx2 / Avx512 compile the same source at each level, and Select() picks
+// the clone for this CPU. kAvx512 = false builds no AVX-512 clone (AVX2 serves those CPUs).
+//   using Block = IsaClones<void(const Plan&, size_t), &RunBlockImpl<kHalf>>;  Block::Select()(p, t);
+template <class Sig, auto F, bool kAvx512 = true>
+struct IsaClones;
+template <class... Args, auto F, bool kAvx512>
+struct IsaClones<void(Args...), F, kAvx512> {
+  using Fn = void (*)(Args...);
+  static void Generic(Args... a) { F(a...); }
+#if N6_HAVE_ISA_CLONES
+  N6_TARGET_AVX2 static void Avx2(Args... a) { F(a...); }
+  N6_TARGET_AVX512 static void Avx512(Args... a) { F(a...); }
+#endif
+  static Fn Select() {
+    Fn avx512 = nullptr;
+    if constexpr (kAvx512) avx512 = N6_CLONE(&Avx512);
+    return SelectIsa<Fn>(&Generic, N6_CLONE(&Avx2), avx512);
+  }
+};
+
 }  // namespace n6

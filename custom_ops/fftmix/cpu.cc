@@ -108,20 +108,8 @@ N6_INLINE void RunBlockImpl(const Plan& p, size_t task) {
   }
 }
 
-using BlockFn = void (*)(const Plan&, size_t);
 template <bool kHalf>
-void RunBlockGeneric(const Plan& p, size_t task) { RunBlockImpl<kHalf>(p, task); }
-#if N6_HAVE_ISA_CLONES
-template <bool kHalf>
-N6_TARGET_AVX2 void RunBlockAvx2(const Plan& p, size_t task) { RunBlockImpl<kHalf>(p, task); }
-template <bool kHalf>
-N6_TARGET_AVX512 void RunBlockAvx512(const Plan& p, size_t task) { RunBlockImpl<kHalf>(p, task); }
-#endif
-
-template <bool kHalf>
-BlockFn SelectBlockFn() {
-  return SelectIsa<BlockFn>(&RunBlockGeneric<kHalf>, N6_CLONE(&RunBlockAvx2<kHalf>), N6_CLONE(&RunBlockAvx512<kHalf>));
-}
+using Block = IsaClones<void(const Plan&, size_t), &RunBlockImpl<kHalf>>;
 
 // ---------------------------------------------------------------- causal mode
 // One task per (batch, 24-window of absolute positions that holds outputs): the task gathers the
@@ -193,21 +181,8 @@ N6_INLINE void RunCausalImpl(const CausalPlan& p, size_t task) {
   }
 }
 
-using CausalFn = void (*)(const CausalPlan&, size_t);
 template <bool kHalf>
-void RunCausalGeneric(const CausalPlan& p, size_t task) { RunCausalImpl<kHalf>(p, task); }
-#if N6_HAVE_ISA_CLONES
-template <bool kHalf>
-N6_TARGET_AVX2 void RunCausalAvx2(const CausalPlan& p, size_t task) { RunCausalImpl<kHalf>(p, task); }
-template <bool kHalf>
-N6_TARGET_AVX512 void RunCausalAvx512(const CausalPlan& p, size_t task) { RunCausalImpl<kHalf>(p, task); }
-#endif
-
-template <bool kHalf>
-CausalFn SelectCausalFn() {
-  return SelectIsa<CausalFn>(&RunCausalGeneric<kHalf>, N6_CLONE(&RunCausalAvx2<kHalf>),
-                             N6_CLONE(&RunCausalAvx512<kHalf>));
-}
+using Causal = IsaClones<void(const CausalPlan&, size_t), &RunCausalImpl<kHalf>>;
 
 template <class T>
 float ToF32(T v);
@@ -247,7 +222,7 @@ struct CpuBackend {
     p.x = io.x;
     p.y = io.y;
     p.blocks = (p.L + fftmix::kBlock - 1) / fftmix::kBlock;
-    static const BlockFn fn = SelectBlockFn<!std::is_same<T, float>::value>();
+    static const auto fn = Block<!std::is_same<T, float>::value>::Select();
     return RunPlanTasks(ctx, fn, p, p.B * p.blocks);
   }
 
@@ -286,7 +261,7 @@ struct CpuBackend {
     if (p.L == 0) return Ort::Status{nullptr};
     p.first = (p.pl / fftmix::kBlock) * fftmix::kBlock;
     p.blocks = (p.pl + p.L - p.first + fftmix::kBlock - 1) / fftmix::kBlock;
-    static const CausalFn fn = SelectCausalFn<!std::is_same<T, float>::value>();
+    static const auto fn = Causal<!std::is_same<T, float>::value>::Select();
     return RunPlanTasks(ctx, fn, p, p.B * p.blocks);
   }
 };

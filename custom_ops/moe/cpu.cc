@@ -52,28 +52,56 @@ void GemmGeneric(const float* A, int lda, int m, int K, const float* B, int ldb,
   GemmScalar(A, lda, m, K, B, ldb, 0, n, bias, C, ldc, acc);
 }
 
+using KernelFn = void (*)(const float*, int, int, int, const float*, int, int, const float*, float*, int, bool);
+
 #if N6_HAVE_ISA_CLONES
 constexpr int kPf = 12;  // weight rows prefetched ahead (prefetches past the end are harmless hints)
 
-N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float* B, int ldb, int n, const float* bias,
-                             float* C, int ldc, bool acc) {
-  constexpr int MR = 6, NR = 16;
+// One register vector of each ISA clone. The members carry their ISA's target and are plain
+// `inline`: they inline into GemmSimd only where it is itself inlined into a clone of that ISA
+// (an always_inline intrinsic cannot be reached from the default-target template).
+struct Avx2Vec {
+  using R = __m256;
+  static constexpr int kW = 8;
+  N6_TARGET_AVX2 static inline R Load(const float* p) { return _mm256_loadu_ps(p); }
+  N6_TARGET_AVX2 static inline void Store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  N6_TARGET_AVX2 static inline R Zero() { return _mm256_setzero_ps(); }
+  N6_TARGET_AVX2 static inline R Bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  N6_TARGET_AVX2 static inline R Fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+};
+struct Avx512Vec {
+  using R = __m512;
+  static constexpr int kW = 16;
+  N6_TARGET_AVX512 static inline R Load(const float* p) { return _mm512_loadu_ps(p); }
+  N6_TARGET_AVX512 static inline void Store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  N6_TARGET_AVX512 static inline R Zero() { return _mm512_setzero_ps(); }
+  N6_TARGET_AVX512 static inline R Bcast(const float* p) { return _mm512_set1_ps(*p); }
+  N6_TARGET_AVX512 static inline R Fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+};
+
+// The 6 x (2 vectors) register tile over the columns that fill whole tiles; the columns left over
+// go to `tail` (a narrower ISA's kernel, or the scalar one).
+template <class V>
+N6_INLINE void GemmSimd(const float* A, int lda, int m, int K, const float* B, int ldb, int n, const float* bias,
+                        float* C, int ldc, bool acc, KernelFn tail) {
+  using R = typename V::R;
+  constexpr int MR = 6, W = V::kW, NR = 2 * W;
   int j0 = 0;
   for (; j0 + NR <= n; j0 += NR) {
     for (int i0 = 0; i0 < m; i0 += MR) {
       const int mr = std::min(MR, m - i0);
       const float* a[MR];
       for (int r = 0; r < MR; ++r) a[r] = A + static_cast<size_t>(i0 + std::min(r, mr - 1)) * lda;
-      __m256 c0[MR], c1[MR];
+      R c0[MR], c1[MR];
       if (acc) {  // continue a K block: start from C (rows past m read a valid row, never stored)
         for (int r = 0; r < MR; ++r) {
           const float* c = C + static_cast<size_t>(i0 + std::min(r, mr - 1)) * ldc + j0;
-          c0[r] = _mm256_loadu_ps(c);
-          c1[r] = _mm256_loadu_ps(c + 8);
+          c0[r] = V::Load(c);
+          c1[r] = V::Load(c + W);
         }
       } else {
-        const __m256 z0 = bias ? _mm256_loadu_ps(bias + j0) : _mm256_setzero_ps();
-        const __m256 z1 = bias ? _mm256_loadu_ps(bias + j0 + 8) : _mm256_setzero_ps();
+        const R z0 = bias ? V::Load(bias + j0) : V::Zero();
+        const R z1 = bias ? V::Load(bias + j0 + W) : V::Zero();
         for (int r = 0; r < MR; ++r) {
           c0[r] = z0;
           c1[r] = z1;
@@ -82,72 +110,35 @@ N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float*
       const float* b = B + j0;
       for (int k = 0; k < K; ++k, b += ldb) {
         // the panel walks down K rows ldb apart (a new page per row): prefetch kPf rows ahead
-        _mm_prefetch(reinterpret_cast<const char*>(b + kPf * static_cast<size_t>(ldb)), _MM_HINT_T0);
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        const char* pf = reinterpret_cast<const char*>(b + kPf * static_cast<size_t>(ldb));
+        for (int line = 0; line < NR * static_cast<int>(sizeof(float)) / 64; ++line)
+          _mm_prefetch(pf + 64 * line, _MM_HINT_T0);
+        const R b0 = V::Load(b), b1 = V::Load(b + W);
         for (int r = 0; r < MR; ++r) {
-          const __m256 av = _mm256_broadcast_ss(a[r] + k);
-          c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
-          c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+          const R av = V::Bcast(a[r] + k);
+          c0[r] = V::Fma(av, b0, c0[r]);
+          c1[r] = V::Fma(av, b1, c1[r]);
         }
       }
       for (int r = 0; r < mr; ++r) {
         float* c = C + static_cast<size_t>(i0 + r) * ldc + j0;
-        _mm256_storeu_ps(c, c0[r]);
-        _mm256_storeu_ps(c + 8, c1[r]);
+        V::Store(c, c0[r]);
+        V::Store(c + W, c1[r]);
       }
     }
   }
-  if (j0 < n) GemmScalar(A, lda, m, K, B, ldb, j0, n, bias, C, ldc, acc);
+  if (j0 < n) tail(A, lda, m, K, B + j0, ldb, n - j0, bias ? bias + j0 : nullptr, C + j0, ldc, acc);
 }
 
+N6_TARGET_AVX2 void GemmAvx2(const float* A, int lda, int m, int K, const float* B, int ldb, int n, const float* bias,
+                             float* C, int ldc, bool acc) {
+  GemmSimd<Avx2Vec>(A, lda, m, K, B, ldb, n, bias, C, ldc, acc, &GemmGeneric);
+}
 N6_TARGET_AVX512 void GemmAvx512(const float* A, int lda, int m, int K, const float* B, int ldb, int n,
                                  const float* bias, float* C, int ldc, bool acc) {
-  constexpr int MR = 6, NR = 32;
-  int j0 = 0;
-  for (; j0 + NR <= n; j0 += NR) {
-    for (int i0 = 0; i0 < m; i0 += MR) {
-      const int mr = std::min(MR, m - i0);
-      const float* a[MR];
-      for (int r = 0; r < MR; ++r) a[r] = A + static_cast<size_t>(i0 + std::min(r, mr - 1)) * lda;
-      __m512 c0[MR], c1[MR];
-      if (acc) {  // continue a K block: start from C (rows past m read a valid row, never stored)
-        for (int r = 0; r < MR; ++r) {
-          const float* c = C + static_cast<size_t>(i0 + std::min(r, mr - 1)) * ldc + j0;
-          c0[r] = _mm512_loadu_ps(c);
-          c1[r] = _mm512_loadu_ps(c + 16);
-        }
-      } else {
-        const __m512 z0 = bias ? _mm512_loadu_ps(bias + j0) : _mm512_setzero_ps();
-        const __m512 z1 = bias ? _mm512_loadu_ps(bias + j0 + 16) : _mm512_setzero_ps();
-        for (int r = 0; r < MR; ++r) {
-          c0[r] = z0;
-          c1[r] = z1;
-        }
-      }
-      const float* b = B + j0;
-      for (int k = 0; k < K; ++k, b += ldb) {
-        const char* pf = reinterpret_cast<const char*>(b + kPf * static_cast<size_t>(ldb));
-        _mm_prefetch(pf, _MM_HINT_T0);
-        _mm_prefetch(pf + 64, _MM_HINT_T0);
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-        for (int r = 0; r < MR; ++r) {
-          const __m512 av = _mm512_set1_ps(a[r][k]);
-          c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
-          c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
-        }
-      }
-      for (int r = 0; r < mr; ++r) {
-        float* c = C + static_cast<size_t>(i0 + r) * ldc + j0;
-        _mm512_storeu_ps(c, c0[r]);
-        _mm512_storeu_ps(c + 16, c1[r]);
-      }
-    }
-  }
-  if (j0 < n) GemmAvx2(A, lda, m, K, B + j0, ldb, n - j0, bias ? bias + j0 : nullptr, C + j0, ldc, acc);
+  GemmSimd<Avx512Vec>(A, lda, m, K, B, ldb, n, bias, C, ldc, acc, &GemmAvx2);
 }
 #endif
-
-using KernelFn = void (*)(const float*, int, int, int, const float*, int, int, const float*, float*, int, bool);
 
 KernelFn SelectKernel() { return SelectIsa<KernelFn>(&GemmGeneric, N6_CLONE(&GemmAvx2), N6_CLONE(&GemmAvx512)); }
 
@@ -169,19 +160,13 @@ GemmFn SelectGemm() { return &Gemm; }
 
 // ------------------------------------------------------------------ activations over a tile
 template <int kAct>
-void ActRows(float* h, const float* g, size_t n) {
+N6_INLINE void ActRows(float* h, const float* g, size_t n) {
   for (size_t i = 0; i < n; ++i) h[i] = moe::Activate<kAct>(h[i], g ? g[i] : 0.0f);
 }
-#if N6_HAVE_ISA_CLONES
-template <int kAct>
-N6_TARGET_AVX2 void ActRowsAvx2(float* h, const float* g, size_t n) {
-  for (size_t i = 0; i < n; ++i) h[i] = moe::Activate<kAct>(h[i], g ? g[i] : 0.0f);
-}
-#endif
 using ActFn = void (*)(float*, const float*, size_t);
 template <int kAct>
 ActFn SelectActOne() {
-  return SelectIsa<ActFn>(&ActRows<kAct>, N6_CLONE(&ActRowsAvx2<kAct>), nullptr);
+  return IsaClones<void(float*, const float*, size_t), &ActRows<kAct>, false>::Select();
 }
 ActFn SelectAct(int act) {
   static const ActFn fns[6] = {SelectActOne<0>(), SelectActOne<1>(), SelectActOne<2>(),
