@@ -42,12 +42,14 @@ from .study import tune as run
               help="Make healing a dimension of the search, and heal the recipes that miss the gates by a little "
                    "(int8 recipes against their int8 graph, by fake quantization; fp32 ones in float). Default: "
                    "when torch, the heal extra, is installed; else skipped, and the report says so.")
+@click.option("--heal-minutes", type=float, default=3.0, show_default=True,
+              help="At most this long for each heal (and never more than half the time left).")
 @click.option("--storage", metavar="URL", help="Optuna storage (RDB URL or journal file) to share the study; see "
               "docs/tune.md.")
 @click.option("--study-name", metavar="NAME", help="Study name in --storage.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, minutes, report_dir, threads, dims, holdout,
-         calib_samples, seconds_per_trial, trials, seed, heal, storage, study_name, as_json) -> None:
+         calib_samples, seconds_per_trial, trials, seed, heal, heal_minutes, storage, study_name, as_json) -> None:
     """Find the fastest recipe (passes, int8, heal) for MODEL on this machine that keeps a held-out
     cosine >= C (and NN >= X): an Optuna multi-objective study, fidelity against latency.
 
@@ -62,7 +64,7 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, minutes, repor
         rep = run(model, output, calibrate=calibrate, min_cosine=min_cosine, min_nn=min_nn, tokenizer=tokenizer,
                   minutes=minutes, threads=threads, dims=list(dims), holdout=holdout, calib_samples=calib_samples,
                   seconds_per_trial=seconds_per_trial, trials=trials, seed=seed,
-                  heal=hook, heal_note=why, storage=storage, study_name=study_name,
+                  heal=hook, heal_minutes=heal_minutes, heal_note=why, storage=storage, study_name=study_name,
                   report_dir=report_dir,
                   progress=None if as_json else (lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False)))
     except N6Error as e:

@@ -215,6 +215,8 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     min_nn = _gate("--min-nn", min_nn, 0.0, 1.0)
     if minutes <= 0:
         raise BadArgumentError(f"--minutes must be positive, got {minutes:g}")
+    if heal_minutes <= 0:
+        raise BadArgumentError(f"--heal-minutes must be positive, got {heal_minutes:g}")
     if threads is not None and threads < 1:
         raise BadArgumentError(f"--threads must be at least 1, got {threads}")
     src = pathlib.Path(model)
@@ -394,7 +396,8 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                                f"recipes: built in the reference's order ({anchor(refs).graph}); healed int8 recipes: "
                                "healed under fake quantization (n6onnx.heal, as rewrite --quantize int8 --heal), "
                                "quantized, then fused (fusion leaves the int8 MatMuls the heal trained against)",
-                   "heal": heal is not None, "seed": seed, "budget_minutes": minutes,
+                   "heal": heal is not None, "heal_minutes": heal_minutes if heal is not None else None,
+                   "seed": seed, "budget_minutes": minutes,
                    "optuna": optuna.__version__}
         rep = TuneReport(str(src), None, min_cosine, min_nn, refs, points, front, chosen, setting,
                          time.perf_counter() - t0)

@@ -114,6 +114,7 @@ def test_cli_no_recipe_meets_the_gate_exits_1_and_writes_nothing(zoo_export, tmp
 @pytest.mark.parametrize("args,match", [(["--min-cosine", "1.5"], "out of range"),
                                         (["--min-cosine", "0.9", "--min-nn", "-1"], "out of range"),
                                         (["--min-cosine", "0.9", "--minutes", "0"], "positive"),
+                                        (["--min-cosine", "0.9", "--heal-minutes", "0"], "positive"),
                                         (["--min-cosine", "0.9", "--calibrate", "missing.txt"], "no such file")])
 def test_cli_bad_arguments(args, match, zoo_export, tmp_path):
     src = zoo_export(*MODEL)
