@@ -12,7 +12,11 @@ fatal):
 - ``onnxscript+ort_transformers``: the second on the result of the first.
 
 Each result is checked: it must load and run on the bench's provider and agree with the original's
-outputs. Of those that pass, the one with the most fused ``com.microsoft`` ops wins (ties: fewer
+outputs. A graph with dynamic quantization is a discontinuous function of its float values (a
+difference in the last bit, e.g. from a fused attention, can flip an activation's int8 rounding, and
+the flip grows through the later layers), so for such graphs the caller may give further probe feeds:
+a result that disagrees on the first feed is accepted when it agrees, to the same tolerance, on one of
+them (the fusion is then exact wherever no rounding flips; a wrong fusion agrees on none). Of those that pass, the one with the most fused ``com.microsoft`` ops wins (ties: fewer
 nodes, then the order above); if none passes, the original is used as is. The counts of every
 attempt, and any error, are reported.
 
@@ -43,6 +47,7 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
+from .. import feeds as feeds_mod
 from .. import io
 from .._version import __version__
 from ..errors import BadArgumentError
@@ -65,6 +70,7 @@ class Attempt:
     error: str | None = None
     max_abs_diff: float | None = None
     path: pathlib.Path | None = None
+    probe: int = 0  # the feed it agreed on: 0 the first, k the k-th probe (dynamic quantization)
 
     @property
     def fused_total(self) -> int:
@@ -77,7 +83,7 @@ class Attempt:
     def to_json(self) -> dict:
         return {"optimizer": self.optimizer, "fused_ops": self.fused_total if self.fused is not None else None,
                 "fused": self.fused, "nodes": self.nodes, "seconds": round(self.seconds, 3),
-                "max_abs_diff": self.max_abs_diff, "error": self.error}
+                "max_abs_diff": self.max_abs_diff, "error": self.error, "probe": self.probe}
 
 
 @dataclasses.dataclass
@@ -315,6 +321,46 @@ def _versions() -> str:
     return f"ort{onnxruntime.__version__}-onnxscript{onnxscript.__version__}-n6onnx{__version__}-c{CACHE_VERSION}"
 
 
+QUANTIZED_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+                           "DynamicQuantizeLSTM", "QAttention"})
+
+
+def quantized(proto: onnx.ModelProto) -> bool:
+    """Whether the graph quantizes activations at run time (its outputs jump where a rounding flips)."""
+    return any(n.op_type in QUANTIZED_OPS for n in proto.graph.node)
+
+
+PROBES = 7  # probe feeds for a graph with dynamic quantization
+
+
+def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = PROBES) -> list[tuple[RunFn, list]]:
+    """fuse's ``probes`` for ``path``: for a graph with dynamic quantization, ``n`` (run, reference) pairs
+    on random feeds (seed 1; every dynamic dimension 2), ``open_session(path)`` giving the session to run
+    on (the bench's provider and options); none for any other graph."""
+    if not quantized(io.load_proto(path)):
+        return []
+    sess = open_session(path)
+    feeds = feeds_mod.random_feeds(sess, n, {d: 2 for d in feeds_mod.dynamic_dims(sess)}, seed=1)
+    del sess
+
+    def runner(feed):
+        return lambda p: open_session(p).run(None, feed)
+
+    return [(r, r(path)) for r in map(runner, feeds)]
+
+
+def _agreeing_feed(path, run: RunFn, reference, probes, tol: float) -> tuple[int | None, float]:
+    """(k, max abs diff on the first feed): the first feed on which ``path`` agrees with its reference
+    (0: ``reference``, k: the k-th probe), or None where it agrees on none."""
+    ok, diff = outputs_agree(run(path), reference, tol)
+    if ok:
+        return 0, diff
+    for k, (run_k, ref_k) in enumerate(probes, 1):
+        if outputs_agree(run_k(path), ref_k, tol)[0]:
+            return k, diff
+    return None, diff
+
+
 def fuse(
     model: str | os.PathLike,
     run: RunFn | None = None,
@@ -328,13 +374,16 @@ def fuse(
     optimizers: Sequence[str] = OPTIMIZERS,
     cache: str | os.PathLike | None = None,
     use_cache: bool = True,
+    probes: Sequence[tuple[RunFn, Sequence[np.ndarray]]] = (),
 ) -> FusionResult:
     """Make ORT's best version of ``model`` (see the module docstring).
 
     ``run(path)`` runs a model file on the bench's provider and returns its outputs; with
     ``reference`` (the outputs of ``model`` itself for the same feeds) each result must agree
     within ``tol`` (default 1e-3 on CPU, 1e-2 on CUDA or for float16 outputs) relative to the
-    output's scale. Without ``run`` results are only checked to load.
+    output's scale. Without ``run`` results are only checked to load. ``probes``: further
+    (run, reference) pairs on other feeds, for a graph with dynamic quantization (``quantized``):
+    a result that disagrees on the first feed is accepted if it agrees on one of them.
     """
     src = pathlib.Path(model)
     proto = io.load_proto(src)
@@ -356,7 +405,7 @@ def fuse(
         tol = 1e-2 if (use_gpu or fp16) else 1e-3
 
     key = hashlib.sha256(json.dumps([_file_key(src), _versions(), model_type, num_heads, hidden_size,
-                                     use_gpu, list(optimizers)]).encode()).hexdigest()[:24]
+                                     use_gpu, list(optimizers), len(probes)]).encode()).hexdigest()[:24]
     cdir = pathlib.Path(cache) if cache else cache_dir()
     cdir.mkdir(parents=True, exist_ok=True)
     record = cdir / f"{key}.json"
@@ -377,8 +426,7 @@ def fuse(
                 res = result(attempts, True)
                 if run is None or reference is None or res.chosen == "none":
                     return res
-                ok, diff = outputs_agree(run(res.path), reference, tol)
-                if ok:  # still agrees for these feeds
+                if _agreeing_feed(res.path, run, reference, probes, tol)[0] is not None:  # still agrees
                     return res
         except (OSError, ValueError, TypeError, KeyError):
             pass
@@ -402,13 +450,15 @@ def fuse(
             out = cdir / f"{key}-{name.replace('+', '-')}.onnx"
             io.save(p, out)
             a.path = out
-            if run is not None:
-                got = run(out)
-                if reference is not None:
-                    agree, a.max_abs_diff = outputs_agree(got, reference, tol)
-                    if not agree:
-                        raise RuntimeError(f"outputs differ from the original's (max abs diff {a.max_abs_diff:.3g}, "
-                                           f"tolerance {tol:g} x output scale)")
+            if run is not None and reference is None:
+                run(out)
+            elif run is not None:
+                k, a.max_abs_diff = _agreeing_feed(out, run, reference, probes, tol)
+                if k is None:
+                    raise RuntimeError(f"outputs differ from the original's (max abs diff {a.max_abs_diff:.3g}, "
+                                       f"tolerance {tol:g} x output scale" +
+                                       (f", and on each of {len(probes)} probe feeds)" if probes else ")"))
+                a.probe = k
         except Exception as e:  # an optimizer crash, an invalid or wrong result: record, go on
             a.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             if a.path is not None:

@@ -35,8 +35,9 @@ def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int
 def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw: dict | None = None,
          feed: dict | None = None) -> tuple[pathlib.Path, str, dict]:
     """ORT's best fused version of ``path`` (bench's fuse: onnxscript or onnxruntime.transformers,
-    checked against the unfused outputs on ``cfg``'s provider), or ``path`` itself when no fusion
-    applies. Returns (path, optimizer chosen, fusion keywords for the next model of this family)."""
+    checked against the unfused outputs on ``cfg``'s provider; a graph with dynamic quantization also
+    on baseline.quantized_probes), or ``path`` itself when no fusion applies. Returns (path,
+    optimizer chosen, fusion keywords for the next model of this family)."""
     def run(p):
         nonlocal feed
         s, _ = cfg.session(p)
@@ -47,8 +48,10 @@ def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw:
         return out
 
     ref = run(path)
+    probes = baseline_mod.quantized_probes(path, lambda p: cfg.session(p)[0])
     try:
-        res = baseline_mod.fuse(path, run, ref, provider=cfg.provider, cache=cache, **(fusion_kw or {}))
+        res = baseline_mod.fuse(path, run, ref, provider=cfg.provider, cache=cache, probes=probes,
+                                **(fusion_kw or {}))
     except N6Error:
         return path, "none", {}
     kw = dict(model_type=res.model_type, num_heads=res.num_heads, hidden_size=res.hidden_size)

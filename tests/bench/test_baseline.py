@@ -3,6 +3,8 @@ rewritten candidate keeps its n6 nodes through the fusions."""
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -106,3 +108,40 @@ def test_fusing_an_int8_graph_gives_a_valid_model(bert, tmp_path):
     p = io.load_proto(res.path)  # onnx's checker
     assert any(n.domain == "com.microsoft" for n in p.graph.node)
     assert sum(n.op_type == "MatMulInteger" for n in p.graph.node) > 0  # fusion leaves the int8 MatMuls
+
+
+def test_a_quantized_graph_may_agree_on_a_probe_feed(bert, tmp_path):
+    """Dynamic int8 jumps where a rounding flips, so a fusion of a quantized graph that disagrees on the
+    first feed is accepted when it agrees on one of the probe feeds, and says which; one that agrees on
+    none is rejected, the error naming the probes."""
+    q = tmp_path / "q.onnx"
+    quantize(bert, q, "int8")
+    assert baseline.quantized(io.load_proto(q)) and not baseline.quantized(io.load_proto(bert))
+    run = _runner("bert")
+    ref = run(q)
+    bad = [r + 1.0 for r in ref]
+    res = baseline.fuse(q, run, bad, optimizers=("ort_transformers",), cache=tmp_path / "a",
+                        probes=[(run, bad), (run, ref)])
+    assert res.chosen == "ort_transformers" and res.attempts[0].probe == 2, res.attempts[0].error
+    res = baseline.fuse(q, run, bad, optimizers=("ort_transformers",), cache=tmp_path / "b", probes=[(run, bad)])
+    assert res.chosen == "none" and "each of 1 probe feeds" in res.attempts[0].error
+
+
+def test_tune_checks_a_quantized_graph_on_probe_feeds(bert, tmp_path, monkeypatch):
+    from n6onnx.bench.session import SessionConfig
+    from n6onnx.tune import measure
+
+    seen = {}
+    real = baseline.fuse
+
+    def spy(path, run, ref, **kw):
+        seen[pathlib.Path(path).name] = [r(path)[0].shape for r, _ in kw["probes"]]
+        return real(path, run, ref, **kw)
+
+    monkeypatch.setattr(baseline, "fuse", spy)
+    q = tmp_path / "q.onnx"
+    quantize(bert, q, "int8")
+    cfg = SessionConfig("cpu", 0, 1)
+    measure.fuse(bert, cfg, tmp_path / "c")
+    measure.fuse(q, cfg, tmp_path / "c")
+    assert seen[bert.name] == [] and len(seen["q.onnx"]) == baseline.PROBES
