@@ -66,7 +66,9 @@ fidelity as the mean-pooled embedding cosine against ONNX Runtime running the or
 
 **Fair baseline.** The baseline is always the original model as ONNX Runtime runs it best: the same
 session options (ORT_ENABLE_ALL), its transformer fusions applied (onnxscript's ort_fusions or
-onnxruntime.transformers' optimizer, whichever fuses more and still agrees with the original),
+onnxruntime.transformers' optimizer, whichever fuses more and still agrees with the original; a
+graph with dynamic int8 may agree on one of seven probe feeds instead, since a rounding flip on the
+first hides an exact fusion),
 the same execution provider, the same threads, and IO binding. A ratio against a weaker baseline
 (numpy, an unfused graph, another thread count) would be worthless.
 
