@@ -12,13 +12,13 @@ fatal):
 - ``onnxscript+ort_transformers``: the second on the result of the first.
 
 Each result is checked: it must load and run on the bench's provider and agree with the original's
-outputs. A graph with dynamic quantization is a discontinuous function of its float values (a
-difference in the last bit, e.g. from a fused attention, can flip an activation's int8 rounding, and
-the flip grows through the later layers), so for such graphs the caller may give further probe feeds:
-a result that disagrees on the first feed is accepted when it agrees, to the same tolerance, on one of
-them (the fusion is then exact wherever no rounding flips; a wrong fusion agrees on none). Of those that pass, the one with the most fused ``com.microsoft`` ops wins (ties: fewer
-nodes, then the order above); if none passes, the original is used as is. The counts of every
-attempt, and any error, are reported.
+outputs. A quantized graph is a discontinuous function of its float values (a difference in the
+last bit, e.g. from a fused attention, can flip an activation's int8 rounding, and the flip grows
+through the later layers), so for such graphs the caller may give further probe feeds: a result that
+disagrees on the first feed is accepted when it agrees, to the same tolerance, on one of them (the
+fusion is then exact wherever no rounding flips; a wrong fusion agrees on none). Of those that pass,
+the one with the most fused ``com.microsoft`` ops wins (ties: fewer nodes, then the order above); if
+none passes, the original is used as is. The counts of every attempt, and any error, are reported.
 
 Model-local functions of the n6 domain are taken out of the graph while an optimizer runs (the
 onnxscript optimizer inlines every function, which would turn each n6 node back into standard
@@ -49,6 +49,7 @@ import onnx
 
 from .. import feeds as feeds_mod
 from .. import io
+from ..quantize import int8graph
 from .._version import __version__
 from ..errors import BadArgumentError
 from ..ops import DOMAIN
@@ -321,23 +322,15 @@ def _versions() -> str:
     return f"ort{onnxruntime.__version__}-onnxscript{onnxscript.__version__}-n6onnx{__version__}-c{CACHE_VERSION}"
 
 
-QUANTIZED_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-                           "DynamicQuantizeLSTM", "QAttention"})
-
-
-def quantized(proto: onnx.ModelProto) -> bool:
-    """Whether the graph quantizes activations at run time (its outputs jump where a rounding flips)."""
-    return any(n.op_type in QUANTIZED_OPS for n in proto.graph.node)
-
-
 PROBES = 7  # probe feeds for a graph with dynamic quantization
 
 
 def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = PROBES) -> list[tuple[RunFn, list]]:
-    """fuse's ``probes`` for ``path``: for a graph with dynamic quantization, ``n`` (run, reference) pairs
+    """fuse's ``probes`` for ``path``: for a quantized graph (``int8graph.is_quantized``: its activations
+    are rounded at run time, so its outputs jump where a rounding flips), ``n`` (run, reference) pairs
     on random feeds (seed 1; every dynamic dimension 2), ``open_session(path)`` giving the session to run
     on (the bench's provider and options); none for any other graph."""
-    if not quantized(io.load_proto(path)):
+    if not int8graph.is_quantized(io.load_proto(path)):
         return []
     sess = open_session(path)
     feeds = feeds_mod.random_feeds(sess, n, {d: 2 for d in feeds_mod.dynamic_dims(sess)}, seed=1)
@@ -382,7 +375,7 @@ def fuse(
     ``reference`` (the outputs of ``model`` itself for the same feeds) each result must agree
     within ``tol`` (default 1e-3 on CPU, 1e-2 on CUDA or for float16 outputs) relative to the
     output's scale. Without ``run`` results are only checked to load. ``probes``: further
-    (run, reference) pairs on other feeds, for a graph with dynamic quantization (``quantized``):
+    (run, reference) pairs on other feeds, for a quantized graph (``quantized_probes``):
     a result that disagrees on the first feed is accepted if it agrees on one of them.
     """
     src = pathlib.Path(model)

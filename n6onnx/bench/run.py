@@ -7,9 +7,10 @@ Method (also written into the report):
    run, so both variants are timed the same way.
 2. Baseline: the original with ORT's transformer fusions (``baseline.fuse``: onnxscript
    ort_fusions or onnxruntime.transformers, whichever fuses more and still agrees with the
-   original; a graph with dynamic int8 may agree on one of ``baseline.quantized_probes`` instead,
-   since a rounding flip on the first feed hides an exact fusion). With a baseline, the candidate gets the same treatment by default (its n6 nodes are
-   protected), so the ratio measures the rewrite, not a missing fusion.
+   original; a quantized graph may agree on one of ``baseline.quantized_probes`` instead, since a
+   rounding flip on the first feed hides an exact fusion). With a baseline, the candidate gets the
+   same treatment by default (its n6 nodes are protected), so the ratio measures the rewrite, not a
+   missing fusion.
 3. Sessions: ORT_ENABLE_ALL, the same provider and threads, the n6 custom-op library registered
    for both (it does not change a model without n6 ops).
 4. Placement and op times: one profiled session per variant (a few runs, the first dropped):

@@ -116,7 +116,6 @@ def test_a_quantized_graph_may_agree_on_a_probe_feed(bert, tmp_path):
     none is rejected, the error naming the probes."""
     q = tmp_path / "q.onnx"
     quantize(bert, q, "int8")
-    assert baseline.quantized(io.load_proto(q)) and not baseline.quantized(io.load_proto(bert))
     run = _runner("bert")
     ref = run(q)
     bad = [r + 1.0 for r in ref]
