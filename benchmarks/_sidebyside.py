@@ -1,10 +1,12 @@
 """Several variants of one model measured side by side in one run: held-out fidelity against the
 original (n6onnx validate) and latency / energy in interleaved blocks (n6onnx.bench's pieces: same
-session options and threads, IO binding, the meters bench discovers: NVML on cuda, else the
-CPU-seconds estimate, labelled)."""
+session options and threads, IO binding, the layer norms in the form ORT runs the reference
+faster (bench.layernorm, given to every variant), the meters bench discovers: NVML on cuda, else
+the CPU-seconds estimate, labelled)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import pathlib
 
@@ -12,13 +14,16 @@ import n6onnx
 from n6onnx import feeds as feeds_mod
 from n6onnx.bench import energy as energy_mod
 from n6onnx.bench import latency as latency_mod
+from n6onnx.bench import layernorm as layernorm_mod
 from n6onnx.bench.session import Runner, SessionConfig
 
 
 def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held_text: pathlib.Path | None, *,
                  threads: int | None, dims: dict[str, int], provider: str = "cpu", seconds: float = 30.0,
-                 block_seconds: float = 2.0, warmup: float = 2.0, reference: str | None = None) -> dict:
-    """``reference``: the variant every ratio is taken against (default: the first)."""
+                 block_seconds: float = 2.0, warmup: float = 2.0, reference: str | None = None,
+                 layernorm: str = "auto") -> dict:
+    """``reference``: the variant every ratio is taken against (default: the first); ``layernorm``:
+    bench.layernorm's mode, chosen on the reference and applied to every variant."""
     dim_list = [f"{k}={v}" for k, v in dims.items()]
     fidelity = {}
     if held_text is not None:
@@ -28,11 +33,15 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
             fidelity[name] = {"cosine": rep.cosine_mean, "nn": emb.get("nn_agreement"),
                               "source": rep.cosine_source, "samples": rep.inputs.get("samples")}
     cfg = SessionConfig(provider, 0, threads)
+    ref = reference or next(iter(variants))
+    feed = feeds_mod.random_feeds(cfg.session(variants[ref])[0], 1, dims)[0]
+    ln, _ = layernorm_mod.choose(variants[ref], cfg, feed, mode=layernorm)
+    if ln.form == "split":
+        variants = {k: layernorm_mod.split_file(p) for k, p in variants.items()}
+        cfg = dataclasses.replace(cfg, disabled_optimizers=ln.disabled_optimizers)
     sessions, runners = {}, {}
     for name, path in variants.items():
         sessions[name], _ = cfg.session(path)
-        if not runners:
-            feed = feeds_mod.random_feeds(sessions[name], 1, dims)[0]
         runners[name] = Runner(sessions[name], feed, cfg)
         latency_mod.warm_up(runners[name], warmup)
     disc = energy_mod.discover(provider)
@@ -48,7 +57,6 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
         energy_mod.close_all(meters)
         del runners, sessions
         gc.collect()
-    ref = reference or order[0]
     res = {}
     for name in order:
         b = out[name]
@@ -69,4 +77,5 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
         "timing": f"{blocks} rounds of {block_seconds:g} s blocks per variant, order rotated each round, IO binding, "
                   f"{threads} threads, ORT_ENABLE_ALL, n6 library registered; ratios = per-round block medians",
         "energy": {m.name: m.describe() for m in meters}, "energy_notes": disc.notes,
-        "feed_shapes": {k: list(v.shape) for k, v in feed.items()}, "provider": provider}}
+        "feed_shapes": {k: list(v.shape) for k, v in feed.items()}, "provider": provider,
+        "layernorm": ln.to_json()}}

@@ -282,13 +282,17 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
 @click.option("--pue", type=Number(1, 100), help="Data-centre PUE for CO2e (default: Green Algorithms' 1.56).")
 @click.option("--fuse-candidate/--no-fuse-candidate", default=None,
               help="Give MODEL the baseline's transformer fusions too (default: on with --baseline).")
+@click.option("--layernorm", type=click.Choice(["auto", "fused", "split"]), default="auto", show_default=True,
+              help="Layer norms as ORT's SkipLayerNormalization or as its parts (Add + LayerNormalization, run with "
+                   "ORT's SkipLayerNormFusion disabled). auto: time both on the baseline, give both variants the "
+                   "faster one.")
 @click.option("--model-type", help="Model type for onnxruntime.transformers' optimizer (default: inferred: bert, gpt2, vit).")
 @click.option("--num-heads", type=Number(1, 65536, integer=True), help="Attention heads for onnxruntime.transformers (default: inferred).")
 @click.option("--hidden-size", type=Number(1, 2**24, integer=True), help="Hidden size for onnxruntime.transformers (default: inferred).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seconds, window, idle_seconds, warmup,
-          cpu_watts, cpu_watts_uncertainty, grid_intensity, pue, fuse_candidate, model_type, num_heads, hidden_size,
-          as_json: bool) -> None:
+          cpu_watts, cpu_watts_uncertainty, grid_intensity, pue, fuse_candidate, layernorm, model_type, num_heads,
+          hidden_size, as_json: bool) -> None:
     """Latency, throughput, energy per inference and peak memory of MODEL, against ORT's best ORIGINAL.
 
     Energy figures say how they were obtained: measured (NVML on --provider cuda, RAPL where
@@ -303,7 +307,7 @@ def bench(model: str, baseline, provider, device_id, threads, dims, feeds_, seco
             seconds=seconds, window=window, idle_seconds=idle_seconds, warmup=warmup, cpu_watts=cpu_watts,
             cpu_watts_uncertainty=cpu_watts_uncertainty, fuse_candidate=fuse_candidate, model_type=model_type,
             num_heads=num_heads, hidden_size=hidden_size, grid_intensity=grid_intensity, pue=pue,
-            progress=not as_json and console.err.is_terminal,
+            layernorm=layernorm, progress=not as_json and console.err.is_terminal,
         )
     except N6Error as e:
         console.fail(e)

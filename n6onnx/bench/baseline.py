@@ -304,7 +304,7 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(d) if d else pathlib.Path(tempfile.gettempdir()) / "n6onnx-bench"
 
 
-def _file_key(path: pathlib.Path) -> str:
+def file_key(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -342,7 +342,7 @@ def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = P
     return [(r, r(path)) for r in map(runner, feeds)]
 
 
-def _agreeing_feed(path, run: RunFn, reference, probes, tol: float) -> tuple[int | None, float]:
+def agreeing_feed(path, run: RunFn, reference, probes, tol: float) -> tuple[int | None, float]:
     """(k, max abs diff on the first feed): the first feed on which ``path`` agrees with its reference
     (0: ``reference``, k: the k-th probe), or None where it agrees on none."""
     ok, diff = outputs_agree(run(path), reference, tol)
@@ -397,7 +397,7 @@ def fuse(
         fp16 = any(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for o in proto.graph.output)
         tol = 1e-2 if (use_gpu or fp16) else 1e-3
 
-    key = hashlib.sha256(json.dumps([_file_key(src), _versions(), model_type, num_heads, hidden_size,
+    key = hashlib.sha256(json.dumps([file_key(src), _versions(), model_type, num_heads, hidden_size,
                                      use_gpu, list(optimizers), len(probes)]).encode()).hexdigest()[:24]
     cdir = pathlib.Path(cache) if cache else cache_dir()
     cdir.mkdir(parents=True, exist_ok=True)
@@ -419,7 +419,7 @@ def fuse(
                 res = result(attempts, True)
                 if run is None or reference is None or res.chosen == "none":
                     return res
-                if _agreeing_feed(res.path, run, reference, probes, tol)[0] is not None:  # still agrees
+                if agreeing_feed(res.path, run, reference, probes, tol)[0] is not None:  # still agrees
                     return res
         except (OSError, ValueError, TypeError, KeyError):
             pass
@@ -446,7 +446,7 @@ def fuse(
             if run is not None and reference is None:
                 run(out)
             elif run is not None:
-                k, a.max_abs_diff = _agreeing_feed(out, run, reference, probes, tol)
+                k, a.max_abs_diff = agreeing_feed(out, run, reference, probes, tol)
                 if k is None:
                     raise RuntimeError(f"outputs differ from the original's (max abs diff {a.max_abs_diff:.3g}, "
                                        f"tolerance {tol:g} x output scale" +

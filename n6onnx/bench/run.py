@@ -12,7 +12,10 @@ Method (also written into the report):
    same treatment by default (its n6 nodes are protected), so the ratio measures the rewrite, not a
    missing fusion.
 3. Sessions: ORT_ENABLE_ALL, the same provider and threads, the n6 custom-op library registered
-   for both (it does not change a model without n6 ops).
+   for both (it does not change a model without n6 ops). The layer norms in the form ORT runs
+   faster here (``bench.layernorm``): the baseline's SkipLayerNormalization nodes against their
+   parts (Add + LayerNormalization, ORT's SkipLayerNormFusion disabled), interleaved blocks on the
+   same feed; the faster form (the parts only when more than 2% faster) for both variants.
 4. Placement and op times: one profiled session per variant (a few runs, the first dropped):
    which provider ran each node (any CPU node in a CUDA session is reported), time per op type,
    ORT's allocator peak.
@@ -50,6 +53,7 @@ from . import baseline as baseline_mod
 from . import carbon as carbon_mod
 from . import energy as energy_mod
 from . import figures
+from . import layernorm as layernorm_mod
 from . import session as session_mod
 from . import latency as latency_mod
 from .session import ProviderUnavailableError
@@ -198,6 +202,7 @@ def bench(
     meters: Sequence[energy_mod.Meter] | None = None,
     grid_intensity: str | float | None = None,
     pue: float | None = None,
+    layernorm: str = "auto",
 ) -> BenchReport:
     """Benchmark ``model`` (the candidate), against ORT's best ``baseline`` when given.
 
@@ -207,7 +212,9 @@ def bench(
     the baseline's transformer fusions (default: when there is a baseline). ``meters``: override
     meter discovery (tests). ``grid_intensity`` (gCO2e/kWh, or an ISO 3166-1 alpha-3 country code;
     default CodeCarbon's world average) and ``pue`` (default Green Algorithms') turn each variant's
-    energy into Wh and gCO2e per 1,000 inferences (``bench.carbon``).
+    energy into Wh and gCO2e per 1,000 inferences (``bench.carbon``). ``layernorm``: ``auto`` times
+    the baseline's (else the candidate's) SkipLayerNormalization against its parts and gives both
+    variants the faster form; ``fused`` / ``split`` force one (``bench.layernorm``).
     """
     t_start = time.perf_counter()
     if provider not in PROVIDERS:
@@ -228,6 +235,8 @@ def bench(
     num_heads = number("--num-heads", num_heads, 1, 65536, integer=True)
     hidden_size = number("--hidden-size", hidden_size, 1, 2**24, integer=True)
     carbon_settings = carbon_mod.settings(grid_intensity, pue)
+    if layernorm not in layernorm_mod.MODES:
+        raise BadArgumentError(f"--layernorm must be one of {', '.join(layernorm_mod.MODES)}, got {layernorm!r}")
     if idle_seconds is None:
         idle_seconds = window
     idle_seconds = number("--idle-seconds", idle_seconds, 0, 3600)
@@ -302,6 +311,14 @@ def bench(
         if base_src is not None:
             variants = {"baseline": (base_src, base_fusion), **variants}
         paths = {k: (f.path if f else src) for k, (src, f) in variants.items()}
+
+        # -- the layer-norm form ORT runs faster, measured on the baseline (else the candidate), for both
+        prog.phase("timing SkipLayerNormalization against Add + LayerNormalization")
+        ln_ref = "baseline" if base_src is not None else "candidate"
+        ln_choice, paths[ln_ref] = layernorm_mod.choose(paths[ln_ref], cfg, feed, mode=layernorm)
+        if ln_choice.form == "split":
+            paths = {k: layernorm_mod.split_file(p) for k, p in paths.items()}
+            cfg = dataclasses.replace(cfg, disabled_optimizers=ln_choice.disabled_optimizers)
 
         # -- placement and op times
         profiles = {}
@@ -422,6 +439,7 @@ def bench(
             ["CUDAExecutionProvider", "CPUExecutionProvider"], "device_id": device_id if provider == "cuda" else None,
             "threads": threads, "threads_note": None if threads else "onnxruntime default (one per physical core)",
             "graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": True,
+            "disabled_optimizers": list(cfg.disabled_optimizers), "layernorm": ln_choice.to_json(),
             "io_binding_device": "cuda" if provider == "cuda" else "cpu",
             "feeds": feeds_desc, "warmup_seconds": warmup, "blocks_per_variant": blocks,
             "block_seconds": block_s, "order": "ABBA" if n_var == 2 else "single variant",

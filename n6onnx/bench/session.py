@@ -34,6 +34,7 @@ class SessionConfig:
     provider: str = "cpu"
     device_id: int = 0
     threads: int | None = None
+    disabled_optimizers: tuple[str, ...] = ()  # ORT graph transformers left out (bench.layernorm's choice)
 
     @property
     def providers(self) -> list:
@@ -60,7 +61,9 @@ class SessionConfig:
     def session(self, path: str | os.PathLike, profile_prefix: str | None = None) -> tuple[ort.InferenceSession, str | None]:
         so, lib = self.options(profile_prefix)
         try:
-            sess = ort.InferenceSession(str(path), so, providers=self.providers)
+            sess = ort.InferenceSession(str(path), so, providers=self.providers,
+                                        **({"disabled_optimizers": list(self.disabled_optimizers)}
+                                           if self.disabled_optimizers else {}))
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise N6Error(f"{path}: onnxruntime cannot create a session: {msg}") from None

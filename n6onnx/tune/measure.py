@@ -4,6 +4,7 @@ original as the baseline, interleaved A/B blocks, the CPU-seconds energy estimat
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import pathlib
 import statistics
@@ -14,6 +15,7 @@ import numpy as np
 from ..bench import baseline as baseline_mod
 from ..bench import energy as energy_mod
 from ..bench import latency as latency_mod
+from ..bench import layernorm as layernorm_mod
 from ..bench.session import Runner, SessionConfig
 from ..errors import N6Error
 from .. import feeds as feeds_mod
@@ -65,7 +67,9 @@ def _probe_feed(sess) -> dict:
 
 
 class Timer:
-    """Times candidates against ORT's best version of the original, bench's way."""
+    """Times candidates against ORT's best version of the original, bench's way: fused, with its layer
+    norms in the form that runs it faster here (``bench.layernorm``, chosen on the original; every
+    candidate gets that form and the same session options)."""
 
     def __init__(self, original: pathlib.Path, workdir: pathlib.Path, *, threads: int | None,
                  dims: Mapping[str, int], seconds: float, block_seconds: float, warmup: float = 0.5) -> None:
@@ -80,6 +84,8 @@ class Timer:
         # the original's fusion goes to bench's shared cache (content-keyed): a second study reuses it
         self.baseline, self.baseline_fusion, self.fusion_kw = fuse(original, self.cfg, baseline_mod.cache_dir(),
                                                                    None, self.feed)
+        self.layernorm, self.baseline = layernorm_mod.choose(self.baseline, self.cfg, self.feed)
+        self.cfg = dataclasses.replace(self.cfg, disabled_optimizers=self.layernorm.disabled_optimizers)
         sess, self.library = self.cfg.session(self.baseline)
         self._base = Runner(sess, self.feed, self.cfg)
         latency_mod.warm_up(self._base, warmup)
@@ -89,6 +95,8 @@ class Timer:
     def fuse(self, path: pathlib.Path) -> pathlib.Path:
         out, self.last_fusion, kw = fuse(path, self.cfg, self.workdir / "fused", self.fusion_kw, self.feed)
         self.fusion_kw = self.fusion_kw or kw  # the original's model type / heads / width serve every candidate
+        if self.layernorm.form == "split":
+            out = layernorm_mod.split_file(out, self.workdir / "fused")
         return out
 
     def time(self, path: pathlib.Path) -> dict:

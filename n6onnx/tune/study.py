@@ -386,6 +386,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         setting = {"threads": threads, "dims": dims, "feed_shapes": {k: list(v.shape) for k, v in timer.feed.items()},
                    "held_out_samples": held.samples, "holdout": holdout, "calib_samples": calib_samples,
                    "fit_data": str(calibrate), "baseline_fusion": timer.baseline_fusion,
+                   "layernorm": timer.layernorm.to_json(),
                    "timing": f"interleaved A/B blocks of {block_seconds:g} s vs the fused fp32 original, "
                              f"{seconds_per_trial:g} s per variant per trial (bench's method, shorter)",
                    "energy": f"estimated: process CPU-seconds x {CPU_WATTS_PER_CORE:g} W per busy core "
@@ -409,6 +410,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         elif output is not None:
             io.save(io.load_proto(chosen.path), output)
             rep.output = str(output)
+            if timer.layernorm.form == "split":
+                rep.notes.append("the written model's layer norms are Add + LayerNormalization, the faster form here "
+                                 f"({timer.layernorm.reason}): run it with onnxruntime's disabled_optimizers="
+                                 f"{list(timer.layernorm.disabled_optimizers)}, or the session fuses them back")
         if report_dir is not None:
             render.write(rep, pathlib.Path(report_dir))
         return rep

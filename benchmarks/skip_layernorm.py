@@ -1,0 +1,104 @@
+"""ORT's fused SkipLayerNormalization against its parts (Add + LayerNormalization, ORT's
+SkipLayerNormFusion disabled): all-MiniLM-L6-v2 (dynamic-axes dynamo export, opset 20), fp32 and
+per-channel dynamic int8 (quantized, then fused), batch 8 x 64.
+
+    python benchmarks/skip_layernorm.py [--threads 2] [--rounds 15] [--block 1.0]
+
+Each model is fused as bench fuses its baseline (baseline.fuse), then split by bench.layernorm.split;
+the four sessions (IO binding, ORT_ENABLE_ALL, the n6 library registered) run interleaved blocks of
+--block seconds, the order rotated each round; ratios are fused / split block medians per round.
+Also times one SkipLayerNormalization node against Add + LayerNormalization alone at 8 x 64 x 384.
+Writes benchmarks/results/skip_layernorm_minilm.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from onnx import TensorProto as T  # noqa: E402
+from onnx import helper as h  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+import n6onnx  # noqa: E402
+from n6onnx import feeds as feeds_mod  # noqa: E402
+from n6onnx import io  # noqa: E402
+from n6onnx.bench import latency as latency_mod  # noqa: E402
+from n6onnx.bench import layernorm  # noqa: E402
+from n6onnx.bench.session import Runner, SessionConfig  # noqa: E402
+from n6onnx.tune import measure  # noqa: E402
+
+from _common import minilm_split, side_parser, write  # noqa: E402
+
+DIMS = {"batch": 8, "seq": 64}
+
+
+def _one_node(work: pathlib.Path) -> pathlib.Path:
+    """One SkipLayerNormalization (with bias) at 8 x 64 x 384, as in MiniLM."""
+    rng = np.random.default_rng(0)
+    shape = [8, 64, 384]
+    inits = [numpy_helper.from_array(rng.normal(size=384).astype(np.float32), n) for n in ("g", "b", "bias")]
+    node = h.make_node("SkipLayerNormalization", ["x", "skip", "g", "b", "bias"], ["y"], domain="com.microsoft",
+                       epsilon=1e-12)
+    g = h.make_graph([node], "sln", [h.make_tensor_value_info(n, T.FLOAT, shape) for n in ("x", "skip")],
+                     [h.make_tensor_value_info("y", T.FLOAT, shape)], inits)
+    out = work / "one-skip-layernorm.onnx"
+    io.save(h.make_model(g, opset_imports=[h.make_opsetid("", 20), h.make_opsetid("com.microsoft", 1)]), out)
+    return out
+
+
+def main() -> None:
+    ap = side_parser(__doc__, "skip_layernorm", "skip_layernorm_minilm")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--block", type=float, default=1.0, help="seconds per block")
+    a = ap.parse_args()
+    work = a.workdir
+    src, _, _ = minilm_split(work, 8, 8)
+    cfg = SessionConfig("cpu", 0, a.threads)
+    split_cfg = dataclasses.replace(cfg, disabled_optimizers=(layernorm.FUSION,))
+    fp32, chosen, kw = measure.fuse(src, cfg, work / "fused")
+    n6onnx.rewrite(src, work / "int8.onnx", [], quantize="int8", quantize_fit="none")
+    int8, chosen8, _ = measure.fuse(work / "int8.onnx", cfg, work / "fused-int8", kw)
+    one = _one_node(work)
+    models = {"fp32": fp32, "int8": int8, "one node": one}
+    feed = feeds_mod.random_feeds(cfg.session(src)[0], 1, DIMS)[0]
+    rng = np.random.default_rng(1)
+    one_feed = {k: rng.normal(size=(8, 64, 384)).astype(np.float32) for k in ("x", "skip")}
+    runners, nodes = {}, {}
+    for name, path in models.items():
+        f = one_feed if name == "one node" else feed
+        nodes[name] = layernorm.count(io.load_proto(path))
+        runners[f"{name}, SkipLayerNormalization"] = Runner(cfg.session(path)[0], f, cfg)
+        runners[f"{name}, Add + LayerNormalization"] = Runner(split_cfg.session(layernorm.split_file(path, work))[0],
+                                                              f, split_cfg)
+    for r in runners.values():
+        latency_mod.warm_up(r, 1.0)
+    order = list(runners)
+    blocks = {k: [] for k in order}
+    for i in range(a.rounds):
+        for k in order[i % len(order):] + order[:i % len(order)]:
+            blocks[k].append(latency_mod.run_block(k, runners[k], a.block))
+    rows = {}
+    for name in models:
+        fb, sb = blocks[f"{name}, SkipLayerNormalization"], blocks[f"{name}, Add + LayerNormalization"]
+        rows[name] = {"skip_layernorm_nodes": nodes[name],
+                      "fused_ms": latency_mod.summary([b.median * 1e3 for b in fb]),
+                      "split_ms": latency_mod.summary([b.median * 1e3 for b in sb]),
+                      "split_speedup": latency_mod.ratio_summary([b.median for b in fb], [b.median for b in sb])}
+        r = rows[name]
+        print(f"{name:9s} {nodes[name]:2d} nodes: fused {r['fused_ms']['median']:.3f} ms, split "
+              f"{r['split_ms']['median']:.3f} ms, split speed-up {r['split_speedup']['median']:.3f}x "
+              f"[{r['split_speedup']['q1']:.3f}, {r['split_speedup']['q3']:.3f}]")
+    write(a.name, {"benchmark": "skip_layernorm", "model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20",
+                   "dims": DIMS, "threads": a.threads, "fusion": {"fp32": chosen, "int8": chosen8},
+                   "rounds": a.rounds, "block_seconds": a.block, "conditions": a.conditions,
+                   "method": " ".join(__doc__.split("\n\n")[2].split()), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

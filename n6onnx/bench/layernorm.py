@@ -1,0 +1,156 @@
+"""ORT's SkipLayerNormalization, or its parts: whichever runs the model faster here.
+
+The transformer fusions (``baseline.fuse``, and ORT's own ``SkipLayerNormFusion`` when a session is
+created) turn each residual ``Add`` (+ bias ``Add``) + ``LayerNormalization`` into one
+``com.microsoft.SkipLayerNormalization``. That is a fusion, not a guarantee of speed: with
+onnxruntime 1.32's CPU kernel on a 2-core AVX-512 VM, all-MiniLM-L6-v2 at 8 x 64 runs 1.06x (fp32)
+and 1.20x (int8) faster with the parts (``benchmarks/skip_layernorm.py``). So ORT's best version of
+a model is measured, not assumed:
+
+- ``split(proto)`` turns every SkipLayerNormalization back into ``Add(input, bias)`` (so a preceding
+  MatMul can take the bias, as in the export), ``Add(., skip)`` and ``LayerNormalization`` (opset
+  >= 17); its optional ``input_skip_bias_sum`` output keeps its name. A node whose mean or
+  inverse-variance output is used is left alone.
+- A split graph must run with ORT's ``SkipLayerNormFusion`` disabled
+  (``InferenceSession(..., disabled_optimizers=["SkipLayerNormFusion"])``), or the session fuses it
+  again: ``Choice.disabled_optimizers``.
+- ``choose`` times both forms of the baseline, interleaved, on the bench's provider, threads and
+  feed, after checking that the split agrees with the fused graph; the split is kept only when it
+  is faster by more than ``MARGIN``. The candidate then gets the same form and session options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import onnx
+from onnx import helper
+
+from .. import io
+from . import baseline as baseline_mod
+from . import latency as latency_mod
+
+FUSION = "SkipLayerNormFusion"  # ORT's graph transformer that re-fuses a split graph
+MODES = ("auto", "fused", "split")
+MARGIN = 1.02  # the split must be this much faster (median per interleaved block pair)
+ROUNDS = 6  # blocks per form when choosing
+BLOCK_SECONDS = 0.3
+
+
+@dataclasses.dataclass
+class Choice:
+    form: str  # "fused" or "split"
+    mode: str  # what was asked: auto (measured), fused or split
+    nodes: int  # SkipLayerNormalization nodes that can be split
+    speedup: dict | None = None  # fused / split latency per block pair (ratio_summary); auto only
+    reason: str = ""
+
+    @property
+    def disabled_optimizers(self) -> tuple[str, ...]:
+        return (FUSION,) if self.form == "split" else ()
+
+    def to_json(self) -> dict:
+        return {"form": self.form, "mode": self.mode, "skip_layernorm_nodes": self.nodes,
+                "split_speedup": self.speedup, "reason": self.reason,
+                "disabled_optimizers": list(self.disabled_optimizers)}
+
+
+def _splittable(proto: onnx.ModelProto) -> list[int]:
+    """Indices of the nodes ``split`` takes apart."""
+    if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0) < 17:
+        return []  # no LayerNormalization before opset 17
+    used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    return [k for k, n in enumerate(proto.graph.node)
+            if n.op_type == "SkipLayerNormalization" and n.domain == baseline_mod.MS_DOMAIN
+            and not any(o and o in used for o in list(n.output)[1:3])]
+
+
+def count(proto: onnx.ModelProto) -> int:
+    """SkipLayerNormalization nodes ``split`` would turn into their parts."""
+    return len(_splittable(proto))
+
+
+def split(proto: onnx.ModelProto) -> int:
+    """Every splittable SkipLayerNormalization of ``proto`` as Add (+ bias Add) + LayerNormalization,
+    in place, at the same position in the node list. Returns how many were split."""
+    todo = set(_splittable(proto))
+    if not todo:
+        return 0
+    nodes: list[onnx.NodeProto] = []
+    for k, n in enumerate(proto.graph.node):
+        if k not in todo:
+            nodes.append(n)
+            continue
+        ins = list(n.input) + [""] * (5 - len(n.input))
+        x, skip, gamma, beta, bias = ins[:5]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        outs = list(n.output) + [""] * (4 - len(n.output))
+        base = n.name or outs[0]
+        total = outs[3] or f"{base}/skip_sum"
+        if bias:
+            biased = f"{base}/bias_sum"
+            nodes.append(helper.make_node("Add", [x, bias], [biased], name=f"{base}/bias_add"))
+            x = biased
+        nodes.append(helper.make_node("Add", [x, skip], [total], name=f"{base}/skip_add"))
+        nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [outs[0]],
+                                      name=f"{base}/layernorm", axis=-1, epsilon=eps))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return len(todo)
+
+
+def split_file(src: str | pathlib.Path, workdir: str | pathlib.Path | None = None) -> pathlib.Path:
+    """``src`` split (``split``), written to ``workdir`` (default: bench's fusion cache) under a name
+    keyed by ``src``'s content; ``src`` itself when nothing splits."""
+    src = pathlib.Path(src)
+    proto = io.load_proto(src)
+    if not split(proto):
+        return src
+    d = pathlib.Path(workdir) if workdir is not None else baseline_mod.cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / f"{baseline_mod.file_key(src)[:24]}-split-ln.onnx"
+    if not out.is_file():
+        io.save(proto, out)
+    return out
+
+
+def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Path | None = None, *,
+           mode: str = "auto",
+           tol: float | None = None, rounds: int = ROUNDS,
+           block_seconds: float = BLOCK_SECONDS) -> tuple[Choice, pathlib.Path]:
+    """The faster form of ``path`` (a fused baseline) on ``cfg`` (a bench ``SessionConfig``) with
+    ``feed``: (the choice, the file of that form). ``mode`` fused / split forces the form (split only
+    where there is something to split); auto splits (``split_file`` into ``workdir``), checks the split against the
+    fused graph (``baseline.fuse``'s tolerance; a quantized graph may agree on one of
+    ``baseline.quantized_probes`` instead), then times
+    ``rounds`` interleaved blocks of each."""
+    from .session import Runner  # bench.session imports nothing from here; kept local for the light import
+
+    if mode not in MODES:
+        raise ValueError(f"layernorm mode must be one of {', '.join(MODES)}, got {mode!r}")
+    path = pathlib.Path(path)
+    n = count(io.load_proto(path))
+    if n == 0 or mode == "fused":
+        return Choice("fused", mode, n, reason="nothing to split" if n == 0 else "asked"), path
+    out = split_file(path, workdir)
+    if mode == "split":
+        return Choice("split", mode, n, reason="asked"), out
+    split_cfg = dataclasses.replace(cfg, disabled_optimizers=(FUSION,))
+    fused_sess, split_sess = cfg.session(path)[0], split_cfg.session(out)[0]
+    tol = tol if tol is not None else (1e-2 if cfg.provider == "cuda" else 1e-3)
+    probes = baseline_mod.quantized_probes(path, lambda p: (split_cfg if p == out else cfg).session(p)[0])
+    k, diff = baseline_mod.agreeing_feed(out, lambda p: split_sess.run(None, feed), fused_sess.run(None, feed),
+                                         probes, tol)
+    if k is None:
+        return Choice("fused", mode, n, reason=f"the split graph disagrees with the fused one (max abs diff "
+                                              f"{diff:.3g})"), path
+    runners = {"fused": Runner(fused_sess, feed, cfg), "split": Runner(split_sess, feed, split_cfg)}
+    for r in runners.values():
+        latency_mod.warm_up(r, block_seconds)
+    blocks = latency_mod.run_blocks(runners, rounds, block_seconds)
+    speed = latency_mod.ratio_summary([b.median for b in blocks["fused"]], [b.median for b in blocks["split"]])
+    faster = speed["median"] > MARGIN
+    why = (f"split {speed['median']:.3f}x the fused form's speed (median of {speed['n']} block pairs; "
+           f"kept when > {MARGIN:g}x)")
+    return Choice("split" if faster else "fused", mode, n, speed, why), out if faster else path
+

@@ -1,0 +1,153 @@
+"""ORT's SkipLayerNormalization or its parts (bench.layernorm): the split graph computes the numpy
+reference, a session keeps it split only with ORT's fusion disabled, and bench / tune give the
+baseline and the candidate the same form and session options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper
+
+import n6onnx
+from n6onnx import io
+from n6onnx.bench import baseline, layernorm
+from n6onnx.bench.session import SessionConfig
+from n6onnx.ops import DOMAIN
+
+B, S, D = 2, 5, 16
+
+
+def _skip_ln_model(*, bias=True, beta=True, sum_out=False, mean_out=False, opset=20) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = {"g": rng.normal(1, 0.2, D), "b": rng.normal(0, 0.2, D), "bias": rng.normal(0, 0.5, D)}
+    ins = ["x", "skip", "g", "b" if beta else "", "bias" if bias else ""]
+    outs = ["y", "mean" if mean_out else "", "", "sum" if sum_out else ""]
+    node = h.make_node("SkipLayerNormalization", ins, outs, domain="com.microsoft", epsilon=1e-5, name="sln")
+    # a consumer of y (and of mean / sum), as in a real graph
+    nodes = [node, h.make_node("Relu", ["y"], ["out"])]
+    g_outs = [h.make_tensor_value_info("out", T.FLOAT, [B, S, D])]
+    if sum_out:
+        nodes.append(h.make_node("Neg", ["sum"], ["neg_sum"]))
+        g_outs.append(h.make_tensor_value_info("neg_sum", T.FLOAT, [B, S, D]))
+    if mean_out:
+        g_outs.append(h.make_tensor_value_info("mean", T.FLOAT, None))
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info(n, T.FLOAT, [B, S, D]) for n in ("x", "skip")], g_outs,
+                         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", opset), h.make_opsetid("com.microsoft", 1)])
+
+
+def _reference(feed, proto, bias=True, beta=True):
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
+    s = feed["x"].astype(np.float64) + feed["skip"] + (init["bias"] if bias else 0)
+    y = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-5) * init["g"] + (init["b"] if beta else 0)
+    return np.maximum(y, 0), s
+
+
+def _feed():
+    rng = np.random.default_rng(1)
+    return {"x": rng.normal(size=(B, S, D)).astype(np.float32), "skip": rng.normal(size=(B, S, D)).astype(np.float32)}
+
+
+def _run(proto, disabled=()):
+    kw = {"disabled_optimizers": list(disabled)} if disabled else {}
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"], **kw).run(None, _feed())
+
+
+@pytest.mark.parametrize("bias,beta,sum_out", [(True, True, False), (False, True, False), (True, False, True)])
+def test_the_split_graph_computes_the_reference(bias, beta, sum_out):
+    proto = _skip_ln_model(bias=bias, beta=beta, sum_out=sum_out)
+    assert layernorm.split(proto) == 1
+    onnx.checker.check_model(proto)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 1
+    assert ops.count("Add") == (2 if bias else 1)
+    got = _run(proto, [layernorm.FUSION])
+    ref_y, ref_sum = _reference(_feed(), proto, bias, beta)
+    np.testing.assert_allclose(got[0], ref_y, atol=2e-5)
+    if sum_out:  # the input_skip_bias_sum output keeps its name and its value
+        np.testing.assert_allclose(got[1], -ref_sum, atol=2e-5)
+
+
+def test_a_node_whose_statistics_are_used_or_an_old_opset_is_left_alone():
+    proto = _skip_ln_model(mean_out=True)
+    assert layernorm.count(proto) == 0 and layernorm.split(proto) == 0
+    proto = _skip_ln_model(opset=16)  # no LayerNormalization before opset 17
+    assert layernorm.split(proto) == 0
+    assert [n.op_type for n in proto.graph.node][0] == "SkipLayerNormalization"
+
+
+def test_only_a_session_with_the_fusion_disabled_keeps_the_split(tmp_path):
+    proto = _skip_ln_model()
+    layernorm.split(proto)
+    path = tmp_path / "split.onnx"
+    io.save(proto, path)
+
+    def optimized_ops(disabled):
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / f"opt{len(disabled)}.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
+                             **({"disabled_optimizers": list(disabled)} if disabled else {}))
+        return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+
+    assert "SkipLayerNormalization" in optimized_ops(())  # ORT fuses the parts back by default
+    ops = optimized_ops([layernorm.FUSION])
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+
+
+def test_choose_on_a_fused_model(bert, tmp_path):
+    feeds = _bert_feed(bert)
+    cfg = SessionConfig("cpu", 0, 1)
+
+    def run(p):
+        return cfg.session(p)[0].run(None, feeds)
+
+    fused = baseline.fuse(bert, run, run(bert)).path
+    n = layernorm.count(io.load_proto(fused))
+    assert n == 4  # two per layer
+    c, p = layernorm.choose(fused, cfg, feeds, tmp_path, mode="fused")
+    assert (c.form, p, c.disabled_optimizers) == ("fused", fused, ())
+    c, p = layernorm.choose(fused, cfg, feeds, tmp_path, mode="split")
+    assert c.form == "split" and c.disabled_optimizers == (layernorm.FUSION,) and layernorm.count(io.load_proto(p)) == 0
+    c, p = layernorm.choose(fused, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05)
+    assert c.mode == "auto" and c.nodes == n and c.speedup["n"] == 2
+    assert c.form == ("split" if c.speedup["median"] > layernorm.MARGIN else "fused")
+    assert p == (fused if c.form == "fused" else layernorm.split_file(fused, tmp_path))
+    # the split runs the fused graph's function (the agreement check inside choose, repeated here)
+    split_cfg = SessionConfig("cpu", 0, 1, (layernorm.FUSION,))
+    got = split_cfg.session(layernorm.split_file(fused, tmp_path))[0].run(None, feeds)
+    assert baseline.outputs_agree(got, run(fused), 1e-5)[0]
+    c, p = layernorm.choose(bert, cfg, feeds, tmp_path)  # the unfused export: nothing to split
+    assert (c.form, c.nodes, p) == ("fused", 0, bert)
+
+
+def _bert_feed(path):
+    from n6onnx import feeds as feeds_mod
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return feeds_mod.random_feeds(sess, 1, {d: 4 for d in feeds_mod.dynamic_dims(sess)})[0]
+
+
+def test_bench_gives_both_variants_the_same_form(bert, bert_phi6):
+    rep = n6onnx.bench(bert_phi6, bert, threads=1, seconds=0.3, window=0.1, idle_seconds=0, warmup=0.05,
+                       profile_runs=2, layernorm="split")
+    j = json.loads(json.dumps(rep.to_json()))
+    ln = j["settings"]["layernorm"]
+    assert ln["form"] == "split" and ln["skip_layernorm_nodes"] == 4
+    assert j["settings"]["disabled_optimizers"] == [layernorm.FUSION]
+    for v in (j, j["baseline"]):
+        ran = onnx.load(v["ran"])
+        assert layernorm.count(ran) == 0 and "LayerNormalization" in {n.op_type for n in ran.graph.node}
+        ops = v["session"]["op_time"]["by_op_type_ms"]  # what the session ran, from ORT's profiler
+        assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    assert any(n.domain == DOMAIN for n in onnx.load(j["ran"]).graph.node)  # the candidate keeps its n6 nodes
+    fused = n6onnx.bench(bert_phi6, bert, threads=1, seconds=0.3, window=0.1, idle_seconds=0, warmup=0.05,
+                         profile_runs=2, layernorm="fused").to_json()
+    assert fused["settings"]["disabled_optimizers"] == [] and layernorm.count(onnx.load(fused["ran"])) == 4
+    with pytest.raises(n6onnx.N6Error, match="--layernorm"):
+        n6onnx.bench(bert_phi6, bert, layernorm="maybe")
