@@ -1,6 +1,7 @@
 """``n6onnx bench``: latency, throughput, energy and memory against ORT's best original.
 
 - :mod:`.baseline`: ORT's best version of a model (transformer fusions, whichever fuses more);
+- :mod:`.layernorm`: SkipLayerNormalization or its parts, whichever ORT runs faster here;
 - :mod:`.latency`: warm-up, interleaved ABBA blocks, percentiles, ratios with spread;
 - :mod:`.session`: measuring one model: its session, a profiled run, memory, the hardware;
 - :mod:`.energy`: meters (NVML, RAPL, a labelled CPU estimate), idle power;

@@ -284,3 +284,28 @@ def test_a_near_miss_gets_one_healed_trial_unless_already_healed(zoo_export, tmp
     if rep.trials[2].cosine >= 1.0 - study.HEAL_MARGIN:  # gelu=phi6 too: its healed trial comes next
         assert labels[3] == "gelu=phi6 + heal" and healed[1] is None
         assert any("gelu=phi6 missed the gates by a little" in m for m in said)
+
+
+def test_the_layer_norm_form_is_chosen_on_the_original_and_written_with_the_model(zoo_export, tmp_path, monkeypatch):
+    from n6onnx.bench import layernorm
+    from n6onnx.tune import measure
+
+    monkeypatch.setattr(layernorm, "MARGIN", 0.0)  # any timing: the parts win
+    timed = []
+    time_ = measure.Timer.time
+
+    def recording(self, path):
+        timed.append((layernorm.count(onnx.load(path)), self.cfg.disabled_optimizers))
+        return time_(self, path)
+
+    monkeypatch.setattr(measure.Timer, "time", recording)
+    src = zoo_export(*MODEL)
+    rep = tune(src, tmp_path / "out.onnx", calibrate=_npz(tmp_path / "data.npz"), min_cosine=0.9, trials=2, **FAST)
+    ln = rep.setting["layernorm"]
+    assert ln["form"] == "split" and ln["skip_layernorm_nodes"] > 0
+    assert ln["disabled_optimizers"] == [layernorm.FUSION]
+    out = onnx.load(tmp_path / "out.onnx")
+    assert layernorm.count(out) == 0 and "LayerNormalization" in {n.op_type for n in out.graph.node}
+    assert any("disabled_optimizers" in n for n in rep.notes)
+    # every timed graph (the int8 references, the trials) ran split, in a session that keeps it split
+    assert len(timed) >= 2 and all(t == (0, (layernorm.FUSION,)) for t in timed)
