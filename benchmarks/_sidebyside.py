@@ -35,7 +35,7 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
     cfg = SessionConfig(provider, 0, threads)
     ref = reference or next(iter(variants))
     feed = feeds_mod.random_feeds(cfg.session(variants[ref])[0], 1, dims)[0]
-    ln, _ = layernorm_mod.choose(variants[ref], cfg, feed, mode=layernorm)
+    ln, _ = layernorm_mod.choose(variants[ref], cfg, feed, mode=layernorm, block_seconds=min(1.0, block_seconds))
     if ln.form == "split":
         variants = {k: layernorm_mod.split_file(p) for k, p in variants.items()}
         cfg = dataclasses.replace(cfg, disabled_optimizers=ln.disabled_optimizers)

@@ -315,7 +315,8 @@ def bench(
         # -- the layer-norm form ORT runs faster, measured on the baseline (else the candidate), for both
         prog.phase("timing SkipLayerNormalization against Add + LayerNormalization")
         ln_ref = "baseline" if base_src is not None else "candidate"
-        ln_choice, paths[ln_ref] = layernorm_mod.choose(paths[ln_ref], cfg, feed, mode=layernorm)
+        ln_choice, paths[ln_ref] = layernorm_mod.choose(paths[ln_ref], cfg, feed, mode=layernorm,
+                                                        block_seconds=min(layernorm_mod.BLOCK_SECONDS, window))
         if ln_choice.form == "split":
             paths = {k: layernorm_mod.split_file(p) for k, p in paths.items()}
             cfg = dataclasses.replace(cfg, disabled_optimizers=ln_choice.disabled_optimizers)

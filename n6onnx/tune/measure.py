@@ -84,7 +84,8 @@ class Timer:
         # the original's fusion goes to bench's shared cache (content-keyed): a second study reuses it
         self.baseline, self.baseline_fusion, self.fusion_kw = fuse(original, self.cfg, baseline_mod.cache_dir(),
                                                                    None, self.feed)
-        self.layernorm, self.baseline = layernorm_mod.choose(self.baseline, self.cfg, self.feed)
+        self.layernorm, self.baseline = layernorm_mod.choose(self.baseline, self.cfg, self.feed,
+                                                             block_seconds=block_seconds)
         self.cfg = dataclasses.replace(self.cfg, disabled_optimizers=self.layernorm.disabled_optimizers)
         sess, self.library = self.cfg.session(self.baseline)
         self._base = Runner(sess, self.feed, self.cfg)
