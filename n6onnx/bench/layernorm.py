@@ -137,7 +137,7 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
         return Choice("split", mode, n, reason="asked"), out
     split_cfg = dataclasses.replace(cfg, disabled_optimizers=(FUSION,))
     fused_sess, split_sess = cfg.session(path)[0], split_cfg.session(out)[0]
-    tol = tol if tol is not None else (1e-2 if cfg.provider == "cuda" else 1e-3)
+    tol = tol if tol is not None else baseline_mod.default_tol(io.load_proto(path), cfg.provider)
     probes = baseline_mod.quantized_probes(path, lambda p: (split_cfg if p == out else cfg).session(p)[0])
     k, diff = baseline_mod.agreeing_feed(out, lambda p: split_sess.run(None, feed), fused_sess.run(None, feed),
                                          probes, tol)
