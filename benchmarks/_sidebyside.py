@@ -1,12 +1,11 @@
 """Several variants of one model measured side by side in one run: held-out fidelity against the
 original (n6onnx validate) and latency / energy in interleaved blocks (n6onnx.bench's pieces: same
-session options and threads, IO binding, the layer norms in the form ORT runs the reference
-faster (bench.layernorm, given to every variant), the meters bench discovers: NVML on cuda, else
+session options and threads, IO binding, each variant's layer norms in the form ORT runs it
+faster (bench.layernorm, chosen on each variant), the meters bench discovers: NVML on cuda, else
 the CPU-seconds estimate, labelled)."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import pathlib
 
@@ -23,7 +22,7 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
                  block_seconds: float = 2.0, warmup: float = 2.0, reference: str | None = None,
                  layernorm: str = "auto") -> dict:
     """``reference``: the variant every ratio is taken against (default: the first); ``layernorm``:
-    bench.layernorm's mode, chosen on the reference and applied to every variant."""
+    bench.layernorm's mode, applied to (with auto: chosen on) each variant."""
     dim_list = [f"{k}={v}" for k, v in dims.items()]
     fidelity = {}
     if held_text is not None:
@@ -35,14 +34,12 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
     cfg = SessionConfig(provider, 0, threads)
     ref = reference or next(iter(variants))
     feed = feeds_mod.random_feeds(cfg.session(variants[ref])[0], 1, dims)[0]
-    ln, _ = layernorm_mod.choose(variants[ref], cfg, feed, mode=layernorm, block_seconds=min(1.0, block_seconds))
-    if ln.form == "split":
-        variants = {k: layernorm_mod.split_file(p) for k, p in variants.items()}
-        cfg = dataclasses.replace(cfg, disabled_optimizers=ln.disabled_optimizers)
+    ln, variants, cfgs = layernorm_mod.choose_each(variants, cfg, feed, mode=layernorm,
+                                                   block_seconds=min(1.0, block_seconds))
     sessions, runners = {}, {}
     for name, path in variants.items():
-        sessions[name], _ = cfg.session(path)
-        runners[name] = Runner(sessions[name], feed, cfg)
+        sessions[name], _ = cfgs[name].session(path)
+        runners[name] = Runner(sessions[name], feed, cfgs[name])
         latency_mod.warm_up(runners[name], warmup)
     disc = energy_mod.discover(provider)
     meters = disc.meters
@@ -78,4 +75,4 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
                   f"{threads} threads, ORT_ENABLE_ALL, n6 library registered; ratios = per-round block medians",
         "energy": {m.name: m.describe() for m in meters}, "energy_notes": disc.notes,
         "feed_shapes": {k: list(v.shape) for k, v in feed.items()}, "provider": provider,
-        "layernorm": ln.to_json()}}
+        "layernorm": {k: c.to_json() for k, c in ln.items()}}}

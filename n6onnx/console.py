@@ -111,11 +111,11 @@ def bench_human(r: dict) -> None:
         pl = v["session"]["placement"]
         out.print(escape(f"  placement {pl['by_provider']}, ORT allocator peak {v['session']['ort_allocator_peak_mb']:.1f} MB"),
                   highlight=False)
-    ln = s.get("layernorm")
-    if ln and ln["skip_layernorm_nodes"]:
-        out.print(escape(f"layer norms: {ln['form']} ({ln['mode']}: {ln['reason']})" + (
-            f"; run with disabled_optimizers={ln['disabled_optimizers']}" if ln["disabled_optimizers"] else "")),
-            highlight=False)
+    for k, ln in (s.get("layernorm") or {}).items():
+        if ln["skip_layernorm_nodes"]:
+            out.print(escape(f"{k} layer norms: {ln['form']} ({ln['mode']}: {ln['reason']})" + (
+                f"; run with disabled_optimizers={ln['disabled_optimizers']}" if ln["disabled_optimizers"] else "")),
+                highlight=False)
     for o in e0.get("other", []):
         out.print(escape(f"also: {o['method']} {o['meter']}: {o['joules_per_inference']:.4g} J/inf ({o['scope']})"),
                   highlight=False)

@@ -70,7 +70,8 @@ onnxruntime.transformers' optimizer, whichever fuses more and still agrees with 
 graph with dynamic int8 may agree on one of seven probe feeds instead, since a rounding flip on the
 first hides an exact fusion),
 the same execution provider, the same threads, and IO binding. Since 2026-12-05 its layer norms are
-also in the faster of two forms, timed on the baseline and given to both variants: ORT's fused
+also in the faster of two forms (timed on the baseline and given to both variants until 2026-12-05,
+timed on each variant since): ORT's fused
 SkipLayerNormalization, or its parts (Add + LayerNormalization, ORT's SkipLayerNormFusion disabled),
 which on the 2-core CPU run MiniLM 1.09x (fp32) and 1.23x (int8) faster
 (benchmarks/results/skip_layernorm_minilm.json); figures generated before then had the fused form on

@@ -26,7 +26,9 @@ ops) and put back afterwards; an attempt that loses an n6 node is rejected. That
 candidate can get exactly the same fusions as its baseline.
 
 Fused models are cached in ``$N6ONNX_CACHE`` (default: ``<tmp>/n6onnx-bench``), keyed by the
-model's bytes, the optimizer versions and the options.
+model's bytes, the optimizer versions and the options. The cache is bounded (``prune_cache``): past
+``$N6ONNX_CACHE_MB`` (default 4096) the entries used longest ago go first, never one used within the
+last hour.
 """
 
 from __future__ import annotations
@@ -304,6 +306,48 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(d) if d else pathlib.Path(tempfile.gettempdir()) / "n6onnx-bench"
 
 
+CACHE_MB = 4096  # default bound of a cache directory ($N6ONNX_CACHE_MB)
+CACHE_MIN_AGE = 3600.0  # seconds: an entry used more recently than this is never pruned
+
+
+def touch(*paths: pathlib.Path) -> None:
+    """Mark cache files as used now (``prune_cache`` removes the entries used longest ago)."""
+    for p in paths:
+        try:
+            os.utime(p)
+        except OSError:
+            pass
+
+
+def prune_cache(cdir: pathlib.Path, max_bytes: int | None = None, min_age: float = CACHE_MIN_AGE) -> list[str]:
+    """Bound the cache in ``cdir``: while its files take more than ``max_bytes`` (default
+    ``$N6ONNX_CACHE_MB`` MB, else ``CACHE_MB``), remove whole entries (the files sharing a 24-character
+    key prefix: the record, its fused models, their split forms and external data), the one used
+    longest ago first (newest modification time of its files; a cache hit touches them), but none used
+    within ``min_age`` seconds. Returns the keys removed."""
+    if max_bytes is None:
+        max_bytes = int(float(os.environ.get("N6ONNX_CACHE_MB", CACHE_MB)) * (1 << 20))
+    groups: dict[str, list[tuple[pathlib.Path, os.stat_result]]] = collections.defaultdict(list)
+    try:
+        for p in cdir.iterdir():
+            if p.is_file():
+                groups[p.name[:24]].append((p, p.stat()))
+    except OSError:
+        return []
+    total = sum(st.st_size for g in groups.values() for _, st in g)
+    now, removed = time.time(), []
+    for key, files in sorted(groups.items(), key=lambda kv: max(st.st_mtime for _, st in kv[1])):
+        if total <= max_bytes:
+            break
+        if now - max(st.st_mtime for _, st in files) < min_age:
+            break  # every later entry is younger still
+        for p, st in files:
+            p.unlink(missing_ok=True)
+            total -= st.st_size
+        removed.append(key)
+    return removed
+
+
 def file_key(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -422,6 +466,7 @@ def fuse(
             attempts = [Attempt(**{**a, "path": pathlib.Path(a["path"]) if a.get("path") else None})
                         for a in json.loads(record.read_text())]
             if all(a.path is None or a.path.is_file() for a in attempts):
+                touch(record, *(a.path for a in attempts if a.path is not None))
                 res = result(attempts, True)
                 if run is None or reference is None or res.chosen == "none":
                     return res
@@ -466,6 +511,7 @@ def fuse(
         a.seconds = time.perf_counter() - t0
     io.atomic_write(record, json.dumps([{**dataclasses.asdict(a), "path": str(a.path) if a.path else None}
                                         for a in attempts]))
+    prune_cache(cdir)
     return result(attempts, False)
 
 

@@ -3,20 +3,24 @@
 The transformer fusions (``baseline.fuse``, and ORT's own ``SkipLayerNormFusion`` when a session is
 created) turn each residual ``Add`` (+ bias ``Add``) + ``LayerNormalization`` into one
 ``com.microsoft.SkipLayerNormalization``. That is a fusion, not a guarantee of speed: with
-onnxruntime 1.32's CPU kernel on a 2-core AVX-512 VM, all-MiniLM-L6-v2 at 8 x 64 runs 1.06x (fp32)
-and 1.20x (int8) faster with the parts (``benchmarks/skip_layernorm.py``). So ORT's best version of
+onnxruntime 1.32's CPU kernel on a 2-core AVX-512 VM, all-MiniLM-L6-v2 at 8 x 64 runs 1.09x (fp32)
+and 1.23x (int8) faster with the parts (``benchmarks/skip_layernorm.py``, which also measures the
+RMSNorm form of decoders). So ORT's best version of
 a model is measured, not assumed:
 
 - ``split(proto)`` turns every SkipLayerNormalization back into ``Add(input, bias)`` (so a preceding
   MatMul can take the bias, as in the export), ``Add(., skip)`` and ``LayerNormalization`` (opset
-  >= 17); its optional ``input_skip_bias_sum`` output keeps its name. A node whose mean or
-  inverse-variance output is used is left alone.
+  >= 17), and every SkipSimplifiedLayerNormalization (RMSNorm) into the Adds and onnxruntime's
+  ``SimplifiedLayerNormalization``; the optional ``input_skip_bias_sum`` output keeps its name. A
+  node whose mean or inverse-variance output is used is left alone.
 - A split graph must run with ORT's ``SkipLayerNormFusion`` disabled
   (``InferenceSession(..., disabled_optimizers=["SkipLayerNormFusion"])``), or the session fuses it
   again: ``Choice.disabled_optimizers``.
 - ``choose`` times both forms of the baseline, interleaved, on the bench's provider, threads and
   feed, after checking that the split agrees with the fused graph; the split is kept only when it
-  is faster by more than ``MARGIN``. The candidate then gets the same form and session options.
+  is faster by more than ``MARGIN``. ``choose_each`` does this for every variant of a comparison, so
+  each runs in its own faster form (an int8 graph can gain from the parts where its fp32 original
+  does not) with the session options that form needs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ MODES = ("auto", "fused", "split")
 MARGIN = 1.02  # the split must be this much faster (median per interleaved block pair)
 ROUNDS = 10  # blocks per form when choosing (6 blocks of 0.3 s read fp32 MiniLM's 1.09x as 0.93-1.10x)
 BLOCK_SECONDS = 0.5
+SIMPLIFIED = "SkipSimplifiedLayerNormalization"
+NORMS = {"SkipLayerNormalization": "LayerNormalization", SIMPLIFIED: "SimplifiedLayerNormalization"}  # fused: its norm
 
 
 @dataclasses.dataclass
@@ -57,22 +63,25 @@ class Choice:
 
 def _splittable(proto: onnx.ModelProto) -> list[int]:
     """Indices of the nodes ``split`` takes apart."""
-    if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0) < 17:
-        return []  # no LayerNormalization before opset 17
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    kinds = set(NORMS) if opset >= 17 else {SIMPLIFIED}  # no LayerNormalization before opset 17
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
     return [k for k, n in enumerate(proto.graph.node)
-            if n.op_type == "SkipLayerNormalization" and n.domain == baseline_mod.MS_DOMAIN
+            if n.op_type in kinds and n.domain == baseline_mod.MS_DOMAIN
             and not any(o and o in used for o in list(n.output)[1:3])]
 
 
 def count(proto: onnx.ModelProto) -> int:
-    """SkipLayerNormalization nodes ``split`` would turn into their parts."""
+    """SkipLayerNormalization / SkipSimplifiedLayerNormalization nodes ``split`` would turn into their
+    parts."""
     return len(_splittable(proto))
 
 
 def split(proto: onnx.ModelProto) -> int:
     """Every splittable SkipLayerNormalization of ``proto`` as Add (+ bias Add) + LayerNormalization,
-    in place, at the same position in the node list. Returns how many were split."""
+    and every SkipSimplifiedLayerNormalization (RMSNorm) as Add (+ bias Add) +
+    SimplifiedLayerNormalization (onnxruntime's RMSNorm kernel, in the default domain), in place, at
+    the same position in the node list. Returns how many were split."""
     todo = set(_splittable(proto))
     if not todo:
         return 0
@@ -82,6 +91,8 @@ def split(proto: onnx.ModelProto) -> int:
             nodes.append(n)
             continue
         ins = list(n.input) + [""] * (5 - len(n.input))
+        if n.op_type == SIMPLIFIED:  # input, skip, gamma, bias: no beta
+            ins = ins[:3] + [""] + ins[3:4]
         x, skip, gamma, beta, bias = ins[:5]
         eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
         outs = list(n.output) + [""] * (4 - len(n.output))
@@ -92,8 +103,12 @@ def split(proto: onnx.ModelProto) -> int:
             nodes.append(helper.make_node("Add", [x, bias], [biased], name=f"{base}/bias_add"))
             x = biased
         nodes.append(helper.make_node("Add", [x, skip], [total], name=f"{base}/skip_add"))
-        nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [outs[0]],
-                                      name=f"{base}/layernorm", axis=-1, epsilon=eps))
+        if n.op_type == SIMPLIFIED:
+            nodes.append(helper.make_node(NORMS[SIMPLIFIED], [total, gamma], [outs[0]], name=f"{base}/rmsnorm",
+                                          axis=-1, epsilon=eps, stash_type=1))
+        else:
+            nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
+                                          [outs[0]], name=f"{base}/layernorm", axis=-1, epsilon=eps))
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     return len(todo)
@@ -109,8 +124,11 @@ def split_file(src: str | pathlib.Path, workdir: str | pathlib.Path | None = Non
     d = pathlib.Path(workdir) if workdir is not None else baseline_mod.cache_dir()
     d.mkdir(parents=True, exist_ok=True)
     out = d / f"{baseline_mod.file_key(src)[:24]}-split-ln.onnx"
-    if not out.is_file():
+    if out.is_file():
+        baseline_mod.touch(out)
+    else:
         io.save(proto, out)
+        baseline_mod.prune_cache(d)
     return out
 
 
@@ -154,3 +172,15 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
            f"kept when > {MARGIN:g}x)")
     return Choice("split" if faster else "fused", mode, n, speed, why), out if faster else path
 
+
+
+def choose_each(paths: dict, cfg, feed: dict, workdir: str | pathlib.Path | None = None, *, mode: str = "auto",
+                rounds: int = ROUNDS, block_seconds: float = BLOCK_SECONDS) -> tuple[dict, dict, dict]:
+    """``choose`` for every variant in ``paths`` (name -> fused file): (choices, files, session
+    configs), each keyed like ``paths``; a variant's config is ``cfg`` with the optimizers its form
+    needs disabled."""
+    choices, files, cfgs = {}, {}, {}
+    for k, p in paths.items():
+        choices[k], files[k] = choose(p, cfg, feed, workdir, mode=mode, rounds=rounds, block_seconds=block_seconds)
+        cfgs[k] = dataclasses.replace(cfg, disabled_optimizers=choices[k].disabled_optimizers)
+    return choices, files, cfgs

@@ -13,9 +13,10 @@ Method (also written into the report):
    missing fusion.
 3. Sessions: ORT_ENABLE_ALL, the same provider and threads, the n6 custom-op library registered
    for both (it does not change a model without n6 ops). The layer norms in the form ORT runs
-   faster here (``bench.layernorm``): the baseline's SkipLayerNormalization nodes against their
-   parts (Add + LayerNormalization, ORT's SkipLayerNormFusion disabled), interleaved blocks on the
-   same feed; the faster form (the parts only when more than 2% faster) for both variants.
+   faster here (``bench.layernorm``), measured on each variant: its SkipLayerNormalization nodes
+   against their parts (Add + LayerNormalization, ORT's SkipLayerNormFusion disabled), interleaved
+   blocks on the same feed; each variant runs in its own faster form (the parts only when more than
+   2% faster), the only session option that may differ between them.
 4. Placement and op times: one profiled session per variant (a few runs, the first dropped):
    which provider ran each node (any CPU node in a CUDA session is reported), time per op type,
    ORT's allocator peak.
@@ -213,8 +214,8 @@ def bench(
     meter discovery (tests). ``grid_intensity`` (gCO2e/kWh, or an ISO 3166-1 alpha-3 country code;
     default CodeCarbon's world average) and ``pue`` (default Green Algorithms') turn each variant's
     energy into Wh and gCO2e per 1,000 inferences (``bench.carbon``). ``layernorm``: ``auto`` times
-    the baseline's (else the candidate's) SkipLayerNormalization against its parts and gives both
-    variants the faster form; ``fused`` / ``split`` force one (``bench.layernorm``).
+    each variant's SkipLayerNormalization against its parts and runs it in its faster form;
+    ``fused`` / ``split`` force one on both (``bench.layernorm``).
     """
     t_start = time.perf_counter()
     if provider not in PROVIDERS:
@@ -312,20 +313,16 @@ def bench(
             variants = {"baseline": (base_src, base_fusion), **variants}
         paths = {k: (f.path if f else src) for k, (src, f) in variants.items()}
 
-        # -- the layer-norm form ORT runs faster, measured on the baseline (else the candidate), for both
+        # -- the layer-norm form ORT runs faster, measured on each variant (each runs in its own faster form)
         prog.phase("timing SkipLayerNormalization against Add + LayerNormalization")
-        ln_ref = "baseline" if base_src is not None else "candidate"
-        ln_choice, paths[ln_ref] = layernorm_mod.choose(paths[ln_ref], cfg, feed, mode=layernorm,
-                                                        block_seconds=min(layernorm_mod.BLOCK_SECONDS, window))
-        if ln_choice.form == "split":
-            paths = {k: layernorm_mod.split_file(p) for k, p in paths.items()}
-            cfg = dataclasses.replace(cfg, disabled_optimizers=ln_choice.disabled_optimizers)
+        ln_choices, paths, cfgs = layernorm_mod.choose_each(
+            paths, cfg, feed, mode=layernorm, block_seconds=min(layernorm_mod.BLOCK_SECONDS, window))
 
         # -- placement and op times
         profiles = {}
         for k, p in paths.items():
             prog.phase(f"profiling the {k}")
-            profiles[k] = session_mod.profile(p, feed, cfg, runs=profile_runs)
+            profiles[k] = session_mod.profile(p, feed, cfgs[k], runs=profile_runs)
             gc.collect()
             pl = profiles[k]["placement"]
             if pl["cpu_fallback"]:
@@ -337,8 +334,8 @@ def bench(
         sessions, runners, libs, rss_session = {}, {}, {}, {}
         for k, p in paths.items():
             before = session_mod.rss_mb()
-            sessions[k], libs[k] = cfg.session(p)
-            runners[k] = session_mod.Runner(sessions[k], feed, cfg)
+            sessions[k], libs[k] = cfgs[k].session(p)
+            runners[k] = session_mod.Runner(sessions[k], feed, cfgs[k])
             after = session_mod.rss_mb()
             rss_session[k] = (after - before) if before is not None and after is not None else None
 
@@ -440,7 +437,8 @@ def bench(
             ["CUDAExecutionProvider", "CPUExecutionProvider"], "device_id": device_id if provider == "cuda" else None,
             "threads": threads, "threads_note": None if threads else "onnxruntime default (one per physical core)",
             "graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": True,
-            "disabled_optimizers": list(cfg.disabled_optimizers), "layernorm": ln_choice.to_json(),
+            "disabled_optimizers": {k: list(c.disabled_optimizers) for k, c in cfgs.items()},
+            "layernorm": {k: c.to_json() for k, c in ln_choices.items()},
             "io_binding_device": "cuda" if provider == "cuda" else "cpu",
             "feeds": feeds_desc, "warmup_seconds": warmup, "blocks_per_variant": blocks,
             "block_seconds": block_s, "order": "ABBA" if n_var == 2 else "single variant",

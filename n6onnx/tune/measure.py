@@ -68,8 +68,9 @@ def _probe_feed(sess) -> dict:
 
 class Timer:
     """Times candidates against ORT's best version of the original, bench's way: fused, with its layer
-    norms in the form that runs it faster here (``bench.layernorm``, chosen on the original; every
-    candidate gets that form and the same session options)."""
+    norms in the form that runs it faster here (``bench.layernorm``: chosen on the original once, and
+    on every candidate as it is timed, so each runs in its own faster form with the session options
+    that form needs)."""
 
     def __init__(self, original: pathlib.Path, workdir: pathlib.Path, *, threads: int | None,
                  dims: Mapping[str, int], seconds: float, block_seconds: float, warmup: float = 0.5) -> None:
@@ -84,11 +85,13 @@ class Timer:
         # the original's fusion goes to bench's shared cache (content-keyed): a second study reuses it
         self.baseline, self.baseline_fusion, self.fusion_kw = fuse(original, self.cfg, baseline_mod.cache_dir(),
                                                                    None, self.feed)
+        self.fused_baseline = self.baseline
+        self.ln_block = min(layernorm_mod.BLOCK_SECONDS, block_seconds)
         self.layernorm, self.baseline = layernorm_mod.choose(self.baseline, self.cfg, self.feed,
-                                                             block_seconds=block_seconds)
-        self.cfg = dataclasses.replace(self.cfg, disabled_optimizers=self.layernorm.disabled_optimizers)
-        sess, self.library = self.cfg.session(self.baseline)
-        self._base = Runner(sess, self.feed, self.cfg)
+                                                             block_seconds=self.ln_block)
+        base_cfg = dataclasses.replace(self.cfg, disabled_optimizers=self.layernorm.disabled_optimizers)
+        sess, self.library = base_cfg.session(self.baseline)
+        self._base = Runner(sess, self.feed, base_cfg)
         latency_mod.warm_up(self._base, warmup)
         self.meter = energy_mod.CpuEstimate()
         self.base_blocks: list[latency_mod.Block] = []
@@ -96,15 +99,17 @@ class Timer:
     def fuse(self, path: pathlib.Path) -> pathlib.Path:
         out, self.last_fusion, kw = fuse(path, self.cfg, self.workdir / "fused", self.fusion_kw, self.feed)
         self.fusion_kw = self.fusion_kw or kw  # the original's model type / heads / width serve every candidate
-        if self.layernorm.form == "split":
-            out = layernorm_mod.split_file(out, self.workdir / "fused")
         return out
 
-    def time(self, path: pathlib.Path) -> dict:
-        """Interleaved blocks, candidate vs baseline (ABBA), ``seconds`` per variant."""
-        sess, lib = self.cfg.session(path)
+    def time(self, path: pathlib.Path) -> tuple[dict, pathlib.Path]:
+        """``path`` in its faster layer-norm form (chosen here), then interleaved blocks, candidate vs
+        baseline (ABBA), ``seconds`` per variant: (figures, the file timed)."""
+        choice, path = layernorm_mod.choose(path, self.cfg, self.feed, self.workdir / "fused",
+                                            block_seconds=self.ln_block)
+        cfg = dataclasses.replace(self.cfg, disabled_optimizers=choice.disabled_optimizers)
+        sess, lib = cfg.session(path)
         try:
-            runner = Runner(sess, self.feed, self.cfg)
+            runner = Runner(sess, self.feed, cfg)
             latency_mod.warm_up(runner, self.warmup)
             blocks = max(2, round(self.seconds / self.block_seconds))
             out = latency_mod.run_blocks({"baseline": self._base, "candidate": runner}, blocks, self.block_seconds,
@@ -113,12 +118,12 @@ class Timer:
             del sess
             gc.collect()
         self.base_blocks += out["baseline"]
-        return summarise(out["candidate"], out["baseline"], lib)
+        return {**summarise(out["candidate"], out["baseline"], lib), "layernorm": choice.to_json()}, path
 
     def reference(self) -> dict:
         """The fp32 baseline's own figures, over every block timed so far."""
         b = self.base_blocks
-        return summarise(b, b, self.library)
+        return {**summarise(b, b, self.library), "layernorm": self.layernorm.to_json()}
 
 
 def _per_run_mj(blocks) -> list[float]:

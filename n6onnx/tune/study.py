@@ -330,7 +330,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                     p.reason = (f"held-out cosine {_f(p.cosine)} / NN {_f(p.nn)} below the gates"
                                 + (" before int8" if r.quantize and p.path is None else "") + ": not timed")
                 else:
-                    p.timing = timer.time(p.path)
+                    p.timing, p.path = timer.time(p.path)
             except N6Error as e:
                 p.status, p.reason = "failed", str(e)
             except Exception as e:  # an optimizer/quantizer crash in one recipe must not end the study
@@ -410,10 +410,11 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         elif output is not None:
             io.save(io.load_proto(chosen.path), output)
             rep.output = str(output)
-            if timer.layernorm.form == "split":
+            ln = chosen.timing.get("layernorm") or {}
+            if ln.get("form") == "split":
                 rep.notes.append("the written model's layer norms are Add + LayerNormalization, the faster form here "
-                                 f"({timer.layernorm.reason}): run it with onnxruntime's disabled_optimizers="
-                                 f"{list(timer.layernorm.disabled_optimizers)}, or the session fuses them back")
+                                 f"({ln['reason']}): run it with onnxruntime's disabled_optimizers="
+                                 f"{ln['disabled_optimizers']}, or the session fuses them back")
         if report_dir is not None:
             render.write(rep, pathlib.Path(report_dir))
         return rep
@@ -441,13 +442,13 @@ def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pa
     refs = [fp32]
     say("int8 references: the original in both graph orders")
     t = time.perf_counter()
-    paths = stages.quantize_both_orders(src, timer.baseline, timer.fuse, work)
+    paths = stages.quantize_both_orders(src, timer.fused_baseline, timer.fuse, work)
     built = (time.perf_counter() - t) / 2
     for graph, path in paths.items():
         t = time.perf_counter()
         p = Point(space.Recipe((), "int8"), "int8", path=path, graph=graph)
         p.fidelity = measure.fidelity(src, p.path, held, threads)
-        p.timing = timer.time(p.path)
+        p.timing, p.path = timer.time(p.path)
         p.seconds = built + time.perf_counter() - t
         say(f"int8 reference ({graph}): cos {_f(p.cosine)} NN {_f(p.nn)} x{p.speedup or float('nan'):.2f} vs fp32")
         refs.append(p)

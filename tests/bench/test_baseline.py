@@ -144,3 +144,28 @@ def test_tune_checks_a_quantized_graph_on_probe_feeds(bert, tmp_path, monkeypatc
     measure.fuse(bert, cfg, tmp_path / "c")
     measure.fuse(q, cfg, tmp_path / "c")
     assert seen[bert.name] == [] and len(seen["q.onnx"]) == baseline.PROBES
+
+
+def test_the_cache_is_bounded_oldest_entry_first_never_a_recent_one(tmp_path):
+    import os
+    import time
+
+    def entry(key: str, sizes: list[int], age: float) -> list[pathlib.Path]:
+        files = [tmp_path / f"{key}{suffix}" for suffix in (".json", "-onnxscript.onnx", "-onnxscript.onnx.data")]
+        for f, n in zip(files, sizes):
+            f.write_bytes(b"x" * n)
+            os.utime(f, (time.time() - age, time.time() - age))
+        return files[:len(sizes)]
+
+    old = entry("a" * 24, [10, 500, 500], 3 * 86400)
+    older = entry("b" * 24, [10, 400], 5 * 86400)
+    mid = entry("c" * 24, [10, 300], 2 * 86400)
+    fresh = entry("d" * 24, [10, 2000], 60)  # used a minute ago: kept, even over the bound
+    removed = baseline.prune_cache(tmp_path, max_bytes=2500)
+    assert removed == ["b" * 24, "a" * 24]  # used longest ago first, until the cache fits
+    assert not any(f.exists() for f in older + old)
+    assert all(f.exists() for f in mid + fresh)
+    assert baseline.prune_cache(tmp_path, max_bytes=100) == ["c" * 24]  # the fresh entry stays
+    assert all(f.exists() for f in fresh)
+    baseline.touch(*mid)  # a cache hit: nothing to touch any more, no error
+    assert baseline.prune_cache(tmp_path / "missing", max_bytes=0) == []

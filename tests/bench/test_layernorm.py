@@ -74,6 +74,39 @@ def test_the_split_graph_computes_the_reference(bias, beta, sum_out):
         np.testing.assert_allclose(got[1], -ref_sum, atol=2e-5)
 
 
+def _rms_model(*, bias=True, opset=20) -> onnx.ModelProto:
+    """SkipSimplifiedLayerNormalization (RMSNorm, as fused in Llama-style decoders)."""
+    proto = _skip_ln_model(bias=bias, opset=opset)
+    n = proto.graph.node[0]
+    n.op_type = layernorm.SIMPLIFIED
+    ins = list(n.input) + [""] * (5 - len(n.input))
+    del n.input[:]
+    n.input.extend(ins[:3] + ([ins[4]] if bias else []))  # input, skip, gamma[, bias]: no beta
+    return proto
+
+
+@pytest.mark.parametrize("bias,opset", [(True, 20), (False, 20), (True, 16)])
+def test_the_split_rmsnorm_computes_the_reference(bias, opset, tmp_path):
+    proto = _rms_model(bias=bias, opset=opset)
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
+    f = _feed()
+    s = f["x"].astype(np.float64) + f["skip"] + (init["bias"] if bias else 0)
+    ref = np.maximum(s / np.sqrt((s * s).mean(-1, keepdims=True) + 1e-5) * init["g"], 0)
+    np.testing.assert_allclose(_run(proto)[0], ref, atol=2e-5)  # the fused node: the same reference
+    assert layernorm.split(proto) == 1  # onnxruntime's SimplifiedLayerNormalization exists at any opset
+    ops = [n.op_type for n in proto.graph.node]
+    assert layernorm.SIMPLIFIED not in ops and ops.count("SimplifiedLayerNormalization") == 1
+    assert ops.count("Add") == (2 if bias else 1)
+    np.testing.assert_allclose(_run(proto, [layernorm.FUSION])[0], ref, atol=2e-5)
+    io.save(proto, tmp_path / "split.onnx")  # a valid file for onnxruntime, whatever onnx's checker knows
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "split.onnx"), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=[layernorm.FUSION])
+    ops = {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+    assert layernorm.SIMPLIFIED not in ops and "SimplifiedLayerNormalization" in ops  # the session kept the parts
+
+
 def test_a_node_whose_statistics_are_used_or_an_old_opset_is_left_alone():
     proto = _skip_ln_model(mean_out=True)
     assert layernorm.count(proto) == 0 and layernorm.split(proto) == 0
@@ -137,9 +170,10 @@ def test_bench_gives_both_variants_the_same_form(bert, bert_phi6):
     rep = n6onnx.bench(bert_phi6, bert, threads=1, seconds=0.3, window=0.1, idle_seconds=0, warmup=0.05,
                        profile_runs=2, layernorm="split")
     j = json.loads(json.dumps(rep.to_json()))
-    ln = j["settings"]["layernorm"]
-    assert ln["form"] == "split" and ln["skip_layernorm_nodes"] == 4
-    assert j["settings"]["disabled_optimizers"] == [layernorm.FUSION]
+    for k in ("baseline", "candidate"):
+        ln = j["settings"]["layernorm"][k]
+        assert ln["form"] == "split" and ln["skip_layernorm_nodes"] == 4
+        assert j["settings"]["disabled_optimizers"][k] == [layernorm.FUSION]
     for v in (j, j["baseline"]):
         ran = onnx.load(v["ran"])
         assert layernorm.count(ran) == 0 and "LayerNormalization" in {n.op_type for n in ran.graph.node}
@@ -148,6 +182,41 @@ def test_bench_gives_both_variants_the_same_form(bert, bert_phi6):
     assert any(n.domain == DOMAIN for n in onnx.load(j["ran"]).graph.node)  # the candidate keeps its n6 nodes
     fused = n6onnx.bench(bert_phi6, bert, threads=1, seconds=0.3, window=0.1, idle_seconds=0, warmup=0.05,
                          profile_runs=2, layernorm="fused").to_json()
-    assert fused["settings"]["disabled_optimizers"] == [] and layernorm.count(onnx.load(fused["ran"])) == 4
+    assert fused["settings"]["disabled_optimizers"] == {"baseline": [], "candidate": []}
+    assert layernorm.count(onnx.load(fused["ran"])) == 4
+
+
+def test_bench_runs_each_variant_in_its_own_form(bert, bert_phi6, monkeypatch):
+    """auto chooses per variant: when the baseline's parts win and the candidate's fused form does,
+    each session runs its own form, with its own session options."""
+    choose = layernorm.choose
+    fused_baseline = []
+
+    def rigged(path, cfg, feed, workdir=None, **kw):  # the first call is the baseline's
+        fused_baseline.append(path)
+        return choose(path, cfg, feed, workdir, **{**kw, "mode": "split" if len(fused_baseline) == 1 else "fused"})
+
+    monkeypatch.setattr(layernorm, "choose", rigged)
+    j = json.loads(json.dumps(n6onnx.bench(bert_phi6, bert, threads=1, seconds=0.3, window=0.1, idle_seconds=0,
+                                           warmup=0.05, profile_runs=2).to_json()))
+    assert len(fused_baseline) == 2
+    assert j["settings"]["disabled_optimizers"] == {"baseline": [layernorm.FUSION], "candidate": []}
+    assert [j["settings"]["layernorm"][k]["form"] for k in ("baseline", "candidate")] == ["split", "fused"]
+    base_ops = j["baseline"]["session"]["op_time"]["by_op_type_ms"]
+    cand_ops = j["session"]["op_time"]["by_op_type_ms"]
+    assert "SkipLayerNormalization" not in base_ops and "LayerNormalization" in base_ops
+    assert "SkipLayerNormalization" in cand_ops and layernorm.count(onnx.load(j["ran"])) == 4
+
+
+def test_bench_refuses_an_unknown_layer_norm_mode(bert, bert_phi6):
     with pytest.raises(n6onnx.N6Error, match="--layernorm"):
         n6onnx.bench(bert_phi6, bert, layernorm="maybe")
+
+
+def test_a_reused_split_file_is_marked_as_used(bert, tmp_path):
+    import os
+
+    fused = baseline.fuse(bert, cache=tmp_path / "fused").path
+    out = layernorm.split_file(fused, tmp_path)
+    os.utime(out, (1e9, 1e9))
+    assert layernorm.split_file(fused, tmp_path) == out and out.stat().st_mtime > 1e9  # prune_cache keeps it longer

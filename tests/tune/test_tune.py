@@ -286,26 +286,31 @@ def test_a_near_miss_gets_one_healed_trial_unless_already_healed(zoo_export, tmp
         assert any("gelu=phi6 missed the gates by a little" in m for m in said)
 
 
-def test_the_layer_norm_form_is_chosen_on_the_original_and_written_with_the_model(zoo_export, tmp_path, monkeypatch):
+def test_every_timed_graph_runs_in_its_chosen_layer_norm_form_and_is_written_in_it(zoo_export, tmp_path,
+                                                                                   monkeypatch):
     from n6onnx.bench import layernorm
     from n6onnx.tune import measure
 
-    monkeypatch.setattr(layernorm, "MARGIN", 0.0)  # any timing: the parts win
-    timed = []
-    time_ = measure.Timer.time
+    monkeypatch.setattr(layernorm, "MARGIN", 0.0)  # any timing: the parts win, for every graph
+    ran = []
+    runner = measure.Runner
 
-    def recording(self, path):
-        timed.append((layernorm.count(onnx.load(path)), self.cfg.disabled_optimizers))
-        return time_(self, path)
+    def recording(sess, feed, cfg):  # every session tune's Timer times (the baseline and each candidate)
+        ran.append((layernorm.count(onnx.load(sess._model_path)), cfg.disabled_optimizers))
+        return runner(sess, feed, cfg)
 
-    monkeypatch.setattr(measure.Timer, "time", recording)
+    monkeypatch.setattr(measure, "Runner", recording)
     src = zoo_export(*MODEL)
     rep = tune(src, tmp_path / "out.onnx", calibrate=_npz(tmp_path / "data.npz"), min_cosine=0.9, trials=2, **FAST)
-    ln = rep.setting["layernorm"]
+    ln = rep.setting["layernorm"]  # the original's
     assert ln["form"] == "split" and ln["skip_layernorm_nodes"] > 0
     assert ln["disabled_optimizers"] == [layernorm.FUSION]
+    timed = [p for p in rep.references + rep.trials if p.timing]
+    assert len(timed) >= 3  # fp32, the two int8 references, ...
+    for p in timed:  # ... each chose its own form
+        assert p.timing["layernorm"]["form"] == "split", p.label
     out = onnx.load(tmp_path / "out.onnx")
     assert layernorm.count(out) == 0 and "LayerNormalization" in {n.op_type for n in out.graph.node}
     assert any("disabled_optimizers" in n for n in rep.notes)
-    # every timed graph (the int8 references, the trials) ran split, in a session that keeps it split
-    assert len(timed) >= 2 and all(t == (0, (layernorm.FUSION,)) for t in timed)
+    # every timed session ran its graph split, and kept it split
+    assert len(ran) >= len(timed) and all(t == (0, (layernorm.FUSION,)) for t in ran)
