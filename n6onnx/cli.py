@@ -74,9 +74,12 @@ def _heal_options(f, flag: bool = True):
                      "(fake-quantized MatMuls as onnxruntime runs them, straight-through gradients), the quantized "
                      "MatMuls' weights included; off: heal in float, quantize after."),
         click.option("--heal-dtype", type=click.Choice(TRAIN_DTYPES), default=HealConfig.train_dtype,
-                     show_default=True, help="Precision of the training forward: bfloat16 runs it under CPU bf16 "
+                     show_default=True, help="Precision of the training forward: bfloat16 runs it under bf16 "
                      "autocast (about 2x the steps on a CPU with avx512_bf16; held-out checks stay float32; lower "
                      "fidelity under --quantize int8 fake quantization: docs/heal.md)."),
+        click.option("--heal-device", default=HealConfig.device, show_default=True,
+                     help="Where the model being healed trains: cpu, or a CUDA device of torch (cuda, cuda:1). The "
+                     "original (the teacher) runs on onnxruntime's CPU provider either way."),
         click.option("--seed", type=Number(0, 2**63 - 1, integer=True), default=0, show_default=True,
                      help="Seed of the healing's batch order."),
         click.option("--threads", type=Number(1, 4096, integer=True), help="torch / onnxruntime threads of the healing."),
@@ -87,13 +90,14 @@ def _heal_options(f, flag: bool = True):
 
 
 def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_local_lr_start, heal_lr,
-                 heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_fake_quant, heal_dtype, seed,
-                 threads):
+                 heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_fake_quant, heal_dtype,
+                 heal_device, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_mode=heal_local_mode,
                       local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
                       lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
-                      floor_falls=heal_floor_falls, fake_quant=heal_fake_quant, train_dtype=heal_dtype, seed=seed, threads=threads)
+                      floor_falls=heal_floor_falls, fake_quant=heal_fake_quant, train_dtype=heal_dtype,
+                      device=heal_device, seed=seed, threads=threads)
 
 
 @main.command()
@@ -284,8 +288,8 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
               help="Give MODEL the baseline's transformer fusions too (default: on with --baseline).")
 @click.option("--layernorm", type=click.Choice(["auto", "fused", "split"]), default="auto", show_default=True,
               help="Layer norms as ORT's SkipLayerNormalization or as its parts (Add + LayerNormalization, run with "
-                   "ORT's SkipLayerNormFusion disabled). auto: time both on the baseline, give both variants the "
-                   "faster one.")
+                   "ORT's SkipLayerNormFusion disabled). auto: time both forms of each variant and run "
+                   "each in its faster one.")
 @click.option("--model-type", help="Model type for onnxruntime.transformers' optimizer (default: inferred: bert, gpt2, vit).")
 @click.option("--num-heads", type=Number(1, 65536, integer=True), help="Attention heads for onnxruntime.transformers (default: inferred).")
 @click.option("--hidden-size", type=Number(1, 2**24, integer=True), help="Hidden size for onnxruntime.transformers (default: inferred).")

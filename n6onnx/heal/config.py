@@ -71,3 +71,7 @@ class HealConfig:
     # "bfloat16": the training forward under CPU bf16 autocast (its MatMuls ~2.2x faster a step on an avx512_bf16 CPU;
     # held-out checks stay float32). Same fidelity at equal steps on gelu=phi6, lower under fake-quant int8: docs/heal.md
     train_dtype: str = "float32"
+    # where the student trains: "cpu", or a torch CUDA device ("cuda", "cuda:1"). The teacher stays on
+    # onnxruntime's CPU provider (its values are computed once per batch and cached); on CUDA a run is
+    # repeatable only as far as torch's CUDA kernels are (atomics in some backward passes are not bitwise)
+    device: str = "cpu"

@@ -137,6 +137,16 @@ class GraphModule(torch.nn.Module):
                 self.consts[t.name] = v
         self.output_names = [o.name for o in proto.graph.output]
         self.input_specs = proto_input_specs(proto)
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: str | torch.device) -> "GraphModule":
+        """Run on ``device`` (e.g. "cuda"): parameters and constants move there; feeds, injected
+        values and every op's CPU inputs (shape tensors, constants made by ops) follow as used."""
+        self.device = torch.device(device)
+        self.to(self.device)
+        self.consts = {k: v.to(self.device) for k, v in self.consts.items()}
+        self.grids = fakequant.Grids()
+        return self
 
     def set_train_dtype(self, name: str) -> None:
         """The training forward's precision: "float32", or "bfloat16" (CPU autocast)."""
@@ -165,7 +175,7 @@ class GraphModule(torch.nn.Module):
         env = self.initial_env()
         env.update(values or {})
         for k, v in own_state(self.input_specs, feeds).items():
-            env[k] = v if torch.is_tensor(v) else torch.from_numpy(v)
+            env[k] = (v if torch.is_tensor(v) else torch.from_numpy(v)).to(self.device)
         inject = dict(inject or {})
         env.update(inject)
         wanted = list(outputs) if outputs is not None else self.output_names
@@ -176,7 +186,7 @@ class GraphModule(torch.nn.Module):
         if self.train_dtype is None or not torch.is_grad_enabled():
             self._run(self.graph.node, env, None, need, inject, computed)
             return {n: computed[n] if n in computed else env[n] for n in wanted}
-        with torch.autocast("cpu", dtype=self.train_dtype):
+        with torch.autocast(self.device.type, dtype=self.train_dtype):
             self._run(self.graph.node, env, None, need, inject, computed)
         out = {n: computed[n] if n in computed else env[n] for n in wanted}
         return {n: v.float() if torch.is_tensor(v) and v.dtype == self.train_dtype else v for n, v in out.items()}
@@ -198,6 +208,8 @@ class GraphModule(torch.nn.Module):
 
     def _node(self, n: onnx.NodeProto, ins: list, env, outer_attrs) -> list:
         attrs = _attrs(n, outer_attrs)
+        if self.device.type != "cpu":  # ops make their small tensors (shapes, constants) on the CPU
+            ins = [v.to(self.device) if torch.is_tensor(v) and v.device != self.device else v for v in ins]
         # fake quantization: main-graph MatMuls only (function bodies run with attrs; ONNX names are
         # unique across a graph and its subgraphs)
         if outer_attrs is None and n.domain in STANDARD and n.output[0] in self.fake_quant:

@@ -99,9 +99,9 @@ def refit(student, writers_: Sequence[Writer], values: dict[str, torch.Tensor], 
             t = np.asarray(teacher_stream(k)[wr.stream], np.float32)
             keep = keep_rows(batches[k], t.shape)
             h = t.shape[-1]
-            y = got[wr.x].numpy().reshape(-1, got[wr.x].shape[-1])
-            p = got[wr.out].numpy().reshape(-1, h)
-            s = got[wr.stream].numpy().reshape(-1, h)
+            y = got[wr.x].cpu().numpy().reshape(-1, got[wr.x].shape[-1])
+            p = got[wr.out].cpu().numpy().reshape(-1, h)
+            s = got[wr.stream].cpu().numpy().reshape(-1, h)
             t = t.reshape(-1, h)
             if keep is not None:
                 y, p, s, t = y[keep], p[keep], s[keep], t[keep]
@@ -114,14 +114,15 @@ def refit(student, writers_: Sequence[Writer], values: dict[str, torch.Tensor], 
                 break
         used = batch_list
         done = wr.stream
-        w = vals[wr.weight].detach().numpy()
+        w = vals[wr.weight].detach().cpu().numpy()
         w_io = w.T if wr.transposed else w
-        b = vals[wr.bias].detach().numpy()
+        b = vals[wr.bias].detach().cpu().numpy()
         if b.shape != (w_io.shape[1],):
             continue  # a broadcast bias of another shape: left as trained
         # the ridge strength chosen on held-out runs of rows, as calibration does (a fixed one, 0.3,
         # fell from 0.998 to 0.992 on MiniLM gelu=phi6 with 96 sentences: too few rows per unit)
         rf = ridge_refit(np.concatenate(ys), np.concatenate(ts), w_io, b, weights=np.concatenate(ws))
-        vals[wr.weight] = torch.from_numpy(np.ascontiguousarray(rf.W.T if wr.transposed else rf.W))
-        vals[wr.bias] = torch.from_numpy(rf.b)
+        dev = vals[wr.weight].device
+        vals[wr.weight] = torch.from_numpy(np.ascontiguousarray(rf.W.T if wr.transposed else rf.W)).to(dev)
+        vals[wr.bias] = torch.from_numpy(rf.b).to(dev)
     return vals

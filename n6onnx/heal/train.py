@@ -126,7 +126,7 @@ def _input_means(student, batches, idx, weights: dict, most: int = 4) -> dict[st
                 keep = _mask_rows(batches[k], tuple(a.shape))
                 a = a.reshape(-1, a.shape[-1])
                 if keep is not None:
-                    a = a[torch.from_numpy(keep)]
+                    a = a[torch.from_numpy(keep).to(a.device)]
                 sums[n] = sums.get(n, 0) + a.sum(0).double()
                 if n == names[0]:
                     count += a.shape[0]
@@ -144,8 +144,8 @@ class Targets:
     """The teacher's values of one batch as float32 tensors with the per-row 1/(H var) weights of
     the loss, prepared once per batch (cached next to the teacher's own cache)."""
 
-    def __init__(self, teacher, feeds_of):
-        self.teacher, self.feeds_of = teacher, feeds_of
+    def __init__(self, teacher, feeds_of, device: torch.device | str = "cpu"):
+        self.teacher, self.feeds_of, self.device = teacher, feeds_of, torch.device(device)
         self.cache: dict[int, dict] = {}
 
     def __call__(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -155,22 +155,23 @@ class Targets:
         out = {}
         for n, t in self.teacher(k, feeds).items():
             if np.issubdtype(t.dtype, np.floating):
-                out[n] = _prepare(t, _mask_rows(feeds, t.shape))
+                out[n] = _prepare(t, _mask_rows(feeds, t.shape), self.device)
         if k in self.teacher.cache:  # kept while the teacher keeps it (its memory budget): shares its arrays
             self.cache[k] = out
         return out
 
 
-def _prepare(t: np.ndarray, keep: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+def _prepare(t: np.ndarray, keep: np.ndarray | None,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """(target as [rows, H], weight per row = keep / (H var(row) * real rows), the target's shape):
     the loss is then sum over rows of weight * |y - t|^2 summed along H."""
     h = t.shape[-1] if t.ndim else 1
-    tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).reshape(-1, h)
+    tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).reshape(-1, h).to(device)
     var = tt.var(1, unbiased=False) if h > 1 else tt.pow(2).mean(1)
     var = var.clamp_min(1e-6 * float(var.mean()) + 1e-30)
     w = 1.0 / (h * var)
     if keep is not None:
-        k = torch.from_numpy(keep.astype(np.float32))
+        k = torch.from_numpy(keep.astype(np.float32)).to(device)
         w = w * k / k.sum().clamp_min(1.0)
     else:
         w = w / tt.shape[0]
@@ -227,6 +228,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     if cfg.backtrack != "auto":
         number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
     number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
+    device = _device(cfg.device)
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
     executor.check_supported(proto)  # before any work
@@ -249,9 +251,9 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     moved = set(feeds_mod.relaid(feeds_mod.proto_input_specs(oproto, outputs=True),
                                  feeds_mod.proto_input_specs(proto, outputs=True)))
     outputs = [o.name for o in proto.graph.output if o.name not in moved]
-    student = executor.GraphModule(proto)
+    student = executor.GraphModule(proto).to_device(device)
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
-    prepared = Targets(teacher, lambda k: batches[k])
+    prepared = Targets(teacher, lambda k: batches[k], device)
     student.fake_quant = fq  # the MatMuls --quantize int8 quantizes run fake-quantized
     student.set_train_dtype(cfg.train_dtype)  # bfloat16: the training forward under bf16 autocast
     train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
@@ -287,7 +289,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         with torch.inference_mode():
             vals = values(uu)
             for k in held_idx:
-                out = student(batches[k], outputs[:1], vals)[outputs[0]].numpy()
+                out = student(batches[k], outputs[:1], vals)[outputs[0]].cpu().numpy()
                 fids.append(fidelity(teacher(k, batches[k])[outputs[0]], out, batches[k], rows[k], outputs[0]))
         return np.concatenate(fids)
 
@@ -442,14 +444,31 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     with torch.no_grad():
         for n, p in u.items():
             p.copy_(best_u[n])
-        final = {n: v.numpy() for n, v in values().items()}  # the graph's own values (centring undone)
+        final = {n: v.cpu().numpy() for n, v in values().items()}  # the graph's own values (centring undone)
         if best <= start:  # nothing beat the start: write it back bit for bit (the reparametrisation's round
-            final = {n: w0[n].numpy() for n in names}  # trip moves values by float rounding, and int8 re-rounds them)
+            final = {n: w0[n].cpu().numpy() for n in names}  # trip moves values by float rounding, and int8 re-rounds them)
     write_back(model, final)
     n_values = int(sum(v.size for v in final.values()))
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
                       len(names), n_values, step, time.perf_counter() - t0, start, best, lowest, stopped,
                       dataclasses.asdict(cfg), curve, len(fq))
+
+
+def _device(name: str) -> torch.device:
+    """``HealConfig.device`` as a torch device, refused clearly when this torch cannot use it."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise BadArgumentError(f"heal: device must be cpu or a CUDA device such as cuda or cuda:1, not {name!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise BadArgumentError(f"heal: device must be cpu or a CUDA device such as cuda or cuda:1, not {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadArgumentError(f"heal: device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
+                               "device; heal on cpu, or install a CUDA build of torch")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise BadArgumentError(f"heal: device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                               "device(s)")
+    return dev
 
 
 def backtrack_margin(cfg: HealConfig, vec: np.ndarray, best: np.ndarray) -> float:

@@ -1,0 +1,73 @@
+"""Healing on a CUDA device (``HealConfig.device``, ``--heal-device``): refused clearly where torch
+cannot use the device; where it can (the GPU machine: ``pytest -m cuda tests/heal/test_device.py``,
+with a CUDA build of torch), the student equals onnxruntime there and a heal improves the held-out
+fidelity as on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+from click.testing import CliRunner
+
+import n6onnx
+from n6onnx import feeds as F
+from n6onnx.cli import main
+from n6onnx.errors import BadArgumentError
+from n6onnx.heal.config import HealConfig
+from n6onnx.heal.executor import GraphModule
+from n6onnx.heal.run import heal_file
+from n6onnx.runtime import session_for
+
+from .test_heal import _mse, _npz
+
+# the GPU machine's tests (pytest -m cuda; deselected elsewhere, and never skipped when selected)
+cuda = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("device,why", [("cuda:99", "CUDA device"), ("tpu", "cpu or a CUDA device"),
+                                        ("nonsense", "cpu or a CUDA device")])
+def test_a_device_torch_cannot_use_is_refused_before_any_work(zoo_export, tmp_path, device, why):
+    src = zoo_export("bert", "dynamo20")
+    n6onnx.rewrite(src, tmp_path / "plain.onnx", ["gelu=phi6"])
+    with pytest.raises(BadArgumentError, match=why):
+        heal_file(tmp_path / "plain.onnx", src, _npz(tmp_path / "d.npz", 4, 1), tmp_path / "out.onnx",
+                  config=HealConfig(steps=2, device=device))
+    assert not (tmp_path / "out.onnx").exists()
+    r = CliRunner().invoke(main, ["heal", str(tmp_path / "plain.onnx"), "--teacher", str(src), "--calibrate",
+                                  str(tmp_path / "d.npz"), "-o", str(tmp_path / "out.onnx"), "--heal-device", device])
+    assert r.exit_code != 0 and why in r.output and not (tmp_path / "out.onnx").exists()
+
+
+@cuda
+@pytest.mark.parametrize("model,spec", [("bert", None), ("bert", "gelu=phi6"), ("bert", "attention=fftmix:@1"),
+                                        ("bert", "attention=egyptian"), ("gpt2", "gelu=phi6"),
+                                        ("llama", "ffn=phi-bottleneck:1"), ("vit", "gelu=phi6")])
+def test_the_student_on_cuda_equals_ort(zoo_export, model, spec):
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32 as onnxruntime's CPU
+    src = zoo_export(model, "dynamo18" if model in ("llama", "vit") else "dynamo20")
+    proto = onnx.load(src) if spec is None else ir.to_proto(n6onnx.rewrite(src, None, [spec])[0])
+    s = session_for(proto)
+    fd = F.random_feeds(s, 1, seed=0)[0]
+    ref = s.run(None, fd)
+    with torch.no_grad():
+        out = GraphModule(proto).to_device("cuda")(fd)
+    for r, o in zip(ref, out.values()):
+        assert o.device.type == "cuda"
+        assert float(np.abs(r - o.cpu().numpy()).max() / (np.abs(r).max() + 1e-12)) < 1e-5
+
+
+@cuda
+def test_a_heal_on_cuda_improves_held_out_and_keeps_the_graph(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo20")
+    n6onnx.rewrite(src, tmp_path / "plain.onnx", ["gelu=phi6"])
+    data, held = _npz(tmp_path / "data.npz", 24, 1), _npz(tmp_path / "held.npz", 8, 2)
+    cfg = HealConfig(steps=30, eval_every=5, threads=1, lr=3e-3, device="cuda")
+    rep = heal_file(tmp_path / "plain.onnx", src, data, tmp_path / "healed.onnx", config=cfg)
+    assert rep.best > rep.start and rep.steps == 30
+    # independent check in onnxruntime on samples the heal never saw
+    assert _mse(src, tmp_path / "healed.onnx", held) < 0.9 * _mse(src, tmp_path / "plain.onnx", held)
+    a, b = onnx.load(tmp_path / "plain.onnx"), onnx.load(tmp_path / "healed.onnx")
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
