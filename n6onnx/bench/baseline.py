@@ -374,7 +374,7 @@ def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = P
     are rounded at run time, so its outputs jump where a rounding flips), ``n`` (run, reference) pairs
     on random feeds (seed 1; every dynamic dimension 2), ``open_session(path)`` giving the session to run
     on (the bench's provider and options); none for any other graph."""
-    if not int8graph.is_quantized(io.load_proto(path)):
+    if not int8graph.is_quantized(onnx.load(str(path))):  # a fused file may hold onnxruntime-only ops
         return []
     sess = open_session(path)
     feeds = feeds_mod.random_feeds(sess, n, {d: 2 for d in feeds_mod.dynamic_dims(sess)}, seed=1)

@@ -61,6 +61,12 @@ class Choice:
                 "disabled_optimizers": list(self.disabled_optimizers)}
 
 
+def _load(path) -> onnx.ModelProto:
+    """A fused file, unchecked: the fusions emit onnxruntime-only ops that onnx's checker does not know
+    (SimplifiedLayerNormalization in the default domain, for one)."""
+    return onnx.load(str(path))
+
+
 def _splittable(proto: onnx.ModelProto) -> list[int]:
     """Indices of the nodes ``split`` takes apart."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -118,7 +124,7 @@ def split_file(src: str | pathlib.Path, workdir: str | pathlib.Path | None = Non
     """``src`` split (``split``), written to ``workdir`` (default: bench's fusion cache) under a name
     keyed by ``src``'s content; ``src`` itself when nothing splits."""
     src = pathlib.Path(src)
-    proto = io.load_proto(src)
+    proto = _load(src)
     if not split(proto):
         return src
     d = pathlib.Path(workdir) if workdir is not None else baseline_mod.cache_dir()
@@ -147,7 +153,7 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
     if mode not in MODES:
         raise ValueError(f"layernorm mode must be one of {', '.join(MODES)}, got {mode!r}")
     path = pathlib.Path(path)
-    n = count(io.load_proto(path))
+    n = count(_load(path))
     if n == 0 or mode == "fused":
         return Choice("fused", mode, n, reason="nothing to split" if n == 0 else "asked"), path
     out = split_file(path, workdir)
@@ -155,7 +161,7 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
         return Choice("split", mode, n, reason="asked"), out
     split_cfg = dataclasses.replace(cfg, disabled_optimizers=(FUSION,))
     fused_sess, split_sess = cfg.session(path)[0], split_cfg.session(out)[0]
-    tol = tol if tol is not None else baseline_mod.default_tol(io.load_proto(path), cfg.provider)
+    tol = tol if tol is not None else baseline_mod.default_tol(_load(path), cfg.provider)
     probes = baseline_mod.quantized_probes(path, lambda p: (split_cfg if p == out else cfg).session(p)[0])
     k, diff = baseline_mod.agreeing_feed(out, lambda p: split_sess.run(None, feed), fused_sess.run(None, feed),
                                          probes, tol)

@@ -220,3 +220,29 @@ def test_a_reused_split_file_is_marked_as_used(bert, tmp_path):
     out = layernorm.split_file(fused, tmp_path)
     os.utime(out, (1e9, 1e9))
     assert layernorm.split_file(fused, tmp_path) == out and out.stat().st_mtime > 1e9  # prune_cache keeps it longer
+
+
+def test_choose_on_a_fused_rmsnorm_decoder(decoder_export, tmp_path):
+    """A Llama-style decoder fused by onnxscript holds SkipSimplifiedLayerNormalization and onnxruntime's
+    SimplifiedLayerNormalization (which onnx's checker does not know): its split runs and agrees."""
+    from n6onnx import feeds as feeds_mod
+
+    src = decoder_export("llama", "nokv")
+    cfg = SessionConfig("cpu", 0, 1)
+    sess = cfg.session(src)[0]
+    feed = feeds_mod.random_feeds(sess, 1, {d: 4 for d in feeds_mod.dynamic_dims(sess)})[0]
+
+    def run(p, c=cfg):
+        return c.session(p)[0].run(None, feed)
+
+    fused = baseline.fuse(src, run, run(src), cache=tmp_path / "fused").path
+    n = layernorm.count(onnx.load(str(fused)))
+    assert n >= 2
+    c, p = layernorm.choose(fused, cfg, feed, tmp_path, mode="split")
+    assert (c.form, c.nodes) == ("split", n)
+    split = onnx.load(str(p))
+    assert layernorm.count(split) == 0 and layernorm.SIMPLIFIED not in {x.op_type for x in split.graph.node}
+    got = run(p, SessionConfig("cpu", 0, 1, (layernorm.FUSION,)))
+    assert baseline.outputs_agree(got, run(fused), 1e-5)[0]
+    c, _ = layernorm.choose(fused, cfg, feed, tmp_path, rounds=2, block_seconds=0.05)  # auto: checked, then timed
+    assert c.mode == "auto" and c.speedup is not None
