@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The MiniLM rows of the heal benchmark healed on one CUDA GPU (the student in torch on cuda, HealConfig.device;
-# the teacher on onnxruntime's CPU provider), every row at once sharing the GPU, each process pinned to 2 CPU
-# cores with 2 threads, within ~9 minutes (each has a 465 s deadline, the heal budget shrinks to fit). Run from
-# the repository root on a host with a CUDA build of torch and >= 10 cores (the GPU machine):
+# the teacher on onnxruntime's CPU provider), every row at once sharing the GPU, each process pinned to 3 CPU
+# cores with 3 threads (the teacher's first pass over DATA runs on them), within ~9 minutes (each has a 465 s deadline, the heal budget shrinks to fit). Run from
+# the repository root on a host with a CUDA build of torch and >= 15 cores (the GPU machine):
 #     [RESULT=heal_minilm_gpu] bash benchmarks/heal_gpu.sh CARRY [extra benchmarks/heal.py args for every row]
 # CARRY as for heal_parallel.sh (python benchmarks/heal_carry.py pack CARRY): data.npz, held.npz, the model.
 # Every row's teacher values stay cached (--cache-mb), so steps are not bound by the CPU teacher after the
@@ -14,24 +14,24 @@ python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'tor
 if [[ ! -f $CARRY/minilm.onnx ]]; then
   python3 benchmarks/heal_carry.py restore "$CARRY"
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONWARNINGS=ignore
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=3 MKL_NUM_THREADS=3 PYTHONWARNINGS=ignore
 PARTS=${PARTS:-build/heal-gpu-parts}
 RESULT=${RESULT:-heal_minilm_gpu}
 SAMPLES=$(python3 -c "import numpy as np, sys; print(len(np.load(sys.argv[1]).files) // 3 * 8)" "$CARRY/data.npz")
 mkdir -p "$PARTS"
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-NOTE="GPU machine: student on $GPU (torch cuda, float32), teacher on onnxruntime CPU, 2 cores per run (taskset), 2 threads, 5 runs sharing the GPU"
+NOTE="GPU machine: student on $GPU (torch cuda, float32), teacher on onnxruntime CPU, 3 cores per run (taskset), 3 threads, 5 runs sharing the GPU"
 job() {
   local tag=$1 cores=$2; shift 2
   taskset -c "$cores" timeout 490 python3 benchmarks/heal.py --model "$CARRY/minilm.onnx" --data "$CARRY/data.npz" \
-    --held "$CARRY/held.npz" --samples "$SAMPLES" --minutes 8 --deadline 465 --cache-mb 12000 --part "$PARTS/$tag.json" \
+    --held "$CARRY/held.npz" --samples "$SAMPLES" --minutes 8 --deadline 465 --cache-mb 12000 --threads 3 --part "$PARTS/$tag.json" \
     --note "$tag; $NOTE (taskset $cores)" --set device=cuda "$@" > "$PARTS/$tag.log" 2>&1 &
 }
-job int8_egyptian 0-1 --only int8 --only attention=egyptian "$@"
-job phi6 2-3 --only gelu=phi6 "$@"
-job bottleneck 4-5 --only ffn=phi-bottleneck:4/3 "$@"
-job fftmix 6-7 --only attention=fftmix:2 "$@"
-job combined 8-9 --only gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2 "$@"
+job int8_egyptian 0-2 --only int8 --only attention=egyptian "$@"
+job phi6 3-5 --only gelu=phi6 "$@"
+job bottleneck 6-8 --only ffn=phi-bottleneck:4/3 "$@"
+job fftmix 9-11 --only attention=fftmix:2 "$@"
+job combined 12-14 --only gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2 "$@"
 wait || true
 tail -n 2 "$PARTS"/*.log
 python3 benchmarks/heal.py --name "$RESULT" --merge "$PARTS"/*.json

@@ -15,6 +15,7 @@ and results/NAME/ instead). Healing is a tune dimension when torch is installed,
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -48,6 +49,9 @@ def main() -> None:
     ap.add_argument("--heal", action=argparse.BooleanOptionalAction, default=None,
                     help="heal as a tune dimension (default: when torch is installed, as `n6onnx tune`)")
     ap.add_argument("--heal-minutes", type=float, default=3.0, help="at most this long per heal")
+    ap.add_argument("--side-by-side-only", action="store_true",
+                    help="keep the study of benchmarks/results/NAME.json and WORKDIR/tuned.onnx; run the final "
+                         "side-by-side again")
     ap.add_argument("--conditions", default="shared 2-core machine, ~7 developers working at once: timing is noisy")
     args = ap.parse_args()
 
@@ -60,6 +64,14 @@ def main() -> None:
     held.write_text("\n".join(s[1000:1256]) + "\n")
     dims = {"batch": 8, "seq": 64}
     out = work / "tuned.onnx"
+    if args.side_by_side_only:
+        payload = json.loads((RESULTS / f"{args.name}.json").read_text())
+        if payload["tune"]["chosen"] is not None and not out.is_file():
+            sys.exit(f"--side-by-side-only: {out} (tune's written model) is missing")
+        payload["side_by_side_rerun"] = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                                         "conditions": args.conditions,
+                                         "note": "the study is the earlier run's; the side-by-side was run again"}
+        return finish(args, payload, src, held, out if payload["tune"]["chosen"] is not None else None, dims)
     out.unlink(missing_ok=True)
     hook, why = (None, "healing off (--no-heal)") if args.heal is False else stages.default_heal(
         dims=[f"{k}={v}" for k, v in dims.items()], threads=args.threads)
@@ -77,22 +89,29 @@ def main() -> None:
                "tune_budget_minutes": args.minutes, "heal": hook is not None, "heal_minutes": args.heal_minutes,
                "data": "corpus sentences 0..999 (tune: fit 3/4, its held-out 1/4)",
                "final_heldout": "corpus sentences 1000..1255 (never seen by tune)", "tune": rep.to_json()}
+    finish(args, payload, src, held, out if rep.chosen is not None else None, dims)
+
+
+def finish(args, payload: dict, src: pathlib.Path, held: pathlib.Path, out: pathlib.Path | None, dims: dict) -> None:
+    """The final side-by-side and the verdict; writes the result."""
+    work = args.workdir
+    chosen = payload["tune"]["chosen"]
     # the final side-by-side run: fp32 (fused original), per-channel int8 in both graph orders (of the fused
     # original; of the export, then fused: every MatMul int8), and tune's choice; "x int8" is the faster int8's
     cfg = SessionConfig("cpu", 0, args.threads)
     fp32, _, kw = measure.fuse(src, cfg, work / "fused")
     q = stages.quantize_both_orders(src, fp32, lambda p: measure.fuse(p, cfg, work / "fused-int8", kw)[0], work)
     variants = {"fp32": fp32, "int8": q[stages.FUSED_FIRST], "int8_first": q[stages.QUANTIZED_FIRST]}
-    if rep.chosen is not None:
+    if out is not None:
         variants["tuned"] = out
     sbs = side_by_side(variants, src, held, threads=args.threads, dims=dims, seconds=args.seconds)
     payload["side_by_side"] = sbs
-    if rep.chosen is not None:
+    if out is not None:
         v = sbs["variants"]["tuned"]
         f = v["fidelity"]
         vs_int8 = min(v["speedup_vs_int8"]["median"], v["speedup_vs_int8_first"]["median"])
         payload["verdict"] = {
-            "recipe": rep.chosen.recipe.label, "cosine": f["cosine"], "nn": f["nn"],
+            "recipe": chosen["label"], "cosine": f["cosine"], "nn": f["nn"],
             "speedup_vs_int8": vs_int8, "int8_anchor": "the faster of int8 (fused, then quantized) and int8_first "
                                                       "(quantized, then fused)",
             "speedup_vs_fp32": v["speedup_vs_fp32"]["median"],

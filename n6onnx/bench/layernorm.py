@@ -77,6 +77,13 @@ def _splittable(proto: onnx.ModelProto) -> list[int]:
             and not any(o and o in used for o in list(n.output)[1:3])]
 
 
+def has_parts(proto: onnx.ModelProto) -> bool:
+    """Whether a LayerNormalization / SimplifiedLayerNormalization reads an Add: the parts that ORT's
+    SkipLayerNormFusion fuses when a session is created (unless disabled)."""
+    adds = {o for n in proto.graph.node if n.op_type == "Add" for o in n.output}
+    return any(n.op_type in NORMS.values() and n.input and n.input[0] in adds for n in proto.graph.node)
+
+
 def count(proto: onnx.ModelProto) -> int:
     """SkipLayerNormalization / SkipSimplifiedLayerNormalization nodes ``split`` would turn into their
     parts."""
@@ -144,7 +151,8 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
            block_seconds: float = BLOCK_SECONDS) -> tuple[Choice, pathlib.Path]:
     """The faster form of ``path`` (a fused baseline) on ``cfg`` (a bench ``SessionConfig``) with
     ``feed``: (the choice, the file of that form). ``mode`` fused / split forces the form (split only
-    where there is something to split); auto splits (``split_file`` into ``workdir``), checks the split against the
+    where there is something to split, or the graph is already in parts: then split is the same file
+    run with ORT's fusion disabled); auto splits (``split_file`` into ``workdir``), checks the split against the
     fused graph (``baseline.fuse``'s tolerance; a quantized graph may agree on one of
     ``baseline.quantized_probes`` instead), then times
     ``rounds`` interleaved blocks of each."""
@@ -153,16 +161,24 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
     if mode not in MODES:
         raise ValueError(f"layernorm mode must be one of {', '.join(MODES)}, got {mode!r}")
     path = pathlib.Path(path)
-    n = count(_load(path))
-    if n == 0 or mode == "fused":
-        return Choice("fused", mode, n, reason="nothing to split" if n == 0 else "asked"), path
-    out = split_file(path, workdir)
+    proto = _load(path)
+    n = count(proto)
+    # a graph already in parts (a model written split): its forms are this file with ORT's fusion on
+    # (the session fuses it) and off
+    parts = n == 0 and has_parts(proto)
+    if mode == "fused" or (n == 0 and not parts):
+        return Choice("fused", mode, n, reason="asked" if mode == "fused" else "nothing to split"), path
+    out = split_file(path, workdir) if n else path
     if mode == "split":
         return Choice("split", mode, n, reason="asked"), out
     split_cfg = dataclasses.replace(cfg, disabled_optimizers=(FUSION,))
     fused_sess, split_sess = cfg.session(path)[0], split_cfg.session(out)[0]
-    tol = tol if tol is not None else baseline_mod.default_tol(_load(path), cfg.provider)
-    probes = baseline_mod.quantized_probes(path, lambda p: (split_cfg if p == out else cfg).session(p)[0])
+    tol = tol if tol is not None else baseline_mod.default_tol(proto, cfg.provider)
+    # the probes' references are computed now, in the fused form; their later runs are of the split form
+    # (the same file when it is already in parts)
+    opener = {"cfg": cfg}
+    probes = baseline_mod.quantized_probes(path, lambda p: opener["cfg"].session(p)[0])
+    opener["cfg"] = split_cfg
     k, diff = baseline_mod.agreeing_feed(out, lambda p: split_sess.run(None, feed), fused_sess.run(None, feed),
                                          probes, tol)
     if k is None:
@@ -174,7 +190,7 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
     blocks = latency_mod.run_blocks(runners, rounds, block_seconds)
     speed = latency_mod.ratio_summary([b.median for b in blocks["fused"]], [b.median for b in blocks["split"]])
     faster = speed["median"] > MARGIN
-    why = (f"split {speed['median']:.3f}x the fused form's speed (median of {speed['n']} block pairs; "
+    why = ("already as parts; " if parts else "") + (f"split {speed['median']:.3f}x the fused form's speed (median of {speed['n']} block pairs; "
            f"kept when > {MARGIN:g}x)")
     return Choice("split" if faster else "fused", mode, n, speed, why), out if faster else path
 

@@ -155,8 +155,10 @@ def test_choose_on_a_fused_model(bert, tmp_path):
     split_cfg = SessionConfig("cpu", 0, 1, (layernorm.FUSION,))
     got = split_cfg.session(layernorm.split_file(fused, tmp_path))[0].run(None, feeds)
     assert baseline.outputs_agree(got, run(fused), 1e-5)[0]
-    c, p = layernorm.choose(bert, cfg, feeds, tmp_path)  # the unfused export: nothing to split
-    assert (c.form, c.nodes, p) == ("fused", 0, bert)
+    # the unfused export: nothing to split, but its Add + LayerNormalization are parts that a session fuses
+    # (unless disabled): the same file is timed with the fusion on and off
+    c, p = layernorm.choose(bert, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05)
+    assert c.nodes == 0 and p == bert and c.speedup is not None and "already as parts" in c.reason
 
 
 def _bert_feed(path):
@@ -246,3 +248,30 @@ def test_choose_on_a_fused_rmsnorm_decoder(decoder_export, tmp_path):
     assert baseline.outputs_agree(got, run(fused), 1e-5)[0]
     c, _ = layernorm.choose(fused, cfg, feed, tmp_path, rounds=2, block_seconds=0.05)  # auto: checked, then timed
     assert c.mode == "auto" and c.speedup is not None
+
+
+def test_a_model_already_in_parts_is_timed_with_the_fusion_on_and_off(bert, tmp_path, monkeypatch):
+    """A model written split (tune's output in the faster form) has nothing left to split, but a session
+    fuses it again unless SkipLayerNormFusion is disabled: its two forms are the same file run with the
+    fusion on and off."""
+    feeds = _bert_feed(bert)
+    cfg = SessionConfig("cpu", 0, 1)
+    fused = baseline.fuse(bert, cache=tmp_path / "fused").path
+    parts = layernorm.split_file(fused, tmp_path)
+    proto = onnx.load(str(parts))
+    assert layernorm.count(proto) == 0 and layernorm.has_parts(proto)
+    c, p = layernorm.choose(parts, cfg, feeds, tmp_path, mode="split")
+    assert (c.form, p, c.disabled_optimizers) == ("split", parts, (layernorm.FUSION,))
+    monkeypatch.setattr(layernorm, "MARGIN", 0.0)  # any timing: the parts win
+    c, p = layernorm.choose(parts, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05)
+    assert (c.form, p, c.disabled_optimizers) == ("split", parts, (layernorm.FUSION,)) and c.speedup is not None
+    assert "already as parts" in c.reason
+    monkeypatch.setattr(layernorm, "MARGIN", 1e9)  # the fused form wins: the session fuses the file again
+    c, p = layernorm.choose(parts, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05)
+    assert (c.form, p, c.disabled_optimizers) == ("fused", parts, ())
+    unnormed = _skip_ln_model()  # nothing to split and no parts: nothing timed
+    unnormed.graph.node[0].op_type = "Relu"
+    del unnormed.graph.node[0].input[1:], unnormed.graph.node[0].attribute[:]
+    unnormed.graph.node[0].domain = ""
+    io.save(unnormed, tmp_path / "plain.onnx")
+    assert layernorm.choose(tmp_path / "plain.onnx", cfg, _feed(), tmp_path)[0].reason == "nothing to split"
