@@ -171,6 +171,10 @@ def rewrite(
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work
     if heal and calibrate is None:
         raise BadArgumentError("--heal needs --calibrate DATA (the teacher is run on it)")
+    if heal and heal_config is not None and heal_config.device != "cpu":
+        from .heal.train import check_device  # needs torch (the heal extra): only when healing
+
+        check_device(heal_config.device)  # a device torch cannot use: refused before the passes and calibration
     if output is not None:
         io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
     name, m = _load(model)

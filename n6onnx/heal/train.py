@@ -228,7 +228,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     if cfg.backtrack != "auto":
         number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
     number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
-    device = _device(cfg.device)
+    device = check_device(cfg.device)
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
     executor.check_supported(proto)  # before any work
@@ -454,7 +454,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                       dataclasses.asdict(cfg), curve, len(fq))
 
 
-def _device(name: str) -> torch.device:
+def check_device(name: str) -> torch.device:
     """``HealConfig.device`` as a torch device, refused clearly when this torch cannot use it."""
     try:
         dev = torch.device(name)

@@ -39,6 +39,10 @@ def test_a_device_torch_cannot_use_is_refused_before_any_work(zoo_export, tmp_pa
     r = CliRunner().invoke(main, ["heal", str(tmp_path / "plain.onnx"), "--teacher", str(src), "--calibrate",
                                   str(tmp_path / "d.npz"), "-o", str(tmp_path / "out.onnx"), "--heal-device", device])
     assert r.exit_code != 0 and why in r.output and not (tmp_path / "out.onnx").exists()
+    # rewrite --heal: refused too (api.rewrite checks the device before the passes and the calibration)
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "out.onnx"), "--pass", "gelu=phi6",
+                                  "--calibrate", str(tmp_path / "d.npz"), "--heal", "--heal-device", device])
+    assert r.exit_code != 0 and why in r.output and not (tmp_path / "out.onnx").exists()
 
 
 @cuda
