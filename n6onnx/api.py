@@ -171,10 +171,11 @@ def rewrite(
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work
     if heal and calibrate is None:
         raise BadArgumentError("--heal needs --calibrate DATA (the teacher is run on it)")
-    if heal and heal_config is not None and heal_config.device != "cpu":
-        from .heal.train import check_device  # needs torch (the heal extra): only when healing
+    if heal:
+        from .heal import run as heal_run  # needs torch (the heal extra): only when healing
 
-        check_device(heal_config.device)  # a device torch cannot use: refused before the passes and calibration
+        if heal_config is not None:  # a device torch cannot use: refused before the passes and calibration
+            heal_run.check_device(heal_config.device)
     if output is not None:
         io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
     name, m = _load(model)
@@ -202,8 +203,6 @@ def rewrite(
             functions = finalize(m)
     healing, warnings_pre = None, []
     if heal:
-        from .heal import run as heal_run  # needs torch (the heal extra): only when healing
-
         if qmode is not None:  # heal against what will be written: int8 runs fake-quantized in the student
             heal_config = dataclasses.replace(heal_config or HealConfig(), quantize=str(qmode))
             if qmode.kind != "int8" and heal_config.fake_quant:

@@ -14,7 +14,7 @@ from ..calibrate import load_batches
 from ..graph import canonicalize
 from ..quantize import int8graph, quantize_proto
 from .executor import check_supported
-from .train import HealConfig, HealReport, heal
+from .train import HealConfig, HealReport, check_device, heal  # check_device: api checks before any work
 
 
 def load_data(calibrate: str | os.PathLike, original: ir.Model, *, tokenizer=None, samples: int | None = None,
