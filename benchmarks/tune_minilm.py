@@ -65,7 +65,10 @@ def main() -> None:
     dims = {"batch": 8, "seq": 64}
     out = work / "tuned.onnx"
     if args.side_by_side_only:
-        payload = json.loads((RESULTS / f"{args.name}.json").read_text())
+        earlier = RESULTS / f"{args.name}.json"
+        if not earlier.is_file():
+            sys.exit(f"--side-by-side-only: no earlier run {earlier} to take the study from")
+        payload = json.loads(earlier.read_text())
         if payload["tune"]["chosen"] is not None and not out.is_file():
             sys.exit(f"--side-by-side-only: {out} (tune's written model) is missing")
         payload["side_by_side_rerun"] = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),

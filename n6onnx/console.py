@@ -112,7 +112,7 @@ def bench_human(r: dict) -> None:
         out.print(escape(f"  placement {pl['by_provider']}, ORT allocator peak {v['session']['ort_allocator_peak_mb']:.1f} MB"),
                   highlight=False)
     for k, ln in (s.get("layernorm") or {}).items():
-        if ln["skip_layernorm_nodes"]:
+        if ln["skip_layernorm_nodes"] or ln["form"] == "split" or ln["split_speedup"]:  # (a file already in parts)
             out.print(escape(f"{k} layer norms: {ln['form']} ({ln['mode']}: {ln['reason']})" + (
                 f"; run with disabled_optimizers={ln['disabled_optimizers']}" if ln["disabled_optimizers"] else "")),
                 highlight=False)

@@ -55,6 +55,10 @@ class Choice:
     def disabled_optimizers(self) -> tuple[str, ...]:
         return (FUSION,) if self.form == "split" else ()
 
+    def session_config(self, cfg):
+        """``cfg`` (a bench ``SessionConfig``) with the graph transformers this form needs disabled."""
+        return dataclasses.replace(cfg, disabled_optimizers=self.disabled_optimizers)
+
     def to_json(self) -> dict:
         return {"form": self.form, "mode": self.mode, "skip_layernorm_nodes": self.nodes,
                 "split_speedup": self.speedup, "reason": self.reason,
@@ -149,7 +153,7 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
            mode: str = "auto",
            tol: float | None = None, rounds: int = ROUNDS,
            block_seconds: float = BLOCK_SECONDS) -> tuple[Choice, pathlib.Path]:
-    """The faster form of ``path`` (a fused baseline) on ``cfg`` (a bench ``SessionConfig``) with
+    """The faster form of ``path`` (a fused model: a baseline, a candidate) on ``cfg`` (a bench ``SessionConfig``) with
     ``feed``: (the choice, the file of that form). ``mode`` fused / split forces the form (split only
     where there is something to split, or the graph is already in parts: then split is the same file
     run with ORT's fusion disabled); auto splits (``split_file`` into ``workdir``), checks the split against the
@@ -171,7 +175,7 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
     out = split_file(path, workdir) if n else path
     if mode == "split":
         return Choice("split", mode, n, reason="asked"), out
-    split_cfg = dataclasses.replace(cfg, disabled_optimizers=(FUSION,))
+    split_cfg = Choice("split", mode, n).session_config(cfg)
     fused_sess, split_sess = cfg.session(path)[0], split_cfg.session(out)[0]
     tol = tol if tol is not None else baseline_mod.default_tol(proto, cfg.provider)
     # the probes' references are computed now, in the fused form; their later runs are of the split form
@@ -190,10 +194,10 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
     blocks = latency_mod.run_blocks(runners, rounds, block_seconds)
     speed = latency_mod.ratio_summary([b.median for b in blocks["fused"]], [b.median for b in blocks["split"]])
     faster = speed["median"] > MARGIN
-    why = ("already as parts; " if parts else "") + (f"split {speed['median']:.3f}x the fused form's speed (median of {speed['n']} block pairs; "
-           f"kept when > {MARGIN:g}x)")
+    why = ("already as parts; " if parts else "") + (
+        f"split {speed['median']:.3f}x the fused form's speed (median of {speed['n']} block pairs; kept when > "
+        f"{MARGIN:g}x)")
     return Choice("split" if faster else "fused", mode, n, speed, why), out if faster else path
-
 
 
 def choose_each(paths: dict, cfg, feed: dict, workdir: str | pathlib.Path | None = None, *, mode: str = "auto",
@@ -204,5 +208,5 @@ def choose_each(paths: dict, cfg, feed: dict, workdir: str | pathlib.Path | None
     choices, files, cfgs = {}, {}, {}
     for k, p in paths.items():
         choices[k], files[k] = choose(p, cfg, feed, workdir, mode=mode, rounds=rounds, block_seconds=block_seconds)
-        cfgs[k] = dataclasses.replace(cfg, disabled_optimizers=choices[k].disabled_optimizers)
+        cfgs[k] = choices[k].session_config(cfg)
     return choices, files, cfgs

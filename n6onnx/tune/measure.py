@@ -4,7 +4,6 @@ original as the baseline, interleaved A/B blocks, the CPU-seconds energy estimat
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import pathlib
 import statistics
@@ -89,7 +88,7 @@ class Timer:
         self.ln_block = min(layernorm_mod.BLOCK_SECONDS, block_seconds)
         self.layernorm, self.baseline = layernorm_mod.choose(self.baseline, self.cfg, self.feed,
                                                              block_seconds=self.ln_block)
-        base_cfg = dataclasses.replace(self.cfg, disabled_optimizers=self.layernorm.disabled_optimizers)
+        base_cfg = self.layernorm.session_config(self.cfg)
         sess, self.library = base_cfg.session(self.baseline)
         self._base = Runner(sess, self.feed, base_cfg)
         latency_mod.warm_up(self._base, warmup)
@@ -106,7 +105,7 @@ class Timer:
         baseline (ABBA), ``seconds`` per variant: (figures, the file timed)."""
         choice, path = layernorm_mod.choose(path, self.cfg, self.feed, self.workdir / "fused",
                                             block_seconds=self.ln_block)
-        cfg = dataclasses.replace(self.cfg, disabled_optimizers=choice.disabled_optimizers)
+        cfg = choice.session_config(self.cfg)
         sess, lib = cfg.session(path)
         try:
             runner = Runner(sess, self.feed, cfg)

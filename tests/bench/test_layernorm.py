@@ -275,3 +275,18 @@ def test_a_model_already_in_parts_is_timed_with_the_fusion_on_and_off(bert, tmp_
     unnormed.graph.node[0].domain = ""
     io.save(unnormed, tmp_path / "plain.onnx")
     assert layernorm.choose(tmp_path / "plain.onnx", cfg, _feed(), tmp_path)[0].reason == "nothing to split"
+
+
+def test_bench_runs_a_candidate_already_in_parts_split_and_says_so(bert, tmp_path, capsys):
+    from n6onnx import console
+
+    parts = layernorm.split_file(baseline.fuse(bert, cache=tmp_path / "fused").path, tmp_path)
+    j = json.loads(json.dumps(n6onnx.bench(parts, bert, threads=1, seconds=0.3, window=0.1, idle_seconds=0,
+                                           warmup=0.05, profile_runs=2, layernorm="split",
+                                           fuse_candidate=False).to_json()))
+    ln = j["settings"]["layernorm"]["candidate"]
+    assert (ln["form"], ln["skip_layernorm_nodes"]) == ("split", 0)
+    assert j["settings"]["disabled_optimizers"]["candidate"] == [layernorm.FUSION]
+    assert "SkipLayerNormalization" not in j["session"]["op_time"]["by_op_type_ms"]  # the session kept the parts
+    console.bench_human(j)
+    assert "candidate layer norms: split" in capsys.readouterr().out.replace("\n", " ")

@@ -5,7 +5,6 @@ fidelity as on the CPU."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
@@ -13,14 +12,12 @@ import torch
 from click.testing import CliRunner
 
 import n6onnx
-from n6onnx import feeds as F
 from n6onnx.cli import main
 from n6onnx.errors import BadArgumentError
 from n6onnx.heal.config import HealConfig
-from n6onnx.heal.executor import GraphModule
 from n6onnx.heal.run import heal_file
-from n6onnx.runtime import session_for
 
+from .test_executor import _compare
 from .test_heal import _mse, _npz
 
 # the GPU machine's tests (pytest -m cuda; deselected elsewhere, and never skipped when selected)
@@ -53,14 +50,7 @@ def test_the_student_on_cuda_equals_ort(zoo_export, model, spec):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32 as onnxruntime's CPU
     src = zoo_export(model, "dynamo18" if model in ("llama", "vit") else "dynamo20")
     proto = onnx.load(src) if spec is None else ir.to_proto(n6onnx.rewrite(src, None, [spec])[0])
-    s = session_for(proto)
-    fd = F.random_feeds(s, 1, seed=0)[0]
-    ref = s.run(None, fd)
-    with torch.no_grad():
-        out = GraphModule(proto).to_device("cuda")(fd)
-    for r, o in zip(ref, out.values()):
-        assert o.device.type == "cuda"
-        assert float(np.abs(r - o.cpu().numpy()).max() / (np.abs(r).max() + 1e-12)) < 1e-5
+    assert _compare(proto, device="cuda") < 1e-5
 
 
 @cuda

@@ -26,14 +26,16 @@ MODELS = ["bert", "gpt2", "geglu", "llama", "minilm", "mixtral", "vit"]
 EXPORTERS = ["dynamo18", "dynamo20", "torchscript"]
 
 
-def _compare(proto: onnx.ModelProto, seed: int = 0) -> float:
+def _compare(proto: onnx.ModelProto, seed: int = 0, device: str = "cpu") -> float:
+    """The student's largest output error relative to onnxruntime's (the student on ``device``)."""
     s = session_for(proto)
     fd = F.random_feeds(s, 1, seed=seed)[0]
     ref = s.run(None, fd)
     with torch.no_grad():
-        out = GraphModule(proto)(fd)
+        out = GraphModule(proto).to_device(device)(fd)
     assert list(out) == [o.name for o in s.get_outputs()]
-    return max(float(np.abs(r - o.numpy()).max() / (np.abs(r).max() + 1e-12)) for r, o in zip(ref, out.values()))
+    assert all(o.device.type == torch.device(device).type for o in out.values())
+    return max(float(np.abs(r - o.cpu().numpy()).max() / (np.abs(r).max() + 1e-12)) for r, o in zip(ref, out.values()))
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
