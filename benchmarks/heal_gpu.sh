@@ -27,11 +27,17 @@ job() {
     --held "$CARRY/held.npz" --samples "$SAMPLES" --minutes 8 --deadline 465 --cache-mb 12000 --threads 3 --part "$PARTS/$tag.json" \
     --note "$tag; $NOTE (taskset $cores)" --set device=cuda "$@" > "$PARTS/$tag.log" 2>&1 &
 }
-job int8_egyptian 0-2 --only int8 --only attention=egyptian "$@"
-job phi6 3-5 --only gelu=phi6 "$@"
-job bottleneck 6-8 --only ffn=phi-bottleneck:4/3 "$@"
-job fftmix 9-11 --only attention=fftmix:2 "$@"
-job combined 12-14 --only gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2 "$@"
+# ROWS (optional): other rows, "TAG ARGS...;TAG ARGS..." (at most 5), e.g.
+#     ROWS="phi6_ema --only gelu=phi6 --set ema=0.99;int8 --only int8"
+ROWS=${ROWS:-"int8_egyptian --only int8 --only attention=egyptian;phi6 --only gelu=phi6;\
+bottleneck --only ffn=phi-bottleneck:4/3;fftmix --only attention=fftmix:2;\
+combined --only gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2"}
+IFS=';' read -ra rows <<< "$ROWS"
+(( ${#rows[@]} <= 5 )) || { echo "ROWS: at most 5 rows (3 cores each)" >&2; exit 2; }
+for i in "${!rows[@]}"; do
+  read -ra row <<< "${rows[$i]}"
+  job "${row[0]}" "$((3 * i))-$((3 * i + 2))" "${row[@]:1}" "$@"
+done
 wait || true
 tail -n 2 "$PARTS"/*.log
 python3 benchmarks/heal.py --name "$RESULT" --merge "$PARTS"/*.json

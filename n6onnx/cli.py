@@ -69,6 +69,9 @@ def _heal_options(f, flag: bool = True):
         click.option("--heal-floor-falls", type=click.IntRange(min=1), default=HealConfig.floor_falls, show_default=True,
                      help="Falls at the smallest step (1/64 of the phase's) before a phase ends early (converged); "
                      "more keep training at that step, each fall restoring the best weights, while the budget lasts."),
+        click.option("--heal-ema", type=Number(0, 1, hi_open=True), default=HealConfig.ema, show_default=True,
+                     help="Held-out checks see, and keep as the best, an exponential moving average of the weights "
+                     "(decay per step, e.g. 0.99); 0: the live weights."),
         click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,
                      help="For an int8 result (--quantize int8, or healing an int8 model): train against the int8 path "
                      "(fake-quantized MatMuls as onnxruntime runs them, straight-through gradients), the quantized "
@@ -90,13 +93,13 @@ def _heal_options(f, flag: bool = True):
 
 
 def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_local_lr_start, heal_lr,
-                 heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_fake_quant, heal_dtype,
-                 heal_device, seed, threads):
+                 heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_ema, heal_fake_quant,
+                 heal_dtype, heal_device, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_mode=heal_local_mode,
                       local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
                       lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
-                      floor_falls=heal_floor_falls, fake_quant=heal_fake_quant, train_dtype=heal_dtype,
+                      floor_falls=heal_floor_falls, ema=heal_ema, fake_quant=heal_fake_quant, train_dtype=heal_dtype,
                       device=heal_device, seed=seed, threads=threads)
 
 

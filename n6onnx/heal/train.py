@@ -228,6 +228,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     if cfg.backtrack != "auto":
         number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
     number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
+    number("heal ema", cfg.ema, 0, 1, hi_open=True)
     device = check_device(cfg.device)
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
@@ -294,14 +295,28 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         return np.concatenate(fids)
 
     writers = refit.writers(proto, names, streams) if cfg.refit != "none" else []
+    # the weights a held-out check sees (and that are kept as the best): the live ones, or with cfg.ema their
+    # exponential moving average over the steps (Polyak averaging: the steps' noise averages out)
+    ema = {n: p.detach().clone() for n, p in u.items()} if cfg.ema else None
+
+    def watched() -> dict:
+        return ema if ema is not None else u
+
+    def snapshot() -> dict:
+        return {n: p.detach().clone() for n, p in watched().items()}
+
+    def restore(saved: dict) -> None:
+        _restore(u, saved)
+        if ema is not None:
+            _restore(ema, saved)
 
     def refitted() -> dict:
-        """The live weights with every writer refitted in sequence on the student's own stream (as u)."""
+        """The checked weights with every writer refitted in sequence on the student's own stream (as u)."""
         with torch.no_grad():
             # within the budget: a refit still running when only one held-out check's time is left stops
             # after its current projection (the later ones keep their trained values)
-            vals = refit.refit(student, writers, {n: v.detach() for n, v in values().items()}, batches, train_idx,
-                               lambda k: teacher(k, batches[k]), _mask_rows, cfg.refit_rows,
+            vals = refit.refit(student, writers, {n: v.detach() for n, v in values(watched()).items()}, batches,
+                               train_idx, lambda k: teacher(k, batches[k]), _mask_rows, cfg.refit_rows,
                                deadline=end - t_check)
             for b in centred:
                 vals[b] = vals[b] + offset(b, vals[centred[b][0]])
@@ -334,7 +349,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
             for phase, deadline, last, lr0, block in phases:
                 lr, first = lr0, step
                 if step:  # a new phase starts from the best weights so far, with a fresh optimizer
-                    _restore(u, best_u)  # (a block whose training no check kept is left as it was)
+                    restore(best_u)  # (a block whose training no check kept is left as it was)
                 trained = u if block is None else {n: u[n] for n in block[2]}
                 opt = _adam(trained, lr)
                 refits = phase == "local" and cfg.refit == "eval" and writers and block is None
@@ -387,12 +402,16 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                     run_loss.append(float(loss.detach()))
                     loss.backward()
                     opt.step()
+                    if ema is not None:
+                        with torch.no_grad():
+                            for n, p in u.items():
+                                ema[n].lerp_(p, 1.0 - cfg.ema)
                     step += 1
                     if step >= next_check:
                         # the model checked (and kept if best): the live weights, or in the block-local
                         # phase with refit "eval", the live weights with the sequential refit
                         cand = refitted() if refits else None
-                        vec = evaluate(cand)
+                        vec = evaluate(cand or watched())
                         fid, margin = float(vec.mean()), backtrack_margin(cfg, vec, best_vec)
                         lowest = min(lowest, fid)
                         curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
@@ -400,14 +419,14 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         run_loss = []
                         fell = fid < best - margin
                         if fid > best:
-                            best, best_vec, best_u = fid, vec, cand or {n: p.detach().clone() for n, p in u.items()}
+                            best, best_vec, best_u = fid, vec, cand or snapshot()
                         if adaptive and not fell:  # bold driver: a check that does not fall doubles the step
                             streak += 1
                             if lr >= top and streak >= 4:  # the ceiling a fall set rises after 4 safe checks
                                 top, streak = min(2 * top, lr0), 0
                             lr = min(2 * lr, top)
                         if fell:
-                            _restore(u, best_u)
+                            restore(best_u)
                             if not adaptive:  # (adaptive: Adam's moments are kept: a fresh Adam's first
                                 opt = _adam(trained, lr)  # step moves every entry by the full step)
                             lr *= 0.5
@@ -420,14 +439,14 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         bar.update(time.perf_counter() - t0, step, fid, best)
                         next_check = step + interval()
                 if block is not None and curve[-1][0] != step:  # the block's closing check: kept if best
-                    vec = evaluate()
+                    vec = evaluate(watched())
                     fid = float(vec.mean())
                     lowest = min(lowest, fid)
                     curve.append([step, round(time.perf_counter() - t0, 2), round(fid, 6),
                                   float(np.mean(run_loss)) if run_loss else None, phase, None, lr])
                     run_loss = []
                     if fid > best:
-                        best, best_vec, best_u = fid, vec, {n: p.detach().clone() for n, p in u.items()}
+                        best, best_vec, best_u = fid, vec, snapshot()
                 checked = refits and curve[-1][0] == step  # the last check was of this refitted candidate
                 last_local = phase == "local" and (block is None or block is blocks[-1])
                 if last_local and writers and not checked:  # restore the upstream compensation (heal.refit)
