@@ -408,8 +408,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                                 ema[n].lerp_(p, 1.0 - cfg.ema)
                     step += 1
                     if step >= next_check:
-                        # the model checked (and kept if best): the live weights, or in the block-local
-                        # phase with refit "eval", the live weights with the sequential refit
+                        # the model checked (and kept if best): the watched weights (live, or with cfg.ema their
+                        # average), or in the block-local phase with refit "eval", those with the sequential refit
                         cand = refitted() if refits else None
                         vec = evaluate(cand or watched())
                         fid, margin = float(vec.mean()), backtrack_margin(cfg, vec, best_vec)
