@@ -404,7 +404,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                     opt.step()
                     if ema is not None:
                         with torch.no_grad():
-                            for n, p in u.items():
+                            for n, p in trained.items():  # (the others equal their average: restore syncs)
                                 ema[n].lerp_(p, 1.0 - cfg.ema)
                     step += 1
                     if step >= next_check:
