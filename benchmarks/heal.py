@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import n6onnx  # noqa: E402
+from n6onnx.feeds import load_npz  # noqa: E402
 from n6onnx.heal.train import HealConfig  # noqa: E402
 
 REWRITES = ["gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:2", "attention=egyptian",
@@ -102,7 +103,8 @@ def texts(n: int) -> tuple[list[str], list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=pathlib.Path, help="default: zoo.export('minilm', 'dynamo20', dynamic=True)")
-    ap.add_argument("--samples", type=int, default=2000, help="calibration + healing sentences")
+    ap.add_argument("--samples", type=int, help="calibration + healing sentences (default 2000; with --data: all of "
+                    "it, or its first SAMPLES)")
     ap.add_argument("--calib-samples", type=int, default=256, help="cap of the closed-form fit")
     ap.add_argument("--data", type=pathlib.Path, help="pre-tokenised DATA (.npz) instead of sentences")
     ap.add_argument("--held", type=pathlib.Path, help="pre-tokenised held-out feeds (.npz)")
@@ -144,8 +146,10 @@ def main() -> None:
 
     if a.merge:
         parts = [json.loads(p.read_text()) for p in a.merge]
-        rows = [r for p in parts for r in p["rows"]]
-        write(a.name, {**parts[0], "rows": rows})
+        # each row keeps its run's tag (the note up to the first ';'), the merged note every run's note
+        rows = [{**r, "run": r.get("run") or p.get("note", "").split(";")[0]} for p in parts for r in p["rows"]]
+        notes = list(dict.fromkeys(p.get("note", "") for p in parts if p.get("note")))
+        write(a.name, {**parts[0], "note": " | ".join(notes), "rows": rows})
         return
     if a.model is None:
         from n6onnx.testing import zoo
@@ -155,8 +159,10 @@ def main() -> None:
         work = pathlib.Path(tmp)
         if a.data is not None:
             data, held = a.data, {"feeds": str(a.held)}
+            used = min(a.samples or 1 << 62, load_npz(a.data).samples)
         else:
-            train, held_t = texts(a.samples)
+            used = a.samples or 2000
+            train, held_t = texts(used)
             (work / "data.txt").write_text("\n".join(train))
             (work / "held.txt").write_text("\n".join(held_t))
             data, held = work / "data.txt", {"text": work / "held.txt"}
@@ -171,7 +177,7 @@ def main() -> None:
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")
             d.mkdir()
             rows.append(int8_row(a.model, held, d) if spec == "int8" else
-                        one(a.model, spec, data, held, d, cfg, None, a.calib_samples))
+                        one(a.model, spec, data, held, d, cfg, a.samples, a.calib_samples))
             print(json.dumps(rows[-1])[:400], flush=True)
             if a.part:  # after every row: a run cut short keeps what it finished
                 a.part.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +186,7 @@ def main() -> None:
                "method": ("held-out = 256 corpus sentences never seen by calibration or healing; fidelity = "
                           "n6onnx validate (mean-pooled embedding cosine, NN agreement); healing holds out the "
                           f"last 10% of DATA for early stopping; {a.threads} thread(s) per run"),
-               "samples": a.samples, "calib_samples": a.calib_samples, "heal_minutes": a.minutes,
+               "samples": used, "calib_samples": a.calib_samples, "heal_minutes": a.minutes,
                "note": a.note, "rows": rows}
     if a.part:
         a.part.parent.mkdir(parents=True, exist_ok=True)

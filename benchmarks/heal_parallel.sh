@@ -3,12 +3,12 @@
 # with LM=1 also 2 runs of the byte-level GPT-2: 16 cores), within ~9 minutes (each MiniLM process has a
 # 465 s deadline, the heal budget shrinks to fit; each GPT-2 run heals 5.5 minutes). Run from the repository
 # root on a CPU host with >= 12 (16) cores (the device host's CPUs; its GPU is unused):
-#     [RESULT=heal_minilm] [LM=1] bash benchmarks/heal_parallel.sh CARRY [extra benchmarks/heal.py args for every row]
+#     [RESULT=heal_minilm] [LM=1] [ROW6="TAG ARGS"] bash benchmarks/heal_parallel.sh CARRY [extra heal.py args for every row]
 # CARRY holds data.npz and held.npz (pre-tokenised DATA and held-out feeds, 8 x 64) and the model:
 # minilm.onnx, or minilm16.onnx (fp16-carried weights restored to float32): python benchmarks/heal_carry.py pack CARRY. LM=1 needs
 # build/lm (benchmarks/lm_train.py's trained GPT-2 and its data: reused, not retrained). Writes
 # benchmarks/results/$RESULT.json (the MiniLM rows; default heal_minilm) and, with LM=1, merges the GPT-2
-# rows into benchmarks/results/heal_lm.json (its other rows kept); copies them and the logs to $OUT when set.
+# rows into benchmarks/results/$LM_RESULT.json (default heal_lm; its other rows kept: same LM only); copies them and the logs to $OUT when set.
 set -euo pipefail
 CARRY=${1:?usage: heal_parallel.sh CARRY [heal.py args]}; shift
 [[ -f $CARRY/data.npz && -f $CARRY/held.npz ]] || { echo "$CARRY: needs data.npz and held.npz" >&2; exit 2; }
@@ -38,8 +38,9 @@ job phi6 2-3 --only gelu=phi6 "$@"
 job bottleneck 4-5 --only ffn=phi-bottleneck:4/3 "$@"
 job fftmix 6-7 --only attention=fftmix:2 "$@"
 job combined 8-9 --only gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2 "$@"
-# the previous default (a fixed block-local step of 1e-2 after a warm-up, fixed backtrack margin), same run
-job phi6_fixed 10-11 --only gelu=phi6 --local-lr-start off --backtrack 0.0005 "$@"
+# a sixth row on cores 10-11 (ROW6="TAG ARGS..."): by default the live weights (no average) of gelu=phi6, same run
+read -ra row6 <<< "${ROW6:-phi6_live --only gelu=phi6 --set ema=0}"
+job "${row6[0]}" 10-11 "${row6[@]:1}" "$@"
 if [[ -n ${LM:-} ]]; then  # the byte-level GPT-2 (issue 16's decoder goal: top-1 agreement >= 0.97)
   lmjob defaults 12-13 --heal "minutes=5.5"
   lmjob local 14-15 --heal "minutes=5.5,local=1,local_lr=2e-3"
@@ -47,8 +48,9 @@ fi
 wait || true
 tail -n 2 "$PARTS"/*.log
 python3 benchmarks/heal.py --name "$RESULT" --merge $(ls "$PARTS"/*.json | grep -v '/lm_')
-if [[ -n ${LM:-} ]]; then python3 benchmarks/heal_lm.py --merge "$PARTS"/lm_*.json; fi
+LM_RESULT=${LM_RESULT:-heal_lm}
+if [[ -n ${LM:-} ]]; then python3 benchmarks/heal_lm.py --merge "$PARTS"/lm_*.json --out "benchmarks/results/$LM_RESULT.json"; fi
 if [[ -n ${OUT:-} ]]; then
   cp "benchmarks/results/$RESULT.json" "$PARTS"/*.log "$OUT/"
-  if [[ -n ${LM:-} ]]; then cp benchmarks/results/heal_lm.json "$OUT/"; fi
+  if [[ -n ${LM:-} ]]; then cp "benchmarks/results/$LM_RESULT.json" "$OUT/"; fi
 fi
