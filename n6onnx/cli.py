@@ -83,6 +83,10 @@ def _heal_options(f, flag: bool = True):
         click.option("--heal-device", default=HealConfig.device, show_default=True,
                      help="Where the model being healed trains: cpu, or a CUDA device of torch (cuda, cuda:1). The "
                      "original (the teacher) runs on onnxruntime's CPU provider either way."),
+        click.option("--heal-cache-mb", type=click.IntRange(min=0), default=HealConfig.cache_bytes >> 20,
+                     show_default=True, help="Memory kept for the original's values (the targets, stream points in "
+                     "float16) between passes over DATA; batches beyond it are recomputed by onnxruntime at each "
+                     "use, which slows every step (MiniLM: about 1.4 GB holds 2000 sentences at 8 x 64)."),
         click.option("--seed", type=Number(0, 2**63 - 1, integer=True), default=0, show_default=True,
                      help="Seed of the healing's batch order."),
         click.option("--threads", type=Number(1, 4096, integer=True), help="torch / onnxruntime threads of the healing."),
@@ -94,13 +98,13 @@ def _heal_options(f, flag: bool = True):
 
 def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_local_lr_start, heal_lr,
                  heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_ema, heal_fake_quant,
-                 heal_dtype, heal_device, seed, threads):
+                 heal_dtype, heal_device, heal_cache_mb, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_mode=heal_local_mode,
                       local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
                       lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
                       floor_falls=heal_floor_falls, ema=heal_ema, fake_quant=heal_fake_quant, train_dtype=heal_dtype,
-                      device=heal_device, seed=seed, threads=threads)
+                      device=heal_device, cache_bytes=heal_cache_mb << 20, seed=seed, threads=threads)
 
 
 @main.command()

@@ -142,23 +142,24 @@ def _mask_rows(feeds: dict, shape) -> np.ndarray | None:
 
 class Targets:
     """The teacher's values of one batch as float32 tensors with the per-row 1/(H var) weights of
-    the loss, prepared once per batch (cached next to the teacher's own cache)."""
+    the loss, prepared once per batch (cached next to the teacher's own cache, at the teacher's
+    dtype: float16 stream points stay float16 there and are widened on each use)."""
 
     def __init__(self, teacher, feeds_of, device: torch.device | str = "cpu"):
         self.teacher, self.feeds_of, self.device = teacher, feeds_of, torch.device(device)
         self.cache: dict[int, dict] = {}
 
-    def __call__(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        if k in self.cache:
-            return self.cache[k]
-        feeds = self.feeds_of(k)
-        out = {}
-        for n, t in self.teacher(k, feeds).items():
-            if np.issubdtype(t.dtype, np.floating):
-                out[n] = _prepare(t, _mask_rows(feeds, t.shape), self.device)
-        if k in self.teacher.cache:  # kept while the teacher keeps it (its memory budget): shares its arrays
-            self.cache[k] = out
-        return out
+    def __call__(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, tuple]]:
+        out = self.cache.get(k)
+        if out is None:
+            feeds = self.feeds_of(k)
+            out = {}
+            for n, t in self.teacher(k, feeds).items():
+                if np.issubdtype(t.dtype, np.floating):
+                    out[n] = _prepare(t, _mask_rows(feeds, t.shape), self.device)
+            if k in self.teacher.cache:  # kept while the teacher keeps it (its memory budget): shares its arrays
+                self.cache[k] = out
+        return {n: (tt.float(), w, shape) for n, (tt, w, shape) in out.items()}  # float32: no copy, float16: one
 
 
 def _prepare(t: np.ndarray, keep: np.ndarray | None,
@@ -166,8 +167,10 @@ def _prepare(t: np.ndarray, keep: np.ndarray | None,
     """(target as [rows, H], weight per row = keep / (H var(row) * real rows), the target's shape):
     the loss is then sum over rows of weight * |y - t|^2 summed along H."""
     h = t.shape[-1] if t.ndim else 1
-    tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).reshape(-1, h).to(device)
-    var = tt.var(1, unbiased=False) if h > 1 else tt.pow(2).mean(1)
+    keep_dtype = np.float16 if t.dtype == np.float16 else np.float32  # float16: kept so (Targets widens it per use)
+    tt = torch.from_numpy(np.ascontiguousarray(t, dtype=keep_dtype)).reshape(-1, h).to(device)
+    t32 = tt.float()
+    var = t32.var(1, unbiased=False) if h > 1 else t32.pow(2).mean(1)
     var = var.clamp_min(1e-6 * float(var.mean()) + 1e-30)
     w = 1.0 / (h * var)
     if keep is not None:
@@ -229,6 +232,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
     number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
     number("heal ema", cfg.ema, 0, 1, hi_open=True)
+    if cfg.cache_dtype not in ("float16", "float32"):
+        raise BadArgumentError(f"heal: cache_dtype must be float16 or float32, not {cfg.cache_dtype!r}")
     device = check_device(cfg.device)
     t0 = time.perf_counter()
     proto = ir.to_proto(model)
@@ -253,7 +258,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                                  feeds_mod.proto_input_specs(proto, outputs=True)))
     outputs = [o.name for o in proto.graph.output if o.name not in moved]
     student = executor.GraphModule(proto).to_device(device)
-    teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes)
+    teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes,
+                              half=[n for n in streams if n not in outputs] if cfg.cache_dtype == "float16" else ())
     prepared = Targets(teacher, lambda k: batches[k], device)
     student.fake_quant = fq  # the MatMuls --quantize int8 quantizes run fake-quantized
     student.set_train_dtype(cfg.train_dtype)  # bfloat16: the training forward under bf16 autocast

@@ -176,6 +176,11 @@ def test_cli_heal_backtrack_reaches_the_heal(setup):
     r = CliRunner().invoke(main, args + ["-o", str(tmp / "ema.onnx"), "--heal-steps", "2", "--heal-ema", "0.9",
                                          "--json"])  # (not the default 0.99: the flag must reach the heal)
     assert r.exit_code == 0 and json.loads(r.output)["config"]["ema"] == 0.9, r.output
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "cmb.onnx"), "--heal-steps", "2", "--heal-cache-mb", "3",
+                                         "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["config"]["cache_bytes"] == 3 << 20, r.output
+    r = CliRunner().invoke(main, args + ["-o", str(tmp / "cm-.onnx"), "--heal-cache-mb", "-1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp / "cm-.onnx").exists()
     r = CliRunner().invoke(main, args + ["-o", str(tmp / "ema1.onnx"), "--heal-ema", "1"])
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp / "ema1.onnx").exists()
     r = CliRunner().invoke(main, args + ["-o", str(tmp / "ff0.onnx"), "--heal-floor-falls", "0"])
@@ -433,3 +438,76 @@ def test_refit_starts_no_projection_past_its_deadline(minilm_phi6):
     assert all(torch.equal(late[n], values[n]) for n in names)
     done = refit.refit(*args)
     assert all(not torch.equal(done[w.weight], values[w.weight]) for w in writers)
+
+
+def test_compact_rounds_to_float16_only_what_fits():
+    """``targets.compact``: float32 within float16's range becomes its float16 rounding (relative error
+    <= 2^-11, against numpy's own cast); values past the range, non-finite values and other dtypes stay."""
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((64, 48)) * 30).astype(np.float32)
+    c = targets.compact(a)
+    assert c.dtype == np.float16
+    np.testing.assert_array_equal(c, a.astype(np.float16))
+    assert np.all(np.abs(c.astype(np.float32) - a) <= np.abs(a) * 2.0 ** -11 + 2.0 ** -24)
+    for keep in (np.array([1.0, 7e4], np.float32), np.array([1.0, np.inf], np.float32), a.astype(np.float64),
+                 np.arange(4, dtype=np.int64)):
+        assert targets.compact(keep) is keep
+
+
+def test_half_cache_keeps_float16_streams_and_float32_outputs(minilm_phi6):
+    """The teacher with ``half`` keeps its stream points as float16 (about half the bytes cached), the
+    outputs as float32 and bit for bit as onnxruntime gives them; its values are the same cached or
+    recomputed (a zero budget caches nothing); the loss's targets come back float32, within float16
+    rounding of the full-precision teacher."""
+    from n6onnx.heal.train import Targets
+
+    src, tmp = minilm_phi6
+    model, original = io.load(tmp / "cal.onnx"), io.load(src)
+    proto = ir.to_proto(model)
+    streams = targets.stream_points(original, proto)
+    outs = [o.name for o in proto.graph.output]
+    half = [n for n in streams if n not in outs]
+    batches = load_data(tmp / "data.txt", original)[:3]
+    full = targets.Teacher(original, streams + outs, threads=1)
+    small = targets.Teacher(original, streams + outs, threads=1, half=half)
+    uncached = targets.Teacher(original, streams + outs, threads=1, cache_bytes=0, half=half)
+    for k in range(3):
+        f, s, u = full(k, batches[k]), small(k, batches[k]), uncached(k, batches[k])
+        for n in streams + outs:
+            np.testing.assert_array_equal(s[n], u[n])
+            if n in half:
+                assert s[n].dtype == np.float16
+                np.testing.assert_array_equal(s[n], f[n].astype(np.float16))
+            else:
+                assert s[n].dtype == np.float32
+                np.testing.assert_array_equal(s[n], f[n])
+    assert not uncached.cache and len(small.cache) == 3
+    assert small.used < 0.6 * full.used, (small.used, full.used)
+    got = Targets(small, lambda k: batches[k])(0)
+    ref = Targets(full, lambda k: batches[k])(0)
+    for n in half:
+        assert got[n][0].dtype == torch.float32
+        err = (got[n][0] - ref[n][0]).abs()
+        assert bool((err <= ref[n][0].abs() * 2.0 ** -11 + 1e-7).all()), n
+        torch.testing.assert_close(got[n][1], ref[n][1], rtol=2e-3, atol=0)  # the rows' 1 / (H var) weights
+
+
+def test_heal_with_a_half_cache_heals_like_the_full_one(minilm_phi6):
+    """The same heal (fixed steps) with the stream points cached as float16 and as float32 follows the
+    same course: at every check the held-out fidelity agrees within 2e-4 and the training loss within
+    2% (the targets differ by float16 rounding only); an unknown cache dtype is refused before any work."""
+    src, tmp = minilm_phi6
+    reps = {}
+    for dt in ("float16", "float32"):
+        cfg = HealConfig(steps=20, eval_every=10, threads=1, cache_dtype=dt)
+        reps[dt] = heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / f"h-{dt}.onnx", config=cfg)
+    a, b = reps["float16"].curve, reps["float32"].curve
+    assert [c[0] for c in a] == [c[0] for c in b] and len(a) >= 3, (a, b)
+    for x, y in zip(a, b):
+        assert abs(x[2] - y[2]) < 2e-4, (x, y)
+        if len(x) > 3 and x[3] is not None:
+            assert abs(x[3] - y[3]) <= 0.02 * abs(y[3]), (x, y)
+    assert any(len(x) > 3 and x[3] is not None for x in a)
+    with pytest.raises(n6onnx.errors.BadArgumentError, match="cache_dtype"):
+        heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "bad.onnx", config=HealConfig(steps=1, cache_dtype="int8"))
+    assert not (tmp / "bad.onnx").exists()
