@@ -86,7 +86,7 @@ def _heal_options(f, flag: bool = True):
         click.option("--heal-cache-mb", type=click.IntRange(min=0), default=HealConfig.cache_bytes >> 20,
                      show_default=True, help="Memory kept for the original's values (the targets, stream points in "
                      "float16) between passes over DATA; batches beyond it are recomputed by onnxruntime at each "
-                     "use, which slows every step (MiniLM: about 1.4 GB holds 2000 sentences at 8 x 64)."),
+                     "use, which slows every step (MiniLM: about 1.4 GiB holds 2000 sentences at 8 x 64)."),
         click.option("--seed", type=Number(0, 2**63 - 1, integer=True), default=0, show_default=True,
                      help="Seed of the healing's batch order."),
         click.option("--threads", type=Number(1, 4096, integer=True), help="torch / onnxruntime threads of the healing."),
