@@ -12,6 +12,7 @@ LOCAL_INPUTS = ("student", "teacher")
 LOCAL_MODES = ("sequential", "parallel")
 REFITS = ("none", "phase", "eval")
 TRAIN_DTYPES = ("float32", "bfloat16")  # the precision of the training forward (held-out checks: float32)
+CACHE_DTYPES = ("float16", "float32")  # how the teacher's stream points are kept (outputs: float32)
 
 
 @dataclasses.dataclass

@@ -59,7 +59,7 @@ from ..errors import BadArgumentError
 from ..options import number
 from ..validate import metrics
 from . import executor, fakequant, refit, targets
-from .config import LOCAL_INPUTS, LOCAL_MODES, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
+from .config import CACHE_DTYPES, LOCAL_INPUTS, LOCAL_MODES, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
 class HealReport:
@@ -232,8 +232,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
     number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
     number("heal ema", cfg.ema, 0, 1, hi_open=True)
-    if cfg.cache_dtype not in ("float16", "float32"):
-        raise BadArgumentError(f"heal: cache_dtype must be float16 or float32, not {cfg.cache_dtype!r}")
+    if cfg.cache_dtype not in CACHE_DTYPES:
+        raise BadArgumentError(f"heal: cache_dtype must be one of {CACHE_DTYPES}, not {cfg.cache_dtype!r}")
     device = check_device(cfg.device)
     t0 = time.perf_counter()
     proto = ir.to_proto(model)

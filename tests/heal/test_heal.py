@@ -495,7 +495,8 @@ def test_half_cache_keeps_float16_streams_and_float32_outputs(minilm_phi6):
 def test_heal_with_a_half_cache_heals_like_the_full_one(minilm_phi6):
     """The same heal (fixed steps) with the stream points cached as float16 and as float32 follows the
     same course: at every check the held-out fidelity agrees within 2e-4 and the training loss within
-    2% (the targets differ by float16 rounding only); an unknown cache dtype is refused before any work."""
+    2% (the targets differ by float16 rounding only), but not bit for bit (the setting reaches the
+    teacher: the rounded targets move the loss); an unknown cache dtype is refused before any work."""
     src, tmp = minilm_phi6
     reps = {}
     for dt in ("float16", "float32"):
@@ -507,7 +508,9 @@ def test_heal_with_a_half_cache_heals_like_the_full_one(minilm_phi6):
         assert abs(x[2] - y[2]) < 2e-4, (x, y)
         if len(x) > 3 and x[3] is not None:
             assert abs(x[3] - y[3]) <= 0.02 * abs(y[3]), (x, y)
-    assert any(len(x) > 3 and x[3] is not None for x in a)
+    losses = [(x[3], y[3]) for x, y in zip(a, b) if len(x) > 3 and x[3] is not None]
+    assert losses and any(x != y for x, y in losses), losses
+    assert reps["float16"].config["cache_dtype"] == "float16"
     with pytest.raises(n6onnx.errors.BadArgumentError, match="cache_dtype"):
         heal_file(tmp / "cal.onnx", src, tmp / "data.txt", tmp / "bad.onnx", config=HealConfig(steps=1, cache_dtype="int8"))
     assert not (tmp / "bad.onnx").exists()
