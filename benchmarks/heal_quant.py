@@ -8,7 +8,10 @@ Rows:
   heal against the int8 path, quantize again to the same graph);
 - calibrated gelu=phi6, float and + ``--quantize int8``;
 - calibrated gelu=phi6 healed in float, then ``--quantize int8`` (``--heal --no-heal-fake-quant``);
-- calibrated gelu=phi6 healed under fake quantization, then ``--quantize int8`` (``--heal``).
+- calibrated gelu=phi6 healed under fake quantization, then ``--quantize int8`` (``--heal``);
+- the original with ``--quantize int4`` (MatMulNBits, block 32) and ``--quantize int8:static`` (QDQ, MinMax on
+  the first ``--calib-samples`` sentences of DATA), each plain and healed against its own quantized path
+  (``rewrite --quantize MODE --heal``: rows ``int4``, ``int4_heal``, ``static``, ``static_heal``).
 
 Data (the splits of benchmarks/heal.py): held-out = corpus sentences 1000..1255 (256; ``--held N``:
 1000..1000+N-1), never seen by calibration or healing; DATA = the first ``--samples`` other sentences; the closed-form fit uses its
@@ -55,7 +58,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=HealConfig.lr, help="global-phase step")
     ap.add_argument("--holdout-batches", type=int, default=8, help="held-out batches of DATA for early stopping")
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per timed model (0: no timing)")
-    ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq)")
+    ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq, "
+                    "int4, int4_heal, static, static_heal)")
     ap.add_argument("--floor-falls", type=int, default=HealConfig.floor_falls,
                     help="falls at the smallest step before a heal phase ends (HealConfig.floor_falls)")
     ap.add_argument("--int8-guard", default="per-tensor", choices=["per-channel", "per-tensor"],
@@ -132,6 +136,20 @@ def main() -> None:
             Q.quantize(work / "phi6_hq.onnx", work / "phi6_hq_q.onnx", "int8")
             row("calibrated gelu=phi6 + heal under fake-quant + --quantize int8 (--heal)", work / "phi6_hq_q.onnx",
                 speed_as="calibrated gelu=phi6 + --quantize int8 (same graph)", **h)
+        for key, mode in (("int4", "int4"), ("static", "int8:static")):
+            if key in want or f"{key}_heal" in want:
+                plain = work / f"{key}.onnx"
+                n6onnx.rewrite(src, plain, [], calibrate=data, calib_samples=a.calib_samples, dims=DIMS, quantize=mode)
+                row(f"the original + --quantize {mode}", plain, timed=True)
+            if f"{key}_heal" in want:
+                t = time.perf_counter()
+                _, rep = n6onnx.rewrite(src, work / f"{key}_h.onnx", [], calibrate=data, calib_samples=a.calib_samples,
+                                        dims=DIMS, quantize=mode, heal=True, heal_config=cfg)
+                h = rep.healing.to_json()
+                row(f"the original + --quantize {mode} --heal (healed under its fake quantization)",
+                    work / f"{key}_h.onnx", speed_as=f"the original + --quantize {mode} (same graph)",
+                    seconds=round(time.perf_counter() - t, 1),
+                    healing={k: v for k, v in h.items() if k != "curve"}, curve=h["curve"])
     save()
     print(json.dumps([(r["variant"], round(r["cosine_mean"], 4)) for r in rows], indent=1))
 
@@ -157,8 +175,10 @@ def _payload(a, rows: list[dict]) -> dict:
                    f"stopping, at most {a.holdout_batches} batches, checked every {a.eval_every} steps); heal budget "
                    f"{a.minutes} min per healed row, block-local share {a.local} then global at lr {a.lr}, HealConfig "
                    "defaults otherwise (relative parametrisation, streams+output loss), 2 threads, seed 0; fake-quant = "
-                   "the MatMuls --quantize int8 quantizes run with ORT's per-channel int8 weight grid and "
-                   "DynamicQuantizeLinear's uint8 activation grid, straight-through backward, their weights and "
+                   "the MatMuls --quantize MODE quantizes run as onnxruntime runs them (int8: per-channel int8 weight "
+                   "grid and DynamicQuantizeLinear's uint8 activation grid; int4: MatMulNBits' symmetric 4-bit block "
+                   "grid and its int8 block activations; int8:static: per-channel weights and the QDQ graph's fixed "
+                   "uint8 activation ranges, recalibrated on write-out), straight-through backward, their weights and "
                    "biases trained too; fidelity = n6onnx validate (mean-pooled embedding cosine against ORT running "
                    "the fp32 original, NN agreement); speed = n6onnx bench latency ratio p50 (median and quartiles "
                    f"over blocks) against the fp32 original with ORT's fusions, 2 threads, {a.bench_seconds} s per "

@@ -201,18 +201,15 @@ def rewrite(
         if hook is not None and ctx.batches and report.rewritten:
             calibration = hook(m, report, ctx)
             functions = finalize(m)
-    healing, warnings_pre = None, []
+    healing = None
     if heal:
-        if qmode is not None:  # heal against what will be written: int8 runs fake-quantized in the student
+        if qmode is not None:  # heal against what will be written: the student runs it fake-quantized
             heal_config = dataclasses.replace(heal_config or HealConfig(), quantize=str(qmode))
-            if qmode.kind != "int8" and heal_config.fake_quant:
-                warnings_pre.append(f"--quantize {qmode}: healing ran in float (fake quantization mirrors int8 only)")
-
         healing = heal_run.heal_in_place(m, original, calibrate, tokenizer=tokenizer, samples=heal_samples, dims=dims,
-                                         config=heal_config, progress=heal_progress)
+                                         config=heal_config, progress=heal_progress, quant_feeds=ctx.batches)
     if [v.name for v in m.graph.inputs] != in_names or [v.name for v in m.graph.outputs] != out_names:
         raise N6Error("internal error: a pass changed graph input/output names")  # never expected
-    warnings = [n for r in reports.values() for n in r.notes] + warnings_pre
+    warnings = [n for r in reports.values() for n in r.notes]
     if calibration is not None and not calibration.layers:
         calibration = None  # nothing was fitted: the swap is uncalibrated, and is reported so
     if calibration is not None:

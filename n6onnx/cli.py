@@ -73,9 +73,10 @@ def _heal_options(f, flag: bool = True):
                      help="Held-out checks see, and keep as the best, an exponential moving average of the weights "
                      "(decay per step, e.g. 0.99); 0: the live weights."),
         click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,
-                     help="For an int8 result (--quantize int8, or healing an int8 model): train against the int8 path "
-                     "(fake-quantized MatMuls as onnxruntime runs them, straight-through gradients), the quantized "
-                     "MatMuls' weights included; off: heal in float, quantize after."),
+                     help="For a quantized result (--quantize int8, int8:static or int4, or healing an int8 model): "
+                     "train against the quantized path (fake-quantized MatMuls as onnxruntime runs them, "
+                     "straight-through gradients), the quantized MatMuls' weights included; off: heal in float, "
+                     "quantize after."),
         click.option("--heal-dtype", type=click.Choice(TRAIN_DTYPES), default=HealConfig.train_dtype,
                      show_default=True, help="Precision of the training forward: bfloat16 runs it under bf16 "
                      "autocast (about 2x the steps on a CPU with avx512_bf16; held-out checks stay float32; lower "

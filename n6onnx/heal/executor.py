@@ -109,17 +109,18 @@ def check_supported(proto: onnx.ModelProto) -> None:
 class GraphModule(torch.nn.Module):
     """The graph as a torch module. ``forward(feeds, outputs)`` -> {name: tensor} for ``outputs``
     (default: the graph outputs). Float initializers are parameters, by name in ``self.names``.
-    ``fake_quant`` ({MatMul/Gemm output name: per channel}, from ``fakequant.plan``) runs those nodes
-    of the main graph as the int8 model will (``heal.fakequant``); every other node stays float."""
+    ``fake_quant`` (a ``fakequant.Plan``: {MatMul/Gemm output name: Site}, and a static plan's rounded
+    tensors) runs those nodes of the main graph as the quantized model will (``heal.fakequant``); every
+    other node stays float."""
 
     def __init__(self, proto: onnx.ModelProto, trainable: Iterable[str] = (),
-                 fake_quant: Mapping[str, bool] | None = None):
+                 fake_quant: Mapping | None = None):
         super().__init__()
         check_supported(proto)
         self.graph = proto.graph
         self.functions = {(f.domain, f.name): f for f in proto.functions}
         self.n6 = _n6_ops()
-        self.fake_quant = dict(fake_quant or {})
+        self.fake_quant = fake_quant if isinstance(fake_quant, fakequant.Plan) else fakequant.Plan(fake_quant or {})
         self.grids = fakequant.Grids()  # fake-quantized weights, reused while a weight is unchanged
         # lower-precision training forward (torch.bfloat16: autocast's matmuls, ~5x the float32 rate on a CPU with
         # avx512_bf16); only where gradients are recorded: held-out checks and inference stay float32
@@ -185,11 +186,19 @@ class GraphModule(torch.nn.Module):
             inject.setdefault(name, None)
         if self.train_dtype is None or not torch.is_grad_enabled():
             self._run(self.graph.node, env, None, need, inject, computed)
-            return {n: computed[n] if n in computed else env[n] for n in wanted}
+            return self._rounded({n: computed[n] if n in computed else env[n] for n in wanted})
         with torch.autocast(self.device.type, dtype=self.train_dtype):
             self._run(self.graph.node, env, None, need, inject, computed)
         out = {n: computed[n] if n in computed else env[n] for n in wanted}
-        return {n: v.float() if torch.is_tensor(v) and v.dtype == self.train_dtype else v for n, v in out.items()}
+        return self._rounded({n: v.float() if torch.is_tensor(v) and v.dtype == self.train_dtype else v
+                              for n, v in out.items()})
+
+    def _rounded(self, out: dict) -> dict:
+        """A static QDQ plan's graph outputs (and asked-for tensors) as the quantized model gives them."""
+        tensors = getattr(self.fake_quant, "tensors", None)
+        if not tensors:
+            return out
+        return {n: fakequant.fixed(v, *tensors[n]) if n in tensors and torch.is_tensor(v) else v for n, v in out.items()}
 
     # ----------------------------------------------------------------------------------------------
     def _run(self, nodes, env, outer_attrs, need=None, inject=None, computed=None) -> None:
@@ -212,8 +221,13 @@ class GraphModule(torch.nn.Module):
             ins = [v.to(self.device) if torch.is_tensor(v) and v.device != self.device else v for v in ins]
         # fake quantization: main-graph MatMuls only (function bodies run with attrs; ONNX names are
         # unique across a graph and its subgraphs)
-        if outer_attrs is None and n.domain in STANDARD and n.output[0] in self.fake_quant:
-            ins = fakequant.inputs(n.op_type, attrs, ins, self.fake_quant[n.output[0]], self.grids)
+        tensors = getattr(self.fake_quant, "tensors", None)
+        if outer_attrs is None and (self.fake_quant or tensors):
+            if tensors:  # static QDQ: every read of a rounded tensor sees it rounded
+                ins = [fakequant.fixed(v, *tensors[i]) if i in tensors and v is not None else v
+                       for i, v in zip(n.input, ins)]
+            if n.domain in STANDARD and n.output[0] in self.fake_quant:
+                ins = fakequant.inputs(n.op_type, attrs, ins, self.fake_quant[n.output[0]], self.grids)
         if n.domain in STANDARD and n.op_type in OPS:
             return OPS[n.op_type](attrs, ins)
         if n.domain in STANDARD and n.op_type == "If":

@@ -18,11 +18,28 @@ How, per quantized MatMul ``Y = X @ W`` (onnxruntime's rules for that mode):
   a rounding boundary, which moves that element by one step);
 - backward: straight-through (the gradient of the identity: no range is ever clipped, since the
   scales cover the tensor's own range).
+
+``--quantize int4[:BLOCK]`` (``MatMulNBits``, weight-only, symmetric, accuracy level 4): every MatMul
+with a constant weight that the quantizer replaces, each weight column in blocks of BLOCK along K:
+``s = v / -8`` with ``v`` the block's entry of largest magnitude (sign kept), ``q = clip(round(W / s)
++ 8, 0, 15) - 8``; the activation as the CPU kernel's int8 compute path quantizes it, per row in
+blocks of BLOCK along K, symmetric: ``s = max |x| / 127``, ``q = round(x / s)``. Straight-through.
+
+``--quantize int8:static`` (``quantize_static``, QDQ, MinMax): the weights as for ``int8`` (per
+channel, symmetric; recomputed from the live weight at every step, as the quantizer recomputes them
+on write-out), and every activation tensor the QDQ graph quantizes (the inputs and outputs of its
+MatMuls and Gemms, those of two activations included) rounded to uint8 with the fixed scale and
+zero point that the MinMax calibration gave the start model (``Plan.tensors``). Its gradient passes
+where the value is within the range and is zero where it is clipped (``torch.fake_quantize_per_tensor_affine``).
+On write-out the healed model is calibrated again on the same data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
+
+import numpy as np
 
 import onnx
 import torch
@@ -31,17 +48,103 @@ from ..quantize import int8graph, quantize_proto
 from ..graph import proto_consumers
 
 
-def plan(proto: onnx.ModelProto, mode: str = "int8") -> dict[str, bool]:
-    """{output of a MatMul that ``--quantize MODE`` quantizes: per channel} for ``proto``."""
-    if str(mode) != "int8":
-        raise ValueError(f"fake quantization mirrors --quantize int8 only, not {mode}")
-    _, q = quantize_proto(proto, "int8")
-    return int8graph.quantized_matmuls(proto, q)
+MODES = ("int8", "int8:static", "int4")  # the --quantize kinds the student can mirror
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """How the student runs one quantized MatMul or Gemm: ``weight`` ("int8", per channel) or
+    ("int4", block) rounds the constant weight; ``act`` "dynamic" (DynamicQuantizeLinear), "block"
+    (int8 per row per block of K: ``weight[1]``) or None (float here; a static plan rounds it at the
+    tensor level)."""
+    weight: tuple = ("int8", True)
+    act: str | None = "dynamic"
+    bias: float | None = None  # static Gemm: its input's scale (the bias is int32 at input scale x weight scale)
+
+
+class Plan(dict):
+    """{output of a quantized MatMul/Gemm: ``Site``}, plus ``tensors``: {activation tensor: (scale,
+    zero point)} that a static QDQ graph rounds to uint8 wherever it is read."""
+
+    def __init__(self, sites=(), tensors=None):
+        super().__init__(sites)
+        self.tensors: dict[str, tuple[float, int]] = dict(tensors or {})
+
+
+def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None) -> Plan:
+    """What ``--quantize MODE`` quantizes in ``proto``, read from onnxruntime's own output for it.
+    ``feeds`` (feed dicts): the calibration data of ``int8:static``."""
+    kind = str(mode).split(":")[0] if str(mode).startswith("int4") else str(mode)
+    if kind not in MODES:
+        raise ValueError(f"fake quantization mirrors --quantize {', '.join(MODES)}, not {mode}")
+    if kind == "int8":
+        _, q = quantize_proto(proto, "int8")
+        return Plan({y: Site(("int8", pc)) for y, pc in int8graph.quantized_matmuls(proto, q).items()})
+    if kind == "int4":
+        _, q = quantize_proto(proto, mode)
+        return _int4_plan(proto, q)
+    if feeds is None:
+        raise ValueError("fake quantization of int8:static needs the calibration feeds")
+    _, q = quantize_proto(proto, "int8:static", calibration_feeds=feeds)
+    return _static_plan(proto, q)
+
+
+def _int4_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
+    inits = {t.name for t in proto.graph.initializer}
+    mm = {n.output[0]: n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    out = {}
+    for n in q.graph.node:
+        if n.op_type != "MatMulNBits" or n.output[0] not in mm:
+            continue
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        if a.get("bits", 4) != 4 or len(n.input) > 3 and n.input[3]:
+            raise ValueError(f"fake quantization: {n.name} is not symmetric 4-bit")
+        out[n.output[0]] = Site(("int4", int(a["block_size"])), "block" if a.get("accuracy_level") == 4 else None)
+    return Plan(out)
+
+
+def _static_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
+    """Sites: the MatMuls/Gemms whose constant weight the QDQ graph dequantizes (per channel);
+    tensors: every float tensor of ``proto`` that the QDQ graph runs through QuantizeLinear ->
+    DequantizeLinear (a graph output keeps its name on the DequantizeLinear)."""
+    qi = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    users = proto_consumers(q)
+    finits = {t.name for t in proto.graph.initializer}
+    tensors = {}
+    for n in q.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in qi:
+            continue
+        scale, zp = qi[n.input[1]], qi[n.input[2]]
+        if scale.size != 1 or zp.dtype != np.uint8:
+            raise ValueError(f"fake quantization: {n.name} is not per-tensor uint8")
+        x = n.input[0]
+        dq = [u for u in users.get(n.output[0], []) if u.op_type == "DequantizeLinear"]
+        if x.endswith("_QuantizeLinear_Input") and dq:  # a graph output: its DequantizeLinear gives its name
+            x = dq[0].output[0]
+        elif [u.op_type for u in users.get(x, [])] != ["QuantizeLinear"]:
+            raise ValueError(f"fake quantization: {x} is read both rounded and float in the QDQ graph")
+        tensors[x] = (float(scale.reshape(())), int(zp.reshape(())))
+    sites = {}
+    for n in proto.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in finits:
+            w = producer.get(f"{n.input[1]}_DequantizeLinear_Output")
+            if w is not None and w.op_type == "DequantizeLinear":
+                b = producer.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+                x = tensors.get(n.input[0])
+                bias = x[0] if b is not None and b.op_type == "DequantizeLinear" and x is not None else None
+                sites[n.output[0]] = Site(("int8", qi[w.input[1]].size > 1), None, bias)
+    return Plan(sites, tensors)
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """``q`` forward, the identity's gradient backward."""
     return x + (q - x).detach()
+
+
+def _quant(q) -> tuple:
+    """A weight quantizer: ("int8", per channel) or ("int4", block); a bool means ("int8", it)."""
+    return ("int8", bool(q)) if isinstance(q, bool) else tuple(q)
 
 
 def weight_grid(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,12 +158,40 @@ def weight_grid(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor
     return q, scale
 
 
-def _dequantized(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    q, scale = weight_grid(w, per_channel)
+def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    """``x`` [..., K] as [..., ceil(K / block), block] (zero-padded), and K."""
+    k = x.shape[-1]
+    pad = -k % block
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.reshape(*x.shape[:-1], -1, block), k
+
+
+def int4_grid(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(4-bit values in [-8, 7] as float [N, blocks, block], scale [N, blocks]) of ``w`` [K, N] as
+    onnxruntime's MatMulNBits quantizer rounds it (symmetric: the block's largest-magnitude entry maps
+    to -8)."""
+    with torch.no_grad():
+        b, _ = _blocks(w.detach().float().transpose(0, 1), block)
+        idx = b.abs().argmax(-1, keepdim=True)
+        scale = (b.gather(-1, idx) / -8).squeeze(-1)
+        safe = torch.where(scale != 0, scale, torch.ones_like(scale))
+        q = torch.div(b, safe.unsqueeze(-1)).round_().add_(8).clamp_(0, 15).sub_(8)
+    return q, scale
+
+
+def _dequantized(w: torch.Tensor, quant) -> torch.Tensor:
+    kind, arg = _quant(quant)
+    if kind == "int4":
+        q, scale = int4_grid(w, arg)
+        return q.mul_(scale.unsqueeze(-1)).reshape(w.shape[1], -1)[:, : w.shape[0]].transpose(0, 1).to(w.dtype)
+    q, scale = weight_grid(w, arg)
     return q.mul_(scale).to(w.dtype)
 
 
-def weight(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+def weight(w: torch.Tensor, per_channel=True) -> torch.Tensor:
+    """``w`` [K, N] on its quantizer's grid (``per_channel``: a bool for int8, or ("int4", block)),
+    straight-through."""
     return _ste(w, _dequantized(w, per_channel))
 
 
@@ -75,6 +206,27 @@ def activation(x: torch.Tensor) -> torch.Tensor:
         # round(x / s) + zp, clipped to [0, 255], minus zp, times s: in place, one buffer
         deq = torch.div(xd, scale).round_().add_(zp).clamp_(0, 255).sub_(zp).mul_(scale).to(x.dtype)
     return _ste(x, deq)
+
+
+def block_activation(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x`` [..., K] as MatMulNBits' int8 compute path (accuracy level 4) quantizes it: per row in
+    blocks of ``block`` along K, symmetric, ``s = max |x| / 127``; straight-through."""
+    with torch.no_grad():
+        b, k = _blocks(x.detach().float(), block)
+        scale = b.abs().amax(-1, keepdim=True) / 127
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        deq = torch.div(b, safe).round_().mul_(scale).reshape(*x.shape[:-1], -1)[..., :k].to(x.dtype)
+    return _ste(x, deq)
+
+
+def fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """QuantizeLinear (uint8, a fixed scale and zero point) then DequantizeLinear. The gradient
+    passes where the value is in range and is zero where it was clipped."""
+    with torch.no_grad():
+        q = torch.div(x.detach().float(), scale).round_().add_(zero_point)
+        inside = (q >= 0) & (q <= 255)
+        deq = q.clamp_(0, 255).sub_(zero_point).mul_(scale).to(x.dtype)
+    return deq + (x - x.detach()) * inside
 
 
 class Grids:
@@ -95,8 +247,9 @@ class Grids:
         self.entries: dict[int, tuple] = {}
         self.hits = self.misses = 0
 
-    def weight(self, w: torch.Tensor, per_channel: bool = True, transposed: bool = False) -> torch.Tensor:
-        """``weight(w)`` (``transposed``: of ``w.T``, transposed back: a Gemm's transB weight)."""
+    def weight(self, w: torch.Tensor, per_channel=True, transposed: bool = False) -> torch.Tensor:
+        """``weight(w, per_channel)`` (``transposed``: of ``w.T``, transposed back: a Gemm's transB weight)."""
+        per_channel = _quant(per_channel)
         key, version = id(w), None if w.is_inference() else w._version
         graded = torch.is_grad_enabled() and w.requires_grad
         e = self.entries.get(key)
@@ -126,22 +279,37 @@ class Grids:
         return drop
 
 
-def inputs(op: str, attrs: dict, ins: list, per_channel: bool = True, grids: Grids | None = None) -> list:
-    """The inputs of a quantized MatMul or Gemm as the int8 model sees them: the activation and the
-    weight fake-quantized (a Gemm's weight along its output axis: transposed first with transB), the
-    rest (a Gemm's bias) float. ``grids`` reuses the weight's grid while the weight is unchanged."""
+def inputs(op: str, attrs: dict, ins: list, site=True, grids: Grids | None = None) -> list:
+    """The inputs of a quantized MatMul or Gemm as the quantized model sees them (``site``: a ``Site``,
+    or a bool: int8 dynamic, per channel or not): the weight on its grid (a Gemm's along its output
+    axis: transposed first with transB), the activation as ``site.act`` says, the rest (a Gemm's bias)
+    float. ``grids`` reuses the weight's grid while the weight is unchanged."""
+    site = Site(("int8", site)) if isinstance(site, bool) else site
     x, w = ins[0], ins[1]
+    if site.act == "dynamic":
+        x = activation(x)
+    elif site.act == "block":
+        x = block_activation(x, site.weight[1])
+    if site.weight is None:
+        return [x, *ins[1:]]
     transposed = op == "Gemm" and bool(attrs.get("transB", 0))
     if grids is not None:
-        qw = grids.weight(w, per_channel, transposed)
+        qw = grids.weight(w, site.weight, transposed)
     elif transposed:
-        qw = weight(w.transpose(0, 1), per_channel).transpose(0, 1)
+        qw = weight(w.transpose(0, 1), site.weight).transpose(0, 1)
     else:
-        qw = weight(w, per_channel)
-    return [activation(x), qw, *ins[2:]]
+        qw = weight(w, site.weight)
+    rest = list(ins[2:])
+    if site.bias is not None and rest and rest[0] is not None:  # int32 at (input scale x weight scale)
+        _, sw = weight_grid(w.detach().transpose(0, 1) if transposed else w.detach(), site.weight[1])
+        with torch.no_grad():
+            step = (sw.double() * site.bias).float()
+            qb = torch.div(rest[0].detach().float(), step).round_().mul_(step).to(rest[0].dtype)
+        rest[0] = _ste(rest[0], qb)
+    return [x, qw, *rest]
 
 
-def trainable(proto: onnx.ModelProto, quantized: dict[str, bool]) -> list[str]:
+def trainable(proto: onnx.ModelProto, quantized: dict) -> list[str]:
     """The weights of the quantized MatMuls and the constant biases added to their outputs: what
     quantization-aware healing trains besides the rewritten blocks (their rounding is the error)."""
     inits = {t.name for t in proto.graph.initializer

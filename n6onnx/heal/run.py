@@ -12,7 +12,7 @@ from .. import io
 from ..errors import BadArgumentError, N6Error
 from ..calibrate import load_batches
 from ..graph import canonicalize
-from ..quantize import int8graph, quantize_proto
+from ..quantize import int4graph, int8graph, quantize_proto
 from .executor import check_supported
 from .train import HealConfig, HealReport, check_device, heal  # check_device: api checks before any work
 
@@ -25,13 +25,15 @@ def load_data(calibrate: str | os.PathLike, original: ir.Model, *, tokenizer=Non
 
 
 def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=None, samples: int | None = None,
-                  dims: dict | None = None, config: HealConfig | None = None, progress: bool = False) -> HealReport:
-    """Heal ``model`` (a rewrite of ``original``, already calibrated) on DATA; in place."""
+                  dims: dict | None = None, config: HealConfig | None = None, progress: bool = False,
+                  quant_feeds=None) -> HealReport:
+    """Heal ``model`` (a rewrite of ``original``, already calibrated) on DATA; in place. ``quant_feeds``:
+    the calibration feeds of a later ``--quantize int8:static`` (its activation ranges)."""
     check_supported(ir.to_proto(model))  # refuse before loading data or starting the teacher
     for m in (model, original):  # training reads every weight: external ones are read into memory
         ir.external_data.load_to_model(m)
     batches = load_data(calibrate, original, tokenizer=tokenizer, samples=samples, dims=dims)
-    return heal(model, original, batches, config, progress=progress)
+    return heal(model, original, batches, config, progress=progress, quant_feeds=quant_feeds)
 
 
 def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrate, output: str | os.PathLike, *,
@@ -39,22 +41,28 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
               config: HealConfig | None = None, progress: bool = False) -> HealReport:
     """``n6onnx heal``: heal a rewritten model file against its original, write OUTPUT atomically.
 
-    A REWRITTEN quantized by ``--quantize int8`` (dynamic int8, weights per channel) is turned back
-    into its float graph (``quantize.int8graph.dequantize``), healed under fake quantization (unless
-    ``config.fake_quant`` is off), and quantized again the same way: the written graph has exactly
-    the nodes of REWRITTEN. Other quantized formats are refused by name before any work."""
+    A REWRITTEN quantized by ``--quantize int8`` (dynamic int8, weights per channel) or ``--quantize
+    int4[:BLOCK]`` (MatMulNBits) is turned back into its float graph (``quantize.int8graph`` /
+    ``int4graph.dequantize``), healed under fake quantization (unless ``config.fake_quant`` is off),
+    and quantized again the same way: the written graph has exactly the nodes of REWRITTEN. Other
+    quantized formats (static QDQ: heal the float model with ``rewrite --quantize int8:static
+    --heal``) are refused by name before any work."""
     for p, what in ((rewritten, "REWRITTEN"), (teacher, "--teacher"), (calibrate, "--calibrate")):
         if not os.path.isfile(p):
             raise BadArgumentError(f"{what} {p}: no such file")
     io.check_output_path(output, (rewritten, teacher))
     t0 = time.perf_counter()
     model = io.load(rewritten)
-    qproto = None
+    qproto, mode = None, None
     if int8graph.is_quantized(ir.to_proto(model)):
         qproto = io.materialize(ir.to_proto(model))
-        model = ir.from_proto(int8graph.dequantize(qproto))  # refuses other formats, by name
-        _check_requantizes(model, qproto, rewritten)  # before any work
-        config = dataclasses.replace(config or HealConfig(), quantize="int8")
+        if int4graph.is_int4(qproto):
+            fproto, mode = int4graph.dequantize(qproto)  # refuses other forms, by name
+        else:
+            fproto, mode = int8graph.dequantize(qproto), "int8"  # refuses other formats, by name
+        model = ir.from_proto(fproto)
+        _check_requantizes(model, qproto, rewritten, mode)  # before any work
+        config = dataclasses.replace(config or HealConfig(), quantize=mode)
     original = io.load(teacher)
     canonicalize(original)
     in_m, in_o = [v.name for v in model.graph.inputs], [v.name for v in original.graph.inputs]
@@ -65,17 +73,16 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
     rep = heal_in_place(model, original, calibrate, tokenizer=tokenizer, samples=samples, dims=dims, config=config,
                         progress=progress)
     if qproto is not None:
-        model = ir.from_proto(_check_requantizes(model, qproto, rewritten))
+        model = ir.from_proto(_check_requantizes(model, qproto, rewritten, mode))
     io.save(model, output, external_data=io.uses_external_data(rewritten) or None)
     rep.seconds = time.perf_counter() - t0
     return rep
 
 
-def _check_requantizes(model: ir.Model, qproto, name) -> object:
-    """``model`` quantized by ``--quantize int8``, which must have exactly the nodes of ``qproto``."""
-    _, requant = quantize_proto(model, "int8")
+def _check_requantizes(model: ir.Model, qproto, name, mode: str = "int8") -> object:
+    """``model`` quantized by ``--quantize MODE``, which must have exactly the nodes of ``qproto``."""
+    _, requant = quantize_proto(model, mode)
     if int8graph.structure(requant) != int8graph.structure(qproto):
-        raise N6Error(f"{name}: quantizing its weights again with --quantize int8 does not give this model's graph (it "
-                      "was not written by --quantize int8, i.e. quantize_dynamic per channel on MatMul and Gemm); "
-                      "nothing was written")
+        raise N6Error(f"{name}: quantizing its weights again with --quantize {mode} does not give this model's graph "
+                      f"(it was not written by --quantize {mode}); nothing was written")
     return requant

@@ -33,10 +33,11 @@ averaged over real tokens and stream points (``"streams"``), plus the same on th
 (``"streams+output"``, default), or the outputs alone (``"output"``); ``"streams+kl"`` / ``"kl"``
 take the KL divergence of the outputs' softmax instead (a language model's logits).
 
-Quantization-aware (``quantize="int8"`` with ``fake_quant``): the student runs every MatMul that
-``--quantize int8`` will quantize with fake-quantized weights and activations (``heal.fakequant``:
-onnxruntime's grids, straight-through backward), so the loss, the held-out fidelity and the
-best-weights rule all see the int8 model; the weights (and biases) of those MatMuls train as well.
+Quantization-aware (``quantize`` "int8", "int8:static" or "int4[:BLOCK]" with ``fake_quant``): the
+student runs every MatMul that ``--quantize`` will quantize with fake-quantized weights and activations
+(``heal.fakequant``: onnxruntime's grids, straight-through backward; a static plan's activation ranges
+come from ``quant_feeds``, the data the write-out calibrates on), so the loss, the held-out fidelity and
+the best-weights rule all see the quantized model; the weights (and biases) of those MatMuls train as well.
 
 Safety: part of DATA is held out. Held-out fidelity (top-1 agreement for [B, L, V] logits, mean-pooled cosine
 for an embedding output, else per-sample cosine of the first output) is measured at the start and every ``eval_every``
@@ -76,7 +77,7 @@ class HealReport:
     config: dict
     # [step, seconds, fidelity, mean train loss, phase, backtrack margin, step size] (the start: the first three)
     curve: list = dataclasses.field(default_factory=list)
-    fake_quantized: int = 0  # MatMul/Gemm nodes run fake-quantized (int8) in the student
+    fake_quantized: int = 0  # MatMul/Gemm nodes run fake-quantized (as --quantize will run them) in the student
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -218,9 +219,11 @@ def split(batches: Sequence[dict], holdout: float, most: int = 16) -> tuple[list
 
 
 def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None = None,
-         progress: bool = False) -> HealReport:
+         progress: bool = False, quant_feeds=None) -> HealReport:
     """Train ``model``'s trainable initializers towards ``original`` on ``batches``; write the best
-    values back into ``model`` (same initializer names, same nodes). Returns the report."""
+    values back into ``model`` (same initializer names, same nodes). Returns the report.
+    ``quant_feeds``: the calibration feeds ``--quantize int8:static`` will use on write-out (default:
+    the first 32 batches)."""
     cfg = config or HealConfig()
     if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in TRAINABLE or \
             cfg.local_input not in LOCAL_INPUTS or cfg.refit not in REFITS or not 0 <= cfg.local <= 1 or \
@@ -242,9 +245,12 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     oproto = ir.to_proto(original)
-    # quantization-aware: the student runs the MatMuls that --quantize int8 quantizes as int8 will,
-    # and their weights (whose rounding is part of the error) train too
-    fq = fakequant.plan(proto) if cfg.fake_quant and cfg.quantize == "int8" else {}
+    # quantization-aware: the student runs the MatMuls that --quantize quantizes as the quantized model
+    # will, and their weights (whose rounding is part of the error) train too
+    fq = {}
+    if cfg.fake_quant and cfg.quantize is not None:
+        qfeeds = quant_feeds if quant_feeds is not None else [batches[k] for k in range(min(32, len(batches)))]
+        fq = fakequant.plan(proto, cfg.quantize, qfeeds if cfg.quantize == "int8:static" else None)
     names = targets.trainable(oproto, proto, cfg.train)
     if fq:
         names = sorted(set(names) | set(fakequant.trainable(proto, fq)))
@@ -261,7 +267,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     teacher = targets.Teacher(original, streams + outputs, cfg.threads, cfg.cache_bytes,
                               half=[n for n in streams if n not in outputs] if cfg.cache_dtype == "float16" else ())
     prepared = Targets(teacher, lambda k: batches[k], device)
-    student.fake_quant = fq  # the MatMuls --quantize int8 quantizes run fake-quantized
+    student.fake_quant = fq  # the MatMuls --quantize quantizes run fake-quantized
     student.set_train_dtype(cfg.train_dtype)  # bfloat16: the training forward under bf16 autocast
     train_idx, held_idx = split(batches, cfg.holdout, cfg.holdout_batches)
     rows = getattr(batches, "rows", None) or [len(next(iter(b.values()))) for b in batches]

@@ -105,7 +105,8 @@ def dequantize(qproto: onnx.ModelProto) -> onnx.ModelProto:
         kinds = sorted({UNSUPPORTED[b] for b in bad})
         raise BadArgumentError(
             f"healing a quantized model supports the dynamic int8 that --quantize int8 writes (DynamicQuantizeLinear "
-            f"-> MatMulInteger, weights per channel); this model has {', '.join(bad)} ({'; '.join(kinds)}): heal "
+            f"-> MatMulInteger, weights per channel) and the MatMulNBits of --quantize int4; this model has "
+            f"{', '.join(bad)} ({'; '.join(kinds)}): heal "
             "the float model with `n6onnx rewrite --quantize MODE --heal` instead")
     sites = _sites(qproto)
     stray = [n.name or n.output[0] for n in qproto.graph.node if n.op_type == "MatMulInteger"]

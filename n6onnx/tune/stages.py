@@ -17,7 +17,7 @@ from ..feeds import parse_dims
 from ..quantize import quantize as quantize_stage
 
 QUANT_MODES = ("int8",)
-#: the modes a heal can train against (fake quantization, ``heal.fakequant``, mirrors ``--quantize int8`` only)
+#: the modes a tune heal trains against (``heal.fakequant`` mirrors int8, int8:static and int4; tune's space is int8)
 FAKE_QUANT_MODES = ("int8",)
 
 

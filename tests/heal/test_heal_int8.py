@@ -61,14 +61,29 @@ def test_rewrite_quantize_heal_without_a_pass(setup):
     assert r.exit_code != 0 and "no float initializer" in r.output and "Traceback" not in r.output
 
 
+def test_heal_an_int4_model_keeps_its_graph_and_improves_it(setup):
+    """`n6onnx heal` on a --quantize int4:16 model: dequantized, healed against MatMulNBits' own path,
+    quantized again to the same nodes and initializer names; better in onnxruntime on unseen samples."""
+    src, tmp, data, held = setup
+    n6onnx.rewrite(src, tmp / "q4.onnx", [], quantize="int4:16")
+    before = (tmp / "q4.onnx").read_bytes()
+    rep = heal_file(tmp / "q4.onnx", src, data, tmp / "q4h.onnx", config=HealConfig(steps=60, eval_every=10, threads=1))
+    assert (tmp / "q4.onnx").read_bytes() == before
+    assert rep.fake_quantized == 12 and rep.config["quantize"] == "int4:16" and rep.best >= rep.start
+    a, b = onnx.load(tmp / "q4.onnx"), onnx.load(tmp / "q4h.onnx")
+    assert int8graph.structure(a) == int8graph.structure(b)
+    assert sorted(t.name for t in a.graph.initializer) == sorted(t.name for t in b.graph.initializer)
+    assert _mse(src, tmp / "q4h.onnx", held) < _mse(src, tmp / "q4.onnx", held)
+
+
 def test_heal_refuses_other_quantized_formats(setup):
     src, tmp, data, _ = setup
-    n6onnx.rewrite(src, tmp / "q4.onnx", [], quantize="int4")
-    r = CliRunner().invoke(main, ["heal", str(tmp / "q4.onnx"), "--teacher", str(src), "--calibrate", str(data),
+    n6onnx.rewrite(src, tmp / "qs.onnx", [], quantize="int8:static", calibrate=data)
+    r = CliRunner().invoke(main, ["heal", str(tmp / "qs.onnx"), "--teacher", str(src), "--calibrate", str(data),
                                   "-o", str(tmp / "never.onnx")])
-    assert r.exit_code != 0 and "MatMulNBits" in r.output and "Traceback" not in r.output
+    assert r.exit_code != 0 and "QuantizeLinear" in r.output and "--quantize int8:static --heal" not in r.output
+    assert "rewrite --quantize MODE --heal" in r.output and "Traceback" not in r.output
     assert not (tmp / "never.onnx").exists()
-
 
 
 def test_no_gain_writes_the_same_int8_model(setup):
@@ -85,9 +100,21 @@ def test_no_gain_writes_the_same_int8_model(setup):
         assert a[name].tobytes() == b[name].tobytes(), name
 
 
-def test_other_modes_heal_in_float_and_say_so(setup):
-    src, tmp, data, _ = setup
-    _, rep = n6onnx.rewrite(src, tmp / "g4.onnx", ["gelu=phi6"], calibrate=data, heal=True, quantize="int4",
-                            heal_config=HealConfig(steps=5, eval_every=5, threads=1))
-    assert rep.healing.fake_quantized == 0
-    assert any("healing ran in float" in w for w in rep.warnings)
+def _ops(path) -> list[str]:
+    return [n.op_type for n in onnx.load(path).graph.node]
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8:static"])
+def test_rewrite_heals_other_modes_against_their_own_path(setup, mode):
+    """int4 (MatMulNBits) and static QDQ int8 heal fake-quantized too: the student's plan covers every
+    quantized MatMul, the written graph is the plain quantizer's, and onnxruntime finds the healed
+    quantized model closer to the original on samples healing never saw."""
+    src, tmp, data, held = setup
+    tag = mode.replace(":", "_")
+    n6onnx.rewrite(src, tmp / f"{tag}.onnx", [], calibrate=data, quantize=mode)
+    _, rep = n6onnx.rewrite(src, tmp / f"{tag}_h.onnx", [], calibrate=data, heal=True, quantize=mode,
+                            heal_config=HealConfig(steps=60, eval_every=10, threads=1))
+    assert rep.healing.fake_quantized == 12 and rep.healing.config["quantize"] == str(n6onnx.quantize.parse_mode(mode))
+    assert rep.healing.best >= rep.healing.start and not rep.warnings
+    assert _ops(tmp / f"{tag}_h.onnx") == _ops(tmp / f"{tag}.onnx")
+    assert _mse(src, tmp / f"{tag}_h.onnx", held) < _mse(src, tmp / f"{tag}.onnx", held)

@@ -1,0 +1,73 @@
+"""Reading the graph that ``--quantize int4[:BLOCK]`` writes (onnxruntime's ``MatMulNBitsQuantizer``:
+symmetric 4-bit, blocks of BLOCK along K, no zero points), for quantization-aware healing.
+
+For every MatMul with a constant weight ``W`` [K, N] it writes ``MatMulNBits(x, W_Q4, W_scales)``
+with the MatMul's output: ``W_Q4`` [N, ceil(K / BLOCK), BLOCK / 2] packs two 4-bit values a byte (low
+nibble first, stored as value + 8), ``W_scales`` one float per column and block. ``dequantize``
+turns such a graph back into the float graph (each weight as its 4-bit values times its scales, under
+its own name ``W``), so quantizing the result again with the same block gives the same graph and, for
+unchanged weights, the same 4-bit values. Anything else (zero points, a bias or group index input,
+other bit widths, mixed block sizes, other quantized ops) is refused by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import BadArgumentError
+from . import int8graph
+
+SUFFIX, SCALES = "_Q4", "_scales"
+
+
+def is_int4(proto: onnx.ModelProto) -> bool:
+    return any(n.op_type == "MatMulNBits" for n in proto.graph.node)
+
+
+def _attrs(n: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+
+
+def dequantize(qproto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """(the float graph that ``--quantize int4:BLOCK`` turned into ``qproto``, "int4:BLOCK"); a copy."""
+    other = sorted({n.op_type for n in qproto.graph.node if n.op_type in int8graph.QUANT_OPS} - {"MatMulNBits"})
+    if other:
+        raise BadArgumentError(f"healing an int4 model: it also has {', '.join(other)}; only the MatMulNBits graph "
+                               "that --quantize int4 writes can be quantized again the same way")
+    inits = {t.name: t for t in qproto.graph.initializer}
+    out = onnx.ModelProto()
+    out.CopyFrom(qproto)
+    nodes, new_w, drop, blocks = [], [], set(), set()
+    for n in qproto.graph.node:
+        if n.op_type != "MatMulNBits":
+            nodes.append(n)
+            continue
+        a = _attrs(n)
+        b_name = n.input[1]
+        ok = (a.get("bits", 4) == 4 and len([i for i in n.input if i]) == 3 and b_name.endswith(SUFFIX)
+              and b_name in inits and n.input[2] == b_name[: -len(SUFFIX)] + SCALES and n.input[2] in inits)
+        if not ok:
+            raise BadArgumentError(f"healing an int4 model: {n.name or n.output[0]} is not the symmetric 4-bit "
+                                   "MatMulNBits (no zero points, bias or group index) that --quantize int4 writes")
+        k, cols, block = int(a["K"]), int(a["N"]), int(a["block_size"])
+        blob = numpy_helper.to_array(inits[b_name])
+        scales = numpy_helper.to_array(inits[n.input[2]]).astype(np.float32).reshape(cols, -1)
+        nib = np.stack([blob & 15, blob >> 4], -1).reshape(cols, scales.shape[1], block).astype(np.float32) - 8
+        w = b_name[: -len(SUFFIX)]
+        new_w.append(numpy_helper.from_array(
+            np.ascontiguousarray((nib * scales[..., None]).reshape(cols, -1)[:, :k].T), w))
+        name = n.name[: -len(SUFFIX)] if n.name.endswith(SUFFIX) else n.name
+        nodes.append(onnx.helper.make_node("MatMul", [n.input[0], w], list(n.output), name=name))
+        drop.update(n.input[1:3])
+        blocks.add(block)
+    if len(blocks) > 1:
+        raise BadArgumentError(f"healing an int4 model: its MatMulNBits use several block sizes {sorted(blocks)}; "
+                               "--quantize int4:BLOCK writes one")
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    keep = [t for t in out.graph.initializer if t.name not in drop]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep + new_w)
+    return out, f"int4:{blocks.pop() if blocks else 32}"
