@@ -17,6 +17,8 @@ early stopping.
     python benchmarks/heal_lm.py --lm moe --minutes 4.5 --pass moe=egyptian --pass moe=phi:2
     python benchmarks/heal_lm.py --no-uncalibrated --heal "minutes=6" --out part1.json   # parallel runs ...
     python benchmarks/heal_lm.py --merge part1.json part2.json   # ... merged into heal_lm.json, its rows kept
+    python benchmarks/heal_lm.py --quantize int4 --no-passes --out benchmarks/results/heal_lm_int4.json
+        # the original with --quantize MODE, plain and healed against that path (rewrite --quantize MODE --heal)
 
 Writes benchmarks/results/heal_lm.json (``--lm moe``: heal_moe.json; ``--out`` to write elsewhere). A trained
 LM under build/lm (or build/moe) is reused, not retrained (lm_train's stamp).
@@ -170,6 +172,10 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-samples", type=int, default=256, help="cap of the closed-form fit (sequences)")
     ap.add_argument("--steps", type=int, default=1200, help="LM training steps (lm_train)")
     ap.add_argument("--no-uncalibrated", action="store_true", help="skip the uncalibrated rows")
+    ap.add_argument("--quantize", action="append", default=[], metavar="MODE",
+                    help="also the original with --quantize MODE (int8, int8:static, int4[:BLOCK]), plain and healed "
+                         "against its quantized path (repeatable)")
+    ap.add_argument("--no-passes", action="store_true", help="skip the pass rows (with --quantize: its rows only)")
     ap.add_argument("--out", type=pathlib.Path, help="write the JSON here instead of benchmarks/results/heal_lm.json (heal_moe.json)")
     ap.add_argument("--note", default="", help="where and how this ran")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+",
@@ -202,7 +208,17 @@ def main(argv=None) -> int:
 
         quantize_dynamic(str(src), str(work / "int8.onnx"), per_channel=True, weight_type=QuantType.QInt8)
         row("ORT int8 (quantize_dynamic, per_channel=True)", work / "int8.onnx")
-        for pass_ in passes:
+        for mode in a.quantize:
+            n6onnx.rewrite(src, work / "q.onnx", [], calibrate=data, calib_samples=a.calib_samples, quantize=mode)
+            row(f"--quantize {mode}", work / "q.onnx")
+            cfg = dataclasses.replace(parse_heal(f"minutes={a.minutes}"), threads=2)
+            t = time.perf_counter()
+            _, rep = n6onnx.rewrite(src, work / "qh.onnx", [], calibrate=data, calib_samples=a.calib_samples,
+                                    quantize=mode, heal=True, heal_config=cfg)
+            row(f"--quantize {mode} --heal (healed under its fake quantization)", work / "qh.onnx",
+                calibrate_and_heal_seconds=round(time.perf_counter() - t, 1), healing=rep.to_json().get("healing") or {},
+                quantization=rep.to_json().get("quantization"))
+        for pass_ in [] if a.no_passes else passes:
             if not a.no_uncalibrated:
                 n6onnx.rewrite(src, work / "plain.onnx", [pass_])
                 row(f"{pass_} uncalibrated", work / "plain.onnx")

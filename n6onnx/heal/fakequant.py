@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..quantize import int8graph, quantize_proto
+from ..quantize import int4graph, int8graph, quantize_proto
 from ..graph import proto_consumers
 
 
@@ -90,8 +90,10 @@ def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None) -> Plan:
 
 
 def _int4_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
+    """Keyed by the output of the MatMul, or of the Gemm that the quantizer split into MatMul + Add."""
     inits = {t.name for t in proto.graph.initializer}
-    mm = {n.output[0]: n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    mm = {n.output[0]: n.output[0] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    mm.update({v: y for y, v in int4graph.split_gemms(proto)[1].items()})
     out = {}
     for n in q.graph.node:
         if n.op_type != "MatMulNBits" or n.output[0] not in mm:
@@ -99,7 +101,7 @@ def _int4_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
         if a.get("bits", 4) != 4 or len(n.input) > 3 and n.input[3]:
             raise ValueError(f"fake quantization: {n.name} is not symmetric 4-bit")
-        out[n.output[0]] = Site(("int4", int(a["block_size"])), "block" if a.get("accuracy_level") == 4 else None)
+        out[mm[n.output[0]]] = Site(("int4", int(a["block_size"])), "block" if a.get("accuracy_level") == 4 else None)
     return Plan(out)
 
 

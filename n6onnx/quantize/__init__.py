@@ -4,7 +4,8 @@
 ``mode.py``): ``int8`` (``quantize_dynamic``, QInt8 weights per channel, uint8 activations
 quantized per tensor at run time), ``int8:static`` (``quantize_static``, QDQ, MinMax calibration on
 ``calibration_feeds``, weights per channel) and ``int4[:BLOCK]`` (``MatMulNBitsQuantizer``,
-weight-only, symmetric, blocks of BLOCK along K, int8 compute: accuracy_level 4).
+weight-only, symmetric, blocks of BLOCK along K, int8 compute: accuracy_level 4; a Gemm with a
+constant weight is split into MatMul + Add first, ``int4graph.split_gemms``, since the tool takes MatMuls).
 
 Only MatMul and Gemm are quantized (the ops that pay on CPU); the n6 custom-op nodes stay float
 between the quantized MatMuls, and their model-local functions stay attached so the result still
@@ -29,6 +30,7 @@ import onnx_ir as ir
 from .. import io
 from ..errors import BadArgumentError, N6Error
 from ..ops import DOMAIN
+from . import int4graph
 from .biascorr import correct_bias
 from .mode import GRAMMAR, QuantMode, QuantModeType, parse_mode
 
@@ -112,6 +114,8 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
     unknown = sorted(set(exclude_nodes) - {n.name for n in proto.graph.node})
     if unknown:
         raise BadArgumentError(f"exclude_nodes: no node named {', '.join(map(repr, unknown))} in {name}")
+    if qm.kind == "int4":  # MatMulNBits takes MatMuls only: a Linear exported as Gemm becomes MatMul + Add
+        proto, _ = int4graph.split_gemms(proto)
     n6_before = sum(n.domain == DOMAIN for n in proto.graph.node)
     functions = {(f.domain, f.name, getattr(f, "overload", "")): f for f in proto.functions}
 

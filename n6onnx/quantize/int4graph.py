@@ -8,6 +8,11 @@ turns such a graph back into the float graph (each weight as its 4-bit values ti
 its own name ``W``), so quantizing the result again with the same block gives the same graph and, for
 unchanged weights, the same 4-bit values. Anything else (zero points, a bias or group index input,
 other bit widths, mixed block sizes, other quantized ops) is refused by name.
+
+``MatMulNBitsQuantizer`` quantizes MatMul only, so ``split_gemms`` first turns each Gemm with a
+constant weight (alpha = beta = 1, no transA: the Linear layers of GPT-2-style exports) into
+``MatMul(A, W) -> <Y>_MatMul`` and ``Add(<Y>_MatMul, C) -> Y`` (a transB weight stored transposed as
+``<W>_T``), which ``--quantize int4`` then quantizes like any MatMul.
 """
 
 from __future__ import annotations
@@ -24,6 +29,45 @@ SUFFIX, SCALES = "_Q4", "_scales"
 
 def is_int4(proto: onnx.ModelProto) -> bool:
     return any(n.op_type == "MatMulNBits" for n in proto.graph.node)
+
+
+def split_gemms(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """(a copy of ``proto`` with each Gemm of a constant weight as MatMul + Add, {Gemm output: the new
+    MatMul's output}). Other Gemms stay as they are."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    used = {i for n in proto.graph.node for i in n.input}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    nodes, new_w, split = [], {}, {}
+    for n in proto.graph.node:
+        a = _attrs(n) if n.op_type == "Gemm" else {}
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or n.input[1] not in inits or \
+                a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
+            nodes.append(n)
+            continue
+        w = n.input[1]
+        if a.get("transB", 0):
+            t = f"{w}_T"
+            if t not in new_w:
+                new_w[t] = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[w]).T), t)
+            w = t
+        y = n.output[0]
+        mm = f"{y}_MatMul"
+        name = n.name or y
+        has_bias = len(n.input) > 2 and bool(n.input[2])
+        nodes.append(onnx.helper.make_node("MatMul", [n.input[0], w], [mm if has_bias else y], name=f"{name}_MatMul"))
+        if has_bias:
+            nodes.append(onnx.helper.make_node("Add", [mm, n.input[2]], [y], name=f"{name}_Add"))
+        split[y] = mm if has_bias else y
+    if not split:
+        return out, split
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    still = {i for n in nodes for i in n.input}
+    keep = [t for t in out.graph.initializer if t.name in still or t.name not in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep + list(new_w.values()))
+    return out, split
 
 
 def _attrs(n: onnx.NodeProto) -> dict:

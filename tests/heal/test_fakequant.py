@@ -95,6 +95,23 @@ def test_fake_quant_forward_equals_ort_other_modes(zoo_export, spec, mode):
         assert max(errs) < INT4_FLIP and sorted(errs)[1] < BOUND
 
 
+def test_int4_plan_covers_split_gemms(zoo_export):
+    """GPT-2's Gemms, split into MatMul + Add for MatMulNBits, run fake-quantized as the Gemm they are in
+    the student; its forward equals onnxruntime running the int4 model."""
+    proto = _model(zoo_export, "gpt2", None)
+    plan = fakequant.plan(proto, "int4:16")
+    assert set(plan) == {n.output[0] for n in proto.graph.node if n.op_type == "Gemm"}
+    sf, sq = session_for(proto), session_for(quantize_proto(proto, "int4:16")[1])
+    fq = GraphModule(proto, fake_quant=plan)
+    errs = []
+    for seed in range(3):
+        fd = F.random_feeds(sf, 1, seed=seed)[0]
+        ref = sq.run(None, fd)[0]
+        with torch.no_grad():
+            errs.append(np.abs(next(iter(fq(fd).values())).numpy() - ref).max() / np.abs(ref).max())
+    assert max(errs) < INT4_FLIP and sorted(errs)[1] < BOUND
+
+
 def test_static_gemm_bias_is_rounded_as_int32(zoo_export):
     """GPT-2's Gemms carry their bias: static QDQ stores it as int32 at input scale x weight scale, and
     a rounded output flips when the float bias differs: without that rounding the student misses

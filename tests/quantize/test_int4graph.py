@@ -14,15 +14,16 @@ from n6onnx.quantize import int4graph, int8graph, quantize_proto
 from n6onnx.runtime import session_for
 
 
-@pytest.mark.parametrize("mode", ["int4:16", "int4:32"])
-def test_dequantize_then_quantize_is_the_same_model(zoo_export, mode):
-    proto = io.load_proto(zoo_export("bert", "dynamo20"))
+@pytest.mark.parametrize("model,mode", [("bert", "int4:16"), ("bert", "int4:32"), ("gpt2", "int4:16")])
+def test_dequantize_then_quantize_is_the_same_model(zoo_export, model, mode):
+    proto = io.load_proto(zoo_export(model, "dynamo20"))
     _, q = quantize_proto(proto, mode)
     before = q.SerializeToString()
     f, got_mode = int4graph.dequantize(q)
     assert q.SerializeToString() == before and got_mode == mode
     assert not int4graph.is_int4(f) and int4graph.is_int4(q)
-    assert sorted(t.name for t in f.graph.initializer) == sorted(t.name for t in proto.graph.initializer)
+    if model == "bert":  # (GPT-2's Gemms come back as MatMul + Add)
+        assert sorted(t.name for t in f.graph.initializer) == sorted(t.name for t in proto.graph.initializer)
     onnx.checker.check_model(f, full_check=True)
     _, q2 = quantize_proto(f, mode)
     assert int8graph.structure(q2) == int8graph.structure(q)
@@ -59,3 +60,19 @@ def test_other_forms_are_refused_by_name():
     q.graph.node.append(onnx.helper.make_node("DynamicQuantizeLinear", ["y"], ["a", "b", "c"]))
     with pytest.raises(BadArgumentError, match="DynamicQuantizeLinear"):
         int4graph.dequantize(q)
+
+
+def test_gemms_are_split_and_quantized(zoo_export):
+    """GPT-2-style exports put their Linear layers in Gemm, which MatMulNBits does not take: --quantize int4
+    splits them into MatMul + Add first, so every Gemm of a constant weight is quantized (not none)."""
+    proto = io.load_proto(zoo_export("gpt2", "dynamo20"))
+    gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
+    split, outs = int4graph.split_gemms(proto)
+    assert len(outs) == len(gemms) > 0 and not any(n.op_type == "Gemm" for n in split.graph.node)
+    s_o, s_s = session_for(proto), session_for(split)
+    fd = F.random_feeds(s_o, 1, seed=0)[0]
+    np.testing.assert_allclose(s_s.run(None, fd)[0], s_o.run(None, fd)[0], rtol=1e-5, atol=1e-5)
+    rep, q = quantize_proto(proto, "int4")
+    assert rep.quantized == len(gemms) and rep.op_counts == {"MatMulNBits": len(gemms)} and not rep.warnings
+    ref, got = s_o.run(None, fd)[0], session_for(q).run(None, fd)[0]
+    assert 0 < np.abs(got - ref).max() < 0.2 * np.abs(ref).max()
