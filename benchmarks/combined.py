@@ -10,7 +10,14 @@ against int8 alone, side by side in one run, with held-out fidelity.
 Variants: fp32 (the original fused as ORT runs it best), int8 (that, quantized dynamic per channel) and
 int8_first (the export quantized, then fused), passes (the rewrite, fused, fp32), combined (the rewrite,
 fused, then int8) and combined_first (quantized, then fused). The verdict takes the cheaper of each pair. On cuda int8 is off
-by default (onnxruntime's dynamic int8 ops are CPU ops: --quantize int8 measures the fallback).
+by default (onnxruntime's dynamic int8 ops are CPU ops: --quantize int8 measures the fallback); the
+GPU's low-precision stages are ``--quantize fp16`` (the fused graph converted by onnxruntime.transformers'
+float16 converter, inputs and outputs kept float32: one order, as ORT's optimizer flow does it) and
+``--quantize int4`` (MatMulNBits, block 32, which has a CUDA kernel; both orders). The reduced-precision
+variants are named after the mode (fp16, int4, int4_first); ``--name`` sets the result file.
+``--heal-minutes M`` adds combined_healed: the rewrite healed on the calibration sentences against the
+quantized path (``rewrite --quantize MODE --heal``: fake quantization), quantized, then fused; the
+verdict reports it beside the unhealed pick (same graph as combined_first, healed weights).
 Calibration: corpus sentences 0..999; fidelity: sentences 1000..1255. Writes
 benchmarks/results/combined_<provider>.json.
 """
@@ -46,7 +53,11 @@ def main() -> None:
     ap.add_argument("--original", type=pathlib.Path, help="an exported MiniLM (default: the zoo's dynamic dynamo20)")
     ap.add_argument("--passes", default=DEFAULT_PASSES, help="comma-separated passes")
     ap.add_argument("--from-tune", action="store_true", help="use the recipe in results/tune_minilm.json")
-    ap.add_argument("--quantize", choices=["int8", "none"], help="default: int8 on cpu, none on cuda")
+    ap.add_argument("--quantize", choices=["int8", "int4", "fp16", "none"], help="default: int8 on cpu, none on cuda")
+    ap.add_argument("--name", help="result file stem (default combined_<provider>)")
+    ap.add_argument("--heal-minutes", type=float, default=0.0,
+                    help="also the rewrite healed on the calibration sentences for this long, against the --quantize "
+                         "path (fake quantization), then quantized, then fused: variant combined_healed (0: off)")
     ap.add_argument("--threads", type=int, help="default: 2 on cpu")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=64)
@@ -106,12 +117,25 @@ def main() -> None:
     # int8 in both graph orders (as tune's references): fused, then quantized (a fused attention keeps its
     # projections float) and quantized, then fused (every MatMul int8); the rewrite likewise
     if quant != "none":
-        q = stages.quantize_both_orders(src, fp32, fuse, work, quant, "int8")
-        variants["int8"], variants["int8_first"] = q[stages.FUSED_FIRST], q[stages.QUANTIZED_FIRST]
+        q = _reduced(src, fp32, fuse, work, quant, quant)
+        variants[quant] = q[stages.FUSED_FIRST]
+        if stages.QUANTIZED_FIRST in q:
+            variants[f"{quant}_first"] = q[stages.QUANTIZED_FIRST]
     variants["passes"] = passes_fused
     if quant != "none":
-        q = stages.quantize_both_orders(rewritten, passes_fused, fuse, work, quant, "combined")
-        variants["combined"], variants["combined_first"] = q[stages.FUSED_FIRST], q[stages.QUANTIZED_FIRST]
+        q = _reduced(rewritten, passes_fused, fuse, work, quant, "combined")
+        variants["combined"] = q[stages.FUSED_FIRST]
+        if stages.QUANTIZED_FIRST in q:
+            variants["combined_first"] = q[stages.QUANTIZED_FIRST]
+    healing = None
+    if args.heal_minutes > 0 and quant != "none" and args.rewritten is None:
+        from n6onnx.heal.train import HealConfig
+
+        healed = work / "combined-healed-quantized.onnx"  # rewrite, calibrate, heal, quantize: quantized first
+        _, hrep = n6onnx.rewrite(src, healed, passes, calibrate=calib, dims=dims, quantize=quant, heal=True,
+                                 heal_config=HealConfig(minutes=args.heal_minutes, threads=threads))
+        variants["combined_healed"] = fuse(healed)
+        healing = {k: v for k, v in hrep.healing.to_json().items() if k != "curve"}
     sbs = side_by_side(variants, src, None if args.weights_regrown else held, threads=threads, dims=dims, provider=args.provider,
                        seconds=args.seconds, block_seconds=args.block_seconds)
     runs = sbs["variants"]
@@ -120,11 +144,11 @@ def main() -> None:
     def cost(k: str) -> float:  # the lower the better: energy on the primary meter, else latency
         return runs[k]["energy"][primary]["mj_per_inference"]["median"] if primary else runs[k]["latency_ms"]["median"]
 
-    best = min((k for k in ("combined", "combined_first") if k in variants), key=cost, default="passes")
-    ref = min((k for k in ("int8", "int8_first") if k in variants), key=cost, default=None)
+    best = min((k for k in ("combined", "combined_first") if k in variants), key=cost, default="passes")  # unhealed
+    ref = min((k for k in (quant, f"{quant}_first") if k in variants), key=cost, default=None)
     v = runs[best]
     verdict = {"claim": CLAIM, "variant": best, "passes": passes, "quantize": quant, "meter": primary,
-               "int8_reference": ref}
+               "int8_reference": ref, "reference_label": f"{quant} alone"}
     if primary is not None:
         e = {k: runs[k]["energy"][primary]["mj_per_inference"]["median"] for k in variants}
         verdict["energy_mj_per_inference"] = e
@@ -134,10 +158,18 @@ def main() -> None:
             verdict["energy_saving_vs_int8"] = 1 - e[best] / e[ref]
         verdict["claim_met"] = verdict["energy_saving_vs_fp32"] >= 0.60
     verdict["fidelity"] = v["fidelity"]
+    if "combined_healed" in variants:  # the same recipe healed: its own energy and fidelity beside the verdict's
+        h = runs["combined_healed"]
+        verdict["healed"] = {"variant": "combined_healed", "fidelity": h["fidelity"], "healing": healing,
+                             "speedup_vs_fp32": h["speedup_vs_fp32"]}
+        if primary is not None:
+            verdict["healed"]["energy_saving_vs_fp32"] = 1 - e["combined_healed"] / e["fp32"]
+            if ref is not None:
+                verdict["healed"]["energy_saving_vs_int8"] = 1 - e["combined_healed"] / e[ref]
     if args.weights_regrown:
         verdict["fidelity_note"] = ("not measured on this run (regrown random weights, tools/weightless.py): the "
                                     "same recipe's held-out fidelity is in combined_cpu.json")
-    out = write(f"combined_{args.provider}", {
+    out = write(args.name or f"combined_{args.provider}", {
         "benchmark": "combined", "model": "all-MiniLM-L6-v2", "original": str(src), "dims": dims, "threads": threads,
         "conditions": args.conditions, "rewritten": rw_summary, "weights_regrown": args.weights_regrown, "fusion": {"fp32": base_fusion, "passes": cand_fusion},
         "calibration": "corpus sentences 0..999", "heldout": "corpus sentences 1000..1255",
@@ -150,6 +182,27 @@ def main() -> None:
               f"energy {en if en is None else round(en, 2)} mJ/inf ({primary})")
     print(verdict)
     print(f"wrote {out}")
+
+
+def _reduced(src: pathlib.Path, fused: pathlib.Path, fuse, work: pathlib.Path, quant: str, stem: str) -> dict:
+    """``src`` at reduced precision: int8 and int4 in both graph orders (tune's references), fp16 as ORT's
+    optimizer flow makes it (fuse, then convert; inputs and outputs stay float32)."""
+    if quant == "int8":
+        return stages.quantize_both_orders(src, fused, fuse, work, quant, stem)
+    if quant == "int4":
+        a, b = work / f"{stem}-int4-fused-first.onnx", work / f"{stem}-int4-quantized-first.onnx"
+        from n6onnx.quantize import quantize
+
+        quantize(fused, a, "int4")
+        quantize(src, b, "int4")
+        return {stages.FUSED_FIRST: a, stages.QUANTIZED_FIRST: fuse(b)}
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = work / f"{stem}-fp16.onnx"
+    m = convert_float_to_float16(onnx.load(str(fused)), keep_io_types=True)
+    onnx.save(m, str(out))
+    return {stages.FUSED_FIRST: out}
 
 
 if __name__ == "__main__":

@@ -28,4 +28,4 @@ python3 benchmarks/combined.py --provider cuda --original /tmp/combined-original
     --rewritten /tmp/combined-rewritten.onnx --weights-regrown --passes "$passes" --quantize none \
     --batch "${BATCH:-32}" --seq "${SEQ:-128}" --seconds "${SECONDS_PER_VARIANT:-60}" --block-seconds 5 \
     --workdir /tmp/combined --conditions "${CONDITIONS:-GPU machine, one H200, nothing else running}" "$@"
-if [[ -n ${OUT:-} ]]; then cp benchmarks/results/combined_cuda.json "$OUT"/; fi
+if [[ -n ${OUT:-} ]]; then cp benchmarks/results/combined_cuda*.json "$OUT"/; fi

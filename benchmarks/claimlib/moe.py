@@ -145,12 +145,22 @@ def _combined_run_row(res: Results, f: str, w: dict) -> Row:
     parts = [f"{', '.join(v.get('passes') or [])}{' + ' + quant if quant else ''} "
              f"({(method.get('provider') or '?')}, energy {label}, meter {v.get('meter')}): energy per inference "
              f"{pct(v.get('energy_saving_vs_fp32'))} lower than the ORT-best fp32 original"]
+    alone = v.get("reference_label") or "int8 alone"
     if "energy_saving_vs_int8" in v:
-        parts.append(f"{pct(v.get('energy_saving_vs_int8'))} lower than int8 alone")
+        parts.append(f"{pct(v.get('energy_saving_vs_int8'))} lower than {alone}")
     parts.append(f"latency ratio vs fp32 {ratio_iqr(best.get('speedup_vs_fp32'))}"
-                 + (f", vs int8 {ratio_iqr(best.get(f'speedup_vs_{ref}'))}" if best.get(f"speedup_vs_{ref}") else ""))
+                 + (f", vs {alone.removesuffix(' alone')} {ratio_iqr(best.get(f'speedup_vs_{ref}'))}"
+                    if best.get(f"speedup_vs_{ref}") else ""))
     parts.append(v["fidelity_note"] if v.get("fidelity_note") else
                  f"held-out cosine {num(fid.get('cosine'), 4)}, NN agreement {pct(fid.get('nn'))}")
+    h = v.get("healed")
+    if h:
+        hf, hh = h.get("fidelity") or {}, h.get("healing") or {}
+        parts.append(f"the same recipe healed against its {quant or 'float'} path ({hh.get('steps')} steps, "
+                     f"{num(hh.get('seconds'), 0)} s): held-out cosine {num(hf.get('cosine'), 4)}, NN agreement "
+                     f"{pct(hf.get('nn'))}, energy {pct(h.get('energy_saving_vs_fp32'))} lower than fp32"
+                     + (f", {pct(h.get('energy_saving_vs_int8'))} lower than {alone}"
+                        if "energy_saving_vs_int8" in h else ""))
     met = v.get("claim_met")
     verdict = "; ".join(parts) + "."
     if met is not None:
