@@ -14,6 +14,9 @@
 # Carry list (run tool): build/gpu-combined  build/cuda   (libn6ops.so, libn6ops_cuda.so)
 # Needs onnxruntime-gpu and nvidia-ml-py on the device. Usage:
 #     CONDITIONS="one H200, nothing else running" bash benchmarks/gpu_combined.sh [extra combined.py args]
+# With the GPU's reduced-precision stages beside fp32 (one file each; combined.py --quantize, --name):
+#     bash benchmarks/gpu_combined.sh --quantize fp16 --name combined_cuda_fp16
+#     bash benchmarks/gpu_combined.sh --quantize int4 --name combined_cuda_int4
 set -euo pipefail
 export N6ONNX_CUDA_LIBRARY=${N6ONNX_CUDA_LIBRARY:-build/cuda/libn6ops_cuda.so}
 export N6ONNX_LIBRARY=${N6ONNX_LIBRARY:-build/cuda/libn6ops.so}
