@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..errors import BadArgumentError, N6Error
 from ..quantize import int4graph, int8graph, quantize_proto
 from ..graph import proto_consumers
 
@@ -76,7 +77,7 @@ def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None) -> Plan:
     ``feeds`` (feed dicts): the calibration data of ``int8:static``."""
     kind = str(mode).split(":")[0] if str(mode).startswith("int4") else str(mode)
     if kind not in MODES:
-        raise ValueError(f"fake quantization mirrors --quantize {', '.join(MODES)}, not {mode}")
+        raise BadArgumentError(f"fake quantization mirrors --quantize {', '.join(MODES)}, not {mode}")
     if kind == "int8":
         _, q = quantize_proto(proto, "int8")
         return Plan({y: Site(("int8", pc)) for y, pc in int8graph.quantized_matmuls(proto, q).items()})
@@ -84,7 +85,7 @@ def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None) -> Plan:
         _, q = quantize_proto(proto, mode)
         return _int4_plan(proto, q)
     if feeds is None:
-        raise ValueError("fake quantization of int8:static needs the calibration feeds")
+        raise BadArgumentError("fake quantization of int8:static needs the calibration feeds")
     _, q = quantize_proto(proto, "int8:static", calibration_feeds=feeds)
     return _static_plan(proto, q)
 
@@ -100,7 +101,7 @@ def _int4_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
             continue
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
         if a.get("bits", 4) != 4 or len(n.input) > 3 and n.input[3]:
-            raise ValueError(f"fake quantization: {n.name} is not symmetric 4-bit")
+            raise N6Error(f"fake quantization: {n.name} is not symmetric 4-bit; heal with --no-heal-fake-quant")
         out[mm[n.output[0]]] = Site(("int4", int(a["block_size"])), "block" if a.get("accuracy_level") == 4 else None)
     return Plan(out)
 
@@ -119,13 +120,14 @@ def _static_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
             continue
         scale, zp = qi[n.input[1]], qi[n.input[2]]
         if scale.size != 1 or zp.dtype != np.uint8:
-            raise ValueError(f"fake quantization: {n.name} is not per-tensor uint8")
+            raise N6Error(f"fake quantization: {n.name} is not per-tensor uint8; heal with --no-heal-fake-quant")
         x = n.input[0]
         dq = [u for u in users.get(n.output[0], []) if u.op_type == "DequantizeLinear"]
         if x.endswith("_QuantizeLinear_Input") and dq:  # a graph output: its DequantizeLinear gives its name
             x = dq[0].output[0]
         elif [u.op_type for u in users.get(x, [])] != ["QuantizeLinear"]:
-            raise ValueError(f"fake quantization: {x} is read both rounded and float in the QDQ graph")
+            raise N6Error(f"fake quantization: {x} is read both rounded and float in the QDQ graph; heal with "
+                          "--no-heal-fake-quant")
         tensors[x] = (float(scale.reshape(())), int(zp.reshape(())))
     sites = {}
     for n in proto.graph.node:

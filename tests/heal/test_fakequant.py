@@ -285,3 +285,13 @@ def test_heal_with_the_grid_cache_is_bit_identical_to_without(zoo_export, tmp_pa
         np.testing.assert_array_equal(cached[n], plain[n])
         changed += not np.array_equal(cached[n], io.load(src).graph.initializers[n].const_value.numpy())
     assert changed > 0
+
+
+def test_plan_refuses_what_it_cannot_mirror(zoo_export):
+    from n6onnx.errors import BadArgumentError
+
+    proto = _model(zoo_export, "bert", None)
+    with pytest.raises(BadArgumentError, match="mirrors --quantize"):
+        fakequant.plan(proto, "fp16")
+    with pytest.raises(BadArgumentError, match="calibration feeds"):
+        fakequant.plan(proto, "int8:static")
