@@ -222,7 +222,10 @@ def main() -> None:
     ap.add_argument("--note", default="shared 2-core machine, other jobs running: timing is noisy")
     ap.add_argument("--work", default=str(ROOT / "build" / "decoder"))
     ap.add_argument("--rewrite", action="append", default=None,
-                    help="a rewrite row to try (repeatable; default: every one of REWRITES)")
+                    help="a rewrite row to try (repeatable; default: every one of REWRITES; --rewrite '' none)")
+    ap.add_argument("--int4", action="store_true", help="add a row of the export with n6onnx's --quantize int4 "
+                    "(MatMulNBits, weight-only, block 32): decode reads every weight once per token")
+    ap.add_argument("--out", default=None, help="result name under benchmarks/results/ (default decoder_<provider>)")
     ap.add_argument("--no-int8", action="store_true", help="leave out the ORT int8 row (e.g. on CUDA, where "
                     "quantize_dynamic's MatMulInteger nodes fall back to the CPU)")
     args = ap.parse_args()
@@ -237,7 +240,14 @@ def main() -> None:
         models["original (ORT_ENABLE_ALL, no transformer fusion)"] = src
     if not args.no_int8:
         models["ORT int8 per-channel (quantize_dynamic)"] = stock_int8(src, work / "decoder-int8-per-channel.onnx")
-    done, refused = rewrites(src, work, tuple(args.rewrite or REWRITES))
+    if args.int4:
+        from n6onnx.quantize import quantize
+
+        q4 = work / "decoder-int4.onnx"
+        if not q4.is_file():
+            quantize(src, q4, "int4")
+        models["n6onnx --quantize int4 (MatMulNBits, block 32)"] = q4
+    done, refused = rewrites(src, work, tuple(r for r in (args.rewrite if args.rewrite is not None else REWRITES) if r))
     models.update({f"n6 {k}": v for k, v in done.items()})
 
     sessions, errors = {}, {}
@@ -303,7 +313,7 @@ def main() -> None:
         "original_fusion": {"chosen": fused.chosen, "fused_ops": fused.fused},
         "baseline_row": base, "rows": rows, "refused": refused, "errors": errors,
     }
-    print(write(f"decoder_{args.provider}", payload))
+    print(write(args.out or f"decoder_{args.provider}", payload))
 
 
 if __name__ == "__main__":
