@@ -148,8 +148,9 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in OUTPUT.data (default: when the input did or the model is over 2 GB).")
 @click.option("--quantize", "quantize_", type=QuantModeType(), metavar="MODE",
-              help="Quantize last, with onnxruntime's tools: int8 (dynamic, per channel), int8:static (QDQ, needs "
-                   "--calibrate) or int4[:BLOCK] (weight-only MatMulNBits, block 32). n6 ops stay float.")
+              help="Quantize last, with onnxruntime's tools: int8 (dynamic, per channel), int8:static (QDQ on the "
+                   "MatMul inputs, needs --calibrate) or int4[:BLOCK] (weight-only MatMulNBits, block 32). n6 ops "
+                   "stay float.")
 @click.option("--quantize-fit", type=click.Choice(["auto", "refit", "gptq", "none"]), default="auto", show_default=True,
               help="With --quantize int8 --calibrate (no --heal): refit each quantized MatMul on the int8 path and "
                    "GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let onnxruntime round "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import onnx_ir as ir
 import pytest
 import torch
@@ -67,6 +68,16 @@ def test_fake_quant_forward_equals_ort_int8(zoo_export, model, spec):
 INT4_FLIP = 1e-3
 
 
+def _unfused() -> ort.SessionOptions:
+    """The graph as written, no fusions: the QDQ graph's own arithmetic. With ORT_ENABLE_ALL onnxruntime
+    fuses DequantizeLinear -> MatMul into integer kernels whose float results differ in the last bits,
+    and a later QuantizeLinear then rounds an element to the neighbouring uint8 step: measured 7.8e-3 ..
+    8.5e-3 of the output's range on 3 of 8 BERT feeds, the others within 2.1e-7."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
+
+
 @pytest.mark.parametrize("spec", [None, "gelu=phi6"])
 @pytest.mark.parametrize("mode", ["int4:16", "int4:32", "int8:static"])
 def test_fake_quant_forward_equals_ort_other_modes(zoo_export, spec, mode):
@@ -75,7 +86,7 @@ def test_fake_quant_forward_equals_ort_other_modes(zoo_export, spec, mode):
     cal = F.random_feeds(sf, 4, seed=10)
     plan = fakequant.plan(proto, mode, cal)
     _, qproto = quantize_proto(proto, mode, calibration_feeds=cal)
-    sq = session_for(qproto)
+    sq = session_for(qproto, _unfused() if mode == "int8:static" else None)
     inits = {t.name for t in proto.graph.initializer}
     assert set(plan) == {n.output[0] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
     assert bool(plan.tensors) == (mode == "int8:static")  # static: fixed activation ranges
@@ -114,14 +125,14 @@ def test_int4_plan_covers_split_gemms(zoo_export):
 
 def test_static_gemm_bias_is_rounded_as_int32(zoo_export):
     """GPT-2's Gemms carry their bias: static QDQ stores it as int32 at input scale x weight scale, and
-    a rounded output flips when the float bias differs: without that rounding the student misses
-    onnxruntime by whole uint8 steps (measured 1e-2), with it by float rounding."""
+    a later rounded input flips when the float bias differs: without that rounding the student misses
+    onnxruntime by whole uint8 steps, with it by float rounding."""
     proto = _model(zoo_export, "gpt2", None)
     sf = session_for(proto)
     cal = F.random_feeds(sf, 4, seed=10)
     plan = fakequant.plan(proto, "int8:static", cal)
     assert {n.output[0] for n in proto.graph.node if n.op_type == "Gemm"} <= {y for y, s in plan.items() if s.bias}
-    sq = session_for(quantize_proto(proto, "int8:static", calibration_feeds=cal)[1])
+    sq = session_for(quantize_proto(proto, "int8:static", calibration_feeds=cal)[1], _unfused())
     fd = F.random_feeds(sf, 1, seed=0)[0]
     ref = sq.run(None, fd)[0]
     with torch.no_grad():
