@@ -272,7 +272,8 @@ def heal_summary(h) -> None:
               f"evaluation {h.lowest:.5f}; {h.steps} steps in {h.seconds:.0f} s ({h.stopped}); "
               f"{h.train_samples} training + {h.heldout_samples} held-out samples; {h.trainable} tensors "
               f"({h.trainable_values} values) trained"
-              + (f"; against the int8 path ({h.fake_quantized} MatMuls fake-quantized)" if h.fake_quantized else ""),
+              + (f"; against the {h.config.get('quantize') or 'quantized'} path ({h.fake_quantized} MatMuls "
+                 "fake-quantized)" if h.fake_quantized else ""),
               highlight=False)
 
 

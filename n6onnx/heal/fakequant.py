@@ -27,11 +27,12 @@ blocks of BLOCK along K, symmetric: ``s = max |x| / 127``, ``q = round(x / s)``.
 
 ``--quantize int8:static`` (``quantize_static``, QDQ, MinMax): the weights as for ``int8`` (per
 channel, symmetric; recomputed from the live weight at every step, as the quantizer recomputes them
-on write-out), and every activation tensor the QDQ graph quantizes (the inputs and outputs of its
-MatMuls and Gemms, those of two activations included) rounded to uint8 with the fixed scale and
-zero point that the MinMax calibration gave the start model (``Plan.tensors``). Its gradient passes
-where the value is within the range and is zero where it is clipped (``torch.fake_quantize_per_tensor_affine``).
-On write-out the healed model is calibrated again on the same data.
+on write-out), and every activation tensor the QDQ graph quantizes (the inputs of its MatMuls and
+Gemms, those of two activations included; ``n6onnx.quantize`` leaves their outputs float) rounded to
+uint8 with the fixed scale and zero point that the MinMax calibration gave the start model
+(``Plan.tensors``), and a Gemm's bias to int32 at input scale x weight scale. The gradient passes where
+a value is within its range and is zero where it was clipped (``fixed``). On write-out the healed
+model is calibrated again on the same data.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import dataclasses
 import weakref
 
 import numpy as np
-
 import onnx
 import torch
 

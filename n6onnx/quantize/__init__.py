@@ -115,7 +115,8 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
     if unknown:
         raise BadArgumentError(f"exclude_nodes: no node named {', '.join(map(repr, unknown))} in {name}")
     if qm.kind == "int4":  # MatMulNBits takes MatMuls only: a Linear exported as Gemm becomes MatMul + Add
-        proto, _ = int4graph.split_gemms(proto)
+        proto, _ = int4graph.split_gemms(proto, keep=exclude_nodes)
+        cands = _matmuls(proto)  # (a split Gemm is counted by its MatMul)
     n6_before = sum(n.domain == DOMAIN for n in proto.graph.node)
     functions = {(f.domain, f.name, getattr(f, "overload", "")): f for f in proto.functions}
 

@@ -31,9 +31,10 @@ def is_int4(proto: onnx.ModelProto) -> bool:
     return any(n.op_type == "MatMulNBits" for n in proto.graph.node)
 
 
-def split_gemms(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+def split_gemms(proto: onnx.ModelProto, keep=()) -> tuple[onnx.ModelProto, dict[str, str]]:
     """(a copy of ``proto`` with each Gemm of a constant weight as MatMul + Add, {Gemm output: the new
-    MatMul's output}). Other Gemms stay as they are."""
+    MatMul's output}). Other Gemms, and those named in ``keep`` (excluded from quantization), stay."""
+    keep = set(keep)
     inits = {t.name: t for t in proto.graph.initializer}
     used = {i for n in proto.graph.node for i in n.input}
     out = onnx.ModelProto()
@@ -41,7 +42,7 @@ def split_gemms(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]
     nodes, new_w, split = [], {}, {}
     for n in proto.graph.node:
         a = _attrs(n) if n.op_type == "Gemm" else {}
-        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or n.input[1] not in inits or \
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or n.input[1] not in inits or n.name in keep or \
                 a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
             nodes.append(n)
             continue

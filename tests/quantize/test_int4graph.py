@@ -76,3 +76,12 @@ def test_gemms_are_split_and_quantized(zoo_export):
     assert rep.quantized == len(gemms) and rep.op_counts == {"MatMulNBits": len(gemms)} and not rep.warnings
     ref, got = s_o.run(None, fd)[0], session_for(q).run(None, fd)[0]
     assert 0 < np.abs(got - ref).max() < 0.2 * np.abs(ref).max()
+
+
+def test_an_excluded_gemm_stays_float(zoo_export):
+    proto = io.load_proto(zoo_export("gpt2", "dynamo20"))
+    gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
+    rep, q = quantize_proto(proto, "int4", exclude_nodes=[gemms[0].name])
+    assert rep.candidates == len(gemms) + sum(n.op_type == "MatMul" for n in proto.graph.node)
+    assert rep.quantized == len(gemms) - 1
+    assert [n.name for n in q.graph.node if n.op_type == "Gemm"] == [gemms[0].name]
