@@ -68,7 +68,7 @@ def default_heal(*, dims=None, threads: int | None = None,
 
     def hook(model, out, *, original, calibrate, tokenizer, minutes, quantize=None):
         if quantize is not None and quantize not in FAKE_QUANT_MODES:
-            raise N6Error(f"healing cannot train against {quantize!r} (fake quantization mirrors int8 only)")
+            raise N6Error(f"healing cannot train against {quantize!r} (tune quantizes with int8 only)")
         cfg = heal_run.HealConfig(minutes=minutes, steps=steps, threads=threads, quantize=quantize)
         return heal_run.heal_file(model, original, calibrate, out, tokenizer=tokenizer, dims=dims, config=cfg)
 
