@@ -73,7 +73,8 @@ def _heal_options(f, flag: bool = True):
                      help="Held-out checks see, and keep as the best, an exponential moving average of the weights "
                      "(decay per step, e.g. 0.99); 0: the live weights."),
         click.option("--heal-fake-quant/--no-heal-fake-quant", default=HealConfig.fake_quant, show_default=True,
-                     help="For a quantized result (--quantize int8, int8:static or int4, or healing an int8 model): "
+                     help="For a quantized result (--quantize int8, int8:static or int4, or healing an int8 or int4 "
+                     "model): "
                      "train against the quantized path (fake-quantized MatMuls as onnxruntime runs them, "
                      "straight-through gradients), the quantized MatMuls' weights included; off: heal in float, "
                      "quantize after."),

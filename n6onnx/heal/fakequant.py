@@ -94,7 +94,7 @@ def _int4_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
     """Keyed by the output of the MatMul, or of the Gemm that the quantizer split into MatMul + Add."""
     inits = {t.name for t in proto.graph.initializer}
     mm = {n.output[0]: n.output[0] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
-    mm.update({v: y for y, v in int4graph.split_gemms(proto)[1].items()})
+    mm.update({v: y for y, v in int4graph.split_outputs(proto).items()})
     out = {}
     for n in q.graph.node:
         if n.op_type != "MatMulNBits" or n.output[0] not in mm:
@@ -151,14 +151,20 @@ def _quant(q) -> tuple:
     return ("int8", bool(q)) if isinstance(q, bool) else tuple(q)
 
 
-def weight_grid(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values as float, scale) of ``w`` [K, N] as onnxruntime's quantize_dynamic rounds it."""
+def int8_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """The symmetric int8 scale of ``w`` [K, N] per output column (or per tensor): 2 max|W| / 254, 1 where 0."""
     with torch.no_grad():
         wd = w.detach()
         amax = wd.abs().amax(0) if per_channel else wd.abs().amax()
         scale = (amax.double() * 2 / 254).float()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.div(wd.float(), scale).round_().clamp_(-127, 127)  # in place: the same values, fewer copies
+        return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def weight_grid(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values as float, scale) of ``w`` [K, N] as onnxruntime's quantize_dynamic rounds it."""
+    scale = int8_scale(w, per_channel)
+    with torch.no_grad():
+        q = torch.div(w.detach().float(), scale).round_().clamp_(-127, 127)  # in place: the same values, fewer copies
     return q, scale
 
 
@@ -305,7 +311,7 @@ def inputs(op: str, attrs: dict, ins: list, site=True, grids: Grids | None = Non
         qw = weight(w, site.weight)
     rest = list(ins[2:])
     if site.bias is not None and rest and rest[0] is not None:  # int32 at (input scale x weight scale)
-        _, sw = weight_grid(w.detach().transpose(0, 1) if transposed else w.detach(), site.weight[1])
+        sw = int8_scale(w.transpose(0, 1) if transposed else w, site.weight[1])
         with torch.no_grad():
             step = (sw.double() * site.bias).float()
             qb = torch.div(rest[0].detach().float(), step).round_().mul_(step).to(rest[0].dtype)

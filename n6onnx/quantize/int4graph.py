@@ -12,7 +12,8 @@ other bit widths, mixed block sizes, other quantized ops) is refused by name.
 ``MatMulNBitsQuantizer`` quantizes MatMul only, so ``split_gemms`` first turns each Gemm with a
 constant weight (alpha = beta = 1, no transA: the Linear layers of GPT-2-style exports) into
 ``MatMul(A, W) -> <Y>_MatMul`` and ``Add(<Y>_MatMul, C) -> Y`` (a transB weight stored transposed as
-``<W>_T``), which ``--quantize int4`` then quantizes like any MatMul.
+``<W>_T``), which ``--quantize int4`` then quantizes like any MatMul; ``split_outputs`` gives the
+mapping from each Gemm's output to its MatMul's without copying the model.
 """
 
 from __future__ import annotations
@@ -31,44 +32,59 @@ def is_int4(proto: onnx.ModelProto) -> bool:
     return any(n.op_type == "MatMulNBits" for n in proto.graph.node)
 
 
+def _splittable(proto: onnx.ModelProto, keep=()):
+    """The Gemms ``split_gemms`` splits: a constant weight, alpha = beta = 1, no transA, not in ``keep``."""
+    keep, inits = set(keep), {t.name for t in proto.graph.initializer}
+    for k, n in enumerate(proto.graph.node):
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or n.input[1] not in inits or n.name in keep:
+            continue
+        a = _attrs(n)
+        if a.get("alpha", 1.0) == 1.0 and a.get("beta", 1.0) == 1.0 and not a.get("transA", 0):
+            yield k, n, bool(a.get("transB", 0)), len(n.input) > 2 and bool(n.input[2])
+
+
+def split_outputs(proto: onnx.ModelProto, keep=()) -> dict[str, str]:
+    """{Gemm output: the output of the MatMul ``split_gemms`` makes of it}, without copying the model."""
+    return {n.output[0]: f"{n.output[0]}_MatMul" if bias else n.output[0] for _, n, _, bias in _splittable(proto, keep)}
+
+
 def split_gemms(proto: onnx.ModelProto, keep=()) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """(a copy of ``proto`` with each Gemm of a constant weight as MatMul + Add, {Gemm output: the new
-    MatMul's output}). Other Gemms, and those named in ``keep`` (excluded from quantization), stay."""
-    keep = set(keep)
-    inits = {t.name: t for t in proto.graph.initializer}
-    used = {i for n in proto.graph.node for i in n.input}
+    """(a copy of ``proto`` with each Gemm of a constant weight as MatMul + Add, ``split_outputs``).
+    Other Gemms, and those named in ``keep`` (excluded from quantization), stay."""
+    split = {k: (trans, bias) for k, _, trans, bias in _splittable(proto, keep)}  # by index (protobuf wrappers
+    # are made anew at each access, so their ids say nothing)
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    nodes, new_w, split = [], {}, {}
-    for n in proto.graph.node:
-        a = _attrs(n) if n.op_type == "Gemm" else {}
-        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or n.input[1] not in inits or n.name in keep or \
-                a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
+    if not split:
+        return out, {}
+    inits = {t.name: t for t in proto.graph.initializer}
+    nodes, new_w, outputs = [], {}, {}
+    for k, n in enumerate(proto.graph.node):
+        if k not in split:
             nodes.append(n)
             continue
+        trans, bias = split[k]
         w = n.input[1]
-        if a.get("transB", 0):
+        if trans:
             t = f"{w}_T"
             if t not in new_w:
                 new_w[t] = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[w]).T), t)
             w = t
         y = n.output[0]
-        mm = f"{y}_MatMul"
+        mm = f"{y}_MatMul" if bias else y
         name = n.name or y
-        has_bias = len(n.input) > 2 and bool(n.input[2])
-        nodes.append(onnx.helper.make_node("MatMul", [n.input[0], w], [mm if has_bias else y], name=f"{name}_MatMul"))
-        if has_bias:
+        nodes.append(onnx.helper.make_node("MatMul", [n.input[0], w], [mm], name=f"{name}_MatMul"))
+        if bias:
             nodes.append(onnx.helper.make_node("Add", [mm, n.input[2]], [y], name=f"{name}_Add"))
-        split[y] = mm if has_bias else y
-    if not split:
-        return out, split
+        outputs[y] = mm
+    used = {i for n in proto.graph.node for i in n.input}
+    still = {i for n in nodes for i in n.input}
+    kept = [t for t in out.graph.initializer if t.name in still or t.name not in used]
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    still = {i for n in nodes for i in n.input}
-    keep = [t for t in out.graph.initializer if t.name in still or t.name not in used]
     del out.graph.initializer[:]
-    out.graph.initializer.extend(keep + list(new_w.values()))
-    return out, split
+    out.graph.initializer.extend(kept + list(new_w.values()))
+    return out, outputs
 
 
 def _attrs(n: onnx.NodeProto) -> dict:

@@ -69,6 +69,7 @@ def test_gemms_are_split_and_quantized(zoo_export):
     gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
     split, outs = int4graph.split_gemms(proto)
     assert len(outs) == len(gemms) > 0 and not any(n.op_type == "Gemm" for n in split.graph.node)
+    assert int4graph.split_outputs(proto) == outs  # the same mapping, without the copy
     s_o, s_s = session_for(proto), session_for(split)
     fd = F.random_feeds(s_o, 1, seed=0)[0]
     np.testing.assert_allclose(s_s.run(None, fd)[0], s_o.run(None, fd)[0], rtol=1e-5, atol=1e-5)
