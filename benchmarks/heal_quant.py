@@ -11,7 +11,11 @@ Rows:
 - calibrated gelu=phi6 healed under fake quantization, then ``--quantize int8`` (``--heal``);
 - the original with ``--quantize int4`` (MatMulNBits, block 32) and ``--quantize int8:static`` (QDQ, MinMax on
   the first ``--calib-samples`` sentences of DATA), each plain and healed against its own quantized path
-  (``rewrite --quantize MODE --heal``: rows ``int4``, ``int4_heal``, ``static``, ``static_heal``).
+  (``rewrite --quantize MODE --heal``: rows ``int4``, ``int4_heal``, ``static``, ``static_heal``); int4 plain is
+  round to nearest (``--quantize-fit none``);
+- ``int4_fit``: ``--quantize int4 --calibrate`` with its default fit (refit on the int4 path + GPTQ onto
+  MatMulNBits' grid, on the first ``--calib-samples`` sentences), and ``int4_fit_heal``: that model healed
+  under fake quantization (``n6onnx heal`` on the int4 file).
 
 Data (the splits of benchmarks/heal.py): held-out = corpus sentences 1000..1255 (256; ``--held N``:
 1000..1000+N-1), never seen by calibration or healing; DATA = the first ``--samples`` other sentences; the closed-form fit uses its
@@ -59,7 +63,7 @@ def main() -> None:
     ap.add_argument("--holdout-batches", type=int, default=8, help="held-out batches of DATA for early stopping")
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per timed model (0: no timing)")
     ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq, "
-                    "int4, int4_heal, static, static_heal)")
+                    "int4, int4_fit, int4_fit_heal, int4_heal, static, static_heal)")
     ap.add_argument("--floor-falls", type=int, default=HealConfig.floor_falls,
                     help="falls at the smallest step before a heal phase ends (HealConfig.floor_falls)")
     ap.add_argument("--int8-guard", default="per-tensor", choices=["per-channel", "per-tensor"],
@@ -139,8 +143,21 @@ def main() -> None:
         for key, mode in (("int4", "int4"), ("static", "int8:static")):
             if key in want or f"{key}_heal" in want:
                 plain = work / f"{key}.onnx"
-                n6onnx.rewrite(src, plain, [], calibrate=data, calib_samples=a.calib_samples, dims=DIMS, quantize=mode)
-                row(f"the original + --quantize {mode}", plain, timed=True)
+                n6onnx.rewrite(src, plain, [], calibrate=data, calib_samples=a.calib_samples, dims=DIMS, quantize=mode,
+                               quantize_fit="none")
+                row(f"the original + --quantize {mode}" + (" --quantize-fit none (round to nearest)"
+                                                           if key == "int4" else ""), plain, timed=True)
+            if key == "int4" and want & {"int4_fit", "int4_fit_heal"}:  # the default with --calibrate: refit + GPTQ
+                t = time.perf_counter()
+                _, rep = n6onnx.rewrite(src, work / "int4_fit.onnx", [], calibrate=data, calib_samples=a.calib_samples,
+                                        dims=DIMS, quantize=mode)
+                row("the original + --quantize int4 --calibrate (int4 fit: refit + GPTQ, the default)",
+                    work / "int4_fit.onnx", seconds=round(time.perf_counter() - t, 1), fit=rep.quantization.fit,
+                    speed_as="the original + --quantize int4 (same graph)")
+            if key == "int4" and "int4_fit_heal" in want:
+                h = healed(work / "int4_fit.onnx", work / "int4_fit_h.onnx")
+                row("that int4 fit, healed under its fake quantization (n6onnx heal on the int4 model)",
+                    work / "int4_fit_h.onnx", speed_as="the original + --quantize int4 (same graph)", **h)
             if f"{key}_heal" in want:
                 t = time.perf_counter()
                 _, rep = n6onnx.rewrite(src, work / f"{key}_h.onnx", [], calibrate=data, calib_samples=a.calib_samples,

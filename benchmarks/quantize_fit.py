@@ -8,7 +8,7 @@ exactly ORT's own int8), gptq (GPTQ rounding on the int8 path's inputs) and refi
 int8 path, then GPTQ). A gelu swap is calibrated with --int8-guard (default per-channel: what `rewrite
 --quantize int8 --calibrate` does where the fit runs; its `none` rows are then that graph under onnxruntime's
 rounding, while `rewrite --quantize-fit none` itself calibrates per-tensor; per-tensor: the rows before). The fit runs on the finished float model, as in `rewrite` (api.rewrite calls the
-same qfit.fit_int8 on the same batches). Fidelity: n6onnx validate on 255 held-out sentences
+same qfit.fit_quantized on the same batches). Fidelity: n6onnx validate on 255 held-out sentences
 (1000..1254), batch 8 x 64, mean-pooled embedding cosine and nearest-neighbour agreement against ORT
 running the fp32 original. No timing: the fit changes weight values only (the graph is the same).
 Writes benchmarks/results/quantize_fit_minilm.json.
@@ -95,7 +95,7 @@ def main() -> None:
             p = proto
             if fit != "none":  # METHOD[:unrounded]: the fit's rows without the activation's uint8 rounding
                 method, _, opt = fit.partition(":")
-                p, rep = qfit.fit_int8(proto, batches, compensate=method == "refit", round_rows=opt != "unrounded")
+                p, rep = qfit.fit_quantized(proto, batches, compensate=method == "refit", round_rows=opt != "unrounded")
             Q.quantize(p, q, "int8")
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
                 **({} if rep is None else {"fit_report": rep.to_json()}))

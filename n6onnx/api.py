@@ -133,10 +133,11 @@ def rewrite(
     calibration data (or its first ``heal_samples``); ``heal_config`` a ``heal.HealConfig``.
     ``quantize`` (``int8``, ``int8:static``, ``int4[:BLOCK]``, see ``n6onnx.quantize``) runs last,
     after the passes, calibration and healing; with it, ``passes_`` may be empty (quantize the original).
-    ``quantize_fit`` (``int8`` with ``calibrate`` and no ``heal``): ``refit`` refits every quantized MatMul
-    on the int8 path and GPTQ-rounds it onto onnxruntime's grid, ``gptq`` only rounds, ``none`` leaves the
-    rounding to onnxruntime (see ``n6onnx.quantize.qfit``); ``auto`` (default): ``refit`` where it applies
-    (``int8`` with ``calibrate`` and no ``heal``: healing trains against the int8 path itself), else ``none``.
+    ``quantize_fit`` (``int8`` or ``int4`` with ``calibrate`` and no ``heal``): ``refit`` refits every quantized
+    MatMul on the quantized path and GPTQ-rounds it onto onnxruntime's grid (per-channel int8, or MatMulNBits'
+    4-bit blocks), ``gptq`` only rounds, ``none`` leaves the rounding to onnxruntime (see
+    ``n6onnx.quantize.qfit``); ``auto`` (default): ``refit`` where it applies (``int8`` or ``int4`` with
+    ``calibrate`` and no ``heal``: healing trains against the quantized path itself), else ``none``.
     ``int8_guard``: which int8 quantizer a calibrated gelu swap is made to survive. ``per-tensor``: any stock
     quantizer, per-tensor weights included (the up projection's gain in a Mul, outlier units in a detour FFN;
     docs/calibration.md); ``per-channel``: per-channel or per-block weights only (centring and balance, without
@@ -157,11 +158,11 @@ def rewrite(
     if quantize_fit not in qfit.METHODS + ("auto",):
         raise BadArgumentError(f"quantize_fit: expected auto or one of {', '.join(qfit.METHODS)}, got {quantize_fit!r}")
     if quantize_fit == "auto":
-        fits = qmode is not None and qmode.kind == "int8" and calibrate is not None and not heal
+        fits = qmode is not None and qmode.kind in qfit.MODES and calibrate is not None and not heal
         quantize_fit = "refit" if fits else "none"
-    if quantize_fit != "none" and (qmode is None or qmode.kind != "int8" or calibrate is None):
-        raise BadArgumentError(f"--quantize-fit {quantize_fit} needs --quantize int8 and --calibrate DATA (it fits "
-                               "the int8 MatMuls on DATA)")
+    if quantize_fit != "none" and (qmode is None or qmode.kind not in qfit.MODES or calibrate is None):
+        raise BadArgumentError(f"--quantize-fit {quantize_fit} needs --quantize int8 or int4 and --calibrate DATA "
+                               "(it fits the quantized MatMuls on DATA)")
     if int8_guard not in INT8_GUARDS + ("auto",):
         raise BadArgumentError(f"int8_guard: expected auto, {' or '.join(INT8_GUARDS)}, got {int8_guard!r}")
     if int8_guard == "auto":
@@ -231,8 +232,9 @@ def rewrite(
     if qmode is not None:  # last: onnxruntime's quantizer on the finished float model
         proto = io.materialize(ir.serde.serialize_model(m))
         fit = None
-        if qmode.kind == "int8" and ctx.batches and quantize_fit != "none" and not heal:
-            proto, fit = qfit.fit_int8(proto, ctx.batches, compensate=quantize_fit == "refit", progress=ctx.progress)
+        if qmode.kind in qfit.MODES and ctx.batches and quantize_fit != "none" and not heal:
+            proto, fit = qfit.fit_quantized(proto, ctx.batches, compensate=quantize_fit == "refit",
+                                            progress=ctx.progress, mode=qmode)
         quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches)
         quantization.fit = None if fit is None else fit.to_json()
         warnings += quantization.warnings

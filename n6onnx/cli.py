@@ -153,9 +153,9 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
                    "MatMul inputs, needs --calibrate) or int4[:BLOCK] (weight-only MatMulNBits, block 32). n6 ops "
                    "stay float.")
 @click.option("--quantize-fit", type=click.Choice(["auto", "refit", "gptq", "none"]), default="auto", show_default=True,
-              help="With --quantize int8 --calibrate (no --heal): refit each quantized MatMul on the int8 path and "
-                   "GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let onnxruntime round "
-                   "to nearest (none). auto: refit where it applies, else none.")
+              help="With --quantize int8 or int4 and --calibrate (no --heal): refit each quantized MatMul on the "
+                   "quantized path and GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let "
+                   "onnxruntime round to nearest (none). auto: refit where it applies, else none.")
 @click.option("--int8-guard", type=click.Choice(("auto",) + INT8_GUARDS), default="auto", show_default=True,
               help="Which int8 quantizer a calibrated gelu swap must survive: per-tensor (any stock quantizer; adds "
                    "a gain Mul and an outlier detour FFN per FFN) or per-channel (per-channel/per-block weights only, "

@@ -117,3 +117,84 @@ def gptq_round(W: np.ndarray, H: np.ndarray, *, damp: float = DAMP, block: int =
     if bad.any():  # not reproduced by onnxruntime: those columns are rounded to nearest
         deq[:, bad] = round_to_nearest(W0[:, bad])
     return deq, int(bad.sum())
+
+
+# ---------------------------------------------------------------- int4: MatMulNBits' block grid
+
+INT4_MIN, INT4_MAX = -8, 7
+
+
+def int4_grid(W: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(q [K, N] in [-8, 7], scale [K, N]: each entry's block scale, float32) of W [K, N] as onnxruntime's
+    MatMulNBits quantizer (symmetric) rounds it: per output column, blocks of ``block`` rows along K, the
+    block's largest-magnitude entry maps to -8 (scale = that entry / -8); an all-zero block has scale 0."""
+    W = np.asarray(W, np.float32)
+    K, N = W.shape
+    S = np.empty((K, N), np.float32)
+    for b0 in range(0, K, block):
+        b = W[b0:b0 + block]
+        top = np.abs(b).argmax(0)
+        S[b0:b0 + block] = b[top, np.arange(N)] / np.float32(-8)
+    safe = np.where(S != 0, S, np.float32(1))
+    q = np.where(S != 0, np.clip(np.round(W / safe), INT4_MIN, INT4_MAX), 0)
+    return q.astype(np.int8), S
+
+
+def gptq_round_int4(W: np.ndarray, H: np.ndarray, block: int, *, damp: float = DAMP, lazy: int = BLOCK,
+                    act_order: bool = True) -> tuple[np.ndarray, int]:
+    """W [K, N] rounded by GPTQ against ``H`` = X^T X [K, K] onto the grid that onnxruntime's MatMulNBits
+    quantizer (symmetric, blocks of ``block`` along K) computes for the result: the grid of W itself
+    (static groups: each block's scale is its round-to-nearest scale, and its largest-magnitude entry is
+    pinned at -8, so the scale reproduces), every other entry clipped to [-8, 7]. Rows are visited in
+    order of decreasing diag(H) (act-order; each row keeps its own block's scale), with lazy batch
+    updates of ``lazy`` rows. Returns (the dequantized weights ``q * scale``, float32, which the
+    quantizer reproduces bit for bit; how many columns fell back to round to nearest)."""
+    W0 = np.asarray(W, np.float32)
+    K, N = W0.shape
+    H = np.array(H, np.float64)
+    if H.shape != (K, K):
+        raise ValueError(f"gptq_round_int4: H is {H.shape}, expected ({K}, {K})")
+    q0, S32 = int4_grid(W0, block)
+    S = S32.astype(np.float64)
+    pin = np.zeros((K, N), bool)
+    for b0 in range(0, K, block):
+        top = np.abs(W0[b0:b0 + block]).argmax(0)
+        pin[b0 + top, np.arange(N)] = True
+    pin |= S == 0  # an all-zero block stays zero
+    pin_q = np.where(pin, q0, 0).astype(np.float64)
+    safe = np.where(S != 0, S, 1.0)
+    W = W0.astype(np.float64)
+    pin_w = pin_q * S
+    W[pin] = pin_w[pin]
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    H[np.diag_indices(K)] += damp * float(np.mean(np.diag(H)))
+    perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(K)
+    W, pin, pin_q, pin_w, S, safe = W[perm], pin[perm], pin_q[perm], pin_w[perm], S[perm], safe[perm]
+    H = H[perm][:, perm]
+    U = np.linalg.cholesky(np.linalg.inv(H)).T
+    Q = np.zeros((K, N))
+    for b0 in range(0, K, lazy):
+        b1 = min(b0 + lazy, K)
+        Wb = W[b0:b1].copy()
+        err = np.zeros_like(Wb)
+        for i in range(b1 - b0):
+            k = b0 + i
+            q = np.where(pin[k], pin_q[k], np.clip(np.round(Wb[i] / safe[k]), INT4_MIN, INT4_MAX))
+            Q[k] = q
+            e = (Wb[i] - q * S[k]) / U[k, k]
+            err[i] = e
+            rest = Wb[i + 1:]
+            rest -= np.outer(U[k, k + 1:b1], e)
+            np.copyto(rest, pin_w[k + 1:b1], where=pin[k + 1:b1])
+        if b1 < K:
+            W[b1:] -= U[b0:b1, b1:].T @ err
+            np.copyto(W[b1:], pin_w[b1:], where=pin[b1:])
+    out = np.empty((K, N))
+    out[perm] = Q + 0.0
+    deq = out.astype(np.float32) * S32
+    q_ort, s_ort = int4_grid(deq, block)
+    bad = ~(np.all(q_ort.astype(np.float64) == out, axis=0) & np.all(s_ort == S32, axis=0))
+    if bad.any():  # not reproduced by the quantizer: those columns are rounded to nearest
+        deq[:, bad] = q0[:, bad].astype(np.float32) * S32[:, bad]
+    return deq, int(bad.sum())

@@ -1,5 +1,12 @@
-"""Quantization-aware calibration for ``--quantize int8`` (closed form, numpy): every MatMul that the
-int8 stage quantizes is refitted on the int8 path and its weight GPTQ-rounded onto onnxruntime's grid.
+"""Quantization-aware calibration for ``--quantize int8`` and ``--quantize int4`` (closed form, numpy):
+every MatMul that the quantize stage quantizes is refitted on the quantized path and its weight
+GPTQ-rounded onto onnxruntime's grid.
+
+int4 (``mode="int4[:BLOCK]"``) follows the same steps on MatMulNBits' grid (``gptq.gptq_round_int4``:
+symmetric 4-bit blocks of BLOCK along K, each block's scale its round-to-nearest scale), with the
+model's Gemms of constant weight split into MatMul + Add first as the int4 stage splits them, and the
+rows X_q not rounded (the 4-bit weights' error is far larger than the int8 compute path's rounding of
+the activations). The steps below say int8.
 
 Without it, ``rewrite --calibrate DATA --quantize int8`` fits the float model and onnxruntime rounds
 each weight to nearest afterwards, blind to what the rounding does to the layer's output and to the
@@ -37,10 +44,13 @@ from onnx import numpy_helper
 
 from ..calibrate import collect, fit
 from ..graph import proto_consumers
-from . import gptq, int8graph, quantize_proto
+from ..errors import BadArgumentError
+from . import gptq, int4graph, int8graph, quantize_proto
+from .mode import QuantMode, parse_mode
 
 MIN_ROWS = 8  # fewer calibration rows than this: nothing to fit
-METHODS = ("refit", "gptq", "none")  # --quantize-fit: ridge refit on the int8 path + GPTQ; GPTQ alone; neither
+METHODS = ("refit", "gptq", "none")  # --quantize-fit: ridge refit on the quantized path + GPTQ; GPTQ alone; neither
+MODES = ("int8", "int4")  # the quantize modes fitted (int8:static is not)
 
 
 @dataclasses.dataclass
@@ -76,10 +86,19 @@ def levels(proto: onnx.ModelProto, outputs: set[str]) -> dict[str, int]:
     return out
 
 
-def _sites(proto: onnx.ModelProto, qproto: onnx.ModelProto) -> list[tuple[onnx.NodeProto, tuple | None]]:
+def _plan(proto: onnx.ModelProto, qproto: onnx.ModelProto, qm: QuantMode) -> dict[str, bool]:
+    """{output of a MatMul of ``proto``: True} for those that ``qproto`` quantized per channel (int8) or
+    replaced by MatMulNBits (int4, whose MatMul outputs keep their names)."""
+    if qm.kind == "int8":
+        return int8graph.quantized_matmuls(proto, qproto)
+    return {o: True for n in qproto.graph.node if n.op_type == "MatMulNBits" for o in n.output[:1]}
+
+
+def _sites(proto: onnx.ModelProto, qproto: onnx.ModelProto,
+           qm: QuantMode = QuantMode("int8")) -> list[tuple[onnx.NodeProto, tuple | None]]:
     """(MatMul node, (bias Add node, index of its constant input) or None) for every MatMul with a
-    float32 2-D weight of its own that ``qproto`` quantized per channel."""
-    plan = int8graph.quantized_matmuls(proto, qproto)
+    float32 2-D weight of its own that ``qproto`` quantized per channel (int8) or in 4-bit blocks."""
+    plan = _plan(proto, qproto, qm)
     inits = {t.name: t for t in proto.graph.initializer}
     users = proto_consumers(proto)
     readers: dict[str, int] = {}
@@ -109,16 +128,27 @@ def _rel(err: np.ndarray, T: np.ndarray) -> float:
     return float(np.mean(err.astype(np.float64) ** 2) / (np.var(T, dtype=np.float64) + 1e-30))
 
 
-def fit_int8(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate: bool = True, threads: int | None = None,
+def fit_quantized(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate: bool = True, threads: int | None = None,
              progress: Callable[[str], None] | None = None,
-             round_rows: bool = True) -> tuple[onnx.ModelProto, QuantFitReport]:
-    """A copy of the float ``proto`` whose quantized MatMuls are refitted on the int8 path and GPTQ-rounded
-    onto onnxruntime's per-channel int8 grid (module docstring), and a report. ``proto`` is not modified."""
+             round_rows: bool = True, mode: str | QuantMode = "int8") -> tuple[onnx.ModelProto, QuantFitReport]:
+    """A copy of the float ``proto`` whose quantized MatMuls are refitted on the quantized path and
+    GPTQ-rounded onto the grid onnxruntime's quantizer computes (module docstring), and a report. ``proto``
+    is not modified. ``mode``: int8 (per-channel dynamic) or int4[:BLOCK] (MatMulNBits; Gemms with a constant
+    weight are split into MatMul + Add first, as the int4 stage splits them; activations are not rounded)."""
     t0 = time.perf_counter()
+    qm = parse_mode(mode)
+    if qm.kind not in MODES:
+        raise BadArgumentError(f"quantize fit: mode {qm} is not fitted (int8 and int4 are)")
+    round_rows = round_rows and qm.kind == "int8"
     float_proto = proto
     cur = onnx.ModelProto()
     cur.CopyFrom(proto)
-    sites = _sites(cur, quantize_proto(cur, "int8")[1])
+    if qm.kind == "int4":
+        cur, _ = int4graph.split_gemms(cur, keep=())
+        float_proto = cur
+        cur = onnx.ModelProto()
+        cur.CopyFrom(float_proto)
+    sites = _sites(cur, quantize_proto(cur, qm)[1], qm)
     lv = levels(cur, {n.output[0] for n, _ in sites})
     inits = {t.name: t for t in cur.graph.initializer}
     order = sorted(set(lv.values()))
@@ -129,11 +159,11 @@ def fit_int8(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate: boo
     for i, L in enumerate(order):
         group = [(n, b) for n, b in sites if lv[n.output[0]] == L]
         if progress:
-            progress(f"int8 fit: level {i + 1}/{len(order)} ({len(group)} MatMul)")
+            progress(f"{qm} fit: level {i + 1}/{len(order)} ({len(group)} MatMul)")
         xs = inputs[i]
         nxt = _next_cut(float_proto, cut, xs, inputs[i + 1]) if i + 1 < len(order) else None
         full = [nxt] if nxt is not None and nxt != cut else []
-        _, qcur = quantize_proto(cur, "int8")
+        _, qcur = quantize_proto(cur, qm)
         Xq = collect.collect(qcur, xs, batches, threads, cut=cut, cut_values=qvals, full=full,
                              rounded=xs if round_rows else ())
         Xf = collect.collect(float_proto, xs, batches, threads, cut=cut, cut_values=fvals, full=full)
@@ -153,8 +183,14 @@ def fit_int8(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate: boo
                 rf = fit.ridge_refit(xq, T, W, b)
                 Wt, bt = rf.W, rf.b
             H = xq.T.astype(np.float64) @ xq
-            Wg, bad = gptq.gptq_round(Wt, H)
-            e_rtn.append(_rel(xq @ gptq.round_to_nearest(W) + b - T, T))
+            if qm.kind == "int4":
+                Wg, bad = gptq.gptq_round_int4(Wt, H, qm.block)
+                q, S = gptq.int4_grid(W, qm.block)
+                rtn = q.astype(np.float32) * S
+            else:
+                Wg, bad = gptq.gptq_round(Wt, H)
+                rtn = gptq.round_to_nearest(W)
+            e_rtn.append(_rel(xq @ rtn + b - T, T))
             e_fit.append(_rel(xq @ Wg + bt - T, T))
             fallback += bad
             _replace(cur, inits, n.input[1], Wg)

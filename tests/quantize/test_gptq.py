@@ -125,7 +125,7 @@ def test_int8_fit_is_at_least_as_close_to_the_original_on_held_out_feeds(bert, p
 def test_fit_weights_survive_quantize_dynamic_unchanged(bert):
     src, calib, _, d = bert
     proto = onnx.load(str(src))
-    fitted, rep = qfit.fit_int8(proto, cal.load_batches(str(calib), proto), compensate=True)
+    fitted, rep = qfit.fit_quantized(proto, cal.load_batches(str(calib), proto), compensate=True)
     assert rep.matmuls > 0
     onnx.save(fitted, str(d / "fitted.onnx"))
     quantize_dynamic(str(d / "fitted.onnx"), str(d / "fitted_q.onnx"), per_channel=True,
@@ -148,7 +148,8 @@ def test_cli_quantize_fit_option(bert, tmp_path):
     r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "p.onnx"), "--quantize", "int8",
                                   "--quantize-fit", "bogus"])
     assert r.exit_code != 0 and "Traceback" not in r.output and "--quantize-fit" in r.output
-    for args in (["--quantize", "int8"], ["--quantize", "int4", "--calibrate", str(calib)], ["--pass", "gelu=phi6"]):
+    for args in (["--quantize", "int8"], ["--quantize", "int8:static", "--calibrate", str(calib)],
+                 ["--pass", "gelu=phi6"]):
         out = tmp_path / "q.onnx"
         r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(out), "--quantize-fit", "refit", *args])
         assert r.exit_code == 2 and "Traceback" not in r.output and "--quantize-fit refit needs" in r.output, r.output
@@ -156,9 +157,9 @@ def test_cli_quantize_fit_option(bert, tmp_path):
 
 
 def test_the_default_fit_is_refit_where_it_applies(bert, tmp_path):
-    """--quantize-fit auto (the default): refit with --quantize int8 --calibrate; no fit without --calibrate,
-    with --heal (healing trains against the int8 path itself) or for int4; the refit model equals an explicit
-    --quantize-fit refit bit for bit."""
+    """--quantize-fit auto (the default): refit with --quantize int8 (or int4) --calibrate; no fit without
+    --calibrate, with --heal (healing trains against the quantized path itself) or for int8:static; the refit
+    model equals an explicit --quantize-fit refit bit for bit."""
     src, calib, _, _ = bert
     _, rep = n6onnx.rewrite(src, tmp_path / "a.onnx", [], calibrate=calib, quantize="int8")
     assert rep.quantization.fit["method"] == "gptq+refit"
@@ -167,6 +168,8 @@ def test_the_default_fit_is_refit_where_it_applies(bert, tmp_path):
     _, rep = n6onnx.rewrite(src, tmp_path / "n.onnx", [], quantize="int8")
     assert rep.quantization.fit is None
     _, rep = n6onnx.rewrite(src, tmp_path / "q4.onnx", [], calibrate=calib, quantize="int4")
+    assert rep.quantization.fit["method"] == "gptq+refit"
+    _, rep = n6onnx.rewrite(src, tmp_path / "qs.onnx", [], calibrate=calib, quantize="int8:static")
     assert rep.quantization.fit is None
     with pytest.raises(BadArgumentError, match="auto or one of"):
         n6onnx.rewrite(src, tmp_path / "x.onnx", [], calibrate=calib, quantize="int8", quantize_fit="bogus")
