@@ -18,7 +18,9 @@ early stopping.
     python benchmarks/heal_lm.py --no-uncalibrated --heal "minutes=6" --out part1.json   # parallel runs ...
     python benchmarks/heal_lm.py --merge part1.json part2.json   # ... merged into heal_lm.json, its rows kept
     python benchmarks/heal_lm.py --quantize int4 --no-passes --out benchmarks/results/heal_lm_int4.json
-        # the original with --quantize MODE, plain and healed against that path (rewrite --quantize MODE --heal)
+        # the original with --quantize MODE, plain and healed against that path (rewrite --quantize MODE --heal);
+        # int8 and int4 also without their default fit (--quantize-fit none), and with --fit-heal the fitted
+        # model healed (n6onnx heal on the quantized file)
 
 Writes benchmarks/results/heal_lm.json (``--lm moe``: heal_moe.json; ``--out`` to write elsewhere). A trained
 LM under build/lm (or build/moe) is reused, not retrained (lm_train's stamp).
@@ -44,6 +46,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import n6onnx  # noqa: E402
 from n6onnx.feeds import load_npz  # noqa: E402
 from n6onnx.heal.train import HealConfig  # noqa: E402
+from n6onnx.heal.run import heal_file  # noqa: E402
+from n6onnx.quantize import parse_mode, qfit  # noqa: E402
 from n6onnx.io import atomic_path, atomic_write  # noqa: E402
 from n6onnx.runtime import InferenceSession  # noqa: E402
 
@@ -176,6 +180,8 @@ def main(argv=None) -> int:
                     help="also the original with --quantize MODE (int8, int8:static, int4[:BLOCK]), plain and healed "
                          "against its quantized path (repeatable)")
     ap.add_argument("--no-passes", action="store_true", help="skip the pass rows (with --quantize: its rows only)")
+    ap.add_argument("--fit-heal", action="store_true", help="with --quantize int8/int4: also the fitted model healed "
+                    "under its fake quantization (n6onnx heal on the quantized file)")
     ap.add_argument("--out", type=pathlib.Path, help="write the JSON here instead of benchmarks/results/heal_lm.json (heal_moe.json)")
     ap.add_argument("--note", default="", help="where and how this ran")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+",
@@ -209,9 +215,22 @@ def main(argv=None) -> int:
         quantize_dynamic(str(src), str(work / "int8.onnx"), per_channel=True, weight_type=QuantType.QInt8)
         row("ORT int8 (quantize_dynamic, per_channel=True)", work / "int8.onnx")
         for mode in a.quantize:
-            n6onnx.rewrite(src, work / "q.onnx", [], calibrate=data, calib_samples=a.calib_samples, quantize=mode)
-            row(f"--quantize {mode}", work / "q.onnx")
+            fits = parse_mode(mode).kind in qfit.MODES  # with --calibrate the default fits it (refit + GPTQ)
+            if fits:
+                n6onnx.rewrite(src, work / "q0.onnx", [], calibrate=data, calib_samples=a.calib_samples, quantize=mode,
+                               quantize_fit="none")
+                row(f"--quantize {mode} --quantize-fit none (round to nearest)", work / "q0.onnx")
+            _, rep = n6onnx.rewrite(src, work / "q.onnx", [], calibrate=data, calib_samples=a.calib_samples,
+                                    quantize=mode)
+            row(f"--quantize {mode}" + (" (its default fit: refit + GPTQ)" if fits else ""), work / "q.onnx",
+                fit=rep.quantization.fit)
             cfg = dataclasses.replace(parse_heal(f"minutes={a.minutes}"), threads=2)
+            if fits and a.fit_heal:  # heal the fitted model: n6onnx heal on the quantized file
+                t = time.perf_counter()
+                hrep = heal_file(work / "q.onnx", src, data, work / "qfh.onnx", config=cfg)
+                row(f"--quantize {mode} (fit), healed under its fake quantization (n6onnx heal)", work / "qfh.onnx",
+                    heal_seconds=round(time.perf_counter() - t, 1),
+                    healing={k: v for k, v in hrep.to_json().items() if k != "curve"})
             t = time.perf_counter()
             _, rep = n6onnx.rewrite(src, work / "qh.onnx", [], calibrate=data, calib_samples=a.calib_samples,
                                     quantize=mode, heal=True, heal_config=cfg)

@@ -1,5 +1,5 @@
-"""Quantization-aware calibration for `--quantize int8` (issue 17, n6onnx.quantize.qfit): held-out fidelity
-of all-MiniLM-L6-v2 and its calibrated rewrites under --quantize int8 with each --quantize-fit method.
+"""Quantization-aware calibration for `--quantize int8` and `--quantize int4` (issue 17, n6onnx.quantize.qfit): held-out fidelity
+of all-MiniLM-L6-v2 and its calibrated rewrites under --quantize int8 (or --mode int4[:BLOCK]) with each --quantize-fit method.
 
 Recipes: the original alone (no pass), gelu=phi6, ffn=phi-bottleneck:4/3, attention=fftmix:2, each
 calibrated on sentences 0..254 (as `rewrite --calibrate` does), then --quantize int8 with
@@ -37,18 +37,20 @@ RECIPES = {"original (no pass)": [], "gelu=phi6": ["gelu=phi6"], "ffn=phi-bottle
            "attention=fftmix:2": ["attention=fftmix:2"]}
 
 
-def save(rows: list, complete: bool, name: str = "quantize_fit_minilm", held: int = 255) -> None:
+def save(rows: list, complete: bool, name: str = "quantize_fit_minilm", held: int = 255, mode: str = "int8") -> None:
     """Written after every row (a partial run keeps what it measured; ``complete`` says whether it finished)."""
     write(name, {
         "complete": complete,
         "benchmark": "quantize_fit_minilm",
+        "mode": mode,
         "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), batch 8 x 64; calibration "
                    "= corpus sentences 0..254 (the passes' calibration and the int8 fit); fidelity = n6onnx "
                    f"validate on {held} held-out sentences (1000..{999 + held}): mean-pooled embedding cosine against ORT "
                    "running the fp32 original, nearest-neighbour agreement. quantize_fit none = onnxruntime's "
                    "quantize_dynamic per channel (QInt8) of the float model (for the original: stock ORT int8); "
                    "gptq / refit = n6onnx.quantize.qfit before the same quantize_dynamic. One run, deterministic "
-                   "(no timing)."),
+                   f"(no timing). Mode {mode}" + (": MatMulNBits (weight-only 4-bit blocks) instead of quantize_dynamic, "
+                   "none = its round to nearest, the fit onto its block grid" if mode.startswith("int4") else "") + "."),
         "rows": rows,
     })
 
@@ -58,10 +60,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="which recipes (default: all)")
     ap.add_argument("--fits", nargs="*", default=["none", "gptq", "refit"], help="which --quantize-fit methods (METHOD:unrounded: "
-                    "the fit's rows without the activation's uint8 rounding)")
+                    "the fit's rows without the activation's uint8 rounding; with --mode int4 also ort-gptq and "
+                    "ort-gptq:group, onnxruntime's own GPTQ for MatMulNBits, per channel or per block)")
     ap.add_argument("--held", type=int, default=255,
                     help="held-out sentences 1000..1000+N-1 (at most 1803: NN agreement's noise shrinks with N)")
     ap.add_argument("--name", default="quantize_fit_minilm", help="result file name")
+    ap.add_argument("--mode", default="int8", help="--quantize mode fitted: int8 or int4[:BLOCK]")
     ap.add_argument("--int8-guard", default="per-channel", choices=["per-channel", "per-tensor"],
                     help="the calibration's int8 guard (per-channel: what rewrite --quantize int8 does where "
                     "the int8 fit runs)")
@@ -76,7 +80,7 @@ def main() -> None:
         e = r["outputs"]["last_hidden_state"]["embedding"]
         rows.append({"recipe": recipe, "quantize_fit": fit, "int8_guard": args.int8_guard, "cosine_mean": e["cosine_mean"],
                      "cosine_min": e["cosine_min"], "nn_agreement": e["nn_agreement"], **extra})
-        save(rows, False, args.name, args.held)
+        save(rows, False, args.name, args.held, args.mode)
         print(f"{recipe:28s} {fit:6s} cos {e['cosine_mean']:.4f} nn {e['nn_agreement']:.3f} {extra}", flush=True)
 
     for recipe in args.recipes:
@@ -93,14 +97,32 @@ def main() -> None:
             q = work / f"{tag}_{fit}.onnx"
             t0, rep = time.perf_counter(), None
             p = proto
-            if fit != "none":  # METHOD[:unrounded]: the fit's rows without the activation's uint8 rounding
-                method, _, opt = fit.partition(":")
-                p, rep = qfit.fit_quantized(proto, batches, compensate=method == "refit", round_rows=opt != "unrounded")
-            Q.quantize(p, q, "int8")
+            if fit.startswith("ort-gptq"):  # onnxruntime's own GPTQ for MatMulNBits (int4 only), [:group] per block
+                _ort_gptq(f, q, batches, Q.parse_mode(args.mode).block, per_channel=fit == "ort-gptq")
+            else:
+                if fit != "none":  # METHOD[:unrounded]: the fit's rows without the activation's uint8 rounding
+                    method, _, opt = fit.partition(":")
+                    p, rep = qfit.fit_quantized(proto, batches, compensate=method == "refit",
+                                                round_rows=opt != "unrounded", mode=args.mode)
+                Q.quantize(p, q, args.mode)
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
                 **({} if rep is None else {"fit_report": rep.to_json()}))
 
-    save(rows, True, args.name, args.held)
+    save(rows, True, args.name, args.held, args.mode)
+
+
+def _ort_gptq(src: pathlib.Path, dst: pathlib.Path, batches, block: int, per_channel: bool) -> None:
+    """onnxruntime's MatMulNBitsQuantizer with its GPTQ config (vendored Neural Compressor code) on the same
+    calibration batches, symmetric 4-bit blocks of ``block``, accuracy level 4 (as --quantize int4)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from n6onnx.quantize import _Reader
+
+    cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader([dict(b) for b in batches]),
+                                    perchannel=per_channel)
+    mq = MatMulNBitsQuantizer(str(src), bits=4, block_size=block, is_symmetric=True, accuracy_level=4,
+                              op_types_to_quantize=("MatMul",), algo_config=cfg)
+    mq.process()
+    mq.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 if __name__ == "__main__":
