@@ -82,35 +82,7 @@ def gptq_round(W: np.ndarray, H: np.ndarray, *, damp: float = DAMP, block: int =
     pin[top, cols] = True
     pin_q = np.zeros((K, N))
     pin_q[top, cols] = np.sign(W[top, cols]) * QMAX
-    W = W.copy()
-    W[pin] = (pin_q * s[None, :])[pin]  # on the grid already: never moved
-    dead = np.diag(H) <= 0
-    H[dead, dead] = 1.0
-    H[np.diag_indices(K)] += damp * float(np.mean(np.diag(H)))
-    perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(K)
-    W, H, pin, pin_q = W[perm], H[perm][:, perm], pin[perm], pin_q[perm]
-    pin_w = pin_q * s[None, :]
-    # U upper triangular with H^-1 = U^T U: row k of U is the OBS update of the rows after k
-    U = np.linalg.cholesky(np.linalg.inv(H)).T
-    Q = np.zeros((K, N))
-    for b0 in range(0, K, block):
-        b1 = min(b0 + block, K)
-        Wb = W[b0:b1].copy()
-        err = np.zeros_like(Wb)
-        for i in range(b1 - b0):
-            k = b0 + i
-            q = np.where(pin[k], pin_q[k], np.clip(np.round(Wb[i] / s), -QMAX, QMAX))
-            Q[k] = q
-            e = (Wb[i] - q * s) / U[k, k]
-            err[i] = e
-            rest = Wb[i + 1:]
-            rest -= np.outer(U[k, k + 1:b1], e)
-            np.copyto(rest, pin_w[k + 1:b1], where=pin[k + 1:b1])
-        if b1 < K:
-            W[b1:] -= U[b0:b1, b1:].T @ err
-            np.copyto(W[b1:], pin_w[b1:], where=pin[b1:])
-    out = np.empty((K, N))
-    out[perm] = Q + 0.0  # no -0.0: onnxruntime's int8 0 dequantizes to +0.0
+    out = _obs_round(W, H, pin, pin_q, np.broadcast_to(s[None, :], (K, N)), -QMAX, QMAX, damp, block, act_order)
     deq = out.astype(np.float32) * s.astype(np.float32)
     q_ort, s_ort = ort_grid(deq)
     bad = ~(np.all(q_ort.astype(np.float64) == out, axis=0) & (s_ort == s.astype(np.float32)))
@@ -162,16 +134,35 @@ def gptq_round_int4(W: np.ndarray, H: np.ndarray, block: int, *, damp: float = D
         pin[b0 + top, np.arange(N)] = True
     pin |= S == 0  # an all-zero block stays zero
     pin_q = np.where(pin, q0, 0).astype(np.float64)
+    out = _obs_round(W0.astype(np.float64), H, pin, pin_q, S, INT4_MIN, INT4_MAX, damp, lazy, act_order)
+    deq = out.astype(np.float32) * S32
+    q_ort, s_ort = int4_grid(deq, block)
+    bad = ~(np.all(q_ort.astype(np.float64) == out, axis=0) & np.all(s_ort == S32, axis=0))
+    if bad.any():  # not reproduced by the quantizer: those columns are rounded to nearest
+        deq[:, bad] = q0[:, bad].astype(np.float32) * S32[:, bad]
+    return deq, int(bad.sum())
+
+
+def _obs_round(W: np.ndarray, H: np.ndarray, pin: np.ndarray, pin_q: np.ndarray, S: np.ndarray, qmin: int, qmax: int,
+               damp: float, lazy: int, act_order: bool) -> np.ndarray:
+    """GPTQ's core, shared by both grids: the integer levels [K, N] (float64, no -0.0) of W [K, N] rounded row by
+    row against H [K, K] (damped; dead inputs get 1) on the per-entry scales ``S`` within [qmin, qmax]; ``pin``
+    entries are held at ``pin_q`` (never moved by an update). Rows in order of decreasing diag(H) with
+    ``act_order``, lazy batch updates of ``lazy`` rows."""
+    K, N = W.shape
+    H = np.array(H, np.float64)
+    W = np.array(W, np.float64)
+    S = np.asarray(S, np.float64)
     safe = np.where(S != 0, S, 1.0)
-    W = W0.astype(np.float64)
     pin_w = pin_q * S
-    W[pin] = pin_w[pin]
+    W[pin] = pin_w[pin]  # on the grid already: never moved
     dead = np.diag(H) <= 0
     H[dead, dead] = 1.0
     H[np.diag_indices(K)] += damp * float(np.mean(np.diag(H)))
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(K)
     W, pin, pin_q, pin_w, S, safe = W[perm], pin[perm], pin_q[perm], pin_w[perm], S[perm], safe[perm]
     H = H[perm][:, perm]
+    # U upper triangular with H^-1 = U^T U: row k of U is the OBS update of the rows after k
     U = np.linalg.cholesky(np.linalg.inv(H)).T
     Q = np.zeros((K, N))
     for b0 in range(0, K, lazy):
@@ -180,7 +171,7 @@ def gptq_round_int4(W: np.ndarray, H: np.ndarray, block: int, *, damp: float = D
         err = np.zeros_like(Wb)
         for i in range(b1 - b0):
             k = b0 + i
-            q = np.where(pin[k], pin_q[k], np.clip(np.round(Wb[i] / safe[k]), INT4_MIN, INT4_MAX))
+            q = np.where(pin[k], pin_q[k], np.clip(np.round(Wb[i] / safe[k]), qmin, qmax))
             Q[k] = q
             e = (Wb[i] - q * S[k]) / U[k, k]
             err[i] = e
@@ -191,10 +182,5 @@ def gptq_round_int4(W: np.ndarray, H: np.ndarray, block: int, *, damp: float = D
             W[b1:] -= U[b0:b1, b1:].T @ err
             np.copyto(W[b1:], pin_w[b1:], where=pin[b1:])
     out = np.empty((K, N))
-    out[perm] = Q + 0.0
-    deq = out.astype(np.float32) * S32
-    q_ort, s_ort = int4_grid(deq, block)
-    bad = ~(np.all(q_ort.astype(np.float64) == out, axis=0) & np.all(s_ort == S32, axis=0))
-    if bad.any():  # not reproduced by the quantizer: those columns are rounded to nearest
-        deq[:, bad] = q0[:, bad].astype(np.float32) * S32[:, bad]
-    return deq, int(bad.sum())
+    out[perm] = Q + 0.0  # no -0.0: onnxruntime's int8 0 dequantizes to +0.0
+    return out

@@ -88,17 +88,6 @@ def test_levels_follow_quantized_matmul_depth():
     assert qfit.levels(helper.make_model(g), {"a", "b", "c"}) == {"a": 0, "b": 0, "c": 1}
 
 
-def _held_err(src, cand, held):
-    s, r = ort.InferenceSession(str(cand)), ort.InferenceSession(str(src))
-    d = np.load(held)
-    n = len({k.split("/")[1] for k in d.files})
-    errs = []
-    for i in range(n):
-        feeds = {k.split("/")[0]: d[k] for k in d.files if k.endswith(f"/{i}")}
-        errs.append(np.mean((s.run(None, feeds)[0] - r.run(None, feeds)[0]).astype(np.float64) ** 2))
-    return float(np.mean(errs))
-
-
 @pytest.fixture(scope="module")
 def bert(zoo_export, tmp_path_factory, bert_npz):
     d = tmp_path_factory.mktemp("gptq")
@@ -106,14 +95,14 @@ def bert(zoo_export, tmp_path_factory, bert_npz):
 
 
 @pytest.mark.parametrize("passes_", [[], ["gelu=phi6"]], ids=["original", "phi6"])
-def test_int8_fit_is_at_least_as_close_to_the_original_on_held_out_feeds(bert, passes_):
+def test_int8_fit_is_at_least_as_close_to_the_original_on_held_out_feeds(bert, passes_, held_err):
     src, calib, held, d = bert
     before = onnx.load(str(src)).SerializeToString()
     errs, reps = {}, {}
     for fit in ("none", "gptq", "refit"):
         out = d / f"{'-'.join(passes_) or 'orig'}_{fit}.onnx"
         _, rep = n6onnx.rewrite(src, out, passes_, calibrate=calib, quantize="int8", quantize_fit=fit)
-        errs[fit], reps[fit] = _held_err(src, out, held), rep.quantization
+        errs[fit], reps[fit] = held_err(src, out, held), rep.quantization
     assert onnx.load(str(src)).SerializeToString() == before  # the input is never modified
     assert reps["none"].fit is None
     for fit in ("gptq", "refit"):

@@ -77,24 +77,13 @@ def test_gptq_int4_weights_are_reproduced_bit_for_bit_and_beat_round_to_nearest(
     assert err(Wg) < 0.8 * err(rtn), (err(Wg), err(rtn))
 
 
-def _held_err(src, cand, held):
-    s, r = ort.InferenceSession(str(cand)), ort.InferenceSession(str(src))
-    d = np.load(held)
-    n = len({k.split("/")[1] for k in d.files})
-    errs = []
-    for i in range(n):
-        feeds = {k.split("/")[0]: d[k] for k in d.files if k.endswith(f"/{i}")}
-        errs.append(np.mean((s.run(None, feeds)[0] - r.run(None, feeds)[0]).astype(np.float64) ** 2))
-    return float(np.mean(errs))
-
-
 @pytest.fixture(scope="module")
 def bert(zoo_export, tmp_path_factory, bert_npz):
     d = tmp_path_factory.mktemp("gptq4")
     return zoo_export("bert", "dynamo20"), bert_npz(d / "calib.npz", 48, 1), bert_npz(d / "held.npz", 12, 2), d
 
 
-def test_int4_fit_is_closer_to_the_original_on_held_out_feeds(bert):
+def test_int4_fit_is_closer_to_the_original_on_held_out_feeds(bert, held_err):
     """--quantize int4 --calibrate fits by default (refit + GPTQ); held-out error against ORT running the
     original: refit < plain round to nearest, gptq <= plain; the graph is the plain int4 graph."""
     src, calib, held, d = bert
@@ -103,7 +92,7 @@ def test_int4_fit_is_closer_to_the_original_on_held_out_feeds(bert):
     for fit in ("none", "gptq", "auto"):
         out = d / f"int4_{fit}.onnx"
         _, rep = n6onnx.rewrite(src, out, [], calibrate=calib, quantize="int4:16", quantize_fit=fit)
-        errs[fit], reps[fit] = _held_err(src, out, held), rep.quantization
+        errs[fit], reps[fit] = held_err(src, out, held), rep.quantization
     assert onnx.load(str(src)).SerializeToString() == before  # the input is never modified
     assert reps["none"].fit is None and reps["auto"].fit["method"] == "gptq+refit"
     for fit in ("gptq", "auto"):
