@@ -182,6 +182,21 @@ def check_dims(session: ort.InferenceSession, dims: Mapping[str, int]) -> None:
             raise BadArgumentError(f"--dim {name}: the model has no dynamic dimension {name!r} (it has {have})")
 
 
+def dims_of(specs: Sequence[tuple[str, type, list]], feeds: Mapping[str, np.ndarray],
+            dims: Mapping[str, int] | None = None) -> dict[str, int]:
+    """``dims`` completed with the size every other named dynamic dimension has in ``feeds`` (a batch
+    of the user's .npz: its shapes are the ones the user runs)."""
+    out = dict(dims or {})
+    for name, _, shape in specs:
+        a = feeds.get(name)
+        if a is None or np.ndim(a) != len(shape):
+            continue
+        for d, size in zip(shape, np.shape(a)):
+            if isinstance(d, str) and d and d not in out:
+                out[d] = int(size)
+    return out
+
+
 def resolve_shape(name: str, shape: Sequence, dims: Mapping[str, int]) -> tuple[int, ...]:
     out = []
     for k, d in enumerate(shape):

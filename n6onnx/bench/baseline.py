@@ -51,6 +51,7 @@ import onnx
 
 from .. import feeds as feeds_mod
 from .. import io
+from .. import vocab
 from ..quantize import int8graph
 from .._version import __version__
 from ..errors import BadArgumentError
@@ -372,12 +373,14 @@ PROBES = 7  # probe feeds for a graph with dynamic quantization
 def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = PROBES) -> list[tuple[RunFn, list]]:
     """fuse's ``probes`` for ``path``: for a quantized graph (``int8graph.is_quantized``: its activations
     are rounded at run time, so its outputs jump where a rounding flips), ``n`` (run, reference) pairs
-    on random feeds (seed 1; every dynamic dimension 2), ``open_session(path)`` giving the session to run
+    on random feeds (seed 1; every dynamic dimension 2; token ids inside their tables), ``open_session(path)`` giving the session to run
     on (the bench's provider and options); none for any other graph."""
-    if not int8graph.is_quantized(onnx.load(str(path))):  # a fused file may hold onnxruntime-only ops
+    proto = onnx.load(str(path))
+    if not int8graph.is_quantized(proto):  # a fused file may hold onnxruntime-only ops
         return []
     sess = open_session(path)
-    feeds = feeds_mod.random_feeds(sess, n, {d: 2 for d in feeds_mod.dynamic_dims(sess)}, seed=1)
+    feeds = feeds_mod.random_feeds(sess, n, {d: 2 for d in feeds_mod.dynamic_dims(sess)}, seed=1,
+                                   id_high=vocab.bounds(proto))
     del sess
 
     def runner(feed):

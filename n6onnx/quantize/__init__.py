@@ -183,8 +183,12 @@ def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: li
     logger.setLevel(max(level, logging.ERROR))
     try:
         if qm.kind == "int8":
+            # DefaultTensorType: a tensor whose type shape inference cannot tell (the output of an
+            # onnxruntime-only op of a fused graph, e.g. GPT-2's FullyConnect MatMul) is float: the stage
+            # quantizes float graphs only
             q.quantize_dynamic(src, out, per_channel=True, weight_type=q.QuantType.QInt8,
-                               op_types_to_quantize=list(OP_TYPES), nodes_to_exclude=exclude)
+                               op_types_to_quantize=list(OP_TYPES), nodes_to_exclude=exclude,
+                               extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         elif qm.kind == "int8:static":
             # inputs only: a MatMul's output carries a transformer's outlier features (MiniLM: ranges up to ~200
             # where most values are within a few units), which one uint8 grid per tensor cannot hold; left float,
@@ -193,7 +197,8 @@ def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: li
                               activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                               op_types_to_quantize=list(OP_TYPES), nodes_to_exclude=exclude,
                               calibrate_method=q.CalibrationMethod.MinMax,
-                              extra_options={"OpTypesToExcludeOutputQuantization": list(OP_TYPES)})
+                              extra_options={"OpTypesToExcludeOutputQuantization": list(OP_TYPES),
+                                             "DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 

@@ -25,6 +25,8 @@ from .study import tune as run
 @click.option("--tokenizer", type=click.Path(file_okay=False), metavar="DIR",
               help="Hugging Face tokenizer folder for a text DATA (default: the packaged all-MiniLM-L6-v2).")
 @click.option("--min-nn", type=float, metavar="X", help="Held-out nearest-neighbour agreement the result must keep.")
+@click.option("--min-top1", type=float, metavar="T", help="Held-out top-1 agreement (the next token, for a decoder "
+              "whose output is logits) the result must keep.")
 @click.option("--minutes", type=float, default=30.0, show_default=True, help="Time budget of the whole search.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Write tune.json, tune.md and tune.png (the Pareto front) here.")
@@ -48,10 +50,10 @@ from .study import tune as run
               "docs/tune.md.")
 @click.option("--study-name", metavar="NAME", help="Study name in --storage.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
-def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, minutes, report_dir, threads, dims, holdout,
+def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minutes, report_dir, threads, dims, holdout,
          calib_samples, seconds_per_trial, trials, seed, heal, heal_minutes, storage, study_name, as_json) -> None:
     """Find the fastest recipe (passes, int8, heal) for MODEL on this machine that keeps a held-out
-    cosine >= C (and NN >= X): an Optuna multi-objective study, fidelity against latency.
+    cosine >= C (and NN >= X, top-1 >= T): an Optuna multi-objective study, fidelity against latency.
 
     Prints the Pareto front with the fp32 original and int8 alone as references, writes the
     fastest recipe meeting the gates to OUT; when none does, writes nothing and exits 1."""
@@ -61,7 +63,8 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, minutes, repor
         err.print(f"[bold red]error:[/] --heal: {escape(why)}")
         sys.exit(2)
     try:
-        rep = run(model, output, calibrate=calibrate, min_cosine=min_cosine, min_nn=min_nn, tokenizer=tokenizer,
+        rep = run(model, output, calibrate=calibrate, min_cosine=min_cosine, min_nn=min_nn, min_top1=min_top1,
+                  tokenizer=tokenizer,
                   minutes=minutes, threads=threads, dims=list(dims), holdout=holdout, calib_samples=calib_samples,
                   seconds_per_trial=seconds_per_trial, trials=trials, seed=seed,
                   heal=hook, heal_minutes=heal_minutes, heal_note=why, storage=storage, study_name=study_name,

@@ -18,19 +18,24 @@ from ..bench import layernorm as layernorm_mod
 from ..bench.session import Runner, SessionConfig
 from ..errors import N6Error
 from .. import feeds as feeds_mod
+from .. import vocab
 from ..feeds import dynamic_dims
 from ..validate.run import validate
 
 
 def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int | None) -> dict:
-    """Mean-pooled embedding cosine (or the first float output's cosine) and nearest-neighbour
-    agreement of ``candidate`` against ``original`` on the held-out feed batches."""
+    """Mean-pooled embedding cosine (or the first float output's cosine), nearest-neighbour agreement
+    (an embedding output) and top-1 agreement (a logits output: a decoder's next token) of
+    ``candidate`` against ``original`` on the held-out feed batches."""
     rep = validate(original, candidate, feeds=list(held), threads=threads)
     emb = next((o.embedding for o in rep.outputs.values() if o.embedding), None)
     nn = emb.get("nn_agreement") if emb else None
+    logits = next((o.logits for o in rep.outputs.values() if o.logits), None)
+    top1 = logits.get("top1_agreement") if logits else None
     cos = rep.cosine_mean
     return {"cosine": None if cos is None or not np.isfinite(cos) else float(cos),
-            "nn": None if nn is None else float(nn), "source": rep.cosine_source, "samples": held.samples}
+            "nn": None if nn is None else float(nn), "top1": None if top1 is None else float(top1),
+            "source": rep.cosine_source, "samples": held.samples}
 
 
 def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw: dict | None = None,
@@ -43,7 +48,7 @@ def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw:
         nonlocal feed
         s, _ = cfg.session(p)
         if feed is None:
-            feed = _probe_feed(s)
+            feed = _probe_feed(s, vocab.bounds(path))
         out = s.run(None, feed)
         del s
         return out
@@ -59,10 +64,11 @@ def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw:
     return pathlib.Path(res.path), res.chosen, kw
 
 
-def _probe_feed(sess) -> dict:
-    """Random feeds with every dynamic dimension 2 (enough to check that a fusion keeps the outputs)."""
+def _probe_feed(sess, id_high: Mapping[str, int]) -> dict:
+    """Random feeds with every dynamic dimension 2 (enough to check that a fusion keeps the outputs),
+    token ids inside the tables they index (``id_high``: ``vocab.bounds``)."""
     dims = {d: 2 for d in dynamic_dims(sess)}
-    return feeds_mod.random_feeds(sess, 1, dims)[0]
+    return feeds_mod.random_feeds(sess, 1, dims, id_high=id_high)[0]
 
 
 class Timer:
@@ -77,7 +83,8 @@ class Timer:
         self.workdir = workdir
         self.seconds, self.block_seconds, self.warmup = seconds, block_seconds, warmup
         sess, _ = self.cfg.session(original)
-        self.feed = feeds_mod.random_feeds(sess, 1, dims)[0]
+        # token ids inside the embedding tables (position ids included: a table of 64 rows takes ids < 64)
+        self.feed = feeds_mod.random_feeds(sess, 1, dims, id_high=vocab.bounds(original))[0]
         self.dims = dict(dims)
         del sess
         self.fusion_kw = {}

@@ -27,7 +27,7 @@ def rows(rep) -> list[tuple[str, ...]]:
         vs_int8 = (p.speedup / int8.speedup) if (int8 is not None and int8.speedup and p.speedup) else None
         e = (p.timing or {}).get("energy_mj_per_inference_estimated")
         out.append((p.role if p.role != "trial" else f"#{p.number}", p.label, healing(p), _f(p.cosine),
-                    _f(p.nn, ".3f"),
+                    _f(p.nn, ".3f"), _f(p.top1, ".4f"),
                     _f(p.latency, ".2f"), _f(p.speedup, ".2f"), _f(vs_int8, ".2f"), _f(e, ".1f"),
                     (mark.strip() or p.status) + (f": {p.reason}" if p.status != "complete" else "")))
     return out
@@ -39,14 +39,13 @@ def healing(p) -> str:
     return "-" if not h else f"{h['mode']}, {h['seconds']:.0f} s"
 
 
-HEADER = ("", "recipe", "heal", "cosine", "NN", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
+HEADER = ("", "recipe", "heal", "cosine", "NN", "top-1", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
 
 
 def table(rep):
     from rich.table import Table
 
-    t = Table(title=f"tune: {rep.model} (cosine >= {rep.min_cosine:g}"
-                    + (f", NN >= {rep.min_nn:g}" if rep.min_nn is not None else "") + "; held-out data)")
+    t = Table(title=f"tune: {rep.model} ({rep.gates()}; held-out data)")
     for h in HEADER:
         t.add_column(h, overflow="fold")
     for r in rows(rep):

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import api, io
+from .. import api, io, vocab
 from .. import feeds as feeds_mod
 from ..calibrate import load_batches
 from ..feeds import parse_dims
@@ -37,6 +37,8 @@ from .stages import FUSED_FIRST, QUANTIZED_FIRST  # noqa: F401  (study.FUSED_FIR
 HEAL_FIELDS = ("steps", "fake_quantized", "start", "best", "stopped")
 #: a recipe whose cosine misses --min-cosine by at most this (NN: 4x this) gets a healed trial
 HEAL_MARGIN = 0.02
+#: this many proposals in a row of recipes already measured end the study (the space is exhausted)
+EXHAUSTED = 200
 
 
 @dataclasses.dataclass
@@ -66,6 +68,10 @@ class Point:
     @property
     def nn(self) -> float | None:
         return (self.fidelity or {}).get("nn")
+
+    @property
+    def top1(self) -> float | None:
+        return (self.fidelity or {}).get("top1")
 
     @property
     def latency(self) -> float | None:
@@ -102,9 +108,14 @@ class TuneReport:
     setting: dict
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    min_top1: float | None = None
 
     def meets(self, p: Point) -> bool:
-        return _meets(p, self.min_cosine, self.min_nn)
+        return _meets(p, self.min_cosine, self.min_nn, self.min_top1)
+
+    def gates(self) -> str:
+        """The gates in words, e.g. "cosine >= 0.99, top-1 >= 0.97"."""
+        return _gates(self.min_cosine, self.min_nn, self.min_top1)
 
     @property
     def int8(self) -> Point | None:
@@ -119,6 +130,7 @@ class TuneReport:
             if int8 is not None and int8.speedup and self.chosen.speedup:
                 chosen["speedup_vs_int8"] = self.chosen.speedup / int8.speedup
         return {"model": self.model, "output": self.output, "min_cosine": self.min_cosine, "min_nn": self.min_nn,
+                "min_top1": self.min_top1,
                 "setting": self.setting, "seconds": round(self.seconds, 1), "chosen": chosen,
                 "references": [p.to_json() for p in self.references], "front": [p.to_json() for p in self.front],
                 "trials": [p.to_json() for p in self.trials], "notes": self.notes}
@@ -131,10 +143,22 @@ def anchor(references: list[Point]) -> Point | None:
     return max(timed, key=lambda p: p.speedup) if timed else (q[0] if q else None)
 
 
-def _meets(p: Point, c: float, nn: float | None) -> bool:
+def _meets(p: Point, c: float, nn: float | None, top1: float | None = None) -> bool:
     if p.cosine is None or p.cosine < c:
         return False
+    if top1 is not None and (p.top1 is None or p.top1 < top1):
+        return False
     return nn is None or (p.nn is not None and p.nn >= nn)
+
+
+def _gates(c: float, nn: float | None, top1: float | None) -> str:
+    return f"cosine >= {c:g}" + (f", NN >= {nn:g}" if nn is not None else "") + (
+        f", top-1 >= {top1:g}" if top1 is not None else "")
+
+
+def _fid(p: Point) -> str:
+    """A point's fidelity for the progress lines: cosine, and NN or top-1 where the model has them."""
+    return f"cos {_f(p.cosine)}" + (f" top-1 {_f(p.top1)}" if p.top1 is not None else f" NN {_f(p.nn)}")
 
 
 def pareto(points: list[Point]) -> list[Point]:
@@ -164,7 +188,9 @@ def _data(calibrate, model: pathlib.Path, tokenizer, dims, holdout: float, sampl
     if not p.is_file():
         raise BadArgumentError(f"--calibrate {calibrate}: no such file")
     if p.suffix == ".npz":
-        batches = load_batches(str(p), io.load_proto(model))
+        proto = io.load_proto(model)
+        batches = load_batches(str(p), proto)
+        vocab.check_ids(batches, vocab.bounds(proto), f"--calibrate {calibrate}")
         fit, held = stages.split(list(batches), holdout)
         if not fit or not held:
             raise BadArgumentError(f"--calibrate {calibrate}: {len(batches)} batch(es) cannot be split into a fit and "
@@ -188,7 +214,8 @@ def _held_file(work: pathlib.Path, held: list[str]) -> pathlib.Path:
     return f
 
 
-def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | None = None, tokenizer=None,
+def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | None = None,
+         min_top1: float | None = None, tokenizer=None,
          minutes: float = 30.0, threads: int | None = None, dims=None, holdout: float = 0.25,
          calib_samples: int | None = 256, seconds_per_trial: float = 6.0, block_seconds: float = 1.0,
          trials: int | None = None, seed: int = 0, heal: stages.HealHook | None = None,
@@ -213,6 +240,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     say = progress or (lambda s: None)
     min_cosine = _gate("--min-cosine", min_cosine, -1.0, 1.0)
     min_nn = _gate("--min-nn", min_nn, 0.0, 1.0)
+    min_top1 = _gate("--min-top1", min_top1, 0.0, 1.0)
     if minutes <= 0:
         raise BadArgumentError(f"--minutes must be positive, got {minutes:g}")
     if heal_minutes <= 0:
@@ -229,11 +257,20 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     try:
         info = space.ModelInfo.of(api.inspect(src))
         fit_file, held = _data(calibrate, src, tokenizer, dims, holdout, calib_samples, work)
+        if pathlib.Path(calibrate).suffix == ".npz":  # the feeds' own shapes size the dims not given with --dim
+            dims = feeds_mod.dims_of(feeds_mod.proto_input_specs(io.load_proto(src)), held[0], dims)
         say(f"data: fit part {fit_file.name}, {held.samples} held-out samples; model: {info}")
         say("fusing the original (ORT's best fp32 baseline)")
         timer = measure.Timer(src, work, threads=threads, dims=dims, seconds=seconds_per_trial,
                               block_seconds=block_seconds)
         refs = _references(src, timer, held, threads, work, say)
+        if min_nn is not None and refs[0].nn is None:
+            raise BadArgumentError("--min-nn: no output of the model looks like an embedding; gate a decoder's "
+                                   "logits with --min-top1")
+        if min_top1 is not None and refs[0].top1 is None:
+            raise BadArgumentError("--min-top1: no output of the model looks like logits (a decoder's next-token "
+                                   "scores); gate an encoder with --min-cosine and --min-nn")
+        meets = lambda p: _meets(p, min_cosine, min_nn, min_top1)  # noqa: E731
         # unhealed int8 recipes are built in the int8 reference's graph order (the faster one here)
         int8_first = anchor(refs).graph == QUANTIZED_FIRST
         floats: dict[tuple, pathlib.Path] = {}
@@ -302,10 +339,12 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             r = space.suggest(trial, info, heal=heal is not None)
             trial.set_user_attr("recipe", r.label)
             if r in done:  # the sampler proposed a recipe already measured
+                repeats[0] += 1
                 p = done[r]
                 if p.status != "complete":
                     raise optuna.TrialPruned(p.reason)
                 return p.cosine, p.relative_latency
+            repeats[0] = 0
             ts = time.perf_counter()
             p = Point(r, "trial", number=trial.number)
             points.append(p)
@@ -321,13 +360,13 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 else:
                     p.fidelity = fidelity(path)
                     # int8 only adds error: skip it when fp32 fails
-                    if not r.quantize or _meets(p, min_cosine, min_nn):
+                    if not r.quantize or meets(p):
                         p.path = build(r, path)
                         if r.quantize:
                             p.fidelity = fidelity(p.path)
-                if not _meets(p, min_cosine, min_nn):
+                if not meets(p):
                     p.status = "pruned"
-                    p.reason = (f"held-out cosine {_f(p.cosine)} / NN {_f(p.nn)} below the gates"
+                    p.reason = (f"held-out {_fid(p)} below the gates"
                                 + (" before int8" if r.quantize and p.path is None else "") + ": not timed")
                 else:
                     p.timing, p.path = timer.time(p.path)
@@ -337,7 +376,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 p.status, p.reason = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
             p.seconds = time.perf_counter() - ts
             durations.append(p.seconds)
-            say(f"trial {trial.number}: {r.label}: cos {_f(p.cosine)} NN {_f(p.nn)} "
+            say(f"trial {trial.number}: {r.label}: {_fid(p)} "
                 + (f"x{p.speedup:.2f} vs fp32" if p.speedup else p.status) + f" ({p.seconds:.0f} s; "
                 f"{max(0, deadline - time.perf_counter()) / 60:.1f} min left)")
             if p.status != "complete":
@@ -345,16 +384,18 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             return p.cosine, p.relative_latency
 
         healed_asked: set = set()
+        repeats, exhausted = [0], []  # consecutive proposals of measured recipes; the note when that stops the study
 
         def heal_near_misses(study, ft):
             """Enqueue a healed trial of a recipe whose fp32 fidelity missed the gates by a little."""
             p = next((q for q in reversed(points) if q.number == ft.number), None)
             if heal is None or p is None or p.recipe.heal or p.cosine is None or "heal" not in ft.params:
                 return
-            near = p.cosine >= min_cosine - HEAL_MARGIN and (min_nn is None or (p.nn or 0) >= min_nn - 4 * HEAL_MARGIN)
+            near = p.cosine >= min_cosine - HEAL_MARGIN and (min_nn is None or (p.nn or 0) >= min_nn - 4 * HEAL_MARGIN) \
+                and (min_top1 is None or (p.top1 or 0) >= min_top1 - 4 * HEAL_MARGIN)
             # once per pass list and int8 on/off: an int8 recipe is healed against its int8 graph
             again = space.Recipe(p.recipe.passes, p.recipe.quantize, True) in done  # (e.g. the healed int8 seed)
-            if near and not again and not _meets(p, min_cosine, min_nn) and \
+            if near and not again and not meets(p) and \
                     (p.recipe.passes, p.recipe.quantize) not in healed_asked:
                 healed_asked.add((p.recipe.passes, p.recipe.quantize))
                 study.enqueue_trial({**ft.params, "heal": True})
@@ -365,6 +406,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             left = deadline - time.perf_counter()
             typical = sorted(durations)[len(durations) // 2] if durations else 0
             if left < max(typical, 5.0) or (trials is not None and len(points) >= trials):
+                study.stop()
+            elif repeats[0] >= EXHAUSTED:  # a small model's space is soon measured: stop early, say so
+                exhausted.append(f"the search stopped early: the sampler proposed only recipes already measured "
+                                 f"({EXHAUSTED} in a row), so the space is exhausted")
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -381,7 +426,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         complete = [p for p in points if p.status == "complete"]
         front = pareto(refs + complete)
         # candidates: every timed trial and the int8 references (the fp32 original is no saving)
-        ok = [p for p in complete + refs[1:] if _meets(p, min_cosine, min_nn) and p.relative_latency is not None]
+        ok = [p for p in complete + refs[1:] if meets(p) and p.relative_latency is not None]
         chosen = min(ok, key=lambda p: (p.relative_latency, -(p.cosine or 0))) if ok else None
         setting = {"threads": threads, "dims": dims, "feed_shapes": {k: list(v.shape) for k, v in timer.feed.items()},
                    "held_out_samples": held.samples, "holdout": holdout, "calib_samples": calib_samples,
@@ -401,12 +446,12 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                    "seed": seed, "budget_minutes": minutes,
                    "optuna": optuna.__version__}
         rep = TuneReport(str(src), None, min_cosine, min_nn, refs, points, front, chosen, setting,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, min_top1=min_top1)
         if heal is None and heal_note:
             rep.notes.append(heal_note)
+        rep.notes.extend(exhausted[:1])
         if chosen is None:
-            rep.notes.append(f"no recipe met cosine >= {min_cosine:g}" + (f" and NN >= {min_nn:g}" if min_nn else "")
-                             + "; nothing written")
+            rep.notes.append(f"no recipe met {_gates(min_cosine, min_nn, min_top1)}; nothing written")
         elif output is not None:
             io.save(io.load_proto(chosen.path), output)
             rep.output = str(output)
@@ -450,7 +495,7 @@ def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pa
         p.fidelity = measure.fidelity(src, p.path, held, threads)
         p.timing, p.path = timer.time(p.path)
         p.seconds = built + time.perf_counter() - t
-        say(f"int8 reference ({graph}): cos {_f(p.cosine)} NN {_f(p.nn)} x{p.speedup or float('nan'):.2f} vs fp32")
+        say(f"int8 reference ({graph}): {_fid(p)} x{p.speedup or float('nan'):.2f} vs fp32")
         refs.append(p)
     return refs
 

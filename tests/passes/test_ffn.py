@@ -92,3 +92,26 @@ def test_bottleneck_keeps_the_symbolic_dims_that_attention_fusion_needs(tmp_path
         got = n6onnx.InferenceSession(out).run(None, feeds)[0]
         ref = n6onnx.InferenceSession(bare.SerializeToString()).run(None, feeds)[0]
         np.testing.assert_allclose(got, ref, atol=1e-5)  # the same graph; ORT fuses more where shapes are known
+
+
+@pytest.mark.parametrize("ratio, width", [("2", 128), ("4/3", 85)])
+def test_bottleneck_runs_on_a_dynamic_gpt2(ratio, width, tmp_path):
+    """A dynamic-axes GPT-2 export builds its Conv1D Reshapes' shapes at run time (``Concat(Shape(batch),
+    Shape(seq), [H])``): the cut width must reach that Concat, or onnxruntime cannot reshape [N, H'] to
+    [batch, seq, H]."""
+    src = zoo.export("gpt2", "dynamo20", CACHE, dynamic=True)
+    before = onnx.load(str(src))
+    assert any(n.op_type == "Concat" for n in before.graph.node)  # the runtime-built shapes this test is about
+    out = tmp_path / "bn.onnx"
+    _, rep = n6onnx.rewrite(src, out, [f"ffn=phi-bottleneck:{ratio}"])
+    assert rep.rewritten == {"ffn": zoo.ARCH_COUNTS["gpt2"]["ffn"]}
+    assert {s.detail["hidden_after"] for s in rep.reports["ffn"].sites} == {width}
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    for batch, seq in ((2, 16), (3, 7)):  # two shapes: the Concat must follow the run's batch and seq
+        feeds = {"input_ids": np.random.default_rng(batch).integers(0, 100, (batch, seq)).astype(np.int64),
+                 "attention_mask": np.ones((batch, seq), np.int64)}
+        base = sess.run(None, feeds)[0]
+        got = n6onnx.InferenceSession(out).run(None, feeds)[0]
+        assert got.shape == base.shape and np.isfinite(got).all()
+    # the input model is never modified
+    assert len(onnx.load(str(src)).graph.node) == len(before.graph.node)

@@ -314,3 +314,46 @@ def test_every_timed_graph_runs_in_its_chosen_layer_norm_form_and_is_written_in_
     assert any("disabled_optimizers" in n for n in rep.notes)
     # every timed session ran its graph split, and kept it split
     assert len(ran) >= len(timed) and all(t == (0, (layernorm.FUSION,)) for t in ran)
+
+
+def _lm_npz(path: pathlib.Path, n: int = 8) -> pathlib.Path:
+    """Next-token batches for the decoder zoo's no-cache GPT-2 (2 x 16 each): random ids, full masks."""
+    from n6onnx.testing import zoo_decoder
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for k in range(n):
+        arrays[f"input_ids/{k}"] = rng.integers(0, zoo_decoder.VOCAB, (2, 16)).astype(np.int64)
+        arrays[f"attention_mask/{k}"] = np.ones((2, 16), np.int64)
+        arrays[f"position_ids/{k}"] = np.tile(np.arange(16, dtype=np.int64), (2, 1))
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_decoder_is_gated_on_top1_agreement(decoder_export, tmp_path):
+    """A decoder's logits keep a cosine near 1 where its next token changes, so tune gates it on top-1
+    agreement (--min-top1), measured as an independent validate run measures it. No --dim: a dynamic
+    export is timed at the shapes of its .npz feeds."""
+    src = decoder_export("gpt2", "nokv")
+    data = _lm_npz(tmp_path / "lm.npz")
+    rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.0, min_top1=0.9, trials=3, **FAST)
+    assert rep.setting["feed_shapes"]["input_ids"] == [2, 16]
+    measured = [p for p in rep.references + rep.trials if p.fidelity]
+    assert measured and all(p.top1 is not None and p.nn is None for p in measured)
+    for p in measured:
+        assert rep.meets(p) == (p.cosine >= 0.0 and p.top1 >= 0.9)
+    d = np.load(data)
+    held = [{n: d[f"{n}/{k}"] for n in ("input_ids", "attention_mask", "position_ids")} for k in (3, 7)]
+    assert rep.chosen is not None  # int8 alone keeps this tiny model's next token
+    v = n6onnx.validate(src, tmp_path / "out.onnx", feeds=held)
+    top1 = next(o.logits["top1_agreement"] for o in v.outputs.values() if o.logits)
+    assert top1 == pytest.approx(rep.chosen.top1, abs=1e-9) and top1 >= 0.9
+    assert "top-1 >= 0.9" in rep.gates()
+    with pytest.raises(BadArgumentError, match="--min-nn"):
+        tune(src, None, calibrate=data, min_cosine=0.0, min_nn=0.5, trials=0, **FAST)
+
+
+def test_min_top1_on_an_encoder_is_a_clear_error(zoo_export, tmp_path):
+    with pytest.raises(BadArgumentError, match="--min-top1: no output"):
+        tune(zoo_export(*MODEL), None, calibrate=_npz(tmp_path / "d.npz"), min_cosine=0.9, min_top1=0.9, trials=0,
+             **FAST)

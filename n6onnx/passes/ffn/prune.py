@@ -52,15 +52,39 @@ def _cut_weight(graph: ir.Graph, proj: Projection, keep: np.ndarray, axis_hidden
 
 
 def _fix_reshapes(graph: ir.Graph, proj: Projection, old: int, new: int) -> None:
-    """GPT-2-style Reshape around a Gemm carries the hidden width in its shape constant."""
+    """GPT-2-style Reshape around a Gemm carries the hidden width in its shape: a constant (a static
+    export), or the last constant part of a Concat of runtime sizes (a dynamic-axes export:
+    ``Concat(Shape(batch), Shape(seq), [H])``). The Concat is copied for this Reshape, so another
+    Reshape reading the same shape keeps the old width."""
     for n in proj.nodes:
-        if n.op_type == "Reshape" and len(n.inputs) > 1:
-            s = ir.convenience.get_const_tensor(n.inputs[1])
-            if s is not None:
-                arr = s.numpy().copy()
-                if arr.size and arr[-1] == old:
-                    arr[-1] = new
-                    _set_input(graph, n, 1, arr, f"{n.inputs[1].name}_n6cut")
+        if n.op_type != "Reshape" or len(n.inputs) < 2 or n.inputs[1] is None:
+            continue
+        s = ir.convenience.get_const_tensor(n.inputs[1])
+        if s is not None:
+            arr = s.numpy().copy()
+            if arr.size and arr[-1] == old:
+                arr[-1] = new
+                _set_input(graph, n, 1, arr, f"{n.inputs[1].name}_n6cut")
+            continue
+        cat = n.inputs[1].producer()
+        if cat is None or cat.op_type != "Concat" or not cat.inputs or cat.inputs[-1] is None:
+            continue
+        tail = ir.convenience.get_const_tensor(cat.inputs[-1])
+        if tail is None or not tail.numpy().size or tail.numpy().reshape(-1)[-1] != old:
+            continue
+        arr = tail.numpy().reshape(-1).copy()
+        arr[-1] = new
+        tag = f"{n.outputs[0].name}_shape_n6cut"  # the Reshape's output name is unique (SSA)
+        copy = ir.Node("", "Concat", list(cat.inputs), attributes=list(cat.attributes.values()),
+                       name=tag, num_outputs=1)
+        copy.outputs[0].name = tag
+        copy.outputs[0].dtype = n.inputs[1].dtype
+        copy.outputs[0].shape = n.inputs[1].shape
+        graph.insert_before(n, copy)
+        n.replace_input_with(1, copy.outputs[0])
+        _set_input(graph, copy, len(cat.inputs) - 1, arr, f"{cat.inputs[-1].name}_n6cut")
+        if not cat.outputs[0].uses() and not cat.outputs[0].is_graph_output():
+            graph.remove(cat, safe=True)
 
 
 def prune(model: ir.Model, blocks: Sequence[FFNBlock], ratio: float, original: ir.Model | None,
