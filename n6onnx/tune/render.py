@@ -19,7 +19,8 @@ def rows(rep) -> list[tuple[str, ...]]:
     int8 = rep.int8
     front = {id(p) for p in rep.front}
     order = rep.references + [p for p in rep.front if p.role == "trial"] + sorted(
-        (p for p in rep.trials if id(p) not in front), key=lambda p: (p.status != "complete", -(p.cosine or -2)))
+        (p for p in rep.trials if id(p) not in front),
+        key=lambda p: (p.status != "complete", -(getattr(p, rep.key) or -2)))
     out = []
     for p in order:
         mark = ("chosen" if p is rep.chosen else "") + (" front" if id(p) in front else "") + (
@@ -60,20 +61,22 @@ def plot_png(rep) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    done = [p for p in rep.trials if p.relative_latency is not None and p.cosine is not None]
-    ax.scatter([p.relative_latency for p in done], [p.cosine for p in done], s=14, c="0.6", label="trials")
+    f = lambda p: getattr(p, rep.key)  # noqa: E731  (cosine, or a decoder's top-1 agreement)
+    done = [p for p in rep.trials if p.relative_latency is not None and f(p) is not None]
+    ax.scatter([p.relative_latency for p in done], [f(p) for p in done], s=14, c="0.6", label="trials")
     fr = [p for p in rep.front if p.relative_latency is not None]
-    ax.plot([p.relative_latency for p in fr], [p.cosine for p in fr], "-o", c="tab:blue", ms=5, label="Pareto front")
+    ax.plot([p.relative_latency for p in fr], [f(p) for p in fr], "-o", c="tab:blue", ms=5, label="Pareto front")
     for p, c in zip(rep.references, ("black", "tab:orange", "tab:green")):
-        if p.relative_latency is not None and p.cosine is not None:
-            ax.scatter([p.relative_latency], [p.cosine], marker="s", s=50, c=c, label=p.label, zorder=3)
+        if p.relative_latency is not None and f(p) is not None:
+            ax.scatter([p.relative_latency], [f(p)], marker="s", s=50, c=c, label=p.label, zorder=3)
     if rep.chosen is not None:
-        ax.scatter([rep.chosen.relative_latency], [rep.chosen.cosine], marker="*", s=160, c="tab:red", label="chosen",
+        ax.scatter([rep.chosen.relative_latency], [f(rep.chosen)], marker="*", s=160, c="tab:red", label="chosen",
                    zorder=4)
-    ax.axhline(rep.min_cosine, ls="--", c="tab:red", lw=0.8)
+    ax.axhline(rep.min_top1 if rep.key == "top1" else rep.min_cosine, ls="--", c="tab:red", lw=0.8)
     ax.set_xlabel("latency relative to the fp32 original (timed interleaved with it), "
                   + ", ".join(f"{k}={v}" for k, v in (rep.setting.get("dims") or {}).items()))
-    ax.set_ylabel("held-out cosine vs original")
+    ax.set_ylabel("held-out top-1 agreement with the original" if rep.key == "top1" else
+                  "held-out cosine vs original")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     buf = _io.BytesIO()

@@ -35,7 +35,7 @@ from .stages import FUSED_FIRST, QUANTIZED_FIRST  # noqa: F401  (study.FUSED_FIR
 
 #: what the heal hook's result (a ``heal.train.HealReport``) adds to a healed point's ``healing``
 HEAL_FIELDS = ("steps", "fake_quantized", "start", "best", "stopped")
-#: a recipe whose cosine misses --min-cosine by at most this (NN: 4x this) gets a healed trial
+#: a recipe whose cosine misses --min-cosine by at most this (NN, top-1: 4x this) gets a healed trial
 HEAL_MARGIN = 0.02
 #: this many proposals in a row of recipes already measured end the study (the space is exhausted)
 EXHAUSTED = 200
@@ -113,6 +113,11 @@ class TuneReport:
     def meets(self, p: Point) -> bool:
         return _meets(p, self.min_cosine, self.min_nn, self.min_top1)
 
+    @property
+    def key(self) -> str:
+        """The fidelity of the front and the plot: "top1" where the study gates on it, else "cosine"."""
+        return "top1" if self.min_top1 is not None else "cosine"
+
     def gates(self) -> str:
         """The gates in words, e.g. "cosine >= 0.99, top-1 >= 0.97"."""
         return _gates(self.min_cosine, self.min_nn, self.min_top1)
@@ -161,12 +166,14 @@ def _fid(p: Point) -> str:
     return f"cos {_f(p.cosine)}" + (f" top-1 {_f(p.top1)}" if p.top1 is not None else f" NN {_f(p.nn)}")
 
 
-def pareto(points: list[Point]) -> list[Point]:
-    """Points no other point beats on both cosine (higher) and relative latency (lower), fastest first."""
-    pts = [p for p in points if p.cosine is not None and p.relative_latency is not None]
+def pareto(points: list[Point], key: str = "cosine") -> list[Point]:
+    """Points no other point beats on both fidelity (``key``: "cosine", or "top1" for a decoder gated on
+    it; higher) and relative latency (lower), fastest first."""
+    f = lambda p: getattr(p, key)  # noqa: E731
+    pts = [p for p in points if f(p) is not None and p.relative_latency is not None]
     front = [p for p in pts if not any(
-        (q.cosine >= p.cosine and q.relative_latency <= p.relative_latency)
-        and (q.cosine > p.cosine or q.relative_latency < p.relative_latency) for q in pts)]
+        (f(q) >= f(p) and q.relative_latency <= p.relative_latency)
+        and (f(q) > f(p) or q.relative_latency < p.relative_latency) for q in pts)]
     return sorted(front, key=lambda p: p.relative_latency)
 
 
@@ -271,6 +278,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             raise BadArgumentError("--min-top1: no output of the model looks like logits (a decoder's next-token "
                                    "scores); gate an encoder with --min-cosine and --min-nn")
         meets = lambda p: _meets(p, min_cosine, min_nn, min_top1)  # noqa: E731
+        # the fidelity the study maximises and the front ranks: a decoder gated on its next token, its top-1
+        key = "top1" if min_top1 is not None else "cosine"
+        score = lambda p: getattr(p, key)  # noqa: E731
         # unhealed int8 recipes are built in the int8 reference's graph order (the faster one here)
         int8_first = anchor(refs).graph == QUANTIZED_FIRST
         floats: dict[tuple, pathlib.Path] = {}
@@ -343,7 +353,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 p = done[r]
                 if p.status != "complete":
                     raise optuna.TrialPruned(p.reason)
-                return p.cosine, p.relative_latency
+                return score(p), p.relative_latency
             repeats[0] = 0
             ts = time.perf_counter()
             p = Point(r, "trial", number=trial.number)
@@ -381,7 +391,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 f"{max(0, deadline - time.perf_counter()) / 60:.1f} min left)")
             if p.status != "complete":
                 raise optuna.TrialPruned(p.reason)
-            return p.cosine, p.relative_latency
+            return score(p), p.relative_latency
 
         healed_asked: set = set()
         repeats, exhausted = [0], []  # consecutive proposals of measured recipes; the note when that stops the study
@@ -391,8 +401,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             p = next((q for q in reversed(points) if q.number == ft.number), None)
             if heal is None or p is None or p.recipe.heal or p.cosine is None or "heal" not in ft.params:
                 return
-            near = p.cosine >= min_cosine - HEAL_MARGIN and (min_nn is None or (p.nn or 0) >= min_nn - 4 * HEAL_MARGIN) \
-                and (min_top1 is None or (p.top1 or 0) >= min_top1 - 4 * HEAL_MARGIN)
+            near = (p.cosine >= min_cosine - HEAL_MARGIN
+                    and (min_nn is None or (p.nn or 0) >= min_nn - 4 * HEAL_MARGIN)
+                    and (min_top1 is None or (p.top1 or 0) >= min_top1 - 4 * HEAL_MARGIN))
             # once per pass list and int8 on/off: an int8 recipe is healed against its int8 graph
             again = space.Recipe(p.recipe.passes, p.recipe.quantize, True) in done  # (e.g. the healed int8 seed)
             if near and not again and not meets(p) and \
@@ -424,10 +435,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                            catch=())
         refs[0].timing = timer.reference()  # its own blocks: speed-up 1 by construction
         complete = [p for p in points if p.status == "complete"]
-        front = pareto(refs + complete)
+        front = pareto(refs + complete, key)
         # candidates: every timed trial and the int8 references (the fp32 original is no saving)
         ok = [p for p in complete + refs[1:] if meets(p) and p.relative_latency is not None]
-        chosen = min(ok, key=lambda p: (p.relative_latency, -(p.cosine or 0))) if ok else None
+        chosen = min(ok, key=lambda p: (p.relative_latency, -(score(p) or 0))) if ok else None
         setting = {"threads": threads, "dims": dims, "feed_shapes": {k: list(v.shape) for k, v in timer.feed.items()},
                    "held_out_samples": held.samples, "holdout": holdout, "calib_samples": calib_samples,
                    "fit_data": str(calibrate), "baseline_fusion": timer.baseline_fusion,

@@ -342,6 +342,11 @@ def test_a_decoder_is_gated_on_top1_agreement(decoder_export, tmp_path):
     assert measured and all(p.top1 is not None and p.nn is None for p in measured)
     for p in measured:
         assert rep.meets(p) == (p.cosine >= 0.0 and p.top1 >= 0.9)
+    # the front ranks top-1 against latency: no timed point is both faster and of higher top-1 than a front point
+    timed = [p for p in measured if p.relative_latency is not None]
+    assert rep.front and set(map(id, rep.front)) == set(map(id, study.pareto(timed, "top1")))
+    for p in rep.front:
+        assert not any(q.top1 > p.top1 and q.relative_latency < p.relative_latency for q in timed)
     d = np.load(data)
     held = [{n: d[f"{n}/{k}"] for n in ("input_ids", "attention_mask", "position_ids")} for k in (3, 7)]
     assert rep.chosen is not None  # int8 alone keeps this tiny model's next token
