@@ -116,3 +116,26 @@ def test_cli_quantize_without_pass(zoo_export, tmp_path):
     r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code == 2 and "no pass given" in r.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int8_quantizes_a_graph_that_onnxruntime_fused(decoder_export, tmp_path):
+    """A graph fused by onnxruntime's transformer optimizer holds onnxruntime-only ops (GPT-2: FastGelu, the
+    FullyConnect MatMul) whose outputs ONNX shape inference cannot type; the int8 stage still quantizes it
+    (bench and tune quantize ORT's fused original as the "fused, then quantized" int8 reference), and the
+    result keeps the original's next token as ORT runs the original."""
+    from onnxruntime.transformers import optimizer
+    from n6onnx.testing import zoo_decoder
+
+    src = decoder_export("gpt2", "nokv")
+    fused, out = tmp_path / "fused.onnx", tmp_path / "q.onnx"
+    optimizer.optimize_model(str(src), model_type="gpt2", num_heads=zoo_decoder.HEADS, hidden_size=64,
+                             opt_level=0).save_model_to_file(str(fused))
+    assert "FastGelu" in {n.op_type for n in onnx.load(str(fused)).graph.node}
+    Q.quantize(fused, out, "int8")
+    m = onnx.load(str(out))
+    assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in m.graph.node) >= 4
+    feeds = zoo_decoder.example_inputs("gpt2", 2, 16, form="nokv")
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert got.shape == ref.shape
+    assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.9
