@@ -7,7 +7,8 @@ import dataclasses
 
 TRAINABLE = ("rewritten", "neighbours", "all")
 PARAMS = ("relative", "raw")
-LOSSES = ("streams+output", "streams", "output", "streams+kl", "kl")  # kl: the outputs are logits
+# kl: the outputs are logits; pooled: 1 - cosine of each sample's mean-pooled [B, L, H] output (a sentence embedding)
+LOSSES = ("streams+output", "streams", "output", "streams+kl", "kl", "streams+pooled", "pooled")
 LOCAL_INPUTS = ("student", "teacher")
 LOCAL_MODES = ("sequential", "parallel")
 REFITS = ("none", "phase", "eval")

@@ -31,7 +31,8 @@ Loss (``loss``): per token, the squared error of each stream point divided by th
 original stream at that token (calibration's 1/var weight: what the next LayerNorm divides by),
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
 (``"streams+output"``, default), or the outputs alone (``"output"``); ``"streams+kl"`` / ``"kl"``
-take the KL divergence of the outputs' softmax instead (a language model's logits).
+take the KL divergence of the outputs' softmax instead (a language model's logits), ``"streams+pooled"`` /
+``"pooled"`` 1 - cosine of the mean-pooled outputs (a sentence embedding); the terms are in ``heal.losses``.
 
 Quantization-aware (``quantize`` "int8", "int8:static" or "int4[:BLOCK]" with ``fake_quant``): the
 student runs every MatMul that ``--quantize`` will quantize with fake-quantized weights and activations
@@ -59,7 +60,7 @@ from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
 from ..options import number
 from ..validate import metrics
-from . import executor, fakequant, refit, targets
+from . import executor, fakequant, losses, refit, targets
 from .config import CACHE_DTYPES, LOCAL_INPUTS, LOCAL_MODES, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
@@ -182,14 +183,6 @@ def _prepare(t: np.ndarray, keep: np.ndarray | None,
     return tt, w, tuple(t.shape)
 
 
-def _rel_err(y: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Mean over (real) rows of |y - t|^2 / (H var(t)) along the last axis (a weighted sum: no
-    gather of the real rows, whose backward is a slow scatter)."""
-    tt, w = target[0], target[1]
-    d = y.reshape(tt.shape).float() - tt
-    return (d.pow(2).sum(1) * w).sum()
-
-
 def fidelity(teacher_out: np.ndarray, student_out: np.ndarray, feeds: dict, rows: int, name: str = "") -> np.ndarray:
     """Per-sample fidelity of one batch: for a language model's [B, L, V] logits (``validate``'s rule:
     ``metrics.looks_like_logits``) the share of (real) positions whose argmax agrees, validate's top-1
@@ -258,7 +251,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         names = targets.trainable(oproto, proto, "neighbours")
     if not names:
         raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
-    streams = targets.stream_points(original, proto) if cfg.loss not in ("output", "kl") or cfg.local > 0 else []
+    streams = targets.stream_points(original, proto) if cfg.loss not in ("output", "kl", "pooled") or cfg.local > 0 else []
     # a present whose layout the rewrite changed (a re-laid-out KV cache) is no target
     moved = set(feeds_mod.relaid(feeds_mod.proto_input_specs(oproto, outputs=True),
                                  feeds_mod.proto_input_specs(proto, outputs=True)))
@@ -396,18 +389,18 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                         with torch.no_grad():
                             inject = student(batches[k], block[1], values()) if block[1] else None
                         out = student(batches[k], [block[0]] + (outputs if cfg.local_output else []), values(), inject)
-                        loss = _loss(out, tgt, [block[0]], outputs, cfg.loss) if cfg.local_output else \
-                            _rel_err(out[block[0]], tgt[block[0]])
+                        loss = losses.total(out, tgt, [block[0]], outputs, cfg.loss) if cfg.local_output else \
+                            losses.rel_err(out[block[0]], tgt[block[0]])
                     elif phase == "local" and cfg.local_input == "teacher":
                         inject = {n: tgt[n][0].reshape(tgt[n][2]) for n in streams}
                         out = student(batches[k], local, values(), inject)
-                        loss = torch.stack([_rel_err(out[n], tgt[n]) for n in local]).mean()
+                        loss = torch.stack([losses.rel_err(out[n], tgt[n]) for n in local]).mean()
                     elif phase == "local":
                         out = student(batches[k], local, values(), cut=streams)
-                        loss = torch.stack([_rel_err(out[n], tgt[n]) for n in local]).mean()
+                        loss = torch.stack([losses.rel_err(out[n], tgt[n]) for n in local]).mean()
                     else:
                         out = student(batches[k], streams + outputs, values())
-                        loss = _loss(out, tgt, streams, outputs, cfg.loss)
+                        loss = losses.total(out, tgt, streams, outputs, cfg.loss)
                     for g in opt.param_groups:
                         g["lr"] = lr * _ramp(step - first, cfg.prime, warmup)
                     opt.zero_grad(set_to_none=True)
@@ -525,26 +518,6 @@ def _restore(u: dict, saved: dict) -> None:
     with torch.no_grad():
         for n, p in u.items():
             p.copy_(saved[n])
-
-
-def _loss(out: dict, tgt: dict, streams, outputs, kind: str) -> torch.Tensor:
-    terms = []
-    if kind not in ("output", "kl") and streams:
-        terms.append(torch.stack([_rel_err(out[n], tgt[n]) for n in streams]).mean())
-    if kind != "streams" or not streams:
-        err = _kl if kind.endswith("kl") else _rel_err
-        terms.append(torch.stack([err(out[n], tgt[n]) for n in outputs if n in tgt]).mean())
-    return sum(terms)
-
-
-def _kl(y: torch.Tensor, target: tuple) -> torch.Tensor:
-    """Mean over (real) rows of KL(softmax(teacher) || softmax(student)) along the last axis: the
-    distillation loss of a language model's logits (``loss`` ``kl`` / ``streams+kl``)."""
-    tt, w = target[0], target[1]
-    keep = (w > 0).float()
-    lq = torch.log_softmax(y.reshape(tt.shape).float(), -1)
-    lp = torch.log_softmax(tt, -1)
-    return ((lp.exp() * (lp - lq)).sum(1) * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 def write_back(model: ir.Model, values: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,48 @@
+"""The heal's loss terms (``HealConfig.loss``), on the teacher's values as ``Targets`` prepares them: a
+target [rows, H], the per-row weights (real rows / (H var), the rows' share of the loss) and its shape."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rel_err(y: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean over (real) rows of |y - t|^2 / (H var(t)) along the last axis (a weighted sum: no
+    gather of the real rows, whose backward is a slow scatter)."""
+    tt, w = target[0], target[1]
+    d = y.reshape(tt.shape).float() - tt
+    return (d.pow(2).sum(1) * w).sum()
+
+
+def total(out: dict, tgt: dict, streams, outputs, kind: str) -> torch.Tensor:
+    """The loss ``kind`` (``HealConfig.loss``) of one batch: the stream points' term and / or the outputs'."""
+    terms = []
+    if kind not in ("output", "kl", "pooled") and streams:
+        terms.append(torch.stack([rel_err(out[n], tgt[n]) for n in streams]).mean())
+    if kind != "streams" or not streams:
+        err = kl if kind.endswith("kl") else pooled if kind.endswith("pooled") else rel_err
+        terms.append(torch.stack([err(out[n], tgt[n]) for n in outputs if n in tgt]).mean())
+    return sum(terms)
+
+
+def kl(y: torch.Tensor, target: tuple) -> torch.Tensor:
+    """Mean over (real) rows of KL(softmax(teacher) || softmax(student)) along the last axis: the
+    distillation loss of a language model's logits (``loss`` ``kl`` / ``streams+kl``)."""
+    tt, w = target[0], target[1]
+    keep = (w > 0).float()
+    lq = torch.log_softmax(y.reshape(tt.shape).float(), -1)
+    lp = torch.log_softmax(tt, -1)
+    return ((lp.exp() * (lp - lq)).sum(1) * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+def pooled(y: torch.Tensor, target: tuple) -> torch.Tensor:
+    """Mean over samples of 1 - cosine(mean-pooled student, mean-pooled teacher): for a [B, L, H] output
+    (token embeddings) pooled over its real tokens (the rows of weight > 0), what a sentence-embedding
+    user compares (``loss`` ``pooled`` / ``streams+pooled``); another output's samples are flattened."""
+    tt, w, shape = target
+    if len(shape) != 3:
+        return rel_err(y, target)
+    keep = (w > 0).float().reshape(shape[0], shape[1], 1)
+    ys = (y.reshape(shape).float() * keep).sum(1)
+    ts = (tt.reshape(shape) * keep).sum(1)
+    return (1.0 - torch.nn.functional.cosine_similarity(ys, ts, dim=1, eps=1e-12)).mean()
