@@ -27,10 +27,12 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
     fidelity = {}
     if held_text is not None:
         for name, path in variants.items():
-            rep = n6onnx.validate(original, path, text=held_text, dims=dim_list, threads=threads)
+            # each variant on the provider it is timed on (the original, the reference, on the CPU provider)
+            rep = n6onnx.validate(original, path, text=held_text, dims=dim_list, threads=threads, provider=provider)
             emb = next((o.embedding for o in rep.outputs.values() if o.embedding), None) or {}
             fidelity[name] = {"cosine": rep.cosine_mean, "nn": emb.get("nn_agreement"),
-                              "source": rep.cosine_source, "samples": rep.inputs.get("samples")}
+                              "source": rep.cosine_source, "samples": rep.inputs.get("samples"),
+                              "provider": rep.providers["candidate"]}
     cfg = SessionConfig(provider, 0, threads)
     ref = reference or next(iter(variants))
     feed = feeds_mod.random_feeds(cfg.session(variants[ref])[0], 1, dims)[0]

@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=30.0, help="timed seconds per variant")
     ap.add_argument("--block-seconds", type=float, default=5.0, help="block = energy window (NVML: >= 5 s)")
+    ap.add_argument("--sentences", type=pathlib.Path,
+                    help="the corpus, one sentence a line (default: n6onnx.testing.corpus, which depends on the "
+                         "Python version: carry this machine's to another so both calibrate and hold out the same)")
     ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "build" / "combined")
     ap.add_argument("--conditions", default="", help="machine load during the run (recorded)")
     ap.add_argument("--prepare-gpu", type=pathlib.Path, metavar="DIR",
@@ -85,7 +88,7 @@ def main() -> None:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     src = args.original or zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
-    s = corpus.sentences()
+    s = args.sentences.read_text().splitlines() if args.sentences else corpus.sentences()
     calib, held = work / "calib.txt", work / "heldout.txt"
     calib.write_text("\n".join(s[:1000]) + "\n")
     held.write_text("\n".join(s[1000:1256]) + "\n")

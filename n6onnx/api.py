@@ -271,6 +271,8 @@ def validate(
     min_top1: float | None = None,
     seed: int = 0,
     threads: int | None = None,
+    provider: str = "cpu",
+    device_id: int = 0,
     progress=False,
 ) -> ValidateReport:
     """Run ``original`` and ``candidate`` on the same inputs and compare every output.
@@ -278,13 +280,15 @@ def validate(
     Inputs: exactly one of ``feeds`` (.npz path, feed dict or list of them), ``text`` (one sample a
     line; ``tokenizer`` a Hugging Face tokenizer folder) or ``random`` (number of samples);
     ``dims`` sizes dynamic dimensions (``["batch=8"]`` or a mapping). Gates: ``min_cosine``
-    (on ``cosine_mean``), ``max_abs_err``, ``min_top1``. Returns a report (``.passed``,
+    (on ``cosine_mean``), ``max_abs_err``, ``min_top1``. ``provider``: where the candidate runs
+    (``"cuda"``: on ``device_id``, as deployed on a GPU; the original always runs on the CPU provider,
+    the reference). Returns a report (``.passed``,
     ``.failed``, ``.to_json()``); bad input raises ``N6Error`` subclasses.
     """
     return _validate_run.validate(
         original, candidate, feeds=feeds, text=text, tokenizer=tokenizer, random=random, dims=dims,
         labels=labels, min_cosine=min_cosine, max_abs_err=max_abs_err, min_top1=min_top1, seed=seed,
-        threads=threads, progress=progress,
+        threads=threads, provider=provider, device_id=device_id, progress=progress,
     )
 
 

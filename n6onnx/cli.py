@@ -25,6 +25,12 @@ from .tune.command import tune as tune_command
 @click.version_option(package_name="n6onnx")
 def main() -> None:
     """Rewrite ONNX models with the n6 techniques and measure what they really do."""
+    import onnxruntime as ort
+
+    # onnxruntime's process-wide logger warns while it merges the shapes of graphs that the quantizer and the
+    # fusion probes build ("MergeShapeInfo ... Falling back to lenient merge"): harmless, and not the user's to
+    # act on. Its errors still print; n6onnx reports each failure itself.
+    ort.set_default_logger_severity(3)
 
 
 def _heal_options(f, flag: bool = True):
@@ -57,7 +63,8 @@ def _heal_options(f, flag: bool = True):
                      help="What is trained: the rewritten blocks, plus neighbouring LayerNorms and projections, or all."),
         click.option("--heal-loss", type=click.Choice(LOSSES), default=HealConfig.loss, show_default=True,
                      help="Residual stream after each block and/or the model outputs (kl: the KL divergence of "
-                     "the outputs' softmax, for a language model's logits)."),
+                     "the outputs' softmax, for a language model's logits; pooled: 1 - cosine of each "
+                     "sample's mean-pooled token embeddings, a sentence embedding)."),
         click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
                      help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
         click.option("--heal-backtrack", type=Number(0, 1, word="auto"), default=HealConfig.backtrack,
@@ -237,9 +244,14 @@ def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_s
 @click.option("--min-top1", type=Number(0, 1), help="Fail (exit 1) when the top-1 agreement of a logits output is below this.")
 @click.option("--seed", type=Number(0, 2**63 - 1, integer=True), default=0, show_default=True, help="Seed of --random.")
 @click.option("--threads", type=Number(1, 4096, integer=True), help="onnxruntime intra-op threads per model.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the candidate runs (cuda: as deployed on a GPU, e.g. a float16 model); the original, "
+                   "the reference, runs on the CPU provider.")
+@click.option("--device-id", type=Number(0, 1023, integer=True), default=0, show_default=True,
+              help="CUDA device of --provider cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, dims, labels, min_cosine,
-             max_abs_err, min_top1, seed, threads, as_json: bool) -> None:
+             max_abs_err, min_top1, seed, threads, provider, device_id, as_json: bool) -> None:
     """Compare CANDIDATE with ORIGINAL on the same inputs: errors, cosines, logits agreement, gates.
 
     Give exactly one of --feeds, --text or --random. Per output: max absolute / relative error and
@@ -254,7 +266,7 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
         rep = api.validate(
             original, candidate, feeds=feeds_, text=text, tokenizer=tokenizer, random=random_, dims=dims,
             labels=labels, min_cosine=min_cosine, max_abs_err=max_abs_err, min_top1=min_top1, seed=seed,
-            threads=threads, progress=console.err if not as_json else False,
+            threads=threads, provider=provider, device_id=device_id, progress=console.err if not as_json else False,
         )
     except N6Error as e:
         console.fail(e)

@@ -32,6 +32,9 @@ def validate_human(rep) -> None:
     extra = f", tokenizer {inp['tokenizer']}" if inp.get("tokenizer") else ""
     out.print(escape(f"inputs: {inp['kind']} {inp['source']}: {inp['samples']} samples in {inp['batches']} "
                      f"batches{extra}"), highlight=False)
+    if rep.providers.get("candidate", "CPUExecutionProvider") != "CPUExecutionProvider":
+        out.print(escape(f"candidate on {rep.providers['candidate']}, original on {rep.providers['original']}"),
+                  highlight=False)
     for n in rep.notes:
         out.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
     for name, r in rep.outputs.items():

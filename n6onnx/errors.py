@@ -13,3 +13,7 @@ class BadModelError(N6Error):
 
 class BadArgumentError(N6Error):
     """A command-line or API argument is invalid (unknown pass, bad path, ...)."""
+
+
+class ProviderUnavailableError(BadArgumentError):
+    """The requested execution provider is not in this onnxruntime build, or did not load."""

@@ -14,9 +14,33 @@ import onnxruntime as ort
 
 from . import io
 from ._library import library_path
-from .errors import N6Error
+from .errors import BadArgumentError, N6Error, ProviderUnavailableError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": CUDA_PROVIDER}  # --provider NAME -> onnxruntime's provider
+
+
+def providers_for(provider: str, device_id: int = 0) -> list:
+    """onnxruntime's ``providers`` list for ``--provider`` (``cpu`` or ``cuda``: CUDA first, the CPU for
+    the nodes CUDA has no kernel for). Raises ``ProviderUnavailableError`` when this onnxruntime has no
+    CUDA provider (the CPU-only wheel)."""
+    if provider not in PROVIDERS:
+        raise BadArgumentError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    if provider == "cpu":
+        return [PROVIDERS["cpu"]]
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        raise ProviderUnavailableError(
+            f"--provider cuda: CUDAExecutionProvider is not available in this onnxruntime "
+            f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+    return [(CUDA_PROVIDER, {"device_id": int(device_id)}), PROVIDERS["cpu"]]
+
+
+def check_placed(sess: ort.InferenceSession, provider: str, what: str) -> None:
+    """Raise ``ProviderUnavailableError`` when a session asked for CUDA fell back to the CPU."""
+    if provider == "cuda" and sess.get_providers()[0] != CUDA_PROVIDER:
+        raise ProviderUnavailableError(
+            f"onnxruntime fell back to {sess.get_providers()} for {what}: the CUDA provider did not load "
+            "(CUDA/cuDNN libraries missing?)")
 
 
 def _provider_names(providers: Sequence | None) -> list[str]:

@@ -11,6 +11,6 @@
 """
 
 from .run import BenchReport, bench
-from .session import ProviderUnavailableError
+from ..errors import ProviderUnavailableError
 
 __all__ = ["BenchReport", "ProviderUnavailableError", "bench"]

@@ -45,7 +45,7 @@ from typing import Iterable, Mapping, Sequence
 import onnxruntime as ort
 
 from .. import feeds as feeds_mod
-from .. import io, vocab
+from .. import io, runtime, vocab
 from .._library import library_status
 from .._version import __version__
 from ..errors import BadArgumentError
@@ -57,9 +57,7 @@ from . import figures
 from . import layernorm as layernorm_mod
 from . import session as session_mod
 from . import latency as latency_mod
-from .session import ProviderUnavailableError
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 NVML_MIN_WINDOW = 5.0  # s: NVML's counter updates about every 100 ms
 
 RATIO_DEFINITION = ("baseline / candidate, per interleaved block pair: > 1 means the candidate is faster "
@@ -218,12 +216,7 @@ def bench(
     ``fused`` / ``split`` force one on both (``bench.layernorm``).
     """
     t_start = time.perf_counter()
-    if provider not in PROVIDERS:
-        raise BadArgumentError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
-    if provider == "cuda" and PROVIDERS["cuda"] not in ort.get_available_providers():
-        raise ProviderUnavailableError(
-            f"--provider cuda: CUDAExecutionProvider is not available in this onnxruntime "
-            f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+    runtime.providers_for(provider)  # a clear error for an unknown or unavailable provider
     threads = number("--threads", threads, 1, 4096, integer=True)
     device_id = number("--device-id", device_id, 0, 1023, integer=True)
     seconds = number("--seconds", seconds, 0, 86400, lo_open=True)
@@ -286,14 +279,14 @@ def bench(
         del ref_sess
         gc.collect()
 
-        def run_file(path: pathlib.Path):
-            s, _ = cfg.session(path)
+        def run_file(path: pathlib.Path):  # fusion checks: a failing candidate is reported, not logged by ORT
+            s, _ = cfg.session(path, quiet=True)
             out = s.run(None, feed)
             del s
             return out
 
         def open_session(path):
-            return cfg.session(path)[0]
+            return cfg.session(path, quiet=True)[0]
 
         fuse_kw = dict(provider=provider, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size)
         base_fusion = cand_fusion = None

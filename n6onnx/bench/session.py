@@ -21,12 +21,8 @@ import onnxruntime as ort
 
 from .. import runtime
 from .._library import library_path
-from ..errors import BadArgumentError, N6Error
+from ..errors import N6Error
 from . import energy as energy_mod
-
-
-class ProviderUnavailableError(BadArgumentError):
-    """The requested execution provider is not in this onnxruntime build."""
 
 
 @dataclasses.dataclass
@@ -42,11 +38,12 @@ class SessionConfig:
             return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
-    def options(self, profile_prefix: str | None = None) -> tuple[ort.SessionOptions, str | None]:
-        """ORT_ENABLE_ALL, threads, and the n6 library (the CUDA one on cuda when it exists)."""
+    def options(self, profile_prefix: str | None = None, quiet: bool = False) -> tuple[ort.SessionOptions, str | None]:
+        """ORT_ENABLE_ALL, threads, and the n6 library (the CUDA one on cuda when it exists). ``quiet``:
+        onnxruntime logs nothing, not even its errors (a probe whose failure the caller handles and reports)."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        so.log_severity_level = 4 if quiet else 3
         if profile_prefix:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
@@ -58,8 +55,9 @@ class SessionConfig:
             lib = cuda_lib
         return so, (str(lib) if lib else None)
 
-    def session(self, path: str | os.PathLike, profile_prefix: str | None = None) -> tuple[ort.InferenceSession, str | None]:
-        so, lib = self.options(profile_prefix)
+    def session(self, path: str | os.PathLike, profile_prefix: str | None = None,
+                quiet: bool = False) -> tuple[ort.InferenceSession, str | None]:
+        so, lib = self.options(profile_prefix, quiet)
         try:
             sess = ort.InferenceSession(str(path), so, providers=self.providers,
                                         **({"disabled_optimizers": list(self.disabled_optimizers)}
@@ -67,10 +65,7 @@ class SessionConfig:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise N6Error(f"{path}: onnxruntime cannot create a session: {msg}") from None
-        if self.provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-            raise ProviderUnavailableError(
-                f"onnxruntime fell back to {sess.get_providers()} for {path}: the CUDA provider did not load "
-                "(CUDA/cuDNN libraries missing?)")
+        runtime.check_placed(sess, self.provider, str(path))
         return sess, lib
 
 

@@ -46,7 +46,7 @@ def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw:
     optimizer chosen, fusion keywords for the next model of this family)."""
     def run(p):
         nonlocal feed
-        s, _ = cfg.session(p)
+        s, _ = cfg.session(p, quiet=True)  # a candidate that fails is reported by fuse, not logged by ORT
         if feed is None:
             feed = _probe_feed(s, vocab.bounds(path))
         out = s.run(None, feed)
@@ -54,7 +54,7 @@ def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw:
         return out
 
     ref = run(path)
-    probes = baseline_mod.quantized_probes(path, lambda p: cfg.session(p)[0])
+    probes = baseline_mod.quantized_probes(path, lambda p: cfg.session(p, quiet=True)[0])
     try:
         res = baseline_mod.fuse(path, run, ref, provider=cfg.provider, cache=cache, probes=probes,
                                 **(fusion_kw or {}))

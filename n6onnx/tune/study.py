@@ -267,16 +267,11 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         if pathlib.Path(calibrate).suffix == ".npz":  # the feeds' own shapes size the dims not given with --dim
             dims = feeds_mod.dims_of(feeds_mod.proto_input_specs(io.load_proto(src)), held[0], dims)
         say(f"data: fit part {fit_file.name}, {held.samples} held-out samples; model: {info}")
+        _check_gated_outputs(src, held, threads, min_nn, min_top1)
         say("fusing the original (ORT's best fp32 baseline)")
         timer = measure.Timer(src, work, threads=threads, dims=dims, seconds=seconds_per_trial,
                               block_seconds=block_seconds)
         refs = _references(src, timer, held, threads, work, say)
-        if min_nn is not None and refs[0].nn is None:
-            raise BadArgumentError("--min-nn: no output of the model looks like an embedding; gate a decoder's "
-                                   "logits with --min-top1")
-        if min_top1 is not None and refs[0].top1 is None:
-            raise BadArgumentError("--min-top1: no output of the model looks like logits (a decoder's next-token "
-                                   "scores); gate an encoder with --min-cosine and --min-nn")
         meets = lambda p: _meets(p, min_cosine, min_nn, min_top1)  # noqa: E731
         # the fidelity the study maximises and the front ranks: a decoder gated on its next token, its top-1
         key = "top1" if min_top1 is not None else "cosine"
@@ -486,6 +481,21 @@ def _storage(url: str | None):
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(url)))
+
+
+def _check_gated_outputs(src: pathlib.Path, held, threads, min_nn, min_top1) -> None:
+    """Refuse --min-nn on a model without an embedding output and --min-top1 on one without logits, by
+    validate's own rules on the first held-out batches, before anything is fused or timed."""
+    if min_nn is None and min_top1 is None:
+        return
+    first = feeds_mod.FeedBatches(held[:2], held.rows[:2], source=held.source)
+    found = measure.fidelity(src, src, first, threads)
+    if min_nn is not None and found["nn"] is None:
+        raise BadArgumentError("--min-nn: no output of the model looks like an embedding; gate a decoder's "
+                               "logits with --min-top1")
+    if min_top1 is not None and found["top1"] is None:
+        raise BadArgumentError("--min-top1: no output of the model looks like logits (a decoder's next-token "
+                               "scores); gate an encoder with --min-cosine and --min-nn")
 
 
 def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pathlib.Path, say) -> list[Point]:

@@ -105,6 +105,7 @@ class ValidateReport:
     uses_library: dict
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    providers: dict = dataclasses.field(default_factory=dict)  # role -> the execution provider it ran on
 
     @property
     def passed(self) -> bool:
@@ -131,6 +132,7 @@ class ValidateReport:
             "inputs": _clean(self.inputs),
             "outputs": {k: o.to_json() for k, o in self.outputs.items()},
             "uses_library": self.uses_library,
+            "providers": self.providers,
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
         }

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .. import feeds as feeds_mod
+from .. import runtime
 from .. import vocab as vocab_mod
 from ..errors import BadArgumentError, BadModelError, N6Error
 from ..quantize.hostile import hostile_activations
@@ -45,7 +46,7 @@ class _Model:
     hostile: list[str] = dataclasses.field(default_factory=list)  # quantize.hostile warnings
 
 
-def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
+def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str = "cpu", device_id: int = 0) -> _Model:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -60,11 +61,13 @@ def _open(path: str | os.PathLike, role: str, threads: int | None) -> _Model:
         raise BadModelError(f"{p} ({role}): not a readable ONNX model: {e}") from None
     if not proto.HasField("graph"):
         raise BadModelError(f"{p} ({role}): not an ONNX model (no graph; truncated or another format?)")
+    providers = runtime.providers_for(provider, device_id)
     try:
-        sess = InferenceSession(str(p), threads=threads)
+        sess = InferenceSession(str(p), threads=threads, providers=providers)
     except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented / ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BadModelError(f"{p} ({role}): onnxruntime cannot load it: {first}") from None
+    runtime.check_placed(sess, provider, f"{p} ({role})")
     return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto))
 
 
@@ -385,13 +388,17 @@ def validate(
     min_top1: float | None = None,
     seed: int = 0,
     threads: int | None = None,
+    provider: str = "cpu",
+    device_id: int = 0,
     progress: Any = False,
 ) -> ValidateReport:
     """Compare ``candidate`` with ``original`` on the same inputs; see ``n6onnx validate --help``.
 
     Exactly one of ``feeds`` (an .npz path, a feed dict or a list of them), ``text`` (a file, one
     sample per line) or ``random`` (a number of samples). Raises ``N6Error`` subclasses for bad input;
-    gate results are in the report (``report.passed``, ``report.failed``).
+    gate results are in the report (``report.passed``, ``report.failed``). ``provider`` (``cpu`` or
+    ``cuda``, on ``device_id``) is where the candidate runs, as it is deployed; the original is the
+    reference and runs on onnxruntime's CPU provider either way.
     """
     t0 = time.perf_counter()
     if threads is not None and int(threads) < 1:
@@ -414,8 +421,9 @@ def validate(
             raise BadArgumentError(f"{option} {value:g} is out of range [{lo:g}, {hi:g}]")
         gates.append(Gate(metric, option, op, value))
 
+    runtime.providers_for(provider, device_id)  # an unknown or unavailable provider: refused before any work
     orig = _open(original, "original", threads)
-    cand = _open(candidate, "candidate", threads)
+    cand = _open(candidate, "candidate", threads, provider, device_id)
     state = _check_compatible(orig, cand)
     notes: list[str] = [f"candidate: {w}" for w in cand.hostile]
     batches, info = _build_feeds(orig, cand, feeds=feeds, text=text, tokenizer=tokenizer, random=random,
@@ -490,6 +498,7 @@ def validate(
         cosine_source=cos_src, max_abs_err=max_err, gates=gates,
         uses_library={"original": orig.session.uses_library, "candidate": cand.session.uses_library},
         seconds=time.perf_counter() - t0, notes=notes,
+        providers={"original": orig.session.get_providers()[0], "candidate": cand.session.get_providers()[0]},
     )
 
 

@@ -110,6 +110,26 @@ def _err(cli, *args) -> _Msg:
     return _Msg(r.stderr)
 
 
+def test_cuda_provider_without_onnxruntime_gpu_is_a_clear_error(pair, cli, monkeypatch):
+    """--provider cuda on an onnxruntime without the CUDA provider (the CPU wheel): refused by name, exit 2,
+    before any model is run. The CPU provider's report says where each model ran."""
+    import onnxruntime as ort
+
+    from n6onnx.errors import ProviderUnavailableError
+
+    a, b, npz, _ = pair
+    rep = n6onnx.validate(a, b, feeds=npz)
+    assert rep.providers == {"original": "CPUExecutionProvider", "candidate": "CPUExecutionProvider"}
+    assert rep.to_json()["providers"] == rep.providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ProviderUnavailableError, match="install onnxruntime-gpu"):
+        n6onnx.validate(a, b, feeds=npz, provider="cuda")
+    r = cli("validate", a, b, "--feeds", npz, "--provider", "cuda")
+    assert r.exit_code == 2 and "CUDAExecutionProvider is not available" in r.output
+    with pytest.raises(BadArgumentError, match="--provider must be one of"):
+        n6onnx.validate(a, b, feeds=npz, provider="tpu")
+
+
 def test_mismatched_input_names(linear_model, cli):
     w = np.ones((3, 2), np.float32)
     msg = _err(cli, linear_model(w), linear_model(w, in_name="z"), "--random", 4)
