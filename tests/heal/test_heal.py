@@ -350,24 +350,6 @@ def test_kl_loss_is_validates_kl(decoder_export, tmp_path):
     assert nodes(tmp_path / "healed.onnx") == nodes(tmp_path / "plain.onnx")
 
 
-def test_pooled_loss_is_one_minus_validates_pooled_cosine():
-    """``loss="streams+pooled"``: the output term is 1 - cosine of each sample's mean over its real tokens,
-    averaged over samples: 1 - validate's mean-pooled embedding cosine (metrics.mean_pool, cosine_rows)."""
-    from n6onnx.heal.losses import pooled as _pooled
-    from n6onnx.heal.train import _prepare
-    from n6onnx.validate import metrics
-
-    rng = np.random.default_rng(2)
-    t = rng.standard_normal((3, 5, 8)).astype(np.float32)
-    s = (t + 0.7 * rng.standard_normal(t.shape)).astype(np.float32)
-    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
-    s[1, 2:] = 100.0  # padding the loss must ignore
-    want = 1.0 - metrics.cosine_rows(metrics.mean_pool(t, mask), metrics.mean_pool(s, mask)).mean()
-    got = float(_pooled(torch.from_numpy(s), _prepare(t, mask.reshape(-1).astype(bool))))
-    assert got == pytest.approx(want, rel=1e-5) and got > 0.01
-    assert float(_pooled(torch.from_numpy(t), _prepare(t, None))) == pytest.approx(0.0, abs=1e-6)
-
-
 @pytest.fixture(scope="module")
 def minilm_phi6(zoo_export, tmp_path_factory):
     """Pretrained all-MiniLM-L6-v2 (static 2 x 16 export), gelu=phi6 calibrated on 96 corpus
