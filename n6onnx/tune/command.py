@@ -49,9 +49,14 @@ from .study import tune as run
 @click.option("--storage", metavar="URL", help="Optuna storage (RDB URL or journal file) to share the study; see "
               "docs/tune.md.")
 @click.option("--study-name", metavar="NAME", help="Study name in --storage.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where recipes are timed and their fidelity measured; cuda searches float16 instead of int8 and "
+                   "measures energy with NVML.")
+@click.option("--device-id", type=click.IntRange(0, 1023), default=0, show_default=True, help="CUDA device.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minutes, report_dir, threads, dims, holdout,
-         calib_samples, seconds_per_trial, trials, seed, heal, heal_minutes, storage, study_name, as_json) -> None:
+         calib_samples, seconds_per_trial, trials, seed, heal, heal_minutes, storage, study_name, provider, device_id,
+         as_json) -> None:
     """Find the fastest recipe (passes, int8, heal) for MODEL on this machine that keeps a held-out
     cosine >= C (and NN >= X, top-1 >= T): an Optuna multi-objective study, fidelity against latency.
 
@@ -68,7 +73,7 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minu
                   minutes=minutes, threads=threads, dims=list(dims), holdout=holdout, calib_samples=calib_samples,
                   seconds_per_trial=seconds_per_trial, trials=trials, seed=seed,
                   heal=hook, heal_minutes=heal_minutes, heal_note=why, storage=storage, study_name=study_name,
-                  report_dir=report_dir,
+                  report_dir=report_dir, provider=provider, device_id=device_id,
                   progress=None if as_json else (lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False)))
     except N6Error as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)

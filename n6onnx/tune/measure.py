@@ -23,11 +23,12 @@ from ..feeds import dynamic_dims
 from ..validate.run import validate
 
 
-def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int | None) -> dict:
+def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int | None, provider: str = "cpu",
+             device_id: int = 0) -> dict:
     """Mean-pooled embedding cosine (or the first float output's cosine), nearest-neighbour agreement
     (an embedding output) and top-1 agreement (a logits output: a decoder's next token) of
-    ``candidate`` against ``original`` on the held-out feed batches."""
-    rep = validate(original, candidate, feeds=list(held), threads=threads)
+    ``candidate`` (run on ``provider``, where it is timed) against ``original`` on the held-out feed batches."""
+    rep = validate(original, candidate, feeds=list(held), threads=threads, provider=provider, device_id=device_id)
     emb = next((o.embedding for o in rep.outputs.values() if o.embedding), None)
     nn = emb.get("nn_agreement") if emb else None
     logits = next((o.logits for o in rep.outputs.values() if o.logits), None)
@@ -78,8 +79,9 @@ class Timer:
     that form needs)."""
 
     def __init__(self, original: pathlib.Path, workdir: pathlib.Path, *, threads: int | None,
-                 dims: Mapping[str, int], seconds: float, block_seconds: float, warmup: float = 0.5) -> None:
-        self.cfg = SessionConfig("cpu", 0, threads)
+                 dims: Mapping[str, int], seconds: float, block_seconds: float, warmup: float = 0.5,
+                 provider: str = "cpu", device_id: int = 0) -> None:
+        self.cfg = SessionConfig(provider, device_id, threads)
         self.workdir = workdir
         self.seconds, self.block_seconds, self.warmup = seconds, block_seconds, warmup
         sess, _ = self.cfg.session(original)
@@ -99,7 +101,8 @@ class Timer:
         sess, self.library = base_cfg.session(self.baseline)
         self._base = Runner(sess, self.feed, base_cfg)
         latency_mod.warm_up(self._base, warmup)
-        self.meter = energy_mod.CpuEstimate()
+        # the CPU: bench's CPU-seconds estimate; CUDA: the primary meter bench finds (NVML where it loads)
+        self.meter = energy_mod.CpuEstimate() if provider == "cpu" else energy_mod.discover(provider, device_id).meters[0]
         self.base_blocks: list[latency_mod.Block] = []
 
     def fuse(self, path: pathlib.Path) -> pathlib.Path:
@@ -124,24 +127,26 @@ class Timer:
             del sess
             gc.collect()
         self.base_blocks += out["baseline"]
-        return {**summarise(out["candidate"], out["baseline"], lib), "layernorm": choice.to_json()}, path
+        return {**summarise(out["candidate"], out["baseline"], lib, self.meter), "layernorm": choice.to_json()}, path
 
     def reference(self) -> dict:
         """The fp32 baseline's own figures, over every block timed so far."""
         b = self.base_blocks
-        return {**summarise(b, b, self.library), "layernorm": self.layernorm.to_json()}
+        return {**summarise(b, b, self.library, self.meter), "layernorm": self.layernorm.to_json()}
 
 
 def _per_run_mj(blocks) -> list[float]:
     return [1e3 * blk.energy[0] / blk.runs for blk in blocks if blk.energy and blk.runs]
 
 
-def summarise(cand, base, lib) -> dict:
+def summarise(cand, base, lib, meter=None) -> dict:
     med_c = [b.median for b in cand]
     med_b = [b.median for b in base]
     lat = latency_mod.summary([x * 1e3 for x in latency_mod.pooled_latencies(cand)])
     speed = latency_mod.ratio_summary(med_b, med_c)  # per A/B pair: baseline / candidate block medians
     e = _per_run_mj(cand)
     return {"latency_ms": lat, "speedup_vs_fp32": speed, "blocks": len(cand),
+            # (the key keeps its name for the CPU estimate; "energy_meter" says which meter and whether measured)
             "energy_mj_per_inference_estimated": statistics.median(e) if e else None,
+            "energy_meter": None if meter is None else {"name": meter.name, "method": meter.method},
             "library": lib}

@@ -43,11 +43,18 @@ def healing(p) -> str:
 HEADER = ("", "recipe", "heal", "cosine", "NN", "top-1", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
 
 
+def header(rep) -> tuple[str, ...]:
+    """HEADER, with the reduced-precision stage tune used ("x fp16" on CUDA) and the energy measured or not."""
+    stage = rep.setting.get("stage", "int8")
+    measured = str(rep.setting.get("energy", "")).startswith("measured")
+    return HEADER[:8] + (f"x {stage}", "mJ/inf" + ("" if measured else " (est.)"), "")
+
+
 def table(rep):
     from rich.table import Table
 
     t = Table(title=f"tune: {rep.model} ({rep.gates()}; held-out data)")
-    for h in HEADER:
+    for h in header(rep):
         t.add_column(h, overflow="fold")
     for r in rows(rep):
         t.add_row(*r)
@@ -89,7 +96,7 @@ def plot_png(rep) -> bytes:
 def write(rep, out_dir: pathlib.Path) -> list[pathlib.Path]:
     """tune.json, tune.md (the table) and tune.png in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md = ["| " + " | ".join(header(rep)) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows(rep)]
     files = {"tune.json": json.dumps(rep.to_json(), indent=2, default=str).encode(),
              "tune.md": ("\n".join(md) + "\n").encode(), "tune.png": plot_png(rep)}

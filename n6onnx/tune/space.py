@@ -1,4 +1,5 @@
 """The recipe space ``n6onnx tune`` searches: which passes at which strength, int8 on/off, heal on/off.
+(On CUDA the reduced-precision stage is float16: the trial parameter keeps its name "int8", the recipe says fp16.)
 
 A recipe is an ordered list of passes (block drops first, so that attention passes rank among the
 blocks left), then int8, then heal. Dimensions that the model does not have (no GELU, no FFN, no
@@ -44,8 +45,9 @@ class ModelInfo:
                    attention=sum(1 for s in k["attention"].sites if "index" in s.detail), moe=k["moe"].found)
 
 
-def suggest(trial, info: ModelInfo, *, heal: bool) -> Recipe:
-    """A recipe from an Optuna trial (define-by-run: conditional parameters)."""
+def suggest(trial, info: ModelInfo, *, heal: bool, stage: str = "int8") -> Recipe:
+    """A recipe from an Optuna trial (define-by-run: conditional parameters); ``stage``: the reduced precision
+    its "int8" parameter switches on (``stages.STAGE``: int8 on the CPU, fp16 on CUDA)."""
     passes: list[str] = []
     n_att = info.attention
     cap = max(1, n_att // 2)  # never drop or replace more than half of the blocks
@@ -70,7 +72,7 @@ def suggest(trial, info: ModelInfo, *, heal: bool) -> Recipe:
         m = trial.suggest_categorical("moe", ["keep", "sparse", "phi", *MOE_DROPS])
         if m != "keep":
             passes.append(f"moe={m}")
-    q = "int8" if trial.suggest_categorical("int8", [False, True]) else None
+    q = stage if trial.suggest_categorical("int8", [False, True]) else None
     h = bool(trial.suggest_categorical("heal", [False, True])) if heal else False
     h = h and bool(passes or q)  # the fp32 original has nothing to heal
     return Recipe(tuple(passes), q, h)

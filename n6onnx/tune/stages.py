@@ -1,7 +1,8 @@
-"""The stages a recipe runs after the passes: int8 quantization and (optionally) healing.
+"""The stages a recipe runs after the passes: reduced precision and (optionally) healing.
 
-Quantization goes through ONE adapter, ``quantize``: the ``n6onnx.quantize`` stage (``int8``:
-dynamic, per channel). Healing is a hook (``HealHook``): ``default_heal`` wraps ``n6onnx.heal``'s
+Reduced precision goes through ONE adapter, ``quantize``: on the CPU the ``n6onnx.quantize`` stage (``int8``:
+dynamic, per channel); on CUDA (``tune --provider cuda``) ``fp16``, onnxruntime's float16 converter on the
+fused graph (``onnxruntime.transformers.float16``; inputs and outputs stay float32), where int8 does not pay. Healing is a hook (``HealHook``): ``default_heal`` wraps ``n6onnx.heal``'s
 public entry point when torch is installed; without one, heal is not a dimension of the search
 and the report says why.
 """
@@ -12,11 +13,14 @@ import os
 import pathlib
 from typing import Callable, Protocol
 
+from .. import io
 from ..errors import N6Error
 from ..feeds import parse_dims
 from ..quantize import quantize as quantize_stage
 
-QUANT_MODES = ("int8",)
+QUANT_MODES = ("int8", "fp16")
+#: the reduced-precision stage tune searches on each provider
+STAGE = {"cpu": "int8", "cuda": "fp16"}
 #: the modes a tune heal trains against (``heal.fakequant`` mirrors int8, int8:static and int4; tune's space is int8)
 FAKE_QUANT_MODES = ("int8",)
 
@@ -33,9 +37,14 @@ class HealHook(Protocol):
 
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "int8") -> None:
-    """Quantize ``src`` into ``dst`` (``int8``: dynamic, per channel)."""
+    """Quantize ``src`` into ``dst`` (``int8``: dynamic, per channel; ``fp16``: float16, a fused ``src``)."""
     if mode not in QUANT_MODES:
         raise N6Error(f"unknown quantization mode {mode!r} (known: {', '.join(QUANT_MODES)})")
+    if mode == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        io.save(convert_float_to_float16(io.load_proto(src), keep_io_types=True), dst)
+        return
     quantize_stage(src, dst, mode)
 
 
@@ -47,9 +56,12 @@ def quantize_both_orders(src: pathlib.Path, fused: pathlib.Path, fuse: Callable[
     """``src`` quantized in both graph orders: ``fused`` (ORT's fused ``src``) quantized (FUSED_FIRST: a fused
     attention keeps its Q/K/V projections float), and ``src`` quantized, then fused by ``fuse``
     (QUANTIZED_FIRST: every MatMul quantized, what ``quantize_dynamic`` on an export gives). Which is faster
-    depends on the machine, so both are measured wherever int8 is a reference."""
+    depends on the machine, so both are measured wherever int8 is a reference. ``fp16``: the fused graph
+    converted only (onnxruntime's fusions work on float32 graphs)."""
     a, b = work / f"{stem}-fused-first.onnx", work / f"{stem}-quantized-first.onnx"
     quantize(fused, a, mode)
+    if mode == "fp16":
+        return {FUSED_FIRST: a}
     quantize(src, b, mode)
     return {FUSED_FIRST: a, QUANTIZED_FIRST: fuse(b)}
 

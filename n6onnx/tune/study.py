@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import api, io, vocab
+from .. import api, io, runtime, vocab
 from .. import feeds as feeds_mod
 from ..calibrate import load_batches
 from ..feeds import parse_dims
@@ -46,7 +46,7 @@ class Point:
     """One measured recipe."""
 
     recipe: space.Recipe
-    role: str  # "fp32", "int8", "trial"
+    role: str  # "fp32", "int8" (or "fp16" on CUDA: the reduced-precision reference), "trial"
     fidelity: dict | None = None
     timing: dict | None = None
     status: str = "complete"  # complete | pruned (gates failed, not timed) | failed
@@ -143,7 +143,7 @@ class TuneReport:
 
 def anchor(references: list[Point]) -> Point | None:
     """The fastest int8 reference (by speed-up over the fp32 baseline), or the first one when none is timed."""
-    q = [p for p in references if p.role == "int8"]
+    q = [p for p in references if p.role in stages.QUANT_MODES]
     timed = [p for p in q if p.speedup]
     return max(timed, key=lambda p: p.speedup) if timed else (q[0] if q else None)
 
@@ -228,6 +228,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
          trials: int | None = None, seed: int = 0, heal: stages.HealHook | None = None,
          heal_minutes: float = 3.0, heal_note: str | None = None,
          storage: str | None = None, study_name: str | None = None, report_dir=None,
+         provider: str = "cpu", device_id: int = 0,
          progress: Callable[[str], None] | None = None) -> TuneReport:
     """Search recipes for ``model``; write the fastest one meeting the gates to ``output``.
 
@@ -237,7 +238,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     lift over the gates); each heal trains for at most ``heal_minutes`` and half the time left, an
     int8 recipe against its int8 graph (the hook gets ``quantize="int8"``), an fp32 one in float.
     ``heal_note``: why there is no hook (said in the report). ``storage``/``study_name``: an Optuna
-    storage URL to share the study (see docs/tune.md). Raises ``N6Error`` for bad input."""
+    storage URL to share the study (see docs/tune.md). ``provider``: where recipes are timed and their fidelity
+    measured (``cuda``: on ``device_id``, with float16 instead of int8 as the reduced-precision stage and NVML
+    energy where it loads). Raises ``N6Error`` for bad input."""
     try:
         import optuna
     except ImportError:
@@ -254,6 +257,8 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         raise BadArgumentError(f"--heal-minutes must be positive, got {heal_minutes:g}")
     if threads is not None and threads < 1:
         raise BadArgumentError(f"--threads must be at least 1, got {threads}")
+    runtime.providers_for(provider, device_id)  # an unknown or unavailable provider: refused before any work
+    stage = stages.STAGE[provider]
     src = pathlib.Path(model)
     io.load_proto(src)
     if output is not None:
@@ -270,8 +275,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         _check_gated_outputs(src, held, threads, min_nn, min_top1)
         say("fusing the original (ORT's best fp32 baseline)")
         timer = measure.Timer(src, work, threads=threads, dims=dims, seconds=seconds_per_trial,
-                              block_seconds=block_seconds)
-        refs = _references(src, timer, held, threads, work, say)
+                              block_seconds=block_seconds, provider=provider, device_id=device_id)
+        refs = _references(src, timer, held, work, say, stage,
+                           lambda p: measure.fidelity(src, p, held, threads, provider, device_id))
         meets = lambda p: _meets(p, min_cosine, min_nn, min_top1)  # noqa: E731
         # the fidelity the study maximises and the front ranks: a decoder gated on its next token, its top-1
         key = "top1" if min_top1 is not None else "cosine"
@@ -287,7 +293,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
 
         def fidelity(path: pathlib.Path) -> dict:
             if path not in fids:
-                fids[path] = measure.fidelity(src, path, held, threads)
+                fids[path] = measure.fidelity(src, path, held, threads, provider, device_id)
             return fids[path]
 
         def rewritten(passes: tuple) -> pathlib.Path:
@@ -341,7 +347,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             return path
 
         def objective(trial):
-            r = space.suggest(trial, info, heal=heal is not None)
+            r = space.suggest(trial, info, heal=heal is not None, stage=stage)
             trial.set_user_attr("recipe", r.label)
             if r in done:  # the sampler proposed a recipe already measured
                 repeats[0] += 1
@@ -372,7 +378,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                 if not meets(p):
                     p.status = "pruned"
                     p.reason = (f"held-out {_fid(p)} below the gates"
-                                + (" before int8" if r.quantize and p.path is None else "") + ": not timed")
+                                + (f" before {r.quantize}" if r.quantize and p.path is None else "") + ": not timed")
                 else:
                     p.timing, p.path = timer.time(p.path)
             except N6Error as e:
@@ -440,9 +446,13 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                    "layernorm": timer.layernorm.to_json(),
                    "timing": f"interleaved A/B blocks of {block_seconds:g} s vs the fused fp32 original, "
                              f"{seconds_per_trial:g} s per variant per trial (bench's method, shorter)",
+                   "provider": provider, "stage": stage,
                    "energy": f"estimated: process CPU-seconds x {CPU_WATTS_PER_CORE:g} W per busy core "
-                             "(bench's estimator), not measured",
-                   "quantize": "n6onnx.tune.stages.quantize (int8: dynamic, per channel); the int8 reference: the "
+                             "(bench's estimator), not measured" if provider == "cpu" else
+                             f"{timer.meter.method} ({timer.meter.name}, bench's meter on {provider})",
+                   "quantize": "fp16: onnxruntime's float16 converter on the fused graph (inputs and outputs float32); "
+                               "healed fp16 recipes: healed in float, fused, converted" if stage == "fp16" else
+                               "n6onnx.tune.stages.quantize (int8: dynamic, per channel); the int8 reference: the "
                                "faster of the original fused then quantized (a fused attention's projections stay "
                                "float) and quantized then fused (every MatMul int8), both measured; unhealed int8 "
                                f"recipes: built in the reference's order ({anchor(refs).graph}); healed int8 recipes: "
@@ -498,25 +508,27 @@ def _check_gated_outputs(src: pathlib.Path, held, threads, min_nn, min_top1) -> 
                                "scores); gate an encoder with --min-cosine and --min-nn")
 
 
-def _references(src: pathlib.Path, timer: measure.Timer, held, threads, work: pathlib.Path, say) -> list[Point]:
+def _references(src: pathlib.Path, timer: measure.Timer, held, work: pathlib.Path, say, stage: str,
+                fidelity: Callable[[pathlib.Path], dict]) -> list[Point]:
     """The fp32 baseline (ORT's best fused original) and int8 alone in both graph orders: fused then quantized
     (a fused attention keeps its Q/K/V projections float) and quantized then fused (every MatMul int8: what
     ``quantize_dynamic`` on the export gives). Which is faster depends on the machine; the faster is the
-    int8 reference of the report's "x int8" (``anchor``), and both are candidates for OUT."""
+    int8 reference of the report's "x int8" (``anchor``), and both are candidates for OUT. ``stage`` fp16
+    (CUDA): fp16 alone, the fused original converted, instead."""
     fp32 = Point(space.Recipe(), "fp32", path=timer.baseline)
-    fp32.fidelity = measure.fidelity(src, timer.baseline, held, threads)
+    fp32.fidelity = fidelity(timer.baseline)
     refs = [fp32]
-    say("int8 references: the original in both graph orders")
+    say(f"{stage} references: the original" + (" in both graph orders" if stage == "int8" else ", fused then converted"))
     t = time.perf_counter()
-    paths = stages.quantize_both_orders(src, timer.fused_baseline, timer.fuse, work)
-    built = (time.perf_counter() - t) / 2
+    paths = stages.quantize_both_orders(src, timer.fused_baseline, timer.fuse, work, stage, stage)
+    built = (time.perf_counter() - t) / len(paths)
     for graph, path in paths.items():
         t = time.perf_counter()
-        p = Point(space.Recipe((), "int8"), "int8", path=path, graph=graph)
-        p.fidelity = measure.fidelity(src, p.path, held, threads)
+        p = Point(space.Recipe((), stage), stage, path=path, graph=graph)
+        p.fidelity = fidelity(p.path)
         p.timing, p.path = timer.time(p.path)
         p.seconds = built + time.perf_counter() - t
-        say(f"int8 reference ({graph}): {_fid(p)} x{p.speedup or float('nan'):.2f} vs fp32")
+        say(f"{stage} reference ({graph}): {_fid(p)} x{p.speedup or float('nan'):.2f} vs fp32")
         refs.append(p)
     return refs
 

@@ -41,8 +41,8 @@ def test_int8_recipe_is_healed_under_fake_quant_and_fp32_in_float(zoo_export, tm
     measured = {}
     real_fidelity = study.measure.fidelity
 
-    def fidelity(original, candidate, held, threads):  # the real measurement; the test keeps the candidate
-        res = real_fidelity(original, candidate, held, threads)
+    def fidelity(original, candidate, held, threads, *where):  # the real measurement; the test keeps the candidate
+        res = real_fidelity(original, candidate, held, threads, *where)
         measured[res["cosine"]] = shutil.copyfile(candidate, tmp_path / f"measured-{len(measured)}.onnx")
         return res
 

@@ -369,3 +369,21 @@ def test_min_top1_on_an_encoder_is_a_clear_error(zoo_export, tmp_path, monkeypat
     with pytest.raises(BadArgumentError, match="--min-top1: no output"):
         tune(zoo_export(*MODEL), None, calibrate=_npz(tmp_path / "d.npz"), min_cosine=0.9, min_top1=0.9, trials=0,
              **FAST)
+
+
+def test_cuda_without_onnxruntime_gpu_is_refused_before_any_work(zoo_export, tmp_path, monkeypatch):
+    """--provider cuda on the CPU wheel of onnxruntime: a clear error naming the missing provider, before
+    anything is split, fused or timed."""
+    import onnxruntime as ort
+
+    from n6onnx.errors import ProviderUnavailableError
+    from n6onnx.tune import measure
+
+    def no_timer(*a, **k):
+        raise AssertionError("the provider was checked after the timer started")
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(measure, "Timer", no_timer)
+    with pytest.raises(ProviderUnavailableError, match="install onnxruntime-gpu"):
+        tune(zoo_export(*MODEL), None, calibrate=_npz(tmp_path / "d.npz"), min_cosine=0.9, trials=0,
+             provider="cuda", **FAST)

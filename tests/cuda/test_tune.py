@@ -1,0 +1,59 @@
+"""``n6onnx tune --provider cuda``: recipes timed on the CUDA provider against ORT's best fp32 original there,
+float16 (the fused graph converted) as the reduced-precision stage instead of int8, fidelity measured on CUDA
+(an independent onnxruntime CUDA run of the written model agrees), energy from NVML."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from n6onnx.testing import zoo
+from n6onnx.tune import stages
+from n6onnx.tune.study import tune
+
+pytestmark = pytest.mark.cuda
+CPU = "CPUExecutionProvider"
+
+
+def _npz(path, n: int = 8):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for k in range(n):
+        f = zoo.example_inputs("bert", 2, 16)
+        f["input_ids"] = rng.integers(1, 1000, size=(2, 16), dtype=np.int64)
+        f["attention_mask"][1, 10 + k % 5:] = 0
+        arrays.update({f"{name}/{k}": a for name, a in f.items()})
+    np.savez(path, **arrays)
+    return path
+
+
+def test_tune_on_cuda_searches_float16(target, zoo_export, tmp_path):
+    if target.provider == CPU:
+        pytest.skip("dry run: tune --provider cuda needs the CUDA provider itself")
+    src = zoo_export("bert", "dynamo20")
+    data = _npz(tmp_path / "data.npz")
+    rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.9, trials=3, provider="cuda",
+               minutes=3, seconds_per_trial=1.0, block_seconds=0.25, heal=None)
+    assert [(p.role, p.graph) for p in rep.references] == [("fp32", ""), ("fp16", stages.FUSED_FIRST)]
+    assert rep.setting["provider"] == "cuda" and rep.setting["stage"] == "fp16"
+    assert rep.setting["energy"].startswith("measured")  # NVML
+    assert all(p.recipe.quantize in (None, "fp16") for p in rep.trials)
+    assert rep.chosen is not None and rep.chosen.speedup
+    # the chosen model's fidelity as an independent CUDA run sees it: held-out batches 3 and 7 (every 4th)
+    d = np.load(data)
+    held = [{n: d[f"{n}/{k}"] for n in ("input_ids", "attention_mask", "token_type_ids")} for k in (3, 7)]
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(target.cuda_lib)
+    cand = ort.InferenceSession(str(tmp_path / "out.onnx"), so, providers=target.providers())
+    ref = ort.InferenceSession(str(src), providers=[CPU])
+    o = np.concatenate([ref.run(None, f)[0] for f in held]).astype(np.float64)
+    c = np.concatenate([cand.run(None, f)[0] for f in held]).astype(np.float64)
+    m = np.concatenate([f["attention_mask"] for f in held]).astype(np.float64)[..., None]
+    po, pc = (o * m).sum(1) / m.sum(1), (c * m).sum(1) / m.sum(1)
+    cos = (po * pc).sum(1) / np.linalg.norm(po, axis=1) / np.linalg.norm(pc, axis=1)
+    assert rep.chosen.cosine == pytest.approx(cos.mean(), abs=1e-4)  # float16 kernels of the fused or split form
+    if rep.chosen.recipe.quantize == "fp16":
+        init = {t.data_type for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in init

@@ -1,0 +1,42 @@
+"""tune's reduced-precision stages (n6onnx.tune.stages): fp16, the CUDA provider's, against the float32
+model run by onnxruntime; unknown modes are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from n6onnx import feeds as feeds_mod
+from n6onnx import vocab
+from n6onnx.errors import N6Error
+from n6onnx.tune import stages
+
+
+def test_fp16_stage_converts_weights_and_keeps_float32_io(zoo_export, tmp_path):
+    """The fused-graph converter's output: float16 weights, float32 inputs and outputs, the same outputs as
+    the float32 model within float16 rounding (onnxruntime's CPU provider runs it through its casts)."""
+    src = zoo_export("bert", "dynamo20")
+    dst = tmp_path / "fp16.onnx"
+    stages.quantize(src, dst, "fp16")
+    m = onnx.load(str(dst))
+    kinds = {t.data_type for t in m.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    assert [o.type.tensor_type.elem_type for o in m.graph.output] == \
+        [o.type.tensor_type.elem_type for o in onnx.load(str(src)).graph.output]
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (src, dst))
+    feeds = feeds_mod.random_feeds(a, 1, {}, id_high=vocab.bounds(src))[0]
+    ya, yb = a.run(None, feeds)[0], b.run(None, feeds)[0]
+    assert yb.dtype == np.float32
+    err = np.abs(ya - yb).max() / np.abs(ya).max()
+    assert 0 < err < 2e-2  # rounded to float16, not a float32 run
+
+
+def test_fp16_has_one_graph_order_and_unknown_modes_are_refused(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo20")
+    out = stages.quantize_both_orders(src, src, lambda p: p, tmp_path, "fp16", "fp16")
+    assert list(out) == [stages.FUSED_FIRST] and out[stages.FUSED_FIRST].is_file()
+    with pytest.raises(N6Error, match="unknown quantization mode 'int3'"):
+        stages.quantize(src, tmp_path / "x.onnx", "int3")
+    assert stages.STAGE == {"cpu": "int8", "cuda": "fp16"}
