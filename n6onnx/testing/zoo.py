@@ -205,6 +205,25 @@ def example_inputs(model: str, batch: int = 2, seq: int = 16) -> dict[str, np.nd
 # Export
 
 
+
+def calibration_npz(model: str, path: str | os.PathLike, *, batches: int = 8, batch: int = 2, seq: int = 16,
+                    seed: int = 0) -> pathlib.Path:
+    """Feeds for ``--calibrate`` / ``validate --feeds``: an .npz of ``NAME/K`` arrays, ``example_inputs`` with
+    random token ids below 1000 (the tiny models have no tokenizer) and batch K's second row padded from
+    position ``10 + K % 5``."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for k in range(batches):
+        f = example_inputs(model, batch, seq)
+        f["input_ids"] = rng.integers(1, 1000, size=(batch, seq), dtype=np.int64)
+        f["attention_mask"][1, 10 + k % 5:] = 0
+        arrays.update({f"{name}/{k}": a for name, a in f.items()})
+    path = pathlib.Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
 def _wrapper(model: str, m):
     """A module taking the inputs positionally and returning only ``last_hidden_state``."""
     import torch

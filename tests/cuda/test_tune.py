@@ -17,23 +17,11 @@ pytestmark = pytest.mark.cuda
 CPU = "CPUExecutionProvider"
 
 
-def _npz(path, n: int = 8):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for k in range(n):
-        f = zoo.example_inputs("bert", 2, 16)
-        f["input_ids"] = rng.integers(1, 1000, size=(2, 16), dtype=np.int64)
-        f["attention_mask"][1, 10 + k % 5:] = 0
-        arrays.update({f"{name}/{k}": a for name, a in f.items()})
-    np.savez(path, **arrays)
-    return path
-
-
 def test_tune_on_cuda_searches_float16(target, zoo_export, tmp_path):
     if target.provider == CPU:
         pytest.skip("dry run: tune --provider cuda needs the CUDA provider itself")
     src = zoo_export("bert", "dynamo20")
-    data = _npz(tmp_path / "data.npz")
+    data = zoo.calibration_npz("bert", tmp_path / "data.npz")
     rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.9, trials=3, provider="cuda",
                minutes=3, seconds_per_trial=1.0, block_seconds=0.25, heal=None)
     assert [(p.role, p.graph) for p in rep.references] == [("fp32", ""), ("fp16", stages.FUSED_FIRST)]

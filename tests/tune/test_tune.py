@@ -28,16 +28,7 @@ FAST = dict(minutes=3, threads=1, seconds_per_trial=0.4, block_seconds=0.1)
 
 
 def _npz(path: pathlib.Path, n: int = 8) -> pathlib.Path:
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for k in range(n):
-        f = zoo.example_inputs("bert", 2, 16)
-        f["input_ids"] = rng.integers(1, 1000, size=(2, 16), dtype=np.int64)
-        f["attention_mask"][1, 10 + k % 5:] = 0
-        for name, a in f.items():
-            arrays[f"{name}/{k}"] = a
-    np.savez(path, **arrays)
-    return path
+    return zoo.calibration_npz("bert", path, batches=n)
 
 
 def test_tune_writes_the_fastest_recipe_meeting_the_gate(zoo_export, tmp_path):
