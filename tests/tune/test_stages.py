@@ -40,3 +40,19 @@ def test_fp16_has_one_graph_order_and_unknown_modes_are_refused(zoo_export, tmp_
     with pytest.raises(N6Error, match="unknown quantization mode 'int3'"):
         stages.quantize(src, tmp_path / "x.onnx", "int3")
     assert stages.STAGE == {"cpu": "int8", "cuda": "fp16"}
+
+
+def test_fp16_of_a_rewrite_still_runs_on_stock_onnxruntime(zoo_export, tmp_path):
+    """An n6 node's model-local function is its fallback: after the float16 conversion a gelu=phi6 rewrite
+    still runs without the n6onnx library, and agrees with the float32 rewrite within float16 rounding."""
+    import n6onnx
+
+    src = zoo_export("bert", "dynamo20")
+    n6onnx.rewrite(src, tmp_path / "phi6.onnx", ["gelu=phi6"])
+    stages.quantize(tmp_path / "phi6.onnx", tmp_path / "phi6-fp16.onnx", "fp16")
+    assert any(n.domain == "n6onnx" for n in onnx.load(str(tmp_path / "phi6-fp16.onnx")).graph.node)
+    a, b = (ort.InferenceSession(str(tmp_path / p), providers=["CPUExecutionProvider"])  # no library registered
+            for p in ("phi6.onnx", "phi6-fp16.onnx"))
+    feeds = feeds_mod.random_feeds(a, 1, {}, id_high=vocab.bounds(src))[0]
+    ya, yb = a.run(None, feeds)[0], b.run(None, feeds)[0]
+    assert 0 < np.abs(ya - yb).max() / np.abs(ya).max() < 2e-2
