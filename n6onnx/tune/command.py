@@ -63,7 +63,8 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minu
     Prints the Pareto front with the fp32 original and int8 alone as references, writes the
     fastest recipe meeting the gates to OUT; when none does, writes nothing and exits 1."""
     err, out = Console(stderr=True), Console()
-    hook, why = stages.default_heal(dims=list(dims), threads=threads) if heal is not False else (None, None)
+    device = f"cuda:{device_id}" if provider == "cuda" else "cpu"  # heal on the GPU tune times on, where torch can
+    hook, why = stages.default_heal(dims=list(dims), threads=threads, device=device) if heal is not False else (None, None)
     if heal and hook is None:
         err.print(f"[bold red]error:[/] --heal: {escape(why)}")
         sys.exit(2)

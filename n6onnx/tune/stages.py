@@ -66,22 +66,29 @@ def quantize_both_orders(src: pathlib.Path, fused: pathlib.Path, fuse: Callable[
     return {FUSED_FIRST: a, QUANTIZED_FIRST: fuse(b)}
 
 
-def default_heal(*, dims=None, threads: int | None = None,
-                 steps: int | None = None) -> tuple[HealHook | None, str | None]:
+def default_heal(*, dims=None, threads: int | None = None, steps: int | None = None,
+                 device: str = "cpu") -> tuple[HealHook | None, str | None]:
     """A hook over ``n6onnx.heal``'s public entry point (``heal.run.heal_file``), or (None, why) when
     this installation cannot heal (torch, the ``heal`` extra, is missing). With ``quantize="int8"``
     the heal trains against the int8 path as ``rewrite --quantize int8 --heal`` does
-    (``HealConfig.quantize``: fake quantization, straight-through); ``steps`` caps each heal."""
+    (``HealConfig.quantize``: fake quantization, straight-through); ``steps`` caps each heal. ``device``: where
+    the student trains (``HealConfig.device``; ``tune --provider cuda`` asks for its GPU): a CUDA device that this
+    torch cannot use falls back to the CPU."""
     try:
         from ..heal import run as heal_run  # needs torch (the heal extra): only when tune may heal
     except ImportError as e:
         return None, f"healing skipped: the heal extra (torch) is not installed ({e})"
     dims = parse_dims(dims)
+    if device != "cpu":
+        try:
+            heal_run.check_device(device)
+        except N6Error:
+            device = "cpu"  # a CPU build of torch on a GPU machine: heal on the CPU, as without --provider cuda
 
     def hook(model, out, *, original, calibrate, tokenizer, minutes, quantize=None):
         if quantize is not None and quantize not in FAKE_QUANT_MODES:
             raise N6Error(f"healing cannot train against {quantize!r} (tune quantizes with int8 only)")
-        cfg = heal_run.HealConfig(minutes=minutes, steps=steps, threads=threads, quantize=quantize)
+        cfg = heal_run.HealConfig(minutes=minutes, steps=steps, threads=threads, quantize=quantize, device=device)
         return heal_run.heal_file(model, original, calibrate, out, tokenizer=tokenizer, dims=dims, config=cfg)
 
     return hook, None

@@ -378,3 +378,21 @@ def test_cuda_without_onnxruntime_gpu_is_refused_before_any_work(zoo_export, tmp
     with pytest.raises(ProviderUnavailableError, match="install onnxruntime-gpu"):
         tune(zoo_export(*MODEL), None, calibrate=_npz(tmp_path / "d.npz"), min_cosine=0.9, trials=0,
              provider="cuda", **FAST)
+
+
+def test_heal_hook_trains_on_the_asked_device_or_falls_back_to_the_cpu(monkeypatch):
+    """tune --provider cuda asks the heal hook for its GPU; a torch that cannot use it heals on the CPU."""
+    require("torch")
+    import torch
+
+    from n6onnx.heal import run as heal_run
+
+    seen = []
+    monkeypatch.setattr(heal_run, "heal_file", lambda *a, config, **k: seen.append(config.device))
+    hook, why = stages.default_heal(device="cuda:0")
+    assert hook is not None, why
+    hook("m.onnx", "o.onnx", original="src.onnx", calibrate="d.npz", tokenizer=None, minutes=1)
+    assert seen == ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    hook, _ = stages.default_heal()
+    hook("m.onnx", "o.onnx", original="src.onnx", calibrate="d.npz", tokenizer=None, minutes=1)
+    assert seen[-1] == "cpu"
