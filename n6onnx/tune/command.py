@@ -61,7 +61,8 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minu
     cosine >= C (and NN >= X, top-1 >= T): an Optuna multi-objective study, fidelity against latency.
 
     Prints the Pareto front with the fp32 original and int8 alone as references, writes the
-    fastest recipe meeting the gates to OUT; when none does, writes nothing and exits 1."""
+    fastest recipe meeting the gates to OUT; when none does, writes nothing and exits 1. With
+    --provider cuda, recipes run on the GPU and float16 takes int8's place."""
     err, out = Console(stderr=True), Console()
     device = f"cuda:{device_id}" if provider == "cuda" else "cpu"  # heal on the GPU tune times on, where torch can
     hook, why = stages.default_heal(dims=list(dims), threads=threads, device=device) if heal is not False else (None, None)

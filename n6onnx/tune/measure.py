@@ -102,7 +102,9 @@ class Timer:
         self._base = Runner(sess, self.feed, base_cfg)
         latency_mod.warm_up(self._base, warmup)
         # the CPU: bench's CPU-seconds estimate; CUDA: the primary meter bench finds (NVML where it loads)
-        self.meter = energy_mod.CpuEstimate() if provider == "cpu" else energy_mod.discover(provider, device_id).meters[0]
+        found = [energy_mod.CpuEstimate()] if provider == "cpu" else energy_mod.discover(provider, device_id).meters
+        self.meter = found[0]
+        energy_mod.close_all(found[1:])
         self.base_blocks: list[latency_mod.Block] = []
 
     def fuse(self, path: pathlib.Path) -> pathlib.Path:
@@ -128,6 +130,10 @@ class Timer:
             gc.collect()
         self.base_blocks += out["baseline"]
         return {**summarise(out["candidate"], out["baseline"], lib, self.meter), "layernorm": choice.to_json()}, path
+
+    def close(self) -> None:
+        """Release the energy meter (NVML)."""
+        self.meter.close()
 
     def reference(self) -> dict:
         """The fp32 baseline's own figures, over every block timed so far."""

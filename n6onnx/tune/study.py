@@ -435,6 +435,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             study.optimize(objective, timeout=left, callbacks=[budget], n_trials=None if trials is None else 4 * trials,
                            catch=())
         refs[0].timing = timer.reference()  # its own blocks: speed-up 1 by construction
+        timer.close()
         complete = [p for p in points if p.status == "complete"]
         front = pareto(refs + complete, key)
         # candidates: every timed trial and the int8 references (the fp32 original is no saving)
