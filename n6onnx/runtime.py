@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 import os
 import pathlib
 import tempfile
@@ -26,13 +27,19 @@ def providers_for(provider: str, device_id: int = 0) -> list:
     CUDA provider (the CPU-only wheel)."""
     if provider not in PROVIDERS:
         raise BadArgumentError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    try:
+        ok = operator.index(device_id) >= 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise BadArgumentError(f"--device-id must be a non-negative integer, got {device_id!r}")
     if provider == "cpu":
         return [PROVIDERS["cpu"]]
     if CUDA_PROVIDER not in ort.get_available_providers():
         raise ProviderUnavailableError(
             f"--provider cuda: CUDAExecutionProvider is not available in this onnxruntime "
             f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
-    return [(CUDA_PROVIDER, {"device_id": int(device_id)}), PROVIDERS["cpu"]]
+    return [(CUDA_PROVIDER, {"device_id": operator.index(device_id)}), PROVIDERS["cpu"]]
 
 
 def check_placed(sess: ort.InferenceSession, provider: str, what: str) -> None:

@@ -34,9 +34,7 @@ class SessionConfig:
 
     @property
     def providers(self) -> list:
-        if self.provider == "cuda":
-            return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
+        return runtime.providers_for(self.provider, self.device_id)
 
     def options(self, profile_prefix: str | None = None, quiet: bool = False) -> tuple[ort.SessionOptions, str | None]:
         """ORT_ENABLE_ALL, threads, and the n6 library (the CUDA one on cuda when it exists). ``quiet``:

@@ -201,11 +201,6 @@ def example_inputs(model: str, batch: int = 2, seq: int = 16) -> dict[str, np.nd
     return {k: feeds[k] for k in _input_names(model)}
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Export
-
-
-
 def calibration_npz(model: str, path: str | os.PathLike, *, batches: int = 8, batch: int = 2, seq: int = 16,
                     seed: int = 0) -> pathlib.Path:
     """Feeds for ``--calibrate`` / ``validate --feeds``: an .npz of ``NAME/K`` arrays, ``example_inputs`` with
@@ -223,6 +218,11 @@ def calibration_npz(model: str, path: str | os.PathLike, *, batches: int = 8, ba
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Export
+
 
 def _wrapper(model: str, m):
     """A module taking the inputs positionally and returning only ``last_hidden_state``."""

@@ -36,7 +36,7 @@ def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int
     cos = rep.cosine_mean
     return {"cosine": None if cos is None or not np.isfinite(cos) else float(cos),
             "nn": None if nn is None else float(nn), "top1": None if top1 is None else float(top1),
-            "source": rep.cosine_source, "samples": held.samples}
+            "source": rep.cosine_source, "samples": held.samples, "provider": rep.providers["candidate"]}
 
 
 def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw: dict | None = None,

@@ -1,6 +1,7 @@
 """``n6onnx tune --provider cuda``: recipes timed on the CUDA provider against ORT's best fp32 original there,
 float16 (the fused graph converted) as the reduced-precision stage instead of int8, fidelity measured on CUDA
-(an independent onnxruntime CUDA run of the written model agrees), energy from NVML."""
+(an independent onnxruntime CUDA run of the written model agrees), energy from NVML. In a dry run
+(N6ONNX_CUDA_DRY_RUN=1, conftest) the same flow runs on the CPU provider with float16 as its stage."""
 
 from __future__ import annotations
 
@@ -17,18 +18,22 @@ pytestmark = pytest.mark.cuda
 CPU = "CPUExecutionProvider"
 
 
-def test_tune_on_cuda_searches_float16(target, zoo_export, tmp_path):
-    if target.provider == CPU:
-        pytest.skip("dry run: tune --provider cuda needs the CUDA provider itself")
+def test_tune_on_cuda_searches_float16(target, zoo_export, tmp_path, monkeypatch):
+    dry = target.provider == CPU
+    provider = "cpu" if dry else "cuda"
+    if dry:  # the CPU provider stands in for CUDA: give it CUDA's stage
+        monkeypatch.setitem(stages.STAGE, "cpu", "fp16")
     src = zoo_export("bert", "dynamo20")
     data = zoo.calibration_npz("bert", tmp_path / "data.npz")
-    rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.9, trials=3, provider="cuda",
+    rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.9, trials=3, provider=provider,
                minutes=3, seconds_per_trial=1.0, block_seconds=0.25, heal=None)
     assert [(p.role, p.graph) for p in rep.references] == [("fp32", ""), ("fp16", stages.FUSED_FIRST)]
-    assert rep.setting["provider"] == "cuda" and rep.setting["stage"] == "fp16"
-    assert rep.setting["energy"].startswith("measured")  # NVML
+    assert rep.setting["provider"] == provider and rep.setting["stage"] == "fp16"
+    assert rep.setting["energy"].startswith("estimated" if dry else "measured")  # NVML on CUDA
     assert all(p.recipe.quantize in (None, "fp16") for p in rep.trials)
     assert rep.chosen is not None and rep.chosen.speedup
+    measured = [p for p in rep.references + rep.trials if p.fidelity]
+    assert measured and {p.fidelity["provider"] for p in measured} == {target.provider}  # fidelity where it is timed
     # the chosen model's fidelity as an independent CUDA run sees it: held-out batches 3 and 7 (every 4th)
     d = np.load(data)
     held = [{n: d[f"{n}/{k}"] for n in ("input_ids", "attention_mask", "token_type_ids")} for k in (3, 7)]

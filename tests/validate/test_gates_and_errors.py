@@ -128,6 +128,8 @@ def test_cuda_provider_without_onnxruntime_gpu_is_a_clear_error(pair, cli, monke
     assert r.exit_code == 2 and "CUDAExecutionProvider is not available" in r.output
     with pytest.raises(BadArgumentError, match="--provider must be one of"):
         n6onnx.validate(a, b, feeds=npz, provider="tpu")
+    with pytest.raises(BadArgumentError, match="--device-id must be a non-negative integer"):
+        n6onnx.validate(a, b, feeds=npz, device_id=-1)
 
 
 def test_mismatched_input_names(linear_model, cli):
