@@ -45,9 +45,11 @@ class ModelInfo:
                    attention=sum(1 for s in k["attention"].sites if "index" in s.detail), moe=k["moe"].found)
 
 
-def suggest(trial, info: ModelInfo, *, heal: bool, stage: str = "int8") -> Recipe:
+def suggest(trial, info: ModelInfo, *, heal: bool, stage: str = "int8", fake_quant: bool = True) -> Recipe:
     """A recipe from an Optuna trial (define-by-run: conditional parameters); ``stage``: the reduced precision
-    its "int8" parameter switches on (``stages.STAGE``: int8 on the CPU, fp16 on CUDA)."""
+    its "int8" parameter switches on (``stages.STAGE``: int8 on the CPU, fp16 on CUDA); ``fake_quant``: whether a
+    heal can train against that stage (int8: fake quantization). Where it cannot (fp16), a recipe without a pass
+    has nothing to heal: the float original healed in float is the original."""
     passes: list[str] = []
     n_att = info.attention
     cap = max(1, n_att // 2)  # never drop or replace more than half of the blocks
@@ -74,17 +76,18 @@ def suggest(trial, info: ModelInfo, *, heal: bool, stage: str = "int8") -> Recip
             passes.append(f"moe={m}")
     q = stage if trial.suggest_categorical("int8", [False, True]) else None
     h = bool(trial.suggest_categorical("heal", [False, True])) if heal else False
-    h = h and bool(passes or q)  # the fp32 original has nothing to heal
+    h = h and bool(passes or q and fake_quant)  # the float original has nothing to heal
     return Recipe(tuple(passes), q, h)
 
 
-def seeds(info: ModelInfo, *, heal: bool) -> list[dict]:
-    """First trials (Optuna ``enqueue_trial``): with ``heal``, the int8 original healed (under fake
-    quantization); then the single strongest-evidence recipes, with int8."""
+def seeds(info: ModelInfo, *, heal: bool, fake_quant: bool = True) -> list[dict]:
+    """First trials (Optuna ``enqueue_trial``): with ``heal`` and a stage a heal can train against
+    (``fake_quant``: int8), the int8 original healed (under fake quantization); then the single
+    strongest-evidence recipes, with the stage."""
     keep = {"block_drop": 0, "attention": "none", "gelu": "keep", "ffn": "keep", "moe": "keep", "int8": True,
             "heal": False}
     out = []
-    if heal:  # first: the int8 original healed against its int8 graph, what heal adds to int8 alone
+    if heal and fake_quant:  # first: the int8 original healed against its int8 graph, what heal adds to int8 alone
         out.append({**keep, "heal": True})
     if info.attention >= 2:
         out.append({**keep, "block_drop": 1})

@@ -259,6 +259,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         raise BadArgumentError(f"--threads must be at least 1, got {threads}")
     runtime.providers_for(provider, device_id)  # an unknown or unavailable provider: refused before any work
     stage = stages.STAGE[provider]
+    fake_quant = stage in stages.FAKE_QUANT_MODES  # a heal can train against the stage (int8), not fp16
     src = pathlib.Path(model)
     io.load_proto(src)
     if output is not None:
@@ -347,7 +348,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             return path
 
         def objective(trial):
-            r = space.suggest(trial, info, heal=heal is not None, stage=stage)
+            r = space.suggest(trial, info, heal=heal is not None, stage=stage, fake_quant=fake_quant)
             trial.set_user_attr("recipe", r.label)
             if r in done:  # the sampler proposed a recipe already measured
                 repeats[0] += 1
@@ -428,7 +429,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler, storage=_storage(storage),
                                     study_name=study_name, load_if_exists=storage is not None)
-        for params in space.seeds(info, heal=heal is not None):
+        for params in space.seeds(info, heal=heal is not None, fake_quant=fake_quant):
             study.enqueue_trial(params, skip_if_exists=True)
         left = deadline - time.perf_counter()
         if left > 0 and (trials is None or trials > 0):

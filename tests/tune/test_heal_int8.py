@@ -48,7 +48,7 @@ def test_int8_recipe_is_healed_under_fake_quant_and_fp32_in_float(zoo_export, tm
 
     monkeypatch.setattr(study.measure, "fidelity", fidelity)
     # first the int8 original healed (a seed of every study with a heal hook), then fp32 gelu=phi6 healed
-    monkeypatch.setattr(study.space, "seeds", lambda info, heal: [{**KEEP, "int8": True, "heal": True},
+    monkeypatch.setattr(study.space, "seeds", lambda info, heal, **_: [{**KEEP, "int8": True, "heal": True},
                                                                   {**KEEP, "gelu": "phi6", "int8": False,
                                                                    "heal": True}])
     rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=-1.0, trials=2, heal=recording,

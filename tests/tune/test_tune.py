@@ -82,7 +82,7 @@ def test_int8_alone_is_measured_in_both_graph_orders_and_the_faster_is_the_ancho
     assert fused.speedup and first.speedup and rep.int8 is max((fused, first), key=lambda p: p.speedup)
     # an unhealed int8 recipe follows the anchor's order: quantized first when that is the faster
     monkeypatch.setattr(study, "anchor", lambda refs: refs[2])
-    monkeypatch.setattr(study.space, "seeds", lambda info, heal: [{**KEEP, "gelu": "phi6", "int8": True}])
+    monkeypatch.setattr(study.space, "seeds", lambda info, heal, **_: [{**KEEP, "gelu": "phi6", "int8": True}])
     seen.clear()
     rep = tune(src, None, calibrate=data, min_cosine=-1.0, trials=1, **FAST)
     assert rep.trials[0].recipe == Recipe(("gelu=phi6",), "int8", False) and rep.trials[0].status == "complete"
@@ -147,6 +147,21 @@ def test_space_is_deterministic_given_the_seed():
     small = ModelInfo(attention=1)
     t = optuna.create_study().ask()
     assert space.suggest(t, small, heal=False).passes == ()
+
+
+def test_a_float16_stage_never_heals_the_unrewritten_original():
+    """On CUDA the stage is fp16, which a heal cannot train against: the float original healed in float is the
+    original (the heal refuses it: nothing to train), so neither a seed nor a proposal asks for it."""
+    info = ModelInfo(gelu=6, ffn=6, attention=6)
+    assert all(not p["heal"] for p in space.seeds(info, heal=True, fake_quant=False))
+    assert space.seeds(info, heal=True)[0]["heal"]  # int8: the healed int8 original comes first
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    bare = {"block_drop": 0, "attention": "none", "gelu": "keep", "ffn": "keep", "int8": True, "heal": True}
+    study.enqueue_trial(bare)
+    study.enqueue_trial({**bare, "gelu": "phi6"})
+    assert space.suggest(study.ask(), info, heal=True, stage="fp16", fake_quant=False) == Recipe((), "fp16", False)
+    assert space.suggest(study.ask(), info, heal=True, stage="fp16", fake_quant=False) == \
+        Recipe(("gelu=phi6",), "fp16", True)  # a rewrite still heals (in float), then converts
 
 
 def test_pareto_front():
@@ -263,7 +278,7 @@ def test_a_near_miss_gets_one_healed_trial_unless_already_healed(zoo_export, tmp
         shutil.copyfile(model, out)
 
     said = []
-    monkeypatch.setattr(study.space, "seeds", lambda info, heal: [{**KEEP, "int8": True, "heal": True},
+    monkeypatch.setattr(study.space, "seeds", lambda info, heal, **_: [{**KEEP, "int8": True, "heal": True},
                                                                   {**KEEP, "int8": True, "heal": False},
                                                                   {**KEEP, "gelu": "phi6", "int8": False, "heal": False}])
     rep = tune(src, None, calibrate=data, min_cosine=1.0, trials=4, heal=hook, progress=said.append, **FAST)
