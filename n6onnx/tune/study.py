@@ -189,8 +189,8 @@ def _gate(name: str, value, lo: float, hi: float) -> float | None:
     return v
 
 
-def _data(calibrate, model: pathlib.Path, tokenizer, dims, holdout: float, samples: int | None, work: pathlib.Path):
-    """(fit-part file for ``rewrite --calibrate``, held-out feed batches)."""
+def _data(calibrate, model: pathlib.Path, tokenizer, dims, holdout: float, work: pathlib.Path):
+    """(fit-part file for ``rewrite --calibrate`` and the heals: the whole fit part, held-out feed batches)."""
     p = pathlib.Path(calibrate)
     if not p.is_file():
         raise BadArgumentError(f"--calibrate {calibrate}: no such file")
@@ -210,8 +210,8 @@ def _data(calibrate, model: pathlib.Path, tokenizer, dims, holdout: float, sampl
     if len(held) < 2 or not fit:
         raise BadArgumentError(f"--calibrate {calibrate}: {len(lines)} line(s) are too few to split into a fit and a "
                                "held-out part")
-    fit_file = work / "fit.txt"
-    fit_file.write_text("\n".join(fit[:samples] if samples else fit) + "\n")
+    fit_file = work / "fit.txt"  # all of the fit part: calibration caps itself (calib_samples), a heal uses it all
+    fit_file.write_text("\n".join(fit) + "\n")
     return fit_file, load_batches(str(_held_file(work, held)), io.load_proto(model), tokenizer=tokenizer, dims=dims)
 
 
@@ -269,7 +269,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     work = pathlib.Path(tempfile.mkdtemp(prefix="n6tune-"))
     try:
         info = space.ModelInfo.of(api.inspect(src))
-        fit_file, held = _data(calibrate, src, tokenizer, dims, holdout, calib_samples, work)
+        fit_file, held = _data(calibrate, src, tokenizer, dims, holdout, work)
         if pathlib.Path(calibrate).suffix == ".npz":  # the feeds' own shapes size the dims not given with --dim
             dims = feeds_mod.dims_of(feeds_mod.proto_input_specs(io.load_proto(src)), held[0], dims)
         say(f"data: fit part {fit_file.name}, {held.samples} held-out samples; model: {info}")

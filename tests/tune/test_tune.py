@@ -411,3 +411,28 @@ def test_heal_hook_trains_on_the_asked_device_or_falls_back_to_the_cpu(monkeypat
     hook, _ = stages.default_heal()
     hook("m.onnx", "o.onnx", original="src.onnx", calibrate="d.npz", tokenizer=None, minutes=1)
     assert seen[-1] == "cpu"
+
+
+def test_the_fit_part_of_a_text_data_reaches_the_heals_whole(zoo_export, tmp_path, monkeypatch):
+    """--calib-samples caps calibration only (rewrite caps itself): the fit file that the heals read holds every
+    line that is not held out (it once held the first --calib-samples lines only, so a heal trained, and checked
+    itself, on calibration's own samples)."""
+    import shutil
+
+    from n6onnx.testing import corpus
+
+    lines = corpus.sentences()[:40]
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(lines) + "\n")
+    seen = []
+
+    def hook(model, out, *, calibrate, **kw):
+        seen.append(pathlib.Path(calibrate).read_text().splitlines())
+        shutil.copyfile(model, out)
+
+    monkeypatch.setattr(study.space, "seeds", lambda info, heal, **_: [{**KEEP, "gelu": "phi6", "int8": False,
+                                                                         "heal": True}])
+    tune(zoo_export("minilm", "dynamo18"), None, calibrate=data, min_cosine=-1.0, trials=1, heal=hook,
+         calib_samples=4, dims={"batch": 2, "seq": 16}, **FAST)
+    fit = [x for i, x in enumerate(lines) if i % 4 != 3]  # every 4th line is held out
+    assert seen == [fit] and len(fit) == 30
