@@ -224,6 +224,11 @@ def rewrite(
         )
     fitted = (calibration is not None) or any(
         k in passes.DATA_PASSES and r.rewritten for k, r in reports.items()) and bool(ctx.batches)
+    if fitted and healing is not None and sum(ctx.batches.rows) > healing.train_samples:
+        # the heal holds out the end of DATA, calibration fits its first --calib-samples: they overlap
+        warnings.append(f"heal: its {healing.heldout_samples} held-out samples (the end of DATA) were also "
+                        f"calibration's (its first {sum(ctx.batches.rows)}), so its checks read high and it may stop "
+                        "early; give more DATA or a smaller --calib-samples")
     if calibrate is not None and not fitted and specs:
         warnings.append(f"--calibrate {calibrate}: no site was calibrated (no rewritten site could use the data: "
                         "see the near-misses); the result is uncalibrated")

@@ -42,7 +42,7 @@ from .study import tune as run
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
 @click.option("--heal/--no-heal", default=None,
               help="Make healing a dimension of the search, and heal the recipes that miss the gates by a little "
-                   "(int8 recipes against their int8 graph, by fake quantization; fp32 ones in float). Default: "
+                   "(int8 and int4 recipes against their own graph, by fake quantization; fp32 and fp16 ones in float). Default: "
                    "when torch, the heal extra, is installed; else skipped, and the report says so.")
 @click.option("--heal-minutes", type=float, default=3.0, show_default=True,
               help="At most this long for each heal (and never more than half the time left).")
@@ -53,10 +53,13 @@ from .study import tune as run
               help="Where recipes are timed and their fidelity measured; cuda searches float16 instead of int8 and "
                    "measures energy with NVML.")
 @click.option("--device-id", type=click.IntRange(0, 1023), default=0, show_default=True, help="CUDA device.")
+@click.option("--stage", type=click.Choice(list(stages.QUANT_MODES)),
+              help="The reduced precision searched beside the passes (default: int8 on the CPU, fp16 on CUDA); int4 is "
+                   "weight-only 4-bit (MatMulNBits), fitted on the fit part of DATA, for machines where it pays.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minutes, report_dir, threads, dims, holdout,
          calib_samples, seconds_per_trial, trials, seed, heal, heal_minutes, storage, study_name, provider, device_id,
-         as_json) -> None:
+         stage, as_json) -> None:
     """Find the fastest recipe (passes, int8, heal) for MODEL on this machine that keeps a held-out
     cosine >= C (and NN >= X, top-1 >= T): an Optuna multi-objective study, fidelity against latency.
 
@@ -75,7 +78,7 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minu
                   minutes=minutes, threads=threads, dims=list(dims), holdout=holdout, calib_samples=calib_samples,
                   seconds_per_trial=seconds_per_trial, trials=trials, seed=seed,
                   heal=hook, heal_minutes=heal_minutes, heal_note=why, storage=storage, study_name=study_name,
-                  report_dir=report_dir, provider=provider, device_id=device_id,
+                  report_dir=report_dir, provider=provider, device_id=device_id, stage=stage,
                   progress=None if as_json else (lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False)))
     except N6Error as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)

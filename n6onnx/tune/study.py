@@ -228,7 +228,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
          trials: int | None = None, seed: int = 0, heal: stages.HealHook | None = None,
          heal_minutes: float = 3.0, heal_note: str | None = None,
          storage: str | None = None, study_name: str | None = None, report_dir=None,
-         provider: str = "cpu", device_id: int = 0,
+         provider: str = "cpu", device_id: int = 0, stage: str | None = None,
          progress: Callable[[str], None] | None = None) -> TuneReport:
     """Search recipes for ``model``; write the fastest one meeting the gates to ``output``.
 
@@ -240,7 +240,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     ``heal_note``: why there is no hook (said in the report). ``storage``/``study_name``: an Optuna
     storage URL to share the study (see docs/tune.md). ``provider``: where recipes are timed and their fidelity
     measured (``cuda``: on ``device_id``, with float16 instead of int8 as the reduced-precision stage and NVML
-    energy where it loads). Raises ``N6Error`` for bad input."""
+    energy where it loads). ``stage``: the reduced precision searched (``stages.QUANT_MODES``; default
+    ``stages.STAGE[provider]``: int8 on the CPU, fp16 on CUDA; int4 is fitted on the fit part of DATA). Raises
+    ``N6Error`` for bad input."""
     try:
         import optuna
     except ImportError:
@@ -258,7 +260,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     if threads is not None and threads < 1:
         raise BadArgumentError(f"--threads must be at least 1, got {threads}")
     runtime.providers_for(provider, device_id)  # an unknown or unavailable provider: refused before any work
-    stage = stages.STAGE[provider]
+    stage = stage or stages.STAGE[provider]
+    if stage not in stages.QUANT_MODES:
+        raise BadArgumentError(f"--stage {stage}: not one of {', '.join(stages.QUANT_MODES)}")
     fake_quant = stage in stages.FAKE_QUANT_MODES  # a heal can train against the stage (int8), not fp16
     src = pathlib.Path(model)
     io.load_proto(src)
@@ -277,8 +281,11 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         say("fusing the original (ORT's best fp32 baseline)")
         timer = measure.Timer(src, work, threads=threads, dims=dims, seconds=seconds_per_trial,
                               block_seconds=block_seconds, provider=provider, device_id=device_id)
+        # int4: fitted to its rounding on calibration's part of the fit data (rewrite --quantize int4 --calibrate)
+        fit = load_batches(str(fit_file), io.load_proto(src), tokenizer=tokenizer, samples=calib_samples,
+                           dims=dims) if stage == "int4" else None
         refs = _references(src, timer, held, work, say, stage,
-                           lambda p: measure.fidelity(src, p, held, threads, provider, device_id))
+                           lambda p: measure.fidelity(src, p, held, threads, provider, device_id), fit)
         meets = lambda p: _meets(p, min_cosine, min_nn, min_top1)  # noqa: E731
         # the fidelity the study maximises and the front ranks: a decoder gated on its next token, its top-1
         key = "top1" if min_top1 is not None else "cosine"
@@ -336,14 +343,15 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             healed under fake quantization: quantized as healed (the graph the heal trained against), then fused
             (fusion leaves the int8 MatMuls as they are)."""
             key = _key(r)
+            rounding = None if r.heal else fit  # a healed recipe trained against the plain rounding
             if r.quantize and (int8_first or r.heal and r.quantize in stages.FAKE_QUANT_MODES):
                 q = work / f"q-{key}.onnx"
-                stages.quantize(path, q, r.quantize)
+                stages.quantize(path, q, r.quantize, rounding)
                 return timer.fuse(q)
             path = timer.fuse(path)
             if r.quantize:
                 q = work / f"q-{key}.onnx"
-                stages.quantize(path, q, r.quantize)
+                stages.quantize(path, q, r.quantize, rounding)
                 path = q
             return path
 
@@ -452,14 +460,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                    "energy": f"estimated: process CPU-seconds x {CPU_WATTS_PER_CORE:g} W per busy core "
                              "(bench's estimator), not measured" if provider == "cpu" else
                              f"{timer.meter.method} ({timer.meter.name}, bench's meter on {provider})",
-                   "quantize": "fp16: onnxruntime's float16 converter on the fused graph (inputs and outputs float32); "
-                               "healed fp16 recipes: healed in float, fused, converted" if stage == "fp16" else
-                               "n6onnx.tune.stages.quantize (int8: dynamic, per channel); the int8 reference: the "
-                               "faster of the original fused then quantized (a fused attention's projections stay "
-                               "float) and quantized then fused (every MatMul int8), both measured; unhealed int8 "
-                               f"recipes: built in the reference's order ({anchor(refs).graph}); healed int8 recipes: "
-                               "healed under fake quantization (n6onnx.heal, as rewrite --quantize int8 --heal), "
-                               "quantized, then fused (fusion leaves the int8 MatMuls the heal trained against)",
+                   "quantize": stages.describe(stage, anchor(refs).graph),
                    "heal": heal is not None, "heal_minutes": heal_minutes if heal is not None else None,
                    "seed": seed, "budget_minutes": minutes,
                    "optuna": optuna.__version__}
@@ -511,18 +512,18 @@ def _check_gated_outputs(src: pathlib.Path, held, threads, min_nn, min_top1) -> 
 
 
 def _references(src: pathlib.Path, timer: measure.Timer, held, work: pathlib.Path, say, stage: str,
-                fidelity: Callable[[pathlib.Path], dict]) -> list[Point]:
+                fidelity: Callable[[pathlib.Path], dict], fit=None) -> list[Point]:
     """The fp32 baseline (ORT's best fused original) and int8 alone in both graph orders: fused then quantized
     (a fused attention keeps its Q/K/V projections float) and quantized then fused (every MatMul int8: what
     ``quantize_dynamic`` on the export gives). Which is faster depends on the machine; the faster is the
     int8 reference of the report's "x int8" (``anchor``), and both are candidates for OUT. ``stage`` fp16
-    (CUDA): fp16 alone, the fused original converted, instead."""
+    (CUDA): fp16 alone, the fused original converted, instead; ``stage`` int4: int4 alone, fitted on ``fit``."""
     fp32 = Point(space.Recipe(), "fp32", path=timer.baseline)
     fp32.fidelity = fidelity(timer.baseline)
     refs = [fp32]
-    say(f"{stage} references: the original" + (" in both graph orders" if stage == "int8" else ", fused then converted"))
+    say(f"{stage} references: the original" + (" in both graph orders" if stage != "fp16" else ", fused then converted"))
     t = time.perf_counter()
-    paths = stages.quantize_both_orders(src, timer.fused_baseline, timer.fuse, work, stage, stage)
+    paths = stages.quantize_both_orders(src, timer.fused_baseline, timer.fuse, work, stage, stage, fit)
     built = (time.perf_counter() - t) / len(paths)
     for graph, path in paths.items():
         t = time.perf_counter()

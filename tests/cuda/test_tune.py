@@ -50,3 +50,25 @@ def test_tune_on_cuda_searches_float16(target, zoo_export, tmp_path, monkeypatch
     if rep.chosen.recipe.quantize == "fp16":
         init = {t.data_type for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer}
         assert onnx.TensorProto.FLOAT16 in init
+
+
+def test_a_float16_rewrite_runs_on_stock_onnxruntime_cuda(target, zoo_export, tmp_path):
+    """What `tune --provider cuda` writes may carry n6 nodes in float16: without the n6onnx library, their
+    model-local fallback functions run on the CUDA provider in float16, within float16 rounding of the float32
+    rewrite on the CPU."""
+    import n6onnx
+    from n6onnx import feeds as feeds_mod, vocab
+
+    src = zoo_export("bert", "dynamo20")
+    n6onnx.rewrite(src, tmp_path / "phi6.onnx", ["gelu=phi6"])
+    stages.quantize(tmp_path / "phi6.onnx", tmp_path / "phi6-fp16.onnx", "fp16")
+    half = onnx.load(str(tmp_path / "phi6-fp16.onnx"))
+    assert any(n.domain == "n6onnx" for n in half.graph.node)
+    assert onnx.TensorProto.FLOAT16 in {t.data_type for t in half.graph.initializer}
+    a = ort.InferenceSession(str(tmp_path / "phi6.onnx"), providers=[CPU])
+    b = ort.InferenceSession(str(tmp_path / "phi6-fp16.onnx"), providers=target.providers())  # no library
+    assert b.get_providers()[0] == target.provider
+    feeds = feeds_mod.random_feeds(a, 2, {}, id_high=vocab.bounds(src))
+    for f in feeds:
+        ya, yb = a.run(None, f)[0], b.run(None, f)[0]
+        assert 0 < np.abs(ya - yb).max() / np.abs(ya).max() < 2e-2

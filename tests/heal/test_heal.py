@@ -247,6 +247,8 @@ def test_heals_a_cached_decoder_whose_cache_was_relaid(decoder_export, tmp_path,
                             heal_config=HealConfig(steps=6, eval_every=3, warmup=2, threads=1))
     assert rep.reports["attention"].rewritten > 0 and rep.healing.steps == 6
     assert rep.healing.best >= rep.healing.start
+    # 4 batches: calibration (up to 256 samples) fitted the batch the heal holds out, and the report says so
+    assert any(w.startswith("heal: its") and "were also calibration's" in w for w in rep.warnings)
     s = session_for(onnx.load(str(out)))
     names = [o.name for o in s.get_outputs()]
     run = lambda feeds: dict(zip(names, s.run(None, feeds)))  # noqa: E731

@@ -56,3 +56,27 @@ def test_fp16_of_a_rewrite_still_runs_on_stock_onnxruntime(zoo_export, tmp_path)
     feeds = feeds_mod.random_feeds(a, 1, {}, id_high=vocab.bounds(src))[0]
     ya, yb = a.run(None, feeds)[0], b.run(None, feeds)[0]
     assert 0 < np.abs(ya - yb).max() / np.abs(ya).max() < 2e-2
+
+
+def test_the_int4_stage_is_fitted_to_its_rounding(zoo_export, tmp_path):
+    """int4 with fit feeds: the weights are refitted and GPTQ-rounded onto MatMulNBits' grid (quantize.qfit),
+    so on feeds the fit never saw the result is closer to the float model than the plain rounding; the same
+    nodes either way."""
+    from n6onnx.calibrate import load_batches
+    from n6onnx.testing import zoo
+
+    src = zoo_export("bert", "dynamo20")
+    fit = load_batches(str(zoo.calibration_npz("bert", tmp_path / "fit.npz", batches=8)), onnx.load(str(src)))
+    stages.quantize(src, tmp_path / "plain.onnx", "int4")
+    stages.quantize(src, tmp_path / "fit.onnx", "int4", fit)
+    plain, fitted = (onnx.load(str(tmp_path / p)) for p in ("plain.onnx", "fit.onnx"))
+    assert [n.op_type for n in plain.graph.node] == [n.op_type for n in fitted.graph.node]
+    assert sum(n.op_type == "MatMulNBits" for n in fitted.graph.node) > 0
+    s0, s1, s2 = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                  for p in (src, tmp_path / "plain.onnx", tmp_path / "fit.onnx"))
+    err = {1: 0.0, 2: 0.0}
+    for f in feeds_mod.random_feeds(s0, 4, {}, seed=7, id_high=vocab.bounds(src)):
+        y = s0.run(None, f)[0]
+        err[1] += float(((s1.run(None, f)[0] - y) ** 2).mean())
+        err[2] += float(((s2.run(None, f)[0] - y) ** 2).mean())
+    assert err[2] < err[1]

@@ -67,8 +67,8 @@ def test_int8_alone_is_measured_in_both_graph_orders_and_the_faster_is_the_ancho
     seen = []
     real = stages.quantize
 
-    def quantize(a, b, mode="int8"):  # the real quantizer; the test notes what it quantized
-        real(a, b, mode)
+    def quantize(a, b, mode="int8", fit=None):  # the real quantizer; the test notes what it quantized
+        real(a, b, mode, fit)
         f, q = onnx.load(a), onnx.load(b)
         seen.append((pathlib.Path(a).name, len(int8graph.quantized_matmuls(f, q))))
 
@@ -436,3 +436,42 @@ def test_the_fit_part_of_a_text_data_reaches_the_heals_whole(zoo_export, tmp_pat
          calib_samples=4, dims={"batch": 2, "seq": 16}, **FAST)
     fit = [x for i, x in enumerate(lines) if i % 4 != 3]  # every 4th line is held out
     assert seen == [fit] and len(fit) == 30
+
+
+def test_the_int4_stage_searches_fitted_matmulnbits(zoo_export, tmp_path, monkeypatch):
+    """--stage int4: int4 alone in both graph orders is the reference, every recipe's reduced precision is int4
+    (MatMulNBits), unhealed ones fitted on the fit part, a healed one healed against the int4 grid (fake
+    quantization) and not fitted after; the written model's reported fidelity is what validate finds."""
+    src = zoo_export(*MODEL)
+    data = _npz(tmp_path / "data.npz")
+    fits, heals = [], []
+    real = stages.quantize
+
+    def quantize(a, b, mode="int8", fit=None):
+        fits.append((mode, fit is not None))
+        real(a, b, mode, fit)
+
+    def hook(model, out, **kw):
+        heals.append(kw["quantize"])
+        import shutil
+        shutil.copyfile(model, out)
+
+    monkeypatch.setattr(stages, "quantize", quantize)
+    monkeypatch.setattr(study.space, "seeds", lambda info, heal, **_: [{**KEEP, "int8": True, "heal": True},
+                                                                      {**KEEP, "gelu": "phi6", "int8": True,
+                                                                       "heal": False}])
+    rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.0, trials=2, stage="int4", heal=hook, **FAST)
+    assert [(p.role, p.graph) for p in rep.references] == [("fp32", ""), ("int4", study.FUSED_FIRST),
+                                                             ("int4", study.QUANTIZED_FIRST)]
+    assert [p.recipe.label for p in rep.trials] == ["int4 + heal", "gelu=phi6 + int4"]
+    assert heals == ["int4"] and rep.trials[0].healing["mode"] == "fake-quant int4"
+    assert fits == [("int4", True)] * 2 + [("int4", False), ("int4", True)]  # references, healed, unhealed recipe
+    assert rep.setting["stage"] == "int4" and "MatMulNBits" in rep.setting["quantize"]
+    ops = {n.op_type for n in onnx.load(tmp_path / "out.onnx").graph.node}
+    assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+    d = np.load(data)
+    held = [{n: d[f"{n}/{k}"] for n in ("input_ids", "attention_mask", "token_type_ids")} for k in (3, 7)]
+    assert n6onnx.validate(src, tmp_path / "out.onnx", feeds=held).cosine_mean == \
+        pytest.approx(rep.chosen.cosine, abs=1e-6)
+    with pytest.raises(BadArgumentError, match="--stage int3"):
+        tune(src, None, calibrate=data, min_cosine=0.9, trials=0, stage="int3", **FAST)
