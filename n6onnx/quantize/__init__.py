@@ -175,11 +175,14 @@ def _feed_list(calibration_feeds, mode: str = "int8:static") -> list[dict]:
 def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: list[str]) -> None:
     import logging
 
-    from onnxruntime import quantization as q
-
     # "Please consider to run pre-processing" is logged on every call: not the user's concern here
     logger = logging.getLogger()
     level = logger.level
+    from onnxruntime import quantization as q
+    # imported before the level is raised: its first import runs logging.basicConfig(level=INFO), which would
+    # lower it again for this call ("skip to quantize <node>" for every node of a fused graph it leaves alone)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
     logger.setLevel(max(level, logging.ERROR))
     try:
         if qm.kind == "int8":
@@ -200,8 +203,6 @@ def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: li
                               extra_options={"OpTypesToExcludeOutputQuantization": list(OP_TYPES),
                                              "DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
             mq = MatMulNBitsQuantizer(str(src), bits=4, block_size=qm.block, is_symmetric=True, accuracy_level=4,
                                       nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",))
             mq.process()

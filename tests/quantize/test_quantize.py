@@ -139,3 +139,19 @@ def test_int8_quantizes_a_graph_that_onnxruntime_fused(decoder_export, tmp_path)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert got.shape == ref.shape
     assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.9
+
+
+def test_int4_logs_nothing_in_a_fresh_process(zoo_export, tmp_path):
+    """onnxruntime's MatMulNBits quantizer runs logging.basicConfig(level=INFO) when first imported; the stage
+    keeps the root logger's level, so `rewrite --quantize int4` does not print a "skip to quantize" line for
+    every other node of the graph, nor does the rest of the run inherit INFO logging."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; from n6onnx import quantize as Q; Q.quantize(sys.argv[1], sys.argv[2], 'int4'); "
+            "print(logging.getLogger().level)")
+    r = subprocess.run([sys.executable, "-c", code, str(zoo_export("bert", "dynamo20")), str(tmp_path / "q.onnx")],
+                       capture_output=True, text=True, check=True)
+    assert "[INFO]" not in r.stderr, r.stderr[:500]
+    assert r.stdout.split() == [str(30)]  # WARNING, Python's default, as before the call
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
