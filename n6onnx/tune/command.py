@@ -64,7 +64,8 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minu
     cosine >= C (and NN >= X, top-1 >= T): an Optuna multi-objective study, fidelity against latency.
 
     Prints the Pareto front with the fp32 original and int8 alone as references, writes the
-    fastest recipe meeting the gates to OUT; when none does, writes nothing and exits 1. With
+    fastest recipe meeting the gates (and faster than the original) to OUT; when none does, writes nothing
+    and exits 1. With
     --provider cuda, recipes run on the GPU and float16 takes int8's place."""
     err, out = Console(stderr=True), Console()
     device = f"cuda:{device_id}" if provider == "cuda" else "cpu"  # heal on the GPU tune times on, where torch can

@@ -447,8 +447,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         timer.close()
         complete = [p for p in points if p.status == "complete"]
         front = pareto(refs + complete, key)
-        # candidates: every timed trial and the int8 references (the fp32 original is no saving)
-        ok = [p for p in complete + refs[1:] if meets(p) and p.relative_latency is not None]
+        # candidates: every timed trial and the int8 references faster than the fp32 original (it, or anything
+        # slower, is no saving)
+        within = [p for p in complete + refs[1:] if meets(p) and p.relative_latency is not None]
+        ok = [p for p in within if p.relative_latency < 1]
         chosen = min(ok, key=lambda p: (p.relative_latency, -(score(p) or 0))) if ok else None
         setting = {"threads": threads, "dims": dims, "feed_shapes": {k: list(v.shape) for k, v in timer.feed.items()},
                    "held_out_samples": held.samples, "holdout": holdout, "calib_samples": calib_samples,
@@ -470,7 +472,9 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             rep.notes.append(heal_note)
         rep.notes.extend(exhausted[:1])
         if chosen is None:
-            rep.notes.append(f"no recipe met {_gates(min_cosine, min_nn, min_top1)}; nothing written")
+            rep.notes.append(f"no recipe met {_gates(min_cosine, min_nn, min_top1)}" + (
+                f" and ran faster than the fp32 original ({len(within)} met the gates, all slower)" if within else "")
+                + "; nothing written")
         elif output is not None:
             io.save(io.load_proto(chosen.path), output)
             rep.output = str(output)

@@ -460,7 +460,9 @@ def test_the_int4_stage_searches_fitted_matmulnbits(zoo_export, tmp_path, monkey
     monkeypatch.setattr(study.space, "seeds", lambda info, heal, **_: [{**KEEP, "int8": True, "heal": True},
                                                                       {**KEEP, "gelu": "phi6", "int8": True,
                                                                        "heal": False}])
+    _speeds(monkeypatch, [0.7, 0.7, 1.5, 1.6])  # int4 alone slower than fp32 (as on this CPU), the recipes not
     rep = tune(src, tmp_path / "out.onnx", calibrate=data, min_cosine=0.0, trials=2, stage="int4", heal=hook, **FAST)
+    assert rep.chosen is rep.trials[1]  # the faster trial; the int4 references are no saving
     assert [(p.role, p.graph) for p in rep.references] == [("fp32", ""), ("int4", study.FUSED_FIRST),
                                                              ("int4", study.QUANTIZED_FIRST)]
     assert [p.recipe.label for p in rep.trials] == ["int4 + heal", "gelu=phi6 + int4"]
@@ -475,3 +477,28 @@ def test_the_int4_stage_searches_fitted_matmulnbits(zoo_export, tmp_path, monkey
         pytest.approx(rep.chosen.cosine, abs=1e-6)
     with pytest.raises(BadArgumentError, match="--stage int3"):
         tune(src, None, calibrate=data, min_cosine=0.9, trials=0, stage="int3", **FAST)
+
+
+def _speeds(monkeypatch, speeds: list[float]) -> None:
+    """The Timer's speed-ups over fp32, in the order it times (the references first), replaced by ``speeds``:
+    what a test checks does not depend on this machine's timing."""
+    from n6onnx.tune import measure
+
+    real, it = measure.Timer.time, iter(speeds)
+
+    def time_(self, path):
+        timing, p = real(self, path)
+        return {**timing, "speedup_vs_fp32": {**timing["speedup_vs_fp32"], "median": next(it)}}, p
+
+    monkeypatch.setattr(measure.Timer, "time", time_)
+
+
+def test_nothing_slower_than_the_original_is_written(zoo_export, tmp_path, monkeypatch):
+    """A model that meets the gates but runs slower than the fp32 original is no saving: nothing is written,
+    the exit is 1 and the note says why."""
+    src = zoo_export(*MODEL)
+    _speeds(monkeypatch, [0.9, 0.95])
+    rep = tune(src, tmp_path / "out.onnx", calibrate=_npz(tmp_path / "data.npz"), min_cosine=0.0, trials=0, **FAST)
+    assert [p.speedup for p in rep.references[1:]] == [0.9, 0.95] and rep.chosen is None
+    assert not (tmp_path / "out.onnx").exists()
+    assert any("2 met the gates, all slower" in n for n in rep.notes), rep.notes
