@@ -370,17 +370,23 @@ def _versions() -> str:
 PROBES = 7  # probe feeds for a graph with dynamic quantization
 
 
-def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = PROBES) -> list[tuple[RunFn, list]]:
+def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = PROBES,
+                     like: dict | None = None) -> list[tuple[RunFn, list]]:
     """fuse's ``probes`` for ``path``: for a quantized graph (``int8graph.is_quantized``: its activations
     are rounded at run time, so its outputs jump where a rounding flips), ``n`` (run, reference) pairs
-    on random feeds (seed 1; every dynamic dimension 2; token ids inside their tables), ``open_session(path)`` giving the session to run
-    on (the bench's provider and options); none for any other graph."""
+    on random feeds (seed 1; token ids inside their tables; every dynamic dimension the size it has in
+    ``like``, the feed the check runs on, else 2), ``open_session(path)`` giving the session to run
+    on (the bench's provider and options); none for any other graph. ``like`` keeps dimensions that
+    must agree consistent: a KV-cache decoder's attention mask spans past + new tokens, which 2
+    everywhere breaks (an onnxruntime index error)."""
     proto = onnx.load(str(path))
     if not int8graph.is_quantized(proto):  # a fused file may hold onnxruntime-only ops
         return []
     sess = open_session(path)
-    feeds = feeds_mod.random_feeds(sess, n, {d: 2 for d in feeds_mod.dynamic_dims(sess)}, seed=1,
-                                   id_high=vocab.bounds(proto))
+    dims = {d: 2 for d in feeds_mod.dynamic_dims(sess)}
+    if like is not None:
+        dims.update(feeds_mod.dims_of(feeds_mod.input_specs(sess), like))
+    feeds = feeds_mod.random_feeds(sess, n, dims, seed=1, id_high=vocab.bounds(proto))
     del sess
 
     def runner(feed):

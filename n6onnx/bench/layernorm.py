@@ -181,7 +181,7 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
     # the probes' references are computed now, in the fused form; their later runs are of the split form
     # (the same file when it is already in parts)
     opener = {"cfg": cfg}
-    probes = baseline_mod.quantized_probes(path, lambda p: opener["cfg"].session(p)[0])
+    probes = baseline_mod.quantized_probes(path, lambda p: opener["cfg"].session(p)[0], like=feed)
     opener["cfg"] = split_cfg
     k, diff = baseline_mod.agreeing_feed(out, lambda p: split_sess.run(None, feed), fused_sess.run(None, feed),
                                          probes, tol)

@@ -293,14 +293,16 @@ def bench(
         if base_src is not None:
             prog.phase("fusing the baseline (onnxscript, onnxruntime.transformers)")
             base_fusion = baseline_mod.fuse(base_src, run_file, ref_out[base_src], **fuse_kw,
-                                            probes=baseline_mod.quantized_probes(base_src, open_session))
+                                            probes=baseline_mod.quantized_probes(base_src, open_session,
+                                                                                 like=feed))
             if base_fusion.chosen == "none":
                 warnings.append("no transformer fusion applied to the baseline: " + "; ".join(
                     f"{a.optimizer}: {a.error or 'no more fused ops than the original'}" for a in base_fusion.attempts))
         if fuse_candidate:
             prog.phase("fusing the candidate")
             cand_fusion = baseline_mod.fuse(cand_src, run_file, ref_out[cand_src], **fuse_kw,
-                                            probes=baseline_mod.quantized_probes(cand_src, open_session))
+                                            probes=baseline_mod.quantized_probes(cand_src, open_session,
+                                                                                 like=feed))
         variants = {"candidate": (cand_src, cand_fusion)}
         if base_src is not None:
             variants = {"baseline": (base_src, base_fusion), **variants}

@@ -55,7 +55,7 @@ def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw:
         return out
 
     ref = run(path)
-    probes = baseline_mod.quantized_probes(path, lambda p: cfg.session(p, quiet=True)[0])
+    probes = baseline_mod.quantized_probes(path, lambda p: cfg.session(p, quiet=True)[0], like=feed)
     try:
         res = baseline_mod.fuse(path, run, ref, provider=cfg.provider, cache=cache, probes=probes,
                                 **(fusion_kw or {}))

@@ -502,3 +502,17 @@ def test_nothing_slower_than_the_original_is_written(zoo_export, tmp_path, monke
     assert [p.speedup for p in rep.references[1:]] == [0.9, 0.95] and rep.chosen is None
     assert not (tmp_path / "out.onnx").exists()
     assert any("2 met the gates, all slower" in n for n in rep.notes), rep.notes
+
+
+def test_a_kv_cache_decoder_is_tuned(decoder_export, tmp_path):
+    """A KV-cache export's attention mask spans past + new tokens: the probes that check a fused int8 graph
+    take their shapes from the feed (every dynamic dimension 2 made an invalid mask, an onnxruntime index
+    error that ended the study)."""
+    from n6onnx.testing import zoo_decoder as zd
+
+    src = decoder_export("gpt2")
+    data = zd.calibration_npz("gpt2", tmp_path / "d.npz", batches=8)
+    rep = tune(src, None, calibrate=data, min_cosine=0.0, min_top1=0.5, trials=1, **FAST)
+    assert [p.role for p in rep.references] == ["fp32", "int8", "int8"]
+    assert all(p.top1 is not None and p.speedup for p in rep.references)
+    assert rep.trials and rep.trials[0].status != "failed", rep.trials[0].reason
