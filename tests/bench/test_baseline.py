@@ -169,3 +169,25 @@ def test_the_cache_is_bounded_oldest_entry_first_never_a_recent_one(tmp_path):
     assert all(f.exists() for f in fresh)
     baseline.touch(*mid)  # a cache hit: nothing to touch any more, no error
     assert baseline.prune_cache(tmp_path / "missing", max_bytes=0) == []
+
+
+def test_probes_take_their_shapes_from_the_feed(decoder_export, tmp_path):
+    """A KV-cache decoder's attention mask spans past + new tokens: probes with every dynamic dimension 2 are
+    invalid inputs there (onnxruntime's index error). With ``like`` (the feed the check runs on) the probes
+    have its shapes and run; `bench` of an int8 KV export against its original completes."""
+    from click.testing import CliRunner
+
+    from n6onnx.cli import main
+    from n6onnx.testing import zoo_decoder as zd
+
+    src = decoder_export("gpt2")
+    q = tmp_path / "q.onnx"
+    quantize(src, q, "int8")
+    data = zd.calibration_npz("gpt2", tmp_path / "d.npz", batches=1)
+    feed = {k.split("/")[0]: v for k, v in np.load(data).items()}
+    opener = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])  # noqa: E731
+    probes = baseline.quantized_probes(q, opener, n=2, like=feed)
+    assert len(probes) == 2 and [a.shape for a in probes[0][1]] == [a.shape for a in opener(q).run(None, feed)]
+    r = CliRunner().invoke(main, ["bench", str(q), "--baseline", str(src), "--feeds", str(data), "--seconds", "3",
+                                  "--window", "0.5", "--idle-seconds", "0", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output[-1500:]
