@@ -263,7 +263,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     stage = stage or stages.STAGE[provider]
     if stage not in stages.QUANT_MODES:
         raise BadArgumentError(f"--stage {stage}: not one of {', '.join(stages.QUANT_MODES)}")
-    fake_quant = stage in stages.FAKE_QUANT_MODES  # a heal can train against the stage (int8), not fp16
+    fake_quant = stage in stages.FAKE_QUANT_MODES  # a heal can train against int8 and int4, not fp16
     src = pathlib.Path(model)
     io.load_proto(src)
     if output is not None:
@@ -271,6 +271,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     dims = parse_dims(dims)
     deadline = t0 + 60 * minutes
     work = pathlib.Path(tempfile.mkdtemp(prefix="n6tune-"))
+    timer = None
     try:
         info = space.ModelInfo.of(api.inspect(src))
         fit_file, held = _data(calibrate, src, tokenizer, dims, holdout, work)
@@ -444,7 +445,6 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             study.optimize(objective, timeout=left, callbacks=[budget], n_trials=None if trials is None else 4 * trials,
                            catch=())
         refs[0].timing = timer.reference()  # its own blocks: speed-up 1 by construction
-        timer.close()
         complete = [p for p in points if p.status == "complete"]
         front = pareto(refs + complete, key)
         # candidates: every timed trial and the int8 references faster than the fp32 original (it, or anything
@@ -487,6 +487,8 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
             render.write(rep, pathlib.Path(report_dir))
         return rep
     finally:
+        if timer is not None:
+            timer.close()  # the energy meter (NVML), also when the study stopped on an error
         shutil.rmtree(work, ignore_errors=True)
 
 
