@@ -60,10 +60,13 @@ def main() -> None:
                     "weights are written: slow steps need frequent checks)")
     ap.add_argument("--local", type=float, default=HealConfig.local, help="share of the budget in block-local phase")
     ap.add_argument("--lr", type=float, default=HealConfig.lr, help="global-phase step")
+    ap.add_argument("--ranges", type=float, default=HealConfig.ranges, help="int8:static: share of the budget that "
+                    "trains the activation ranges (HealConfig.ranges)")
+    ap.add_argument("--ranges-lr", type=float, default=HealConfig.ranges_lr, help="their step (HealConfig.ranges_lr)")
     ap.add_argument("--holdout-batches", type=int, default=8, help="held-out batches of DATA for early stopping")
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per timed model (0: no timing)")
     ap.add_argument("--only", action="append", help="row keys to run (orig, orig_heal, phi6, phi6_float, phi6_fq, "
-                    "int4, int4_fit, int4_fit_heal, int4_heal, static, static_heal)")
+                    "int4, int4_fit, int4_fit_heal, int4_heal, static, static_heal, static_heal_fixed)")
     ap.add_argument("--floor-falls", type=int, default=HealConfig.floor_falls,
                     help="falls at the smallest step before a heal phase ends (HealConfig.floor_falls)")
     ap.add_argument("--int8-guard", default="per-tensor", choices=["per-channel", "per-tensor"],
@@ -81,7 +84,7 @@ def main() -> None:
     src = a.model
     want = set(a.only or ["orig", "orig_heal", "phi6", "phi6_float", "phi6_fq"])
     cfg = HealConfig(minutes=a.minutes, threads=2, eval_every=a.eval_every, holdout_batches=a.holdout_batches,
-                     local=a.local, lr=a.lr, floor_falls=a.floor_falls)
+                     local=a.local, lr=a.lr, floor_falls=a.floor_falls, ranges=a.ranges, ranges_lr=a.ranges_lr)
     rows: list[dict] = []
 
     def save() -> None:
@@ -158,15 +161,21 @@ def main() -> None:
                 h = healed(work / "int4_fit.onnx", work / "int4_fit_h.onnx")
                 row("that int4 fit, healed under its fake quantization (n6onnx heal on the int4 model)",
                     work / "int4_fit_h.onnx", speed_as="the original + --quantize int4 (same graph)", **h)
-            if f"{key}_heal" in want:
+            # static_heal_fixed: the activation ranges stay calibration's (HealConfig.ranges 0, the weights heal for
+            # the whole budget, MinMax again on write-out); static_heal: the default, ranges trained last
+            for tag, kw, what in ((f"{key}_heal_fixed", {"ranges": 0.0}, ", activation ranges fixed (--heal-ranges 0)"),
+                                  (f"{key}_heal", {}, "")):
+                if tag not in want or (kw and key != "static"):
+                    continue
                 t = time.perf_counter()
-                _, rep = n6onnx.rewrite(src, work / f"{key}_h.onnx", [], calibrate=data, calib_samples=a.calib_samples,
-                                        dims=DIMS, quantize=mode, heal=True, heal_config=cfg)
+                _, rep = n6onnx.rewrite(src, work / f"{tag}.onnx", [], calibrate=data, calib_samples=a.calib_samples,
+                                        dims=DIMS, quantize=mode, heal=True,
+                                        heal_config=HealConfig(**{**cfg.__dict__, **kw}))
                 h = rep.healing.to_json()
-                row(f"the original + --quantize {mode} --heal (healed under its fake quantization)",
-                    work / f"{key}_h.onnx", speed_as=f"the original + --quantize {mode} (same graph)",
+                row(f"the original + --quantize {mode} --heal (healed under its fake quantization{what})",
+                    work / f"{tag}.onnx", speed_as=f"the original + --quantize {mode} (same graph)",
                     seconds=round(time.perf_counter() - t, 1),
-                    healing={k: v for k, v in h.items() if k != "curve"}, curve=h["curve"])
+                    healing={k: v for k, v in h.items() if k not in ("curve", "ranges")}, curve=h["curve"])
     save()
     print(json.dumps([(r["variant"], round(r["cosine_mean"], 4)) for r in rows], indent=1))
 
@@ -195,7 +204,8 @@ def _payload(a, rows: list[dict]) -> dict:
                    "the MatMuls --quantize MODE quantizes run as onnxruntime runs them (int8: per-channel int8 weight "
                    "grid and DynamicQuantizeLinear's uint8 activation grid; int4: MatMulNBits' symmetric 4-bit block "
                    "grid and its int8 block activations; int8:static: per-channel weights and the QDQ graph's fixed "
-                   "uint8 activation ranges, recalibrated on write-out), straight-through backward, their weights and "
+                   "uint8 activation ranges (static_heal: trained in the last HealConfig.ranges of the budget and written as "
+                   "trained; static_heal_fixed: fixed, recalibrated on write-out)), straight-through backward, their weights and "
                    "biases trained too; fidelity = n6onnx validate (mean-pooled embedding cosine against ORT running "
                    "the fp32 original, NN agreement); speed = n6onnx bench latency ratio p50 (median and quartiles "
                    f"over blocks) against the fp32 original with ORT's fusions, 2 threads, {a.bench_seconds} s per "

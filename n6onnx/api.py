@@ -240,7 +240,8 @@ def rewrite(
         if qmode.kind in qfit.MODES and ctx.batches and quantize_fit != "none" and not heal:
             proto, fit = qfit.fit_quantized(proto, ctx.batches, compensate=quantize_fit == "refit",
                                             progress=ctx.progress, mode=qmode)
-        quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches)
+        quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches,
+                                                   ranges=getattr(healing, "ranges", None))
         quantization.fit = None if fit is None else fit.to_json()
         warnings += quantization.warnings
         m = ir.serde.deserialize_model(proto)

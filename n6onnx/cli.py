@@ -85,6 +85,10 @@ def _heal_options(f, flag: bool = True):
                      "train against the quantized path (fake-quantized MatMuls as onnxruntime runs them, "
                      "straight-through gradients), the quantized MatMuls' weights included; off: heal in float, "
                      "quantize after."),
+        click.option("--heal-ranges", type=Number(0, 1, hi_open=True), default=HealConfig.ranges, show_default=True,
+                     help="With --quantize int8:static: the share of the budget that trains the activation ranges last "
+                     "(scale and zero point of each QuantizeLinear, straight-through; the weights frozen), written as "
+                     "trained; 0: the calibrated ranges, calibrated again on write-out."),
         click.option("--heal-dtype", type=click.Choice(TRAIN_DTYPES), default=HealConfig.train_dtype,
                      show_default=True, help="Precision of the training forward: bfloat16 runs it under bf16 "
                      "autocast (about 2x the steps on a CPU with avx512_bf16; held-out checks stay float32; lower "
@@ -107,12 +111,13 @@ def _heal_options(f, flag: bool = True):
 
 def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_local_lr_start, heal_lr,
                  heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_ema, heal_fake_quant,
-                 heal_dtype, heal_device, heal_cache_mb, seed, threads):
+                 heal_ranges, heal_dtype, heal_device, heal_cache_mb, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_mode=heal_local_mode,
                       local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
                       lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
-                      floor_falls=heal_floor_falls, ema=heal_ema, fake_quant=heal_fake_quant, train_dtype=heal_dtype,
+                      floor_falls=heal_floor_falls, ema=heal_ema, fake_quant=heal_fake_quant, ranges=heal_ranges,
+                      train_dtype=heal_dtype,
                       device=heal_device, cache_bytes=heal_cache_mb << 20, seed=seed, threads=threads)
 
 

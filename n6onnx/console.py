@@ -276,8 +276,20 @@ def heal_summary(h) -> None:
               f"{h.train_samples} training + {h.heldout_samples} held-out samples; {h.trainable} tensors "
               f"({h.trainable_values} values) trained"
               + (f"; against the {h.config.get('quantize') or 'quantized'} path ({h.fake_quantized} MatMuls "
-                 "fake-quantized)" if h.fake_quantized else ""),
+                 "fake-quantized)" if h.fake_quantized else "")
+              + (f"; {len(h.ranges)} activation ranges {_ranges_phase(h)}" if getattr(h, "ranges", None) else ""),
               highlight=False)
+
+
+def _ranges_phase(h) -> str:
+    """What the static heal's range phase did: the best check of that phase against the weights' best."""
+    rows = [c for c in h.curve if len(c) > 4 and c[4] == "ranges"]
+    before = max([c[2] for c in h.curve if len(c) < 5 or c[4] != "ranges"])
+    if not rows:
+        return "as calibrated (no time was left to train them)"
+    gain = max(c[2] for c in rows) - before
+    return (f"trained ({len(rows)} checks; {'+' if gain > 0 else ''}{gain:.5f} held-out over the healed weights"
+            f"{'' if gain > 0 else ': kept as calibrated'})")
 
 
 def heal_human(rewritten: str, output: str, rep) -> None:

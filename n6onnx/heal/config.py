@@ -80,6 +80,11 @@ class HealConfig:
     # model outputs, which the held-out checks score, stay float32. "float32" keeps everything float32: docs/heal.md
     cache_dtype: str = "float16"
     quantize: str | None = None  # the quantization the healed model gets on write-out (set by rewrite / heal)
+    # --quantize int8:static: this share of the budget (time, or steps) trains the activation ranges last, the weights
+    # frozen (heal.ranges), and the written QuantizeLinear nodes get the trained ranges; 0: the ranges stay
+    # calibration's (the start model's MinMax) while healing, and the healed model is calibrated again on write-out
+    ranges: float = 0.25
+    ranges_lr: float = 2e-3  # Adam step of the ranges' log-gain and zero point (a zero point moves in uint8 steps)
     fake_quant: bool = True  # with quantize int8: train against the int8 path (fake-quant, straight-through)
     # "bfloat16": the training forward under CPU bf16 autocast (its MatMuls ~2.2x faster a step on an avx512_bf16 CPU;
     # held-out checks stay float32). Same fidelity at equal steps on gelu=phi6, lower under fake-quant int8: docs/heal.md

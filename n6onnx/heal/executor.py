@@ -198,7 +198,7 @@ class GraphModule(torch.nn.Module):
         tensors = getattr(self.fake_quant, "tensors", None)
         if not tensors:
             return out
-        return {n: fakequant.fixed(v, *tensors[n]) if n in tensors and torch.is_tensor(v) else v for n, v in out.items()}
+        return {n: fakequant.rounded(v, tensors[n]) if n in tensors and torch.is_tensor(v) else v for n, v in out.items()}
 
     # ----------------------------------------------------------------------------------------------
     def _run(self, nodes, env, outer_attrs, need=None, inject=None, computed=None) -> None:
@@ -224,7 +224,7 @@ class GraphModule(torch.nn.Module):
         tensors = getattr(self.fake_quant, "tensors", None)
         if outer_attrs is None and (self.fake_quant or tensors):
             if tensors:  # static QDQ: every read of a rounded tensor sees it rounded
-                ins = [fakequant.fixed(v, *tensors[i]) if i in tensors and v is not None else v
+                ins = [fakequant.rounded(v, tensors[i]) if i in tensors and v is not None else v
                        for i, v in zip(n.input, ins)]
             if n.domain in STANDARD and n.output[0] in self.fake_quant:
                 ins = fakequant.inputs(n.op_type, attrs, ins, self.fake_quant[n.output[0]], self.grids)

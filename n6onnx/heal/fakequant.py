@@ -239,6 +239,39 @@ def fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     return deq + (x - x.detach()) * inside
 
 
+class LearnedRange(torch.nn.Module):
+    """A static tensor's uint8 range that trains (LSQ / LSQ+: Esser et al. 2020, Bhalgat et al. 2020): a
+    log-gain on calibration's scale and a real zero point. Forward, as ``fixed`` with scale
+    ``scale0 exp(log_gain)`` and the zero point
+    rounded into [0, 255]; backward, straight-through for the rounding, so the scale receives each value's
+    rounding residual (and the clip edge where a value is clipped), and the zero point what moves the clip edges.
+    ``value()`` is the (float32 scale, uint8 zero point) that QuantizeLinear gets on write-out."""
+
+    def __init__(self, scale: float, zero_point: int, device=None):
+        super().__init__()
+        self.scale0 = float(np.float32(scale))  # the start (calibration's scale), exact while log_gain is 0
+        self.log_gain = torch.nn.Parameter(torch.zeros((), dtype=torch.float32, device=device))
+        self.zero_point = torch.nn.Parameter(torch.tensor(float(zero_point), dtype=torch.float32, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # a held-out check: exactly what QuantizeLinear will compute
+            return fixed(x, *self.value())
+        s = self.log_gain.exp() * self.scale0
+        z = _ste(self.zero_point, self.zero_point.detach().round()).clamp(0, 255)
+        v = x.float() / s + z
+        q = _ste(v, v.detach().round()).clamp(0, 255)
+        return ((q - z) * s).to(x.dtype)
+
+    def value(self) -> tuple[float, int]:
+        scale = float(np.float32(self.scale0 * np.exp(np.float64(self.log_gain.detach().cpu()))))
+        return scale, int(np.clip(np.round(float(self.zero_point.detach().cpu())), 0, 255))
+
+
+def rounded(x: torch.Tensor, rng) -> torch.Tensor:
+    """``x`` through its static range: a fixed (scale, zero point), or a ``LearnedRange``."""
+    return rng(x) if isinstance(rng, LearnedRange) else fixed(x, *rng)
+
+
 class Grids:
     """The fake-quantized weights already computed, reused while a weight is unchanged: the same
     tensor object (held weakly: an entry goes when its tensor does) with the same version counter

@@ -60,7 +60,7 @@ from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
 from ..options import number
 from ..validate import metrics
-from . import executor, fakequant, losses, refit, targets
+from . import executor, fakequant, losses, ranges, refit, targets
 from .config import CACHE_DTYPES, LOCAL_INPUTS, LOCAL_MODES, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
 
 @dataclasses.dataclass
@@ -79,6 +79,9 @@ class HealReport:
     # [step, seconds, fidelity, mean train loss, phase, backtrack margin, step size] (the start: the first three)
     curve: list = dataclasses.field(default_factory=list)
     fake_quantized: int = 0  # MatMul/Gemm nodes run fake-quantized (as --quantize will run them) in the student
+    # int8:static with HealConfig.ranges: {activation tensor: (scale, zero point)} the student ended with (trained
+    # where a check improved, else calibration's), which QuantizeLinear gets on write-out
+    ranges: dict | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -228,6 +231,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
     number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
     number("heal ema", cfg.ema, 0, 1, hi_open=True)
+    number("heal ranges", cfg.ranges, 0, 1, hi_open=True)
+    number("heal ranges_lr", cfg.ranges_lr, 0, 1, lo_open=True)
     if cfg.cache_dtype not in CACHE_DTYPES:
         raise BadArgumentError(f"heal: cache_dtype must be one of {CACHE_DTYPES}, not {cfg.cache_dtype!r}")
     device = check_device(cfg.device)
@@ -339,15 +344,17 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     # phases: block-local reconstruction (each block from the teacher's input, to the teacher's
     # output), then global distillation (the whole student, streams + output) for the drift
     local = targets.local_targets(proto, streams, outputs, names) if cfg.local > 0 and streams else []
-    share = cfg.local if local else 0.0
-    end = t0 + cfg.minutes * 60
+    # int8:static: the last cfg.ranges of the budget trains the activation ranges, the weights frozen (heal.ranges)
+    static = cfg.ranges if getattr(fq, "tensors", None) else 0.0
+    share = cfg.local * (1 - static) if local else 0.0  # of the whole budget
+    end = t0 + cfg.minutes * 60 * (1 - static)
     # sequential: one sub-phase per block, in graph order, each an equal part of the local share
     blocks = [b for b in targets.local_blocks(proto, streams, outputs, names) if b[2]] \
         if share > 0 and cfg.local_mode == "sequential" else [None]
     phases = [("local", t0 + share * cfg.minutes * 60 * (j + 1) / len(blocks),
                None if cfg.steps is None else round(share * cfg.steps * (j + 1) / len(blocks)),
                cfg.local_lr or cfg.lr, b) for j, b in enumerate(blocks)] if share > 0 and blocks else []
-    phases.append(("global", end, cfg.steps, cfg.lr, None))
+    phases.append(("global", end, None if cfg.steps is None else round(cfg.steps * (1 - static)), cfg.lr, None))
     bar = _Bar(progress, cfg.minutes * 60, cfg.steps, start)
     try:
         with bar:
@@ -463,6 +470,28 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
                     if fid > best:
                         best, best_vec, best_u = fid, vec, cand
                     bar.update(time.perf_counter() - t0, step, fid, best)
+            if static:  # the ranges train last, on the best weights (frozen)
+                restore(best_u)
+                frozen = {n: v.detach() for n, v in values(best_u).items()}
+
+                def range_loss() -> torch.Tensor:
+                    nonlocal order
+                    if not order:
+                        order = list(rng.permutation(train_idx))
+                    k = int(order.pop())
+                    return losses.total(student(batches[k], streams + outputs, frozen), prepared(k), streams, outputs,
+                                        cfg.loss)
+
+                s0 = step
+                _, best_vec, taken, rows_r = ranges.train(
+                    fq, range_loss, lambda: evaluate(best_u), best_vec, t0 + cfg.minutes * 60, lr=cfg.ranges_lr,
+                    every=cfg.eval_every, margin=lambda v, b: backtrack_margin(cfg, v, b), warmup=cfg.warmup, device=device,
+                    steps=None if cfg.steps is None else cfg.steps - step,
+                    on_check=lambda st, f, b: bar.update(time.perf_counter() - t0, s0 + st, f, max(b, best)))
+                step += taken
+                curve += [[s0 + r[0], round(r[1] - t0, 2), r[2], r[3], "ranges", r[4], r[5]] for r in rows_r]
+                lowest = min([lowest] + [r[2] for r in rows_r])
+                best = max(best, float(best_vec.mean()))
     except KeyboardInterrupt:
         stopped = "interrupted"
     with torch.no_grad():
@@ -472,10 +501,13 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         if best <= start:  # nothing beat the start: write it back bit for bit (the reparametrisation's round
             final = {n: w0[n].cpu().numpy() for n in names}  # trip moves values by float rounding, and int8 re-rounds them)
     write_back(model, final)
+    # the ranges the student ended with (the plan holds the best ones, also after an interrupt)
+    static_ranges = dict(fq.tensors) if cfg.ranges and getattr(fq, "tensors", None) else None
     n_values = int(sum(v.size for v in final.values()))
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
                       len(names), n_values, step, time.perf_counter() - t0, start, best, lowest, stopped,
-                      dataclasses.asdict(cfg), curve, len(fq))
+                      dataclasses.asdict(cfg), curve, len(fq),
+                      None if static_ranges is None else {n: (float(sc), int(z)) for n, (sc, z) in static_ranges.items()})
 
 
 def check_device(name: str) -> torch.device:

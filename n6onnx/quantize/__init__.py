@@ -96,8 +96,11 @@ def quantize(src, dst: str | os.PathLike | None, mode: str | QuantMode, *,
 
 
 def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclude_nodes: Sequence[str] = (),
-                   bias_correction: bool = False, _dst=None) -> tuple[QuantizeReport, onnx.ModelProto]:
-    """As ``quantize``, returning the quantized ModelProto instead of writing it."""
+                   bias_correction: bool = False, ranges: Mapping[str, tuple] | None = None,
+                   _dst=None) -> tuple[QuantizeReport, onnx.ModelProto]:
+    """As ``quantize``, returning the quantized ModelProto instead of writing it. ``ranges`` (``int8:static``):
+    {activation tensor: (scale, zero point)} that its QuantizeLinear takes instead of the calibrated one (the
+    ranges a static heal trained: ``heal.ranges``)."""
     t0 = time.perf_counter()
     qm = parse_mode(mode)
     if _dst is not None:
@@ -124,7 +127,7 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
         src_path = pathlib.Path(tmp) / "in.onnx"
         out_path = pathlib.Path(tmp) / "out.onnx"
         onnx.save_model(proto, str(src_path))
-        _run(qm, src_path, out_path, feeds, list(exclude_nodes))
+        _run(qm, src_path, out_path, feeds, list(exclude_nodes), ranges)
         result = onnx.load(str(out_path))
 
     corrected = 0
@@ -172,7 +175,7 @@ def _feed_list(calibration_feeds, mode: str = "int8:static") -> list[dict]:
     return feeds
 
 
-def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: list[str]) -> None:
+def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: list[str], ranges=None) -> None:
     import logging
 
     # "Please consider to run pre-processing" is logged on every call: not the user's concern here
@@ -201,7 +204,8 @@ def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: li
                               op_types_to_quantize=list(OP_TYPES), nodes_to_exclude=exclude,
                               calibrate_method=q.CalibrationMethod.MinMax,
                               extra_options={"OpTypesToExcludeOutputQuantization": list(OP_TYPES),
-                                             "DefaultTensorType": onnx.TensorProto.FLOAT})
+                                             "DefaultTensorType": onnx.TensorProto.FLOAT,
+                                             "TensorQuantOverrides": _overrides(ranges)})
         else:
             mq = MatMulNBitsQuantizer(str(src), bits=4, block_size=qm.block, is_symmetric=True, accuracy_level=4,
                                       nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",))
@@ -213,6 +217,12 @@ def _run(qm: QuantMode, src: pathlib.Path, out: pathlib.Path, feeds, exclude: li
         raise N6Error(f"onnxruntime's quantizer failed ({qm}): {type(e).__name__}: {e}") from None
     finally:
         logger.setLevel(level)
+
+
+def _overrides(ranges) -> dict:
+    """onnxruntime's TensorQuantOverrides for fixed (scale, zero point) ranges."""
+    return {n: [{"scale": np.array(s, np.float32), "zero_point": np.array(z, np.uint8)}]
+            for n, (s, z) in sorted((ranges or {}).items())}
 
 
 def _reader_base():
