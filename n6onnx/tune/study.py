@@ -471,6 +471,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         if heal is None and heal_note:
             rep.notes.append(heal_note)
         rep.notes.extend(exhausted[:1])
+        if provider == "cuda" and stage == "int8":  # measured: 0.02-0.04x fp32 on an H100 (tune_minilm_cuda_int8.json)
+            rep.notes.append("--stage int8 on cuda: onnxruntime's CUDA provider has no kernels for dynamic int8 "
+                             "(DynamicQuantizeLinear, MatMulInteger), so those nodes run on the CPU with copies each "
+                             "way; fp16 (the default stage on cuda) or int4 are the GPU's reduced precisions")
         if chosen is None:
             rep.notes.append(f"no recipe met {_gates(min_cosine, min_nn, min_top1)}" + (
                 f" and ran faster than the fp32 original ({len(within)} met the gates, all slower)" if within else "")

@@ -52,6 +52,23 @@ def test_tune_on_cuda_searches_float16(target, zoo_export, tmp_path, monkeypatch
         assert onnx.TensorProto.FLOAT16 in init
 
 
+def test_int8_on_cuda_is_measured_and_explained(target, zoo_export, tmp_path):
+    """``--stage int8 --provider cuda``: onnxruntime's CUDA provider has no dynamic int8 kernels, so the int8
+    reference runs its quantized MatMuls on the CPU and is slower than fp32 on the GPU; tune measures that and its
+    note says why. (Dry run: the CPU provider, where int8 is the default stage and no such note is given.)"""
+    dry = target.provider == CPU
+    src = zoo_export("bert", "dynamo20")
+    data = zoo.calibration_npz("bert", tmp_path / "data.npz")
+    rep = tune(src, None, calibrate=data, min_cosine=0.9, trials=1, provider="cpu" if dry else "cuda",
+               stage="int8", minutes=2, seconds_per_trial=1.0, block_seconds=0.25, heal=None)
+    assert rep.setting["stage"] == "int8" and [p.role for p in rep.references][:2] == ["fp32", "int8"]
+    noted = any("no kernels for dynamic int8" in n for n in rep.notes)
+    assert noted != dry
+    if not dry:
+        int8 = [p for p in rep.references if p.role == "int8"]
+        assert int8 and all(p.speedup < 1 for p in int8)  # the CPU round trip: slower than fp32 there
+
+
 def test_a_float16_rewrite_runs_on_stock_onnxruntime_cuda(target, zoo_export, tmp_path):
     """What `tune --provider cuda` writes may carry n6 nodes in float16: without the n6onnx library, their
     model-local fallback functions run on the CUDA provider in float16, within float16 rounding of the float32
