@@ -286,9 +286,9 @@ def _ranges_phase(h) -> str:
     rows = [c for c in h.curve if len(c) > 4 and c[4] == "ranges"]
     before = max([c[2] for c in h.curve if len(c) < 5 or c[4] != "ranges"])
     if not rows:
-        return "as calibrated (no time was left to train them)"
+        return "as calibrated (the budget left no step to train them)"
     gain = max(c[2] for c in rows) - before
-    return (f"trained ({len(rows)} checks; {'+' if gain > 0 else ''}{gain:.5f} held-out over the healed weights"
+    return (f"trained ({len(rows)} check{'s' if len(rows) > 1 else ''}; {'+' if gain > 0 else ''}{gain:.5f} held-out over the healed weights"
             f"{'' if gain > 0 else ': kept as calibrated'})")
 
 

@@ -44,6 +44,27 @@ def train(plan: fakequant.Plan, loss_of: Callable[[], torch.Tensor], check: Call
     opt = adam()
     best, best_ranges = float(best_vec.mean()), dict(start)
     step, rows, losses = 0, [], []
+
+    def checkpoint() -> None:
+        """A held-out check: kept if best; a fall restores the best ranges and halves the step."""
+        nonlocal best, best_vec, best_ranges, lr, opt, losses
+        vec = check()
+        fid, m = float(vec.mean()), margin(vec, best_vec)
+        rows.append([step, time.perf_counter(), round(fid, 6), float(np.mean(losses)), round(m, 6), lr])
+        losses = []
+        if fid > best:
+            best, best_vec, best_ranges = fid, vec, {n: r.value() for n, r in learned.items()}
+        elif fid < best - m:
+            with torch.no_grad():
+                for n, r in learned.items():
+                    s, z = best_ranges[n]
+                    r.log_gain.fill_(float(np.log(np.float64(s) / r.scale0)))
+                    r.zero_point.fill_(float(z))
+            lr *= 0.5
+            opt = adam()
+        if on_check is not None:
+            on_check(step, fid, best)
+
     try:
         while (steps is None or step < steps) and time.perf_counter() < deadline:
             for g in opt.param_groups:
@@ -54,24 +75,10 @@ def train(plan: fakequant.Plan, loss_of: Callable[[], torch.Tensor], check: Call
             loss.backward()
             opt.step()
             step += 1
-            if step % every:
-                continue
-            vec = check()
-            fid, m = float(vec.mean()), margin(vec, best_vec)
-            rows.append([step, time.perf_counter(), round(fid, 6), float(np.mean(losses)), round(m, 6), lr])
-            losses = []
-            if fid > best:
-                best, best_vec, best_ranges = fid, vec, {n: r.value() for n, r in learned.items()}
-            elif fid < best - m:  # a fall: back to the best ranges, half the step
-                with torch.no_grad():
-                    for n, r in learned.items():
-                        s, z = best_ranges[n]
-                        r.log_gain.fill_(float(np.log(np.float64(s) / r.scale0)))
-                        r.zero_point.fill_(float(z))
-                lr *= 0.5
-                opt = adam()
-            if on_check is not None:
-                on_check(step, fid, best)
+            if step % every == 0:
+                checkpoint()
+        if losses:  # the steps since the last check: a closing check (kept if best)
+            checkpoint()
     finally:
         plan.tensors.update(best_ranges)
     return best_ranges, best_vec, step, rows

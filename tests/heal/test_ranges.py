@@ -9,8 +9,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from click.testing import CliRunner
 
 import n6onnx
+from n6onnx.cli import main
 from n6onnx import feeds as F
 from n6onnx.heal import fakequant, ranges
 from n6onnx.heal.executor import GraphModule
@@ -151,3 +153,15 @@ def test_a_static_heal_writes_the_ranges_it_trained(zoo_export, tmp_path, share)
     else:
         assert "ranges" not in phases and h.ranges is None
     assert _mse(src, tmp_path / "h.onnx", held) < _mse(src, tmp_path / "s.onnx", held)
+
+
+def test_the_cli_trains_and_reports_the_ranges(zoo_export, tmp_path):
+    src = zoo_export("bert", "dynamo20")
+    data = _npz(tmp_path / "d.npz", 24, 1)
+    args = ["rewrite", str(src), "-o", str(tmp_path / "c.onnx"), "--quantize", "int8:static", "--calibrate", str(data),
+            "--heal", "--heal-steps", "40", "--threads", "1"]
+    r = CliRunner().invoke(main, args + ["--heal-ranges", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert "activation ranges" in r.output and "16 activation ranges" in r.output
+    r = CliRunner().invoke(main, args + ["--heal-ranges", "1"])  # nothing left for the weights: refused
+    assert r.exit_code != 0 and "--heal-ranges" in r.output and not (tmp_path / "c2.onnx").exists()
