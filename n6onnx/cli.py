@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from . import api, console, passes
 from . import report as report_mod
-from .errors import N6Error
+from .errors import BadArgumentError, N6Error
 from .feeds import parse_dims
 from .heal.config import LOCAL_MODES, LOSSES, PARAMS, TRAIN_DTYPES, TRAINABLE, HealConfig
 from .options import Number
@@ -85,10 +85,11 @@ def _heal_options(f, flag: bool = True):
                      "train against the quantized path (fake-quantized MatMuls as onnxruntime runs them, "
                      "straight-through gradients), the quantized MatMuls' weights included; off: heal in float, "
                      "quantize after."),
-        click.option("--heal-ranges", type=Number(0, 1, hi_open=True), default=HealConfig.ranges, show_default=True,
-                     help="With --quantize int8:static: the share of the budget that trains the activation ranges last "
-                     "(scale and zero point of each QuantizeLinear, straight-through; the weights frozen), written as "
-                     "trained; 0: the calibrated ranges, calibrated again on write-out."),
+        click.option("--heal-ranges", type=Number(0, 1, hi_open=True), default=None,
+                     help="rewrite --quantize int8:static only: the share of the budget that trains the activation "
+                     "ranges last (scale and zero point of each QuantizeLinear, straight-through; the weights frozen), "
+                     "written as trained; 0: the calibrated ranges, calibrated again on write-out. [default: "
+                     f"{HealConfig.ranges:g}]"),
         click.option("--heal-dtype", type=click.Choice(TRAIN_DTYPES), default=HealConfig.train_dtype,
                      show_default=True, help="Precision of the training forward: bfloat16 runs it under bf16 "
                      "autocast (about 2x the steps on a CPU with avx512_bf16; held-out checks stay float32; lower "
@@ -116,7 +117,8 @@ def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_loc
                       local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
                       lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
-                      floor_falls=heal_floor_falls, ema=heal_ema, fake_quant=heal_fake_quant, ranges=heal_ranges,
+                      floor_falls=heal_floor_falls, ema=heal_ema, fake_quant=heal_fake_quant,
+                      ranges=HealConfig.ranges if heal_ranges is None else heal_ranges,
                       train_dtype=heal_dtype,
                       device=heal_device, cache_bytes=heal_cache_mb << 20, seed=seed, threads=threads)
 
@@ -183,6 +185,9 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
     With --heal (needs --calibrate), the calibrated rewrite is then distilled towards MODEL on all of
     DATA (or --heal-samples): see `n6onnx heal`."""
     try:
+        if heal_opts["heal_ranges"] is not None and str(quantize_) != "int8:static":
+            raise BadArgumentError("--heal-ranges trains the activation ranges of --quantize int8:static; "
+                                   f"it does not apply to {'--quantize ' + str(quantize_) if quantize_ else 'a float model'}")
         with console.progress(as_json or calibrate is None or heal, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
@@ -212,9 +217,10 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
 def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_samples, **heal_opts) -> None:
     """Distil REWRITTEN (an n6onnx rewrite of ORIGINAL) towards ORIGINAL on DATA; write OUTPUT.
 
-    A REWRITTEN quantized by --quantize int8 (or by quantize_dynamic per channel) is healed under
-    fake quantization and quantized again the same way (same nodes); other quantized formats
-    (static QDQ, int4, per tensor) are refused.
+    A REWRITTEN quantized by --quantize int8 (or by quantize_dynamic per channel) or --quantize int4
+    (MatMulNBits) is healed under fake quantization and quantized again the same way (same nodes);
+    other quantized formats (static QDQ: heal the float model with rewrite --quantize int8:static
+    --heal; per tensor; onnxruntime's fused int8 ops) are refused.
 
     Trains the initializers of the rewritten blocks (--heal-train widens the set) against the
     original's residual stream after each block and its outputs; part of DATA is held out, and the
@@ -222,6 +228,9 @@ def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_s
     from .heal.run import heal_file  # needs torch (the heal extra): only when this command runs
 
     try:
+        if heal_opts["heal_ranges"] is not None:
+            raise BadArgumentError("--heal-ranges trains the activation ranges of rewrite --quantize int8:static; "
+                                   "`n6onnx heal` takes int8 (dynamic) and int4 models, which have none")
         rep = heal_file(rewritten, teacher, calibrate, output, tokenizer=tokenizer, samples=heal_samples,
                         dims=parse_dims(dims), config=_heal_config(**heal_opts), progress=not as_json)
     except N6Error as e:

@@ -164,4 +164,13 @@ def test_the_cli_trains_and_reports_the_ranges(zoo_export, tmp_path):
     assert r.exit_code == 0, r.output
     assert "activation ranges" in r.output and "16 activation ranges" in r.output
     r = CliRunner().invoke(main, args + ["--heal-ranges", "1"])  # nothing left for the weights: refused
-    assert r.exit_code != 0 and "--heal-ranges" in r.output and not (tmp_path / "c2.onnx").exists()
+    assert r.exit_code != 0 and "--heal-ranges" in r.output
+    # where there are no static ranges, the option is refused by name, and nothing is written
+    for q in (["--quantize", "int8"], []):
+        bad = ["rewrite", str(src), "-o", str(tmp_path / "d.onnx"), "--pass", "gelu=phi6", "--calibrate", str(data),
+               "--heal", "--heal-ranges", "0.3"] + q
+        r = CliRunner().invoke(main, bad)
+        assert r.exit_code != 0 and "--heal-ranges" in r.output and not (tmp_path / "d.onnx").exists()
+    r = CliRunner().invoke(main, ["heal", str(tmp_path / "c.onnx"), "--teacher", str(src), "--calibrate", str(data),
+                                  "-o", str(tmp_path / "e.onnx"), "--heal-ranges", "0.3"])
+    assert r.exit_code != 0 and "--heal-ranges" in r.output and not (tmp_path / "e.onnx").exists()
