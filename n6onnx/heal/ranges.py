@@ -22,10 +22,10 @@ from . import fakequant
 
 ZP_STEPS = 20.0
 
+
 def train(plan: fakequant.Plan, loss_of: Callable[[], torch.Tensor], check: Callable[[], np.ndarray],
           best_vec: np.ndarray, deadline: float, *, lr: float, every: int, margin: Callable, warmup: int = 0,
-          steps: int | None = None,
-          device=None, on_check: Callable | None = None) -> tuple[dict, np.ndarray, int, list]:
+          steps: int | None = None, device=None, on_check: Callable | None = None) -> tuple[dict, np.ndarray, int, list]:
     """Train ``plan.tensors``' ranges until ``deadline`` (or ``steps``). ``loss_of()``: the loss of the next
     training batch through the plan; ``check()``: per-sample held-out fidelity; ``best_vec``: the check of
     the start (the ranges as calibrated). Returns ({tensor: (scale, zero point)} of the best check, its

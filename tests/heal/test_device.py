@@ -19,6 +19,7 @@ from n6onnx.heal.run import heal_file
 
 from .test_executor import _compare
 from .test_heal import _mse, _npz
+from .test_ranges import written_ranges
 
 # the GPU machine's tests (pytest -m cuda; deselected elsewhere, and never skipped when selected)
 cuda = pytest.mark.cuda
@@ -65,3 +66,20 @@ def test_a_heal_on_cuda_improves_held_out_and_keeps_the_graph(zoo_export, tmp_pa
     assert _mse(src, tmp_path / "healed.onnx", held) < 0.9 * _mse(src, tmp_path / "plain.onnx", held)
     a, b = onnx.load(tmp_path / "plain.onnx"), onnx.load(tmp_path / "healed.onnx")
     assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+
+
+@cuda
+def test_a_static_heal_trains_its_ranges_on_cuda(zoo_export, tmp_path):
+    """``rewrite --quantize int8:static --heal`` on the GPU: the ranges train there (their phase in the curve, no
+    check below the start), the written QuantizeLinear nodes carry exactly the reported ranges, and onnxruntime
+    finds the healed model closer to the original than the plain quantizer's on samples healing never saw."""
+    src = zoo_export("bert", "dynamo20")
+    data, held = _npz(tmp_path / "data.npz", 24, 1), _npz(tmp_path / "held.npz", 8, 2)
+    n6onnx.rewrite(src, tmp_path / "s.onnx", [], calibrate=data, quantize="int8:static")
+    _, rep = n6onnx.rewrite(src, tmp_path / "h.onnx", [], calibrate=data, quantize="int8:static", heal=True,
+                            heal_config=HealConfig(steps=60, eval_every=6, threads=1, ranges=0.3, device="cuda"))
+    h = rep.healing
+    rows = [c for c in h.curve if len(c) > 4 and c[4] == "ranges"]
+    assert rows and h.steps == 60 and h.best >= h.start and all(c[2] >= h.start - 0.001 for c in rows)
+    assert h.ranges == written_ranges(tmp_path / "h.onnx")
+    assert _mse(src, tmp_path / "h.onnx", held) < _mse(src, tmp_path / "s.onnx", held)

@@ -84,6 +84,15 @@ def test_written_ranges_are_what_the_student_ran(zoo_export):
         assert np.abs(got - calibrated).max() / scale > 100 * BOUND
 
 
+def written_ranges(path) -> dict:
+    """{activation tensor: (scale, zero point)} of a QDQ model's activation QuantizeLinear nodes (a graph output's
+    by its own name)."""
+    q = onnx.load(path)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    return {n.input[0].removesuffix("_QuantizeLinear_Input"): (float(inits[n.input[1]]), int(inits[n.input[2]]))
+            for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
 def _matmul_proto(w: np.ndarray) -> onnx.ModelProto:
     g = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
                                [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", w.shape[0]])],
@@ -142,10 +151,7 @@ def test_a_static_heal_writes_the_ranges_it_trained(zoo_export, tmp_path, share)
                             heal_config=HealConfig(steps=60, eval_every=6, threads=1, ranges=share))
     h = rep.healing
     phases = [c[4] for c in h.curve if len(c) > 4]
-    q = onnx.load(tmp_path / "h.onnx")
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
-    written = {n.input[0].removesuffix("_QuantizeLinear_Input"): (float(inits[n.input[1]]), int(inits[n.input[2]]))
-               for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    written = written_ranges(tmp_path / "h.onnx")
     if share:
         assert "ranges" in phases and h.steps == 60 and h.best >= h.start
         assert all(c[2] >= h.start - 0.001 for c in h.curve if len(c) > 4 and c[4] == "ranges")
