@@ -37,7 +37,7 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
     ref = reference or next(iter(variants))
     feed = feeds_mod.random_feeds(cfg.session(variants[ref])[0], 1, dims)[0]
     ln, variants, cfgs = layernorm_mod.choose_each(variants, cfg, feed, mode=layernorm,
-                                                   block_seconds=min(1.0, block_seconds))
+                                                   block_seconds=min(1.0, block_seconds), reference=original)
     sessions, runners = {}, {}
     for name, path in variants.items():
         sessions[name], _ = cfgs[name].session(path)

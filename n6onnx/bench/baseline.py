@@ -370,6 +370,17 @@ def _versions() -> str:
 PROBES = 7  # probe feeds for a graph with dynamic quantization
 
 
+def probe_feeds(path: str | os.PathLike, open_session: Callable, n: int = PROBES,
+                like: dict | None = None) -> list[dict]:
+    """The random feeds of ``quantized_probes`` for ``path``, whatever the graph (see there)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    sess = open_session(path)
+    dims = {d: 2 for d in feeds_mod.dynamic_dims(sess)}
+    if like is not None:
+        dims.update(feeds_mod.dims_of(feeds_mod.input_specs(sess), like))
+    return list(feeds_mod.random_feeds(sess, n, dims, seed=1, id_high=vocab.bounds(proto)))
+
+
 def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = PROBES,
                      like: dict | None = None) -> list[tuple[RunFn, list]]:
     """fuse's ``probes`` for ``path``: for a quantized graph (``int8graph.is_quantized``: its activations
@@ -379,15 +390,9 @@ def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = P
     on (the bench's provider and options); none for any other graph. ``like`` keeps dimensions that
     must agree consistent: a KV-cache decoder's attention mask spans past + new tokens, which 2
     everywhere breaks (an onnxruntime index error)."""
-    proto = onnx.load(str(path))
-    if not int8graph.is_quantized(proto):  # a fused file may hold onnxruntime-only ops
+    if not int8graph.is_quantized(onnx.load(str(path))):  # a fused file may hold onnxruntime-only ops
         return []
-    sess = open_session(path)
-    dims = {d: 2 for d in feeds_mod.dynamic_dims(sess)}
-    if like is not None:
-        dims.update(feeds_mod.dims_of(feeds_mod.input_specs(sess), like))
-    feeds = feeds_mod.random_feeds(sess, n, dims, seed=1, id_high=vocab.bounds(proto))
-    del sess
+    feeds = probe_feeds(path, open_session, n, like)
 
     def runner(feed):
         return lambda p: open_session(p).run(None, feed)

@@ -18,7 +18,13 @@ a model is measured, not assumed:
   again: ``Choice.disabled_optimizers``.
 - ``choose`` times both forms of the baseline, interleaved, on the bench's provider, threads and
   feed, after checking that the split agrees with the fused graph; the split is kept only when it
-  is faster by more than ``MARGIN``. ``choose_each`` does this for every variant of a comparison, so
+  is faster by more than ``MARGIN``. A graph quantized at run time (dynamic int8) does not agree
+  elementwise with its own split: the parts round a few float32 values differently, a rounding of
+  an activation to int8 flips, and the flips spread (MiniLM int8 on random tokens: 8-15% relative
+  RMS between the forms, each 16.5% from the float model). Given the float model it stands for
+  (``reference``), such a split is kept when it is as faithful to it as the fused form: its
+  relative RMS error against the reference, over the check feed and ``PROBES`` random feeds, at
+  most ``FAITHFUL`` x the fused form's (a dropped bias or beta in one of MiniLM's 12 norms: 1.3-2x). ``choose_each`` does this for every variant of a comparison, so
   each runs in its own faster form (an int8 graph can gain from the parts where its fp32 original
   does not) with the session options that form needs.
 """
@@ -26,16 +32,21 @@ a model is measured, not assumed:
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
+
+import numpy as np
 import onnx
 from onnx import helper
 
 from .. import io
+from ..quantize import int8graph
 from . import baseline as baseline_mod
 from . import latency as latency_mod
 
 FUSION = "SkipLayerNormFusion"  # ORT's graph transformer that re-fuses a split graph
 MODES = ("auto", "fused", "split")
+FAITHFUL = 1.05  # a quantized split's error against the float reference, at most this x the fused form's
 MARGIN = 1.02  # the split must be this much faster (median per interleaved block pair)
 ROUNDS = 10  # blocks per form when choosing (6 blocks of 0.3 s read fp32 MiniLM's 1.09x as 0.93-1.10x)
 BLOCK_SECONDS = 0.5
@@ -152,14 +163,15 @@ def split_file(src: str | pathlib.Path, workdir: str | pathlib.Path | None = Non
 def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Path | None = None, *,
            mode: str = "auto",
            tol: float | None = None, rounds: int = ROUNDS,
-           block_seconds: float = BLOCK_SECONDS) -> tuple[Choice, pathlib.Path]:
+           block_seconds: float = BLOCK_SECONDS, reference: str | pathlib.Path | None = None
+           ) -> tuple[Choice, pathlib.Path]:
     """The faster form of ``path`` (a fused model: a baseline, a candidate) on ``cfg`` (a bench ``SessionConfig``) with
     ``feed``: (the choice, the file of that form). ``mode`` fused / split forces the form (split only
     where there is something to split, or the graph is already in parts: then split is the same file
     run with ORT's fusion disabled); auto splits (``split_file`` into ``workdir``), checks the split against the
     fused graph (``baseline.fuse``'s tolerance; a quantized graph may agree on one of
-    ``baseline.quantized_probes`` instead), then times
-    ``rounds`` interleaved blocks of each."""
+    ``baseline.quantized_probes`` instead; or, with ``reference``, be as faithful to that float model
+    as the fused form: see the module docstring), then times ``rounds`` interleaved blocks of each."""
     from .session import Runner  # bench.session imports nothing from here; kept local for the light import
 
     if mode not in MODES:
@@ -185,28 +197,61 @@ def choose(path: str | pathlib.Path, cfg, feed: dict, workdir: str | pathlib.Pat
     opener["cfg"] = split_cfg
     k, diff = baseline_mod.agreeing_feed(out, lambda p: split_sess.run(None, feed), fused_sess.run(None, feed),
                                          probes, tol)
+    note = ""
+    if k is None and probes and reference is not None and not int8graph.is_quantized(_load(reference)):
+        feeds = [feed] + baseline_mod.probe_feeds(path, lambda p: cfg.session(p)[0], like=feed)
+        ratio = faithfulness(split_sess, fused_sess, cfg.session(reference)[0], feeds)
+        if ratio is not None and ratio <= FAITHFUL:
+            k, note = -1, (f"int8 roundings differ from the fused form's (max abs diff {diff:.3g}); against the "
+                           f"float reference its error is {ratio:.3f}x the fused form's; ")
+        elif ratio is not None:
+            diff = f"{diff:.3g}; against the float reference its error is {ratio:.3f}x the fused form's"
     if k is None:
+        diff = diff if isinstance(diff, str) else f"{diff:.3g}"
         return Choice("fused", mode, n, reason=f"the split graph disagrees with the fused one (max abs diff "
-                                              f"{diff:.3g})"), path
+                                              f"{diff})"), path
     runners = {"fused": Runner(fused_sess, feed, cfg), "split": Runner(split_sess, feed, split_cfg)}
     for r in runners.values():
         latency_mod.warm_up(r, block_seconds)
     blocks = latency_mod.run_blocks(runners, rounds, block_seconds)
     speed = latency_mod.ratio_summary([b.median for b in blocks["fused"]], [b.median for b in blocks["split"]])
     faster = speed["median"] > MARGIN
-    why = ("already as parts; " if parts else "") + (
+    why = note + ("already as parts; " if parts else "") + (
         f"split {speed['median']:.3f}x the fused form's speed (median of {speed['n']} block pairs; kept when > "
         f"{MARGIN:g}x)")
     return Choice("split" if faster else "fused", mode, n, speed, why), out if faster else path
 
 
+def faithfulness(split_sess, fused_sess, ref_sess, feeds: list[dict]) -> float | None:
+    """The split form's relative RMS error against the float reference over ``feeds``, divided by the
+    fused form's (over every float output the reference shares by position and shape); None where
+    the reference takes an input the feeds lack, or the fused form equals the reference."""
+    err = {"split": [0.0, 0.0], "fused": [0.0, 0.0]}
+    for f in feeds:
+        try:
+            ref = ref_sess.run(None, {i.name: f[i.name] for i in ref_sess.get_inputs()})
+        except KeyError:
+            return None
+        for key, sess in (("split", split_sess), ("fused", fused_sess)):
+            got = sess.run(None, {i.name: f[i.name] for i in sess.get_inputs()})
+            for g, r in zip(got, ref):
+                g, r = np.asarray(g, np.float64), np.asarray(r)
+                if np.issubdtype(r.dtype, np.floating) and g.shape == r.shape:
+                    err[key][0] += float(np.sum((g - r) ** 2))
+                    err[key][1] += float(np.sum(r.astype(np.float64) ** 2))
+    rel = {k: math.sqrt(a / b) if b else math.inf for k, (a, b) in err.items()}
+    return rel["split"] / rel["fused"] if 0 < rel["fused"] < math.inf else None
+
+
 def choose_each(paths: dict, cfg, feed: dict, workdir: str | pathlib.Path | None = None, *, mode: str = "auto",
-                rounds: int = ROUNDS, block_seconds: float = BLOCK_SECONDS) -> tuple[dict, dict, dict]:
+                rounds: int = ROUNDS, block_seconds: float = BLOCK_SECONDS,
+                reference: str | pathlib.Path | None = None) -> tuple[dict, dict, dict]:
     """``choose`` for every variant in ``paths`` (name -> fused file): (choices, files, session
     configs), each keyed like ``paths``; a variant's config is ``cfg`` with the optimizers its form
-    needs disabled."""
+    needs disabled. ``reference``: the float model the variants stand for (``choose``)."""
     choices, files, cfgs = {}, {}, {}
     for k, p in paths.items():
-        choices[k], files[k] = choose(p, cfg, feed, workdir, mode=mode, rounds=rounds, block_seconds=block_seconds)
+        choices[k], files[k] = choose(p, cfg, feed, workdir, mode=mode, rounds=rounds, block_seconds=block_seconds,
+                                      reference=reference)
         cfgs[k] = choices[k].session_config(cfg)
     return choices, files, cfgs

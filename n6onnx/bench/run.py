@@ -311,7 +311,8 @@ def bench(
         # -- the layer-norm form ORT runs faster, measured on each variant (each runs in its own faster form)
         prog.phase("timing SkipLayerNormalization against Add + LayerNormalization")
         ln_choices, paths, cfgs = layernorm_mod.choose_each(
-            paths, cfg, feed, mode=layernorm, block_seconds=min(layernorm_mod.BLOCK_SECONDS, window))
+            paths, cfg, feed, mode=layernorm, block_seconds=min(layernorm_mod.BLOCK_SECONDS, window),
+            reference=base_src)
 
         # -- placement and op times
         profiles = {}

@@ -116,7 +116,7 @@ class Timer:
         """``path`` in its faster layer-norm form (chosen here), then interleaved blocks, candidate vs
         baseline (ABBA), ``seconds`` per variant: (figures, the file timed)."""
         choice, path = layernorm_mod.choose(path, self.cfg, self.feed, self.workdir / "fused",
-                                            block_seconds=self.ln_block)
+                                            block_seconds=self.ln_block, reference=self.fused_baseline)
         cfg = choice.session_config(self.cfg)
         sess, lib = cfg.session(path)
         try:

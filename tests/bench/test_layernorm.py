@@ -19,6 +19,7 @@ from n6onnx import io
 from n6onnx.bench import baseline, layernorm
 from n6onnx.bench.session import SessionConfig
 from n6onnx.ops import DOMAIN
+from n6onnx.quantize import quantize
 
 B, S, D = 2, 5, 16
 
@@ -159,6 +160,49 @@ def test_choose_on_a_fused_model(bert, tmp_path):
     # (unless disabled): the same file is timed with the fusion on and off
     c, p = layernorm.choose(bert, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05)
     assert c.nodes == 0 and p == bert and c.speedup is not None and "already as parts" in c.reason
+
+
+def test_a_quantized_split_is_judged_against_the_float_model(bert, tmp_path, monkeypatch):
+    """Dynamic int8 rounds activations at run time, so a split (whose parts round a few float32 values
+    differently) need not agree elementwise with the fused form. Against the float export (onnxruntime
+    running it) the true split is as faithful as the fused form, and a split that loses the residual of
+    one norm is not."""
+    feeds = _bert_feed(bert)
+    cfg = SessionConfig("cpu", 0, 1)
+    split_cfg = SessionConfig("cpu", 0, 1, (layernorm.FUSION,))
+    q = tmp_path / "int8.onnx"
+    quantize(bert, q, "int8")
+    fused = baseline.fuse(q, cache=tmp_path / "fused").path
+    assert layernorm.count(io.load_proto(fused)) == 4
+    split = layernorm.split_file(fused, tmp_path)
+    checks = [feeds] + baseline.probe_feeds(fused, lambda p: cfg.session(p)[0], like=feeds)
+    ref, fused_sess = cfg.session(bert)[0], cfg.session(fused)[0]
+    ratio = layernorm.faithfulness(split_cfg.session(split)[0], fused_sess, ref, checks)
+    assert ratio is not None and abs(ratio - 1) < layernorm.FAITHFUL - 1
+
+    broken = io.load_proto(split)  # the first norm reads its input without the residual
+    skip_add = next(n for n in broken.graph.node if n.name.endswith("/skip_add"))
+    norm = next(n for n in broken.graph.node if n.input and n.input[0] == skip_add.output[0])
+    norm.input[0] = skip_add.input[0]
+    bad = tmp_path / "broken.onnx"
+    onnx.save(broken, str(bad))
+    assert layernorm.faithfulness(split_cfg.session(bad)[0], fused_sess, ref, checks) > 1.5
+
+    # choose, where the elementwise check fails (as on MiniLM's int8, max abs diff 0.26): without a
+    # reference it keeps the fused form; with the float export it times the split (whichever then wins)
+    monkeypatch.setattr(baseline, "agreeing_feed", lambda *a: (None, 0.26))
+    c, p = layernorm.choose(fused, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05)
+    assert (c.form, p, c.speedup) == ("fused", fused, None) and "disagrees" in c.reason
+    c, _ = layernorm.choose(fused, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05, reference=bert)
+    assert c.speedup is not None and c.speedup["n"] == 2 and "against the float reference" in c.reason, c.reason
+    c, _ = layernorm.choose(fused, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05, reference=fused)
+    assert c.speedup is None  # a quantized reference is no reference
+    monkeypatch.setattr(layernorm, "split_file", lambda *a: bad)  # a split that computes something else
+    c, p = layernorm.choose(fused, cfg, feeds, tmp_path, rounds=2, block_seconds=0.05, reference=bert)
+    assert (c.form, p, c.speedup) == ("fused", fused, None) and "the fused form's" in c.reason, c.reason
+    # a reference that takes an input the feeds lack cannot judge
+    assert layernorm.faithfulness(split_cfg.session(split)[0], fused_sess, ref, [{"input_ids": feeds["input_ids"]}]) \
+        is None
 
 
 def _bert_feed(path):
