@@ -198,8 +198,16 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
         console.fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
-        return
-    console.rewrite_human(rep)
+    else:
+        console.rewrite_human(rep)
+    _exit_if_interrupted(rep.healing)
+
+
+def _exit_if_interrupted(healing) -> None:
+    """Ctrl-C during a heal: the best weights so far were written; exit 130 (SIGINT's status) so a script
+    can tell the heal did not run its course."""
+    if healing is not None and getattr(healing, "stopped", None) == "interrupted":
+        sys.exit(130)
 
 
 @main.command()
@@ -224,7 +232,8 @@ def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_s
 
     Trains the initializers of the rewritten blocks (--heal-train widens the set) against the
     original's residual stream after each block and its outputs; part of DATA is held out, and the
-    weights with the best held-out fidelity are written (never worse than the start)."""
+    weights with the best held-out fidelity are written (never worse than the start). Ctrl-C stops
+    the heal, writes the best weights so far and exits 130."""
     from .heal.run import heal_file  # needs torch (the heal extra): only when this command runs
 
     try:
@@ -237,8 +246,9 @@ def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_s
         console.fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
-        return
-    console.heal_human(rewritten, output, rep)
+    else:
+        console.heal_human(rewritten, output, rep)
+    _exit_if_interrupted(rep)
 
 
 @main.command()

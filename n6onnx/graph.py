@@ -25,6 +25,16 @@ UPSCALE_TAG = "n6onnx.up_scale"
 CONST_RTOL = 1e-4
 
 
+def is_float16(model: onnx.ModelProto | ir.Model) -> bool:
+    """Whether a model's graph inputs, outputs or weights are float16."""
+    if isinstance(model, ir.Model):
+        vals = [*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()]
+        return any(v.dtype == ir.DataType.FLOAT16 for v in vals)
+    f16 = onnx.TensorProto.FLOAT16
+    return (any(v.type.tensor_type.elem_type == f16 for v in [*model.graph.input, *model.graph.output])
+            or any(t.data_type == f16 for t in model.graph.initializer))
+
+
 def proto_consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     """The nodes of a ModelProto's main graph that read each value name, in graph order."""
     out: dict[str, list[onnx.NodeProto]] = {}

@@ -251,14 +251,17 @@ def bench(
         prog.phase("loading")
         ref_src = base_src or cand_src
         ref_sess, _ = cfg.session(ref_src)
+        bounds = vocab.bounds(ref_src)  # token ids both models' tables take
+        for k, v in (vocab.bounds(cand_src).items() if base_src is not None else ()):
+            bounds[k] = min(bounds.get(k, v), v)
         if feeds is not None:
             batches = feeds_mod.load_npz(feeds, ref_sess)
-            vocab.check_ids(batches[:1], vocab.bounds(ref_src), str(feeds))
+            vocab.check_ids(batches[:1], bounds, str(feeds))
             feed = batches[0]
             feeds_desc = {"source": str(feeds), "batch": 0, "batches_in_file": len(batches)}
         else:
             dims_, chosen = feeds_mod.default_dims(ref_sess, dims_)
-            feed = feeds_mod.random_feeds(ref_sess, 1, dims_, id_high=vocab.bounds(ref_src))[0]
+            feed = feeds_mod.random_feeds(ref_sess, 1, dims_, id_high=bounds)[0]
             feeds_desc = {"source": "random", "seed": 0, "dims": dims_}
             if chosen:
                 feeds_desc["dims_default"] = chosen

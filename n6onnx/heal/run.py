@@ -11,7 +11,7 @@ import onnx_ir as ir
 from .. import io
 from ..errors import BadArgumentError, N6Error
 from ..calibrate import load_batches
-from ..graph import canonicalize
+from ..graph import canonicalize, is_float16
 from ..quantize import int4graph, int8graph, quantize_proto
 from .executor import check_supported
 from .train import HealConfig, HealReport, check_device, heal  # check_device: api checks before any work
@@ -29,6 +29,10 @@ def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=N
                   quant_feeds=None) -> HealReport:
     """Heal ``model`` (a rewrite of ``original``, already calibrated) on DATA; in place. ``quant_feeds``:
     the calibration feeds of a later ``--quantize int8:static`` (its activation ranges)."""
+    for m, what in ((model, "the rewritten model"), (original, "the teacher")):
+        if is_float16(m):
+            raise BadArgumentError(f"healing trains in float32, and {what} computes in float16: heal the float32 "
+                                   "model, then convert the result")
     check_supported(ir.to_proto(model))  # refuse before loading data or starting the teacher
     for m in (model, original):  # training reads every weight: external ones are read into memory
         ir.external_data.load_to_model(m)
@@ -70,6 +74,13 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
     if in_m != in_o or out_m != out_o:
         raise BadArgumentError(f"--teacher {teacher}: its inputs/outputs {in_o} -> {out_o} differ from the "
                                f"rewritten model's {in_m} -> {out_m}")
+    for a, b in zip(model.graph.outputs, original.graph.outputs):  # the same names, but the same model?
+        if a.shape is None or b.shape is None:
+            continue
+        sa, sb = list(a.shape), list(b.shape)
+        if len(sa) != len(sb) or any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(sa, sb)):
+            raise BadArgumentError(f"--teacher {teacher}: its output {b.name} has shape {sb}, the rewritten model's "
+                                   f"{sa}: not the model it was rewritten from")
     rep = heal_in_place(model, original, calibrate, tokenizer=tokenizer, samples=samples, dims=dims, config=config,
                         progress=progress)
     if qproto is not None:

@@ -28,6 +28,7 @@ import onnx
 import onnx_ir as ir
 
 from .. import io
+from ..graph import is_float16
 from ..errors import BadArgumentError, N6Error
 from ..ops import DOMAIN
 from . import int4graph
@@ -108,6 +109,9 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
     name, proto = _to_proto(src)
     if proto.ByteSize() >= 2**31 - 1:
         raise BadArgumentError(f"{name}: quantize supports models under 2 GB (protobuf limit) for now")
+    if qm.kind != "int4" and is_float16(proto):  # onnxruntime's int8 tools write a graph that does not load
+        raise BadArgumentError(f"{name}: --quantize {qm} needs a float32 model; this one computes in float16 "
+                               "(int4 takes float16: --quantize int4)")
     feeds = None
     if qm.needs_calibration:
         feeds = _feed_list(calibration_feeds)

@@ -69,7 +69,12 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minu
     --provider cuda, recipes run on the GPU and float16 takes int8's place."""
     err, out = Console(stderr=True), Console()
     device = f"cuda:{device_id}" if provider == "cuda" else "cpu"  # heal on the GPU tune times on, where torch can
-    hook, why = stages.default_heal(dims=list(dims), threads=threads, device=device) if heal is not False else (None, None)
+    try:
+        hook, why = (stages.default_heal(dims=list(dims), threads=threads, device=device) if heal is not False
+                     else (None, None))
+    except N6Error as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
     if heal and hook is None:
         err.print(f"[bold red]error:[/] --heal: {escape(why)}")
         sys.exit(2)

@@ -253,10 +253,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     min_cosine = _gate("--min-cosine", min_cosine, -1.0, 1.0)
     min_nn = _gate("--min-nn", min_nn, 0.0, 1.0)
     min_top1 = _gate("--min-top1", min_top1, 0.0, 1.0)
-    if minutes <= 0:
-        raise BadArgumentError(f"--minutes must be positive, got {minutes:g}")
-    if heal_minutes <= 0:
-        raise BadArgumentError(f"--heal-minutes must be positive, got {heal_minutes:g}")
+    for opt, v in (("--minutes", minutes), ("--heal-minutes", heal_minutes),
+                   ("--seconds-per-trial", seconds_per_trial)):
+        if not v > 0 or v == float("inf"):  # (NaN is refused too)
+            raise BadArgumentError(f"{opt} must be a positive number, got {v:g}")
     if threads is not None and threads < 1:
         raise BadArgumentError(f"--threads must be at least 1, got {threads}")
     runtime.providers_for(provider, device_id)  # an unknown or unavailable provider: refused before any work
@@ -269,6 +269,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
     if output is not None:
         io.check_output_path(output, (src,))
     dims = parse_dims(dims)
+    study_storage = _storage(storage)  # a bad --storage is refused before any work
     deadline = t0 + 60 * minutes
     work = pathlib.Path(tempfile.mkdtemp(prefix="n6tune-"))
     timer = None
@@ -436,7 +437,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
-        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler, storage=_storage(storage),
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler, storage=study_storage,
                                     study_name=study_name, load_if_exists=storage is not None)
         for params in space.seeds(info, heal=heal is not None, fake_quant=fake_quant):
             study.enqueue_trial(params, skip_if_exists=True)
@@ -497,13 +498,27 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
 
 
 def _storage(url: str | None):
-    """An RDB URL as is; anything else is a journal file (Optuna's JournalStorage, file backend)."""
-    if url is None or "://" in url:
-        return url
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    """Optuna's storage for ``--storage``: an RDB URL (connected now), or else a journal file (Optuna's
+    JournalStorage, file backend) in an existing folder; ``BadArgumentError`` where neither works."""
+    if url is None:
+        return None
+    import optuna
 
-    return JournalStorage(JournalFileBackend(str(url)))
+    try:
+        if "://" in url:
+            return optuna.storages.RDBStorage(url)
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = pathlib.Path(url)
+        if not path.parent.is_dir():
+            raise BadArgumentError(f"--storage {url}: the folder {path.parent} does not exist")
+        return JournalStorage(JournalFileBackend(str(path)))
+    except N6Error:
+        raise
+    except Exception as e:  # SQLAlchemy's and Optuna's errors: say which option and why
+        raise BadArgumentError(f"--storage {url}: not a usable Optuna storage ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _check_gated_outputs(src: pathlib.Path, held, threads, min_nn, min_top1) -> None:

@@ -203,6 +203,33 @@ def test_cli_heal_backtrack_reaches_the_heal(setup):
     assert "--heal-backtrack" in helps and "--heal-local-lr-start" in helps
 
 
+def test_ctrl_c_writes_the_best_so_far_and_exits_130(setup, monkeypatch):
+    """A Ctrl-C (KeyboardInterrupt) in the middle of the heal: the best weights so far are written, the
+    report says "interrupted", and the command exits 130 (SIGINT's status), so a script can tell."""
+    import json
+
+    from n6onnx.heal import losses
+
+    src, tmp, data, _ = setup
+    total, calls = losses.total, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return total(*a, **k)
+
+    monkeypatch.setattr(losses, "total", interrupted)
+    out = tmp / "ctrl-c.onnx"
+    r = CliRunner().invoke(main, ["heal", str(tmp / "plain.onnx"), "--teacher", str(src), "--calibrate", str(data),
+                                  "--threads", "1", "--heal-steps", "50", "-o", str(out), "--json"])
+    assert r.exit_code == 130, r.output
+    rep = json.loads(r.output)
+    assert rep["stopped"] == "interrupted" and 0 < rep["steps"] < 50 and len(calls) == 4
+    assert [n.op_type for n in io.load_proto(out).graph.node] == \
+        [n.op_type for n in io.load_proto(tmp / "plain.onnx").graph.node]
+
+
 def test_auto_backtrack_margin_is_the_paired_standard_error():
     """``backtrack="auto"``: the margin is z standard errors of the per-sample differences between a
     check and the best check (statistics.stdev as the reference), never below the floor; a number

@@ -107,6 +107,10 @@ def run(model, ok, arg, ctx, report):
     else:
         idx = set(n)
         known = {b.index for b in ok}
+        if min(idx) >= report.seen:  # no block the user named exists: a wrong index, not a partial rewrite
+            raise BadArgumentError(f"attention=fftmix:@{','.join(map(str, sorted(idx)))}: the model has "
+                                   f"{report.seen} attention block(s)"
+                                   + (f", [0, {report.seen - 1}]" if report.seen else ""))
         for i in sorted(idx - known):
             report.notes.append(f"block {i} does not exist or cannot be rewritten; skipped")
         chosen = [b for b in ok if b.index in idx]
