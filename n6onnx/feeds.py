@@ -289,7 +289,10 @@ def load_npz(path: str | os.PathLike, session: ort.InferenceSession | None = Non
         with data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise BadArgumentError(f"{p}: cannot read feeds (.npz expected, as written by numpy.savez): {e}") from None
+        # numpy reads a file that is no archive and no array as pickled data, and suggests allow_pickle=True:
+        # neither the right diagnosis nor a safe fix
+        why = "neither an .npz archive nor a numpy array" if "pickle" in str(e) else str(e)
+        raise BadArgumentError(f"{p}: cannot read feeds (.npz expected, as written by numpy.savez): {why}") from None
     if not arrays:
         raise BadArgumentError(f"{p}: the .npz holds no arrays")
     batches: dict[int, dict[str, np.ndarray]] = {}

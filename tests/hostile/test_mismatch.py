@@ -94,3 +94,18 @@ def test_bench_draws_token_ids_both_vocabularies_take(zoo_export, hx):
     r = hx.cli("bench", bert, "--baseline", minilm, "--seconds", "0.3", "--window", "0.1", "--warmup", "0.05",
                "--idle-seconds", "0", "--json")
     assert r.exit_code == 0 and r.exception is None, r.output
+
+
+def test_tune_refuses_int8_of_a_float16_model_before_any_work(fp16, token_npz, tmp_path, hx):
+    pytest.importorskip("optuna")
+    _refused(hx, tmp_path, [fp16], ["tune", fp16, "-o", tmp_path / "o.onnx", "--calibrate", token_npz("bert"),
+                                    "--min-cosine", "0.9", "--minutes", "0.2", "--no-heal"], "float16", "--stage int8")
+
+
+def test_a_file_that_is_no_npz_is_named_so_without_pickle_advice(zoo_export, tmp_path, hx):
+    bad = tmp_path / "data.npz"
+    bad.write_bytes(b"garbage, not a zip archive")
+    bert = zoo_export("bert", "dynamo20")
+    text = hx.clean(hx.cli("rewrite", bert, "-o", tmp_path / "o.onnx", "--pass", "gelu=phi6", "--calibrate", bad),
+                    "neither an .npz archive nor a numpy array")
+    assert "pickle" not in text
