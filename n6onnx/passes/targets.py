@@ -36,6 +36,12 @@ def renumber(blocks: Sequence, ctx, first_blocks: Callable[[], Sequence | None])
     return out
 
 
+def known(ctx, seen: int) -> int:
+    """How many blocks the indices a user names can refer to: those seen now, or as many as the model had
+    before any attention pass (``renumber``'s anchors: a block rewritten earlier keeps its index)."""
+    return max(seen, len(getattr(ctx, "anchors", None) or []))
+
+
 def claimed(ctx) -> dict[int, str]:
     if ctx is None:
         return {}

@@ -17,6 +17,7 @@ from ...calibrate.collect import Sweep
 from ...errors import BadArgumentError
 from ...findings import Site
 from ...graph import add_initializer, node_label
+from .. import targets
 from ..finalize import finalize
 from .blocks import causal_reason, find_blocks, is_causal, seq_input, stream_pair
 from . import cache
@@ -107,10 +108,11 @@ def run(model, ok, arg, ctx, report):
     else:
         idx = set(n)
         known = {b.index for b in ok}
-        if min(idx) >= report.seen:  # no block the user named exists: a wrong index, not a partial rewrite
+        have = targets.known(ctx, report.seen)
+        if min(idx) >= have:  # no block the user named exists: a wrong index, not a partial rewrite
             raise BadArgumentError(f"attention=fftmix:@{','.join(map(str, sorted(idx)))}: the model has "
-                                   f"{report.seen} attention block(s)"
-                                   + (f", [0, {report.seen - 1}]" if report.seen else ""))
+                                   f"{have} attention block(s)"
+                                   + (f", [0, {have - 1}]" if have else ""))
         for i in sorted(idx - known):
             report.notes.append(f"block {i} does not exist or cannot be rewritten; skipped")
         chosen = [b for b in ok if b.index in idx]

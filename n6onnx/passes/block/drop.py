@@ -207,9 +207,10 @@ def _choose(kind: str, arg, candidates: list, scores_fn, ctx, report: KindReport
     if mode == "indices":
         targets.refuse_overlap(ctx, n, by)
         known = {c.index for c in candidates}
-        if min(n) >= report.seen:  # no block the user named exists: a wrong index, not a partial rewrite
-            raise BadArgumentError(f"{kind}=drop:@{','.join(map(str, sorted(n)))}: the model has {report.seen} "
-                                   f"{kind} block(s)" + (f", [0, {report.seen - 1}]" if report.seen else ""))
+        have = targets.known(ctx, report.seen)
+        if min(n) >= have:  # no block the user named exists: a wrong index, not a partial rewrite
+            raise BadArgumentError(f"{kind}=drop:@{','.join(map(str, sorted(n)))}: the model has {have} "
+                                   f"{kind} block(s)" + (f", [0, {have - 1}]" if have else ""))
         for i in n:
             if i not in known:
                 report.notes.append(f"block {i} does not exist or cannot be dropped; skipped")
