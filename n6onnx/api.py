@@ -15,7 +15,7 @@ from . import io, passes
 from . import quantize as quant
 from .errors import BadArgumentError, N6Error
 from .findings import KindReport
-from .graph import canonicalize, default_opset, is_float16
+from .graph import canonicalize, default_opset
 from .heal.config import HealConfig
 from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
 from .passes.attention import redundancy_scores
@@ -180,9 +180,10 @@ def rewrite(
     if output is not None:
         io.check_output_path(output, (model,) if isinstance(model, (str, os.PathLike)) else ())
     name, m = _load(model)
-    if (heal or (qmode is not None and qmode.kind != "int4")) and is_float16(m):  # before the passes run
-        raise BadArgumentError(f"{name}: computes in float16; " + (
-            "healing trains in float32" if heal else f"--quantize {qmode} needs a float32 model (int4 takes float16)"))
+    if qmode is not None:  # a precision the stages cannot take: refused before the passes run
+        quant.check_precision(m, qmode, name)
+    if heal:
+        heal_run.check_precision(m, name)
     in_names = [v.name for v in m.graph.inputs]
     out_names = [v.name for v in m.graph.outputs]
     if external_data is None and isinstance(model, (str, os.PathLike)):

@@ -382,17 +382,19 @@ def probe_feeds(path: str | os.PathLike, open_session: Callable, n: int = PROBES
 
 
 def quantized_probes(path: str | os.PathLike, open_session: Callable, n: int = PROBES,
-                     like: dict | None = None) -> list[tuple[RunFn, list]]:
+                     like: dict | None = None, feeds: list[dict] | None = None) -> list[tuple[RunFn, list]]:
     """fuse's ``probes`` for ``path``: for a quantized graph (``int8graph.is_quantized``: its activations
     are rounded at run time, so its outputs jump where a rounding flips), ``n`` (run, reference) pairs
     on random feeds (seed 1; token ids inside their tables; every dynamic dimension the size it has in
     ``like``, the feed the check runs on, else 2), ``open_session(path)`` giving the session to run
     on (the bench's provider and options); none for any other graph. ``like`` keeps dimensions that
     must agree consistent: a KV-cache decoder's attention mask spans past + new tokens, which 2
-    everywhere breaks (an onnxruntime index error)."""
-    if not int8graph.is_quantized(onnx.load(str(path))):  # a fused file may hold onnxruntime-only ops
-        return []
-    feeds = probe_feeds(path, open_session, n, like)
+    everywhere breaks (an onnxruntime index error). ``feeds``: the probe feeds, already made by
+    ``probe_feeds`` for a graph known to be quantized (the check and the feeds are then not repeated)."""
+    if feeds is None:
+        if not int8graph.is_quantized(onnx.load(str(path))):  # a fused file may hold onnxruntime-only ops
+            return []
+        feeds = probe_feeds(path, open_session, n, like)
 
     def runner(feed):
         return lambda p: open_session(p).run(None, feed)

@@ -24,15 +24,20 @@ def load_data(calibrate: str | os.PathLike, original: ir.Model, *, tokenizer=Non
                         samples=samples, dims=dims)
 
 
+def check_precision(model: ir.Model, what: str) -> None:
+    """Refuse a float16 model: the student and its losses train in float32."""
+    if is_float16(model):
+        raise BadArgumentError(f"{what}: computes in float16; healing trains in float32 (heal the float32 model, "
+                               "then convert the result)")
+
+
 def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=None, samples: int | None = None,
                   dims: dict | None = None, config: HealConfig | None = None, progress: bool = False,
                   quant_feeds=None) -> HealReport:
     """Heal ``model`` (a rewrite of ``original``, already calibrated) on DATA; in place. ``quant_feeds``:
     the calibration feeds of a later ``--quantize int8:static`` (its activation ranges)."""
-    for m, what in ((model, "the rewritten model"), (original, "the teacher")):
-        if is_float16(m):
-            raise BadArgumentError(f"healing trains in float32, and {what} computes in float16: heal the float32 "
-                                   "model, then convert the result")
+    check_precision(model, "the rewritten model")
+    check_precision(original, "the teacher")
     check_supported(ir.to_proto(model))  # refuse before loading data or starting the teacher
     for m in (model, original):  # training reads every weight: external ones are read into memory
         ir.external_data.load_to_model(m)

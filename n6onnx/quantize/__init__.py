@@ -35,7 +35,8 @@ from . import int4graph
 from .biascorr import correct_bias
 from .mode import GRAMMAR, QuantMode, QuantModeType, parse_mode
 
-__all__ = ["GRAMMAR", "QuantMode", "QuantModeType", "QuantizeReport", "parse_mode", "quantize", "quantize_proto"]
+__all__ = ["GRAMMAR", "QuantMode", "QuantModeType", "QuantizeReport", "check_precision", "parse_mode", "quantize",
+           "quantize_proto"]
 
 OP_TYPES = ("MatMul", "Gemm")
 # what each mode leaves in the graph for a quantized MatMul/Gemm
@@ -96,6 +97,16 @@ def quantize(src, dst: str | os.PathLike | None, mode: str | QuantMode, *,
     return rep
 
 
+def check_precision(model, mode: str | QuantMode, name: str, option: str = "--quantize") -> None:
+    """Refuse a float16 ``model`` (ModelProto or onnx_ir.Model) for the int8 modes: onnxruntime's int8 tools
+    write a graph that does not load (DynamicQuantizeLinear and QuantizeLinear take float32). int4
+    (MatMulNBits) takes float16."""
+    qm = parse_mode(mode)
+    if qm.kind != "int4" and is_float16(model):
+        raise BadArgumentError(f"{name}: computes in float16; {option} {qm} needs a float32 model (int4 takes "
+                               "float16)")
+
+
 def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclude_nodes: Sequence[str] = (),
                    bias_correction: bool = False, ranges: Mapping[str, tuple] | None = None,
                    _dst=None) -> tuple[QuantizeReport, onnx.ModelProto]:
@@ -109,9 +120,7 @@ def quantize_proto(src, mode: str | QuantMode, *, calibration_feeds=None, exclud
     name, proto = _to_proto(src)
     if proto.ByteSize() >= 2**31 - 1:
         raise BadArgumentError(f"{name}: quantize supports models under 2 GB (protobuf limit) for now")
-    if qm.kind != "int4" and is_float16(proto):  # onnxruntime's int8 tools write a graph that does not load
-        raise BadArgumentError(f"{name}: --quantize {qm} needs a float32 model; this one computes in float16 "
-                               "(int4 takes float16: --quantize int4)")
+    check_precision(proto, qm, name)
     feeds = None
     if qm.needs_calibration:
         feeds = _feed_list(calibration_feeds)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import api, io, runtime, vocab
 from .. import feeds as feeds_mod
-from ..graph import is_float16
+from .. import quantize as quant_mod
 from ..calibrate import load_batches
 from ..feeds import parse_dims
 from ..bench.energy import CPU_WATTS_PER_CORE
@@ -266,9 +266,10 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         raise BadArgumentError(f"--stage {stage}: not one of {', '.join(stages.QUANT_MODES)}")
     fake_quant = stage in stages.FAKE_QUANT_MODES  # a heal can train against int8 and int4, not fp16
     src = pathlib.Path(model)
-    if stage == "int8" and is_float16(io.load_proto(src)):
-        raise BadArgumentError(f"{src}: computes in float16; tune's --stage {stage} quantizes float32 models (convert "
-                               "it to float32 first, or tune it on the GPU: --provider cuda --stage fp16)")
+    proto = io.load_proto(src)
+    if stage != "fp16":
+        quant_mod.check_precision(proto, stage, str(src), option="--stage")
+    del proto
     if output is not None:
         io.check_output_path(output, (src,))
     dims = parse_dims(dims)
