@@ -415,6 +415,9 @@ def load_batches(data: str, model, *, tokenizer: str | None = None, samples: int
     # the session only tells the inputs' names, types and shapes
     sess = InferenceSession(model) if isinstance(model, bytes) else session_for(model)
     if p.suffix == ".npz":
+        if tokenizer is not None:
+            raise BadArgumentError(f"--tokenizer applies to a text DATA only; --calibrate {data} is an .npz of feeds "
+                                   "(token ids already)")
         batches = feeds.load_npz(p, sess)
         available = batches.samples
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 
@@ -38,6 +39,7 @@ def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=N
     the calibration feeds of a later ``--quantize int8:static`` (its activation ranges)."""
     check_precision(model, "the rewritten model")
     check_precision(original, "the teacher")
+    _check_shares_weights(model, original)
     check_supported(ir.to_proto(model))  # refuse before loading data or starting the teacher
     for m in (model, original):  # training reads every weight: external ones are read into memory
         ir.external_data.load_to_model(m)
@@ -93,6 +95,25 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
     io.save(model, output, external_data=io.uses_external_data(rewritten) or None)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _weight_digests(model: ir.Model, min_size: int = 1024) -> set[str]:
+    out = set()
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if t is not None and t.size >= min_size:
+            out.add(hashlib.sha256(t.tobytes()).hexdigest())
+    return out
+
+
+def _check_shares_weights(model: ir.Model, original: ir.Model) -> None:
+    """A rewrite keeps the weights it does not touch (embeddings, layer norms, other blocks) bit for bit, so a
+    teacher that shares none of its large weights with the student is another model under the same names."""
+    mine, theirs = _weight_digests(model), _weight_digests(original)
+    if mine and theirs and not mine & theirs:
+        raise BadArgumentError(f"the teacher shares none of its {len(theirs)} large weights with the "
+                               "rewritten model (a rewrite keeps the ones it does not touch, such as the embeddings): "
+                               "not the model it was rewritten from")
 
 
 def _check_requantizes(model: ir.Model, qproto, name, mode: str = "int8") -> object:

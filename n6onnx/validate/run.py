@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .. import feeds as feeds_mod
+from .. import io
 from .. import runtime
 from .. import vocab as vocab_mod
 from ..errors import BadArgumentError, BadModelError, N6Error
@@ -66,7 +67,10 @@ def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str
         sess = InferenceSession(str(p), threads=threads, providers=providers)
     except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented / ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BadModelError(f"{p} ({role}): onnxruntime cannot load it: {first}") from None
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        hint = (f" (its opset {opset} is older than n6onnx supports, {io.MIN_OPSET}; convert it first, e.g. with "
+                "onnx.version_converter)" if opset is not None and opset < io.MIN_OPSET else "")
+        raise BadModelError(f"{p} ({role}): onnxruntime cannot load it{hint}: {first}") from None
     runtime.check_placed(sess, provider, f"{p} ({role})")
     return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto))
 

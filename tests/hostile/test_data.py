@@ -102,6 +102,19 @@ def test_a_wrong_tokenizer_is_caught_by_the_bound(zoo_export, tmp_path, hx, text
     hx.clean(r, "input_ids", "[0, 1000)")
 
 
+def test_a_tokenizer_with_npz_data_is_refused(zoo_export, tmp_path, hx):
+    """An .npz holds token ids already: a --tokenizer beside it would be silently unused, so it is refused."""
+    src = zoo_export("bert", "dynamo20")
+    data = _npz(tmp_path / "f.npz", np.arange(32) % 1000)
+    tok = ("--tokenizer", zoo.minilm_dir())
+    for args in (["rewrite", src, "-o", tmp_path / "o.onnx", "--pass", "gelu=phi6", "--calibrate", data, *tok],
+                 ["inspect", src, "--calibrate", data, *tok],
+                 ["tune", src, "--calibrate", data, "--min-cosine", "0.9", "-o", tmp_path / "o.onnx", "--no-heal",
+                  *tok]):
+        hx.clean(hx.cli(*args), "--tokenizer", "text DATA only", "f.npz")
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_same_size_vocabulary_without_proof_asks_for_the_tokenizer(zoo_export, tmp_path):
     m = onnx.load(str(zoo_export("minilm", "dynamo20")))
     m.doc_string = "someone else's model"

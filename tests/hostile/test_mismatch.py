@@ -57,6 +57,31 @@ def test_a_teacher_of_another_width_is_refused(zoo_export, token_npz, tmp_path, 
              "--teacher", "not the model it was rewritten from")
 
 
+def test_a_teacher_of_the_same_shape_with_other_weights_is_refused(zoo_export, token_npz, tmp_path, hx):
+    """Another model of the same architecture (every large weight perturbed): no weight the rewrite left
+    alone matches, so it is not the original."""
+    pytest.importorskip("torch")
+    import numpy as np
+    import onnx
+
+    import n6onnx
+
+    bert = zoo_export("bert", "dynamo20")
+    student = tmp_path / "student.onnx"
+    n6onnx.rewrite(bert, student, ["gelu=phi6"])
+    other = io.load_proto(bert)
+    rng = np.random.default_rng(0)
+    for t in other.graph.initializer:
+        a = onnx.numpy_helper.to_array(t)
+        if a.size >= 1024 and a.dtype == np.float32:
+            t.CopyFrom(onnx.numpy_helper.from_array(a + rng.normal(0, 1e-3, a.shape).astype(np.float32), t.name))
+    io.save(other, tmp_path / "other.onnx")
+    _refused(hx, tmp_path, [student, tmp_path / "other.onnx"],
+             ["heal", student, "--teacher", tmp_path / "other.onnx", "-o", tmp_path / "o.onnx",
+              "--calibrate", token_npz("bert"), "--heal-minutes", "0.1"], "teacher shares none",
+             "not the model it was rewritten from")
+
+
 @pytest.mark.parametrize("spec", ["attention=drop:@99", "block=drop:@7,9", "attention=fftmix:@99"])
 def test_blocks_named_that_do_not_exist_are_refused(zoo_export, tmp_path, hx, spec):
     bert = zoo_export("bert", "dynamo20")  # two layers: blocks 0 and 1
@@ -109,3 +134,13 @@ def test_a_file_that_is_no_npz_is_named_so_without_pickle_advice(zoo_export, tmp
     text = hx.clean(hx.cli("rewrite", bert, "-o", tmp_path / "o.onnx", "--pass", "gelu=phi6", "--calibrate", bad),
                     "neither an .npz archive nor a numpy array")
     assert "pickle" not in text
+
+
+def test_validate_names_an_old_opset_that_onnxruntime_cannot_load(zoo_export, tmp_path, hx):
+    """validate compares any model onnxruntime loads; one it cannot load for its old opset is named so."""
+    src = zoo_export("bert", "dynamo20")
+    old = io.load_proto(src)
+    old.opset_import[0].version = 5
+    io.save(old, tmp_path / "old.onnx")
+    _refused(hx, tmp_path, [src, tmp_path / "old.onnx"], ["validate", src, tmp_path / "old.onnx", "--random", "2"],
+             "(candidate)", "opset 5 is older than n6onnx supports", "version_converter")

@@ -57,6 +57,17 @@ def test_tune_writes_the_fastest_recipe_meeting_the_gate(zoo_export, tmp_path):
     assert id(rep.chosen) in front or rep.chosen.role == "int8"
 
 
+def test_a_budget_spent_on_the_references_is_reported(zoo_export, tmp_path):
+    """A budget shorter than preparing the references tries no recipe, and says so with the time they took."""
+    src = zoo_export(*MODEL)
+    rep = tune(src, None, calibrate=_npz(tmp_path / "data.npz"), min_cosine=-1.0,
+               **{**FAST, "minutes": 0.001})
+    assert rep.trials == []
+    took = rep.to_json()["setting"]["references_seconds"]
+    assert took > 0.06  # longer than the budget: fusing, quantizing twice and timing three references
+    assert any("no recipe was tried" in n and f"{took:.0f} s" in n for n in rep.notes), rep.notes
+
+
 def test_int8_alone_is_measured_in_both_graph_orders_and_the_faster_is_the_anchor(zoo_export, tmp_path,
                                                                                     monkeypatch):
     """The int8 reference is what ORT's quantizer gives at its best: the original fused then quantized (a fused
