@@ -85,11 +85,15 @@ def _heal_options(f, flag: bool = True):
                      "train against the quantized path (fake-quantized MatMuls as onnxruntime runs them, "
                      "straight-through gradients), the quantized MatMuls' weights included; off: heal in float, "
                      "quantize after."),
+    ]
+    ranges = [  # rewrite only: `n6onnx heal` takes int8 (dynamic) and int4 models, which have no activation ranges
         click.option("--heal-ranges", type=Number(0, 1, hi_open=True), default=None,
                      help="rewrite --quantize int8:static only: the share of the budget that trains the activation "
                      "ranges last (scale and zero point of each QuantizeLinear, straight-through; the weights frozen), "
                      "written as trained; 0: the calibrated ranges, calibrated again on write-out. [default: "
                      f"{HealConfig.ranges:g}]"),
+    ] if flag else []
+    opts += ranges + [
         click.option("--heal-dtype", type=click.Choice(TRAIN_DTYPES), default=HealConfig.train_dtype,
                      show_default=True, help="Precision of the training forward: bfloat16 runs it under bf16 "
                      "autocast (about 2x the steps on a CPU with avx512_bf16; held-out checks stay float32; lower "
@@ -237,11 +241,9 @@ def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_s
     from .heal.run import heal_file  # needs torch (the heal extra): only when this command runs
 
     try:
-        if heal_opts["heal_ranges"] is not None:
-            raise BadArgumentError("--heal-ranges trains the activation ranges of rewrite --quantize int8:static; "
-                                   "`n6onnx heal` takes int8 (dynamic) and int4 models, which have none")
         rep = heal_file(rewritten, teacher, calibrate, output, tokenizer=tokenizer, samples=heal_samples,
-                        dims=parse_dims(dims), config=_heal_config(**heal_opts), progress=not as_json)
+                        dims=parse_dims(dims), config=_heal_config(heal_ranges=None, **heal_opts),
+                        progress=not as_json)
     except N6Error as e:
         console.fail(e)
     if as_json:
