@@ -93,6 +93,8 @@ def tune(model, calibrate, min_cosine, output, tokenizer, min_nn, min_top1, minu
         click.echo(json.dumps(rep.to_json(), indent=2, default=str))
     else:
         out.print(render.table(rep))
+        for line in render.reasons(rep):
+            out.print(escape(line), style="dim", highlight=False)
         for n in rep.notes:
             out.print(escape(n), highlight=False)
         if rep.output:

@@ -14,8 +14,9 @@ def _f(x, spec=".4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def rows(rep) -> list[tuple[str, ...]]:
-    """One row per reference and front point, then the other measured trials (pruned/failed last)."""
+def rows(rep, reasons: bool = True) -> list[tuple[str, ...]]:
+    """One row per reference and front point, then the other measured trials (pruned/failed last); with
+    ``reasons`` off, a pruned or failed trial's status is the word only (``reasons()`` lists why)."""
     int8 = rep.int8
     front = {id(p) for p in rep.front}
     order = rep.references + [p for p in rep.front if p.role == "trial"] + sorted(
@@ -30,8 +31,13 @@ def rows(rep) -> list[tuple[str, ...]]:
         out.append((p.role if p.role != "trial" else f"#{p.number}", p.label, healing(p), _f(p.cosine),
                     _f(p.nn, ".3f"), _f(p.top1, ".4f"),
                     _f(p.latency, ".2f"), _f(p.speedup, ".2f"), _f(vs_int8, ".2f"), _f(e, ".1f"),
-                    (mark.strip() or p.status) + (f": {p.reason}" if p.status != "complete" else "")))
+                    (mark.strip() or p.status) + (f": {p.reason}" if p.status != "complete" and reasons else "")))
     return out
+
+
+def reasons(rep) -> list[str]:
+    """Why each pruned or failed trial stopped, one line each (the terminal table shows the word only)."""
+    return [f"#{p.number} {p.status}: {p.reason}" for p in rep.trials if p.status != "complete" and p.reason]
 
 
 def healing(p) -> str:
@@ -40,24 +46,33 @@ def healing(p) -> str:
     return "-" if not h else f"{h['mode']}, {h['seconds']:.0f} s"
 
 
-HEADER = ("", "recipe", "heal", "cosine", "NN", "top-1", "p50 ms", "x fp32", "x int8", "mJ/inf (est.)", "")
+HEADER = ("", "recipe", "heal", "cosine", "NN", "top-1", "p50 ms", "x fp32", "x int8", "mJ est.", "")
 
 
 def header(rep) -> tuple[str, ...]:
     """HEADER, with the reduced-precision stage tune used ("x fp16" on CUDA) and the energy measured or not."""
     stage = rep.setting.get("stage", "int8")
     measured = str(rep.setting.get("energy", "")).startswith("measured")
-    return HEADER[:8] + (f"x {stage}", "mJ/inf" + ("" if measured else " (est.)"), "")
+    return HEADER[:8] + (f"x {stage}", "mJ" if measured else "mJ est.", "")
 
 
 def table(rep):
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=f"tune: {rep.model} ({rep.gates()}; held-out data)")
-    for h in header(rep):
-        t.add_column(h, overflow="fold")
-    for r in rows(rep):
-        t.add_row(*r)
+    t = Table(title=f"tune: {rep.model} ({rep.gates()}; held-out data)", box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 1, 0, 0))
+    body, head = rows(rep, reasons=False), header(rep)
+    # a column no point has (top-1 for an encoder, NN for a decoder) is left out, so the table fits a terminal
+    keep = [k for k, h in enumerate(head) if h in ("", "recipe") or any(r[k] != "-" for r in body)]
+    for k in keep:  # numbers and the role never wrap; the recipe, the heal and the status fold
+        text = head[k] in ("recipe", "heal") or k == len(head) - 1
+        t.add_column(head[k], overflow="fold", no_wrap=not text, justify="left" if text or k == 0 else "right",
+                     min_width=14 if head[k] == "recipe" else None, ratio=2 if head[k] == "recipe" else None)
+    for r in body:
+        t.add_row(*(r[k] for k in keep))
+    t.caption = ("x fp32 / x " + head[8].split()[-1] + ": median speed-up; mJ: energy per inference"
+                 + (", estimated" if head[9].endswith("est.") else ""))
     return t
 
 

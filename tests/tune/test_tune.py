@@ -66,6 +66,16 @@ def test_a_budget_spent_on_the_references_is_reported(zoo_export, tmp_path):
     took = rep.to_json()["setting"]["references_seconds"]
     assert took > 0.06  # longer than the budget: fusing, quantizing twice and timing three references
     assert any("no recipe was tried" in n and f"{took:.0f} s" in n for n in rep.notes), rep.notes
+    # the table fits an 80-column terminal: no number or header is broken across lines; an encoder has no top-1
+    from rich.console import Console
+
+    from n6onnx.tune import render
+
+    con = Console(width=80, record=True, color_system=None)
+    con.print(render.table(rep))
+    text = con.export_text()
+    assert "top-1" not in text and all(h in text for h in ("cosine", "x fp32", "x int8", "p50 ms"))
+    assert f"{rep.references[1].cosine:.4f}" in text
 
 
 def test_int8_alone_is_measured_in_both_graph_orders_and_the_faster_is_the_anchor(zoo_export, tmp_path,
