@@ -401,7 +401,8 @@ def report(inputs: tuple[str, ...], out_dir: str, grid_intensity, pue, as_json: 
 @click.argument("out_dir", default="build/demo", type=click.Path(file_okay=False))
 def demo(out_dir: str) -> None:
     """The main job on the packaged, pretrained all-MiniLM-L6-v2 (needs the export extras):
-    rewrite gelu=phi6 with and without calibration, validate, bench and report into OUT_DIR."""
+    rewrite gelu=phi6 with and without calibration, and beside them onnxruntime's int8 quantizer on the
+    original (the reference) and on the calibrated rewrite; validate, bench and report into OUT_DIR."""
     # the demo needs the export extras (torch, transformers) and the testing zoo: imported only when
     # `n6onnx demo` runs, so the other commands never load test scaffolding
     from . import demo as demo_mod
