@@ -176,15 +176,15 @@ def recovery(con: Console, src: pathlib.Path, out: pathlib.Path) -> int:
     with con.status(f"bench phi6-calibrated-int8 against ort-int8 directly (CPU, {THREADS} threads, 3 x 5 s windows)"):
         d = api.bench(cal8, int8, threads=THREADS, seconds=15.0).to_json()
     (out / "bench-phi6-calibrated-int8-vs-ort-int8.json").write_text(json.dumps(d))
-    r = d["ratio"]["latency_p50"]
+    direct = d["ratio"]["latency_p50"]
     t = Table(title="against the original as ORT runs it best (speed: median ratio per interleaved block pair)",
               caption=f"each row is its own bench against the original; directly against ort-int8 (interleaved, "
-                      f"one bench) phi6-calibrated-int8 runs {r['median']:.2f}x [IQR {r['q1']:.2f}-{r['q3']:.2f}]")
+                      f"one bench) phi6-calibrated-int8 runs {direct['median']:.2f}x [IQR {direct['q1']:.2f}-"
+                      f"{direct['q3']:.2f}]")
     for h in ("variant", "cosine", "NN", "speed vs original"):
         t.add_column(h, justify="left" if h == "variant" else "right")
-    for name, (c, nn, r) in summary.items():
-        t.add_row(name + (" (reference)" if name == "ort-int8" else ""), f"{c:.4f}",
-                  f"{nn:.3f}", f"{r:.2f}x")
+    for name, (c, nn, speed) in summary.items():
+        t.add_row(name + (" (reference)" if name == "ort-int8" else ""), f"{c:.4f}", f"{nn:.3f}", f"{speed:.2f}x")
     con.print(t)
     rep_dir = out / "report"
     report_mod.report([str(runs)], str(rep_dir))

@@ -108,19 +108,24 @@ def _bad_text(msg, where: str = "model") -> str | None:
     return None
 
 
+def proto_opset(model: onnx.ModelProto) -> int | None:
+    """The default-domain opset a ModelProto imports (None when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def _check_opset(p: pathlib.Path, model: onnx.ModelProto) -> None:
-    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    if not default:
+    opset = proto_opset(model)
+    if opset is None:
         raise BadModelError(f"{p}: the model imports no default ONNX opset")
-    if default[0] < MIN_OPSET:
+    if opset < MIN_OPSET:
         raise BadModelError(
-            f"{p}: opset {default[0]} is not supported (n6onnx needs opset >= {MIN_OPSET}; "
+            f"{p}: opset {opset} is not supported (n6onnx needs opset >= {MIN_OPSET}; "
             "convert it first, e.g. with onnx.version_converter)"
         )
     latest = onnx.defs.onnx_opset_version()
-    if default[0] > latest:
+    if opset > latest:
         raise BadModelError(
-            f"{p}: opset {default[0]} is newer than this onnx ({onnx.__version__}) knows ({latest})"
+            f"{p}: opset {opset} is newer than this onnx ({onnx.__version__}) knows ({latest})"
         )
 
 

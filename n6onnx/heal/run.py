@@ -34,12 +34,14 @@ def check_precision(model: ir.Model, what: str) -> None:
 
 def heal_in_place(model: ir.Model, original: ir.Model, calibrate, *, tokenizer=None, samples: int | None = None,
                   dims: dict | None = None, config: HealConfig | None = None, progress: bool = False,
-                  quant_feeds=None) -> HealReport:
+                  quant_feeds=None, teacher_given: bool = False) -> HealReport:
     """Heal ``model`` (a rewrite of ``original``, already calibrated) on DATA; in place. ``quant_feeds``:
-    the calibration feeds of a later ``--quantize int8:static`` (its activation ranges)."""
+    the calibration feeds of a later ``--quantize int8:static`` (its activation ranges). ``teacher_given``:
+    ``original`` came from the user (``n6onnx heal --teacher``), so check it is the model that was rewritten."""
     check_precision(model, "the rewritten model")
     check_precision(original, "the teacher")
-    _check_shares_weights(model, original)
+    if teacher_given:
+        _check_same_embeddings(model, original)
     check_supported(ir.to_proto(model))  # refuse before loading data or starting the teacher
     for m in (model, original):  # training reads every weight: external ones are read into memory
         ir.external_data.load_to_model(m)
@@ -89,7 +91,7 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
             raise BadArgumentError(f"--teacher {teacher}: its output {b.name} has shape {sb}, the rewritten model's "
                                    f"{sa}: not the model it was rewritten from")
     rep = heal_in_place(model, original, calibrate, tokenizer=tokenizer, samples=samples, dims=dims, config=config,
-                        progress=progress)
+                        progress=progress, teacher_given=True)
     if qproto is not None:
         model = ir.from_proto(_check_requantizes(model, qproto, rewritten, mode))
     io.save(model, output, external_data=io.uses_external_data(rewritten) or None)
@@ -97,23 +99,24 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
     return rep
 
 
-def _weight_digests(model: ir.Model, min_size: int = 1024) -> set[str]:
+def _embedding_digests(model: ir.Model) -> set[str]:
+    """Digests of the tables the graph gathers from (token and position embeddings)."""
     out = set()
-    for v in model.graph.initializers.values():
-        t = v.const_value
-        if t is not None and t.size >= min_size:
-            out.add(hashlib.sha256(t.tobytes()).hexdigest())
+    for node in model.graph:
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.inputs[0] is not None:
+            t = node.inputs[0].const_value
+            if t is not None and t.size >= 1024:
+                out.add(hashlib.sha256(t.tobytes()).hexdigest())
     return out
 
 
-def _check_shares_weights(model: ir.Model, original: ir.Model) -> None:
-    """A rewrite keeps the weights it does not touch (embeddings, layer norms, other blocks) bit for bit, so a
-    teacher that shares none of its large weights with the student is another model under the same names."""
-    mine, theirs = _weight_digests(model), _weight_digests(original)
+def _check_same_embeddings(model: ir.Model, original: ir.Model) -> None:
+    """No pass and no quantize mode touches an embedding table, so a teacher whose tables share none with the
+    student's is another model under the same names (a model without embedding tables is not checked)."""
+    mine, theirs = _embedding_digests(model), _embedding_digests(original)
     if mine and theirs and not mine & theirs:
-        raise BadArgumentError(f"the teacher shares none of its {len(theirs)} large weights with the "
-                               "rewritten model (a rewrite keeps the ones it does not touch, such as the embeddings): "
-                               "not the model it was rewritten from")
+        raise BadArgumentError(f"the teacher's {len(theirs)} embedding table(s) differ from all of the rewritten "
+                               "model's (no rewrite changes them): not the model it was rewritten from")
 
 
 def _check_requantizes(model: ir.Model, qproto, name, mode: str = "int8") -> object:

@@ -42,6 +42,19 @@ def known(ctx, seen: int) -> int:
     return max(seen, len(getattr(ctx, "anchors", None) or []))
 
 
+def named(spec: str, kind: str, indices, candidates: Sequence, ctx, report, verb: str) -> list:
+    """The ``candidates`` (blocks with ``.index``) that indices a user named (``spec``, e.g. ``attention=drop``) pick.
+    None of them existing is a wrong index, refused naming the blocks there are; some missing is a note each."""
+    idx = sorted(set(indices))
+    have = known(ctx, report.seen)
+    if idx[0] >= have:
+        raise BadArgumentError(f"{spec}:@{','.join(map(str, idx))}: the model has {have} {kind} block(s)"
+                               + (f", [0, {have - 1}]" if have else ""))
+    there = {c.index for c in candidates}
+    report.notes.extend(f"block {i} does not exist or cannot be {verb}; skipped" for i in idx if i not in there)
+    return [c for c in candidates if c.index in set(idx)]
+
+
 def claimed(ctx) -> dict[int, str]:
     if ctx is None:
         return {}

@@ -67,7 +67,7 @@ def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str
         sess = InferenceSession(str(p), threads=threads, providers=providers)
     except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented / ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        opset = io.proto_opset(proto)
         hint = (f" (its opset {opset} is older than n6onnx supports, {io.MIN_OPSET}; convert it first, e.g. with "
                 "onnx.version_converter)" if opset is not None and opset < io.MIN_OPSET else "")
         raise BadModelError(f"{p} ({role}): onnxruntime cannot load it{hint}: {first}") from None

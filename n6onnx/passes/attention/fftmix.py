@@ -106,16 +106,7 @@ def run(model, ok, arg, ctx, report):
         if len(chosen) < n:
             report.notes.append(f"asked for {n} blocks, {len(chosen)} can be rewritten")
     else:
-        idx = set(n)
-        known = {b.index for b in ok}
-        have = targets.known(ctx, report.seen)
-        if min(idx) >= have:  # no block the user named exists: a wrong index, not a partial rewrite
-            raise BadArgumentError(f"attention=fftmix:@{','.join(map(str, sorted(idx)))}: the model has "
-                                   f"{have} attention block(s)"
-                                   + (f", [0, {have - 1}]" if have else ""))
-        for i in sorted(idx - known):
-            report.notes.append(f"block {i} does not exist or cannot be rewritten; skipped")
-        chosen = [b for b in ok if b.index in idx]
+        chosen = targets.named("attention=fftmix", "attention", n, ok, ctx, report, "rewritten")
     chosen = sorted(chosen, key=lambda b: b.index)
     orig_blocks = {b.index: b for b in find_blocks(ctx.original)[0]} if batches else {}
     sweeps = (Sweep(batches), Sweep(batches)) if batches else None

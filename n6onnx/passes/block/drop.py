@@ -206,15 +206,7 @@ def _choose(kind: str, arg, candidates: list, scores_fn, ctx, report: KindReport
     mode, n = arg
     if mode == "indices":
         targets.refuse_overlap(ctx, n, by)
-        known = {c.index for c in candidates}
-        have = targets.known(ctx, report.seen)
-        if min(n) >= have:  # no block the user named exists: a wrong index, not a partial rewrite
-            raise BadArgumentError(f"{kind}=drop:@{','.join(map(str, sorted(n)))}: the model has {have} "
-                                   f"{kind} block(s)" + (f", [0, {have - 1}]" if have else ""))
-        for i in n:
-            if i not in known:
-                report.notes.append(f"block {i} does not exist or cannot be dropped; skipped")
-        return [c for c in candidates if c.index in set(n)], {}
+        return targets.named(f"{kind}=drop", kind, n, candidates, ctx, report, "dropped"), {}
     if not (ctx is not None and ctx.batches):
         raise BadArgumentError(f"{kind}=drop:{n} ranks the blocks by redundancy and needs calibration data "
                                f"(--calibrate DATA); without it name them, e.g. {kind}=drop:@0,3")
