@@ -292,7 +292,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                            dims=dims) if stage == "int4" else None
         refs = _references(src, timer, held, work, say, stage,
                            lambda p: measure.fidelity(src, p, held, threads, provider, device_id), fit)
-        prepared = time.perf_counter() - t0  # the data, the fused baseline and the references, before any recipe
+        prepared = round(time.perf_counter() - t0, 1)  # the data, the fused baseline and the references, before any recipe
         meets = lambda p: _meets(p, min_cosine, min_nn, min_top1)  # noqa: E731
         # the fidelity the study maximises and the front ranks: a decoder gated on its next token, its top-1
         key = "top1" if min_top1 is not None else "cosine"
@@ -470,7 +470,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
                              f"{timer.meter.method} ({timer.meter.name}, bench's meter on {provider})",
                    "quantize": stages.describe(stage, anchor(refs).graph),
                    "heal": heal is not None, "heal_minutes": heal_minutes if heal is not None else None,
-                   "seed": seed, "budget_minutes": minutes, "references_seconds": round(prepared, 1),
+                   "seed": seed, "budget_minutes": minutes, "references_seconds": prepared,
                    "optuna": optuna.__version__}
         rep = TuneReport(str(src), None, min_cosine, min_nn, refs, points, front, chosen, setting,
                          time.perf_counter() - t0, min_top1=min_top1)
@@ -479,7 +479,7 @@ def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | No
         rep.notes.extend(exhausted[:1])
         if not points and (trials is None or trials > 0):
             rep.notes.append(f"the budget ({minutes:g} min) was spent before any recipe: the data, the fused fp32 "
-                             f"baseline and the references took {prepared:.0f} s; no recipe was tried (give --minutes "
+                             f"baseline and the references took {prepared:.1f} s; no recipe was tried (give --minutes "
                              f"well above {prepared / 60:.1f})")
         if provider == "cuda" and stage == "int8":  # measured: 0.02-0.04x fp32 on an H100 (tune_minilm_cuda_int8.json)
             rep.notes.append("--stage int8 on cuda: onnxruntime's CUDA provider has no kernels for dynamic int8 "
