@@ -54,15 +54,19 @@ def peak_mb() -> float:
 
 def one(src, spec: str, data, held: dict, work: pathlib.Path, cfg: HealConfig, samples: int | None,
         calib_samples: int) -> dict:
-    passes = spec.split("+")
+    passes = [p for p in spec.split("+") if p != "int8"]
+    quant = "int8" if len(passes) < len(spec.split("+")) else None  # '+int8': healed against the int8 path
     row = {"rewrite": spec, "goal": GOALS.get(spec)}
-    if "fftmix" not in spec and "egyptian" not in spec:  # both rank/assign heads by data: calibrated only
-        n6onnx.rewrite(src, work / "plain.onnx", passes)
+    if not any(k in spec for k in ("fftmix", "egyptian", "drop")) and passes:  # those rank by data: calibrated only
+        n6onnx.rewrite(src, work / "plain.onnx", passes, quantize=quant)
         row["uncalibrated"] = fidelity(src, work / "plain.onnx", held)
     t = time.perf_counter()
-    _, rep = n6onnx.rewrite(src, work / "cal.onnx", passes, calibrate=data, calib_samples=calib_samples, dims=DIMS)
+    # with int8: the calibrated rewrite quantized by onnxruntime's stock rounding (no int8-path fit), the start
+    # that heal_file turns back into float, heals under fake quantization and quantizes again
+    _, rep = n6onnx.rewrite(src, work / "cal.onnx", passes, calibrate=data, calib_samples=calib_samples, dims=DIMS,
+                            quantize=quant, quantize_fit="none")
     row["calibrate_seconds"] = round(time.perf_counter() - t, 1)
-    if not sum(rep.rewritten.values()):  # nothing to heal: record the pass's reasons
+    if passes and not sum(rep.rewritten.values()):  # nothing to heal: record the pass's reasons
         row["refused"] = sorted({m["reason"] for r in rep.to_json()["reports"].values() for m in r["near_misses"]})
         return row
     row["calibrated"] = fidelity(src, work / "cal.onnx", held)
@@ -128,7 +132,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=HealConfig.warmup)
     ap.add_argument("--prime", type=int, default=HealConfig.prime)
     ap.add_argument("--cache-mb", type=int, default=HealConfig.cache_bytes >> 20, help="teacher cache budget")
-    ap.add_argument("--only", action="append", help="rewrite(s) to run (default: all); 'int8' for the baseline")
+    ap.add_argument("--only", action="append", help="rewrite(s) to run (default: all); 'int8' for the baseline; "
+                    "a '+int8' suffix (e.g. 'ffn=phi-bottleneck:3+int8') quantizes the calibrated rewrite and heals "
+                    "it against the int8 path (n6onnx heal on the int8 file)")
     ap.add_argument("--part", type=pathlib.Path, help="write this run's rows here (to --merge later)")
     ap.add_argument("--merge", type=pathlib.Path, nargs="+", help="merge part files into the result")
     ap.add_argument("--name", default="heal_minilm", help="result file name (benchmarks/results/NAME.json)")
