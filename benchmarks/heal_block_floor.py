@@ -139,7 +139,7 @@ def main() -> None:
     def units(k: int) -> np.ndarray:
         """The k GELU units ffn=phi-bottleneck keeps: forward selection on 16384 training tokens."""
         idx = torch.randperm(len(Xt), generator=torch.Generator().manual_seed(0))[:16384].numpy()
-        return greedy_units(np.asarray(hidden_gelu(Xt[idx], torch.from_numpy(W1), torch.from_numpy(b1))),
+        return greedy_units(np.asarray(hidden_gelu(Xt[idx], torch.tensor(W1), torch.tensor(b1))),
                             Yt.numpy()[idx], k)
 
     def run(mode: str, lr: float, width: int) -> dict:
