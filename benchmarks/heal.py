@@ -9,6 +9,7 @@ benchmarks/recovery.py when N exceeds the corpus); held-out: 256 sentences disjo
     python benchmarks/heal.py                       # every rewrite, one after the other
     python benchmarks/heal.py --only gelu=phi6 --part out/phi6.json   # one rewrite (parallel runs)
     python benchmarks/heal.py --merge out/*.json    # merge parts into benchmarks/results/heal_minilm.json
+    python benchmarks/heal.py --only "ffn=phi-bottleneck:3+int8"   # quantized, healed against the int8 path
     bash benchmarks/heal_parallel.sh CARRY          # every row at once, 2 pinned cores each (device host)
 
 Data can be given pre-tokenised (--data X.npz --held H.npz) for machines without transformers.
@@ -54,8 +55,9 @@ def peak_mb() -> float:
 
 def one(src, spec: str, data, held: dict, work: pathlib.Path, cfg: HealConfig, samples: int | None,
         calib_samples: int) -> dict:
-    passes = [p for p in spec.split("+") if p != "int8"]
-    quant = "int8" if len(passes) < len(spec.split("+")) else None  # '+int8': healed against the int8 path
+    parts = spec.split("+")
+    passes = [p for p in parts if p != "int8"]
+    quant = "int8" if "int8" in parts else None  # '+int8': healed against the int8 path
     row = {"rewrite": spec, "goal": GOALS.get(spec)}
     if not any(k in spec for k in ("fftmix", "egyptian", "drop")) and passes:  # those rank by data: calibrated only
         n6onnx.rewrite(src, work / "plain.onnx", passes, quantize=quant)

@@ -14,12 +14,13 @@ the projections), then each optimiser for the same wall time on the same trainin
 - ``varpro_2x``: the same with twice the units (each unit copied with its input scaled by 1.5 and shifted
   by 0.5, so the copy sits on another part of Phi6's parabola), i.e. twice the capacity at twice the cost.
 ``--family bottleneck``: the same block keeps GELU but only K of its 1536 units (ffn=phi-bottleneck:4/3 keeps
-512): the units chosen as the pass chooses them (``calibrate.fit.greedy_units``, forward selection on 16384
-training tokens), the down projection and bias by least squares (the pass's refit), then Adam on all four
+512): the units chosen by the pass's forward selection (``calibrate.fit.greedy_units``; unweighted here, on
+the 16384 training tokens the least squares also use), the down projection and bias by least squares (the pass's refit), then Adam on all four
 tensors, for K = 512, 768 (ratio 2) and 1024 (ratio 8/3).
 Error: mean squared error over the block's output on tokens of 256 held-out sentences (corpus 1000..1255),
 relative to the output's variance. Training tokens: corpus sentences 0..999 and 1256..2255 (8 x 64
-batches, real tokens only). 2 threads. Writes benchmarks/results/heal_block_floor_minilm.json.
+batches, real tokens only). 2 threads. Writes benchmarks/results/NAME.json (``--name``, default
+heal_block_floor_minilm).
 """
 
 from __future__ import annotations
@@ -114,21 +115,22 @@ def main() -> None:
     Xh, Yh = tokens(sents[1000:1256])
     yvar = float(((Yh - Yh.mean(0)) ** 2).mean())
     act = hidden_gelu if a.family == "bottleneck" else hidden
-    fit = fit_affine_activation(Xt.numpy() @ W1 + b1, gelu, phi6_np)
-    w1f = torch.from_numpy((W1 * fit.a).astype(np.float32))
-    c1f = torch.from_numpy((b1 * fit.a + fit.c).astype(np.float32))
-    w2f = torch.from_numpy((fit.alpha[:, None] * W2).astype(np.float32))
-    c2f = torch.from_numpy((b2 + fit.beta @ W2).astype(np.float32))
+    if a.family == "phi6":  # calibration's per-unit affine fit, folded into the projections
+        fit = fit_affine_activation(Xt.numpy() @ W1 + b1, gelu, phi6_np)
+        w1f = torch.from_numpy((W1 * fit.a).astype(np.float32))
+        c1f = torch.from_numpy((b1 * fit.a + fit.c).astype(np.float32))
+        w2f = torch.from_numpy((fit.alpha[:, None] * W2).astype(np.float32))
+        c2f = torch.from_numpy((b2 + fit.beta @ W2).astype(np.float32))
+    rows = torch.randperm(len(Xt), generator=torch.Generator().manual_seed(0))[:16384]  # for every exact solve
 
     def err(w1, c1, w2, c2) -> float:
         with torch.no_grad():
             return float(((act(Xh, w1, c1) @ w2 + c2 - Yh) ** 2).mean()) / yvar
 
-    def solve(w1, c1, rows=16384, lam=1e-4):
+    def solve(w1, c1, lam=1e-4):
         """The down projection and bias by least squares on training tokens (a tiny ridge for conditioning)."""
         with torch.no_grad():
-            idx = torch.randperm(len(Xt), generator=torch.Generator().manual_seed(0))[:rows]
-            h, t = act(Xt[idx], w1, c1).double(), Yt[idx].double()
+            h, t = act(Xt[rows], w1, c1).double(), Yt[rows].double()
             hm, tm = h.mean(0), t.mean(0)
             hc = h - hm
             gram = hc.T @ hc
@@ -137,10 +139,9 @@ def main() -> None:
             return w2.float(), (tm - hm @ w2).float()
 
     def units(k: int) -> np.ndarray:
-        """The k GELU units ffn=phi-bottleneck keeps: forward selection on 16384 training tokens."""
-        idx = torch.randperm(len(Xt), generator=torch.Generator().manual_seed(0))[:16384].numpy()
-        return greedy_units(np.asarray(hidden_gelu(Xt[idx], torch.tensor(W1), torch.tensor(b1))),
-                            Yt.numpy()[idx], k)
+        """The k GELU units ffn=phi-bottleneck keeps: forward selection on the solve's training tokens."""
+        return greedy_units(np.asarray(hidden_gelu(Xt[rows], torch.tensor(W1), torch.tensor(b1))),
+                            Yt[rows].numpy(), k)
 
     def run(mode: str, lr: float, width: int) -> dict:
         torch.manual_seed(0)
