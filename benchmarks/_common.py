@@ -8,10 +8,10 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 
 import onnxruntime as ort
 
+from n6onnx.bench.latency import summary  # noqa: F401  (the scripts' one statistics helper: bench's)
 from n6onnx.io import atomic_write
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -66,12 +66,6 @@ def _gpu_name() -> str | None:
     return line or None
 
 
-def summary(xs: list[float]) -> dict:
-    xs = sorted(xs)
-    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return {"median": statistics.median(xs), "q1": q[0], "q3": q[2], "min": xs[0], "max": xs[-1], "n": len(xs)}
-
-
 def write(name: str, payload: dict) -> pathlib.Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -88,7 +82,9 @@ def heal_fields(spec: str) -> dict:
 
     kw = {}
     for item in filter(None, spec.split(",")):
-        k, v = item.split("=", 1)
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise SystemExit(f"{item!r}: a HealConfig field is set as FIELD=VALUE")
         if k not in HealConfig.__dataclass_fields__:
             raise SystemExit(f"unknown HealConfig field {k!r}")
         for conv in (int, float):
@@ -98,6 +94,23 @@ def heal_fields(spec: str) -> dict:
             except ValueError:
                 kw[k] = None if v == "none" else v
     return kw
+
+
+def check_passes(ap: argparse.ArgumentParser, specs, sep: str = "+", also: tuple[str, ...] = ()) -> None:
+    """Every pass in ``specs`` (each one or more ``KIND=OPTION`` joined by ``sep``; the words in ``also``
+    allowed as parts) checked by n6onnx's own pass parser before any work: a bad one ends the run with the
+    parser's message and exit status 2 (``ap.error``), not a traceback minutes later."""
+    from n6onnx.errors import BadArgumentError
+    from n6onnx.passes import parse
+
+    for spec in specs:
+        for part in filter(None, spec.split(sep)):
+            if part in also:
+                continue
+            try:
+                parse(part)
+            except BadArgumentError as e:
+                ap.error(f"{spec!r}: {e}")
 
 
 def minilm_split(work: pathlib.Path, calib_n: int = 255, held_n: int = 255) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:

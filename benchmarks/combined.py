@@ -37,7 +37,7 @@ from n6onnx.testing import corpus, zoo  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
 from n6onnx.tune import measure, stages  # noqa: E402
 
-from _common import RESULTS, write  # noqa: E402
+from _common import RESULTS, check_passes, write  # noqa: E402
 from _sidebyside import side_by_side  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -79,6 +79,7 @@ def main() -> None:
 
     quant = args.quantize or ("int8" if args.provider == "cpu" else "none")
     threads = args.threads if args.threads is not None else (2 if args.provider == "cpu" else None)
+    check_passes(ap, [args.passes], sep=",")
     passes = args.passes.split(",")
     if args.from_tune:
         chosen = json.loads((RESULTS / "tune_minilm.json").read_text())["tune"]["chosen"]

@@ -46,7 +46,7 @@ from n6onnx.errors import N6Error  # noqa: E402
 from n6onnx.io import atomic_path  # noqa: E402
 from n6onnx.testing import zoo_decoder  # noqa: E402
 
-from _common import summary, write  # noqa: E402
+from _common import check_passes, summary, write  # noqa: E402
 
 # the rewrites tried on the decoder; each is kept only if the pass accepts and rewrites something
 REWRITES = ("gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:@0", "attention=egyptian")
@@ -229,6 +229,7 @@ def main() -> None:
     ap.add_argument("--no-int8", action="store_true", help="leave out the ORT int8 row (e.g. on CUDA, where "
                     "quantize_dynamic's MatMulInteger nodes fall back to the CPU)")
     args = ap.parse_args()
+    check_passes(ap, args.rewrite or ())
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     src, vocab, config = export_decoder(work)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import n6onnx  # noqa: E402
 from n6onnx.testing import zoo  # noqa: E402
 
-from _common import write  # noqa: E402
+from _common import check_passes, write  # noqa: E402
 
 
 def main() -> None:
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--conditions", help="how the machine was loaded during the run (recorded as 'conditions')")
     ap.add_argument("--weights-note", help="where the weights come from, when not the model's own (recorded as 'weights')")
     args = ap.parse_args()
+    check_passes(ap, [args.passes], sep=",")
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     original = args.original or zoo.export(args.model, args.exporter, ROOT / "build" / "test-models",

@@ -146,8 +146,9 @@ def main() -> None:
     ap.add_argument("--set", default="", help="more HealConfig fields, e.g. 'train_dtype=bfloat16,refit=none'")
     a = ap.parse_args()
 
-    from _common import heal_fields, write
+    from _common import check_passes, heal_fields, write
 
+    check_passes(ap, a.only or (), also=("int8",))
     global DEADLINE
     if a.deadline:
         DEADLINE = time.time() + a.deadline

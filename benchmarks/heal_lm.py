@@ -188,8 +188,9 @@ def main(argv=None) -> int:
                     help="merge these --out files into the result: its existing rows are kept, a row of the same "
                          "model name is replaced by the re-measure; each merged row records its run's note")
     a = ap.parse_args(argv)
+    from _common import RESULTS, check_passes, hardware, write
 
-    from _common import RESULTS, hardware, write
+    check_passes(ap, a.passes or ())
 
     if a.merge:
         name = "heal_lm" if a.lm == "gpt2" else "heal_moe"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import n6onnx  # noqa: E402
 
 import heal as hb  # noqa: E402  (its splits and its fidelity figure)
-from _common import write  # noqa: E402
+from _common import check_passes, write  # noqa: E402
 
 
 def measure(src, spec: str, data, held: dict, work: pathlib.Path) -> dict:
@@ -52,6 +52,10 @@ def main() -> None:
     ap.add_argument("--name", default="layer_choice_minilm")
     ap.add_argument("--conditions", default="dev VM, 2 threads")
     a = ap.parse_args()
+    check_passes(ap, [f"{k}:1" for k in a.kinds] + [f"{k}:@0" for k in a.kinds])
+    stray = sorted(set(a.pairs) - set(a.kinds) - {"none"})
+    if stray:
+        ap.error(f"--pairs {' '.join(stray)}: not among --kinds ({' '.join(a.kinds)})")
     from n6onnx.testing import zoo
 
     src = zoo.export("minilm", "dynamo20", ROOT / "build" / "test-models", dynamic=True)
