@@ -65,6 +65,7 @@ def test_check_passes(common, capsys):
     (["e2e.py", "--passes", "gelu=phi6,foo=1"], "unknown pass 'foo=1'"),
     (["decoder.py", "--rewrite", "attention=fftmix:x"], "'attention=fftmix:x'"),
     (["combined.py", "--passes", "gelu"], "pass 'gelu' needs one of"),
+    (["heal_lm.py", "--pass", "gelu=zz"], "'gelu=zz'"),
 ])
 def test_scripts_refuse_bad_passes_before_work(args, says):
     r = script([str(BENCH / args[0]), *args[1:]])
