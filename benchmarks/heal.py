@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import n6onnx  # noqa: E402
 from n6onnx.feeds import load_npz  # noqa: E402
+from n6onnx.io import atomic_write  # noqa: E402
 from n6onnx.heal.train import HealConfig  # noqa: E402
 
 REWRITES = ["gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:2", "attention=egyptian",
@@ -149,6 +150,7 @@ def main() -> None:
     from _common import check_passes, heal_fields, write
 
     check_passes(ap, a.only or (), also=("int8",))
+    extra = heal_fields(a.set)  # a bad --set ends the run here, before any work
     global DEADLINE
     if a.deadline:
         DEADLINE = time.time() + a.deadline
@@ -180,7 +182,7 @@ def main() -> None:
                          warmup=a.warmup, prime=a.prime, cache_bytes=a.cache_mb << 20, refit=a.refit,
                          local_eval_every=a.local_eval_every, local_mode=a.local_mode, local_output=a.local_output,
                          backtrack=a.backtrack, local_lr_start=a.local_lr_start)
-        cfg = dataclasses.replace(cfg, **heal_fields(a.set))
+        cfg = dataclasses.replace(cfg, **extra)
         rows = []
         for spec in a.only or (["int8"] + REWRITES):
             d = work / spec.replace("/", "_").replace("=", "_").replace(":", "_").replace("+", "_")
@@ -190,7 +192,7 @@ def main() -> None:
             print(json.dumps(rows[-1])[:400], flush=True)
             if a.part:  # after every row: a run cut short keeps what it finished
                 a.part.parent.mkdir(parents=True, exist_ok=True)
-                a.part.write_text(json.dumps({"rows": rows}, indent=2))
+                atomic_write(a.part, json.dumps({"rows": rows}, indent=2))
     payload = {"model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20", "batch": DIMS,
                "method": ("held-out = 256 corpus sentences never seen by calibration or healing; fidelity = "
                           "n6onnx validate (mean-pooled embedding cosine, NN agreement); healing holds out the "
@@ -199,7 +201,7 @@ def main() -> None:
                "note": a.note, "rows": rows}
     if a.part:
         a.part.parent.mkdir(parents=True, exist_ok=True)
-        a.part.write_text(json.dumps(payload, indent=2))
+        atomic_write(a.part, json.dumps(payload, indent=2))
     else:
         write(a.name, payload)
 

@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     from _common import RESULTS, check_passes, hardware, write
 
     check_passes(ap, a.passes or ())
+    for spec in a.heal or ():  # a bad --heal row ends the run here, not after the LM is trained
+        parse_heal(spec)
 
     if a.merge:
         name = "heal_lm" if a.lm == "gpt2" else "heal_moe"

@@ -66,6 +66,7 @@ def test_check_passes(common, capsys):
     (["decoder.py", "--rewrite", "attention=fftmix:x"], "'attention=fftmix:x'"),
     (["combined.py", "--passes", "gelu"], "pass 'gelu' needs one of"),
     (["heal_lm.py", "--pass", "gelu=zz"], "'gelu=zz'"),
+    (["heal_lm.py", "--heal", "minutes=1,lcoal=0"], "unknown HealConfig field 'lcoal'"),
 ])
 def test_scripts_refuse_bad_passes_before_work(args, says):
     r = script([str(BENCH / args[0]), *args[1:]])
