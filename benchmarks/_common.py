@@ -77,22 +77,31 @@ def write(name: str, payload: dict) -> pathlib.Path:
 
 def heal_fields(spec: str) -> dict:
     """``"minutes=6,lr=1e-3,local=0"`` -> HealConfig field overrides (numbers as int where they parse so, else
-    float; ``none`` -> None; anything else a string); an unknown field ends the run."""
+    float; ``true``/``false`` -> bool; ``none`` -> None for a field that may be None, else the word; anything else
+    a string). An unknown field or a value HealConfig refuses ends the run with its message, before any work."""
+    from n6onnx.errors import BadArgumentError
     from n6onnx.heal.config import HealConfig
 
+    fields = HealConfig.__dataclass_fields__
     kw = {}
     for item in filter(None, spec.split(",")):
         k, eq, v = item.partition("=")
         if not eq:
             raise SystemExit(f"{item!r}: a HealConfig field is set as FIELD=VALUE")
-        if k not in HealConfig.__dataclass_fields__:
+        if k not in fields:
             raise SystemExit(f"unknown HealConfig field {k!r}")
+        words = {"true": True, "false": False, **({"none": None} if "None" in str(fields[k].type) else {})}
+        kw[k] = words.get(v.lower(), v)
         for conv in (int, float):
             try:
                 kw[k] = conv(v)
                 break
             except ValueError:
-                kw[k] = None if v == "none" else v
+                pass
+    try:
+        HealConfig(**kw)
+    except BadArgumentError as e:
+        raise SystemExit(f"{spec!r}: {e}") from None
     return kw
 
 

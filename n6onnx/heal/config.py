@@ -4,6 +4,10 @@ offer them without importing torch)."""
 from __future__ import annotations
 
 import dataclasses
+import re
+
+from ..errors import BadArgumentError
+from ..options import number
 
 TRAINABLE = ("rewritten", "neighbours", "all")
 PARAMS = ("relative", "raw")
@@ -14,6 +18,9 @@ LOCAL_MODES = ("sequential", "parallel")
 REFITS = ("none", "phase", "eval")
 TRAIN_DTYPES = ("float32", "bfloat16")  # the precision of the training forward (held-out checks: float32)
 CACHE_DTYPES = ("float16", "float32")  # how the teacher's stream points are kept (outputs: float32)
+_CHOICES = {"param": PARAMS, "loss": LOSSES, "train": TRAINABLE, "local_input": LOCAL_INPUTS,
+            "local_mode": LOCAL_MODES, "refit": REFITS, "train_dtype": TRAIN_DTYPES, "cache_dtype": CACHE_DTYPES}
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 @dataclasses.dataclass
@@ -93,3 +100,40 @@ class HealConfig:
     # onnxruntime's CPU provider (its values are computed once per batch and cached); on CUDA a run is
     # repeatable only as far as torch's CUDA kernels are (atomics in some backward passes are not bitwise)
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Every value checked when the config is made (and by ``dataclasses.replace``), so a bad one is refused
+        with a BadArgumentError naming the field before any work, not minutes into a heal. Whether torch can use
+        ``device`` is checked when the heal starts (that needs torch)."""
+        for field, allowed in _CHOICES.items():
+            if getattr(self, field) not in allowed:
+                raise BadArgumentError(f"heal: {field} must be one of {allowed}, not {getattr(self, field)!r}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise BadArgumentError(f"heal: device must be cpu or a CUDA device such as cuda or cuda:1, not {self.device!r}")
+        for field in ("local_output", "fake_quant"):
+            if not isinstance(getattr(self, field), bool):
+                raise BadArgumentError(f"heal: {field} must be True or False, not {getattr(self, field)!r}")
+        if self.quantize is not None and not isinstance(self.quantize, str):
+            raise BadArgumentError(f"heal: quantize must be a quantization mode or None, not {self.quantize!r}")
+        if self.backtrack != "auto":
+            number("heal backtrack (a number or 'auto')", self.backtrack, 0, 1)
+        # (field, low, high, low open, high open, whole number); None passes (where None is allowed, below)
+        checks = [("minutes", 0, None, True, False, False), ("lr", 0, None, True, False, False),
+                  ("local", 0, 1, False, False, False), ("local_lr", 0, None, True, False, False),
+                  ("local_lr_start", 0, 1, True, False, False), ("holdout", 0, 1, True, True, False),
+                  ("backtrack_floor", 0, 1, False, False, False), ("backtrack_z", 0, None, True, False, False),
+                  ("ema", 0, 1, False, True, False), ("ranges", 0, 1, False, True, False),
+                  ("ranges_lr", 0, 1, True, False, False), ("steps", 1, None, False, False, True),
+                  ("seed", 0, None, False, False, True), ("refit_rows", 1, None, False, False, True),
+                  ("local_eval_every", 1, None, False, False, True), ("holdout_batches", 1, None, False, False, True),
+                  ("eval_every", 1, None, False, False, True), ("warmup", 0, None, False, False, True),
+                  ("prime", 0, None, False, False, True), ("floor_falls", 1, None, False, False, True),
+                  ("threads", 1, None, False, False, True), ("cache_bytes", 0, None, False, False, True)]
+        nullable = {"steps", "local_lr", "local_lr_start", "threads"}
+        for field, lo, hi, lo_open, hi_open, whole in checks:
+            value = getattr(self, field)
+            if value is None and field not in nullable:
+                raise BadArgumentError(f"heal: {field} needs a value")
+            if isinstance(value, bool) or (value is not None and not isinstance(value, (int, float))):
+                raise BadArgumentError(f"heal: {field} needs a number, not {value!r}")
+            number(f"heal {field}", value, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=whole)

@@ -227,7 +227,13 @@ class GraphModule(torch.nn.Module):
                 ins = [fakequant.rounded(v, tensors[i]) if i in tensors and v is not None else v
                        for i, v in zip(n.input, ins)]
             if n.domain in STANDARD and n.output[0] in self.fake_quant:
-                ins = fakequant.inputs(n.op_type, attrs, ins, self.fake_quant[n.output[0]], self.grids)
+                site, raw = self.fake_quant[n.output[0]], ins
+                ins = fakequant.inputs(n.op_type, attrs, ins, site, self.grids)
+                if site.saturate:  # this CPU's kernel clips pair sums: its shortfall joins the output
+                    out = OPS[n.op_type](attrs, ins)
+                    sat = fakequant.saturation(n.op_type, attrs, raw[0], raw[1], site,
+                                               tensors.get(n.input[0]) if tensors else None)
+                    return [out[0] + sat, *out[1:]]
         if n.domain in STANDARD and n.op_type in OPS:
             return OPS[n.op_type](attrs, ins)
         if n.domain in STANDARD and n.op_type == "If":

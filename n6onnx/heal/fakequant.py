@@ -15,7 +15,11 @@ How, per quantized MatMul ``Y = X @ W`` (onnxruntime's rules for that mode):
 - forward ``Y = ((qX - zpX) sX) @ (qW sW)``: the integer product of ``MatMulInteger``, scaled as
   its Cast and Mul scale it (float32 accumulation here, exact int32 there: within float rounding,
   except where an activation that differs by rounding from onnxruntime's lands on the other side of
-  a rounding boundary, which moves that element by one step);
+  a rounding boundary, which moves that element by one step); on a CPU whose kernel clips each pair of
+  neighbouring products along K to int16 (x86 without VNNI: ``quantize.kernel``), that clipping is added
+  to the output (``saturation``), so the student computes what onnxruntime computes on this machine (the
+  dynamic graph's MatMuls all run that kernel; ``int8:static`` is mirrored with exact products: onnxruntime
+  fuses only some of its DequantizeLinear -> MatMul pairs into integer kernels, and runs the rest in float);
 - backward: straight-through (the gradient of the identity: no range is ever clipped, since the
   scales cover the tensor's own range).
 
@@ -23,7 +27,7 @@ How, per quantized MatMul ``Y = X @ W`` (onnxruntime's rules for that mode):
 with a constant weight that the quantizer replaces, each weight column in blocks of BLOCK along K:
 ``s = v / -8`` with ``v`` the block's entry of largest magnitude (sign kept), ``q = clip(round(W / s)
 + 8, 0, 15) - 8``; the activation as the CPU kernel's int8 compute path quantizes it, per row in
-blocks of BLOCK along K, symmetric: ``s = max |x| / 127``, ``q = round(x / s)``. Straight-through.
+blocks of BLOCK along K, symmetric: ``s = max |x| / 127``, ``q = round(x * float32(127 / max |x|))`` (the kernel multiplies by the inverse). Straight-through.
 
 ``--quantize int8:static`` (``quantize_static``, QDQ, MinMax): the weights as for ``int8`` (per
 channel, symmetric; recomputed from the live weight at every step, as the quantizer recomputes them
@@ -45,7 +49,7 @@ import onnx
 import torch
 
 from ..errors import BadArgumentError, N6Error
-from ..quantize import int4graph, int8graph, quantize_proto
+from ..quantize import int4graph, int8graph, kernel, quantize_proto
 from ..graph import proto_consumers
 
 
@@ -61,6 +65,7 @@ class Site:
     weight: tuple = ("int8", True)
     act: str | None = "dynamic"
     bias: float | None = None  # static Gemm: its input's scale (the bias is int32 at input scale x weight scale)
+    saturate: bool = False  # u8s8 on a CPU whose kernel clips pair sums to int16 (``saturation``)
 
 
 class Plan(dict):
@@ -80,7 +85,8 @@ def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None) -> Plan:
         raise BadArgumentError(f"fake quantization mirrors --quantize {', '.join(MODES)}, not {mode}")
     if kind == "int8":
         _, q = quantize_proto(proto, "int8")
-        return Plan({y: Site(("int8", pc)) for y, pc in int8graph.quantized_matmuls(proto, q).items()})
+        sat = kernel.pairs_saturate()
+        return Plan({y: Site(("int8", pc), saturate=sat) for y, pc in int8graph.quantized_matmuls(proto, q).items()})
     if kind == "int4":
         _, q = quantize_proto(proto, mode)
         return _int4_plan(proto, q)
@@ -205,14 +211,19 @@ def weight(w: torch.Tensor, per_channel=True) -> torch.Tensor:
     return _ste(w, _dequantized(w, per_channel))
 
 
+def dynamic_grid(xd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero point) that DynamicQuantizeLinear gives the float tensor ``xd``."""
+    lo, hi = torch.aminmax(xd)
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = (hi - lo) / 255 if bool(hi > lo) else torch.ones((), dtype=torch.float32, device=xd.device)
+    return scale, torch.round(torch.clamp(0.0 - lo / scale, 0, 255))
+
+
 def activation(x: torch.Tensor) -> torch.Tensor:
     """DynamicQuantizeLinear then dequantization, straight-through."""
     with torch.no_grad():
         xd = x.detach().float()
-        lo, hi = torch.aminmax(xd)
-        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
-        scale = (hi - lo) / 255 if bool(hi > lo) else torch.ones((), dtype=torch.float32)
-        zp = torch.round(torch.clamp(0.0 - lo / scale, 0, 255))
+        scale, zp = dynamic_grid(xd)
         # round(x / s) + zp, clipped to [0, 255], minus zp, times s: in place, one buffer
         deq = torch.div(xd, scale).round_().add_(zp).clamp_(0, 255).sub_(zp).mul_(scale).to(x.dtype)
     return _ste(x, deq)
@@ -223,9 +234,10 @@ def block_activation(x: torch.Tensor, block: int) -> torch.Tensor:
     blocks of ``block`` along K, symmetric, ``s = max |x| / 127``; straight-through."""
     with torch.no_grad():
         b, k = _blocks(x.detach().float(), block)
-        scale = b.abs().amax(-1, keepdim=True) / 127
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        deq = torch.div(b, safe).round_().mul_(scale).reshape(*x.shape[:-1], -1)[..., :k].to(x.dtype)
+        amax = b.abs().amax(-1, keepdim=True)
+        scale = amax / 127
+        inverse = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))  # as the kernel: times float32(127 / max)
+        deq = torch.mul(b, inverse).round_().mul_(scale).reshape(*x.shape[:-1], -1)[..., :k].to(x.dtype)
     return _ste(x, deq)
 
 
@@ -350,6 +362,36 @@ def inputs(op: str, attrs: dict, ins: list, site=True, grids: Grids | None = Non
             qb = torch.div(rest[0].detach().float(), step).round_().mul_(step).to(rest[0].dtype)
         rest[0] = _ste(rest[0], qb)
     return [x, qw, *rest]
+
+
+def saturation(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, site: Site, rng=None) -> torch.Tensor:
+    """What a CPU whose u8s8 kernel clips pair sums to int16 (``quantize.kernel``) adds to the quantized
+    MatMul's (or Gemm's) exact output: minus the clipped excess of every pair of neighbouring products along
+    K, times the input and weight scales. ``x``, ``w``: the float inputs (before fake quantization); ``rng``:
+    a static plan's range of ``x`` (None: dynamic, DynamicQuantizeLinear's). Only weight pairs that can clip
+    (``kernel.PAIR_WEIGHT_SUM``: about 1% of MiniLM's) are visited. No gradient (straight-through)."""
+    with torch.no_grad():
+        wd = w.detach().float()
+        wd = wd.transpose(0, 1) if op == "Gemm" and attrs.get("transB", 0) else wd
+        q, sw = weight_grid(wd, site.weight[1])
+        k, n = q.shape
+        xd = x.detach().float().reshape(-1, k)
+        if rng is None:
+            sx, zp = dynamic_grid(xd)
+        else:
+            sx, zp = rng.value() if isinstance(rng, LearnedRange) else rng
+        qx = torch.div(xd, sx).round_().add_(zp).clamp_(0, 255)  # the uint8 codes the kernel multiplies
+        if k % 2:
+            q, qx = torch.nn.functional.pad(q, (0, 0, 0, 1)), torch.nn.functional.pad(qx, (0, 1))
+        pairs, codes = q.reshape(-1, 2, n), qx.reshape(qx.shape[0], -1, 2)
+        j, col = torch.nonzero(pairs.sum(1).abs() >= kernel.PAIR_WEIGHT_SUM, as_tuple=True)
+        out = torch.zeros(qx.shape[0], n, dtype=torch.float32, device=xd.device)
+        step = max(1, (1 << 22) // max(1, qx.shape[0]))  # at most ~4M pair sums at a time
+        for c in range(0, len(j), step):
+            jj, cc = j[c:c + step], col[c:c + step]
+            s = codes[:, jj, 0] * pairs[jj, 0, cc] + codes[:, jj, 1] * pairs[jj, 1, cc]
+            out.index_add_(1, cc, s.clamp(kernel.PAIR_MIN, kernel.PAIR_MAX) - s)
+        return out.mul_(torch.as_tensor(sw, device=out.device) * sx).reshape(*x.shape[:-1], n).to(x.dtype)
 
 
 def trainable(proto: onnx.ModelProto, quantized: dict) -> list[str]:

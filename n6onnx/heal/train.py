@@ -58,10 +58,9 @@ import torch
 
 from .. import feeds as feeds_mod
 from ..errors import BadArgumentError
-from ..options import number
 from ..validate import metrics
 from . import executor, fakequant, losses, ranges, refit, targets
-from .config import CACHE_DTYPES, LOCAL_INPUTS, LOCAL_MODES, LOSSES, PARAMS, REFITS, TRAINABLE, HealConfig
+from .config import HealConfig
 
 @dataclasses.dataclass
 class HealReport:
@@ -220,21 +219,7 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     values back into ``model`` (same initializer names, same nodes). Returns the report.
     ``quant_feeds``: the calibration feeds ``--quantize int8:static`` will use on write-out (default:
     the first 32 batches)."""
-    cfg = config or HealConfig()
-    if cfg.param not in PARAMS or cfg.loss not in LOSSES or cfg.train not in TRAINABLE or \
-            cfg.local_input not in LOCAL_INPUTS or cfg.refit not in REFITS or not 0 <= cfg.local <= 1 or \
-            cfg.local_mode not in LOCAL_MODES:
-        raise BadArgumentError(f"heal: param must be one of {PARAMS}, loss one of {LOSSES}, trainable one of "
-                               f"{TRAINABLE}, local input one of {LOCAL_INPUTS}, local mode one of {LOCAL_MODES}, "
-                               f"refit one of {REFITS}, local share in [0, 1]")
-    if cfg.backtrack != "auto":
-        number("heal backtrack (a number or 'auto')", cfg.backtrack, 0, 1)
-    number("heal local_lr_start", cfg.local_lr_start, 0, 1, lo_open=True)
-    number("heal ema", cfg.ema, 0, 1, hi_open=True)
-    number("heal ranges", cfg.ranges, 0, 1, hi_open=True)
-    number("heal ranges_lr", cfg.ranges_lr, 0, 1, lo_open=True)
-    if cfg.cache_dtype not in CACHE_DTYPES:
-        raise BadArgumentError(f"heal: cache_dtype must be one of {CACHE_DTYPES}, not {cfg.cache_dtype!r}")
+    cfg = config or HealConfig()  # its values are checked when it is made (HealConfig.__post_init__)
     device = check_device(cfg.device)
     t0 = time.perf_counter()
     proto = ir.to_proto(model)

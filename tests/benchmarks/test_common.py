@@ -32,14 +32,20 @@ def script(args: list[str], cwd: pathlib.Path = ROOT, timeout: float = 120) -> s
 
 
 def test_heal_fields(common):
-    kw = common.heal_fields("minutes=6,lr=1e-3,refit=none,train=all,,")
-    assert kw == {"minutes": 6, "lr": 1e-3, "refit": None, "train": "all"}
+    kw = common.heal_fields("minutes=6,lr=1e-3,refit=none,train=all,steps=none,fake_quant=false,,")
+    # "none" is a word where the field has words (refit), None where the field may be None (steps)
+    assert kw == {"minutes": 6, "lr": 1e-3, "refit": "none", "train": "all", "steps": None, "fake_quant": False}
     assert isinstance(kw["minutes"], int) and isinstance(kw["lr"], float)
     assert common.heal_fields("") == {}
     with pytest.raises(SystemExit, match="unknown HealConfig field 'minutse'"):
         common.heal_fields("minutse=3")
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         common.heal_fields("minutes")
+    # a value HealConfig refuses ends the run here, before any work, naming the field
+    for bad, says in [("train=bogus", "train must be one of"), ("minutes=0", "minutes must be in"),
+                      ("ema=1", "ema must be in"), ("device=tpu", "device must be cpu"), ("fake_quant=1", "True or False")]:
+        with pytest.raises(SystemExit, match=says):
+            common.heal_fields(bad)
 
 
 def test_check_passes(common, capsys):
@@ -67,6 +73,8 @@ def test_check_passes(common, capsys):
     (["combined.py", "--passes", "gelu"], "pass 'gelu' needs one of"),
     (["heal_lm.py", "--pass", "gelu=zz"], "'gelu=zz'"),
     (["heal_lm.py", "--heal", "minutes=1,lcoal=0"], "unknown HealConfig field 'lcoal'"),
+    (["heal.py", "--only", "int8", "--set", "train=bogus"], "train must be one of"),
+    (["heal_lm.py", "--heal", "minutes=1,local=2"], "local must be in [0, 1]"),
 ])
 def test_scripts_refuse_bad_passes_before_work(args, says):
     r = script([str(BENCH / args[0]), *args[1:]])

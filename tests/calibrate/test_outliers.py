@@ -18,6 +18,7 @@ from n6onnx import io
 from n6onnx.blocks import find_ffn_blocks
 from n6onnx.calibrate import outliers
 from n6onnx.graph import OUTLIER_TAG, UPSCALE_TAG
+from n6onnx.quantize import kernel
 
 D, H = 16, 64
 
@@ -59,7 +60,9 @@ def _run(path, x):
 
 
 def _stock_pt(src, dst):
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, op_types_to_quantize=["MatMul"])
+    # reduce_range where this CPU's u8s8 kernel clips pair sums (x86 without VNNI; onnxruntime's advice there)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, op_types_to_quantize=["MatMul"],
+                     reduce_range=kernel.pairs_saturate())
     return dst
 
 
