@@ -5,6 +5,7 @@ the float path stays exact, and the backward is straight-through (masked where a
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import numpy as np
 import onnx
@@ -324,3 +325,31 @@ def test_plan_refuses_what_it_cannot_mirror(zoo_export):
         fakequant.plan(proto, "fp16")
     with pytest.raises(BadArgumentError, match="calibration feeds"):
         fakequant.plan(proto, "int8:static")
+
+
+@pytest.mark.parametrize("op,trans", [("MatMul", 0), ("Gemm", 1)])
+def test_saturation_is_the_pair_clipping_of_the_int8_product(op, trans):
+    """``fakequant.saturation`` against the numpy reference of a pair-clipping kernel (tests/quantize/
+    test_kernel.py) on the codes onnxruntime's grids give: exact int8 product plus the saturation equals the
+    clipped product, times the scales; K odd (a zero-padded last pair) included. On any CPU (no onnxruntime)."""
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "quantize"))
+    from test_kernel import pair_clipped
+
+    rng = np.random.default_rng(3)
+    for k in (64, 65):
+        w = rng.standard_normal((k, 24)).astype(np.float32)
+        w[:, :4] = np.abs(w[:, :4]) + 2  # columns whose pairs reach the clip
+        x = (rng.standard_normal((2, 5, k)) + 3).astype(np.float32)
+        site = fakequant.Site(("int8", True), saturate=True)
+        wt = torch.tensor(w.T.copy() if trans else w)
+        sat = fakequant.saturation(op, {"transB": trans}, torch.tensor(x), wt, site).numpy().reshape(-1, 24)
+        q, sw = fakequant.weight_grid(torch.tensor(w))
+        sx, zp = fakequant.dynamic_grid(torch.tensor(x))
+        codes = torch.div(torch.tensor(x).reshape(-1, k), sx).round().add(zp).clamp(0, 255).numpy().astype(np.int64)
+        qi = q.numpy().astype(np.int64)
+        pad = k % 2
+        a, b = np.pad(codes, ((0, 0), (0, pad))), np.pad(qi, ((0, pad), (0, 0)))
+        want = (pair_clipped(a, b) - a @ b) * (sw.numpy() * sx.item())  # the clipping's part of the output
+        assert np.abs(want).max() > 0  # the clip is really reached
+        np.testing.assert_allclose(sat, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())

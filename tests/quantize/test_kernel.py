@@ -1,0 +1,36 @@
+"""n6onnx.quantize.kernel: the probe of what onnxruntime's CPU u8s8 integer MatMul computes here. On random
+uint8 x int8 operands of a real MatMul's size, onnxruntime equals the exact product where the probe says the
+kernel does not clip, and the numpy reference of VPMADDUBSW (each pair of neighbouring products along K
+clipped to int16, then summed) where it says it does; the two differ on these operands, so the probe's answer
+is checked, whichever CPU runs the test."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from n6onnx.quantize import kernel
+
+
+def pair_clipped(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a [M, K] uint8 @ b [K, N] int8 with each pair (2j, 2j + 1) of products clipped to int16 (K even)."""
+    m, k = a.shape
+    p = a.astype(np.int64).reshape(m, k // 2, 2, 1) * b.astype(np.int64).reshape(1, k // 2, 2, -1)
+    return np.clip(p.sum(2), kernel.PAIR_MIN, kernel.PAIR_MAX).sum(1)
+
+
+def test_onnxruntime_computes_what_the_probe_says():
+    rng = np.random.default_rng(0)
+    m, k, n = 64, 384, 96
+    a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    b = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])], [numpy_helper.from_array(b, "b")])
+    sess = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"a": a})[0]
+    exact, clipped = a.astype(np.int64) @ b.astype(np.int64), pair_clipped(a, b)
+    assert not np.array_equal(exact, clipped)  # these operands tell the two kernels apart
+    np.testing.assert_array_equal(y, clipped if kernel.pairs_saturate() else exact)
