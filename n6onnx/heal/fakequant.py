@@ -364,11 +364,11 @@ def inputs(op: str, attrs: dict, ins: list, site=True, grids: Grids | None = Non
     return [x, qw, *rest]
 
 
-def saturation(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, site: Site, rng=None) -> torch.Tensor:
+def saturation(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, site: Site) -> torch.Tensor:
     """What a CPU whose u8s8 kernel clips pair sums to int16 (``quantize.kernel``) adds to the quantized
     MatMul's (or Gemm's) exact output: minus the clipped excess of every pair of neighbouring products along
-    K, times the input and weight scales. ``x``, ``w``: the float inputs (before fake quantization); ``rng``:
-    a static plan's range of ``x`` (None: dynamic, DynamicQuantizeLinear's). Only weight pairs that can clip
+    K, times the input and weight scales. ``x``, ``w``: the float inputs (before fake quantization); ``x`` on
+    DynamicQuantizeLinear's grid (only dynamic sites clip: ``plan``). Only weight pairs that can clip
     (``kernel.PAIR_WEIGHT_SUM``: about 1% of MiniLM's) are visited. No gradient (straight-through)."""
     with torch.no_grad():
         wd = w.detach().float()
@@ -376,10 +376,7 @@ def saturation(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, site: Sit
         q, sw = weight_grid(wd, site.weight[1])
         k, n = q.shape
         xd = x.detach().float().reshape(-1, k)
-        if rng is None:
-            sx, zp = dynamic_grid(xd)
-        else:
-            sx, zp = rng.value() if isinstance(rng, LearnedRange) else rng
+        sx, zp = dynamic_grid(xd)
         qx = torch.div(xd, sx).round_().add_(zp).clamp_(0, 255)  # the uint8 codes the kernel multiplies
         if k % 2:
             q, qx = torch.nn.functional.pad(q, (0, 0, 0, 1)), torch.nn.functional.pad(qx, (0, 1))
