@@ -20,7 +20,7 @@ from n6onnx.heal.train import HealConfig
 from n6onnx.quantize import quantize_proto
 from n6onnx.runtime import session_for
 
-from .test_fakequant import BOUND, _model, _unfused, exact
+from .test_fakequant import BOUND, _model, _unfused, exact, site_errors
 from .test_heal import _mse, _npz
 
 
@@ -72,11 +72,14 @@ def test_written_ranges_are_what_the_student_ran(zoo_export):
             r.zero_point.add_(3 * (k % 3) - 3)
     student = GraphModule(proto, fake_quant=fakequant.Plan(plan, moved))
     written = {n: r.value() for n, r in moved.items()}
-    sq = session_for(quantize_proto(proto, "int8:static", calibration_feeds=cal, ranges=written)[1], _unfused())
+    qwritten = quantize_proto(proto, "int8:static", calibration_feeds=cal, ranges=written)[1]
+    sq = session_for(qwritten, _unfused())
     sc = session_for(quantize_proto(proto, "int8:static", calibration_feeds=cal)[1], _unfused())
     errs = []
     for seed in range(3):
         fd = F.random_feeds(sf, 1, seed=seed)[0]
+        sites = site_errors(proto, fakequant.Plan(plan, moved), qwritten, fd, _unfused())
+        assert set(sites) == set(plan) and max(sites.values()) < BOUND, sites  # every site, every feed
         with torch.no_grad():
             got = next(iter(student(fd).values())).numpy()
         ref, calibrated = sq.run(None, fd)[0], sc.run(None, fd)[0]
@@ -84,7 +87,7 @@ def test_written_ranges_are_what_the_student_ran(zoo_export):
         errs.append(np.abs(got - ref).max() / scale)
         assert np.abs(got - calibrated).max() / scale > 100 * BOUND
         assert errs[-1] < np.abs(got - calibrated).max() / scale / 30  # every feed: the written ranges, not the old
-    # most feeds to float rounding; on one, a value that float32 differences upstream (torch against this CPU's
+    # the whole model: most feeds to float rounding; on one, a value that float32 differences upstream (torch against this CPU's
     # onnxruntime kernels) put on the other side of a rounding boundary moves an element by one uint8 step
     # (measured on an AVX2 CPU: 2.8e-5 of the range, 62 of 2048 elements, one feed of three)
     assert sorted(errs)[1] < BOUND
