@@ -5,7 +5,6 @@ the float path stays exact, and the backward is straight-through (masked where a
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import numpy as np
 import onnx
@@ -366,9 +365,7 @@ def test_saturation_is_the_pair_clipping_of_the_int8_product(op, trans):
     """``fakequant.saturation`` against the numpy reference of a pair-clipping kernel (tests/quantize/
     test_kernel.py) on the codes onnxruntime's grids give: exact int8 product plus the saturation equals the
     clipped product, times the scales; K odd (a zero-padded last pair) included. On any CPU (no onnxruntime)."""
-    import sys
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "quantize"))
-    from test_kernel import pair_clipped
+    from ..quantize.test_kernel import pair_clipped
 
     rng = np.random.default_rng(3)
     for k in (64, 65):
