@@ -14,7 +14,7 @@ from . import api, console, passes
 from . import report as report_mod
 from .errors import BadArgumentError, N6Error
 from .feeds import parse_dims
-from .heal.config import LOCAL_MODES, LOSSES, PARAMS, TRAIN_DTYPES, TRAINABLE, HealConfig
+from .heal.config import INT8_KERNELS, LOCAL_MODES, LOSSES, PARAMS, TRAIN_DTYPES, TRAINABLE, HealConfig
 from .options import Number
 from .passes.base import INT8_GUARDS
 from .quantize.mode import QuantModeType
@@ -85,6 +85,12 @@ def _heal_options(f, flag: bool = True):
                      "train against the quantized path (fake-quantized MatMuls as onnxruntime runs them, "
                      "straight-through gradients), the quantized MatMuls' weights included; off: heal in float, "
                      "quantize after."),
+        click.option("--heal-int8-kernel", type=click.Choice(INT8_KERNELS), default=HealConfig.int8_kernel,
+                     show_default=True,
+                     help="With --quantize int8 (dynamic), or healing an int8 model: the int8 kernel it will be deployed on, whose "
+                     "products the fake-quantized MatMuls mirror. auto: this CPU's, as measured; exact: x86 with VNNI or AMX, "
+                     "ARM; saturating: x86 AVX2 without VNNI, whose u8s8 kernel clips neighbouring product pairs to "
+                     "int16. Heal on one machine for another with exact or saturating."),
     ]
     ranges = [  # rewrite only: `n6onnx heal` takes int8 (dynamic) and int4 models, which have no activation ranges
         click.option("--heal-ranges", type=Number(0, 1, hi_open=True), default=None,
@@ -116,12 +122,13 @@ def _heal_options(f, flag: bool = True):
 
 def _heal_config(heal_minutes, heal_steps, heal_local, heal_local_mode, heal_local_lr, heal_local_lr_start, heal_lr,
                  heal_train, heal_loss, heal_param, heal_backtrack, heal_floor_falls, heal_ema, heal_fake_quant,
-                 heal_ranges, heal_dtype, heal_device, heal_cache_mb, seed, threads):
+                 heal_int8_kernel, heal_ranges, heal_dtype, heal_device, heal_cache_mb, seed, threads):
     return HealConfig(minutes=heal_minutes, steps=heal_steps, local=heal_local, local_mode=heal_local_mode,
                       local_lr=heal_local_lr, local_lr_start=None if heal_local_lr_start == "off" else heal_local_lr_start,
                       lr=heal_lr,
                       train=heal_train, loss=heal_loss, param=heal_param, backtrack=heal_backtrack,
                       floor_falls=heal_floor_falls, ema=heal_ema, fake_quant=heal_fake_quant,
+                      int8_kernel=heal_int8_kernel,
                       ranges=HealConfig.ranges if heal_ranges is None else heal_ranges,
                       train_dtype=heal_dtype,
                       device=heal_device, cache_bytes=heal_cache_mb << 20, seed=seed, threads=threads)
@@ -192,6 +199,10 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
         if heal_opts["heal_ranges"] is not None and str(quantize_) != "int8:static":
             raise BadArgumentError("--heal-ranges trains the activation ranges of --quantize int8:static; "
                                    f"it does not apply to {'--quantize ' + str(quantize_) if quantize_ else 'a float model'}")
+        if heal_opts["heal_int8_kernel"] != "auto" and (str(quantize_) != "int8" or not heal):
+            raise BadArgumentError("--heal-int8-kernel names the kernel a --quantize int8 --heal mirrors; it does not "
+                                   f"apply to {'--quantize ' + str(quantize_) if quantize_ else 'a float model'}"
+                                   + ("" if heal else " without --heal"))
         with console.progress(as_json or calibrate is None or heal, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,

@@ -277,8 +277,17 @@ def heal_summary(h) -> None:
               f"({h.trainable_values} values) trained"
               + (f"; against the {h.config.get('quantize') or 'quantized'} path ({h.fake_quantized} MatMuls "
                  "fake-quantized)" if h.fake_quantized else "")
+              + (f"; int8 products {_products(h)}" if getattr(h, "int8_kernel", None) else "")
               + (f"; {len(h.ranges)} activation ranges {_ranges_phase(h)}" if getattr(h, "ranges", None) else ""),
               highlight=False)
+
+
+def _products(h) -> str:
+    """The int8 kernel a healing mirrored, and whose it is."""
+    what = "pair sums clipped to int16" if h.int8_kernel == "saturating" else "exact"
+    whose = ("this CPU's kernel; --heal-int8-kernel names a deployment's" if h.config.get("int8_kernel", "auto") == "auto"
+             else "as --heal-int8-kernel asked")
+    return f"{what} ({whose})"
 
 
 def _ranges_phase(h) -> str:

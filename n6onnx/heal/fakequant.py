@@ -77,15 +77,16 @@ class Plan(dict):
         self.tensors: dict[str, tuple[float, int]] = dict(tensors or {})
 
 
-def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None) -> Plan:
+def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None, saturate: bool | None = None) -> Plan:
     """What ``--quantize MODE`` quantizes in ``proto``, read from onnxruntime's own output for it.
-    ``feeds`` (feed dicts): the calibration data of ``int8:static``."""
+    ``feeds`` (feed dicts): the calibration data of ``int8:static``. ``saturate`` (dynamic int8): whether the
+    target kernel clips pair sums to int16; None: as this CPU's does (``quantize.kernel``)."""
     kind = str(mode).split(":")[0] if str(mode).startswith("int4") else str(mode)
     if kind not in MODES:
         raise BadArgumentError(f"fake quantization mirrors --quantize {', '.join(MODES)}, not {mode}")
     if kind == "int8":
         _, q = quantize_proto(proto, "int8")
-        sat = kernel.pairs_saturate()
+        sat = kernel.pairs_saturate() if saturate is None else bool(saturate)
         return Plan({y: Site(("int8", pc), saturate=sat) for y, pc in int8graph.quantized_matmuls(proto, q).items()})
     if kind == "int4":
         _, q = quantize_proto(proto, mode)
@@ -94,6 +95,13 @@ def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None) -> Plan:
         raise BadArgumentError("fake quantization of int8:static needs the calibration feeds")
     _, q = quantize_proto(proto, "int8:static", calibration_feeds=feeds)
     return _static_plan(proto, q)
+
+
+def products(p: Plan) -> str | None:
+    """The integer products a plan's dynamic int8 sites mirror: "saturating" (pair sums clipped to int16),
+    "exact", or None where it has no dynamic int8 site."""
+    sites = [s for s in p.values() if s.weight[0] == "int8" and s.act == "dynamic"]
+    return None if not sites else "saturating" if any(s.saturate for s in sites) else "exact"
 
 
 def _int4_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:

@@ -76,6 +76,9 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
         model = ir.from_proto(fproto)
         _check_requantizes(model, qproto, rewritten, mode)  # before any work
         config = dataclasses.replace(config or HealConfig(), quantize=mode)
+    if config is not None and config.int8_kernel != "auto" and mode != "int8":
+        raise BadArgumentError(f"--heal-int8-kernel names the kernel that healing an int8 (dynamic) model mirrors; "
+                               f"{rewritten} is {'an ' + mode if mode else 'a float'} model")
     original = io.load(teacher)
     canonicalize(original)
     in_m, in_o = [v.name for v in model.graph.inputs], [v.name for v in original.graph.inputs]

@@ -81,6 +81,9 @@ class HealReport:
     # int8:static with HealConfig.ranges: {activation tensor: (scale, zero point)} the student ended with (trained
     # where a check improved, else calibration's), which QuantizeLinear gets on write-out
     ranges: dict | None = None
+    # dynamic int8 under fake quantization: the products the student mirrored, "exact" or "saturating" (pair sums
+    # clipped to int16: config int8_kernel, or with "auto" this CPU's kernel)
+    int8_kernel: str | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -233,7 +236,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     fq = {}
     if cfg.fake_quant and cfg.quantize is not None:
         qfeeds = quant_feeds if quant_feeds is not None else [batches[k] for k in range(min(32, len(batches)))]
-        fq = fakequant.plan(proto, cfg.quantize, qfeeds if cfg.quantize == "int8:static" else None)
+        fq = fakequant.plan(proto, cfg.quantize, qfeeds if cfg.quantize == "int8:static" else None,
+                            {"auto": None, "exact": False, "saturating": True}[cfg.int8_kernel])
     names = targets.trainable(oproto, proto, cfg.train)
     if fq:
         names = sorted(set(names) | set(fakequant.trainable(proto, fq)))
@@ -492,7 +496,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
     return HealReport(int(sum(rows[k] for k in train_idx)), int(sum(rows[k] for k in held_idx)),
                       len(names), n_values, step, time.perf_counter() - t0, start, best, lowest, stopped,
                       dataclasses.asdict(cfg), curve, len(fq),
-                      None if static_ranges is None else {n: (float(sc), int(z)) for n, (sc, z) in static_ranges.items()})
+                      None if static_ranges is None else {n: (float(sc), int(z)) for n, (sc, z) in static_ranges.items()},
+                      fakequant.products(fq))
 
 
 def check_device(name: str) -> torch.device:

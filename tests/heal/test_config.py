@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from n6onnx.errors import BadArgumentError
-from n6onnx.heal.config import LOSSES, REFITS, HealConfig
+from n6onnx.heal.config import INT8_KERNELS, LOSSES, REFITS, HealConfig
 
 
 def test_defaults_and_every_choice_are_accepted():
@@ -17,6 +17,8 @@ def test_defaults_and_every_choice_are_accepted():
         HealConfig(loss=loss)
     for refit in REFITS:
         HealConfig(refit=refit)
+    for k in INT8_KERNELS:
+        HealConfig(int8_kernel=k)
     HealConfig(steps=None, threads=None, local_lr=None, local_lr_start=1e-4, device="cuda:1", backtrack=0.002,
                quantize="int8:static", ema=0.0, local=0, lr=5.0, fake_quant=False)
 
@@ -24,7 +26,7 @@ def test_defaults_and_every_choice_are_accepted():
 @pytest.mark.parametrize("kw, says", [
     ({"train": "bogus"}, "train must be one of"), ({"loss": "mse"}, "loss must be one of"),
     ({"refit": None}, "refit must be one of"), ({"cache_dtype": "int8"}, "cache_dtype"),
-    ({"train_dtype": "float16"}, "train_dtype"), ({"local_mode": "serial"}, "local_mode"),
+    ({"train_dtype": "float16"}, "train_dtype"), ({"int8_kernel": "vnni"}, "int8_kernel must be one of"), ({"local_mode": "serial"}, "local_mode"),
     ({"device": "tpu"}, "device must be cpu"), ({"device": "cuda:x"}, "device must be cpu"),
     ({"minutes": 0}, "minutes must be in"), ({"minutes": float("inf")}, "minutes must be a finite"),
     ({"lr": -1e-3}, "lr must be in"), ({"lr": "fast"}, "lr needs a number"), ({"local": 1.5}, "local must be in"),

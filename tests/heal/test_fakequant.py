@@ -63,6 +63,27 @@ def test_fake_quant_forward_equals_ort_int8(zoo_export, model, spec):
         assert np.abs(got_f - ref_f).max() / np.abs(ref_f).max() < BOUND  # float path unchanged
 
 
+@pytest.mark.parametrize("model", ["bert", "gpt2"])
+def test_the_named_int8_kernel_is_what_the_student_runs(zoo_export, model):
+    """``plan(saturate=)``, as --heal-int8-kernel sets it: the kernel of this CPU's kind matches onnxruntime here,
+    within BOUND; the other kind misses it by the pair clipping (these models have pairs that clip), on any CPU."""
+    proto = _model(zoo_export, model, None)
+    here = kernel.pairs_saturate()
+    sq, sf = session_for(quantize_proto(proto, "int8")[1]), session_for(proto)
+    for saturate in (here, not here):
+        p = fakequant.plan(proto, "int8", saturate=saturate)
+        assert fakequant.products(p) == ("saturating" if saturate else "exact")
+        errs = []
+        for seed in range(2):
+            fd = F.random_feeds(sf, 1, seed=seed)[0]
+            ref = sq.run(None, fd)[0]
+            with torch.no_grad():
+                errs.append(np.abs(next(iter(GraphModule(proto, fake_quant=p)(fd).values())).numpy() - ref).max()
+                            / np.abs(ref).max())
+        assert (max(errs) < BOUND) if saturate == here else (max(errs) > 100 * BOUND), (saturate, errs)
+    assert fakequant.products(fakequant.plan(proto, "int4:32")) is None
+
+
 # int4: the activation is rounded per block to int8 (MatMulNBits' int8 compute path), so a float32
 # difference upstream can flip one activation element to the next int8 step; that moves the output by
 # about 1/127 of a block's range times a weight: measured up to 5.5e-4 of the output's range on one

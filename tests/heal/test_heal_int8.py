@@ -14,7 +14,7 @@ import n6onnx
 from n6onnx.cli import main
 from n6onnx.heal.run import heal_file
 from n6onnx.heal.train import HealConfig
-from n6onnx.quantize import int8graph
+from n6onnx.quantize import int8graph, kernel
 
 from .test_heal import _mse, _npz
 
@@ -48,6 +48,7 @@ def test_rewrite_quantize_heal_without_a_pass(setup):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["healing"]["fake_quantized"] == 12 and out["healing"]["config"]["quantize"] == "int8"
+    assert out["healing"]["int8_kernel"] == ("saturating" if kernel.pairs_saturate() else "exact")  # this CPU's
     assert int8graph.structure(onnx.load(tmp / "rq.onnx")) == int8graph.structure(onnx.load(tmp / "q.onnx"))
     # the same through the API with frequent held-out checks (the CLI checks every 25 steps): better
     # than the plain int8 model in onnxruntime, on samples healing never saw
@@ -119,3 +120,27 @@ def test_rewrite_heals_other_modes_against_their_own_path(setup, mode):
     assert rep.healing.best >= rep.healing.start and not rep.warnings
     assert _ops(tmp / f"{tag}_h.onnx") == _ops(tmp / f"{tag}.onnx")
     assert _mse(src, tmp / f"{tag}_h.onnx", held) < _mse(src, tmp / f"{tag}.onnx", held)
+
+
+def test_the_int8_kernel_a_heal_mirrors_can_be_named(setup):
+    """--heal-int8-kernel heals on this machine for a deployment CPU of the other kind: the report says which
+    products the student ran; the option is refused where there is no dynamic int8 heal to apply it to."""
+    src, tmp, data, _ = setup
+    for named, said in (("exact", "exact"), ("saturating", "pair sums clipped to int16")):
+        args = ["rewrite", str(src), "-o", str(tmp / f"k-{named}.onnx"), "--quantize", "int8", "--calibrate", str(data),
+                "--heal", "--heal-steps", "2", "--threads", "1", "--heal-int8-kernel", named]
+        r = CliRunner().invoke(main, [*args, "--json"])
+        assert r.exit_code == 0, r.output
+        h = json.loads(r.output)["healing"]
+        assert h["int8_kernel"] == named and h["config"]["int8_kernel"] == named
+        r = CliRunner().invoke(main, args)  # the human summary says it too
+        assert r.exit_code == 0 and f"int8 products {said} (as --heal-int8-kernel asked)" in " ".join(r.output.split())
+    for args in (["--quantize", "int4", "--heal"], ["--quantize", "int8"], ["--heal", "--pass", "gelu=phi6"]):
+        r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp / "refused.onnx"), "--calibrate", str(data),
+                                      "--heal-int8-kernel", "exact", *args])
+        assert r.exit_code != 0 and "--heal-int8-kernel" in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp / "refused.onnx").exists()
+    n6onnx.rewrite(src, tmp / "q4k.onnx", [], quantize="int4:16")
+    r = CliRunner().invoke(main, ["heal", str(tmp / "q4k.onnx"), "--teacher", str(src), "--calibrate", str(data),
+                                  "-o", str(tmp / "h4.onnx"), "--heal-int8-kernel", "saturating"])
+    assert r.exit_code != 0 and "int4" in r.output and not (tmp / "h4.onnx").exists(), r.output
