@@ -87,10 +87,10 @@ def _heal_options(f, flag: bool = True):
                      "quantize after."),
         click.option("--heal-int8-kernel", type=click.Choice(INT8_KERNELS), default=HealConfig.int8_kernel,
                      show_default=True,
-                     help="With --quantize int8 (dynamic), or healing an int8 model: the int8 kernel it will be deployed on, whose "
-                     "products the fake-quantized MatMuls mirror. auto: this CPU's, as measured; exact: x86 with VNNI or AMX, "
-                     "ARM; saturating: x86 AVX2 without VNNI, whose u8s8 kernel clips neighbouring product pairs to "
-                     "int16. Heal on one machine for another with exact or saturating."),
+                     help="With --quantize int8 (dynamic), or healing an int8 model: the int8 kernel it will be "
+                     "deployed on, whose products the fake-quantized MatMuls mirror. auto: this CPU's, as measured; "
+                     "exact: x86 with VNNI or AMX, ARM; saturating: x86 AVX2 without VNNI, whose u8s8 kernel clips "
+                     "neighbouring product pairs to int16. Heal on one machine for another with exact or saturating."),
     ]
     ranges = [  # rewrite only: `n6onnx heal` takes int8 (dynamic) and int4 models, which have no activation ranges
         click.option("--heal-ranges", type=Number(0, 1, hi_open=True), default=None,
