@@ -8,7 +8,9 @@ that clipping and ``exact`` does not, so the ``exact`` row is what a heal traine
 it runs here; on a VNNI CPU the roles swap.
 
     python benchmarks/heal_int8_kernel.py --data CARRY/data.npz --held CARRY/held.npz --model CARRY/minilm.onnx
-        [--minutes 10] [--kernels auto,exact] [--name heal_int8_kernel_minilm]
+        [--minutes 10] [--kernels exact,saturating] [--name heal_int8_kernel_minilm]
+
+Each row records which kernel it mirrored and whether that is this CPU's (``matches_this_cpu``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main() -> None:
     ap.add_argument("--data", type=pathlib.Path, required=True, help="pre-tokenised DATA (.npz), 8 x 64")
     ap.add_argument("--held", type=pathlib.Path, required=True, help="pre-tokenised held-out feeds (.npz)")
     ap.add_argument("--minutes", type=float, default=10.0, help="heal budget per row")
-    ap.add_argument("--kernels", default="auto,exact,saturating", help="comma-separated, of " + "/".join(INT8_KERNELS))
+    ap.add_argument("--kernels", default="exact,saturating", help="comma-separated, of " + "/".join(INT8_KERNELS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="heal_int8_kernel_minilm", help="benchmarks/results/NAME.json")
     ap.add_argument("--note", default="", help="where and how this ran")

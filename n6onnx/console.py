@@ -285,8 +285,8 @@ def heal_summary(h) -> None:
 def _products(h) -> str:
     """The int8 kernel a healing mirrored, and whose it is."""
     what = "pair sums clipped to int16" if h.int8_kernel == "saturating" else "exact"
-    whose = ("this CPU's kernel; --heal-int8-kernel names a deployment's" if h.config.get("int8_kernel", "auto") == "auto"
-             else "as --heal-int8-kernel asked")
+    asked = h.config.get("int8_kernel", "auto") != "auto"
+    whose = "as --heal-int8-kernel asked" if asked else "this CPU's kernel; --heal-int8-kernel names a deployment's"
     return f"{what} ({whose})"
 
 

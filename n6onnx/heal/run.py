@@ -73,12 +73,13 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
             fproto, mode = int4graph.dequantize(qproto)  # refuses other forms, by name
         else:
             fproto, mode = int8graph.dequantize(qproto), "int8"  # refuses other formats, by name
+    if config is not None and config.int8_kernel != "auto" and mode != "int8":  # before any work
+        raise BadArgumentError(f"--heal-int8-kernel names the kernel that healing an int8 (dynamic) model mirrors; "
+                               f"{rewritten} is {'an ' + mode if mode else 'a float'} model")
+    if qproto is not None:
         model = ir.from_proto(fproto)
         _check_requantizes(model, qproto, rewritten, mode)  # before any work
         config = dataclasses.replace(config or HealConfig(), quantize=mode)
-    if config is not None and config.int8_kernel != "auto" and mode != "int8":
-        raise BadArgumentError(f"--heal-int8-kernel names the kernel that healing an int8 (dynamic) model mirrors; "
-                               f"{rewritten} is {'an ' + mode if mode else 'a float'} model")
     original = io.load(teacher)
     canonicalize(original)
     in_m, in_o = [v.name for v in model.graph.inputs], [v.name for v in original.graph.inputs]

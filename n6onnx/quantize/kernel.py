@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import N6Error
+
 PAIR_MIN, PAIR_MAX = -32768, 32767  # the int16 range VPMADDUBSW saturates to
 # |a0 b0 + a1 b1| <= 255 (|b0 + b1|) for same-sign weights (and <= 255 x 128 otherwise): only a pair of int8
 # weights whose sum reaches this can saturate, whatever the uint8 activations are
@@ -46,5 +48,6 @@ def pairs_saturate() -> bool:
         return False
     if np.all(y == k // 2 * PAIR_MAX):
         return True
-    raise RuntimeError(f"onnxruntime's u8s8 MatMulInteger gave {int(y.flat[0])}, neither exact ({exact}) nor "
-                       f"pairwise saturated ({k // 2 * PAIR_MAX})")
+    raise N6Error(f"onnxruntime's u8s8 MatMulInteger gave {int(y.flat[0])} on this CPU, neither exact ({exact}) nor "
+                  f"pairwise saturated ({k // 2 * PAIR_MAX}): its int8 kernel is not one n6onnx knows; heal with "
+                  "--heal-int8-kernel exact or saturating (the deployment CPU's) or --no-heal-fake-quant")

@@ -26,7 +26,8 @@ def test_defaults_and_every_choice_are_accepted():
 @pytest.mark.parametrize("kw, says", [
     ({"train": "bogus"}, "train must be one of"), ({"loss": "mse"}, "loss must be one of"),
     ({"refit": None}, "refit must be one of"), ({"cache_dtype": "int8"}, "cache_dtype"),
-    ({"train_dtype": "float16"}, "train_dtype"), ({"int8_kernel": "vnni"}, "int8_kernel must be one of"), ({"local_mode": "serial"}, "local_mode"),
+    ({"train_dtype": "float16"}, "train_dtype"), ({"int8_kernel": "vnni"}, "int8_kernel must be one of"),
+    ({"local_mode": "serial"}, "local_mode"),
     ({"device": "tpu"}, "device must be cpu"), ({"device": "cuda:x"}, "device must be cpu"),
     ({"minutes": 0}, "minutes must be in"), ({"minutes": float("inf")}, "minutes must be a finite"),
     ({"lr": -1e-3}, "lr must be in"), ({"lr": "fast"}, "lr needs a number"), ({"local": 1.5}, "local must be in"),

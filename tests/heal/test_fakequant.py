@@ -4,8 +4,6 @@ the float path stays exact, and the backward is straight-through (masked where a
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -91,12 +89,6 @@ def test_the_named_int8_kernel_is_what_the_student_runs(zoo_export, model):
 INT4_FLIP = 1e-3
 
 
-def exact(plan: fakequant.Plan) -> fakequant.Plan:
-    """``plan`` with exact integer products: the arithmetic of the unfused QDQ graph (float DequantizeLinear ->
-    MatMul), and of the fused kernels on a CPU whose u8s8 kernel does not clip pair sums (``quantize.kernel``)."""
-    return fakequant.Plan({y: dataclasses.replace(s, saturate=False) for y, s in plan.items()}, plan.tensors)
-
-
 def site_errors(proto: onnx.ModelProto, plan: fakequant.Plan, quantized: onnx.ModelProto, feed: dict,
                 options: ort.SessionOptions | None = None) -> dict[str, float]:
     """Teacher-forced: each fake-quantized node of ``plan`` run alone in the student on onnxruntime's own values
@@ -150,15 +142,16 @@ def test_fake_quant_forward_equals_ort_other_modes(zoo_export, spec, mode):
     inits = {t.name for t in proto.graph.initializer}
     assert set(plan) == {n.output[0] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
     assert bool(plan.tensors) == (mode == "int8:static")  # static: fixed activation ranges
-    # static: the unfused QDQ graph multiplies exactly; the fused kernels as this CPU does (the plan mirrors them)
-    fq, fq_exact = GraphModule(proto, fake_quant=plan), GraphModule(proto, fake_quant=exact(plan))
+    # int4 and static sites multiply exactly (only dynamic int8 mirrors a clipping kernel): the arithmetic of the
+    # unfused QDQ graph, and of the fused kernels on a CPU whose u8s8 kernel does not clip pair sums
+    assert fakequant.products(plan) is None and not any(s.saturate for s in plan.values())
+    fq = GraphModule(proto, fake_quant=plan)
     errs, fused = [], []
     for seed in range(3):
         fd = F.random_feeds(sf, 1, seed=seed)[0]
         ref_q, ref_f = sq.run(None, fd)[0], sf.run(None, fd)[0]
         with torch.no_grad():
-            got = next(iter(fq_exact(fd).values())).numpy()
-            deployed = next(iter(fq(fd).values())).numpy()
+            got = deployed = next(iter(fq(fd).values())).numpy()
         scale = np.abs(ref_q).max()
         errs.append(np.abs(got - ref_q).max() / scale)
         fused.append(np.abs(deployed - sq_fused.run(None, fd)[0]).max() / scale)
@@ -203,7 +196,7 @@ def test_static_gemm_bias_is_rounded_as_int32(zoo_export):
     proto = _model(zoo_export, "gpt2", None)
     sf = session_for(proto)
     cal = F.random_feeds(sf, 4, seed=10)
-    plan = exact(fakequant.plan(proto, "int8:static", cal))  # against the unfused graph
+    plan = fakequant.plan(proto, "int8:static", cal)  # exact products: against the unfused graph
     assert {n.output[0] for n in proto.graph.node if n.op_type == "Gemm"} <= {y for y, s in plan.items() if s.bias}
     sq = session_for(quantize_proto(proto, "int8:static", calibration_feeds=cal)[1], _unfused())
     fd = F.random_feeds(sf, 1, seed=0)[0]

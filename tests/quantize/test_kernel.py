@@ -34,3 +34,26 @@ def test_onnxruntime_computes_what_the_probe_says():
     exact, clipped = a.astype(np.int64) @ b.astype(np.int64), pair_clipped(a, b)
     assert not np.array_equal(exact, clipped)  # these operands tell the two kernels apart
     np.testing.assert_array_equal(y, clipped if kernel.pairs_saturate() else exact)
+
+
+def test_an_unknown_kernel_is_a_clear_error(monkeypatch):
+    """A CPU whose kernel gives neither the exact nor the pair-clipped probe result gets an N6Error that names
+    the way out (a named kernel), not a crash or a wrong guess."""
+    import pytest
+
+    from n6onnx.errors import N6Error
+
+    class Odd:  # a kernel that computes something else
+        def __init__(self, *a, **k):
+            pass
+
+        def run(self, _outputs, feeds):
+            return [np.full((feeds["a"].shape[0], 16), 7, np.int32)]
+
+    kernel.pairs_saturate.cache_clear()
+    monkeypatch.setattr(ort, "InferenceSession", Odd)
+    try:
+        with pytest.raises(N6Error, match="--heal-int8-kernel exact or saturating"):
+            kernel.pairs_saturate()
+    finally:
+        kernel.pairs_saturate.cache_clear()
