@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import N6Error
@@ -37,8 +36,9 @@ def pairs_saturate() -> bool:
     g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
                           [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
                           [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])], [b])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    opsets = [helper.make_opsetid("", 13)]
+    # the lowest IR version that opset needs, so an older onnxruntime than this onnx package's loads it too
+    model = helper.make_model(g, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

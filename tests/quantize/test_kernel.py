@@ -57,3 +57,26 @@ def test_an_unknown_kernel_is_a_clear_error(monkeypatch):
             kernel.pairs_saturate()
     finally:
         kernel.pairs_saturate.cache_clear()
+
+
+def test_the_probe_loads_on_an_older_onnxruntime(monkeypatch):
+    """The probe model carries the lowest IR version its opset needs, not this onnx package's newest (IR 14 here):
+    an onnxruntime older than the onnx package (the GPU machine's reads IR <= 13) refused it, and every int8
+    heal failed there before any work."""
+    import onnx
+
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(model_bytes, *a, **k):
+        seen.append(onnx.load_from_string(model_bytes))
+        return real(model_bytes, *a, **k)
+
+    kernel.pairs_saturate.cache_clear()
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    try:
+        kernel.pairs_saturate()
+    finally:
+        kernel.pairs_saturate.cache_clear()
+    (probe,) = seen
+    assert probe.ir_version == 7  # what opset 13 needs (onnx's table); onnxruntime >= 1.3 reads it
