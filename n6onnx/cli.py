@@ -64,7 +64,8 @@ def _heal_options(f, flag: bool = True):
         click.option("--heal-loss", type=click.Choice(LOSSES), default=HealConfig.loss, show_default=True,
                      help="Residual stream after each block and/or the model outputs (kl: the KL divergence of "
                      "the outputs' softmax, for a language model's logits; pooled: 1 - cosine of each "
-                     "sample's mean-pooled token embeddings, a sentence embedding)."),
+                     "sample's mean-pooled token embeddings, a sentence embedding; relational: pooled plus the "
+                     "error of the pairwise cosines between a batch's samples, what nearest neighbours follow)."),
         click.option("--heal-param", type=click.Choice(PARAMS), default=HealConfig.param, show_default=True,
                      help="relative: centred, per-entry-scaled Adam steps; raw: plain Adam on the weights."),
         click.option("--heal-backtrack", type=Number(0, 1, word="auto"), default=HealConfig.backtrack,

@@ -11,8 +11,10 @@ from ..options import number
 
 TRAINABLE = ("rewritten", "neighbours", "all")
 PARAMS = ("relative", "raw")
-# kl: the outputs are logits; pooled: 1 - cosine of each sample's mean-pooled [B, L, H] output (a sentence embedding)
-LOSSES = ("streams+output", "streams", "output", "streams+kl", "kl", "streams+pooled", "pooled")
+# kl: the outputs are logits; pooled: 1 - cosine of each sample's mean-pooled [B, L, H] output (a sentence embedding);
+# relational: pooled plus the error of the pairwise cosines between a batch's samples (nearest-neighbour structure)
+LOSSES = ("streams+output", "streams", "output", "streams+kl", "kl", "streams+pooled", "pooled", "streams+relational",
+          "relational")
 LOCAL_INPUTS = ("student", "teacher")
 LOCAL_MODES = ("sequential", "parallel")
 REFITS = ("none", "phase", "eval")

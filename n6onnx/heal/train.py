@@ -32,7 +32,9 @@ original stream at that token (calibration's 1/var weight: what the next LayerNo
 averaged over real tokens and stream points (``"streams"``), plus the same on the model outputs
 (``"streams+output"``, default), or the outputs alone (``"output"``); ``"streams+kl"`` / ``"kl"``
 take the KL divergence of the outputs' softmax instead (a language model's logits), ``"streams+pooled"`` /
-``"pooled"`` 1 - cosine of the mean-pooled outputs (a sentence embedding); the terms are in ``heal.losses``.
+``"pooled"`` 1 - cosine of the mean-pooled outputs (a sentence embedding), ``"streams+relational"`` /
+``"relational"`` that plus the error of the pairwise cosines between a batch's samples; the terms are in
+``heal.losses``.
 
 Quantization-aware (``quantize`` "int8", "int8:static" or "int4[:BLOCK]" with ``fake_quant``): the
 student runs every MatMul that ``--quantize`` will quantize with fake-quantized weights and activations
@@ -245,7 +247,8 @@ def heal(model: ir.Model, original: ir.Model, batches, config: HealConfig | None
         names = targets.trainable(oproto, proto, "neighbours")
     if not names:
         raise BadArgumentError("heal: the rewritten model has no float initializer near a rewritten block to train")
-    streams = targets.stream_points(original, proto) if cfg.loss not in ("output", "kl", "pooled") or cfg.local > 0 else []
+    streams = targets.stream_points(original, proto) if "+" in cfg.loss or cfg.loss == "streams" or cfg.local > 0 \
+        else []
     # a present whose layout the rewrite changed (a re-laid-out KV cache) is no target
     moved = set(feeds_mod.relaid(feeds_mod.proto_input_specs(oproto, outputs=True),
                                  feeds_mod.proto_input_specs(proto, outputs=True)))
