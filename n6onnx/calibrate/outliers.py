@@ -10,7 +10,7 @@ per-tensor int8 lose most of its fidelity on the original's W2) set the step for
 ``split`` moves those units out: in the main FFN their balance scale becomes 0 and their W2 rows
 0 (so they no longer set either step), and a detour of the same form computes them from the FFN's
 input: MatMul(x, W1[:, k], columns at equal ranges) -> Mul(their gains) -> the same n6 activation
-(its folded bias) -> centring Add -> MatMul(W2[k, :]) [-> Reshape to the stream's shape, where the FFN's input is
+(its folded bias) -> centring Add [-> Mul(+-1): each unit's longer tail positive] -> MatMul(W2[k, :]) [-> Reshape to the stream's shape, where the FFN's input is
 flattened, as in GPT-2's Conv1D], added to the residual stream. Any quantizer then gives the detour its own steps. The
 float model is unchanged up to rounding. The detour's activation carries ``OUTLIER_TAG`` so that
 ``blocks.find_ffn_blocks`` does not take it for an FFN of its own.
@@ -48,10 +48,13 @@ def _node(graph: ir.Graph, before: ir.Node, op: str, inputs, name: str, domain: 
 
 
 def insert_detour(graph: ir.Graph, act: ir.Node, x: ir.Value, residual_add: ir.Node, residual: ir.Value,
-                  w1: np.ndarray, b1: np.ndarray, mean: np.ndarray, w2: np.ndarray, dtype) -> None:
+                  w1: np.ndarray, b1: np.ndarray, mean: np.ndarray, w2: np.ndarray, dtype,
+                  sign: np.ndarray | None = None) -> None:
     """The detour for the selected units: ``w1`` [d, k] and ``b1`` [k] (folded: the activation's
     input), ``mean`` [k] (their calibration mean), ``w2`` [k, d]; its output is added to
-    ``residual`` where ``residual_add`` reads it."""
+    ``residual`` where ``residual_add`` reads it. ``sign`` [k] (+-1, ``quantfit.orientation``): where any
+    is -1, a Mul by it after the centring and the same signs on W2's rows (exact in float), so the down
+    projection's uint8 input keeps its bytes low (x86 without VNNI clips pairs of high bytes)."""
     base = f"{act.name}_n6cal_outliers"
     cmax = np.abs(w1).max(0)  # equal column ranges, the gain in a Mul (as the main FFN's up_scale)
     r = np.where(cmax > 0, cmax / max(float(cmax.max()), 1e-30), 1.0).astype(np.float32)
@@ -59,6 +62,9 @@ def insert_detour(graph: ir.Graph, act: ir.Node, x: ir.Value, residual_add: ir.N
     rv = add_initializer(graph, r.astype(dtype), f"{base}_upscale")
     b1v = add_initializer(graph, np.asarray(b1).astype(dtype), f"{base}_b1")
     mv = add_initializer(graph, (-np.asarray(mean)).astype(dtype), f"{base}_centre")
+    flip = sign is not None and bool(np.any(np.asarray(sign) < 0))
+    if flip:
+        w2 = np.asarray(w2) * np.asarray(sign)[:, None]
     w2v = add_initializer(graph, np.ascontiguousarray(w2).astype(dtype), f"{base}_w2")
     at = residual_add
     up = _node(graph, at, "MatMul", [x, w1v], f"{base}_up", like=x)
@@ -74,6 +80,9 @@ def insert_detour(graph: ir.Graph, act: ir.Node, x: ir.Value, residual_add: ir.N
         a.metadata_props[VARIANT_TAG] = act.metadata_props[VARIANT_TAG]
     a.metadata_props[OUTLIER_TAG] = act.name
     c = _node(graph, at, "Add", [a.outputs[0], mv], f"{base}_centre", like=x)
+    if flip:
+        sv = add_initializer(graph, np.asarray(sign).astype(dtype), f"{base}_sign")
+        c = _node(graph, at, "Mul", [c.outputs[0], sv], f"{base}_orient", like=x)
     down = _node(graph, at, "MatMul", [c.outputs[0], w2v], f"{base}_down", like=x)
     if x.shape is None or residual.shape is None or len(x.shape) != len(residual.shape):
         # the FFN's input is flattened (GPT-2's Conv1D: a Reshape to [batch*seq, d] before the up Gemm,

@@ -38,6 +38,17 @@ rules out moving the gain into the activation's own parametrisation, so ``up_sca
 columns are stored at equal ranges and the gain is a constant Mul between the up projection and
 the activation (tagged ``UPSCALE_TAG``; ``blocks`` keeps it in the FFN). See ``calibrate_swap``
 for the measured effect of each fix and ``outliers`` for the units split out of W2.
+
+Fourth limit, x86 CPUs without VNNI (AVX2): onnxruntime's u8s8 kernel adds each pair of neighbouring
+products into a saturating int16 (``quantize.kernel``), so a pair of large same-sign weights clips when both
+of its uint8 activation bytes are high. A byte is high where a value lies far above the tensor's minimum:
+DynamicQuantizeLinear maps [min(0, lo), max(0, hi)] onto 0..255. GELU's output sits just above its small
+negative minimum (bytes near 2 on MiniLM), so the original never clips; a centred unit whose long tail is
+negative puts the bulk of its values at the top of the range. The detour of MiniLM's outlier units had
+bytes of 240-255 and clipped 12-46% of its pairs, and stock per-channel int8 of the calibrated model
+collapsed to cosine 0.08 on such a CPU. ``orientation`` flips each unit (its scale and its W2 row, exact in
+float) so that its longer tail is positive, the bulk sits low in the byte range and no byte of the bulk
+reaches the range where pairs clip; the range itself shrinks too (the long tails all on one side).
 """
 
 from __future__ import annotations
@@ -59,6 +70,14 @@ def offset_ratio(P: np.ndarray) -> np.ndarray:
     signal the int8 weight-rounding error of the next MatMul is multiplied by (1 for a centred unit)."""
     P = np.asarray(P, np.float64)
     return (P * P).mean(0) / np.maximum(P.var(0), 1e-30)
+
+
+def orientation(Xc: np.ndarray) -> np.ndarray:
+    """Per unit of a centred activation Xc [N, H], +1 where its largest value is at least as far from 0 as
+    its smallest, else -1 (float32): the sign that puts each unit's longer tail on the positive side, so the
+    bulk of a per-tensor uint8 quantization's bytes stays low (see the module's fourth limit)."""
+    Xc = np.asarray(Xc, np.float64)
+    return np.where(Xc.max(0) >= -Xc.min(0), 1.0, -1.0).astype(np.float32)
 
 
 def balance_scales(Xc: np.ndarray, W: np.ndarray, strength: float = 0.5) -> np.ndarray:
