@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
 from n6onnx import calibrate as cal  # noqa: E402
+from n6onnx.quantize import kernel  # noqa: E402
 from n6onnx import quantize as Q  # noqa: E402
 
 from _common import minilm_split, write  # noqa: E402
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per model in each bench (0: no timing)")
     ap.add_argument("--note", default="shared 2-core machine, ~7 developers working: timing is noisy",
                     help="what the timing was taken on")
+    ap.add_argument("--name", default="quantize_minilm", help="benchmarks/results/NAME.json")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize"
     src, calib, held = minilm_split(work)
@@ -74,13 +76,17 @@ def main() -> None:
     Q.quantize(src, work / "orig_int4.onnx", "int4")
     row("original + int4 (MatMulNBits, block 32)", work / "orig_int4.onnx")
 
-    for tag, kw, guard in (("before fix", {"centre": False, "balance": None}, "per-tensor"),
-                           ("per-channel guard: centre + balance", {}, "per-channel"),
-                           ("per-tensor guard: + W1 gain Mul + outlier detour", {}, "per-tensor")):
+    # orient=False: each centred unit as the fit leaves it, without the sign that puts its longer tail positive
+    # (calibrate.quantfit.orientation: x86 without VNNI clips pairs of high uint8 bytes)
+    for tag, kw, guard, slug in (("before fix", {"centre": False, "balance": None}, "per-tensor", "old"),
+                                 ("per-channel guard, unoriented", {"orient": False}, "per-channel", "unoriented"),
+                                 ("per-tensor guard, unoriented", {"orient": False}, "per-tensor", "unoriented"),
+                                 ("per-channel guard: centre + balance", {}, "per-channel", "fix"),
+                                 ("per-tensor guard: + W1 gain Mul + outlier detour", {}, "per-tensor", "fix")):
         saved = dict(cal.calibrate_swap.__kwdefaults__)
         cal.calibrate_swap.__kwdefaults__.update(kw)
         try:
-            f = work / f"phi6_{guard}_{'old' if kw else 'fix'}.onnx"
+            f = work / f"phi6_{guard}_{slug}.onnx"
             n6onnx.rewrite(src, f, ["gelu=phi6"], calibrate=calib, dims=dims, int8_guard=guard)
         finally:
             cal.calibrate_swap.__kwdefaults__.update(saved)
@@ -88,7 +94,7 @@ def main() -> None:
         # the per-channel guard's float model)
         q = work / f"{f.stem}_q.onnx"
         Q.quantize(f, q, "int8")
-        timed = tag != "before fix"
+        timed = slug == "fix"
         row(f"calibrated gelu=phi6 ({tag}), float", f, timed=timed and guard == "per-tensor")
         row(f"calibrated gelu=phi6 ({tag}) + stock int8 per tensor", stock(f, work / "phi6_pt.onnx", False), timed=False)
         row(f"calibrated gelu=phi6 ({tag}) + stock int8 per channel", stock(f, work / "phi6_pc.onnx", True), timed=False)
@@ -98,8 +104,8 @@ def main() -> None:
     n6onnx.rewrite(src, b, ["ffn=phi-bottleneck:4/3"], calibrate=calib, dims=dims, quantize="int8")
     row("ffn=phi-bottleneck:4/3 (calibrated) + --quantize int8", b)
 
-    write("quantize_minilm", {
-        "benchmark": "quantize_minilm",
+    write(args.name, {
+        "benchmark": args.name,
         "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), run at batch 8 x 64; "
                    "calibration = corpus sentences 0..254; fidelity = n6onnx validate on 255 held-out sentences "
                    "(1000..1254): mean-pooled embedding cosine against ORT running the fp32 original, nearest-"
@@ -107,6 +113,7 @@ def main() -> None:
                    "Gemm); --quantize int8 = n6onnx's stage (quantize_dynamic per channel); latency = n6onnx bench, "
                    f"CPU 2 threads, interleaved blocks against the original with ORT's fusions, {args.bench_seconds} s "
                    f"per model, median and quartiles. Timing taken on: {args.note}."),
+        "int8_kernel": "pair sums clipped to int16 (x86 without VNNI)" if kernel.pairs_saturate() else "exact",
         "goals": {"phi6 + stock int8 (per tensor and per channel) cosine": 0.98, "phi6 + --quantize int8 cosine": 0.985,
                   "phi6 float cosine": 0.989},
         "rows": rows,
