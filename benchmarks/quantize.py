@@ -45,25 +45,47 @@ def stock(src: pathlib.Path, dst: pathlib.Path, per_channel: bool) -> pathlib.Pa
     return dst
 
 
+def carry_split(carry: pathlib.Path, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """The model, calibration feeds and held-out feeds of a heal_carry.py folder (restored there if needed)."""
+    import subprocess
+
+    import numpy as np
+
+    if not (carry / "minilm.onnx").is_file():
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heal_carry.py"), "restore", str(carry)], check=True)
+    work.mkdir(parents=True, exist_ok=True)
+    d = np.load(carry / "data.npz")
+    calib = work / "calib.npz"
+    np.savez(calib, **{k: d[k] for k in d.files if int(k.rsplit("/", 1)[1]) < 32})
+    return carry / "minilm.onnx", calib, carry / "held.npz"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench-seconds", type=float, default=4.0, help="per model in each bench (0: no timing)")
     ap.add_argument("--note", default="shared 2-core machine, ~7 developers working: timing is noisy",
                     help="what the timing was taken on")
     ap.add_argument("--name", default="quantize_minilm", help="benchmarks/results/NAME.json")
+    ap.add_argument("--carry", type=pathlib.Path, help="a heal_carry.py folder instead of the packaged model and "
+                    "text (a host without them): its model, the first 32 batches of its data.npz (256 sentences) "
+                    "to calibrate, its held.npz (256 held-out sentences) to validate")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize"
-    src, calib, held = minilm_split(work)
-    dims = n6onnx.feeds.parse_dims(DIMS)
+    if args.carry:
+        src, calib, held = carry_split(args.carry, work)
+        dims, held_kw = None, {"feeds": str(held)}
+    else:
+        src, calib, held = minilm_split(work)
+        dims, held_kw = n6onnx.feeds.parse_dims(DIMS), {"text": held, "dims": DIMS}
     rows = []
 
     def row(label: str, path: pathlib.Path, timed: bool = True, **extra) -> None:
-        r = n6onnx.validate(src, path, text=held, threads=2, dims=DIMS).to_json()
+        r = n6onnx.validate(src, path, threads=2, **held_kw).to_json()
         e = r["outputs"]["last_hidden_state"]["embedding"]
         out = {"variant": label, "cosine_mean": e["cosine_mean"], "cosine_min": e["cosine_min"],
                "nn_agreement": e["nn_agreement"], "size_mb": round(path.stat().st_size / 2**20, 1), **extra}
         if args.bench_seconds > 0 and timed:
-            b = n6onnx.bench(path, src, threads=2, seconds=args.bench_seconds, window=2.0, dims=DIMS).to_json()
+            b = n6onnx.bench(path, src, threads=2, seconds=args.bench_seconds, window=2.0, dims=dims and DIMS).to_json()
             out.update(latency_ms=b["latency_ms"], baseline_latency_ms=b["baseline"]["latency_ms"],
                        latency_ratio=b["ratio"]["latency_p50"])
         rows.append(out)
@@ -113,6 +135,8 @@ def main() -> None:
                    "Gemm); --quantize int8 = n6onnx's stage (quantize_dynamic per channel); latency = n6onnx bench, "
                    f"CPU 2 threads, interleaved blocks against the original with ORT's fusions, {args.bench_seconds} s "
                    f"per model, median and quartiles. Timing taken on: {args.note}."),
+        "data": (f"--carry {args.carry}: calibration = its first 256 DATA sentences, held-out = its 256 (the same "
+                 "corpus sentences 1000..1255); the model its fp16-rounded copy") if args.carry else "packaged text",
         "int8_kernel": "pair sums clipped to int16 (x86 without VNNI)" if kernel.pairs_saturate() else "exact",
         "goals": {"phi6 + stock int8 (per tensor and per channel) cosine": 0.98, "phi6 + --quantize int8 cosine": 0.985,
                   "phi6 float cosine": 0.989},
