@@ -46,13 +46,17 @@ def stock(src: pathlib.Path, dst: pathlib.Path, per_channel: bool) -> pathlib.Pa
 
 
 def carry_split(carry: pathlib.Path, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
-    """The model, calibration feeds and held-out feeds of a heal_carry.py folder (restored there if needed)."""
-    import subprocess
-
+    """The model, calibration feeds and held-out feeds of a heal_carry.py folder (its float32 model restored there
+    if needed, as heal_gpu.sh restores it)."""
     import numpy as np
 
+    from heal_carry import restore
+
+    missing = [n for n in ("data.npz", "held.npz", "minilm16.onnx") if not (carry / n).is_file()]
+    if missing:
+        raise SystemExit(f"--carry {carry}: no {', '.join(missing)} (python benchmarks/heal_carry.py pack {carry})")
     if not (carry / "minilm.onnx").is_file():
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heal_carry.py"), "restore", str(carry)], check=True)
+        restore(carry)
     work.mkdir(parents=True, exist_ok=True)
     d = np.load(carry / "data.npz")
     calib = work / "calib.npz"
@@ -129,14 +133,15 @@ def main() -> None:
     write(args.name, {
         "benchmark": args.name,
         "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), run at batch 8 x 64; "
-                   "calibration = corpus sentences 0..254; fidelity = n6onnx validate on 255 held-out sentences "
-                   "(1000..1254): mean-pooled embedding cosine against ORT running the fp32 original, nearest-"
-                   "neighbour agreement; stock = onnxruntime.quantization.quantize_dynamic (QInt8 weights, MatMul/"
+                   + ("calibration = the carry's first 256 DATA sentences; fidelity = n6onnx validate on its 256 "
+                      "held-out sentences (1000..1255), against ORT running its fp16-rounded float32 model: "
+                      if args.carry else "calibration = corpus sentences 0..254; fidelity = n6onnx validate on 255 "
+                      "held-out sentences (1000..1254): ")
+                   + "mean-pooled embedding cosine against ORT running the fp32 original, nearest-neighbour "
+                   "agreement; stock = onnxruntime.quantization.quantize_dynamic (QInt8 weights, MatMul/"
                    "Gemm); --quantize int8 = n6onnx's stage (quantize_dynamic per channel); latency = n6onnx bench, "
                    f"CPU 2 threads, interleaved blocks against the original with ORT's fusions, {args.bench_seconds} s "
                    f"per model, median and quartiles. Timing taken on: {args.note}."),
-        "data": (f"--carry {args.carry}: calibration = its first 256 DATA sentences, held-out = its 256 (the same "
-                 "corpus sentences 1000..1255); the model its fp16-rounded copy") if args.carry else "packaged text",
         "int8_kernel": "pair sums clipped to int16 (x86 without VNNI)" if kernel.pairs_saturate() else "exact",
         "goals": {"phi6 + stock int8 (per tensor and per channel) cosine": 0.98, "phi6 + --quantize int8 cosine": 0.985,
                   "phi6 float cosine": 0.989},

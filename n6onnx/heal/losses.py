@@ -41,8 +41,7 @@ def pooled(y: torch.Tensor, target: tuple) -> torch.Tensor:
     user compares (``loss`` ``pooled`` / ``streams+pooled``); another output's samples are flattened."""
     if len(target[2]) != 3:
         return rel_err(y, target)
-    ys, ts = _pool(y, target)
-    return (1.0 - torch.nn.functional.cosine_similarity(ys, ts, dim=1, eps=1e-12)).mean()
+    return _one_minus_cos(*_pool(y, target))
 
 
 def relational(y: torch.Tensor, target: tuple) -> torch.Tensor:
@@ -57,8 +56,12 @@ def relational(y: torch.Tensor, target: tuple) -> torch.Tensor:
     ny, nt = torch.nn.functional.normalize(ys, dim=1), torch.nn.functional.normalize(ts, dim=1)
     i, j = torch.triu_indices(len(ys), len(ys), 1, device=ys.device)
     sy, st = (ny @ ny.T)[i, j], (nt @ nt.T)[i, j]
-    rel = (sy - st).pow(2).mean() / st.var(correction=0).clamp_min(1e-6)
-    return (1.0 - (ny * nt).sum(1)).mean() + rel
+    return _one_minus_cos(ys, ts) + (sy - st).pow(2).mean() / st.var(correction=0).clamp_min(1e-6)
+
+
+def _one_minus_cos(ys: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of 1 - cosine(ys, ts) ([B, H] each): the pooled term."""
+    return (1.0 - torch.nn.functional.cosine_similarity(ys, ts, dim=1, eps=1e-12)).mean()
 
 
 def _pool(y: torch.Tensor, target: tuple) -> tuple[torch.Tensor, torch.Tensor]:

@@ -91,7 +91,7 @@ def _uint8_zero_points(model_path, names, texts):
         for n, a in zip([o.name for o in proto.graph.output], s.run(None, f)):
             if n in zps:
                 lo, hi = min(0.0, float(a.min())), max(0.0, float(a.max()))
-                zps[n].append(int(np.clip(np.round(-lo / ((hi - lo) / 255.0)), 0, 255)))
+                zps[n].append(int(np.clip(np.round(-lo / ((hi - lo) / 255.0)), 0, 255)) if hi > lo else 0)
     return zps
 
 
