@@ -88,7 +88,7 @@ def _heal_options(f, flag: bool = True):
                      "quantize after."),
         click.option("--heal-int8-kernel", type=click.Choice(INT8_KERNELS), default=HealConfig.int8_kernel,
                      show_default=True,
-                     help="With --quantize int8 (dynamic), or healing an int8 model: the int8 kernel it will be "
+                     help="With --quantize int8 or int8:static, or healing an int8 model: the int8 kernel it will be "
                      "deployed on, whose products the fake-quantized MatMuls mirror. auto: this CPU's, as measured; "
                      "exact: x86 with VNNI or AMX, ARM; saturating: x86 AVX2 without VNNI, whose u8s8 kernel clips "
                      "neighbouring product pairs to int16. Heal on one machine for another with exact or saturating."),
@@ -200,8 +200,9 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
         if heal_opts["heal_ranges"] is not None and str(quantize_) != "int8:static":
             raise BadArgumentError("--heal-ranges trains the activation ranges of --quantize int8:static; "
                                    f"it does not apply to {'--quantize ' + str(quantize_) if quantize_ else 'a float model'}")
-        if heal_opts["heal_int8_kernel"] != "auto" and (str(quantize_) != "int8" or not heal):
-            raise BadArgumentError("--heal-int8-kernel names the kernel a --quantize int8 --heal mirrors; it does not "
+        if heal_opts["heal_int8_kernel"] != "auto" and (str(quantize_) not in ("int8", "int8:static") or not heal):
+            raise BadArgumentError("--heal-int8-kernel names the kernel a --quantize int8 (or int8:static) --heal "
+                                   "mirrors; it does not "
                                    f"apply to {'--quantize ' + str(quantize_) if quantize_ else 'a float model'}"
                                    + ("" if heal else " without --heal"))
         with console.progress(as_json or calibrate is None or heal, "calibrating") as progress:

@@ -20,7 +20,7 @@ LOCAL_MODES = ("sequential", "parallel")
 REFITS = ("none", "phase", "eval")
 TRAIN_DTYPES = ("float32", "bfloat16")  # the precision of the training forward (held-out checks: float32)
 CACHE_DTYPES = ("float16", "float32")  # how the teacher's stream points are kept (outputs: float32)
-# the u8s8 int8 kernel that the deployed dynamic-int8 model will run on (quantize.kernel): "auto" this CPU's, as
+# the u8s8 int8 kernel that the deployed int8 model (dynamic, or static QDQ) will run on (quantize.kernel): "auto" this CPU's, as
 # measured; "exact" exact int32 products (x86 with VNNI or AMX, ARM); "saturating" pair sums clipped to int16 (x86
 # AVX2 without VNNI)
 INT8_KERNELS = ("auto", "exact", "saturating")
@@ -100,7 +100,7 @@ class HealConfig:
     ranges: float = 0.25
     ranges_lr: float = 2e-3  # Adam step of the ranges' log-gain and zero point (a zero point moves in uint8 steps)
     fake_quant: bool = True  # with quantize int8: train against the int8 path (fake-quant, straight-through)
-    # with quantize int8 (dynamic): the kernel whose products the student mirrors (INT8_KERNELS): heal on one CPU
+    # with quantize int8 or int8:static: the kernel whose products the student mirrors (INT8_KERNELS): heal on one CPU
     # for a deployment on another kind with "exact" or "saturating"
     int8_kernel: str = "auto"
     # "bfloat16": the training forward under CPU bf16 autocast (its MatMuls ~2.2x faster a step on an avx512_bf16 CPU;

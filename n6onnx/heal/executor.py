@@ -231,7 +231,8 @@ class GraphModule(torch.nn.Module):
                 ins = fakequant.inputs(n.op_type, attrs, ins, site, self.grids)
                 if site.saturate:  # this CPU's kernel clips pair sums: its shortfall joins the output
                     out = OPS[n.op_type](attrs, ins)
-                    sat = fakequant.saturation(n.op_type, attrs, raw[0], raw[1], site)
+                    grid = tensors[site.grid] if site.grid is not None else None
+                    sat = fakequant.saturation(n.op_type, attrs, raw[0], raw[1], site, grid)
                     return [out[0] + sat, *out[1:]]
         if n.domain in STANDARD and n.op_type in OPS:
             return OPS[n.op_type](attrs, ins)

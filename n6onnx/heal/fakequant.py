@@ -66,6 +66,7 @@ class Site:
     act: str | None = "dynamic"
     bias: float | None = None  # static Gemm: its input's scale (the bias is int32 at input scale x weight scale)
     saturate: bool = False  # u8s8 on a CPU whose kernel clips pair sums to int16 (``saturation``)
+    grid: str | None = None  # static: the input tensor whose (scale, zero point) in ``Plan.tensors`` gives its codes
 
 
 class Plan(dict):
@@ -79,8 +80,9 @@ class Plan(dict):
 
 def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None, saturate: bool | None = None) -> Plan:
     """What ``--quantize MODE`` quantizes in ``proto``, read from onnxruntime's own output for it.
-    ``feeds`` (feed dicts): the calibration data of ``int8:static``. ``saturate`` (dynamic int8): whether the
-    target kernel clips pair sums to int16; None: as this CPU's does (``quantize.kernel``)."""
+    ``feeds`` (feed dicts): the calibration data of ``int8:static``. ``saturate`` (int8, dynamic or static):
+    whether the target kernel clips pair sums to int16; None: as this CPU's does (``quantize.kernel``).
+    onnxruntime runs a static QDQ MatMul whose input is rounded as QLinearMatMul, on the same u8s8 kernel."""
     kind = str(mode).split(":")[0] if str(mode).startswith("int4") else str(mode)
     if kind not in MODES:
         raise BadArgumentError(f"fake quantization mirrors --quantize {', '.join(MODES)}, not {mode}")
@@ -94,13 +96,13 @@ def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None, saturate: bool 
     if feeds is None:
         raise BadArgumentError("fake quantization of int8:static needs the calibration feeds")
     _, q = quantize_proto(proto, "int8:static", calibration_feeds=feeds)
-    return _static_plan(proto, q)
+    return _static_plan(proto, q, kernel.pairs_saturate() if saturate is None else bool(saturate))
 
 
 def products(p: Plan) -> str | None:
-    """The integer products a plan's dynamic int8 sites mirror: "saturating" (pair sums clipped to int16),
-    "exact", or None where it has no dynamic int8 site."""
-    sites = [s for s in p.values() if s.weight[0] == "int8" and s.act == "dynamic"]
+    """The integer products a plan's int8 sites with integer inputs (dynamic, or a static site whose input
+    is rounded) mirror: "saturating" (pair sums clipped to int16), "exact", or None where it has none."""
+    sites = [s for s in p.values() if s.weight[0] == "int8" and (s.act == "dynamic" or s.grid is not None)]
     return None if not sites else "saturating" if any(s.saturate for s in sites) else "exact"
 
 
@@ -120,10 +122,12 @@ def _int4_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
     return Plan(out)
 
 
-def _static_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
+def _static_plan(proto: onnx.ModelProto, q: onnx.ModelProto, saturate: bool = False) -> Plan:
     """Sites: the MatMuls/Gemms whose constant weight the QDQ graph dequantizes (per channel);
     tensors: every float tensor of ``proto`` that the QDQ graph runs through QuantizeLinear ->
-    DequantizeLinear (a graph output keeps its name on the DequantizeLinear)."""
+    DequantizeLinear (a graph output keeps its name on the DequantizeLinear). A site whose input is
+    rounded too, and whose weight onnxruntime multiplies as integers once it has fused the graph
+    (``kernel.integer_weights``), is an integer product (``saturate``: clipped in pairs, as ``saturation``)."""
     qi = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
     producer = {o: n for n in q.graph.node for o in n.output}
     users = proto_consumers(q)
@@ -143,6 +147,7 @@ def _static_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
             raise N6Error(f"fake quantization: {x} is read both rounded and float in the QDQ graph; heal with "
                           "--no-heal-fake-quant")
         tensors[x] = (float(scale.reshape(())), int(zp.reshape(())))
+    integer = kernel.integer_weights(q) if saturate else set()
     sites = {}
     for n in proto.graph.node:
         if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in finits:
@@ -151,7 +156,8 @@ def _static_plan(proto: onnx.ModelProto, q: onnx.ModelProto) -> Plan:
                 b = producer.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
                 x = tensors.get(n.input[0])
                 bias = x[0] if b is not None and b.op_type == "DequantizeLinear" and x is not None else None
-                sites[n.output[0]] = Site(("int8", qi[w.input[1]].size > 1), None, bias)
+                sites[n.output[0]] = Site(("int8", qi[w.input[1]].size > 1), None, bias,
+                                          x is not None and w.input[0] in integer, n.input[0] if x is not None else None)
     return Plan(sites, tensors)
 
 
@@ -372,30 +378,42 @@ def inputs(op: str, attrs: dict, ins: list, site=True, grids: Grids | None = Non
     return [x, qw, *rest]
 
 
-def saturation(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, site: Site) -> torch.Tensor:
+def saturation(op: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, site: Site, grid=None) -> torch.Tensor:
     """What a CPU whose u8s8 kernel clips pair sums to int16 (``quantize.kernel``) adds to the quantized
     MatMul's (or Gemm's) exact output: minus the clipped excess of every pair of neighbouring products along
     K, times the input and weight scales. ``x``, ``w``: the float inputs (before fake quantization); ``x`` on
-    DynamicQuantizeLinear's grid (only dynamic sites clip: ``plan``). Only weight pairs that can clip
-    (``kernel.PAIR_WEIGHT_SUM``: about 1% of MiniLM's) are visited. No gradient (straight-through)."""
+    DynamicQuantizeLinear's grid, or on ``grid`` (a static site's input range: (scale, zero point) or a
+    ``LearnedRange``), which ``x`` has been rounded to already. Only pairs that can clip are visited: same-sign
+    weights whose int8 sum reaches ``kernel.PAIR_WEIGHT_SUM`` (about 1% of MiniLM's) and whose products with
+    the largest codes at their two positions in this batch leave int16. No gradient (straight-through)."""
     with torch.no_grad():
         wd = w.detach().float()
         wd = wd.transpose(0, 1) if op == "Gemm" and attrs.get("transB", 0) else wd
         q, sw = weight_grid(wd, site.weight[1])
         k, n = q.shape
         xd = x.detach().float().reshape(-1, k)
-        sx, zp = dynamic_grid(xd)
+        if grid is None:
+            sx, zp = dynamic_grid(xd)
+        else:
+            sx, zp = grid.value() if isinstance(grid, LearnedRange) else grid
+            sx, zp = torch.tensor(float(sx), dtype=torch.float32, device=xd.device), float(zp)
         qx = torch.div(xd, sx).round_().add_(zp).clamp_(0, 255)  # the uint8 codes the kernel multiplies
         if k % 2:
             q, qx = torch.nn.functional.pad(q, (0, 0, 0, 1)), torch.nn.functional.pad(qx, (0, 1))
-        pairs, codes = q.reshape(-1, 2, n), qx.reshape(qx.shape[0], -1, 2)
-        j, col = torch.nonzero(pairs.sum(1).abs() >= kernel.PAIR_WEIGHT_SUM, as_tuple=True)
-        out = torch.zeros(qx.shape[0], n, dtype=torch.float32, device=xd.device)
-        step = max(1, (1 << 22) // max(1, qx.shape[0]))  # at most ~4M pair sums at a time
+        rows = qx.shape[0]
+        pairs = q.reshape(-1, 2, n)
+        codes = qx.transpose(0, 1).reshape(-1, 2, rows)  # [K/2, 2, rows]: the codes of a pair position, contiguous
+        top = codes.amax(2)  # the largest code at each position: a pair clips only if those can carry it past int16
+        reach = top[:, :1] * pairs[:, 0].abs() + top[:, 1:] * pairs[:, 1].abs()
+        j, col = torch.nonzero((pairs.sum(1).abs() >= kernel.PAIR_WEIGHT_SUM) & (pairs[:, 0] * pairs[:, 1] >= 0)
+                               & (reach > kernel.PAIR_MAX), as_tuple=True)
+        out = torch.zeros(n, rows, dtype=torch.float32, device=xd.device)
+        step = max(1, (1 << 22) // max(1, rows))  # at most ~4M pair sums at a time
         for c in range(0, len(j), step):
             jj, cc = j[c:c + step], col[c:c + step]
-            s = codes[:, jj, 0] * pairs[jj, 0, cc] + codes[:, jj, 1] * pairs[jj, 1, cc]
-            out.index_add_(1, cc, s.clamp(kernel.PAIR_MIN, kernel.PAIR_MAX) - s)
+            s = codes[jj, 0] * pairs[jj, 0, cc, None] + codes[jj, 1] * pairs[jj, 1, cc, None]  # [pairs, rows]
+            out.index_add_(0, cc, s.clamp(kernel.PAIR_MIN, kernel.PAIR_MAX) - s)
+        out = out.transpose(0, 1)
         return out.mul_(torch.as_tensor(sw, device=out.device) * sx).reshape(*x.shape[:-1], n).to(x.dtype)
 
 

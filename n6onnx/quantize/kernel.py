@@ -8,13 +8,21 @@ ARM's dot-product kernels) the sum is exact. :func:`pairs_saturate` runs one sma
 pairs must saturate and compares it with the exact product, once per process; ``heal.fakequant`` mirrors
 the clipping where it happens, so a quantization-aware heal trains against what this CPU computes.
 onnxruntime's own remedy on such CPUs is ``reduce_range`` (7-bit weights: a pair then stays below 2^15).
+
+Which MatMuls of a quantized model run on that kernel is onnxruntime's choice when it optimises the graph:
+a static QDQ MatMul whose bias Add it fuses into a Gemm first runs as a float Gemm of dequantized values
+(exact), others as QGemm or QLinearMatMul (u8s8). :func:`integer_weights` reads that from onnxruntime's
+own optimised graph.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import N6Error
@@ -51,3 +59,30 @@ def pairs_saturate() -> bool:
     raise N6Error(f"onnxruntime's u8s8 MatMulInteger gave {int(y.flat[0])} on this CPU, neither exact ({exact}) nor "
                   f"pairwise saturated ({k // 2 * PAIR_MAX}): its int8 kernel is not one n6onnx knows; heal with "
                   "--heal-int8-kernel exact or saturating (the deployment CPU's) or --no-heal-fake-quant")
+
+
+# onnxruntime's integer MatMul kernels and the input that holds the constant int8 weight
+INTEGER_OPS = {"QGemm": 3, "QLinearMatMul": 3, "MatMulIntegerToFloat": 1, "MatMulInteger": 1,
+               "DynamicQuantizeMatMul": 1}
+
+
+def integer_weights(q: onnx.ModelProto) -> set[str]:
+    """The weight initializers of ``q`` that onnxruntime's CPU provider multiplies as integers once it has
+    optimised the graph as a deployed session does (ORT_ENABLE_ALL): read from the optimised model it saves."""
+    import onnxruntime as ort
+
+    from ..runtime import session_for
+
+    with tempfile.TemporaryDirectory(prefix="n6onnx-fused-") as d:
+        path = os.path.join(d, "fused.onnx")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3  # not the warning that a fully optimised model is hardware-specific: it is read here
+        so.optimized_model_filepath = path
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "fused.data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        session_for(q, so, providers=["CPUExecutionProvider"])
+        fused = onnx.load(path, load_external_data=False)
+    inits = {t.name for t in fused.graph.initializer}
+    return {n.input[i] for n in fused.graph.node
+            if (i := INTEGER_OPS.get(n.op_type)) is not None and len(n.input) > i and n.input[i] in inits}

@@ -80,3 +80,25 @@ def test_the_probe_loads_on_an_older_onnxruntime(monkeypatch):
         kernel.pairs_saturate.cache_clear()
     (probe,) = seen
     assert probe.ir_version == 7  # what opset 13 needs (onnx's table); onnxruntime >= 1.3 reads it
+
+
+def test_integer_weights_are_those_onnxruntime_multiplies_as_integers(zoo_export):
+    """``integer_weights`` reads onnxruntime's optimised graph: every weight of the dynamic int8 model runs on
+    an integer kernel; in the static QDQ model the MatMuls that onnxruntime fuses with their bias into a
+    float Gemm (every projection of BERT here) do not, the others do; a float model has none."""
+    from n6onnx import feeds as F
+    from n6onnx import io
+    from n6onnx.quantize import quantize_proto
+    from n6onnx.runtime import session_for
+
+    proto = io.load_proto(zoo_export("bert", "dynamo20"))
+    dyn = quantize_proto(proto, "int8")[1]
+    quantized = {t.name for t in dyn.graph.initializer if t.name.endswith("_quantized")}
+    assert quantized and kernel.integer_weights(dyn) == quantized
+    cal = F.random_feeds(session_for(proto), 4, seed=10)
+    static = quantize_proto(proto, "int8:static", calibration_feeds=cal)[1]
+    weights = {n.input[0] for n in static.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0].endswith("_quantized")}
+    found = kernel.integer_weights(static)
+    assert found and found < weights, (found, weights)
+    assert kernel.integer_weights(proto) == set()
