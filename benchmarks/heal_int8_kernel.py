@@ -80,7 +80,8 @@ def main() -> None:
             rows.append({"rewrite": f"{a.mode} + heal", "int8_kernel": k, "mirrored": h["int8_kernel"],
                          "matches_this_cpu": h["int8_kernel"] == here, "seconds": round(time.perf_counter() - t, 1),
                          "healing": {key: h[key] for key in ("steps", "start", "best", "lowest", "stopped",
-                                                              "train_samples", "heldout_samples", "fake_quantized")},
+                                                              "train_samples", "heldout_samples", "fake_quantized",
+                                                              "curve")},
                          "fidelity": fidelity(a.model, out, held)})
             print(json.dumps(rows[-1]), flush=True)
     write(a.name, {"model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20", "batch": DIMS, "mode": a.mode,
