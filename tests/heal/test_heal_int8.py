@@ -124,7 +124,7 @@ def test_rewrite_heals_other_modes_against_their_own_path(setup, mode):
 
 def test_the_int8_kernel_a_heal_mirrors_can_be_named(setup):
     """--heal-int8-kernel heals on this machine for a deployment CPU of the other kind: the report says which
-    products the student ran; the option is refused where there is no dynamic int8 heal to apply it to."""
+    products the student ran; the option is refused where there is no int8 heal (dynamic or static) to apply it to."""
     src, tmp, data, _ = setup
     for named, said in (("exact", "exact"), ("saturating", "pair sums clipped to int16")):
         args = ["rewrite", str(src), "-o", str(tmp / f"k-{named}.onnx"), "--quantize", "int8", "--calibrate", str(data),
@@ -135,7 +135,14 @@ def test_the_int8_kernel_a_heal_mirrors_can_be_named(setup):
         assert h["int8_kernel"] == named and h["config"]["int8_kernel"] == named
         r = CliRunner().invoke(main, args)  # the human summary says it too
         assert r.exit_code == 0 and f"int8 products {said} (as --heal-int8-kernel asked)" in " ".join(r.output.split())
-    for args in (["--quantize", "int4", "--heal"], ["--quantize", "int8"], ["--heal", "--pass", "gelu=phi6"]):
+    # static QDQ: the MatMuls onnxruntime runs as integer kernels (QGemm, QLinearMatMul) mirror the named kernel
+    args = ["rewrite", str(src), "-o", str(tmp / "k-static.onnx"), "--quantize", "int8:static", "--calibrate", str(data),
+            "--heal", "--heal-steps", "2", "--threads", "1", "--heal-int8-kernel", "saturating", "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["healing"]["int8_kernel"] == "saturating"
+    for args in (["--quantize", "int4", "--heal"], ["--quantize", "int8"], ["--quantize", "int8:static"],
+                 ["--heal", "--pass", "gelu=phi6"]):
         r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp / "refused.onnx"), "--calibrate", str(data),
                                       "--heal-int8-kernel", "exact", *args])
         assert r.exit_code != 0 and "--heal-int8-kernel" in r.output and "Traceback" not in r.output, r.output
