@@ -83,3 +83,23 @@ def test_a_static_heal_trains_its_ranges_on_cuda(zoo_export, tmp_path):
     assert rows and h.steps == 60 and h.best >= h.start and all(c[2] >= h.start - 0.001 for c in rows)
     assert h.ranges == written_ranges(tmp_path / "h.onnx")
     assert _mse(src, tmp_path / "h.onnx", held) < _mse(src, tmp_path / "s.onnx", held)
+
+
+@cuda
+def test_the_clipping_mirror_on_cuda_equals_the_cpus():
+    """``fakequant.saturation`` (a clipping CPU's pair sums, mirrored by a heal for such a deployment CPU) gives
+    the same correction on the GPU as on the CPU, for dynamic and static grids, MiniLM's shapes. Its pair sums
+    are integers, exact in float32 on either device; only the order of the per-column float sums differs."""
+    from n6onnx.heal import fakequant
+
+    g = torch.Generator().manual_seed(0)
+    for k, n, shift in ((384, 1536, 0.0), (1536, 384, 0.5), (384, 384, -0.5)):
+        w = torch.randn(k, n, generator=g) * 0.05
+        x = torch.randn(8, 64, k, generator=g) + shift
+        for grid in (None, (0.02, 100)):
+            site = fakequant.Site(("int8", True), "dynamic" if grid is None else None, saturate=True)
+            xs = x if grid is None else fakequant.fixed(x, *grid)
+            cpu = fakequant.saturation("MatMul", {}, xs, w, site, grid)
+            gpu = fakequant.saturation("MatMul", {}, xs.cuda(), w.cuda(), site, grid).cpu()
+            assert cpu.abs().max() > 0  # these operands clip
+            assert torch.allclose(gpu, cpu, rtol=1e-6, atol=1e-6 * float(cpu.abs().max())), (k, n, grid)
