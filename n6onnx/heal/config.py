@@ -20,9 +20,9 @@ LOCAL_MODES = ("sequential", "parallel")
 REFITS = ("none", "phase", "eval")
 TRAIN_DTYPES = ("float32", "bfloat16")  # the precision of the training forward (held-out checks: float32)
 CACHE_DTYPES = ("float16", "float32")  # how the teacher's stream points are kept (outputs: float32)
-# the u8s8 int8 kernel that the deployed int8 model (dynamic, or static QDQ) will run on (quantize.kernel): "auto" this CPU's, as
-# measured; "exact" exact int32 products (x86 with VNNI or AMX, ARM); "saturating" pair sums clipped to int16 (x86
-# AVX2 without VNNI)
+# the u8s8 int8 kernel that the deployed int8 model (dynamic, or static QDQ) will run on (quantize.kernel): "auto"
+# this CPU's, as measured; "exact" exact int32 products (x86 with VNNI or AMX, ARM); "saturating" pair sums clipped to
+# int16 (x86 AVX2 without VNNI)
 INT8_KERNELS = ("auto", "exact", "saturating")
 _CHOICES = {"param": PARAMS, "loss": LOSSES, "train": TRAINABLE, "local_input": LOCAL_INPUTS,
             "local_mode": LOCAL_MODES, "refit": REFITS, "train_dtype": TRAIN_DTYPES, "cache_dtype": CACHE_DTYPES,

@@ -81,8 +81,8 @@ class Plan(dict):
 def plan(proto: onnx.ModelProto, mode: str = "int8", feeds=None, saturate: bool | None = None) -> Plan:
     """What ``--quantize MODE`` quantizes in ``proto``, read from onnxruntime's own output for it.
     ``feeds`` (feed dicts): the calibration data of ``int8:static``. ``saturate`` (int8, dynamic or static):
-    whether the target kernel clips pair sums to int16; None: as this CPU's does (``quantize.kernel``).
-    onnxruntime runs a static QDQ MatMul whose input is rounded as QLinearMatMul, on the same u8s8 kernel."""
+    whether the target kernel clips pair sums to int16; None: as this CPU's does (``quantize.kernel``). A
+    static site clips only where onnxruntime runs it on that kernel (``_static_plan``)."""
     kind = str(mode).split(":")[0] if str(mode).startswith("int4") else str(mode)
     if kind not in MODES:
         raise BadArgumentError(f"fake quantization mirrors --quantize {', '.join(MODES)}, not {mode}")
@@ -156,8 +156,9 @@ def _static_plan(proto: onnx.ModelProto, q: onnx.ModelProto, saturate: bool = Fa
                 b = producer.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
                 x = tensors.get(n.input[0])
                 bias = x[0] if b is not None and b.op_type == "DequantizeLinear" and x is not None else None
+                rounded = x is not None  # its input too: an integer product where onnxruntime fused it into one
                 sites[n.output[0]] = Site(("int8", qi[w.input[1]].size > 1), None, bias,
-                                          x is not None and w.input[0] in integer, n.input[0] if x is not None else None)
+                                          rounded and w.input[0] in integer, n.input[0] if rounded else None)
     return Plan(sites, tensors)
 
 
