@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from n6onnx.bench.latency import summary  # noqa: F401  (the scripts' one statistics helper: bench's)
 from n6onnx.io import atomic_write
+from n6onnx.quantize import kernel
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -43,6 +44,7 @@ def hardware() -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
+        "int8_kernel": kernel.kind(),  # int8 models' products on this CPU: "saturating" on x86 without VNNI
     }
     gpu = _gpu_name()
     if gpu:

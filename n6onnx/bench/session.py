@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from .. import runtime
 from .._library import library_path
+from ..quantize import kernel
 from ..errors import N6Error
 from . import energy as energy_mod
 
@@ -212,6 +213,7 @@ def hardware(nvml: energy_mod.NvmlMeter | None = None) -> dict:
         "usable_cpus": usable, "machine": platform.machine(), "system": platform.platform(),
         "python": platform.python_version(), "onnxruntime": ort.__version__,
         "onnxruntime_providers": ort.get_available_providers(),
+        "int8_kernel": kernel.kind(),  # int8 models' products on this CPU: "saturating" on x86 without VNNI
     }
     if nvml is not None:
         hw["gpu"] = nvml.gpu_name

@@ -61,6 +61,15 @@ def pairs_saturate() -> bool:
                   "--heal-int8-kernel exact or saturating (the deployment CPU's) or --no-heal-fake-quant")
 
 
+def kind() -> str:
+    """This CPU's u8s8 int8 kernel, as reports name it: "saturating" (pair sums clipped to int16), "exact", or
+    "unknown" (a kernel that gives neither: ``pairs_saturate`` raises)."""
+    try:
+        return "saturating" if pairs_saturate() else "exact"
+    except N6Error:
+        return "unknown"
+
+
 # onnxruntime's integer MatMul kernels and the input that holds the constant int8 weight
 INTEGER_OPS = {"QGemm": 3, "QLinearMatMul": 3, "MatMulIntegerToFloat": 1, "MatMulInteger": 1,
                "DynamicQuantizeMatMul": 1}

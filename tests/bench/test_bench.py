@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import n6onnx
 from n6onnx.bench import energy, session
 from n6onnx.cli import main
+from n6onnx.quantize import kernel
 
 QUICK = dict(seconds=0.3, window=0.1, idle_seconds=0.05, warmup=0.05, threads=1, profile_runs=3)
 PER_MODEL = ("model", "latency_ms", "throughput", "energy", "fusion", "session")
@@ -60,6 +61,8 @@ def test_bench_candidate_against_baseline(bert, bert_phi6):
     assert s["cpu_watts_per_core"] == 10.0 and s["graph_optimization_level"] == "ORT_ENABLE_ALL"
     assert j["memory"]["peak_rss_mb"] > 0
     assert j["hardware"]["onnxruntime"] == ort.__version__ and j["hardware"]["logical_cpus"] >= 1
+    # which int8 products this CPU computes (the probe itself is checked against onnxruntime in tests/quantize)
+    assert j["hardware"]["int8_kernel"] == kernel.kind() != "unknown"
     assert j["method"]
     # here (no RAPL, no GPU) the only figure is the labelled estimate
     if not any(m["method"] == "measured" for m in s["meters"]):
@@ -151,3 +154,4 @@ def test_parse_profile_reports_cpu_fallback():
     assert p["op_time"]["runs"] == 1 and p["op_time"]["by_op_type_ms"]["MatMul"] == pytest.approx(0.01)
     assert p["ort_allocator_peak_mb"] == pytest.approx(2.0)
     assert session.parse_profile(ev, "cpu")["placement"]["cpu_fallback"] is False
+

@@ -102,3 +102,13 @@ def test_integer_weights_are_those_onnxruntime_multiplies_as_integers(zoo_export
     found = kernel.integer_weights(static)
     assert found and found < weights, (found, weights)
     assert kernel.integer_weights(proto) == set()
+
+
+def test_kind_names_what_the_probe_found(monkeypatch):
+    """``kind`` (bench's hardware record): the probe's answer by name, "unknown" where the probe refuses."""
+    assert kernel.kind() == ("saturating" if kernel.pairs_saturate() else "exact")
+
+    def unknown():
+        raise kernel.N6Error("neither")
+    monkeypatch.setattr(kernel, "pairs_saturate", unknown)
+    assert kernel.kind() == "unknown"
