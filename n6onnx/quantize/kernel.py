@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import N6Error
+from ..runtime import session_for
 
 PAIR_MIN, PAIR_MAX = -32768, 32767  # the int16 range VPMADDUBSW saturates to
 # |a0 b0 + a1 b1| <= 255 (|b0 + b1|) for same-sign weights (and <= 255 x 128 otherwise): only a pair of int8
@@ -79,8 +80,6 @@ def integer_weights(q: onnx.ModelProto) -> set[str]:
     """The weight initializers of ``q`` that onnxruntime's CPU provider multiplies as integers once it has
     optimised the graph as a deployed session does (ORT_ENABLE_ALL): read from the optimised model it saves."""
     import onnxruntime as ort
-
-    from ..runtime import session_for
 
     with tempfile.TemporaryDirectory(prefix="n6onnx-fused-") as d:
         path = os.path.join(d, "fused.onnx")
