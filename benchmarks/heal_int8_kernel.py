@@ -59,7 +59,7 @@ def main() -> None:
     from _common import write
 
     held = {"feeds": str(a.held)}
-    here = "saturating" if kernel.pairs_saturate() else "exact"
+    here = kernel.kind()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)

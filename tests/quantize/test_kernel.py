@@ -85,7 +85,7 @@ def test_the_probe_loads_on_an_older_onnxruntime(monkeypatch):
 def test_integer_weights_are_those_onnxruntime_multiplies_as_integers(zoo_export):
     """``integer_weights`` reads onnxruntime's optimised graph: every weight of the dynamic int8 model runs on
     an integer kernel; in the static QDQ model the MatMuls that onnxruntime fuses with their bias into a
-    float Gemm (every projection of BERT here) do not, the others do; a float model has none."""
+    float Gemm first (10 of this BERT's 12) do not, the others (QGemm) do; a float model has none."""
     from n6onnx import feeds as F
     from n6onnx import io
     from n6onnx.quantize import quantize_proto
