@@ -24,11 +24,13 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import onnx  # noqa: E402
+
 import n6onnx  # noqa: E402
 from n6onnx import calibrate as cal  # noqa: E402
 from n6onnx import io  # noqa: E402
 from n6onnx import quantize as Q  # noqa: E402
-from n6onnx.quantize import qfit  # noqa: E402
+from n6onnx.quantize import kernel, qfit  # noqa: E402
 
 from _common import minilm_split, write  # noqa: E402
 
@@ -60,7 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="which recipes (default: all)")
     ap.add_argument("--fits", nargs="*", default=["none", "gptq", "refit"], help="which --quantize-fit methods (METHOD:unrounded: "
-                    "the fit's rows without the activation's uint8 rounding; with --mode int4 also ort-gptq and "
+                    "the fit's rows without the activation's uint8 rounding; METHOD:exact or METHOD:saturating: rounded for that int8 "
+                    "kernel instead of this CPU's; with --mode int4 also ort-gptq and "
                     "ort-gptq:group, onnxruntime's own GPTQ for MatMulNBits, per channel or per block)")
     ap.add_argument("--held", type=int, default=255,
                     help="held-out sentences 1000..1000+N-1 (at most 1803: NN agreement's noise shrinks with N)")
@@ -75,9 +78,17 @@ def main() -> None:
     dims = n6onnx.feeds.parse_dims(DIMS)
     rows = []
 
+    def embedding(path: pathlib.Path) -> dict:
+        return n6onnx.validate(src, path, text=held, threads=2, dims=DIMS).to_json()["outputs"]["last_hidden_state"]["embedding"]
+
     def row(recipe: str, fit: str, path: pathlib.Path, **extra) -> None:
-        r = n6onnx.validate(src, path, text=held, threads=2, dims=DIMS).to_json()
-        e = r["outputs"]["last_hidden_state"]["embedding"]
+        e = embedding(path)
+        if fit != "float" and args.mode == "int8":  # the same model where int8 products are exact (VNNI, AMX, ARM)
+            twin = path.with_name(path.stem + "_exact.onnx")
+            onnx.save(kernel.exact_products(onnx.load(str(path))), str(twin))
+            x = embedding(twin)
+            extra["exact_kernel"] = {"cosine_mean": x["cosine_mean"], "cosine_min": x["cosine_min"],
+                                     "nn_agreement": x["nn_agreement"]}
         rows.append({"recipe": recipe, "quantize_fit": fit, "int8_guard": args.int8_guard, "cosine_mean": e["cosine_mean"],
                      "cosine_min": e["cosine_min"], "nn_agreement": e["nn_agreement"], **extra})
         save(rows, False, args.name, args.held, args.mode)
@@ -102,8 +113,10 @@ def main() -> None:
             else:
                 if fit != "none":  # METHOD[:unrounded]: the fit's rows without the activation's uint8 rounding
                     method, _, opt = fit.partition(":")
+                    saturate = {"exact": False, "saturating": True}.get(opt)  # METHOD:KERNEL: round for that kernel
                     p, rep = qfit.fit_quantized(proto, batches, compensate=method == "refit",
-                                                round_rows=opt != "unrounded", mode=args.mode)
+                                                round_rows=opt != "unrounded", mode=args.mode,
+                                                saturate=saturate)
                 Q.quantize(p, q, args.mode)
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
                 **({} if rep is None else {"fit_report": rep.to_json()}))

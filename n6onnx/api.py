@@ -16,7 +16,7 @@ from . import quantize as quant
 from .errors import BadArgumentError, N6Error
 from .findings import KindReport
 from .graph import canonicalize, default_opset
-from .heal.config import HealConfig
+from .heal.config import INT8_KERNELS, HealConfig
 from .passes import KINDS, PassSpec  # noqa: F401 - KINDS: the pass kinds, in pipeline order
 from .passes.attention import redundancy_scores
 from .passes.base import INT8_GUARDS
@@ -126,6 +126,7 @@ def rewrite(
     quantize: str | None = None,
     quantize_fit: str = "auto",
     int8_guard: str = "auto",
+    int8_kernel: str = "auto",
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
@@ -145,6 +146,9 @@ def rewrite(
     (``quantize_fit`` not ``none``: after it both guards measured level on MiniLM), else ``per-tensor`` (without
     the fit the per-tensor pieces kept 0.001-0.002 more cosine under per-channel int8, and a healed int8 model
     started and ended higher with them).
+    ``int8_kernel`` (``int8`` with the fit or ``heal``, ``int8:static`` with ``heal``): the u8s8 kernel the model
+    will be deployed on, which the fit rounds for and the heal mirrors: ``exact`` (x86 with VNNI or AMX, ARM),
+    ``saturating`` (x86 without VNNI: pair sums clipped to int16), ``auto`` (default): this CPU's.
 
     Returns the rewritten model and a report of what each pass saw, matched, rejected, rewrote.
     """
@@ -167,6 +171,17 @@ def rewrite(
         raise BadArgumentError(f"int8_guard: expected auto, {' or '.join(INT8_GUARDS)}, got {int8_guard!r}")
     if int8_guard == "auto":
         int8_guard = "per-channel" if quantize_fit != "none" and not heal else "per-tensor"
+    if int8_kernel not in INT8_KERNELS:
+        raise BadArgumentError(f"int8_kernel: expected one of {', '.join(INT8_KERNELS)}, got {int8_kernel!r}")
+    kind = qmode.kind if qmode is not None else None
+    if int8_kernel != "auto" and not (kind == "int8" and (heal or quantize_fit != "none") or kind == "int8:static" and heal):
+        raise BadArgumentError(
+            "--int8-kernel names the int8 kernel that the fit of --quantize int8 (with --calibrate) rounds for, or "
+            "that a --quantize int8 or int8:static --heal mirrors; it does not apply to "
+            + (f"--quantize {qmode}" if qmode else "a float model")
+            + (" without --heal" if kind == "int8:static" else " with --quantize-fit none and no --heal" if kind == "int8" else ""))
+    if heal and int8_kernel != "auto":
+        heal_config = dataclasses.replace(heal_config or HealConfig(), int8_kernel=int8_kernel)
     if not specs and qmode is None:
         raise N6Error("no pass given (e.g. --pass gelu=phi6, or --quantize int8)")
     passes.plan(specs)  # duplicate passes on the same sites: refused before any work
@@ -243,7 +258,8 @@ def rewrite(
         fit = None
         if qmode.kind in qfit.MODES and ctx.batches and quantize_fit != "none" and not heal:
             proto, fit = qfit.fit_quantized(proto, ctx.batches, compensate=quantize_fit == "refit",
-                                            progress=ctx.progress, mode=qmode)
+                                            progress=ctx.progress, mode=qmode,
+                                            saturate={"auto": None, "exact": False, "saturating": True}[int8_kernel])
         quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches,
                                                    ranges=getattr(healing, "ranges", None))
         quantization.fit = None if fit is None else fit.to_json()

@@ -86,12 +86,13 @@ def _heal_options(f, flag: bool = True):
                      "train against the quantized path (fake-quantized MatMuls as onnxruntime runs them, "
                      "straight-through gradients), the quantized MatMuls' weights included; off: heal in float, "
                      "quantize after."),
-        click.option("--heal-int8-kernel", type=click.Choice(INT8_KERNELS), default=HealConfig.int8_kernel,
-                     show_default=True,
-                     help="With --quantize int8 or int8:static, or healing an int8 model: the int8 kernel it will be "
-                     "deployed on, whose products the fake-quantized MatMuls mirror. auto: this CPU's, as measured; "
-                     "exact: x86 with VNNI or AMX, ARM; saturating: x86 AVX2 without VNNI, whose u8s8 kernel clips "
-                     "neighbouring product pairs to int16. Heal on one machine for another with exact or saturating."),
+        click.option("--int8-kernel", "--heal-int8-kernel", "heal_int8_kernel", type=click.Choice(INT8_KERNELS),
+                     default=HealConfig.int8_kernel, show_default=True,
+                     help="The int8 kernel the model will be deployed on: the fit of --quantize int8 --calibrate "
+                     "rounds for it, and a --quantize int8 or int8:static --heal (or healing an int8 model) mirrors "
+                     "its products. auto: this CPU's, as measured; exact: x86 with VNNI or AMX, ARM; saturating: x86 "
+                     "AVX2 without VNNI, whose u8s8 kernel clips neighbouring product pairs to int16. Quantize on one "
+                     "machine for another with exact or saturating. (--heal-int8-kernel: the same option.)"),
     ]
     ranges = [  # rewrite only: `n6onnx heal` takes int8 (dynamic) and int4 models, which have no activation ranges
         click.option("--heal-ranges", type=Number(0, 1, hi_open=True), default=None,
@@ -200,17 +201,13 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
         if heal_opts["heal_ranges"] is not None and str(quantize_) != "int8:static":
             raise BadArgumentError("--heal-ranges trains the activation ranges of --quantize int8:static; "
                                    f"it does not apply to {'--quantize ' + str(quantize_) if quantize_ else 'a float model'}")
-        if heal_opts["heal_int8_kernel"] != "auto" and (str(quantize_) not in ("int8", "int8:static") or not heal):
-            raise BadArgumentError("--heal-int8-kernel names the kernel a --quantize int8 (or int8:static) --heal "
-                                   "mirrors; it does not "
-                                   f"apply to {'--quantize ' + str(quantize_) if quantize_ else 'a float model'}"
-                                   + ("" if heal else " without --heal"))
         with console.progress(as_json or calibrate is None or heal, "calibrating") as progress:
             _, rep = api.rewrite(model, output, passes_, external_data=external_data, calibrate=calibrate,
                                  tokenizer=tokenizer, calib_samples=calib_samples, refit=refit,
                                  dims=parse_dims(dims), progress=progress, heal=heal, heal_samples=heal_samples,
                                  heal_config=_heal_config(**heal_opts), heal_progress=not as_json,
-                                 quantize=quantize_, quantize_fit=quantize_fit, int8_guard=int8_guard)
+                                 quantize=quantize_, quantize_fit=quantize_fit, int8_guard=int8_guard,
+                                 int8_kernel=heal_opts["heal_int8_kernel"])
     except N6Error as e:
         console.fail(e)
     if as_json:

@@ -252,7 +252,8 @@ def rewrite_human(rep) -> None:
     if rep.quantization is not None:
         q = rep.quantization
         out.print(escape(f"quantized {q.mode}: {q.quantized} of {q.candidates} MatMul/Gemm nodes "
-                         f"(onnxruntime.quantization); {q.float_n6_nodes} n6 nodes kept float"), highlight=False)
+                         f"(onnxruntime.quantization); {q.float_n6_nodes} n6 nodes kept float"
+                         + (f"; {_fit(q.fit)}" if q.fit else "")), highlight=False)
     if rep.functions:
         out.print(f"fallback functions attached: {', '.join(rep.functions)}")
     for w in rep.warnings:
@@ -282,11 +283,26 @@ def heal_summary(h) -> None:
               highlight=False)
 
 
+def _fit(fit: dict) -> str:
+    """What the quantization-aware fit did, and for which int8 kernel."""
+    said = f"{fit['matmuls']} MatMuls fitted ({fit['method']})"
+    if fit.get("int8_kernel") == "saturating":
+        return said + (f" for a kernel that clips pair sums to int16: {fit.get('unsafe_pairs', 0)} weight pairs that "
+                       "could clip on the calibration data kept inside int16")
+    return said + (" for exact int8 products" if fit.get("int8_kernel") == "exact" else "")
+
+
 def _products(h) -> str:
     """The int8 kernel a healing mirrored, and whose it is."""
     what = "pair sums clipped to int16" if h.int8_kernel == "saturating" else "exact"
-    asked = h.config.get("int8_kernel", "auto") != "auto"
-    whose = "as --heal-int8-kernel asked" if asked else "this CPU's kernel; --heal-int8-kernel names a deployment's"
+    asked = h.config.get("int8_kernel", "auto")
+    if asked == "auto":
+        whose = "this CPU's kernel; --heal-int8-kernel names a deployment's"
+    elif asked == h.int8_kernel:
+        whose = "as --heal-int8-kernel asked"
+    else:  # saturating asked where onnxruntime multiplies none of the rounded MatMuls as integers
+        whose = (f"--heal-int8-kernel {asked} asked, but onnxruntime runs none of this model's rounded MatMuls "
+                 "on its integer kernel: they are float products of dequantized values")
     return f"{what} ({whose})"
 
 

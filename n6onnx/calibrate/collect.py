@@ -109,14 +109,20 @@ def _real_rows(a: np.ndarray, mask: np.ndarray | None, n_real: int | None):
     return a, mask
 
 
-def dynamic_uint8(a: np.ndarray) -> np.ndarray:
-    """``a`` after onnxruntime's DynamicQuantizeLinear and back: uint8 with one scale and zero point for the
-    whole tensor, from its range widened to hold 0 (rounding half to even, as ORT does)."""
+def uint8_codes(a: np.ndarray) -> tuple[np.ndarray, np.float32, np.float32]:
+    """(codes, scale, zero point) of onnxruntime's DynamicQuantizeLinear of ``a``: uint8 with one scale and zero
+    point for the whole tensor, from its range widened to hold 0 (rounding half to even, as ORT does); the codes
+    as float32 values in 0..255."""
     a = np.asarray(a, np.float32)
     lo, hi = min(0.0, float(a.min())), max(0.0, float(a.max()))
     scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
     zp = np.float32(np.clip(np.round(-lo / scale), 0, 255))
-    q = np.clip(np.round(a / scale) + zp, 0, 255)
+    return np.clip(np.round(a / scale) + zp, 0, 255), scale, zp
+
+
+def dynamic_uint8(a: np.ndarray) -> np.ndarray:
+    """``a`` after onnxruntime's DynamicQuantizeLinear and back (``uint8_codes``, dequantized)."""
+    q, scale, zp = uint8_codes(a)
     return ((q - zp) * scale).astype(np.float32)
 
 
@@ -127,7 +133,8 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
     ``cut_values[i]`` on batch i. Each value named in ``full`` is also returned per batch,
     unflattened, under the key ``("full", name)``. The rows of the values named in ``rounded`` are
     taken after ``dynamic_uint8`` of each batch's whole tensor (what a dynamically quantized MatMul
-    reading it multiplies); their ``full`` values stay unrounded."""
+    reading it multiplies); their ``full`` values stay unrounded, and the largest uint8 code each of their
+    columns reaches over the rows is returned under ``("codes", name)`` ([H], float32)."""
     full = [full] if isinstance(full, str) else list(full or [])
     names = list(dict.fromkeys(list(names) + full))
     import onnxruntime as ort
@@ -142,6 +149,7 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
     specs = input_specs(sess)  # a rewrite may have re-laid out a KV cache: empty pasts follow this model
     out: dict = {n: [] for n in names}
     kept: dict = {n: [] for n in full}
+    top: dict = {}
     real = getattr(batches, "rows", None)  # rows of each batch that are real samples (not padding repeats)
     for i, feeds in enumerate(batches):
         mask = feeds.get("attention_mask")
@@ -152,11 +160,19 @@ def collect(proto: onnx.ModelProto, names: Sequence[str], batches: Sequence[dict
         for n, a in zip(names, res):
             if n in kept:
                 kept[n].append(a)
-            out[n].append(rows(*_real_rows(dynamic_uint8(a) if n in rounded else a, mask, n_real)))
+            if n not in rounded:
+                out[n].append(rows(*_real_rows(a, mask, n_real)))
+                continue
+            q, scale, zp = uint8_codes(a)
+            r = rows(*_real_rows(q, mask, n_real))
+            out[n].append(((r - zp) * scale).astype(np.float32))
+            if len(r):
+                top[n] = np.maximum(top.get(n, 0), r.max(0))
         if progress is not None:
             progress()
     res = {n: np.concatenate(v, 0) for n, v in out.items()}
     res.update({("full", n): v for n, v in kept.items()})
+    res.update({("codes", n): np.asarray(v, np.float32) for n, v in top.items()})
     return res
 
 

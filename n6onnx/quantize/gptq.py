@@ -28,6 +28,8 @@ import numpy as np
 from onnx import TensorProto
 from onnxruntime.quantization.quant_utils import quantize_data
 
+from .kernel import PAIR_MAX
+
 QMAX = 127
 BLOCK = 128
 DAMP = 0.01
@@ -65,9 +67,11 @@ def round_to_nearest(W: np.ndarray) -> np.ndarray:
 
 
 def gptq_round(W: np.ndarray, H: np.ndarray, *, damp: float = DAMP, block: int = BLOCK,
-               act_order: bool = True) -> tuple[np.ndarray, int]:
+               act_order: bool = True, pair_codes: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """W [K, N] (MatMul orientation: K inputs, N outputs) rounded by GPTQ against ``H`` = X^T X [K, K]
     of its calibration inputs, onto the grid onnxruntime's per-channel int8 will compute for the result.
+    With ``pair_codes`` [K] (the largest uint8 activation code of each input), every pair of rows (2j, 2j + 1)
+    is kept inside the int16 that a saturating u8s8 kernel sums it in (``pair_limits``).
     Returns (the dequantized weights ``q * s``, float32, which ``quantize_dynamic`` reproduces bit for
     bit; how many columns fell back to round to nearest)."""
     W = W0 = np.asarray(W, np.float64)
@@ -82,7 +86,8 @@ def gptq_round(W: np.ndarray, H: np.ndarray, *, damp: float = DAMP, block: int =
     pin[top, cols] = True
     pin_q = np.zeros((K, N))
     pin_q[top, cols] = np.sign(W[top, cols]) * QMAX
-    out = _obs_round(W, H, pin, pin_q, np.broadcast_to(s[None, :], (K, N)), -QMAX, QMAX, damp, block, act_order)
+    out = _obs_round(W, H, pin, pin_q, np.broadcast_to(s[None, :], (K, N)), -QMAX, QMAX, damp, block, act_order,
+                     pair_codes)
     deq = out.astype(np.float32) * s.astype(np.float32)
     q_ort, s_ort = ort_grid(deq)
     bad = ~(np.all(q_ort.astype(np.float64) == out, axis=0) & (s_ort == s.astype(np.float32)))
@@ -143,12 +148,32 @@ def gptq_round_int4(W: np.ndarray, H: np.ndarray, block: int, *, damp: float = D
     return deq, int(bad.sum())
 
 
+def pair_limit(codes: np.ndarray, partner: np.ndarray, partner_codes: np.ndarray) -> np.ndarray:
+    """The largest |q| an int8 weight may take beside a same-sign ``partner`` weight so that no pair sum
+    ``a q + a' partner`` with uint8 codes a <= ``codes``, a' <= ``partner_codes`` leaves int16 (``PAIR_MAX``):
+    the bound that keeps onnxruntime's saturating u8s8 kernel (x86 without VNNI, ``kernel``) exact."""
+    room = PAIR_MAX - np.asarray(partner_codes, np.float64) * np.abs(partner)
+    return np.where(codes > 0, np.floor(room / np.maximum(codes, 1)), np.inf)
+
+
+def unsafe_pairs(q: np.ndarray, codes: np.ndarray) -> int:
+    """How many same-sign weight pairs (rows 2j, 2j + 1) of the int8 levels ``q`` [K, N] can leave int16 beside
+    uint8 activation codes up to ``codes`` [K]: the pairs a saturating u8s8 kernel may clip."""
+    K = q.shape[0] // 2 * 2
+    q = np.asarray(q, np.float64)
+    c = np.asarray(codes, np.float64)[:K, None]
+    a, b = q[0:K:2], q[1:K:2]
+    return int(np.sum((a * b > 0) & (c[0::2] * np.abs(a) + c[1::2] * np.abs(b) > PAIR_MAX)))
+
+
 def _obs_round(W: np.ndarray, H: np.ndarray, pin: np.ndarray, pin_q: np.ndarray, S: np.ndarray, qmin: int, qmax: int,
-               damp: float, lazy: int, act_order: bool) -> np.ndarray:
+               damp: float, lazy: int, act_order: bool, pair_codes: np.ndarray | None = None) -> np.ndarray:
     """GPTQ's core, shared by both grids: the integer levels [K, N] (float64, no -0.0) of W [K, N] rounded row by
     row against H [K, K] (damped; dead inputs get 1) on the per-entry scales ``S`` within [qmin, qmax]; ``pin``
     entries are held at ``pin_q`` (never moved by an update). Rows in order of decreasing diag(H) with
-    ``act_order``, lazy batch updates of ``lazy`` rows."""
+    ``act_order``, lazy batch updates of ``lazy`` rows. With ``pair_codes`` [K], a row whose pair partner (row
+    2j <-> 2j + 1, in the original order) is rounded or pinned already is clipped to ``pair_limit`` beside it,
+    so the rounding error of the clip is spread over the rows after it like any other."""
     K, N = W.shape
     H = np.array(H, np.float64)
     W = np.array(W, np.float64)
@@ -165,6 +190,8 @@ def _obs_round(W: np.ndarray, H: np.ndarray, pin: np.ndarray, pin_q: np.ndarray,
     # U upper triangular with H^-1 = U^T U: row k of U is the OBS update of the rows after k
     U = np.linalg.cholesky(np.linalg.inv(H)).T
     Q = np.zeros((K, N))
+    pos = np.argsort(perm)  # where each original row is visited
+    codes = None if pair_codes is None else np.asarray(pair_codes, np.float64)[perm]
     for b0 in range(0, K, lazy):
         b1 = min(b0 + lazy, K)
         Wb = W[b0:b1].copy()
@@ -172,6 +199,12 @@ def _obs_round(W: np.ndarray, H: np.ndarray, pin: np.ndarray, pin_q: np.ndarray,
         for i in range(b1 - b0):
             k = b0 + i
             q = np.where(pin[k], pin_q[k], np.clip(np.round(Wb[i] / safe[k]), qmin, qmax))
+            j = pos[perm[k] ^ 1] if codes is not None and (perm[k] ^ 1) < K else None
+            if j is not None:  # the partner's levels as far as they are fixed: rounded, or pinned
+                qp = Q[j] if j < k else np.where(pin[j], pin_q[j], 0.0)
+                lim = pair_limit(codes[k], qp, codes[j])
+                over = (q * qp > 0) & (np.abs(q) > lim) & ~pin[k]
+                q = np.where(over, np.sign(q) * lim, q)
             Q[k] = q
             e = (Wb[i] - q * S[k]) / U[k, k]
             err[i] = e

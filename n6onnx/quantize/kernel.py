@@ -94,3 +94,50 @@ def integer_weights(q: onnx.ModelProto) -> set[str]:
     inits = {t.name for t in fused.graph.initializer}
     return {n.input[i] for n in fused.graph.node
             if (i := INTEGER_OPS.get(n.op_type)) is not None and len(n.input) > i and n.input[i] in inits}
+
+
+def exact_products(q: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the integer model ``q`` that computes what an exact int8 kernel (VNNI, AMX, ARM's dot
+    products) computes, on any CPU: every ``MatMulInteger`` becomes the same product of zero-point-shifted
+    values in float64 (exact: a sum of up to 2^37 / (255 x 128) such products stays an integer below 2^53), cast
+    back to its int32 output. On a CPU whose kernel clips pairs this is the model that a deployment CPU without
+    that clipping runs; ``q`` is not modified."""
+    out = onnx.ModelProto()
+    out.CopyFrom(q)
+    g = out.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = []
+    for n in g.node:
+        if n.op_type != "MatMulInteger" or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        ins = list(n.input) + [""] * (4 - len(n.input))
+        shifted = []
+        if ins[2] in inits and numpy_helper.to_array(inits[ins[2]]).size > 1:
+            raise N6Error(f"{n.name or n.output[0]}: a per-row zero point of A is not supported here")
+        for side, (x, zp) in enumerate(((ins[0], ins[2]), (ins[1], ins[3]))):
+            name = f"{n.output[0]}_exact_{'ab'[side]}"
+            if x in inits and (not zp or zp in inits):  # a constant operand: shifted once, here
+                v = numpy_helper.to_array(inits[x]).astype(np.float64)
+                if zp:  # a scalar, or (B) one per output column: broadcasts along the last axis
+                    v = v - numpy_helper.to_array(inits[zp]).astype(np.float64)
+                g.initializer.append(numpy_helper.from_array(v, name))
+            else:
+                nodes.append(helper.make_node("Cast", [x], [name + "_f"], to=TensorProto.DOUBLE))
+                cur = name + "_f"
+                if zp:
+                    nodes.append(helper.make_node("Cast", [zp], [name + "_z"], to=TensorProto.DOUBLE))
+                    nodes.append(helper.make_node("Sub", [cur, name + "_z"], [name]))
+                else:
+                    nodes.append(helper.make_node("Identity", [cur], [name]))
+            shifted.append(name)
+        y = f"{n.output[0]}_exact"
+        nodes.append(helper.make_node("MatMul", shifted, [y], name=f"{n.name}_exact" if n.name else ""))
+        nodes.append(helper.make_node("Cast", [y], [n.output[0]], to=TensorProto.INT32))
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in nodes for i in n.input} | {o.name for o in g.output}
+    kept = [t for t in g.initializer if t.name in used]  # the int8 weights now read as float64 copies
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return out

@@ -140,3 +140,32 @@ def test_dynamic_uint8_rounds_as_onnxruntime_dynamic_quantize_linear(shift):
     got = collect.dynamic_uint8(x)
     assert np.abs(got - x).max() > 0  # it does round
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_collect_returns_the_largest_uint8_code_of_each_rounded_column():
+    """``("codes", name)``: per column, the largest code onnxruntime's DynamicQuantizeLinear gives that tensor
+    over all batches (ORT itself is the reference), masked positions excluded."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 12]),
+                           helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [2, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 12])],
+                          [helper.make_tensor("k", TensorProto.FLOAT, [], [1.5])])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    rng = np.random.default_rng(4)
+    mask = np.ones((2, 5), np.int64)
+    mask[1, 3:] = 0
+    batches = [{"x": (rng.standard_normal((2, 5, 12)) + shift).astype(np.float32), "attention_mask": mask}
+               for shift in (0.0, 2.0, -1.0)]
+    got = collect.collect(proto, ["y"], batches, rounded=["y"])
+    dq = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["y"], ["q", "s", "z"])], "q",
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 12])],
+                           [helper.make_tensor_value_info("q", TensorProto.UINT8, [2, 5, 12])])
+    sess = ort.InferenceSession(helper.make_model(dq, opset_imports=[helper.make_opsetid("", 20)]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    codes = [sess.run(["q"], {"y": b["x"] * np.float32(1.5)})[0][mask.astype(bool)] for b in batches]
+    want = np.concatenate(codes, 0).max(0).astype(np.float32)
+    np.testing.assert_array_equal(got[("codes", "y")], want)
+    assert got["y"].shape == (3 * int(mask.sum()), 12)

@@ -5,14 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from n6onnx.quantize import kernel
 from n6onnx.testing import zoo
-
-# A bar set for exact int8 products. On an x86 CPU without VNNI onnxruntime's u8s8 kernel clips each pair of
-# neighbouring products to int16 (n6onnx.quantize.kernel), an input-dependent error that a mean correction or
-# a weight fit cannot model: measured on an AVX2 VM, these bars fail there and hold on AVX-512 VNNI VMs.
-exact_int8 = pytest.mark.skipif(kernel.pairs_saturate(), reason="this CPU's u8s8 int8 kernel clips pair sums to "
-                                "int16 (x86 without VNNI); the bar assumes exact int8 products")
 
 
 @pytest.fixture(scope="session")

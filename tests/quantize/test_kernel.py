@@ -112,3 +112,31 @@ def test_kind_names_what_the_probe_found(monkeypatch):
         raise kernel.N6Error("neither")
     monkeypatch.setattr(kernel, "pairs_saturate", unknown)
     assert kernel.kind() == "unknown"
+
+
+def test_exact_products_computes_the_exact_int8_product_on_any_cpu():
+    """``exact_products`` replaces MatMulInteger with the same product in float64: on saturating operands it
+    equals the exact integer product (numpy, int64) wherever it runs, with constant and run-time zero points,
+    per column on B; onnxruntime's own kernel on the original graph clips where the probe says it does."""
+    rng = np.random.default_rng(1)
+    m, k, n = 32, 384, 48
+    a = rng.integers(180, 256, (m, k)).astype(np.uint8)  # high bytes and large same-sign weights: pairs leave int16
+    b = rng.integers(90, 128, (k, n)).astype(np.int8) * np.where(rng.random(n) < 0.5, 1, -1).astype(np.int8)
+    bz = rng.integers(-3, 4, n).astype(np.int8)
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"], name="mmi")], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k]),
+                           helper.make_tensor_value_info("az", TensorProto.UINT8, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
+                          [numpy_helper.from_array(b, "b"), numpy_helper.from_array(bz, "bz")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    az = np.array(7, np.uint8)
+    want = (a.astype(np.int64) - 7) @ (b.astype(np.int64) - bz.astype(np.int64))
+    twin = kernel.exact_products(model)
+    assert [x.op_type for x in model.graph.node] == ["MatMulInteger"]  # the input is not modified
+    assert "MatMulInteger" not in [x.op_type for x in twin.graph.node]
+    y = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a, "az": az})[0]
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, want)
+    stock = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"a": a, "az": az})[0]
+    assert np.array_equal(stock, want) != kernel.pairs_saturate()
