@@ -297,11 +297,11 @@ def _products(h) -> str:
     what = "pair sums clipped to int16" if h.int8_kernel == "saturating" else "exact"
     asked = h.config.get("int8_kernel", "auto")
     if asked == "auto":
-        whose = "this CPU's kernel; --heal-int8-kernel names a deployment's"
+        whose = "this CPU's kernel; --int8-kernel names a deployment's"
     elif asked == h.int8_kernel:
-        whose = "as --heal-int8-kernel asked"
+        whose = "as --int8-kernel asked"
     else:  # saturating asked where onnxruntime multiplies none of the rounded MatMuls as integers
-        whose = (f"--heal-int8-kernel {asked} asked, but onnxruntime runs none of this model's rounded MatMuls "
+        whose = (f"--int8-kernel {asked} asked, but onnxruntime runs none of this model's rounded MatMuls "
                  "on its integer kernel: they are float products of dequantized values")
     return f"{what} ({whose})"
 

@@ -74,7 +74,7 @@ def heal_file(rewritten: str | os.PathLike, teacher: str | os.PathLike, calibrat
         else:
             fproto, mode = int8graph.dequantize(qproto), "int8"  # refuses other formats, by name
     if config is not None and config.int8_kernel != "auto" and mode != "int8":  # before any work
-        raise BadArgumentError(f"--heal-int8-kernel names the kernel that healing an int8 (dynamic) model mirrors; "
+        raise BadArgumentError(f"--int8-kernel names the kernel that healing an int8 (dynamic) model mirrors; "
                                f"{rewritten} is {'an ' + mode if mode else 'a float'} model")
     if qproto is not None:
         model = ir.from_proto(fproto)

@@ -58,8 +58,8 @@ def pairs_saturate() -> bool:
     if np.all(y == k // 2 * PAIR_MAX):
         return True
     raise N6Error(f"onnxruntime's u8s8 MatMulInteger gave {int(y.flat[0])} on this CPU, neither exact ({exact}) nor "
-                  f"pairwise saturated ({k // 2 * PAIR_MAX}): its int8 kernel is not one n6onnx knows; heal with "
-                  "--heal-int8-kernel exact or saturating (the deployment CPU's) or --no-heal-fake-quant")
+                  f"pairwise saturated ({k // 2 * PAIR_MAX}): its int8 kernel is not one n6onnx knows; name the "
+                  "deployment CPU's with --int8-kernel exact or saturating (or heal with --no-heal-fake-quant)")
 
 
 def kind() -> str:

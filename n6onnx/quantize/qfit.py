@@ -34,6 +34,8 @@ that another of the level writes). For each level:
    run time. Measured on MiniLM on an AVX2 VM (``benchmarks/quantize_fit.py``): held-out cosine 0.9936 ->
    0.9942 (the original), 0.9846 -> 0.9852 (calibrated gelu=phi6). Bounding by any code (255) instead
    costs far more than it saves: on random weights, 280x the output error of the unbounded rounding.
+   Rounding for an exact kernel on a CPU that clips, the rows of step 1 come from ``kernel.exact_products``
+   of the int8 model, i.e. as the deployment CPU computes them.
 
 MatMuls whose weight is shared, not float32, not 2-D, or quantized per tensor are left to onnxruntime's
 round to nearest, and so are Gemms.

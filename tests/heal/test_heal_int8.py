@@ -134,7 +134,7 @@ def test_the_int8_kernel_a_heal_mirrors_can_be_named(setup):
         h = json.loads(r.output)["healing"]
         assert h["int8_kernel"] == named and h["config"]["int8_kernel"] == named
         r = CliRunner().invoke(main, args)  # the human summary says it too
-        assert r.exit_code == 0 and f"int8 products {said} (as --heal-int8-kernel asked)" in " ".join(r.output.split())
+        assert r.exit_code == 0 and f"int8 products {said} (as --int8-kernel asked)" in " ".join(r.output.split())
     # static QDQ: the MatMuls onnxruntime runs as integer kernels (QGemm, QLinearMatMul) mirror the named kernel
     args = ["rewrite", str(src), "-o", str(tmp / "k-static.onnx"), "--quantize", "int8:static", "--calibrate", str(data),
             "--heal", "--heal-steps", "2", "--threads", "1", "--heal-int8-kernel", "saturating", "--json"]

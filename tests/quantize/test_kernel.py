@@ -53,7 +53,7 @@ def test_an_unknown_kernel_is_a_clear_error(monkeypatch):
     kernel.pairs_saturate.cache_clear()
     monkeypatch.setattr(ort, "InferenceSession", Odd)
     try:
-        with pytest.raises(N6Error, match="--heal-int8-kernel exact or saturating"):
+        with pytest.raises(N6Error, match="--int8-kernel exact or saturating"):
             kernel.pairs_saturate()
     finally:
         kernel.pairs_saturate.cache_clear()
