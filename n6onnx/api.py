@@ -300,6 +300,7 @@ def validate(
     provider: str = "cpu",
     device_id: int = 0,
     progress=False,
+    int8_kernel: str = "auto",
 ) -> ValidateReport:
     """Run ``original`` and ``candidate`` on the same inputs and compare every output.
 
@@ -308,13 +309,14 @@ def validate(
     ``dims`` sizes dynamic dimensions (``["batch=8"]`` or a mapping). Gates: ``min_cosine``
     (on ``cosine_mean``), ``max_abs_err``, ``min_top1``. ``provider``: where the candidate runs
     (``"cuda"``: on ``device_id``, as deployed on a GPU; the original always runs on the CPU provider,
-    the reference). Returns a report (``.passed``,
+    the reference). ``int8_kernel`` (``exact``): compute an int8 candidate's products as an exact int8 kernel
+    (VNNI, AMX, ARM) does, on a CPU whose kernel clips pair sums too. Returns a report (``.passed``,
     ``.failed``, ``.to_json()``); bad input raises ``N6Error`` subclasses.
     """
     return _validate_run.validate(
         original, candidate, feeds=feeds, text=text, tokenizer=tokenizer, random=random, dims=dims,
         labels=labels, min_cosine=min_cosine, max_abs_err=max_abs_err, min_top1=min_top1, seed=seed,
-        threads=threads, provider=provider, device_id=device_id, progress=progress,
+        threads=threads, provider=provider, device_id=device_id, progress=progress, int8_kernel=int8_kernel,
     )
 
 

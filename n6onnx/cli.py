@@ -285,9 +285,14 @@ def heal(rewritten, teacher, calibrate, output, tokenizer, dims, as_json, heal_s
                    "the reference, runs on the CPU provider.")
 @click.option("--device-id", type=Number(0, 1023, integer=True), default=0, show_default=True,
               help="CUDA device of --provider cuda.")
+@click.option("--int8-kernel", type=click.Choice(INT8_KERNELS), default="auto", show_default=True,
+              help="The CPU int8 kernel an int8 CANDIDATE's products are computed with. auto: this CPU's; exact: "
+              "as x86 with VNNI or AMX and ARM compute them, also on an x86 CPU without VNNI, whose kernel clips "
+              "neighbouring product pairs to int16 (validate on a build box for a VNNI server); saturating: "
+              "only on such a CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, dims, labels, min_cosine,
-             max_abs_err, min_top1, seed, threads, provider, device_id, as_json: bool) -> None:
+             max_abs_err, min_top1, seed, threads, provider, device_id, int8_kernel, as_json: bool) -> None:
     """Compare CANDIDATE with ORIGINAL on the same inputs: errors, cosines, logits agreement, gates.
 
     Give exactly one of --feeds, --text or --random. Per output: max absolute / relative error and
@@ -303,6 +308,7 @@ def validate(original: str, candidate: str, feeds_, text, tokenizer, random_, di
             original, candidate, feeds=feeds_, text=text, tokenizer=tokenizer, random=random_, dims=dims,
             labels=labels, min_cosine=min_cosine, max_abs_err=max_abs_err, min_top1=min_top1, seed=seed,
             threads=threads, provider=provider, device_id=device_id, progress=console.err if not as_json else False,
+            int8_kernel=int8_kernel,
         )
     except N6Error as e:
         console.fail(e)

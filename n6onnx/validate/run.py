@@ -21,6 +21,7 @@ from .. import io
 from .. import runtime
 from .. import vocab as vocab_mod
 from ..errors import BadArgumentError, BadModelError, N6Error
+from ..quantize import kernel
 from ..quantize.hostile import hostile_activations
 from ..runtime import InferenceSession
 from . import metrics as M
@@ -47,7 +48,8 @@ class _Model:
     hostile: list[str] = dataclasses.field(default_factory=list)  # quantize.hostile warnings
 
 
-def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str = "cpu", device_id: int = 0) -> _Model:
+def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str = "cpu", device_id: int = 0,
+          exact_int8: bool = False) -> _Model:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -64,7 +66,10 @@ def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str
         raise BadModelError(f"{p} ({role}): not an ONNX model (no graph; truncated or another format?)")
     providers = runtime.providers_for(provider, device_id)
     try:
-        sess = InferenceSession(str(p), threads=threads, providers=providers)
+        sess = _exact_session(p, threads, providers) if exact_int8 else \
+            InferenceSession(str(p), threads=threads, providers=providers)
+    except N6Error:
+        raise
     except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented / ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         opset = io.proto_opset(proto)
@@ -73,6 +78,34 @@ def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str
         raise BadModelError(f"{p} ({role}): onnxruntime cannot load it{hint}: {first}") from None
     runtime.check_placed(sess, provider, f"{p} ({role})")
     return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto))
+
+
+def _exact_session(p: pathlib.Path, threads: int | None, providers) -> InferenceSession:
+    """The int8 model at ``p`` as an exact int8 kernel (VNNI, AMX, ARM) computes it, on a CPU whose kernel clips
+    pair sums: its MatMulIntegers as exact products (``kernel.exact_products``), its QDQ MatMuls left unfused
+    (dequantized float products) instead of onnxruntime's QGemm / QLinearMatMul."""
+    import onnxruntime as ort
+
+    proto = io.load_proto(p)
+    fused = sorted({n.op_type for n in proto.graph.node if n.op_type in kernel.INTEGER_OPS and n.op_type != "MatMulInteger"})
+    if fused:
+        raise BadArgumentError(f"{p} (candidate): --int8-kernel exact needs the quantizer's own graph (MatMulInteger or "
+                               f"QuantizeLinear/DequantizeLinear), not onnxruntime's fused {', '.join(fused)}")
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
+    return runtime.session_for(kernel.exact_products(proto), so, threads=threads, providers=providers)
+
+
+def _emulates_exact(int8_kernel: str, provider: str) -> bool:
+    """Whether the candidate's int8 products must be computed exactly where this CPU's kernel clips them."""
+    if int8_kernel not in ("auto", "exact", "saturating"):
+        raise BadArgumentError(f"--int8-kernel: expected auto, exact or saturating, got {int8_kernel!r}")
+    if int8_kernel != "auto" and provider != "cpu":
+        raise BadArgumentError("--int8-kernel names a CPU int8 kernel; the candidate runs on --provider " + provider)
+    if int8_kernel == "saturating" and not kernel.pairs_saturate():
+        raise BadArgumentError("--int8-kernel saturating: this CPU's int8 kernel is exact, and a clipping one is not "
+                               "emulated; validate on an x86 CPU without VNNI")
+    return int8_kernel == "exact" and kernel.pairs_saturate()
 
 
 def _vocab_sizes(proto) -> dict[str, int]:
@@ -395,6 +428,7 @@ def validate(
     provider: str = "cpu",
     device_id: int = 0,
     progress: Any = False,
+    int8_kernel: str = "auto",
 ) -> ValidateReport:
     """Compare ``candidate`` with ``original`` on the same inputs; see ``n6onnx validate --help``.
 
@@ -402,7 +436,9 @@ def validate(
     sample per line) or ``random`` (a number of samples). Raises ``N6Error`` subclasses for bad input;
     gate results are in the report (``report.passed``, ``report.failed``). ``provider`` (``cpu`` or
     ``cuda``, on ``device_id``) is where the candidate runs, as it is deployed; the original is the
-    reference and runs on onnxruntime's CPU provider either way.
+    reference and runs on onnxruntime's CPU provider either way. ``int8_kernel``: the u8s8 kernel the candidate's
+    int8 products are computed with: ``auto`` this CPU's; ``exact`` an exact kernel's (VNNI, AMX, ARM) on a CPU whose
+    kernel clips pair sums too; ``saturating`` only where this CPU's is (a clipping kernel is not emulated).
     """
     t0 = time.perf_counter()
     if threads is not None and int(threads) < 1:
@@ -426,10 +462,14 @@ def validate(
         gates.append(Gate(metric, option, op, value))
 
     runtime.providers_for(provider, device_id)  # an unknown or unavailable provider: refused before any work
+    exact_int8 = _emulates_exact(int8_kernel, provider)
     orig = _open(original, "original", threads)
-    cand = _open(candidate, "candidate", threads, provider, device_id)
+    cand = _open(candidate, "candidate", threads, provider, device_id, exact_int8)
     state = _check_compatible(orig, cand)
     notes: list[str] = [f"candidate: {w}" for w in cand.hostile]
+    if exact_int8:
+        notes.append("candidate: int8 products computed as an exact int8 kernel (VNNI, AMX, ARM) computes them, "
+                     "not with this CPU's kernel, which clips pair sums to int16 (--int8-kernel exact)")
     batches, info = _build_feeds(orig, cand, feeds=feeds, text=text, tokenizer=tokenizer, random=random,
                                  dims=dims, seed=seed, notes=notes)
     _check_state_feeds(batches, state)
