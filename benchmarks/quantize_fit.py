@@ -24,13 +24,11 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import onnx  # noqa: E402
-
 import n6onnx  # noqa: E402
 from n6onnx import calibrate as cal  # noqa: E402
 from n6onnx import io  # noqa: E402
 from n6onnx import quantize as Q  # noqa: E402
-from n6onnx.quantize import kernel, qfit  # noqa: E402
+from n6onnx.quantize import qfit  # noqa: E402
 
 from _common import minilm_split, write  # noqa: E402
 
@@ -50,7 +48,10 @@ def save(rows: list, complete: bool, name: str = "quantize_fit_minilm", held: in
                    f"validate on {held} held-out sentences (1000..{999 + held}): mean-pooled embedding cosine against ORT "
                    "running the fp32 original, nearest-neighbour agreement. quantize_fit none = onnxruntime's "
                    "quantize_dynamic per channel (QInt8) of the float model (for the original: stock ORT int8); "
-                   "gptq / refit = n6onnx.quantize.qfit before the same quantize_dynamic. One run, deterministic "
+                   "gptq / refit = n6onnx.quantize.qfit before the same quantize_dynamic (rounded for this CPU's int8 kernel, "
+                   "hardware.int8_kernel; METHOD:exact / METHOD:saturating for the one named); exact_kernel = the same "
+                   "int8 model validated with --int8-kernel exact (its products as VNNI, AMX or ARM compute them). "
+                   "One run, deterministic "
                    f"(no timing). Mode {mode}" + (": MatMulNBits (weight-only 4-bit blocks) instead of quantize_dynamic, "
                    "none = its round to nearest, the fit onto its block grid" if mode.startswith("int4") else "") + "."),
         "rows": rows,
@@ -78,15 +79,14 @@ def main() -> None:
     dims = n6onnx.feeds.parse_dims(DIMS)
     rows = []
 
-    def embedding(path: pathlib.Path) -> dict:
-        return n6onnx.validate(src, path, text=held, threads=2, dims=DIMS).to_json()["outputs"]["last_hidden_state"]["embedding"]
+    def embedding(path: pathlib.Path, int8_kernel: str = "auto") -> dict:
+        r = n6onnx.validate(src, path, text=held, threads=2, dims=DIMS, int8_kernel=int8_kernel).to_json()
+        return r["outputs"]["last_hidden_state"]["embedding"]
 
     def row(recipe: str, fit: str, path: pathlib.Path, **extra) -> None:
         e = embedding(path)
         if fit != "float" and args.mode == "int8":  # the same model where int8 products are exact (VNNI, AMX, ARM)
-            twin = path.with_name(path.stem + "_exact.onnx")
-            onnx.save(kernel.exact_products(onnx.load(str(path))), str(twin))
-            x = embedding(twin)
+            x = embedding(path, "exact")
             extra["exact_kernel"] = {"cosine_mean": x["cosine_mean"], "cosine_min": x["cosine_min"],
                                      "nn_agreement": x["nn_agreement"]}
         rows.append({"recipe": recipe, "quantize_fit": fit, "int8_guard": args.int8_guard, "cosine_mean": e["cosine_mean"],
