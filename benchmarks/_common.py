@@ -125,8 +125,9 @@ def check_passes(ap: argparse.ArgumentParser, specs, sep: str = "+", also: tuple
 
 
 def minilm_split(work: pathlib.Path, calib_n: int = 255, held_n: int = 255) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
-    """The MiniLM dynamic export (opset 20) and its text files in ``work``: calibration = corpus sentences
-    0..calib_n-1, held-out = 1000..1000+held_n-1 (never seen by a fit)."""
+    """The MiniLM dynamic export (opset 20) and its text files in ``work``: held-out = corpus sentences
+    1000..1000+held_n-1 (never seen by a fit), calibration = the first calib_n sentences outside that range
+    (0..calib_n-1 while calib_n <= 1000)."""
     from n6onnx.testing import corpus, zoo
 
     work.mkdir(parents=True, exist_ok=True)
@@ -135,6 +136,10 @@ def minilm_split(work: pathlib.Path, calib_n: int = 255, held_n: int = 255) -> t
     src = zoo.export("minilm", "dynamo20", cache, dynamic=True)
     s = corpus.sentences()
     calib, held = work / "calib.txt", work / "held.txt"
-    calib.write_text("\n".join(s[:calib_n]))
+    outside = s[:1000] + s[1000 + held_n:]
+    if calib_n > len(outside):
+        raise SystemExit(f"minilm_split: {calib_n} calibration sentences asked, the corpus has {len(outside)} outside "
+                         "the held-out range")
+    calib.write_text("\n".join(outside[:calib_n]))
     held.write_text("\n".join(s[1000:1000 + held_n]))
     return src, calib, held

@@ -37,14 +37,16 @@ RECIPES = {"original (no pass)": [], "gelu=phi6": ["gelu=phi6"], "ffn=phi-bottle
            "attention=fftmix:2": ["attention=fftmix:2"]}
 
 
-def save(rows: list, complete: bool, name: str = "quantize_fit_minilm", held: int = 255, mode: str = "int8") -> None:
+def save(rows: list, complete: bool, name: str = "quantize_fit_minilm", held: int = 255, mode: str = "int8",
+         calib: int = 255) -> None:
     """Written after every row (a partial run keeps what it measured; ``complete`` says whether it finished)."""
     write(name, {
         "complete": complete,
         "benchmark": "quantize_fit_minilm",
         "mode": mode,
         "method": ("all-MiniLM-L6-v2, torch dynamo export with dynamic axes (opset 20), batch 8 x 64; calibration "
-                   "= corpus sentences 0..254 (the passes' calibration and the int8 fit); fidelity = n6onnx "
+                   f"= the first {calib} corpus sentences outside the held-out range (the passes' calibration and the int8 fit); "
+                   "fidelity = n6onnx "
                    f"validate on {held} held-out sentences (1000..{999 + held}): mean-pooled embedding cosine against ORT "
                    "running the fp32 original, nearest-neighbour agreement. quantize_fit none = onnxruntime's "
                    "quantize_dynamic per channel (QInt8) of the float model (for the original: stock ORT int8); "
@@ -69,13 +71,16 @@ def main() -> None:
     ap.add_argument("--held", type=int, default=255,
                     help="held-out sentences 1000..1000+N-1 (at most 1803: NN agreement's noise shrinks with N)")
     ap.add_argument("--name", default="quantize_fit_minilm", help="result file name")
+    ap.add_argument("--calib", type=int, default=255,
+                    help="calibration sentences: the first N of the corpus outside the held-out range (the passes' "
+                    "calibration, with --calib-samples N, and the int8 fit)")
     ap.add_argument("--mode", default="int8", help="--quantize mode fitted: int8 or int4[:BLOCK]")
     ap.add_argument("--int8-guard", default="per-channel", choices=["per-channel", "per-tensor"],
                     help="the calibration's int8 guard (per-channel: what rewrite --quantize int8 does where "
                     "the int8 fit runs)")
     args = ap.parse_args()
     work = ROOT / "build" / "quantize_fit"
-    src, calib, held = minilm_split(work, 255, args.held)
+    src, calib, held = minilm_split(work / (f"calib{args.calib}" if args.calib != 255 else "."), args.calib, args.held)
     dims = n6onnx.feeds.parse_dims(DIMS)
     rows = []
 
@@ -91,14 +96,15 @@ def main() -> None:
                                      "nn_agreement": x["nn_agreement"]}
         rows.append({"recipe": recipe, "quantize_fit": fit, "int8_guard": args.int8_guard, "cosine_mean": e["cosine_mean"],
                      "cosine_min": e["cosine_min"], "nn_agreement": e["nn_agreement"], **extra})
-        save(rows, False, args.name, args.held, args.mode)
+        save(rows, False, args.name, args.held, args.mode, args.calib)
         print(f"{recipe:28s} {fit:6s} cos {e['cosine_mean']:.4f} nn {e['nn_agreement']:.3f} {extra}", flush=True)
 
     for recipe in args.recipes:
         tag = recipe.split()[0].replace("=", "_").replace(":", "_").replace("/", "_")
         f = work / f"{tag}_float.onnx"
         if RECIPES[recipe]:
-            n6onnx.rewrite(src, f, RECIPES[recipe], calibrate=calib, dims=dims, int8_guard=args.int8_guard)
+            n6onnx.rewrite(src, f, RECIPES[recipe], calibrate=calib, dims=dims, int8_guard=args.int8_guard,
+                           calib_samples=max(args.calib, 256))
             row(recipe, "float", f)
         else:
             f = pathlib.Path(src)
@@ -121,7 +127,7 @@ def main() -> None:
             row(recipe, fit, q, fit_seconds=round(time.perf_counter() - t0, 1),
                 **({} if rep is None else {"fit_report": rep.to_json()}))
 
-    save(rows, True, args.name, args.held, args.mode)
+    save(rows, True, args.name, args.held, args.mode, args.calib)
 
 
 def _ort_gptq(src: pathlib.Path, dst: pathlib.Path, batches, block: int, per_channel: bool) -> None:

@@ -20,6 +20,11 @@ entry is clipped to +-127), so each column's max |w|, hence its scale, is the on
 computes; ``s`` is taken as the fixed point of onnxruntime's scale rule (``127 s`` -> ``s``), which
 the float32 round trip can otherwise move by one ulp. ``gptq_round`` checks the result against
 ``ort_grid`` and falls back to round to nearest for any column that would not reproduce.
+
+For a u8s8 kernel that adds each pair of neighbouring products (inputs 2j, 2j + 1) into a saturating int16
+(x86 without VNNI, ``kernel``), ``pair_codes`` bounds every same-sign weight pair so that its sum stays inside
+int16 beside the largest uint8 activation codes of its two inputs: the row rounded second is clipped to
+``pair_limit``, and that clip's error is spread over the later rows like any rounding error.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def gptq_round(W: np.ndarray, H: np.ndarray, *, damp: float = DAMP, block: int =
     """W [K, N] (MatMul orientation: K inputs, N outputs) rounded by GPTQ against ``H`` = X^T X [K, K]
     of its calibration inputs, onto the grid onnxruntime's per-channel int8 will compute for the result.
     With ``pair_codes`` [K] (the largest uint8 activation code of each input), every pair of rows (2j, 2j + 1)
-    is kept inside the int16 that a saturating u8s8 kernel sums it in (``pair_limits``).
+    is kept inside the int16 that a saturating u8s8 kernel sums it in (``pair_limit``).
     Returns (the dequantized weights ``q * s``, float32, which ``quantize_dynamic`` reproduces bit for
     bit; how many columns fell back to round to nearest)."""
     W = W0 = np.asarray(W, np.float64)
