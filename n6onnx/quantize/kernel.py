@@ -102,6 +102,14 @@ def exact_products(q: onnx.ModelProto) -> onnx.ModelProto:
     values in float64 (exact: a sum of up to 2^37 / (255 x 128) such products stays an integer below 2^53), cast
     back to its int32 output. On a CPU whose kernel clips pairs this is the model that a deployment CPU without
     that clipping runs; ``q`` is not modified."""
+    nested = [n.name or n.op_type for n in q.graph.node for a in n.attribute
+              if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+              and any(m.op_type == "MatMulInteger" for sub in ([a.g] if a.HasField("g") else list(a.graphs))
+                      for m in sub.node)]
+    nested += [f.name for f in q.functions if any(m.op_type == "MatMulInteger" for m in f.node)]
+    if nested:
+        raise N6Error(f"exact int8 products: MatMulInteger inside a subgraph or function ({', '.join(nested)}) is not "
+                      "supported")
     out = onnx.ModelProto()
     out.CopyFrom(q)
     g = out.graph

@@ -156,7 +156,8 @@ def fit_quantized(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate
         raise BadArgumentError(f"quantize fit: mode {qm} is not fitted (int8 and int4 are)")
     round_rows = round_rows and qm.kind == "int8"
     saturate = qm.kind == "int8" and (kernel.pairs_saturate() if saturate is None else bool(saturate))
-    exact_here = qm.kind == "int8" and not saturate and kernel.pairs_saturate()
+    # rows as an exact kernel gives them unless this CPU's is known to be exact (also on a kernel n6onnx does not know)
+    exact_here = qm.kind == "int8" and not saturate and kernel.kind() != "exact"
     float_proto = proto
     cur = onnx.ModelProto()
     cur.CopyFrom(proto)

@@ -46,6 +46,7 @@ class _Model:
     doc_string: str
     vocab: dict[str, int]  # input name -> rows of the embedding table it indexes (when visible)
     hostile: list[str] = dataclasses.field(default_factory=list)  # quantize.hostile warnings
+    int8: bool = False  # it has int8 products (MatMulInteger, or a QDQ DequantizeLinear)
 
 
 def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str = "cpu", device_id: int = 0,
@@ -77,7 +78,8 @@ def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str
                 "onnx.version_converter)" if opset is not None and opset < io.MIN_OPSET else "")
         raise BadModelError(f"{p} ({role}): onnxruntime cannot load it{hint}: {first}") from None
     runtime.check_placed(sess, provider, f"{p} ({role})")
-    return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto))
+    int8 = any(n.op_type in ("MatMulInteger", "DequantizeLinear") for n in proto.graph.node)
+    return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto), int8)
 
 
 def _exact_session(p: pathlib.Path, threads: int | None, providers) -> InferenceSession:
@@ -102,10 +104,11 @@ def _emulates_exact(int8_kernel: str, provider: str) -> bool:
         raise BadArgumentError(f"--int8-kernel: expected auto, exact or saturating, got {int8_kernel!r}")
     if int8_kernel != "auto" and provider != "cpu":
         raise BadArgumentError("--int8-kernel names a CPU int8 kernel; the candidate runs on --provider " + provider)
-    if int8_kernel == "saturating" and not kernel.pairs_saturate():
-        raise BadArgumentError("--int8-kernel saturating: this CPU's int8 kernel is exact, and a clipping one is not "
+    here = kernel.kind()
+    if int8_kernel == "saturating" and here != "saturating":
+        raise BadArgumentError(f"--int8-kernel saturating: this CPU's int8 kernel is {here}, and a clipping one is not "
                                "emulated; validate on an x86 CPU without VNNI")
-    return int8_kernel == "exact" and kernel.pairs_saturate()
+    return int8_kernel == "exact" and here != "exact"  # a kernel n6onnx does not know is not taken to be exact
 
 
 def _vocab_sizes(proto) -> dict[str, int]:
@@ -469,7 +472,9 @@ def validate(
     notes: list[str] = [f"candidate: {w}" for w in cand.hostile]
     if exact_int8:
         notes.append("candidate: int8 products computed as an exact int8 kernel (VNNI, AMX, ARM) computes them, "
-                     "not with this CPU's kernel, which clips pair sums to int16 (--int8-kernel exact)")
+                     f"not with this CPU's ({kernel.kind()}) kernel (--int8-kernel exact)" if cand.int8 else
+                     "candidate: --int8-kernel exact changed nothing: it has no int8 MatMul (MatMulInteger or "
+                     "DequantizeLinear)")
     batches, info = _build_feeds(orig, cand, feeds=feeds, text=text, tokenizer=tokenizer, random=random,
                                  dims=dims, seed=seed, notes=notes)
     _check_state_feeds(batches, state)

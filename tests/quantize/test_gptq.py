@@ -219,3 +219,26 @@ def test_the_default_fit_is_refit_where_it_applies(bert, tmp_path):
     assert rep.quantization.fit is None
     with pytest.raises(BadArgumentError, match="auto or one of"):
         n6onnx.rewrite(src, tmp_path / "x.onnx", [], calibrate=calib, quantize="int8", quantize_fit="bogus")
+
+
+def test_a_named_kernel_fits_on_a_cpu_whose_kernel_is_unknown(bert, monkeypatch):
+    """Where the probe finds a kernel n6onnx does not know, ``auto`` is a clear error and a named kernel (the way
+    out the error names) fits: for an exact one, with rows from the exact-product copy."""
+    from n6onnx.errors import N6Error
+
+    src, calib, _, _ = bert
+    proto = onnx.load(str(src))
+    batches = cal.load_batches(str(calib), proto)
+
+    def unknown():
+        raise N6Error("neither exact nor pairwise saturated; name the deployment CPU's with --int8-kernel")
+    monkeypatch.setattr(kernel, "pairs_saturate", unknown)
+    with pytest.raises(N6Error, match="--int8-kernel"):
+        qfit.fit_quantized(proto, batches, compensate=False)
+    used = []
+    real = kernel.exact_products
+    monkeypatch.setattr(kernel, "exact_products", lambda q: used.append(1) or real(q))
+    for saturate, name in ((False, "exact"), (True, "saturating")):
+        used.clear()
+        _, rep = qfit.fit_quantized(proto, batches, compensate=False, saturate=saturate)
+        assert rep.int8_kernel == name and rep.matmuls > 0 and bool(used) == (not saturate)

@@ -140,3 +140,18 @@ def test_exact_products_computes_the_exact_int8_product_on_any_cpu():
     stock = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"a": a, "az": az})[0]
     assert np.array_equal(stock, want) != kernel.pairs_saturate()
+
+
+def test_exact_products_refuses_a_matmulinteger_it_cannot_reach():
+    """A MatMulInteger inside a subgraph (If branch) would be left on this CPU's kernel: refused by name."""
+    import pytest
+
+    inner = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y_in"], name="inner_mmi")], "then", [],
+                              [helper.make_tensor_value_info("y_in", TensorProto.INT32, [2, 2])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], name="branch", then_branch=inner, else_branch=inner)],
+                          "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in
+                                (("c", TensorProto.BOOL, []), ("a", TensorProto.UINT8, [2, 2]))],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [2, 2])],
+                          [numpy_helper.from_array(np.ones((2, 2), np.int8), "b")])
+    with pytest.raises(kernel.N6Error, match="subgraph or function.*branch"):
+        kernel.exact_products(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))

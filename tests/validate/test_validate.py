@@ -304,3 +304,15 @@ def test_int8_kernel_exact_leaves_a_static_qdq_model_unfused(linear_model, tmp_p
         assert auto > 10 * rep.outputs["logits"].max_abs_err
     else:
         assert auto == pytest.approx(rep.outputs["logits"].max_abs_err, rel=1e-3)
+
+
+def test_int8_kernel_exact_on_a_float_candidate_says_it_changed_nothing(linear_model, tmp_path, monkeypatch):
+    """Emulating the exact kernel (as on a clipping CPU) for a candidate with no int8 MatMul: the same result as
+    without it, and a note that says so rather than claiming exact int8 products."""
+    from n6onnx.quantize import kernel
+
+    w, src, _, _, npz = _int8_linear(linear_model, tmp_path)
+    monkeypatch.setattr(kernel, "kind", lambda: "saturating")
+    rep = n6onnx.validate(src, src, feeds=npz, int8_kernel="exact")
+    assert rep.outputs["logits"].max_abs_err == 0.0
+    assert any("changed nothing" in n for n in rep.notes) and not any("computed as an exact" in n for n in rep.notes)
