@@ -20,9 +20,10 @@ from n6onnx.bench.session import Runner, SessionConfig
 def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held_text: pathlib.Path | None, *,
                  threads: int | None, dims: dict[str, int], provider: str = "cpu", seconds: float = 30.0,
                  block_seconds: float = 2.0, warmup: float = 2.0, reference: str | None = None,
-                 layernorm: str = "auto") -> dict:
+                 layernorm: str = "auto", feed: dict | None = None) -> dict:
     """``reference``: the variant every ratio is taken against (default: the first); ``layernorm``:
-    bench.layernorm's mode, applied to (with auto: chosen on) each variant."""
+    bench.layernorm's mode, applied to (with auto: chosen on) each variant; ``feed``: the timed inputs (default:
+    random feeds of ``dims``; a language model's must stay inside its vocabulary)."""
     dim_list = [f"{k}={v}" for k, v in dims.items()]
     fidelity = {}
     if held_text is not None:
@@ -35,7 +36,8 @@ def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held
                               "provider": rep.providers["candidate"]}
     cfg = SessionConfig(provider, 0, threads)
     ref = reference or next(iter(variants))
-    feed = feeds_mod.random_feeds(cfg.session(variants[ref])[0], 1, dims)[0]
+    if feed is None:
+        feed = feeds_mod.random_feeds(cfg.session(variants[ref])[0], 1, dims)[0]
     ln, variants, cfgs = layernorm_mod.choose_each(variants, cfg, feed, mode=layernorm,
                                                    block_seconds=min(1.0, block_seconds), reference=original)
     sessions, runners = {}, {}

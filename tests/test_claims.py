@@ -311,6 +311,21 @@ def test_moe_rows_from_moe_quality(claims, tmp_path):
     rt = row(v, "Egyptian routing")
     assert "mean of 2 seed(s)): Egyptian accuracy 51.0% vs equal 1/3 50.0%: +2.00% relative (per seed: +1.00%, +3.00%" in rt[2]
     assert "45.0% vs 40.0%, +12.50% relative" in rt[2] and "latency ratio 1.5x [1.4, 1.6]" in rt[2]
+    assert "ORT's own" not in moe[2]  # no moe_int8.json: no anchor sentence
+    # benchmarks/moe_int8.py's side-by-side run with ORT's int8: the Phi MoE row quotes it and cites the file
+    sp = {"median": 1.0, "q1": 1.0, "q3": 1.0}
+    put(res, "moe_int8.json", {"generated": "g", "anchor": "int8_first", "table": {
+        "fp32": {"eval_loss": 2.0, "eval_loss_change_pct": 0.0, "top1_agreement_with_original": 1.0, "speedup_vs_fp32": sp},
+        "int8_first": {"eval_loss": 2.1, "eval_loss_change_pct": 5.0, "top1_agreement_with_original": 0.9,
+                       "speedup_vs_fp32": {"median": 1.1, "q1": 1.0, "q3": 1.2}},
+        "moe=phi:2": {"eval_loss": 2.08, "eval_loss_change_pct": 4.0, "top1_agreement_with_original": 0.88,
+                      "speedup_vs_fp32": {"median": 1.8, "q1": 1.7, "q3": 1.9},
+                      "speedup_vs_int8_first": {"median": 1.6, "q1": 1.5, "q3": 1.7}}}})
+    moe = row(verdicts(claims.generate(res, None)), "Phi MoE")
+    assert ("int8 loss 2.1 (+5.00%), top-1 agreement with the original 90.0%, 1.1x [1, 1.2] fp32's speed; moe=phi:2 "
+            "loss 2.08 (+4.00%), top-1 agreement with the original 88.0%, 1.8x [1.7, 1.9] fp32's and 1.6x [1.5, 1.7] "
+            "int8's speed.") in moe[2]
+    assert "moe_int8.json" in moe[4]
 
 
 def _combined(claims, tmp_path, conditions: str, variants: dict, verdict: dict) -> list:

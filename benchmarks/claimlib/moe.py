@@ -54,8 +54,13 @@ def moe_rows(res: Results) -> dict[str, Row] | None:
                         f"{len(t.get('seeds') or [])} seed(s) (claimed: -1.76% loss). ")
         verdict += ("Converting the trained model with moe=phi (24 sub-experts, exact) and dropping sub-experts per token "
                     "(changes relative to the original): " + "; ".join(parts) + ".")
+        files = [res.rel(fname)]
+        anchor = _int8_anchor(res)
+        if anchor:
+            verdict += " " + anchor
+            files.append(res.rel("moe_int8.json"))
         name, source = CLAIMS["phi_moe"]
-        rows["phi_moe"] = Row(name, source, verdict, where, [res.rel(fname)], _moe_detail(d), f"{name} and Egyptian routing ({fname})")
+        rows["phi_moe"] = Row(name, source, verdict, where, files, _moe_detail(d), f"{name} and Egyptian routing ({fname})")
     s = d.get("summary") or {}
     rt = s.get("routing") or {}
     if "egyptian" in by and "equal3" in by:
@@ -75,6 +80,25 @@ def moe_rows(res: Results) -> dict[str, Row] | None:
         name, source = CLAIMS["routing"]
         rows["routing"] = Row(name, source, "; ".join(bits) + ".", where, [res.rel(fname)])
     return rows
+
+
+def _int8_anchor(res: Results) -> str:
+    """The sentence on ORT's own int8 of the same kind of model, side by side in one run (moe_int8.json), or ""."""
+    d = res.load("moe_int8.json")
+    t = (d or {}).get("table") or {}
+    anchor = (d or {}).get("anchor")
+    rw = next((k for k in t if k.startswith("moe=") and "--quantize" not in k), None)
+    if anchor not in t or "fp32" not in t or rw is None:
+        return ""
+    a, r, f = t[anchor], t[rw], t["fp32"]
+
+    def q(x):
+        return (f"loss {num(x.get('eval_loss'), 4)} ({finite(x.get('eval_loss_change_pct')) or 0:+.2f}%), top-1 agreement "
+                f"with the original {pct(x.get('top1_agreement_with_original'))}")
+    return (f"Against ORT's own dynamic per-channel int8 of the original in one run ({cpu_hw(d.get('hardware'))}; a "
+            f"retrained top-2 model, loss {num(f.get('eval_loss'), 4)}): int8 {q(a)}, {ratio_iqr(a.get('speedup_vs_fp32'))} "
+            f"fp32's speed; {rw} {q(r)}, {ratio_iqr(r.get('speedup_vs_fp32'))} fp32's and "
+            f"{ratio_iqr(r.get('speedup_vs_' + anchor))} int8's speed.")
 
 
 def _moe_detail(d: dict) -> list[str]:

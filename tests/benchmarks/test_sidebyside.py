@@ -29,16 +29,16 @@ def sbs():
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
-def _chain(path: pathlib.Path, n: int) -> pathlib.Path:
-    """x [64, 256] through n MatMuls with one 256 x 256 weight (each keeps the size, so n is the work)."""
+def _chain(path: pathlib.Path, n: int, rows=64) -> pathlib.Path:
+    """x [rows, 256] through n MatMuls with one 256 x 256 weight (each keeps the size, so n is the work)."""
     w = numpy_helper.from_array((np.random.default_rng(0).standard_normal((256, 256)) / 16).astype(np.float32), "w")
     nodes, prev = [], "x"
     for i in range(n):
         nodes.append(helper.make_node("MatMul", [prev, "w"], [f"h{i}"]))
         prev = f"h{i}"
     nodes.append(helper.make_node("Identity", [prev], ["y"]))
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])], [w])
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 256])], [w])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -59,3 +59,15 @@ def test_ratios_point_the_right_way_and_every_variant_runs_every_round(sbs, tmp_
     rounds = max(3, round(0.9 / 0.15))
     assert all(x["speedup_vs_one"]["n"] == rounds for x in v.values())  # one block of each variant per round
     assert f"{rounds} rounds" in res["method"]["timing"] and res["method"]["feed_shapes"] == {"x": [64, 256]}
+
+
+def test_a_given_feed_is_what_is_timed(sbs, tmp_path):
+    """``feed`` (a language model's ids must stay inside its vocabulary) replaces the random feeds of ``dims``."""
+    one = _chain(tmp_path / "dyn.onnx", 1, rows="n")
+    feed = {"x": np.ones((8, 256), np.float32)}
+    res = sbs.side_by_side({"one": one}, one, None, threads=1, dims={"n": 3}, seconds=0.3, block_seconds=0.1,
+                           warmup=0.05, layernorm="auto", feed=feed)
+    assert res["method"]["feed_shapes"] == {"x": [8, 256]}
+    res = sbs.side_by_side({"one": one}, one, None, threads=1, dims={"n": 3}, seconds=0.3, block_seconds=0.1,
+                           warmup=0.05, layernorm="auto")
+    assert res["method"]["feed_shapes"] == {"x": [3, 256]}
