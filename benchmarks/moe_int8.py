@@ -34,7 +34,7 @@ from n6onnx.tune import measure, stages  # noqa: E402
 
 from _common import write  # noqa: E402
 from _sidebyside import side_by_side  # noqa: E402
-from moe_quality import evaluate  # noqa: E402
+from moe_quality import evaluate, load_trained  # noqa: E402
 
 
 def main() -> int:
@@ -47,15 +47,10 @@ def main() -> int:
     ap.add_argument("--name", default="moe_int8")
     a = ap.parse_args()
     d = a.dir
-    orig = d / "charlm-topk.onnx"
-    if not orig.is_file() or not (d / "data.npz").is_file():
-        print(f"error: {orig} or data.npz missing: run python benchmarks/moe_train.py first", file=sys.stderr)
+    loaded = load_trained(d)
+    if loaded is None:
         return 2
-    data = np.load(d / "data.npz")
-    cal_w, ev_w = data["calibration"], data["evaluation"]
-    calib = d / "calib.npz"
-    ids = cal_w[: (len(cal_w) // 16) * 16, :-1]
-    np.savez(calib, **{f"input_ids/{k}": ids[16 * k: 16 * k + 16] for k in range(len(ids) // 16)})
+    orig, cal_w, ev_w, calib = loaded
 
     work = d / "int8"
     work.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,22 @@ def equal3(src: pathlib.Path, dst: pathlib.Path) -> None:
     onnx.save(m, str(dst))
 
 
+def load_trained(d: pathlib.Path):
+    """(the top-2 model, calibration windows, evaluation windows, DATA for ``--calibrate``: the calibration
+    windows as 16-row ``input_ids`` batches, written to d/calib.npz) from ``moe_train.py``'s folder; None, with
+    the reason on stderr, when it has not been trained."""
+    orig = d / "charlm-topk.onnx"
+    if not orig.is_file() or not (d / "data.npz").is_file():
+        print(f"error: {orig} or data.npz missing: run python benchmarks/moe_train.py first", file=sys.stderr)
+        return None
+    data = np.load(d / "data.npz")
+    cal_w, ev_w = data["calibration"], data["evaluation"]
+    calib = d / "calib.npz"
+    ids = cal_w[: (len(cal_w) // 16) * 16, :-1]
+    np.savez(calib, **{f"input_ids/{k}": ids[16 * k: 16 * k + 16] for k in range(len(ids) // 16)})
+    return orig, cal_w, ev_w, calib
+
+
 def evaluate(path: pathlib.Path, windows: np.ndarray, batch: int = 16) -> tuple[dict, bool]:
     """Loss (nats/char), accuracy and the argmax per position over ``windows`` [n, CTX + 1];
     and whether the custom-op library ran the n6 nodes."""
@@ -118,15 +134,10 @@ def main(argv=None) -> int:
     from n6onnx._library import library_path
 
     d = a.dir
-    orig = d / "charlm-topk.onnx"
-    if not orig.is_file() or not (d / "data.npz").is_file():
-        print(f"error: {orig} or data.npz missing: run python benchmarks/moe_train.py first", file=sys.stderr)
+    loaded = load_trained(d)
+    if loaded is None:
         return 2
-    data = np.load(d / "data.npz")
-    cal_w, ev_w = data["calibration"], data["evaluation"]
-    calib = d / "calib.npz"
-    ids = cal_w[: (len(cal_w) // 16) * 16, :-1]
-    np.savez(calib, **{f"input_ids/{k}": ids[16 * k: 16 * k + 16] for k in range(len(ids) // 16)})
+    orig, cal_w, ev_w, calib = loaded
     ckpt = torch.load(d / "charlm-topk.pt", weights_only=False)
     library = library_path()
 
