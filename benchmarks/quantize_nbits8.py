@@ -18,7 +18,7 @@ corpus sentences 1000..1255 tokenized here) through each variant on this CPU, me
 ``last_hidden_state`` cosine and nearest-neighbour agreement against the unfused fp32 original
 (``validate.metrics``). Timing and estimated energy: ``_sidebyside.side_by_side``, interleaved blocks, order
 rotated each round, the same session options and threads for all. Writes
-benchmarks/results/quantize_nbits8_<cpu tag>.json (``--name``), and a copy under ``--copy-to``.
+benchmarks/results/quantize_nbits8_<amx|vnni|avx2>.json (``--name``), and a copy under ``--copy-to``.
 """
 
 from __future__ import annotations
@@ -117,7 +117,9 @@ def main() -> None:
     anchor = min(("int8", "int8_first"), key=lambda k: runs[k]["latency_ms"]["median"])
     from _common import hardware
 
-    name = a.name or "quantize_nbits8_" + ("vnni" if "vnni" in _flags() else "avx2")
+    flags = _flags()
+    name = a.name or "quantize_nbits8_" + ("amx" if "amx_int8" in flags else "vnni" if {"avx512_vnni", "avx_vnni"} & flags
+                                           else "avx2")
     out = write(name, {"benchmark": "quantize_nbits8", "model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20",
                        "dims": DIMS, "threads": a.threads, "fusion": fusion, "conditions": a.conditions,
                        "cpu_flags": sorted(_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
