@@ -29,15 +29,27 @@ def side_parser(doc: str, workdir: str, name: str) -> argparse.ArgumentParser:
     return ap
 
 
-def hardware() -> dict:
-    cpu = ""
+INT8_INSTRUCTIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """(the CPU's model name, its feature flags: x86 ``flags``, ARM ``Features``) from /proc/cpuinfo; ("", set())
+    where there is none."""
+    name, flags = "", set()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        for line in open(path):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    return name, flags
+
+
+def hardware() -> dict:
+    cpu, flags = cpu_info()
     hw = {
         "cpu": cpu or platform.processor(),
         "logical_cpus": os.cpu_count(),
@@ -45,6 +57,7 @@ def hardware() -> dict:
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "int8_kernel": kernel.kind(),  # int8 models' products on this CPU: "saturating" on x86 without VNNI
+        "int8_instructions": sorted(flags & set(INT8_INSTRUCTIONS)),
     }
     gpu = _gpu_name()
     if gpu:

@@ -39,7 +39,7 @@ from n6onnx.runtime import InferenceSession  # noqa: E402
 from n6onnx.tune import measure, stages  # noqa: E402
 from n6onnx.validate import metrics  # noqa: E402
 
-from _common import minilm_split, side_parser, write  # noqa: E402
+from _common import cpu_info, hardware, minilm_split, side_parser, write  # noqa: E402
 from _sidebyside import side_by_side  # noqa: E402
 
 DIMS = {"batch": 8, "seq": 64}
@@ -54,6 +54,8 @@ def held_batches(path: pathlib.Path | None, work: pathlib.Path, src: pathlib.Pat
                                                   dims=DIMS)]
     d = np.load(path)
     names = sorted({k.split("/")[0] for k in d.files})
+    if not {"input_ids", "attention_mask"} <= set(names):
+        raise SystemExit(f"{path}: expected input_ids/K and attention_mask/K batches, found {names}")
     count = len(d.files) // len(names)
     return [{n: d[f"{n}/{k}"] for n in names} for k in range(count)]
 
@@ -109,20 +111,16 @@ def main() -> None:
         fidelity[name] = {"cosine": float(metrics.cosine_rows(ref, e).mean()), "nn": metrics.nn_agreement(ref, e),
                           "samples": int(len(e))}
         print(f"{name:18s} cos {fidelity[name]['cosine']:.4f} NN {fidelity[name]['nn']:.3f}", flush=True)
-    feed = {k: v for k, v in batches[0].items()}
-    sbs = side_by_side(variants, src, None, threads=a.threads, dims=DIMS, seconds=a.seconds, feed=feed)
+    sbs = side_by_side(variants, src, None, threads=a.threads, dims=DIMS, seconds=a.seconds, feed=dict(batches[0]))
     for name, r in sbs["variants"].items():
         r["fidelity"] = fidelity[name]
     runs = sbs["variants"]
     anchor = min(("int8", "int8_first"), key=lambda k: runs[k]["latency_ms"]["median"])
-    from _common import hardware
-
-    flags = _flags()
+    flags = cpu_info()[1]
     name = a.name or "quantize_nbits8_" + ("amx" if "amx_int8" in flags else "vnni" if {"avx512_vnni", "avx_vnni"} & flags
                                            else "avx2")
     out = write(name, {"benchmark": "quantize_nbits8", "model": "all-MiniLM-L6-v2, dynamic-axes dynamo export, opset 20",
                        "dims": DIMS, "threads": a.threads, "fusion": fusion, "conditions": a.conditions,
-                       "cpu_flags": sorted(_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
                        "anchor": anchor, "held_out_samples": len(ref), "method": __doc__.split("\n\n")[3].replace("\n", " "),
                        "side_by_side": sbs})
     for n, r in runs.items():
@@ -133,16 +131,6 @@ def main() -> None:
     if a.copy_to:
         a.copy_to.mkdir(parents=True, exist_ok=True)
         shutil.copy(out, a.copy_to / out.name)
-
-
-def _flags() -> set[str]:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 if __name__ == "__main__":

@@ -98,3 +98,17 @@ def test_heal_merge_keeps_every_run(tmp_path):
     assert [(x["rewrite"], x["run"]) for x in out["rows"]] == [("int8", "cpu"), ("gelu=phi6", "gpu"), ("x", "own")]
     assert out["note"] == "cpu; where it ran | gpu; where it ran" and out["model"] == "m"
     assert {"generated", "hardware"} <= set(out)
+
+
+def test_cpu_info_reads_x86_and_arm_cpuinfo(common, tmp_path):
+    """hardware()'s CPU name and int8 instructions: x86 lists ``flags``, ARM ``Features``; a missing file is empty."""
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: Fake Xeon\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_int8\n\n"
+                   "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    assert common.cpu_info(str(x86)) == ("Fake Xeon", {"fpu", "avx2", "avx512f", "avx512_vnni", "amx_int8"})
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\nCPU implementer\t: 0x41\n")
+    assert common.cpu_info(str(arm)) == ("", {"fp", "asimd", "asimddp", "i8mm"})
+    assert common.cpu_info(str(tmp_path / "none")) == ("", set())
+    hw = common.hardware()
+    assert set(hw["int8_instructions"]) <= set(common.INT8_INSTRUCTIONS)
