@@ -66,8 +66,10 @@ def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str
     if not proto.HasField("graph"):
         raise BadModelError(f"{p} ({role}): not an ONNX model (no graph; truncated or another format?)")
     providers = runtime.providers_for(provider, device_id)
-    try:
-        sess = _exact_session(p, threads, providers) if exact_int8 else \
+    int8 = any(n.op_type in ("MatMulInteger", "DequantizeLinear") for n in proto.graph.node)
+    integer = int8 or any(n.op_type in kernel.INTEGER_OPS for n in proto.graph.node)
+    try:  # a float model has no int8 products to emulate: loaded as it is
+        sess = _exact_session(p, threads, providers) if exact_int8 and integer else \
             InferenceSession(str(p), threads=threads, providers=providers)
     except N6Error:
         raise
@@ -78,7 +80,6 @@ def _open(path: str | os.PathLike, role: str, threads: int | None, provider: str
                 "onnx.version_converter)" if opset is not None and opset < io.MIN_OPSET else "")
         raise BadModelError(f"{p} ({role}): onnxruntime cannot load it{hint}: {first}") from None
     runtime.check_placed(sess, provider, f"{p} ({role})")
-    int8 = any(n.op_type in ("MatMulInteger", "DequantizeLinear") for n in proto.graph.node)
     return _Model(role, str(p), sess, proto.doc_string, _vocab_sizes(proto), hostile_activations(proto), int8)
 
 

@@ -313,6 +313,10 @@ def test_int8_kernel_exact_on_a_float_candidate_says_it_changed_nothing(linear_m
 
     w, src, _, _, npz = _int8_linear(linear_model, tmp_path)
     monkeypatch.setattr(kernel, "kind", lambda: "saturating")
+    built = []  # the float candidate is loaded as it is: no exact-product copy is made of it
+    real = kernel.exact_products
+    monkeypatch.setattr(kernel, "exact_products", lambda q: built.append(q) or real(q))
     rep = n6onnx.validate(src, src, feeds=npz, int8_kernel="exact")
+    assert built == []
     assert rep.outputs["logits"].max_abs_err == 0.0
     assert any("changed nothing" in n for n in rep.notes) and not any("computed as an exact" in n for n in rep.notes)
