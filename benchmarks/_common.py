@@ -48,6 +48,18 @@ def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
     return name, flags
 
 
+def fidelity(src, cand, held: dict, dims: dict | None = None) -> dict:
+    """MiniLM-style embedding fidelity of ``cand`` against ``src`` (``n6onnx validate``, 2 threads): mean-pooled
+    ``last_hidden_state`` cosine (mean, min) and nearest-neighbour agreement. ``held``: validate's data argument,
+    ``{"text": PATH}`` (tokenized at ``dims``, default 8 x 64) or ``{"feeds": NPZ}`` (its own shapes)."""
+    import n6onnx
+
+    dims = (dims or {"batch": 8, "seq": 64}) if "text" in held else None
+    rep = n6onnx.validate(src, cand, dims=dims, threads=2, **held).to_json()
+    emb = rep["outputs"]["last_hidden_state"]["embedding"]
+    return {"cosine": emb["cosine_mean"], "cosine_min": emb["cosine_min"], "nn": emb["nn_agreement"]}
+
+
 def hardware() -> dict:
     cpu, flags = cpu_info()
     hw = {

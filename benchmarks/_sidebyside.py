@@ -15,6 +15,29 @@ from n6onnx.bench import energy as energy_mod
 from n6onnx.bench import latency as latency_mod
 from n6onnx.bench import layernorm as layernorm_mod
 from n6onnx.bench.session import Runner, SessionConfig
+from n6onnx.tune import measure, stages
+
+INT8 = ("int8", "int8_first")  # ORT's per-channel int8 of the original: fused then quantized, quantized then fused
+
+
+def int8_variants(src: pathlib.Path, cfg: SessionConfig, work: pathlib.Path):
+    """The reference points of a side-by-side run: ``({"fp32": the original fused as onnxruntime runs it best,
+    "int8" / "int8_first": onnxruntime's stock quantize_dynamic per channel (QInt8, weights rounded to nearest) in
+    both graph orders}, fuse, fusion)``; ``fuse(path)`` fuses another variant with the same options, ``fusion`` is
+    what ``tune.measure.fuse`` reports."""
+    fp32, fusion, kw = measure.fuse(src, cfg, work / "fused")
+
+    def fuse(p: pathlib.Path) -> pathlib.Path:
+        return measure.fuse(p, cfg, work / "fused", kw)[0]
+
+    q = stages.quantize_both_orders(src, fp32, fuse, work, "int8", "int8")
+    return {"fp32": fp32, INT8[0]: q[stages.FUSED_FIRST], INT8[1]: q[stages.QUANTIZED_FIRST]}, fuse, fusion
+
+
+def int8_anchor(runs: dict) -> str:
+    """The faster of the two int8 graph orders in ``side_by_side``'s variants: the anchor every ratio is quoted
+    against."""
+    return min(INT8, key=lambda k: runs[k]["latency_ms"]["median"])
 
 
 def side_by_side(variants: dict[str, pathlib.Path], original: pathlib.Path, held_text: pathlib.Path | None, *,

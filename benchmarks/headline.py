@@ -28,10 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
-from n6onnx.tune import measure, stages  # noqa: E402
 
 from _common import minilm_split, side_parser, write  # noqa: E402
-from _sidebyside import side_by_side  # noqa: E402
+from _sidebyside import int8_anchor, int8_variants, side_by_side  # noqa: E402
 
 DIMS = {"batch": 8, "seq": 64}
 # variant name -> (passes, calibrated, --quantize)
@@ -58,13 +57,7 @@ def main() -> None:
     work = a.workdir
     src, calib, held = minilm_split(work, a.calib, a.held)
     cfg = SessionConfig("cpu", 0, a.threads)
-    fp32, fusion, kw = measure.fuse(src, cfg, work / "fused")
-
-    def fuse(p: pathlib.Path) -> pathlib.Path:
-        return measure.fuse(p, cfg, work / "fused", kw)[0]
-
-    q = stages.quantize_both_orders(src, fp32, fuse, work, "int8", "int8")  # stock rounding: ORT's own int8
-    variants = {"fp32": fp32, "int8": q[stages.FUSED_FIRST], "int8_first": q[stages.QUANTIZED_FIRST]}
+    variants, fuse, fusion = int8_variants(src, cfg, work)
     rewrites = {}
     for name in a.rows:
         passes, calibrated, quant = ROWS[name]
@@ -77,7 +70,7 @@ def main() -> None:
         variants[name] = fuse(out)  # quantized (where it is), then fused: the graph order rewrite writes
     sbs = side_by_side(variants, src, held, threads=a.threads, dims=DIMS, seconds=a.seconds)
     runs = sbs["variants"]
-    anchor = min(("int8", "int8_first"), key=lambda k: runs[k]["latency_ms"]["median"])
+    anchor = int8_anchor(runs)
     table = {}
     for name, r in runs.items():
         f = r["fidelity"] or {}

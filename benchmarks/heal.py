@@ -35,19 +35,14 @@ from n6onnx.feeds import load_npz  # noqa: E402
 from n6onnx.io import atomic_write  # noqa: E402
 from n6onnx.heal.train import HealConfig  # noqa: E402
 
+from _common import fidelity  # noqa: E402,F401  (the scripts that import heal take it from here too)
+
 REWRITES = ["gelu=phi6", "ffn=phi-bottleneck:4/3", "attention=fftmix:2", "attention=egyptian",
             "gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2"]
 GOALS = {"gelu=phi6": (0.998, 0.97), "ffn=phi-bottleneck:4/3": (0.99, 0.93), "attention=fftmix:2": (0.99, 0.93),
          "attention=egyptian": (0.99, None), "gelu=phi6+ffn=phi-bottleneck:4/3+attention=fftmix:2": (0.985, None)}
 DIMS = {"batch": 8, "seq": 64}
 DEADLINE: float | None = None
-
-
-def fidelity(src, cand, held: dict) -> dict:
-    dims = DIMS if "text" in held else None  # .npz feeds carry their shapes
-    rep = n6onnx.validate(src, cand, dims=dims, threads=2, **held).to_json()
-    emb = rep["outputs"]["last_hidden_state"]["embedding"]
-    return {"cosine": emb["cosine_mean"], "cosine_min": emb["cosine_min"], "nn": emb["nn_agreement"]}
 
 
 def peak_mb() -> float:

@@ -33,10 +33,9 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import n6onnx  # noqa: E402
 from n6onnx.calibrate import load_batches  # noqa: E402
 
-from _common import minilm_split, side_parser, write  # noqa: E402
+from _common import fidelity, minilm_split, side_parser, write  # noqa: E402
 
 DIMS = {"batch": 8, "seq": 64}
 CLASSES = ("qkv", "attn_out", "ffn_up", "ffn_down")
@@ -58,12 +57,6 @@ def classify(m: onnx.ModelProto) -> dict[str, list]:
             p = prod.get(n.input[0])
             out["attn_out" if p is not None and p.op_type in ("Reshape", "Transpose") else "qkv"].append(n)
     return out
-
-
-def fidelity(src, cand, held) -> dict:
-    v = n6onnx.validate(src, cand, text=held, dims=DIMS)
-    emb = v.to_json()["outputs"]["last_hidden_state"]["embedding"]
-    return {"cosine": emb["cosine_mean"], "cosine_min": emb["cosine_min"], "nn": emb["nn_agreement"]}
 
 
 def dynamic(src, dst, nodes) -> pathlib.Path:
@@ -125,7 +118,7 @@ def main() -> None:
     rows = []
 
     def row(kind, which, path, **extra):
-        r = {"kind": kind, "quantized": which, **extra, **fidelity(src, path, held)}
+        r = {"kind": kind, "quantized": which, **extra, **fidelity(src, path, {"text": held}, DIMS)}
         rows.append(r)
         print(f"{kind:12s} {which:28s} cos {r['cosine']:.5f} NN {r['nn']:.3f}", flush=True)
 

@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import n6onnx  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
-from n6onnx.tune import measure, stages  # noqa: E402
 
 from _common import write  # noqa: E402
-from _sidebyside import side_by_side  # noqa: E402
+from _sidebyside import int8_anchor, int8_variants, side_by_side  # noqa: E402
 from moe_quality import evaluate, load_trained  # noqa: E402
 
 
@@ -55,14 +54,8 @@ def main() -> int:
     work = d / "int8"
     work.mkdir(parents=True, exist_ok=True)
     cfg = SessionConfig("cpu", 0, a.threads)
-    fp32, fusion, kw = measure.fuse(orig, cfg, work / "fused")
-
-    def fuse(p: pathlib.Path) -> pathlib.Path:
-        return measure.fuse(p, cfg, work / "fused", kw)[0]
-
-    q = stages.quantize_both_orders(orig, fp32, fuse, work, "int8", "int8")
+    variants, fuse, fusion = int8_variants(orig, cfg, work)
     opt = f"phi:{a.drop}"
-    variants = {"fp32": fp32, "int8": q[stages.FUSED_FIRST], "int8_first": q[stages.QUANTIZED_FIRST]}
     reports = {}
     for label, quant in ((f"moe={opt}", None), (f"moe={opt} + --quantize int8", "int8")):
         out = work / f"{label.replace(' + --quantize ', '-').replace('=', '-').replace(':', '-')}.onnx"
@@ -85,7 +78,7 @@ def main() -> int:
     feed = {"input_ids": np.ascontiguousarray(ev_w[:16, :-1])}
     sbs = side_by_side(variants, orig, None, threads=a.threads, dims={}, seconds=a.seconds, feed=feed)
     runs = sbs["variants"]
-    anchor = min(("int8", "int8_first"), key=lambda k: runs[k]["latency_ms"]["median"])
+    anchor = int8_anchor(runs)
     for name, r in runs.items():
         quality[name].update({"speedup_vs_fp32": r["speedup_vs_fp32"], f"speedup_vs_{anchor}": r.get(f"speedup_vs_{anchor}"),
                               "energy": r["energy"]})

@@ -34,7 +34,7 @@ from n6onnx import quantize as Q  # noqa: E402
 from n6onnx.calibrate import collect  # noqa: E402
 from n6onnx.feeds import parse_dims  # noqa: E402
 
-from _common import minilm_split, write  # noqa: E402
+from _common import fidelity, minilm_split, write  # noqa: E402
 
 DIMS = ["batch=8", "seq=64"]
 
@@ -80,6 +80,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--healed", type=pathlib.Path, help="a healed gelu=phi6 model of the same export")
     a = ap.parse_args()
+    if a.healed is not None and not a.healed.is_file():
+        ap.error(f"--healed {a.healed}: no such file")
     work = ROOT / "build" / "phi6_clamp"
     src, calib, held = minilm_split(work, 256, 256)
     dims = parse_dims(DIMS)
@@ -88,19 +90,18 @@ def main() -> None:
     if a.healed:
         models["gelu=phi6 healed"] = a.healed
 
-    def fidelity(p: pathlib.Path) -> dict:
-        e = n6onnx.validate(src, p, text=held, threads=2, dims=dims).to_json()["outputs"]["last_hidden_state"]["embedding"]
-        return {"cosine": e["cosine_mean"], "nn": e["nn_agreement"]}
+    def embedding(p: pathlib.Path) -> dict:
+        return fidelity(src, p, {"text": held})
 
     Q.quantize(src, work / "int8.onnx", "int8")
-    result = {"ort_int8_per_channel": fidelity(work / "int8.onnx"), "models": {}}
+    result = {"ort_int8_per_channel": embedding(work / "int8.onnx"), "models": {}}
     held_batches = cal.load_batches(str(held), onnx.load(str(src)), dims=dims)
     for name, p in models.items():
         m = onnx.load(str(p))
         flat = work / (p.stem + "_unclamped.onnx")
         onnx.save(unclamped(m), str(flat))
         layers = clamp_use(m, held_batches)
-        result["models"][name] = {"layers": layers, "fidelity": fidelity(p), "fidelity_unclamped": fidelity(flat)}
+        result["models"][name] = {"layers": layers, "fidelity": embedding(p), "fidelity_unclamped": embedding(flat)}
         r = result["models"][name]
         print(f"{name}: clamped share per BiasPhi6 (units) " + " ".join(f"{l['clamped_share']:.2e} ({l['units']})" for l in layers)
               + f"; cosine {r['fidelity']['cosine']:.5f} / NN {r['fidelity']['nn']:.3f}, without the clamp "

@@ -36,11 +36,10 @@ import onnx  # noqa: E402
 
 from n6onnx.bench.session import SessionConfig  # noqa: E402
 from n6onnx.runtime import InferenceSession  # noqa: E402
-from n6onnx.tune import measure, stages  # noqa: E402
 from n6onnx.validate import metrics  # noqa: E402
 
 from _common import cpu_info, hardware, minilm_split, side_parser, write  # noqa: E402
-from _sidebyside import side_by_side  # noqa: E402
+from _sidebyside import int8_anchor, int8_variants, side_by_side  # noqa: E402
 
 DIMS = {"batch": 8, "seq": 64}
 
@@ -93,13 +92,7 @@ def main() -> None:
     src = a.model or minilm_split(work, 256, 256)[0]
     batches = held_batches(a.held, work, src)
     cfg = SessionConfig("cpu", 0, a.threads)
-    fp32, fusion, kw = measure.fuse(src, cfg, work / "fused")
-
-    def fuse(p: pathlib.Path) -> pathlib.Path:
-        return measure.fuse(p, cfg, work / "fused", kw)[0]
-
-    q = stages.quantize_both_orders(src, fp32, fuse, work, "int8", "int8")
-    variants = {"fp32": fp32, "int8": q[stages.FUSED_FIRST], "int8_first": q[stages.QUANTIZED_FIRST]}
+    variants, fuse, fusion = int8_variants(src, cfg, work)
     for block in a.blocks:
         for sym in (True, False):
             tag = f"nbits8:{block}{'' if sym else ':asym'}"
@@ -115,7 +108,7 @@ def main() -> None:
     for name, r in sbs["variants"].items():
         r["fidelity"] = fidelity[name]
     runs = sbs["variants"]
-    anchor = min(("int8", "int8_first"), key=lambda k: runs[k]["latency_ms"]["median"])
+    anchor = int8_anchor(runs)
     flags = cpu_info()[1]
     name = a.name or "quantize_nbits8_" + ("amx" if "amx_int8" in flags else "vnni" if {"avx512_vnni", "avx_vnni"} & flags
                                            else "avx2")

@@ -4,7 +4,6 @@ minutes in; benchmarks/heal.py's --merge keeps every part's rows, tagged with th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -19,11 +18,8 @@ BENCH = ROOT / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def common():
-    spec = importlib.util.spec_from_file_location("n6_bench_common", BENCH / "_common.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def common(load_script):
+    return load_script("_common.py")
 
 
 def script(args: list[str], cwd: pathlib.Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:

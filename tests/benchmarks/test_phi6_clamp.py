@@ -3,10 +3,6 @@ inside [-2, 2], the plain parabola outside), and its clamp statistics count the 
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,16 +12,11 @@ from onnx import helper, numpy_helper
 import n6onnx
 from n6onnx.ops import DOMAIN, REGISTRY
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def clamp():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("n6_bench_phi6_clamp", ROOT / "benchmarks" / "phi6_clamp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def clamp(load_script):
+    return load_script("phi6_clamp.py")
 
 
 def _model(bias: np.ndarray) -> onnx.ModelProto:

@@ -1,32 +1,23 @@
-"""benchmarks/_sidebyside.py, the side-by-side measurement of combined.py, int8_guard.py, quantize_modes.py and
-tune_minilm.py: every variant gets a block in every round, and each ratio is the reference's time over the
-variant's, so a variant that does many times the work of the reference reads as well below 1x (a ratio taken
-the wrong way round, or blocks paired across variants wrongly, would not)."""
+"""benchmarks/_sidebyside.py, the side-by-side measurement of combined.py, headline.py, int8_guard.py, moe_int8.py,
+quantize_modes.py, quantize_nbits8.py and tune_minilm.py: every variant gets a block in every round, and each
+ratio is the reference's time over the variant's, so a variant that does many times the work of the reference
+reads as well below 1x (a ratio taken the wrong way round, or blocks paired across variants wrongly, would not);
+the int8 reference points are onnxruntime's own quantizer's models, and the faster is the anchor."""
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
-import sys
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def sbs():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("n6_bench_sidebyside", ROOT / "benchmarks" / "_sidebyside.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def sbs(load_script):
+    return load_script("_sidebyside.py")
 
 
 def _chain(path: pathlib.Path, n: int, rows=64) -> pathlib.Path:
@@ -71,3 +62,30 @@ def test_a_given_feed_is_what_is_timed(sbs, tmp_path):
     res = sbs.side_by_side({"one": one}, one, None, threads=1, dims={"n": 3}, seconds=0.3, block_seconds=0.1,
                            warmup=0.05, layernorm="auto")
     assert res["method"]["feed_shapes"] == {"x": [3, 256]}
+
+
+def test_int8_reference_points_are_ort_int8_in_both_orders_and_the_faster_is_the_anchor(sbs, tmp_path):
+    """``int8_variants``: fp32 fused, and onnxruntime's stock per-channel int8 in both graph orders (integer
+    MatMuls, the outputs of onnxruntime's own quantize_dynamic of the original); ``int8_anchor`` picks the one with the lower median latency."""
+    import onnxruntime as ort
+
+    from n6onnx.bench.session import SessionConfig
+
+    src = _chain(tmp_path / "chain.onnx", 3)
+    variants, fuse, _ = sbs.int8_variants(src, SessionConfig("cpu", 0, 1), tmp_path / "work")
+    assert set(variants) == {"fp32", "int8", "int8_first"}
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(tmp_path / "stock.onnx"), per_channel=True, weight_type=QuantType.QInt8)
+    x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "stock.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    for name in sbs.INT8:
+        ops = {n.op_type for n in onnx.load(str(variants[name])).graph.node}
+        assert not ops & {"MatMul"} and ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, ops
+        y = ort.InferenceSession(str(variants[name]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())  # the stock quantizer's model
+    assert fuse(src).exists()
+    runs = {"int8": {"latency_ms": {"median": 2.0}}, "int8_first": {"latency_ms": {"median": 1.5}}}
+    assert sbs.int8_anchor(runs) == "int8_first"
+    runs["int8"]["latency_ms"]["median"] = 1.0
+    assert sbs.int8_anchor(runs) == "int8"
