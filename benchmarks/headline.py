@@ -1,7 +1,7 @@
 """The README's results table for all-MiniLM-L6-v2 on a CPU, measured in one run side by side with the tool a
 user would pick instead: onnxruntime's own dynamic per-channel int8 of the original.
 
-    python benchmarks/headline.py [--threads 2] [--seconds 30] [--held 1803] [--calib 256]
+    python benchmarks/headline.py [--threads 2] [--seconds 30] [--held 1803] [--calib 1000]
 
 Model: the dynamic-axes dynamo export of all-MiniLM-L6-v2 (opset 20), batch 8 x 64. Variants, each fused
 as onnxruntime runs it best (``tune.measure.fuse``, the same fusion options for all): fp32 (the original),
@@ -27,6 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import n6onnx  # noqa: E402
+from n6onnx import calibrate as cal  # noqa: E402
 from n6onnx.bench.session import SessionConfig  # noqa: E402
 
 from _common import minilm_split, side_parser, write  # noqa: E402
@@ -47,7 +48,8 @@ def main() -> None:
     ap = side_parser(__doc__, "headline", "headline_minilm_cpu")
     ap.add_argument("--seconds", type=float, default=30.0, help="timed seconds per variant")
     ap.add_argument("--held", type=int, default=1803, help="held-out sentences 1000..1000+N-1 (at most 1803)")
-    ap.add_argument("--calib", type=int, default=256, help="calibration sentences (outside the held-out range)")
+    ap.add_argument("--calib", type=int, default=cal.SAMPLES,
+                    help="calibration sentences (outside the held-out range; default: rewrite's --calib-samples default)")
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help="which rewrite rows (default: all)")
     a = ap.parse_args()
     unknown = sorted(set(a.rows) - set(ROWS))

@@ -115,7 +115,7 @@ def rewrite(
     external_data: bool | None = None,
     calibrate: str | os.PathLike | None = None,
     tokenizer: str | os.PathLike | None = None,
-    calib_samples: int | None = 256,
+    calib_samples: int | None = cal.SAMPLES,
     refit: bool = True,
     dims: dict | None = None,
     progress=None,
@@ -127,6 +127,7 @@ def rewrite(
     quantize_fit: str = "auto",
     int8_guard: str = "auto",
     int8_kernel: str = "auto",
+    quantize_fit_samples: int | None = qfit.SAMPLES,
 ) -> tuple[ir.Model, RewriteReport]:
     """Apply passes; write ``output`` atomically if given. The input file is never modified.
 
@@ -146,6 +147,7 @@ def rewrite(
     (``quantize_fit`` not ``none``: after it both guards measured level on MiniLM), else ``per-tensor`` (without
     the fit the per-tensor pieces kept 0.001-0.002 more cosine under per-channel int8, and a healed int8 model
     started and ended higher with them).
+    ``quantize_fit_samples``: the fit runs on the first that many calibration samples (None: all of them).
     ``int8_kernel`` (``int8`` with the fit or ``heal``, ``int8:static`` with ``heal``): the u8s8 kernel the model
     will be deployed on, which the fit rounds for and the heal mirrors: ``exact`` (x86 with VNNI or AMX, ARM),
     ``saturating`` (x86 without VNNI: pair sums clipped to int16), ``auto`` (default): this CPU's.
@@ -257,7 +259,7 @@ def rewrite(
         proto = io.materialize(ir.serde.serialize_model(m))
         fit = None
         if qmode.kind in qfit.MODES and ctx.batches and quantize_fit != "none" and not heal:
-            proto, fit = qfit.fit_quantized(proto, ctx.batches, compensate=quantize_fit == "refit",
+            proto, fit = qfit.fit_quantized(proto, ctx.batches.head(quantize_fit_samples), compensate=quantize_fit == "refit",
                                             progress=ctx.progress, mode=qmode,
                                             saturate={"auto": None, "exact": False, "saturating": True}[int8_kernel])
         quantization, proto = quant.quantize_proto(proto, qmode, calibration_feeds=ctx.batches,

@@ -11,12 +11,14 @@ import click
 from rich.markup import escape
 
 from . import api, console, passes
+from . import calibrate as cal
 from . import report as report_mod
 from .errors import BadArgumentError, N6Error
 from .feeds import parse_dims
 from .heal.config import INT8_KERNELS, LOCAL_MODES, LOSSES, PARAMS, TRAIN_DTYPES, TRAINABLE, HealConfig
 from .options import Number
 from .passes.base import INT8_GUARDS
+from .quantize import qfit
 from .quantize.mode import QuantModeType
 from .tune.command import tune as tune_command
 
@@ -168,8 +170,9 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
               help="Calibration data: a text file (one sample per line) or an .npz of feeds.")
 @click.option("--tokenizer", type=click.Path(), metavar="TOKENIZER",
               help="The model's tokenizer for a text DATA: a Hugging Face tokenizer folder or tokenizer.json (default: the packaged all-MiniLM-L6-v2, only for a model whose vocabulary provably is its).")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Use at most this many calibration samples.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=cal.SAMPLES, show_default=True,
+              help="Use at most this many calibration samples (the first of DATA): more give a closer fit, in "
+                   "more time and memory.")
 @click.option("--refit/--no-refit", default=True, show_default=True,
               help="Refit the down projection and its bias by ridge least squares.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic input dimension.")
@@ -183,6 +186,9 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
               help="With --quantize int8 or int4 and --calibrate (no --heal): refit each quantized MatMul on the "
                    "quantized path and GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let "
                    "onnxruntime round to nearest (none). auto: refit where it applies, else none.")
+@click.option("--quantize-fit-samples", type=click.IntRange(min=1), default=qfit.SAMPLES, show_default=True,
+              help="The fit of --quantize-fit runs on the first this many calibration samples (more were measured "
+                   "not to help it, at twice the time).")
 @click.option("--int8-guard", type=click.Choice(("auto",) + INT8_GUARDS), default="auto", show_default=True,
               help="Which int8 quantizer a calibrated gelu swap must survive: per-tensor (any stock quantizer; adds "
                    "a gain Mul and an outlier detour FFN per FFN) or per-channel (per-channel/per-block weights only, "
@@ -191,8 +197,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @_heal_options
 def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokenizer, calib_samples, refit, dims,
-            external_data, quantize_, quantize_fit, int8_guard, as_json: bool, heal, heal_samples,
-            **heal_opts) -> None:
+            external_data, quantize_, quantize_fit, quantize_fit_samples, int8_guard, as_json: bool, heal,
+            heal_samples, **heal_opts) -> None:
     """Rewrite MODEL with the given passes and write OUTPUT (atomically; MODEL is never modified).
 
     With --heal (needs --calibrate), the calibrated rewrite is then distilled towards MODEL on all of
@@ -207,6 +213,7 @@ def rewrite(model: str, output: str, passes_: tuple[str, ...], calibrate, tokeni
                                  dims=parse_dims(dims), progress=progress, heal=heal, heal_samples=heal_samples,
                                  heal_config=_heal_config(**heal_opts), heal_progress=not as_json,
                                  quantize=quantize_, quantize_fit=quantize_fit, int8_guard=int8_guard,
+                                 quantize_fit_samples=quantize_fit_samples,
                                  int8_kernel=heal_opts["heal_int8_kernel"])
     except N6Error as e:
         console.fail(e)

@@ -285,7 +285,7 @@ def heal_summary(h) -> None:
 
 def _fit(fit: dict) -> str:
     """What the quantization-aware fit did, and for which int8 kernel."""
-    said = f"{fit['matmuls']} MatMuls fitted ({fit['method']})"
+    said = f"{fit['matmuls']} MatMuls fitted ({fit['method']}" + (f", on {fit['samples']} samples)" if fit.get("samples") else ")")
     if fit.get("int8_kernel") == "saturating":
         return said + (f" for a kernel that clips pair sums to int16: {fit.get('unsafe_pairs', 0)} weight pairs that "
                        "could clip on the calibration data kept inside int16")

@@ -58,6 +58,20 @@ class FeedBatches(list):
         """Real rows in the last batch (0 when there is no batch)."""
         return self.rows[-1] if self.rows else 0
 
+    def head(self, samples: int | None) -> "FeedBatches":
+        """The first whole batches that hold at least ``samples`` real rows (all of them when None or when
+        there are fewer)."""
+        if samples is None or samples >= self.samples:
+            return self
+        n = 0
+        for k, r in enumerate(self.rows):
+            n += r
+            if n >= samples:
+                break
+        out = FeedBatches(self[:k + 1], self.rows[:k + 1], source=self.source)
+        out.available = self.available
+        return out
+
 
 def batch_rows(feeds: Mapping[str, np.ndarray]) -> int:
     for a in feeds.values():

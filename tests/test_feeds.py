@@ -165,6 +165,16 @@ def test_text_feeds_rows_and_repeats(tmp_path):
         s.run(None, f)
 
 
+def test_head_keeps_the_first_whole_batches_holding_the_samples():
+    b = F.FeedBatches([{"x": np.full((4, 2), k)} for k in range(3)], [4, 4, 2], source="s")
+    b.available = 10
+    assert b.head(None) is b and b.head(10) is b and b.head(50) is b
+    for n, rows in ((1, [4]), (4, [4]), (5, [4, 4]), (9, [4, 4, 2])):
+        h = b.head(n)
+        assert h.rows == rows and [int(f["x"][0, 0]) for f in h] == list(range(len(rows)))
+        assert h.source == "s" and h.available == 10
+
+
 def test_text_feeds_fills_inputs_the_tokenizer_lacks_and_casts(tmp_path):
     from n6onnx.testing import zoo
 

@@ -60,6 +60,9 @@ from .mode import QuantMode, parse_mode
 MIN_ROWS = 8  # fewer calibration rows than this: nothing to fit
 METHODS = ("refit", "gptq", "none")  # --quantize-fit: ridge refit on the quantized path + GPTQ; GPTQ alone; neither
 MODES = ("int8", "int4")  # the quantize modes fitted (int8:static is not)
+# calibration samples the fit runs on by default (--quantize-fit-samples): the first 256 of DATA. On MiniLM the fit on
+# 1000 sentences scored as the fit on 256 (0.9841 / 0.9842 held-out cosine) in over twice the time (docs/calibration.md)
+SAMPLES = 256
 
 
 @dataclasses.dataclass
@@ -76,6 +79,7 @@ class QuantFitReport:
     int8_kernel: str | None = None  # int8: the u8s8 kernel the rounding is for ("saturating" / "exact")
     unsafe_pairs: int = 0  # saturating: same-sign weight pairs that round to nearest leaves able to clip on the
     # calibration rows' codes (the fit leaves none, but in columns that fall back to round to nearest)
+    samples: int | None = None  # calibration samples the fit ran on (the first --quantize-fit-samples of them)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -225,7 +229,8 @@ def fit_quantized(proto: onnx.ModelProto, batches: Sequence[dict], *, compensate
     rep = QuantFitReport("gptq" + ("+refit" if compensate else ""), done, comp, len(order), rows, fallback,
                          float(np.mean(e_rtn)) if e_rtn else 0.0, float(np.mean(e_fit)) if e_fit else 0.0,
                          time.perf_counter() - t0,
-                         "saturating" if saturate else "exact" if qm.kind == "int8" else None, unsafe)
+                         "saturating" if saturate else "exact" if qm.kind == "int8" else None, unsafe,
+                         getattr(batches, "samples", None))
     return cur, rep
 
 

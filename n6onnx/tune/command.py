@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from ..calibrate import TUNE_SAMPLES
 from ..errors import N6Error
 from . import render, stages
 from .study import tune as run
@@ -34,8 +35,9 @@ from .study import tune as run
 @click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a dynamic dimension (timing "
               "and tokenisation), e.g. --dim batch=8 --dim seq=64. Repeatable.")
 @click.option("--holdout", type=float, default=0.25, show_default=True, help="Held-out fraction of DATA.")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Use at most this many fit samples for calibration.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=TUNE_SAMPLES, show_default=True,
+              help="Use at most this many fit samples for each trial's calibration (fewer than rewrite's default: "
+                   "every trial calibrates).")
 @click.option("--seconds-per-trial", type=float, default=6.0, show_default=True,
               help="Timed seconds per variant and trial (interleaved with the fp32 baseline).")
 @click.option("--trials", type=click.IntRange(min=0), help="At most this many recipes (default: as time allows).")

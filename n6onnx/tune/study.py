@@ -27,7 +27,7 @@ import numpy as np
 from .. import api, io, runtime, vocab
 from .. import feeds as feeds_mod
 from .. import quantize as quant_mod
-from ..calibrate import load_batches
+from ..calibrate import TUNE_SAMPLES, load_batches
 from ..feeds import parse_dims
 from ..bench.energy import CPU_WATTS_PER_CORE
 from ..errors import BadArgumentError, N6Error
@@ -225,7 +225,7 @@ def _held_file(work: pathlib.Path, held: list[str]) -> pathlib.Path:
 def tune(model, output=None, *, calibrate, min_cosine: float, min_nn: float | None = None,
          min_top1: float | None = None, tokenizer=None,
          minutes: float = 30.0, threads: int | None = None, dims=None, holdout: float = 0.25,
-         calib_samples: int | None = 256, seconds_per_trial: float = 6.0, block_seconds: float = 1.0,
+         calib_samples: int | None = TUNE_SAMPLES, seconds_per_trial: float = 6.0, block_seconds: float = 1.0,
          trials: int | None = None, seed: int = 0, heal: stages.HealHook | None = None,
          heal_minutes: float = 3.0, heal_note: str | None = None,
          storage: str | None = None, study_name: str | None = None, report_dir=None,

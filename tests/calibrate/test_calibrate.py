@@ -286,7 +286,7 @@ def test_cli_says_when_calib_samples_left_data_out(tmp_path):
     assert r.exit_code == 0, r.output
     cal = json.loads(r.output)["calibration"]
     assert cal["samples"] == cal["available"] == 12
-    r = run()  # the default cap (256) takes everything: nothing to say
+    r = run()  # the default cap (1000) takes everything: nothing to say
     assert r.exit_code == 0 and "calibration: 12 samples" in r.output and "of the" not in r.output
 
 

@@ -190,7 +190,7 @@ def test_cli_quantize_fit_option(bert, tmp_path):
                                       "--calibrate", str(calib), "--int8-kernel", named])
         assert r.exit_code == 0, r.output
         said = " ".join(r.output.split())
-        assert ("kept inside int16" in said) == (named == "saturating") and "MatMuls fitted (gptq+refit)" in said, said
+        assert ("kept inside int16" in said) == (named == "saturating") and "MatMuls fitted (gptq+refit, on 96 samples)" in said, said
     r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "p.onnx"), "--quantize", "int8",
                                   "--quantize-fit", "bogus"])
     assert r.exit_code != 0 and "Traceback" not in r.output and "--quantize-fit" in r.output
@@ -219,6 +219,23 @@ def test_the_default_fit_is_refit_where_it_applies(bert, tmp_path):
     assert rep.quantization.fit is None
     with pytest.raises(BadArgumentError, match="auto or one of"):
         n6onnx.rewrite(src, tmp_path / "x.onnx", [], calibrate=calib, quantize="int8", quantize_fit="bogus")
+
+
+def test_the_fit_runs_on_the_first_quantize_fit_samples(bert, tmp_path):
+    """--quantize-fit-samples N: the fit sees the first N calibration samples, so without a pass (the samples feed
+    nothing else) the model equals, bit for bit, the one fitted on a DATA capped at N by --calib-samples."""
+    src, calib, _, _ = bert
+    _, rep = n6onnx.rewrite(src, tmp_path / "a.onnx", [], calibrate=calib, quantize="int8", quantize_fit_samples=16)
+    _, ref = n6onnx.rewrite(src, tmp_path / "b.onnx", [], calibrate=calib, calib_samples=16, quantize="int8",
+                            quantize_fit_samples=None)
+    _, full = n6onnx.rewrite(src, tmp_path / "c.onnx", [], calibrate=calib, quantize="int8", quantize_fit_samples=None)
+    assert rep.quantization.fit["samples"] == ref.quantization.fit["samples"] == 16
+    assert full.quantization.fit["samples"] == 96 and full.quantization.fit["rows"] > rep.quantization.fit["rows"]
+    assert onnx.load(tmp_path / "a.onnx").SerializeToString() == onnx.load(tmp_path / "b.onnx").SerializeToString()
+    assert onnx.load(tmp_path / "a.onnx").SerializeToString() != onnx.load(tmp_path / "c.onnx").SerializeToString()
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "d.onnx"), "--quantize", "int8",
+                                  "--calibrate", str(calib), "--quantize-fit-samples", "16"])
+    assert r.exit_code == 0 and "on 16 samples" in " ".join(r.output.split()), r.output
 
 
 def test_a_named_kernel_fits_on_a_cpu_whose_kernel_is_unknown(bert, monkeypatch):
