@@ -169,6 +169,8 @@ def rewrite(
     if quantize_fit != "none" and (qmode is None or qmode.kind not in qfit.MODES or calibrate is None):
         raise BadArgumentError(f"--quantize-fit {quantize_fit} needs --quantize int8 or int4 and --calibrate DATA "
                                "(it fits the quantized MatMuls on DATA)")
+    if quantize_fit_samples is not None and quantize_fit_samples < 1:
+        raise BadArgumentError(f"quantize_fit_samples: expected a positive count or None, got {quantize_fit_samples!r}")
     if int8_guard not in INT8_GUARDS + ("auto",):
         raise BadArgumentError(f"int8_guard: expected auto, {' or '.join(INT8_GUARDS)}, got {int8_guard!r}")
     if int8_guard == "auto":

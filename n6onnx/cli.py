@@ -187,8 +187,8 @@ def inspect(model: str, calibrate, tokenizer, calib_samples, as_json: bool) -> N
                    "quantized path and GPTQ-round it onto onnxruntime's grid (refit), GPTQ-round only (gptq), or let "
                    "onnxruntime round to nearest (none). auto: refit where it applies, else none.")
 @click.option("--quantize-fit-samples", type=click.IntRange(min=1), default=qfit.SAMPLES, show_default=True,
-              help="The fit of --quantize-fit runs on the first this many calibration samples (more were measured "
-                   "not to help it, at twice the time).")
+              help="The fit of --quantize-fit runs on the first this many calibration samples (1000 were measured "
+                   "to fit MiniLM no better, in over twice the fit's time).")
 @click.option("--int8-guard", type=click.Choice(("auto",) + INT8_GUARDS), default="auto", show_default=True,
               help="Which int8 quantizer a calibrated gelu swap must survive: per-tensor (any stock quantizer; adds "
                    "a gain Mul and an outlier detour FFN per FFN) or per-channel (per-channel/per-block weights only, "

@@ -236,6 +236,12 @@ def test_the_fit_runs_on_the_first_quantize_fit_samples(bert, tmp_path):
     r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "d.onnx"), "--quantize", "int8",
                                   "--calibrate", str(calib), "--quantize-fit-samples", "16"])
     assert r.exit_code == 0 and "on 16 samples" in " ".join(r.output.split()), r.output
+    with pytest.raises(BadArgumentError, match="quantize_fit_samples"):
+        n6onnx.rewrite(src, tmp_path / "e.onnx", [], calibrate=calib, quantize="int8", quantize_fit_samples=0)
+    assert not (tmp_path / "e.onnx").exists()
+    r = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(tmp_path / "f.onnx"), "--quantize", "int8",
+                                  "--calibrate", str(calib), "--quantize-fit-samples", "0"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "f.onnx").exists()
 
 
 def test_a_named_kernel_fits_on_a_cpu_whose_kernel_is_unknown(bert, monkeypatch):
