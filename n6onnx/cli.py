@@ -51,7 +51,7 @@ def _heal_options(f, flag: bool = True):
                      show_default=True, help="parallel: every block at once from the original's input (the best "
                      "healed fidelity measured); sequential: one block after another on the model's own input, "
                      "each kept only where the held-out check does not fall (with --heal-local-lr 3e-4 no check "
-                     "falls more than about 0.001 below the start, at a fidelity cost: docs/heal.md)."),
+                     "falls more than about 0.001 below the start, at a fidelity cost: docs/heal-measurements.md)."),
         click.option("--heal-local-lr", type=Number(0, 1, lo_open=True), default=HealConfig.local_lr,
                      show_default=True, help="Adam step of the block-local phase."),
         click.option("--heal-local-lr-start", type=Number(0, 1, lo_open=True, word="off"),
@@ -107,7 +107,7 @@ def _heal_options(f, flag: bool = True):
         click.option("--heal-dtype", type=click.Choice(TRAIN_DTYPES), default=HealConfig.train_dtype,
                      show_default=True, help="Precision of the training forward: bfloat16 runs it under bf16 "
                      "autocast (about 2x the steps on a CPU with avx512_bf16; held-out checks stay float32; lower "
-                     "fidelity under --quantize int8 fake quantization: docs/heal.md)."),
+                     "fidelity under --quantize int8 fake quantization: docs/heal-measurements.md)."),
         click.option("--heal-device", default=HealConfig.device, show_default=True,
                      help="Where the model being healed trains: cpu, or a CUDA device of torch (cuda, cuda:1). The "
                      "original (the teacher) runs on onnxruntime's CPU provider either way."),

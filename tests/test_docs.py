@@ -29,3 +29,26 @@ def test_readme_links_exist():
     links = re.findall(r"\]\(((?!https?:)[^)#]+)\)", README)
     assert links
     assert [x for x in links if not (ROOT / x).exists()] == []
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped (hyphens and underscores kept), spaces
+    to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_and_anchor_in_the_docs_resolves():
+    """The guides and their measurements files link into each other by section: a split or a renamed heading must
+    not leave a link pointing nowhere."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    anchors = {p: {_slug(h) for h in re.findall(r"^#+\s+(.*)$", p.read_text(), re.M)} for p in pages}
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(((?!https?:)[^)\s]+)\)", page.read_text()):
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {link} (no such file)")
+            elif anchor and target.suffix == ".md" and anchor not in anchors.get(target, set()):
+                broken.append(f"{page.relative_to(ROOT)}: {link} (no such heading)")
+    assert broken == []

@@ -35,10 +35,10 @@ from ..ops import DOMAIN, REGISTRY
 from ..runtime import InferenceSession, session_for
 from . import collect, fit, outliers, quantfit
 
-# the calibration samples `rewrite` fits on by default (--calib-samples): on MiniLM (docs/calibration.md) 1000 sentences
-# over 256 raise gelu=phi6 from 0.9887 to 0.9907 held-out cosine (0.9846 -> 0.9866 with --quantize int8) and the 4/3
-# bottleneck from 0.8962 to 0.9168, at up to 2.5 GB and under 2 minutes a pass on 2 cores. `tune` calibrates every
-# trial and keeps TUNE_SAMPLES.
+# the calibration samples `rewrite` fits on by default (--calib-samples): on MiniLM (docs/calibration-measurements.md)
+# 1000 sentences over 256 raise gelu=phi6 from 0.9887 to 0.9907 held-out cosine (0.9846 -> 0.9866 with --quantize
+# int8) and the 4/3 bottleneck from 0.8962 to 0.9168, at up to 2.5 GB and under 2 minutes a pass on 2 cores. `tune`
+# calibrates every trial and keeps TUNE_SAMPLES.
 SAMPLES = 1000
 TUNE_SAMPLES = 256
 # fewer real tokens than this per FFN unit and the per-channel fit and the ridge refit are underdetermined

@@ -39,7 +39,7 @@ class HealConfig:
     local: float = 0.7  # share of the budget (time, or --heal-steps) spent on block-local reconstruction first
     # learning rate of the block-local phase (None: lr). 1e-2 with the parallel phase gave the best healed
     # fidelity on MiniLM; the sequential phase needs 3e-4 to keep every held-out check within 0.001 of the start
-    # (1e-2 fell 0.0033, 3e-3 0.0043, 1e-3 0.0007 on gelu=phi6: docs/heal.md)
+    # (1e-2 fell 0.0033, 3e-3 0.0043, 1e-3 0.0007 on gelu=phi6: docs/heal-measurements.md)
     local_lr: float | None = 1e-2
     # adaptive block-local step (parallel phase, "bold driver"): start at this step (no warm-up) and double it
     # after each held-out check that does not fall, up to local_lr; after a check that falls (the backtrack
@@ -47,14 +47,14 @@ class HealConfig:
     # not fall. Checks come every eval_every * step / local_lr steps (at least eval_every / 8), so each check
     # interval moves the weights about equally far. None (default): a fixed local_lr after the warm-up. 1e-4
     # kept every check of 4 of 5 MiniLM rewrites within 0.001 of the start (the combined recipe included) but
-    # healed gelu=phi6 and the bottleneck less in the same budget (device host: docs/heal.md)
+    # healed gelu=phi6 and the bottleneck less in the same budget (device host: docs/heal-measurements.md)
     local_lr_start: float | None = None
     # each block's input in the parallel local phase: the teacher's, or the student's own (detached)
     local_input: str = "teacher"
     # "parallel": every block at once, from local_input (the default: the best healed fidelity measured);
     # "sequential": blocks trained one after another in graph order, each on the student's own stream
     # (upstream blocks already healed) with only its own weights, and kept only where the held-out check
-    # does not fall (with local_lr 3e-4: the no-fall setting, at a fidelity cost: docs/heal.md)
+    # does not fall (with local_lr 3e-4: the no-fall setting, at a fidelity cost: docs/heal-measurements.md)
     local_mode: str = "parallel"
     local_output: bool = False  # sequential: each block's loss also holds the model outputs (run on from the block)
     # sequential closed-form refit of the trained output projections on the student's own stream
@@ -83,7 +83,7 @@ class HealConfig:
     # the held-out checks see (and keep as the best) an exponential moving average of the weights over the steps,
     # decay ema per step (Polyak averaging); 0: the live weights. 0.99 kept every held-out check of five MiniLM
     # rewrites at or above the start, where the live weights fell up to 0.010 below it, and healed as well or
-    # better (the combined recipe 0.896 -> 0.939): docs/heal.md
+    # better (the combined recipe 0.896 -> 0.939): docs/heal-measurements.md
     ema: float = 0.99
     threads: int | None = None
     # the teacher's values kept between passes over DATA (beyond it they are recomputed at each use): 1.5 GiB holds
@@ -104,7 +104,7 @@ class HealConfig:
     # for a deployment on another kind with "exact" or "saturating"
     int8_kernel: str = "auto"
     # "bfloat16": the training forward under CPU bf16 autocast (its MatMuls ~2.2x faster a step on an avx512_bf16 CPU;
-    # held-out checks stay float32). Same fidelity at equal steps on gelu=phi6, lower under fake-quant int8: docs/heal.md
+    # held-out checks stay float32). Same fidelity at equal steps on gelu=phi6, lower under fake-quant int8: docs/heal-measurements.md
     train_dtype: str = "float32"
     # where the student trains: "cpu", or a torch CUDA device ("cuda", "cuda:1"). The teacher stays on
     # onnxruntime's CPU provider (its values are computed once per batch and cached); on CUDA a run is

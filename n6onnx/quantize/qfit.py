@@ -61,7 +61,8 @@ MIN_ROWS = 8  # fewer calibration rows than this: nothing to fit
 METHODS = ("refit", "gptq", "none")  # --quantize-fit: ridge refit on the quantized path + GPTQ; GPTQ alone; neither
 MODES = ("int8", "int4")  # the quantize modes fitted (int8:static is not)
 # calibration samples the fit runs on by default (--quantize-fit-samples): the first 256 of DATA. On MiniLM the fit on
-# 1000 sentences scored as the fit on 256 (0.9841 / 0.9842 held-out cosine) in over twice the time (docs/calibration.md)
+# 1000 sentences scored as the fit on 256 (0.9841 / 0.9842 held-out cosine) in over twice the time
+# (docs/calibration-measurements.md)
 SAMPLES = 256
 
 
