@@ -74,7 +74,8 @@ class Attempt:
     error: str | None = None
     max_abs_diff: float | None = None
     path: pathlib.Path | None = None
-    probe: int = 0  # the feed it agreed on: 0 the first, k the k-th probe (dynamic quantization)
+    probe: int = 0  # the feed it agreed on: 0 the first, k the k-th probe (dynamic quantization); -1 none, but
+    # as faithful to the float original as the unfused graph (fuse's ``faithful``)
 
     @property
     def fused_total(self) -> int:
@@ -435,6 +436,7 @@ def fuse(
     cache: str | os.PathLike | None = None,
     use_cache: bool = True,
     probes: Sequence[tuple[RunFn, Sequence[np.ndarray]]] = (),
+    faithful: Callable[[pathlib.Path], bool] | None = None,
 ) -> FusionResult:
     """Make ORT's best version of ``model`` (see the module docstring).
 
@@ -444,6 +446,9 @@ def fuse(
     output's scale. Without ``run`` results are only checked to load. ``probes``: further
     (run, reference) pairs on other feeds, for a quantized graph (``quantized_probes``):
     a result that disagrees on the first feed is accepted if it agrees on one of them.
+    ``faithful(path)``: for a quantized graph, whose outputs jump where an int8 rounding flips, accepts
+    a result that agrees on no feed but is as faithful to the float original as ``model`` itself
+    (``tune.measure.fuse`` builds it from bench.layernorm.faithfulness).
     """
     src = pathlib.Path(model)
     proto = io.load_proto(src)
@@ -464,7 +469,8 @@ def fuse(
         tol = default_tol(proto, provider)
 
     key = hashlib.sha256(json.dumps([file_key(src), _versions(), model_type, num_heads, hidden_size,
-                                     use_gpu, list(optimizers), len(probes)]).encode()).hexdigest()[:24]
+                                     use_gpu, list(optimizers), len(probes), faithful is not None]
+                                    ).encode()).hexdigest()[:24]
     cdir = pathlib.Path(cache) if cache else cache_dir()
     cdir.mkdir(parents=True, exist_ok=True)
     record = cdir / f"{key}.json"
@@ -487,6 +493,8 @@ def fuse(
                 if run is None or reference is None or res.chosen == "none":
                     return res
                 if agreeing_feed(res.path, run, reference, probes, tol)[0] is not None:  # still agrees
+                    return res
+                if faithful is not None and faithful(res.path):
                     return res
         except (OSError, ValueError, TypeError, KeyError):
             pass
@@ -514,6 +522,8 @@ def fuse(
                 run(out)
             elif run is not None:
                 k, a.max_abs_diff = agreeing_feed(out, run, reference, probes, tol)
+                if k is None and faithful is not None and faithful(out):
+                    k = -1  # int8 roundings differ, the fidelity to the float original does not
                 if k is None:
                     raise RuntimeError(f"outputs differ from the original's (max abs diff {a.max_abs_diff:.3g}, "
                                        f"tolerance {tol:g} x output scale" +

@@ -10,6 +10,7 @@ import statistics
 from typing import Mapping
 
 import numpy as np
+import onnx
 
 from ..bench import baseline as baseline_mod
 from ..bench import energy as energy_mod
@@ -17,6 +18,7 @@ from ..bench import latency as latency_mod
 from ..bench import layernorm as layernorm_mod
 from ..bench.session import Runner, SessionConfig
 from ..errors import N6Error
+from ..quantize import int8graph
 from .. import feeds as feeds_mod
 from .. import vocab
 from ..feeds import dynamic_dims
@@ -40,11 +42,14 @@ def fidelity(original: pathlib.Path, candidate: pathlib.Path, held, threads: int
 
 
 def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw: dict | None = None,
-         feed: dict | None = None) -> tuple[pathlib.Path, str, dict]:
+         feed: dict | None = None, reference: pathlib.Path | None = None) -> tuple[pathlib.Path, str, dict]:
     """ORT's best fused version of ``path`` (bench's fuse: onnxscript or onnxruntime.transformers,
     checked against the unfused outputs on ``cfg``'s provider; a graph with dynamic quantization also
     on baseline.quantized_probes), or ``path`` itself when no fusion applies. Returns (path,
-    optimizer chosen, fusion keywords for the next model of this family)."""
+    optimizer chosen, fusion keywords for the next model of this family). ``reference``: the float
+    model a quantized ``path`` stands for; a fusion of it that agrees on no feed (its int8 roundings
+    flip) is then kept when its error against the reference, over the check and probe feeds, is within
+    bench.layernorm.FAITHFUL of the unfused graph's (as the layer norms' parts are kept)."""
     def run(p):
         nonlocal feed
         s, _ = cfg.session(p, quiet=True)  # a candidate that fails is reported by fuse, not logged by ORT
@@ -55,14 +60,27 @@ def fuse(path: pathlib.Path, cfg: SessionConfig, cache: pathlib.Path, fusion_kw:
         return out
 
     ref = run(path)
-    probes = baseline_mod.quantized_probes(path, lambda p: cfg.session(p, quiet=True)[0], like=feed)
+    opener = lambda p: cfg.session(p, quiet=True)[0]  # noqa: E731
+    quantized = int8graph.is_quantized(onnx.load(str(path), load_external_data=False))
+    pfeeds = baseline_mod.probe_feeds(path, opener, like=feed) if quantized else []
+    probes = baseline_mod.quantized_probes(path, opener, feeds=pfeeds)
+    faithful = _as_faithful(path, reference, opener, [feed] + pfeeds) if pfeeds and reference else None
     try:
         res = baseline_mod.fuse(path, run, ref, provider=cfg.provider, cache=cache, probes=probes,
-                                **(fusion_kw or {}))
+                                faithful=faithful, **(fusion_kw or {}))
     except N6Error:
         return path, "none", {}
     kw = dict(model_type=res.model_type, num_heads=res.num_heads, hidden_size=res.hidden_size)
     return pathlib.Path(res.path), res.chosen, kw
+
+
+def _as_faithful(path: pathlib.Path, reference: pathlib.Path, opener, feeds: list[dict]):
+    """fuse's ``faithful``: a fused file of the quantized ``path`` is as faithful to the float ``reference``
+    over ``feeds`` as ``path`` itself (relative RMS error within bench.layernorm.FAITHFUL of its)."""
+    def faithful(fused: pathlib.Path) -> bool:
+        ratio = layernorm_mod.faithfulness(opener(fused), opener(path), opener(reference), feeds)
+        return ratio is not None and ratio <= layernorm_mod.FAITHFUL
+    return faithful
 
 
 def _probe_feed(sess, id_high: Mapping[str, int]) -> dict:
@@ -108,7 +126,8 @@ class Timer:
         self.base_blocks: list[latency_mod.Block] = []
 
     def fuse(self, path: pathlib.Path) -> pathlib.Path:
-        out, self.last_fusion, kw = fuse(path, self.cfg, self.workdir / "fused", self.fusion_kw, self.feed)
+        out, self.last_fusion, kw = fuse(path, self.cfg, self.workdir / "fused", self.fusion_kw, self.feed,
+                                         self.fused_baseline)
         self.fusion_kw = self.fusion_kw or kw  # the original's model type / heads / width serve every candidate
         return out
 

@@ -126,6 +126,58 @@ def test_a_quantized_graph_may_agree_on_a_probe_feed(bert, tmp_path):
     assert res.chosen == "none" and "each of 1 probe feeds" in res.attempts[0].error
 
 
+def test_a_quantized_fusion_that_agrees_on_no_feed_is_kept_when_faithful(bert, tmp_path):
+    """Where every feed disagrees (int8 roundings flip), ``faithful`` decides: a fusion it accepts is kept
+    (probe -1) and one it refuses is rejected, each asked about the fused file; the cache keeps the two
+    apart."""
+    q = tmp_path / "q.onnx"
+    quantize(bert, q, "int8")
+    run = _runner("bert")
+    bad = [r + 1.0 for r in run(q)]
+    asked = []
+    res = baseline.fuse(q, run, bad, optimizers=("ort_transformers",), cache=tmp_path / "c", probes=[(run, bad)],
+                        faithful=lambda p: asked.append(pathlib.Path(p)) or True)
+    assert res.chosen == "ort_transformers" and res.attempts[0].probe == -1, res.attempts[0].error
+    assert asked == [pathlib.Path(res.path)]
+    res = baseline.fuse(q, run, bad, optimizers=("ort_transformers",), cache=tmp_path / "c", probes=[(run, bad)],
+                        faithful=lambda p: False)
+    assert res.chosen == "none" and "each of 1 probe feeds" in res.attempts[0].error
+
+
+def test_tune_fuses_an_int8_graph_by_its_fidelity_to_the_float_original(bert, tmp_path, monkeypatch):
+    """tune.measure.fuse with the float ``reference`` hands fuse a ``faithful`` that compares the fused file's
+    error against the reference with the unfused graph's (bench.layernorm.faithfulness): the unfused graph
+    itself is exactly as faithful (ratio 1), a graph that adds 1 to every output is not."""
+    from n6onnx.bench.session import SessionConfig
+    from n6onnx.tune import measure
+
+    q = tmp_path / "q.onnx"
+    quantize(bert, q, "int8")
+    seen = {}
+    real = baseline.fuse
+
+    def spy(*args, **kw):
+        seen["faithful"] = kw.get("faithful")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(baseline, "fuse", spy)
+    measure.fuse(q, SessionConfig("cpu", 0, 1), tmp_path / "f", reference=bert)
+    assert seen["faithful"] is not None and seen["faithful"](q)
+    shifted = tmp_path / "shifted.onnx"
+    proto = io.load_proto(q)
+    for o in proto.graph.output:
+        node = onnx.helper.make_node("Add", [o.name + "_in", "one"], [o.name])
+        for n in proto.graph.node:
+            n.output[:] = [o.name + "_in" if x == o.name else x for x in n.output]
+            n.input[:] = [o.name + "_in" if x == o.name else x for x in n.input]
+        proto.graph.node.append(node)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((), np.float32), "one"))
+    io.save(proto, shifted)
+    assert not seen["faithful"](shifted)
+    measure.fuse(q, SessionConfig("cpu", 0, 1), tmp_path / "g")  # no reference: the probes alone, as before
+    assert seen["faithful"] is None
+
+
 def test_tune_checks_a_quantized_graph_on_probe_feeds(bert, tmp_path, monkeypatch):
     from n6onnx.bench.session import SessionConfig
     from n6onnx.tune import measure
