@@ -27,8 +27,8 @@ def int8_variants(src: pathlib.Path, cfg: SessionConfig, work: pathlib.Path):
     what ``tune.measure.fuse`` reports."""
     fp32, fusion, kw = measure.fuse(src, cfg, work / "fused")
 
-    def fuse(p: pathlib.Path) -> pathlib.Path:
-        return measure.fuse(p, cfg, work / "fused", kw)[0]
+    def fuse(p: pathlib.Path) -> pathlib.Path:  # an int8 graph's fusion kept by its fidelity to the original, as tune's
+        return measure.fuse(p, cfg, work / "fused", kw, reference=fp32)[0]
 
     q = stages.quantize_both_orders(src, fp32, fuse, work, "int8", "int8")
     return {"fp32": fp32, INT8[0]: q[stages.FUSED_FIRST], INT8[1]: q[stages.QUANTIZED_FIRST]}, fuse, fusion

@@ -105,7 +105,8 @@ def finish(args, payload: dict, src: pathlib.Path, held: pathlib.Path, out: path
     # original; of the export, then fused: every MatMul int8), and tune's choice; "x int8" is the faster int8's
     cfg = SessionConfig("cpu", 0, args.threads)
     fp32, _, kw = measure.fuse(src, cfg, work / "fused")
-    q = stages.quantize_both_orders(src, fp32, lambda p: measure.fuse(p, cfg, work / "fused-int8", kw)[0], work)
+    q = stages.quantize_both_orders(  # each int8 fusion kept by its fidelity to the original, as tune's
+        src, fp32, lambda p: measure.fuse(p, cfg, work / "fused-int8", kw, reference=fp32)[0], work)
     variants = {"fp32": fp32, "int8": q[stages.FUSED_FIRST], "int8_first": q[stages.QUANTIZED_FIRST]}
     if out is not None:
         variants["tuned"] = out
